@@ -1,0 +1,62 @@
+"""The ``avlformer`` command: one subcommand per job, each implemented in the module that owns the job.
+
+Every flag accepts the upstream underscore spelling and our hyphen spelling (``--eval_model_dir`` equals
+``--eval-model-dir``); flags are declared once, with hyphens, and argv is normalised before parsing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Each module defines add_arguments(parser) and main(args) -> int.
+COMMANDS = {
+    "synth": ("avlformer.data.synth", "write the built-in demo dataset as raw FAVDBench-layout data"),
+    "prepare": ("avlformer.data.prepare", "turn raw videos + audio + captions into training shards"),
+    "train": ("avlformer.training.cli", "train a model (run.sh launches this under torchrun)"),
+    "infer": ("avlformer.inference.cli", "caption every video in a folder, write COCO-format predictions"),
+    "caption": ("avlformer.inference.caption", "print one caption per video file"),
+    "evaluate": ("avlformer.evaluation.cli", "score predictions against references"),
+    "demo": ("avlformer.demo.cli", "synth -> prepare -> train -> infer -> evaluate -> HTML report, on CPU"),
+}
+
+
+def normalize_flag_spelling(argv: list[str]) -> list[str]:
+    """Rewrite ``--some_flag[=v]`` to ``--some-flag[=v]`` (a trailing underscore, as in ``--lambda_``, is dropped)."""
+    out = []
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name, eq, value = token.partition("=")
+            name = "--" + name[2:].replace("_", "-").rstrip("-")
+            token = name + eq + value
+        out.append(token)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avlformer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = normalize_flag_spelling(list(sys.argv[1:] if argv is None else argv))
+    # Build only the requested subcommand's parser when we can: importing every command pulls in torch etc.
+    if argv and argv[0] in COMMANDS:
+        module = importlib.import_module(COMMANDS[argv[0]][0])
+        parser = argparse.ArgumentParser(prog=f"avlformer {argv[0]}", description=COMMANDS[argv[0]][1])
+        module.add_arguments(parser)
+        args = parser.parse_args(argv[1:])
+        return int(module.main(args) or 0)
+    args = build_parser().parse_args(argv)
+    return int(args._main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The bert-base-uncased WordPiece tokenizer (vocab shipped in the package) and upstream's caption decoding."""
+
+from __future__ import annotations
+
+import html
+import re
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from transformers import BertTokenizerFast
+
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 100, 101, 102, 103
+SPECIAL_IDS = frozenset({PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID})
+
+_EMOJI = re.compile("[\U0001F600-\U0001F64F\U0001F300-\U0001F5FF\U0001F680-\U0001F6FF\U0001F1E0-\U0001F1FF]")
+
+
+def default_vocab_dir() -> Path:
+    return Path(str(resources.files("avlformer") / "resources" / "bert-base-uncased"))
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(vocab_dir: str | None = None) -> BertTokenizerFast:
+    """Tokenizer from a folder holding ``vocab.txt`` (default: the copy shipped with the package)."""
+    folder = Path(vocab_dir) if vocab_dir else default_vocab_dir()
+    vocab = folder / "vocab.txt" if folder.is_dir() else folder
+    if not vocab.is_file():
+        raise FileNotFoundError(f"{vocab}: no vocab.txt for the bert-base-uncased tokenizer")
+    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+
+
+def clean_caption_text(text: str) -> str:
+    """Upstream's pre-cleaning: HTML entities unescaped, emoji removed."""
+    return _EMOJI.sub("", html.unescape(text))
+
+
+def decode_caption(token_ids, tokenizer: BertTokenizerFast | None = None) -> str:
+    """Token ids -> caption text as upstream prints it: special ids dropped, WordPieces joined, spacing cleaned."""
+    tokenizer = tokenizer or load_tokenizer()
+    ids = [int(i) for i in token_ids if int(i) not in SPECIAL_IDS]
+    text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+    return text.replace(" do not", " don't")
