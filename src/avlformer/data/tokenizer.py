@@ -27,7 +27,11 @@ def load_tokenizer(vocab_dir: str | None = None) -> BertTokenizerFast:
     vocab = folder / "vocab.txt" if folder.is_dir() else folder
     if not vocab.is_file():
         raise FileNotFoundError(f"{vocab}: no vocab.txt for the bert-base-uncased tokenizer")
-    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    # transformers 5 ignores the `vocab_file=` keyword (empty vocabulary); from_pretrained on the folder works in 4 and 5.
+    tokenizer = BertTokenizerFast.from_pretrained(str(vocab.parent), do_lower_case=True, local_files_only=True)
+    if len(tokenizer) < 1000:
+        raise ValueError(f"{vocab}: tokenizer loaded only {len(tokenizer)} entries; expected the bert-base-uncased vocab")
+    return tokenizer
 
 
 def clean_caption_text(text: str) -> str:

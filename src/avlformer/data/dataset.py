@@ -1,0 +1,306 @@
+"""CaptionDataset over an upstream metadata yaml (FACTS §1.5, §2), its collate, and the DataLoader builder.
+
+A released FAVDBench ``datasets/`` folder and the output of ``avlformer prepare`` load the same way: the yaml names
+the frame TSV, the caption TSV (+ optional linelist) and the audio HDF5; row i of the HDF5 is the audio of row i of
+the caption TSV; frames are looked up by key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
+
+from avlformer.data.audio import HDF5AudioReader, load_clip
+from avlformer.data.masking import make_train_text
+from avlformer.data.tokenizer import load_tokenizer
+from avlformer.data.transforms import clip_from_frames
+from avlformer.data.tsv import TSVFile
+
+FRAME_COLUMNS_START = 2  # key, {"class": -1, "width": W, "height": H}, then the base64 JPEG frames
+
+
+@dataclass
+class DataConfig:
+    num_frames: int = 32
+    image_size: int = 224
+    sample_rate: int = 32000
+    clip_seconds: float = 10.0
+    max_seq_length: int = 300
+    mask_prob: float = 0.25
+    max_masked_tokens: int = 75
+    audio_gain: bool = True   # random gain in [-7, 6] dB, training only
+    audio_roll: bool = True   # circular shift in [-50, 50) samples, training only
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "DataConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"DataConfig: unknown field(s) {unknown}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    yaml: Path
+    frames: Path
+    audio: Path
+    captions: Path | None
+    linelist: Path | None
+    coco_format: Path | None
+
+
+def _metadata_file(yaml_path: Path, root: Path, key: str, value: str | None, required: bool) -> Path | None:
+    """Upstream's rule for caption/label/linelist/coco files: ``root/metadata/<value>``, else ``<value>`` as given."""
+    if not value:
+        if required:
+            raise ValueError(f"{yaml_path}: the yaml has no '{key}' entry")
+        return None
+    for candidate in (root / "metadata" / value, Path(value)):
+        if candidate.is_file():
+            return candidate
+    if required:
+        raise FileNotFoundError(f"{yaml_path}: '{key}: {value}' not found as {root / 'metadata' / value} "
+                                f"nor as {Path(value)}")
+    return None
+
+
+def resolve_paths(yaml_path: str | os.PathLike, need_captions: bool = True) -> DatasetPaths:
+    """Read an upstream metadata yaml and resolve its entries the way upstream did (root = the yaml's folder's
+    parent; ``img`` and ``audio`` relative to root, caption-side files relative to ``root/metadata``)."""
+    yaml_path = Path(yaml_path)
+    if not yaml_path.is_file():
+        raise FileNotFoundError(f"{yaml_path}: dataset yaml not found")
+    try:
+        spec = yaml.safe_load(yaml_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{yaml_path}: not valid YAML ({error})") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{yaml_path}: expected a mapping of keys (img, caption, audio, ...)")
+    root = yaml_path.resolve().parent.parent
+    for key in ("img", "audio"):
+        if not spec.get(key):
+            raise ValueError(f"{yaml_path}: the yaml has no '{key}' entry")
+    frames, audio = root / spec["img"], root / spec["audio"]
+    for key, path in (("img", frames), ("audio", audio)):
+        if not path.is_file():
+            raise FileNotFoundError(f"{yaml_path}: '{key}: {spec[key]}' resolves to {path}, which does not exist")
+    coco = _metadata_file(yaml_path, root, "caption_coco_format", spec.get("caption_coco_format"), False)
+    if coco is None:
+        # Upstream's fallback name: <yaml basename up to the first '.'>_caption_coco_format.json
+        fallback = root / "metadata" / f"{yaml_path.name.split('.')[0]}_caption_coco_format.json"
+        coco = fallback if fallback.is_file() else None
+    return DatasetPaths(
+        yaml=yaml_path, frames=frames, audio=audio,
+        captions=_metadata_file(yaml_path, root, "caption", spec.get("caption"), need_captions),
+        linelist=_metadata_file(yaml_path, root, "caption_linelist", spec.get("caption_linelist"), False),
+        coco_format=coco)
+
+
+def _parse_captions(field: str, path: Path, row: int) -> list[str]:
+    try:
+        entries = json.loads(field)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: row {row}: caption column is not JSON ({error})") from None
+    if isinstance(entries, (dict, str)):
+        entries = [entries]
+    captions = [entry["caption"] if isinstance(entry, dict) else entry for entry in entries]
+    if not all(isinstance(caption, str) for caption in captions):
+        raise ValueError(f"{path}: row {row}: expected a JSON list of {{\"caption\": text}} dicts")
+    return captions
+
+
+def read_caption_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
+    """``key \\t JSON list of {"caption": ...}`` rows -> (keys, captions per key)."""
+    table = TSVFile(path)
+    keys, captions = [], []
+    for row in range(len(table)):
+        columns = table.row(row)
+        if len(columns) < 2:
+            raise ValueError(f"{path}: row {row} has {len(columns)} column(s); expected key and caption JSON")
+        keys.append(columns[0])
+        captions.append(_parse_captions(columns[1], path, row))
+    table.close()
+    return keys, captions
+
+
+def read_linelist(path: Path, captions: list[list[str]]) -> list[tuple[int, int]]:
+    table = TSVFile(path)
+    pairs = []
+    for row in range(len(table)):
+        columns = table.row(row)
+        try:
+            pair = (int(columns[0]), int(columns[1]))
+        except (ValueError, IndexError):
+            raise ValueError(f"{path}: row {row}: expected two integers 'img_idx \\t cap_idx'") from None
+        if not (0 <= pair[0] < len(captions) and 0 <= pair[1] < len(captions[pair[0]])):
+            raise ValueError(f"{path}: row {row}: {pair} points outside the caption TSV")
+        pairs.append(pair)
+    table.close()
+    return pairs
+
+
+def audio_name_for_key(key: str) -> str:
+    """The HDF5 ``audio_name`` a caption key must carry: its last path component without the extension
+    (``train/abc.mp4`` -> ``abc``; upstream cut the last 4 characters)."""
+    return os.path.splitext(key.rsplit("/", 1)[-1])[0]
+
+
+class CaptionDataset(Dataset):
+    """Train items: video_key, frames, audio, input_ids, target_ids, masked_pos, text_len (one per caption, or per
+    linelist entry). Eval items: video_key, frames, audio and, when the yaml has captions, captions (one item per
+    video). Augmentation randomness comes from a per-process numpy Generator seeded by ``seed_worker``."""
+
+    def __init__(self, yaml_path: str | os.PathLike, data_config: DataConfig | None = None, is_train: bool = True,
+                 tokenizer=None):
+        self.config = data_config or DataConfig()
+        self.is_train = is_train
+        self.paths = resolve_paths(yaml_path, need_captions=is_train)
+        self.tokenizer = tokenizer if tokenizer is not None or not is_train else load_tokenizer()
+        self.frames = TSVFile(self.paths.frames)
+        self.audio = HDF5AudioReader(self.paths.audio)
+        self.keys, self.captions = self._load_keys()
+        self.items = self._build_items()
+        self._frame_row = self._map_frame_rows()
+        self._check_audio_alignment()
+        self._rng: np.random.Generator | None = None
+
+    # -- construction -------------------------------------------------------------------------------------
+    def _load_keys(self) -> tuple[list[str], list[list[str]] | None]:
+        if self.paths.captions is not None:
+            return read_caption_tsv(self.paths.captions)
+        return self.frames.keys(), None  # eval without references: every video of the frame TSV
+
+    def _build_items(self) -> list[tuple[int, int]]:
+        if not self.is_train:
+            return [(row, 0) for row in range(len(self.keys))]
+        if self.paths.linelist is not None:
+            return read_linelist(self.paths.linelist, self.captions)
+        return [(row, cap) for row, caps in enumerate(self.captions) for cap in range(len(caps))]
+
+    def _map_frame_rows(self) -> list[int]:
+        by_key = {key: row for row, key in enumerate(self.frames.keys())}
+        missing = [key for key in self.keys if key not in by_key]
+        if missing:
+            raise ValueError(f"{self.paths.frames}: {len(missing)} key(s) of {self.paths.captions} have no frame "
+                             f"row, e.g. {missing[:3]}")
+        self.frames.close()  # reopened lazily in each worker
+        return [by_key[key] for key in self.keys]
+
+    def _check_audio_alignment(self) -> None:
+        names = self.audio.names()
+        source = self.paths.captions or self.paths.frames
+        if len(names) < len(self.keys):
+            raise ValueError(f"{self.paths.audio} has {len(names)} audio rows but {source} has {len(self.keys)} "
+                             f"videos; row i of the HDF5 must be the audio of row i of the captions")
+        for row, key in enumerate(self.keys):
+            if names[row] != audio_name_for_key(key):
+                raise ValueError(f"{self.paths.audio} row {row} is audio '{names[row]}' but row {row} of {source} "
+                                 f"is '{key}' (expects audio '{audio_name_for_key(key)}'); the two files must list "
+                                 f"the same videos in the same order")
+        self.audio.close()  # h5py handles must not cross a fork; reopened lazily per worker
+
+    # -- items --------------------------------------------------------------------------------------------
+    def set_seed(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    @property
+    def rng(self) -> np.random.Generator:
+        if self._rng is None:
+            self._rng = np.random.default_rng(torch.initial_seed())
+        return self._rng
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load_frames(self, row: int) -> torch.Tensor:
+        columns = self.frames.row(self._frame_row[row])
+        key = self.keys[row]
+        if len(columns) <= FRAME_COLUMNS_START:
+            raise ValueError(f"{self.paths.frames}: row for '{key}' has no frame columns")
+        return clip_from_frames(columns[FRAME_COLUMNS_START:], num_frames=self.config.num_frames,
+                                image_size=self.config.image_size, train=self.is_train, rng=self.rng,
+                                source=f"{self.paths.frames} '{key}'")
+
+    def load_audio(self, row: int) -> torch.Tensor:
+        return load_clip(self.audio.mp3(row), clip_samples=self.config.clip_samples,
+                         sample_rate=self.config.sample_rate, train=self.is_train, rng=self.rng,
+                         gain=self.config.audio_gain, roll=self.config.audio_roll,
+                         source=f"{self.paths.audio} row {row} ('{self.keys[row]}')")
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row, caption_index = self.items[index]
+        item = {"video_key": self.keys[row], "frames": self.load_frames(row), "audio": self.load_audio(row)}
+        if self.is_train:
+            text = make_train_text(self.captions[row][caption_index], self.tokenizer, self.rng,
+                                   max_seq_length=self.config.max_seq_length, mask_prob=self.config.mask_prob,
+                                   max_masked_tokens=self.config.max_masked_tokens)
+            item.update(input_ids=text.input_ids, target_ids=text.target_ids, masked_pos=text.masked_pos,
+                        text_len=text.text_len)
+        elif self.captions is not None:
+            # FAVDBench has one paragraph per video; the first is the reference carried in the batch.
+            item["caption"] = self.captions[row][0]
+        return item
+
+
+_STACKED = ("frames", "audio", "input_ids", "target_ids", "masked_pos")
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Items -> the batch dict of docs/architecture.md (video_keys, frames, audio[, input_ids, target_ids,
+    masked_pos, text_len][, captions])."""
+    if not items:
+        raise ValueError("collate: empty batch")
+    batch: dict[str, Any] = {"video_keys": [item["video_key"] for item in items]}
+    for name in _STACKED:
+        if name in items[0]:
+            batch[name] = torch.stack([item[name] for item in items])
+    if "text_len" in items[0]:
+        batch["text_len"] = torch.tensor([item["text_len"] for item in items], dtype=torch.int64)
+    if "caption" in items[0]:
+        batch["captions"] = [item["caption"] for item in items]
+    return batch
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn. torch already gives each worker ``base_seed + worker_id``, with base_seed drawn
+    from the loader's generator every epoch; we derive every other RNG from it. (Upstream seeded workers with
+    their bare worker id, so every epoch and every run repeated the same augmentations.)"""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    info = get_worker_info()
+    if info is not None and hasattr(info.dataset, "set_seed"):
+        info.dataset.set_seed(seed)
+
+
+def build_loader(dataset: Dataset, batch_size: int, *, num_workers: int = 0, shuffle: bool = False, seed: int = 0,
+                 distributed: bool = False, drop_last: bool = False) -> DataLoader:
+    """A DataLoader with our collate and proper per-worker seeding; ``distributed`` shards with a
+    DistributedSampler (call ``loader.sampler.set_epoch(epoch)`` each epoch)."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if distributed:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    if num_workers == 0 and hasattr(dataset, "set_seed"):
+        dataset.set_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                      drop_last=drop_last, worker_init_fn=seed_worker, generator=generator,
+                      persistent_workers=num_workers > 0)

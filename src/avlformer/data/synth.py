@@ -1,0 +1,348 @@
+"""`avlformer synth`: the built-in demo dataset (SPEC §7), written as *raw* FAVDBench-layout data.
+
+Each clip is a coloured shape moving across a gray background (h264 video) with a tone whose pitch and rhythm are
+drawn independently of the picture (AAC in the mp4, and the same sound as a separate mp3). Captions follow the
+FAVD style (summary sentence, visual detail sentence, sound sentence) from fixed templates, so a small model can
+learn them and `parse_attributes` can read the attributes back out of a predicted caption.
+
+Output::
+
+    OUT/videos/<split>/<id>.mp4        h264 + AAC, 128x96, 10 fps, 2-10 s
+    OUT/audio_mp3/<split>/<id>.mp3     mono, 32 kHz
+    OUT/captions.json                  {"<id>": "caption"} for every split
+    OUT/attributes.json                {"<id>": {"split", "shape", "colour", "motion", "pitch", "rhythm", "duration"}}
+
+Every clip is a pure function of (seed, split, index), so the dataset is identical whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from tqdm import tqdm
+
+from avlformer.atomic import atomic_path, write_text_atomic
+
+SPLITS = ("train", "val", "test")
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220), "yellow": (235, 205, 40)}
+# motion name -> caption phrase
+MOTIONS = {
+    "left_to_right": "from left to right",
+    "right_to_left": "from right to left",
+    "top_to_bottom": "from top to bottom",
+    "bottom_to_top": "from bottom to top",
+}
+# Fundamental frequencies far apart on the mel scale so even a small audio front-end separates them.
+PITCHES = {"low": 220.0, "medium": 587.0, "high": 1480.0}
+# rhythm name -> (beep period in seconds or None for a continuous tone, caption phrase)
+RHYTHMS = {
+    "continuous": (None, "plays continuously"),
+    "slow": (1.0, "beeps slowly"),
+    "fast": (0.25, "beeps quickly"),
+}
+VISUAL_ATTRIBUTES = ("shape", "colour", "motion")
+SOUND_ATTRIBUTES = ("pitch", "rhythm")
+ATTRIBUTE_VALUES = {
+    "shape": SHAPES,
+    "colour": tuple(COLOURS),
+    "motion": tuple(MOTIONS),
+    "pitch": tuple(PITCHES),
+    "rhythm": tuple(RHYTHMS),
+}
+
+WIDTH, HEIGHT, FPS = 128, 96, 10
+SAMPLE_RATE = 32000
+MIN_SECONDS, MAX_SECONDS = 2.0, 10.0
+OBJECT_RADIUS = 14
+BACKGROUND = 128
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    clip_id: str
+    split: str
+    shape: str
+    colour: str
+    motion: str
+    pitch: str
+    rhythm: str
+    duration: float
+    track_offset: float  # where across the frame the motion path runs, 0..1
+    background_shift: int
+
+    def attributes(self) -> dict:
+        return {
+            "split": self.split,
+            "shape": self.shape,
+            "colour": self.colour,
+            "motion": self.motion,
+            "pitch": self.pitch,
+            "rhythm": self.rhythm,
+            "duration": self.duration,
+        }
+
+
+def clip_seed(seed: int, split: str, index: int) -> int:
+    # A hash rather than seed + index so neighbouring seeds do not produce shifted copies of each other's clips.
+    digest = hashlib.sha256(f"{seed}/{split}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def clip_id(split: str, index: int) -> str:
+    return f"synth_{split}_{index:05d}"
+
+
+def make_clip_spec(seed: int, split: str, index: int) -> ClipSpec:
+    # Two generators: the sound is drawn from its own stream, so it is independent of the picture by construction.
+    picture_rng = np.random.default_rng([clip_seed(seed, split, index), 0])
+    sound_rng = np.random.default_rng([clip_seed(seed, split, index), 1])
+    return ClipSpec(
+        clip_id=clip_id(split, index),
+        split=split,
+        shape=str(picture_rng.choice(SHAPES)),
+        colour=str(picture_rng.choice(tuple(COLOURS))),
+        motion=str(picture_rng.choice(tuple(MOTIONS))),
+        pitch=str(sound_rng.choice(tuple(PITCHES))),
+        rhythm=str(sound_rng.choice(tuple(RHYTHMS))),
+        duration=round(float(picture_rng.uniform(MIN_SECONDS, MAX_SECONDS)), 1),
+        track_offset=float(picture_rng.uniform(0.25, 0.75)),
+        background_shift=int(picture_rng.integers(-12, 13)),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------- captions
+
+def make_caption(attributes: dict) -> str:
+    shape, colour = attributes["shape"], attributes["colour"]
+    motion_phrase = MOTIONS[attributes["motion"]]
+    rhythm_phrase = RHYTHMS[attributes["rhythm"]][1]
+    return (
+        f"a {colour} {shape} moves {motion_phrase} on a gray background. "
+        f"the {shape} is {colour} and it is the only object in the scene. "
+        f"a {attributes['pitch']} pitched tone {rhythm_phrase}."
+    )
+
+
+_MOTION_WORDS = "left|right|top|bottom"
+# attribute -> (pattern whose group 1 names the value, value lookup; None = the group is the value)
+_MENTION_PATTERNS = {
+    "shape": (re.compile(r"\b(" + "|".join(SHAPES) + r")\b"), None),
+    "colour": (re.compile(r"\b(" + "|".join(COLOURS) + r")\b"), None),
+    "motion": (re.compile(rf"\b(from (?:{_MOTION_WORDS}) to (?:{_MOTION_WORDS}))\b"),
+               {phrase: name for name, phrase in MOTIONS.items()}),
+    "pitch": (re.compile(r"\b(" + "|".join(PITCHES) + r") pitched\b"), None),
+    "rhythm": (re.compile(r"\b(" + "|".join(phrase for _, phrase in RHYTHMS.values()) + r")\b"),
+               {phrase: name for name, (_, phrase) in RHYTHMS.items()}),
+}
+
+
+@dataclass(frozen=True)
+class Mention:
+    attribute: str
+    value: str | None   # None: the wording looks like this attribute but names no known value ("from left to left")
+    start: int          # character span in the caption as given
+    end: int
+
+
+def attribute_mentions(caption: str) -> list[Mention]:
+    """Every place the caption states an attribute, in text order (the report highlights the wrong ones)."""
+    text = str(caption).lower()
+    mentions = []
+    for attribute, (pattern, lookup) in _MENTION_PATTERNS.items():
+        for match in pattern.finditer(text):
+            word = " ".join(match.group(1).split())
+            value = word if lookup is None else lookup.get(word)
+            mentions.append(Mention(attribute, value, match.start(), match.end()))
+    return sorted(mentions, key=lambda m: m.start)
+
+
+def parse_attributes(caption: str) -> dict:
+    """Recover every attribute from a (possibly predicted) caption; an attribute the caption does not state
+    (or states in a form the templates never produce) is None. The first mention wins."""
+    parsed = dict.fromkeys(ATTRIBUTE_VALUES)
+    for mention in attribute_mentions(" ".join(str(caption).split())):
+        if parsed[mention.attribute] is None and mention.value is not None:
+            parsed[mention.attribute] = mention.value
+    return parsed
+
+
+# ----------------------------------------------------------------------------------------------------- pictures
+
+_YY, _XX = np.mgrid[0:HEIGHT, 0:WIDTH]
+
+
+def shape_mask(shape: str, cx: float, cy: float, r: float = OBJECT_RADIUS) -> np.ndarray:
+    dx, dy = _XX - cx, _YY - cy
+    if shape == "circle":
+        return dx * dx + dy * dy <= r * r
+    if shape == "square":
+        half = 0.85 * r
+        return (np.abs(dx) <= half) & (np.abs(dy) <= half)
+    if shape == "triangle":  # apex up; half-width grows linearly from the apex to the base
+        return (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) / 2)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def object_centre(spec: ClipSpec, progress: float) -> tuple[float, float]:
+    """Centre of the object at ``progress`` in [0, 1] along its path. Paths stay inside the central
+    HEIGHT x HEIGHT square, so the object is always whole after the loaders' centre crop."""
+    r, side = OBJECT_RADIUS, HEIGHT
+    margin = (WIDTH - side) / 2
+    along = r + progress * (side - 2 * r)
+    across = r + spec.track_offset * (side - 2 * r)
+    return {
+        "left_to_right": (margin + along, across),
+        "right_to_left": (margin + side - along, across),
+        "top_to_bottom": (margin + across, along),
+        "bottom_to_top": (margin + across, side - along),
+    }[spec.motion]
+
+
+def render_frames(spec: ClipSpec) -> np.ndarray:
+    """uint8 (N, HEIGHT, WIDTH, 3) frames of the clip."""
+    count = max(2, int(round(spec.duration * FPS)))
+    background = np.full((HEIGHT, WIDTH, 3), BACKGROUND + spec.background_shift, dtype=np.uint8)
+    colour = np.array(COLOURS[spec.colour], dtype=np.uint8)
+    frames = np.empty((count, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    for i in range(count):
+        frame = background.copy()
+        frame[shape_mask(spec.shape, *object_centre(spec, i / (count - 1)))] = colour
+        frames[i] = frame
+    return frames
+
+
+# ----------------------------------------------------------------------------------------------------- sounds
+
+def render_audio(spec: ClipSpec, seed: int) -> np.ndarray:
+    """float32 mono waveform at SAMPLE_RATE in [-1, 1]: a tone with a harmonic, gated by the rhythm, plus a little noise."""
+    n = int(round(spec.duration * SAMPLE_RATE))
+    t = np.arange(n, dtype=np.float64) / SAMPLE_RATE
+    f0 = PITCHES[spec.pitch]
+    tone = np.sin(2 * np.pi * f0 * t) + 0.3 * np.sin(2 * np.pi * 2 * f0 * t)
+    period = RHYTHMS[spec.rhythm][0]
+    envelope = np.ones(n) if period is None else beep_envelope(t, period)
+    noise = np.random.default_rng([seed, 2]).normal(0.0, 0.01, n)
+    return (0.25 * tone * envelope + noise).astype(np.float32)
+
+
+def beep_envelope(t: np.ndarray, period: float) -> np.ndarray:
+    """On for the first half of every period, with 10 ms ramps so the gating does not click."""
+    phase = np.mod(t, period)
+    on = period / 2
+    ramp = 0.01
+    rise = np.clip(phase / ramp, 0, 1)
+    fall = np.clip((on - phase) / ramp, 0, 1)
+    return np.minimum(rise, fall)
+
+
+# ----------------------------------------------------------------------------------------------------- encoding
+
+def _audio_frames(waveform: np.ndarray, block: int = 16000):
+    for start in range(0, len(waveform), block):
+        chunk = waveform[start : start + block]
+        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = start
+        frame.time_base = Fraction(1, SAMPLE_RATE)
+        yield frame
+
+
+def _encode_audio(container, stream, waveform: np.ndarray) -> None:
+    for frame in _audio_frames(waveform):
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def write_mp4(path: Path, frames: np.ndarray, waveform: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), "w", format="mp4") as container:
+            video = container.add_stream("libx264", rate=FPS, options={"preset": "ultrafast", "crf": "20"})
+            video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+            # The fast coder halves AAC encoding time; quality is irrelevant for pure tones.
+            audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono", options={"aac_coder": "fast"})
+            for image in frames:
+                container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(video.encode(None))
+            _encode_audio(container, audio, waveform)
+
+
+def write_mp3(path: Path, waveform: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), "w", format="mp3") as container:
+            # compression_level 9 = LAME's fastest algorithm: half the encoding time, still clean tones.
+            stream = container.add_stream("libmp3lame", rate=SAMPLE_RATE, layout="mono",
+                                          options={"compression_level": "9"})
+            _encode_audio(container, stream, waveform)
+
+
+def write_clip(out: Path, seed: int, split: str, index: int) -> tuple[str, dict, str]:
+    spec = make_clip_spec(seed, split, index)
+    waveform = render_audio(spec, clip_seed(seed, split, index))
+    write_mp4(out / "videos" / split / f"{spec.clip_id}.mp4", render_frames(spec), waveform)
+    write_mp3(out / "audio_mp3" / split / f"{spec.clip_id}.mp3", waveform)
+    attributes = spec.attributes()
+    return spec.clip_id, attributes, make_caption(attributes)
+
+
+def _write_clip_job(job: tuple[str, int, str, int]) -> tuple[str, dict, str]:
+    out, seed, split, index = job
+    return write_clip(Path(out), seed, split, index)
+
+
+def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, workers: int | None = None,
+               progress: bool = True) -> dict:
+    """Write the dataset; returns {"captions": {...}, "attributes": {...}} as also written to disk."""
+    out = Path(out)
+    for split, count in counts.items():
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        if count < 0:
+            raise ValueError(f"--num-{split} must be >= 0, got {count}")
+    jobs = [(str(out), seed, split, i) for split in SPLITS for i in range(counts.get(split, 0))]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    bar = tqdm(total=len(jobs), desc="synth", unit="clip", disable=not progress)
+    results = []
+    if workers == 1:
+        for job in jobs:
+            results.append(_write_clip_job(job))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for result in pool.map(_write_clip_job, jobs, chunksize=4):
+                results.append(result)
+                bar.update()
+    bar.close()
+    captions = {cid: caption for cid, _, caption in results}
+    attributes = {cid: attrs for cid, attrs, _ in results}
+    write_text_atomic(out / "captions.json", json.dumps(captions, indent=1, sort_keys=True))
+    write_text_atomic(out / "attributes.json", json.dumps(attributes, indent=1, sort_keys=True))
+    return {"captions": captions, "attributes": attributes}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output folder (FAVDBench raw layout)")
+    parser.add_argument("--num-train", type=int, default=200, help="training clips")
+    parser.add_argument("--num-val", type=int, default=20, help="validation clips")
+    parser.add_argument("--num-test", type=int, default=40, help="test clips")
+    parser.add_argument("--seed", type=int, default=0, help="the dataset is a pure function of this seed")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="encoding processes (default: CPU count); the output does not depend on it")
+
+
+def main(args: argparse.Namespace) -> int:
+    counts = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
+    result = synthesize(args.out, counts, seed=args.seed, workers=args.workers)
+    print(f"wrote {len(result['captions'])} clips to {args.out}")
+    return 0

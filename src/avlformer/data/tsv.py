@@ -1,0 +1,243 @@
+"""Upstream's TSV container: ``<name>.tsv`` rows plus ``<name>.lineidx`` / ``<name>.lineidx.8b`` row offsets.
+
+Format (FACTS §1.3): rows are tab-separated and ``\\n``-terminated; ``.lineidx`` holds one decimal byte offset per
+line, ``.lineidx.8b`` the same offsets as consecutive little-endian u64. The index name drops the ``.tsv``
+extension, so ``train_32frames.img.tsv`` is indexed by ``train_32frames.img.lineidx``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from avlformer.atomic import atomic_write
+
+_OFFSET_DTYPE = np.dtype("<u8")
+_KEY_PROBE_BYTES = 512
+
+
+def lineidx_path(tsv_path: str | os.PathLike) -> Path:
+    """``a/b.img.tsv`` -> ``a/b.img.lineidx`` (upstream replaces the last extension)."""
+    return Path(os.path.splitext(os.fspath(tsv_path))[0] + ".lineidx")
+
+
+def lineidx_8b_path(tsv_path: str | os.PathLike) -> Path:
+    return Path(os.fspath(lineidx_path(tsv_path)) + ".8b")
+
+
+def _encode_field(field: str | bytes, tsv_path: Path) -> bytes:
+    data = field if isinstance(field, bytes) else str(field).encode("utf-8")
+    # A tab or newline inside a field would silently shift every later column or row.
+    if b"\t" in data or b"\n" in data:
+        raise ValueError(f"{tsv_path}: a field contains a tab or newline, which the TSV format cannot hold: "
+                         f"{data[:60]!r}")
+    return data
+
+
+class TSVWriter:
+    """Streaming writer of a TSV and both index files. Nothing appears under the final names until ``close``
+    succeeds; an exception inside the ``with`` block removes every temporary file.
+
+    Fields may be ``str`` or ``bytes`` (e.g. base64 JPEG bytes, written as they are)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._stack: contextlib.ExitStack | None = None
+        self._offset = 0
+        self.num_rows = 0
+
+    def __enter__(self) -> "TSVWriter":
+        stack = contextlib.ExitStack()
+        # Entered first, so renamed last: once the .tsv exists its index files already do.
+        self._tsv = stack.enter_context(atomic_write(self.path, "wb"))
+        self._lineidx = stack.enter_context(atomic_write(lineidx_path(self.path), "wb"))
+        self._lineidx_8b = stack.enter_context(atomic_write(lineidx_8b_path(self.path), "wb"))
+        self._stack = stack
+        return self
+
+    def write(self, row: Sequence[str | bytes]) -> None:
+        if self._stack is None:
+            raise RuntimeError(f"{self.path}: TSVWriter.write called outside its `with` block")
+        line = b"\t".join(_encode_field(field, self.path) for field in row) + b"\n"
+        self._tsv.write(line)
+        self._lineidx.write(b"%d\n" % self._offset)
+        self._lineidx_8b.write(self._offset.to_bytes(8, "little"))
+        self._offset += len(line)
+        self.num_rows += 1
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        stack, self._stack = self._stack, None
+        return bool(stack.__exit__(exc_type, exc, tb)) if stack is not None else False
+
+
+def write_tsv(path: str | os.PathLike, rows: Iterable[Sequence[str | bytes]]) -> int:
+    """Write all ``rows`` (with both index files) atomically; returns the number of rows."""
+    with TSVWriter(path) as writer:
+        for row in rows:
+            writer.write(row)
+    return writer.num_rows
+
+
+def _scan_offsets(tsv_path: Path) -> np.ndarray:
+    offsets, position = [], 0
+    with open(tsv_path, "rb") as handle:
+        for line in handle:
+            offsets.append(position)
+            position += len(line)
+    return np.asarray(offsets, dtype=_OFFSET_DTYPE)
+
+
+def _read_lineidx_text(path: Path) -> np.ndarray:
+    try:
+        values = [int(line) for line in path.read_text(encoding="ascii").split()]
+    except ValueError as error:
+        raise ValueError(f"{path}: not a .lineidx file (one decimal offset per line expected): {error}") from None
+    return np.asarray(values, dtype=_OFFSET_DTYPE)
+
+
+def _read_lineidx_8b(path: Path) -> np.ndarray:
+    size = path.stat().st_size
+    if size % 8:
+        raise ValueError(f"{path}: size {size} is not a multiple of 8, so it is not a .lineidx.8b file")
+    return np.fromfile(path, dtype=_OFFSET_DTYPE)
+
+
+def _save_index_best_effort(tsv_path: Path, offsets: np.ndarray) -> None:
+    # A released dataset may sit on a read-only mount; the in-memory index is enough then.
+    with contextlib.suppress(OSError):
+        with atomic_write(lineidx_8b_path(tsv_path), "wb") as handle:
+            handle.write(offsets.astype(_OFFSET_DTYPE).tobytes())
+        with atomic_write(lineidx_path(tsv_path), "w") as handle:
+            handle.write("".join(f"{int(o)}\n" for o in offsets))
+
+
+class TSVFile:
+    """Random access to the rows of an upstream TSV.
+
+    The file handle is opened on first use and re-opened in a forked child (DataLoader workers), so one object
+    can be built in the main process and shared. Every read checks that the row ends exactly where the index says
+    the next one starts, so a stale index is reported instead of returning shifted rows."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: TSV file not found")
+        self._offsets: np.ndarray | None = None
+        self._index_source: Path | None = None
+        self._handle = None
+        self._handle_pid = -1
+
+    # -- index -------------------------------------------------------------------------------------------
+    def _load_offsets(self) -> np.ndarray:
+        for index_path, reader in ((lineidx_8b_path(self.path), _read_lineidx_8b),
+                                   (lineidx_path(self.path), _read_lineidx_text)):
+            if index_path.is_file():
+                self._index_source = index_path
+                offsets = reader(index_path)
+                self._check_offsets(offsets)
+                return offsets
+        offsets = _scan_offsets(self.path)
+        _save_index_best_effort(self.path, offsets)
+        self._index_source = None
+        return offsets
+
+    def _check_offsets(self, offsets: np.ndarray) -> None:
+        size = self.path.stat().st_size
+        problem = None
+        if len(offsets) == 0:
+            problem = "is empty but the TSV is not" if size else None
+        elif offsets[0] != 0:
+            problem = f"starts at offset {int(offsets[0])}, not 0"
+        elif len(offsets) > 1 and not np.all(offsets[1:] > offsets[:-1]):
+            problem = "has offsets that do not increase"
+        elif int(offsets[-1]) >= size:
+            problem = f"points past the end of the TSV ({int(offsets[-1])} >= {size} bytes)"
+        if problem:
+            raise ValueError(f"{self._index_source} does not match {self.path}: the index {problem}; "
+                             f"delete the index files to rebuild them")
+
+    @property
+    def offsets(self) -> np.ndarray:
+        if self._offsets is None:
+            self._offsets = self._load_offsets()
+        return self._offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def _file(self):
+        if self._handle is None or self._handle_pid != os.getpid():
+            # After fork the inherited handle shares its file position with the parent: never reuse it.
+            self._handle = open(self.path, "rb")
+            self._handle_pid = os.getpid()
+        return self._handle
+
+    def _row_start(self, index: int) -> int:
+        count = len(self)
+        if not -count <= index < count:
+            raise IndexError(f"{self.path}: row {index} out of range (the file has {count} rows)")
+        return int(self.offsets[index % count])
+
+    def _row_end(self, index: int) -> int:
+        index %= len(self)
+        return int(self.offsets[index + 1]) if index + 1 < len(self) else self.path.stat().st_size
+
+    def row_bytes(self, index: int) -> bytes:
+        """Row ``index`` as raw bytes, without the trailing newline."""
+        start = self._row_start(index)
+        handle = self._file()
+        handle.seek(start)
+        line = handle.readline()
+        if start + len(line) != self._row_end(index) or not line.endswith(b"\n"):
+            raise ValueError(f"{self._index_source or 'the index'} does not match {self.path}: row {index} at "
+                             f"byte {start} does not end where the next row starts; delete the index files to "
+                             f"rebuild them")
+        return line[:-1]
+
+    def row(self, index: int) -> list[str]:
+        """Row ``index`` split on tabs, each field stripped (as upstream's reader does)."""
+        return [field.strip() for field in self.row_bytes(index).decode("utf-8").split("\t")]
+
+    def key(self, index: int) -> str:
+        """Column 0 of row ``index``, read without loading the rest of the (possibly large) row."""
+        start = self._row_start(index)
+        end = self._row_end(index)
+        handle = self._file()
+        handle.seek(start)
+        head = b""
+        while True:
+            chunk = handle.read(min(_KEY_PROBE_BYTES, end - start - len(head)))
+            head += chunk
+            cut = min((p for p in (head.find(b"\t"), head.find(b"\n")) if p >= 0), default=-1)
+            if cut >= 0:
+                return head[:cut].decode("utf-8").strip()
+            if not chunk:
+                return head.decode("utf-8").strip()
+
+    def keys(self) -> list[str]:
+        return [self.key(i) for i in range(len(self))]
+
+    def close(self) -> None:
+        if self._handle is not None and self._handle_pid == os.getpid():
+            self._handle.close()
+        self._handle = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_handle"], state["_handle_pid"] = None, -1
+        return state
+
+    def __enter__(self) -> "TSVFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()

@@ -1,0 +1,94 @@
+"""``avlformer evaluate --pred PRED.json --ref REF.json [--metrics ...] [--output M.json]``.
+
+Prints a table of the metrics and writes them (with per-item scores, skipped metrics and unmatched ids) as JSON.
+Exit status: 0 on success; 2 when a file is unusable; 3 when metrics named with ``--metrics`` had to be skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from avlformer.atomic import write_text_atomic
+from avlformer.evaluation.references import CaptionFileError, load_predictions, load_references, pair_captions
+from avlformer.evaluation.runner import METRIC_CHOICES, ModelPaths, evaluate, model_paths_exist
+
+_SHOWN_IDS = 5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pred", required=True, help="predictions: COCO result list or {id: caption} JSON")
+    parser.add_argument("--ref", required=True, help="references: COCO captions dict, COCO list, or caption TSV")
+    parser.add_argument("--metrics", nargs="+", choices=METRIC_CHOICES, default=None,
+                        help="metrics to compute (default: all; those whose models are absent are skipped)")
+    parser.add_argument("--output", help="write the metrics and per-item scores here as JSON")
+    models = parser.add_argument_group("metric models and media (local paths; nothing is downloaded)")
+    models.add_argument("--t5-model", help="EntityScore: local T5 folder (a copy of t5-base)")
+    models.add_argument("--nltk-data", help="EntityScore: NLTK data folder holding "
+                                             "taggers/averaged_perceptron_tagger_eng (default: NLTK's own paths)")
+    models.add_argument("--clip-model", help="CLIPScore and AudioScore: local CLIP folder "
+                                              "(a copy of openai/clip-vit-base-patch32)")
+    models.add_argument("--trilip-checkpoint", help="AudioScore: upstream's TriLip.bin")
+    models.add_argument("--trilip-passt-config", help="AudioScore: JSON of the TriLip audio branch's PasstConfig "
+                                                      "fields (default: the paper's PaSST-S)")
+    models.add_argument("--video-dir", help="AudioScore and CLIPScore: folder of the videos, <id>.mp4")
+    models.add_argument("--audio-dir", help="AudioScore: folder of <id>.mp3 (default: the videos' own audio)")
+    models.add_argument("--num-frames", type=int, default=32, help="frames sampled per video (default 32)")
+    models.add_argument("--device", help="torch device for the learned metrics (default: cuda if available)")
+
+
+def _print_id_problems(paired, pred_path: str, ref_path: str) -> None:
+    for ids, text in ((paired.missing_predictions, f"reference ids with no prediction in {pred_path}"),
+                      (paired.extra_predictions, f"prediction ids with no reference in {ref_path}")):
+        if ids:
+            shown = ", ".join(repr(i) for i in ids[:_SHOWN_IDS]) + (" ..." if len(ids) > _SHOWN_IDS else "")
+            print(f"warning: {len(ids)} {text} (not scored): {shown}", file=sys.stderr)
+    if paired.matched_by_stem:
+        print(f"note: {paired.matched_by_stem} id(s) matched by file stem (e.g. 'test/x.mp4' = 'x')",
+              file=sys.stderr)
+
+
+def format_table(metrics: dict[str, float], skipped: dict[str, str]) -> str:
+    width = max([len(name) for name in metrics] + [6])
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    lines += [f"{name:<{width}}  {value:.4f}" for name, value in metrics.items()]
+    lines += [f"[{group}] {reason}" for group, reason in skipped.items()]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    paths = ModelPaths(t5_model=args.t5_model, nltk_data=args.nltk_data, clip_model=args.clip_model,
+                       trilip_checkpoint=args.trilip_checkpoint, trilip_passt_config=args.trilip_passt_config,
+                       video_dir=args.video_dir, audio_dir=args.audio_dir, num_frames=args.num_frames,
+                       device=args.device)
+    absent = model_paths_exist(paths)
+    if absent:
+        print(f"error: not found: {'; '.join(absent)}", file=sys.stderr)
+        return 2
+    if args.num_frames < 1:
+        print("error: --num-frames must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        predictions, references = load_predictions(args.pred), load_references(args.ref)
+    except CaptionFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    paired = pair_captions(predictions, references)
+    _print_id_problems(paired, args.pred, args.ref)
+    if not paired.predictions:
+        print(f"error: no id of {args.pred} matches an id of {args.ref}", file=sys.stderr)
+        return 2
+    try:
+        report = evaluate(paired, list(args.metrics or METRIC_CHOICES), paths)
+    except ValueError as error:  # an unusable model or config file, named in the message
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(report.metrics, report.skipped))
+    if args.output:
+        output = {"pred": args.pred, "ref": args.ref, "num_scored": len(paired.predictions),
+                  "missing_predictions": paired.missing_predictions, "extra_predictions": paired.extra_predictions,
+                  **report.to_dict()}
+        write_text_atomic(args.output, json.dumps(output, indent=2) + "\n")
+    requested_but_skipped = [group for group in (args.metrics or []) if group in report.skipped]
+    return 3 if requested_but_skipped else 0

@@ -1,0 +1,85 @@
+"""CLIPScore and RefCLIPScore (Hessel et al., 2021), for videos.
+
+With unit-norm CLIP embeddings of the video v, the candidate c and the references r_i:
+
+    CLIP-S(c, v)        = w · max(cos(c, v), 0),  w = 2.5
+    RefCLIP-S(c, r, v)  = harmonic mean of CLIP-S(c, v) and max(max_i cos(c, r_i), 0)
+
+Both are averaged over items. As the reference implementation (jmhessel/clipscore), every text (candidates and
+references) is prefixed with "A photo depicts " and CLIP keeps its first 77 tokens (FAVD captions are longer, so
+only their beginning is seen). For a video, v is the mean of the unit-norm embeddings of the sampled frames,
+normalised again (CLIPScore itself is defined on one image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CLIP_S_WEIGHT = 2.5
+PROMPT = "A photo depicts "
+
+
+def clip_s(candidate: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+    """(N, D), (N, D) -> (N,) CLIP-S."""
+    return CLIP_S_WEIGHT * F.cosine_similarity(candidate, video, dim=-1).clamp(min=0)
+
+
+def ref_clip_s(clip_s_value: torch.Tensor, candidate: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """One item: CLIP-S (scalar), candidate (D,), references (R, D) -> RefCLIP-S (scalar)."""
+    reference_term = F.cosine_similarity(candidate[None], references, dim=-1).max().clamp(min=0)
+    total = clip_s_value + reference_term
+    return torch.where(total > 0, 2 * clip_s_value * reference_term / total.clamp(min=1e-12), total * 0)
+
+
+@dataclass
+class ClipScoreResult:
+    clip_s: float | None
+    ref_clip_s: float | None
+    per_item: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class ClipScorer:
+    """Scores one video at a time: ``score_item(id, frames, caption, references)``; ``result()`` averages."""
+
+    def __init__(self, model, tokenizer, image_processor, device: torch.device | str = "cpu"):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.device = torch.device(device)
+        self.max_text_tokens = model.config.text_config.max_position_embeddings
+        self.per_item: dict[str, dict[str, float]] = {}
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer([PROMPT + text for text in texts], padding=True, truncation=True,
+                                max_length=self.max_text_tokens, return_tensors="pt").to(self.device)
+        pooled = self.model.text_model(input_ids=tokens["input_ids"],
+                                       attention_mask=tokens["attention_mask"]).pooler_output
+        return F.normalize(self.model.text_projection(pooled).float(), dim=-1)
+
+    def embed_video(self, frames: np.ndarray) -> torch.Tensor:
+        pixels = self.image_processor(images=list(frames), return_tensors="pt")["pixel_values"].to(self.device)
+        pooled = self.model.vision_model(pixel_values=pixels).pooler_output
+        per_frame = F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
+        return F.normalize(per_frame.mean(dim=0), dim=-1)
+
+    @torch.inference_mode()
+    def score_item(self, image_id: str, frames: np.ndarray, caption: str, references: list[str]) -> dict[str, float]:
+        video = self.embed_video(frames)
+        texts = self.embed_texts([caption, *references])
+        candidate, refs = texts[0], texts[1:]
+        plain = clip_s(candidate[None], video[None])[0]
+        scores = {"CLIP-S": float(plain), "RefCLIP-S": float(ref_clip_s(plain, candidate, refs))}
+        self.per_item[image_id] = scores
+        return scores
+
+    def result(self) -> ClipScoreResult:
+        if not self.per_item:
+            return ClipScoreResult(None, None)
+        count = len(self.per_item)
+        return ClipScoreResult(clip_s=sum(s["CLIP-S"] for s in self.per_item.values()) / count,
+                               ref_clip_s=sum(s["RefCLIP-S"] for s in self.per_item.values()) / count,
+                               per_item=dict(self.per_item))

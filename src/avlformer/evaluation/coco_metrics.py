@@ -1,0 +1,124 @@
+"""BLEU-1..4, METEOR, ROUGE-L, CIDEr (and SPICE when its Stanford models are installed) through pycocoevalcap.
+
+This is what ``COCOEvalCap.evaluate`` does (PTB tokenisation with punctuation removal, then each scorer on the
+tokenised captions), without its two obstacles: it needs pycocotools ``COCO`` objects, and it always runs SPICE,
+whose constructor downloads Stanford CoreNLP. Values are identical to calling pycocoevalcap directly (tested).
+
+CIDEr: upstream scored with LuoweiZhou/coco-caption's ``Cider(df='corpus')`` (FACTS §6.1): document frequencies
+from the reference corpus, ``ref_len = log(#images)``, clipped tf-idf similarity, Gaussian length penalty
+(sigma 6) on the bigram count, mean over n=1..4, averaged over references, x10. pycocoevalcap 1.2's ``Cider`` is
+that same CIDEr-D-style computation with the corpus as document-frequency source (its only mode), so it is used
+as is; ``tests/test_evaluation_coco.py`` checks it against an independent implementation of that formula.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+COCO_METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+# CoreNLP is run with -preserveLines: any character Java treats as a line break would shift every later caption
+# onto the wrong id, so those become spaces (pycocoevalcap only replaces "\n").
+_LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x85\u2028\u2029]")
+
+
+def java_missing_reason() -> str | None:
+    if shutil.which("java") is None:
+        return ("needs a Java runtime on PATH for Stanford PTBTokenizer and METEOR "
+                "(install one, e.g. `apt-get install default-jre-headless`)")
+    return None
+
+
+def spice_missing_reason() -> str | None:
+    """SPICE needs Stanford CoreNLP 3.6.0 next to pycocoevalcap's spice jar; it cannot be downloaded here."""
+    java = java_missing_reason()
+    if java:
+        return java
+    from pycocoevalcap.spice import spice as spice_module
+
+    lib = Path(spice_module.__file__).parent / "lib"
+    needed = [lib / "stanford-corenlp-3.6.0.jar", lib / "stanford-corenlp-3.6.0-models.jar"]
+    absent = [path for path in needed if not path.is_file()]
+    if absent:
+        return ("needs Stanford CoreNLP 3.6.0 (stanford-corenlp-3.6.0.jar and stanford-corenlp-3.6.0-models.jar "
+                f"from stanford-corenlp-full-2015-12-09.zip) in {lib}; run "
+                "`python -m pycocoevalcap.spice.get_stanford_models` where downloads are possible")
+    return None
+
+
+def _check_same_ids(predictions: dict, references: dict) -> None:
+    if predictions.keys() != references.keys():
+        only_pred = len(predictions.keys() - references.keys())
+        only_ref = len(references.keys() - predictions.keys())
+        raise ValueError(f"predictions and references must cover the same ids ({only_pred} only predicted, "
+                         f"{only_ref} only in references); pair them first (evaluation.references.pair_captions)")
+    empty = [key for key, refs in references.items() if not refs]
+    if empty:
+        raise ValueError(f"{len(empty)} id(s) have no reference caption, e.g. {empty[0]!r}")
+    if not predictions:
+        raise ValueError("no captions to score")
+
+
+def tokenize(predictions: dict, references: dict[object, list[str]]) -> tuple[dict, dict]:
+    """PTB-tokenise (lower-cased, punctuation removed) as pycocoevalcap does: ({id: [ref...]}, {id: [pred]})."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    def as_coco(captions):
+        return [{"caption": _LINE_BREAKS.sub(" ", caption)} for caption in captions]
+
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({key: as_coco(refs) for key, refs in references.items()})
+    res = tokenizer.tokenize({key: as_coco([predictions[key]]) for key in references})
+    return gts, res
+
+
+SCORER_OUTPUTS = {"bleu": ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"), "meteor": ("METEOR",), "rouge": ("ROUGE_L",),
+                   "cider": ("CIDEr",), "spice": ("SPICE",)}
+COCO_SCORERS = tuple(SCORER_OUTPUTS)
+
+
+def _make_scorer(name: str):
+    """A pycocoevalcap scorer and the keyword arguments of its compute_score."""
+    if name == "bleu":
+        from pycocoevalcap.bleu.bleu import Bleu
+
+        return Bleu(4), {"verbose": 0}  # verbose=0: Bleu would print its length statistics
+    if name == "meteor":
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        return Meteor(), {}
+    if name == "rouge":
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        return Rouge(), {}
+    if name == "cider":
+        from pycocoevalcap.cider.cider import Cider
+
+        return Cider(), {}
+    if name == "spice":
+        from pycocoevalcap.spice.spice import Spice
+
+        return Spice(), {}
+    raise ValueError(f"unknown caption metric {name!r}; choose from {', '.join(COCO_SCORERS)}")
+
+
+def caption_metrics(predictions: dict, references: dict,
+                    scorers: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider")) -> dict[str, float]:
+    """Corpus-level ``Bleu_1..Bleu_4, METEOR, ROUGE_L, CIDEr`` for ``predictions = {id: caption}`` and
+    ``references = {id: [captions]}`` over the same ids. ``scorers`` picks a subset of
+    ``bleu meteor rouge cider spice`` (SPICE only when its Stanford models are installed).
+
+    Raises RuntimeError when Java (or, for SPICE, the Stanford models) is missing."""
+    _check_same_ids(predictions, references)
+    reason = spice_missing_reason() if "spice" in scorers else java_missing_reason()
+    if reason:
+        raise RuntimeError(f"caption metrics {reason}")
+    gts, res = tokenize(predictions, references)
+    results: dict[str, float] = {}
+    for name in scorers:
+        scorer, options = _make_scorer(name)
+        score, _ = scorer.compute_score(gts, res, **options)
+        values = score if isinstance(score, list) else [score]
+        results.update({key: float(value) for key, value in zip(SCORER_OUTPUTS[name], values)})
+    return results

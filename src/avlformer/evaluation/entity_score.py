@@ -1,0 +1,128 @@
+"""EntityScore (FAVDBench paper; FACTS §6.2): do the predicted entities (nouns) match the reference's?
+
+For a prediction p and reference r with stemmed noun sets P and R:
+
+* ``R(p, r) = |P ∩ R| / |R|`` (the share of reference entities mentioned);
+* ``C(p, r)`` = for each predicted noun, its best T5 similarity to a reference noun, averaged over P, where the
+  similarity of two nouns is ``(cos(T5(a), T5(b)) + 1) / 2``;
+* ``ES = 2 R C / (R + C)``; items where P or R is empty are not scored. The metric is the mean over items.
+
+As upstream's script: nouns are tokens whose Penn tag contains ``NN``, taken as a set, Porter-stemmed, set again;
+each noun is encoded alone by the T5 encoder (``</s>`` appended); the two noun batches are padded to one length L
+and the cosine is taken position by position over the L positions (padding included) and averaged.
+
+Differences from upstream's script, each following the README formula or avoiding a download:
+
+* upstream adds 1e-4 to R (so identical captions scored 1.00005); the formula has no such term, so we do not
+  (a zero ``R + C`` gives 0);
+* tokens come from a regex sentence split (on ``.``/``!``/``?`` followed by space) then NLTK's Treebank-style
+  ``NLTKWordTokenizer``, which is what ``nltk.word_tokenize`` applies after Punkt; Punkt itself is a download we
+  avoid (captions are plain sentences, so the split is the same in practice);
+* several references per id: the item's score is the mean over its references (upstream had one per id).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+class NounExtractor:
+    """caption -> sorted list of distinct Porter-stemmed nouns (Penn tags containing ``NN``)."""
+
+    def __init__(self, tagger):
+        from nltk.stem import PorterStemmer
+        from nltk.tokenize.destructive import NLTKWordTokenizer
+
+        self.tagger = tagger
+        self.stemmer = PorterStemmer()
+        self.word_tokenizer = NLTKWordTokenizer()
+
+    def tokens(self, caption: str) -> list[str]:
+        return [token for sentence in _SENTENCE_END.split(caption.strip()) if sentence
+                for token in self.word_tokenizer.tokenize(sentence)]
+
+    def __call__(self, caption: str) -> list[str]:
+        nouns = {word for word, tag in self.tagger.tag(self.tokens(caption)) if "NN" in tag}
+        return sorted({self.stemmer.stem(noun) for noun in nouns})
+
+
+def entity_recall(predicted: list[str], reference: list[str]) -> float:
+    """R: share of the reference nouns that the prediction contains."""
+    reference_set = set(reference)
+    return len(set(predicted) & reference_set) / len(reference_set)
+
+
+def semantic_coverage(predicted_states: torch.Tensor, reference_states: torch.Tensor) -> float:
+    """C from encoder states (P, L, D) and (R, L, D) padded to the same L: per predicted noun the best
+    ``(mean over positions of cos + 1) / 2`` over reference nouns, capped at 1, averaged over predicted nouns."""
+    if predicted_states.shape[1:] != reference_states.shape[1:]:
+        raise ValueError(f"noun states must share (L, D): {tuple(predicted_states.shape)} vs "
+                         f"{tuple(reference_states.shape)}")
+    cosine = F.cosine_similarity(predicted_states[:, None].float(), reference_states[None].float(), dim=-1)
+    similarity = (cosine.mean(dim=-1) + 1) / 2                   # (P, R)
+    best = similarity.max(dim=1).values.clamp(max=1.0)             # (P,)
+    return float(best.mean())
+
+
+def harmonic_mean(recall: float, coverage: float) -> float:
+    total = recall + coverage
+    return 0.0 if total == 0 else 2 * recall * coverage / total
+
+
+@dataclass
+class EntityScoreResult:
+    score: float | None                     # mean over scored items (None when nothing could be scored)
+    per_item: dict[str, float] = field(default_factory=dict)
+    unscored: list[str] = field(default_factory=list)  # ids where the prediction or reference has no noun
+
+
+class EntityScorer:
+    def __init__(self, tokenizer, encoder, tagger, device: torch.device | str = "cpu"):
+        self.tokenizer = tokenizer
+        self.encoder = encoder.eval()
+        self.nouns = NounExtractor(tagger)
+        self.device = torch.device(device)
+
+    def _encode_padded(self, predicted: list[str], reference: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batches = [self.tokenizer(words, padding=True, truncation=True, return_tensors="pt")
+                   for words in (predicted, reference)]
+        length = max(batch["input_ids"].shape[1] for batch in batches)
+        pad_id = self.tokenizer.pad_token_id or 0
+        states = []
+        for batch in batches:
+            extra = length - batch["input_ids"].shape[1]
+            ids = F.pad(batch["input_ids"], (0, extra), value=pad_id).to(self.device)
+            mask = F.pad(batch["attention_mask"], (0, extra), value=0).to(self.device)
+            states.append(self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state)
+        return states[0], states[1]
+
+    @torch.inference_mode()
+    def score_pair(self, prediction: str, reference: str) -> float | None:
+        """ES of one prediction against one reference; None when either has no noun."""
+        predicted, referenced = self.nouns(prediction), self.nouns(reference)
+        if not predicted or not referenced:
+            return None
+        coverage = semantic_coverage(*self._encode_padded(predicted, referenced))
+        return harmonic_mean(entity_recall(predicted, referenced), coverage)
+
+    def score(self, predictions: dict[str, str], references: dict[str, list[str]],
+              progress: bool = False) -> EntityScoreResult:
+        from tqdm.auto import tqdm
+
+        result = EntityScoreResult(score=None)
+        for image_id in tqdm(list(predictions), desc="EntityScore", disable=not progress):
+            scores = [s for ref in references[image_id] if (s := self.score_pair(predictions[image_id], ref))
+                      is not None]
+            if scores:
+                result.per_item[image_id] = sum(scores) / len(scores)
+            else:
+                result.unscored.append(image_id)
+        if result.per_item:
+            result.score = sum(result.per_item.values()) / len(result.per_item)
+        return result

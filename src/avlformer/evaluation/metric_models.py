@@ -1,0 +1,80 @@
+"""Loading the models the learned metrics need, from local paths only (nothing is downloaded).
+
+Each loader raises ``MetricUnavailable`` with a message naming what to install or pass when its files are absent,
+so ``avlformer evaluate`` can skip that metric and still report the others.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+POS_TAGGER_RESOURCE = "taggers/averaged_perceptron_tagger_eng"
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric cannot run here (model or data files missing); the message says what to install."""
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _model_dir(path: str | os.PathLike | None, metric: str, flag: str, what: str) -> Path:
+    if path is None:
+        raise MetricUnavailable(f"{metric} skipped: no {what}; pass {flag} DIR (a local Hugging Face model folder)")
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise MetricUnavailable(f"{metric} skipped: {flag} {folder} is not a Hugging Face model folder "
+                                "(no config.json there)")
+    return folder
+
+
+def load_pos_tagger(nltk_data: str | os.PathLike | None = None):
+    """NLTK's averaged perceptron tagger (English), from ``nltk_data`` or NLTK's usual data folders.
+
+    NLTK >= 3.9 only reads files under folders listed in ``nltk.data.path``, so ``nltk_data`` is added there."""
+    try:
+        import nltk
+        from nltk.tag.perceptron import PerceptronTagger
+    except ImportError:
+        raise MetricUnavailable("EntityScore skipped: the nltk package is not installed (`pip install nltk`)") \
+            from None
+    if nltk_data is not None:
+        folder = str(Path(nltk_data).resolve())
+        if folder not in nltk.data.path:
+            nltk.data.path.insert(0, folder)
+    try:
+        nltk.data.find(POS_TAGGER_RESOURCE + "/")
+    except LookupError:
+        where = f"in {nltk_data}" if nltk_data is not None else "in NLTK's data folders"
+        raise MetricUnavailable(
+            f"EntityScore skipped: NLTK's POS tagger ({POS_TAGGER_RESOURCE}) not found {where}; install it with "
+            "`python -m nltk.downloader -d DIR averaged_perceptron_tagger_eng` and pass --nltk-data DIR") from None
+    return PerceptronTagger(lang="eng")
+
+
+def load_t5_encoder(path: str | os.PathLike | None, device: torch.device):
+    """(tokenizer, T5EncoderModel in eval mode) from a local folder such as a copy of ``t5-base``."""
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    folder = _model_dir(path, "EntityScore", "--t5-model", "T5 model (t5-base)")
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = T5EncoderModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+    return tokenizer, model
+
+
+def load_clip(path: str | os.PathLike | None, metric: str, device: torch.device):
+    """(CLIPModel in eval mode, tokenizer, image processor) from a local folder such as a copy of
+    ``openai/clip-vit-base-patch32``."""
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    folder = _model_dir(path, metric, "--clip-model", "CLIP model (openai/clip-vit-base-patch32)")
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    model = CLIPModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+    return model, tokenizer, image_processor

@@ -1,0 +1,173 @@
+"""Reading prediction and reference caption files, and pairing their ids.
+
+Predictions: a COCO result list ``[{"image_id": id, "caption": text}, ...]`` (one caption per id) or a dict
+``{id: caption}`` (the form upstream's AudioScore script reads).
+References: a COCO captions dict (``{"annotations": [{"image_id", "caption"}, ...], ...}``, what
+``avlformer prepare`` writes as ``{split}.caption_coco_format.json``), a COCO list (several entries per id allowed),
+or a caption TSV (``key<TAB>[{"caption": ...}, ...]`` rows, ``{split}.caption.tsv``).
+
+Ids are compared as strings. Upstream's tools disagree on the id spelling (the full key ``test/<id>.mp4`` or the
+bare ``<id>``), so ids that do not match exactly are matched a second time by their stem (last path component
+without its extension) when that stem is unique on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+
+class CaptionFileError(ValueError):
+    """A prediction or reference file cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+def _read_json(path: Path):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CaptionFileError(path, "file not found") from None
+    except UnicodeDecodeError as error:
+        raise CaptionFileError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CaptionFileError(path, f"not valid JSON ({error.msg} at line {error.lineno} column {error.colno})") \
+            from None
+
+
+def _entry_id_and_caption(path: Path, entry, where: str) -> tuple[str, str]:
+    if not isinstance(entry, dict) or "image_id" not in entry or "caption" not in entry:
+        raise CaptionFileError(path, f"{where} must be an object with 'image_id' and 'caption', got {entry!r:.80}")
+    image_id, caption = entry["image_id"], entry["caption"]
+    if not isinstance(image_id, (str, int)) or isinstance(image_id, bool):
+        raise CaptionFileError(path, f"{where}: image_id must be a string or integer, got {image_id!r:.80}")
+    if not isinstance(caption, str):
+        raise CaptionFileError(path, f"{where}: caption must be a string, got {caption!r:.80}")
+    return str(image_id), caption
+
+
+def load_predictions(path: str | os.PathLike) -> dict[str, str]:
+    """``{id: caption}`` from a COCO result list or a ``{id: caption}`` dict."""
+    path = Path(path)
+    data = _read_json(path)
+    if isinstance(data, dict):
+        if "annotations" in data:
+            raise CaptionFileError(path, "this is a COCO reference dict; predictions must be a COCO result list "
+                                         "[{\"image_id\", \"caption\"}] or a {id: caption} dict")
+        bad = next(((k, v) for k, v in data.items() if not isinstance(v, str)), None)
+        if bad is not None:
+            raise CaptionFileError(path, f"caption of id {bad[0]!r} must be a string, got {bad[1]!r:.80}")
+        return {str(key): caption for key, caption in data.items()}
+    if not isinstance(data, list):
+        raise CaptionFileError(path, f"expected a JSON list or object, got {type(data).__name__}")
+    pairs = [_entry_id_and_caption(path, entry, f"entry {i}") for i, entry in enumerate(data)]
+    repeated = [image_id for image_id, count in Counter(i for i, _ in pairs).items() if count > 1]
+    if repeated:
+        raise CaptionFileError(path, f"{len(repeated)} id(s) have more than one predicted caption, e.g. "
+                                     f"{repeated[0]!r}; a prediction file holds one caption per id")
+    return dict(pairs)
+
+
+def _group(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for image_id, caption in pairs:
+        grouped.setdefault(image_id, []).append(caption)
+    return grouped
+
+
+def _references_from_tsv(path: Path) -> dict[str, list[str]]:
+    pairs = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise CaptionFileError(path, "file not found") from None
+    except UnicodeDecodeError as error:
+        raise CaptionFileError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        key, tab, payload = line.partition("\t")
+        if not tab:
+            raise CaptionFileError(path, f"line {number}: expected 'key<TAB>[{{\"caption\": ...}}]', found no tab")
+        try:
+            entries = json.loads(payload)
+        except json.JSONDecodeError as error:
+            raise CaptionFileError(path, f"line {number}: caption column is not valid JSON ({error.msg})") from None
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("caption"), str)
+                                                    for e in entries):
+            raise CaptionFileError(path, f"line {number}: caption column must be a JSON list of "
+                                         "{\"caption\": text} objects")
+        pairs += [(key, entry["caption"]) for entry in entries]
+    return _group(pairs)
+
+
+def load_references(path: str | os.PathLike) -> dict[str, list[str]]:
+    """``{id: [captions]}`` from a COCO captions dict, a COCO list or a caption TSV (by the ``.tsv`` suffix)."""
+    path = Path(path)
+    if path.suffix.lower() == ".tsv":
+        references = _references_from_tsv(path)
+    else:
+        data = _read_json(path)
+        if isinstance(data, dict):
+            if not isinstance(data.get("annotations"), list):
+                raise CaptionFileError(path, "a reference JSON object must be a COCO captions dict with an "
+                                             "'annotations' list")
+            data = data["annotations"]
+            where = "annotations[{}]"
+        elif isinstance(data, list):
+            where = "entry {}"
+        else:
+            raise CaptionFileError(path, f"expected a COCO dict or list, got {type(data).__name__}")
+        references = _group([_entry_id_and_caption(path, entry, where.format(i)) for i, entry in enumerate(data)])
+    if not references:
+        raise CaptionFileError(path, "contains no reference captions")
+    return references
+
+
+def id_stem(image_id: str) -> str:
+    """``test/abc.mp4`` -> ``abc``; ``abc`` -> ``abc``."""
+    name = PurePosixPath(image_id.replace("\\", "/")).name
+    return PurePosixPath(name).stem if "." in name else name
+
+
+@dataclass
+class PairedCaptions:
+    """Predictions and references over the same ids (the reference spelling)."""
+
+    predictions: dict[str, str]
+    references: dict[str, list[str]]
+    missing_predictions: list[str] = field(default_factory=list)  # reference ids nothing predicted
+    extra_predictions: list[str] = field(default_factory=list)    # prediction ids with no reference
+    matched_by_stem: int = 0
+
+
+def _unique_by_stem(ids) -> dict[str, str]:
+    counts = Counter(id_stem(i) for i in ids)
+    return {id_stem(i): i for i in ids if counts[id_stem(i)] == 1}
+
+
+def pair_captions(predictions: dict[str, str], references: dict[str, list[str]]) -> PairedCaptions:
+    """Match ids exactly, then the leftovers by unique stem; report what stays unmatched on either side."""
+    pairs = {ref_id: ref_id for ref_id in references if ref_id in predictions}
+    left_refs = [ref_id for ref_id in references if ref_id not in pairs]
+    left_preds = [pred_id for pred_id in predictions if pred_id not in references]
+    pred_by_stem = _unique_by_stem(left_preds)
+    stem_matches = {ref_id: pred_by_stem[stem] for stem, ref_id in _unique_by_stem(left_refs).items()
+                    if stem in pred_by_stem}
+    pairs.update(stem_matches)
+    used_preds = set(pairs.values())
+    return PairedCaptions(
+        predictions={ref_id: predictions[pred_id] for ref_id, pred_id in pairs.items()},
+        references={ref_id: references[ref_id] for ref_id in pairs},
+        missing_predictions=sorted(ref_id for ref_id in references if ref_id not in pairs),
+        extra_predictions=sorted(pred_id for pred_id in predictions if pred_id not in used_preds),
+        matched_by_stem=len(stem_matches),
+    )

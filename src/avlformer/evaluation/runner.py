@@ -1,0 +1,172 @@
+"""``avlformer evaluate``'s work: pair the files, run each requested metric, collect one report.
+
+A metric whose model, data or tool is missing is skipped with the reason (naming what to install or pass); the
+other metrics still run. A clip whose video or audio cannot be found or decoded is left out of AudioScore and
+CLIPScore and listed in the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from avlformer.evaluation.coco_metrics import SCORER_OUTPUTS, caption_metrics, java_missing_reason, \
+    spice_missing_reason
+from avlformer.evaluation.metric_models import MetricUnavailable
+from avlformer.evaluation.references import PairedCaptions
+
+log = logging.getLogger(__name__)
+
+METRIC_CHOICES = ("bleu", "meteor", "rouge", "cider", "spice", "entity", "audio", "clip")
+METRIC_OUTPUTS = {**SCORER_OUTPUTS, "entity": ("EntityScore",), "audio": ("AudioScore",),
+                  "clip": ("CLIP-S", "RefCLIP-S")}
+
+
+@dataclass
+class ModelPaths:
+    t5_model: str | None = None
+    nltk_data: str | None = None
+    clip_model: str | None = None
+    trilip_checkpoint: str | None = None
+    trilip_passt_config: str | None = None
+    video_dir: str | None = None
+    audio_dir: str | None = None
+    num_frames: int = 32
+    device: str | None = None
+
+
+@dataclass
+class EvaluationReport:
+    metrics: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)         # metric group -> why
+    per_item: dict[str, dict] = field(default_factory=dict)       # metric -> {id: value}
+    unscored: dict[str, dict[str, str]] = field(default_factory=dict)  # metric -> {id: why}
+
+    def to_dict(self) -> dict:
+        return {"metrics": self.metrics, "skipped": self.skipped, "unscored": self.unscored,
+                "per_item": self.per_item}
+
+
+def _run_coco(paired: PairedCaptions, groups: list[str], report: EvaluationReport) -> None:
+    wanted = [g for g in groups if g in SCORER_OUTPUTS]
+    if "spice" in wanted and (reason := spice_missing_reason()):
+        report.skipped["spice"] = f"SPICE skipped: {reason}"
+        wanted.remove("spice")
+    if not wanted:
+        return
+    if reason := java_missing_reason():
+        for group in wanted:
+            report.skipped[group] = f"{'/'.join(SCORER_OUTPUTS[group])} skipped: {reason}"
+        return
+    report.metrics.update(caption_metrics(paired.predictions, paired.references, scorers=tuple(wanted)))
+
+
+def _run_entity(paired: PairedCaptions, paths: ModelPaths, device, report: EvaluationReport) -> None:
+    from avlformer.evaluation.entity_score import EntityScorer
+    from avlformer.evaluation.metric_models import load_pos_tagger, load_t5_encoder
+
+    tagger = load_pos_tagger(paths.nltk_data)
+    tokenizer, encoder = load_t5_encoder(paths.t5_model, device)
+    result = EntityScorer(tokenizer, encoder, tagger, device).score(paired.predictions, paired.references,
+                                                                    progress=True)
+    if result.score is not None:
+        report.metrics["EntityScore"] = result.score
+    report.per_item["EntityScore"] = result.per_item
+    if result.unscored:
+        report.unscored["EntityScore"] = {i: "no noun in the prediction or the reference" for i in result.unscored}
+
+
+def _media_scorers(groups: list[str], paths: ModelPaths, device, report: EvaluationReport) -> dict:
+    """Build the AudioScore/CLIPScore scorers that can run; record why the others cannot."""
+    scorers = {}
+    for group in [g for g in groups if g in ("clip", "audio")]:
+        name = "CLIPScore" if group == "clip" else "AudioScore"
+        try:
+            if paths.video_dir is None:
+                raise MetricUnavailable(f"{name} skipped: it scores captions against the clips; pass --video-dir "
+                                        "DIR (the videos) and, for separate mp3s, --audio-dir DIR")
+            scorers[group] = _build_media_scorer(group, paths, device)
+        except MetricUnavailable as error:
+            report.skipped[group] = str(error)
+    return scorers
+
+
+def _build_media_scorer(group: str, paths: ModelPaths, device):
+    if group == "clip":
+        from avlformer.evaluation.clip_score import ClipScorer
+        from avlformer.evaluation.metric_models import load_clip
+
+        return ClipScorer(*load_clip(paths.clip_model, "CLIPScore", device), device=device)
+    from avlformer.evaluation.audio_score import AudioScorer
+    from avlformer.evaluation.trilip import load_trilip, read_passt_config
+
+    if paths.trilip_checkpoint is None:
+        raise MetricUnavailable("AudioScore skipped: no TriLip model; download TriLip.bin (FAVDBench release "
+                                "r-metric-score) and pass --trilip-checkpoint FILE with --clip-model DIR")
+    trilip = load_trilip(paths.trilip_checkpoint, paths.clip_model, read_passt_config(paths.trilip_passt_config),
+                         device)
+    return AudioScorer(*trilip, device=device)
+
+
+def _run_media(paired: PairedCaptions, scorers: dict, paths: ModelPaths, report: EvaluationReport) -> None:
+    from tqdm.auto import tqdm
+
+    from avlformer.data.media import MediaError
+    from avlformer.evaluation.video_media import ClipMedia, MissingMedia
+
+    media = ClipMedia(paths.video_dir, paths.audio_dir, num_frames=paths.num_frames)
+    failures: dict[str, str] = {}
+    for image_id in tqdm(list(paired.predictions), desc="AudioScore/CLIPScore"):
+        caption = paired.predictions[image_id]
+        try:
+            frames = media.frames(image_id)
+            if "clip" in scorers:
+                scorers["clip"].score_item(image_id, frames, caption, paired.references[image_id])
+            if "audio" in scorers:
+                scorers["audio"].score_item(image_id, frames, media.audio(image_id), caption)
+        except (MissingMedia, MediaError, ValueError) as error:
+            failures[image_id] = str(error)
+            log.warning("%s", error)
+    if "clip" in scorers:
+        result = scorers["clip"].result()
+        if result.clip_s is not None:
+            report.metrics.update({"CLIP-S": result.clip_s, "RefCLIP-S": result.ref_clip_s})
+        report.per_item["CLIPScore"] = result.per_item
+    if "audio" in scorers:
+        result = scorers["audio"].result()
+        if result.score is not None:
+            report.metrics["AudioScore"] = result.score
+        report.per_item["AudioScore"] = result.per_item
+    for group in scorers:
+        if failures:
+            report.unscored["CLIPScore" if group == "clip" else "AudioScore"] = dict(failures)
+
+
+def evaluate(paired: PairedCaptions, groups: list[str], paths: ModelPaths) -> EvaluationReport:
+    """Run the metric ``groups`` (see METRIC_CHOICES) on paired captions."""
+    from avlformer.evaluation.metric_models import pick_device
+
+    unknown = sorted(set(groups) - set(METRIC_CHOICES))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(METRIC_CHOICES)}")
+    device = pick_device(paths.device)
+    report = EvaluationReport()
+    _run_coco(paired, groups, report)
+    if "entity" in groups:
+        try:
+            _run_entity(paired, paths, device, report)
+        except MetricUnavailable as error:
+            report.skipped["entity"] = str(error)
+    scorers = _media_scorers(groups, paths, device, report)
+    if scorers:
+        _run_media(paired, scorers, paths, report)
+    return report
+
+
+def model_paths_exist(paths: ModelPaths) -> list[str]:
+    """Paths given on the command line that do not exist (reported before any work starts)."""
+    given = {"--t5-model": paths.t5_model, "--nltk-data": paths.nltk_data, "--clip-model": paths.clip_model,
+             "--trilip-checkpoint": paths.trilip_checkpoint, "--trilip-passt-config": paths.trilip_passt_config,
+             "--video-dir": paths.video_dir, "--audio-dir": paths.audio_dir}
+    return [f"{flag} {value}" for flag, value in given.items() if value is not None and not Path(value).exists()]

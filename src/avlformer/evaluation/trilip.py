@@ -1,0 +1,149 @@
+"""TriLip, the audio-visual-text embedding model behind AudioScore (FACTS §6.3), loading upstream's TriLip.bin.
+
+Layout (parameter names as in TriLip.bin, ``module.`` prefix stripped): ``vl_model`` = CLIP ViT-B/32 (OpenAI
+names, mapped onto transformers' CLIPModel), ``a_model`` = the PaSST-S audio encoder with its 768->512 ``linear``
+(our ``PasstAudioEncoder``), three post-LN residual FFN "scalers" (512 -> 2048 -> 512) for vision, text and
+audio, and two scalar logit scales that AudioScore does not use (the README formula has no scale).
+
+Upstream's audio branch applied random structured patchout even at inference; ours runs in eval mode, where
+``PasstAudioEncoder`` keeps evenly spaced patches, so the score is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from avlformer.evaluation.metric_models import MetricUnavailable
+from avlformer.evaluation.openai_clip import openai_to_transformers
+from avlformer.modeling.passt import PasstAudioEncoder, PasstConfig, checkpoint_filter_fn
+
+SCALERS = ("vis_scaler", "txt_scaler", "aud_scaler")
+
+
+class ScalerFFN(nn.Module):
+    """``LayerNorm(x + Dropout(W2 relu(W1 x)))``, eps 1e-6 (upstream's FFN block)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.1):
+        super().__init__()
+        self.w_1 = nn.Linear(dim, hidden)
+        self.w_2 = nn.Linear(hidden, dim)
+        self.layer_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(x + self.dropout(self.w_2(torch.relu(self.w_1(x)))))
+
+
+class TriLip(nn.Module):
+    def __init__(self, clip_config, passt_config: PasstConfig, ffn_hidden: int = 2048):
+        super().__init__()
+        from transformers import CLIPModel
+
+        dim = clip_config.projection_dim
+        if passt_config.out_dim != dim:
+            raise ValueError(f"TriLip: PaSST out_dim {passt_config.out_dim} must equal CLIP projection_dim {dim}")
+        self.vl_model = CLIPModel(clip_config)
+        self.a_model = PasstAudioEncoder(passt_config)
+        self.logit_scale1 = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.logit_scale2 = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.vis_scaler = ScalerFFN(dim, ffn_hidden)
+        self.txt_scaler = ScalerFFN(dim, ffn_hidden)
+        self.aud_scaler = ScalerFFN(dim, ffn_hidden)
+
+    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) CLIP-preprocessed images -> (N, dim)."""
+        clip = self.vl_model
+        return self.vis_scaler(clip.visual_projection(clip.vision_model(pixel_values=pixel_values).pooler_output))
+
+    def text_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        clip = self.vl_model
+        pooled = clip.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        return self.txt_scaler(clip.text_projection(pooled))
+
+    def audio_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, 1, samples) waveform -> (B, dim): the audio tokens' scaled embeddings, averaged (as upstream)."""
+        return self.aud_scaler(self.a_model(audio)).mean(dim=1)
+
+
+def read_trilip_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """TriLip.bin (``{'model': {'module.<name>': tensor}}``, read with weights_only) or a .safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MetricUnavailable(f"AudioScore skipped: TriLip checkpoint {path} not found (download TriLip.bin from "
+                                "the FAVDBench release r-metric-score and pass --trilip-checkpoint FILE)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for corrupt or unsafe files
+            raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True): {error}") from None
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected {{'model': {{name: tensor}}}} or a flat dict of tensors")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def trilip_state_for(model: TriLip, state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Upstream TriLip names -> this module's names (CLIP renamed, PaSST filtered)."""
+    groups: dict[str, dict[str, torch.Tensor]] = {"vl_model.": {}, "a_model.net.": {}, "": {}}
+    for key, value in state.items():
+        prefix = next(p for p in groups if key.startswith(p))
+        groups[prefix][key[len(prefix):]] = value
+    try:
+        clip = openai_to_transformers(groups["vl_model."])
+        passt, _dropped_heads = checkpoint_filter_fn(groups["a_model.net."], model.a_model.config)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+    return ({f"vl_model.{k}": v for k, v in clip.items()} | {f"a_model.net.{k}": v for k, v in passt.items()}
+            | groups[""])
+
+
+def load_trilip(checkpoint: str | os.PathLike, clip_dir: str | os.PathLike | None,
+                passt_config: PasstConfig | None = None, device: torch.device | str = "cpu"):
+    """(TriLip in eval mode, CLIP tokenizer, CLIP image processor).
+
+    ``clip_dir`` is a local transformers CLIP ViT-B/32 folder: TriLip.bin holds the weights but not the CLIP
+    configuration, tokenizer or image preprocessing. ``passt_config`` defaults to the paper's PaSST-S."""
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPConfig
+
+    state = read_trilip_state(checkpoint)
+    if clip_dir is None or not (Path(clip_dir) / "config.json").is_file():
+        raise MetricUnavailable("AudioScore skipped: TriLip needs the CLIP ViT-B/32 configuration, tokenizer and "
+                                "preprocessing; pass --clip-model DIR (a local openai/clip-vit-base-patch32 folder)")
+    hidden = state["vis_scaler.w_1.weight"].shape[0] if "vis_scaler.w_1.weight" in state else 2048
+    model = TriLip(CLIPConfig.from_pretrained(clip_dir, local_files_only=True), passt_config or PasstConfig.paper(),
+                   ffn_hidden=hidden)
+    converted = trilip_state_for(model, state, str(checkpoint))
+    try:
+        missing, unexpected = model.load_state_dict(converted, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise ValueError(f"{checkpoint}: does not match TriLip built from {clip_dir}: {error}") from None
+    # position_ids-style buffers are not parameters of the checkpoint; anything else missing is an error.
+    missing = [name for name in missing if not name.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(f"{checkpoint}: does not match TriLip built from {clip_dir} "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    tokenizer = AutoTokenizer.from_pretrained(clip_dir, local_files_only=True)
+    image_processor = AutoImageProcessor.from_pretrained(clip_dir, local_files_only=True)
+    return model.to(device).eval(), tokenizer, image_processor
+
+
+def read_passt_config(path: str | os.PathLike | None) -> PasstConfig:
+    """PasstConfig from a JSON file of its fields (``PasstConfig.to_dict()``); the paper's when ``path`` is None."""
+    if path is None:
+        return PasstConfig.paper()
+    try:
+        return PasstConfig.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as error:
+        raise ValueError(f"{path}: not a PaSST config JSON ({error})") from None

@@ -1,0 +1,257 @@
+"""AVLFormer: Video Swin + PaSST encoders feeding a BERT-style text transformer (FACTS §3.1, §9).
+
+Token order, projections and norms are upstream's, so released weights mean what they meant:
+``[text (L) ; video (T/2·H/32·W/32, through fc) ; audio (dist token + kept patches, through passt.linear then a
+parameter-free RMS norm)]``. The AV→AV block of the attention mask is learned (``learn_vid_att``).
+Module attribute names (``swin``, ``trans_encoder``, ``fc``, ``passt``, ``learn_vid_att``) are the released
+``model.bin`` prefixes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avlformer.atomic import write_text_atomic
+from avlformer.data.tokenizer import PAD_ID
+from avlformer.modeling.attention_mask import build_attention_mask, learned_av_mask, mask_to_bias, sparsity_loss
+from avlformer.modeling.generation import GenerationOutput, generate
+from avlformer.modeling.passt import PasstAudioEncoder, PasstConfig, rms_norm
+from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig
+from avlformer.modeling.video_swin import VideoSwinConfig, VideoSwinEncoder
+
+_SUB_CONFIGS = {"video": VideoSwinConfig, "audio": PasstConfig, "text": TextTransformerConfig}
+
+
+@dataclass
+class AVLFormerConfig:
+    """Everything that defines an AVLFormer; saved as ``config.json`` with every checkpoint."""
+
+    video: VideoSwinConfig = field(default_factory=VideoSwinConfig.base)
+    audio: PasstConfig = field(default_factory=PasstConfig.paper)
+    text: TextTransformerConfig = field(default_factory=TextTransformerConfig.base)
+    num_frames: int = 32
+    image_size: int = 224
+    img_feature_dim: int = 512
+    learn_mask_enabled: bool = True
+    sparse_mask_soft2hard: bool = False
+    lm_loss_weight: float = 0.1        # upstream lambda_: loss = λ·LM + (1-λ)·MLM
+    sparsity_loss_weight: float = 0.5  # upstream loss_sparse_w
+    max_seq_length: int = 300
+    max_gen_length: int = 115
+    num_beams: int = 1
+    length_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.text.img_feature_dim != self.img_feature_dim:
+            problems.append(f"text.img_feature_dim {self.text.img_feature_dim} != img_feature_dim "
+                            f"{self.img_feature_dim}")
+        if self.audio.out_dim != self.img_feature_dim:
+            problems.append(f"audio.out_dim {self.audio.out_dim} != img_feature_dim {self.img_feature_dim}")
+        for name in ("max_seq_length", "max_gen_length"):
+            if not 2 <= getattr(self, name) <= self.text.max_position_embeddings:
+                problems.append(f"{name} {getattr(self, name)} must lie in [2, text.max_position_embeddings="
+                                f"{self.text.max_position_embeddings}]")
+        if not 0.0 <= self.lm_loss_weight <= 1.0:
+            problems.append(f"lm_loss_weight {self.lm_loss_weight} must lie in [0, 1]")
+        if self.num_beams < 1:
+            problems.append(f"num_beams {self.num_beams} must be >= 1")
+        try:
+            self.video.token_grid(self.num_frames, self.image_size)
+        except ValueError as error:
+            problems.append(str(error))
+        if problems:
+            raise ValueError("invalid AVLFormerConfig: " + "; ".join(problems))
+
+    @classmethod
+    def paper(cls) -> "AVLFormerConfig":
+        """The released model: 32 frames at 224 px (784 video tokens) + 473 audio tokens = 1257 AV tokens."""
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> "AVLFormerConfig":
+        """Nano encoders and text model: 8 frames of 64x64 (16 video tokens) + 1 s audio (19 tokens); CPU-fast."""
+        text = TextTransformerConfig.nano()
+        text.img_feature_dim = 32
+        return cls(video=VideoSwinConfig.nano(), audio=PasstConfig.nano(), text=text, num_frames=8, image_size=64,
+                   img_feature_dim=32, max_seq_length=64, max_gen_length=40)
+
+    @property
+    def num_video_tokens(self) -> int:
+        return self.video.num_tokens(self.num_frames, self.image_size)
+
+    @property
+    def num_audio_tokens(self) -> int:
+        return self.audio.num_tokens
+
+    @property
+    def num_av_tokens(self) -> int:
+        return self.num_video_tokens + self.num_audio_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in _SUB_CONFIGS:
+            data[name] = data[name].to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "AVLFormerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"AVLFormerConfig: unknown keys {unknown}")
+        values = dict(data)
+        for name, sub_cls in _SUB_CONFIGS.items():
+            if name in values and isinstance(values[name], Mapping):
+                values[name] = sub_cls.from_dict(values[name])
+        return cls(**values)
+
+    def save(self, path: str | Path) -> None:
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AVLFormerConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: model config not found") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON: {error}") from error
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from error
+
+
+class AVLFormer(nn.Module):
+    def __init__(self, config: AVLFormerConfig):
+        super().__init__()
+        self.config = config
+        # Registration order = upstream's state_dict order (FACTS §3.1).
+        self.swin = VideoSwinEncoder(config.video)
+        self.trans_encoder = TextTransformer(config.text)
+        self.fc = nn.Linear(config.video.out_dim, config.img_feature_dim)
+        self.passt = PasstAudioEncoder(config.audio)
+        if config.learn_mask_enabled:
+            num_av = config.num_av_tokens
+            self.learn_vid_att = nn.Embedding(num_av * num_av, 1)  # N(0, 1) init, as upstream
+
+    # ------------------------------------------------------------------------------------------- encoders
+    def encode_av(self, frames: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Frames (B, T, 3, H, W) + audio (B, 1, S) -> AV tokens (B, V, img_feature_dim), video first."""
+        self._check_av_inputs(frames, audio)
+        video = self.fc(self.swin(frames))
+        sound = rms_norm(self.passt(audio))
+        return torch.cat([video, sound], dim=1)
+
+    def _check_av_inputs(self, frames: torch.Tensor, audio: torch.Tensor) -> None:
+        cfg = self.config
+        expected_frames = (cfg.num_frames, 3, cfg.image_size, cfg.image_size)
+        if frames.dim() != 5 or tuple(frames.shape[1:]) != expected_frames:
+            raise ValueError(f"frames: expected shape (B, {', '.join(map(str, expected_frames))}) "
+                             f"= (batch, num_frames, RGB, image_size, image_size), got {tuple(frames.shape)}")
+        samples = cfg.audio.clip_samples
+        if audio.dim() != 3 or tuple(audio.shape[1:]) != (1, samples):
+            raise ValueError(f"audio: expected shape (B, 1, {samples}) = mono {cfg.audio.clip_seconds} s at "
+                             f"{cfg.audio.sample_rate} Hz, got {tuple(audio.shape)}")
+        if frames.shape[0] != audio.shape[0]:
+            raise ValueError(f"frames and audio batch sizes differ: {frames.shape[0]} vs {audio.shape[0]}")
+
+    def av_attention_mask(self) -> torch.Tensor | None:
+        """The (V, V) AV→AV mask: learned σ(W) with diagonal 1, or None (attend to all) without a learned mask."""
+        if not self.config.learn_mask_enabled:
+            return None
+        return learned_av_mask(self.learn_vid_att.weight, self.config.num_av_tokens,
+                               self.config.sparse_mask_soft2hard)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Recompute activations in backward (swin stages, PaSST blocks, text layers) to save memory."""
+        self.config.video.use_checkpoint = enabled
+        self.config.audio.use_checkpoint = enabled
+        self.trans_encoder.set_gradient_checkpointing(enabled)
+
+    # ------------------------------------------------------------------------------------------- training
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Training losses for a collated batch (docs/architecture.md): loss, lm_loss, mlm_loss, sparsity_loss,
+        mlm_accuracy. LM targets are ``target_ids`` shifted left (original tokens); MLM targets are
+        ``target_ids`` at ``masked_pos``."""
+        input_ids, target_ids, masked_pos, text_len = self._checked_text(batch)
+        av_tokens = self.encode_av(batch["frames"], batch["audio"])
+        max_text_len, num_av = input_ids.shape[1], av_tokens.shape[1]
+        mask = build_attention_mask(text_len, max_text_len, num_av, self.av_attention_mask(), dtype=av_tokens.dtype)
+        hidden = self.trans_encoder(input_ids, av_tokens, mask_to_bias(mask))[:, :max_text_len]
+
+        lm_targets = F.pad(target_ids[:, 1:], (0, 1), value=PAD_ID)
+        lm_positions = lm_targets != PAD_ID
+        needed = lm_positions | masked_pos
+        # The 30522-way head only where a loss needs it (not over all 300 positions).
+        logits = self.trans_encoder.logits(hidden[needed])
+        is_lm, is_mlm = lm_positions[needed], masked_pos[needed]
+        lm_loss = _mean_cross_entropy(logits[is_lm], lm_targets[needed][is_lm])
+        mlm_targets = target_ids[needed][is_mlm]
+        mlm_logits = logits[is_mlm]
+        mlm_loss = _mean_cross_entropy(mlm_logits, mlm_targets)
+        sparsity = self._sparsity_loss(hidden)
+        cfg = self.config
+        loss = (cfg.lm_loss_weight * lm_loss + (1 - cfg.lm_loss_weight) * mlm_loss
+                + cfg.sparsity_loss_weight * sparsity)
+        with torch.no_grad():
+            accuracy = ((mlm_logits.argmax(-1) == mlm_targets).float().mean() if mlm_targets.numel()
+                        else hidden.new_zeros(()))
+        return {"loss": loss, "lm_loss": lm_loss, "mlm_loss": mlm_loss, "sparsity_loss": sparsity,
+                "mlm_accuracy": accuracy}
+
+    def _sparsity_loss(self, like: torch.Tensor) -> torch.Tensor:
+        if not self.config.learn_mask_enabled:
+            return like.new_zeros((), dtype=torch.float32)
+        return sparsity_loss(self.learn_vid_att.weight, self.config.num_av_tokens)
+
+    def _checked_text(self, batch: Mapping[str, Any]):
+        missing = [k for k in ("frames", "audio", "input_ids", "target_ids", "masked_pos", "text_len") if k not in batch]
+        if missing:
+            raise KeyError(f"training batch lacks {missing}")
+        input_ids, target_ids = batch["input_ids"], batch["target_ids"]
+        masked_pos, text_len = batch["masked_pos"].bool(), batch["text_len"]
+        if input_ids.dim() != 2 or target_ids.shape != input_ids.shape or masked_pos.shape != input_ids.shape:
+            raise ValueError(f"input_ids {tuple(input_ids.shape)}, target_ids {tuple(target_ids.shape)} and "
+                             f"masked_pos {tuple(masked_pos.shape)} must all be (B, L)")
+        if input_ids.shape[1] > self.config.text.max_position_embeddings:
+            raise ValueError(f"text length {input_ids.shape[1]} exceeds the position table "
+                             f"({self.config.text.max_position_embeddings})")
+        if text_len.shape != (input_ids.shape[0],):
+            raise ValueError(f"text_len must be (B,) = ({input_ids.shape[0]},), got {tuple(text_len.shape)}")
+        return input_ids, target_ids, masked_pos, text_len
+
+    # ------------------------------------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def generate(self, frames: torch.Tensor, audio: torch.Tensor, num_beams: int | None = None,
+                 max_length: int | None = None, length_penalty: float | None = None,
+                 use_cache: bool = True) -> GenerationOutput:
+        """Captions as token ids (B, max_length) after [CLS], ending in [SEP] then [PAD], plus confidences.
+        Defaults come from the config (max_gen_length, num_beams, length_penalty)."""
+        cfg = self.config
+        was_training = self.training
+        self.eval()
+        try:
+            av_tokens = self.encode_av(frames, audio)
+            return generate(self.trans_encoder, av_tokens, self.av_attention_mask(),
+                            max_length=max_length or cfg.max_gen_length, num_beams=num_beams or cfg.num_beams,
+                            length_penalty=cfg.length_penalty if length_penalty is None else length_penalty,
+                            use_cache=use_cache)
+        finally:
+            self.train(was_training)
+
+
+def _mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean CE; 0 (still attached to the graph) when there is nothing to predict, instead of NaN."""
+    if targets.numel() == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), targets)

@@ -1,0 +1,276 @@
+"""Model checkpoints: our folder format, upstream checkpoint folders and the released ``model.bin``.
+
+Our format is a folder with ``model.safetensors`` (weights), ``config.json`` (``AVLFormerConfig.to_dict()``) and
+``vocab.txt``; it is written into a temporary sibling folder and renamed into place, so a reader never sees half
+a checkpoint. Upstream files are read with ``torch.load(weights_only=True)``: nothing is ever unpickled beyond
+tensors and plain containers.
+
+Loading is all-or-nothing: missing, unexpected or misshaped keys raise an error that lists them. The only keys
+upstream saved that we do not use (``cls_img_feat.*``, ``bert.pooler.*``, PaSST's ``head.0.*``, the Swin
+``relative_position_index`` buffers, which are recomputed and checked) are dropped by name and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from avlformer.data.tokenizer import default_vocab_dir
+from avlformer.modeling import passt as passt_module
+from avlformer.modeling import video_swin as video_swin_module
+from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
+from avlformer.modeling.passt import PasstConfig
+from avlformer.modeling.text_transformer import TextTransformerConfig
+from avlformer.modeling.video_swin import VideoSwinConfig
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME, CONFIG_NAME, VOCAB_NAME = "model.safetensors", "config.json", "vocab.txt"
+UPSTREAM_WEIGHTS_NAME = "model.bin"
+# Saved by upstream, never used in its forward pass (FACTS §3.3, §3.4).
+UPSTREAM_UNUSED_PREFIXES = ("trans_encoder.cls_img_feat.", "trans_encoder.bert.pooler.", "passt.net.head.0.")
+
+
+class CheckpointMismatchError(ValueError):
+    """A state dict does not fit the model; the message lists every missing, unexpected and misshaped key."""
+
+
+# ------------------------------------------------------------------------------------------------ saving
+def save_checkpoint(folder: str | os.PathLike, model: AVLFormer, config: AVLFormerConfig,
+                    extra_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
+    """Write ``folder`` = model.safetensors + config.json + vocab.txt (+ ``extra_files``: name -> source path,
+    copied in; a ``vocab.txt`` there replaces the default vocabulary). Replaces an existing folder atomically."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+        save_file(weights, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        config.save(staging / CONFIG_NAME)
+        shutil.copyfile(default_vocab_dir() / VOCAB_NAME, staging / VOCAB_NAME)
+        for name, source in (extra_files or {}).items():
+            if Path(name).name != name:
+                raise ValueError(f"extra file name {name!r} must be a plain file name")
+            shutil.copyfile(source, staging / name)
+        _fsync_folder(staging)
+        _replace_folder(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def _fsync_folder(folder: Path) -> None:
+    for child in folder.iterdir():
+        with open(child, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """rename() cannot replace a non-empty folder: move the old one aside first, then delete it."""
+    if target.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, retired / target.name)
+        os.replace(staging, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+               strict: bool = True) -> tuple[AVLFormer, AVLFormerConfig]:
+    """Load our checkpoint folder, an upstream checkpoint folder (``model.bin``, config from ``../log/args.json``)
+    or a bare released ``model.bin`` (paper config unless ``../log/args.json`` exists beside it).
+
+    ``strict=False`` loads despite missing or unexpected keys, logging them as a warning; misshaped keys always
+    raise."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / WEIGHTS_NAME).is_file():
+            return _load_ours(path / WEIGHTS_NAME, path / CONFIG_NAME, device, strict)
+        if (path / UPSTREAM_WEIGHTS_NAME).is_file():
+            return _load_upstream(path / UPSTREAM_WEIGHTS_NAME, device, strict)
+        raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME} (our checkpoint) or {UPSTREAM_WEIGHTS_NAME} "
+                                f"(upstream checkpoint) in this folder")
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            return _load_ours(path, path.parent / CONFIG_NAME, device, strict)
+        return _load_upstream(path, device, strict)
+    raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
+
+
+def _load_ours(weights_path: Path, config_path: Path, device, strict: bool):
+    config = AVLFormerConfig.load(config_path)
+    try:
+        state_dict = load_file(str(weights_path), device="cpu")
+    except Exception as error:  # safetensors raises its own error types for truncated/corrupt headers
+        raise ValueError(f"{weights_path}: cannot read safetensors weights: {error}") from error
+    model = _model_with_weights(config, state_dict, strict, source=weights_path)
+    return model.to(device), config
+
+
+def _load_upstream(weights_path: Path, device, strict: bool):
+    args_path = weights_path.parent.parent / "log" / "args.json"
+    if args_path.is_file():
+        config = config_from_upstream_args(_read_json(args_path))
+        logger.info("%s: architecture from %s", weights_path, args_path)
+    else:
+        config = AVLFormerConfig.paper()
+        logger.info("%s: no %s, assuming the paper configuration", weights_path, args_path)
+    state_dict = read_upstream_state_dict(weights_path)
+    try:
+        converted, dropped = _convert(state_dict, config, strict)
+    except CheckpointMismatchError as error:
+        raise CheckpointMismatchError(f"{weights_path}: {error}") from None
+    logger.info("%s: dropped %d unused upstream tensors (%s...)", weights_path, len(dropped), ", ".join(dropped[:3]))
+    model = _model_with_weights(config, converted, strict, source=weights_path)
+    return model.to(device), config
+
+
+def read_upstream_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, no arbitrary objects."""
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as error:
+        raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) (corrupt, or it holds "
+                         f"non-tensor objects): {error}") from error
+    if not isinstance(content, Mapping) or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise ValueError(f"{path}: expected a plain state dict (name -> tensor), got {type(content).__name__}")
+    return dict(content)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from error
+
+
+def _model_with_weights(config: AVLFormerConfig, state_dict: Mapping[str, torch.Tensor], strict: bool,
+                        source: Path) -> AVLFormer:
+    model = AVLFormer(config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    try:
+        missing, unexpected = check_state_dict(state_dict, expected, strict)
+    except CheckpointMismatchError as error:
+        raise CheckpointMismatchError(f"{source}: {error}") from None
+    if missing or unexpected:
+        logger.warning("%s: loaded non-strictly; missing %s, unexpected (ignored) %s", source, missing, unexpected)
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=strict)
+    return model
+
+
+def check_state_dict(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
+                     strict: bool = True) -> tuple[list[str], list[str]]:
+    """Compare names and shapes; raise listing every problem (misshaped always, missing/unexpected when strict).
+    Returns (missing, unexpected)."""
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    misshaped = sorted(f"{name} (file {list(t.shape)}, model {list(expected[name])})"
+                       for name, t in state_dict.items() if name in expected and tuple(t.shape) != expected[name])
+    if misshaped or (strict and (missing or unexpected)):
+        raise CheckpointMismatchError(_problem_report(missing if strict else [], unexpected if strict else [],
+                                                      misshaped))
+    return missing, unexpected
+
+
+def _problem_report(missing, unexpected, misshaped) -> str:
+    parts = [f"{label} ({len(keys)}): {', '.join(keys)}" for label, keys in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("misshaped keys", misshaped)) if keys]
+    return "state dict does not match the model: " + "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ upstream
+def expected_state_shapes(config: AVLFormerConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every AVLFormer state-dict entry, built on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        model = AVLFormer(config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def convert_upstream_state_dict(state_dict: Mapping[str, torch.Tensor],
+                                config: AVLFormerConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Upstream ``VideoTransformer`` state dict -> (our state dict, dropped keys). Swin and PaSST keys go through
+    their encoders' converters; unused heads are dropped by name; anything else must match exactly."""
+    return _convert(state_dict, config, strict=True)
+
+
+def _convert(state_dict, config: AVLFormerConfig, strict: bool):
+    swin_part, passt_part, converted, dropped, problems = {}, {}, {}, [], []
+    for name, tensor in state_dict.items():
+        if name.startswith(UPSTREAM_UNUSED_PREFIXES):
+            dropped.append(name)
+        elif name.startswith("swin."):
+            swin_part[name.removeprefix("swin.")] = tensor
+        elif name.startswith("passt.net."):
+            passt_part[name.removeprefix("passt.")] = tensor
+        else:
+            converted[name] = tensor
+    # (our key prefix, prefix the converter's input keys were stripped of, keys, converter module, its config)
+    for prefix, stripped, part, module, sub_config in (
+            ("swin.", "swin.", swin_part, video_swin_module, config.video),
+            ("passt.net.", "passt.", passt_part, passt_module, config.audio)):
+        try:
+            ours, sub_dropped = module.checkpoint_filter_fn(part, sub_config)
+        except ValueError as error:
+            problems.append(str(error))
+            continue
+        converted.update({prefix + k: v for k, v in ours.items()})
+        dropped.extend(stripped + k for k in sub_dropped)
+    expected = expected_state_shapes(config)
+    encoder_prefixes = ("swin.", "passt.net.")
+    rest_expected = {k: v for k, v in expected.items() if not k.startswith(encoder_prefixes)}
+    rest_given = {k: v for k, v in converted.items() if not k.startswith(encoder_prefixes)}
+    try:
+        check_state_dict(rest_given, rest_expected, strict)
+    except CheckpointMismatchError as error:
+        problems.append(str(error))
+    if problems:
+        raise CheckpointMismatchError(" | ".join(problems))
+    return converted, sorted(dropped)
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "y", "t")
+    return bool(value)
+
+
+def config_from_upstream_args(args: Mapping[str, Any]) -> AVLFormerConfig:
+    """Upstream ``log/args.json`` -> our config. Only arguments that change the architecture or decoding matter;
+    missing ones take upstream's parser defaults, except ``learn_mask_enabled`` (upstream cannot run without it,
+    FACTS §2.6) and the loss weights of run.sh."""
+    size = str(args.get("vidswin_size", "base"))
+    presets = {"tiny": VideoSwinConfig.tiny, "small": VideoSwinConfig.small, "base": VideoSwinConfig.base}
+    if size not in presets:
+        raise ValueError(f"args.json: unknown vidswin_size {size!r} (expected one of {sorted(presets)})")
+    img_feature_dim = int(args.get("img_feature_dim", 512))
+    text = TextTransformerConfig(img_feature_dim=img_feature_dim, hidden_dropout=float(args.get("drop_out", 0.1)))
+    for ours, theirs in (("num_layers", "num_hidden_layers"), ("hidden_size", "hidden_size"),
+                         ("num_heads", "num_attention_heads"), ("intermediate_size", "intermediate_size")):
+        if int(args.get(theirs, -1)) > 0:  # upstream: -1 keeps bert-base
+            setattr(text, ours, int(args[theirs]))
+    text = TextTransformerConfig.from_dict(text.to_dict())  # re-validate after the overrides
+    audio = PasstConfig(out_dim=img_feature_dim)
+    return AVLFormerConfig(
+        video=presets[size](), audio=audio, text=text,
+        num_frames=int(args.get("max_num_frames", 32)), image_size=int(args.get("img_res", 224)),
+        img_feature_dim=img_feature_dim,
+        learn_mask_enabled=_as_bool(args.get("learn_mask_enabled", True)),
+        sparse_mask_soft2hard=_as_bool(args.get("sparse_mask_soft2hard", False)),
+        lm_loss_weight=float(args.get("lambda_", 0.1)),
+        sparsity_loss_weight=float(args.get("loss_sparse_w", 0.5)),
+        max_seq_length=int(args.get("max_seq_length", 300)),
+        max_gen_length=int(args.get("max_gen_length", 115)),
+        num_beams=int(args.get("num_beams", 1)),
+        length_penalty=float(args.get("length_penalty", 1.0)))

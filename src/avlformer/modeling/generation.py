@@ -1,0 +1,250 @@
+"""Caption decoding with upstream's ``[MASK]``-append semantics (FACTS §3.7): greedy and beam search.
+
+Each step the model sees ``[CLS] t1 … t_{c-1} [MASK]`` (text positions 0..c) plus the AV tokens, and the logits at
+the ``[MASK]`` position choose token c. Two interchangeable ways to get those logits:
+
+* :class:`ReforwardStepper` re-runs the whole sequence every step, as upstream did. It is the reference.
+* :class:`CachedStepper` exploits the mask layout: AV tokens never attend to text, so their per-layer keys/values
+  are computed once per video; text is causal, so a text position's keys/values never change once the position
+  holds its final token. The one subtlety is that the position that held ``[MASK]`` at step c holds the chosen
+  real token at step c+1, so each step feeds two tokens: the real token at c-1 (whose keys/values are kept) and
+  a fresh ``[MASK]`` at c (whose keys/values are overwritten next step). Cost per step: two tokens.
+
+Both produce identical token ids (tests check it); the decoding loops below do not know which one they drive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from avlformer.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from avlformer.modeling.attention_mask import MASK_BIAS, build_attention_mask, mask_to_bias
+from avlformer.modeling.text_transformer import LayerKVCache, TextTransformer
+
+
+@dataclass
+class GenerationOutput:
+    token_ids: torch.Tensor   # int64 (B, max_length): tokens after [CLS], then [SEP], then [PAD]
+    confidence: torch.Tensor  # float32 (B,)
+
+
+class ReforwardStepper:
+    """Reference: the full ``[text ; AV]`` sequence through every layer at every step (upstream's behaviour)."""
+
+    def __init__(self, model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None,
+                 expand: int = 1):
+        self.model, self.av_mask = model, av_mask
+        self.av_tokens = av_tokens.repeat_interleave(expand, dim=0)
+
+    def next_logits(self, token_ids: torch.Tensor) -> torch.Tensor:
+        batch, length = token_ids.shape
+        masked = torch.cat([token_ids, token_ids.new_full((batch, 1), MASK_ID)], dim=1)
+        text_len = torch.full((batch,), length + 1, device=token_ids.device)
+        mask = build_attention_mask(text_len, length + 1, self.av_tokens.shape[1], self.av_mask,
+                                    dtype=self.av_tokens.dtype)
+        hidden = self.model(masked, self.av_tokens, mask_to_bias(mask))
+        return self.model.logits(hidden[:, length])
+
+    def reorder(self, beam_idx: torch.Tensor) -> None:
+        """Nothing to do: the whole state is in ``token_ids``, and beams never change video."""
+
+
+class CachedStepper:
+    """KV-cached decoding: AV keys/values once per video, then two text tokens per step (see module docstring)."""
+
+    def __init__(self, model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None,
+                 max_length: int, expand: int = 1):
+        self.model = model
+        self.num_av = av_tokens.shape[1]
+        capacity = self.num_av + max_length + 1
+        self.caches = [LayerKVCache(capacity) for _ in model.bert.encoder.layer]
+        self._prefill_av(av_tokens, av_mask)
+        for cache in self.caches:
+            cache.expand_batch(expand)
+
+    def _prefill_av(self, av_tokens: torch.Tensor, av_mask: torch.Tensor | None) -> None:
+        bias = None if av_mask is None else mask_to_bias(av_mask.unsqueeze(0))
+        self.model.bert.encoder(self.model.bert.embed_av(av_tokens), bias, self.caches)
+        for cache in self.caches:
+            cache.keep(self.num_av)
+
+    def next_logits(self, token_ids: torch.Tensor) -> torch.Tensor:
+        batch, length = token_ids.shape
+        new_tokens = torch.stack([token_ids[:, -1], token_ids.new_full((batch,), MASK_ID)], dim=1)
+        positions = torch.arange(length - 1, length + 1, device=token_ids.device).unsqueeze(0)
+        hidden = self.model.bert.embeddings(new_tokens, position_ids=positions)
+        # Keys: [AV | kept text 0..c-2 | real token c-1 | MASK c]; only the real token must not see the MASK.
+        bias = hidden.new_zeros(1, 1, 2, self.caches[0].length + 2)
+        bias[..., 0, -1] = MASK_BIAS
+        hidden = self.model.bert.encoder(hidden, bias, self.caches)
+        for cache in self.caches:
+            cache.keep(cache.length + 1)
+        return self.model.logits(hidden[:, 1])
+
+    def reorder(self, beam_idx: torch.Tensor) -> None:
+        for cache in self.caches:
+            cache.reorder_from(beam_idx, start=self.num_av)
+
+
+def make_stepper(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,
+                 max_length: int, expand: int, use_cache: bool):
+    if use_cache:
+        return CachedStepper(model, av_tokens, av_mask, max_length, expand)
+    return ReforwardStepper(model, av_tokens, av_mask, expand)
+
+
+def _score_dtype(logits: torch.Tensor) -> torch.Tensor:
+    """Scores in at least fp32: bf16 log-probs would make beam ranking and confidence coarse."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def _pad_right(token_ids: torch.Tensor, length: int) -> torch.Tensor:
+    missing = length - token_ids.shape[1]
+    if missing <= 0:
+        return token_ids[:, :length]
+    return torch.cat([token_ids, token_ids.new_full((token_ids.shape[0], missing), PAD_ID)], dim=1)
+
+
+@torch.no_grad()
+def greedy_search(stepper, batch: int, max_length: int, device) -> GenerationOutput:
+    """Upstream ``_generate_no_beam_search`` with sampling off: argmax per step, [PAD] after [SEP], the last
+    position forced to [SEP] for sequences still open at ``max_length``; confidence = exp(mean log-prob over the
+    steps each sequence was still open, the [SEP] step included)."""
+    token_ids = torch.full((batch, 1), CLS_ID, dtype=torch.long, device=device)
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    logprob_sum = torch.zeros(batch, dtype=torch.float64, device=device)
+    open_steps = torch.zeros(batch, dtype=torch.float64, device=device)
+    while token_ids.shape[1] < max_length:
+        logits = _score_dtype(stepper.next_logits(token_ids))
+        next_tokens = logits.argmax(dim=-1)
+        chosen_logprob = F.log_softmax(logits, dim=-1).gather(1, next_tokens[:, None]).squeeze(1)
+        logprob_sum += chosen_logprob.double() * unfinished
+        open_steps += unfinished
+        next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, PAD_ID))
+        token_ids = torch.cat([token_ids, next_tokens[:, None]], dim=1)
+        unfinished &= next_tokens != SEP_ID
+        if not unfinished.any():
+            break
+    if token_ids.shape[1] == max_length:
+        token_ids[unfinished, -1] = SEP_ID
+    confidence = torch.exp(logprob_sum / open_steps.clamp(min=1)).float()
+    return GenerationOutput(_pad_right(token_ids[:, 1:], max_length), confidence)
+
+
+class BeamHypotheses:
+    """Finished hypotheses of one video, scored ``sum_logprob / len(hyp) ** length_penalty`` (hyp holds [CLS],
+    not [SEP]); ``early_stopping`` is False as upstream."""
+
+    def __init__(self, num_keep: int, max_length: int, length_penalty: float):
+        self.num_keep, self.length_penalty = num_keep, length_penalty
+        self.max_length = max_length - 1  # upstream ignores the [CLS] here
+        self.hyps: list[tuple[float, torch.Tensor]] = []
+        self.worst_score = 1e9
+
+    def add(self, hyp: torch.Tensor, sum_logprobs: float) -> None:
+        score = sum_logprobs / len(hyp) ** self.length_penalty
+        if len(self.hyps) < self.num_keep or score > self.worst_score:
+            self.hyps.append((score, hyp))
+            if len(self.hyps) > self.num_keep:
+                ranked = sorted((s, i) for i, (s, _) in enumerate(self.hyps))
+                del self.hyps[ranked[0][1]]
+                self.worst_score = ranked[1][0]
+            else:
+                self.worst_score = min(score, self.worst_score)
+
+    def is_done(self, best_sum_logprobs: float) -> bool:
+        if len(self.hyps) < self.num_keep:
+            return False
+        return self.worst_score >= best_sum_logprobs / self.max_length ** self.length_penalty
+
+    def best(self) -> tuple[float, torch.Tensor]:
+        return max(self.hyps, key=lambda item: item[0])
+
+
+CANDIDATES_PER_BEAM = 2  # upstream TOPN_PER_BEAM: spare candidates so a beam survives when one ends in [SEP]
+
+
+@torch.no_grad()
+def beam_search(stepper, batch: int, num_beams: int, max_length: int, length_penalty: float,
+                device) -> GenerationOutput:
+    """Upstream ``_generate_beam_search`` (greedy beams, ``num_keep_best`` 1). Confidence = exp(best hyp score)."""
+    token_ids = torch.full((batch * num_beams, 1), CLS_ID, dtype=torch.long, device=device)
+    hypotheses = [BeamHypotheses(1, max_length, length_penalty) for _ in range(batch)]
+    beam_scores = torch.zeros(batch, num_beams, dtype=torch.float64, device=device)
+    beam_scores[:, 1:] = -1e9  # all beams start identical: only the first may expand at step one
+    beam_scores = beam_scores.view(-1)
+    done = [False] * batch
+    while token_ids.shape[1] < max_length:
+        cur_len = token_ids.shape[1]
+        logprobs = F.log_softmax(_score_dtype(stepper.next_logits(token_ids)), dim=-1).double()
+        vocab = logprobs.shape[-1]
+        totals = (logprobs + beam_scores[:, None]).view(batch, num_beams * vocab)
+        top_scores, top_ids = torch.topk(totals, CANDIDATES_PER_BEAM * num_beams, dim=1, largest=True, sorted=True)
+        top_scores, top_ids = top_scores.tolist(), top_ids.tolist()
+        next_beams: list[tuple[float, int, int]] = []
+        for example in range(batch):
+            first_row = example * num_beams
+            done[example] = done[example] or hypotheses[example].is_done(max(top_scores[example]))
+            if done[example]:
+                next_beams.extend([(0.0, PAD_ID, first_row)] * num_beams)
+                continue
+            example_beams = []
+            for flat_id, score in zip(top_ids[example], top_scores[example]):
+                beam, word = divmod(flat_id, vocab)
+                if word == SEP_ID or cur_len + 1 == max_length:
+                    hypotheses[example].add(token_ids[first_row + beam].clone(), score)
+                else:
+                    example_beams.append((score, word, first_row + beam))
+                if len(example_beams) == num_beams:
+                    break
+            next_beams.extend(example_beams or [(0.0, PAD_ID, first_row)] * num_beams)
+        beam_scores = beam_scores.new_tensor([score for score, _, _ in next_beams])
+        words = token_ids.new_tensor([word for _, word, _ in next_beams])
+        beam_idx = token_ids.new_tensor([row for _, _, row in next_beams])
+        token_ids = torch.cat([token_ids[beam_idx], words[:, None]], dim=1)
+        stepper.reorder(beam_idx)
+        if all(done):
+            break
+    return _best_hypotheses(hypotheses, max_length, device)
+
+
+def _best_hypotheses(hypotheses: list[BeamHypotheses], max_length: int, device) -> GenerationOutput:
+    token_ids = torch.full((len(hypotheses), max_length), PAD_ID, dtype=torch.long, device=device)
+    confidence = torch.zeros(len(hypotheses), dtype=torch.float32, device=device)
+    for row, hyps in enumerate(hypotheses):
+        score, hyp = hyps.best()
+        body = hyp[1:]  # drop [CLS]
+        token_ids[row, :len(body)] = body
+        token_ids[row, len(body)] = SEP_ID
+        confidence[row] = float(torch.exp(torch.tensor(score)))
+    return GenerationOutput(token_ids, confidence)
+
+
+def generate(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,
+             max_length: int = 115, num_beams: int = 1, length_penalty: float = 1.0,
+             use_cache: bool = True) -> GenerationOutput:
+    """Caption ids for AV tokens ``(B, V, img_feature_dim)``; ``av_mask`` is the ``(V, V)`` AV→AV mask or None.
+
+    ``max_length`` counts [CLS] like upstream's ``max_gen_length`` (115 → at most 113 words + [SEP])."""
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2 ([CLS] + one token), got {max_length}")
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if max_length > model.config.max_position_embeddings:
+        raise ValueError(f"max_length {max_length} exceeds the text position table "
+                         f"({model.config.max_position_embeddings})")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            stepper = make_stepper(model, av_tokens, av_mask, max_length=max_length, expand=num_beams,
+                                   use_cache=use_cache)
+            batch, device = av_tokens.shape[0], av_tokens.device
+            if num_beams == 1:
+                return greedy_search(stepper, batch, max_length, device)
+            return beam_search(stepper, batch, num_beams, max_length, length_penalty, device)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,382 @@
+"""PaSST audio encoder: mel front-end, PaSST-S transformer with structured patchout, projection.
+
+The layout follows the official PaSST-S checkpoint (``passt-s-f128-p16-s10-ap.476-swa.pt``) so its weights load
+by name; see FACTS §3.3 for the upstream behaviour reproduced here.
+
+Structured patchout
+-------------------
+Patchout keeps ``grid_t - s_patchout_t`` time columns and ``grid_f - s_patchout_f`` frequency rows of the
+patch grid (59 of 99 and 8 of 12 for the paper model, 1 + 8*59 = 473 tokens with the distillation token).
+
+* Training: a sorted random subset of columns and of rows, drawn once per batch (as upstream).
+* Evaluation (deterministic rule): keep the centre of each of ``k`` equal bins over the ``n`` positions, i.e.
+  kept index ``i`` (``i = 0..k-1``) is ``floor((2*i + 1) * n / (2*k))``. The indices are strictly increasing,
+  evenly spread over the whole axis, and the token count equals the training count, so the learned sparse
+  attention mask keeps its meaning. For the paper model the frequency rows kept are 0,2,3,5,6,8,9,11 and the
+  time columns are spread from 0 to 98. Upstream applied random patchout at inference too (a non-deterministic
+  quirk); we do not.
+* ``patchout=False`` disables patchout entirely (all ``grid_f * grid_t`` patches), which is what the official
+  PaSST code does in eval mode; it is used to compare against it.
+
+The token order is: distillation token, then the kept patches frequency-major (``f * kept_t + t``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+from timm.models.vision_transformer import Block
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torchaudio.compliance.kaldi import get_mel_banks
+
+# The classifier heads of the official checkpoint; AVLFormer never applies them.
+DROPPED_PREFIXES = ("head.0.", "head.1.", "head_dist.")
+_PREEMPHASIS = 0.97
+_LOG_OFFSET = 1e-5
+
+
+@dataclass
+class PasstConfig:
+    sample_rate: int = 32000
+    clip_seconds: float = 10.0
+    n_mels: int = 128
+    n_fft: int = 1024
+    win_length: int = 800
+    hop_length: int = 320
+    fmin: float = 0.0
+    fmax: float = 15000.0  # upstream passes None, which resolves to sr//2 - fmax_aug_range//2
+    fmin_aug_range: int = 10
+    fmax_aug_range: int = 2000
+    freqm: int = 48
+    timem: int = 192
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    fstride: int = 10
+    tstride: int = 10
+    input_tdim: int = 998
+    s_patchout_t: int = 40
+    s_patchout_f: int = 4
+    out_dim: int = 512
+    use_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    @classmethod
+    def paper(cls) -> "PasstConfig":
+        """PaSST-S as used by AVLFormer: 10 s at 32 kHz, 128 mel bands, ViT-Base, 473 tokens."""
+        return cls()
+
+    @classmethod
+    def nano(cls) -> "PasstConfig":
+        """A tiny model for tests: same code paths, 1 s clips, 4x9 patch grid, 19 tokens."""
+        return cls(clip_seconds=1.0, n_mels=48, freqm=8, timem=20, embed_dim=32, depth=2, num_heads=2,
+                   input_tdim=100, s_patchout_t=3, s_patchout_f=1, out_dim=32)
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+    @property
+    def num_mel_frames(self) -> int:
+        # Pre-emphasis drops one sample; the centred STFT then gives 1 + len // hop frames.
+        return 1 + (self.clip_samples - 1) // self.hop_length
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(frequency, time) patches of the positional grid, which a clip's spectrogram fills exactly."""
+        return (_conv_out(self.n_mels, self.patch_size, self.fstride),
+                _conv_out(self.input_tdim, self.patch_size, self.tstride))
+
+    @property
+    def kept_grid(self) -> tuple[int, int]:
+        """(frequency, time) patches left after structured patchout."""
+        grid_f, grid_t = self.grid
+        return grid_f - self.s_patchout_f, grid_t - self.s_patchout_t
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens returned with patchout on: distillation token + kept patches (473 for the paper)."""
+        kept_f, kept_t = self.kept_grid
+        return 1 + kept_f * kept_t
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "PasstConfig":
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"PasstConfig: unknown keys {unknown}")
+        return cls(**values)
+
+    def _validate(self) -> None:
+        problems = []
+        if self.embed_dim % self.num_heads:
+            problems.append(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.win_length > self.n_fft:
+            problems.append(f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
+        if self.fmin < 0 or self.fmax + self.fmax_aug_range // 2 > self.sample_rate / 2:
+            problems.append(f"mel band [{self.fmin}, {self.fmax}] (+{self.fmax_aug_range // 2} augmentation) "
+                            f"must lie within [0, {self.sample_rate / 2}] Hz")
+        if min(self.n_mels, self.input_tdim, self.num_mel_frames) < self.patch_size:
+            problems.append(f"spectrogram smaller than one {self.patch_size}x{self.patch_size} patch")
+        else:
+            clip_t = _conv_out(self.num_mel_frames, self.patch_size, self.tstride)
+            if clip_t != self.grid[1]:
+                problems.append(f"a {self.clip_seconds} s clip gives {self.num_mel_frames} mel frames = {clip_t} "
+                                f"time patches, but input_tdim {self.input_tdim} gives {self.grid[1]}")
+            grid_f, grid_t = self.grid
+            if not (0 <= self.s_patchout_f < grid_f and 0 <= self.s_patchout_t < grid_t):
+                problems.append(f"patchout ({self.s_patchout_f}, {self.s_patchout_t}) must leave at least one "
+                                f"row and column of the {grid_f}x{grid_t} grid")
+        if problems:
+            raise ValueError("invalid PasstConfig: " + "; ".join(problems))
+
+
+def _conv_out(size: int, kernel: int, stride: int) -> int:
+    return (size - kernel) // stride + 1
+
+
+def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Parameter-free SimpleRMSNorm of upstream: x / (||x||_2 * d^-1/2 + eps) over the last dimension."""
+    return x / (x.norm(dim=-1, keepdim=True) * x.shape[-1] ** -0.5 + eps)
+
+
+def evenly_spaced_indices(total: int, keep: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The deterministic eval patchout rule: the centre of each of `keep` equal bins over `total` positions."""
+    if not 0 < keep <= total:
+        raise ValueError(f"cannot keep {keep} of {total} positions")
+    bins = torch.arange(keep, device=device)
+    return torch.div((2 * bins + 1) * total, 2 * keep, rounding_mode="floor")
+
+
+def random_sorted_indices(total: int, keep: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The training patchout rule: a sorted random subset of `keep` of `total` positions."""
+    return torch.randperm(total, device=device)[:keep].sort().values
+
+
+class MelFrontEnd(nn.Module):
+    """Waveform -> normalised log-mel spectrogram, as PaSST's AugmentMelSTFT (FACTS §3.3).
+
+    Always computed in float32, also under autocast. In training mode the mel band edges are jittered (once per
+    batch, as upstream) and SpecAugment masks one frequency band and one time span per example.
+    """
+
+    def __init__(self, config: PasstConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("window", torch.hann_window(config.win_length, periodic=False), persistent=False)
+        self.register_buffer("preemphasis", torch.tensor([[[-_PREEMPHASIS, 1.0]]]), persistent=False)
+        self.register_buffer("eval_filters", self._mel_filters(config.fmin, config.fmax), persistent=False)
+        # iid masks on a 4-D (B, 1, F, T) input draw an independent band per example.
+        self.frequency_masking = torchaudio.transforms.FrequencyMasking(config.freqm, iid_masks=True)
+        self.time_masking = torchaudio.transforms.TimeMasking(config.timem, iid_masks=True)
+
+    def _mel_filters(self, fmin: float, fmax: float) -> torch.Tensor:
+        cfg = self.config
+        filters, _ = get_mel_banks(cfg.n_mels, cfg.n_fft, float(cfg.sample_rate), float(fmin), float(fmax),
+                                   vtln_low=100.0, vtln_high=-500.0, vtln_warp_factor=1.0)
+        # Kaldi banks cover n_fft/2 bins; the Nyquist bin of the one-sided STFT gets weight 0.
+        return F.pad(filters, (0, 1))
+
+    def _training_filters(self, device: torch.device) -> torch.Tensor:
+        cfg = self.config
+        fmin = cfg.fmin + torch.randint(cfg.fmin_aug_range, (1,)).item()
+        fmax = cfg.fmax + cfg.fmax_aug_range // 2 - torch.randint(cfg.fmax_aug_range, (1,)).item()
+        return self._mel_filters(fmin, fmax).to(device)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        if audio.dim() == 3 and audio.shape[1] == 1:
+            audio = audio[:, 0]
+        if audio.dim() != 2:
+            raise ValueError(f"MelFrontEnd expects audio of shape (B, 1, S) or (B, S), got {tuple(audio.shape)}")
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            return self._log_mel(audio.float()).unsqueeze(1)
+
+    def _log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        emphasised = F.conv1d(waveform.unsqueeze(1), self.preemphasis).squeeze(1)
+        spectrum = torch.stft(emphasised, cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
+                              window=self.window, center=True, normalized=False, onesided=True,
+                              return_complex=True)
+        power = torch.view_as_real(spectrum).square().sum(dim=-1)
+        filters = self._training_filters(waveform.device) if self.training else self.eval_filters
+        log_mel = (filters @ power + _LOG_OFFSET).log()
+        if self.training:
+            log_mel = self.time_masking(self.frequency_masking(log_mel.unsqueeze(1))).squeeze(1)
+        return (log_mel + 4.5) / 5.0
+
+
+class PatchEmbed(nn.Module):
+    """Overlapping patches (kernel patch_size, stride fstride x tstride), no norm; named as in PaSST."""
+
+    def __init__(self, config: PasstConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(1, config.embed_dim, kernel_size=config.patch_size,
+                              stride=(config.fstride, config.tstride))
+
+    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        return self.proj(spectrogram)
+
+
+class PasstNet(nn.Module):
+    """PaSST-S transformer (parameter names as the official checkpoint, minus the unused heads).
+
+    forward(spectrogram (B, 1, n_mels, frames), patchout=True) -> (B, tokens, embed_dim): the distillation token
+    then the kept patches, frequency-major. See the module docstring for the patchout rules.
+    """
+
+    def __init__(self, config: PasstConfig):
+        super().__init__()
+        self.config = config
+        dim = config.embed_dim
+        grid_f, grid_t = config.grid
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.new_pos_embed = nn.Parameter(torch.zeros(1, 2, dim))
+        self.freq_new_pos_embed = nn.Parameter(torch.zeros(1, dim, grid_f, 1))
+        self.time_new_pos_embed = nn.Parameter(torch.zeros(1, dim, 1, grid_t))
+        self.patch_embed = PatchEmbed(config)
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.blocks = nn.ModuleList(
+            Block(dim, config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            for _ in range(config.depth))
+        self.norm = norm_layer(dim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for parameter in (self.cls_token, self.dist_token, self.new_pos_embed, self.freq_new_pos_embed,
+                          self.time_new_pos_embed):
+            nn.init.trunc_normal_(parameter, std=0.02)
+        for module in self.blocks.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def patchout_indices(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frequency rows, time columns) to keep: random in training, the evenly spaced rule in eval."""
+        select = random_sorted_indices if self.training else evenly_spaced_indices
+        (grid_f, grid_t), (kept_f, kept_t) = self.config.grid, self.config.kept_grid
+        # Time first, as upstream, so a seeded run draws in the same order.
+        time_idx = select(grid_t, kept_t, device)
+        freq_idx = select(grid_f, kept_f, device)
+        return freq_idx, time_idx
+
+    def forward(self, spectrogram: torch.Tensor, patchout: bool = True) -> torch.Tensor:
+        patches = self.patch_embed(spectrogram)
+        if tuple(patches.shape[-2:]) != self.config.grid:
+            raise ValueError(f"PasstNet: spectrogram {tuple(spectrogram.shape)} gives a patch grid "
+                             f"{tuple(patches.shape[-2:])}, expected {self.config.grid}")
+        patches = patches + self.time_new_pos_embed + self.freq_new_pos_embed
+        if patchout:
+            freq_idx, time_idx = self.patchout_indices(patches.device)
+            patches = patches[:, :, :, time_idx][:, :, freq_idx, :]
+        tokens = patches.flatten(2).transpose(1, 2)
+        batch = tokens.shape[0]
+        cls = (self.cls_token + self.new_pos_embed[:, :1]).expand(batch, -1, -1)
+        dist = (self.dist_token + self.new_pos_embed[:, 1:]).expand(batch, -1, -1)
+        tokens = torch.cat([cls, dist, tokens], dim=1)
+        recompute = self.config.use_checkpoint and self.training and torch.is_grad_enabled()
+        for block in self.blocks:
+            tokens = checkpoint(block, tokens, use_reentrant=False) if recompute else block(tokens)
+        # Drop the cls token: AVLFormer uses the distillation token and the patches (FACTS §3.3 step 9).
+        return self.norm(tokens)[:, 1:]
+
+
+class PasstAudioEncoder(nn.Module):
+    """Waveform (B, 1, clip_samples) -> (B, num_tokens, out_dim); AVLFormer's `passt` module."""
+
+    def __init__(self, config: PasstConfig):
+        super().__init__()
+        self.config = config
+        self.mel = MelFrontEnd(config)
+        self.net = PasstNet(config)
+        self.linear = nn.Linear(config.embed_dim, config.out_dim)
+
+    def forward(self, audio: torch.Tensor, patchout: bool = True) -> torch.Tensor:
+        self._check_audio(audio)
+        return self.linear(self.net(self.mel(audio), patchout=patchout))
+
+    def _check_audio(self, audio: torch.Tensor) -> None:
+        expected = self.config.clip_samples
+        if audio.dim() not in (2, 3) or (audio.dim() == 3 and audio.shape[1] != 1):
+            raise ValueError(f"PasstAudioEncoder expects audio of shape (B, 1, {expected}), "
+                             f"got {tuple(audio.shape)}")
+        if audio.shape[-1] != expected:
+            raise ValueError(f"PasstAudioEncoder expects {expected} samples per clip "
+                             f"({self.config.clip_seconds} s at {self.config.sample_rate} Hz), "
+                             f"got {audio.shape[-1]}")
+
+
+def expected_parameter_shapes(config: PasstConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every PasstNet parameter, without allocating memory (meta device)."""
+    with torch.device("meta"):
+        net = PasstNet(config)
+    return {name: tuple(tensor.shape) for name, tensor in net.state_dict().items()}
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor],
+                         config: PasstConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Official PaSST state dict (optionally `net.`-prefixed) -> (PasstNet state dict, dropped keys).
+
+    The classifier heads (`head.0.*`, `head.1.*`, `head_dist.*`) are dropped by name; any other unknown key,
+    missing key, duplicate or shape mismatch raises a ValueError listing them all.
+    """
+    expected = expected_parameter_shapes(config)
+    converted: dict[str, torch.Tensor] = {}
+    seen: set[str] = set()
+    dropped, unknown, mismatched, duplicated = [], [], [], []
+    for key, value in state_dict.items():
+        name = key.removeprefix("net.")
+        if name.startswith(DROPPED_PREFIXES):
+            dropped.append(key)
+        elif name not in expected:
+            unknown.append(key)
+        elif name in seen:
+            duplicated.append(key)
+        else:
+            seen.add(name)
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            if got != expected[name]:
+                mismatched.append(f"{key}: got {got}, expected {expected[name]}")
+            else:
+                converted[name] = value
+    missing = sorted(set(expected) - seen)
+    problems = [f"{label}: {items}" for label, items in (
+        ("unknown keys", unknown), ("shape mismatches", mismatched), ("missing keys", missing),
+        ("duplicated keys", duplicated)) if items]
+    if problems:
+        raise ValueError("PaSST checkpoint does not match the config: " + "; ".join(problems))
+    return converted, dropped
+
+
+def load_official_weights(encoder: PasstAudioEncoder, path: str | Path) -> list[str]:
+    """Load the official PaSST .pt into `encoder.net`; returns the dropped (head) keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"PaSST checkpoint not found: {path}")
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe files
+        raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True): {error}") from error
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"{path}: expected a plain state dict of tensors, got {type(state_dict).__name__}")
+    try:
+        converted, dropped = checkpoint_filter_fn(state_dict, encoder.config)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+    encoder.net.load_state_dict(converted, strict=True)
+    return dropped

@@ -1,0 +1,401 @@
+"""The multimodal text transformer: a BERT-base encoder (HF parameter names) that also embeds AV tokens.
+
+Parameter names follow Hugging Face BERT v1 (``bert.embeddings.*``, ``bert.encoder.layer.i.*``, ``cls.predictions.*``)
+so that both a plain BERT checkpoint and upstream's released ``model.bin`` (under ``trans_encoder.``) load by name.
+Post-LN, erf GELU, attention through ``scaled_dot_product_attention`` with an additive float bias (upstream's
+``-10000·(1-mask)``, so soft mask values are meaningful). AV tokens get ``img_embedding`` + dropout only: no position
+or type embedding and no LayerNorm (FACTS §3.4).
+
+Layers accept a :class:`LayerKVCache` so generation can keep keys/values of tokens it has already processed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+@dataclass
+class TextTransformerConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    img_feature_dim: int = 512
+    initializer_range: float = 0.02
+    # "eager" is the textbook matmul-softmax-matmul; it exists as the benchmark baseline and as a cross-check.
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                             f"got {self.attn_implementation!r}")
+
+    @classmethod
+    def base(cls) -> "TextTransformerConfig":
+        """bert-base-uncased dimensions, as in the paper."""
+        return cls()
+
+    @classmethod
+    def nano(cls) -> "TextTransformerConfig":
+        """A model that runs in milliseconds on CPU, for tests and the demo (full vocabulary, so real captions fit)."""
+        return cls(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=128,
+                   img_feature_dim=16)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TextTransformerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TextTransformerConfig keys: {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def from_hf_bert_config(cls, hf: dict, img_feature_dim: int = 512) -> "TextTransformerConfig":
+        """Map a Hugging Face BERT ``config.json`` onto ours."""
+        if hf.get("hidden_act", "gelu") != "gelu":
+            raise ValueError(f"only erf GELU BERT models are supported, config has hidden_act={hf['hidden_act']!r}")
+        return cls(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+                   num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
+                   max_position_embeddings=hf["max_position_embeddings"], type_vocab_size=hf["type_vocab_size"],
+                   hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
+                   attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+                   layer_norm_eps=hf.get("layer_norm_eps", 1e-12), img_feature_dim=img_feature_dim,
+                   initializer_range=hf.get("initializer_range", 0.02))
+
+
+class LayerKVCache:
+    """Keys/values of one layer, preallocated to ``capacity`` positions on first use, plus the count kept.
+
+    Writing never reallocates, so a decoding step costs O(new tokens) instead of copying the whole history."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.length = 0
+
+    def append_and_view(self, new_keys: torch.Tensor, new_values: torch.Tensor):
+        """Write ``new_*`` after the kept entries (not kept yet: see :meth:`keep`); return what to attend over."""
+        if self.keys is None:
+            batch, heads, _, head_dim = new_keys.shape
+            self.keys = new_keys.new_zeros(batch, heads, self.capacity, head_dim)
+            self.values = new_values.new_zeros(batch, heads, self.capacity, head_dim)
+        end = self.length + new_keys.shape[2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} entries > capacity {self.capacity}")
+        self.keys[:, :, self.length:end] = new_keys
+        self.values[:, :, self.length:end] = new_values
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def keep(self, length: int) -> None:
+        """Entries ``[0, length)`` are final; anything written after them will be overwritten."""
+        self.length = length
+
+    def expand_batch(self, times: int) -> None:
+        """Repeat every sample ``times`` (beam search: each video's AV entries copied once per beam)."""
+        if times > 1 and self.keys is not None:
+            self.keys = self.keys.repeat_interleave(times, dim=0)
+            self.values = self.values.repeat_interleave(times, dim=0)
+
+    def reorder_from(self, rows: torch.Tensor, start: int) -> None:
+        """Row i takes row ``rows[i]``'s entries ``[start, length)``. Beams never change video, so the AV prefix
+        (before ``start``) is identical across the rows involved and is left in place."""
+        self.keys[:, :, start:self.length] = self.keys[rows, :, start:self.length]
+        self.values[:, :, start:self.length] = self.values[rows, :, start:self.length]
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, cfg: TextTransformerConfig):
+        super().__init__()
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dropout_p = cfg.attention_dropout
+        self.implementation = cfg.attn_implementation
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, cache: LayerKVCache | None = None):
+        query = self._split_heads(self.query(hidden))
+        key = self._split_heads(self.key(hidden))
+        value = self._split_heads(self.value(hidden))
+        if cache is not None:
+            key, value = cache.append_and_view(key, value)
+        dropout_p = self.dropout_p if self.training else 0.0
+        if bias is not None:
+            bias = bias.to(query.dtype)
+        if self.implementation == "sdpa":
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p)
+        else:
+            context = eager_attention(query, key, value, bias, dropout_p)
+        batch, _, length, _ = context.shape
+        return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+
+
+def eager_attention(query, key, value, bias, dropout_p: float) -> torch.Tensor:
+    """Upstream's formulation (scores / sqrt(d) + bias, softmax, dropout, weighted sum): the SDPA baseline."""
+    scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
+    if bias is not None:
+        scores = scores + bias
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout_p)
+    return probs @ value
+
+
+class BertSelfOutput(nn.Module):
+    """Projection + dropout + residual + post-LN; also serves as the FFN output (``output.*``)."""
+
+    def __init__(self, cfg: TextTransformerConfig, in_features: int):
+        super().__init__()
+        self.dense = nn.Linear(in_features, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, cfg: TextTransformerConfig):
+        super().__init__()
+        self.self = BertSelfAttention(cfg)
+        self.output = BertSelfOutput(cfg, cfg.hidden_size)
+
+    def forward(self, hidden, bias, cache=None):
+        return self.output(self.self(hidden, bias, cache), hidden)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, cfg: TextTransformerConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, hidden):
+        return F.gelu(self.dense(hidden))
+
+
+class BertLayer(nn.Module):
+    def __init__(self, cfg: TextTransformerConfig):
+        super().__init__()
+        self.attention = BertAttention(cfg)
+        self.intermediate = BertIntermediate(cfg)
+        self.output = BertSelfOutput(cfg, cfg.intermediate_size)
+
+    def forward(self, hidden, bias, cache=None):
+        attended = self.attention(hidden, bias, cache)
+        return self.output(self.intermediate(attended), attended)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, cfg: TextTransformerConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_layers))
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden, bias, caches: list[LayerKVCache] | None = None):
+        for index, layer in enumerate(self.layer):
+            if caches is not None:
+                hidden = layer(hidden, bias, caches[index])
+            elif self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden = checkpoint(layer, hidden, bias, use_reentrant=False)
+            else:
+                hidden = layer(hidden, bias)
+        return hidden
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, cfg: TextTransformerConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, input_ids, position_ids=None, token_type_ids=None):
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        if position_ids.max() >= self.position_embeddings.num_embeddings:
+            raise ValueError(f"text of length {int(position_ids.max()) + 1} exceeds max_position_embeddings "
+                             f"{self.position_embeddings.num_embeddings}")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)  # upstream: every token is segment 0
+        embedded = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+                    + self.token_type_embeddings(token_type_ids))
+        return self.dropout(self.LayerNorm(embedded))
+
+
+class BertImgModel(nn.Module):
+    """BERT plus ``img_embedding`` for AV tokens. No pooler: upstream computes one but never uses it."""
+
+    def __init__(self, cfg: TextTransformerConfig):
+        super().__init__()
+        self.embeddings = BertEmbeddings(cfg)
+        self.encoder = BertEncoder(cfg)
+        self.img_embedding = nn.Linear(cfg.img_feature_dim, cfg.hidden_size)
+        self.img_dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def embed_av(self, av_tokens: torch.Tensor) -> torch.Tensor:
+        return self.img_dropout(self.img_embedding(av_tokens))
+
+    def forward(self, input_ids, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None):
+        """Hidden states of ``[text ; AV]`` (AV optional). ``attention_bias`` is additive, broadcastable to
+        ``(B, heads, N, N)``; see :mod:`avlformer.modeling.attention_mask`."""
+        hidden = self.embeddings(input_ids, position_ids, token_type_ids)
+        if av_tokens is not None:
+            hidden = torch.cat([hidden, self.embed_av(av_tokens)], dim=1)
+        return self.encoder(hidden, attention_bias)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, cfg: TextTransformerConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, hidden):
+        return self.LayerNorm(F.gelu(self.dense(hidden)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """Untied LM head: its decoder is its own matrix (upstream ``tie_weights=False``), with a separate bias."""
+
+    def __init__(self, cfg: TextTransformerConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(cfg)
+        self.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, hidden):
+        return self.decoder(self.transform(hidden)) + self.bias
+
+
+class BertCaptioningHeads(nn.Module):
+    def __init__(self, cfg: TextTransformerConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(cfg)
+
+    def forward(self, hidden):
+        return self.predictions(hidden)
+
+
+class TextTransformer(nn.Module):
+    """Upstream's ``trans_encoder``: ``bert`` (encoder with img_embedding) and ``cls`` (LM head).
+
+    The LM head is never applied to every position: callers pass only the hidden states they need logits for
+    (a 30522-way projection over 300 positions would dominate the cost)."""
+
+    def __init__(self, cfg: TextTransformerConfig):
+        super().__init__()
+        self.config = cfg
+        self.bert = BertImgModel(cfg)
+        self.cls = BertCaptioningHeads(cfg)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Upstream/BERT init: N(0, 0.02) for Linear and Embedding weights, zero biases, LayerNorm (1, 0)."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        self.bert.encoder.gradient_checkpointing = enabled
+
+    def forward(self, input_ids, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None):
+        return self.bert(input_ids, av_tokens, attention_bias, position_ids, token_type_ids)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.cls(hidden)
+
+    def load_hf_bert(self, folder: str | Path) -> list[str]:
+        """Initialise from a local Hugging Face BERT folder (``config.json`` + ``model.safetensors`` or
+        ``pytorch_model.bin``). Returns the names of our tensors the folder did not provide (e.g. img_embedding).
+
+        The MLM head, when present, initialises our untied LM head; a tied checkpoint that stores no decoder
+        matrix gets a copy of the word embeddings, which then train separately."""
+        folder = Path(folder)
+        hf_config = json.loads(_require_file(folder / "config.json").read_text())
+        expected = TextTransformerConfig.from_hf_bert_config(hf_config, self.config.img_feature_dim)
+        mismatched = {k: (getattr(expected, k), getattr(self.config, k)) for k in
+                      ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                       "max_position_embeddings", "type_vocab_size")
+                      if getattr(expected, k) != getattr(self.config, k)}
+        if mismatched:
+            raise ValueError(f"{folder / 'config.json'}: BERT dimensions differ from this model "
+                             f"(name: (folder, model)): {mismatched}")
+        ours = hf_bert_to_ours(_read_weights(folder))
+        if "cls.predictions.decoder.weight" not in ours and "bert.embeddings.word_embeddings.weight" in ours:
+            ours["cls.predictions.decoder.weight"] = ours["bert.embeddings.word_embeddings.weight"].clone()
+        own = self.state_dict()
+        unexpected = sorted(set(ours) - set(own))
+        misshaped = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                           for k, v in ours.items() if k in own and v.shape != own[k].shape)
+        if unexpected or misshaped:
+            raise ValueError(f"{folder}: cannot load BERT weights; unexpected keys {unexpected}, "
+                             f"misshaped {misshaped}")
+        self.load_state_dict(ours, strict=False)
+        return sorted(set(own) - set(ours))
+
+
+def _require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    return path
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+        return load_file(str(folder / "model.safetensors"))
+    if (folder / "pytorch_model.bin").is_file():
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
+
+
+# Parts of HF BERT checkpoints we have no module for: pooler, NSP head, position-id buffers.
+_HF_IGNORED_PREFIXES = ("bert.pooler.", "cls.seq_relationship.", "bert.embeddings.position_ids",
+                        "bert.embeddings.token_type_ids", "cls.predictions.decoder.bias")
+
+
+def hf_bert_to_ours(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a Hugging Face BERT state dict (BertModel, BertForMaskedLM or BertForPreTraining) to our names."""
+    out = {}
+    for name, tensor in state_dict.items():
+        if not name.startswith(("bert.", "cls.")):
+            name = "bert." + name  # bare BertModel
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        if name.startswith(_HF_IGNORED_PREFIXES):
+            continue
+        out[name] = tensor
+    return out

@@ -1,0 +1,464 @@
+"""Video Swin Transformer 3-D encoder (FACTS §3.2), the visual backbone of AVLFormer.
+
+Built from torchvision's Video Swin pieces (``torchvision.models.video.swin_transformer``), which implement the
+same math as the official Video-Swin-Transformer code that upstream vendors: patch embedding Conv3d + LayerNorm,
+blocks alternating shift (0,0,0) and window//2 = (4,3,3), per-axis window clamping (window = size and shift 0
+when an axis is not larger than the window), the -100 shifted-window mask, the relative position bias indexed
+with the 'ij' meshgrid formula, 2x2 spatial PatchMerging (x0 x1 x2 x3 order, LayerNorm(4C) then bias-free
+Linear), stochastic depth linear in block index, and a final LayerNorm. Every LayerNorm uses eps 1e-5.
+
+State-dict names are upstream's (``backbone.patch_embed``, ``backbone.layers.{s}.blocks.{b}``,
+``backbone.layers.{s}.downsample``, ``backbone.norm``), so ``AVLFormer.swin`` holds the released ``model.bin``
+keys ``swin.backbone.*`` one to one. The only upstream entries we do not keep are the 24 int64
+``relative_position_index`` buffers (deterministic, so :func:`checkpoint_filter_fn` checks them against a
+recomputation and drops them) and the Kinetics ``cls_head.*`` classifier.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+from torchvision.models.swin_transformer import PatchMerging
+from torchvision.models.video.swin_transformer import (
+    PatchEmbed3d,
+    ShiftedWindowAttention3d,
+    _compute_attention_mask_3d,
+    _compute_pad_size_3d,
+    _get_window_and_shift_size,
+)
+from torchvision.ops import StochasticDepth
+
+LAYER_NORM_EPS = 1e-5
+UPSTREAM_PREFIX = "backbone."
+CLS_HEAD_PREFIX = "cls_head."
+INDEX_SUFFIX = ".attn.relative_position_index"
+TABLE_SUFFIX = ".attn.relative_position_bias_table"
+
+
+def _int_tuple(values: Sequence[int], name: str, length: int | None = None) -> tuple[int, ...]:
+    result = tuple(int(v) for v in values)
+    if length is not None and len(result) != length:
+        raise ValueError(f"VideoSwinConfig.{name} must have {length} entries, got {list(result)}")
+    if any(v <= 0 for v in result):
+        raise ValueError(f"VideoSwinConfig.{name} entries must be positive, got {list(result)}")
+    return result
+
+
+@dataclass
+class VideoSwinConfig:
+    """Shape of a Video Swin encoder. ``patch_size`` and ``window_size`` are (time, height, width)."""
+
+    embed_dim: int
+    depths: Sequence[int]
+    num_heads: Sequence[int]
+    patch_size: Sequence[int] = (2, 4, 4)
+    window_size: Sequence[int] = (8, 7, 7)
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.2
+    use_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        self.depths = _int_tuple(self.depths, "depths")
+        self.num_heads = _int_tuple(self.num_heads, "num_heads")
+        self.patch_size = _int_tuple(self.patch_size, "patch_size", 3)
+        self.window_size = _int_tuple(self.window_size, "window_size", 3)
+        if len(self.depths) != len(self.num_heads) or not self.depths:
+            raise ValueError(
+                f"VideoSwinConfig: depths {list(self.depths)} and num_heads {list(self.num_heads)} "
+                "must be non-empty and of equal length (one entry per stage)"
+            )
+        for stage, heads in enumerate(self.num_heads):
+            dim = self.stage_dim(stage)
+            if dim % heads:
+                raise ValueError(f"VideoSwinConfig: stage {stage} width {dim} is not divisible by {heads} heads")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"VideoSwinConfig.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"VideoSwinConfig.mlp_ratio must be positive, got {self.mlp_ratio}")
+
+    # Presets. Keyword overrides let callers change the free dimensions (window, drop path, checkpointing...).
+    @classmethod
+    def nano(cls, **overrides: Any) -> "VideoSwinConfig":
+        """Test-sized: four one-block stages, milliseconds on CPU."""
+        return cls(**{"embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 2, 2), **overrides})
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> "VideoSwinConfig":
+        return cls(**{"embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24), **overrides})
+
+    @classmethod
+    def small(cls, **overrides: Any) -> "VideoSwinConfig":
+        return cls(**{"embed_dim": 96, "depths": (2, 2, 18, 2), "num_heads": (3, 6, 12, 24), **overrides})
+
+    @classmethod
+    def base(cls, **overrides: Any) -> "VideoSwinConfig":
+        """Swin-B of the paper (Kinetics-600 22k checkpoint)."""
+        return cls(**{"embed_dim": 128, "depths": (2, 2, 18, 2), "num_heads": (4, 8, 16, 32), **overrides})
+
+    def stage_dim(self, stage: int) -> int:
+        return self.embed_dim * 2**stage
+
+    @property
+    def out_dim(self) -> int:
+        return self.stage_dim(len(self.depths) - 1)
+
+    @property
+    def spatial_stride(self) -> tuple[int, int]:
+        """Input pixels per output token along (H, W): the patch, then one 2x merge per later stage."""
+        merges = 2 ** (len(self.depths) - 1)
+        return self.patch_size[1] * merges, self.patch_size[2] * merges
+
+    def token_grid(self, num_frames: int, image_size: int | Sequence[int]) -> tuple[int, int, int]:
+        """(T', H', W') of the output tokens; raises if the input does not tile exactly."""
+        height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        stride_t, (stride_h, stride_w) = self.patch_size[0], self.spatial_stride
+        if num_frames % stride_t or height % stride_h or width % stride_w or min(num_frames, height, width) <= 0:
+            raise ValueError(
+                f"Video Swin needs T divisible by {stride_t}, H by {stride_h} and W by {stride_w}; "
+                f"got T={num_frames}, H={height}, W={width}"
+            )
+        return num_frames // stride_t, height // stride_h, width // stride_w
+
+    def num_tokens(self, num_frames: int, image_size: int | Sequence[int]) -> int:
+        """Grid tokens (T/patch_t)·(H/stride)·(W/stride); 16·7·7 = 784 for 32 frames at 224."""
+        grid_t, grid_h, grid_w = self.token_grid(num_frames, image_size)
+        return grid_t * grid_h * grid_w
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("depths", "num_heads", "patch_size", "window_size"):
+            data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "VideoSwinConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"VideoSwinConfig: unknown keys {unknown} (known: {sorted(known)})")
+        return cls(**data)
+
+
+def relative_position_index(window_size: Sequence[int]) -> Tensor:
+    """int64 (V, V), V = Wd·Wh·Ww: row of the bias table for the offset between window tokens i and j.
+
+    Tokens are numbered in 'ij' meshgrid order; the offset (dd, dh, dw), shifted to be non-negative, is written
+    in mixed radix (2Wh-1)(2Ww-1), (2Ww-1), 1 -- the formula upstream stores in its checkpoint buffers.
+    """
+    wd, wh, ww = (int(w) for w in window_size)
+    grid = torch.meshgrid(torch.arange(wd), torch.arange(wh), torch.arange(ww), indexing="ij")
+    coords = torch.stack(grid).flatten(1)  # (3, V)
+    offsets = coords[:, :, None] - coords[:, None, :]  # (3, V, V): position of i minus position of j
+    shift = torch.tensor([wd - 1, wh - 1, ww - 1]).view(3, 1, 1)
+    radix = torch.tensor([(2 * wh - 1) * (2 * ww - 1), 2 * ww - 1, 1]).view(3, 1, 1)
+    return ((offsets + shift) * radix).sum(0)
+
+
+class _WindowAttention3d(ShiftedWindowAttention3d):
+    """torchvision's shifted-window attention, with two changes that leave the math as it is.
+
+    * ``relative_position_index`` is a non-persistent buffer: torchvision saves it, we recompute it, so our state
+      dict holds only learned tensors (the converter verifies upstream's copies and drops them).
+    * ``forward`` runs the windows through ``scaled_dot_product_attention`` with the same additive bias (relative
+      position bias, plus the -100 shift mask) instead of torchvision's eager softmax(QK^T + bias)V, which keeps
+      every window's attention matrix alive for backward. Window clamping, padding, cyclic shift and the mask
+      come from torchvision's own helpers; ``super().forward`` stays the eager reference the tests compare with.
+    """
+
+    def define_relative_position_index(self) -> None:
+        self.register_buffer("relative_position_index", relative_position_index(self.window_size), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, t, h, w, _ = x.shape
+        window, shift = _get_window_and_shift_size(self.shift_size.copy(), [t, h, w], self.window_size.copy())
+        pad = _compute_pad_size_3d((t, h, w), (window[0], window[1], window[2]))
+        x = F.pad(x, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
+        bias = self.get_relative_position_bias(window)  # (1, heads, V, V)
+        if any(shift):
+            x = torch.roll(x, shifts=[-s for s in shift], dims=(1, 2, 3))
+            padded = (x.shape[1], x.shape[2], x.shape[3])
+            mask = _compute_attention_mask_3d(x, padded, (window[0], window[1], window[2]), (shift[0], shift[1], shift[2]))
+            bias = bias + mask.unsqueeze(1)  # (windows, heads, V, V)
+        out = _merge_windows(self._attend(_split_windows(x, window), bias), x.shape, window)
+        if any(shift):
+            out = torch.roll(out, shifts=shift, dims=(1, 2, 3))
+        return out[:, :t, :h, :w].contiguous()
+
+    def _attend(self, windows: Tensor, bias: Tensor) -> Tensor:
+        """(B, nW, V, C) -> (B, nW, V, C); bias broadcasts over (B, nW, heads, V, V)."""
+        batch, num_windows, volume, channels = windows.shape
+        qkv = self.qkv(windows).view(batch, num_windows, volume, 3, self.num_heads, channels // self.num_heads)
+        qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, heads, V, head_dim)
+        # SDPA's fused CPU/GPU kernels take 4-D inputs: fold windows into the batch when the bias is shared by
+        # all windows, else into the heads so the per-window bias broadcasts over the batch without a copy.
+        if bias.shape[0] == 1:
+            qkv = qkv.reshape(3, batch * num_windows, self.num_heads, volume, -1)
+        else:
+            qkv = qkv.reshape(3, batch, num_windows * self.num_heads, volume, -1)
+            bias = bias.reshape(1, num_windows * self.num_heads, volume, volume)
+        query, key, value = qkv.unbind(0)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype))
+        out = out.view(batch, num_windows, self.num_heads, volume, -1).transpose(2, 3)
+        return self.proj(out.reshape(batch, num_windows, volume, channels))
+
+
+def _split_windows(x: Tensor, window: Sequence[int]) -> Tensor:
+    """(B, T, H, W, C) with T, H, W multiples of the window -> (B, nW, V) windows in (t, h, w) raster order."""
+    batch, t, h, w, channels = x.shape
+    wd, wh, ww = window
+    x = x.view(batch, t // wd, wd, h // wh, wh, w // ww, ww, channels)
+    return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(batch, -1, wd * wh * ww, channels)
+
+
+def _merge_windows(windows: Tensor, shape: Sequence[int], window: Sequence[int]) -> Tensor:
+    """Inverse of :func:`_split_windows` for a tensor of ``shape`` (B, T, H, W, C)."""
+    batch, t, h, w, channels = shape
+    wd, wh, ww = window
+    x = windows.reshape(batch, t // wd, h // wh, w // ww, wd, wh, ww, channels)
+    return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(batch, t, h, w, channels)
+
+
+class _Mlp(nn.Module):
+    # torchvision's block names its MLP layers mlp.0 / mlp.3; upstream uses mlp.fc1 / mlp.fc2, which we keep.
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class _SwinBlock3d(nn.Module):
+    """Pre-norm block: x + drop(attn(norm1 x)), then x + drop(mlp(norm2 x)). Input/output (B, T, H, W, C).
+
+    Same composition as torchvision's SwinTransformerBlock, written out only to keep upstream's MLP names.
+    """
+
+    def __init__(self, dim: int, heads: int, window: Sequence[int], shifted: bool, mlp_ratio: float, drop: float):
+        super().__init__()
+        shift = [w // 2 for w in window] if shifted else [0, 0, 0]
+        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.attn = _WindowAttention3d(dim, list(window), shift, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = StochasticDepth(drop, "row")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class _SwinStage(nn.Module):
+    """Upstream's BasicLayer: the blocks of one stage, then (except in the last stage) 2x2 patch merging."""
+
+    def __init__(self, config: VideoSwinConfig, stage: int, drop_rates: Sequence[float]) -> None:
+        super().__init__()
+        dim, heads = config.stage_dim(stage), config.num_heads[stage]
+        self.blocks = nn.ModuleList(
+            _SwinBlock3d(dim, heads, config.window_size, index % 2 == 1, config.mlp_ratio, rate)
+            for index, rate in enumerate(drop_rates)
+        )
+        is_last = stage == len(config.depths) - 1
+        self.downsample = None if is_last else PatchMerging(dim, norm_layer=nn.LayerNorm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+class _VideoSwinBackbone(nn.Module):
+    """Upstream's SwinTransformer3D without classifier: (B, 3, T, H, W) -> (B, T', H', W', C) channels-last."""
+
+    def __init__(self, config: VideoSwinConfig) -> None:
+        super().__init__()
+        self.patch_embed = PatchEmbed3d(list(config.patch_size), 3, config.embed_dim, norm_layer=nn.LayerNorm)
+        # Stochastic depth grows linearly from 0 to drop_path_rate over all blocks (torch.linspace as upstream).
+        rates = torch.linspace(0.0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()
+        starts = [sum(config.depths[:stage]) for stage in range(len(config.depths))]
+        self.layers = nn.ModuleList(
+            _SwinStage(config, stage, rates[start : start + depth])
+            for stage, (start, depth) in enumerate(zip(starts, config.depths))
+        )
+        self.norm = nn.LayerNorm(config.out_dim, eps=LAYER_NORM_EPS)
+        self.apply(_init_upstream)
+
+    def forward(self, video: Tensor, use_checkpoint: bool = False) -> Tensor:
+        x = self.patch_embed(video)
+        for stage in self.layers:
+            x = checkpoint(stage, x, use_reentrant=False) if use_checkpoint else stage(x)
+        return self.norm(x)
+
+
+def _init_upstream(module: nn.Module) -> None:
+    # Upstream's _init_weights: truncated normal(0.02) Linear weights, zero biases, unit LayerNorms.
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class VideoSwinEncoder(nn.Module):
+    """Frames (B, T, 3, H, W) -> grid tokens (B, T'·H'·W', out_dim), token index d·H'·W' + h·W' + w.
+
+    Upstream pads inputs that do not tile, which silently changes the token count the rest of the model (fc,
+    learned attention mask) was built for; we refuse such inputs instead (see ``VideoSwinConfig.token_grid``).
+    """
+
+    def __init__(self, config: VideoSwinConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = _VideoSwinBackbone(config)
+
+    @property
+    def out_dim(self) -> int:
+        return self.config.out_dim
+
+    def forward(self, frames: Tensor) -> Tensor:
+        self._check_frames(frames)
+        video = frames.permute(0, 2, 1, 3, 4)  # (B, 3, T, H, W) for the Conv3d stem
+        grid = self.backbone(video, use_checkpoint=self.config.use_checkpoint and self.training)
+        return grid.flatten(1, 3)
+
+    def _check_frames(self, frames: Tensor) -> None:
+        if frames.dim() != 5 or frames.shape[2] != 3:
+            raise ValueError(f"VideoSwinEncoder expects frames (B, T, 3, H, W), got shape {tuple(frames.shape)}")
+        if not frames.is_floating_point():
+            raise ValueError(f"VideoSwinEncoder expects float frames, got dtype {frames.dtype}")
+        _, num_frames, _, height, width = frames.shape
+        try:
+            self.config.token_grid(num_frames, (height, width))
+        except ValueError as error:
+            raise ValueError(f"VideoSwinEncoder: frames of shape {tuple(frames.shape)}: {error}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official checkpoint conversion
+
+
+def _unwrap_state_dict(checkpoint_content: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The mmaction .pth is {'meta': ..., 'state_dict': {...}}; accept that or the inner dict itself."""
+    inner = checkpoint_content.get("state_dict", checkpoint_content)
+    if not isinstance(inner, Mapping):
+        raise ValueError(f"Video Swin checkpoint: 'state_dict' is a {type(inner).__name__}, not a mapping")
+    return inner
+
+
+def _expected_shapes(config: VideoSwinConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        encoder = VideoSwinEncoder(config)
+    return {key: tuple(value.shape) for key, value in encoder.state_dict().items()}
+
+
+def _check_index_buffer(key: str, value: Any, reference: Tensor) -> None:
+    if not isinstance(value, Tensor) or tuple(value.shape) != tuple(reference.shape):
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{key}: shape {got}, expected {tuple(reference.shape)} for this window size")
+    if value.is_floating_point() or value.is_complex() or not torch.equal(value.to(torch.int64), reference):
+        mismatches = int((value.to(torch.int64) != reference).sum())
+        raise ValueError(
+            f"{key}: differs from the recomputed relative position index in {mismatches} entries "
+            f"(dtype {value.dtype}); the checkpoint was made for another window layout or is corrupted"
+        )
+
+
+def checkpoint_filter_fn(
+    state_dict: Mapping[str, Any], config: VideoSwinConfig
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Official Video Swin checkpoint (``backbone.*`` + ``cls_head.*``) -> (state dict for VideoSwinEncoder, dropped).
+
+    Every key is accounted for: learned tensors are kept under the same name, ``relative_position_index`` buffers
+    are checked against the recomputation and dropped, ``cls_head.*`` is dropped. Unknown keys, wrong shapes and
+    missing tensors raise a ValueError that lists every offending key.
+    """
+    source = _unwrap_state_dict(state_dict)
+    expected = _expected_shapes(config)
+    reference_index = relative_position_index(config.window_size)
+    converted: dict[str, Tensor] = {}
+    dropped: list[str] = []
+    unknown: list[str] = []
+    misshaped: list[str] = []
+    present: set[str] = set()
+    for key, value in source.items():
+        if key.startswith(CLS_HEAD_PREFIX):
+            dropped.append(key)
+        elif key.endswith(INDEX_SUFFIX) and key[: -len(INDEX_SUFFIX)] + TABLE_SUFFIX in expected:
+            _check_index_buffer(key, value, reference_index)
+            dropped.append(key)
+        elif key not in expected:
+            unknown.append(key)
+        else:
+            present.add(key)
+            if isinstance(value, Tensor) and tuple(value.shape) == expected[key]:
+                converted[key] = value
+            else:
+                got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                misshaped.append(f"{key} (got {got}, expected {list(expected[key])})")
+    missing = [key for key in expected if key not in present]
+    _raise_on_problems(unknown, misshaped, missing)
+    return converted, dropped
+
+
+def _raise_on_problems(unknown: list[str], misshaped: list[str], missing: list[str]) -> None:
+    problems = [
+        f"{label} ({len(keys)}): {', '.join(keys)}"
+        for label, keys in (("unknown keys", unknown), ("shape mismatches", misshaped), ("missing keys", missing))
+        if keys
+    ]
+    if problems:
+        raise ValueError("Video Swin checkpoint does not match the config: " + "; ".join(problems))
+
+
+def to_upstream_state_dict(
+    our_state_dict: Mapping[str, Tensor], window_size: Sequence[int] = (8, 7, 7)
+) -> dict[str, Tensor]:
+    """Our state dict -> upstream ``backbone.*`` layout, re-inserting each block's relative_position_index
+    (right after its bias table, as upstream orders them) so upstream's strict loading accepts it."""
+    index = relative_position_index(window_size)
+    table_rows = (2 * window_size[0] - 1) * (2 * window_size[1] - 1) * (2 * window_size[2] - 1)
+    upstream: dict[str, Tensor] = {}
+    for key, value in our_state_dict.items():
+        if not key.startswith(UPSTREAM_PREFIX):
+            raise ValueError(f"to_upstream_state_dict: key {key!r} is not a Video Swin encoder key")
+        upstream[key] = value
+        if key.endswith(TABLE_SUFFIX):
+            if value.shape[0] != table_rows:
+                raise ValueError(
+                    f"{key}: {value.shape[0]} rows, but window {list(window_size)} needs {table_rows}"
+                )
+            upstream[key[: -len(TABLE_SUFFIX)] + INDEX_SUFFIX] = index.clone()
+    return upstream
+
+
+def load_official_weights(encoder: VideoSwinEncoder, path: str | Path) -> list[str]:
+    """Load the official Kinetics .pth (or any dict in that layout) into ``encoder``; returns the dropped keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Video Swin checkpoint not found: {path}")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as error:
+        raise ValueError(
+            f"{path}: cannot be read as a torch checkpoint with weights_only=True "
+            f"(corrupt, or it holds non-tensor objects): {error}"
+        ) from error
+    if not isinstance(content, Mapping):
+        raise ValueError(f"{path}: expected a dict checkpoint, got {type(content).__name__}")
+    try:
+        state_dict, dropped = checkpoint_filter_fn(content, encoder.config)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+    encoder.load_state_dict(state_dict, strict=True)
+    return dropped

@@ -1,0 +1,235 @@
+"""Training checkpoints: ``output_dir/checkpoint-<epoch>-<step>/`` = the model checkpoint (model.safetensors,
+config.json, vocab.txt via ``modeling.checkpoint.save_checkpoint``) + ``training_state.pt`` (optimizer, scheduler,
+scaler, every rank's RNG states, the step and the data position), so ``--resume`` continues exactly.
+
+The folder is assembled under a temporary name and renamed into place: a crash mid-save leaves the previous
+checkpoints untouched and no half-written folder under a checkpoint name. ``training_state.pt`` holds only
+tensors and plain Python values so it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+
+from avlformer.atomic import write_text_atomic
+from avlformer.training.distributed import DistEnv, barrier, broadcast_object, gather_objects
+
+TRAINING_STATE = "training_state.pt"
+BEST_DIR = "best_checkpoint"
+BEST_RECORD = "best_checkpoint.json"
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)-(\d+)$")
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+@dataclass
+class Progress:
+    """Where training stands: the optimizer step count and the data position (epoch, micro-batches consumed)."""
+    global_step: int = 0
+    epoch: int = 0
+    batches_done_in_epoch: int = 0
+
+
+def checkpoint_name(epoch: int, global_step: int) -> str:
+    return f"checkpoint-{epoch}-{global_step}"
+
+
+# ---------------------------------------------------------------------------------------------------- RNG state
+
+def capture_rng_state() -> dict[str, Any]:
+    version, mt_state, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": [version, list(mt_state), gauss],
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------------- save
+
+def save_training_checkpoint(output_dir: Path, name: str, model: torch.nn.Module, model_config, optimizer, scheduler, scaler, progress: Progress, env: DistEnv,
+                             vocab_dir: str | None = None) -> Path:
+    """Collective: every rank must call it (FSDP gathers shards, every rank contributes its RNG state)."""
+    from avlformer.modeling.checkpoint import save_checkpoint
+
+    final = Path(output_dir) / name
+    model_state = get_model_state_dict(model, options=FULL_STATE)
+    optim_state = get_optimizer_state_dict(model, optimizer, options=FULL_STATE)
+    rng_states = gather_objects(capture_rng_state(), env)
+    if env.is_main:
+        training_state = {
+            "progress": asdict(progress),
+            "world_size": env.world_size,
+            "optimizer": optim_state,
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "rng": rng_states,
+        }
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        try:
+            _save_model_folder(tmp, model_state, model_config, vocab_dir, save_checkpoint)
+            torch.save(training_state, tmp / TRAINING_STATE)
+            _fsync_folder(tmp)
+            _replace_folder(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    barrier(env)
+    return final
+
+
+class _StateDictView:
+    """What ``save_checkpoint`` reads from a model (its state_dict), backed by the gathered full state: under
+    FSDP the library model holds only shards, so the weights are always written from the gathered dict."""
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def state_dict(self) -> dict:
+        return self.state
+
+
+def _save_model_folder(folder: Path, model_state, model_config, vocab_dir, save_checkpoint) -> None:
+    extra = {"vocab.txt": Path(vocab_dir) / "vocab.txt"} if vocab_dir else None
+    save_checkpoint(folder, _StateDictView(model_state), model_config, extra_files=extra)
+
+
+def _fsync_folder(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def _replace_folder(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` onto ``final``; an existing ``final`` (the same step saved again) is moved aside first."""
+    if final.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+        os.replace(final, trash / final.name)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def remove_stale_temporaries(output_dir: Path) -> None:
+    """Leftovers of a save that was killed midway (never a checkpoint: they were not renamed into place)."""
+    for path in Path(output_dir).glob(".checkpoint-*"):
+        if path.is_dir() and (path.name.endswith(".tmp") or path.name.endswith(".old")):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete training checkpoints, oldest first by step."""
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = CHECKPOINT_NAME.match(path.name)
+        if match and (path / TRAINING_STATE).is_file():
+            found.append((int(match.group(2)), path))
+    return [path for _, path in sorted(found)]
+
+
+def find_resume_checkpoint(resume: str, output_dir: Path) -> Path | None:
+    if not resume:
+        return None
+    if resume == "auto":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(resume)
+    if not (path / TRAINING_STATE).is_file():
+        raise FileNotFoundError(f"{path}: not a training checkpoint (no {TRAINING_STATE}); pass a "
+                                f"checkpoint-<epoch>-<step> folder or --resume auto")
+    return path
+
+
+def load_training_checkpoint(folder: Path, model, optimizer, scheduler, scaler, env: DistEnv) -> Progress:
+    """Restore weights, optimizer, scheduler, scaler and this rank's RNG; return where to continue."""
+    from avlformer.modeling.checkpoint import load_model
+
+    state = torch.load(folder / TRAINING_STATE, map_location="cpu", weights_only=True)
+    weights = load_model(folder, "cpu")[0].state_dict()
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    if state["world_size"] == env.world_size:
+        restore_rng_state(state["rng"][env.rank])
+    else:
+        # The data order is rank-count independent only per epoch; RNG streams cannot be mapped across sizes.
+        print(f"note: {folder} was written by {state['world_size']} processes, resuming with {env.world_size}: "
+              "RNG streams restart from the seed (the data position is kept)")
+    return Progress(**state["progress"])
+
+
+# ---------------------------------------------------------------------------------------------------- best
+
+def read_best(output_dir: Path) -> dict[str, Any] | None:
+    path = Path(output_dir) / BEST_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], metric: str = "CIDEr") -> bool:
+    """Keep ``output_dir/best_checkpoint/`` = the checkpoint with the highest validation ``metric`` (hard links,
+    so it costs no space; safe because checkpoint files are only ever replaced by rename, never rewritten)."""
+    if metric not in metrics:
+        return False
+    best = read_best(output_dir)
+    if best is not None and best["score"] >= metrics[metric]:
+        return False
+    output_dir = Path(output_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{BEST_DIR}.", suffix=".tmp", dir=output_dir))
+    try:
+        for path in checkpoint.iterdir():
+            if path.is_file():
+                try:
+                    os.link(path, tmp / path.name)
+                except OSError:
+                    shutil.copy2(path, tmp / path.name)
+        _replace_folder(tmp, output_dir / BEST_DIR)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    record = {"checkpoint": checkpoint.name, "metric": metric, "score": metrics[metric], "metrics": metrics}
+    write_text_atomic(output_dir / BEST_RECORD, json.dumps(record, indent=2))
+    return True
+
+
+def share_progress(progress: Progress, env: DistEnv) -> Progress:
+    return Progress(**broadcast_object(asdict(progress), env))

@@ -1,0 +1,146 @@
+"""Process-group setup from torchrun's environment, model wrapping (DDP, FSDP, DeepSpeed) and the few collective
+helpers the loop needs. One process without torchrun's variables is simply not distributed: no CUDA call is made
+on a CPU machine (upstream's dist_init assumed CUDA, FACTS §4.2)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    if requested.startswith("cuda") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(requested_device: str = "cuda", fallback_local_rank: int = 0) -> DistEnv:
+    """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; NCCL on GPU, gloo on CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(fallback_local_rank)))
+    device = pick_device(requested_device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise RuntimeError(f"WORLD_SIZE={world_size} but {', '.join(missing)} not set: launch with torchrun "
+                               "(run.sh does) or set them")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(minutes=30),
+                                device_id=device if device.type == "cuda" else None)
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def teardown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.is_distributed:
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    if not env.is_distributed:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / env.world_size
+
+
+def any_rank_true(flag: bool, env: DistEnv) -> bool:
+    """So every rank stops together (a NaN on one rank must stop all of them)."""
+    if not env.is_distributed:
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=env.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
+
+
+def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    if not env.is_distributed:
+        return [obj]
+    gathered: list[Any] = [None] * env.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    if not env.is_distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def wrap_model(model: nn.Module, strategy: str, env: DistEnv) -> nn.Module:
+    """DDP (default) or FSDP2 (`fully_shard`, parameters sharded per top-level encoder). DeepSpeed wraps model and
+    optimizer together, see ``deepspeed_initialize``. A single process is never wrapped."""
+    if not env.is_distributed:
+        return model
+    if strategy == "ddp":
+        device_ids = [env.device.index] if env.device.type == "cuda" else None
+        # find_unused_parameters: frozen encoders and the unused-at-some-steps learned mask must not hang DDP
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for child in model.children():
+            if any(p.requires_grad for p in child.parameters()):
+                fully_shard(child)
+        return fully_shard(model)
+    raise ValueError(f"strategy {strategy!r} is not wrapped here")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The library model under DDP / DeepSpeed wrappers (FSDP2 shards in place: the model is its own module)."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
+
+
+def deepspeed_initialize(model: nn.Module, optimizer, scheduler, args) -> tuple[Any, Any, Any]:
+    try:
+        import deepspeed
+    except ImportError:
+        raise RuntimeError("--distributed-strategy deepspeed needs DeepSpeed: pip install 'avlformer[deepspeed]'") \
+            from None
+    config = {
+        "train_batch_size": args.effective_batch_size,
+        "train_micro_batch_size_per_gpu": args.per_gpu_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "gradient_clipping": args.max_grad_norm if args.max_grad_norm > 0 else 0.0,
+        "steps_per_print": args.logging_steps * 10,
+        "fp16": {"enabled": args.precision == "fp16"},
+        "bf16": {"enabled": args.precision == "bf16"},
+        "zero_optimization": {"stage": max(0, args.zero_opt_stage)},
+    }
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                           config=config)
+    return engine, optimizer, scheduler

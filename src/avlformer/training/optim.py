@@ -1,0 +1,77 @@
+"""Optimizer and learning-rate schedule as upstream trained (FACTS §4.1): four AdamW parameter groups split by
+name, the Video Swin backbone at a reduced learning rate, and a warmup-linear schedule with a floor.
+
+Upstream vendored an HF-style AdamW that adds eps to sqrt(v) before bias correction and decays after the update;
+torch's AdamW (used here) adds eps after bias correction and decays before the update. Both are AdamW; the
+difference is O(eps) and O(lr^2 * wd) per step, below anything a training run can tell apart.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+# Upstream's name rule: a substring match, so Swin's relative_position_bias_table is "no decay" too.
+NO_DECAY_SUBSTRINGS = ("bias", "LayerNorm.bias", "LayerNorm.weight")
+BACKBONE_SUBSTRING = "swin."
+GROUP_NAMES = ("backbone_decay", "decay", "backbone_no_decay", "no_decay")
+
+
+def is_no_decay(name: str) -> bool:
+    return any(part in name for part in NO_DECAY_SUBSTRINGS)
+
+
+def is_backbone(name: str) -> bool:
+    # Names are matched on the unwrapped model, so "swin." is the top-level Video Swin module.
+    return BACKBONE_SUBSTRING in name
+
+
+def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], learning_rate: float,
+                     backbone_coef_lr: float, weight_decay: float) -> list[dict]:
+    """The four upstream groups, in upstream order; empty groups are kept so group indices stay fixed.
+    Frozen parameters are left out (upstream kept them, but they never received a gradient)."""
+    buckets: dict[str, list[nn.Parameter]] = {name: [] for name in GROUP_NAMES}
+    for name, param in named_parameters:
+        if not param.requires_grad:
+            continue
+        key = ("backbone_" if is_backbone(name) else "") + ("no_decay" if is_no_decay(name) else "decay")
+        buckets[key].append(param)
+    backbone_lr = learning_rate * backbone_coef_lr
+    return [
+        {"name": "backbone_decay", "params": buckets["backbone_decay"], "weight_decay": weight_decay, "lr": backbone_lr},
+        {"name": "decay", "params": buckets["decay"], "weight_decay": weight_decay, "lr": learning_rate},
+        {"name": "backbone_no_decay", "params": buckets["backbone_no_decay"], "weight_decay": 0.0, "lr": backbone_lr},
+        {"name": "no_decay", "params": buckets["no_decay"], "weight_decay": 0.0, "lr": learning_rate},
+    ]
+
+
+def build_optimizer(model: nn.Module, learning_rate: float, backbone_coef_lr: float, weight_decay: float,
+                    adam_epsilon: float) -> torch.optim.AdamW:
+    groups = parameter_groups(model.named_parameters(), learning_rate, backbone_coef_lr, weight_decay)
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=adam_epsilon)
+
+
+def warmup_linear_factor(step: int, total_steps: int, warmup_ratio: float) -> float:
+    """Upstream WarmupLinearLR: linear ramp from 0 over int(ratio*T) steps, then linear decay to 0 at T."""
+    warmup = int(warmup_ratio * total_steps)
+    if step < warmup:
+        return step / warmup
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_ratio: float,
+                    min_lr: float) -> torch.optim.lr_scheduler.LRScheduler:
+    """Schedules are functions of the optimizer step count, so their state_dict is just that count."""
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, total_steps // 2), gamma=0.1)
+    if kind != "warmup_linear":
+        raise ValueError(f"unknown --scheduler {kind!r} (warmup_linear or step)")
+
+    def factor_for(base_lr: float):
+        floor = min_lr / base_lr if base_lr > 0 else 0.0
+        # lr = max(min_lr, base_lr * factor), per group, as upstream
+        return lambda step: max(floor, warmup_linear_factor(step, total_steps, warmup_ratio))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor_for(g["lr"]) for g in optimizer.param_groups])

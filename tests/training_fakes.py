@@ -1,0 +1,69 @@
+"""Support for the training tests: a tiny AVLFormer with all training-time randomness switched off (so runs with
+different process counts can be compared) and an in-memory dataset that follows the batch contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from avlformer.data.masking import make_train_text
+from avlformer.data.tokenizer import load_tokenizer
+from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
+
+CAPTIONS = [
+    "a red square slides to the left. a low tone hums steadily.",
+    "a blue circle bounces on a green floor. a high beep repeats twice.",
+    "a yellow triangle spins slowly. soft noise hisses in the background.",
+    "a small white star moves up. a drum beats in a fast rhythm.",
+]
+
+
+def deterministic_tiny_config(**overrides) -> AVLFormerConfig:
+    """The tiny preset without dropout, drop path, SpecAugment, mel jitter or patchout, and a short text."""
+    tree = AVLFormerConfig.tiny().to_dict()
+    tree["text"].update(hidden_dropout=0.0, attention_dropout=0.0)
+    tree["video"].update(drop_path_rate=0.0)
+    tree["audio"].update(freqm=0, timem=0, fmin_aug_range=1, fmax_aug_range=1, s_patchout_t=0, s_patchout_f=0)
+    tree.update(max_seq_length=24, max_gen_length=8)
+    tree.update(overrides)
+    return AVLFormerConfig.from_dict(tree)
+
+
+def tiny_model(config: AVLFormerConfig | None = None, seed: int = 0) -> AVLFormer:
+    torch.manual_seed(seed)
+    return AVLFormer(config or deterministic_tiny_config())
+
+
+class FakeCaptionDataset(Dataset):
+    """Fixed random frames/audio per index; MLM masking drawn from the generator ``set_seed`` installs."""
+
+    def __init__(self, config: AVLFormerConfig, size: int = 16, is_train: bool = True, nan_index: int | None = None):
+        self.config, self.size, self.is_train = config, size, is_train
+        self.tokenizer = load_tokenizer()
+        self.nan_index = nan_index
+        self.rng = np.random.default_rng(0)
+
+    def set_seed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        cfg = self.config
+        gen = torch.Generator().manual_seed(1000 + index)
+        frames = torch.randn(cfg.num_frames, 3, cfg.image_size, cfg.image_size, generator=gen)
+        audio = 0.1 * torch.randn(1, cfg.audio.clip_samples, generator=gen)
+        if index == self.nan_index:
+            frames = frames * float("nan")
+        item = {"video_key": f"val/{index}.mp4", "frames": frames, "audio": audio}
+        caption = CAPTIONS[index % len(CAPTIONS)]
+        if not self.is_train:
+            item["caption"] = caption
+            return item
+        text = make_train_text(caption, self.tokenizer, self.rng, max_seq_length=cfg.max_seq_length,
+                               mask_prob=0.25, max_masked_tokens=8)
+        item.update(input_ids=text.input_ids, target_ids=text.target_ids, masked_pos=text.masked_pos,
+                    text_len=text.text_len)
+        return item
