@@ -163,7 +163,8 @@ def _torchvision_reference(encoder: VideoSwinEncoder) -> SwinTransformer3d:
 
 def test_matches_torchvision_swin3d_and_upstream_token_order():
     torch.manual_seed(0)
-    encoder = VideoSwinEncoder(VideoSwinConfig.nano(window_size=(2, 3, 3))).eval()
+    # Two blocks per stage so shifted windows (and their mask) run in every stage.
+    encoder = VideoSwinEncoder(VideoSwinConfig.nano(depths=(2, 2, 2, 2), window_size=(2, 3, 3))).eval()
     reference = _torchvision_reference(encoder)
     frames = torch.randn(2, 8, 3, 64, 96)
     with torch.no_grad():
@@ -177,6 +178,41 @@ def test_matches_torchvision_swin3d_and_upstream_token_order():
             for w in range(width):
                 expected = upstream_layout[:, :, d, h, w]
                 torch.testing.assert_close(tokens[:, d * height * width + h * width + w], expected)
+
+
+@pytest.mark.parametrize(
+    "window, shift, grid",
+    [
+        ((8, 7, 7), (0, 0, 0), (4, 14, 14)),  # time window clamped to 4, no shift
+        ((8, 7, 7), (4, 3, 3), (4, 16, 9)),  # time clamped (shift 0 there), H and W padded, shift mask
+        ((2, 3, 3), (1, 1, 1), (4, 6, 6)),  # shift mask on every axis, no padding
+        ((2, 3, 3), (1, 1, 1), (2, 2, 5)),  # time and height clamped to the input
+    ],
+)
+def test_sdpa_attention_matches_torchvision_eager(window, shift, grid):
+    torch.manual_seed(0)
+    attention = video_swin._WindowAttention3d(16, list(window), list(shift), 2)
+    with torch.no_grad():
+        attention.relative_position_bias_table.normal_()  # make the bias matter
+    inputs = torch.randn(2, *grid, 16)
+    outputs, grads = [], []
+    for forward in (attention.forward, lambda x: ShiftedWindowAttention3d.forward(attention, x)):
+        attention.zero_grad()
+        x = inputs.clone().requires_grad_(True)
+        out = forward(x)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outputs.append(out)
+        grads.append([x.grad] + [p.grad.clone() for p in attention.parameters()])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    for ours, eager in zip(*grads):
+        torch.testing.assert_close(ours, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_autocast_forward():
+    encoder = VideoSwinEncoder(VideoSwinConfig.nano()).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        tokens = encoder(torch.randn(1, 4, 3, 64, 64))
+    assert tokens.shape == (1, 8, 128) and torch.isfinite(tokens.float()).all()
 
 
 def test_drop_path_grows_linearly_to_rate():
@@ -323,8 +359,10 @@ def test_corrupted_relative_position_index_is_rejected():
         checkpoint_filter_fn({**upstream, key: corrupted}, VideoSwinConfig.nano())
     with pytest.raises(ValueError, match=f"{key}: shape \\(3, 3\\)"):
         checkpoint_filter_fn({**upstream, key: torch.zeros(3, 3, dtype=torch.int64)}, VideoSwinConfig.nano())
-    with pytest.raises(ValueError, match=f"{key}: differs"):
+    with pytest.raises(ValueError, match=f"{key}: dtype torch.float32, expected an integer"):
         checkpoint_filter_fn({**upstream, key: upstream[key].float()}, VideoSwinConfig.nano())
+    converted, _ = checkpoint_filter_fn({**upstream, key: upstream[key].int()}, VideoSwinConfig.nano())
+    assert len(converted) == len(VideoSwinEncoder(VideoSwinConfig.nano()).state_dict())
 
 
 def test_index_buffers_are_checked_against_the_configured_window():

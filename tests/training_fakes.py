@@ -38,8 +38,10 @@ def tiny_model(config: AVLFormerConfig | None = None, seed: int = 0) -> AVLForme
 class FakeCaptionDataset(Dataset):
     """Fixed random frames/audio per index; MLM masking drawn from the generator ``set_seed`` installs."""
 
-    def __init__(self, config: AVLFormerConfig, size: int = 16, is_train: bool = True, nan_index: int | None = None):
+    def __init__(self, config: AVLFormerConfig, size: int = 16, is_train: bool = True, nan_index: int | None = None,
+                 same_caption: bool = False):
         self.config, self.size, self.is_train = config, size, is_train
+        self.same_caption = same_caption  # equal lengths make per-batch token means batch-size independent
         self.tokenizer = load_tokenizer()
         self.nan_index = nan_index
         self.rng = np.random.default_rng(0)
@@ -58,7 +60,7 @@ class FakeCaptionDataset(Dataset):
         if index == self.nan_index:
             frames = frames * float("nan")
         item = {"video_key": f"val/{index}.mp4", "frames": frames, "audio": audio}
-        caption = CAPTIONS[index % len(CAPTIONS)]
+        caption = CAPTIONS[0 if self.same_caption else index % len(CAPTIONS)]
         if not self.is_train:
             item["caption"] = caption
             return item

@@ -330,7 +330,7 @@ def _video_warnings(job: ClipJob, sample: media.FrameSample) -> list[str]:
     if info.variable_frame_rate:
         warnings.append("variable frame rate; frames are sampled by timestamp, uniformly in time")
     short_side = min(info.width, info.height)
-    if short_side < LOW_RESOLUTION:
+    if short_side < LOW_RESOLUTION and job.image_size > short_side:
         warnings.append(f"low resolution {info.width}x{info.height}: upscaled {job.image_size / short_side:.1f}x")
     if height > width:
         warnings.append(f"portrait video ({width}x{height} after resizing): a centre crop keeps only the middle")

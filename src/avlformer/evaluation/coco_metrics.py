@@ -13,6 +13,7 @@ as is; ``tests/test_evaluation_coco.py`` checks it against an independent implem
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 from pathlib import Path
@@ -78,6 +79,15 @@ SCORER_OUTPUTS = {"bleu": ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"), "meteor": ("
 COCO_SCORERS = tuple(SCORER_OUTPUTS)
 
 
+@functools.lru_cache(maxsize=1)
+def shared_meteor():
+    """One METEOR JVM per process: it takes 10-30 s to start (it loads a paraphrase table), and training
+    validates every epoch. Scoring is stateless per request and the wrapper serialises requests with a lock."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    return Meteor()
+
+
 def _make_scorer(name: str):
     """A pycocoevalcap scorer and the keyword arguments of its compute_score."""
     if name == "bleu":
@@ -85,9 +95,7 @@ def _make_scorer(name: str):
 
         return Bleu(4), {"verbose": 0}  # verbose=0: Bleu would print its length statistics
     if name == "meteor":
-        from pycocoevalcap.meteor.meteor import Meteor
-
-        return Meteor(), {}
+        return shared_meteor(), {}
     if name == "rouge":
         from pycocoevalcap.rouge.rouge import Rouge
 

@@ -44,18 +44,23 @@ def load_pos_tagger(nltk_data: str | os.PathLike | None = None):
     except ImportError:
         raise MetricUnavailable("EntityScore skipped: the nltk package is not installed (`pip install nltk`)") \
             from None
-    if nltk_data is not None:
-        folder = str(Path(nltk_data).resolve())
-        if folder not in nltk.data.path:
-            nltk.data.path.insert(0, folder)
-    try:
-        nltk.data.find(POS_TAGGER_RESOURCE + "/")
-    except LookupError:
-        where = f"in {nltk_data}" if nltk_data is not None else "in NLTK's data folders"
-        raise MetricUnavailable(
-            f"EntityScore skipped: NLTK's POS tagger ({POS_TAGGER_RESOURCE}) not found {where}; install it with "
-            "`python -m nltk.downloader -d DIR averaged_perceptron_tagger_eng` and pass --nltk-data DIR") from None
-    return PerceptronTagger(lang="eng")
+    install = ("install it with `python -m nltk.downloader -d DIR averaged_perceptron_tagger_eng` and pass "
+               "--nltk-data DIR")
+    if nltk_data is None:
+        try:
+            nltk.data.find(POS_TAGGER_RESOURCE + "/")
+        except LookupError:
+            raise MetricUnavailable(f"EntityScore skipped: NLTK's POS tagger ({POS_TAGGER_RESOURCE}) not found in "
+                                    f"NLTK's data folders; {install}") from None
+        return PerceptronTagger(lang="eng")
+    root = Path(nltk_data).resolve()
+    tagger_dir = root / POS_TAGGER_RESOURCE
+    if not tagger_dir.is_dir():
+        raise MetricUnavailable(f"EntityScore skipped: NLTK's POS tagger ({POS_TAGGER_RESOURCE}) not found in "
+                                f"{nltk_data}; {install}")
+    if str(root) not in nltk.data.path:
+        nltk.data.path.insert(0, str(root))
+    return PerceptronTagger(lang="eng", loc=str(tagger_dir))
 
 
 def load_t5_encoder(path: str | os.PathLike | None, device: torch.device):

@@ -19,8 +19,6 @@ from avlformer.evaluation.references import PairedCaptions
 log = logging.getLogger(__name__)
 
 METRIC_CHOICES = ("bleu", "meteor", "rouge", "cider", "spice", "entity", "audio", "clip")
-METRIC_OUTPUTS = {**SCORER_OUTPUTS, "entity": ("EntityScore",), "audio": ("AudioScore",),
-                  "clip": ("CLIP-S", "RefCLIP-S")}
 
 
 @dataclass

@@ -183,8 +183,8 @@ class _WindowAttention3d(ShiftedWindowAttention3d):
         bias = self.get_relative_position_bias(window)  # (1, heads, V, V)
         if any(shift):
             x = torch.roll(x, shifts=[-s for s in shift], dims=(1, 2, 3))
-            padded = (x.shape[1], x.shape[2], x.shape[3])
-            mask = _compute_attention_mask_3d(x, padded, (window[0], window[1], window[2]), (shift[0], shift[1], shift[2]))
+            padded, window_3, shift_3 = (x.shape[1], x.shape[2], x.shape[3]), tuple(window), tuple(shift)
+            mask = _compute_attention_mask_3d(x, padded, window_3, shift_3)  # (windows, V, V), 0 or -100
             bias = bias + mask.unsqueeze(1)  # (windows, heads, V, V)
         out = _merge_windows(self._attend(_split_windows(x, window), bias), x.shape, window)
         if any(shift):
@@ -210,7 +210,7 @@ class _WindowAttention3d(ShiftedWindowAttention3d):
 
 
 def _split_windows(x: Tensor, window: Sequence[int]) -> Tensor:
-    """(B, T, H, W, C) with T, H, W multiples of the window -> (B, nW, V) windows in (t, h, w) raster order."""
+    """(B, T, H, W, C) with T, H, W multiples of the window -> (B, nW, V, C) windows in (t, h, w) raster order."""
     batch, t, h, w, channels = x.shape
     wd, wh, ww = window
     x = x.view(batch, t // wd, wd, h // wh, wh, w // ww, ww, channels)
@@ -366,11 +366,13 @@ def _check_index_buffer(key: str, value: Any, reference: Tensor) -> None:
     if not isinstance(value, Tensor) or tuple(value.shape) != tuple(reference.shape):
         got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise ValueError(f"{key}: shape {got}, expected {tuple(reference.shape)} for this window size")
-    if value.is_floating_point() or value.is_complex() or not torch.equal(value.to(torch.int64), reference):
-        mismatches = int((value.to(torch.int64) != reference).sum())
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise ValueError(f"{key}: dtype {value.dtype}, expected an integer index tensor")
+    mismatches = int((value.to(torch.int64) != reference).sum())
+    if mismatches:
         raise ValueError(
-            f"{key}: differs from the recomputed relative position index in {mismatches} entries "
-            f"(dtype {value.dtype}); the checkpoint was made for another window layout or is corrupted"
+            f"{key}: differs from the recomputed relative position index in {mismatches} entries; "
+            "the checkpoint was made for another window layout or is corrupted"
         )
 
 

@@ -78,14 +78,19 @@ ACTIVE_FLAGS: tuple[Flag, ...] = (
     Flag("sparse_mask_soft2hard", B, False, "binarise the learned mask at 0.5 (no gradient)", "?"),
     Flag("loss_sparse_w", F, 0.0, "weight of the mask sparsity loss"),
     Flag("lambda_", F, 0.5, "loss = lambda_*LM + (1-lambda_)*MLM (upstream meaning; --lambda_ / --lambda)"),
-    Flag("attn_mask_type", S, "seq2seq", "upstream: forced to learn_vid_att by --learn_mask_enabled; "
-         "seq2seq is accepted only with it", choices=("seq2seq", "learn_vid_att")),
+    Flag("attn_mask_type", S, "seq2seq", "learn_vid_att = learned AV mask, seq2seq = plain (AV tokens attend to "
+         "all AV tokens); follows --learn_mask_enabled, a contradicting value is an error",
+         choices=("seq2seq", "learn_vid_att")),
     Flag("use_checkpoint", B, False, "activation checkpointing in the video encoder (upstream flag)", "?"),
     Flag("activation_checkpointing", S, [], "(ours) encoders to checkpoint: video audio text", "*",
          choices=("video", "audio", "text")),
     Flag("freeze_backbone", B, False, "freeze Video Swin (forced when --backbone_coef_lr is 0)", "?"),
     Flag("freeze_passt", B, False, "freeze PaSST", "?"),
     Flag("freeze_embedding", B, False, "freeze the text word embeddings", "?"),
+    Flag("swin_checkpoint", S, "", "(ours) official Video Swin Kinetics .pth to initialise the video encoder "
+         "(upstream hard-coded models/video_swin_transformer/swin_base_patch244_window877_kinetics600_22k.pth)"),
+    Flag("passt_checkpoint", S, "", "(ours) official PaSST .pt to initialise the audio encoder "
+         "(upstream hard-coded src/modeling/passt/passt-s-f128-p16-s10-ap.476-swa.pt)"),
     Flag("pretrained_checkpoint", S, "", "initialise all weights from a checkpoint (ours, upstream folder or model.bin)"),
     Flag("max_gen_length", I, 20, "caption length limit when decoding for validation"),
     Flag("num_beams", I, 1, "beams when decoding for validation (1 = greedy)"),
@@ -163,12 +168,11 @@ DEAD_FLAGS: dict[str, tuple[tuple, str]] = {
     "cider_cached_tokens": (("coco_caption/gt/coco-train-words.p",), "self-critical training was never implemented"),
     "patch_size": ((32,), "the token stride is fixed by Video Swin's patch (2,4,4) and 3 merges = 32 pixels"),
     "grid_feat": ((True,), "visual tokens are always the feature grid"),
-    "kinetics": (("400", "600"), "backbone weights come with --pretrained_checkpoint; the Kinetics variant is a "
-                 "property of that file"),
+    "kinetics": (("400", "600"), "the Kinetics variant is the file given to --swin-checkpoint"),
     "pretrained_2d": ((False,), "2D-ImageNet Swin initialisation is not supported"),
     "vidswin_size": (("base",), "the backbone size comes from --model_preset/--model_config"),
     "att_mode": (("default",), "only the default text/visual attention layout is implemented"),
-    "reload_pretrained_swin": ((False,), "load backbone weights through --pretrained_checkpoint"),
+    "reload_pretrained_swin": ((False,), "pass --swin-checkpoint (it is applied before --pretrained-checkpoint)"),
     "transfer_method": ((0, -1), "only the full weight transfer (0) is implemented"),
     "att_mask_expansion": ((0, -1), "learned masks must have the target shape; expansion is not implemented"),
     "restore_ratio": ((-1.0, 0.05), "upstream's restore.pt mechanism is replaced by --resume"),
@@ -302,9 +306,6 @@ def reject_dead_flags(values: dict[str, Any]) -> None:
     if values["max_seq_a_length"] != values["max_seq_length"]:
         raise ArgumentError(f"--max-seq-a-length ({values['max_seq_a_length']}) must equal --max-seq-length "
                             f"({values['max_seq_length']}): there is no second text segment")
-    if values["attn_mask_type"] == "seq2seq" and not values["learn_mask_enabled"]:
-        raise ArgumentError("--attn-mask-type seq2seq was never implemented upstream; pass --learn-mask-enabled "
-                            "(which upstream required) for the learned visual mask")
 
 
 def resolve_precision_and_strategy(values: dict[str, Any], explicit: set[str]) -> None:
@@ -382,8 +383,6 @@ def resolve_args(namespace: argparse.Namespace, world_size: int = 1) -> tuple[ar
     resolve_freezing(values)
     check_numbers(values)
     values["output_dir"] = values["output_dir"].replace(" ", "_")
-    if values["learn_mask_enabled"]:
-        values["attn_mask_type"] = "learn_vid_att"
     return argparse.Namespace(**values), explicit
 
 

@@ -99,6 +99,7 @@ def save_training_checkpoint(output_dir: Path, name: str, model: torch.nn.Module
             _save_model_folder(tmp, model_state, model_config, vocab_dir, save_checkpoint)
             torch.save(training_state, tmp / TRAINING_STATE)
             _fsync_folder(tmp)
+            _publishable(tmp)
             _replace_folder(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -121,6 +122,13 @@ class _StateDictView:
 def _save_model_folder(folder: Path, model_state, model_config, vocab_dir, save_checkpoint) -> None:
     extra = {"vocab.txt": Path(vocab_dir) / "vocab.txt"} if vocab_dir else None
     save_checkpoint(folder, _StateDictView(model_state), model_config, extra_files=extra)
+
+
+def _publishable(folder: Path) -> None:
+    """mkdtemp makes 0700 folders; a checkpoint should get the permissions any new folder would (umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -222,6 +230,7 @@ def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], m
                     os.link(path, tmp / path.name)
                 except OSError:
                     shutil.copy2(path, tmp / path.name)
+        _publishable(tmp)
         _replace_folder(tmp, output_dir / BEST_DIR)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -89,9 +89,22 @@ def build_model_config(args, explicit: set[str]):
         config = AVLFormerConfig.from_dict(tree)
     except (TypeError, ValueError) as err:
         raise ArgumentError(f"the model configuration built from the flags is invalid: {err}") from None
-    if config.learn_mask_enabled:
-        args.attn_mask_type = "learn_vid_att"
+    mask_type = "learn_vid_att" if config.learn_mask_enabled else "seq2seq"
+    if "attn_mask_type" in explicit and args.attn_mask_type != mask_type:
+        raise ArgumentError(f"--attn-mask-type {args.attn_mask_type} contradicts --learn-mask-enabled "
+                            f"{config.learn_mask_enabled}")
+    args.attn_mask_type = mask_type
+    check_visual_length(args, explicit, config.num_av_tokens)
     return config
+
+
+def check_visual_length(args, explicit: set[str], derived: int) -> None:
+    """--max_img_seq_length is derived (video tokens + audio tokens), as upstream recomputed it; a given value
+    that disagrees is an error rather than silently replaced."""
+    if "max_img_seq_length" in explicit and args.max_img_seq_length != derived:
+        raise ArgumentError(f"--max-img-seq-length {args.max_img_seq_length} disagrees with this model's "
+                            f"{derived} visual tokens (video + audio); leave it out, it is derived")
+    args.max_img_seq_length = derived
 
 
 def load_pretrained(model: nn.Module, path: str) -> None:
@@ -136,6 +149,14 @@ def build_model(args, config, device: torch.device) -> nn.Module:
     model = AVLFormer(config)
     if "text" in args.activation_checkpointing:
         model.trans_encoder.set_gradient_checkpointing(True)
+    if args.swin_checkpoint:
+        from avlformer.modeling.video_swin import load_official_weights as load_swin
+
+        load_swin(model.swin, args.swin_checkpoint)
+    if args.passt_checkpoint:
+        from avlformer.modeling.passt import load_official_weights as load_passt
+
+        load_passt(model.passt, args.passt_checkpoint)
     if args.pretrained_checkpoint:
         load_pretrained(model, args.pretrained_checkpoint)
     apply_freezing(model, args)

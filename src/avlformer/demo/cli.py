@@ -1,0 +1,364 @@
+"""`avlformer demo` (what `make demo` runs): synth -> prepare -> train the tiny model -> caption the test split
+(with its real audio, and again with the audio silenced) -> evaluate -> report.html + metrics.json.
+
+Everything happens in the work folder (default ``demo_work/``)::
+
+    raw/            the generated dataset (videos, mp3s, captions.json, attributes.json) and, after prepare,
+                    its frame TSVs, audio HDF5 and metadata
+    train/          checkpoints and logs of the training run
+    predictions/    test.json (COCO format) + test.confidence.json, and the same for the silenced run
+    metrics.json    headline numbers (the proof keys), caption metrics, per-attribute accuracy, stage times
+    report.html     the page to look at
+
+The demo's numbers measure whether the model reads the picture and the sound: attributes are parsed from the
+predicted captions (``synth.parse_attributes``) and compared with the ground truth; silencing the audio must
+leave the visual attributes right and drop the sound attributes to chance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from avlformer.atomic import write_text_atomic
+from avlformer.data import synth
+
+STAGES = ("synth", "prepare", "train", "caption", "evaluate", "report")
+CONFIG_NAME = "demo_tiny.json"
+
+
+def default_config_path() -> Path:
+    """configs/demo_tiny.json of this checkout (the package lives in <repo>/src/avlformer), else under the cwd."""
+    repo_config = Path(__file__).resolve().parents[3] / "configs" / CONFIG_NAME
+    return repo_config if repo_config.is_file() else Path("configs") / CONFIG_NAME
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", type=Path, default=Path("demo_work"), help="work folder (created)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"training config (default: configs/{CONFIG_NAME}); its model_config path is "
+                             "resolved relative to the config file")
+    parser.add_argument("--num-train", type=int, default=300, help="training clips")
+    parser.add_argument("--num-val", type=int, default=10, help="validation clips (prepared, not used for training)")
+    parser.add_argument("--num-test", type=int, default=60, help="held-out test clips captioned and scored")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed (training uses the config's seed)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op CPU threads; 1 leaves the other core to the data-loading worker")
+    parser.add_argument("--batch-size", type=int, default=20, help="test clips captioned per forward pass")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (the demo is sized for a CPU)")
+
+
+# ----------------------------------------------------------------------------------------------------- config
+
+@dataclass
+class DemoConfig:
+    train_flags: dict                  # `avlformer train` flag values (upstream keys), from the config file
+    source: Path
+
+
+def resolve_relative(path_text: str, config_path: Path) -> str:
+    """A relative model_config path as `avlformer train` sees it (from the cwd, normally the repo root); when
+    the demo runs from elsewhere, relative to the config file's folder or the repo root above it."""
+    path = Path(path_text)
+    if path.is_absolute() or path.is_file():
+        return str(path.resolve())
+    for base in (config_path.parent, config_path.parent.parent):
+        if (base / path).is_file():
+            return str((base / path).resolve())
+    raise FileNotFoundError(f"{config_path}: model_config {path_text} not found")
+
+
+def load_demo_config(path: Path) -> DemoConfig:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: demo config not found") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if raw.get("model_config"):
+        raw["model_config"] = resolve_relative(raw["model_config"], path)
+    return DemoConfig(train_flags=raw, source=path)
+
+
+def train_argv(data_dir: Path, output_dir: Path, stored_frames: int, epochs: int | None,
+               device: str, config_file: Path) -> list[str]:
+    argv = ["--config", str(config_file), "--data_dir", str(data_dir), "--output_dir", str(output_dir),
+            "--train_yaml", f"metadata/train_{stored_frames}frames.yaml",
+            "--val_yaml", f"metadata/val_{stored_frames}frames.yaml", "--device", device]
+    if epochs is not None:
+        argv += ["--num_train_epochs", str(epochs)]
+    return argv
+
+
+# ----------------------------------------------------------------------------------------------------- stages
+
+class StageClock:
+    """Prints a header per stage and records its wall time."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def run(self, name: str, fn, *args, **kwargs):
+        index = STAGES.index(name) + 1
+        print(f"\n== [{index}/{len(STAGES)}] {name}", flush=True)
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        print(f"== {name} done in {self.seconds[name]:.1f} s", flush=True)
+        return result
+
+    @property
+    def total(self) -> float:
+        return round(time.perf_counter() - self._start, 2)
+
+
+def stage_synth(raw: Path, counts: dict[str, int], seed: int) -> dict:
+    existing = raw / "attributes.json"
+    if existing.is_file():  # a rerun reuses the dataset when it is the same one
+        attributes = json.loads(existing.read_text())
+        have = {s: sum(a["split"] == s for a in attributes.values()) for s in synth.SPLITS}
+        same_seed = (raw / ".seed").is_file() and (raw / ".seed").read_text() == str(seed)
+        if have == counts and same_seed:
+            print("dataset already generated; reusing it")
+            return {"attributes": attributes, "captions": json.loads((raw / "captions.json").read_text())}
+    result = synth.synthesize(raw, counts, seed=seed)
+    write_text_atomic(raw / ".seed", str(seed))
+    return result
+
+
+def stage_prepare(raw: Path, frames: int, size: int, workers: int) -> None:
+    from avlformer.cli import main as cli_main
+
+    code = cli_main(["prepare", "--data-dir", str(raw), "--num-frames", str(frames), "--image-size", str(size),
+                     "--workers", str(workers), "--strict"])
+    if code != 0:
+        raise RuntimeError(f"prepare failed (exit {code}); see {raw / 'prepare_report.json'}")
+
+
+def stage_train(argv: list[str]):
+    from avlformer.training.args import parse_train_args
+    from avlformer.training.loop import train
+
+    args, explicit = parse_train_args(argv)
+    result = train(args, explicit)
+    if result.last_checkpoint is None:
+        raise RuntimeError("training wrote no checkpoint")
+    return result
+
+
+@dataclass
+class CaptionResults:
+    normal: object   # pipeline.CaptionRun
+    silenced: object
+    inputs: list
+
+
+def stage_caption(checkpoint: Path, raw: Path, stored_frames: int, stored_size: int, device_name: str,
+                  batch_size: int, out_dir: Path) -> CaptionResults:
+    """Caption the test split twice from one decoding of its videos: real audio, then silence."""
+    import torch
+    from tqdm import tqdm
+
+    from avlformer.inference import pipeline
+    from avlformer.inference.cli import write_predictions
+    from avlformer.modeling.checkpoint import load_model
+
+    device = pipeline.resolve_device(device_name)
+    model, config = load_model(checkpoint, device)
+    model.to(device).eval()
+    spec = pipeline.input_spec_from_config(config, stored_frames=stored_frames, short_side=stored_size)
+    videos = pipeline.list_videos(raw / "videos" / "test")
+    dataset = pipeline.VideoFolderDataset(videos, raw / "audio_mp3" / "test", spec)
+    items = [dataset[i] for i in tqdm(range(len(dataset)), desc="decode test clips", unit="clip")]
+    clips, failures = pipeline.collate_clips(items)
+    decoding = pipeline.checkpoint_decoding(config)
+    runs = []
+    for label, silence in (("caption", False), ("caption, audio silenced", True)):
+        run = pipeline.CaptionRun(predictions=[], failures=list(failures), warnings=[], decoding=decoding)
+        for start in tqdm(range(0, len(clips), batch_size), desc=label, unit="batch"):
+            batch = clips[start:start + batch_size]
+            if silence:
+                batch = [copy.copy(c) for c in batch]
+                for clip in batch:
+                    clip.audio = torch.zeros_like(clip.audio)
+                    clip.audio_source = "silence"
+            run.predictions.extend(pipeline.caption_batch(model, batch, decoding, device))
+        runs.append(run)
+    write_predictions(runs[0], out_dir / "test.json", str(checkpoint))
+    write_predictions(runs[1], out_dir / "test_silenced.json", str(checkpoint))
+    return CaptionResults(normal=runs[0], silenced=runs[1], inputs=clips)
+
+
+def attribute_accuracy(predictions: dict[str, str], truth: dict[str, dict]) -> dict[str, float]:
+    """Per-attribute accuracy of attributes parsed from predicted captions; a missing prediction counts wrong."""
+    scores = {}
+    for attribute in (*synth.VISUAL_ATTRIBUTES, *synth.SOUND_ATTRIBUTES):
+        hits = [synth.parse_attributes(predictions.get(cid, ""))[attribute] == attrs[attribute]
+                for cid, attrs in truth.items()]
+        scores[attribute] = float(np.mean(hits)) if hits else 0.0
+    return scores
+
+
+def group_mean(scores: dict[str, float], names) -> float:
+    return float(np.mean([scores[n] for n in names]))
+
+
+def stage_evaluate(results: CaptionResults, truth: dict[str, dict], references: dict[str, str]) -> dict:
+    from avlformer.evaluation.coco_metrics import caption_metrics
+
+    normal = {p.video_id: p.caption for p in results.normal.predictions}
+    silenced = {p.video_id: p.caption for p in results.silenced.predictions}
+    acc, acc_silenced = attribute_accuracy(normal, truth), attribute_accuracy(silenced, truth)
+    sound_chance = float(np.mean([1 / len(synth.ATTRIBUTE_VALUES[a]) for a in synth.SOUND_ATTRIBUTES]))
+    metrics = {
+        "visual_accuracy": group_mean(acc, synth.VISUAL_ATTRIBUTES),
+        "sound_accuracy": group_mean(acc, synth.SOUND_ATTRIBUTES),
+        "silenced_visual_accuracy": group_mean(acc_silenced, synth.VISUAL_ATTRIBUTES),
+        "silenced_sound_accuracy": group_mean(acc_silenced, synth.SOUND_ATTRIBUTES),
+        "sound_chance": sound_chance,
+    }
+    refs = {cid: [references[cid]] for cid in normal}
+    # METEOR is left out: its Java start-up and paraphrase tables take longer than the rest of the scoring.
+    coco = caption_metrics(normal, refs, scorers=("bleu", "rouge", "cider")) if normal else {}
+    metrics["cider"] = coco.get("CIDEr", float("nan"))
+    metrics["bleu4"] = coco.get("Bleu_4", float("nan"))
+    return {"headline": metrics, "caption_metrics": coco,
+            "attribute_accuracy": acc, "silenced_attribute_accuracy": acc_silenced,
+            "num_test_clips": len(truth), "num_captioned": len(normal),
+            "failed": [f.error for f in results.normal.failures]}
+
+
+def read_loss_curve(log_dir: Path) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    if "train/loss" not in accumulator.Tags().get("scalars", []):
+        return []
+    return [(event.step, event.value) for event in accumulator.Scalars("train/loss")]
+
+
+def stage_report(path: Path, results: CaptionResults, evaluation: dict, truth: dict, references: dict,
+                 raw: Path, train_dir: Path, checkpoint: Path, stage_seconds: dict) -> None:
+    import torch
+
+    from avlformer.data import audio as audio_io
+    from avlformer.data import media
+    from avlformer.demo.report import ClipReport, ReportData, render_report
+    from avlformer.modeling.checkpoint import load_model
+
+    model, config = load_model(checkpoint, "cpu")
+    mask = None
+    with torch.no_grad():
+        learned = model.av_attention_mask()
+        if learned is not None:
+            mask = learned.float().cpu().numpy()
+    silenced = {p.video_id: p.caption for p in results.silenced.predictions}
+    clips = []
+    for prediction in sorted(results.normal.predictions, key=lambda p: p.video_id):
+        cid = prediction.video_id
+        mp3 = raw / "audio_mp3" / "test" / f"{cid}.mp3"
+        clips.append(ClipReport(
+            clip_id=cid, frames=media.sample_frames(prediction.path, 6, 96),
+            waveform=audio_io.decode_audio(mp3.read_bytes(), source=str(mp3)), sample_rate=audio_io.SAMPLE_RATE,
+            reference=references[cid], prediction=prediction.caption, truth=truth[cid],
+            confidence=prediction.confidence, silenced_prediction=silenced.get(cid)))
+    headline = evaluation["headline"]
+    flat = {**headline, **{f"{k} (caption metric)": v for k, v in evaluation["caption_metrics"].items()},
+            **{f"accuracy: {k}": v for k, v in evaluation["attribute_accuracy"].items()},
+            **{f"accuracy, audio silenced: {k}": v for k, v in evaluation["silenced_attribute_accuracy"].items()},
+            **{f"seconds: {k}": v for k, v in stage_seconds.items()}}
+    notes = [f"{len(clips)} held-out test clips; checkpoint {checkpoint}",
+             "Attributes are parsed from the predicted captions and compared with the generator's ground truth.",
+             "Silenced: the same videos captioned again with the soundtrack replaced by zeros."]
+    notes += [f"failed to decode: {error}" for error in evaluation["failed"]]
+    data = ReportData(title="AVLFormer demo", clips=clips, metrics=flat, loss_curve=read_loss_curve(train_dir / "log"),
+                      mask=mask, num_video_tokens=config.num_video_tokens, notes=notes)
+    write_text_atomic(path, render_report(data))
+
+
+# ----------------------------------------------------------------------------------------------------- main
+
+def run_demo(args: argparse.Namespace) -> dict:
+    import torch
+
+    config_path = args.config or default_config_path()
+    config = load_demo_config(config_path)
+    counts = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
+    threads = max(1, args.threads)
+    torch.set_num_threads(threads)
+    work: Path = args.workdir
+    raw, train_dir, predictions_dir = work / "raw", work / "train", work / "predictions"
+    work.mkdir(parents=True, exist_ok=True)
+    # The resolved training flags go to a file in the work folder, so `avlformer train --config` could rerun it.
+    train_config = work / "train_config.json"
+    write_text_atomic(train_config, json.dumps(config.train_flags, indent=1))
+    model_config = resolve_model_config(train_config, raw, train_dir)
+    # Prepare stores exactly what the model reads (its frame count, its crop size as the shorter side).
+    stored_frames, stored_size = int(model_config.num_frames), int(model_config.image_size)
+    argv = train_argv(raw, train_dir, stored_frames, args.epochs, args.device, train_config)
+
+    clock = StageClock()
+    data = clock.run("synth", stage_synth, raw, counts, args.seed)
+    clock.run("prepare", stage_prepare, raw, stored_frames, stored_size, max(1, os.cpu_count() or 1))
+    result = clock.run("train", stage_train, argv)
+    checkpoint = Path(result.last_checkpoint)
+    results = clock.run("caption", stage_caption, checkpoint, raw, stored_frames, stored_size, args.device,
+                        args.batch_size, predictions_dir)
+    truth = {cid: a for cid, a in data["attributes"].items() if a["split"] == "test"}
+    evaluation = clock.run("evaluate", stage_evaluate, results, truth, data["captions"])
+    report = work / "report.html"
+    clock.run("report", stage_report, report, results, evaluation, truth, data["captions"], raw, train_dir,
+              checkpoint, clock.seconds)
+    headline = {**evaluation["headline"], "wall_seconds": clock.total}
+    metrics = {**headline, "stage_seconds": clock.seconds, "caption_metrics": evaluation["caption_metrics"],
+               "attribute_accuracy": evaluation["attribute_accuracy"],
+               "silenced_attribute_accuracy": evaluation["silenced_attribute_accuracy"],
+               "num_test_clips": evaluation["num_test_clips"], "num_captioned": evaluation["num_captioned"],
+               "failed": evaluation["failed"], "checkpoint": str(checkpoint), "train_steps": result.global_step,
+               "threads": threads, "clips": counts}
+    write_text_atomic(work / "metrics.json", json.dumps(metrics, indent=1))
+    print_summary(work, metrics)
+    return metrics
+
+
+def resolve_model_config(train_config: Path, raw: Path, train_dir: Path):
+    """The model configuration training will build (to know the frame count and size to prepare)."""
+    from avlformer.training.args import parse_train_args
+    from avlformer.training.model_setup import build_model_config
+
+    probe_args, explicit = parse_train_args(["--config", str(train_config), "--data_dir", str(raw),
+                                             "--output_dir", str(train_dir)])
+    return build_model_config(probe_args, explicit)
+
+
+def print_summary(work: Path, metrics: dict) -> None:
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    print("\n" + "=" * 72)
+    print(f"report:  {(work / 'report.html').resolve()}")
+    print(f"metrics: {(work / 'metrics.json').resolve()}")
+    print(f"visual attributes {pct(metrics['visual_accuracy'])}, sound attributes {pct(metrics['sound_accuracy'])}"
+          f" (audio silenced: visual {pct(metrics['silenced_visual_accuracy'])}, sound "
+          f"{pct(metrics['silenced_sound_accuracy'])}; chance {pct(metrics['sound_chance'])})")
+    print(f"CIDEr {metrics['cider']:.3f}  BLEU-4 {metrics['bleu4']:.3f}  wall {metrics['wall_seconds']:.0f} s "
+          f"({', '.join(f'{k} {v:.0f}s' for k, v in metrics['stage_seconds'].items())})")
+    print("=" * 72)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        run_demo(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"avlformer demo: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,155 @@
+"""Decoding: the KV-cached path gives the same tokens as the upstream-style re-forward path, greedy and beam."""
+
+import math
+
+import pytest
+import torch
+
+from avlformer.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from avlformer.modeling.attention_mask import learned_av_mask
+from avlformer.modeling.generation import BeamHypotheses, ReforwardStepper, generate
+from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig
+
+torch.set_num_threads(1)
+NUM_AV, MAX_LENGTH = 10, 16
+
+
+def random_tiny_model(seed=0, std=0.2):
+    """Random weights large enough that tokens depend on the AV input and on the prefix (the default 0.02 init
+    makes every step pick the same token, which would test nothing). float64 keeps both paths' rounding apart
+    from any argmax tie."""
+    torch.manual_seed(seed)
+    config = TextTransformerConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                                   max_position_embeddings=64, img_feature_dim=16)
+    model = TextTransformer(config).double().eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() > 1:
+                param.normal_(0, 4 * std if "embedding" in name else std)
+    av_tokens = torch.randn(4, NUM_AV, 16, dtype=torch.float64)
+    av_mask = learned_av_mask(torch.randn(NUM_AV * NUM_AV, 1, dtype=torch.float64), NUM_AV)
+    return model, av_tokens, av_mask
+
+
+def stop_steps(token_ids):
+    """Index of [SEP] per row (-1 when absent)."""
+    return [row.tolist().index(SEP_ID) if SEP_ID in row.tolist() else -1 for row in token_ids]
+
+
+def test_greedy_cached_equals_reforward_with_different_stop_steps():
+    model, av_tokens, av_mask = random_tiny_model()
+    max_length = 14
+    cached = generate(model, av_tokens, av_mask, max_length=max_length, use_cache=True)
+    reference = generate(model, av_tokens, av_mask, max_length=max_length, use_cache=False)
+    steps = stop_steps(reference.token_ids)
+    assert len(set(steps)) >= 3, f"test setup should stop rows at different steps, got {steps}"
+    assert max(steps) == max_length - 2  # one row hit max_length and got the forced [SEP]
+    assert torch.equal(cached.token_ids, reference.token_ids)
+    assert torch.allclose(cached.confidence, reference.confidence, rtol=1e-6)
+
+
+def test_greedy_output_format():
+    model, av_tokens, av_mask = random_tiny_model()
+    out = generate(model, av_tokens, av_mask, max_length=MAX_LENGTH)
+    assert out.token_ids.shape == (4, MAX_LENGTH) and out.token_ids.dtype == torch.long
+    assert out.confidence.shape == (4,) and out.confidence.dtype == torch.float32
+    assert torch.all((out.confidence > 0) & (out.confidence <= 1))
+    for row, stop in zip(out.token_ids.tolist(), stop_steps(out.token_ids)):
+        assert stop >= 0
+        assert CLS_ID not in row and MASK_ID not in row
+        assert all(t == PAD_ID for t in row[stop + 1:]) and PAD_ID not in row[:stop]
+
+
+def caption_logprobs(model, av_tokens, av_mask, caption_ids):
+    """Log-probs of each token of ``[CLS] caption`` up to its [SEP], from full re-forward logits."""
+    caption = [CLS_ID] + caption_ids
+    stepper = ReforwardStepper(model, av_tokens, av_mask)
+    logprobs = []
+    for c in range(1, caption.index(SEP_ID) + 1):
+        logits = stepper.next_logits(torch.tensor([caption[:c]]))
+        logprobs.append(torch.log_softmax(logits, -1)[0, caption[c]].item())
+    return logprobs
+
+
+def test_greedy_confidence_is_exp_mean_logprob_of_open_steps():
+    """Upstream's confidence, recomputed independently for captions that stopped on their own [SEP]."""
+    model, av_tokens, av_mask = random_tiny_model()
+    out = generate(model, av_tokens, av_mask, max_length=MAX_LENGTH)
+    checked = 0
+    for row, stop in enumerate(stop_steps(out.token_ids)):
+        if stop < MAX_LENGTH - 2:
+            logprobs = caption_logprobs(model, av_tokens[row:row + 1], av_mask, out.token_ids[row].tolist())
+            assert out.confidence[row].item() == pytest.approx(math.exp(sum(logprobs) / len(logprobs)), rel=1e-6)
+            checked += 1
+    assert checked >= 2
+
+
+@pytest.mark.parametrize("length_penalty", [1.0, 0.5])
+def test_beam_confidence_is_upstream_hypothesis_score(length_penalty):
+    """score = sum log-prob (the [SEP] included) / len([CLS] + words) ** length_penalty; confidence = exp(score)."""
+    model, av_tokens, av_mask = random_tiny_model()
+    greedy = generate(model, av_tokens, av_mask, max_length=MAX_LENGTH)
+    beam = generate(model, av_tokens, av_mask, max_length=MAX_LENGTH, num_beams=4, length_penalty=length_penalty)
+    assert (greedy.token_ids != beam.token_ids).any(), "beam search should change a caption in this setup"
+    checked = 0
+    for row, stop in enumerate(stop_steps(beam.token_ids)):
+        if stop < MAX_LENGTH - 2:
+            logprobs = caption_logprobs(model, av_tokens[row:row + 1], av_mask, beam.token_ids[row].tolist())
+            score = sum(logprobs) / len(logprobs) ** length_penalty
+            assert beam.confidence[row].item() == pytest.approx(math.exp(score), rel=1e-5)
+            checked += 1
+    assert checked >= 2
+
+
+@pytest.mark.parametrize("num_beams,length_penalty", [(3, 1.0), (2, 0.5)])
+def test_beam_cached_equals_reforward(num_beams, length_penalty):
+    model, av_tokens, av_mask = random_tiny_model()
+    cached = generate(model, av_tokens, av_mask, max_length=MAX_LENGTH, num_beams=num_beams,
+                      length_penalty=length_penalty, use_cache=True)
+    reference = generate(model, av_tokens, av_mask, max_length=MAX_LENGTH, num_beams=num_beams,
+                         length_penalty=length_penalty, use_cache=False)
+    assert torch.equal(cached.token_ids, reference.token_ids)
+    assert torch.allclose(cached.confidence, reference.confidence, rtol=1e-6)
+    assert all(stop >= 0 for stop in stop_steps(cached.token_ids))
+
+
+def test_cached_step_feeds_two_tokens_and_av_once():
+    model, av_tokens, av_mask = random_tiny_model()
+    lengths = []
+    hook = model.bert.encoder.layer[0].register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
+    generate(model, av_tokens, av_mask, max_length=MAX_LENGTH, use_cache=True)
+    hook.remove()
+    assert lengths[0] == NUM_AV and set(lengths[1:]) == {2}
+    lengths.clear()
+    hook = model.bert.encoder.layer[0].register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
+    generate(model, av_tokens, av_mask, max_length=MAX_LENGTH, use_cache=False)
+    hook.remove()
+    assert lengths[:3] == [NUM_AV + 2, NUM_AV + 3, NUM_AV + 4]  # the reference re-feeds everything
+
+
+def test_no_learned_mask_and_single_token_limit():
+    model, av_tokens, _ = random_tiny_model()
+    a = generate(model, av_tokens, None, max_length=MAX_LENGTH, use_cache=True)
+    b = generate(model, av_tokens, None, max_length=MAX_LENGTH, use_cache=False)
+    assert torch.equal(a.token_ids, b.token_ids)
+    short = generate(model, av_tokens, None, max_length=2)
+    assert torch.equal(short.token_ids[:, 0], torch.full((4,), SEP_ID))  # the only slot is forced to [SEP]
+
+
+def test_generate_rejects_bad_arguments():
+    model, av_tokens, av_mask = random_tiny_model()
+    with pytest.raises(ValueError, match="max_length"):
+        generate(model, av_tokens, av_mask, max_length=1)
+    with pytest.raises(ValueError, match="position table"):
+        generate(model, av_tokens, av_mask, max_length=65)
+    with pytest.raises(ValueError, match="num_beams"):
+        generate(model, av_tokens, av_mask, num_beams=0)
+
+
+def test_beam_hypotheses_keeps_best_and_stops_like_upstream():
+    hyps = BeamHypotheses(1, max_length=11, length_penalty=1.0)
+    hyps.add(torch.tensor([CLS_ID, 5]), -4.0)      # score -2
+    hyps.add(torch.tensor([CLS_ID, 5, 6, 7]), -4.0)  # score -1: replaces
+    assert hyps.best()[0] == pytest.approx(-1.0) and len(hyps.best()[1]) == 4
+    assert hyps.is_done(-10.5)       # best running -10.5 / 10 = -1.05 <= worst kept -1
+    assert not hyps.is_done(-9.0)    # -0.9 could still beat it
