@@ -478,3 +478,41 @@ def test_loader_with_workers_is_seeded_and_reproducible(tmp_path, tokenizer):
                for a, c in zip(fixed_a, fixed_c))
     serial_a, serial_b = first_batches(7, 0), first_batches(7, 0)
     assert all(torch.equal(a["audio"], b["audio"]) for a, b in zip(serial_a, serial_b))
+
+
+def test_distributed_loader_uses_a_distributed_sampler(tmp_path, tokenizer):
+    import torch.distributed as dist
+    from torch.utils.data import DistributedSampler
+
+    dataset = CaptionDataset(write_tiny_dataset(tmp_path / "datasets"), TINY, is_train=True, tokenizer=tokenizer)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        loader = build_loader(dataset, 2, shuffle=True, seed=3, distributed=True)
+        assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.shuffle
+        keys = [key for batch in loader for key in batch["video_keys"]]
+        assert sorted(keys) == sorted(COLOURS)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_eval_without_captions_follows_the_frame_tsv(tmp_path):
+    keys = list(COLOURS)
+    # Without a caption TSV the frame TSV (written in reverse order) sets the order the audio must follow.
+    yaml_path = write_tiny_dataset(tmp_path / "datasets", audio_order=list(reversed(keys)), with_linelist=False)
+    yaml_path.write_text("".join(line + "\n" for line in yaml_path.read_text().splitlines()
+                                 if not line.startswith(("caption:", "label:"))))
+    dataset = CaptionDataset(yaml_path, TINY, is_train=False)
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    assert batch["video_keys"] == list(reversed(keys)) and "captions" not in batch
+    for row, key in enumerate(batch["video_keys"]):
+        wave = batch["audio"][row, 0, :int(0.25 * 32000)].numpy()
+        assert abs(dominant_frequency(wave, 32000) - FREQS[key]) < 20
+    with pytest.raises(ValueError, match="no 'caption' entry"):
+        CaptionDataset(yaml_path, TINY, is_train=True)
+
+
+def test_named_caption_file_that_is_missing_is_an_error(tmp_path):
+    yaml_path = write_tiny_dataset(tmp_path / "datasets")
+    (tmp_path / "datasets" / "metadata" / "train.caption.tsv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"'caption: train\.caption\.tsv' not found"):
+        CaptionDataset(yaml_path, TINY, is_train=False)

@@ -31,6 +31,7 @@ PREDICTIONS = {
 
 
 @needs_java
+@pytest.mark.slow  # METEOR's JVM loads a paraphrase table: 15-45 s
 def test_values_identical_to_cocoevalcap(tmp_path, monkeypatch):
     from pycocoevalcap import eval as cocoeval
     from pycocotools.coco import COCO

@@ -419,14 +419,30 @@ def test_evaluate_command_skips_metrics_without_models(caption_files, tmp_path, 
     assert all(reason in out for reason in skipped.values())
 
 
-def test_missing_media_leaves_the_clip_out_with_a_reason(caption_files, clip_dir, tmp_path):
+def test_unusable_media_leaves_the_clip_out_of_the_metrics_that_need_it(clip_dir, trilip_files, tmp_path):
+    from media_fixtures import write_no_audio, write_normal
+
     from avlformer.evaluation.references import pair_captions
     from avlformer.evaluation.runner import ModelPaths, evaluate
 
-    folder, _, _ = caption_files
-    paired = pair_captions({"v1": "a man speaks.", "v7": "a dog barks."}, {"v1": ["a man."], "v7": ["a dog."]})
-    report = evaluate(paired, ["clip"], ModelPaths(clip_model=str(clip_dir), video_dir=str(folder / "videos"),
-                                                   num_frames=2, device="cpu"))
-    assert set(report.per_item["CLIPScore"]) == {"v1"}
+    checkpoint, passt_config, _ = trilip_files
+    write_normal(tmp_path / "v1.mp4")
+    write_no_audio(tmp_path / "v5.mp4")   # fine for CLIPScore, no audio for AudioScore
+    ids = ("v1", "v5", "v7")              # v7 has no video at all
+    paired = pair_captions({i: "a man speaks." for i in ids}, {i: ["a man."] for i in ids})
+    report = evaluate(paired, ["clip", "audio"], ModelPaths(
+        clip_model=str(clip_dir), trilip_checkpoint=str(checkpoint), trilip_passt_config=str(passt_config),
+        video_dir=str(tmp_path), num_frames=2, device="cpu"))
+    assert set(report.per_item["CLIPScore"]) == {"v1", "v5"}
+    assert set(report.per_item["AudioScore"]) == {"v1"}
+    assert set(report.unscored["CLIPScore"]) == {"v7"}
+    assert set(report.unscored["AudioScore"]) == {"v5", "v7"}
     assert "no video for id 'v7'" in report.unscored["CLIPScore"]["v7"]
-    assert report.metrics["CLIP-S"] == pytest.approx(report.per_item["CLIPScore"]["v1"]["CLIP-S"])
+    assert "audio" in report.unscored["AudioScore"]["v5"]
+    assert report.metrics["AudioScore"] == pytest.approx(report.per_item["AudioScore"]["v1"])
+
+
+def test_broken_model_folder_is_an_error_naming_it(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path))):
+        load_clip(tmp_path, "CLIPScore", torch.device("cpu"))

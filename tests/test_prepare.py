@@ -165,7 +165,6 @@ def test_bad_input_never_stops_the_run_and_every_case_is_reported(messy):
         "videos/train/trunc.mkv": ("warning", "truncated"),
         "videos/train/shortaudio.mp4": ("warning", "shorter than the video"),
         "videos/train/longaudio.mp4": ("warning", "longer than the video"),
-        "videos/train/stereo.mov": ("warning", "converted to 32000 Hz mono"),
         "videos/train/notes.txt": ("warning", "not one of"),
         "videos/val/short.webm": ("warning", "only 8 distinct decodable frame"),
     }

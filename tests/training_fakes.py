@@ -69,3 +69,24 @@ class FakeCaptionDataset(Dataset):
         item.update(input_ids=text.input_ids, target_ids=text.target_ids, masked_pos=text.masked_pos,
                     text_len=text.text_len)
         return item
+
+
+def distributed_worker(rank: int, world_size: int, port: int, flags: list[str]) -> None:
+    """One process of a gloo run, as torchrun would start it (environment variables), for torch.multiprocessing."""
+    import os
+
+    from avlformer.training.args import parse_train_args
+    from avlformer.training.distributed import init_distributed, teardown_distributed
+    from avlformer.training.loop import train
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    args, explicit = parse_train_args(flags, world_size=world_size)
+    env = init_distributed("cpu")
+    config = deterministic_tiny_config()
+    try:
+        train(args, explicit, env, model=tiny_model(config),
+              train_dataset=FakeCaptionDataset(config, 8, same_caption=True))
+    finally:
+        teardown_distributed()

@@ -66,8 +66,11 @@ class DatasetPaths:
     coco_format: Path | None
 
 
-def _metadata_file(yaml_path: Path, root: Path, key: str, value: str | None, required: bool) -> Path | None:
-    """Upstream's rule for caption/label/linelist/coco files: ``root/metadata/<value>``, else ``<value>`` as given."""
+def _metadata_file(yaml_path: Path, root: Path, key: str, value: str | None, *, required: bool,
+                   must_exist: bool) -> Path | None:
+    """Upstream's rule for caption/label/linelist/coco files: ``root/metadata/<value>``, else ``<value>`` as given.
+    ``required``: the yaml must name the file; ``must_exist``: a named file that is missing is an error (else the
+    entry is ignored, as upstream ignored a missing linelist)."""
     if not value:
         if required:
             raise ValueError(f"{yaml_path}: the yaml has no '{key}' entry")
@@ -75,7 +78,7 @@ def _metadata_file(yaml_path: Path, root: Path, key: str, value: str | None, req
     for candidate in (root / "metadata" / value, Path(value)):
         if candidate.is_file():
             return candidate
-    if required:
+    if must_exist:
         raise FileNotFoundError(f"{yaml_path}: '{key}: {value}' not found as {root / 'metadata' / value} "
                                 f"nor as {Path(value)}")
     return None
@@ -101,15 +104,18 @@ def resolve_paths(yaml_path: str | os.PathLike, need_captions: bool = True) -> D
     for key, path in (("img", frames), ("audio", audio)):
         if not path.is_file():
             raise FileNotFoundError(f"{yaml_path}: '{key}: {spec[key]}' resolves to {path}, which does not exist")
-    coco = _metadata_file(yaml_path, root, "caption_coco_format", spec.get("caption_coco_format"), False)
+    coco = _metadata_file(yaml_path, root, "caption_coco_format", spec.get("caption_coco_format"), required=False,
+                          must_exist=False)
     if coco is None:
         # Upstream's fallback name: <yaml basename up to the first '.'>_caption_coco_format.json
         fallback = root / "metadata" / f"{yaml_path.name.split('.')[0]}_caption_coco_format.json"
         coco = fallback if fallback.is_file() else None
     return DatasetPaths(
         yaml=yaml_path, frames=frames, audio=audio,
-        captions=_metadata_file(yaml_path, root, "caption", spec.get("caption"), need_captions),
-        linelist=_metadata_file(yaml_path, root, "caption_linelist", spec.get("caption_linelist"), False),
+        captions=_metadata_file(yaml_path, root, "caption", spec.get("caption"), required=need_captions,
+                                must_exist=True),
+        linelist=_metadata_file(yaml_path, root, "caption_linelist", spec.get("caption_linelist"), required=False,
+                                must_exist=False),
         coco_format=coco)
 
 

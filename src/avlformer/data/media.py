@@ -27,6 +27,7 @@ import numpy as np
 CLIP_SECONDS = 10.0
 SAMPLE_RATE = 32000
 MP3_BITRATE = 96_000
+MP3_QUALITY = 5
 # A clip whose consecutive frame intervals differ from the median by more than this fraction is called VFR.
 _VFR_TOLERANCE = 0.25
 _VFR_MIN_FRACTION = 0.02
@@ -266,7 +267,9 @@ def sample_frames(path: str | os.PathLike, num_frames: int = 32, short_side: int
 def _encode_mp3(frames, sample_rate: int, bitrate: int) -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp3") as container:
-        stream = container.add_stream("mp3", rate=sample_rate, layout="mono")
+        # LAME quality 5 (0 best .. 9 fastest): ~1.5x faster than ffmpeg's default 3, inaudible at this bitrate.
+        stream = container.add_stream("mp3", rate=sample_rate, layout="mono",
+                                      options={"compression_level": str(MP3_QUALITY)})
         stream.bit_rate = bitrate
         for frame in frames:
             for packet in stream.encode(frame):

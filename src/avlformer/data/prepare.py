@@ -364,9 +364,6 @@ def clip_audio(job: ClipJob, video_seconds: float, warnings: list[str]) -> bytes
             found = (track.mp3, track.duration)
             if track.decode_errors:
                 warnings.append(f"{track.decode_errors} corrupt audio packet(s) skipped")
-            if track.source_rate != media.SAMPLE_RATE or track.source_channels != 1:
-                warnings.append(f"audio {track.source_rate} Hz, {track.source_channels} channel(s) converted to "
-                                f"{media.SAMPLE_RATE} Hz mono")
         except media.MediaError as error:
             warnings.append(f"{error.reason}: {media.CLIP_SECONDS:g} s of silence used instead")
             return media.silent_mp3(media.CLIP_SECONDS)

@@ -89,13 +89,20 @@ def load_demo_config(path: Path) -> DemoConfig:
     return DemoConfig(train_flags=raw, source=path)
 
 
-def train_argv(data_dir: Path, output_dir: Path, stored_frames: int, epochs: int | None,
-               device: str, config_file: Path) -> list[str]:
+LOSS_CURVE_POINTS = 60
+
+
+def train_argv(data_dir: Path, output_dir: Path, stored_frames: int, epochs: int | None, device: str,
+               config_file: Path, train_flags: dict, num_train: int) -> list[str]:
     argv = ["--config", str(config_file), "--data_dir", str(data_dir), "--output_dir", str(output_dir),
             "--train_yaml", f"metadata/train_{stored_frames}frames.yaml",
             "--val_yaml", f"metadata/val_{stored_frames}frames.yaml", "--device", device]
     if epochs is not None:
         argv += ["--num_train_epochs", str(epochs)]
+    # Log (and so plot) about LOSS_CURVE_POINTS points whatever the run length.
+    batch = int(train_flags.get("per_gpu_train_batch_size", 64))
+    total_steps = max(1, num_train // batch) * int(epochs or train_flags.get("num_train_epochs", 1))
+    argv += ["--logging_steps", str(max(1, total_steps // LOSS_CURVE_POINTS))]
     return argv
 
 
@@ -306,7 +313,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     model_config = resolve_model_config(train_config, raw, train_dir)
     # Prepare stores exactly what the model reads (its frame count, its crop size as the shorter side).
     stored_frames, stored_size = int(model_config.num_frames), int(model_config.image_size)
-    argv = train_argv(raw, train_dir, stored_frames, args.epochs, args.device, train_config)
+    argv = train_argv(raw, train_dir, stored_frames, args.epochs, args.device, train_config, config.train_flags,
+                      args.num_train)
 
     clock = StageClock()
     data = clock.run("synth", stage_synth, raw, counts, args.seed)

@@ -5,6 +5,9 @@ With unit-norm CLIP embeddings of the video v, the candidate c and the reference
     CLIP-S(c, v)        = w · max(cos(c, v), 0),  w = 2.5
     RefCLIP-S(c, r, v)  = harmonic mean of CLIP-S(c, v) and max(max_i cos(c, r_i), 0)
 
+(the reference term is clipped at 0 as the paper defines it; jmhessel/clipscore's code leaves it unclipped, which
+only matters when every reference points away from the candidate).
+
 Both are averaged over items. As the reference implementation (jmhessel/clipscore), every text (candidates and
 references) is prefixed with "A photo depicts " and CLIP keeps its first 77 tokens (FAVD captions are longer, so
 only their beginning is seen). For a video, v is the mean of the unit-norm embeddings of the sampled frames,

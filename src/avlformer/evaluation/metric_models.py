@@ -63,13 +63,25 @@ def load_pos_tagger(nltk_data: str | os.PathLike | None = None):
     return PerceptronTagger(lang="eng", loc=str(tagger_dir))
 
 
+def from_folder(loader, folder: Path, metric: str):
+    """``loader.from_pretrained(folder)`` offline; a missing package skips the metric, a broken folder is an
+    error naming it."""
+    try:
+        return loader.from_pretrained(folder, local_files_only=True)
+    except ImportError as error:
+        raise MetricUnavailable(f"{metric} skipped: loading {folder} needs a package that is not installed "
+                                f"({error})") from None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{folder}: cannot be loaded as {loader.__name__} ({error})") from None
+
+
 def load_t5_encoder(path: str | os.PathLike | None, device: torch.device):
     """(tokenizer, T5EncoderModel in eval mode) from a local folder such as a copy of ``t5-base``."""
     from transformers import AutoTokenizer, T5EncoderModel
 
     folder = _model_dir(path, "EntityScore", "--t5-model", "T5 model (t5-base)")
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = T5EncoderModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+    tokenizer = from_folder(AutoTokenizer, folder, "EntityScore")
+    model = from_folder(T5EncoderModel, folder, "EntityScore").to(device).eval()
     return tokenizer, model
 
 
@@ -79,7 +91,7 @@ def load_clip(path: str | os.PathLike | None, metric: str, device: torch.device)
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
     folder = _model_dir(path, metric, "--clip-model", "CLIP model (openai/clip-vit-base-patch32)")
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-    model = CLIPModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+    tokenizer = from_folder(AutoTokenizer, folder, metric)
+    image_processor = from_folder(AutoImageProcessor, folder, metric)
+    model = from_folder(CLIPModel, folder, metric).to(device).eval()
     return model, tokenizer, image_processor

@@ -114,18 +114,26 @@ def _run_media(paired: PairedCaptions, scorers: dict, paths: ModelPaths, report:
     from avlformer.evaluation.video_media import ClipMedia, MissingMedia
 
     media = ClipMedia(paths.video_dir, paths.audio_dir, num_frames=paths.num_frames)
-    failures: dict[str, str] = {}
+    failures: dict[str, dict[str, str]] = {group: {} for group in scorers}
+    unusable = (MissingMedia, MediaError, ValueError)  # ValueError: audio bytes that do not decode
     for image_id in tqdm(list(paired.predictions), desc="AudioScore/CLIPScore"):
         caption = paired.predictions[image_id]
         try:
             frames = media.frames(image_id)
-            if "clip" in scorers:
-                scorers["clip"].score_item(image_id, frames, caption, paired.references[image_id])
-            if "audio" in scorers:
-                scorers["audio"].score_item(image_id, frames, media.audio(image_id), caption)
-        except (MissingMedia, MediaError, ValueError) as error:
-            failures[image_id] = str(error)
+        except unusable as error:
+            for group in scorers:
+                failures[group][image_id] = str(error)
             log.warning("%s", error)
+            continue
+        for group, scorer in scorers.items():
+            try:
+                if group == "clip":
+                    scorer.score_item(image_id, frames, caption, paired.references[image_id])
+                else:
+                    scorer.score_item(image_id, frames, media.audio(image_id), caption)
+            except unusable as error:
+                failures[group][image_id] = str(error)
+                log.warning("%s", error)
     if "clip" in scorers:
         result = scorers["clip"].result()
         if result.clip_s is not None:
@@ -136,9 +144,9 @@ def _run_media(paired: PairedCaptions, scorers: dict, paths: ModelPaths, report:
         if result.score is not None:
             report.metrics["AudioScore"] = result.score
         report.per_item["AudioScore"] = result.per_item
-    for group in scorers:
-        if failures:
-            report.unscored["CLIPScore" if group == "clip" else "AudioScore"] = dict(failures)
+    for group, failed in failures.items():
+        if failed:
+            report.unscored["CLIPScore" if group == "clip" else "AudioScore"] = failed
 
 
 def evaluate(paired: PairedCaptions, groups: list[str], paths: ModelPaths) -> EvaluationReport:

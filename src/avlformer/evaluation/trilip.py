@@ -20,7 +20,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from avlformer.evaluation.metric_models import MetricUnavailable
+from avlformer.evaluation.metric_models import MetricUnavailable, from_folder
 from avlformer.evaluation.openai_clip import openai_to_transformers
 from avlformer.modeling.passt import PasstAudioEncoder, PasstConfig, checkpoint_filter_fn
 
@@ -122,7 +122,7 @@ def load_trilip(checkpoint: str | os.PathLike, clip_dir: str | os.PathLike | Non
         raise MetricUnavailable("AudioScore skipped: TriLip needs the CLIP ViT-B/32 configuration, tokenizer and "
                                 "preprocessing; pass --clip-model DIR (a local openai/clip-vit-base-patch32 folder)")
     hidden = state["vis_scaler.w_1.weight"].shape[0] if "vis_scaler.w_1.weight" in state else 2048
-    model = TriLip(CLIPConfig.from_pretrained(clip_dir, local_files_only=True), passt_config or PasstConfig.paper(),
+    model = TriLip(from_folder(CLIPConfig, Path(clip_dir), "AudioScore"), passt_config or PasstConfig.paper(),
                    ffn_hidden=hidden)
     converted = trilip_state_for(model, state, str(checkpoint))
     try:
@@ -134,8 +134,8 @@ def load_trilip(checkpoint: str | os.PathLike, clip_dir: str | os.PathLike | Non
     if missing or unexpected:
         raise ValueError(f"{checkpoint}: does not match TriLip built from {clip_dir} "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    tokenizer = AutoTokenizer.from_pretrained(clip_dir, local_files_only=True)
-    image_processor = AutoImageProcessor.from_pretrained(clip_dir, local_files_only=True)
+    tokenizer = from_folder(AutoTokenizer, Path(clip_dir), "AudioScore")
+    image_processor = from_folder(AutoImageProcessor, Path(clip_dir), "AudioScore")
     return model.to(device).eval(), tokenizer, image_processor
 
 

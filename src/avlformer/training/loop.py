@@ -315,7 +315,7 @@ class Trainer:
         return grad_norm
 
     def stop_non_finite(self, what: str, outputs: dict) -> None:
-        terms = ", ".join(f"{k}={float(outputs[k]):.4g}" for k in LOSS_TERMS if k in outputs)
+        terms = ", ".join(f"{k}={float(outputs[k].detach()):.4g}" for k in LOSS_TERMS if k in outputs)
         last = str(self.last_checkpoint) if self.last_checkpoint else "none written yet"
         raise NonFiniteLossError(
             f"the {what} became NaN/inf at optimizer step {self.progress.global_step + 1} (epoch "
@@ -382,7 +382,7 @@ def train(args, explicit: set[str] | frozenset = frozenset(), env: DistEnv | Non
     (tests, the demo); otherwise they are built from the flags."""
     from avlformer.data.tokenizer import load_tokenizer
     from avlformer.training.distributed import init_distributed
-    from avlformer.training.model_setup import build_model, build_model_config
+    from avlformer.training.model_setup import adopt_model_values, build_model, build_model_config
 
     env = env or init_distributed(args.device, args.local_rank)
     output_dir = Path(args.output_dir)
@@ -394,6 +394,8 @@ def train(args, explicit: set[str] | frozenset = frozenset(), env: DistEnv | Non
         model = build_model(args, model_config, env.device)
     else:
         model_config = model_config or getattr(model, "config", None)
+        if model_config is not None:
+            adopt_model_values(args, set(explicit), model_config)
         model = model.to(env.device)
     vocab_dir = vocab_dir_for(args)
     if train_dataset is None:

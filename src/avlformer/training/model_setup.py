@@ -107,6 +107,23 @@ def check_visual_length(args, explicit: set[str], derived: int) -> None:
     args.max_img_seq_length = derived
 
 
+def adopt_model_values(args, explicit: set[str], config) -> None:
+    """For a model handed in ready-made: the model-shaping flags take its values; an explicit flag that
+    disagrees with the model is an error (it could not take effect)."""
+    tree = config.to_dict()
+    for flag, path in CONFIG_FIELDS.items():
+        try:
+            value = _get(tree, path)
+        except KeyError:
+            continue
+        if flag in explicit and getattr(args, flag) != value:
+            raise ArgumentError(f"{flag_option(flag)} {getattr(args, flag)!r} disagrees with the given model's "
+                                f"{'.'.join(path)} = {value!r}")
+        setattr(args, flag, value)
+    args.attn_mask_type = "learn_vid_att" if config.learn_mask_enabled else "seq2seq"
+    args.max_img_seq_length = config.num_av_tokens
+
+
 def load_pretrained(model: nn.Module, path: str) -> None:
     """Every tensor of a checkpoint (ours, an upstream folder or a released model.bin) whose name and shape match;
     missing or mismatched names are reported, not silently skipped."""

@@ -1,0 +1,148 @@
+"""`avlformer demo`: a reduced run (few clips, few steps) produces every artefact, well formed, and the report
+renders in a real headless browser (Chromium) without errors, showing every clip."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avlformer.cli import main as cli_main
+from avlformer.data import synth
+from avlformer.demo import report
+
+PROOF_KEYS = ("visual_accuracy", "sound_accuracy", "silenced_visual_accuracy", "silenced_sound_accuracy",
+              "sound_chance", "cider", "bleu4", "wall_seconds")
+NUM_TEST = 3
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def render_in_browser(page: Path, profile: Path) -> tuple[str, str]:
+    """(DOM after load, browser log). A fresh profile, no network features, software rendering."""
+    browser = chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr",
+         "--v=0", "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout, done.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("demo")
+    code = cli_main(["demo", "--workdir", str(work), "--num-train", "16", "--num-val", "1", "--num-test",
+                     str(NUM_TEST), "--epochs", "2", "--batch-size", "2"])
+    assert code == 0
+    return work
+
+
+def test_reduced_demo_writes_metrics(demo_run):
+    metrics = json.loads((demo_run / "metrics.json").read_text())
+    for key in PROOF_KEYS:
+        assert isinstance(metrics[key], float), key
+    for key in PROOF_KEYS[:5]:
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["sound_chance"] == pytest.approx(1 / 3)
+    assert metrics["cider"] >= 0 and 0 <= metrics["bleu4"] <= 1
+    assert set(metrics["stage_seconds"]) == {"synth", "prepare", "train", "caption", "evaluate", "report"}
+    assert metrics["num_captioned"] == NUM_TEST and metrics["failed"] == []
+    assert metrics["train_steps"] == 2
+
+
+def test_reduced_demo_predictions_and_checkpoint(demo_run):
+    attributes = json.loads((demo_run / "raw" / "attributes.json").read_text())
+    test_ids = sorted(cid for cid, a in attributes.items() if a["split"] == "test")
+    for name in ("test.json", "test_silenced.json"):
+        predictions = json.loads((demo_run / "predictions" / name).read_text())
+        assert [p["image_id"] for p in predictions] == test_ids
+        sidecar = json.loads((demo_run / "predictions" / name.replace(".json", ".confidence.json")).read_text())
+        assert len(sidecar["predictions"]) == NUM_TEST
+    silenced = json.loads((demo_run / "predictions" / "test_silenced.confidence.json").read_text())
+    assert {p["audio_source"] for p in silenced["predictions"]} == {"silence"}
+    metrics = json.loads((demo_run / "metrics.json").read_text())
+    assert (Path(metrics["checkpoint"]) / "model.safetensors").is_file()
+
+
+def test_reduced_demo_report_renders_in_chromium(demo_run, tmp_path):
+    page = demo_run / "report.html"
+    text = page.read_text()
+    assert "src='http" not in text and 'src="http' not in text  # self-contained
+    dom, log = render_in_browser(page, tmp_path / "profile")
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    attrs = dict(re.findall(r'data-([a-z-]+)="(\d+)"', body))
+    assert attrs["clips"] == str(NUM_TEST)
+    # per clip a frame strip and a spectrogram, plus the attention-mask heatmap
+    assert attrs["images-total"] == str(2 * NUM_TEST + 1)
+    assert attrs["images-ok"] == attrs["images-total"]
+    console = [line for line in log.splitlines() if "CONSOLE" in line]
+    assert not console, console
+    assert "<polyline" in dom  # the loss curve
+
+
+def test_rerun_reuses_the_dataset(demo_run, capsys):
+    from avlformer.demo.cli import stage_synth
+
+    data = stage_synth(demo_run / "raw", {"train": 16, "val": 1, "test": NUM_TEST}, 0)
+    assert "reusing" in capsys.readouterr().out
+    assert len(data["captions"]) == 16 + 1 + NUM_TEST
+
+
+def test_browser_check_can_fail(tmp_path):
+    """The console check above does see page errors."""
+    page = tmp_path / "bad.html"
+    page.write_text("<html><body><script>undefinedFunction();</script></body></html>")
+    _, log = render_in_browser(page, tmp_path / "profile")
+    assert any("CONSOLE" in line and "undefinedFunction" in line for line in log.splitlines())
+
+
+def test_highlight_marks_wrong_and_missing_attributes():
+    truth = {"shape": "circle", "colour": "red", "motion": "left_to_right", "pitch": "high", "rhythm": "fast"}
+    html_text = report.highlight_caption("a blue circle moves from left to right. a high pitched tone.", truth)
+    assert "<mark class='wrong'" in html_text and ">blue</mark>" in html_text
+    assert html_text.count("<mark class='ok'") == 3  # circle, from left to right, high pitched
+    assert "missing: rhythm" in html_text
+    assert "&lt;b&gt;" in report.highlight_caption("<b>", truth)  # escaped
+
+
+def test_images_and_chart():
+    frames = np.zeros((8, 24, 32, 3), np.uint8)
+    strip = report.frame_strip(frames, count=4, height=24)
+    assert strip.size == (4 * 32 + 3 * 2, 24)
+    tone = np.sin(2 * np.pi * 1000 * np.arange(32000) / 32000).astype(np.float32)
+    spec = report.spectrogram(tone, 32000)
+    peak_bin = spec.mean(axis=1).argmax()
+    assert abs(peak_bin * 32000 / 1024 - 1000) < 40
+    heat = report.heatmap_image(np.eye(4), size=40, boundary=2)
+    assert heat.size == (40, 40)
+    with pytest.raises(ValueError):
+        report.heatmap_image(np.zeros((2, 3)))
+    assert "<polyline" in report.loss_curve_svg([(1, 3.0), (2, 2.0), (3, 1.0)])
+    assert "<polyline" not in report.loss_curve_svg([(1, 3.0)])
+    assert report.png_data_uri(heat).startswith("data:image/png;base64,")
+
+
+def test_attribute_accuracy_counts_missing_predictions_wrong():
+    from avlformer.demo.cli import attribute_accuracy
+
+    truth = {"a": {"shape": "circle", "colour": "red", "motion": "left_to_right", "pitch": "low", "rhythm": "slow"},
+             "b": {"shape": "square", "colour": "blue", "motion": "top_to_bottom", "pitch": "high",
+                   "rhythm": "fast"}}
+    predictions = {"a": synth.make_caption(truth["a"])}
+    scores = attribute_accuracy(predictions, truth)
+    assert scores == {k: 0.5 for k in (*synth.VISUAL_ATTRIBUTES, *synth.SOUND_ATTRIBUTES)}
