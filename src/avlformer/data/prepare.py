@@ -602,15 +602,19 @@ def _orphan_captions(data_dir: Path, captions: Captions) -> list[Problem]:
                     id=clip_id) for clip_id in sorted(set(captions.texts) - video_ids)]
 
 
-def _splits_to_run(args) -> tuple[list[str], list[Problem]]:
+def _splits_to_run(args) -> tuple[list[str], list[str], list[Problem]]:
+    """(splits to prepare, splits already prepared without raw videos, problems)."""
     explicit = args.splits != list(DEFAULT_SPLITS)
-    splits, problems = [], []
+    splits, done, problems = [], [], []
     for split in args.splits:
-        if (args.data_dir / "videos" / split).is_dir():
+        layout = Layout(args.data_dir, split, args.num_frames, args.image_size)
+        if layout.videos.is_dir():
             splits.append(split)
+        elif layout.yaml.is_file():  # e.g. the released processed files: usable as they are
+            done.append(split)
         elif explicit:
-            problems.append(Problem(ERROR, f"videos/{split}", "split folder not found", split))
-    return splits, problems
+            problems.append(Problem(ERROR, layout.rel(layout.videos), "split folder not found", split))
+    return splits, done, problems
 
 
 def _print_summary(report: dict, report_path: Path, limit: int = 30) -> None:
@@ -630,8 +634,11 @@ def main(args: argparse.Namespace) -> int:
     if not data_dir.is_dir():
         print(f"error: {data_dir}: data dir not found", file=sys.stderr)
         return 2
-    splits, problems = _splits_to_run(args)
-    if not splits and not problems:
+    splits, done, problems = _splits_to_run(args)
+    for split in done:
+        print(f"{split}: no videos/{split} folder but metadata/{split}_{args.num_frames}frames.yaml exists: "
+              f"already prepared, nothing to do")
+    if not splits and not done and not problems:
         problems.append(Problem(ERROR, "videos", f"no split folders ({', '.join(args.splits)}) under "
                                 f"{data_dir / 'videos'}"))
     report = {"data_dir": str(data_dir), "num_frames": args.num_frames, "image_size": args.image_size,
@@ -664,6 +671,6 @@ def main(args: argparse.Namespace) -> int:
     report_path = data_dir / REPORT_NAME
     write_text_atomic(report_path, json.dumps(report, indent=2))
     _print_summary(report, report_path)
-    if not any(counts["prepared"] for counts in report["splits"].values()):
+    if not done and not any(counts["prepared"] for counts in report["splits"].values()):
         return 1
     return 1 if args.strict and any(problem.severity == ERROR for problem in problems) else 0

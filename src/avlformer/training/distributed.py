@@ -99,8 +99,15 @@ def broadcast_object(obj: Any, env: DistEnv) -> Any:
     return box[0]
 
 
+# Children sharded as their own FSDP units: the encoders, whose forward() is called (FSDP2 gathers a unit's
+# parameters around its forward). Parameters read directly by the parent (learn_vid_att.weight) stay in the root
+# unit. The text transformer's LM head is called after its forward (model.trans_encoder.logits), so that unit keeps
+# its parameters gathered until backward instead of resharding at the end of forward.
+FSDP_UNITS = {"swin": True, "passt": True, "trans_encoder": False}  # name -> reshard_after_forward
+
+
 def wrap_model(model: nn.Module, strategy: str, env: DistEnv) -> nn.Module:
-    """DDP (default) or FSDP2 (`fully_shard`, parameters sharded per top-level encoder). DeepSpeed wraps model and
+    """DDP (default) or FSDP2 (`fully_shard`, parameters sharded per encoder). DeepSpeed wraps model and
     optimizer together, see ``deepspeed_initialize``. A single process is never wrapped."""
     if not env.is_distributed:
         return model
@@ -111,9 +118,10 @@ def wrap_model(model: nn.Module, strategy: str, env: DistEnv) -> nn.Module:
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for child in model.children():
-            if any(p.requires_grad for p in child.parameters()):
-                fully_shard(child)
+        for name, reshard in FSDP_UNITS.items():
+            child = getattr(model, name, None)
+            if child is not None and any(p.requires_grad for p in child.parameters()):
+                fully_shard(child, reshard_after_forward=reshard)
         return fully_shard(model)
     raise ValueError(f"strategy {strategy!r} is not wrapped here")
 
