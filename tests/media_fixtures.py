@@ -49,8 +49,8 @@ def write_video(path, *, seconds: float = 1.0, fps: int = 10, width: int = 64, h
         video.codec_context.time_base = Fraction(1, 1000)
         if rotation:
             video.set_display_rotation(rotation)
-        sound = container.add_stream("libopus" if webm else "aac", rate=sample_rate, layout="stereo" if channels == 2 else "mono") \
-            if audio else None
+        layout = "stereo" if channels == 2 else "mono"
+        sound = container.add_stream("libopus" if webm else "aac", rate=sample_rate, layout=layout) if audio else None
         for index, time in enumerate(times):
             frame = av.VideoFrame.from_ndarray(frame_image(index, len(times), width, height), format="rgb24")
             frame.pts, frame.time_base = int(round(time * 1000)), Fraction(1, 1000)
@@ -60,9 +60,9 @@ def write_video(path, *, seconds: float = 1.0, fps: int = 10, width: int = 64, h
             container.mux(packet)
         if sound is not None:
             wave = tone(audio_seconds if audio_seconds is not None else seconds, sample_rate, channels)
+            # libopus takes interleaved samples (one plane), AAC planar.
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave.T.reshape(1, -1) if webm else wave),
-                                               format="flt" if webm else "fltp",
-                                               layout="stereo" if channels == 2 else "mono")
+                                               format="flt" if webm else "fltp", layout=layout)
             frame.sample_rate, frame.pts = sample_rate, 0
             for packet in sound.encode(frame):
                 container.mux(packet)

@@ -428,3 +428,15 @@ def test_convert_h5py_packs_sorted_raw_mp3s_at_the_correct_path(tmp_path):
         assert names == ["a-1", "a", "b"]
         for name, blob in zip(names, hdf["mp3"][:]):
             assert bytes(blob) == (folder / f"{name}.mp3").read_bytes()
+
+
+def test_prepared_split_loads_in_the_caption_dataset(messy):
+    """The project's loader (which follows upstream's reader and its key/audio-name assert) reads every row."""
+    from avlformer.data.dataset import CaptionDataset, DataConfig
+
+    root, _, _ = messy
+    dataset = CaptionDataset(root / "metadata" / "train_32frames.yaml", DataConfig(image_size=224), is_train=False)
+    assert len(dataset) == len(GOOD_TRAIN)
+    item = dataset[len(dataset) - 1]
+    assert tuple(item["frames"].shape) == (32, 3, 224, 224) and tuple(item["audio"].shape) == (1, 320000)
+    assert item["caption"] == f"A caption for {Path(item['video_key']).stem}. The sound is a tone."

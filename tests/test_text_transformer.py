@@ -176,3 +176,9 @@ def test_learned_mask_diagonal_one_and_sparsity_loss():
     assert torch.equal(hard[off], (sig[off] >= 0.5).float())
     with pytest.raises(ValueError, match=r"\(25, 1\)"):
         learned_av_mask(weight, 5)
+
+
+def test_text_longer_than_position_table_is_refused():
+    model = TextTransformer(TextTransformerConfig(**SMALL))
+    with pytest.raises(ValueError, match="max_position_embeddings 64"):
+        model(torch.ones(1, 65, dtype=torch.long))

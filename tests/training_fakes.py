@@ -71,7 +71,7 @@ class FakeCaptionDataset(Dataset):
         return item
 
 
-def distributed_worker(rank: int, world_size: int, port: int, flags: list[str]) -> None:
+def distributed_worker(rank: int, world_size: int, port: int, flags: list[str], val_size: int = 0) -> None:
     """One process of a gloo run, as torchrun would start it (environment variables), for torch.multiprocessing."""
     import os
 
@@ -87,6 +87,7 @@ def distributed_worker(rank: int, world_size: int, port: int, flags: list[str]) 
     config = deterministic_tiny_config()
     try:
         train(args, explicit, env, model=tiny_model(config),
-              train_dataset=FakeCaptionDataset(config, 8, same_caption=True))
+              train_dataset=FakeCaptionDataset(config, 8, same_caption=True),
+              val_dataset=FakeCaptionDataset(config, val_size, is_train=False) if val_size else None)
     finally:
         teardown_distributed()

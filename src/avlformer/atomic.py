@@ -13,12 +13,25 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+def _default_file_mode() -> int:
+    # mkstemp creates 0600 files; finished outputs should get the permissions a plain open() would give them.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _make_temp(path: Path) -> tuple[int, str]:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _default_file_mode())
+    return fd, tmp_name
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync it and rename it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = _make_temp(path)
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
@@ -38,7 +51,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     rename it onto ``path`` when the block succeeds, delete it when it fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = _make_temp(path)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

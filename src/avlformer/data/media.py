@@ -364,6 +364,3 @@ def inspect_mp3(data: bytes, name: str) -> Mp3Info:
         raise MediaError(name, "no decodable audio samples")
     return Mp3Info(sample_rate=rate, channels=channels, duration=samples / rate)
 
-
-def describe_duration(seconds: float) -> str:
-    return f"{seconds:.2f} s" if math.isfinite(seconds) else "unknown length"

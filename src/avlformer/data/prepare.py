@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures as futures
+import contextlib
 import csv
 import io
 import json
@@ -592,6 +593,8 @@ def prepare_split(layout: Layout, captions: Captions, workers: int) -> tuple[int
         return 0, problems
     assemble_split(layout, kept)
     shutil.rmtree(layout.work, ignore_errors=True)
+    with contextlib.suppress(OSError):  # only succeeds once no split has work left
+        layout.work.parent.rmdir()
     return len(kept), problems
 
 

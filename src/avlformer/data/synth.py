@@ -130,7 +130,7 @@ def make_caption(attributes: dict) -> str:
     rhythm_phrase = RHYTHMS[attributes["rhythm"]][1]
     return (
         f"a {colour} {shape} moves {motion_phrase} on a gray background. "
-        f"the {shape} is {colour} and it is the only object in the scene. "
+        f"the {shape} is {colour}. "
         f"a {attributes['pitch']} pitched tone {rhythm_phrase}."
     )
 
@@ -311,7 +311,7 @@ def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, wo
         if count < 0:
             raise ValueError(f"--num-{split} must be >= 0, got {count}")
     jobs = [(str(out), seed, split, i) for split in SPLITS for i in range(counts.get(split, 0))]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs) or 1))
     bar = tqdm(total=len(jobs), desc="synth", unit="clip", disable=not progress)
     results = []
     if workers == 1:

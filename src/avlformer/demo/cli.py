@@ -318,7 +318,7 @@ def run_demo(args: argparse.Namespace) -> dict:
 
     clock = StageClock()
     data = clock.run("synth", stage_synth, raw, counts, args.seed)
-    clock.run("prepare", stage_prepare, raw, stored_frames, stored_size, max(1, os.cpu_count() or 1))
+    clock.run("prepare", stage_prepare, raw, stored_frames, stored_size, len(os.sched_getaffinity(0)))
     result = clock.run("train", stage_train, argv)
     checkpoint = Path(result.last_checkpoint)
     results = clock.run("caption", stage_caption, checkpoint, raw, stored_frames, stored_size, args.device,

@@ -241,10 +241,12 @@ class BertEmbeddings(nn.Module):
 
     def forward(self, input_ids, position_ids=None, token_type_ids=None):
         if position_ids is None:
+            # Explicit positions (decoding) are validated by their caller: checking values here would force a
+            # device sync on every decoding step.
+            if input_ids.shape[1] > self.position_embeddings.num_embeddings:
+                raise ValueError(f"text of length {input_ids.shape[1]} exceeds max_position_embeddings "
+                                 f"{self.position_embeddings.num_embeddings}")
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        if position_ids.max() >= self.position_embeddings.num_embeddings:
-            raise ValueError(f"text of length {int(position_ids.max()) + 1} exceeds max_position_embeddings "
-                             f"{self.position_embeddings.num_embeddings}")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)  # upstream: every token is segment 0
         embedded = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)

@@ -156,9 +156,10 @@ def _replace_folder(tmp: Path, final: Path) -> None:
 
 def remove_stale_temporaries(output_dir: Path) -> None:
     """Leftovers of a save that was killed midway (never a checkpoint: they were not renamed into place)."""
-    for path in Path(output_dir).glob(".checkpoint-*"):
-        if path.is_dir() and (path.name.endswith(".tmp") or path.name.endswith(".old")):
-            shutil.rmtree(path, ignore_errors=True)
+    for pattern in (".checkpoint-*", f".{BEST_DIR}.*"):
+        for path in Path(output_dir).glob(pattern):
+            if path.is_dir() and (path.name.endswith(".tmp") or path.name.endswith(".old")):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------- resume

@@ -25,7 +25,7 @@ def main(args: argparse.Namespace) -> int:
     env = init_distributed(resolved.device, resolved.local_rank)
     try:
         result = train(resolved, explicit, env)
-    except train_args.ArgumentError as err:
+    except (train_args.ArgumentError, FileNotFoundError) as err:
         print(f"avlformer train: error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:

@@ -382,7 +382,7 @@ def train(args, explicit: set[str] | frozenset = frozenset(), env: DistEnv | Non
     (tests, the demo); otherwise they are built from the flags."""
     from avlformer.data.tokenizer import load_tokenizer
     from avlformer.training.distributed import init_distributed
-    from avlformer.training.model_setup import adopt_model_values, build_model, build_model_config
+    from avlformer.training.model_setup import adopt_model_values, apply_freezing, build_model, build_model_config
 
     env = env or init_distributed(args.device, args.local_rank)
     output_dir = Path(args.output_dir)
@@ -396,6 +396,7 @@ def train(args, explicit: set[str] | frozenset = frozenset(), env: DistEnv | Non
         model_config = model_config or getattr(model, "config", None)
         if model_config is not None:
             adopt_model_values(args, set(explicit), model_config)
+        apply_freezing(model, args)
         model = model.to(env.device)
     vocab_dir = vocab_dir_for(args)
     if train_dataset is None:

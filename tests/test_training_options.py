@@ -1,0 +1,94 @@
+"""Options that change what training does: precision, freezing, activation checkpointing, sample limits,
+weight initialisation, and that an interrupted checkpoint save leaves nothing half-written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from avlformer.training import checkpointing, loop
+from avlformer.training.args import parse_train_args
+from avlformer.training.model_setup import build_model, build_model_config
+from training_fakes import FakeCaptionDataset, deterministic_tiny_config, tiny_model
+
+torch.set_num_threads(1)
+
+
+def short_run(output_dir: Path, *flags: str, samples: int = 4, model=None):
+    config = deterministic_tiny_config()
+    argv = ["--output-dir", str(output_dir), "--per-gpu-train-batch-size", "2", "--num-train-epochs", "1",
+            "--learning-rate", "1e-3", "--backbone-coef-lr", "1", "--num-workers", "0", "--device", "cpu",
+            "--logging-steps", "1", "--save-steps", "1", *flags]
+    args, explicit = parse_train_args(argv)
+    model = model or tiny_model(config)
+    result = loop.train(args, explicit, model=model, train_dataset=FakeCaptionDataset(config, samples))
+    return result, model
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_and_keeps_fp32_master_weights(tmp_path, precision):
+    result, model = short_run(tmp_path, "--precision", precision)
+    assert result.global_step == 2
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    state = torch.load(result.last_checkpoint / checkpointing.TRAINING_STATE, weights_only=True)
+    assert bool(state["scaler"]) == (precision == "fp16")  # a loss scaler only for fp16
+
+
+def test_freeze_backbone_and_passt_leave_those_weights_untouched(tmp_path):
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    short_run(tmp_path, "--freeze_backbone", "--freeze_passt", model=model)
+    after = load_file(str(tmp_path / "checkpoint-1-2" / "model.safetensors"))
+    frozen = [k for k in before if k.startswith(("swin.", "passt."))]
+    trained = [k for k in before if k.startswith("trans_encoder.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in trained)
+
+
+def test_freezing_flags_apply_to_built_models():
+    args, explicit = parse_train_args(["--model_preset", "tiny", "--freeze_embedding", "--backbone_coef_lr", "0",
+                                       "--activation-checkpointing", "audio", "text", "--use_checkpoint"])
+    config = build_model_config(args, explicit)
+    assert config.video.use_checkpoint and config.audio.use_checkpoint
+    model = build_model(args, config, torch.device("cpu"))
+    assert not any(p.requires_grad for p in model.swin.parameters())  # backbone_coef_lr 0 freezes it
+    frozen_text = {n for n, p in model.trans_encoder.named_parameters() if not p.requires_grad}
+    assert frozen_text and all("word_embeddings" in n for n in frozen_text)
+
+
+def test_limited_samples_shortens_the_epoch(tmp_path):
+    result, _ = short_run(tmp_path, "--limited_samples", "2", samples=8)
+    assert result.global_step == 1
+
+
+def test_pretrained_checkpoint_initialises_all_weights(tmp_path):
+    source, _ = short_run(tmp_path / "source")
+    config = deterministic_tiny_config()
+    args, explicit = parse_train_args(["--pretrained_checkpoint", str(source.last_checkpoint)])
+    model = build_model(args, config, torch.device("cpu"))
+    expected = load_file(str(source.last_checkpoint / "model.safetensors"))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def test_a_save_that_fails_midway_leaves_no_checkpoint_and_the_previous_one_intact(tmp_path, monkeypatch):
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def failing_save(obj, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint's training_state.pt
+            Path(path).write_bytes(b"partial")
+            raise OSError("disk full")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(checkpointing.torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        short_run(tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name != "log")
+    assert names == ["checkpoint-0-1"]  # no checkpoint-1-2, no temporary folder
+    state = torch.load(tmp_path / "checkpoint-0-1" / checkpointing.TRAINING_STATE, weights_only=True)
+    assert state["progress"]["global_step"] == 1
