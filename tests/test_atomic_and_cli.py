@@ -1,0 +1,64 @@
+import os
+import stat
+
+import pytest
+
+from avlformer.atomic import atomic_path, atomic_write, write_text_atomic
+from avlformer.cli import COMMANDS, main, normalize_flag_spelling
+
+
+def test_atomic_write_replaces_only_on_success(tmp_path):
+    target = tmp_path / "out.txt"
+    write_text_atomic(target, "first")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as handle:
+            handle.write("half written")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"], "the temp file must be cleaned up"
+
+
+def test_atomic_path_for_libraries_writing_by_name(tmp_path):
+    target = tmp_path / "sub" / "weights.bin"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target
+        tmp.write_bytes(b"abc")
+        assert not target.exists(), "nothing may appear under the final name before the block ends"
+    assert target.read_bytes() == b"abc"
+
+
+def test_atomic_files_get_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "f.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        (["--eval_model_dir", "x"], ["--eval-model-dir", "x"]),
+        (["--per_gpu_train_batch_size=2"], ["--per-gpu-train-batch-size=2"]),
+        (["--lambda_", "0.1"], ["--lambda", "0.1"]),
+        (["-o", "a_b", "plain_value"], ["-o", "a_b", "plain_value"]),
+    ],
+)
+def test_flag_spellings_are_normalised(given, expected):
+    assert normalize_flag_spelling(given) == expected
+
+
+def test_every_command_module_has_the_cli_interface():
+    import importlib
+
+    for name, (module_name, _) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        assert callable(module.add_arguments) and callable(module.main), name
+
+
+def test_unknown_command_is_rejected(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["no-such-command"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
