@@ -454,7 +454,7 @@ def test_missing_frame_row_is_reported(tmp_path, tokenizer):
 def test_data_config_round_trip_and_unknown_field():
     assert DataConfig.from_dict(TINY.to_dict()) == TINY
     assert DataConfig().clip_samples == 320000
-    with pytest.raises(ValueError, match="unknown field"):
+    with pytest.raises(ValueError, match="unknown keys"):
         DataConfig.from_dict({"num_frame": 3})
 
 

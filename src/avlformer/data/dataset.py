@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
+from avlformer.config_fields import checked_fields
 from avlformer.data.audio import HDF5AudioReader, load_clip
 from avlformer.data.masking import make_train_text
 from avlformer.data.tokenizer import load_tokenizer
@@ -49,11 +50,7 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "DataConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"DataConfig: unknown field(s) {unknown}")
-        return cls(**values)
+        return cls(**checked_fields(cls, values))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avlformer.config_fields import checked_fields
 from avlformer.atomic import write_text_atomic
 from avlformer.data.tokenizer import PAD_ID
 from avlformer.modeling.attention_mask import build_attention_mask, learned_av_mask, mask_to_bias, sparsity_loss
@@ -103,11 +104,7 @@ class AVLFormerConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "AVLFormerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"AVLFormerConfig: unknown keys {unknown}")
-        values = dict(data)
+        values = checked_fields(cls, data)
         for name, sub_cls in _SUB_CONFIGS.items():
             if name in values and isinstance(values[name], Mapping):
                 values[name] = sub_cls.from_dict(values[name])

@@ -36,6 +36,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchaudio.compliance.kaldi import get_mel_banks
+from avlformer.config_fields import checked_fields
 
 # The classifier heads of the official checkpoint; AVLFormer never applies them.
 DROPPED_PREFIXES = ("head.0.", "head.1.", "head_dist.")
@@ -116,11 +117,7 @@ class PasstConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "PasstConfig":
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"PasstConfig: unknown keys {unknown}")
-        return cls(**values)
+        return cls(**checked_fields(cls, values))
 
     def _validate(self) -> None:
         problems = []

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from avlformer.config_fields import checked_fields
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
@@ -68,11 +69,7 @@ class TextTransformerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TextTransformerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TextTransformerConfig keys: {unknown}")
-        return cls(**data)
+        return cls(**checked_fields(cls, data))
 
     @classmethod
     def from_hf_bert_config(cls, hf: dict, img_feature_dim: int = 512) -> "TextTransformerConfig":

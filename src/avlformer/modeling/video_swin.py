@@ -17,7 +17,7 @@ recomputation and drops them) and the Kinetics ``cls_head.*`` classifier.
 from __future__ import annotations
 
 import pickle
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -34,6 +34,7 @@ from torchvision.models.video.swin_transformer import (
     _get_window_and_shift_size,
 )
 from torchvision.ops import StochasticDepth
+from avlformer.config_fields import checked_fields
 
 LAYER_NORM_EPS = 1e-5
 UPSTREAM_PREFIX = "backbone."
@@ -139,11 +140,7 @@ class VideoSwinConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "VideoSwinConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"VideoSwinConfig: unknown keys {unknown} (known: {sorted(known)})")
-        return cls(**data)
+        return cls(**checked_fields(cls, data))
 
 
 def relative_position_index(window_size: Sequence[int]) -> Tensor:
