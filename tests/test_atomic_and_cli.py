@@ -62,3 +62,20 @@ def test_unknown_command_is_rejected(capsys):
         main(["no-such-command"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_atomic_folder_swaps_whole_folders(tmp_path):
+    from avlformer.atomic import atomic_folder
+
+    target = tmp_path / "ckpt"
+    with atomic_folder(target) as staging:
+        (staging / "a.txt").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as staging:
+            (staging / "a.txt").write_text("v2-partial")
+            raise RuntimeError("killed while saving")
+    assert (target / "a.txt").read_text() == "v1", "a failed save must leave the previous folder intact"
+    with atomic_folder(target) as staging:
+        (staging / "b.txt").write_text("v3")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"], "no staging or retired folders left behind"

@@ -17,13 +17,13 @@ import logging
 import os
 import pickle
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from avlformer.atomic import atomic_folder
 from avlformer.data.tokenizer import default_vocab_dir
 from avlformer.modeling import passt as passt_module
 from avlformer.modeling import video_swin as video_swin_module
@@ -49,41 +49,22 @@ def save_checkpoint(folder: str | os.PathLike, model: AVLFormer, config: AVLForm
                     extra_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
     """Write ``folder`` = model.safetensors + config.json + vocab.txt (+ ``extra_files``: name -> source path,
     copied in; a ``vocab.txt`` there replaces the default vocabulary). Replaces an existing folder atomically."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-        save_file(weights, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
-        config.save(staging / CONFIG_NAME)
-        shutil.copyfile(default_vocab_dir() / VOCAB_NAME, staging / VOCAB_NAME)
-        for name, source in (extra_files or {}).items():
-            if Path(name).name != name:
-                raise ValueError(f"extra file name {name!r} must be a plain file name")
-            shutil.copyfile(source, staging / name)
-        _fsync_folder(staging)
-        _replace_folder(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
+    with atomic_folder(folder) as staging:
+        write_checkpoint_files(staging, model.state_dict(), config, extra_files)
+    return Path(folder)
 
 
-def _fsync_folder(folder: Path) -> None:
-    for child in folder.iterdir():
-        with open(child, "rb") as handle:
-            os.fsync(handle.fileno())
-
-
-def _replace_folder(staging: Path, target: Path) -> None:
-    """rename() cannot replace a non-empty folder: move the old one aside first, then delete it."""
-    if target.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-        os.replace(target, retired / target.name)
-        os.replace(staging, target)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, target)
+def write_checkpoint_files(folder: Path, state_dict: Mapping[str, torch.Tensor], config: AVLFormerConfig,
+                           extra_files: Mapping[str, str | os.PathLike] | None = None) -> None:
+    """The files of a checkpoint, written into an existing (staging) folder; callers make the folder atomic."""
+    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
+    save_file(weights, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    config.save(folder / CONFIG_NAME)
+    shutil.copyfile(default_vocab_dir() / VOCAB_NAME, folder / VOCAB_NAME)
+    for name, source in (extra_files or {}).items():
+        if Path(name).name != name:
+            raise ValueError(f"extra file name {name!r} must be a plain file name")
+        shutil.copyfile(source, folder / name)
 
 
 # ------------------------------------------------------------------------------------------------ loading

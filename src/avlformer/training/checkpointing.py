@@ -14,7 +14,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 
-from avlformer.atomic import write_text_atomic
+from avlformer.atomic import atomic_folder, write_text_atomic
 from avlformer.training.distributed import DistEnv, barrier, broadcast_object, gather_objects
 
 TRAINING_STATE = "training_state.pt"
@@ -79,7 +78,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 def save_training_checkpoint(output_dir: Path, name: str, model: torch.nn.Module, model_config, optimizer, scheduler, scaler, progress: Progress, env: DistEnv,
                              vocab_dir: str | None = None) -> Path:
     """Collective: every rank must call it (FSDP gathers shards, every rank contributes its RNG state)."""
-    from avlformer.modeling.checkpoint import save_checkpoint
+    from avlformer.modeling.checkpoint import write_checkpoint_files
 
     final = Path(output_dir) / name
     model_state = get_model_state_dict(model, options=FULL_STATE)
@@ -94,64 +93,13 @@ def save_training_checkpoint(output_dir: Path, name: str, model: torch.nn.Module
             "scaler": scaler.state_dict() if scaler is not None else {},
             "rng": rng_states,
         }
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-        try:
-            _save_model_folder(tmp, model_state, model_config, vocab_dir, save_checkpoint)
-            torch.save(training_state, tmp / TRAINING_STATE)
-            _fsync_folder(tmp)
-            _publishable(tmp)
-            _replace_folder(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        extra = {"vocab.txt": Path(vocab_dir) / "vocab.txt"} if vocab_dir else None
+        with atomic_folder(final) as staging:
+            # Weights come from the gathered full state: under FSDP the model itself holds only shards.
+            write_checkpoint_files(staging, model_state, model_config, extra_files=extra)
+            torch.save(training_state, staging / TRAINING_STATE)
     barrier(env)
     return final
-
-
-class _StateDictView:
-    """What ``save_checkpoint`` reads from a model (its state_dict), backed by the gathered full state: under
-    FSDP the library model holds only shards, so the weights are always written from the gathered dict."""
-
-    def __init__(self, state: dict):
-        self.state = state
-
-    def state_dict(self) -> dict:
-        return self.state
-
-
-def _save_model_folder(folder: Path, model_state, model_config, vocab_dir, save_checkpoint) -> None:
-    extra = {"vocab.txt": Path(vocab_dir) / "vocab.txt"} if vocab_dir else None
-    save_checkpoint(folder, _StateDictView(model_state), model_config, extra_files=extra)
-
-
-def _publishable(folder: Path) -> None:
-    """mkdtemp makes 0700 folders; a checkpoint should get the permissions any new folder would (umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-
-
-def _fsync_folder(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
-def _replace_folder(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` onto ``final``; an existing ``final`` (the same step saved again) is moved aside first."""
-    if final.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-        os.replace(final, trash / final.name)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    dir_fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def remove_stale_temporaries(output_dir: Path) -> None:
@@ -223,19 +171,13 @@ def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], m
     if best is not None and best["score"] >= metrics[metric]:
         return False
     output_dir = Path(output_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{BEST_DIR}.", suffix=".tmp", dir=output_dir))
-    try:
+    with atomic_folder(output_dir / BEST_DIR) as staging:
         for path in checkpoint.iterdir():
             if path.is_file():
                 try:
-                    os.link(path, tmp / path.name)
+                    os.link(path, staging / path.name)
                 except OSError:
-                    shutil.copy2(path, tmp / path.name)
-        _publishable(tmp)
-        _replace_folder(tmp, output_dir / BEST_DIR)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                    shutil.copy2(path, staging / path.name)
     record = {"checkpoint": checkpoint.name, "metric": metric, "score": metrics[metric], "metrics": metrics}
     write_text_atomic(output_dir / BEST_RECORD, json.dumps(record, indent=2))
     return True
