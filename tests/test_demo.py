@@ -112,10 +112,10 @@ def test_browser_check_can_fail(tmp_path):
 
 
 def test_highlight_marks_wrong_and_missing_attributes():
-    truth = {"shape": "circle", "colour": "red", "motion": "left_to_right", "pitch": "high", "rhythm": "fast"}
-    html_text = report.highlight_caption("a blue circle moves from left to right. a high pitched tone.", truth)
+    truth = {"shape": "circle", "colour": "red", "motion": "side_to_side", "pitch": "high", "rhythm": "fast"}
+    html_text = report.highlight_caption("a blue circle moves from side to side. a high pitched tone.", truth)
     assert "<mark class='wrong'" in html_text and ">blue</mark>" in html_text
-    assert html_text.count("<mark class='ok'") == 3  # circle, from left to right, high pitched
+    assert html_text.count("<mark class='ok'") == 3  # circle, moves from side to side, high pitched
     assert "missing: rhythm" in html_text
     assert "&lt;b&gt;" in report.highlight_caption("<b>", truth)  # escaped
 
@@ -140,9 +140,8 @@ def test_images_and_chart():
 def test_attribute_accuracy_counts_missing_predictions_wrong():
     from avlformer.demo.cli import attribute_accuracy
 
-    truth = {"a": {"shape": "circle", "colour": "red", "motion": "left_to_right", "pitch": "low", "rhythm": "slow"},
-             "b": {"shape": "square", "colour": "blue", "motion": "top_to_bottom", "pitch": "high",
-                   "rhythm": "fast"}}
+    truth = {"a": {"shape": "circle", "colour": "red", "motion": "side_to_side", "pitch": "low", "rhythm": "slow"},
+             "b": {"shape": "bar", "colour": "blue", "motion": "circling", "pitch": "high", "rhythm": "fast"}}
     predictions = {"a": synth.make_caption(truth["a"])}
     scores = attribute_accuracy(predictions, truth)
     assert scores == {k: 0.5 for k in (*synth.VISUAL_ATTRIBUTES, *synth.SOUND_ATTRIBUTES)}

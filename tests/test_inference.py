@@ -149,7 +149,7 @@ def test_list_videos_filters_by_extension(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in pipeline.list_videos(tmp_path)] == ["a.mp4", "b.MOV", "c.webm", "d.avi", "e.mkv"]
     with pytest.raises(FileNotFoundError, match="no video files"):
-        pipeline.list_videos(tmp_path / "nothing_here" if False else _empty(tmp_path))
+        pipeline.list_videos(_empty(tmp_path))
     with pytest.raises(FileNotFoundError, match="not found"):
         pipeline.list_videos(tmp_path / "missing")
 
@@ -162,7 +162,7 @@ def _empty(tmp_path: Path) -> Path:
 
 def test_duplicate_stems_rejected(tmp_path):
     with pytest.raises(ValueError, match="same id"):
-        list(pipeline.iter_unique_ids([tmp_path / "a.mp4", tmp_path / "a.mkv"]))
+        pipeline.check_unique_ids([tmp_path / "a.mp4", tmp_path / "a.mkv"])
 
 
 def test_bad_arguments_exit_with_a_message(checkpoint, videos, tmp_path, capsys):

@@ -1,7 +1,8 @@
 """`avlformer synth`: the built-in demo dataset (SPEC §7), written as *raw* FAVDBench-layout data.
 
-Each clip is a coloured shape moving across a gray background (h264 video) with a tone whose pitch and rhythm are
-drawn independently of the picture (AAC in the mp4, and the same sound as a separate mp3). Captions follow the
+Each clip is a coloured shape (circle, bar, cross) that moves (side to side, up and down, in a circle, or stays
+still) on a gray background (h264 video), with a tone whose pitch (low, medium, high) and rhythm (continuous, slow
+or fast beeps) are drawn independently of the picture (AAC in the mp4, and the same sound as a separate mp3). Captions follow the
 FAVD style (summary sentence, visual detail sentence, sound sentence) from fixed templates, so a small model can
 learn them and `parse_attributes` can read the attributes back out of a predicted caption.
 
@@ -35,22 +36,28 @@ from avlformer.atomic import atomic_path, write_text_atomic
 
 SPLITS = ("train", "val", "test")
 
-SHAPES = ("circle", "square", "triangle")
+# Shapes with very different outlines (a disc, a wide bar, a plus sign), so even a tiny, low-resolution video
+# encoder separates them within the demo's few hundred training steps.
+SHAPES = ("circle", "bar", "cross")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220), "yellow": (235, 205, 40)}
-# motion name -> caption phrase
+# motion name -> caption phrase. Each motion is one full period over the clip, so it is told apart by where the
+# object goes, not by the order of the frames (the tiny demo model has no absolute temporal position).
 MOTIONS = {
-    "left_to_right": "from left to right",
-    "right_to_left": "from right to left",
-    "top_to_bottom": "from top to bottom",
-    "bottom_to_top": "from bottom to top",
+    "side_to_side": "moves from side to side",
+    "up_and_down": "moves up and down",
+    "circling": "moves in a circle",
+    "still": "stays still",
 }
 # Fundamental frequencies far apart on the mel scale so even a small audio front-end separates them.
 PITCHES = {"low": 220.0, "medium": 587.0, "high": 1480.0}
-# rhythm name -> (beep period in seconds or None for a continuous tone, caption phrase)
+# rhythm name -> (beep period in seconds or None for a continuous tone, fraction of each period that sounds,
+# caption phrase). Slow beeps are short and sparse, fast beeps fill half of the time: the three rhythms differ
+# both in pattern and in how much of any stretch of the soundtrack is sound, which a small audio encoder
+# picks up quickly.
 RHYTHMS = {
-    "continuous": (None, "plays continuously"),
-    "slow": (1.0, "beeps slowly"),
-    "fast": (0.25, "beeps quickly"),
+    "continuous": (None, 1.0, "plays continuously"),
+    "slow": (0.5, 0.2, "beeps slowly"),
+    "fast": (0.1, 0.5, "beeps quickly"),
 }
 VISUAL_ATTRIBUTES = ("shape", "colour", "motion")
 SOUND_ATTRIBUTES = ("pitch", "rhythm")
@@ -65,7 +72,7 @@ ATTRIBUTE_VALUES = {
 WIDTH, HEIGHT, FPS = 128, 96, 10
 SAMPLE_RATE = 32000
 MIN_SECONDS, MAX_SECONDS = 2.0, 10.0
-OBJECT_RADIUS = 14
+OBJECT_RADIUS = 20
 BACKGROUND = 128
 
 
@@ -127,24 +134,23 @@ def make_clip_spec(seed: int, split: str, index: int) -> ClipSpec:
 def make_caption(attributes: dict) -> str:
     shape, colour = attributes["shape"], attributes["colour"]
     motion_phrase = MOTIONS[attributes["motion"]]
-    rhythm_phrase = RHYTHMS[attributes["rhythm"]][1]
+    rhythm_phrase = RHYTHMS[attributes["rhythm"]][2]
     return (
-        f"a {colour} {shape} moves {motion_phrase} on a gray background. "
+        f"a {colour} {shape} {motion_phrase} on a gray background. "
         f"the {shape} is {colour}. "
         f"a {attributes['pitch']} pitched tone {rhythm_phrase}."
     )
 
 
-_MOTION_WORDS = "left|right|top|bottom"
 # attribute -> (pattern whose group 1 names the value, value lookup; None = the group is the value)
 _MENTION_PATTERNS = {
     "shape": (re.compile(r"\b(" + "|".join(SHAPES) + r")\b"), None),
     "colour": (re.compile(r"\b(" + "|".join(COLOURS) + r")\b"), None),
-    "motion": (re.compile(rf"\b(from (?:{_MOTION_WORDS}) to (?:{_MOTION_WORDS}))\b"),
+    "motion": (re.compile(r"\b(" + "|".join(MOTIONS.values()) + r")\b"),
                {phrase: name for name, phrase in MOTIONS.items()}),
     "pitch": (re.compile(r"\b(" + "|".join(PITCHES) + r") pitched\b"), None),
-    "rhythm": (re.compile(r"\b(" + "|".join(phrase for _, phrase in RHYTHMS.values()) + r")\b"),
-               {phrase: name for name, (_, phrase) in RHYTHMS.items()}),
+    "rhythm": (re.compile(r"\b(" + "|".join(phrase for *_, phrase in RHYTHMS.values()) + r")\b"),
+               {phrase: name for name, (*_, phrase) in RHYTHMS.items()}),
 }
 
 
@@ -165,7 +171,10 @@ def attribute_mentions(caption: str) -> list[Mention]:
             word = " ".join(match.group(1).split())
             value = word if lookup is None else lookup.get(word)
             mentions.append(Mention(attribute, value, match.start(), match.end()))
-    return sorted(mentions, key=lambda m: m.start)
+    # "circle" inside "moves in a circle" is part of the motion, not a shape
+    inside = [m for m in mentions if any(o is not m and o.start <= m.start and m.end <= o.end
+                                         and o.end - o.start > m.end - m.start for o in mentions)]
+    return sorted((m for m in mentions if m not in inside), key=lambda m: m.start)
 
 
 def parse_attributes(caption: str) -> dict:
@@ -187,26 +196,28 @@ def shape_mask(shape: str, cx: float, cy: float, r: float = OBJECT_RADIUS) -> np
     dx, dy = _XX - cx, _YY - cy
     if shape == "circle":
         return dx * dx + dy * dy <= r * r
-    if shape == "square":
-        half = 0.85 * r
-        return (np.abs(dx) <= half) & (np.abs(dy) <= half)
-    if shape == "triangle":  # apex up; half-width grows linearly from the apex to the base
-        return (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) / 2)
+    if shape == "bar":  # wide and flat
+        return (np.abs(dx) <= r) & (np.abs(dy) <= 0.35 * r)
+    if shape == "cross":  # a plus sign
+        arm = 0.3 * r
+        return ((np.abs(dx) <= r) & (np.abs(dy) <= arm)) | ((np.abs(dy) <= r) & (np.abs(dx) <= arm))
     raise ValueError(f"unknown shape {shape!r}")
 
 
 def object_centre(spec: ClipSpec, progress: float) -> tuple[float, float]:
-    """Centre of the object at ``progress`` in [0, 1] along its path. Paths stay inside the central
+    """Centre of the object at ``progress`` in [0, 1] of the clip. Paths stay inside the central
     HEIGHT x HEIGHT square, so the object is always whole after the loaders' centre crop."""
     r, side = OBJECT_RADIUS, HEIGHT
-    margin = (WIDTH - side) / 2
-    along = r + progress * (side - 2 * r)
-    across = r + spec.track_offset * (side - 2 * r)
+    centre_x, centre_y = WIDTH / 2, side / 2
+    amplitude = side / 2 - r
+    # track_offset shifts the still position and the phase, so clips of one motion are not identical
+    phase = 2 * np.pi * (progress + spec.track_offset)
+    still_shift = (spec.track_offset - 0.5) * amplitude
     return {
-        "left_to_right": (margin + along, across),
-        "right_to_left": (margin + side - along, across),
-        "top_to_bottom": (margin + across, along),
-        "bottom_to_top": (margin + across, side - along),
+        "side_to_side": (centre_x + amplitude * np.sin(phase), centre_y),
+        "up_and_down": (centre_x, centre_y + amplitude * np.sin(phase)),
+        "circling": (centre_x + amplitude * np.cos(phase), centre_y + amplitude * np.sin(phase)),
+        "still": (centre_x + still_shift, centre_y - still_shift),
     }[spec.motion]
 
 
@@ -231,16 +242,16 @@ def render_audio(spec: ClipSpec, seed: int) -> np.ndarray:
     t = np.arange(n, dtype=np.float64) / SAMPLE_RATE
     f0 = PITCHES[spec.pitch]
     tone = np.sin(2 * np.pi * f0 * t) + 0.3 * np.sin(2 * np.pi * 2 * f0 * t)
-    period = RHYTHMS[spec.rhythm][0]
-    envelope = np.ones(n) if period is None else beep_envelope(t, period)
+    period, duty, _ = RHYTHMS[spec.rhythm]
+    envelope = np.ones(n) if period is None else beep_envelope(t, period, duty)
     noise = np.random.default_rng([seed, 2]).normal(0.0, 0.01, n)
     return (0.25 * tone * envelope + noise).astype(np.float32)
 
 
-def beep_envelope(t: np.ndarray, period: float) -> np.ndarray:
-    """On for the first half of every period, with 10 ms ramps so the gating does not click."""
+def beep_envelope(t: np.ndarray, period: float, duty: float = 0.5) -> np.ndarray:
+    """On for the first ``duty`` of every period, with 10 ms ramps so the gating does not click."""
     phase = np.mod(t, period)
-    on = period / 2
+    on = period * duty
     ramp = 0.01
     rise = np.clip(phase / ramp, 0, 1)
     fall = np.clip((on - phase) / ramp, 0, 1)

@@ -23,7 +23,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None,
                         help=f"training config (default: configs/{CONFIG_NAME}); its model_config path is "
                              "resolved relative to the config file")
-    parser.add_argument("--num-train", type=int, default=300, help="training clips")
+    parser.add_argument("--num-train", type=int, default=400, help="training clips")
     parser.add_argument("--num-val", type=int, default=10, help="validation clips (prepared, not used for training)")
     parser.add_argument("--num-test", type=int, default=60, help="held-out test clips captioned and scored")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (training uses the config's seed)")
@@ -54,7 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op CPU threads; 1 leaves the other core to the data-loading worker")
     parser.add_argument("--batch-size", type=int, default=20, help="test clips captioned per forward pass")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (the demo is sized for a CPU)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where to train and caption (the demo is sized for a CPU; cuda falls back to cpu "
+                             "when no GPU is present, as `avlformer train` does)")
 
 
 # ----------------------------------------------------------------------------------------------------- config
@@ -287,7 +289,9 @@ def stage_report(path: Path, results: CaptionResults, evaluation: dict, truth: d
             **{f"seconds: {k}": v for k, v in stage_seconds.items()}}
     notes = [f"{len(clips)} held-out test clips; checkpoint {checkpoint}",
              "Attributes are parsed from the predicted captions and compared with the generator's ground truth.",
-             "Silenced: the same videos captioned again with the soundtrack replaced by zeros."]
+             "Silenced: the same videos captioned again with the soundtrack replaced by zeros.",
+             f"The model sees {config.num_frames} frames of {config.image_size} px and hears the first "
+             f"{config.audio.clip_seconds:g} s of each soundtrack (the spectrograms show the whole clip)."]
     notes += [f"failed to decode: {error}" for error in evaluation["failed"]]
     data = ReportData(title="AVLFormer demo", clips=clips, metrics=flat, loss_curve=read_loss_curve(train_dir / "log"),
                       mask=mask, num_video_tokens=config.num_video_tokens, notes=notes)
@@ -321,7 +325,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     clock.run("prepare", stage_prepare, raw, stored_frames, stored_size, len(os.sched_getaffinity(0)))
     result = clock.run("train", stage_train, argv)
     checkpoint = Path(result.last_checkpoint)
-    results = clock.run("caption", stage_caption, checkpoint, raw, stored_frames, stored_size, args.device,
+    caption_device = "auto" if args.device == "cuda" else "cpu"
+    results = clock.run("caption", stage_caption, checkpoint, raw, stored_frames, stored_size, caption_device,
                         args.batch_size, predictions_dir)
     truth = {cid: a for cid, a in data["attributes"].items() if a["split"] == "test"}
     evaluation = clock.run("evaluate", stage_evaluate, results, truth, data["captions"])

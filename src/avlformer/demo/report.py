@@ -232,8 +232,8 @@ def clip_section(clip: ClipReport) -> str:
 
 
 def headline_cards(metrics: dict) -> str:
-    keys = [k for k in ("visual_accuracy", "sound_accuracy", "silenced_sound_accuracy", "sound_chance",
-                        "CIDEr", "Bleu_4") if k in metrics]
+    keys = [k for k in ("visual_accuracy", "sound_accuracy", "silenced_visual_accuracy", "silenced_sound_accuracy",
+                        "sound_chance", "cider", "bleu4") if k in metrics]
     cards = "".join(f"<div class='card'><span class='muted'>{html.escape(k)}</span><b>{_format(metrics[k])}</b></div>"
                      for k in keys)
     return f"<div class='headline'>{cards}</div>"

@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-video-fname", required=True, help="folder of videos (mp4, mkv, webm, avi, mov)")
     parser.add_argument("--test-audio-fname", default=None,
                         help="folder of <id>.mp3 soundtracks (default: each video's own audio)")
-    parser.add_argument("--output", default="prediction_coco_fmt.json", help="COCO-format predictions file")
+    parser.add_argument("--output", default="prediction_coco_fmt.json",
+                        help="COCO-format predictions: [{\"image_id\": <video file stem>, \"caption\": ...}]; "
+                             "confidences etc. go to <output stem>.confidence.json")
     add_decoding_arguments(parser)
     # Upstream's inference.sh passes these; they were already implied (uncased vocab, test mode).
     parser.add_argument("--do-lower-case", action="store_true", help=argparse.SUPPRESS)
@@ -71,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         videos = pipeline.list_videos(args.test_video_fname)
-        list(pipeline.iter_unique_ids(videos))
+        pipeline.check_unique_ids(videos)
         if args.test_audio_fname and not Path(args.test_audio_fname).is_dir():
             raise FileNotFoundError(f"{args.test_audio_fname}: audio folder not found")
         model, config, device = load_for_inference(args.eval_model_dir, args.device)

@@ -23,7 +23,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -262,14 +262,13 @@ def caption_videos(model, videos: Iterable[str | os.PathLike], spec: InputSpec, 
     return run
 
 
-def iter_unique_ids(videos: Sequence[Path]) -> Iterator[str]:
-    """Check that file stems (the prediction ids) are unique: a.mp4 and a.mkv would collide."""
+def check_unique_ids(videos: Sequence[Path]) -> None:
+    """File stems are the prediction ids, so a.mp4 and a.mkv in one folder would collide."""
     seen: dict[str, Path] = {}
     for video in videos:
         if video.stem in seen:
             raise ValueError(f"{video}: same id {video.stem!r} as {seen[video.stem]}; prediction ids are file stems")
         seen[video.stem] = video
-        yield video.stem
 
 
 # ----------------------------------------------------------------------------------------------------- outputs
