@@ -23,6 +23,7 @@ from torch import nn
 from avlformer.evaluation.metric_models import MetricUnavailable, from_folder
 from avlformer.evaluation.openai_clip import openai_to_transformers
 from avlformer.modeling.passt import PasstAudioEncoder, PasstConfig, checkpoint_filter_fn
+from avlformer.modeling.weights_file import read_weights_file
 
 SCALERS = ("vis_scaler", "txt_scaler", "aud_scaler")
 
@@ -78,15 +79,7 @@ def read_trilip_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise MetricUnavailable(f"AudioScore skipped: TriLip checkpoint {path} not found (download TriLip.bin from "
                                 "the FAVDBench release r-metric-score and pass --trilip-checkpoint FILE)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises several types for corrupt or unsafe files
-            raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True): {error}") from None
+    state = read_weights_file(path, "TriLip checkpoint")
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

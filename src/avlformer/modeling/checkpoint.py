@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,6 +27,7 @@ from avlformer.data.tokenizer import default_vocab_dir
 from avlformer.modeling import passt as passt_module
 from avlformer.modeling import video_swin as video_swin_module
 from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
+from avlformer.modeling.weights_file import read_weights_file
 from avlformer.modeling.passt import PasstConfig
 from avlformer.modeling.text_transformer import TextTransformerConfig
 from avlformer.modeling.video_swin import VideoSwinConfig
@@ -120,23 +120,10 @@ def _load_upstream(weights_path: Path, device, strict: bool):
 
 def read_upstream_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)``: tensors and plain containers only, no arbitrary objects."""
-    try:
-        content = _torch_load_tensors(path)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as error:
-        raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) (corrupt, or it holds "
-                         f"non-tensor objects): {error}") from error
-    if not isinstance(content, Mapping) or not all(isinstance(v, torch.Tensor) for v in content.values()):
-        raise ValueError(f"{path}: expected a plain state dict (name -> tensor), got {type(content).__name__}")
+    content = read_weights_file(path, "upstream model.bin")
+    if not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise ValueError(f"{path}: expected a plain state dict (name -> tensor), found non-tensor values")
     return dict(content)
-
-
-def _torch_load_tensors(path: Path):
-    try:  # memory-mapped: the 1.25 GB released file is not held twice while the model copies it
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as error:
-        if "mmap" not in str(error):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)  # pre-1.6 (non-zip) file format
 
 
 def _read_json(path: Path) -> dict:

@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchaudio.compliance.kaldi import get_mel_banks
 from avlformer.config_fields import checked_fields
+from avlformer.modeling.weights_file import read_weights_file
 
 # The classifier heads of the official checkpoint; AVLFormer never applies them.
 DROPPED_PREFIXES = ("head.0.", "head.1.", "head_dist.")
@@ -363,14 +364,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor],
 def load_official_weights(encoder: PasstAudioEncoder, path: str | Path) -> list[str]:
     """Load the official PaSST .pt into `encoder.net`; returns the dropped (head) keys."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"PaSST checkpoint not found: {path}")
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True): {error}") from error
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"{path}: expected a plain state dict of tensors, got {type(state_dict).__name__}")
+    state_dict = read_weights_file(path, "PaSST checkpoint")
     try:
         converted, dropped = checkpoint_filter_fn(state_dict, encoder.config)
     except ValueError as error:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from avlformer.config_fields import checked_fields
+from avlformer.modeling.weights_file import read_weights_file
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
@@ -374,11 +375,9 @@ def _require_file(path: Path) -> Path:
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-        return load_file(str(folder / "model.safetensors"))
-    if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return dict(read_weights_file(folder / name, "Hugging Face BERT weights"))
     raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
 
 

@@ -16,7 +16,6 @@ recomputation and drops them) and the Kinetics ``cls_head.*`` classifier.
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,6 +34,7 @@ from torchvision.models.video.swin_transformer import (
 )
 from torchvision.ops import StochasticDepth
 from avlformer.config_fields import checked_fields
+from avlformer.modeling.weights_file import read_weights_file
 
 LAYER_NORM_EPS = 1e-5
 UPSTREAM_PREFIX = "backbone."
@@ -444,17 +444,7 @@ def to_upstream_state_dict(
 def load_official_weights(encoder: VideoSwinEncoder, path: str | Path) -> list[str]:
     """Load the official Kinetics .pth (or any dict in that layout) into ``encoder``; returns the dropped keys."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Video Swin checkpoint not found: {path}")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as error:
-        raise ValueError(
-            f"{path}: cannot be read as a torch checkpoint with weights_only=True "
-            f"(corrupt, or it holds non-tensor objects): {error}"
-        ) from error
-    if not isinstance(content, Mapping):
-        raise ValueError(f"{path}: expected a dict checkpoint, got {type(content).__name__}")
+    content = read_weights_file(path, "Video Swin checkpoint")
     try:
         state_dict, dropped = checkpoint_filter_fn(content, encoder.config)
     except ValueError as error:

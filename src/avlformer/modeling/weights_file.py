@@ -1,0 +1,41 @@
+"""Reading weight files we did not write (official encoders, released model, metric models) safely.
+
+``torch.load(weights_only=True)`` only rebuilds tensors and plain containers, so a malicious pickle cannot run
+code; ``.safetensors`` files never contain code at all. Every failure names the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+
+def read_weights_file(path: str | os.PathLike, what: str = "checkpoint") -> Mapping[str, Any]:
+    """The dict stored in ``path`` (a ``.safetensors`` file or a torch checkpoint), loaded onto the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        content = _torch_load(path)
+    except Exception as error:  # torch raises several types (RuntimeError, UnpicklingError, EOFError, ...)
+        raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) (corrupt, or it holds "
+                         f"non-tensor objects): {error}") from error
+    if not isinstance(content, Mapping):
+        raise ValueError(f"{path}: expected a dict checkpoint, got {type(content).__name__}")
+    return content
+
+
+def _torch_load(path: Path):
+    try:  # memory-mapped: a 1.25 GB file is not held twice while a model copies it
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) file format
