@@ -80,12 +80,9 @@ def resolve_relative(path_text: str, config_path: Path) -> str:
 
 
 def load_demo_config(path: Path) -> DemoConfig:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: demo config not found") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    from avlformer.training.args import load_config_file  # imported late: it pulls in torch
+
+    raw = load_config_file(path)  # the demo config is a training flag file: same reading rules and errors
     if raw.get("model_config"):
         raw["model_config"] = resolve_relative(raw["model_config"], path)
     return DemoConfig(train_flags=raw, source=path)
