@@ -3,6 +3,7 @@ augmentation, and the per-split HDF5 of raw mp3 bytes (``audio_hdf/<split>_mp3.h
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from pathlib import Path
@@ -11,6 +12,8 @@ import av
 import h5py
 import numpy as np
 import torch
+
+from avlformer.data.per_process import PerProcessHandle
 
 SAMPLE_RATE = 32000
 GAIN_DB_RANGE = (-7, 6)       # inclusive, integer dB (upstream: randint(14) - 7)
@@ -98,6 +101,22 @@ def load_clip(data: bytes | np.ndarray, *, clip_samples: int, sample_rate: int =
     return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).reshape(1, clip_samples)
 
 
+def _open_audio_hdf5(path: Path) -> h5py.File:
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path}: not a readable HDF5 file ({error})") from None
+    missing = [name for name in ("audio_name", "mp3") if name not in handle]
+    if missing:
+        handle.close()
+        raise ValueError(f"{path}: missing dataset(s) {missing}; expected 'audio_name' and 'mp3'")
+    if len(handle["audio_name"]) != len(handle["mp3"]):
+        count = (len(handle["audio_name"]), len(handle["mp3"]))
+        handle.close()
+        raise ValueError(f"{path}: 'audio_name' has {count[0]} rows but 'mp3' has {count[1]}")
+    return handle
+
+
 class HDF5AudioReader:
     """Reader of ``<split>_mp3.hdf``: ``audio_name`` (vlen str) and ``mp3`` (vlen uint8 raw file bytes).
 
@@ -107,26 +126,11 @@ class HDF5AudioReader:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: audio HDF5 file not found")
-        self._file: h5py.File | None = None
-        self._pid = -1
+        self._file = PerProcessHandle(functools.partial(_open_audio_hdf5, self.path))
         self._names: list[str] | None = None
 
     def _open(self) -> h5py.File:
-        if self._file is None or self._pid != os.getpid():
-            try:
-                handle = h5py.File(self.path, "r")
-            except OSError as error:
-                raise ValueError(f"{self.path}: not a readable HDF5 file ({error})") from None
-            missing = [name for name in ("audio_name", "mp3") if name not in handle]
-            if missing:
-                handle.close()
-                raise ValueError(f"{self.path}: missing dataset(s) {missing}; expected 'audio_name' and 'mp3'")
-            if len(handle["audio_name"]) != len(handle["mp3"]):
-                count = (len(handle["audio_name"]), len(handle["mp3"]))
-                handle.close()
-                raise ValueError(f"{self.path}: 'audio_name' has {count[0]} rows but 'mp3' has {count[1]}")
-            self._file, self._pid = handle, os.getpid()
-        return self._file
+        return self._file.get()
 
     def names(self) -> list[str]:
         if self._names is None:
@@ -144,14 +148,7 @@ class HDF5AudioReader:
         return np.asarray(self._open()["mp3"][index], dtype=np.uint8)
 
     def close(self) -> None:
-        if self._file is not None and self._pid == os.getpid():
-            self._file.close()
-        self._file = None
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_file"], state["_pid"] = None, -1
-        return state
+        self._file.close()
 
     def __enter__(self) -> "HDF5AudioReader":
         return self

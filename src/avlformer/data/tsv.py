@@ -8,6 +8,7 @@ extension, so ``train_32frames.img.tsv`` is indexed by ``train_32frames.img.line
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -15,6 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from avlformer.atomic import atomic_write
+from avlformer.data.per_process import PerProcessHandle
 
 _OFFSET_DTYPE = np.dtype("<u8")
 _KEY_PROBE_BYTES = 512
@@ -128,8 +130,8 @@ class TSVFile:
             raise FileNotFoundError(f"{self.path}: TSV file not found")
         self._offsets: np.ndarray | None = None
         self._index_source: Path | None = None
-        self._handle = None
-        self._handle_pid = -1
+        # After fork an inherited handle shares its file position with the parent: each process opens its own.
+        self._handle = PerProcessHandle(functools.partial(open, self.path, "rb"))
 
     # -- index -------------------------------------------------------------------------------------------
     def _load_offsets(self) -> np.ndarray:
@@ -171,11 +173,7 @@ class TSVFile:
 
     # -- reading ------------------------------------------------------------------------------------------
     def _file(self):
-        if self._handle is None or self._handle_pid != os.getpid():
-            # After fork the inherited handle shares its file position with the parent: never reuse it.
-            self._handle = open(self.path, "rb")
-            self._handle_pid = os.getpid()
-        return self._handle
+        return self._handle.get()
 
     def _row_start(self, index: int) -> int:
         count = len(self)
@@ -223,14 +221,7 @@ class TSVFile:
         return [self.key(i) for i in range(len(self))]
 
     def close(self) -> None:
-        if self._handle is not None and self._handle_pid == os.getpid():
-            self._handle.close()
-        self._handle = None
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_handle"], state["_handle_pid"] = None, -1
-        return state
+        self._handle.close()
 
     def __enter__(self) -> "TSVFile":
         return self
