@@ -1,0 +1,141 @@
+"""The preprocessing recipe: how raw clips became the frames and audio a model was trained on.
+
+``avlformer prepare`` writes the recipe beside the data it prepares, training copies the recipe of its training
+data into every checkpoint (``preprocessor_config.json``, as Hugging Face models carry one), and every stage that
+builds model inputs from raw media (validation, ``infer``, ``caption``, ``evaluate``'s media loading, the demo)
+builds them from the checkpoint's recipe. A model is therefore always fed the pixels and samples it learned
+from, whatever ``prepare --num-frames/--image-size`` was used. See docs/data.md, "The preprocessing recipe".
+
+The constants below are the paper recipe (the original's ``extract_frames.py`` + ``convert_h5py.py``); every other
+module takes these facts from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from avlformer.atomic import write_text_atomic
+from avlformer.json_files import read_json
+
+log = logging.getLogger(__name__)
+
+RECIPE_NAME = "preprocessor_config.json"   # inside a checkpoint folder
+RECIPE_VERSION = 1
+
+STORED_FRAMES = 32          # frames kept per clip in the frame TSV
+SHORT_SIDE = 256            # shorter side of a stored frame, pixels
+JPEG_QUALITY = 95           # OpenCV's default, which the original's cv2.imencode used
+SAMPLE_RATE = 32000         # mono audio rate everywhere (HDF5 mp3s, PaSST)
+CLIP_SECONDS = 10.0         # audio length the loaders pad or truncate to
+MP3_BITRATE = 96_000        # audio taken from a video (or silence) is encoded at this rate
+
+# Frame ``k`` of ``n`` is the frame on screen at t0 + (k + 0.5) * D / n (see data/media.py); the only rule.
+FRAME_TIMES = "bin-centres"
+# Audio of a clip: its audio_mp3/<split>/<id>.mp3 (kept byte for byte when mono 32 kHz, else re-encoded), else
+# the video's own audio stream, else silence.
+AUDIO_MP3_ELSE_VIDEO = "mp3-else-video"
+AUDIO_SOURCES = (AUDIO_MP3_ELSE_VIDEO,)
+
+
+@dataclass(frozen=True)
+class PreprocessRecipe:
+    stored_frames: int = STORED_FRAMES
+    short_side: int = SHORT_SIDE
+    jpeg_quality: int = JPEG_QUALITY
+    sample_rate: int = SAMPLE_RATE
+    clip_seconds: float = CLIP_SECONDS
+    mp3_bitrate: int = MP3_BITRATE
+    frame_times: str = FRAME_TIMES
+    audio_source: str = AUDIO_MP3_ELSE_VIDEO
+    version: int = RECIPE_VERSION
+
+    def __post_init__(self):
+        for name in ("stored_frames", "short_side", "jpeg_quality", "sample_rate", "mp3_bitrate", "version"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"preprocessing recipe: {name} must be a positive integer, got {value!r}")
+        if self.jpeg_quality > 100:
+            raise ValueError(f"preprocessing recipe: jpeg_quality must be 1..100, got {self.jpeg_quality}")
+        if isinstance(self.clip_seconds, bool) or not isinstance(self.clip_seconds, (int, float)) \
+                or not self.clip_seconds > 0 or self.clip_seconds != self.clip_seconds:
+            raise ValueError(f"preprocessing recipe: clip_seconds must be a positive number, got "
+                             f"{self.clip_seconds!r}")
+        if self.frame_times != FRAME_TIMES:
+            raise ValueError(f"preprocessing recipe: unknown frame_times {self.frame_times!r} "
+                             f"(known: {FRAME_TIMES!r})")
+        if self.audio_source not in AUDIO_SOURCES:
+            raise ValueError(f"preprocessing recipe: unknown audio_source {self.audio_source!r} "
+                             f"(known: {', '.join(AUDIO_SOURCES)})")
+        if self.version > RECIPE_VERSION:
+            raise ValueError(f"preprocessing recipe: version {self.version} is newer than this AVLFormer "
+                             f"understands ({RECIPE_VERSION}); upgrade avlformer")
+
+    @classmethod
+    def paper(cls) -> "PreprocessRecipe":
+        """The recipe of the FAVDBench release and of the released ``model.bin``."""
+        return cls()
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "preprocessing recipe") -> "PreprocessRecipe":
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown keys {unknown} (known: {sorted(known)})")
+        try:
+            return cls(**data)
+        except ValueError as error:
+            raise ValueError(f"{source}: {str(error).removeprefix('preprocessing recipe: ')}") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PreprocessRecipe":
+        return cls.from_dict(read_json(path, "preprocessing recipe"), source=str(path))
+
+
+def recipe_path_for_yaml(yaml_path: str | os.PathLike) -> Path:
+    """Where ``prepare`` records the recipe of one prepared split: beside its metadata yaml,
+    ``metadata/<split>_<N>frames.yaml`` -> ``metadata/<split>_<N>frames.preprocessor_config.json``."""
+    yaml_path = Path(yaml_path)
+    return yaml_path.with_name(yaml_path.stem + "." + RECIPE_NAME)
+
+
+def recipe_for_yaml(yaml_path: str | os.PathLike) -> PreprocessRecipe:
+    """The recipe of a prepared split; data without one (the FAVDBench release, data prepared before recipes
+    existed) is taken to follow the paper recipe, with a warning naming that assumption."""
+    path = recipe_path_for_yaml(yaml_path)
+    if path.is_file():
+        return PreprocessRecipe.load(path)
+    log.warning("%s: no preprocessing recipe (%s); assuming the paper recipe (%d frames, shorter side %d px, "
+                "%d Hz audio)", yaml_path, path.name, STORED_FRAMES, SHORT_SIDE, SAMPLE_RATE)
+    return PreprocessRecipe.paper()
+
+
+def recipe_for_checkpoint(folder: str | os.PathLike, *, released: bool = False) -> PreprocessRecipe:
+    """The recipe a checkpoint was trained with. ``released``: the released ``model.bin`` and upstream
+    checkpoint folders, which follow the paper recipe by construction (no warning)."""
+    folder = Path(folder)
+    path = folder / RECIPE_NAME
+    if path.is_file():
+        return PreprocessRecipe.load(path)
+    if not released:
+        log.warning("%s: checkpoint has no %s (saved before recipes were recorded); assuming the paper recipe "
+                    "(%d frames, shorter side %d px, %d Hz audio)", folder, RECIPE_NAME, STORED_FRAMES,
+                    SHORT_SIDE, SAMPLE_RATE)
+    return PreprocessRecipe.paper()

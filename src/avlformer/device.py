@@ -1,0 +1,35 @@
+"""The one rule for choosing a torch device, used by training, inference, evaluation and the demo.
+
+``auto`` is CUDA when this machine has it (device ``local_rank`` under torchrun), else the CPU; an explicit
+``cuda`` (or ``cuda:N``) on a machine without CUDA is an error, never a silent fall-back to the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(name: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:
+    if isinstance(name, torch.device):
+        name = str(name)
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", local_rank) if local_rank is not None else torch.device("cuda")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name}: not a device (use {DEVICE_CHOICES})") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: not supported (use {DEVICE_CHOICES})")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+        if device.index is None and local_rank is not None:
+            device = torch.device("cuda", local_rank)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
