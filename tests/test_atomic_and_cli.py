@@ -4,7 +4,8 @@ import stat
 import pytest
 
 from avlformer.atomic import atomic_path, atomic_write, write_text_atomic
-from avlformer.cli import COMMANDS, main, normalize_flag_spelling
+from avlformer.cli import COMMANDS, main
+from avlformer.flags import normalize_flag_spelling
 
 
 def test_atomic_write_replaces_only_on_success(tmp_path):

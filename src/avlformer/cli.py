@@ -1,7 +1,6 @@
 """The ``avlformer`` command: one subcommand per job, each implemented in the module that owns the job.
 
-Every flag accepts the upstream underscore spelling and our hyphen spelling (``--eval_model_dir`` equals
-``--eval-model-dir``); flags are declared once, with hyphens, and argv is normalised before parsing.
+Every flag accepts the original's underscore spelling and our hyphen spelling (see ``avlformer.flags``).
 """
 
 from __future__ import annotations
@@ -9,6 +8,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from avlformer.flags import normalize_flag_spelling
 
 # name -> (module, one-line help). Each module defines add_arguments(parser) and main(args) -> int.
 COMMANDS = {
@@ -20,18 +21,6 @@ COMMANDS = {
     "evaluate": ("avlformer.evaluation.cli", "score predictions against references"),
     "demo": ("avlformer.demo.cli", "synth -> prepare -> train -> infer -> evaluate -> HTML report, on CPU"),
 }
-
-
-def normalize_flag_spelling(argv: list[str]) -> list[str]:
-    """Rewrite ``--some_flag[=v]`` to ``--some-flag[=v]`` (a trailing underscore, as in ``--lambda_``, is dropped)."""
-    out = []
-    for token in argv:
-        if token.startswith("--") and len(token) > 2:
-            name, eq, value = token.partition("=")
-            name = "--" + name[2:].replace("_", "-").rstrip("-")
-            token = name + eq + value
-        out.append(token)
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:

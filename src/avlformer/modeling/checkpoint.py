@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from avlformer.atomic import atomic_folder
+from avlformer.data.recipe import RECIPE_NAME, PreprocessRecipe, recipe_for_checkpoint
 from avlformer.data.tokenizer import default_vocab_dir
 from avlformer.modeling import passt as passt_module
 from avlformer.modeling import video_swin as video_swin_module
@@ -46,20 +47,23 @@ class CheckpointMismatchError(ValueError):
 
 # ------------------------------------------------------------------------------------------------ saving
 def save_checkpoint(folder: str | os.PathLike, model: AVLFormer, config: AVLFormerConfig,
-                    extra_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
-    """Write ``folder`` = model.safetensors + config.json + vocab.txt (+ ``extra_files``: name -> source path,
+                    recipe: PreprocessRecipe, extra_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
+    """Write ``folder`` = model.safetensors + config.json + preprocessor_config.json (``recipe``, the
+    preprocessing of the data the model was trained on) + vocab.txt (+ ``extra_files``: name -> source path,
     copied in; a ``vocab.txt`` there replaces the default vocabulary). Replaces an existing folder atomically."""
     with atomic_folder(folder) as staging:
-        write_checkpoint_files(staging, model.state_dict(), config, extra_files)
+        write_checkpoint_files(staging, model.state_dict(), config, recipe, extra_files)
     return Path(folder)
 
 
 def write_checkpoint_files(folder: Path, state_dict: Mapping[str, torch.Tensor], config: AVLFormerConfig,
+                           recipe: PreprocessRecipe,
                            extra_files: Mapping[str, str | os.PathLike] | None = None) -> None:
     """The files of a checkpoint, written into an existing (staging) folder; callers make the folder atomic."""
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
     save_file(weights, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     config.save(folder / CONFIG_NAME)
+    recipe.save(folder / RECIPE_NAME)
     shutil.copyfile(default_vocab_dir() / VOCAB_NAME, folder / VOCAB_NAME)
     for name, source in (extra_files or {}).items():
         if Path(name).name != name:
@@ -88,6 +92,29 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
             return _load_ours(path, path.parent / CONFIG_NAME, device, strict)
         return _load_upstream(path, device, strict)
     raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
+
+
+def checkpoint_folder(path: str | os.PathLike) -> tuple[Path, bool]:
+    """(the folder holding a checkpoint's side files, whether it is a released/upstream checkpoint)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    released = not (folder / WEIGHTS_NAME).is_file() or (path.is_file() and path.suffix != ".safetensors")
+    return folder, released
+
+
+def checkpoint_recipe(path: str | os.PathLike) -> PreprocessRecipe:
+    """The preprocessing recipe a checkpoint was trained with (its ``preprocessor_config.json``); the released
+    ``model.bin`` and upstream folders follow the paper recipe; our older checkpoints without a recipe load with a
+    warning naming the paper recipe as the assumption."""
+    folder, released = checkpoint_folder(path)
+    return recipe_for_checkpoint(folder, released=released)
+
+
+def checkpoint_vocab_dir(path: str | os.PathLike) -> Path:
+    """The folder of the vocabulary decoding must use: the checkpoint's own ``vocab.txt`` when it has one, else
+    the bert-base-uncased vocabulary shipped with the package (released and upstream checkpoints)."""
+    folder, _ = checkpoint_folder(path)
+    return folder if (folder / VOCAB_NAME).is_file() else default_vocab_dir()
 
 
 def _load_ours(weights_path: Path, config_path: Path, device, strict: bool):

@@ -388,7 +388,7 @@ def resolve_args(namespace: argparse.Namespace, world_size: int = 1) -> tuple[ar
 
 def parse_train_args(argv: list[str], world_size: int = 1) -> tuple[argparse.Namespace, set[str]]:
     """For programmatic use (demo, tests): argv in either spelling -> resolved namespace + explicit names."""
-    from avlformer.cli import normalize_flag_spelling
+    from avlformer.flags import normalize_flag_spelling
 
     parser = argparse.ArgumentParser(prog="avlformer train")
     add_arguments(parser)

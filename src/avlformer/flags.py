@@ -1,0 +1,40 @@
+"""Command-line spelling rules shared by every ``avlformer`` command and by the training config reader.
+
+Every flag accepts the original's underscore spelling and our hyphen spelling (``--eval_model_dir`` equals
+``--eval-model-dir``); flags are declared once, with hyphens, and argv is normalised before parsing. Boolean
+values (flags and config-file entries) use one rule, ``parse_bool``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "y", "t", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "n", "f", "off"})
+
+
+def normalize_flag_spelling(argv: list[str]) -> list[str]:
+    """Rewrite ``--some_flag[=v]`` to ``--some-flag[=v]`` (a trailing underscore, as in ``--lambda_``, is dropped)."""
+    out = []
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name, eq, value = token.partition("=")
+            name = "--" + name[2:].replace("_", "-").rstrip("-")
+            token = name + eq + value
+        out.append(token)
+    return out
+
+
+def parse_bool(value: str | bool | int) -> bool:
+    """``true/false``, ``yes/no``, ``1/0``, ``on/off`` (any case) or a real bool; anything else is an error
+    (argparse shows it as a one-line usage error)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    lowered = str(value).strip().lower()
+    if lowered in TRUE_WORDS:
+        return True
+    if lowered in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
