@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from avlformer.data.tokenizer import SEP_ID  # noqa: E402
+from avlformer.data.token_ids import SEP_ID  # noqa: E402
 from avlformer.modeling.attention_mask import learned_av_mask  # noqa: E402
 from avlformer.modeling.generation import ReforwardStepper, generate  # noqa: E402
 from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig  # noqa: E402

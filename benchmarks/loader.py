@@ -2,7 +2,7 @@
 
 Both read the same generated dataset (upstream layout: frame TSV with 32 base64 JPEGs per row at 256 px short
 side, HDF5 of 10 s mono 32 kHz mp3s, caption TSV) and produce a training batch of 32x224x224 frames, 10 s audio
-and a 300-token masked caption. The baseline re-expresses upstream's per-sample work (FACTS §2.2-§2.6):
+and a 300-token masked caption. The baseline re-expresses upstream's per-sample work (docs/upstream.md §2.2-§2.6):
 per-frame base64 + JPEG decode, one PIL image per frame for resize and crop, per-frame ToTensor-style conversion
 and normalisation, and a dense 1557x1557 int64 attention mask built for every sample. Ours decodes into one clip
 buffer and transforms the clip as a single tensor, and leaves the attention mask to the model.
@@ -22,16 +22,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from avlformer.data.audio import HDF5AudioReader, encode_mp3
-from avlformer.data.dataset import CaptionDataset, DataConfig, audio_name_for_key, build_loader, resolve_paths
-from avlformer.data.tokenizer import PAD_ID, load_tokenizer
-from avlformer.data.tsv import TSVFile, TSVWriter, write_tsv
+from avlformer.data.audio_hdf import HDF5AudioReader, write_audio_hdf
+from avlformer.data.clip_ids import clip_id_from_key
+from avlformer.data.dataset import CaptionDataset, DataConfig, collate, resolve_paths, seed_worker
+from avlformer.data.media import encode_mp3
+from avlformer.data.token_ids import PAD_ID
+from avlformer.data.tokenizer import load_tokenizer
+from avlformer.data.tsv import TSVFile, TSVWriter
 
 CAPTION = ("In a bright kitchen a young woman in a blue apron chops green onions on a wooden board while a pot of "
            "water boils on the stove behind her. She talks to the camera in a calm voice, explaining each step, and "
@@ -69,16 +71,15 @@ def write_dataset(root: Path, num_clips: int, seconds: float = 10.0) -> Path:
             pattern = _clip_pattern(rng, clip)
             header = json.dumps({"class": -1, "width": FRAME_W, "height": FRAME_H})
             writer.write([key, header] + [_jpeg_b64(_frame(pattern, i)) for i in range(NUM_FRAMES)])
-    (root / "audio_hdf").mkdir(parents=True, exist_ok=True)
     t = np.arange(int(seconds * 32000)) / 32000
-    with h5py.File(root / "audio_hdf" / "train_mp3.hdf", "w") as handle:
-        handle.create_dataset("audio_name", data=[audio_name_for_key(k) for k in keys], dtype=h5py.string_dtype())
-        mp3 = handle.create_dataset("mp3", (num_clips,), dtype=h5py.vlen_dtype(np.uint8))
-        for row in range(num_clips):
-            wave = 0.2 * np.sin(2 * np.pi * (200 + 20 * row) * t) + 0.02 * rng.normal(size=t.shape)
-            mp3[row] = np.frombuffer(encode_mp3(wave.astype(np.float32), 32000), dtype=np.uint8)
+    waves = (0.2 * np.sin(2 * np.pi * (200 + 20 * row) * t) + 0.02 * rng.normal(size=t.shape)
+             for row in range(num_clips))
+    write_audio_hdf(root / "audio_hdf" / "train_mp3.hdf", [clip_id_from_key(k) for k in keys],
+                    (encode_mp3(wave.astype(np.float32), 32000) for wave in waves))
     meta = root / "metadata"
-    write_tsv(meta / "train.caption.tsv", [[k, json.dumps([{"caption": CAPTION}])] for k in keys])
+    with TSVWriter(meta / "train.caption.tsv") as writer:
+        for key in keys:
+            writer.write([key, json.dumps([{"caption": CAPTION}])])
     (meta / "train_32frames.yaml").write_text("caption: train.caption.tsv\nimg: frame_tsv/train_32frames.img.tsv\n"
                                               "audio: audio_hdf/train_mp3.hdf\n")
     return meta / "train_32frames.yaml"
@@ -214,7 +215,10 @@ def main() -> int:
         result: dict = {"clips": args.clips, "batch_size": args.batch_size, "frames": NUM_FRAMES, "image_size": 224,
                         "audio_seconds": 10.0, "max_seq_length": 300}
         for workers in args.workers:
-            ours = build_loader(ours_dataset, args.batch_size, num_workers=workers, shuffle=True, seed=0)
+            ours_dataset.set_seed(0)
+            ours = DataLoader(ours_dataset, batch_size=args.batch_size, shuffle=True, num_workers=workers,
+                              collate_fn=collate, worker_init_fn=seed_worker,
+                              generator=torch.Generator().manual_seed(0), persistent_workers=workers > 0)
             baseline = DataLoader(baseline_dataset, batch_size=args.batch_size, shuffle=True, num_workers=workers,
                                   worker_init_fn=_upstream_worker_init, persistent_workers=workers > 0)
             rates = best_of_alternating({"ours": ours, "baseline": baseline}, args.epochs, args.rounds)

@@ -1,8 +1,9 @@
-"""Upstream-compatible: pack ``datasets/audio_mp3/<split>/*.mp3`` (sorted, raw bytes) into
-``datasets/audio_hdf/<split>_mp3.hdf``. Run from the repository root: ``python data_prepro/convert_h5py.py train``.
+"""The original's convert_h5py entry point: pack ``datasets/audio_mp3/<split>/*.mp3`` (sorted by file name, raw
+bytes) into ``datasets/audio_hdf/<split>_mp3.hdf``. Run from the repository root:
+``python data_prepro/convert_h5py.py train``.
 
-Unlike upstream's script (which wrote ``datasets/audio_hdf<split>_mp3.hdf``), the file lands where the loader and
-the released tarball expect it. A thin wrapper over ``avlformer.data.prepare.pack_mp3_folder``.
+Unlike the original script (which wrote ``datasets/audio_hdf<split>_mp3.hdf``, docs/upstream.md §1.4), the file
+lands where the loader and the released tarball expect it. ``avlformer prepare`` does this step itself.
 """
 
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # usable without `pip install`
 
-from avlformer.data.prepare import pack_mp3_folder  # noqa: E402
+from avlformer.data.audio_hdf import write_audio_hdf  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -18,13 +19,14 @@ def main(argv: list[str]) -> int:
         print("usage: python data_prepro/convert_h5py.py SPLIT", file=sys.stderr)
         return 2
     split = argv[0]
+    folder = Path("datasets") / "audio_mp3" / split
     out_path = Path("datasets") / "audio_hdf" / f"{split}_mp3.hdf"
-    try:
-        count = pack_mp3_folder(Path("datasets") / "audio_mp3" / split, out_path)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    paths = sorted(folder.glob("*.mp3"))
+    if not paths:
+        print(f"error: {folder}: no .mp3 files", file=sys.stderr)
         return 1
-    print(f"{out_path}: {count} mp3 file(s)")
+    write_audio_hdf(out_path, [path.stem for path in paths], (path.read_bytes() for path in paths))
+    print(f"{out_path}: {len(paths)} mp3 file(s)")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Frame ``i`` of every generated video is a flat grey of level ``frame_level(i, n)`` with a white square in the
 top-left corner, so tests can tell which source frame was sampled and which way up it is. Audio is a sine tone.
-Every writer returns the path it wrote.
+Every writer returns the path it wrote, except ``write_tsv``, which returns the row count (TSV containers, such as
+frame and caption TSVs, with both index files).
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import av
 import numpy as np
+
+from avlformer.data import media
+from avlformer.data.tsv import TSVWriter
 
 
 def frame_level(index: int, num_frames: int) -> int:
@@ -140,14 +144,12 @@ def write_not_a_video(path) -> Path:
 def write_mp3(path, seconds: float = 1.0, sample_rate: int = 32000, channels: int = 1) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    layout = "stereo" if channels == 2 else "mono"
-    with av.open(str(path), mode="w", format="mp3") as container:
-        stream = container.add_stream("mp3", rate=sample_rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone(seconds, sample_rate, channels, 660.0)),
-                                           format="fltp", layout=layout)
-        frame.sample_rate = sample_rate
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+    path.write_bytes(media.encode_mp3(tone(seconds, sample_rate, channels, 660.0), sample_rate))
     return path
+
+
+def write_tsv(path, rows) -> int:
+    with TSVWriter(path) as writer:
+        for row in rows:
+            writer.write(row)
+    return writer.num_rows

@@ -1,4 +1,5 @@
-"""Loaders: audio decode/augmentation, frame transforms, MLM masking, CaptionDataset + collate end to end."""
+"""Loaders: audio decode/augmentation, frame transforms, CaptionDataset + collate end to end (MLM masking:
+test_data_masking.py)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,20 @@ import pytest
 import torch
 from PIL import Image
 
-from avlformer.data.audio import (GAIN_DB_RANGE, ROLL_SAMPLES_RANGE, HDF5AudioReader, decode_audio, encode_mp3,
-                                  load_clip, pad_or_truncate)
-from avlformer.data.dataset import (CaptionDataset, DataConfig, audio_name_for_key, build_loader, collate,
-                                    resolve_paths)
-from avlformer.data.masking import encode_caption, make_train_text, mask_tokens, num_to_mask, replacement_ids
-from avlformer.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_IDS, load_tokenizer
+from media_fixtures import write_tsv
+from torch.utils.data import DataLoader
+
+from avlformer.data import media
+from avlformer.data.audio import GAIN_DB_RANGE, ROLL_SAMPLES_RANGE, decode_audio, load_clip, pad_or_truncate
+from avlformer.data.audio_hdf import HDF5AudioReader, write_audio_hdf
+from avlformer.data.clip_ids import clip_id_from_key
+from avlformer.data.dataset import CaptionDataset, DataConfig, collate, resolve_paths, seed_worker
+from avlformer.data.masking import encode_caption
+from avlformer.data.media import encode_mp3
+from avlformer.data.recipe import PreprocessRecipe, recipe_path_for_yaml
+from avlformer.data.tokenizer import load_tokenizer
 from avlformer.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, clip_from_frames, crop_offsets, decode_jpegs,
                                        normalize, resize_short_side, sample_indices)
-from avlformer.data.tsv import write_tsv
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -71,6 +77,21 @@ def test_stereo_downmix_is_the_channel_mean():
     left = sine(0.5, 32000)
     decoded = decode_audio(encode_mp3(np.stack([left, np.zeros_like(left)]), 32000))
     assert np.sqrt(np.mean(decoded ** 2)) == pytest.approx(0.5 * 0.3 / math.sqrt(2), rel=0.1)
+
+
+def level_db(wave: np.ndarray) -> float:
+    return float(20 * np.log10(np.sqrt(np.mean(wave.astype(np.float64) ** 2))))
+
+
+@pytest.mark.parametrize("rate", [32000, 44100])
+def test_stereo_with_identical_channels_keeps_the_level_of_its_mono_source(rate):
+    # One downmix (the channel mean) for prepare and inference (media.extract_audio) and for the loaders
+    # (decode_audio); libswresample's own mono mix made such a file about 3 dB louder.
+    wave = sine(1.0, rate)
+    mono, stereo = encode_mp3(wave, rate), encode_mp3(np.stack([wave, wave]), rate)
+    middle = slice(3200, 28800)  # away from the encoder's start-up and tail
+    for decode in (lambda data: decode_audio(media.extract_audio(data).mp3), decode_audio):
+        assert abs(level_db(decode(stereo)[middle]) - level_db(decode(mono)[middle])) < 0.2
 
 
 def test_undecodable_audio_names_its_source():
@@ -134,14 +155,6 @@ def test_train_roll_is_a_small_circular_shift():
 def test_train_augmentation_needs_an_rng():
     with pytest.raises(ValueError, match="rng"):
         load_clip(encode_mp3(sine(0.1, 32000)), clip_samples=100, train=True)
-
-
-def write_audio_hdf(path, names, payloads):
-    with h5py.File(path, "w") as handle:
-        handle.create_dataset("audio_name", data=names, dtype=h5py.string_dtype())
-        mp3 = handle.create_dataset("mp3", (len(payloads),), dtype=h5py.vlen_dtype(np.uint8))
-        for row, payload in enumerate(payloads):
-            mp3[row] = np.frombuffer(payload, dtype=np.uint8)
 
 
 def test_hdf5_reader_round_trip(tmp_path):
@@ -240,91 +253,6 @@ def test_crop_larger_than_frame_is_an_error():
         crop_offsets(20, 40, 32, False)
 
 
-# ------------------------------------------------------------------------------------------------ masking
-def test_encode_caption_layout(tokenizer):
-    ids, text_len = encode_caption("A dog barks &amp; runs.", tokenizer, 16)
-    pieces = tokenizer("A dog barks & runs.", add_special_tokens=False)["input_ids"]
-    assert text_len == len(pieces) + 2
-    assert ids.dtype == np.int64 and ids.shape == (16,)
-    assert ids[0] == CLS_ID and list(ids[1:text_len - 1]) == pieces and ids[text_len - 1] == SEP_ID
-    assert (ids[text_len:] == PAD_ID).all()
-
-
-def test_encode_caption_truncates_to_l_minus_2_wordpieces(tokenizer):
-    caption = " ".join(["word"] * 50)
-    ids, text_len = encode_caption(caption, tokenizer, 12)
-    assert text_len == 12 and ids[0] == CLS_ID and ids[-1] == SEP_ID and (ids[1:11] != PAD_ID).all()
-
-
-@pytest.mark.parametrize("text_len", [2, 3, 5, 6, 10, 40, 298, 300])
-def test_mask_count_and_positions(tokenizer, text_len):
-    ids = np.full(300, PAD_ID, dtype=np.int64)
-    ids[0], ids[1:text_len - 1], ids[text_len - 1] = CLS_ID, 2000, SEP_ID
-    rng = np.random.default_rng(text_len)
-    inputs, masked = mask_tokens(ids, text_len, rng, mask_prob=0.25, max_masked_tokens=75,
-                                 random_ids=replacement_ids(tokenizer))
-    expected = min(max(round(0.25 * text_len), 1), 75)
-    assert masked.sum() == expected == num_to_mask(text_len, 0.25, 75)
-    assert not masked[0] and not masked[text_len:].any()
-    assert (inputs[~masked] == ids[~masked]).all()
-    assert ids[0] == CLS_ID and (ids[1:text_len - 1] == 2000).all()  # the original is not modified
-
-
-def test_sep_can_be_masked(tokenizer):
-    ids, text_len = encode_caption("a b c d", tokenizer, 10)
-    hits = 0
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        _, masked = mask_tokens(ids, text_len, rng, mask_prob=0.25, max_masked_tokens=75,
-                                random_ids=replacement_ids(tokenizer))
-        hits += bool(masked[text_len - 1])
-    assert hits > 0
-
-
-def test_targets_are_original_tokens_and_the_80_10_10_split(tokenizer):
-    caption = "a woman in a red coat walks along a busy street while cars pass and a bell rings far away " * 3
-    rng = np.random.default_rng(1234)
-    original, _ = encode_caption(caption, tokenizer, 300)
-    replacements = set(replacement_ids(tokenizer).tolist())
-    counts = {"mask": 0, "random": 0, "keep": 0}
-    for _ in range(300):
-        text = make_train_text(caption, tokenizer, rng, max_seq_length=300, mask_prob=0.25, max_masked_tokens=75)
-        assert text.input_ids.dtype == torch.int64 and text.masked_pos.dtype == torch.bool
-        assert np.array_equal(text.target_ids.numpy(), original)
-        positions = text.masked_pos.nonzero().flatten()
-        for position in positions.tolist():
-            token, source = int(text.input_ids[position]), int(original[position])
-            if token == MASK_ID:
-                counts["mask"] += 1
-            elif token == source:
-                counts["keep"] += 1
-            else:
-                assert token in replacements and token not in SPECIAL_IDS
-                counts["random"] += 1
-    total = sum(counts.values())
-    assert abs(counts["mask"] / total - 0.8) < 0.03
-    assert abs(counts["random"] / total - 0.1) < 0.02
-    assert abs(counts["keep"] / total - 0.1) < 0.02
-
-
-def test_masking_is_reproducible_with_a_seeded_rng(tokenizer):
-    def run(seed):
-        text = make_train_text("a cat sleeps on a warm sofa", tokenizer, np.random.default_rng(seed),
-                               max_seq_length=20, mask_prob=0.25, max_masked_tokens=75)
-        return text.input_ids, text.masked_pos
-    assert all(torch.equal(a, b) for a, b in zip(run(3), run(3)))
-    first, _ = run(3)
-    assert any(not torch.equal(first, run(seed)[0]) for seed in range(4, 20))
-
-
-def test_replacement_ids_exclude_bracketed_entries(tokenizer):
-    ids = replacement_ids(tokenizer)
-    vocab = {index: token for token, index in tokenizer.get_vocab().items()}
-    assert not set(ids.tolist()) & SPECIAL_IDS
-    assert all(not (vocab[i].startswith("[") and vocab[i].endswith("]") and len(vocab[i]) > 2) for i in ids)
-    assert len(ids) > 25000
-
-
 # ------------------------------------------------------------------------------------------------ dataset
 COLOURS = {"train/v0.mp4": (200, 30, 30), "train/v1.mp4": (30, 200, 30), "train/v2.mp4": (30, 30, 200)}
 CAPTIONS = {"train/v0.mp4": "A red screen hums.", "train/v1.mp4": "A green screen beeps twice.",
@@ -344,7 +272,7 @@ def write_tiny_dataset(root, *, frames_per_row=8, audio_order=None, with_linelis
     write_tsv(root / "frame_tsv" / "train_32frames.img.tsv", frame_rows)
     (root / "audio_hdf").mkdir(parents=True)
     order = audio_order or keys
-    write_audio_hdf(root / "audio_hdf" / "train_mp3.hdf", [audio_name_for_key(k) for k in order],
+    write_audio_hdf(root / "audio_hdf" / "train_mp3.hdf", [clip_id_from_key(k) for k in order],
                     [encode_mp3(sine(0.3, 32000, FREQS[k]), 32000) for k in order])
     meta = root / "metadata"
     write_tsv(meta / "train.caption.tsv", [[k, json.dumps([{"caption": CAPTIONS[k]}])] for k in keys])
@@ -462,7 +390,10 @@ def test_loader_with_workers_is_seeded_and_reproducible(tmp_path, tokenizer):
     dataset = CaptionDataset(write_tiny_dataset(tmp_path / "datasets"), TINY, is_train=True, tokenizer=tokenizer)
 
     def first_batches(seed, workers, shuffle=True):
-        loader = build_loader(dataset, 2, num_workers=workers, shuffle=shuffle, seed=seed)
+        if workers == 0:
+            dataset.set_seed(seed)  # no worker process, so seed_worker does not run
+        loader = DataLoader(dataset, batch_size=2, num_workers=workers, shuffle=shuffle, collate_fn=collate,
+                            worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed))
         return [batch for batch in loader]
 
     run_a, run_b = first_batches(7, 2), first_batches(7, 2)
@@ -478,21 +409,6 @@ def test_loader_with_workers_is_seeded_and_reproducible(tmp_path, tokenizer):
                for a, c in zip(fixed_a, fixed_c))
     serial_a, serial_b = first_batches(7, 0), first_batches(7, 0)
     assert all(torch.equal(a["audio"], b["audio"]) for a, b in zip(serial_a, serial_b))
-
-
-def test_distributed_loader_uses_a_distributed_sampler(tmp_path, tokenizer):
-    import torch.distributed as dist
-    from torch.utils.data import DistributedSampler
-
-    dataset = CaptionDataset(write_tiny_dataset(tmp_path / "datasets"), TINY, is_train=True, tokenizer=tokenizer)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
-    try:
-        loader = build_loader(dataset, 2, shuffle=True, seed=3, distributed=True)
-        assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.shuffle
-        keys = [key for batch in loader for key in batch["video_keys"]]
-        assert sorted(keys) == sorted(COLOURS)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_eval_without_captions_follows_the_frame_tsv(tmp_path):
@@ -516,3 +432,57 @@ def test_named_caption_file_that_is_missing_is_an_error(tmp_path):
     (tmp_path / "datasets" / "metadata" / "train.caption.tsv").unlink()
     with pytest.raises(FileNotFoundError, match=r"'caption: train\.caption\.tsv' not found"):
         CaptionDataset(yaml_path, TINY, is_train=False)
+
+
+def test_data_folder_is_never_written_even_without_caption_indexes(tmp_path, tokenizer):
+    root = tmp_path / "datasets"
+    yaml_path = write_tiny_dataset(root)
+    for name in ("train.caption", "train.caption.linelist"):  # as the FAVDBench release ships them
+        (root / "metadata" / f"{name}.lineidx").unlink()
+        (root / "metadata" / f"{name}.lineidx.8b").unlink()
+    folders = [root, *(path for path in root.rglob("*") if path.is_dir())]
+    listing = sorted((str(path), path.stat().st_mtime_ns) for path in root.rglob("*"))
+
+    def read_everything():
+        train = CaptionDataset(yaml_path, TINY, is_train=True, tokenizer=tokenizer)
+        train.set_seed(0)
+        collate([train[i] for i in range(len(train))])
+        evaluation = CaptionDataset(yaml_path, TINY, is_train=False)
+        assert [evaluation[i]["caption"] for i in range(3)] == [CAPTIONS[k] for k in evaluation.keys]
+
+    read_everything()  # a writable folder: nothing may appear in it either
+    assert sorted((str(path), path.stat().st_mtime_ns) for path in root.rglob("*")) == listing
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        read_everything()
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
+    assert sorted((str(path), path.stat().st_mtime_ns) for path in root.rglob("*")) == listing
+
+
+def test_bad_caption_row_names_the_file_and_line(tmp_path):
+    yaml_path = write_tiny_dataset(tmp_path / "datasets", with_linelist=False)
+    captions = tmp_path / "datasets" / "metadata" / "train.caption.tsv"
+    lines = captions.read_text(encoding="utf-8").split("\n")
+    lines[1] = "train/v1.mp4\t[{caption: unquoted}]"
+    captions.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"train\.caption\.tsv: line 2: caption column is not JSON"):
+        CaptionDataset(yaml_path, TINY, is_train=False)
+
+
+def test_dataset_exposes_the_recipe_and_refuses_a_contradicting_config(tmp_path, tokenizer):
+    yaml_path = write_tiny_dataset(tmp_path / "datasets")
+    assert CaptionDataset(yaml_path, TINY, is_train=False).recipe == PreprocessRecipe.paper()
+    for config, problem in ((DataConfig(**{**TINY.to_dict(), "sample_rate": 16000}), r"16000 Hz .* 32000 Hz"),
+                            (DataConfig(**{**TINY.to_dict(), "clip_seconds": 12.0}), r"12 s .* 10 s clips")):
+        with pytest.raises(ValueError, match=r"train_32frames\.yaml: the data config .*" + problem) as error:
+            CaptionDataset(yaml_path, config, is_train=True, tokenizer=tokenizer)
+        assert "\n" not in str(error.value)
+    recipe = PreprocessRecipe(stored_frames=8, short_side=64, clip_seconds=0.25)
+    recipe.save(recipe_path_for_yaml(yaml_path))
+    dataset = CaptionDataset(yaml_path, TINY, is_train=False)
+    assert dataset.recipe == recipe and dataset[0]["audio"].shape == (1, TINY.clip_samples)
+    with pytest.raises(ValueError, match=r"0\.5 s .* 0\.25 s clips \(train_32frames\.preprocessor_config\.json\)"):
+        CaptionDataset(yaml_path, DataConfig(**{**TINY.to_dict(), "clip_seconds": 0.5}), is_train=False)

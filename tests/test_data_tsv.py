@@ -7,8 +7,9 @@ import os
 import struct
 
 import pytest
+from media_fixtures import write_tsv
 
-from avlformer.data.tsv import TSVFile, TSVWriter, lineidx_8b_path, lineidx_path, write_tsv
+from avlformer.data.tsv import TSVFile, TSVWriter, lineidx_8b_path, lineidx_path
 
 ROWS = [
     ["train/a.mp4", '{"class": -1, "width": 341, "height": 256}', "QUJD", "REVG"],
@@ -70,7 +71,7 @@ def test_key_longer_than_probe_is_read_whole(tmp_path):
     assert TSVFile(tsv).keys() == [long_key, "short"]
 
 
-def test_reader_falls_back_to_text_index_then_rebuilds(tmp_path):
+def test_reader_falls_back_to_text_index_then_builds_one_in_memory(tmp_path):
     tsv = tmp_path / "x.img.tsv"
     write_tsv(tsv, ROWS)
     lineidx_8b_path(tsv).unlink()
@@ -79,9 +80,25 @@ def test_reader_falls_back_to_text_index_then_rebuilds(tmp_path):
     lineidx_path(tsv).unlink()
     table = TSVFile(tsv)
     assert table.row(2) == ROWS[2]
-    # The rebuilt index is written back in the upstream format.
-    assert lineidx_path(tsv).read_bytes() == text_index
-    assert len(lineidx_8b_path(tsv).read_bytes()) == 8 * len(ROWS)
+    assert [int(line) for line in text_index.split()] == table.offsets.tolist()
+    # A reader never writes into the data folder: the index it had to build stays in memory.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["x.img.tsv"]
+
+
+def test_missing_index_in_a_read_only_folder(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    tsv = folder / "x.tsv"
+    write_tsv(tsv, ROWS)
+    lineidx_path(tsv).unlink()
+    lineidx_8b_path(tsv).unlink()
+    folder.chmod(0o555)
+    try:
+        table = TSVFile(tsv)
+        assert [table.row(i) for i in range(len(ROWS))] == ROWS
+        assert [path.name for path in folder.iterdir()] == ["x.tsv"]
+    finally:
+        folder.chmod(0o755)
 
 
 def test_reader_prefers_the_8b_index(tmp_path):

@@ -1,4 +1,5 @@
-"""BLEU/METEOR/ROUGE-L/CIDEr through pycocoevalcap: identical to calling it directly; CIDEr as FACTS §6.1."""
+"""BLEU/METEOR/ROUGE-L/CIDEr through pycocoevalcap: identical to calling it directly; CIDEr as
+docs/upstream.md §6.1."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def test_values_identical_to_cocoevalcap(tmp_path, monkeypatch):
 
 def independent_cider_d(candidates: dict[str, str], references: dict[str, list[str]], n: int = 4,
                         sigma: float = 6.0) -> float:
-    """FACTS §6.1 written out from the description (tokenised inputs)."""
+    """docs/upstream.md §6.1 written out from the description (tokenised inputs)."""
     def grams(sentence):
         words = sentence.split()
         return Counter(tuple(words[i:i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
@@ -100,7 +101,7 @@ def independent_cider_d(candidates: dict[str, str], references: dict[str, list[s
     return total / len(candidates)
 
 
-def test_pycocoevalcap_cider_is_the_facts_cider_d():
+def test_pycocoevalcap_cider_is_upstream_cider_d():
     from pycocoevalcap.cider.cider import Cider
 
     references = {"a": ["a man speaks into a microphone", "a man talks on a stage"],

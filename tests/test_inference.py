@@ -14,6 +14,7 @@ import torch
 
 from avlformer.cli import main as cli_main
 from avlformer.data import synth
+from avlformer.data.recipe import PreprocessRecipe
 from avlformer.inference import pipeline
 from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
 from avlformer.modeling.checkpoint import save_checkpoint
@@ -23,6 +24,8 @@ import media_fixtures  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_GEN = 6
+# Small stored frames keep decoding cheap; the checkpoint's recipe is what inference must follow.
+RECIPE = PreprocessRecipe(stored_frames=8, short_side=64)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,7 @@ def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = AVLFormerConfig.tiny()
     config.max_gen_length = MAX_GEN
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint-1-1", AVLFormer(config), config)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint-1-1", AVLFormer(config), config, RECIPE)
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +96,12 @@ def test_decoding_flags_override_checkpoint(checkpoint, videos, tmp_path):
 
 
 def test_same_input_same_caption_and_batching_does_not_matter(checkpoint, videos):
-    from avlformer.modeling.checkpoint import load_model
-
-    model, config = load_model(checkpoint, "cpu")
-    spec = pipeline.input_spec_from_config(config)
-    clips = pipeline.list_videos(videos["videos"])
-    decoding = pipeline.checkpoint_decoding(config)
-    one = pipeline.caption_videos(model, clips, spec, decoding, torch.device("cpu"), audio_dir=videos["audio"],
-                                  batch_size=1, progress=False)
-    many = pipeline.caption_videos(model, clips, spec, decoding, torch.device("cpu"), audio_dir=videos["audio"],
-                                   batch_size=3, num_workers=1, progress=False)
+    loaded = pipeline.load_for_inference(checkpoint, "cpu")
+    clips = pipeline.list_videos(videos["videos"]).videos
+    decoding = pipeline.checkpoint_decoding(loaded.config)
+    one = pipeline.caption_videos(loaded, clips, decoding, audio_dir=videos["audio"], batch_size=1, progress=False)
+    many = pipeline.caption_videos(loaded, clips, decoding, audio_dir=videos["audio"], batch_size=3, num_workers=1,
+                                   progress=False)
     assert [(p.video_id, p.caption) for p in one.predictions] == [(p.video_id, p.caption) for p in many.predictions]
     assert [p.confidence for p in one.predictions] == pytest.approx([p.confidence for p in many.predictions],
                                                                     rel=1e-4)
@@ -110,11 +109,9 @@ def test_same_input_same_caption_and_batching_does_not_matter(checkpoint, videos
 
 
 def test_silenced_audio_option(checkpoint, videos):
-    from avlformer.modeling.checkpoint import load_model
-
-    model, config = load_model(checkpoint, "cpu")
+    loaded = pipeline.load_for_inference(checkpoint, "cpu")
     dataset = pipeline.VideoFolderDataset([videos["videos"] / "synth_test_00000.mp4"], videos["audio"],
-                                          pipeline.input_spec_from_config(config), silence_audio=True)
+                                          loaded.spec, silence_audio=True)
     item = dataset[0]
     assert item.audio_source == "silence" and not item.audio.abs().any()
 
@@ -127,9 +124,10 @@ def test_inputs_match_the_training_loader(tmp_path):
     video = media_fixtures.write_normal(data / "videos" / "test" / "clip.mp4", seconds=1.5)
     (data / "captions.json").write_text(json.dumps({"clip": "a clip."}))
     assert cli_main(["prepare", "--data-dir", str(data), "--workers", "1", "--splits", "test"]) == 0
-    loader_config = DataConfig(num_frames=8, image_size=64, clip_seconds=1.0)
+    loader_config = DataConfig(num_frames=8, image_size=64)
     item = CaptionDataset(data / "metadata" / "test_32frames.yaml", loader_config, is_train=False)[0]
-    spec = pipeline.InputSpec(num_frames=8, image_size=64, clip_samples=32000)
+    spec = pipeline.InputSpec(num_frames=8, image_size=64, clip_samples=loader_config.clip_samples, sample_rate=32000,
+                              recipe=PreprocessRecipe.paper())
     direct = pipeline.load_clip_input(video, None, spec)
     assert direct.audio_source == "video"
     assert torch.equal(direct.frames, item["frames"])
@@ -145,9 +143,11 @@ def test_caption_command_prints_one_line_per_video(checkpoint, videos, capsys):
 
 
 def test_list_videos_filters_by_extension(tmp_path):
-    for name in ("b.MOV", "a.mp4", "c.webm", "d.avi", "e.mkv", "f.txt", "g.mp3"):
+    for name in ("b.MOV", "a.mp4", "c.webm", "d.avi", "e.mkv", "f.txt", "g.mp3", "h.m4v"):
         (tmp_path / name).write_bytes(b"x")
-    assert [p.name for p in pipeline.list_videos(tmp_path)] == ["a.mp4", "b.MOV", "c.webm", "d.avi", "e.mkv"]
+    listing = pipeline.list_videos(tmp_path)
+    assert [p.name for p in listing.videos] == ["a.mp4", "b.MOV", "c.webm", "d.avi", "e.mkv", "h.m4v"]
+    assert listing.problems == []
     with pytest.raises(FileNotFoundError, match="no video files"):
         pipeline.list_videos(_empty(tmp_path))
     with pytest.raises(FileNotFoundError, match="not found"):

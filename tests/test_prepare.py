@@ -20,7 +20,11 @@ from PIL import Image
 
 import media_fixtures as mf
 from avlformer import cli
-from avlformer.data import media, prepare
+from avlformer.data import media
+from avlformer.data.prepare import clip_work
+from avlformer.data.prepare.caption_sources import load_captions
+from avlformer.data.prepare.layout import Layout
+from avlformer.data.prepare.split import find_videos, plan_split
 from avlformer.data.tsv import TSVFile, lineidx_8b_path, lineidx_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,7 +191,14 @@ def test_strict_turns_errors_into_a_non_zero_exit(tmp_path):
     (tmp_path / "captions.csv").write_text("id,caption\ngood,a red ball.\nbad,a blue cube.\n")
     assert run_prepare(tmp_path, "--image-size", "32", "--num-frames", "4") == 0
     assert run_prepare(tmp_path, "--image-size", "32", "--num-frames", "4", "--strict") == 1
+    errors = [p for p in read_report(tmp_path)["problems"] if p["severity"] == "error"]
+    assert [(p["file"], p["reason"]) for p in errors] == [("videos/train/bad.mp4", "zero-byte file")]
+    # Removing the bad clip leaves its caption without a video, itself an error: remove both. (A rerun reads
+    # captions.csv, never the caption TSV the first run wrote without 'bad'.)
     (tmp_path / "videos" / "train" / "bad.mp4").unlink()
+    assert run_prepare(tmp_path, "--image-size", "32", "--num-frames", "4", "--strict") == 1
+    assert "'bad' has no video" in read_report(tmp_path)["problems"][0]["reason"]
+    (tmp_path / "captions.csv").write_text("id,caption\ngood,a red ball.\n")
     assert run_prepare(tmp_path, "--image-size", "32", "--num-frames", "4", "--strict") == 0
 
 
@@ -347,7 +358,7 @@ def test_interrupted_run_resumes_without_redoing_finished_clips(tmp_path, monkey
     args = ("--image-size", "32", "--num-frames", "4")
     assert run_prepare(tmp_path / "fresh", *args) == 0
 
-    real = prepare.process_clip
+    real = clip_work.process_clip
     calls: list[str] = []
 
     def crash_after_two(job):
@@ -356,13 +367,13 @@ def test_interrupted_run_resumes_without_redoing_finished_clips(tmp_path, monkey
         calls.append(job.clip_id)
         return real(job)
 
-    monkeypatch.setattr(prepare, "process_clip", crash_after_two)
+    monkeypatch.setattr(clip_work, "process_clip", crash_after_two)
     assert run_prepare(tmp_path / "resumed", *args) == 130
     assert not (tmp_path / "resumed" / "frame_tsv").exists()      # nothing final was written
     first = list(calls)
 
     calls.clear()
-    monkeypatch.setattr(prepare, "process_clip", lambda job: (calls.append(job.clip_id), real(job))[1])
+    monkeypatch.setattr(clip_work, "process_clip", lambda job: (calls.append(job.clip_id), real(job))[1])
     assert run_prepare(tmp_path / "resumed", *args) == 0
     assert sorted(first + calls) == list(clips) and not set(first) & set(calls)
     assert output_bytes(tmp_path / "resumed") == output_bytes(tmp_path / "fresh")
@@ -371,15 +382,14 @@ def test_interrupted_run_resumes_without_redoing_finished_clips(tmp_path, monkey
 def test_changed_input_is_processed_again(tmp_path, monkeypatch):
     small_dataset(tmp_path, ("c1", "c2"))
     (tmp_path / "captions.json").write_text(json.dumps({"c1": "one.", "c2": "two."}))
-    layout = prepare.Layout(tmp_path, "train", 4, 32)
-    job = prepare._plan_split(layout, prepare.load_captions(tmp_path / "captions.json", tmp_path),
-                              prepare.find_videos(layout)[0], 1)[0][0]
+    layout = Layout(tmp_path, "train", 4, 32)
+    job = plan_split(layout, load_captions(tmp_path / "captions.json", tmp_path), find_videos(layout)[0], 1)[0][0]
     layout.work.mkdir(parents=True)
-    prepare.process_clip(job)
-    assert prepare.load_finished(job) is not None
+    clip_work.process_clip(job)
+    assert clip_work.load_finished(job) is not None
     mf.write_normal(Path(job.video), seconds=0.7, fps=20)
     os.utime(job.video, ns=(1, 1))
-    assert prepare.load_finished(job) is None
+    assert clip_work.load_finished(job) is None
 
 
 def test_killed_worker_pool_run_resumes(tmp_path):

@@ -39,9 +39,10 @@ def launch_two(output_dir, *extra, val_size=0):
 def one_process(tmp_path_factory):
     out = tmp_path_factory.mktemp("one")
     config = deterministic_tiny_config()
-    args, explicit = parse_train_args(FLAGS + ["--output-dir", str(out), "--per-gpu-train-batch-size", "4"])
+    args = parse_train_args(FLAGS + ["--output-dir", str(out), "--per-gpu-train-batch-size", "4"],
+                            model_config=config)
     torch.set_num_threads(1)
-    result = loop.train(args, explicit, model=tiny_model(config),
+    result = loop.train(args, model=tiny_model(config),
                         train_dataset=FakeCaptionDataset(config, 8, same_caption=True))
     assert result.global_step == 4
     weights = load_file(str(out / FINAL / "model.safetensors"))

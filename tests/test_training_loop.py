@@ -26,10 +26,10 @@ def run(output_dir: Path, *flags: str, config: AVLFormerConfig | None = None, sa
     argv = ["--output-dir", str(output_dir), "--per-gpu-train-batch-size", "2", "--num-train-epochs", "2",
             "--learning-rate", "1e-3", "--backbone-coef-lr", "0.5", "--num-workers", "0", "--device", "cpu",
             "--logging-steps", "2", "--save-steps", "3", "--seed", "7", *flags]
-    args, explicit = parse_train_args(argv)
+    args = parse_train_args(argv, model_config=config)
     train_set = FakeCaptionDataset(config, samples, nan_index=nan_index, same_caption=same_caption)
     val_set = FakeCaptionDataset(config, 3, is_train=False) if val else None
-    return loop.train(args, explicit, model=tiny_model(config), train_dataset=train_set, val_dataset=val_set)
+    return loop.train(args, model=tiny_model(config), train_dataset=train_set, val_dataset=val_set)
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:

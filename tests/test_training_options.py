@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from avlformer.training import checkpointing, loop
 from avlformer.training.args import parse_train_args
-from avlformer.training.model_setup import build_model, build_model_config
+from avlformer.training.model_setup import build_model
 from training_fakes import FakeCaptionDataset, deterministic_tiny_config, tiny_model
 
 torch.set_num_threads(1)
@@ -22,9 +22,9 @@ def short_run(output_dir: Path, *flags: str, samples: int = 4, model=None):
     argv = ["--output-dir", str(output_dir), "--per-gpu-train-batch-size", "2", "--num-train-epochs", "1",
             "--learning-rate", "1e-3", "--backbone-coef-lr", "1", "--num-workers", "0", "--device", "cpu",
             "--logging-steps", "1", "--save-steps", "1", *flags]
-    args, explicit = parse_train_args(argv)
+    args = parse_train_args(argv, model_config=config)
     model = model or tiny_model(config)
-    result = loop.train(args, explicit, model=model, train_dataset=FakeCaptionDataset(config, samples))
+    result = loop.train(args, model=model, train_dataset=FakeCaptionDataset(config, samples))
     return result, model
 
 
@@ -49,11 +49,11 @@ def test_freeze_backbone_and_passt_leave_those_weights_untouched(tmp_path):
 
 
 def test_freezing_flags_apply_to_built_models():
-    args, explicit = parse_train_args(["--model_preset", "tiny", "--freeze_embedding", "--backbone_coef_lr", "0",
-                                       "--activation-checkpointing", "audio", "text", "--use_checkpoint"])
-    config = build_model_config(args, explicit)
+    args = parse_train_args(["--model_preset", "tiny", "--freeze_embedding", "--backbone_coef_lr", "0",
+                             "--activation-checkpointing", "audio", "text", "--use_checkpoint"])
+    config = args.model
     assert config.video.use_checkpoint and config.audio.use_checkpoint
-    model = build_model(args, config, torch.device("cpu"))
+    model = build_model(args, torch.device("cpu"))
     assert not any(p.requires_grad for p in model.swin.parameters())  # backbone_coef_lr 0 freezes it
     frozen_text = {n for n, p in model.trans_encoder.named_parameters() if not p.requires_grad}
     assert frozen_text and all("word_embeddings" in n for n in frozen_text)
@@ -67,8 +67,8 @@ def test_limited_samples_shortens_the_epoch(tmp_path):
 def test_pretrained_checkpoint_initialises_all_weights(tmp_path):
     source, _ = short_run(tmp_path / "source")
     config = deterministic_tiny_config()
-    args, explicit = parse_train_args(["--pretrained_checkpoint", str(source.last_checkpoint)])
-    model = build_model(args, config, torch.device("cpu"))
+    args = parse_train_args(["--pretrained_checkpoint", str(source.last_checkpoint)], model_config=config)
+    model = build_model(args, torch.device("cpu"))
     expected = load_file(str(source.last_checkpoint / "model.safetensors"))
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, expected[name]), name

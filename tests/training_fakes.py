@@ -82,11 +82,11 @@ def distributed_worker(rank: int, world_size: int, port: int, flags: list[str], 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    args, explicit = parse_train_args(flags, world_size=world_size)
-    env = init_distributed("cpu")
     config = deterministic_tiny_config()
+    args = parse_train_args(flags, world_size=world_size, model_config=config)
+    env = init_distributed("cpu")
     try:
-        train(args, explicit, env, model=tiny_model(config),
+        train(args, env, model=tiny_model(config),
               train_dataset=FakeCaptionDataset(config, 8, same_caption=True),
               val_dataset=FakeCaptionDataset(config, val_size, is_train=False) if val_size else None)
     finally:

@@ -21,7 +21,8 @@ def _current_umask() -> int:
 
 
 def _default_file_mode() -> int:
-    # mkstemp creates 0600 files; finished outputs should get the permissions a plain open() would give them.
+    # mkstemp creates 0600 files, and so do some libraries (safetensors' save_file); finished outputs should get
+    # the permissions a plain open() would give them.
     return 0o666 & ~_current_umask()
 
 
@@ -61,6 +62,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _default_file_mode())  # the library may have replaced our file with one of its own
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -76,15 +78,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 @contextlib.contextmanager
 def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty staging folder beside ``path``; when the block succeeds, fsync its files and swap it in for
-    ``path`` (an existing folder is moved aside first: rename cannot replace a non-empty folder). When the block
-    fails, the staging folder is deleted and ``path`` is left as it was."""
+    ``path`` (an existing folder is moved aside first: rename cannot replace a non-empty folder). Its files get the
+    default permissions (whatever wrote them). When the block fails, the staging folder is deleted and ``path``
+    is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield staging
+        file_mode = _default_file_mode()
         for child in staging.iterdir():
-            if child.is_file():
+            if child.is_file() and not child.is_symlink():
+                os.chmod(child, file_mode)
                 with open(child, "rb") as handle:
                     os.fsync(handle.fileno())
         os.chmod(staging, 0o777 & ~_current_umask())  # mkdtemp makes 0700 folders

@@ -1,16 +1,94 @@
-"""Shared rule for building config dataclasses from JSON: unknown keys are an error, never silently ignored
-(a misspelt key in a config file would otherwise leave the default in place without a word)."""
+"""The one rule for building config dataclasses from JSON: unknown keys and values of the wrong type are errors,
+never silently ignored or coerced (a misspelt key would leave the default in place without a word; ``"2.5"`` for
+an integer field would be truncated, ``"many"`` would fail later with a message that names nothing).
+
+The expected type of each value is the dataclass field's annotation: ``int`` takes integers only (not bools,
+floats or strings), ``float`` takes integers and floats, ``bool`` only ``true``/``false``, ``str`` strings,
+``Sequence[X]``/``list[X]``/``tuple[X, ...]`` JSON arrays of X, a nested config dataclass a JSON object (its own
+``from_dict`` checks it), ``X | None`` either. Annotations this rule does not know are not checked.
+"""
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import math
+import os
+import types
+import typing
 from typing import Any, Mapping
+
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+class FieldTypeError(ValueError):
+    """A config value of the wrong type; ``field`` is its name (dotted inside nested configs)."""
+
+    def __init__(self, field: str, expected: str, value: Any):
+        self.field, self.expected, self.value = field, expected, value
+        super().__init__(f"{field} must be {expected}, got {_shown(value)}")
+
+    def inside(self, parent: str) -> "FieldTypeError":
+        """The same error for the field as seen from the config holding ``parent`` (``video.embed_dim``)."""
+        return FieldTypeError(f"{parent}.{self.field}", self.expected, self.value)
 
 
 def checked_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
-    """``data`` as a dict, after refusing any key that the dataclass ``cls`` does not declare."""
+    """``data`` as a dict, after refusing any key that the dataclass ``cls`` does not declare and any value whose
+    type does not fit its field; the message names the field, e.g. ``num_frames must be an integer, got 'many'``."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{cls.__name__}: expected a JSON object, got {_shown(data)}")
     known = {field.name for field in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown keys {unknown} (known: {sorted(known)})")
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError:  # an annotation names a type imported only for type checkers: nothing to check against
+        hints = {}
+    for name, value in data.items():
+        problem = type_problem(hints.get(name, Any), value)
+        if problem:
+            raise FieldTypeError(name, problem, value)
     return dict(data)
+
+
+def type_problem(annotation: Any, value: Any) -> str | None:
+    """None when ``value`` (parsed JSON) fits ``annotation``, else what it should have been ("an integer")."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        problems = [type_problem(member, value) for member in args]
+        return None if None in problems else " or ".join(p for p in problems if p)
+    if annotation is type(None):
+        return None if value is None else "null"
+    if annotation is bool:
+        return None if isinstance(value, bool) else _NAMES[bool]
+    if annotation is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else _NAMES[int]
+    if annotation is float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if number and not (isinstance(value, float) and math.isnan(value)) else _NAMES[float]
+    if annotation is str:
+        return None if isinstance(value, str) else _NAMES[str]
+    if annotation is os.PathLike or (isinstance(annotation, type) and issubclass(annotation, os.PathLike)):
+        return None if isinstance(value, (str, os.PathLike)) else "a path (string)"
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return None if isinstance(value, (Mapping, annotation)) else "an object"
+    if origin in (list, tuple, collections.abc.Sequence):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            return "a list"
+        item = args[0] if args else Any
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(args) != len(value):
+                return f"a list of {len(args)} entries"
+            problems = [type_problem(member, entry) for member, entry in zip(args, value)]
+        else:
+            problems = [type_problem(item, entry) for entry in value]
+        wrong = next((p for p in problems if p), None)
+        return None if wrong is None else f"a list of entries that are each {wrong}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

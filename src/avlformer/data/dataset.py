@@ -1,13 +1,12 @@
-"""CaptionDataset over an upstream metadata yaml (FACTS §1.5, §2), its collate, and the DataLoader builder.
+"""CaptionDataset over an upstream metadata yaml (docs/upstream.md §1.5, §2), its collate and worker seeding.
 
 A released FAVDBench ``datasets/`` folder and the output of ``avlformer prepare`` load the same way: the yaml names
 the frame TSV, the caption TSV (+ optional linelist) and the audio HDF5; row i of the HDF5 is the audio of row i of
-the caption TSV; frames are looked up by key.
+the caption TSV; frames are looked up by key. The loaders only read: nothing is ever written into the data folder.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -17,11 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
+from torch.utils.data import Dataset, get_worker_info
 
 from avlformer.config_fields import checked_fields
-from avlformer.data.audio import HDF5AudioReader, load_clip
+from avlformer.data.audio import load_clip
+from avlformer.data.audio_hdf import HDF5AudioReader
+from avlformer.data.caption_tsv import read_caption_tsv
+from avlformer.data.clip_ids import clip_id_from_key
 from avlformer.data.masking import make_train_text
+from avlformer.data.recipe import CLIP_SECONDS, SAMPLE_RATE, recipe_for_yaml, recipe_path_for_yaml
 from avlformer.data.tokenizer import load_tokenizer
 from avlformer.data.transforms import clip_from_frames
 from avlformer.data.tsv import TSVFile
@@ -33,8 +36,8 @@ FRAME_COLUMNS_START = 2  # key, {"class": -1, "width": W, "height": H}, then the
 class DataConfig:
     num_frames: int = 32
     image_size: int = 224
-    sample_rate: int = 32000
-    clip_seconds: float = 10.0
+    sample_rate: int = SAMPLE_RATE
+    clip_seconds: float = CLIP_SECONDS
     max_seq_length: int = 300
     mask_prob: float = 0.25
     max_masked_tokens: int = 75
@@ -116,33 +119,6 @@ def resolve_paths(yaml_path: str | os.PathLike, need_captions: bool = True) -> D
         coco_format=coco)
 
 
-def _parse_captions(field: str, path: Path, row: int) -> list[str]:
-    try:
-        entries = json.loads(field)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: row {row}: caption column is not JSON ({error})") from None
-    if isinstance(entries, (dict, str)):
-        entries = [entries]
-    captions = [entry["caption"] if isinstance(entry, dict) else entry for entry in entries]
-    if not all(isinstance(caption, str) for caption in captions):
-        raise ValueError(f"{path}: row {row}: expected a JSON list of {{\"caption\": text}} dicts")
-    return captions
-
-
-def read_caption_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
-    """``key \\t JSON list of {"caption": ...}`` rows -> (keys, captions per key)."""
-    table = TSVFile(path)
-    keys, captions = [], []
-    for row in range(len(table)):
-        columns = table.row(row)
-        if len(columns) < 2:
-            raise ValueError(f"{path}: row {row} has {len(columns)} column(s); expected key and caption JSON")
-        keys.append(columns[0])
-        captions.append(_parse_captions(columns[1], path, row))
-    table.close()
-    return keys, captions
-
-
 def read_linelist(path: Path, captions: list[list[str]]) -> list[tuple[int, int]]:
     table = TSVFile(path)
     pairs = []
@@ -159,12 +135,6 @@ def read_linelist(path: Path, captions: list[list[str]]) -> list[tuple[int, int]
     return pairs
 
 
-def audio_name_for_key(key: str) -> str:
-    """The HDF5 ``audio_name`` a caption key must carry: its last path component without the extension
-    (``train/abc.mp4`` -> ``abc``; upstream cut the last 4 characters)."""
-    return os.path.splitext(key.rsplit("/", 1)[-1])[0]
-
-
 class CaptionDataset(Dataset):
     """Train items: video_key, frames, audio, input_ids, target_ids, masked_pos, text_len (one per caption, or per
     linelist entry). Eval items: video_key, frames, audio and, when the yaml has captions, captions (one item per
@@ -175,6 +145,8 @@ class CaptionDataset(Dataset):
         self.config = data_config or DataConfig()
         self.is_train = is_train
         self.paths = resolve_paths(yaml_path, need_captions=is_train)
+        self.recipe = recipe_for_yaml(self.paths.yaml)
+        self._check_recipe()
         self.tokenizer = tokenizer if tokenizer is not None or not is_train else load_tokenizer()
         self.frames = TSVFile(self.paths.frames)
         self.audio = HDF5AudioReader(self.paths.audio)
@@ -185,9 +157,24 @@ class CaptionDataset(Dataset):
         self._rng: np.random.Generator | None = None
 
     # -- construction -------------------------------------------------------------------------------------
+    def _check_recipe(self) -> None:
+        """The mp3s were made at the recipe's rate, and for clips of its length (e.g. the silence given to a clip
+        without audio). Reading them at another rate, or as longer clips, is not the data the recipe describes;
+        reading a shorter clip is a model's choice (the demo's tiny model hears the first second)."""
+        recorded = recipe_path_for_yaml(self.paths.yaml)
+        origin = recorded.name if recorded.is_file() else f"the paper recipe, as there is no {recorded.name}"
+        if self.config.sample_rate != self.recipe.sample_rate:
+            raise ValueError(f"{self.paths.yaml}: the data config reads audio at {self.config.sample_rate} Hz but "
+                             f"this data was prepared at {self.recipe.sample_rate} Hz ({origin})")
+        if self.config.clip_seconds > self.recipe.clip_seconds:
+            raise ValueError(f"{self.paths.yaml}: the data config asks for {self.config.clip_seconds:g} s of audio "
+                             f"per clip but this data was prepared for {self.recipe.clip_seconds:g} s clips "
+                             f"({origin})")
+
     def _load_keys(self) -> tuple[list[str], list[list[str]] | None]:
         if self.paths.captions is not None:
-            return read_caption_tsv(self.paths.captions)
+            rows = read_caption_tsv(self.paths.captions)
+            return [row.key for row in rows], [row.captions for row in rows]
         return self.frames.keys(), None  # eval without references: every video of the frame TSV
 
     def _build_items(self) -> list[tuple[int, int]]:
@@ -213,9 +200,9 @@ class CaptionDataset(Dataset):
             raise ValueError(f"{self.paths.audio} has {len(names)} audio rows but {source} has {len(self.keys)} "
                              f"videos; row i of the HDF5 must be the audio of row i of the captions")
         for row, key in enumerate(self.keys):
-            if names[row] != audio_name_for_key(key):
+            if names[row] != clip_id_from_key(key):
                 raise ValueError(f"{self.paths.audio} row {row} is audio '{names[row]}' but row {row} of {source} "
-                                 f"is '{key}' (expects audio '{audio_name_for_key(key)}'); the two files must list "
+                                 f"is '{key}' (expects audio '{clip_id_from_key(key)}'); the two files must list "
                                  f"the same videos in the same order")
         self.audio.close()  # h5py handles must not cross a fork; reopened lazily per worker
 
@@ -292,19 +279,3 @@ def seed_worker(worker_id: int) -> None:
     info = get_worker_info()
     if info is not None and hasattr(info.dataset, "set_seed"):
         info.dataset.set_seed(seed)
-
-
-def build_loader(dataset: Dataset, batch_size: int, *, num_workers: int = 0, shuffle: bool = False, seed: int = 0,
-                 distributed: bool = False, drop_last: bool = False) -> DataLoader:
-    """A DataLoader with our collate and proper per-worker seeding; ``distributed`` shards with a
-    DistributedSampler (call ``loader.sampler.set_epoch(epoch)`` each epoch)."""
-    generator = torch.Generator().manual_seed(seed)
-    sampler = None
-    if distributed:
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    if num_workers == 0 and hasattr(dataset, "set_seed"):
-        dataset.set_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
-                      drop_last=drop_last, worker_init_fn=seed_worker, generator=generator,
-                      persistent_workers=num_workers > 0)

@@ -1,4 +1,4 @@
-"""Caption -> token ids, and the masked-language-model corruption of a training caption (FACTS §2.6)."""
+"""Caption -> token ids, and the masked-language-model corruption of a training caption (docs/upstream.md §2.6)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from avlformer.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, clean_caption_text
+from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from avlformer.data.tokenizer import clean_caption_text
 
 MASK_FRACTION = 0.8      # of the chosen positions become [MASK]
 RANDOM_FRACTION = 0.5    # of the rest become a random token; the others keep their token

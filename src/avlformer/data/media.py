@@ -24,9 +24,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-CLIP_SECONDS = 10.0
-SAMPLE_RATE = 32000
-MP3_BITRATE = 96_000
+from avlformer.data.recipe import CLIP_SECONDS, MP3_BITRATE, SAMPLE_RATE
+
 MP3_QUALITY = 5
 # A clip whose consecutive frame intervals differ from the median by more than this fraction is called VFR.
 _VFR_TOLERANCE = 0.25
@@ -264,11 +263,11 @@ def sample_frames(path: str | os.PathLike, num_frames: int = 32, short_side: int
     return read_frames(path, num_frames, short_side, threads).frames
 
 
-def _encode_mp3(frames, sample_rate: int, bitrate: int) -> bytes:
+def _encode_mp3(frames, sample_rate: int, bitrate: int, layout: str = "mono") -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp3") as container:
         # LAME quality 5 (0 best .. 9 fastest): ~1.5x faster than ffmpeg's default 3, inaudible at this bitrate.
-        stream = container.add_stream("mp3", rate=sample_rate, layout="mono",
+        stream = container.add_stream("mp3", rate=sample_rate, layout=layout,
                                       options={"compression_level": str(MP3_QUALITY)})
         stream.bit_rate = bitrate
         for frame in frames:
@@ -279,15 +278,53 @@ def _encode_mp3(frames, sample_rate: int, bitrate: int) -> bytes:
     return buffer.getvalue()
 
 
-def silent_mp3(seconds: float = CLIP_SECONDS, sample_rate: int = SAMPLE_RATE, bitrate: int = MP3_BITRATE) -> bytes:
-    frame = av.AudioFrame.from_ndarray(np.zeros((1, int(round(seconds * sample_rate))), np.float32),
-                                       format="fltp", layout="mono")
+def encode_mp3(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, bitrate: int = MP3_BITRATE) -> bytes:
+    """float32 samples, shape (samples,) or (channels, samples) with 1 or 2 channels, as mp3 bytes; the encoder
+    of every mp3 ``prepare`` and inference write (stereo input exists for building test data)."""
+    planar = np.atleast_2d(np.asarray(wave, dtype=np.float32))
+    layout = {1: "mono", 2: "stereo"}.get(planar.shape[0])
+    if layout is None:
+        raise ValueError(f"encode_mp3: {planar.shape[0]} channels; only mono or stereo can be encoded")
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planar), format="fltp", layout=layout)
     frame.sample_rate = sample_rate
-    return _encode_mp3([frame], sample_rate, bitrate)
+    return _encode_mp3([frame], sample_rate, bitrate, layout)
 
 
-def _resampled_audio(container, stream, resampler, counters: dict):
-    """Decoded audio frames of ``stream`` converted to mono float planar at the target rate."""
+def silent_mp3(seconds: float = CLIP_SECONDS, sample_rate: int = SAMPLE_RATE, bitrate: int = MP3_BITRATE) -> bytes:
+    return encode_mp3(np.zeros(int(round(seconds * sample_rate)), np.float32), sample_rate, bitrate)
+
+
+def _float_planar(frame: av.AudioFrame, converters: dict) -> np.ndarray:
+    """One decoded frame as float32 (channels, samples), whatever sample format the codec produced."""
+    if frame.format.name != "fltp":
+        key = (frame.layout.name, frame.sample_rate)
+        if key not in converters:
+            # Same layout and rate: libswresample only converts the sample format here, it does not remix.
+            converters[key] = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=frame.sample_rate)
+        return np.concatenate([f.to_ndarray() for f in converters[key].resample(frame)], axis=1)
+    return frame.to_ndarray()
+
+
+def downmix(frame: av.AudioFrame, converters: dict) -> np.ndarray:
+    """The one downmix of prepare, inference and the loaders: the mean of the channels, as float32 samples at the
+    frame's own rate. libswresample's mono mix is not a mean (a stereo file with two identical channels comes
+    out about 3 dB louder than its mono source), so the channels are never remixed by it. ``converters`` caches
+    sample-format converters across the frames of one stream."""
+    planar = _float_planar(frame, converters)
+    return planar[0] if planar.shape[0] == 1 else planar.mean(axis=0, dtype=np.float32)
+
+
+def _mono_frame(samples: np.ndarray, sample_rate: int) -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.float32)[None], format="fltp",
+                                       layout="mono")
+    frame.sample_rate = sample_rate
+    return frame
+
+
+def _resampled_audio(container, stream, sample_rate: int, counters: dict):
+    """Decoded audio frames of ``stream``, downmixed, as mono float planar frames at ``sample_rate``."""
+    converters: dict = {}
+    resampler, source_rate = None, None  # mono to mono: the resampler only changes the rate
     for packet in container.demux(stream):
         try:
             frames = packet.decode()
@@ -298,15 +335,21 @@ def _resampled_audio(container, stream, resampler, counters: dict):
             counters["samples"] += frame.samples
             counters["rate"] = frame.sample_rate
             counters["channels"] = frame.layout.nb_channels
-            frame.pts = None  # let the resampler/encoder count samples; source gaps are not worth preserving
-            yield from resampler.resample(frame)
-    yield from resampler.resample(None)
+            if frame.sample_rate != source_rate:
+                if resampler is not None:
+                    yield from resampler.resample(None)
+                resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
+                source_rate = frame.sample_rate
+            # The new frame has no pts: the resampler and encoder count samples; source gaps are not worth keeping.
+            yield from resampler.resample(_mono_frame(downmix(frame, converters), frame.sample_rate))
+    if resampler is not None:
+        yield from resampler.resample(None)
 
 
 def extract_audio(source: str | os.PathLike | bytes, sample_rate: int = SAMPLE_RATE,
                   bitrate: int = MP3_BITRATE, name: str | None = None) -> AudioTrack:
-    """The first audio stream of ``source`` (a file path or encoded bytes), downmixed to mono, resampled to
-    ``sample_rate`` and encoded as mp3. Raises NoAudioStreamError when there is no decodable audio."""
+    """The first audio stream of ``source`` (a file path or encoded bytes), downmixed to mono (``downmix``),
+    resampled to ``sample_rate`` and encoded as mp3. Raises NoAudioStreamError when there is no decodable audio."""
     label = name or (str(source) if not isinstance(source, bytes) else "audio bytes")
     if isinstance(source, bytes):
         if not source:
@@ -321,10 +364,9 @@ def extract_audio(source: str | os.PathLike | bytes, sample_rate: int = SAMPLE_R
         if not container.streams.audio:
             raise NoAudioStreamError(label, "no audio stream")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
         counters = {"errors": 0, "samples": 0, "rate": stream.rate or 0, "channels": 0}
         try:
-            mp3 = _encode_mp3(_resampled_audio(container, stream, resampler, counters), sample_rate, bitrate)
+            mp3 = _encode_mp3(_resampled_audio(container, stream, sample_rate, counters), sample_rate, bitrate)
         except av.FFmpegError as error:
             raise MediaError(label, f"audio cannot be decoded ({error})") from None
     if counters["samples"] == 0:

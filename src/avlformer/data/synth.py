@@ -1,4 +1,4 @@
-"""`avlformer synth`: the built-in demo dataset (SPEC §7), written as *raw* FAVDBench-layout data.
+"""`avlformer synth`: the built-in demo dataset (README.md, The demo), written as *raw* FAVDBench-layout data.
 
 Each clip is a coloured shape (circle, bar, cross) that moves (side to side, up and down, in a circle, or stays
 still) on a gray background (h264 video), with a tone whose pitch (low, medium, high) and rhythm (continuous, slow
@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from avlformer.atomic import atomic_path, write_text_atomic
+from avlformer.data.recipe import SAMPLE_RATE
 
 SPLITS = ("train", "val", "test")
 
@@ -70,7 +71,6 @@ ATTRIBUTE_VALUES = {
 }
 
 WIDTH, HEIGHT, FPS = 128, 96, 10
-SAMPLE_RATE = 32000
 MIN_SECONDS, MAX_SECONDS = 2.0, 10.0
 OBJECT_RADIUS = 20
 BACKGROUND = 128

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from transformers import BertTokenizerFast
 
-PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 100, 101, 102, 103
-SPECIAL_IDS = frozenset({PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID})
+# The ids themselves live in token_ids (the model needs them without transformers); they are re-exported here
+# only until every caller imports them from there.
+from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, RESERVED_IDS, SEP_ID, UNK_ID  # noqa: F401
 
 _EMOJI = re.compile("[\U0001F600-\U0001F64F\U0001F300-\U0001F5FF\U0001F680-\U0001F6FF\U0001F1E0-\U0001F1FF]")
 
@@ -42,6 +43,6 @@ def clean_caption_text(text: str) -> str:
 def decode_caption(token_ids, tokenizer: BertTokenizerFast | None = None) -> str:
     """Token ids -> caption text as upstream prints it: special ids dropped, WordPieces joined, spacing cleaned."""
     tokenizer = tokenizer or load_tokenizer()
-    ids = [int(i) for i in token_ids if int(i) not in SPECIAL_IDS]
+    ids = [int(i) for i in token_ids if int(i) not in RESERVED_IDS]
     text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
     return text.replace(" do not", " don't")

@@ -1,6 +1,6 @@
 """Frames of a TSV row -> a normalised float clip (T, 3, H, W), processed as one tensor.
 
-Upstream (FACTS §2.2) decoded, resized, cropped and normalised every frame as a separate PIL image; doing each
+Upstream (docs/upstream.md §2.2) decoded, resized, cropped and normalised every frame as a separate PIL image; doing each
 step once for the whole clip is where the loader's speed comes from. The geometry is upstream's: shorter side to
 ``image_size`` (longer side truncated), bilinear; train = one random crop offset for the whole clip, eval =
 centre crop with offsets ``round((W - size) / 2)``; ImageNet mean/std.

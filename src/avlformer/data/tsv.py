@@ -1,6 +1,6 @@
 """Upstream's TSV container: ``<name>.tsv`` rows plus ``<name>.lineidx`` / ``<name>.lineidx.8b`` row offsets.
 
-Format (FACTS §1.3): rows are tab-separated and ``\\n``-terminated; ``.lineidx`` holds one decimal byte offset per
+Format (docs/upstream.md §1.3): rows are tab-separated and ``\\n``-terminated; ``.lineidx`` holds one decimal byte offset per
 line, ``.lineidx.8b`` the same offsets as consecutive little-endian u64. The index name drops the ``.tsv``
 extension, so ``train_32frames.img.tsv`` is indexed by ``train_32frames.img.lineidx``.
 """
@@ -11,7 +11,7 @@ import contextlib
 import functools
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -76,14 +76,6 @@ class TSVWriter:
         return bool(stack.__exit__(exc_type, exc, tb)) if stack is not None else False
 
 
-def write_tsv(path: str | os.PathLike, rows: Iterable[Sequence[str | bytes]]) -> int:
-    """Write all ``rows`` (with both index files) atomically; returns the number of rows."""
-    with TSVWriter(path) as writer:
-        for row in rows:
-            writer.write(row)
-    return writer.num_rows
-
-
 def _scan_offsets(tsv_path: Path) -> np.ndarray:
     offsets, position = [], 0
     with open(tsv_path, "rb") as handle:
@@ -106,15 +98,6 @@ def _read_lineidx_8b(path: Path) -> np.ndarray:
     if size % 8:
         raise ValueError(f"{path}: size {size} is not a multiple of 8, so it is not a .lineidx.8b file")
     return np.fromfile(path, dtype=_OFFSET_DTYPE)
-
-
-def _save_index_best_effort(tsv_path: Path, offsets: np.ndarray) -> None:
-    # A released dataset may sit on a read-only mount; the in-memory index is enough then.
-    with contextlib.suppress(OSError):
-        with atomic_write(lineidx_8b_path(tsv_path), "wb") as handle:
-            handle.write(offsets.astype(_OFFSET_DTYPE).tobytes())
-        with atomic_write(lineidx_path(tsv_path), "w") as handle:
-            handle.write("".join(f"{int(o)}\n" for o in offsets))
 
 
 class TSVFile:
@@ -142,10 +125,10 @@ class TSVFile:
                 offsets = reader(index_path)
                 self._check_offsets(offsets)
                 return offsets
-        offsets = _scan_offsets(self.path)
-        _save_index_best_effort(self.path, offsets)
+        # Readers never write into the data folder (it may be read-only, or shared with the original's code, which
+        # must not depend on our having touched it): a missing index is built in memory, once per TSVFile.
         self._index_source = None
-        return offsets
+        return _scan_offsets(self.path)
 
     def _check_offsets(self, offsets: np.ndarray) -> None:
         size = self.path.stat().st_size

@@ -18,7 +18,6 @@ leave the visual attributes right and drop the sound attributes to chance.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -54,9 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op CPU threads; 1 leaves the other core to the data-loading worker")
     parser.add_argument("--batch-size", type=int, default=20, help="test clips captioned per forward pass")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="where to train and caption (the demo is sized for a CPU; cuda falls back to cpu "
-                             "when no GPU is present, as `avlformer train` does)")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
+                        help="where to train and caption (the demo is sized for a CPU; auto: CUDA when "
+                             "available; cuda on a machine without CUDA is an error)")
 
 
 # ----------------------------------------------------------------------------------------------------- config
@@ -143,20 +142,23 @@ def stage_synth(raw: Path, counts: dict[str, int], seed: int) -> dict:
 
 
 def stage_prepare(raw: Path, frames: int, size: int, workers: int) -> None:
-    from avlformer.cli import main as cli_main
+    from avlformer.data.prepare import PrepareError, prepare_dataset
 
-    code = cli_main(["prepare", "--data-dir", str(raw), "--num-frames", str(frames), "--image-size", str(size),
-                     "--workers", str(workers), "--strict"])
-    if code != 0:
-        raise RuntimeError(f"prepare failed (exit {code}); see {raw / 'prepare_report.json'}")
+    try:
+        result = prepare_dataset(raw, num_frames=frames, short_side=size, workers=workers)
+    except PrepareError as error:
+        raise RuntimeError(f"prepare: {error}") from None
+    errors = result.errors
+    if errors:  # the generated dataset has no bad clip: any error is a bug worth stopping for
+        raise RuntimeError(f"prepare left out {len(errors)} clip(s) or caption(s), e.g. {errors[0].file}: "
+                           f"{errors[0].reason}; see {raw / 'prepare_report.json'}")
 
 
 def stage_train(argv: list[str]):
     from avlformer.training.args import parse_train_args
     from avlformer.training.loop import train
 
-    args, explicit = parse_train_args(argv)
-    result = train(args, explicit)
+    result = train(parse_train_args(argv))
     if result.last_checkpoint is None:
         raise RuntimeError("training wrote no checkpoint")
     return result
@@ -166,43 +168,26 @@ def stage_train(argv: list[str]):
 class CaptionResults:
     normal: object   # pipeline.CaptionRun
     silenced: object
-    inputs: list
 
 
-def stage_caption(checkpoint: Path, raw: Path, stored_frames: int, stored_size: int, device_name: str,
-                  batch_size: int, out_dir: Path) -> CaptionResults:
-    """Caption the test split twice from one decoding of its videos: real audio, then silence."""
-    import torch
-    from tqdm import tqdm
-
+def stage_caption(checkpoint: Path, raw: Path, device: str, batch_size: int, out_dir: Path) -> CaptionResults:
+    """Caption the test split as `avlformer infer` does (the checkpoint's recipe and vocabulary, the raw videos
+    and their mp3s), then again with every soundtrack silenced."""
     from avlformer.inference import pipeline
-    from avlformer.inference.cli import write_predictions
-    from avlformer.modeling.checkpoint import load_model
+    from avlformer.inference.predictions import write_predictions
 
-    device = pipeline.resolve_device(device_name)
-    model, config = load_model(checkpoint, device)
-    model.to(device).eval()
-    spec = pipeline.input_spec_from_config(config, stored_frames=stored_frames, short_side=stored_size)
-    videos = pipeline.list_videos(raw / "videos" / "test")
-    dataset = pipeline.VideoFolderDataset(videos, raw / "audio_mp3" / "test", spec)
-    items = [dataset[i] for i in tqdm(range(len(dataset)), desc="decode test clips", unit="clip")]
-    clips, failures = pipeline.collate_clips(items)
-    decoding = pipeline.checkpoint_decoding(config)
+    loaded = pipeline.load_for_inference(checkpoint, device)
+    listing = pipeline.list_videos(raw / "videos" / "test")
+    decoding = pipeline.checkpoint_decoding(loaded.config)
     runs = []
-    for label, silence in (("caption", False), ("caption, audio silenced", True)):
-        run = pipeline.CaptionRun(predictions=[], failures=list(failures), warnings=[], decoding=decoding)
-        for start in tqdm(range(0, len(clips), batch_size), desc=label, unit="batch"):
-            batch = clips[start:start + batch_size]
-            if silence:
-                batch = [copy.copy(c) for c in batch]
-                for clip in batch:
-                    clip.audio = torch.zeros_like(clip.audio)
-                    clip.audio_source = "silence"
-            run.predictions.extend(pipeline.caption_batch(model, batch, decoding, device))
+    for name, silence in (("test.json", False), ("test_silenced.json", True)):
+        run = pipeline.caption_videos(loaded, listing.videos, decoding, audio_dir=raw / "audio_mp3" / "test",
+                                      batch_size=batch_size, silence_audio=silence,
+                                      desc="caption, audio silenced" if silence else "caption")
+        run.failures = listing.problems + run.failures
+        write_predictions(run, out_dir / name, str(checkpoint))
         runs.append(run)
-    write_predictions(runs[0], out_dir / "test.json", str(checkpoint))
-    write_predictions(runs[1], out_dir / "test_silenced.json", str(checkpoint))
-    return CaptionResults(normal=runs[0], silenced=runs[1], inputs=clips)
+    return CaptionResults(normal=runs[0], silenced=runs[1])
 
 
 def attribute_accuracy(predictions: dict[str, str], truth: dict[str, dict]) -> dict[str, float]:
@@ -241,7 +226,7 @@ def stage_evaluate(results: CaptionResults, truth: dict[str, dict], references: 
     return {"headline": metrics, "caption_metrics": coco,
             "attribute_accuracy": acc, "silenced_attribute_accuracy": acc_silenced,
             "num_test_clips": len(truth), "num_captioned": len(normal),
-            "failed": [f.error for f in results.normal.failures]}
+            "failed": [f.message() for f in results.normal.failures]}
 
 
 def read_loss_curve(log_dir: Path) -> list[tuple[int, float]]:
@@ -260,6 +245,7 @@ def stage_report(path: Path, results: CaptionResults, evaluation: dict, truth: d
 
     from avlformer.data import audio as audio_io
     from avlformer.data import media
+    from avlformer.data.recipe import SAMPLE_RATE
     from avlformer.demo.report import ClipReport, ReportData, render_report
     from avlformer.modeling.checkpoint import load_model
 
@@ -276,7 +262,7 @@ def stage_report(path: Path, results: CaptionResults, evaluation: dict, truth: d
         mp3 = raw / "audio_mp3" / "test" / f"{cid}.mp3"
         clips.append(ClipReport(
             clip_id=cid, frames=media.sample_frames(prediction.path, 6, 96),
-            waveform=audio_io.decode_audio(mp3.read_bytes(), source=str(mp3)), sample_rate=audio_io.SAMPLE_RATE,
+            waveform=audio_io.decode_audio(mp3.read_bytes(), SAMPLE_RATE, source=str(mp3)), sample_rate=SAMPLE_RATE,
             reference=references[cid], prediction=prediction.caption, truth=truth[cid],
             confidence=prediction.confidence, silenced_prediction=silenced.get(cid)))
     headline = evaluation["headline"]
@@ -300,6 +286,9 @@ def stage_report(path: Path, results: CaptionResults, evaluation: dict, truth: d
 def run_demo(args: argparse.Namespace) -> dict:
     import torch
 
+    from avlformer.device import resolve_device
+
+    device = resolve_device(args.device).type  # one rule for training and captioning; fails before any work
     config_path = args.config or default_config_path()
     config = load_demo_config(config_path)
     counts = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
@@ -314,7 +303,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     model_config = resolve_model_config(train_config, raw, train_dir)
     # Prepare stores exactly what the model reads (its frame count, its crop size as the shorter side).
     stored_frames, stored_size = int(model_config.num_frames), int(model_config.image_size)
-    argv = train_argv(raw, train_dir, stored_frames, args.epochs, args.device, train_config, config.train_flags,
+    argv = train_argv(raw, train_dir, stored_frames, args.epochs, device, train_config, config.train_flags,
                       args.num_train)
 
     clock = StageClock()
@@ -322,9 +311,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     clock.run("prepare", stage_prepare, raw, stored_frames, stored_size, len(os.sched_getaffinity(0)))
     result = clock.run("train", stage_train, argv)
     checkpoint = Path(result.last_checkpoint)
-    caption_device = "auto" if args.device == "cuda" else "cpu"
-    results = clock.run("caption", stage_caption, checkpoint, raw, stored_frames, stored_size, caption_device,
-                        args.batch_size, predictions_dir)
+    results = clock.run("caption", stage_caption, checkpoint, raw, device, args.batch_size, predictions_dir)
     truth = {cid: a for cid, a in data["attributes"].items() if a["split"] == "test"}
     evaluation = clock.run("evaluate", stage_evaluate, results, truth, data["captions"])
     report = work / "report.html"
@@ -345,11 +332,9 @@ def run_demo(args: argparse.Namespace) -> dict:
 def resolve_model_config(train_config: Path, raw: Path, train_dir: Path):
     """The model configuration training will build (to know the frame count and size to prepare)."""
     from avlformer.training.args import parse_train_args
-    from avlformer.training.model_setup import build_model_config
 
-    probe_args, explicit = parse_train_args(["--config", str(train_config), "--data_dir", str(raw),
-                                             "--output_dir", str(train_dir)])
-    return build_model_config(probe_args, explicit)
+    return parse_train_args(["--config", str(train_config), "--data_dir", str(raw),
+                             "--output_dir", str(train_dir)]).model
 
 
 def print_summary(work: Path, metrics: dict) -> None:

@@ -1,4 +1,4 @@
-"""AudioScore (FAVDBench paper, formula from upstream's README; FACTS §6.3).
+"""AudioScore (FAVDBench paper, formula from upstream's README; docs/upstream.md §6.3).
 
 With TriLip embeddings e_a (audio), e_v (video) and e_t (the predicted caption):
 
@@ -8,7 +8,7 @@ With TriLip embeddings e_a (audio), e_v (video) and e_t (the predicted caption):
 f is a Gompertz curve with f(0) ≈ 0.5 and f(1) ≈ 1 (the README's stated anchors). Reported on a 0–1 scale
 (upstream printed 100·f), averaged over clips.
 
-Upstream's script disagrees with this formula; we follow the formula (SPEC §6). The script:
+Upstream's script disagrees with this formula; we follow the formula (docs/evaluation.md, "AudioScore"). The script:
 
 * used raw dot products of un-normalised embeddings times the unexponentiated logit scales, not cosines;
 * paired image-text and audio-text, not audio-text and audio-video;
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from avlformer.data.audio import pad_or_truncate
+from avlformer.device import resolve_device
 
 GOMPERTZ_C = 10.0
 GOMPERTZ_B = 0.693
@@ -60,7 +61,7 @@ class AudioScorer:
         self.model = trilip.eval()
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.clip_samples = trilip.a_model.config.clip_samples
         self.max_text_tokens = trilip.vl_model.config.text_config.max_position_embeddings
         self.per_item: dict[str, float] = {}

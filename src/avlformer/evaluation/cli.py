@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from avlformer.atomic import write_text_atomic
+from avlformer.device import DEVICE_CHOICES, resolve_device
 from avlformer.evaluation.references import CaptionFileError, load_predictions, load_references, pair_captions
 from avlformer.evaluation.runner import METRIC_CHOICES, ModelPaths, evaluate, model_paths_exist
 
@@ -35,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--video-dir", help="AudioScore and CLIPScore: folder of the videos, <id>.mp4")
     models.add_argument("--audio-dir", help="AudioScore: folder of <id>.mp3 (default: the videos' own audio)")
     models.add_argument("--num-frames", type=int, default=32, help="frames sampled per video (default 32)")
-    models.add_argument("--device", help="torch device for the learned metrics (default: cuda if available)")
+    models.add_argument("--device", default="auto", help=f"torch device for the learned metrics: {DEVICE_CHOICES} "
+                        "(default auto: CUDA when available, else the CPU)")
 
 
 def _print_id_problems(paired, pred_path: str, ref_path: str) -> None:
@@ -47,6 +51,23 @@ def _print_id_problems(paired, pred_path: str, ref_path: str) -> None:
     if paired.matched_by_stem:
         print(f"note: {paired.matched_by_stem} id(s) matched by file stem (e.g. 'test/x.mp4' = 'x')",
               file=sys.stderr)
+
+
+def output_problem(output: str, inputs: tuple[str, ...]) -> str | None:
+    """Why ``--output`` cannot be written, found before any metric runs (a metric run can take hours)."""
+    path = Path(output)
+    if path.is_dir():
+        return f"--output {output}: is a folder; give a file name, e.g. {path / 'metrics.json'}"
+    if path.exists() and any(Path(given).exists() and path.samefile(given) for given in inputs):
+        return f"--output {output}: is one of the input files; give another file name"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"--output {output}: {parent} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"--output {output}: folder {parent} is not writable"
+    return None
 
 
 def format_table(metrics: dict[str, float], skipped: dict[str, str]) -> str:
@@ -70,9 +91,17 @@ def main(args: argparse.Namespace) -> int:
         print("error: --num-frames must be at least 1", file=sys.stderr)
         return 2
     try:
+        resolve_device(args.device)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
         predictions, references = load_predictions(args.pred), load_references(args.ref)
     except CaptionFileError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.output and (problem := output_problem(args.output, (args.pred, args.ref))):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     paired = pair_captions(predictions, references)
     _print_id_problems(paired, args.pred, args.ref)

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from avlformer.device import resolve_device
+
 CLIP_S_WEIGHT = 2.5
 PROMPT = "A photo depicts "
 
@@ -52,7 +54,7 @@ class ClipScorer:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.max_text_tokens = model.config.text_config.max_position_embeddings
         self.per_item: dict[str, dict[str, float]] = {}
 

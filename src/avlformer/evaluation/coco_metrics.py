@@ -4,9 +4,9 @@ This is what ``COCOEvalCap.evaluate`` does (PTB tokenisation with punctuation re
 tokenised captions), without its two obstacles: it needs pycocotools ``COCO`` objects, and it always runs SPICE,
 whose constructor downloads Stanford CoreNLP. Values are identical to calling pycocoevalcap directly (tested).
 
-CIDEr: upstream scored with LuoweiZhou/coco-caption's ``Cider(df='corpus')`` (FACTS §6.1): document frequencies
-from the reference corpus, ``ref_len = log(#images)``, clipped tf-idf similarity, Gaussian length penalty
-(sigma 6) on the bigram count, mean over n=1..4, averaged over references, x10. pycocoevalcap 1.2's ``Cider`` is
+CIDEr: upstream scored with LuoweiZhou/coco-caption's ``Cider(df='corpus')`` (docs/upstream.md §6.1):
+document frequencies from the reference corpus, ``ref_len = log(#images)``, clipped tf-idf similarity, Gaussian
+length penalty (sigma 6) on the bigram count, mean over n=1..4, averaged over references, x10. pycocoevalcap 1.2's ``Cider`` is
 that same CIDEr-D-style computation with the corpus as document-frequency source (its only mode), so it is used
 as is; ``tests/test_evaluation_coco.py`` checks it against an independent implementation of that formula.
 """
@@ -14,6 +14,7 @@ as is; ``tests/test_evaluation_coco.py`` checks it against an independent implem
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
 import shutil
 from pathlib import Path
@@ -24,7 +25,13 @@ COCO_METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L"
 _LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x85\u2028\u2029]")
 
 
-def java_missing_reason() -> str | None:
+EVAL_EXTRA = "pip install 'avlformer[eval]'"
+
+
+def tools_missing_reason() -> str | None:
+    """Why BLEU/METEOR/ROUGE-L/CIDEr cannot run here: pycocoevalcap (an optional extra) or Java is missing."""
+    if importlib.util.find_spec("pycocoevalcap") is None:
+        return f"needs the pycocoevalcap package, part of the evaluation extra ({EVAL_EXTRA})"
     if shutil.which("java") is None:
         return ("needs a Java runtime on PATH for Stanford PTBTokenizer and METEOR "
                 "(install one, e.g. `apt-get install default-jre-headless`)")
@@ -33,9 +40,9 @@ def java_missing_reason() -> str | None:
 
 def spice_missing_reason() -> str | None:
     """SPICE needs Stanford CoreNLP 3.6.0 next to pycocoevalcap's spice jar; it cannot be downloaded here."""
-    java = java_missing_reason()
-    if java:
-        return java
+    tools = tools_missing_reason()
+    if tools:
+        return tools
     from pycocoevalcap.spice import spice as spice_module
 
     lib = Path(spice_module.__file__).parent / "lib"
@@ -117,9 +124,9 @@ def caption_metrics(predictions: dict, references: dict,
     ``references = {id: [captions]}`` over the same ids. ``scorers`` picks a subset of
     ``bleu meteor rouge cider spice`` (SPICE only when its Stanford models are installed).
 
-    Raises RuntimeError when Java (or, for SPICE, the Stanford models) is missing."""
+    Raises RuntimeError when pycocoevalcap or Java (or, for SPICE, the Stanford models) is missing."""
     _check_same_ids(predictions, references)
-    reason = spice_missing_reason() if "spice" in scorers else java_missing_reason()
+    reason = spice_missing_reason() if "spice" in scorers else tools_missing_reason()
     if reason:
         raise RuntimeError(f"caption metrics {reason}")
     gts, res = tokenize(predictions, references)

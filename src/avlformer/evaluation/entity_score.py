@@ -1,4 +1,4 @@
-"""EntityScore (FAVDBench paper; FACTS §6.2): do the predicted entities (nouns) match the reference's?
+"""EntityScore (FAVDBench paper; docs/upstream.md §6.2): do the predicted entities (nouns) match the reference's?
 
 For a prediction p and reference r with stemmed noun sets P and R:
 
@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from avlformer.device import resolve_device
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -87,7 +89,7 @@ class EntityScorer:
         self.tokenizer = tokenizer
         self.encoder = encoder.eval()
         self.nouns = NounExtractor(tagger)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
 
     def _encode_padded(self, predicted: list[str], reference: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         batches = [self.tokenizer(words, padding=True, truncation=True, return_tensors="pt")

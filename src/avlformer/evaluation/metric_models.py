@@ -11,17 +11,13 @@ from pathlib import Path
 
 import torch
 
+from avlformer.evaluation.coco_metrics import EVAL_EXTRA
+
 POS_TAGGER_RESOURCE = "taggers/averaged_perceptron_tagger_eng"
 
 
 class MetricUnavailable(RuntimeError):
     """A metric cannot run here (model or data files missing); the message says what to install."""
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _model_dir(path: str | os.PathLike | None, metric: str, flag: str, what: str) -> Path:
@@ -42,8 +38,7 @@ def load_pos_tagger(nltk_data: str | os.PathLike | None = None):
         import nltk
         from nltk.tag.perceptron import PerceptronTagger
     except ImportError:
-        raise MetricUnavailable("EntityScore skipped: the nltk package is not installed (`pip install nltk`)") \
-            from None
+        raise MetricUnavailable(f"EntityScore skipped: the nltk package is not installed ({EVAL_EXTRA})") from None
     install = ("install it with `python -m nltk.downloader -d DIR averaged_perceptron_tagger_eng` and pass "
                "--nltk-data DIR")
     if nltk_data is None:

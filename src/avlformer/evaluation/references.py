@@ -7,17 +7,20 @@ References: a COCO captions dict (``{"annotations": [{"image_id", "caption"}, ..
 or a caption TSV (``key<TAB>[{"caption": ...}, ...]`` rows, ``{split}.caption.tsv``).
 
 Ids are compared as strings. Upstream's tools disagree on the id spelling (the full key ``test/<id>.mp4`` or the
-bare ``<id>``), so ids that do not match exactly are matched a second time by their stem (last path component
-without its extension) when that stem is unique on both sides.
+bare ``<id>``, docs/upstream.md §1.5), so ids that do not match exactly are matched a second time by their clip id
+(``data/clip_ids.clip_id_from_key``: last path component without its extension) when it is unique on both sides.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+
+from avlformer.data.caption_tsv import CaptionTSVError, read_caption_tsv
+from avlformer.data.clip_ids import clip_id_from_key
+from avlformer.json_files import read_json
 
 
 class CaptionFileError(ValueError):
@@ -29,18 +32,26 @@ class CaptionFileError(ValueError):
         super().__init__(f"{path}: {problem}")
 
 
-def _read_json(path: Path):
+def _unique_keys(path: Path):
+    """object_pairs_hook: a key given twice in one JSON object is an error, not "the last one wins" (a dict of
+    predictions with an id twice would otherwise silently keep one of its captions)."""
+    def build(pairs: list[tuple[str, object]]) -> dict:
+        repeated = [key for key, count in Counter(key for key, _ in pairs).items() if count > 1]
+        if repeated:
+            raise CaptionFileError(path, f"key {repeated[0]!r} appears more than once in one JSON object "
+                                         f"({len(repeated)} repeated key(s)); each id holds one caption")
+        return dict(pairs)
+    return build
+
+
+def _read_json(path: Path, what: str):
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CaptionFileError(path, "file not found") from None
-    except UnicodeDecodeError as error:
-        raise CaptionFileError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise CaptionFileError(path, f"not valid JSON ({error.msg} at line {error.lineno} column {error.colno})") \
-            from None
+        return read_json(path, what, object_pairs_hook=_unique_keys(path))
+    except CaptionFileError:
+        raise
+    except (FileNotFoundError, ValueError) as error:
+        # read_json's messages already start with the path; CaptionFileError adds it again.
+        raise CaptionFileError(path, str(error).removeprefix(f"{path}: ")) from None
 
 
 def _entry_id_and_caption(path: Path, entry, where: str) -> tuple[str, str]:
@@ -57,7 +68,7 @@ def _entry_id_and_caption(path: Path, entry, where: str) -> tuple[str, str]:
 def load_predictions(path: str | os.PathLike) -> dict[str, str]:
     """``{id: caption}`` from a COCO result list or a ``{id: caption}`` dict."""
     path = Path(path)
-    data = _read_json(path)
+    data = _read_json(path, "prediction file")
     if isinstance(data, dict):
         if "annotations" in data:
             raise CaptionFileError(path, "this is a COCO reference dict; predictions must be a COCO result list "
@@ -84,29 +95,21 @@ def _group(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 def _references_from_tsv(path: Path) -> dict[str, list[str]]:
-    pairs = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise CaptionFileError(path, "file not found") from None
-    except UnicodeDecodeError as error:
-        raise CaptionFileError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        key, tab, payload = line.partition("\t")
-        if not tab:
-            raise CaptionFileError(path, f"line {number}: expected 'key<TAB>[{{\"caption\": ...}}]', found no tab")
-        try:
-            entries = json.loads(payload)
-        except json.JSONDecodeError as error:
-            raise CaptionFileError(path, f"line {number}: caption column is not valid JSON ({error.msg})") from None
-        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("caption"), str)
-                                                    for e in entries):
-            raise CaptionFileError(path, f"line {number}: caption column must be a JSON list of "
-                                         "{\"caption\": text} objects")
-        pairs += [(key, entry["caption"]) for entry in entries]
+        rows = read_caption_tsv(path)
+    except (FileNotFoundError, CaptionTSVError) as error:
+        raise CaptionFileError(path, str(error).removeprefix(f"{path}: ")) from None
+    pairs = []
+    for row in rows:
+        # The reader keeps undecodable bytes as surrogates; scoring needs real text.
+        if any(_has_surrogates(text) for text in (row.key, *row.captions)):
+            raise CaptionFileError(path, f"line {row.line}: not UTF-8 text")
+        pairs += [(row.key, caption) for caption in row.captions]
     return _group(pairs)
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\ud800" <= char <= "\udfff" for char in text)
 
 
 def load_references(path: str | os.PathLike) -> dict[str, list[str]]:
@@ -115,7 +118,7 @@ def load_references(path: str | os.PathLike) -> dict[str, list[str]]:
     if path.suffix.lower() == ".tsv":
         references = _references_from_tsv(path)
     else:
-        data = _read_json(path)
+        data = _read_json(path, "reference file")
         if isinstance(data, dict):
             if not isinstance(data.get("annotations"), list):
                 raise CaptionFileError(path, "a reference JSON object must be a COCO captions dict with an "
@@ -132,12 +135,6 @@ def load_references(path: str | os.PathLike) -> dict[str, list[str]]:
     return references
 
 
-def id_stem(image_id: str) -> str:
-    """``test/abc.mp4`` -> ``abc``; ``abc`` -> ``abc``."""
-    name = PurePosixPath(image_id.replace("\\", "/")).name
-    return PurePosixPath(name).stem if "." in name else name
-
-
 @dataclass
 class PairedCaptions:
     """Predictions and references over the same ids (the reference spelling)."""
@@ -150,8 +147,8 @@ class PairedCaptions:
 
 
 def _unique_by_stem(ids) -> dict[str, str]:
-    counts = Counter(id_stem(i) for i in ids)
-    return {id_stem(i): i for i in ids if counts[id_stem(i)] == 1}
+    counts = Counter(clip_id_from_key(i) for i in ids)
+    return {clip_id_from_key(i): i for i in ids if counts[clip_id_from_key(i)] == 1}
 
 
 def pair_captions(predictions: dict[str, str], references: dict[str, list[str]]) -> PairedCaptions:

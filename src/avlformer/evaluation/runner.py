@@ -11,8 +11,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from avlformer.evaluation.coco_metrics import SCORER_OUTPUTS, caption_metrics, java_missing_reason, \
-    spice_missing_reason
+from avlformer.device import resolve_device
+from avlformer.evaluation.coco_metrics import SCORER_OUTPUTS, caption_metrics, spice_missing_reason, \
+    tools_missing_reason
 from avlformer.evaluation.metric_models import MetricUnavailable
 from avlformer.evaluation.references import PairedCaptions
 
@@ -31,7 +32,7 @@ class ModelPaths:
     video_dir: str | None = None
     audio_dir: str | None = None
     num_frames: int = 32
-    device: str | None = None
+    device: str = "auto"
 
 
 @dataclass
@@ -53,7 +54,7 @@ def _run_coco(paired: PairedCaptions, groups: list[str], report: EvaluationRepor
         wanted.remove("spice")
     if not wanted:
         return
-    if reason := java_missing_reason():
+    if reason := tools_missing_reason():
         for group in wanted:
             report.skipped[group] = f"{'/'.join(SCORER_OUTPUTS[group])} skipped: {reason}"
         return
@@ -151,12 +152,10 @@ def _run_media(paired: PairedCaptions, scorers: dict, paths: ModelPaths, report:
 
 def evaluate(paired: PairedCaptions, groups: list[str], paths: ModelPaths) -> EvaluationReport:
     """Run the metric ``groups`` (see METRIC_CHOICES) on paired captions."""
-    from avlformer.evaluation.metric_models import pick_device
-
     unknown = sorted(set(groups) - set(METRIC_CHOICES))
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(METRIC_CHOICES)}")
-    device = pick_device(paths.device)
+    device = resolve_device(paths.device)
     report = EvaluationReport()
     _run_coco(paired, groups, report)
     if "entity" in groups:

@@ -1,4 +1,5 @@
-"""TriLip, the audio-visual-text embedding model behind AudioScore (FACTS §6.3), loading upstream's TriLip.bin.
+"""TriLip, the audio-visual-text embedding model behind AudioScore (docs/upstream.md §6.3), loading upstream's
+TriLip.bin.
 
 Layout (parameter names as in TriLip.bin, ``module.`` prefix stripped): ``vl_model`` = CLIP ViT-B/32 (OpenAI
 names, mapped onto transformers' CLIPModel), ``a_model`` = the PaSST-S audio encoder with its 768->512 ``linear``
@@ -11,7 +12,6 @@ Upstream's audio branch applied random structured patchout even at inference; ou
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from avlformer.evaluation.metric_models import MetricUnavailable, from_folder
+from avlformer.json_files import read_json
 from avlformer.evaluation.openai_clip import openai_to_transformers
 from avlformer.modeling.passt import PasstAudioEncoder, PasstConfig, checkpoint_filter_fn
 from avlformer.modeling.weights_file import read_weights_file
@@ -136,7 +137,8 @@ def read_passt_config(path: str | os.PathLike | None) -> PasstConfig:
     """PasstConfig from a JSON file of its fields (``PasstConfig.to_dict()``); the paper's when ``path`` is None."""
     if path is None:
         return PasstConfig.paper()
+    data = read_json(path, "PaSST config JSON (--trilip-passt-config)")
     try:
-        return PasstConfig.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError) as error:
+        return PasstConfig.from_dict(data)
+    except (ValueError, TypeError) as error:
         raise ValueError(f"{path}: not a PaSST config JSON ({error})") from None

@@ -1,7 +1,7 @@
 """Frames and audio of the clips being scored, for AudioScore and CLIPScore.
 
 Clips are raw videos in one folder (``--video-dir``, e.g. FAVDBench's ``videos/test``), found by the stem of the
-caption id (``test/abc.mp4`` and ``abc`` both find ``abc.mp4``). Audio comes from ``--audio-dir/<stem>.mp3`` when
+caption id (``clip_ids.clip_id_from_key``: ``test/abc.mp4`` and ``abc`` both find ``abc.mp4``). Audio comes from ``--audio-dir/<stem>.mp3`` when
 given (FAVDBench's separate mp3s), else from the video's own audio track. Decoding is ``avlformer.data.media`` /
 ``avlformer.data.audio``, so the scored pixels and samples are those ``prepare`` and inference see.
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from avlformer.data.audio import decode_audio
-from avlformer.data.media import SAMPLE_RATE, extract_audio_mp3, sample_frames
-from avlformer.evaluation.references import id_stem
+from avlformer.data.clip_ids import VIDEO_EXTENSIONS, clip_id_from_key
+from avlformer.data.media import extract_audio_mp3, sample_frames
+from avlformer.data.recipe import SAMPLE_RATE, SHORT_SIDE, STORED_FRAMES
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 AUDIO_SUFFIXES = (".mp3", ".wav", ".flac", ".m4a", ".aac", ".ogg")
 
 
@@ -35,7 +35,7 @@ def _find(folder: Path, stem: str, suffixes: tuple[str, ...], what: str, image_i
 
 class ClipMedia:
     def __init__(self, video_dir: str | os.PathLike, audio_dir: str | os.PathLike | None = None,
-                 num_frames: int = 32, short_side: int = 256, sample_rate: int = SAMPLE_RATE):
+                 num_frames: int = STORED_FRAMES, short_side: int = SHORT_SIDE, sample_rate: int = SAMPLE_RATE):
         self.video_dir = Path(video_dir)
         self.audio_dir = Path(audio_dir) if audio_dir is not None else None
         for folder in (self.video_dir, self.audio_dir):
@@ -46,7 +46,7 @@ class ClipMedia:
         self.sample_rate = sample_rate
 
     def video_path(self, image_id: str) -> Path:
-        return _find(self.video_dir, id_stem(image_id), VIDEO_SUFFIXES, "video", image_id)
+        return _find(self.video_dir, clip_id_from_key(image_id), VIDEO_EXTENSIONS, "video", image_id)
 
     def frames(self, image_id: str) -> np.ndarray:
         """uint8 (num_frames, H, W, 3), sampled uniformly over the clip."""
@@ -55,7 +55,7 @@ class ClipMedia:
     def audio(self, image_id: str) -> np.ndarray:
         """Mono float32 waveform at ``sample_rate``, whole clip."""
         if self.audio_dir is not None:
-            path = _find(self.audio_dir, id_stem(image_id), AUDIO_SUFFIXES, "audio", image_id)
+            path = _find(self.audio_dir, clip_id_from_key(image_id), AUDIO_SUFFIXES, "audio", image_id)
             return decode_audio(path.read_bytes(), self.sample_rate, source=str(path))
         video = self.video_path(image_id)
         return decode_audio(extract_audio_mp3(video, self.sample_rate), self.sample_rate, source=str(video))

@@ -1,13 +1,20 @@
-"""`avlformer caption`: print one caption per video file (audio from the video itself)."""
+"""`avlformer caption`: print ``<path><TAB><caption>`` for each video file, in the order given.
+
+Audio comes from each video itself. The path is printed as it was typed, with tabs, line breaks and backslashes
+escaped (``pipeline.display_path``) so that every output line splits into exactly two fields. Every path is
+checked before the model is loaded; a video that gets no caption is named on stderr with the reason, and the
+command then exits 1.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from avlformer.inference import pipeline
-from avlformer.inference.cli import add_decoding_arguments, decoding_from_args, load_for_inference
+from avlformer.inference.cli import add_decoding_arguments, check_run_flags, load_checked
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,22 +23,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_decoding_arguments(parser)
 
 
+def input_problem(video: str) -> str | None:
+    """Why ``video`` cannot be captioned before decoding it, or None."""
+    if Path(video).is_dir():
+        return ("is a folder, not a video file (for a folder of videos use "
+                "`avlformer infer --eval_model_dir CKPT --test_video_fname DIR`)")
+    return pipeline.not_a_video_file(Path(video))
+
+
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    problems = {index: pipeline.ClipFailure(index, Path(video).stem, video, reason)
+                for index, video in enumerate(args.videos) if (reason := input_problem(video))}
+    todo = [(index, video) for index, video in enumerate(args.videos) if index not in problems]
     try:
-        model, config, device = load_for_inference(args.model, args.device)
-        decoding = decoding_from_args(config, args)
+        check_run_flags(args)
+        loaded, decoding = load_checked(args.model, args) if todo else (None, None)
     except (FileNotFoundError, ValueError) as error:
         print(f"avlformer caption: {error}", file=sys.stderr)
         return 2
-    run = pipeline.caption_videos(model, args.videos, pipeline.input_spec_from_config(config), decoding, device,
-                                  batch_size=args.batch_size, num_workers=args.num_workers,
-                                  progress=len(args.videos) > 1)
-    by_path = {p.path: p for p in run.predictions}
-    for video in args.videos:
-        prediction = by_path.get(str(video))
-        if prediction is not None:
-            print(f"{video}\t{prediction.caption}")
-    for failure in run.failures:
-        print(f"FAILED {failure.error}", file=sys.stderr)
-    return 1 if run.failures else 0
+    captions: dict[int, str] = {}
+    if todo:
+        run = pipeline.caption_videos(loaded, [video for _, video in todo], decoding,
+                                      batch_size=args.batch_size, num_workers=args.num_workers,
+                                      progress=len(todo) > 1)
+        # caption_videos numbers the videos it was given; map back to the positions on the command line.
+        captions = {todo[p.index][0]: p.caption for p in run.predictions}
+        problems.update({todo[f.index][0]: pipeline.ClipFailure(todo[f.index][0], f.video_id, f.path, f.error)
+                         for f in run.failures})
+    for index, video in enumerate(args.videos):
+        if index in captions:
+            print(f"{pipeline.display_path(video)}\t{captions[index]}")
+    for index in sorted(problems):
+        print(f"NOT CAPTIONED {problems[index].message()}", file=sys.stderr)
+    if problems:
+        print(f"avlformer caption: {len(captions)} of {len(args.videos)} videos captioned", file=sys.stderr)
+    return 1 if problems else 0

@@ -1,29 +1,32 @@
 """`avlformer infer`: caption every video in a folder and write COCO-format predictions (+ a confidence sidecar).
 
-Replaces upstream's `src/tasks/inference.py` (FACTS §5), which only logged captions: here the predictions file is
-``[{"image_id": <video file stem>, "caption": ...}, ...]`` and ``<output stem>.confidence.json`` beside it holds
-each caption's confidence, where its audio came from, the decoding settings and every video that failed to decode.
-Decoding settings default to the checkpoint's and flags given here override them (upstream ignored the command
-line and used args.json).
+Replaces the original's ``src/tasks/inference.py`` (docs/upstream.md §5), which only logged captions: here the
+predictions file is ``[{"image_id": <clip id>, "caption": ...}, ...]`` and ``<output stem>.confidence.json`` beside
+it holds each caption's confidence, where its audio came from, the decoding settings and every video that could
+not be captioned (see ``inference.predictions``). Decoding settings default to the checkpoint's and flags given
+here override them (the original ignored the command line and used args.json). Every flag and path is checked
+before any video is decoded; a run that captioned fewer videos than it found exits 1 and names each one.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import math
 import sys
 from pathlib import Path
 
-from avlformer.atomic import write_text_atomic
+from avlformer.device import resolve_device
 from avlformer.inference import pipeline
+from avlformer.inference.predictions import check_output_path, write_predictions
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--num-beams", type=int, default=None, help="beam width (default: the checkpoint's)")
     parser.add_argument("--max-gen-length", type=int, default=None,
-                        help="longest caption in tokens (default: the checkpoint's)")
+                        help="longest caption in tokens, [CLS] included (default: the checkpoint's; at most the "
+                             "model's text positions)")
     parser.add_argument("--length-penalty", type=float, default=None,
                         help="beam-search length penalty (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=8, help="videos per forward pass")
@@ -34,59 +37,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-model-dir", required=True,
                         help="checkpoint: our folder, an upstream checkpoint folder (model.bin + ../log/args.json) "
                              "or a released model.bin")
-    parser.add_argument("--test-video-fname", required=True, help="folder of videos (mp4, mkv, webm, avi, mov)")
+    parser.add_argument("--test-video-fname", required=True, help="folder of videos (mp4, mkv, webm, avi, mov, m4v)")
     parser.add_argument("--test-audio-fname", default=None,
                         help="folder of <id>.mp3 soundtracks (default: each video's own audio)")
     parser.add_argument("--output", default="prediction_coco_fmt.json",
                         help="COCO-format predictions: [{\"image_id\": <video file stem>, \"caption\": ...}]; "
                              "confidences etc. go to <output stem>.confidence.json")
     add_decoding_arguments(parser)
-    # Upstream's inference.sh passes these; they were already implied (uncased vocab, test mode).
+    # The original's inference.sh passes these; they were already implied (uncased vocab, test mode).
     parser.add_argument("--do-lower-case", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--do-test", action="store_true", help=argparse.SUPPRESS)
 
 
-def load_for_inference(checkpoint: str, device_name: str):
-    """(model, config, device) with the model in eval mode on the chosen device."""
-    from avlformer.modeling.checkpoint import load_model
+def check_run_flags(args: argparse.Namespace) -> None:
+    """One-line ValueErrors for flag values no run can use (before a checkpoint is loaded)."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.num_workers < 0:
+        raise ValueError(f"--num-workers {args.num_workers}: must be >= 0")
+    if args.num_beams is not None and args.num_beams < 1:
+        raise ValueError(f"--num-beams {args.num_beams}: must be >= 1")
+    if args.max_gen_length is not None and args.max_gen_length < 2:
+        raise ValueError(f"--max-gen-length {args.max_gen_length}: must be >= 2 ([CLS] + one token)")
+    if args.length_penalty is not None and not math.isfinite(args.length_penalty):
+        raise ValueError(f"--length-penalty {args.length_penalty}: must be a finite number")
+    resolve_device(args.device)
 
-    device = pipeline.resolve_device(device_name)
-    model, config = load_model(checkpoint, device)
-    model.to(device).eval()
-    return model, config, device
 
-
-def decoding_from_args(config, args: argparse.Namespace) -> pipeline.DecodingOptions:
-    return pipeline.merge_decoding(pipeline.checkpoint_decoding(config), num_beams=args.num_beams,
-                                   max_length=args.max_gen_length, length_penalty=args.length_penalty)
-
-
-def write_predictions(run: pipeline.CaptionRun, output: str | Path, checkpoint: str) -> Path:
-    output = Path(output)
-    write_text_atomic(output, json.dumps(pipeline.coco_predictions(run.predictions), indent=1))
-    sidecar = pipeline.sidecar_path(output)
-    write_text_atomic(sidecar, json.dumps(pipeline.sidecar_payload(run, checkpoint), indent=1))
-    return sidecar
+def load_checked(checkpoint: str, args: argparse.Namespace
+                 ) -> tuple[pipeline.LoadedModel, pipeline.DecodingOptions]:
+    """The model and the decoding settings (the checkpoint's, overridden by flags), checked against the model."""
+    loaded = pipeline.load_for_inference(checkpoint, args.device)
+    decoding = pipeline.merge_decoding(pipeline.checkpoint_decoding(loaded.config), num_beams=args.num_beams,
+                                       max_length=args.max_gen_length, length_penalty=args.length_penalty)
+    pipeline.check_decoding(decoding, loaded.config)
+    return loaded, decoding
 
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        videos = pipeline.list_videos(args.test_video_fname)
-        pipeline.check_unique_ids(videos)
+        check_run_flags(args)
+        check_output_path(args.output)
+        listing = pipeline.list_videos(args.test_video_fname)
+        pipeline.check_unique_ids(listing.videos)
         if args.test_audio_fname and not Path(args.test_audio_fname).is_dir():
             raise FileNotFoundError(f"{args.test_audio_fname}: audio folder not found")
-        model, config, device = load_for_inference(args.eval_model_dir, args.device)
-        decoding = decoding_from_args(config, args)
+        loaded, decoding = load_checked(args.eval_model_dir, args)
     except (FileNotFoundError, ValueError) as error:
         print(f"avlformer infer: {error}", file=sys.stderr)
         return 2
-    spec = pipeline.input_spec_from_config(config)
-    run = pipeline.caption_videos(model, videos, spec, decoding, device, audio_dir=args.test_audio_fname,
+    run = pipeline.caption_videos(loaded, listing.videos, decoding, audio_dir=args.test_audio_fname,
                                   batch_size=args.batch_size, num_workers=args.num_workers)
+    run.failures = listing.problems + run.failures
     sidecar = write_predictions(run, args.output, args.eval_model_dir)
-    print(f"captioned {len(run.predictions)} of {len(videos)} videos on {device}; predictions: {args.output}; "
+    asked = len(listing.videos) + len(listing.problems)
+    print(f"captioned {len(run.predictions)} of {asked} videos on {loaded.device}; predictions: {args.output}; "
           f"confidences: {sidecar}")
     for failure in run.failures:
-        print(f"FAILED {failure.error}", file=sys.stderr)
+        print(f"NOT CAPTIONED {failure.message()}", file=sys.stderr)
     return 1 if run.failures else 0

@@ -1,64 +1,75 @@
 """Captioning videos with a trained model: file -> model input -> caption, shared by `avlformer infer`,
 `avlformer caption` and the demo.
 
-Frames take **the same path as training data**: `media.sample_frames` picks ``stored_frames`` (32) frames at
-``short_side`` (256) exactly as `avlformer prepare` does, each frame goes through the same JPEG round trip the frame
-TSV applies, and `transforms.clip_from_frames` then selects the model's ``num_frames`` and centre-crops to its
-``image_size``, as the evaluation loader does. (Upstream decoded full-resolution frames and resized them
-differently at inference than in training.)
+Inputs are built from **the checkpoint's preprocessing recipe** (``checkpoint_recipe``), by the very functions
+`avlformer prepare` uses (``data.clip_media``): the recipe's ``stored_frames`` frames at its ``short_side``, JPEG
+encoded at its quality, then ``transforms.clip_from_frames`` selects the model's ``num_frames`` and centre-crops
+to its ``image_size``, as the evaluation loader does with a frame TSV. Audio follows the recipe's rule
+(``<audio_dir>/<id>.mp3`` when given and usable, else the video's own audio, else silence) and is decoded by
+``audio.load_clip`` as the loader decodes the HDF5's mp3 bytes. A raw clip is therefore captioned from exactly
+the tensors the evaluation loader would give after `prepare` (docs/upstream.md §5 describes how the original
+instead resized frames differently at inference than in training). Evaluation never applies the training-time
+gain/roll augmentations, so the same input always gives the same caption.
 
-Audio comes from ``<audio_dir>/<id>.mp3`` when an audio folder is given (FAVDBench layout), else from the video's
-own audio stream (extracted to mono 32 kHz mp3, as prepare does); a video with no audio gets silence and a
-warning. Evaluation never applies the training-time gain/roll augmentations, so the same input always gives the
-same caption.
+Decoding uses the checkpoint's own ``vocab.txt`` (``checkpoint_vocab_dir``).
 
-Predictions are identified by the video's **file stem** (``videos/test/abc.mp4`` -> ``"abc"``), the id used in
-the FAVDBench captions files; `avlformer evaluate` matches them against references keyed the same way.
+Predictions are identified by the clip id (``clip_ids.clip_id_from_path``: ``videos/test/abc.mp4`` -> ``abc``),
+the id of the FAVDBench captions files; each also keeps the path exactly as the caller spelled it, and its
+position in the caller's list, so a caller looks results up by position, never by a re-spelled path.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from avlformer.data import audio as audio_io
 from avlformer.data import media
-from avlformer.data.prepare import encode_jpeg_b64
+from avlformer.data.clip_ids import VIDEO_EXTENSIONS, clip_id_from_path, id_problem, is_video_name
+from avlformer.data.clip_media import clip_audio, encode_frames, read_clip_frames
+from avlformer.data.recipe import PreprocessRecipe
 from avlformer.data.tokenizer import decode_caption, load_tokenizer
 from avlformer.data.transforms import clip_from_frames
+from avlformer.device import resolve_device
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
-STORED_FRAMES = 32      # what `avlformer prepare` keeps per clip
-STORED_SHORT_SIDE = 256
+VideoPath = str | os.PathLike
 
 
-@dataclass
+@dataclass(frozen=True)
 class InputSpec:
-    """What the model expects, from its config: frames per clip, crop size, audio samples and rate."""
+    """What the model expects (from its config) and how its training data was made (its recipe)."""
 
     num_frames: int
     image_size: int
     clip_samples: int
-    sample_rate: int = audio_io.SAMPLE_RATE
-    stored_frames: int = STORED_FRAMES
-    short_side: int = STORED_SHORT_SIDE
+    sample_rate: int
+    recipe: PreprocessRecipe
+
+
+def input_spec(config, recipe: PreprocessRecipe) -> InputSpec:
+    """The sizes the evaluation loader uses for this model (training's DataConfig takes the frame count and crop
+    from the model config and the audio rate and length from its audio config)."""
+    return InputSpec(num_frames=int(config.num_frames), image_size=int(config.image_size),
+                     clip_samples=int(config.audio.clip_samples), sample_rate=int(config.audio.sample_rate),
+                     recipe=recipe)
 
 
 @dataclass
 class ClipInput:
+    index: int                    # position in the caller's list of videos
     video_id: str
-    path: str
+    path: str                     # as the caller spelled it
     frames: torch.Tensor          # float32 (T, 3, H, W), normalised
     audio: torch.Tensor           # float32 (1, S)
     audio_source: str             # "mp3", "video" or "silence"
@@ -67,13 +78,18 @@ class ClipInput:
 
 @dataclass
 class ClipFailure:
+    index: int
     video_id: str
     path: str
-    error: str
+    error: str                    # the reason, without the path
+
+    def message(self) -> str:
+        return f"{display_path(self.path)}: {self.error}"
 
 
 @dataclass
 class Prediction:
+    index: int
     video_id: str
     caption: str
     confidence: float
@@ -89,66 +105,122 @@ class DecodingOptions:
 
     def __post_init__(self):
         if self.num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
-        if self.max_length is not None and self.max_length < 1:
-            raise ValueError(f"max_gen_length must be >= 1, got {self.max_length}")
+            raise ValueError(f"--num-beams {self.num_beams}: num_beams must be >= 1")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"--max-gen-length {self.max_length}: max_gen_length must be >= 2 ([CLS] + a token)")
+        if not math.isfinite(self.length_penalty):
+            raise ValueError(f"--length-penalty {self.length_penalty}: must be a finite number")
+
+
+def display_path(path: str) -> str:
+    """A path as one printable line: tabs, line breaks and backslashes escaped, undecodable bytes as \\xNN."""
+    out = []
+    for char in path:
+        if char == "\\":
+            out.append("\\\\")
+        elif char in "\t\n\r":
+            out.append({"\t": "\\t", "\n": "\\n", "\r": "\\r"}[char])
+        elif "\udc80" <= char <= "\udcff":  # a byte os.fsdecode could not decode
+            out.append(f"\\x{ord(char) - 0xdc00:02x}")
+        elif not char.isprintable():
+            out.append(char.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 # ----------------------------------------------------------------------------------------------------- inputs
 
-def list_videos(folder: str | os.PathLike) -> list[Path]:
-    """Every video file (by extension, any case) directly in ``folder``, sorted by name."""
+@dataclass
+class VideoListing:
+    videos: list[Path]
+    problems: list[ClipFailure]   # entries named like videos that cannot be captioned
+
+
+def not_a_video_file(path: Path) -> str | None:
+    """Why ``path`` (named like a video) cannot be opened as one, or None."""
+    if path.is_symlink() and not path.exists():
+        return "broken symbolic link"
+    if path.is_dir():
+        return "is a folder, not a video file"
+    if not path.exists():
+        return "no such file"
+    if not path.is_file():
+        return "not a regular file"
+    return None
+
+
+def list_videos(folder: VideoPath) -> VideoListing:
+    """Every video (by extension, any case) directly in ``folder``, sorted by name; entries named like videos that
+    are not readable files (broken links, folders) or whose name cannot be a clip id are listed as problems."""
     folder = Path(folder)
+    if folder.is_file():
+        raise ValueError(f"{display_path(str(folder))}: is a file, not a folder of videos (for single files use "
+                         f"`avlformer caption --model CKPT FILE...`)")
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: video folder not found")
-    videos = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
-    if not videos:
-        raise FileNotFoundError(f"{folder}: no video files ({', '.join(VIDEO_EXTENSIONS)})")
-    return videos
+        raise FileNotFoundError(f"{display_path(str(folder))}: video folder not found")
+    videos, problems = [], []
+    for path in sorted(p for p in folder.iterdir() if is_video_name(p)):
+        reason = not_a_video_file(path) or id_problem(clip_id_from_path(path))
+        if reason:
+            problems.append(ClipFailure(index=-1, video_id=clip_id_from_path(path), path=str(path), error=reason))
+        else:
+            videos.append(path)
+    if not videos and not problems:
+        raise FileNotFoundError(f"{display_path(str(folder))}: no video files ({', '.join(VIDEO_EXTENSIONS)})")
+    return VideoListing(videos, problems)
 
 
-def jpeg_round_trip(frames: np.ndarray) -> list[bytes]:
-    """uint8 (T, H, W, 3) -> base64 JPEGs, encoded exactly as `avlformer prepare` stores them in a frame TSV."""
-    return [encode_jpeg_b64(frame) for frame in frames]
+def check_unique_ids(videos: Sequence[Path]) -> None:
+    """Clip ids are the prediction ids, so a.mp4 and a.mkv in one folder would collide."""
+    seen: dict[str, Path] = {}
+    for video in videos:
+        clip_id = clip_id_from_path(video)
+        if clip_id in seen:
+            raise ValueError(f"{display_path(str(video))}: same id {clip_id!r} as {display_path(str(seen[clip_id]))}"
+                             f"; prediction ids are file names without the extension")
+        seen[clip_id] = video
 
 
-def load_frames(path: str | os.PathLike, spec: InputSpec) -> torch.Tensor:
-    frames = media.sample_frames(path, spec.stored_frames, spec.short_side)
-    return clip_from_frames(jpeg_round_trip(frames), num_frames=spec.num_frames, image_size=spec.image_size,
-                            train=False, source=str(path))
+def load_frames(video: VideoPath, spec: InputSpec) -> tuple[torch.Tensor, float]:
+    """(frames as the evaluation loader gives them, the video's duration in seconds)."""
+    sample = read_clip_frames(video, spec.recipe)
+    frames = clip_from_frames(encode_frames(sample.frames, spec.recipe), num_frames=spec.num_frames,
+                              image_size=spec.image_size, train=False, source=str(video))
+    return frames, sample.info.duration
 
 
-def load_audio(video: Path, audio_dir: Path | None, spec: InputSpec) -> tuple[torch.Tensor, str, list[str]]:
-    """(waveform (1, S), where it came from, warnings)."""
-    notes = []
+def load_audio(video: VideoPath, mp3: Path | None, spec: InputSpec,
+               video_seconds: float | None = None) -> tuple[torch.Tensor, str, list[str]]:
+    """(waveform (1, S), where it came from, warnings): the mp3 bytes prepare would store, decoded as the
+    evaluation loader decodes them."""
+    found = clip_audio(video, mp3, spec.recipe, video_seconds=video_seconds)
+    wave = audio_io.load_clip(found.mp3, clip_samples=spec.clip_samples, sample_rate=spec.sample_rate,
+                              source=str(mp3 if found.source == "mp3" else video))
+    return wave, found.source, list(found.warnings)
+
+
+def load_clip_input(video: VideoPath, audio_dir: VideoPath | None, spec: InputSpec, index: int = 0) -> ClipInput:
+    path = Path(video)
+    clip_id = clip_id_from_path(path)
+    notes, mp3 = [], None
     if audio_dir is not None:
-        mp3 = audio_dir / f"{video.stem}.mp3"
-        if mp3.is_file():
-            wave = audio_io.load_clip(mp3.read_bytes(), clip_samples=spec.clip_samples,
-                                      sample_rate=spec.sample_rate, source=str(mp3))
-            return wave, "mp3", notes
-        notes.append(f"{mp3}: not found; using the video's own audio")
-    try:
-        data = media.extract_audio_mp3(video, spec.sample_rate)
-    except media.NoAudioStreamError as error:
-        notes.append(f"{error}; using silence")
-        return torch.zeros(1, spec.clip_samples), "silence", notes
-    wave = audio_io.load_clip(data, clip_samples=spec.clip_samples, sample_rate=spec.sample_rate, source=str(video))
-    return wave, "video", notes
-
-
-def load_clip_input(video: str | os.PathLike, audio_dir: str | os.PathLike | None, spec: InputSpec) -> ClipInput:
-    video = Path(video)
-    frames = load_frames(video, spec)
-    wave, source, notes = load_audio(video, Path(audio_dir) if audio_dir else None, spec)
-    return ClipInput(video_id=video.stem, path=str(video), frames=frames, audio=wave, audio_source=source,
-                     warnings=notes)
+        candidate = Path(audio_dir) / f"{clip_id}.mp3"
+        if candidate.is_file():
+            mp3 = candidate
+        else:
+            notes.append(f"{candidate}: not found; using the video's own audio")
+    frames, seconds = load_frames(path, spec)
+    wave, source, audio_notes = load_audio(path, mp3, spec, video_seconds=seconds)
+    return ClipInput(index=index, video_id=clip_id, path=os.fspath(video), frames=frames, audio=wave,
+                     audio_source=source, warnings=[f"{display_path(os.fspath(video))}: {n}"
+                                                    for n in notes + audio_notes])
 
 
 class VideoFolderDataset(Dataset):
     """One item per video; a video that cannot be read becomes a ClipFailure instead of stopping the run."""
 
-    def __init__(self, videos: Sequence[Path], audio_dir: str | os.PathLike | None, spec: InputSpec,
+    def __init__(self, videos: Sequence[VideoPath], audio_dir: VideoPath | None, spec: InputSpec,
                  silence_audio: bool = False):
         self.videos = list(videos)
         self.audio_dir = audio_dir
@@ -163,9 +235,11 @@ class VideoFolderDataset(Dataset):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # per-frame decode warnings are summarised by the failure report
-                item = load_clip_input(video, self.audio_dir, self.spec)
-        except (media.MediaError, ValueError, OSError, RuntimeError) as error:
-            return ClipFailure(video_id=video.stem, path=str(video), error=str(error))
+                item = load_clip_input(video, self.audio_dir, self.spec, index)
+        except media.MediaError as error:
+            return ClipFailure(index, clip_id_from_path(video), os.fspath(video), error.reason)
+        except (ValueError, OSError, RuntimeError) as error:
+            return ClipFailure(index, clip_id_from_path(video), os.fspath(video), str(error))
         if self.silence_audio:
             item.audio = torch.zeros_like(item.audio)
             item.audio_source = "silence"
@@ -178,22 +252,33 @@ def collate_clips(items: list[ClipInput | ClipFailure]) -> tuple[list[ClipInput]
 
 # ----------------------------------------------------------------------------------------------------- model
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return device
+@dataclass
+class LoadedModel:
+    """A checkpoint ready to caption: the model in eval mode, its config, device, recipe and tokenizer."""
+
+    model: torch.nn.Module
+    config: object
+    device: torch.device
+    recipe: PreprocessRecipe
+    tokenizer: object
+    checkpoint: str
+
+    @property
+    def spec(self) -> InputSpec:
+        return input_spec(self.config, self.recipe)
 
 
-def input_spec_from_config(config, stored_frames: int = STORED_FRAMES, short_side: int = STORED_SHORT_SIDE
-                           ) -> InputSpec:
-    """The model's expected input sizes, read from its AVLFormerConfig; ``stored_frames``/``short_side`` describe
-    how the training data was prepared (`avlformer prepare --num-frames/--image-size`)."""
-    return InputSpec(num_frames=int(config.num_frames), image_size=int(config.image_size),
-                     clip_samples=int(config.audio.clip_samples), sample_rate=int(config.audio.sample_rate),
-                     stored_frames=stored_frames, short_side=short_side)
+def load_for_inference(checkpoint: VideoPath, device_name: str = "auto") -> LoadedModel:
+    """Our checkpoint folder, an upstream checkpoint folder or a released ``model.bin``, with the recipe and the
+    vocabulary it was trained with."""
+    from avlformer.modeling.checkpoint import checkpoint_recipe, checkpoint_vocab_dir, load_model
+
+    device = resolve_device(device_name)
+    model, config = load_model(checkpoint, device)
+    model.to(device).eval()
+    return LoadedModel(model=model, config=config, device=device, recipe=checkpoint_recipe(checkpoint),
+                       tokenizer=load_tokenizer(str(checkpoint_vocab_dir(checkpoint))),
+                       checkpoint=os.fspath(checkpoint))
 
 
 def checkpoint_decoding(config) -> DecodingOptions:
@@ -210,85 +295,62 @@ def merge_decoding(base: DecodingOptions, num_beams: int | None = None, max_leng
                            length_penalty=base.length_penalty if length_penalty is None else length_penalty)
 
 
+def check_decoding(decoding: DecodingOptions, config) -> None:
+    """A caption cannot be longer than the model has text positions."""
+    limit = int(config.text.max_position_embeddings)
+    if decoding.max_length is not None and decoding.max_length > limit:
+        raise ValueError(f"--max-gen-length {decoding.max_length}: the model has only {limit} text positions "
+                         f"(text.max_position_embeddings); use 2..{limit}")
+
+
 @torch.inference_mode()
 def caption_batch(model, clips: list[ClipInput], decoding: DecodingOptions, device: torch.device,
-                  tokenizer=None) -> list[Prediction]:
+                  tokenizer) -> list[Prediction]:
     frames = torch.stack([c.frames for c in clips]).to(device, non_blocking=True)
     audio = torch.stack([c.audio for c in clips]).to(device, non_blocking=True)
     out = model.generate(frames, audio, num_beams=decoding.num_beams, max_length=decoding.max_length,
                          length_penalty=decoding.length_penalty)
-    tokenizer = tokenizer or load_tokenizer()
     token_ids = out.token_ids.cpu().tolist()
     confidence = out.confidence.float().cpu().tolist()
-    return [Prediction(video_id=c.video_id, caption=decode_caption(ids, tokenizer), confidence=float(conf),
-                       audio_source=c.audio_source, path=c.path)
+    return [Prediction(index=c.index, video_id=c.video_id, caption=decode_caption(ids, tokenizer),
+                       confidence=float(conf), audio_source=c.audio_source, path=c.path)
             for c, ids, conf in zip(clips, token_ids, confidence)]
 
 
 @dataclass
 class CaptionRun:
-    predictions: list[Prediction]
+    predictions: list[Prediction]   # in the order of the videos given
     failures: list[ClipFailure]
     warnings: list[str]
     decoding: DecodingOptions
 
 
-def caption_videos(model, videos: Iterable[str | os.PathLike], spec: InputSpec, decoding: DecodingOptions,
-                   device: torch.device, audio_dir: str | os.PathLike | None = None, batch_size: int = 8,
-                   num_workers: int = 0, silence_audio: bool = False, progress: bool = True) -> CaptionRun:
+def caption_videos(loaded: LoadedModel, videos: Sequence[VideoPath], decoding: DecodingOptions, *,
+                   audio_dir: VideoPath | None = None, batch_size: int = 8, num_workers: int = 0,
+                   silence_audio: bool = False, progress: bool = True, desc: str = "caption") -> CaptionRun:
     """Caption every video; unreadable ones are collected as failures and the rest still captioned.
     ``silence_audio`` replaces every soundtrack with silence (the demo's ablation)."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    videos = [Path(v) for v in videos]
-    dataset = VideoFolderDataset(videos, audio_dir, spec, silence_audio=silence_audio)
+        raise ValueError(f"--batch-size {batch_size}: must be >= 1")
+    if num_workers < 0:
+        raise ValueError(f"--num-workers {num_workers}: must be >= 0")
+    check_decoding(decoding, loaded.config)
+    dataset = VideoFolderDataset(videos, audio_dir, loaded.spec, silence_audio=silence_audio)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_clips,
-                        pin_memory=device.type == "cuda")
-    model.eval()
-    tokenizer = load_tokenizer()
+                        pin_memory=loaded.device.type == "cuda")
+    loaded.model.eval()
     run = CaptionRun(predictions=[], failures=[], warnings=[], decoding=decoding)
-    with tqdm(total=len(videos), desc="caption", unit="video", disable=not progress) as bar:
+    with tqdm(total=len(dataset), desc=desc, unit="video", disable=not progress) as bar:
         for clips, failures in loader:
             for failure in failures:
-                log.warning("skipping %s", failure.error)
+                log.warning("skipping %s", failure.message())
             run.failures.extend(failures)
             for clip in clips:
                 run.warnings.extend(clip.warnings)
                 for note in clip.warnings:
                     log.warning("%s", note)
             if clips:
-                run.predictions.extend(caption_batch(model, clips, decoding, device, tokenizer))
+                run.predictions.extend(caption_batch(loaded.model, clips, decoding, loaded.device,
+                                                     loaded.tokenizer))
             bar.update(len(clips) + len(failures))
     return run
-
-
-def check_unique_ids(videos: Sequence[Path]) -> None:
-    """File stems are the prediction ids, so a.mp4 and a.mkv in one folder would collide."""
-    seen: dict[str, Path] = {}
-    for video in videos:
-        if video.stem in seen:
-            raise ValueError(f"{video}: same id {video.stem!r} as {seen[video.stem]}; prediction ids are file stems")
-        seen[video.stem] = video
-
-
-# ----------------------------------------------------------------------------------------------------- outputs
-
-def coco_predictions(predictions: Sequence[Prediction]) -> list[dict]:
-    return [{"image_id": p.video_id, "caption": p.caption} for p in sorted(predictions, key=lambda p: p.video_id)]
-
-
-def sidecar_path(output: str | os.PathLike) -> Path:
-    output = Path(output)
-    return output.with_name(output.stem + ".confidence.json")
-
-
-def sidecar_payload(run: CaptionRun, checkpoint: str) -> dict:
-    return {
-        "checkpoint": str(checkpoint),
-        "decoding": {"num_beams": run.decoding.num_beams, "max_gen_length": run.decoding.max_length,
-                     "length_penalty": run.decoding.length_penalty},
-        "predictions": [{"image_id": p.video_id, "confidence": p.confidence, "audio_source": p.audio_source,
-                         "video": p.path} for p in sorted(run.predictions, key=lambda p: p.video_id)],
-        "failed": [{"image_id": f.video_id, "video": f.path, "error": f.error} for f in run.failures],
-        "warnings": run.warnings,
-    }

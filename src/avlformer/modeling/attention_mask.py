@@ -1,4 +1,4 @@
-"""The text/AV attention layout (FACTS §2.6, §3.5) and its additive bias.
+"""The text/AV attention layout (docs/upstream.md §2.6, §3.5) and its additive bias.
 
 Sequence order is ``[text (L) ; AV (V)]``. A mask value m in [0, 1] means "may attend" with strength m; the bias
 fed to attention is ``-10000·(1-m)`` exactly as upstream, so soft learned values keep their meaning.

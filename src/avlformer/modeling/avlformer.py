@@ -1,7 +1,7 @@
-"""AVLFormer: Video Swin + PaSST encoders feeding a BERT-style text transformer (FACTS §3.1, §9).
+"""AVLFormer: Video Swin + PaSST encoders feeding a BERT-style text transformer (docs/upstream.md §3.1, §9).
 
 Token order, projections and norms are upstream's, so released weights mean what they meant:
-``[text (L) ; video (T/2·H/32·W/32, through fc) ; audio (dist token + kept patches, through passt.linear then a
+``[text (L) ; video (the Swin token grid, through fc) ; audio (dist token + kept patches, through passt.linear then a
 parameter-free RMS norm)]``. The AV→AV block of the attention mask is learned (``learn_vid_att``).
 Module attribute names (``swin``, ``trans_encoder``, ``fc``, ``passt``, ``learn_vid_att``) are the released
 ``model.bin`` prefixes.
@@ -18,11 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avlformer.config_fields import checked_fields
+from avlformer.config_fields import FieldTypeError, checked_fields
 from avlformer.atomic import write_text_atomic
-from avlformer.data.tokenizer import PAD_ID
+from avlformer.data.token_ids import PAD_ID
+from avlformer.json_files import read_json
 from avlformer.modeling.attention_mask import build_attention_mask, learned_av_mask, mask_to_bias, sparsity_loss
 from avlformer.modeling.generation import GenerationOutput, generate
+from avlformer.modeling.meta_device import build_on_meta
 from avlformer.modeling.passt import PasstAudioEncoder, PasstConfig, rms_norm
 from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig
 from avlformer.modeling.video_swin import VideoSwinConfig, VideoSwinEncoder
@@ -107,7 +109,12 @@ class AVLFormerConfig:
         values = checked_fields(cls, data)
         for name, sub_cls in _SUB_CONFIGS.items():
             if name in values and isinstance(values[name], Mapping):
-                values[name] = sub_cls.from_dict(values[name])
+                try:
+                    values[name] = sub_cls.from_dict(values[name])
+                except FieldTypeError as error:
+                    raise error.inside(name) from None
+                except (TypeError, ValueError) as error:
+                    raise ValueError(f"{name}: {error}") from None
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
@@ -115,24 +122,18 @@ class AVLFormerConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "AVLFormerConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: model config not found") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON: {error}") from error
+        data = read_json(path, "model config")
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: {error}") from error
+            raise ValueError(f"{path}: {error}") from None
 
 
 class AVLFormer(nn.Module):
     def __init__(self, config: AVLFormerConfig):
         super().__init__()
         self.config = config
-        # Registration order = upstream's state_dict order (FACTS §3.1).
+        # Registration order = upstream's state_dict order (docs/upstream.md §3.1).
         self.swin = VideoSwinEncoder(config.video)
         self.trans_encoder = TextTransformer(config.text)
         self.fc = nn.Linear(config.video.out_dim, config.img_feature_dim)
@@ -168,12 +169,6 @@ class AVLFormer(nn.Module):
             return None
         return learned_av_mask(self.learn_vid_att.weight, self.config.num_av_tokens,
                                self.config.sparse_mask_soft2hard)
-
-    def set_activation_checkpointing(self, enabled: bool) -> None:
-        """Recompute activations in backward (swin stages, PaSST blocks, text layers) to save memory."""
-        self.config.video.use_checkpoint = enabled
-        self.config.audio.use_checkpoint = enabled
-        self.trans_encoder.set_gradient_checkpointing(enabled)
 
     # ------------------------------------------------------------------------------------------- training
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -245,6 +240,36 @@ class AVLFormer(nn.Module):
                             use_cache=use_cache)
         finally:
             self.train(was_training)
+
+
+def describe_model(config: AVLFormerConfig) -> str:
+    """One line saying what ``AVLFormer(config)`` is and what it costs, computed on the meta device (nothing is
+    allocated), e.g. ``AVLFormer: Swin-B, PaSST-S, 12-layer text transformer, 32 frames at 224 px: 308.8 M
+    parameters, 1235 MB fp32`` for the paper model."""
+    model = build_on_meta(lambda: AVLFormer(config))
+    parameters = sum(p.numel() for p in model.parameters())
+    return (f"AVLFormer: {_swin_name(config.video)}, {_passt_name(config.audio)}, {config.text.num_layers}-layer "
+            f"text transformer, {config.num_frames} frames at {config.image_size} px: {parameters / 1e6:.1f} M "
+            f"parameters, {parameters * 4 / 1e6:.0f} MB fp32")
+
+
+def _swin_name(video: VideoSwinConfig) -> str:
+    shape = (video.embed_dim, video.depths, video.num_heads)
+    for suffix, preset in (("T", VideoSwinConfig.tiny), ("S", VideoSwinConfig.small), ("B", VideoSwinConfig.base),
+                           ("nano", VideoSwinConfig.nano)):
+        reference = preset()
+        if shape == (reference.embed_dim, reference.depths, reference.num_heads):
+            return f"Swin-{suffix}"
+    return f"Swin ({video.embed_dim}-dim, depths {list(video.depths)})"
+
+
+def _passt_name(audio: PasstConfig) -> str:
+    for name, preset in (("PaSST-S", PasstConfig.paper), ("PaSST-nano", PasstConfig.nano)):
+        reference = preset()
+        if (audio.embed_dim, audio.depth, audio.num_heads) == (reference.embed_dim, reference.depth,
+                                                               reference.num_heads):
+            return name
+    return f"PaSST ({audio.embed_dim}-dim, {audio.depth} blocks)"
 
 
 def _mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

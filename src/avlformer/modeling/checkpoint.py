@@ -1,9 +1,14 @@
 """Model checkpoints: our folder format, upstream checkpoint folders and the released ``model.bin``.
 
-Our format is a folder with ``model.safetensors`` (weights), ``config.json`` (``AVLFormerConfig.to_dict()``) and
-``vocab.txt``; it is written into a temporary sibling folder and renamed into place, so a reader never sees half
-a checkpoint. Upstream files are read with ``torch.load(weights_only=True)``: nothing is ever unpickled beyond
-tensors and plain containers.
+Our format is a folder with ``model.safetensors`` (weights), ``config.json`` (``AVLFormerConfig.to_dict()``),
+``preprocessor_config.json`` (the preprocessing recipe) and ``vocab.txt``; it is written into a temporary sibling
+folder and renamed into place, so a reader never sees half a checkpoint. Upstream files are read with
+``torch.load(weights_only=True)``: nothing is ever unpickled beyond tensors and plain containers.
+
+Loading costs what reading the file costs: the model is built on the meta device (no memory, no random
+initialisation) and receives the file's tensors by assignment (modeling/meta_device.py). The configuration is
+checked against the weights before anything is built for real: against the safetensors header (names and
+shapes, no tensor read) for our folders, so a crafted ``config.json`` (100000 layers) is refused at once.
 
 Loading is all-or-nothing: missing, unexpected or misshaped keys raise an error that lists them. The only keys
 upstream saved that we do not use (``cls_img_feat.*``, ``bert.pooler.*``, PaSST's ``head.0.*``, the Swin
@@ -12,7 +17,7 @@ upstream saved that we do not use (``cls_img_feat.*``, ``bert.pooler.*``, PaSST'
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 import os
 import shutil
@@ -24,20 +29,22 @@ from safetensors.torch import load_file, save_file
 
 from avlformer.atomic import atomic_folder
 from avlformer.data.recipe import RECIPE_NAME, PreprocessRecipe, recipe_for_checkpoint
-from avlformer.data.tokenizer import default_vocab_dir
+from avlformer.flags import parse_bool
+from avlformer.json_files import read_json
 from avlformer.modeling import passt as passt_module
 from avlformer.modeling import video_swin as video_swin_module
 from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
-from avlformer.modeling.weights_file import read_weights_file
+from avlformer.modeling.meta_device import TooManyTensors, build_on_meta, load_by_assignment, state_shapes
 from avlformer.modeling.passt import PasstConfig
 from avlformer.modeling.text_transformer import TextTransformerConfig
 from avlformer.modeling.video_swin import VideoSwinConfig
+from avlformer.modeling.weights_file import read_safetensors_shapes, read_weights_file
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME, CONFIG_NAME, VOCAB_NAME = "model.safetensors", "config.json", "vocab.txt"
 UPSTREAM_WEIGHTS_NAME = "model.bin"
-# Saved by upstream, never used in its forward pass (FACTS §3.3, §3.4).
+# Saved by upstream, never used in its forward pass (docs/upstream.md §3.3, §3.4).
 UPSTREAM_UNUSED_PREFIXES = ("trans_encoder.cls_img_feat.", "trans_encoder.bert.pooler.", "passt.net.head.0.")
 
 
@@ -64,7 +71,7 @@ def write_checkpoint_files(folder: Path, state_dict: Mapping[str, torch.Tensor],
     save_file(weights, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     config.save(folder / CONFIG_NAME)
     recipe.save(folder / RECIPE_NAME)
-    shutil.copyfile(default_vocab_dir() / VOCAB_NAME, folder / VOCAB_NAME)
+    shutil.copyfile(_shipped_vocab_dir() / VOCAB_NAME, folder / VOCAB_NAME)
     for name, source in (extra_files or {}).items():
         if Path(name).name != name:
             raise ValueError(f"extra file name {name!r} must be a plain file name")
@@ -114,35 +121,46 @@ def checkpoint_vocab_dir(path: str | os.PathLike) -> Path:
     """The folder of the vocabulary decoding must use: the checkpoint's own ``vocab.txt`` when it has one, else
     the bert-base-uncased vocabulary shipped with the package (released and upstream checkpoints)."""
     folder, _ = checkpoint_folder(path)
-    return folder if (folder / VOCAB_NAME).is_file() else default_vocab_dir()
+    return folder if (folder / VOCAB_NAME).is_file() else _shipped_vocab_dir()
+
+
+def _shipped_vocab_dir() -> Path:
+    # Imported here: data.tokenizer imports transformers (over a second), which loading a model never needs.
+    from avlformer.data.tokenizer import default_vocab_dir
+
+    return default_vocab_dir()
 
 
 def _load_ours(weights_path: Path, config_path: Path, device, strict: bool):
     config = AVLFormerConfig.load(config_path)
+    header = read_safetensors_shapes(weights_path)
+    model = _build_meta_model(config, len(header), config_path, weights_path)
+    missing = _check_against(header, model, strict, weights_path)
     try:
         state_dict = load_file(str(weights_path), device="cpu")
-    except Exception as error:  # safetensors raises its own error types for truncated/corrupt headers
-        raise ValueError(f"{weights_path}: cannot read safetensors weights: {error}") from error
-    model = _model_with_weights(config, state_dict, strict, source=weights_path)
-    return model.to(device), config
+    except Exception as error:  # safetensors raises its own error types for truncated/corrupt data
+        raise ValueError(f"{weights_path}: cannot read safetensors weights: {error}") from None
+    return _with_weights(model, config, state_dict, missing, weights_path).to(device), config
 
 
 def _load_upstream(weights_path: Path, device, strict: bool):
     args_path = weights_path.parent.parent / "log" / "args.json"
     if args_path.is_file():
-        config = config_from_upstream_args(_read_json(args_path))
+        config = config_from_upstream_args(read_json(args_path, "upstream args.json"), source=str(args_path))
         logger.info("%s: architecture from %s", weights_path, args_path)
     else:
+        args_path = None
         config = AVLFormerConfig.paper()
-        logger.info("%s: no %s, assuming the paper configuration", weights_path, args_path)
-    state_dict = read_upstream_state_dict(weights_path)
+        logger.info("%s: no ../log/args.json, assuming the paper configuration", weights_path)
+    state_dict = read_upstream_state_dict(weights_path)  # memory-mapped: no tensor is read yet
+    model = _build_meta_model(config, len(state_dict), args_path or "the paper configuration", weights_path)
     try:
-        converted, dropped = _convert(state_dict, config, strict)
+        converted, dropped = convert_upstream_state_dict(state_dict, config, strict, state_shapes(model))
     except CheckpointMismatchError as error:
         raise CheckpointMismatchError(f"{weights_path}: {error}") from None
     logger.info("%s: dropped %d unused upstream tensors (%s...)", weights_path, len(dropped), ", ".join(dropped[:3]))
-    model = _model_with_weights(config, converted, strict, source=weights_path)
-    return model.to(device), config
+    missing = _check_against(converted, model, strict, weights_path)
+    return _with_weights(model, config, converted, missing, weights_path).to(device), config
 
 
 def read_upstream_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -153,35 +171,55 @@ def read_upstream_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(content)
 
 
-def _read_json(path: Path) -> dict:
+def _build_meta_model(config: AVLFormerConfig, file_tensors: int, config_source, weights_path: Path) -> AVLFormer:
+    # A model far larger than the file (a crafted config) is stopped while it is being built; the slack covers
+    # the non-persistent buffers, which are registered but never stored.
+    limit = 2 * file_tensors + 64
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON: {error}") from error
+        return build_on_meta(lambda: AVLFormer(config), max_tensors=limit)
+    except TooManyTensors:
+        raise CheckpointMismatchError(
+            f"{weights_path}: holds {file_tensors} tensors, but {config_source} describes a model with more than "
+            f"{limit}; the configuration does not belong to these weights") from None
 
 
-def _model_with_weights(config: AVLFormerConfig, state_dict: Mapping[str, torch.Tensor], strict: bool,
-                        source: Path) -> AVLFormer:
-    model = AVLFormer(config)
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+def _check_against(given: Mapping[str, Any], model: AVLFormer, strict: bool, source: Path) -> list[str]:
+    """check_state_dict against ``model``'s state dict, naming ``source``; returns the missing names."""
     try:
-        missing, unexpected = check_state_dict(state_dict, expected, strict)
+        missing, unexpected = check_state_dict(given, state_shapes(model), strict)
     except CheckpointMismatchError as error:
         raise CheckpointMismatchError(f"{source}: {error}") from None
     if missing or unexpected:
         logger.warning("%s: loaded non-strictly; missing %s, unexpected (ignored) %s", source, missing, unexpected)
-    model.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=strict)
-    return model
+    return missing
 
 
-def check_state_dict(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
+def _with_weights(meta_model: AVLFormer, config: AVLFormerConfig, state_dict: Mapping[str, torch.Tensor],
+                  missing: list[str], source: Path) -> AVLFormer:
+    """The model holding ``state_dict`` (already checked against it): the meta-built one by assignment, or, when
+    a non-strict load left tensors ``missing`` (they need their usual initialisation), a normally built one."""
+    expected = meta_model.state_dict()
+    kept = {name: tensor for name, tensor in state_dict.items() if name in expected}
+    if missing:
+        model = AVLFormer(config)
+        model.load_state_dict(kept, strict=False)
+        return model
+    try:
+        return load_by_assignment(meta_model, kept)
+    except RuntimeError as error:
+        raise CheckpointMismatchError(f"{source}: {error}") from None
+
+
+def check_state_dict(state_dict: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]],
                      strict: bool = True) -> tuple[list[str], list[str]]:
-    """Compare names and shapes; raise listing every problem (misshaped always, missing/unexpected when strict).
-    Returns (missing, unexpected)."""
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    misshaped = sorted(f"{name} (file {list(t.shape)}, model {list(expected[name])})"
-                       for name, t in state_dict.items() if name in expected and tuple(t.shape) != expected[name])
+    """Compare names and shapes (values are tensors or shapes); raise listing every problem (misshaped always,
+    missing/unexpected when strict). Returns (missing, unexpected)."""
+    given = {name: tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(value)
+             for name, value in state_dict.items()}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    misshaped = sorted(f"{name} (file {list(shape)}, model {list(expected[name])})"
+                       for name, shape in given.items() if name in expected and shape != expected[name])
     if misshaped or (strict and (missing or unexpected)):
         raise CheckpointMismatchError(_problem_report(missing if strict else [], unexpected if strict else [],
                                                       misshaped))
@@ -195,21 +233,12 @@ def _problem_report(missing, unexpected, misshaped) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ upstream
-def expected_state_shapes(config: AVLFormerConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every AVLFormer state-dict entry, built on the meta device (no memory, no init)."""
-    with torch.device("meta"):
-        model = AVLFormer(config)
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
-
-
-def convert_upstream_state_dict(state_dict: Mapping[str, torch.Tensor],
-                                config: AVLFormerConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
+def convert_upstream_state_dict(state_dict: Mapping[str, torch.Tensor], config: AVLFormerConfig,
+                                strict: bool = True, expected: Mapping[str, tuple[int, ...]] | None = None
+                                ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Upstream ``VideoTransformer`` state dict -> (our state dict, dropped keys). Swin and PaSST keys go through
-    their encoders' converters; unused heads are dropped by name; anything else must match exactly."""
-    return _convert(state_dict, config, strict=True)
-
-
-def _convert(state_dict, config: AVLFormerConfig, strict: bool):
+    their encoders' converters; unused heads are dropped by name; anything else must match ``expected`` (the
+    state-dict shapes of ``AVLFormer(config)``, computed on the meta device when not given) exactly."""
     swin_part, passt_part, converted, dropped, problems = {}, {}, {}, [], []
     for name, tensor in state_dict.items():
         if name.startswith(UPSTREAM_UNUSED_PREFIXES):
@@ -231,7 +260,8 @@ def _convert(state_dict, config: AVLFormerConfig, strict: bool):
             continue
         converted.update({prefix + k: v for k, v in ours.items()})
         dropped.extend(stripped + k for k in sub_dropped)
-    expected = expected_state_shapes(config)
+    if expected is None:
+        expected = state_shapes(build_on_meta(lambda: AVLFormer(config)))
     encoder_prefixes = ("swin.", "passt.net.")
     rest_expected = {k: v for k, v in expected.items() if not k.startswith(encoder_prefixes)}
     rest_given = {k: v for k, v in converted.items() if not k.startswith(encoder_prefixes)}
@@ -244,37 +274,83 @@ def _convert(state_dict, config: AVLFormerConfig, strict: bool):
     return converted, sorted(dropped)
 
 
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "y", "t")
-    return bool(value)
-
-
-def config_from_upstream_args(args: Mapping[str, Any]) -> AVLFormerConfig:
+def config_from_upstream_args(args: Mapping[str, Any], source: str = "args.json") -> AVLFormerConfig:
     """Upstream ``log/args.json`` -> our config. Only arguments that change the architecture or decoding matter;
     missing ones take upstream's parser defaults, except ``learn_mask_enabled`` (upstream cannot run without it,
-    FACTS §2.6) and the loss weights of run.sh."""
-    size = str(args.get("vidswin_size", "base"))
+    docs/upstream.md §2.6) and the loss weights of run.sh. A value of the wrong type is an error naming
+    ``source`` and the argument (argparse wrote ints and bools; their spellings as strings are accepted)."""
+    if not isinstance(args, Mapping):
+        raise ValueError(f"{source}: expected a JSON object of upstream arguments, got {type(args).__name__}")
+    arg = _UpstreamArgs(args, source)
+    size = arg.text("vidswin_size", "base")
     presets = {"tiny": VideoSwinConfig.tiny, "small": VideoSwinConfig.small, "base": VideoSwinConfig.base}
     if size not in presets:
-        raise ValueError(f"args.json: unknown vidswin_size {size!r} (expected one of {sorted(presets)})")
-    img_feature_dim = int(args.get("img_feature_dim", 512))
-    text = TextTransformerConfig(img_feature_dim=img_feature_dim, hidden_dropout=float(args.get("drop_out", 0.1)))
+        raise ValueError(f"{source}: unknown vidswin_size {size!r} (expected one of {sorted(presets)})")
+    img_feature_dim = arg.integer("img_feature_dim", 512)
+    text = TextTransformerConfig(img_feature_dim=img_feature_dim, hidden_dropout=arg.number("drop_out", 0.1))
     for ours, theirs in (("num_layers", "num_hidden_layers"), ("hidden_size", "hidden_size"),
                          ("num_heads", "num_attention_heads"), ("intermediate_size", "intermediate_size")):
-        if int(args.get(theirs, -1)) > 0:  # upstream: -1 keeps bert-base
-            setattr(text, ours, int(args[theirs]))
-    text = TextTransformerConfig.from_dict(text.to_dict())  # re-validate after the overrides
-    audio = PasstConfig(out_dim=img_feature_dim)
-    return AVLFormerConfig(
-        video=presets[size](), audio=audio, text=text,
-        num_frames=int(args.get("max_num_frames", 32)), image_size=int(args.get("img_res", 224)),
-        img_feature_dim=img_feature_dim,
-        learn_mask_enabled=_as_bool(args.get("learn_mask_enabled", True)),
-        sparse_mask_soft2hard=_as_bool(args.get("sparse_mask_soft2hard", False)),
-        lm_loss_weight=float(args.get("lambda_", 0.1)),
-        sparsity_loss_weight=float(args.get("loss_sparse_w", 0.5)),
-        max_seq_length=int(args.get("max_seq_length", 300)),
-        max_gen_length=int(args.get("max_gen_length", 115)),
-        num_beams=int(args.get("num_beams", 1)),
-        length_penalty=float(args.get("length_penalty", 1.0)))
+        value = arg.integer(theirs, -1)
+        if value > 0:  # upstream: -1 keeps bert-base
+            setattr(text, ours, value)
+    try:
+        text = TextTransformerConfig.from_dict(text.to_dict())  # re-validate after the overrides
+        return AVLFormerConfig(
+            video=presets[size](), audio=PasstConfig(out_dim=img_feature_dim), text=text,
+            num_frames=arg.integer("max_num_frames", 32), image_size=arg.integer("img_res", 224),
+            img_feature_dim=img_feature_dim,
+            learn_mask_enabled=arg.boolean("learn_mask_enabled", True),
+            sparse_mask_soft2hard=arg.boolean("sparse_mask_soft2hard", False),
+            lm_loss_weight=arg.number("lambda_", 0.1),
+            sparsity_loss_weight=arg.number("loss_sparse_w", 0.5),
+            max_seq_length=arg.integer("max_seq_length", 300),
+            max_gen_length=arg.integer("max_gen_length", 115),
+            num_beams=arg.integer("num_beams", 1),
+            length_penalty=arg.number("length_penalty", 1.0))
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+
+
+class _UpstreamArgs:
+    """Typed reads of upstream's args.json; every error names the file and the argument."""
+
+    def __init__(self, args: Mapping[str, Any], source: str):
+        self.args, self.source = args, source
+
+    def _fail(self, name: str, expected: str, value: Any):
+        return ValueError(f"{self.source}: {name} must be {expected}, got {value!r}")
+
+    def integer(self, name: str, default: int) -> int:
+        value = self.args.get(name, default)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise self._fail(name, "an integer", value)
+
+    def number(self, name: str, default: float) -> float:
+        value = self.args.get(name, default)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise self._fail(name, "a number", value)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.args.get(name, default)
+        try:
+            return parse_bool(value)
+        except argparse.ArgumentTypeError:
+            raise self._fail(name, "true or false", value) from None
+
+    def text(self, name: str, default: str) -> str:
+        value = self.args.get(name, default)
+        if isinstance(value, str):
+            return value
+        raise self._fail(name, "a string", value)

@@ -1,4 +1,4 @@
-"""Caption decoding with upstream's ``[MASK]``-append semantics (FACTS §3.7): greedy and beam search.
+"""Caption decoding with upstream's ``[MASK]``-append semantics (docs/upstream.md §3.7): greedy and beam search.
 
 Each step the model sees ``[CLS] t1 … t_{c-1} [MASK]`` (text positions 0..c) plus the AV tokens, and the logits at
 the ``[MASK]`` position choose token c. Two interchangeable ways to get those logits:
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from avlformer.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from avlformer.modeling.attention_mask import MASK_BIAS, build_attention_mask, mask_to_bias
 from avlformer.modeling.text_transformer import LayerKVCache, TextTransformer
 

@@ -1,7 +1,7 @@
 """PaSST audio encoder: mel front-end, PaSST-S transformer with structured patchout, projection.
 
 The layout follows the official PaSST-S checkpoint (``passt-s-f128-p16-s10-ap.476-swa.pt``) so its weights load
-by name; see FACTS §3.3 for the upstream behaviour reproduced here.
+by name; see docs/upstream.md §3.3 for the upstream behaviour reproduced here.
 
 Structured patchout
 -------------------
@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchaudio.compliance.kaldi import get_mel_banks
 from avlformer.config_fields import checked_fields
+from avlformer.modeling.meta_device import expected_state_shapes
 from avlformer.modeling.weights_file import read_weights_file
 
 # The classifier heads of the official checkpoint; AVLFormer never applies them.
@@ -167,7 +168,7 @@ def random_sorted_indices(total: int, keep: int, device: torch.device | str | No
 
 
 class MelFrontEnd(nn.Module):
-    """Waveform -> normalised log-mel spectrogram, as PaSST's AugmentMelSTFT (FACTS §3.3).
+    """Waveform -> normalised log-mel spectrogram, as PaSST's AugmentMelSTFT (docs/upstream.md §3.3).
 
     Always computed in float32, also under autocast. In training mode the mel band edges are jittered (once per
     batch, as upstream) and SpecAugment masks one frequency band and one time span per example.
@@ -176,12 +177,17 @@ class MelFrontEnd(nn.Module):
     def __init__(self, config: PasstConfig):
         super().__init__()
         self.config = config
-        self.register_buffer("window", torch.hann_window(config.win_length, periodic=False), persistent=False)
-        self.register_buffer("preemphasis", torch.tensor([[[-_PREEMPHASIS, 1.0]]]), persistent=False)
-        self.register_buffer("eval_filters", self._mel_filters(config.fmin, config.fmax), persistent=False)
+        for name, value in self.computed_buffers().items():
+            self.register_buffer(name, value, persistent=False)
         # iid masks on a 4-D (B, 1, F, T) input draw an independent band per example.
         self.frequency_masking = torchaudio.transforms.FrequencyMasking(config.freqm, iid_masks=True)
         self.time_masking = torchaudio.transforms.TimeMasking(config.timem, iid_masks=True)
+
+    def computed_buffers(self) -> dict[str, torch.Tensor]:
+        """The buffers no state dict holds, recomputed after a meta-device load (modeling/meta_device.py)."""
+        return {"window": torch.hann_window(self.config.win_length, periodic=False),
+                "preemphasis": torch.tensor([[[-_PREEMPHASIS, 1.0]]]),
+                "eval_filters": self._mel_filters(self.config.fmin, self.config.fmax)}
 
     def _mel_filters(self, fmin: float, fmax: float) -> torch.Tensor:
         cfg = self.config
@@ -290,7 +296,7 @@ class PasstNet(nn.Module):
         recompute = self.config.use_checkpoint and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             tokens = checkpoint(block, tokens, use_reentrant=False) if recompute else block(tokens)
-        # Drop the cls token: AVLFormer uses the distillation token and the patches (FACTS §3.3 step 9).
+        # Drop the cls token: AVLFormer uses the distillation token and the patches (docs/upstream.md §3.3).
         return self.norm(tokens)[:, 1:]
 
 
@@ -319,13 +325,6 @@ class PasstAudioEncoder(nn.Module):
                              f"got {audio.shape[-1]}")
 
 
-def expected_parameter_shapes(config: PasstConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every PasstNet parameter, without allocating memory (meta device)."""
-    with torch.device("meta"):
-        net = PasstNet(config)
-    return {name: tuple(tensor.shape) for name, tensor in net.state_dict().items()}
-
-
 def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor],
                          config: PasstConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Official PaSST state dict (optionally `net.`-prefixed) -> (PasstNet state dict, dropped keys).
@@ -333,7 +332,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor],
     The classifier heads (`head.0.*`, `head.1.*`, `head_dist.*`) are dropped by name; any other unknown key,
     missing key, duplicate or shape mismatch raises a ValueError listing them all.
     """
-    expected = expected_parameter_shapes(config)
+    expected = expected_state_shapes(lambda: PasstNet(config))
     converted: dict[str, torch.Tensor] = {}
     seen: set[str] = set()
     dropped, unknown, mismatched, duplicated = [], [], [], []

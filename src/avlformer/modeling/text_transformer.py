@@ -4,7 +4,7 @@ Parameter names follow Hugging Face BERT v1 (``bert.embeddings.*``, ``bert.encod
 so that both a plain BERT checkpoint and upstream's released ``model.bin`` (under ``trans_encoder.``) load by name.
 Post-LN, erf GELU, attention through ``scaled_dot_product_attention`` with an additive float bias (upstream's
 ``-10000·(1-mask)``, so soft mask values are meaningful). AV tokens get ``img_embedding`` + dropout only: no position
-or type embedding and no LayerNorm (FACTS §3.4).
+or type embedding and no LayerNorm (docs/upstream.md §3.4).
 
 Layers accept a :class:`LayerKVCache` so generation can keep keys/values of tokens it has already processed.
 """

@@ -1,4 +1,4 @@
-"""Video Swin Transformer 3-D encoder (FACTS §3.2), the visual backbone of AVLFormer.
+"""Video Swin Transformer 3-D encoder (docs/upstream.md §3.2), the visual backbone of AVLFormer.
 
 Built from torchvision's Video Swin pieces (``torchvision.models.video.swin_transformer``), which implement the
 same math as the official Video-Swin-Transformer code that upstream vendors: patch embedding Conv3d + LayerNorm,
@@ -6,6 +6,11 @@ blocks alternating shift (0,0,0) and window//2 = (4,3,3), per-axis window clampi
 when an axis is not larger than the window), the -100 shifted-window mask, the relative position bias indexed
 with the 'ij' meshgrid formula, 2x2 spatial PatchMerging (x0 x1 x2 x3 order, LayerNorm(4C) then bias-free
 Linear), stochastic depth linear in block index, and a final LayerNorm. Every LayerNorm uses eps 1e-5.
+
+Any frame count and size is accepted, as upstream accepts them: the patch embedding zero-pads T, H and W up to
+multiples of the patch, each patch merging zero-pads an odd H or W by one, and window attention pads to window
+multiples and crops back. The token grid therefore follows the padded sizes (``VideoSwinConfig.token_grid``):
+112 px gives 28, 14, 7, 4 tokens per side over the four stages, 160 px gives 40, 20, 10, 5.
 
 State-dict names are upstream's (``backbone.patch_embed``, ``backbone.layers.{s}.blocks.{b}``,
 ``backbone.layers.{s}.downsample``, ``backbone.norm``), so ``AVLFormer.swin`` holds the released ``model.bin``
@@ -34,6 +39,7 @@ from torchvision.models.video.swin_transformer import (
 )
 from torchvision.ops import StochasticDepth
 from avlformer.config_fields import checked_fields
+from avlformer.modeling.meta_device import expected_state_shapes
 from avlformer.modeling.weights_file import read_weights_file
 
 LAYER_NORM_EPS = 1e-5
@@ -110,25 +116,20 @@ class VideoSwinConfig:
     def out_dim(self) -> int:
         return self.stage_dim(len(self.depths) - 1)
 
-    @property
-    def spatial_stride(self) -> tuple[int, int]:
-        """Input pixels per output token along (H, W): the patch, then one 2x merge per later stage."""
-        merges = 2 ** (len(self.depths) - 1)
-        return self.patch_size[1] * merges, self.patch_size[2] * merges
-
     def token_grid(self, num_frames: int, image_size: int | Sequence[int]) -> tuple[int, int, int]:
-        """(T', H', W') of the output tokens; raises if the input does not tile exactly."""
+        """(T', H', W') of the output tokens, following upstream's padding: ceil(T / patch_t) frames; per side
+        ceil(size / patch), then ceil(/2) at each patch merging (one per stage after the first)."""
         height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        stride_t, (stride_h, stride_w) = self.patch_size[0], self.spatial_stride
-        if num_frames % stride_t or height % stride_h or width % stride_w or min(num_frames, height, width) <= 0:
-            raise ValueError(
-                f"Video Swin needs T divisible by {stride_t}, H by {stride_h} and W by {stride_w}; "
-                f"got T={num_frames}, H={height}, W={width}"
-            )
-        return num_frames // stride_t, height // stride_h, width // stride_w
+        if min(num_frames, height, width) <= 0:
+            raise ValueError(f"Video Swin needs at least one frame and one pixel; got T={num_frames}, "
+                             f"H={height}, W={width}")
+        grid_h, grid_w = -(-height // self.patch_size[1]), -(-width // self.patch_size[2])
+        for _ in range(len(self.depths) - 1):
+            grid_h, grid_w = -(-grid_h // 2), -(-grid_w // 2)
+        return -(-num_frames // self.patch_size[0]), grid_h, grid_w
 
     def num_tokens(self, num_frames: int, image_size: int | Sequence[int]) -> int:
-        """Grid tokens (T/patch_t)·(H/stride)·(W/stride); 16·7·7 = 784 for 32 frames at 224."""
+        """Grid tokens T'·H'·W' (see :meth:`token_grid`); 16·7·7 = 784 for 32 frames at 224."""
         grid_t, grid_h, grid_w = self.token_grid(num_frames, image_size)
         return grid_t * grid_h * grid_w
 
@@ -170,7 +171,12 @@ class _WindowAttention3d(ShiftedWindowAttention3d):
     """
 
     def define_relative_position_index(self) -> None:
-        self.register_buffer("relative_position_index", relative_position_index(self.window_size), persistent=False)
+        for name, value in self.computed_buffers().items():
+            self.register_buffer(name, value, persistent=False)
+
+    def computed_buffers(self) -> dict[str, Tensor]:
+        """The buffers no state dict holds, recomputed after a meta-device load (modeling/meta_device.py)."""
+        return {"relative_position_index": relative_position_index(self.window_size)}
 
     def forward(self, x: Tensor) -> Tensor:
         _, t, h, w, _ = x.shape
@@ -310,8 +316,8 @@ def _init_upstream(module: nn.Module) -> None:
 class VideoSwinEncoder(nn.Module):
     """Frames (B, T, 3, H, W) -> grid tokens (B, T'·H'·W', out_dim), token index d·H'·W' + h·W' + w.
 
-    Upstream pads inputs that do not tile, which silently changes the token count the rest of the model (fc,
-    learned attention mask) was built for; we refuse such inputs instead (see ``VideoSwinConfig.token_grid``).
+    Inputs that do not tile are zero-padded as upstream pads them; the token count is
+    ``VideoSwinConfig.num_tokens`` of the input's size.
     """
 
     def __init__(self, config: VideoSwinConfig) -> None:
@@ -353,12 +359,6 @@ def _unwrap_state_dict(checkpoint_content: Mapping[str, Any]) -> Mapping[str, An
     return inner
 
 
-def _expected_shapes(config: VideoSwinConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):  # shapes only: no memory, no init cost
-        encoder = VideoSwinEncoder(config)
-    return {key: tuple(value.shape) for key, value in encoder.state_dict().items()}
-
-
 def _check_index_buffer(key: str, value: Any, reference: Tensor) -> None:
     if not isinstance(value, Tensor) or tuple(value.shape) != tuple(reference.shape):
         got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
@@ -383,7 +383,7 @@ def checkpoint_filter_fn(
     missing tensors raise a ValueError that lists every offending key.
     """
     source = _unwrap_state_dict(state_dict)
-    expected = _expected_shapes(config)
+    expected = expected_state_shapes(lambda: VideoSwinEncoder(config))
     reference_index = relative_position_index(config.window_size)
     converted: dict[str, Tensor] = {}
     dropped: list[str] = []

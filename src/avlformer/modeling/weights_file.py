@@ -39,3 +39,17 @@ def _torch_load(path: Path):
         if "mmap" not in str(error):
             raise
         return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) file format
+
+
+def read_safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a ``.safetensors`` file, from its header alone (no tensor is read)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: weights file not found") from None
+    except Exception as error:  # safetensors raises its own error types for a truncated or corrupt header
+        raise ValueError(f"{path}: cannot read safetensors weights: {error}") from None

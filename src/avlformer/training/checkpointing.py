@@ -1,6 +1,8 @@
 """Training checkpoints: ``output_dir/checkpoint-<epoch>-<step>/`` = the model checkpoint (model.safetensors,
-config.json, vocab.txt via ``modeling.checkpoint.save_checkpoint``) + ``training_state.pt`` (optimizer, scheduler,
-scaler, every rank's RNG states, the step and the data position), so ``--resume`` continues exactly.
+config.json, preprocessor_config.json = the recipe of the training data, vocab.txt; see ``modeling.checkpoint``) +
+``training_state.pt`` (optimizer, scheduler, scaler, every rank's RNG states, the step and the data position), so
+``--resume`` continues exactly. A damaged checkpoint (a half-written or truncated file) is named and skipped for
+the newest intact one.
 
 The folder is assembled under a temporary name and renamed into place: a crash mid-save leaves the previous
 checkpoints untouched and no half-written folder under a checkpoint name. ``training_state.pt`` holds only
@@ -10,6 +12,7 @@ tensors and plain Python values so it loads with ``torch.load(weights_only=True)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -20,18 +23,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 
 from avlformer.atomic import atomic_folder, write_text_atomic
-from avlformer.training.distributed import DistEnv, barrier, broadcast_object, gather_objects
+from avlformer.training.distributed import DistEnv, barrier, gather_objects
 
 TRAINING_STATE = "training_state.pt"
+STATE_KEYS = ("progress", "world_size", "optimizer", "scheduler", "scaler", "rng")
 BEST_DIR = "best_checkpoint"
 BEST_RECORD = "best_checkpoint.json"
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)-(\d+)$")
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+log = logging.getLogger("avlformer.train")
 
 
 @dataclass
@@ -75,8 +81,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------------------------------- save
 
-def save_training_checkpoint(output_dir: Path, name: str, model: torch.nn.Module, model_config, optimizer, scheduler, scaler, progress: Progress, env: DistEnv,
-                             vocab_dir: str | None = None) -> Path:
+def save_training_checkpoint(output_dir: Path, name: str, model: torch.nn.Module, model_config, recipe, optimizer,
+                             scheduler, scaler, progress: Progress, env: DistEnv, vocab_dir: str | None = None) -> Path:
     """Collective: every rank must call it (FSDP gathers shards, every rank contributes its RNG state)."""
     from avlformer.modeling.checkpoint import write_checkpoint_files
 
@@ -96,7 +102,7 @@ def save_training_checkpoint(output_dir: Path, name: str, model: torch.nn.Module
         extra = {"vocab.txt": Path(vocab_dir) / "vocab.txt"} if vocab_dir else None
         with atomic_folder(final) as staging:
             # Weights come from the gathered full state: under FSDP the model itself holds only shards.
-            write_checkpoint_files(staging, model_state, model_config, extra_files=extra)
+            write_checkpoint_files(staging, model_state, model_config, recipe, extra_files=extra)
             torch.save(training_state, staging / TRAINING_STATE)
     barrier(env)
     return final
@@ -122,25 +128,89 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def find_resume_checkpoint(resume: str, output_dir: Path) -> Path | None:
+class DamagedCheckpointError(ValueError):
+    """A checkpoint file that cannot be read in full; the message starts with the file's path."""
+
+
+class ResumeError(ValueError):
+    """--resume cannot be honoured; the message says why and which --resume would work."""
+
+
+def read_training_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(training state, weights) of a checkpoint, both read in full, so that damage shows here, before anything
+    is restored into the model or optimizer."""
+    from avlformer.modeling.checkpoint import WEIGHTS_NAME
+
+    folder = Path(folder)
+    weights_path, state_path = folder / WEIGHTS_NAME, folder / TRAINING_STATE
+    for path in (weights_path, state_path):
+        if not path.is_file():
+            raise DamagedCheckpointError(f"{path}: missing")
+    try:
+        weights = load_file(str(weights_path))
+    except Exception as err:  # safetensors raises its own error type for every kind of damage
+        raise DamagedCheckpointError(f"{weights_path}: damaged or incomplete ({_first_line(err)})") from None
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated zip, a cut pickle stream, or a refused (non-tensor) object
+        raise DamagedCheckpointError(f"{state_path}: damaged or incomplete ({_first_line(err)})") from None
+    missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise DamagedCheckpointError(f"{state_path}: not a training state (no {', '.join(missing)})")
+    return state, weights
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def newest_intact(checkpoints: list[Path]) -> tuple[Path, dict, dict] | None:
+    """The newest readable checkpoint of ``checkpoints`` (oldest first), naming each damaged one on the log."""
+    for folder in reversed(checkpoints):
+        try:
+            return (folder, *read_training_checkpoint(folder))
+        except DamagedCheckpointError as err:
+            log.warning("%s; skipping %s", err, folder.name)
+    return None
+
+
+def choose_resume_checkpoint(resume: str, output_dir: Path) -> tuple[Path, dict, dict] | None:
+    """(folder, training state, weights) to resume from, or None to start at step 0.
+
+    ``auto``: the newest intact checkpoint in ``output_dir`` (damaged newer ones are named and skipped; none at all
+    means a fresh start). A folder: that checkpoint; when it is damaged, training stops with the --resume that
+    would work."""
     if not resume:
         return None
     if resume == "auto":
         checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
-    path = Path(resume)
-    if not (path / TRAINING_STATE).is_file():
-        raise FileNotFoundError(f"{path}: not a training checkpoint (no {TRAINING_STATE}); pass a "
-                                f"checkpoint-<epoch>-<step> folder or --resume auto")
-    return path
+        if not checkpoints:
+            return None
+        found = newest_intact(checkpoints)
+        if found is None:
+            raise ResumeError(f"--resume auto: every checkpoint in {output_dir} is damaged "
+                              f"({', '.join(p.name for p in checkpoints)}); move them away to start from step 0")
+        if found[0] != checkpoints[-1]:
+            log.warning("resuming from %s, the newest intact checkpoint", found[0])
+        return found
+    folder = Path(resume)
+    if not (folder / TRAINING_STATE).is_file():
+        raise ResumeError(f"--resume {resume}: not a training checkpoint (no {TRAINING_STATE}); pass a "
+                          f"checkpoint-<epoch>-<step> folder or --resume auto")
+    try:
+        return (folder, *read_training_checkpoint(folder))
+    except DamagedCheckpointError as err:
+        others = [p for p in list_checkpoints(folder.parent) if p.resolve() != folder.resolve()]
+        found = newest_intact(others)
+        hint = (f"the newest intact checkpoint is {found[0]}: rerun with --resume {found[0]}" if found
+                else f"no intact checkpoint in {folder.parent}")
+        raise ResumeError(f"--resume {resume}: {err}; {hint}") from None
 
 
-def load_training_checkpoint(folder: Path, model, optimizer, scheduler, scaler, env: DistEnv) -> Progress:
+def restore_training_checkpoint(folder: Path, state: dict, weights: dict, model, optimizer, scheduler, scaler,
+                                env: DistEnv) -> Progress:
     """Restore weights, optimizer, scheduler, scaler and this rank's RNG; return where to continue."""
-    from avlformer.modeling.checkpoint import load_model
-
-    state = torch.load(folder / TRAINING_STATE, map_location="cpu", weights_only=True)
-    weights = load_model(folder, "cpu")[0].state_dict()
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(state["scheduler"])
@@ -150,8 +220,8 @@ def load_training_checkpoint(folder: Path, model, optimizer, scheduler, scaler, 
         restore_rng_state(state["rng"][env.rank])
     else:
         # The data order is rank-count independent only per epoch; RNG streams cannot be mapped across sizes.
-        print(f"note: {folder} was written by {state['world_size']} processes, resuming with {env.world_size}: "
-              "RNG streams restart from the seed (the data position is kept)")
+        log.warning("%s was written by %d processes, resuming with %d: RNG streams restart from the seed (the data "
+                    "position is kept)", folder, state["world_size"], env.world_size)
     return Progress(**state["progress"])
 
 
@@ -182,6 +252,3 @@ def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], m
     write_text_atomic(output_dir / BEST_RECORD, json.dumps(record, indent=2))
     return True
 
-
-def share_progress(progress: Progress, env: DistEnv) -> Progress:
-    return Progress(**broadcast_object(asdict(progress), env))

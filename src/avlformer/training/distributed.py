@@ -1,6 +1,7 @@
-"""Process-group setup from torchrun's environment, model wrapping (DDP, FSDP, DeepSpeed) and the few collective
-helpers the loop needs. One process without torchrun's variables is simply not distributed: no CUDA call is made
-on a CPU machine (upstream's dist_init assumed CUDA, FACTS §4.2)."""
+"""Process-group setup from torchrun's environment, model wrapping (DDP, FSDP2) and the few collective helpers
+the loop needs. One process without torchrun's variables is simply not distributed: no CUDA call is made on a CPU
+machine (upstream's dist_init assumed CUDA, docs/upstream.md §4.2). The device follows ``avlformer.device``'s
+one rule."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from avlformer.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -30,18 +33,12 @@ class DistEnv:
         return self.rank == 0
 
 
-def pick_device(requested: str, local_rank: int) -> torch.device:
-    if requested.startswith("cuda") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def init_distributed(requested_device: str = "cuda", fallback_local_rank: int = 0) -> DistEnv:
+def init_distributed(requested_device: str = "auto", fallback_local_rank: int = 0) -> DistEnv:
     """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; NCCL on GPU, gloo on CPU."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", str(fallback_local_rank)))
-    device = pick_device(requested_device, local_rank)
+    device = resolve_device(requested_device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
@@ -91,14 +88,6 @@ def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
     return gathered
 
 
-def broadcast_object(obj: Any, env: DistEnv) -> Any:
-    if not env.is_distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 # Children sharded as their own FSDP units: the encoders, whose forward() is called (FSDP2 gathers a unit's
 # parameters around its forward). Parameters read directly by the parent (learn_vid_att.weight) stay in the root
 # unit. The text transformer's LM head is called after its forward (model.trans_encoder.logits), so that unit keeps
@@ -107,8 +96,8 @@ FSDP_UNITS = {"swin": True, "passt": True, "trans_encoder": False}  # name -> re
 
 
 def wrap_model(model: nn.Module, strategy: str, env: DistEnv) -> nn.Module:
-    """DDP (default) or FSDP2 (`fully_shard`, parameters sharded per encoder). DeepSpeed wraps model and
-    optimizer together, see ``deepspeed_initialize``. A single process is never wrapped."""
+    """DDP (default) or FSDP2 (`fully_shard`, parameters sharded per encoder). A single process is never
+    wrapped."""
     if not env.is_distributed:
         return model
     if strategy == "ddp":
@@ -127,28 +116,8 @@ def wrap_model(model: nn.Module, strategy: str, env: DistEnv) -> nn.Module:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The library model under DDP / DeepSpeed wrappers (FSDP2 shards in place: the model is its own module)."""
+    """The library model under a DDP wrapper (FSDP2 shards in place: the model is its own module)."""
     while hasattr(model, "module") and isinstance(model.module, nn.Module):
         model = model.module
     return model
 
-
-def deepspeed_initialize(model: nn.Module, optimizer, scheduler, args) -> tuple[Any, Any, Any]:
-    try:
-        import deepspeed
-    except ImportError:
-        raise RuntimeError("--distributed-strategy deepspeed needs DeepSpeed: pip install 'avlformer[deepspeed]'") \
-            from None
-    config = {
-        "train_batch_size": args.effective_batch_size,
-        "train_micro_batch_size_per_gpu": args.per_gpu_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "gradient_clipping": args.max_grad_norm if args.max_grad_norm > 0 else 0.0,
-        "steps_per_print": args.logging_steps * 10,
-        "fp16": {"enabled": args.precision == "fp16"},
-        "bf16": {"enabled": args.precision == "bf16"},
-        "zero_optimization": {"stage": max(0, args.zero_opt_stage)},
-    }
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                           config=config)
-    return engine, optimizer, scheduler

@@ -7,27 +7,25 @@ arguments, so tests and the demo can hand in their own model or datasets.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from avlformer.atomic import write_text_atomic
 from avlformer.training import checkpointing as ckpt
 from avlformer.training.batches import (EpochBatchSampler, SampleSeededDataset, epoch_loader, eval_loader,
                                         micro_batches_per_epoch)
-from avlformer.training.distributed import (DistEnv, all_reduce_mean, any_rank_true, barrier, deepspeed_initialize,
-                                            unwrap_model, wrap_model)
+from avlformer.training.distributed import (DistEnv, all_reduce_mean, any_rank_true, barrier, unwrap_model,
+                                            wrap_model)
+from avlformer.training.flag_table import ArgumentError
 from avlformer.training.optim import GROUP_NAMES, build_optimizer, build_scheduler
+from avlformer.training.setup import setup_logging, write_args_json
 from avlformer.training.validation import append_history, decode_split, prediction_stem, score, write_outputs
 
 LOSS_TERMS = ("loss", "lm_loss", "mlm_loss", "sparsity_loss", "mlm_accuracy")
@@ -36,6 +34,19 @@ log = logging.getLogger("avlformer.train")
 
 class NonFiniteLossError(RuntimeError):
     """Raised when the loss (or, without fp16 loss scaling, the gradient norm) is NaN or infinite."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C (SIGINT) during training; the message says how to continue."""
+
+    def __init__(self, global_step: int, total_steps: int, last_checkpoint: Path | None):
+        if last_checkpoint is not None:
+            hint = (f"the last checkpoint is {last_checkpoint.absolute()}: rerun the same command with --resume "
+                    f"{last_checkpoint.absolute()}")
+        else:
+            hint = "no checkpoint was written yet: rerun the same command to start again"
+        super().__init__(f"interrupted at optimizer step {global_step} of {total_steps}; {hint}")
+        self.last_checkpoint = last_checkpoint
 
 
 @dataclass
@@ -55,12 +66,6 @@ class Schedule:
 
 # ------------------------------------------------------------------------------------------------ setup helpers
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
 def autocast_for(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext
@@ -72,72 +77,16 @@ def plan_schedule(num_samples: int, args, env: DistEnv) -> Schedule:
     micro = micro_batches_per_epoch(num_samples, args.per_gpu_train_batch_size, env.world_size)
     steps = micro // args.gradient_accumulation_steps
     if steps < 1:
-        raise ValueError(f"the training set has {num_samples} samples, fewer than one optimizer step needs "
-                         f"({args.per_gpu_train_batch_size} per process x {env.world_size} processes x "
-                         f"{args.gradient_accumulation_steps} accumulation steps)")
+        needed = args.per_gpu_train_batch_size * env.world_size * args.gradient_accumulation_steps
+        raise ArgumentError(f"the training set has {num_samples} samples, fewer than one optimizer step needs: "
+                            f"--per-gpu-train-batch-size {args.per_gpu_train_batch_size} x {env.world_size} "
+                            f"process(es) x --gradient-accumulation-steps {args.gradient_accumulation_steps} = "
+                            f"{needed}; use a smaller batch")
     return Schedule(steps * args.gradient_accumulation_steps, steps, steps * args.num_train_epochs)
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def vocab_dir_for(args) -> str | None:
-    """--tokenizer_name, else --model_name_or_path when it holds a vocab.txt, else the shipped copy (None)."""
-    for candidate in (args.tokenizer_name, args.model_name_or_path):
-        if not candidate:
-            continue
-        if (Path(candidate) / "vocab.txt").is_file():
-            return candidate
-        if Path(candidate.rstrip("/")).name == "bert-base-uncased":
-            log.info("%s not found; using the bert-base-uncased vocab shipped with the package", candidate)
-            return None
-        raise FileNotFoundError(f"{candidate}: no vocab.txt (from --tokenizer-name / --model-name-or-path)")
-    return None
-
-
-def resolve_yaml(data_dir: str, yaml_path: str) -> Path:
-    """Upstream: a yaml path that does not exist is joined with --data_dir."""
-    path = Path(yaml_path)
-    return path if path.is_file() else Path(data_dir) / yaml_path
-
-
-def build_datasets(args, model_config, tokenizer):
-    from avlformer.data.dataset import CaptionDataset, DataConfig
-
-    data_config = DataConfig(num_frames=args.max_num_frames, image_size=args.img_res,
-                             max_seq_length=args.max_seq_length, mask_prob=args.mask_prob,
-                             max_masked_tokens=args.max_masked_tokens)
-    audio = getattr(model_config, "audio", None)
-    for name in ("sample_rate", "clip_seconds"):
-        if audio is not None and hasattr(audio, name):
-            setattr(data_config, name, getattr(audio, name))
-    train_set = CaptionDataset(resolve_yaml(args.data_dir, args.train_yaml), data_config, True, tokenizer)
-    val_set = None
-    if args.evaluate_during_training:
-        val_set = CaptionDataset(resolve_yaml(args.data_dir, args.val_yaml), data_config, False, tokenizer)
-    return train_set, val_set
-
-
-def write_args_json(args, output_dir: Path, extra: dict) -> None:
-    values = {**vars(args), **extra}
-    text = json.dumps(values, indent=4, sort_keys=True, default=str)
-    write_text_atomic(output_dir / "log" / "args.json", text)
-
-
-def setup_logging(output_dir: Path, env: DistEnv) -> None:
-    """Rank 0 logs to the console and output_dir/log/log.txt; other ranks only warnings (upstream silenced them)."""
-    log.setLevel(logging.INFO if env.is_main else logging.WARNING)
-    log.handlers.clear()
-    log.propagate = False
-    console = logging.StreamHandler()
-    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(console)
-    if env.is_main:
-        (output_dir / "log").mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(output_dir / "log" / "log.txt")
-        file_handler.setFormatter(console.formatter)
-        log.addHandler(file_handler)
 
 
 def memory_mb(device: torch.device) -> float:
@@ -151,28 +100,23 @@ def memory_mb(device: torch.device) -> float:
 # ------------------------------------------------------------------------------------------------ the trainer
 
 class Trainer:
-    def __init__(self, args, env: DistEnv, model: nn.Module, model_config, train_dataset, val_dataset,
-                 collate_fn, vocab_dir: str | None):
+    def __init__(self, args, env: DistEnv, model: nn.Module, recipe, train_dataset, val_dataset, collate_fn,
+                 vocab_dir: str | None):
         self.args, self.env = args, env
         self.output_dir = Path(args.output_dir)
-        self.model_config, self.vocab_dir = model_config, vocab_dir
+        self.recipe, self.vocab_dir = recipe, vocab_dir
         self.collate_fn = collate_fn
         self.train_data = SampleSeededDataset(train_dataset, args.seed, args.limited_samples)
         self.val_dataset = val_dataset
         self.schedule = plan_schedule(len(self.train_data), args, env)
         self.autocast = autocast_for(args.precision, env.device)
-        self.deepspeed = args.distributed_strategy == "deepspeed"
-        self.model = model if self.deepspeed else wrap_model(model, args.distributed_strategy, env)
+        self.model = wrap_model(model, args.distributed_strategy, env)
         self.library_model = unwrap_model(self.model)
         self.optimizer = build_optimizer(self.library_model, args.learning_rate, args.backbone_coef_lr,
                                          args.weight_decay, args.adam_epsilon)
         self.scheduler = build_scheduler(self.optimizer, args.scheduler, self.schedule.total_steps,
                                          args.warmup_ratio, args.min_lr)
-        self.scaler = torch.amp.GradScaler(env.device.type) if args.precision == "fp16" and not self.deepspeed \
-            else None
-        if self.deepspeed:
-            self.model, self.optimizer, self.scheduler = deepspeed_initialize(model, self.optimizer,
-                                                                              self.scheduler, args)
+        self.scaler = torch.amp.GradScaler(env.device.type) if args.precision == "fp16" else None
         self.progress = ckpt.Progress()
         self.last_checkpoint: Path | None = None
         self.history: list[dict] = []
@@ -180,13 +124,12 @@ class Trainer:
 
     # -- bookkeeping ------------------------------------------------------------------------------------
     def resume(self) -> None:
-        folder = ckpt.find_resume_checkpoint(self.args.resume, self.output_dir)
-        if folder is None:
-            if self.args.resume and self.args.resume != "auto":
-                raise FileNotFoundError(f"--resume {self.args.resume}: no checkpoint")
+        found = ckpt.choose_resume_checkpoint(self.args.resume, self.output_dir)
+        if found is None:
             return
-        self.progress = ckpt.load_training_checkpoint(folder, self.model, self.optimizer, self.scheduler,
-                                                      self.scaler, self.env)
+        folder, state, weights = found
+        self.progress = ckpt.restore_training_checkpoint(folder, state, weights, self.model, self.optimizer,
+                                                         self.scheduler, self.scaler, self.env)
         self.last_checkpoint = folder
         log.info("resumed from %s at step %d (epoch %d, %d micro-batches into it)", folder,
                  self.progress.global_step, self.progress.epoch, self.progress.batches_done_in_epoch)
@@ -283,18 +226,13 @@ class Trainer:
             with self.autocast():
                 outputs = self.model(batch)
             loss = outputs["loss"].float() / accumulation
-            if self.deepspeed:
-                self.model.backward(loss)
-            elif self.scaler is not None:
+            if self.scaler is not None:
                 self.scaler.scale(loss).backward()
             else:
                 loss.backward()
         return outputs
 
     def optimizer_step(self, outputs: dict) -> float:
-        if self.deepspeed:
-            self.model.step()
-            return float("nan")  # DeepSpeed clips internally and does not expose the norm here
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.library_model.parameters() if p.requires_grad]
@@ -343,8 +281,9 @@ class Trainer:
     def save_and_validate(self) -> None:
         step = self.progress.global_step
         name = ckpt.checkpoint_name(step // self.schedule.steps_per_epoch, step)
-        folder = ckpt.save_training_checkpoint(self.output_dir, name, self.model, self.model_config, self.optimizer,
-                                               self.scheduler, self.scaler, self.progress, self.env, self.vocab_dir)
+        folder = ckpt.save_training_checkpoint(self.output_dir, name, self.model, self.args.model, self.recipe,
+                                               self.optimizer, self.scheduler, self.scaler, self.progress, self.env,
+                                               self.vocab_dir)
         self.last_checkpoint = folder
         log.info("saved %s", folder)
         if self.args.evaluate_during_training and self.val_dataset is not None:
@@ -375,34 +314,42 @@ class Trainer:
         log.info("validation at step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
 
-def train(args, explicit: set[str] | frozenset = frozenset(), env: DistEnv | None = None, *,
-          model: nn.Module | None = None, model_config=None, train_dataset=None, val_dataset=None,
-          collate_fn=None) -> TrainResult:
-    """Train with resolved ``args`` (see ``args.parse_train_args``). ``model`` / datasets may be handed in
-    (tests, the demo); otherwise they are built from the flags."""
-    from avlformer.data.tokenizer import load_tokenizer
+def train(config, env: DistEnv | None = None, *, model: nn.Module | None = None, train_dataset=None,
+          val_dataset=None, collate_fn=None, recipe=None) -> TrainResult:
+    """Train with a resolved ``config`` (see ``args.parse_train_args``). ``model`` / datasets may be handed in
+    (tests, the demo); otherwise they are built from the flags. ``recipe``: the preprocessing recipe of the
+    training data, copied into every checkpoint (default: the one recorded beside --train_yaml)."""
     from avlformer.training.distributed import init_distributed
-    from avlformer.training.model_setup import adopt_model_values, apply_freezing, build_model, build_model_config
+    from avlformer.training.model_setup import apply_freezing, build_model, check_given_model, describe
+    from avlformer.training.setup import build_datasets, determinism, seed_everything, training_recipe, \
+        vocab_dir_for
 
-    env = env or init_distributed(args.device, args.local_rank)
-    output_dir = Path(args.output_dir)
+    env = env or init_distributed(config.device, config.local_rank)
+    output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(output_dir, env)
-    seed_everything(args.seed)
-    if model is None:
-        model_config = build_model_config(args, set(explicit))
-        model = build_model(args, model_config, env.device)
-    else:
-        model_config = model_config or getattr(model, "config", None)
-        if model_config is not None:
-            adopt_model_values(args, set(explicit), model_config)
-        apply_freezing(model, args)
-        model = model.to(env.device)
-    vocab_dir = vocab_dir_for(args)
-    if train_dataset is None:
-        train_dataset, val_dataset = build_datasets(args, model_config, load_tokenizer(vocab_dir))
-    if collate_fn is None:
-        from avlformer.data.dataset import collate as collate_fn
-    trainer = Trainer(args, env, model, model_config, train_dataset, val_dataset, collate_fn, vocab_dir)
-    trainer.resume()
-    return trainer.run()
+    setup_logging(output_dir, env.is_main)
+    with determinism(config.deterministic, env.device):
+        seed_everything(config.seed)
+        vocab_dir = vocab_dir_for(config)
+        recipe = recipe or training_recipe(config)
+        if model is None:
+            line, too_large = describe(config, env.device)
+            (log.warning if too_large else log.info)("%s", line)
+            model = build_model(config, env.device)
+        else:
+            check_given_model(config, model)
+            apply_freezing(model, config)
+            model = model.to(env.device)
+        if train_dataset is None:
+            from avlformer.data.tokenizer import load_tokenizer
+
+            train_dataset, val_dataset = build_datasets(config, load_tokenizer(vocab_dir), recipe)
+        if collate_fn is None:
+            from avlformer.data.dataset import collate as collate_fn
+        trainer = Trainer(config, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir)
+        try:
+            trainer.resume()
+            return trainer.run()
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(trainer.progress.global_step, trainer.schedule.total_steps,
+                                      trainer.last_checkpoint) from None

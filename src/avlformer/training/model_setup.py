@@ -1,16 +1,19 @@
-"""From training flags to a model: the AVLFormerConfig (preset or JSON, then the model-shaping flags that were
-given explicitly), weight initialisation from --pretrained_checkpoint, and freezing."""
+"""From training flags to a model: the AVLFormerConfig (a preset or a JSON file, then the model-shaping flags),
+what that model is and costs (said before it is built), weight initialisation (--model_name_or_path BERT,
+--swin/--passt_checkpoint, --pretrained_checkpoint) and freezing."""
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from avlformer.training.args import ArgumentError, flag_option
+from avlformer.training.flag_table import ArgumentError, flag_option
+
+log = logging.getLogger("avlformer.train")
 
 # flag -> path of the AVLFormerConfig.to_dict() field it sets
 CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
@@ -30,6 +33,8 @@ CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
 # text-transformer size overrides, applied when > 0 (upstream's BERT config overrides)
 TEXT_SIZE_FIELDS = {"num_hidden_layers": "num_layers", "hidden_size": "hidden_size",
                     "num_attention_heads": "num_heads", "intermediate_size": "intermediate_size"}
+# Above this many parameters, training on the CPU needs tens of GB (the paper model was killed at 22.9 GB).
+LARGE_FOR_CPU = 50_000_000
 
 
 def _get(tree: dict, path: tuple[str, ...]) -> Any:
@@ -48,81 +53,137 @@ def _set(tree: dict, path: tuple[str, ...], value: Any, flag: str) -> None:
     tree[path[-1]] = value
 
 
-def base_config_dict(args) -> dict:
+# ------------------------------------------------------------------------------------------------ configuration
+
+def base_model_tree(preset: str, model_config_path: str, model_config=None) -> dict:
+    """The model configuration before flags apply, as a dict: a given AVLFormerConfig, else the
+    --model_config file, else the --model_preset."""
     from avlformer.modeling.avlformer import AVLFormerConfig
 
-    if args.model_config:
-        path = Path(args.model_config)
+    if model_config is not None:
+        return model_config.to_dict()
+    if model_config_path:
+        from avlformer.json_files import read_json
+
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ArgumentError(f"{path}: --model-config file not found") from None
-        except json.JSONDecodeError as err:
-            raise ArgumentError(f"{path}: not valid JSON ({err})") from None
-    preset = {"paper": AVLFormerConfig.paper, "tiny": AVLFormerConfig.tiny}[args.model_preset]
-    return preset().to_dict()
+            tree = read_json(model_config_path, "--model-config file")
+        except (FileNotFoundError, ValueError) as err:
+            raise ArgumentError(str(err)) from None
+        if not isinstance(tree, dict):
+            raise ArgumentError(f"{model_config_path}: --model-config must hold one JSON object")
+        return tree
+    return {"paper": AVLFormerConfig.paper, "tiny": AVLFormerConfig.tiny}[preset]().to_dict()
 
 
-def build_model_config(args, explicit: set[str]):
-    """The model configuration, and ``args`` updated to the values actually used (so args.json tells the truth):
-    flags given explicitly override the preset; the others take the preset's value."""
+def preset_flag_values(tree: dict) -> dict[str, Any]:
+    """The model-shaping flags' values in a base configuration: the precedence layer between the flag defaults
+    and the config file. A field this configuration lacks leaves the flag's default."""
+    values = {}
+    for flag, path in CONFIG_FIELDS.items():
+        try:
+            values[flag] = _get(tree, path)
+        except (KeyError, TypeError):
+            continue
+    if "max_seq_length" in values:  # there is no second text segment: caption positions = text positions
+        values["max_seq_a_length"] = values["max_seq_length"]
+    return values
+
+
+def model_config_from(values: dict[str, Any], tree: dict):
+    """The AVLFormerConfig for resolved flag ``values`` on top of ``tree``; derives --attn_mask_type and
+    --max_img_seq_length into ``values`` (a given value that disagrees is an error, not silently replaced)."""
     from avlformer.modeling.avlformer import AVLFormerConfig
 
-    tree = base_config_dict(args)
+    tree = {key: dict(value) if isinstance(value, dict) else value for key, value in tree.items()}
     for flag, path in CONFIG_FIELDS.items():
-        if flag in explicit:
-            _set(tree, path, getattr(args, flag), flag)
-        else:
-            try:
-                setattr(args, flag, _get(tree, path))
-            except KeyError:
-                pass  # a field this model configuration does not have keeps the flag's default
+        _set(tree, path, values[flag], flag)
     # the visual width appears three times in the configuration and must agree
-    tree["text"]["img_feature_dim"] = tree["audio"]["out_dim"] = tree["img_feature_dim"]
+    if isinstance(tree.get("text"), dict) and isinstance(tree.get("audio"), dict):
+        tree["text"]["img_feature_dim"] = tree["audio"]["out_dim"] = tree["img_feature_dim"]
     for flag, field in TEXT_SIZE_FIELDS.items():
-        if getattr(args, flag) > 0:
-            _set(tree, ("text", field), getattr(args, flag), flag)
-    for encoder in args.activation_checkpointing:
+        if values[flag] > 0:
+            _set(tree, ("text", field), values[flag], flag)
+    for encoder in values["activation_checkpointing"]:
         if encoder != "text":  # the text transformer's switch lives on the module, see build_model
             _set(tree, (encoder, "use_checkpoint"), True, "activation_checkpointing")
     try:
         config = AVLFormerConfig.from_dict(tree)
     except (TypeError, ValueError) as err:
-        raise ArgumentError(f"the model configuration built from the flags is invalid: {err}") from None
+        source = values["model_config"] or f"--model-preset {values['model_preset']}"
+        raise ArgumentError(f"the model configuration ({source} + flags) is invalid: {err}") from None
     mask_type = "learn_vid_att" if config.learn_mask_enabled else "seq2seq"
-    if "attn_mask_type" in explicit and args.attn_mask_type != mask_type:
-        raise ArgumentError(f"--attn-mask-type {args.attn_mask_type} contradicts --learn-mask-enabled "
+    if values["attn_mask_type"] not in (None, mask_type):
+        raise ArgumentError(f"--attn-mask-type {values['attn_mask_type']} contradicts --learn-mask-enabled "
                             f"{config.learn_mask_enabled}")
-    args.attn_mask_type = mask_type
-    check_visual_length(args, explicit, config.num_av_tokens)
+    values["attn_mask_type"] = mask_type
+    derived = config.num_av_tokens
+    if values["max_img_seq_length"] not in (None, derived):
+        raise ArgumentError(f"--max-img-seq-length {values['max_img_seq_length']} disagrees with this model's "
+                            f"{derived} visual tokens (video + audio); leave it out, it is derived")
+    values["max_img_seq_length"] = derived
     return config
 
 
-def check_visual_length(args, explicit: set[str], derived: int) -> None:
-    """--max_img_seq_length is derived (video tokens + audio tokens), as upstream recomputed it; a given value
-    that disagrees is an error rather than silently replaced."""
-    if "max_img_seq_length" in explicit and args.max_img_seq_length != derived:
-        raise ArgumentError(f"--max-img-seq-length {args.max_img_seq_length} disagrees with this model's "
-                            f"{derived} visual tokens (video + audio); leave it out, it is derived")
-    args.max_img_seq_length = derived
+def check_given_model(config, model: nn.Module) -> None:
+    """A model handed in to ``train`` must be the model the flags describe (a flag that cannot take effect on
+    it is an error, not ignored)."""
+    given = getattr(model, "config", None)
+    if given is None or given == config.model:
+        return
+    ours, theirs = flat(config.model.to_dict()), flat(given.to_dict())
+    differences = [f"{k}: model {theirs.get(k)!r}, flags {ours.get(k)!r}" for k in sorted(set(ours) | set(theirs))
+                   if ours.get(k) != theirs.get(k)]
+    raise ArgumentError("the flags describe another model than the one given (" + "; ".join(differences[:4])
+                        + "); pass the model's configuration to parse_train_args(..., model_config=...) and "
+                        "leave out model-shaping flags that disagree with it")
 
 
-def adopt_model_values(args, explicit: set[str], config) -> None:
-    """For a model handed in ready-made: the model-shaping flags take its values; an explicit flag that
-    disagrees with the model is an error (it could not take effect)."""
-    tree = config.to_dict()
-    for flag, path in CONFIG_FIELDS.items():
-        try:
-            value = _get(tree, path)
-        except KeyError:
-            continue
-        if flag in explicit and getattr(args, flag) != value:
-            raise ArgumentError(f"{flag_option(flag)} {getattr(args, flag)!r} disagrees with the given model's "
-                                f"{'.'.join(path)} = {value!r}")
-        setattr(args, flag, value)
-    args.attn_mask_type = "learn_vid_att" if config.learn_mask_enabled else "seq2seq"
-    args.max_img_seq_length = config.num_av_tokens
+def flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
+
+# ------------------------------------------------------------------------------------------------ what is built
+
+def count_parameters(model_config) -> int:
+    """Parameters of the model ``model_config`` describes, counted on the meta device (no memory, no init)."""
+    from avlformer.modeling.avlformer import AVLFormer
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in AVLFormer(model_config).parameters())
+
+
+def describe(config, device: torch.device) -> tuple[str, bool]:
+    """(one line saying which model is built, its main dimensions and size; whether that size is a problem on
+    this device), for the log before anything is built."""
+    try:
+        from avlformer.modeling import describe_model
+    except ImportError:
+        describe_model = None
+    source = config.model_config or f"the {config.model_preset} preset (--model-preset)"
+    m = config.model
+    params = count_parameters(m)
+    if describe_model is not None:
+        summary = describe_model(m)
+    else:
+        summary = (f"AVLFormer, {m.num_frames} frames at {m.image_size} px, {m.num_av_tokens} audio-visual tokens, "
+                   f"text {m.text.num_layers} layers x {m.text.hidden_size}: {params / 1e6:.1f} M parameters "
+                   f"({params * 4 / 2**30:.2f} GiB of fp32 weights; AdamW training holds about 4x that plus "
+                   "activations)")
+    line = f"building the model from {source}: {summary}"
+    too_large = device.type == "cpu" and params > LARGE_FOR_CPU
+    if too_large:
+        line += ("; training a model this size on the CPU needs tens of GB of memory (--model-preset tiny or "
+                 "--model-config FILE gives a small one)")
+    return line, too_large
+
+
+# ------------------------------------------------------------------------------------------------ building
 
 def load_pretrained(model: nn.Module, path: str) -> None:
     """Every tensor of a checkpoint (ours, an upstream folder or a released model.bin) whose name and shape match;
@@ -138,17 +199,28 @@ def load_pretrained(model: nn.Module, path: str) -> None:
                             "use a checkpoint with the same configuration")
     missing, unexpected = model.load_state_dict(source, strict=False)
     if missing or unexpected:
-        print(f"note: --pretrained-checkpoint {path}: {len(missing)} tensor(s) of the model not in the checkpoint "
-              f"(e.g. {missing[:3]}), {len(unexpected)} unused (e.g. {unexpected[:3]})")
+        log.warning("--pretrained-checkpoint %s: %d tensor(s) of the model not in the checkpoint (e.g. %s), "
+                    "%d unused (e.g. %s)", path, len(missing), missing[:3], len(unexpected), unexpected[:3])
 
 
-def apply_freezing(model: nn.Module, args) -> list[str]:
+def hf_bert_folder(path: str) -> Path | None:
+    """--model_name_or_path as a Hugging Face BERT folder with weights, or None when it only names a vocab."""
+    if not path:
+        return None
+    folder = Path(path)
+    if (folder / "config.json").is_file() and any((folder / name).is_file()
+                                                  for name in ("model.safetensors", "pytorch_model.bin")):
+        return folder
+    return None
+
+
+def apply_freezing(model: nn.Module, config) -> list[str]:
     """requires_grad=False for the frozen parts; returns the frozen top-level parts for the log."""
     frozen = []
     rules = [("freeze_backbone", "swin", None), ("freeze_passt", "passt", None),
              ("freeze_embedding", "trans_encoder", "word_embeddings")]
     for flag, module_name, substring in rules:
-        if not getattr(args, flag):
+        if not getattr(config, flag):
             continue
         module = getattr(model, module_name, None)
         if module is None:
@@ -160,21 +232,31 @@ def apply_freezing(model: nn.Module, args) -> list[str]:
     return frozen
 
 
-def build_model(args, config, device: torch.device) -> nn.Module:
+def build_model(config, device: torch.device) -> nn.Module:
+    """The model of ``config.model``, initialised in order: random, --model_name_or_path BERT (text transformer),
+    --swin_checkpoint, --passt_checkpoint, --pretrained_checkpoint (everything); then frozen parts."""
     from avlformer.modeling.avlformer import AVLFormer
 
-    model = AVLFormer(config)
-    if "text" in args.activation_checkpointing:
+    model = AVLFormer(config.model)
+    if "text" in config.activation_checkpointing:
         model.trans_encoder.set_gradient_checkpointing(True)
-    if args.swin_checkpoint:
+    bert = hf_bert_folder(config.model_name_or_path)
+    if bert is not None:
+        try:
+            not_in_bert = model.trans_encoder.load_hf_bert(bert)
+        except (FileNotFoundError, ValueError) as err:
+            raise ArgumentError(f"--model-name-or-path: {err}") from None
+        log.info("text transformer initialised from %s (%d tensors not in it, e.g. %s)", bert, len(not_in_bert),
+                 not_in_bert[:2])
+    if config.swin_checkpoint:
         from avlformer.modeling.video_swin import load_official_weights as load_swin
 
-        load_swin(model.swin, args.swin_checkpoint)
-    if args.passt_checkpoint:
+        load_swin(model.swin, config.swin_checkpoint)
+    if config.passt_checkpoint:
         from avlformer.modeling.passt import load_official_weights as load_passt
 
-        load_passt(model.passt, args.passt_checkpoint)
-    if args.pretrained_checkpoint:
-        load_pretrained(model, args.pretrained_checkpoint)
-    apply_freezing(model, args)
+        load_passt(model.passt, config.passt_checkpoint)
+    if config.pretrained_checkpoint:
+        load_pretrained(model, config.pretrained_checkpoint)
+    apply_freezing(model, config)
     return model.to(device)

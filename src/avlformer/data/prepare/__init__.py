@@ -1,0 +1,185 @@
+"""``avlformer prepare``: raw videos (+ mp3s, or audio taken from the videos) + captions -> the original's training
+files (docs/upstream.md §1.3-§1.5): frame TSV, ``audio_hdf/<split>_mp3.hdf``, metadata yaml, caption TSV,
+linelist, label/img TSVs (every TSV with ``.lineidx`` and ``.lineidx.8b``), COCO-format references and the
+preprocessing recipe, plus ``prepare_report.json``.
+
+``prepare_dataset`` does the work (the demo and other library code call it); ``main`` is the command. Work
+happens in two phases: each clip is processed on its own (``clip_work``, in a process pool: ``pool``) into a work
+folder, then the split's files are assembled from it in one ordered pass (``metadata``). See docs/data.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from avlformer.atomic import write_text_atomic
+from avlformer.data.clip_ids import clip_id_from_path, is_video_name
+from avlformer.data.prepare.caption_sources import Captions, caption_source, keep_released_copy, load_captions
+from avlformer.data.prepare.layout import DEFAULT_SPLITS, ERROR, WARNING, Layout, PrepareError, Problem
+from avlformer.data.prepare.lock import prepare_lock
+from avlformer.data.prepare.outputs_record import OutputsRecord
+from avlformer.data.prepare.split import find_videos, prepare_split
+from avlformer.data.recipe import SHORT_SIDE, STORED_FRAMES, PreprocessRecipe
+
+REPORT_NAME = "prepare_report.json"
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+@dataclass
+class PrepareResult:
+    report: dict                                   # what prepare_report.json holds
+    prepared: dict[str, int]                       # clips written, per prepared split
+    problems: list[Problem]
+    already_prepared: list[str] = field(default_factory=list)   # splits with no videos folder but a yaml
+    report_path: Path | None = None
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [problem for problem in self.problems if problem.severity == ERROR]
+
+
+def _splits_to_run(data_dir: Path, splits: list[str] | None, num_frames: int
+                   ) -> tuple[list[str], list[str], list[Problem]]:
+    """(splits to prepare, splits already prepared without raw videos, problems)."""
+    todo, done, problems = [], [], []
+    for split in splits or DEFAULT_SPLITS:
+        layout = Layout(data_dir, split, num_frames)
+        if layout.videos.is_dir():
+            todo.append(split)
+        elif layout.yaml.is_file():  # e.g. the released processed files: usable as they are
+            done.append(split)
+        elif splits is not None:
+            problems.append(Problem(ERROR, layout.rel(layout.videos), "split folder not found", split))
+    if not todo and not done and not problems:
+        problems.append(Problem(ERROR, "videos", f"no split folders ({', '.join(splits or DEFAULT_SPLITS)}) "
+                                f"under {data_dir / 'videos'}"))
+    return todo, done, problems
+
+
+def _orphan_captions(data_dir: Path, captions: Captions) -> list[Problem]:
+    """Captions whose id has no video in any split folder."""
+    video_ids = {clip_id_from_path(path) for path in (data_dir / "videos").glob("*/*") if is_video_name(path)}
+    return [Problem(ERROR, captions.source, f"caption for {clip_id!r} has no video in videos/<split>/",
+                    id=clip_id) for clip_id in sorted(set(captions.texts) - video_ids)]
+
+
+def prepare_dataset(data_dir: str | os.PathLike, *, splits: list[str] | None = None,
+                    num_frames: int = STORED_FRAMES, short_side: int = SHORT_SIDE, workers: int | None = None,
+                    captions: str | os.PathLike | None = None, progress: bool = True) -> PrepareResult:
+    """Prepare every split of ``data_dir`` that has a ``videos/<split>/`` folder (``splits``: only those, and a
+    missing one is an error). Bad clips and captions are reported in the result, never raised; a mistake that
+    leaves nothing to do (no data dir, an unparseable captions file, another prepare running on the folder)
+    raises PrepareError. ``short_side`` is the shorter side of the stored frames (the crop comes later)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise PrepareError(f"{data_dir}: data dir not found")
+    try:
+        recipe = PreprocessRecipe(stored_frames=num_frames, short_side=short_side)
+    except ValueError as error:
+        raise PrepareError(str(error)) from None
+    workers = max(1, default_workers() if workers is None else workers)
+    override = Path(captions) if captions is not None else None
+    with prepare_lock(data_dir):
+        record = OutputsRecord(data_dir)
+        todo, done, problems = _splits_to_run(data_dir, splits, num_frames)
+        report = {"data_dir": str(data_dir), "recipe": recipe.to_dict(), "splits": {}, "problems": []}
+        loaded: dict[Path, Captions] = {}
+        assigned: set[int] = set()      # caption problems counted in the split whose video they concern
+        for split in todo:
+            layout = Layout(data_dir, split, num_frames, short_side)
+            source = caption_source(layout, override, record)
+            if source is None:
+                problems.append(Problem(ERROR, layout.rel(layout.videos), "no captions found (captions.json, "
+                                        "captions.csv or metadata/<split>.caption.tsv); split skipped", split))
+                continue
+            if source not in loaded:
+                loaded[source] = load_captions(source, data_dir)
+            split_captions = loaded[source]
+            keep_released_copy(source, layout)
+            videos, split_problems = find_videos(layout)
+            for problem in split_captions.problems:
+                if problem.id in videos:
+                    assigned.add(id(problem))
+                    split_problems.append(dataclasses.replace(problem, split=split))
+            count, clip_problems = prepare_split(layout, split_captions, videos, workers, record, progress)
+            split_problems += clip_problems
+            problems += split_problems
+            report["splits"][split] = {"prepared": count,
+                                       "errors": sum(p.severity == ERROR for p in split_problems),
+                                       "warnings": sum(p.severity == WARNING for p in split_problems)}
+        for source_captions in loaded.values():  # a shared captions file: its other problems once, not per split
+            problems += [p for p in source_captions.problems if id(p) not in assigned]
+            problems += _orphan_captions(data_dir, source_captions)
+        report["problems"] = [asdict(problem) for problem in problems]
+        report_path = data_dir / REPORT_NAME
+        write_text_atomic(report_path, json.dumps(report, indent=2))
+    return PrepareResult(report=report, prepared={split: counts["prepared"] for split, counts
+                                                  in report["splits"].items()},
+                         problems=problems, already_prepared=done, report_path=report_path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The command
+# ----------------------------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", required=True, type=Path,
+                        help="dataset root: videos/<split>/, optional audio_mp3/<split>/, captions (see docs/data.md)")
+    parser.add_argument("--splits", nargs="+", default=None,
+                        help="splits to prepare (default: those of train/val/test that have a videos folder)")
+    parser.add_argument("--num-frames", type=int, default=STORED_FRAMES, help="frames sampled uniformly per clip")
+    parser.add_argument("--image-size", dest="short_side", type=int, default=SHORT_SIDE,
+                        help="shorter side of the stored frames, pixels (the training crop is cut from these)")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="processes decoding clips in parallel (1 = in this process)")
+    parser.add_argument("--captions", type=Path, default=None,
+                        help="captions file (.json {id: caption}, .csv id,caption, or a released .caption.tsv); "
+                             "default: a metadata/<split>.caption.tsv you provided, else captions.json, else "
+                             "captions.csv (never a file an earlier prepare wrote)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit non-zero when any clip or caption was left out because of an error")
+
+
+def _shown(text: str) -> str:
+    """A file name as one console line (names may hold tabs or line breaks, which are what is being reported)."""
+    return text if text.isprintable() else ascii(text)
+
+
+def _print_summary(result: PrepareResult, limit: int = 30) -> None:
+    for split in result.already_prepared:
+        print(f"{split}: no videos/{split} folder but its metadata yaml exists: already prepared, nothing to do")
+    for split, counts in result.report["splits"].items():
+        print(f"{split}: {counts['prepared']} clip(s) prepared, {counts['errors']} error(s), "
+              f"{counts['warnings']} warning(s)")
+    for problem in result.problems[:limit]:
+        print(f"  {problem.severity.upper():7s} {_shown(problem.file)}: {problem.reason}")
+    if len(result.problems) > limit:
+        print(f"  ... {len(result.problems) - limit} more")
+    print(f"report: {result.report_path}")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Exit status: 0 when at least one clip was prepared (or every split was already prepared), 1 when nothing
+    was, or with --strict when any error was reported; 2 for a mistake that stopped the run; 130 on Ctrl-C."""
+    try:
+        result = prepare_dataset(args.data_dir, splits=args.splits, num_frames=args.num_frames,
+                                 short_side=args.short_side, workers=args.workers, captions=args.captions)
+    except PrepareError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished clips are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    _print_summary(result)
+    if not result.already_prepared and not any(result.prepared.values()):
+        return 1
+    return 1 if args.strict and result.errors else 0

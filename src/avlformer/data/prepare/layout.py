@@ -1,0 +1,74 @@
+"""Where ``prepare`` reads and writes (docs/upstream.md §1.1, §1.5), and how it reports problems."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from avlformer.data.recipe import PreprocessRecipe
+
+ERROR, WARNING = "error", "warning"
+DEFAULT_SPLITS = ("train", "val", "test")
+
+
+class PrepareError(Exception):
+    """A mistake in what prepare was given (or a second prepare on the same folder): one line, no traceback."""
+
+
+@dataclass
+class Problem:
+    severity: str      # "error": the clip (or caption) is left out; "warning": kept, but worth a look
+    file: str          # relative to the data dir
+    reason: str
+    split: str = ""
+    id: str = ""
+
+
+@dataclass
+class Layout:
+    """Every path ``prepare`` reads or writes, for one data dir, one split and one frame count."""
+
+    data_dir: Path
+    split: str
+    num_frames: int = 32
+    short_side: int = 256
+
+    def recipe(self) -> PreprocessRecipe:
+        return PreprocessRecipe(stored_frames=self.num_frames, short_side=self.short_side)
+
+    @property
+    def videos(self) -> Path:
+        return self.data_dir / "videos" / self.split
+
+    @property
+    def mp3s(self) -> Path:
+        return self.data_dir / "audio_mp3" / self.split
+
+    @property
+    def metadata(self) -> Path:
+        return self.data_dir / "metadata"
+
+    @property
+    def frame_tsv(self) -> Path:
+        return self.data_dir / "frame_tsv" / f"{self.split}_{self.num_frames}frames.img.tsv"
+
+    @property
+    def audio_hdf(self) -> Path:
+        return self.data_dir / "audio_hdf" / f"{self.split}_mp3.hdf"
+
+    @property
+    def yaml(self) -> Path:
+        return self.metadata / f"{self.split}_{self.num_frames}frames.yaml"
+
+    def meta(self, suffix: str) -> Path:
+        return self.metadata / f"{self.split}.{suffix}"
+
+    @property
+    def work(self) -> Path:
+        return self.data_dir / ".prepare_work" / f"{self.split}-{self.num_frames}f-{self.short_side}px"
+
+    def rel(self, path: str | Path) -> str:
+        try:
+            return str(Path(path).relative_to(self.data_dir))
+        except ValueError:
+            return str(path)

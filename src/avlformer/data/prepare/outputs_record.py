@@ -1,0 +1,60 @@
+"""``DIR/prepare_outputs.json`` (beside ``prepare_report.json``): what prepare wrote, so that a rerun can tell its own files from the user's.
+
+It holds the size and sha256 of every caption TSV prepare wrote (those are the only outputs that share a path with
+an input, the released ``<split>.caption.tsv``), and, per prepared split, each clip's finished work record and
+its row in the frame TSV and HDF5. A rerun reuses a clip from those files when its inputs are unchanged and the
+stored bytes still hash to what was recorded, so a caption fix does not decode every video again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from avlformer.atomic import write_text_atomic
+
+RECORD_NAME = "prepare_outputs.json"
+RECORD_VERSION = 1
+
+
+def digest(data: bytes) -> dict:
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def file_digest(path: str | os.PathLike) -> dict:
+    return digest(Path(path).read_bytes())
+
+
+class OutputsRecord:
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+        # Not in metadata/: it holds input timestamps, and the prepared files must not depend on them.
+        self.path = self.data_dir / RECORD_NAME
+        self.files: dict[str, dict] = {}
+        self.splits: dict[str, dict] = {}
+        try:
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # none yet, or unreadable: then nothing counts as prepare's own
+        if isinstance(stored, dict) and stored.get("version") == RECORD_VERSION:
+            self.files = dict(stored.get("files") or {})
+            self.splits = dict(stored.get("splits") or {})
+
+    def _name(self, path: str | os.PathLike) -> str:
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(self.data_dir))
+
+    def wrote(self, path: str | os.PathLike) -> bool:
+        """Whether ``path`` holds exactly the bytes prepare last wrote there."""
+        expected = self.files.get(self._name(path))
+        if expected is None or not Path(path).is_file() or Path(path).stat().st_size != expected["size"]:
+            return False
+        return file_digest(path) == expected
+
+    def will_write(self, path: str | os.PathLike, data: bytes) -> None:
+        self.files[self._name(path)] = digest(data)
+
+    def save(self) -> None:
+        write_text_atomic(self.path, json.dumps({"version": RECORD_VERSION, "files": self.files,
+                                                 "splits": self.splits}, sort_keys=True))

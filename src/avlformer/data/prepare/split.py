@@ -1,0 +1,136 @@
+"""Preparing one split: find its videos, plan one job per captioned clip, run (or reuse) the jobs, assemble.
+
+Row order: clips are sorted by ``<id>.mp3``, the order the original's convert_h5py gives the HDF5 (it sorts mp3
+file names, docs/upstream.md §1.4), so row i of the caption TSV, the frame TSV and the HDF5 describe the same clip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+from tqdm import tqdm
+
+from avlformer.data.clip_ids import VIDEO_EXTENSIONS, clip_id_from_path, clip_key, id_problem, is_video_name
+from avlformer.data.prepare import clip_work
+from avlformer.data.prepare.caption_sources import Captions
+from avlformer.data.prepare.clip_work import ClipJob, PreviousOutputs
+from avlformer.data.prepare.layout import ERROR, WARNING, Layout, Problem
+from avlformer.data.prepare.metadata import assemble_split
+from avlformer.data.prepare.outputs_record import OutputsRecord
+from avlformer.data.prepare.pool import run_clips
+
+
+def hdf5_sort_key(clip_id: str) -> str:
+    return f"{clip_id}.mp3"
+
+
+def _entry_problem(layout: Layout, path: Path) -> Problem | None:
+    """Why a videos-folder entry that is not a plain file cannot be a clip (None: it is a plain file)."""
+    def error(reason: str) -> Problem:
+        return Problem(ERROR, layout.rel(path), reason, layout.split, clip_id_from_path(path))
+
+    if path.is_symlink() and not path.exists():
+        return error(f"broken symbolic link (its target {os.readlink(path)!r} does not exist); left out")
+    if path.is_dir():
+        if is_video_name(path):
+            return error("a folder named like a video file; left out")
+        return Problem(WARNING, layout.rel(path), "ignored: a folder (videos/<split>/ holds video files only)",
+                       layout.split)
+    if not path.is_file():
+        return error("not a regular file; left out")
+    return None
+
+
+def find_videos(layout: Layout) -> tuple[dict[str, Path], list[Problem]]:
+    """``id -> video path`` for one split. Entries that cannot be clips are reported: ids present with two
+    extensions (ambiguous), ids that cannot be stored in a TSV, folders and broken links named like videos."""
+    by_id: dict[str, list[Path]] = {}
+    problems = []
+    for path in sorted(layout.videos.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if (problem := _entry_problem(layout, path)) is not None:
+            problems.append(problem)
+            continue
+        clip_id = clip_id_from_path(path)
+        if not is_video_name(path):
+            problems.append(Problem(WARNING, layout.rel(path), f"ignored: extension {path.suffix!r} is not one "
+                                    f"of {', '.join(VIDEO_EXTENSIONS)}", layout.split, clip_id))
+        elif (bad_id := id_problem(clip_id)) is not None:
+            problems.append(Problem(ERROR, layout.rel(path), f"{bad_id}; left out", layout.split, clip_id))
+        else:
+            by_id.setdefault(clip_id, []).append(path)
+    videos = {}
+    for clip_id, paths in by_id.items():
+        if len(paths) == 1:
+            videos[clip_id] = paths[0]
+            continue
+        names = ", ".join(p.name for p in paths)
+        for path in paths:
+            problems.append(Problem(ERROR, layout.rel(path), f"duplicate id {clip_id!r} ({names}); rename or "
+                                    f"remove all but one", layout.split, clip_id))
+    return videos, problems
+
+
+def plan_split(layout: Layout, captions: Captions, videos: dict[str, Path], decoder_threads: int
+               ) -> tuple[list[ClipJob], dict[str, str], list[Problem]]:
+    problems = []
+    jobs, texts = [], {}
+    recipe = layout.recipe()
+    for clip_id in sorted(videos, key=hdf5_sort_key):
+        video = videos[clip_id]
+        if clip_id not in captions.texts:
+            if clip_id not in captions.rejected:
+                problems.append(Problem(ERROR, layout.rel(video), "video has no caption; left out", layout.split,
+                                        clip_id))
+            continue
+        mp3 = layout.mp3s / f"{clip_id}.mp3"
+        jobs.append(ClipJob(split=layout.split, clip_id=clip_id, key=clip_key(layout.split, clip_id, video.suffix),
+                            video=str(video), mp3=str(mp3) if mp3.is_file() else None, work_dir=str(layout.work),
+                            data_dir=str(layout.data_dir), recipe=recipe, decoder_threads=decoder_threads))
+        texts[clip_id] = captions.texts[clip_id]
+    return jobs, texts, problems
+
+
+def _finished_or_reused(layout: Layout, jobs: list[ClipJob], record: OutputsRecord) -> dict[str, dict]:
+    """Results that need no decoding: finished in the work folder, else unchanged since the last complete run."""
+    results = {job.clip_id: found for job in jobs if (found := clip_work.load_finished(job)) is not None}
+    previous = PreviousOutputs(layout.frame_tsv, layout.audio_hdf,
+                               record.splits.get(layout.yaml.stem, {}).get("clips", []))
+    try:
+        for job in jobs:
+            if job.clip_id not in results and (found := previous.restore(job)) is not None:
+                results[job.clip_id] = found
+    finally:
+        previous.close()
+    return results
+
+
+def prepare_split(layout: Layout, captions: Captions, videos: dict[str, Path], workers: int,
+                  record: OutputsRecord, progress: bool = True) -> tuple[int, list[Problem]]:
+    """Process and assemble one split; returns (clips written, problems)."""
+    decoder_threads = max(1, (os.cpu_count() or 1) // workers)
+    jobs, texts, problems = plan_split(layout, captions, videos, decoder_threads)
+    layout.work.mkdir(parents=True, exist_ok=True)
+    results = _finished_or_reused(layout, jobs, record)
+    todo = [job for job in jobs if job.clip_id not in results]
+    with tqdm(total=len(jobs), initial=len(results), desc=f"prepare {layout.split}", unit="clip",
+              disable=not progress) as bar:
+        # Looked up on the module at call time, so tests can stand in for it.
+        results.update(run_clips(todo, workers, clip_work.process_clip, clip_work.crashed_result, bar))
+    for job in jobs:
+        problems += [Problem(**{**problem, "split": layout.split, "id": job.clip_id})
+                     for problem in results[job.clip_id]["problems"]]
+    kept = [(job, texts[job.clip_id], results[job.clip_id]) for job in jobs if results[job.clip_id]["ok"]]
+    if not kept:
+        problems.append(Problem(ERROR, layout.rel(layout.videos), "no clip of this split could be prepared; "
+                                "nothing written", layout.split))
+        return 0, problems
+    assemble_split(layout, kept, record)
+    shutil.rmtree(layout.work, ignore_errors=True)
+    with contextlib.suppress(OSError):  # only succeeds once no split has work left
+        layout.work.parent.rmdir()
+    return len(kept), problems

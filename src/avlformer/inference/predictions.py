@@ -1,0 +1,62 @@
+"""The files a captioning run writes: COCO-format predictions and the confidence sidecar beside them.
+
+``<output>`` holds ``[{"image_id": <clip id>, "caption": ...}, ...]`` (what `avlformer evaluate` reads);
+``<output stem>.confidence.json`` holds each caption's confidence, where its audio came from, the decoding
+settings and every video that could not be captioned. Both are written atomically; ``check_output_path`` is called
+before any captioning so that a bad ``--output`` fails in a second, not after the work is done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from avlformer.atomic import write_text_atomic
+from avlformer.inference.pipeline import CaptionRun, Prediction
+
+
+def coco_predictions(predictions: Sequence[Prediction]) -> list[dict]:
+    return [{"image_id": p.video_id, "caption": p.caption} for p in sorted(predictions, key=lambda p: p.video_id)]
+
+
+def sidecar_path(output: str | os.PathLike) -> Path:
+    output = Path(output)
+    return output.with_name(output.stem + ".confidence.json")
+
+
+def check_output_path(output: str | os.PathLike) -> None:
+    """Raise ValueError (one line, naming the path) when the predictions or their sidecar cannot be written."""
+    output = Path(output)
+    for path, what in ((output, "--output"), (sidecar_path(output), "confidence sidecar")):
+        if path.is_dir():
+            raise ValueError(f"{what} {path}: is a folder; give a file name, e.g. {path / 'predictions.json'}")
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"--output {output}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {output}: folder {parent} is not writable")
+
+
+def sidecar_payload(run: CaptionRun, checkpoint: str) -> dict:
+    return {
+        "checkpoint": str(checkpoint),
+        "decoding": {"num_beams": run.decoding.num_beams, "max_gen_length": run.decoding.max_length,
+                     "length_penalty": run.decoding.length_penalty},
+        "predictions": [{"image_id": p.video_id, "confidence": p.confidence, "audio_source": p.audio_source,
+                         "video": p.path} for p in sorted(run.predictions, key=lambda p: p.video_id)],
+        "failed": [{"image_id": f.video_id, "video": f.path, "error": f.message()} for f in run.failures],
+        "warnings": run.warnings,
+    }
+
+
+def write_predictions(run: CaptionRun, output: str | os.PathLike, checkpoint: str) -> Path:
+    """Write the predictions and the sidecar; returns the sidecar's path."""
+    output = Path(output)
+    write_text_atomic(output, json.dumps(coco_predictions(run.predictions), indent=1))
+    sidecar = sidecar_path(output)
+    write_text_atomic(sidecar, json.dumps(sidecar_payload(run, checkpoint), indent=1))
+    return sidecar

@@ -1,0 +1,99 @@
+"""Models on the meta device: state-dict shapes without memory, and checkpoint loading by assignment.
+
+A module built on the meta device allocates nothing and its initialisers do no work, so it is how we learn what a
+configuration's state dict looks like (to compare it with a weights file before reading any tensor) and how a
+checkpoint is loaded: the meta model receives the file's tensors with ``load_state_dict(assign=True)``, so loading
+costs what reading the file costs, not a random initialisation of ~300 M parameters first.
+
+Buffers that are computed rather than stored (Swin's relative position index, PaSST's window and mel filter
+banks) are in no state dict. Every module holding such buffers defines ``computed_buffers() -> {name: tensor}``,
+registers them from it, and :func:`materialize_computed_buffers` recomputes them after an assignment load; a
+tensor still on the meta device afterwards is an error, never a silent placeholder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from itertools import chain
+from typing import Callable, Iterator, Mapping, TypeVar
+
+import torch
+from torch import nn
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_parameter_registration_hook,
+)
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+class TooManyTensors(RuntimeError):
+    """Building a module registered more tensors than allowed (a configuration far larger than expected)."""
+
+
+def build_on_meta(factory: Callable[[], ModuleT], max_tensors: int | None = None) -> ModuleT:
+    """``factory()`` on the meta device. With ``max_tensors``, building stops with :class:`TooManyTensors` as soon
+    as more parameters and buffers than that have been registered: even on the meta device, a crafted config
+    (100000 layers) would take minutes and gigabytes of module objects to build."""
+    with torch.device("meta"), _tensor_budget(max_tensors):
+        return factory()
+
+
+def state_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every state-dict entry of ``module``."""
+    return {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
+
+
+def expected_state_shapes(factory: Callable[[], nn.Module]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every state-dict entry of the module ``factory`` builds, without building it for real."""
+    return state_shapes(build_on_meta(factory))
+
+
+def load_by_assignment(module: ModuleT, state_dict: Mapping[str, torch.Tensor]) -> ModuleT:
+    """Give a meta-built ``module`` the tensors of ``state_dict`` (every entry, strictly), converted to the dtype
+    the module declares, then recompute its computed buffers. Returns ``module``."""
+    own = module.state_dict()
+    cast = {name: tensor if tensor.dtype == own[name].dtype else tensor.to(own[name].dtype)
+            for name, tensor in state_dict.items() if name in own}
+    module.load_state_dict(cast, strict=True, assign=True)
+    materialize_computed_buffers(module)
+    return module
+
+
+def materialize_computed_buffers(module: nn.Module, device: torch.device | str = "cpu") -> None:
+    """Recompute every buffer that a submodule's ``computed_buffers()`` declares, on ``device``; then raise if
+    any parameter or buffer is still on the meta device."""
+    for submodule in module.modules():
+        compute = getattr(submodule, "computed_buffers", None)
+        if compute is None:
+            continue
+        with torch.device("cpu"):
+            buffers = compute()
+        for name, value in buffers.items():
+            setattr(submodule, name, value.to(device))
+    left = [name for name, tensor in chain(module.named_parameters(), module.named_buffers()) if tensor.is_meta]
+    if left:
+        raise RuntimeError(f"{len(left)} tensor(s) left on the meta device after loading (no stored value and no "
+                           f"computed_buffers() entry): {', '.join(left[:5])}")
+
+
+@contextlib.contextmanager
+def _tensor_budget(limit: int | None) -> Iterator[None]:
+    if limit is None:
+        yield
+        return
+    count = 0
+
+    def count_tensor(_module, name, _tensor):
+        nonlocal count
+        count += 1
+        if count > limit:
+            raise TooManyTensors(f"more than {limit} parameters and buffers (stopped at {name!r})")
+
+    handles = [register_module_parameter_registration_hook(count_tensor),
+               register_module_buffer_registration_hook(count_tensor)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

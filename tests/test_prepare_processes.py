@@ -1,0 +1,90 @@
+"""No process outlives `avlformer prepare`: pools are shut down when their work is done, and workers exit when
+prepare's main process is killed. Processes are read from /proc (Linux)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import media_fixtures as mf
+from avlformer.data.prepare import prepare_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()     # fields after "pid (comm)": state, ppid, ...
+
+
+def children(pid: int) -> set[tuple[int, str]]:
+    """(pid, start time) of the live children of ``pid``."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat(int(entry))) and fields[1] == str(pid) and fields[0] != "Z":
+            found.add((int(entry), fields[19]))
+    return found
+
+
+def alive(processes: set[tuple[int, str]], wait: float) -> set[tuple[int, str]]:
+    """Those of ``processes`` still running after up to ``wait`` seconds (a zombie counts as gone)."""
+    deadline = time.monotonic() + wait
+    while True:
+        left = {(pid, start) for pid, start in processes
+                if (fields := _stat(pid)) and fields[0] != "Z" and fields[19] == start}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+def dataset(root: Path, count: int) -> Path:
+    clips = [f"k{i}" for i in range(count)]
+    for clip in clips:
+        mf.write_normal(root / "videos" / "train" / f"{clip}.mp4", seconds=0.5, fps=20)
+    (root / "captions.json").write_text(json.dumps({clip: f"clip {clip}." for clip in clips}))
+    return root
+
+
+def spawn_prepare(root: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.Popen([sys.executable, "-m", "avlformer.cli", "prepare", "--data-dir", str(root),
+                             "--image-size", "32", "--num-frames", "4", "--workers", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_pool_workers_are_gone_when_prepare_dataset_returns(tmp_path):
+    before = children(os.getpid())
+    result = prepare_dataset(dataset(tmp_path, 4), num_frames=4, short_side=32, workers=2, progress=False)
+    assert result.prepared == {"train": 4}
+    workers = {(pid, start) for pid, start in children(os.getpid()) - before
+               if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()}
+    assert not alive(workers, wait=0)
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["finishes", "main-process-killed"])
+def test_no_child_of_prepare_survives_it(tmp_path, kill):
+    root = dataset(tmp_path, 6)
+    process = spawn_prepare(root)
+    seen: set[tuple[int, str]] = set()
+    work = root / ".prepare_work" / "train-4f-32px"
+    while process.poll() is None:
+        seen |= children(process.pid)
+        if kill and len(seen) >= 2 and any(work.glob("*.json")):
+            process.send_signal(signal.SIGKILL)   # only the main process, as `kill -9 PID` does
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert seen, "prepare --workers 2 started no worker process"
+    assert kill or process.returncode == 0
+    assert not alive(seen, wait=10), "children of prepare still running after it ended"
