@@ -1,7 +1,7 @@
 """Preprocessing throughput: `avlformer prepare` (PyAV in-process) vs upstream's method, side by side.
 
 Data: 16 synthetic 10 s 640x360 25 fps clips (h264 + AAC), written with PyAV into a temporary folder.
-Ours: ``prepare.main`` with 2 worker processes: frames sampled and resized while decoding, JPEG + base64 in
+Ours: ``prepare.prepare_dataset`` with 2 worker processes: frames sampled and resized while decoding, JPEG + base64 in
 memory, audio extracted from the video and encoded to mono 32 kHz mp3, all outputs assembled.
 Baseline (upstream, FACTS §1.2-§1.4, re-expressed here): per clip, ffprobe for the duration, the ffmpeg CLI with
 ``-vf fps=32/duration`` writing full-size JPEG files, and the ffmpeg CLI for the mono 32 kHz mp3 (2 processes);
@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from avlformer.data import prepare
+from avlformer.data.audio_hdf import write_audio_hdf
 from avlformer.data.tsv import TSVWriter
 
 
@@ -112,13 +113,14 @@ def run_baseline(videos: list[Path], work: Path, workers: int) -> None:
         with TSVWriter(work / "frame_tsv" / "train_32frames.img.tsv") as writer:
             for row in pool.imap(baseline_row, jobs, chunksize=1):
                 writer.write(row)
-    prepare.pack_mp3_folder(mp3_dir, work / "audio_hdf" / "train_mp3.hdf")
+    mp3s = sorted(mp3_dir.glob("*.mp3"))
+    write_audio_hdf(work / "audio_hdf" / "train_mp3.hdf", [p.stem for p in mp3s], (p.read_bytes() for p in mp3s))
 
 
 def run_ours(data_dir: Path, workers: int) -> int:
-    args = argparse.Namespace(data_dir=data_dir, splits=["train"], num_frames=32, image_size=256,
-                              workers=workers, captions=None, strict=False)
-    return prepare.main(args)
+    result = prepare.prepare_dataset(data_dir, splits=["train"], num_frames=32, short_side=256, workers=workers,
+                                     progress=False)
+    return 0 if result.prepared.get("train") else 1
 
 
 def main() -> None:

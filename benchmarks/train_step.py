@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from avlformer.data.tokenizer import CLS_ID, MASK_ID, SEP_ID  # noqa: E402
+from avlformer.data.token_ids import CLS_ID, MASK_ID, SEP_ID  # noqa: E402
 from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig  # noqa: E402
 
 

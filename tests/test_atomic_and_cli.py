@@ -37,6 +37,25 @@ def test_atomic_files_get_umask_permissions(tmp_path):
     assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644
 
 
+def test_files_written_by_libraries_get_umask_permissions(tmp_path):
+    """safetensors' save_file creates 0600 files; atomic_path and atomic_folder give them the default mode."""
+    import torch
+    from safetensors.torch import save_file
+
+    from avlformer.atomic import atomic_folder
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
+        with atomic_folder(tmp_path / "folder") as staging:
+            save_file({"w": torch.zeros(2)}, str(staging / "b.safetensors"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "folder" / "b.safetensors").stat().st_mode) == 0o644
+
+
 @pytest.mark.parametrize(
     "given, expected",
     [

@@ -1,20 +1,28 @@
-"""Checkpoints: our safetensors folder round trip, upstream conversion, strictness, safe loading, released layout."""
+"""Checkpoints: our safetensors folder round trip, recipes, meta-device loading, upstream conversion, strictness,
+safe loading, crafted configs, released layout."""
 
 import json
 import logging
+import os
+import stat
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+import avlformer.modeling.checkpoint as checkpoint_module
+from avlformer.data.recipe import PreprocessRecipe
 from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
-from avlformer.modeling.checkpoint import (CheckpointMismatchError, config_from_upstream_args,
+from avlformer.modeling.checkpoint import (CheckpointMismatchError, checkpoint_recipe, config_from_upstream_args,
                                            convert_upstream_state_dict, load_model, save_checkpoint)
+from avlformer.modeling.meta_device import build_on_meta
 from avlformer.modeling.video_swin import relative_position_index, to_upstream_state_dict
 
 torch.set_num_threads(1)
 FIXTURES = Path(__file__).parent / "fixtures"
+PAPER = PreprocessRecipe.paper()
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +59,10 @@ def upstream_style(model, config):
 def test_save_and_load_round_trip(tiny, tmp_path):
     model, config = tiny
     (tmp_path / "notes.txt").write_text("hello")
-    folder = save_checkpoint(tmp_path / "ckpt", model, config, extra_files={"notes.txt": tmp_path / "notes.txt"})
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "notes.txt", "vocab.txt"]
+    folder = save_checkpoint(tmp_path / "ckpt", model, config, PAPER,
+                             extra_files={"notes.txt": tmp_path / "notes.txt"})
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "notes.txt",
+                                                        "preprocessor_config.json", "vocab.txt"]
     assert len((folder / "vocab.txt").read_text().splitlines()) == 30522
     assert json.loads((folder / "config.json").read_text()) == config.to_dict()
     loaded, loaded_config = load_model(folder)
@@ -64,7 +74,7 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     assert torch.equal(model.generate(frames, audio, max_length=8).token_ids,
                        loaded.generate(frames, audio, max_length=8).token_ids)
     # Saving again over an existing folder replaces it whole and leaves no temporary folders behind.
-    save_checkpoint(folder, model, config)
+    save_checkpoint(folder, model, config, PAPER)
     assert not (folder / "notes.txt").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert load_model(folder / "model.safetensors")[1] == config
@@ -73,13 +83,13 @@ def test_save_and_load_round_trip(tiny, tmp_path):
 def test_failed_save_leaves_nothing(tiny, tmp_path):
     model, config = tiny
     with pytest.raises(FileNotFoundError):
-        save_checkpoint(tmp_path / "ckpt", model, config, extra_files={"x.txt": tmp_path / "absent.txt"})
+        save_checkpoint(tmp_path / "ckpt", model, config, PAPER, extra_files={"x.txt": tmp_path / "absent.txt"})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_mismatched_checkpoint_lists_every_problem(tiny, tmp_path):
     model, config = tiny
-    folder = save_checkpoint(tmp_path / "ckpt", model, config)
+    folder = save_checkpoint(tmp_path / "ckpt", model, config, PAPER)
     weights = dict(model.state_dict())
     del weights["fc.bias"]
     weights["fc.weight"] = torch.zeros(3, 3)
@@ -95,7 +105,7 @@ def test_mismatched_checkpoint_lists_every_problem(tiny, tmp_path):
 
 def test_non_strict_load_warns_but_misshaped_still_fails(tiny, tmp_path, caplog):
     model, config = tiny
-    folder = save_checkpoint(tmp_path / "ckpt", model, config)
+    folder = save_checkpoint(tmp_path / "ckpt", model, config, PAPER)
     weights = dict(model.state_dict())
     del weights["fc.bias"]
     save_file(weights, str(folder / "model.safetensors"))
@@ -107,6 +117,130 @@ def test_non_strict_load_warns_but_misshaped_still_fails(tiny, tmp_path, caplog)
     save_file(weights, str(folder / "model.safetensors"))
     with pytest.raises(CheckpointMismatchError, match="fc.weight"):
         load_model(folder, strict=False)
+
+
+def test_loading_assigns_file_tensors_without_initialising(tiny, tmp_path, monkeypatch):
+    """The model is built on the meta device and takes the file's tensors: no real initialisation runs, outputs
+    equal the saved model's exactly, and the computed (never stored) buffers equal a normally built model's."""
+    model, config = tiny
+    folder = save_checkpoint(tmp_path / "ckpt", model, config, PAPER)
+    real_inits = []
+    for name in ("normal_", "trunc_normal_", "zeros_", "ones_"):
+        original = getattr(torch.nn.init, name)
+
+        def counting(tensor, *args, _original=original, _name=name, **kwargs):
+            if not tensor.is_meta:
+                real_inits.append(_name)
+            return _original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.init, name, counting)
+    loaded, _ = load_model(folder)
+    monkeypatch.undo()
+    assert real_inits == []
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    reference_buffers = dict(model.named_buffers())
+    loaded_buffers = dict(loaded.named_buffers())
+    assert reference_buffers.keys() == loaded_buffers.keys() and {n.rsplit(".", 1)[-1] for n in loaded_buffers} == {
+        "relative_position_index", "window", "preemphasis", "eval_filters"}
+    assert all(torch.equal(reference_buffers[k], loaded_buffers[k]) for k in reference_buffers)
+    assert all(p.requires_grad for p in loaded.parameters())
+    frames, audio = av_inputs(config, seed=2)
+    with torch.no_grad():
+        assert torch.equal(model.eval().encode_av(frames, audio), loaded.eval().encode_av(frames, audio))
+
+
+def test_checkpoint_recipe_round_trips(tiny, tmp_path):
+    model, config = tiny
+    recipe = PreprocessRecipe(stored_frames=8, short_side=64, jpeg_quality=90, clip_seconds=1.0)
+    folder = save_checkpoint(tmp_path / "ckpt", model, config, recipe)
+    assert checkpoint_recipe(folder) == recipe
+    assert checkpoint_recipe(folder / "model.safetensors") == recipe
+
+
+def test_checkpoint_without_recipe_assumes_the_paper_recipe_with_a_warning(tiny, tmp_path, caplog):
+    model, config = tiny
+    folder = save_checkpoint(tmp_path / "ckpt", model, config, PAPER)
+    (folder / "preprocessor_config.json").unlink()  # as saved before recipes were recorded
+    with caplog.at_level(logging.WARNING):
+        assert checkpoint_recipe(folder) == PAPER
+    assert "no preprocessor_config.json" in caplog.text and "assuming the paper recipe" in caplog.text
+    assert str(folder) in caplog.text
+
+
+def test_released_and_upstream_checkpoints_get_the_paper_recipe_silently(tmp_path, caplog):
+    (tmp_path / "released").mkdir()
+    (tmp_path / "released" / "model.bin").write_bytes(b"weights")
+    (tmp_path / "run" / "checkpoint-1-1").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint-1-1" / "model.bin").write_bytes(b"weights")
+    with caplog.at_level(logging.WARNING):
+        assert checkpoint_recipe(tmp_path / "released" / "model.bin") == PAPER
+        assert checkpoint_recipe(tmp_path / "run" / "checkpoint-1-1") == PAPER
+    assert caplog.text == ""
+
+
+def test_crafted_config_with_100000_layers_fails_fast(tiny, tmp_path):
+    """config.json is checked against the weights before anything is built: a huge model is never allocated
+    (nor even built on the meta device, which alone would take many minutes)."""
+    model, config = tiny
+    folder = save_checkpoint(tmp_path / "ckpt", model, config, PAPER)
+    data = json.loads((folder / "config.json").read_text())
+    data["text"]["num_layers"] = 100_000
+    (folder / "config.json").write_text(json.dumps(data))
+    started = time.monotonic()
+    with pytest.raises(CheckpointMismatchError) as error:
+        load_model(folder)
+    assert time.monotonic() - started < 20
+    message = str(error.value)
+    assert str(folder / "model.safetensors") in message and str(folder / "config.json") in message
+    assert "does not belong to these weights" in message
+
+
+def test_config_is_checked_against_the_header_before_any_tensor_is_read(tiny, tmp_path, monkeypatch):
+    model, config = tiny
+    folder = save_checkpoint(tmp_path / "ckpt", model, config, PAPER)
+    data = json.loads((folder / "config.json").read_text())
+    data["text"]["intermediate_size"] = 48
+    (folder / "config.json").write_text(json.dumps(data))
+    monkeypatch.setattr(checkpoint_module, "load_file", lambda *a, **k: pytest.fail("tensors were read"))
+    with pytest.raises(CheckpointMismatchError, match=r"model.safetensors: .*misshaped keys.*intermediate.dense"):
+        load_model(folder)
+
+
+def test_checkpoint_config_type_errors_name_the_file_and_field(tiny, tmp_path):
+    model, config = tiny
+    folder = save_checkpoint(tmp_path / "ckpt", model, config, PAPER)
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**data, "num_frames": "many"}))
+    with pytest.raises(ValueError) as error:
+        load_model(folder)
+    assert str(error.value) == f"{folder / 'config.json'}: num_frames must be an integer, got 'many'"
+
+
+def test_upstream_args_type_errors_name_the_file_and_argument(tmp_path):
+    (tmp_path / "run" / "checkpoint-1-1").mkdir(parents=True)
+    (tmp_path / "run" / "log").mkdir()
+    (tmp_path / "run" / "checkpoint-1-1" / "model.bin").write_bytes(b"never read")
+    args_path = tmp_path / "run" / "log" / "args.json"
+    for args, message in (({"max_num_frames": "lots"}, "max_num_frames must be an integer, got 'lots'"),
+                          ({"learn_mask_enabled": "maybe"}, "learn_mask_enabled must be true or false"),
+                          ({"lambda_": [1]}, "lambda_ must be a number, got [1]")):
+        args_path.write_text(json.dumps(args))
+        with pytest.raises(ValueError) as error:
+            load_model(tmp_path / "run" / "checkpoint-1-1")
+        assert str(error.value).startswith(f"{args_path}: {message}")
+
+
+def test_checkpoint_files_get_umask_permissions(tiny, tmp_path):
+    """safetensors writes 0600 files; a checkpoint's files get the permissions of every other output."""
+    model, config = tiny
+    old = os.umask(0o022)
+    try:
+        folder = save_checkpoint(tmp_path / "ckpt", model, config, PAPER)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+    assert modes == dict.fromkeys(modes, 0o644) and "model.safetensors" in modes
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
 
 
 def test_convert_upstream_state_dict_accounts_for_every_key(tiny):
@@ -174,8 +308,9 @@ def test_upstream_args_map_to_config():
         config_from_upstream_args({"vidswin_size": "huge"})
 
 
-def released_style_state_dict(seed=0):
-    """Random tensors with the released model.bin's names and shapes (int64 Swin index buffers, recomputed)."""
+def released_style_state_dict(seed=0, device="cpu"):
+    """Tensors with the released model.bin's names and shapes (random values, or shapes only on ``device="meta"``);
+    the int64 Swin index buffers are real, since the converter checks them against a recomputation."""
     manifest = json.loads((FIXTURES / "manifest_avlformer_full.json").read_text())
     generator = torch.Generator().manual_seed(seed)
     index = relative_position_index((8, 7, 7))
@@ -184,48 +319,56 @@ def released_style_state_dict(seed=0):
         if name.endswith("relative_position_index"):
             assert list(index.shape) == shape
             state[name] = index.clone()
+        elif device == "meta":
+            state[name] = torch.empty(shape, device="meta")
         else:
             state[name] = torch.empty(shape).uniform_(-0.04, 0.04, generator=generator)
     return state
 
 
-@pytest.mark.slow
-def test_released_layout_loads_and_captions(tmp_path):
-    """The one paper-size test (~311 M parameters): an upstream checkpoint folder (model.bin + ../log/args.json)
-    with every released key loads strictly, then runs a loss forward pass and a greedy caption on CPU."""
-    state = released_style_state_dict()
+def test_released_layout_fits_the_paper_model_on_meta():
+    """Every released key converts and fits the paper model, and the loaded model's pieces produce the paper's
+    token counts (checked on the meta device: shapes without the minute-long CPU forward)."""
+    state = released_style_state_dict(device="meta")
     assert len(state) == 724
+    config = AVLFormerConfig.paper()
+    converted, dropped = convert_upstream_state_dict(state, config)
+    assert len(converted) == 724 - 34 and len(dropped) == 34  # 24 index buffers, 2 PaSST head, 2 pooler, 6 cls_img
+    model = build_on_meta(lambda: AVLFormer(config)).eval()
+    model.load_state_dict(converted, strict=True, assign=True)
+    with torch.device("meta"):
+        video = model.fc(model.swin(torch.empty(1, 32, 3, 224, 224)))
+        audio = model.passt.linear(model.passt.net(torch.empty(1, 1, 128, 1000)))
+        ids = torch.zeros(1, 8, dtype=torch.long)
+        hidden = model.trans_encoder(ids, torch.cat([video, audio], dim=1))
+        logits = model.trans_encoder.logits(hidden[:, :8])
+    assert (video.shape, audio.shape) == ((1, 784, 512), (1, 473, 512))
+    assert hidden.shape == (1, 8 + 1257, 768) and logits.shape == (1, 8, 30522)
+    assert model.av_attention_mask().shape == (1257, 1257)
+
+
+@pytest.mark.slow
+def test_released_layout_loads_from_an_upstream_folder(tmp_path, caplog):
+    """The one paper-size load (~309 M parameters): an upstream checkpoint folder (model.bin + ../log/args.json)
+    with every released key loads strictly by assignment, with the values of the file and the paper recipe."""
+    state = released_style_state_dict()
     run = tmp_path / "output"
     (run / "checkpoint-1-1").mkdir(parents=True)
     (run / "log").mkdir()
     torch.save(state, run / "checkpoint-1-1" / "model.bin")
     (run / "log" / "args.json").write_text(json.dumps({"max_num_frames": 32, "img_res": 224, "vidswin_size": "base",
-                                                       "learn_mask_enabled": True, "max_gen_length": 115}))
-    probe = {k: state[k].clone() for k in ("learn_vid_att.weight", "fc.bias", "passt.net.time_new_pos_embed")}
+                                                       "learn_mask_enabled": "True", "max_gen_length": 115}))
+    probe = {k: state[k].clone() for k in ("learn_vid_att.weight", "fc.bias", "passt.net.time_new_pos_embed",
+                                           "swin.backbone.layers.2.blocks.17.attn.relative_position_bias_table")}
     del state
     model, config = load_model(run / "checkpoint-1-1")
     assert config == AVLFormerConfig.paper()
     loaded = model.state_dict()
-    assert len(loaded) == 724 - 34  # 24 index buffers + 2 PaSST head + 2 pooler + 6 cls_img_feat dropped
+    assert len(loaded) == 724 - 34
     assert all(torch.equal(loaded[k], v) for k, v in probe.items())
-
-    model.eval()
-    frames = torch.randn(1, 32, 3, 224, 224)
-    audio = torch.randn(1, 1, 320000) * 0.1
-    computed = {}
-    encode = model.encode_av
-
-    def encode_once(f, a):  # the encoders are most of the CPU time: run them once for both calls below
-        if "av" not in computed:
-            computed["av"] = encode(f, a)
-        return computed["av"]
-
-    model.encode_av = encode_once
-    ids = torch.tensor([[101, 1037, 2158, 103, 1012, 102, 0, 0]])
-    with torch.no_grad():
-        out = model(dict(frames=frames, audio=audio, input_ids=ids, target_ids=ids.clone(),
-                         masked_pos=ids == 103, text_len=torch.tensor([6])))
-    assert computed["av"].shape == (1, 1257, 512)
-    assert all(torch.isfinite(v) for v in out.values())
-    caption = model.generate(frames, audio, max_length=4)
-    assert caption.token_ids.shape == (1, 4) and 102 in caption.token_ids[0].tolist()
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    assert torch.equal(model.swin.backbone.layers[0].blocks[0].attn.relative_position_index,
+                       relative_position_index((8, 7, 7)))
+    with caplog.at_level(logging.WARNING):
+        assert checkpoint_recipe(run / "checkpoint-1-1") == PAPER
+    assert "assuming" not in caplog.text

@@ -4,6 +4,7 @@ renders in a real headless browser (Chromium) without errors, showing every clip
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,9 @@ from avlformer.demo import report
 PROOF_KEYS = ("visual_accuracy", "sound_accuracy", "silenced_visual_accuracy", "silenced_sound_accuracy",
               "sound_chance", "cider", "bleu4", "wall_seconds")
 NUM_TEST = 3
+# 16 clips in one batch: one optimizer step per epoch. Enough steps for the loss to fall far below where it
+# started and for greedy captions to use only the demo's words; far too few to learn the attributes.
+NUM_TRAIN, EPOCHS = 16, 30
 
 
 def chromium() -> str | None:
@@ -46,10 +50,30 @@ def render_in_browser(page: Path, profile: Path) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("demo")
-    code = cli_main(["demo", "--workdir", str(work), "--num-train", "16", "--num-val", "1", "--num-test",
-                     str(NUM_TEST), "--epochs", "2", "--batch-size", "2"])
+    code = cli_main(["demo", "--workdir", str(work), "--num-train", str(NUM_TRAIN), "--num-val", "1", "--num-test",
+                     str(NUM_TEST), "--epochs", str(EPOCHS), "--batch-size", "2"])
     assert code == 0
     return work
+
+
+def live_children() -> list[str]:
+    """This process's children that are still running (zombies excluded), as "pid name cmdline"."""
+    me, found = str(os.getpid()), []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            cmdline = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # exited meanwhile
+        if fields.get("PPid", "").strip() == me and not fields.get("State", "").strip().startswith("Z"):
+            found.append(f"{status.parent.name} {fields['Name'].strip()} {cmdline}")
+    # multiprocessing's resource tracker lives exactly as long as its parent (it exits when the parent's pipe
+    # closes), so it is no leak; pool and loader workers are.
+    return [child for child in found if "resource_tracker" not in child]
+
+
+def test_reduced_demo_leaves_no_process_behind(demo_run):
+    assert live_children() == []
 
 
 def test_reduced_demo_writes_metrics(demo_run):
@@ -62,7 +86,59 @@ def test_reduced_demo_writes_metrics(demo_run):
     assert metrics["cider"] >= 0 and 0 <= metrics["bleu4"] <= 1
     assert set(metrics["stage_seconds"]) == {"synth", "prepare", "train", "caption", "evaluate", "report"}
     assert metrics["num_captioned"] == NUM_TEST and metrics["failed"] == []
-    assert metrics["train_steps"] == 2
+    assert metrics["train_steps"] == EPOCHS
+
+
+def test_reduced_demo_learns(demo_run):
+    """A model that does not learn (no update applied, wrong weights saved or loaded, wrong vocabulary) fails."""
+    from avlformer.data.tokenizer import load_tokenizer
+    from avlformer.demo.cli import read_loss_curve
+
+    curve = read_loss_curve(demo_run / "train" / "log")
+    assert [step for step, _ in curve] == list(range(1, EPOCHS + 1))
+    first, last = curve[0][1], curve[-1][1]
+    assert last < 0.6 * first, curve
+    tokenizer = load_tokenizer()
+    captions = json.loads((demo_run / "raw" / "captions.json").read_text())
+    demo_tokens = {token for text in captions.values() for token in tokenizer.tokenize(text)}
+    for name in ("test.json", "test_silenced.json"):
+        for prediction in json.loads((demo_run / "predictions" / name).read_text()):
+            tokens = tokenizer.tokenize(prediction["caption"])
+            assert tokens and set(tokens) <= demo_tokens, (prediction, set(tokens) - demo_tokens)
+
+
+def test_infer_on_the_raw_test_videos_writes_the_demos_captions(demo_run, tmp_path):
+    """`avlformer infer` with the demo's checkpoint, its raw test videos and their mp3s: the very same file."""
+    raw = demo_run / "raw"
+    checkpoint = json.loads((demo_run / "metrics.json").read_text())["checkpoint"]
+    output = tmp_path / "infer.json"
+    assert cli_main(["infer", "--eval_model_dir", checkpoint, "--test_video_fname", str(raw / "videos" / "test"),
+                     "--test_audio_fname", str(raw / "audio_mp3" / "test"), "--output", str(output),
+                     "--device", "cpu"]) == 0
+    assert json.loads(output.read_text()) == json.loads((demo_run / "predictions" / "test.json").read_text())
+
+
+def test_captions_from_the_prepared_shards_are_the_demos(demo_run):
+    """The eval loader's tensors from the prepared test split give the captions the demo wrote from raw clips."""
+    from avlformer.data.clip_ids import clip_id_from_key
+    from avlformer.data.dataset import CaptionDataset, DataConfig
+    from avlformer.inference import pipeline
+
+    loaded = pipeline.load_for_inference(json.loads((demo_run / "metrics.json").read_text())["checkpoint"], "cpu")
+    config = loaded.config
+    data_config = DataConfig(num_frames=config.num_frames, image_size=config.image_size,
+                             sample_rate=config.audio.sample_rate, clip_seconds=config.audio.clip_seconds)
+    yaml_path = demo_run / "raw" / "metadata" / f"test_{loaded.recipe.stored_frames}frames.yaml"
+    dataset = CaptionDataset(yaml_path, data_config, is_train=False)
+    items = [dataset[i] for i in range(len(dataset))]
+    clips = [pipeline.ClipInput(index=i, video_id=clip_id_from_key(item["video_key"]), path=item["video_key"],
+                                frames=item["frames"], audio=item["audio"], audio_source="mp3")
+             for i, item in enumerate(items)]
+    predictions = pipeline.caption_batch(loaded.model, clips, pipeline.checkpoint_decoding(config), loaded.device,
+                                         loaded.tokenizer)
+    demo = {p["image_id"]: p["caption"]
+            for p in json.loads((demo_run / "predictions" / "test.json").read_text())}
+    assert {p.video_id: p.caption for p in predictions} == demo
 
 
 def test_reduced_demo_predictions_and_checkpoint(demo_run):
@@ -98,9 +174,9 @@ def test_reduced_demo_report_renders_in_chromium(demo_run, tmp_path):
 def test_rerun_reuses_the_dataset(demo_run, capsys):
     from avlformer.demo.cli import stage_synth
 
-    data = stage_synth(demo_run / "raw", {"train": 16, "val": 1, "test": NUM_TEST}, 0)
+    data = stage_synth(demo_run / "raw", {"train": NUM_TRAIN, "val": 1, "test": NUM_TEST}, 0)
     assert "reusing" in capsys.readouterr().out
-    assert len(data["captions"]) == 16 + 1 + NUM_TEST
+    assert len(data["captions"]) == NUM_TRAIN + 1 + NUM_TEST
 
 
 def test_browser_check_can_fail(tmp_path):

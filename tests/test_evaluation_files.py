@@ -183,3 +183,16 @@ def test_cli_device_follows_the_one_device_rule(tmp_path, capsys, device, proble
     assert avlformer_main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--metrics", "entity",
                            "--device", device]) == 2
     assert problem in capsys.readouterr().err
+
+
+def test_cli_checks_the_passt_config_before_any_metric_runs(tmp_path, capsys, monkeypatch):
+    import avlformer.evaluation.cli as evaluation_cli
+
+    monkeypatch.setattr(evaluation_cli, "evaluate", lambda *a, **k: pytest.fail("metrics ran before the check"))
+    pred = write_json(tmp_path / "pred.json", {"a": "a dog"})
+    ref = write_json(tmp_path / "ref.json", [{"image_id": "a", "caption": "a dog"}])
+    config = tmp_path / "passt.json"
+    config.write_text("{not json", encoding="utf-8")
+    assert avlformer_main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--trilip-passt-config",
+                           str(config)]) == 2
+    assert f"{config}: PaSST config JSON (--trilip-passt-config) is not valid JSON" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from avlformer.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from avlformer.modeling.attention_mask import learned_av_mask
 from avlformer.modeling.generation import BeamHypotheses, ReforwardStepper, generate
 from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig

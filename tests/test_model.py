@@ -1,12 +1,18 @@
 """The assembled AVLFormer on the tiny preset: AV tokens, losses, learned mask, input checks, determinism, config."""
 
+import dataclasses
+import json
+import subprocess
+import sys
+from typing import Sequence
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from avlformer.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from avlformer.modeling.attention_mask import build_attention_mask, mask_to_bias
-from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
+from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig, describe_model
 from avlformer.modeling.passt import rms_norm
 
 torch.set_num_threads(1)
@@ -138,8 +144,12 @@ def test_activation_checkpointing_same_loss_and_gradients(tiny, monkeypatch):
     model, config = tiny
     batch = text_batch(config)
     results = []
+    def set_checkpointing(enabled):  # as training sets it: config flags of the encoders, the text model's switch
+        config.video.use_checkpoint = config.audio.use_checkpoint = enabled
+        model.trans_encoder.set_gradient_checkpointing(enabled)
+
     for enabled in (False, True):
-        model.set_activation_checkpointing(enabled)
+        set_checkpointing(enabled)
         model.train()
         model.zero_grad()
         with torch.random.fork_rng():
@@ -148,7 +158,7 @@ def test_activation_checkpointing_same_loss_and_gradients(tiny, monkeypatch):
         loss.backward()
         results.append((loss.item(), model.swin.backbone.patch_embed.proj.weight.grad.clone(),
                         model.trans_encoder.bert.encoder.layer[0].attention.self.query.weight.grad.clone()))
-    model.set_activation_checkpointing(False)
+    set_checkpointing(False)
     model.zero_grad()
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     assert torch.allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-8)
@@ -221,3 +231,98 @@ def test_config_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
         AVLFormerConfig.load(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("size, grid", [(112, (4, 4, 4)), (160, (4, 5, 5))])
+def test_frame_sizes_that_do_not_tile_build_and_train(size, grid):
+    """Upstream pads frames that do not tile (docs/upstream.md §3.2); the learned mask is sized to the padded grid."""
+    torch.manual_seed(0)
+    config = AVLFormerConfig.from_dict({**AVLFormerConfig.tiny().to_dict(), "image_size": size})
+    num_video = grid[0] * grid[1] * grid[2]
+    assert config.num_video_tokens == num_video
+    model = AVLFormer(config).eval()
+    num_av = num_video + config.num_audio_tokens
+    assert model.learn_vid_att.weight.shape == (num_av * num_av, 1)
+    batch = text_batch(config)
+    assert model.encode_av(batch["frames"], batch["audio"]).shape == (2, num_av, config.img_feature_dim)
+    assert torch.isfinite(model(batch)["loss"])
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("num_frames", "many", "num_frames must be an integer, got 'many'"),
+    ("num_frames", 2.5, "num_frames must be an integer, got 2.5"),
+    ("num_frames", True, "num_frames must be an integer, got True"),
+    ("learn_mask_enabled", 1, "learn_mask_enabled must be true or false, got 1"),
+    ("length_penalty", "high", "length_penalty must be a number, got 'high'"),
+    ("video", 3, "video must be an object, got 3"),
+])
+def test_config_file_type_errors_name_the_file_and_field(tmp_path, key, value, message):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**AVLFormerConfig.tiny().to_dict(), key: value}))
+    with pytest.raises(ValueError) as error:
+        AVLFormerConfig.load(path)
+    assert str(error.value) == f"{path}: {message}"
+
+
+def test_nested_config_type_errors_name_the_dotted_field(tmp_path):
+    data = AVLFormerConfig.tiny().to_dict()
+    data["video"]["depths"] = [1, "two", 1, 1]
+    data["text"]["hidden_dropout"] = "none"
+    with pytest.raises(ValueError, match=r"^text.hidden_dropout must be a number, got 'none'$"):
+        AVLFormerConfig.from_dict({**data, "video": AVLFormerConfig.tiny().to_dict()["video"]})
+    with pytest.raises(ValueError, match=r"^video.depths must be a list of entries that are each an integer"):
+        AVLFormerConfig.from_dict(data)
+
+
+def test_config_float_fields_accept_integers():
+    config = AVLFormerConfig.from_dict({**AVLFormerConfig.tiny().to_dict(), "length_penalty": 2})
+    assert config.length_penalty == 2
+
+
+@dataclasses.dataclass
+class _Example:
+    count: int = 1
+    ratio: float = 0.5
+    flag: bool = False
+    name: str | None = None
+    sizes: Sequence[int] = (1, 2)
+    inner: AVLFormerConfig | None = None
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"count": "3"}, "count must be an integer, got '3'"),
+    ({"ratio": False}, "ratio must be a number, got False"),
+    ({"ratio": float("nan")}, "ratio must be a number, got nan"),
+    ({"flag": "yes"}, "flag must be true or false, got 'yes'"),
+    ({"name": 5}, "name must be a string or null, got 5"),
+    ({"sizes": "12"}, "sizes must be a list, got '12'"),
+    ({"sizes": [1, 2.0]}, "sizes must be a list of entries that are each an integer, got [1, 2.0]"),
+    ({"inner": []}, "inner must be an object or null, got []"),
+])
+def test_checked_fields_type_rule(data, message):
+    from avlformer.config_fields import checked_fields
+
+    with pytest.raises(ValueError) as error:
+        checked_fields(_Example, data)
+    assert str(error.value) == message
+    valid = {"count": 3, "ratio": 1, "flag": True, "name": None, "sizes": [3], "inner": {"num_beams": 2}}
+    assert checked_fields(_Example, valid) == valid
+
+
+def test_describe_model_is_computed_on_meta():
+    assert describe_model(AVLFormerConfig.paper()) == (
+        "AVLFormer: Swin-B, PaSST-S, 12-layer text transformer, 32 frames at 224 px: 308.8 M parameters, "
+        "1235 MB fp32")
+    tiny = AVLFormerConfig.tiny()
+    count = sum(p.numel() for p in AVLFormer(tiny).parameters())
+    assert describe_model(tiny).endswith(f"8 frames at 64 px: {count / 1e6:.1f} M parameters, "
+                                         f"{count * 4 / 1e6:.0f} MB fp32")
+    assert describe_model(tiny).startswith("AVLFormer: Swin-nano, PaSST-nano, 2-layer text transformer")
+
+
+def test_model_import_does_not_pull_in_transformers():
+    """The model needs five token ids, not the tokenizer: importing modeling must not import transformers."""
+    code = ("import sys, avlformer.modeling.avlformer, avlformer.modeling.checkpoint; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

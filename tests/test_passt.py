@@ -15,10 +15,14 @@ from avlformer.modeling.passt import (
     PasstNet,
     checkpoint_filter_fn,
     evenly_spaced_indices,
-    expected_parameter_shapes,
     load_official_weights,
     rms_norm,
 )
+from avlformer.modeling.meta_device import expected_state_shapes
+
+
+def expected_parameter_shapes(config):
+    return expected_state_shapes(lambda: PasstNet(config))
 
 hear21_passt = pytest.importorskip("hear21passt.models.passt")
 hear21_preprocess = pytest.importorskip("hear21passt.models.preprocess")

@@ -50,13 +50,17 @@ def test_folders_and_broken_links_named_like_videos_are_errors_naming_each(tmp_p
     train = tmp_path / "videos" / "train"
     mf.write_normal(train / "good.mp4", seconds=0.5, fps=20)
     (train / "folder.mp4").mkdir()
+    (train / "extras").mkdir()
     os.symlink(tmp_path / "nowhere.mp4", train / "gone.mp4")
     (tmp_path / "captions.json").write_text(json.dumps({"good": "one.", "folder": "two.", "gone": "three."}))
     assert run_prepare(tmp_path) == 0
     found = errors(tmp_path)
     assert "a folder named like a video" in found["videos/train/folder.mp4"]
     assert "broken symbolic link" in found["videos/train/gone.mp4"]
-    assert report(tmp_path)["splits"]["train"]["errors"] == 2
+    assert report(tmp_path)["splits"]["train"] == {"prepared": 1, "errors": 2, "warnings": 1}
+    [warning] = [p for p in report(tmp_path)["problems"] if p["severity"] == "warning"]
+    assert (warning["file"], warning["reason"]) == ("videos/train/extras", "ignored: a folder (videos/<split>/ "
+                                                                           "holds video files)")
 
 
 def test_caption_file_errors_count_in_their_split(tmp_path):

@@ -1,5 +1,7 @@
 """Text transformer: equality with Hugging Face BERT, HF initialisation, attention layout, eager/SDPA, checkpointing."""
 
+import json
+
 import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertModel
@@ -63,6 +65,47 @@ def test_load_hf_bert_folder_matches_hf_mlm_logits(tmp_path):
     assert relative_error(got[keep], expected[keep]) < 1e-5
     # Untied: the LM decoder is its own tensor after loading, even though HF's was tied.
     assert ours.cls.predictions.decoder.weight.data_ptr() != ours.bert.embeddings.word_embeddings.weight.data_ptr()
+
+
+def test_load_hf_bert_from_a_local_bert_model_folder(tmp_path):
+    """What ``--model_name_or_path`` gives training: a local Hugging Face BertModel folder (no download), whose
+    encoder then computes what HF's does; the LM head it lacks starts from the word embeddings."""
+    torch.manual_seed(2)
+    reference = BertModel(hf_config(), add_pooling_layer=True).eval()
+    reference.save_pretrained(tmp_path)
+    ours = TextTransformer(TextTransformerConfig(**SMALL)).eval()
+    not_provided = ours.load_hf_bert(tmp_path)
+    assert "bert.img_embedding.weight" in not_provided and "cls.predictions.transform.dense.weight" in not_provided
+    assert not any(name.startswith("bert.encoder.") or name.startswith("bert.embeddings.") for name in not_provided)
+    assert torch.equal(ours.cls.predictions.decoder.weight, reference.embeddings.word_embeddings.weight)
+    ids, padding = padded_batch(2)
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=padding).last_hidden_state
+        got = ours(ids, attention_bias=mask_to_bias(padding.float()))
+    keep = padding.bool()
+    assert relative_error(got[keep], expected[keep]) < 1e-5
+
+
+def test_load_hf_bert_config_errors_name_the_file(tmp_path):
+    BertModel(hf_config()).save_pretrained(tmp_path)
+    config_path = tmp_path / "config.json"
+    data = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**data, "num_hidden_layers": "two"}))
+    ours = TextTransformer(TextTransformerConfig(**SMALL))
+    with pytest.raises(ValueError) as error:
+        ours.load_hf_bert(tmp_path)
+    assert str(error.value) == f"{config_path}: num_hidden_layers must be an integer, got 'two'"
+    config_path.write_text(json.dumps({k: v for k, v in data.items() if k != "vocab_size"}))
+    with pytest.raises(ValueError, match=r"config.json: not a BERT config: no vocab_size"):
+        ours.load_hf_bert(tmp_path)
+
+
+def test_attention_and_feed_forward_outputs_are_named_for_their_roles():
+    from avlformer.modeling.text_transformer import BertOutput, BertSelfOutput
+
+    layer = TextTransformer(TextTransformerConfig(**SMALL)).bert.encoder.layer[0]
+    assert type(layer.attention.output) is BertSelfOutput and type(layer.output) is BertOutput
+    assert layer.attention.output.dense.in_features == 32 and layer.output.dense.in_features == 64
 
 
 def test_load_hf_bert_rejects_other_dimensions(tmp_path):

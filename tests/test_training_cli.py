@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import torch
 
 from avlformer import cli
+from avlformer.data.recipe import RECIPE_NAME, PreprocessRecipe, recipe_path_for_yaml
 from test_data_loader import write_tiny_dataset
+
+# The tiny dataset's frames: 8 per clip, 40 px on the shorter side; anything but the paper recipe.
+TINY_RECIPE = PreprocessRecipe(stored_frames=8, short_side=40, jpeg_quality=90)
+
+
+def train_flags(data_dir, out, *extra):
+    return ["train", "--model_preset", "tiny", "--data_dir", str(data_dir),
+            "--train_yaml", "metadata/train_32frames.yaml", "--output_dir", str(out),
+            "--per_gpu_train_batch_size", "2", "--device", "cpu", "--max_seq_length", "24",
+            "--max_seq_a_length", "24", "--learn_mask_enabled", *extra]
 
 
 def test_train_command_on_prepared_data_with_loader_workers(tmp_path):
     torch.set_num_threads(1)
     yaml_path = write_tiny_dataset(tmp_path / "data")
+    TINY_RECIPE.save(recipe_path_for_yaml(yaml_path))
     out = tmp_path / "out"
-    status = cli.main(["train", "--model_preset", "tiny", "--data_dir", str(tmp_path / "data"),
-                       "--train_yaml", "metadata/train_32frames.yaml", "--output_dir", str(out),
-                       "--per_gpu_train_batch_size", "2", "--num_train_epochs", "2", "--num_workers", "1",
-                       "--device", "cpu", "--max_seq_length", "24", "--max_seq_a_length", "24",
-                       "--learn_mask_enabled", "--save_steps", "-1", "--logging_steps", "1"])
+    status = cli.main(train_flags(tmp_path / "data", out, "--num_train_epochs", "2", "--num_workers", "1",
+                                  "--save_steps", "-1", "--logging_steps", "1"))
     assert status == 0
     assert yaml_path.is_file()
     checkpoints = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
@@ -29,3 +39,20 @@ def test_train_command_on_prepared_data_with_loader_workers(tmp_path):
     assert config["num_frames"] == 8 and config["max_seq_length"] == 24  # tiny preset + explicit flag
     args = json.loads((out / "log" / "args.json").read_text())
     assert args["max_num_frames"] == 8 and args["attn_mask_type"] == "learn_vid_att"
+    for name in checkpoints:  # the recipe of the data trained on travels with every checkpoint
+        assert PreprocessRecipe.load(out / name / RECIPE_NAME) == TINY_RECIPE
+
+
+def test_validation_data_prepared_with_another_recipe_is_an_error(tmp_path, capsys):
+    yaml_path = write_tiny_dataset(tmp_path / "data")
+    TINY_RECIPE.save(recipe_path_for_yaml(yaml_path))
+    val_yaml = yaml_path.with_name("val_32frames.yaml")
+    shutil.copyfile(yaml_path, val_yaml)
+    PreprocessRecipe(stored_frames=8, short_side=64, jpeg_quality=90).save(recipe_path_for_yaml(val_yaml))
+    out = tmp_path / "out"
+    status = cli.main(train_flags(tmp_path / "data", out, "--evaluate_during_training", "--num_workers", "0"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert err[-1].startswith(f"avlformer train: error: {val_yaml}: the validation data was prepared with another "
+                              "recipe than the training data (short_side 64 (training data: 40))")
+    assert not [p for p in out.iterdir() if p.name.startswith("checkpoint-")]

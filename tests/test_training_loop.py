@@ -10,11 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from avlformer.data.recipe import RECIPE_NAME
 from avlformer.modeling.avlformer import AVLFormerConfig
 from avlformer.training import loop
 from avlformer.training.args import parse_train_args
 from avlformer.training.batches import EpochBatchSampler
-from avlformer.training.checkpointing import TRAINING_STATE
+from avlformer.training.checkpointing import TRAINING_STATE, ResumeError
 from training_fakes import FakeCaptionDataset, deterministic_tiny_config, tiny_model
 
 torch.set_num_threads(1)
@@ -126,7 +127,7 @@ def test_validation_keeps_the_best_checkpoint_by_cider_and_logs_scalars(tmp_path
     result = run(out, "--evaluate-during-training", val=True)
     assert result.best["checkpoint"] == "checkpoint-1-6" and result.best["score"] == 0.5
     best = out / "best_checkpoint"
-    for name in ("model.safetensors", TRAINING_STATE):
+    for name in ("model.safetensors", TRAINING_STATE, RECIPE_NAME):
         assert (best / name).read_bytes() == (out / "checkpoint-1-6" / name).read_bytes()
     history = json.loads((out / "metadata_val_32frames.yamleval_logs.json").read_text())
     assert [h["CIDEr"] for h in history] == [0.2, 0.5, 0.3]
@@ -147,3 +148,66 @@ def test_validation_keeps_the_best_checkpoint_by_cider_and_logs_scalars(tmp_path
     lrs = {e.step: e.value for e in events.Scalars("train/lr_decay")}
     backbone = {e.step: e.value for e in events.Scalars("train/lr_backbone_decay")}
     assert backbone[4] == pytest.approx(lrs[4] * 0.5)
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", TRAINING_STATE])
+def test_a_damaged_latest_checkpoint_is_named_and_resume_falls_back_to_the_newest_intact_one(tmp_path, damaged,
+                                                                                              capsys):
+    out = tmp_path / "run"
+    run(out, "--num-train-epochs", "1")  # checkpoint-0-3 and checkpoint-1-4
+    latest, intact = out / "checkpoint-1-4", out / "checkpoint-0-3"
+    uninterrupted = (latest / "model.safetensors").read_bytes()
+    broken = latest / damaged
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+
+    with pytest.raises(ResumeError) as caught:  # asked for that very checkpoint: stop, with the one that works
+        run(out, "--num-train-epochs", "1", "--resume", str(latest))
+    message = str(caught.value)
+    assert f"{broken}: damaged or incomplete" in message and message.endswith(f"--resume {intact}")
+    assert "\n" not in message
+
+    capsys.readouterr()
+    again = run(out, "--num-train-epochs", "1", "--resume", "auto")
+    err = capsys.readouterr().err
+    assert f"{broken}: damaged or incomplete" in err
+    assert f"resuming from {intact}, the newest intact checkpoint" in err
+    assert again.global_step == 4
+    assert (latest / "model.safetensors").read_bytes() == uninterrupted  # rewritten, as the run never broke
+
+
+def test_ctrl_c_stops_with_the_exact_resume_flag_and_that_resume_finishes(tmp_path, monkeypatch):
+    real_step = loop.Trainer.optimizer_step
+
+    def interrupted_step(self, outputs):
+        if self.progress.global_step == 4:
+            raise KeyboardInterrupt
+        return real_step(self, outputs)
+
+    monkeypatch.setattr(loop.Trainer, "optimizer_step", interrupted_step)
+    out = tmp_path / "run"
+    with pytest.raises(loop.TrainingInterrupted) as caught:
+        run(out)
+    checkpoint = (out / "checkpoint-0-3").absolute()
+    assert str(caught.value) == (f"interrupted at optimizer step 4 of 8; the last checkpoint is {checkpoint}: "
+                                 f"rerun the same command with --resume {checkpoint}")
+    monkeypatch.setattr(loop.Trainer, "optimizer_step", real_step)
+    assert run(out, "--resume", str(checkpoint)).global_step == 8
+
+
+def test_ctrl_c_in_the_command_prints_one_line_and_exits_130(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from avlformer.training import cli as train_cli
+
+    def interrupted(*_, **__):
+        raise loop.TrainingInterrupted(5, 8, tmp_path / "checkpoint-0-4")
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    status = train_cli.main(parser.parse_args(["--device", "cpu", "--output-dir", str(tmp_path)]))
+    err = capsys.readouterr().err
+    assert status == 130
+    assert err.strip().splitlines() == [f"avlformer train: interrupted at optimizer step 5 of 8; the last "
+                                        f"checkpoint is {tmp_path / 'checkpoint-0-4'}: rerun the same command "
+                                        f"with --resume {tmp_path / 'checkpoint-0-4'}"]

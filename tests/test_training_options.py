@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from avlformer.training import checkpointing, loop
-from avlformer.training.args import parse_train_args
+from avlformer.training.args import ArgumentError, parse_train_args
 from avlformer.training.model_setup import build_model
 from training_fakes import FakeCaptionDataset, deterministic_tiny_config, tiny_model
 
@@ -30,7 +30,12 @@ def short_run(output_dir: Path, *flags: str, samples: int = 4, model=None):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs_and_keeps_fp32_master_weights(tmp_path, precision):
-    result, model = short_run(tmp_path, "--precision", precision)
+    model = tiny_model()
+    linear = next(m for m in model.trans_encoder.modules() if isinstance(m, torch.nn.Linear))
+    seen = []
+    linear.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    result, model = short_run(tmp_path, "--precision", precision, model=model)
+    assert seen and set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float16}  # autocast ran
     assert result.global_step == 2
     assert all(p.dtype == torch.float32 for p in model.parameters())
     state = torch.load(result.last_checkpoint / checkpointing.TRAINING_STATE, weights_only=True)
@@ -92,3 +97,58 @@ def test_a_save_that_fails_midway_leaves_no_checkpoint_and_the_previous_one_inta
     assert names == ["checkpoint-0-1"]  # no checkpoint-1-2, no temporary folder
     state = torch.load(tmp_path / "checkpoint-0-1" / checkpointing.TRAINING_STATE, weights_only=True)
     assert state["progress"]["global_step"] == 1
+
+
+def deterministic_run(output_dir: Path, *flags: str):
+    model = tiny_model()
+    seen = []
+    model.register_forward_hook(lambda *_: seen.append((torch.get_num_threads(),
+                                                        torch.are_deterministic_algorithms_enabled())))
+    result, _ = short_run(output_dir, "--save-steps", "-1", *flags, model=model)
+    return load_file(str(result.last_checkpoint / "model.safetensors")), seen
+
+
+def test_deterministic_runs_give_identical_weights_with_several_threads(tmp_path):
+    torch.set_num_threads(2)  # several threads split float reductions in an order that can vary
+    try:
+        first, seen = deterministic_run(tmp_path / "a", "--deterministic")
+        second, _ = deterministic_run(tmp_path / "b", "--deterministic")
+        assert set(seen) == {(1, True)}  # one intra-op thread and deterministic kernels during the run
+        assert torch.get_num_threads() == 2 and not torch.are_deterministic_algorithms_enabled()  # restored
+    finally:
+        torch.set_num_threads(1)
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+def test_a_batch_larger_than_the_training_set_is_a_one_line_error(tmp_path):
+    with pytest.raises(ArgumentError, match=r"training set has 4 samples.*--per-gpu-train-batch-size 8"):
+        short_run(tmp_path, "--per-gpu-train-batch-size", "8", samples=4)
+
+
+def test_flags_that_cannot_apply_to_a_given_model_are_errors(tmp_path):
+    config = deterministic_tiny_config()
+    args = parse_train_args(["--output-dir", str(tmp_path), "--device", "cpu", "--max_num_frames", "4"],
+                            model_config=config)
+    with pytest.raises(ArgumentError, match="num_frames: model 8, flags 4"):
+        loop.train(args, model=tiny_model(config), train_dataset=FakeCaptionDataset(config, 4))
+
+
+def test_the_model_is_described_with_its_size_before_it_is_built(tmp_path, monkeypatch, capsys):
+    """Without --model-config the paper model is built; the log says so, with its size, before building."""
+    from avlformer.training import model_setup
+
+    class Stop(Exception):
+        pass
+
+    def refuse(*_):
+        raise Stop
+
+    monkeypatch.setattr(model_setup, "build_model", refuse)
+    args = parse_train_args(["--output-dir", str(tmp_path), "--device", "cpu"])
+    with pytest.raises(Stop):
+        loop.train(args, train_dataset=FakeCaptionDataset(deterministic_tiny_config(), 4))
+    err = capsys.readouterr().err
+    assert "building the model from the paper preset" in err
+    assert "32 frames at 224 px" in err and " M parameters" in err and "needs tens of GB" in err

@@ -108,8 +108,46 @@ def test_num_tokens_follows_patch_and_stage_count():
     assert VideoSwinConfig.nano().num_tokens(4, (96, 64)) == 2 * 3 * 2
     three_stages = VideoSwinConfig(embed_dim=8, depths=[1, 1, 1], num_heads=[1, 1, 1], patch_size=(1, 2, 2))
     assert three_stages.num_tokens(3, (16, 24)) == 3 * 2 * 3  # stride 2·2² = 8
-    with pytest.raises(ValueError, match="H by 32"):
-        VideoSwinConfig.nano().num_tokens(8, 48)
+    with pytest.raises(ValueError, match="at least one frame"):
+        VideoSwinConfig.nano().num_tokens(0, 48)
+
+
+@pytest.mark.parametrize(
+    "frames, size, grid",
+    [
+        (32, 224, (16, 7, 7)),  # the paper: tiles exactly
+        (8, 112, (4, 4, 4)),  # 28 -> 14 -> 7 -> 4: the last merging pads 7 to 8
+        (8, 160, (4, 5, 5)),  # 40 -> 20 -> 10 -> 5
+        (7, (50, 66), (4, 2, 3)),  # odd T padded to 8; 50 px padded to 52 by the patch embedding (13 -> 7 -> 4 -> 2)
+        (32, 48, (16, 2, 2)),
+    ],
+)
+def test_token_grid_follows_upstream_padding(frames, size, grid):
+    """Upstream pads T, H, W to patch multiples and odd H, W at each merging; the grid follows the padded sizes."""
+    assert VideoSwinConfig.base().token_grid(frames, size) == grid
+
+
+@pytest.mark.parametrize("size, tokens", [(112, 4 * 4 * 4), (160, 4 * 5 * 5)])
+def test_frame_sizes_that_do_not_tile_run_with_the_padded_token_count(size, tokens):
+    encoder = VideoSwinEncoder(VideoSwinConfig.nano()).eval()
+    with torch.no_grad():
+        out = encoder(torch.randn(1, 8, 3, size, size))
+    assert VideoSwinConfig.nano().num_tokens(8, size) == tokens
+    assert out.shape == (1, tokens, 128)
+
+
+def test_padded_input_matches_torchvision_swin3d():
+    """torchvision's reference Swin3d pads as upstream does (patch embedding, odd merging, windows): same features
+    for a size that does not tile, shifted windows included."""
+    torch.manual_seed(0)
+    encoder = VideoSwinEncoder(VideoSwinConfig.nano(depths=(2, 2, 2, 2), window_size=(2, 3, 3))).eval()
+    reference = _torchvision_reference(encoder)
+    frames = torch.randn(1, 7, 3, 100, 60)
+    with torch.no_grad():
+        tokens = encoder(frames)
+        grid = reference.norm(reference.features(reference.patch_embed(frames.permute(0, 2, 1, 3, 4))))
+    assert tuple(grid.shape[1:4]) == VideoSwinConfig.nano().token_grid(7, (100, 60)) == (4, 4, 2)
+    torch.testing.assert_close(tokens, grid.flatten(1, 3))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,9 +274,7 @@ def test_blocks_alternate_shift_and_stem_uses_layernorm():
     [
         ((2, 8, 64, 64), torch.float32, r"\(B, T, 3, H, W\), got shape \(2, 8, 64, 64\)"),
         ((2, 8, 4, 64, 64), torch.float32, r"got shape \(2, 8, 4, 64, 64\)"),
-        ((2, 7, 3, 64, 64), torch.float32, "T divisible by 2.*got T=7"),
-        ((2, 8, 3, 60, 64), torch.float32, "H by 32.*got T=8, H=60"),
-        ((2, 8, 3, 64, 48), torch.float32, "W by 32.*W=48"),
+        ((2, 0, 3, 64, 64), torch.float32, "at least one frame.*got T=0"),
         ((2, 8, 3, 64, 64), torch.uint8, "float frames, got dtype torch.uint8"),
     ],
 )

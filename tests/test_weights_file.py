@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from avlformer.modeling.weights_file import read_weights_file
+from avlformer.modeling.weights_file import read_safetensors_shapes, read_weights_file
 
 
 class _RunsCodeWhenUnpickled:
@@ -35,3 +35,15 @@ def test_missing_and_non_dict_files(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="expected a dict checkpoint, got list"):
         read_weights_file(tmp_path / "list.pt")
+
+
+def test_safetensors_shapes_come_from_the_header(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.zeros(2, 3), "b": torch.zeros(5, dtype=torch.int64)}, str(path))
+    assert read_safetensors_shapes(path) == {"a": (2, 3), "b": (5,)}
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(ValueError, match=r"truncated\.safetensors: cannot read safetensors weights"):
+        read_safetensors_shapes(truncated)
+    with pytest.raises(FileNotFoundError, match="absent.safetensors"):
+        read_safetensors_shapes(tmp_path / "absent.safetensors")

@@ -15,7 +15,7 @@ from pathlib import Path
 from avlformer.atomic import write_text_atomic
 from avlformer.device import DEVICE_CHOICES, resolve_device
 from avlformer.evaluation.references import CaptionFileError, load_predictions, load_references, pair_captions
-from avlformer.evaluation.runner import METRIC_CHOICES, ModelPaths, evaluate, model_paths_exist
+from avlformer.evaluation.runner import METRIC_CHOICES, ModelPaths, evaluate, missing_model_paths
 
 _SHOWN_IDS = 5
 
@@ -83,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
                        trilip_checkpoint=args.trilip_checkpoint, trilip_passt_config=args.trilip_passt_config,
                        video_dir=args.video_dir, audio_dir=args.audio_dir, num_frames=args.num_frames,
                        device=args.device)
-    absent = model_paths_exist(paths)
+    absent = missing_model_paths(paths)
     if absent:
         print(f"error: not found: {'; '.join(absent)}", file=sys.stderr)
         return 2
@@ -92,6 +92,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         resolve_device(args.device)
+        if args.trilip_passt_config is not None:
+            from avlformer.evaluation.trilip import read_passt_config
+
+            read_passt_config(args.trilip_passt_config)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -169,7 +169,7 @@ def evaluate(paired: PairedCaptions, groups: list[str], paths: ModelPaths) -> Ev
     return report
 
 
-def model_paths_exist(paths: ModelPaths) -> list[str]:
+def missing_model_paths(paths: ModelPaths) -> list[str]:
     """Paths given on the command line that do not exist (reported before any work starts)."""
     given = {"--t5-model": paths.t5_model, "--nltk-data": paths.nltk_data, "--clip-model": paths.clip_model,
              "--trilip-checkpoint": paths.trilip_checkpoint, "--trilip-passt-config": paths.trilip_passt_config,

@@ -281,11 +281,17 @@ def config_from_upstream_args(args: Mapping[str, Any], source: str = "args.json"
     ``source`` and the argument (argparse wrote ints and bools; their spellings as strings are accepted)."""
     if not isinstance(args, Mapping):
         raise ValueError(f"{source}: expected a JSON object of upstream arguments, got {type(args).__name__}")
-    arg = _UpstreamArgs(args, source)
+    try:
+        return _config_from_args(_UpstreamArgs(args))
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+
+
+def _config_from_args(arg: "_UpstreamArgs") -> AVLFormerConfig:
     size = arg.text("vidswin_size", "base")
     presets = {"tiny": VideoSwinConfig.tiny, "small": VideoSwinConfig.small, "base": VideoSwinConfig.base}
     if size not in presets:
-        raise ValueError(f"{source}: unknown vidswin_size {size!r} (expected one of {sorted(presets)})")
+        raise ValueError(f"unknown vidswin_size {size!r} (expected one of {sorted(presets)})")
     img_feature_dim = arg.integer("img_feature_dim", 512)
     text = TextTransformerConfig(img_feature_dim=img_feature_dim, hidden_dropout=arg.number("drop_out", 0.1))
     for ours, theirs in (("num_layers", "num_hidden_layers"), ("hidden_size", "hidden_size"),
@@ -293,32 +299,30 @@ def config_from_upstream_args(args: Mapping[str, Any], source: str = "args.json"
         value = arg.integer(theirs, -1)
         if value > 0:  # upstream: -1 keeps bert-base
             setattr(text, ours, value)
-    try:
-        text = TextTransformerConfig.from_dict(text.to_dict())  # re-validate after the overrides
-        return AVLFormerConfig(
-            video=presets[size](), audio=PasstConfig(out_dim=img_feature_dim), text=text,
-            num_frames=arg.integer("max_num_frames", 32), image_size=arg.integer("img_res", 224),
-            img_feature_dim=img_feature_dim,
-            learn_mask_enabled=arg.boolean("learn_mask_enabled", True),
-            sparse_mask_soft2hard=arg.boolean("sparse_mask_soft2hard", False),
-            lm_loss_weight=arg.number("lambda_", 0.1),
-            sparsity_loss_weight=arg.number("loss_sparse_w", 0.5),
-            max_seq_length=arg.integer("max_seq_length", 300),
-            max_gen_length=arg.integer("max_gen_length", 115),
-            num_beams=arg.integer("num_beams", 1),
-            length_penalty=arg.number("length_penalty", 1.0))
-    except ValueError as error:
-        raise ValueError(f"{source}: {error}") from None
+    text = TextTransformerConfig.from_dict(text.to_dict())  # re-validate after the overrides
+    return AVLFormerConfig(
+        video=presets[size](), audio=PasstConfig(out_dim=img_feature_dim), text=text,
+        num_frames=arg.integer("max_num_frames", 32), image_size=arg.integer("img_res", 224),
+        img_feature_dim=img_feature_dim,
+        learn_mask_enabled=arg.boolean("learn_mask_enabled", True),
+        sparse_mask_soft2hard=arg.boolean("sparse_mask_soft2hard", False),
+        lm_loss_weight=arg.number("lambda_", 0.1),
+        sparsity_loss_weight=arg.number("loss_sparse_w", 0.5),
+        max_seq_length=arg.integer("max_seq_length", 300),
+        max_gen_length=arg.integer("max_gen_length", 115),
+        num_beams=arg.integer("num_beams", 1),
+        length_penalty=arg.number("length_penalty", 1.0))
 
 
 class _UpstreamArgs:
-    """Typed reads of upstream's args.json; every error names the file and the argument."""
+    """Typed reads of upstream's args.json; every error names the argument (its caller adds the file)."""
 
-    def __init__(self, args: Mapping[str, Any], source: str):
-        self.args, self.source = args, source
+    def __init__(self, args: Mapping[str, Any]):
+        self.args = args
 
-    def _fail(self, name: str, expected: str, value: Any):
-        return ValueError(f"{self.source}: {name} must be {expected}, got {value!r}")
+    @staticmethod
+    def _fail(name: str, expected: str, value: Any) -> ValueError:
+        return ValueError(f"{name} must be {expected}, got {value!r}")
 
     def integer(self, name: str, default: int) -> int:
         value = self.args.get(name, default)

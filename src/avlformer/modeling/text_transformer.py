@@ -11,7 +11,6 @@ Layers accept a :class:`LayerKVCache` so generation can keep keys/values of toke
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from avlformer.config_fields import checked_fields
+from avlformer.config_fields import FieldTypeError, checked_fields
+from avlformer.json_files import read_json
 from avlformer.modeling.weights_file import read_weights_file
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -74,16 +74,28 @@ class TextTransformerConfig:
 
     @classmethod
     def from_hf_bert_config(cls, hf: dict, img_feature_dim: int = 512) -> "TextTransformerConfig":
-        """Map a Hugging Face BERT ``config.json`` onto ours."""
+        """Map a Hugging Face BERT ``config.json`` onto ours (values type-checked as any config file's are)."""
+        if not isinstance(hf, dict):
+            raise ValueError(f"expected a JSON object, got {type(hf).__name__}")
         if hf.get("hidden_act", "gelu") != "gelu":
             raise ValueError(f"only erf GELU BERT models are supported, config has hidden_act={hf['hidden_act']!r}")
-        return cls(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
-                   num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
-                   max_position_embeddings=hf["max_position_embeddings"], type_vocab_size=hf["type_vocab_size"],
-                   hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
-                   attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-                   layer_norm_eps=hf.get("layer_norm_eps", 1e-12), img_feature_dim=img_feature_dim,
-                   initializer_range=hf.get("initializer_range", 0.02))
+        absent = [theirs for theirs in _HF_REQUIRED.values() if theirs not in hf]
+        if absent:
+            raise ValueError(f"not a BERT config: no {', '.join(absent)}")
+        names = {**_HF_REQUIRED, **_HF_OPTIONAL}
+        values = {ours: hf[theirs] for ours, theirs in names.items() if theirs in hf}
+        try:
+            return cls.from_dict({**values, "img_feature_dim": img_feature_dim})
+        except FieldTypeError as error:  # name the value as the file spells it
+            raise FieldTypeError(names.get(error.field, error.field), error.expected, error.value) from None
+
+
+# Our config field -> Hugging Face BertConfig name; the optional ones keep our (bert-base) default when absent.
+_HF_REQUIRED = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_layers": "num_hidden_layers",
+                "num_heads": "num_attention_heads", "intermediate_size": "intermediate_size",
+                "max_position_embeddings": "max_position_embeddings", "type_vocab_size": "type_vocab_size"}
+_HF_OPTIONAL = {"hidden_dropout": "hidden_dropout_prob", "attention_dropout": "attention_probs_dropout_prob",
+                "layer_norm_eps": "layer_norm_eps", "initializer_range": "initializer_range"}
 
 
 class LayerKVCache:
@@ -167,8 +179,8 @@ def eager_attention(query, key, value, bias, dropout_p: float) -> torch.Tensor:
     return probs @ value
 
 
-class BertSelfOutput(nn.Module):
-    """Projection + dropout + residual + post-LN; also serves as the FFN output (``output.*``)."""
+class _ProjectAddNorm(nn.Module):
+    """How each sublayer of a post-LN BERT layer ends: projection to the hidden size, dropout, residual, LayerNorm."""
 
     def __init__(self, cfg: TextTransformerConfig, in_features: int):
         super().__init__()
@@ -180,11 +192,25 @@ class BertSelfOutput(nn.Module):
         return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
 
 
+class BertSelfOutput(_ProjectAddNorm):
+    """End of the attention sublayer (``attention.output.*``): the heads' concatenation, hidden -> hidden."""
+
+    def __init__(self, cfg: TextTransformerConfig):
+        super().__init__(cfg, cfg.hidden_size)
+
+
+class BertOutput(_ProjectAddNorm):
+    """End of the feed-forward sublayer (``output.*``): intermediate -> hidden."""
+
+    def __init__(self, cfg: TextTransformerConfig):
+        super().__init__(cfg, cfg.intermediate_size)
+
+
 class BertAttention(nn.Module):
     def __init__(self, cfg: TextTransformerConfig):
         super().__init__()
         self.self = BertSelfAttention(cfg)
-        self.output = BertSelfOutput(cfg, cfg.hidden_size)
+        self.output = BertSelfOutput(cfg)
 
     def forward(self, hidden, bias, cache=None):
         return self.output(self.self(hidden, bias, cache), hidden)
@@ -204,7 +230,7 @@ class BertLayer(nn.Module):
         super().__init__()
         self.attention = BertAttention(cfg)
         self.intermediate = BertIntermediate(cfg)
-        self.output = BertSelfOutput(cfg, cfg.intermediate_size)
+        self.output = BertOutput(cfg)
 
     def forward(self, hidden, bias, cache=None):
         attended = self.attention(hidden, bias, cache)
@@ -345,8 +371,14 @@ class TextTransformer(nn.Module):
         The MLM head, when present, initialises our untied LM head; a tied checkpoint that stores no decoder
         matrix gets a copy of the word embeddings, which then train separately."""
         folder = Path(folder)
-        hf_config = json.loads(_require_file(folder / "config.json").read_text())
-        expected = TextTransformerConfig.from_hf_bert_config(hf_config, self.config.img_feature_dim)
+        config_path = folder / "config.json"
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: Hugging Face BERT folder not found (expected {config_path})")
+        hf_config = read_json(config_path, "Hugging Face BERT config")
+        try:
+            expected = TextTransformerConfig.from_hf_bert_config(hf_config, self.config.img_feature_dim)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{config_path}: {error}") from None
         mismatched = {k: (getattr(expected, k), getattr(self.config, k)) for k in
                       ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                        "max_position_embeddings", "type_vocab_size")
@@ -366,12 +398,6 @@ class TextTransformer(nn.Module):
                              f"misshaped {misshaped}")
         self.load_state_dict(ours, strict=False)
         return sorted(set(own) - set(ours))
-
-
-def _require_file(path: Path) -> Path:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    return path
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:

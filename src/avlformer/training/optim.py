@@ -1,5 +1,5 @@
-"""Optimizer and learning-rate schedule as upstream trained (FACTS §4.1): four AdamW parameter groups split by
-name, the Video Swin backbone at a reduced learning rate, and a warmup-linear schedule with a floor.
+"""Optimizer and learning-rate schedule as upstream trained (docs/upstream.md §4.1): four AdamW parameter groups
+split by name, the Video Swin backbone at a reduced learning rate, and a warmup-linear schedule with a floor.
 
 Upstream vendored an HF-style AdamW that adds eps to sqrt(v) before bias correction and decays after the update;
 torch's AdamW (used here) adds eps after bias correction and decays before the update. Both are AdamW; the

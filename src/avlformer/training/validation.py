@@ -1,5 +1,6 @@
 """Validation during training: greedy (or beam) decoding of the val split on every rank's shard, gathered on
-rank 0, scored with the COCO caption metrics, written beside the checkpoint as upstream did (FACTS §4.4)."""
+rank 0, scored with the COCO caption metrics, written beside the checkpoint as upstream did
+(docs/upstream.md §4.4)."""
 
 from __future__ import annotations
 

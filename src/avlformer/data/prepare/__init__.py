@@ -137,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--splits", nargs="+", default=None,
                         help="splits to prepare (default: those of train/val/test that have a videos folder)")
     parser.add_argument("--num-frames", type=int, default=STORED_FRAMES, help="frames sampled uniformly per clip")
-    parser.add_argument("--image-size", dest="short_side", type=int, default=SHORT_SIDE,
+    parser.add_argument("--image-size", dest="short_side", metavar="PIXELS", type=int, default=SHORT_SIDE,
                         help="shorter side of the stored frames, pixels (the training crop is cut from these)")
     parser.add_argument("--workers", type=int, default=default_workers(),
                         help="processes decoding clips in parallel (1 = in this process)")

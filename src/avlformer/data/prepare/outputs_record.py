@@ -1,4 +1,5 @@
-"""``DIR/prepare_outputs.json`` (beside ``prepare_report.json``): what prepare wrote, so that a rerun can tell its own files from the user's.
+"""``DIR/prepare_outputs.json`` (beside ``prepare_report.json``): what prepare wrote, so that a rerun can tell its
+own files from the user's.
 
 It holds the size and sha256 of every caption TSV prepare wrote (those are the only outputs that share a path with
 an input, the released ``<split>.caption.tsv``), and, per prepared split, each clip's finished work record and

@@ -28,20 +28,21 @@ def hdf5_sort_key(clip_id: str) -> str:
 
 
 def _entry_problem(layout: Layout, path: Path) -> Problem | None:
-    """Why a videos-folder entry that is not a plain file cannot be a clip (None: it is a plain file)."""
-    def error(reason: str) -> Problem:
-        return Problem(ERROR, layout.rel(path), reason, layout.split, clip_id_from_path(path))
-
-    if path.is_symlink() and not path.exists():
-        return error(f"broken symbolic link (its target {os.readlink(path)!r} does not exist); left out")
-    if path.is_dir():
-        if is_video_name(path):
-            return error("a folder named like a video file; left out")
-        return Problem(WARNING, layout.rel(path), "ignored: a folder (videos/<split>/ holds video files only)",
+    """Why a videos-folder entry that is not a readable plain file cannot be a clip (None: it is one)."""
+    broken = path.is_symlink() and not path.exists()
+    if not broken and path.is_file():
+        return None
+    if not is_video_name(path):
+        kind = "a broken symbolic link" if broken else "a folder" if path.is_dir() else "not a regular file"
+        return Problem(WARNING, layout.rel(path), f"ignored: {kind} (videos/<split>/ holds video files)",
                        layout.split)
-    if not path.is_file():
-        return error("not a regular file; left out")
-    return None
+    if broken:
+        reason = f"broken symbolic link (its target {os.readlink(path)!r} does not exist); left out"
+    elif path.is_dir():
+        reason = "a folder named like a video file; left out"
+    else:
+        reason = "not a regular file; left out"
+    return Problem(ERROR, layout.rel(path), reason, layout.split, clip_id_from_path(path))
 
 
 def find_videos(layout: Layout) -> tuple[dict[str, Path], list[Problem]]:
