@@ -3,7 +3,7 @@
 Data: 16 synthetic 10 s 640x360 25 fps clips (h264 + AAC), written with PyAV into a temporary folder.
 Ours: ``prepare.prepare_dataset`` with 2 worker processes: frames sampled and resized while decoding, JPEG + base64 in
 memory, audio extracted from the video and encoded to mono 32 kHz mp3, all outputs assembled.
-Baseline (upstream, FACTS §1.2-§1.4, re-expressed here): per clip, ffprobe for the duration, the ffmpeg CLI with
+Baseline (upstream, docs/upstream.md §1.2-§1.4, re-expressed here): per clip, ffprobe for the duration, the ffmpeg CLI with
 ``-vf fps=32/duration`` writing full-size JPEG files, and the ffmpeg CLI for the mono 32 kHz mp3 (2 processes);
 then every JPEG read back with PIL, shorter side resized to 256, re-encoded, base64-packed into the frame TSV
 (2 processes), and the mp3s packed into the HDF5. Both produce the same files.

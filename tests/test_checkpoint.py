@@ -17,7 +17,7 @@ from avlformer.data.recipe import PreprocessRecipe
 from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
 from avlformer.modeling.checkpoint import (CheckpointMismatchError, checkpoint_recipe, config_from_upstream_args,
                                            convert_upstream_state_dict, load_model, save_checkpoint)
-from avlformer.modeling.meta_device import build_on_meta
+from avlformer.modeling.meta_device import build_on_meta, load_by_assignment
 from avlformer.modeling.video_swin import relative_position_index, to_upstream_state_dict
 
 torch.set_num_threads(1)
@@ -241,6 +241,19 @@ def test_checkpoint_files_get_umask_permissions(tiny, tmp_path):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
     assert modes == dict.fromkeys(modes, 0o644) and "model.safetensors" in modes
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+
+
+def test_a_buffer_neither_stored_nor_computed_is_an_error_after_loading():
+    """A module whose non-persistent buffer has no computed_buffers() entry would keep a meta placeholder."""
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+            self.register_buffer("scale", torch.ones(2), persistent=False)
+
+    with pytest.raises(RuntimeError, match="left on the meta device.*scale"):
+        load_by_assignment(build_on_meta(Scaled), Scaled().state_dict())
 
 
 def test_convert_upstream_state_dict_accounts_for_every_key(tiny):

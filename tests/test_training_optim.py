@@ -49,7 +49,7 @@ def test_four_upstream_groups_by_name_with_backbone_lr():
 
 def test_weight_decay_flag_takes_effect():
     """With zero gradients AdamW's update is 0, so each step only decays: p <- p * (1 - lr * wd)."""
-    args, _ = parse_train_args(["--weight_decay", "0.5", "--learning_rate", "0.1", "--backbone_coef_lr", "1"])
+    args = parse_train_args(["--weight_decay", "0.5", "--learning_rate", "0.1", "--backbone_coef_lr", "1"])
     model = Toy()
     optimizer = build_optimizer(model, args.learning_rate, args.backbone_coef_lr, args.weight_decay,
                                 args.adam_epsilon)

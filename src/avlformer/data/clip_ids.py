@@ -36,7 +36,7 @@ def clip_id_from_key(key: str) -> str:
 
 def clip_key(split: str, clip_id: str, extension: str) -> str:
     """``<split>/<id>.<ext>``. The original's loader checks ``basename(key)[:-4]`` against the HDF5 audio name
-    (docs/upstream.md), so the extension must have 3 letters: ``.webm``/``.m4v`` clips get ``.mp4`` keys (the key
+    (docs/upstream.md §1.5), so the extension must have 3 letters: ``.webm``/``.m4v`` clips get ``.mp4`` keys (the key
     is a name, not a path; ``<split>.img.tsv`` maps it to the real file)."""
     return f"{split}/{clip_id}{extension if len(extension) == 4 else '.mp4'}"
 

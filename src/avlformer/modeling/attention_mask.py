@@ -34,7 +34,8 @@ def learned_av_mask(weight: torch.Tensor, num_av_tokens: int, soft2hard: bool = 
 
 
 def sparsity_loss(weight: torch.Tensor, num_av_tokens: int) -> torch.Tensor:
-    """Mean |off-diagonal σ(W)| over all V² entries (the diagonal counts as zeros), upstream's ``get_loss_sparsity``."""
+    """Mean |off-diagonal σ(W)| over all V² entries (the diagonal counts as zeros), as upstream's
+    ``get_loss_sparsity``."""
     eye = torch.eye(num_av_tokens, device=weight.device, dtype=weight.dtype)
     off_diagonal = (1 - eye) * torch.sigmoid(weight.view(num_av_tokens, num_av_tokens))
     return off_diagonal.abs().mean()

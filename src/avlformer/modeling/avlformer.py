@@ -207,7 +207,8 @@ class AVLFormer(nn.Module):
         return sparsity_loss(self.learn_vid_att.weight, self.config.num_av_tokens)
 
     def _checked_text(self, batch: Mapping[str, Any]):
-        missing = [k for k in ("frames", "audio", "input_ids", "target_ids", "masked_pos", "text_len") if k not in batch]
+        required = ("frames", "audio", "input_ids", "target_ids", "masked_pos", "text_len")
+        missing = [k for k in required if k not in batch]
         if missing:
             raise KeyError(f"training batch lacks {missing}")
         input_ids, target_ids = batch["input_ids"], batch["target_ids"]
