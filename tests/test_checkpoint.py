@@ -149,6 +149,17 @@ def test_loading_assigns_file_tensors_without_initialising(tiny, tmp_path, monke
         assert torch.equal(model.eval().encode_av(frames, audio), loaded.eval().encode_av(frames, audio))
 
 
+def test_half_precision_weights_load_into_the_declared_dtype(tiny, tmp_path):
+    """As copying into a built model did: a float16 file gives float32 parameters, not a float16 model."""
+    model, config = tiny
+    folder = save_checkpoint(tmp_path / "ckpt", model, config, PAPER)
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
+              str(folder / "model.safetensors"))
+    loaded, _ = load_model(folder)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert torch.equal(loaded.fc.weight, model.fc.weight.half().float())
+
+
 def test_checkpoint_recipe_round_trips(tiny, tmp_path):
     model, config = tiny
     recipe = PreprocessRecipe(stored_frames=8, short_side=64, jpeg_quality=90, clip_seconds=1.0)

@@ -140,7 +140,8 @@ def test_infer_output_folder_is_refused_before_any_captioning(checkpoint, clip, 
     ("--device", "banana", "--device banana"),
     ("--length-penalty", "nan", "--length-penalty nan: must be a finite number"),
     ("--length-penalty", "inf", "--length-penalty inf: must be a finite number"),
-    ("--num-beams", "0", "--num-beams 0: must be >= 1"),
+    ("--num-beams", "0", "--num-beams 0: the beam width (num_beams) must be >= 1"),
+    ("--max-gen-length", "1", "--max-gen-length 1: must be >= 2"),
     ("--max-gen-length", "100000", "--max-gen-length 100000: the model has only 128 text positions"),
 ])
 @pytest.mark.parametrize("command", ["infer", "caption"])

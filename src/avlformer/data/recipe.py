@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from avlformer.atomic import write_text_atomic
+from avlformer.config_fields import checked_fields
 from avlformer.json_files import read_json
 
 log = logging.getLogger(__name__)
@@ -90,14 +91,8 @@ class PreprocessRecipe:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "preprocessing recipe") -> "PreprocessRecipe":
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown keys {unknown} (known: {sorted(known)})")
         try:
-            return cls(**data)
+            return cls(**checked_fields(cls, data))
         except ValueError as error:
             raise ValueError(f"{source}: {str(error).removeprefix('preprocessing recipe: ')}") from None
 

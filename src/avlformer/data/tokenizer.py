@@ -5,20 +5,13 @@ from __future__ import annotations
 import html
 import re
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 from transformers import BertTokenizerFast
 
-# The ids themselves live in token_ids (the model needs them without transformers); they are re-exported here
-# only until every caller imports them from there.
-from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, RESERVED_IDS, SEP_ID, UNK_ID  # noqa: F401
+from avlformer.data.token_ids import RESERVED_IDS, default_vocab_dir
 
 _EMOJI = re.compile("[\U0001F600-\U0001F64F\U0001F300-\U0001F5FF\U0001F680-\U0001F6FF\U0001F1E0-\U0001F1FF]")
-
-
-def default_vocab_dir() -> Path:
-    return Path(str(resources.files("avlformer") / "resources" / "bert-base-uncased"))
 
 
 @lru_cache(maxsize=4)

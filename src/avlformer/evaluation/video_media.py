@@ -1,8 +1,8 @@
 """Frames and audio of the clips being scored, for AudioScore and CLIPScore.
 
-Clips are raw videos in one folder (``--video-dir``, e.g. FAVDBench's ``videos/test``), found by the stem of the
-caption id (``clip_ids.clip_id_from_key``: ``test/abc.mp4`` and ``abc`` both find ``abc.mp4``). Audio comes from ``--audio-dir/<stem>.mp3`` when
-given (FAVDBench's separate mp3s), else from the video's own audio track. Decoding is ``avlformer.data.media`` /
+Clips are raw videos in one folder (``--video-dir``, e.g. FAVDBench's ``videos/test``), found by the clip id of
+the caption id (``clip_ids.clip_id_from_key``: ``test/abc.mp4`` and ``abc`` both find ``abc.mp4``). Audio comes
+from ``--audio-dir/<id>.mp3`` when given (FAVDBench's separate mp3s), else from the video's own audio track. Decoding is ``avlformer.data.media`` /
 ``avlformer.data.audio``, so the scored pixels and samples are those ``prepare`` and inference see.
 """
 

@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from avlformer.data.clip_ids import clip_id_from_path
 from avlformer.inference import pipeline
 from avlformer.inference.cli import add_decoding_arguments, check_run_flags, load_checked
 
@@ -33,24 +34,27 @@ def input_problem(video: str) -> str | None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    problems = {index: pipeline.ClipFailure(index, Path(video).stem, video, reason)
+    problems = {index: pipeline.ClipFailure(index, clip_id_from_path(video), video, reason)
                 for index, video in enumerate(args.videos) if (reason := input_problem(video))}
     todo = [(index, video) for index, video in enumerate(args.videos) if index not in problems]
     try:
         check_run_flags(args)
         loaded, decoding = load_checked(args.model, args) if todo else (None, None)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:
         print(f"avlformer caption: {error}", file=sys.stderr)
         return 2
     captions: dict[int, str] = {}
     if todo:
-        run = pipeline.caption_videos(loaded, [video for _, video in todo], decoding,
-                                      batch_size=args.batch_size, num_workers=args.num_workers,
-                                      progress=len(todo) > 1)
+        try:
+            run = pipeline.caption_videos(loaded, [video for _, video in todo], decoding,
+                                          batch_size=args.batch_size, num_workers=args.num_workers,
+                                          progress=len(todo) > 1)
+        except KeyboardInterrupt:
+            print("\navlformer caption: interrupted", file=sys.stderr)
+            return 130
         # caption_videos numbers the videos it was given; map back to the positions on the command line.
         captions = {todo[p.index][0]: p.caption for p in run.predictions}
-        problems.update({todo[f.index][0]: pipeline.ClipFailure(todo[f.index][0], f.video_id, f.path, f.error)
-                         for f in run.failures})
+        problems.update({todo[f.index][0]: f for f in run.failures})
     for index, video in enumerate(args.videos):
         if index in captions:
             print(f"{pipeline.display_path(video)}\t{captions[index]}")

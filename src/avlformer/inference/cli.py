@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from pathlib import Path
 
@@ -51,16 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_run_flags(args: argparse.Namespace) -> None:
     """One-line ValueErrors for flag values no run can use (before a checkpoint is loaded)."""
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: must be >= 1")
-    if args.num_workers < 0:
-        raise ValueError(f"--num-workers {args.num_workers}: must be >= 0")
-    if args.num_beams is not None and args.num_beams < 1:
-        raise ValueError(f"--num-beams {args.num_beams}: must be >= 1")
-    if args.max_gen_length is not None and args.max_gen_length < 2:
-        raise ValueError(f"--max-gen-length {args.max_gen_length}: must be >= 2 ([CLS] + one token)")
-    if args.length_penalty is not None and not math.isfinite(args.length_penalty):
-        raise ValueError(f"--length-penalty {args.length_penalty}: must be a finite number")
+    pipeline.check_loader_options(args.batch_size, args.num_workers)
+    # The flags alone, before the checkpoint's settings are known (the limit set by the model comes later).
+    pipeline.merge_decoding(pipeline.DecodingOptions(), num_beams=args.num_beams, max_length=args.max_gen_length,
+                            length_penalty=args.length_penalty)
     resolve_device(args.device)
 
 
@@ -82,13 +75,18 @@ def main(args: argparse.Namespace) -> int:
         listing = pipeline.list_videos(args.test_video_fname)
         pipeline.check_unique_ids(listing.videos)
         if args.test_audio_fname and not Path(args.test_audio_fname).is_dir():
-            raise FileNotFoundError(f"{args.test_audio_fname}: audio folder not found")
+            what = "is not a folder" if Path(args.test_audio_fname).exists() else "audio folder not found"
+            raise FileNotFoundError(f"{args.test_audio_fname}: {what}")
         loaded, decoding = load_checked(args.eval_model_dir, args)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:
         print(f"avlformer infer: {error}", file=sys.stderr)
         return 2
-    run = pipeline.caption_videos(loaded, listing.videos, decoding, audio_dir=args.test_audio_fname,
-                                  batch_size=args.batch_size, num_workers=args.num_workers)
+    try:
+        run = pipeline.caption_videos(loaded, listing.videos, decoding, audio_dir=args.test_audio_fname,
+                                      batch_size=args.batch_size, num_workers=args.num_workers)
+    except KeyboardInterrupt:
+        print(f"\navlformer infer: interrupted; nothing written to {args.output}", file=sys.stderr)
+        return 130
     run.failures = listing.problems + run.failures
     sidecar = write_predictions(run, args.output, args.eval_model_dir)
     asked = len(listing.videos) + len(listing.problems)

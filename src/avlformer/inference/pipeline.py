@@ -105,11 +105,18 @@ class DecodingOptions:
 
     def __post_init__(self):
         if self.num_beams < 1:
-            raise ValueError(f"--num-beams {self.num_beams}: num_beams must be >= 1")
+            raise ValueError(f"--num-beams {self.num_beams}: the beam width (num_beams) must be >= 1")
         if self.max_length is not None and self.max_length < 2:
-            raise ValueError(f"--max-gen-length {self.max_length}: max_gen_length must be >= 2 ([CLS] + a token)")
+            raise ValueError(f"--max-gen-length {self.max_length}: must be >= 2 ([CLS] + one token)")
         if not math.isfinite(self.length_penalty):
             raise ValueError(f"--length-penalty {self.length_penalty}: must be a finite number")
+
+
+def check_loader_options(batch_size: int, num_workers: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size}: must be >= 1")
+    if num_workers < 0:
+        raise ValueError(f"--num-workers {num_workers}: must be >= 0")
 
 
 def display_path(path: str) -> str:
@@ -330,10 +337,7 @@ def caption_videos(loaded: LoadedModel, videos: Sequence[VideoPath], decoding: D
                    silence_audio: bool = False, progress: bool = True, desc: str = "caption") -> CaptionRun:
     """Caption every video; unreadable ones are collected as failures and the rest still captioned.
     ``silence_audio`` replaces every soundtrack with silence (the demo's ablation)."""
-    if batch_size < 1:
-        raise ValueError(f"--batch-size {batch_size}: must be >= 1")
-    if num_workers < 0:
-        raise ValueError(f"--num-workers {num_workers}: must be >= 0")
+    check_loader_options(batch_size, num_workers)
     check_decoding(decoding, loaded.config)
     dataset = VideoFolderDataset(videos, audio_dir, loaded.spec, silence_audio=silence_audio)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_clips,

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from avlformer.atomic import atomic_folder
 from avlformer.data.recipe import RECIPE_NAME, PreprocessRecipe, recipe_for_checkpoint
+from avlformer.data.token_ids import default_vocab_dir
 from avlformer.flags import parse_bool
 from avlformer.json_files import read_json
 from avlformer.modeling import passt as passt_module
@@ -71,7 +72,7 @@ def write_checkpoint_files(folder: Path, state_dict: Mapping[str, torch.Tensor],
     save_file(weights, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     config.save(folder / CONFIG_NAME)
     recipe.save(folder / RECIPE_NAME)
-    shutil.copyfile(_shipped_vocab_dir() / VOCAB_NAME, folder / VOCAB_NAME)
+    shutil.copyfile(default_vocab_dir() / VOCAB_NAME, folder / VOCAB_NAME)
     for name, source in (extra_files or {}).items():
         if Path(name).name != name:
             raise ValueError(f"extra file name {name!r} must be a plain file name")
@@ -121,14 +122,7 @@ def checkpoint_vocab_dir(path: str | os.PathLike) -> Path:
     """The folder of the vocabulary decoding must use: the checkpoint's own ``vocab.txt`` when it has one, else
     the bert-base-uncased vocabulary shipped with the package (released and upstream checkpoints)."""
     folder, _ = checkpoint_folder(path)
-    return folder if (folder / VOCAB_NAME).is_file() else _shipped_vocab_dir()
-
-
-def _shipped_vocab_dir() -> Path:
-    # Imported here: data.tokenizer imports transformers (over a second), which loading a model never needs.
-    from avlformer.data.tokenizer import default_vocab_dir
-
-    return default_vocab_dir()
+    return folder if (folder / VOCAB_NAME).is_file() else default_vocab_dir()
 
 
 def _load_ours(weights_path: Path, config_path: Path, device, strict: bool):

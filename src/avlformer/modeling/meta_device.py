@@ -50,11 +50,11 @@ def expected_state_shapes(factory: Callable[[], nn.Module]) -> dict[str, tuple[i
 
 
 def load_by_assignment(module: ModuleT, state_dict: Mapping[str, torch.Tensor]) -> ModuleT:
-    """Give a meta-built ``module`` the tensors of ``state_dict`` (every entry, strictly), converted to the dtype
-    the module declares, then recompute its computed buffers. Returns ``module``."""
+    """Give a meta-built ``module`` the tensors of ``state_dict`` (exactly its state-dict names: strict),
+    converted to the dtype the module declares, then recompute its computed buffers. Returns ``module``."""
     own = module.state_dict()
-    cast = {name: tensor if tensor.dtype == own[name].dtype else tensor.to(own[name].dtype)
-            for name, tensor in state_dict.items() if name in own}
+    cast = {name: tensor.to(own[name].dtype) if name in own and tensor.dtype != own[name].dtype else tensor
+            for name, tensor in state_dict.items()}
     module.load_state_dict(cast, strict=True, assign=True)
     materialize_computed_buffers(module)
     return module

@@ -321,17 +321,24 @@ def train(config, env: DistEnv | None = None, *, model: nn.Module | None = None,
     training data, copied into every checkpoint (default: the one recorded beside --train_yaml)."""
     from avlformer.training.distributed import init_distributed
     from avlformer.training.model_setup import apply_freezing, build_model, check_given_model, describe
-    from avlformer.training.setup import build_datasets, determinism, seed_everything, training_recipe, \
-        vocab_dir_for
+    from avlformer.training.setup import (build_datasets, check_validation_recipe, determinism, seed_everything,
+                                          training_recipe, vocab_dir_for)
 
     env = env or init_distributed(config.device, config.local_rank)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(output_dir, env.is_main)
     with determinism(config.deterministic, env.device):
-        seed_everything(config.seed)
         vocab_dir = vocab_dir_for(config)
-        recipe = recipe or training_recipe(config)
+        if train_dataset is None:  # data problems show before a large model is built
+            from avlformer.data.tokenizer import load_tokenizer
+
+            train_dataset, val_dataset = build_datasets(config, load_tokenizer(vocab_dir))
+            recipe = recipe or train_dataset.recipe
+            if val_dataset is not None:
+                check_validation_recipe(config, recipe, val_dataset.recipe)
+        recipe = recipe or getattr(train_dataset, "recipe", None) or training_recipe(config)
+        seed_everything(config.seed)  # the model's initial weights and dropout follow from the seed alone
         if model is None:
             line, too_large = describe(config, env.device)
             (log.warning if too_large else log.info)("%s", line)
@@ -340,10 +347,6 @@ def train(config, env: DistEnv | None = None, *, model: nn.Module | None = None,
             check_given_model(config, model)
             apply_freezing(model, config)
             model = model.to(env.device)
-        if train_dataset is None:
-            from avlformer.data.tokenizer import load_tokenizer
-
-            train_dataset, val_dataset = build_datasets(config, load_tokenizer(vocab_dir), recipe)
         if collate_fn is None:
             from avlformer.data.dataset import collate as collate_fn
         trainer = Trainer(config, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir)

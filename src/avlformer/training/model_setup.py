@@ -150,36 +150,19 @@ def flat(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ what is built
 
-def count_parameters(model_config) -> int:
-    """Parameters of the model ``model_config`` describes, counted on the meta device (no memory, no init)."""
-    from avlformer.modeling.avlformer import AVLFormer
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in AVLFormer(model_config).parameters())
-
-
 def describe(config, device: torch.device) -> tuple[str, bool]:
-    """(one line saying which model is built, its main dimensions and size; whether that size is a problem on
-    this device), for the log before anything is built."""
-    try:
-        from avlformer.modeling import describe_model
-    except ImportError:
-        describe_model = None
+    """(one line saying which model is built, its main dimensions and size; whether that size is out of reach
+    on this device), for the log before anything is built."""
+    from avlformer.modeling.avlformer import AVLFormer, describe_model
+    from avlformer.modeling.meta_device import build_on_meta
+
     source = config.model_config or f"the {config.model_preset} preset (--model-preset)"
-    m = config.model
-    params = count_parameters(m)
-    if describe_model is not None:
-        summary = describe_model(m)
-    else:
-        summary = (f"AVLFormer, {m.num_frames} frames at {m.image_size} px, {m.num_av_tokens} audio-visual tokens, "
-                   f"text {m.text.num_layers} layers x {m.text.hidden_size}: {params / 1e6:.1f} M parameters "
-                   f"({params * 4 / 2**30:.2f} GiB of fp32 weights; AdamW training holds about 4x that plus "
-                   "activations)")
-    line = f"building the model from {source}: {summary}"
+    line = f"building the model from {source}: {describe_model(config.model)}"
+    params = sum(p.numel() for p in build_on_meta(lambda: AVLFormer(config.model)).parameters())
     too_large = device.type == "cpu" and params > LARGE_FOR_CPU
     if too_large:
-        line += ("; training a model this size on the CPU needs tens of GB of memory (--model-preset tiny or "
-                 "--model-config FILE gives a small one)")
+        line += ("; training a model this size on the CPU needs tens of GB of memory (weights, AdamW state and "
+                 "activations; --model-preset tiny or --model-config FILE gives a small one)")
     return line, too_large
 
 
@@ -248,6 +231,9 @@ def build_model(config, device: torch.device) -> nn.Module:
             raise ArgumentError(f"--model-name-or-path: {err}") from None
         log.info("text transformer initialised from %s (%d tensors not in it, e.g. %s)", bert, len(not_in_bert),
                  not_in_bert[:2])
+    elif config.model_name_or_path:
+        log.info("--model-name-or-path %s holds no BERT weights (config.json + model.safetensors or "
+                 "pytorch_model.bin): the text transformer starts from random weights", config.model_name_or_path)
     if config.swin_checkpoint:
         from avlformer.modeling.video_swin import load_official_weights as load_swin
 

@@ -40,7 +40,8 @@ def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], learn
         buckets[key].append(param)
     backbone_lr = learning_rate * backbone_coef_lr
     return [
-        {"name": "backbone_decay", "params": buckets["backbone_decay"], "weight_decay": weight_decay, "lr": backbone_lr},
+        {"name": "backbone_decay", "params": buckets["backbone_decay"], "weight_decay": weight_decay,
+         "lr": backbone_lr},
         {"name": "decay", "params": buckets["decay"], "weight_decay": weight_decay, "lr": learning_rate},
         {"name": "backbone_no_decay", "params": buckets["backbone_no_decay"], "weight_decay": 0.0, "lr": backbone_lr},
         {"name": "no_decay", "params": buckets["no_decay"], "weight_decay": 0.0, "lr": learning_rate},

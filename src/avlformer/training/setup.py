@@ -101,13 +101,10 @@ def training_recipe(config):
     return recipe_for_yaml(resolve_yaml(config.data_dir, config.train_yaml))
 
 
-def check_validation_recipe(config, train_recipe) -> None:
+def check_validation_recipe(config, train_recipe, val_recipe) -> None:
     """Validation data prepared another way than the training data would score the model on inputs it never saw
     (and the numbers would not say so): an error, naming what differs."""
-    from avlformer.data.recipe import recipe_for_yaml
-
     val_yaml = resolve_yaml(config.data_dir, config.val_yaml)
-    val_recipe = recipe_for_yaml(val_yaml)
     if val_recipe != train_recipe:
         ours, theirs = train_recipe.to_dict(), val_recipe.to_dict()
         differences = ", ".join(f"{k} {theirs[k]!r} (training data: {ours[k]!r})" for k in ours
@@ -116,7 +113,7 @@ def check_validation_recipe(config, train_recipe) -> None:
                             f"data ({differences}); prepare both splits with the same `avlformer prepare` settings")
 
 
-def build_datasets(config, tokenizer, train_recipe):
+def build_datasets(config, tokenizer):
     from avlformer.data.dataset import CaptionDataset, DataConfig
 
     data_config = DataConfig(num_frames=config.max_num_frames, image_size=config.img_res,
@@ -129,6 +126,5 @@ def build_datasets(config, tokenizer, train_recipe):
     train_set = CaptionDataset(resolve_yaml(config.data_dir, config.train_yaml), data_config, True, tokenizer)
     val_set = None
     if config.evaluate_during_training:
-        check_validation_recipe(config, train_recipe)
         val_set = CaptionDataset(resolve_yaml(config.data_dir, config.val_yaml), data_config, False, tokenizer)
     return train_set, val_set
