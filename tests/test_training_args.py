@@ -249,3 +249,19 @@ def test_training_modules_do_not_import_the_command_layer_or_tensorboard():
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_model_config_file_may_leave_fields_at_their_defaults(tmp_path):
+    from avlformer.modeling.avlformer import AVLFormerConfig
+
+    tiny = AVLFormerConfig.tiny().to_dict()
+    left_out = ("num_beams", "length_penalty", "lm_loss_weight", "sparse_mask_soft2hard")
+    partial = {key: value for key, value in tiny.items() if key not in left_out}
+    (tmp_path / "model.json").write_text(json.dumps(partial))
+    args = parse("--model_config", str(tmp_path / "model.json"))
+    assert args.model.num_frames == 8
+    # the configuration's defaults for what the file left out (lambda_'s flag default is 0.5), recorded as used
+    assert (args.num_beams, args.lambda_) == (args.model.num_beams, args.model.lm_loss_weight) == (1, 0.1)
+    (tmp_path / "bad.json").write_text(json.dumps({**partial, "num_frames": "many"}))
+    with pytest.raises(ArgumentError, match=r"bad\.json: not a valid model configuration"):
+        parse("--model_config", str(tmp_path / "bad.json"))

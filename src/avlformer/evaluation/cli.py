@@ -15,7 +15,7 @@ from pathlib import Path
 from avlformer.atomic import write_text_atomic
 from avlformer.device import DEVICE_CHOICES, resolve_device
 from avlformer.evaluation.references import CaptionFileError, load_predictions, load_references, pair_captions
-from avlformer.evaluation.runner import METRIC_CHOICES, ModelPaths, evaluate, missing_model_paths
+from avlformer.evaluation.runner import METRIC_CHOICES, ModelPaths, evaluate, load_recipe, missing_model_paths
 
 _SHOWN_IDS = 5
 
@@ -37,7 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                       "fields (default: the paper's PaSST-S)")
     models.add_argument("--video-dir", help="AudioScore and CLIPScore: folder of the videos, <id>.mp4")
     models.add_argument("--audio-dir", help="AudioScore: folder of <id>.mp3 (default: the videos' own audio)")
-    models.add_argument("--num-frames", type=int, default=32, help="frames sampled per video (default 32)")
+    models.add_argument("--recipe", help="AudioScore and CLIPScore: the preprocessing recipe the media are made "
+                        "with: a checkpoint folder or a preprocessor_config.json (default: the paper recipe)")
+    models.add_argument("--num-frames", type=int, default=None,
+                        help="frames sampled per video (default: the recipe's, 32 for the paper recipe)")
     models.add_argument("--device", default="auto", help=f"torch device for the learned metrics: {DEVICE_CHOICES} "
                         "(default auto: CUDA when available, else the CPU)")
 
@@ -82,16 +85,17 @@ def main(args: argparse.Namespace) -> int:
     paths = ModelPaths(t5_model=args.t5_model, nltk_data=args.nltk_data, clip_model=args.clip_model,
                        trilip_checkpoint=args.trilip_checkpoint, trilip_passt_config=args.trilip_passt_config,
                        video_dir=args.video_dir, audio_dir=args.audio_dir, num_frames=args.num_frames,
-                       device=args.device)
+                       recipe=args.recipe, device=args.device)
     absent = missing_model_paths(paths)
     if absent:
         print(f"error: not found: {'; '.join(absent)}", file=sys.stderr)
         return 2
-    if args.num_frames < 1:
+    if args.num_frames is not None and args.num_frames < 1:
         print("error: --num-frames must be at least 1", file=sys.stderr)
         return 2
     try:
         resolve_device(args.device)
+        load_recipe(args.recipe)
         if args.trilip_passt_config is not None:
             from avlformer.evaluation.trilip import read_passt_config
 

@@ -31,7 +31,8 @@ class ModelPaths:
     trilip_passt_config: str | None = None
     video_dir: str | None = None
     audio_dir: str | None = None
-    num_frames: int = 32
+    num_frames: int | None = None   # default: the recipe's stored frames
+    recipe: str | None = None       # a checkpoint folder or preprocessor_config.json; default: the paper recipe
     device: str = "auto"
 
 
@@ -108,13 +109,27 @@ def _build_media_scorer(group: str, paths: ModelPaths, device):
     return AudioScorer(*trilip, device=device)
 
 
+def load_recipe(path: str | None):
+    """The preprocessing recipe the media for AudioScore/CLIPScore are made with (docs/data.md, "The
+    preprocessing recipe"): a checkpoint folder's, a recipe file, or the paper recipe."""
+    from avlformer.data.recipe import PreprocessRecipe
+    from avlformer.modeling.checkpoint import checkpoint_recipe
+
+    if path is None:
+        return PreprocessRecipe.paper()
+    if Path(path).is_dir():
+        return checkpoint_recipe(path)
+    return PreprocessRecipe.load(path)
+
+
 def _run_media(paired: PairedCaptions, scorers: dict, paths: ModelPaths, report: EvaluationReport) -> None:
     from tqdm.auto import tqdm
 
     from avlformer.data.media import MediaError
     from avlformer.evaluation.video_media import ClipMedia, MissingMedia
 
-    media = ClipMedia(paths.video_dir, paths.audio_dir, num_frames=paths.num_frames)
+    media = ClipMedia(paths.video_dir, paths.audio_dir, recipe=load_recipe(paths.recipe),
+                      num_frames=paths.num_frames)
     failures: dict[str, dict[str, str]] = {group: {} for group in scorers}
     unusable = (MissingMedia, MediaError, ValueError)  # ValueError: audio bytes that do not decode
     for image_id in tqdm(list(paired.predictions), desc="AudioScore/CLIPScore"):
@@ -173,5 +188,5 @@ def missing_model_paths(paths: ModelPaths) -> list[str]:
     """Paths given on the command line that do not exist (reported before any work starts)."""
     given = {"--t5-model": paths.t5_model, "--nltk-data": paths.nltk_data, "--clip-model": paths.clip_model,
              "--trilip-checkpoint": paths.trilip_checkpoint, "--trilip-passt-config": paths.trilip_passt_config,
-             "--video-dir": paths.video_dir, "--audio-dir": paths.audio_dir}
+             "--video-dir": paths.video_dir, "--audio-dir": paths.audio_dir, "--recipe": paths.recipe}
     return [f"{flag} {value}" for flag, value in given.items() if value is not None and not Path(value).exists()]

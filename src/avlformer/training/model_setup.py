@@ -71,7 +71,10 @@ def base_model_tree(preset: str, model_config_path: str, model_config=None) -> d
             raise ArgumentError(str(err)) from None
         if not isinstance(tree, dict):
             raise ArgumentError(f"{model_config_path}: --model-config must hold one JSON object")
-        return tree
+        try:  # a file may leave fields out; they take the configuration's defaults, which the flags then see
+            return AVLFormerConfig.from_dict(tree).to_dict()
+        except (TypeError, ValueError) as err:
+            raise ArgumentError(f"{model_config_path}: not a valid model configuration ({err})") from None
     return {"paper": AVLFormerConfig.paper, "tiny": AVLFormerConfig.tiny}[preset]().to_dict()
 
 
