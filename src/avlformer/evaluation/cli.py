@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from avlformer.atomic import write_text_atomic
+from avlformer.atomic import output_file_problem, write_text_atomic
 from avlformer.device import DEVICE_CHOICES, resolve_device
 from avlformer.evaluation.references import CaptionFileError, load_predictions, load_references, pair_captions
 from avlformer.evaluation.runner import METRIC_CHOICES, ModelPaths, evaluate, load_recipe, missing_model_paths
@@ -56,23 +55,6 @@ def _print_id_problems(paired, pred_path: str, ref_path: str) -> None:
               file=sys.stderr)
 
 
-def output_problem(output: str, inputs: tuple[str, ...]) -> str | None:
-    """Why ``--output`` cannot be written, found before any metric runs (a metric run can take hours)."""
-    path = Path(output)
-    if path.is_dir():
-        return f"--output {output}: is a folder; give a file name, e.g. {path / 'metrics.json'}"
-    if path.exists() and any(Path(given).exists() and path.samefile(given) for given in inputs):
-        return f"--output {output}: is one of the input files; give another file name"
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"--output {output}: {parent} is not a folder"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"--output {output}: folder {parent} is not writable"
-    return None
-
-
 def format_table(metrics: dict[str, float], skipped: dict[str, str]) -> str:
     width = max([len(name) for name in metrics] + [6])
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
@@ -108,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
     except CaptionFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.output and (problem := output_problem(args.output, (args.pred, args.ref))):
+    if args.output and (problem := output_file_problem(args.output, "--output", (args.pred, args.ref), "metrics.json")):
         print(f"error: {problem}", file=sys.stderr)
         return 2
     paired = pair_captions(predictions, references)

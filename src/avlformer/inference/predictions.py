@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from avlformer.atomic import write_text_atomic
+from avlformer.atomic import output_file_problem, write_text_atomic
 from avlformer.inference.pipeline import CaptionRun, Prediction
 
 
@@ -29,16 +29,9 @@ def sidecar_path(output: str | os.PathLike) -> Path:
 def check_output_path(output: str | os.PathLike) -> None:
     """Raise ValueError (one line, naming the path) when the predictions or their sidecar cannot be written."""
     output = Path(output)
-    for path, what in ((output, "--output"), (sidecar_path(output), "confidence sidecar")):
-        if path.is_dir():
-            raise ValueError(f"{what} {path}: is a folder; give a file name, e.g. {path / 'predictions.json'}")
-    parent = output.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"--output {output}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--output {output}: folder {parent} is not writable")
+    for path, flag in ((output, "--output"), (sidecar_path(output), "confidence sidecar")):
+        if problem := output_file_problem(path, flag, example="predictions.json"):
+            raise ValueError(problem)
 
 
 def sidecar_payload(run: CaptionRun, checkpoint: str) -> dict:

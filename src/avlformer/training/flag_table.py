@@ -104,9 +104,9 @@ FLAGS: tuple[Flag, ...] = (
          "or pytorch_model.bin) initialise the text transformer, its vocab.txt is the tokenizer", path=True),
     Flag("tokenizer_name", S, "", "folder with vocab.txt; overrides --model_name_or_path for the tokenizer",
          path=True),
-    Flag("do_lower_case", B, True, "lower-case captions (bert-base-uncased needs true)", "?",
+    Flag("do_lower_case", B, True, "captions are lower-cased: the bert-base-uncased vocab is lower-case", "?",
          accepted=(True,)),
-    Flag("on_memory", B, True, "keep captions in memory (they always are)", "?", accepted=(True,)),
+    Flag("on_memory", B, True, "captions are always held in memory", "?", accepted=(True,)),
     Flag("max_seq_length", I, 300, "text positions in a training example"),
     Flag("max_seq_a_length", I, 300, "caption positions; must equal --max_seq_length (no OD labels)"),
     Flag("max_img_seq_length", I, None, "visual tokens: derived from frames, resolution and PaSST; a given value "
