@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from avlformer.data.token_ids import CLS_ID, MASK_ID, SEP_ID  # noqa: E402
+from avlformer.device import resolve_device  # noqa: E402
 from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig  # noqa: E402
 
 
@@ -136,8 +137,12 @@ def main(argv=None) -> int:
     if args.variant:
         print(json.dumps(run_variant(json.loads(args.variant), args)))
         return 0
-    devices = (["cpu"] + (["cuda"] if torch.cuda.is_available() else [])) if args.devices == "auto" \
-        else args.devices.split(",")
+    try:  # the one device rule: an explicit cuda without CUDA is an error, not a silent CPU run
+        devices = (["cpu"] + (["cuda"] if torch.cuda.is_available() else [])) if args.devices == "auto" \
+            else [resolve_device(name).type for name in args.devices.split(",")]
+    except ValueError as err:
+        print(f"train_step.py: error: {err}", file=sys.stderr)
+        return 2
     results = []
     for device in devices:
         for spec in variants(device):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
 
 from avlformer import cli
@@ -56,3 +57,21 @@ def test_validation_data_prepared_with_another_recipe_is_an_error(tmp_path, caps
     assert err[-1].startswith(f"avlformer train: error: {val_yaml}: the validation data was prepared with another "
                               "recipe than the training data (short_side 64 (training data: 40))")
     assert not [p for p in out.iterdir() if p.name.startswith("checkpoint-")]
+
+
+def test_train_without_tensorboard_is_a_one_line_error_naming_the_extra(monkeypatch):
+    import builtins
+
+    from avlformer.training.flag_table import ArgumentError
+    from avlformer.training.setup import summary_writer
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(ArgumentError, match=r"pip install 'avlformer\[train\]'"):
+        summary_writer(None)

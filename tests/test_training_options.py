@@ -129,8 +129,8 @@ def test_a_batch_larger_than_the_training_set_is_a_one_line_error(tmp_path):
 
 def test_flags_that_cannot_apply_to_a_given_model_are_errors(tmp_path):
     config = deterministic_tiny_config()
-    args = parse_train_args(["--output-dir", str(tmp_path), "--device", "cpu", "--max_num_frames", "4"],
-                            model_config=config)
+    args = parse_train_args(["--output-dir", str(tmp_path), "--device", "cpu", "--max_num_frames", "4",
+                             "--per-gpu-train-batch-size", "2"], model_config=config)
     with pytest.raises(ArgumentError, match="num_frames: model 8, flags 4"):
         loop.train(args, model=tiny_model(config), train_dataset=FakeCaptionDataset(config, 4))
 
@@ -146,7 +146,7 @@ def test_the_model_is_described_with_its_size_before_it_is_built(tmp_path, monke
         raise Stop
 
     monkeypatch.setattr(model_setup, "build_model", refuse)
-    args = parse_train_args(["--output-dir", str(tmp_path), "--device", "cpu"])
+    args = parse_train_args(["--output-dir", str(tmp_path), "--device", "cpu", "--per-gpu-train-batch-size", "2"])
     with pytest.raises(Stop):
         loop.train(args, train_dataset=FakeCaptionDataset(deterministic_tiny_config(), 4))
     err = capsys.readouterr().err

@@ -66,25 +66,11 @@ class DemoConfig:
     source: Path
 
 
-def resolve_relative(path_text: str, config_path: Path) -> str:
-    """A relative model_config path as `avlformer train` sees it (from the cwd, normally the repo root); when
-    the demo runs from elsewhere, relative to the config file's folder or the repo root above it."""
-    path = Path(path_text)
-    if path.is_absolute() or path.is_file():
-        return str(path.resolve())
-    for base in (config_path.parent, config_path.parent.parent):
-        if (base / path).is_file():
-            return str((base / path).resolve())
-    raise FileNotFoundError(f"{config_path}: model_config {path_text} not found")
-
-
 def load_demo_config(path: Path) -> DemoConfig:
     from avlformer.training.args import load_config_file  # imported late: it pulls in torch
 
-    raw = load_config_file(path)  # the demo config is a training flag file: same reading rules and errors
-    if raw.get("model_config"):
-        raw["model_config"] = resolve_relative(raw["model_config"], path)
-    return DemoConfig(train_flags=raw, source=path)
+    # The demo config is a training flag file: same reading rules, errors and relative-path rule.
+    return DemoConfig(train_flags=load_config_file(path), source=path)
 
 
 LOSS_CURVE_POINTS = 60

@@ -26,7 +26,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -276,16 +276,24 @@ class LoadedModel:
 
 
 def load_for_inference(checkpoint: VideoPath, device_name: str = "auto") -> LoadedModel:
-    """Our checkpoint folder, an upstream checkpoint folder or a released ``model.bin``, with the recipe and the
-    vocabulary it was trained with."""
-    from avlformer.modeling.checkpoint import checkpoint_recipe, checkpoint_vocab_dir, load_model
+    """Our checkpoint folder, an upstream checkpoint folder, a released ``model.bin`` or a Hub model id
+    (``AVLFormer.from_pretrained``), with the recipe and the vocabulary it was trained with."""
+    from avlformer.hub import AVLFormer
 
     device = resolve_device(device_name)
-    model, config = load_model(checkpoint, device)
+    return loaded_model(AVLFormer.from_pretrained(checkpoint, device=device), device)
+
+
+def loaded_model(model, device: torch.device | None = None) -> LoadedModel:
+    """A ``hub.AVLFormer`` (anything with ``config``, ``recipe`` and ``vocab_dir``) ready to caption on
+    ``device`` (default: where its weights are)."""
+    device = device or next(model.parameters()).device
     model.to(device).eval()
-    return LoadedModel(model=model, config=config, device=device, recipe=checkpoint_recipe(checkpoint),
-                       tokenizer=load_tokenizer(str(checkpoint_vocab_dir(checkpoint))),
-                       checkpoint=os.fspath(checkpoint))
+    vocab_dir = getattr(model, "vocab_dir", None)
+    return LoadedModel(model=model, config=model.config, device=device,
+                       recipe=getattr(model, "recipe", None) or PreprocessRecipe.paper(),
+                       tokenizer=load_tokenizer(str(vocab_dir) if vocab_dir else None),
+                       checkpoint=getattr(model, "source", None) or "(in memory)")
 
 
 def checkpoint_decoding(config) -> DecodingOptions:
@@ -337,15 +345,11 @@ def caption_videos(loaded: LoadedModel, videos: Sequence[VideoPath], decoding: D
                    silence_audio: bool = False, progress: bool = True, desc: str = "caption") -> CaptionRun:
     """Caption every video; unreadable ones are collected as failures and the rest still captioned.
     ``silence_audio`` replaces every soundtrack with silence (the demo's ablation)."""
-    check_loader_options(batch_size, num_workers)
-    check_decoding(decoding, loaded.config)
     dataset = VideoFolderDataset(videos, audio_dir, loaded.spec, silence_audio=silence_audio)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_clips,
-                        pin_memory=loaded.device.type == "cuda")
-    loaded.model.eval()
     run = CaptionRun(predictions=[], failures=[], warnings=[], decoding=decoding)
     with tqdm(total=len(dataset), desc=desc, unit="video", disable=not progress) as bar:
-        for clips, failures in loader:
+        for clips, predictions, failures in caption_dataset(loaded, dataset, decoding, batch_size=batch_size,
+                                                            num_workers=num_workers):
             for failure in failures:
                 log.warning("skipping %s", failure.message())
             run.failures.extend(failures)
@@ -353,8 +357,20 @@ def caption_videos(loaded: LoadedModel, videos: Sequence[VideoPath], decoding: D
                 run.warnings.extend(clip.warnings)
                 for note in clip.warnings:
                     log.warning("%s", note)
-            if clips:
-                run.predictions.extend(caption_batch(loaded.model, clips, decoding, loaded.device,
-                                                     loaded.tokenizer))
+            run.predictions.extend(predictions)
             bar.update(len(clips) + len(failures))
     return run
+
+
+def caption_dataset(loaded: LoadedModel, dataset: Dataset, decoding: DecodingOptions, *, batch_size: int = 8,
+                    num_workers: int = 0) -> Iterator[tuple[list[ClipInput], list[Prediction], list[ClipFailure]]]:
+    """Caption a dataset of ClipInput / ClipFailure items batch by batch, yielding (inputs, their predictions,
+    failures) as each batch is done: the one captioning loop of `infer`, `caption`, the Python API and `serve`."""
+    check_loader_options(batch_size, num_workers)
+    check_decoding(decoding, loaded.config)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_clips,
+                        pin_memory=loaded.device.type == "cuda")
+    loaded.model.eval()
+    for clips, failures in loader:
+        predictions = caption_batch(loaded.model, clips, decoding, loaded.device, loaded.tokenizer) if clips else []
+        yield clips, predictions, failures

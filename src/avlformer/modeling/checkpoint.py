@@ -80,25 +80,26 @@ def write_checkpoint_files(folder: Path, state_dict: Mapping[str, torch.Tensor],
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-               strict: bool = True) -> tuple[AVLFormer, AVLFormerConfig]:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", strict: bool = True, *,
+               model_class: type[AVLFormer] = AVLFormer) -> tuple[AVLFormer, AVLFormerConfig]:
     """Load our checkpoint folder, an upstream checkpoint folder (``model.bin``, config from ``../log/args.json``)
     or a bare released ``model.bin`` (paper config unless ``../log/args.json`` exists beside it).
 
     ``strict=False`` loads despite missing or unexpected keys, logging them as a warning; misshaped keys always
-    raise."""
+    raise. ``model_class``: the AVLFormer subclass to build (``avlformer.hub.AVLFormer`` adds the Hub
+    methods)."""
     path = Path(path)
     if path.is_dir():
         if (path / WEIGHTS_NAME).is_file():
-            return _load_ours(path / WEIGHTS_NAME, path / CONFIG_NAME, device, strict)
+            return _load_ours(path / WEIGHTS_NAME, path / CONFIG_NAME, device, strict, model_class)
         if (path / UPSTREAM_WEIGHTS_NAME).is_file():
-            return _load_upstream(path / UPSTREAM_WEIGHTS_NAME, device, strict)
+            return _load_upstream(path / UPSTREAM_WEIGHTS_NAME, device, strict, model_class)
         raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME} (our checkpoint) or {UPSTREAM_WEIGHTS_NAME} "
                                 f"(upstream checkpoint) in this folder")
     if path.is_file():
         if path.suffix == ".safetensors":
-            return _load_ours(path, path.parent / CONFIG_NAME, device, strict)
-        return _load_upstream(path, device, strict)
+            return _load_ours(path, path.parent / CONFIG_NAME, device, strict, model_class)
+        return _load_upstream(path, device, strict, model_class)
     raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
 
 
@@ -125,19 +126,19 @@ def checkpoint_vocab_dir(path: str | os.PathLike) -> Path:
     return folder if (folder / VOCAB_NAME).is_file() else default_vocab_dir()
 
 
-def _load_ours(weights_path: Path, config_path: Path, device, strict: bool):
+def _load_ours(weights_path: Path, config_path: Path, device, strict: bool, model_class: type[AVLFormer]):
     config = AVLFormerConfig.load(config_path)
     header = read_safetensors_shapes(weights_path)
-    model = _build_meta_model(config, len(header), config_path, weights_path)
+    model = _build_meta_model(config, len(header), config_path, weights_path, model_class)
     missing = _check_against(header, model, strict, weights_path)
     try:
         state_dict = load_file(str(weights_path), device="cpu")
     except Exception as error:  # safetensors raises its own error types for truncated/corrupt data
         raise ValueError(f"{weights_path}: cannot read safetensors weights: {error}") from None
-    return _with_weights(model, config, state_dict, missing).to(device), config
+    return _with_weights(model, config, state_dict, missing, model_class).to(device), config
 
 
-def _load_upstream(weights_path: Path, device, strict: bool):
+def _load_upstream(weights_path: Path, device, strict: bool, model_class: type[AVLFormer]):
     args_path = weights_path.parent.parent / "log" / "args.json"
     if args_path.is_file():
         config = config_from_upstream_args(read_json(args_path, "upstream args.json"), source=str(args_path))
@@ -147,14 +148,15 @@ def _load_upstream(weights_path: Path, device, strict: bool):
         config = AVLFormerConfig.paper()
         logger.info("%s: no ../log/args.json, assuming the paper configuration", weights_path)
     state_dict = read_upstream_state_dict(weights_path)  # memory-mapped: no tensor is read yet
-    model = _build_meta_model(config, len(state_dict), args_path or "the paper configuration", weights_path)
+    model = _build_meta_model(config, len(state_dict), args_path or "the paper configuration", weights_path,
+                              model_class)
     try:
         converted, dropped = convert_upstream_state_dict(state_dict, config, strict, state_shapes(model))
     except CheckpointMismatchError as error:
         raise CheckpointMismatchError(f"{weights_path}: {error}") from None
     logger.info("%s: dropped %d unused upstream tensors (%s...)", weights_path, len(dropped), ", ".join(dropped[:3]))
     missing = _check_against(converted, model, strict, weights_path)
-    return _with_weights(model, config, converted, missing).to(device), config
+    return _with_weights(model, config, converted, missing, model_class).to(device), config
 
 
 def read_upstream_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -165,12 +167,13 @@ def read_upstream_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(content)
 
 
-def _build_meta_model(config: AVLFormerConfig, file_tensors: int, config_source, weights_path: Path) -> AVLFormer:
+def _build_meta_model(config: AVLFormerConfig, file_tensors: int, config_source, weights_path: Path,
+                      model_class: type[AVLFormer] = AVLFormer) -> AVLFormer:
     # A model far larger than the file (a crafted config) is stopped while it is being built; the slack covers
     # the non-persistent buffers, which are registered but never stored.
     limit = 2 * file_tensors + 64
     try:
-        return build_on_meta(lambda: AVLFormer(config), max_tensors=limit)
+        return build_on_meta(lambda: model_class(config), max_tensors=limit)
     except TooManyTensors:
         raise CheckpointMismatchError(
             f"{weights_path}: holds {file_tensors} tensors, but {config_source} describes a model with more than "
@@ -189,13 +192,13 @@ def _check_against(given: Mapping[str, Any], model: AVLFormer, strict: bool, sou
 
 
 def _with_weights(meta_model: AVLFormer, config: AVLFormerConfig, state_dict: Mapping[str, torch.Tensor],
-                  missing: list[str]) -> AVLFormer:
+                  missing: list[str], model_class: type[AVLFormer] = AVLFormer) -> AVLFormer:
     """The model holding ``state_dict`` (already checked against it): the meta-built one by assignment, or, when
     a non-strict load left tensors ``missing`` (they need their usual initialisation), a normally built one."""
     expected = meta_model.state_dict()
     kept = {name: tensor for name, tensor in state_dict.items() if name in expected}
     if missing:
-        model = AVLFormer(config)
+        model = model_class(config)
         model.load_state_dict(kept, strict=False)
         return model
     return load_by_assignment(meta_model, kept)

@@ -6,7 +6,9 @@ Post-LN, erf GELU, attention through ``scaled_dot_product_attention`` with an ad
 ``-10000·(1-mask)``, so soft mask values are meaningful). AV tokens get ``img_embedding`` + dropout only: no position
 or type embedding and no LayerNorm (docs/upstream.md §3.4).
 
-Layers accept a :class:`LayerKVCache` so generation can keep keys/values of tokens it has already processed.
+Attention is split into :meth:`BertSelfAttention.project` and :meth:`BertSelfAttention.attend`, and a layer's
+feed-forward half is :meth:`BertLayer.feed_forward`, so KV-cached decoding (:mod:`avlformer.modeling.generation`)
+runs the same modules with its own attention over cached keys/values.
 """
 
 from __future__ import annotations
@@ -98,47 +100,6 @@ _HF_OPTIONAL = {"hidden_dropout": "hidden_dropout_prob", "attention_dropout": "a
                 "layer_norm_eps": "layer_norm_eps", "initializer_range": "initializer_range"}
 
 
-class LayerKVCache:
-    """Keys/values of one layer, preallocated to ``capacity`` positions on first use, plus the count kept.
-
-    Writing never reallocates, so a decoding step costs O(new tokens) instead of copying the whole history."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
-        self.length = 0
-
-    def append_and_view(self, new_keys: torch.Tensor, new_values: torch.Tensor):
-        """Write ``new_*`` after the kept entries (not kept yet: see :meth:`keep`); return what to attend over."""
-        if self.keys is None:
-            batch, heads, _, head_dim = new_keys.shape
-            self.keys = new_keys.new_zeros(batch, heads, self.capacity, head_dim)
-            self.values = new_values.new_zeros(batch, heads, self.capacity, head_dim)
-        end = self.length + new_keys.shape[2]
-        if end > self.capacity:
-            raise RuntimeError(f"KV cache overflow: {end} entries > capacity {self.capacity}")
-        self.keys[:, :, self.length:end] = new_keys
-        self.values[:, :, self.length:end] = new_values
-        return self.keys[:, :, :end], self.values[:, :, :end]
-
-    def keep(self, length: int) -> None:
-        """Entries ``[0, length)`` are final; anything written after them will be overwritten."""
-        self.length = length
-
-    def expand_batch(self, times: int) -> None:
-        """Repeat every sample ``times`` (beam search: each video's AV entries copied once per beam)."""
-        if times > 1 and self.keys is not None:
-            self.keys = self.keys.repeat_interleave(times, dim=0)
-            self.values = self.values.repeat_interleave(times, dim=0)
-
-    def reorder_from(self, rows: torch.Tensor, start: int) -> None:
-        """Row i takes row ``rows[i]``'s entries ``[start, length)``. Beams never change video, so the AV prefix
-        (before ``start``) is identical across the rows involved and is left in place."""
-        self.keys[:, :, start:self.length] = self.keys[rows, :, start:self.length]
-        self.values[:, :, start:self.length] = self.values[rows, :, start:self.length]
-
-
 class BertSelfAttention(nn.Module):
     def __init__(self, cfg: TextTransformerConfig):
         super().__init__()
@@ -153,12 +114,19 @@ class BertSelfAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, cache: LayerKVCache | None = None):
-        query = self._split_heads(self.query(hidden))
-        key = self._split_heads(self.key(hidden))
-        value = self._split_heads(self.value(hidden))
-        if cache is not None:
-            key, value = cache.append_and_view(key, value)
+    def project(self, hidden: torch.Tensor):
+        """Queries, keys and values, each ``(B, heads, N, head_dim)``."""
+        return (self._split_heads(self.query(hidden)), self._split_heads(self.key(hidden)),
+                self._split_heads(self.value(hidden)))
+
+    def merge_heads(self, context: torch.Tensor) -> torch.Tensor:
+        batch, _, length, _ = context.shape
+        return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None):
+        return self.attend(*self.project(hidden), bias)
+
+    def attend(self, query, key, value, bias: torch.Tensor | None) -> torch.Tensor:
         dropout_p = self.dropout_p if self.training else 0.0
         if bias is not None:
             bias = bias.to(query.dtype)
@@ -166,8 +134,7 @@ class BertSelfAttention(nn.Module):
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p)
         else:
             context = eager_attention(query, key, value, bias, dropout_p)
-        batch, _, length, _ = context.shape
-        return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+        return self.merge_heads(context)
 
 
 def eager_attention(query, key, value, bias, dropout_p: float) -> torch.Tensor:
@@ -212,8 +179,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(cfg)
         self.output = BertSelfOutput(cfg)
 
-    def forward(self, hidden, bias, cache=None):
-        return self.output(self.self(hidden, bias, cache), hidden)
+    def forward(self, hidden, bias):
+        return self.output(self.self(hidden, bias), hidden)
 
 
 class BertIntermediate(nn.Module):
@@ -232,8 +199,10 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(cfg)
         self.output = BertOutput(cfg)
 
-    def forward(self, hidden, bias, cache=None):
-        attended = self.attention(hidden, bias, cache)
+    def forward(self, hidden, bias):
+        return self.feed_forward(self.attention(hidden, bias))
+
+    def feed_forward(self, attended: torch.Tensor) -> torch.Tensor:
         return self.output(self.intermediate(attended), attended)
 
 
@@ -243,11 +212,9 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_layers))
         self.gradient_checkpointing = False
 
-    def forward(self, hidden, bias, caches: list[LayerKVCache] | None = None):
-        for index, layer in enumerate(self.layer):
-            if caches is not None:
-                hidden = layer(hidden, bias, caches[index])
-            elif self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+    def forward(self, hidden, bias):
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 hidden = checkpoint(layer, hidden, bias, use_reentrant=False)
             else:
                 hidden = layer(hidden, bias)

@@ -25,7 +25,7 @@ from avlformer.training.distributed import (DistEnv, all_reduce_mean, any_rank_t
                                             wrap_model)
 from avlformer.training.flag_table import ArgumentError
 from avlformer.training.optim import GROUP_NAMES, build_optimizer, build_scheduler
-from avlformer.training.setup import setup_logging, write_args_json
+from avlformer.training.setup import setup_logging, summary_writer, write_args_json
 from avlformer.training.validation import append_history, decode_split, prediction_stem, score, write_outputs
 
 LOSS_TERMS = ("loss", "lm_loss", "mlm_loss", "sparsity_loss", "mlm_accuracy")
@@ -153,9 +153,7 @@ class Trainer:
         if self.env.is_main:
             ckpt.remove_stale_temporaries(self.output_dir)
             write_args_json(self.args, self.output_dir, self.derived_args())
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.output_dir / "log"))
+            self.writer = summary_writer(self.output_dir / "log")
         log.info("training: %d samples, %d optimizer steps per epoch, %d steps in all, global batch %d",
                  len(self.train_data), self.schedule.steps_per_epoch, self.schedule.total_steps,
                  self.args.effective_batch_size)
@@ -324,6 +322,7 @@ def train(config, env: DistEnv | None = None, *, model: nn.Module | None = None,
     from avlformer.training.setup import (build_datasets, check_validation_recipe, determinism, seed_everything,
                                           training_recipe, vocab_dir_for)
 
+    summary_writer(None)  # a missing optional dependency shows before any work
     env = env or init_distributed(config.device, config.local_rank)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -338,6 +337,7 @@ def train(config, env: DistEnv | None = None, *, model: nn.Module | None = None,
             if val_dataset is not None:
                 check_validation_recipe(config, recipe, val_dataset.recipe)
         recipe = recipe or getattr(train_dataset, "recipe", None) or training_recipe(config)
+        plan_schedule(len(SampleSeededDataset(train_dataset, config.seed, config.limited_samples)), config, env)
         seed_everything(config.seed)  # the model's initial weights and dropout follow from the seed alone
         if model is None:
             line, too_large = describe(config, env.device)

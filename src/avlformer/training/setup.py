@@ -128,3 +128,13 @@ def build_datasets(config, tokenizer):
     if config.evaluate_during_training:
         val_set = CaptionDataset(resolve_yaml(config.data_dir, config.val_yaml), data_config, False, tokenizer)
     return train_set, val_set
+
+
+def summary_writer(log_dir: Path):
+    """TensorBoard's writer; TensorBoard is the ``[train]`` extra, so its absence is a one-line error found
+    before any data is read or model built (``train`` calls this with ``log_dir=None`` first, as a check)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ArgumentError("avlformer train needs TensorBoard: pip install 'avlformer[train]'") from None
+    return None if log_dir is None else SummaryWriter(str(log_dir))

@@ -1,0 +1,302 @@
+"""Captioning from Python without assembling tensors: ``avlformer.caption`` and ``Captioner``.
+
+Videos are file paths or in-memory frames (``numpy`` / ``torch``, uint8 ``(T, H, W, 3)`` RGB, all frames of the
+clip at a constant rate); audio is, per video, ``None`` (the video's own soundtrack; silence for in-memory frames),
+an mp3 path (as a dataset's ``audio_mp3/<id>.mp3``) or a waveform (float, ``(S,)`` or ``(channels, S)``, at
+``sample_rate``). Every input is built from the model's preprocessing recipe by the functions `avlformer infer`
+uses (``inference.pipeline``): in-memory frames get the recipe's frame sampling, resize and JPEG round trip, and a
+waveform the recipe's mp3 round trip, exactly as a video file's frames and soundtrack would.
+
+Example::
+
+    >>> import avlformer
+    >>> model = avlformer.AVLFormer.from_pretrained("runs/demo/best_checkpoint")  # doctest: +SKIP
+    >>> for result in avlformer.caption(model, ["a.mp4", "b.mkv"], num_beams=3):  # doctest: +SKIP
+    ...     print(result.caption, result.confidence, result.audio_source, result.warnings)
+
+``caption`` returns a list; ``Captioner(model).stream(videos)`` yields each result as soon as its batch is done.
+A video that cannot be captioned gives a result with ``error`` set and ``caption`` None; nothing is skipped
+silently.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings as warnings_module
+import wave as wave_module
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import av
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from avlformer.data import audio as audio_io
+from avlformer.data import media
+from avlformer.data.clip_ids import clip_id_from_path
+from avlformer.data.clip_media import AUDIO_SILENCE, encode_frames
+from avlformer.data.transforms import clip_from_frames
+from avlformer.device import resolve_device
+from avlformer.inference import pipeline
+
+AUDIO_FROM_ARRAY = "array"
+
+
+@dataclass
+class CaptionResult:
+    """One video's caption (``caption`` None and ``error`` set when it could not be captioned)."""
+
+    index: int                     # position in the list given
+    video: str                     # the path as given, or "<frames N>" for in-memory frames
+    caption: str | None
+    confidence: float | None       # mean token probability of the caption, 0..1
+    audio_source: str | None       # "mp3", "video", "array" or "silence"
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"video": self.video, "caption": self.caption, "confidence": self.confidence,
+                "audio_source": self.audio_source, "warnings": list(self.warnings), "error": self.error}
+
+
+# ----------------------------------------------------------------------------------------------- in-memory inputs
+
+def _as_numpy(value, what: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{what}: expected a path, a numpy array or a torch tensor, got {type(value).__name__}")
+    return value
+
+
+def _resize_rgb(image: np.ndarray, short_side: int) -> np.ndarray:
+    """Shorter side to ``short_side`` with the scaler and rule that decoding a video file uses."""
+    height, width = image.shape[:2]
+    out_w, out_h = media.resized_size(width, height, short_side)
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    return frame.reformat(width=out_w, height=out_h, format="rgb24", interpolation="BILINEAR").to_ndarray()
+
+
+def frames_from_array(frames, spec: pipeline.InputSpec, what: str = "frames") -> torch.Tensor:
+    """All frames of a clip, uint8 (T, H, W, 3) at a constant rate -> the model's (num_frames, 3, H, W) input:
+    the recipe's ``stored_frames`` on screen at the bin centres, at its ``short_side``, JPEG encoded at its
+    quality, then selected and cropped as the evaluation loader does."""
+    array = _as_numpy(frames, what)
+    if array.ndim != 4 or array.shape[-1] != 3 or array.shape[0] < 1:
+        raise ValueError(f"{what}: expected uint8 frames shaped (T, H, W, 3), got shape {tuple(array.shape)}")
+    if array.dtype != np.uint8:
+        raise ValueError(f"{what}: expected uint8 RGB values 0..255, got dtype {array.dtype}")
+    total, stored = array.shape[0], spec.recipe.stored_frames
+    # Frame k of n is the one on screen at (k + 0.5) / n of the clip: frame floor((k + 0.5) * T / n).
+    picks = np.minimum(((np.arange(stored) + 0.5) * total / stored).astype(int), total - 1)
+    sampled = np.stack([_resize_rgb(array[i], spec.recipe.short_side) for i in picks])
+    return clip_from_frames(encode_frames(sampled, spec.recipe), num_frames=spec.num_frames,
+                            image_size=spec.image_size, train=False, source=what)
+
+
+def _wav_bytes(mono: np.ndarray, sample_rate: int) -> bytes:
+    buffer = io.BytesIO()
+    with wave_module.open(buffer, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(sample_rate)
+        writer.writeframes((np.clip(mono, -1.0, 1.0) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def audio_from_array(waveform, sample_rate: int, spec: pipeline.InputSpec, what: str = "audio") -> torch.Tensor:
+    """A float waveform (S,) or (channels, S) in -1..1 at ``sample_rate`` -> the model's (1, S) input: downmixed,
+    resampled to the recipe's rate and mp3 encoded at its bitrate as a video's soundtrack is, then decoded as the
+    evaluation loader decodes the stored mp3."""
+    array = _as_numpy(waveform, what).astype(np.float32, copy=False)
+    if array.ndim not in (1, 2) or array.shape[-1] < 1:
+        raise ValueError(f"{what}: expected a waveform shaped (samples,) or (channels, samples), "
+                         f"got shape {tuple(array.shape)}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what}: waveform holds NaN or infinite values")
+    mono = array if array.ndim == 1 else array.mean(axis=0)
+    recipe = spec.recipe
+    if sample_rate == recipe.sample_rate:
+        mp3 = media.encode_mp3(mono, recipe.sample_rate, recipe.mp3_bitrate)
+    else:  # through the resampler a video's own audio goes through (lossless 16-bit container in between)
+        mp3 = media.extract_audio(_wav_bytes(mono, sample_rate), recipe.sample_rate, recipe.mp3_bitrate,
+                                  name=what).mp3
+    return audio_io.load_clip(mp3, clip_samples=spec.clip_samples, sample_rate=spec.sample_rate, source=what)
+
+
+def _silence(spec: pipeline.InputSpec) -> torch.Tensor:
+    recipe = spec.recipe
+    mp3 = media.silent_mp3(recipe.clip_seconds, recipe.sample_rate, recipe.mp3_bitrate)
+    return audio_io.load_clip(mp3, clip_samples=spec.clip_samples, sample_rate=spec.sample_rate, source="silence")
+
+
+# ----------------------------------------------------------------------------------------------- the dataset
+
+def _is_path(value) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+def video_label(video, index: int) -> str:
+    return os.fspath(video) if _is_path(video) else f"<frames {index}>"
+
+
+def prepare_input(video, audio, spec: pipeline.InputSpec, index: int = 0,
+                  sample_rate: int | None = None) -> pipeline.ClipInput:
+    """One (video, audio) pair -> the model input (see the module docstring for the accepted kinds)."""
+    label = video_label(video, index)
+    if _is_path(video):
+        path = Path(video)
+        if problem := pipeline.not_a_video_file(path):
+            raise ValueError(problem)
+        if audio is None:
+            return pipeline.load_clip_input(path, None, spec, index)
+        frames, seconds = pipeline.load_frames(path, spec)
+        clip_id = clip_id_from_path(path)
+    else:
+        frames, seconds, clip_id = frames_from_array(video, spec, label), None, label
+    notes: list[str] = []
+    if audio is None:
+        wave, source = _silence(spec), AUDIO_SILENCE
+        notes.append("in-memory frames come without sound: silence used (pass audio= to give a waveform)")
+    elif _is_path(audio):
+        wave, source, audio_notes = pipeline.load_audio(video if _is_path(video) else Path(audio), Path(audio),
+                                                        spec, video_seconds=seconds)
+        notes += audio_notes
+    else:
+        wave = audio_from_array(audio, sample_rate or spec.sample_rate, spec, f"audio of {label}")
+        source = AUDIO_FROM_ARRAY
+    return pipeline.ClipInput(index=index, video_id=clip_id, path=label, frames=frames, audio=wave,
+                              audio_source=source, warnings=[f"{pipeline.display_path(label)}: {n}" for n in notes])
+
+
+class _InputDataset(Dataset):
+    """The (video, audio) pairs as ClipInput items; an unusable one becomes a ClipFailure, as in `infer`."""
+
+    def __init__(self, videos: Sequence, audio: Sequence, spec: pipeline.InputSpec, sample_rate: int | None):
+        self.videos, self.audio, self.spec, self.sample_rate = videos, audio, spec, sample_rate
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int):
+        video = self.videos[index]
+        try:
+            with warnings_module.catch_warnings():
+                warnings_module.simplefilter("ignore")
+                return prepare_input(video, self.audio[index], self.spec, index, self.sample_rate)
+        except media.MediaError as error:
+            reason = error.reason
+        except (ValueError, TypeError, OSError, RuntimeError) as error:
+            reason = str(error)
+        label = video_label(video, index)
+        return pipeline.ClipFailure(index, clip_id_from_path(label) if _is_path(video) else label, label, reason)
+
+
+# ----------------------------------------------------------------------------------------------- the API
+
+class Captioner:
+    """A model ready to caption, with fixed decoding settings (defaults: the checkpoint's).
+
+    ``model``: an ``avlformer.AVLFormer`` (``from_pretrained``), a checkpoint path or Hub id, or a
+    ``pipeline.LoadedModel``. ``device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (default: where the model is;
+    a path or id loads on ``auto``).
+
+    >>> captioner = Captioner("runs/demo/best_checkpoint", num_beams=3)     # doctest: +SKIP
+    >>> for result in captioner.stream(["a.mp4", "b.mp4"]):                 # doctest: +SKIP
+    ...     print(result.video, result.caption)
+    """
+
+    def __init__(self, model, *, num_beams: int | None = None, max_length: int | None = None,
+                 length_penalty: float | None = None, device: str | torch.device | None = None,
+                 batch_size: int = 8, num_workers: int = 0):
+        if isinstance(model, pipeline.LoadedModel):
+            self.loaded = model
+            if device is not None:
+                self.loaded = pipeline.loaded_model(model.model, resolve_device(device))
+        elif _is_path(model):
+            self.loaded = pipeline.load_for_inference(model, "auto" if device is None else device)
+        else:
+            self.loaded = pipeline.loaded_model(model, None if device is None else resolve_device(device))
+        pipeline.check_loader_options(batch_size, num_workers)
+        self.decoding = pipeline.merge_decoding(pipeline.checkpoint_decoding(self.loaded.config),
+                                                num_beams=num_beams, max_length=max_length,
+                                                length_penalty=length_penalty)
+        pipeline.check_decoding(self.decoding, self.loaded.config)
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    @property
+    def spec(self) -> pipeline.InputSpec:
+        return self.loaded.spec
+
+    def prepare(self, video, audio=None, sample_rate: int | None = None) -> pipeline.ClipInput:
+        """The model input of one video (raises ValueError / media errors for an unusable one)."""
+        return prepare_input(video, audio, self.spec, 0, sample_rate)
+
+    def caption_inputs(self, inputs: Sequence[pipeline.ClipInput]) -> list[CaptionResult]:
+        """Caption inputs made by ``prepare`` (one forward pass)."""
+        predictions = pipeline.caption_batch(self.loaded.model, list(inputs), self.decoding, self.loaded.device,
+                                             self.loaded.tokenizer)
+        return [_result(clip, prediction) for clip, prediction in zip(inputs, predictions)]
+
+    def stream(self, videos: Iterable, audio=None, sample_rate: int | None = None) -> Iterator[CaptionResult]:
+        """Yield one CaptionResult per video, in the order given, as soon as its batch is captioned."""
+        videos = _video_list(videos)
+        audio_list = _audio_list(audio, len(videos))
+        dataset = _InputDataset(videos, audio_list, self.spec, sample_rate)
+        for clips, predictions, failures in pipeline.caption_dataset(
+                self.loaded, dataset, self.decoding, batch_size=self.batch_size, num_workers=self.num_workers):
+            done = [_result(c, p) for c, p in zip(clips, predictions)]
+            done += [CaptionResult(index=f.index, video=f.path, caption=None, confidence=None, audio_source=None,
+                                   error=f.error) for f in failures]
+            yield from sorted(done, key=lambda r: r.index)
+
+    def __call__(self, videos: Iterable, audio=None, sample_rate: int | None = None) -> list[CaptionResult]:
+        return list(self.stream(videos, audio, sample_rate))
+
+
+def _result(clip: pipeline.ClipInput, prediction: pipeline.Prediction) -> CaptionResult:
+    return CaptionResult(index=clip.index, video=clip.path, caption=prediction.caption,
+                         confidence=prediction.confidence, audio_source=clip.audio_source,
+                         warnings=list(clip.warnings))
+
+
+def _video_list(videos) -> list:
+    # One path or one frames array is one video, not a list of characters or of frames.
+    if _is_path(videos) or isinstance(videos, (np.ndarray, torch.Tensor)):
+        return [videos]
+    return list(videos)
+
+
+def _audio_list(audio, count: int) -> list:
+    if audio is None:
+        return [None] * count
+    if _is_path(audio) or isinstance(audio, (np.ndarray, torch.Tensor)):
+        audio = [audio]
+    audio = list(audio)
+    if len(audio) != count:
+        raise ValueError(f"audio: {len(audio)} entries for {count} videos; give one per video (None: the "
+                         f"video's own audio)")
+    return audio
+
+
+def caption(model, videos: Iterable, audio=None, *, num_beams: int | None = None, max_length: int | None = None,
+            length_penalty: float | None = None, device: str | torch.device | None = None, batch_size: int = 8,
+            sample_rate: int | None = None) -> list[CaptionResult]:
+    """Caption ``videos`` (paths or uint8 (T, H, W, 3) frames) with ``model`` (an ``AVLFormer``, a checkpoint
+    path or a Hub id); ``audio``: None, or one entry per video (None, an mp3 path, or a waveform at
+    ``sample_rate``, default the model's rate). Returns one CaptionResult per video, in order.
+
+    >>> import avlformer
+    >>> results = avlformer.caption("runs/demo/best_checkpoint", ["a.mp4"])  # doctest: +SKIP
+    >>> results[0].caption, results[0].confidence                            # doctest: +SKIP
+    """
+    captioner = Captioner(model, num_beams=num_beams, max_length=max_length, length_penalty=length_penalty,
+                          device=device, batch_size=batch_size)
+    return captioner(videos, audio, sample_rate)

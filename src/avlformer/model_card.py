@@ -1,0 +1,167 @@
+"""The ``README.md`` model card of a checkpoint folder, in the Hugging Face Hub's format.
+
+A card says what the model is (architecture and size, from its config), what it was trained on and how the data
+was preprocessed (its recipe), the training flags, the validation metrics with the split they were measured on,
+the intended use and the limits. Its YAML front matter carries the Hub metadata, with a ``model-index`` holding
+the metric values, so that a pushed model shows its numbers on its Hub page.
+
+``save_pretrained`` writes one (``avlformer.hub``); the trainer's best checkpoint gets one through
+``write_model_card``.
+
+Example::
+
+    >>> from avlformer.model_card import model_card_text
+    >>> from avlformer.modeling.avlformer import AVLFormerConfig
+    >>> from avlformer.data.recipe import PreprocessRecipe
+    >>> card = model_card_text(AVLFormerConfig.tiny(), PreprocessRecipe.paper(), {"CIDEr": 0.5}, split="val")
+    >>> card.startswith("---\\n")
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from avlformer.atomic import write_text_atomic
+from avlformer.data.recipe import PreprocessRecipe
+
+CARD_NAME = "README.md"
+DATASET_NAME = "FAVDBench"
+TASK_NAME = "Fine-grained audible video description"
+# The Hub's task id for "video in, text out"; the model reads the video's audio as well.
+PIPELINE_TAG = "video-text-to-text"
+# Display names on the Hub page for the metric keys `avlformer evaluate` writes.
+METRIC_NAMES = {"Bleu_1": "BLEU-1", "Bleu_2": "BLEU-2", "Bleu_3": "BLEU-3", "Bleu_4": "BLEU-4",
+                "METEOR": "METEOR", "ROUGE_L": "ROUGE-L", "CIDEr": "CIDEr", "SPICE": "SPICE",
+                "EntityScore": "EntityScore", "AudioScore": "AudioScore", "CLIPScore": "CLIPScore"}
+
+
+def _metric_rows(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numeric metrics, in a stable order; anything else (counts as strings, NaN) is not a score."""
+    rows = {}
+    for name in sorted(metrics, key=lambda key: (list(METRIC_NAMES).index(key) if key in METRIC_NAMES else 99, key)):
+        value = metrics[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        rows[str(name)] = float(value)
+    return rows
+
+
+def card_metadata(model_name: str, metrics: Mapping[str, Any], split: str | None,
+                  dataset: str = DATASET_NAME) -> dict[str, Any]:
+    """The YAML front matter: library, task, tags and (with metrics) the ``model-index`` the Hub renders."""
+    meta: dict[str, Any] = {"library_name": "avlformer", "pipeline_tag": PIPELINE_TAG,
+                            "tags": ["avlformer", "audio-visual", "video-captioning", "favd"],
+                            "datasets": [dataset]}
+    rows = _metric_rows(metrics)
+    if rows:
+        meta["model-index"] = [{
+            "name": model_name,
+            "results": [{
+                "task": {"type": "video-captioning", "name": TASK_NAME},
+                "dataset": {"name": dataset, "type": dataset.lower(), "split": split or "unknown"},
+                "metrics": [{"type": name.lower(), "name": METRIC_NAMES.get(name, name), "value": value}
+                            for name, value in rows.items()],
+            }],
+        }]
+    return meta
+
+
+def _architecture(config) -> str:
+    try:
+        from avlformer.modeling.avlformer import describe_model
+        return describe_model(config)
+    except (ImportError, ValueError, RuntimeError):  # a description is a courtesy, never a reason to fail a save
+        return f"AVLFormer, {config.num_frames} frames at {config.image_size} px"
+
+
+def _table(rows: Mapping[str, Any], header: tuple[str, str]) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
+    lines += [f"| `{key}` | {_cell(value)} |" for key, value in rows.items()]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    text = f"{value:.4f}" if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def model_card_text(config, recipe: PreprocessRecipe, metrics: Mapping[str, Any] | None = None,
+                    split: str | None = None, training_args: Mapping[str, Any] | None = None, *,
+                    model_name: str = "avlformer", dataset: str = DATASET_NAME) -> str:
+    """The card as text (YAML front matter + Markdown). ``metrics``: validation scores by the names `avlformer
+    evaluate` writes (``CIDEr``, ``Bleu_4``, ...), measured on ``split``; ``training_args``: the training flags."""
+    metrics = metrics or {}
+    rows = _metric_rows(metrics)
+    front = yaml.safe_dump(card_metadata(model_name, metrics, split, dataset), sort_keys=False, allow_unicode=True)
+    recipe_rows = {key: value for key, value in recipe.to_dict().items()}
+    decoding = {"num_beams": config.num_beams, "max_gen_length": config.max_gen_length,
+                "length_penalty": config.length_penalty}
+    parts = [
+        f"---\n{front}---",
+        f"# {model_name}",
+        "An AVLFormer model for fine-grained audible video description (FAVD): it writes a paragraph describing "
+        "what is seen and heard in a short video clip. A Video Swin encoder reads the frames, a PaSST encoder the "
+        "soundtrack, and a BERT-style text transformer writes the caption while attending to both through a learned "
+        "audio-visual attention mask.",
+        f"**Architecture:** {_architecture(config)}; learned attention mask: "
+        f"{'yes' if config.learn_mask_enabled else 'no'}.",
+        "## Usage",
+        "```python\nfrom avlformer import AVLFormer, caption\n\n"
+        f"model = AVLFormer.from_pretrained(\"{model_name}\")\n"
+        "for result in caption(model, [\"clip.mp4\"]):\n    print(result.caption, result.confidence)\n```",
+        "Or from the command line: `avlformer caption --model CHECKPOINT clip.mp4`, and in the browser: "
+        "`avlformer serve --model CHECKPOINT`.",
+        "## Training data and preprocessing",
+        f"Trained on {dataset}-layout data. Every input is rebuilt from raw media with the preprocessing recipe "
+        "below (`preprocessor_config.json` in this folder), the one the training data was prepared with, so "
+        "captioning feeds the model the pixels and samples it learned from.",
+        _table(recipe_rows, ("recipe field", "value")),
+        "## Decoding defaults",
+        _table(decoding, ("setting", "value")),
+    ]
+    if training_args:
+        parts += ["## Training flags", _table({str(k): v for k, v in sorted(training_args.items())},
+                                              ("flag", "value"))]
+    parts.append("## Validation metrics")
+    if rows:
+        parts += [f"Measured on the **{split or 'unknown'}** split.", _table(rows, ("metric", "value"))]
+    else:
+        parts.append("No validation metrics were recorded with this checkpoint.")
+    parts += [
+        "## Intended use and limits",
+        "Research on audio-visual captioning: describing short (about 10 s) clips of everyday scenes in English. "
+        "Captions are model output and can be wrong, in particular about sounds the clip does not contain, "
+        "counts, small objects and anything outside the training data's domain; do not use them as a record of "
+        "what happened, for surveillance, or for decisions about people. Clips are read as the recipe says: "
+        f"{recipe.stored_frames} frames spread over the whole clip and its first {recipe.clip_seconds:g} s of "
+        "audio, so longer videos are summarised coarsely.",
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_model_card(folder: str | os.PathLike, config, recipe: PreprocessRecipe,
+                     metrics: Mapping[str, Any] | None = None, split: str | None = None,
+                     training_args: Mapping[str, Any] | None = None, *, model_name: str | None = None) -> Path:
+    """Write ``folder/README.md`` atomically; returns its path. ``model_name`` defaults to the folder's name."""
+    folder = Path(folder)
+    path = folder / CARD_NAME
+    write_text_atomic(path, model_card_text(config, recipe, metrics, split, training_args,
+                                            model_name=model_name or folder.name or "avlformer"))
+    return path
+
+
+def read_card_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The YAML front matter of a card (empty when it has none)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if not text.startswith("---\n"):
+        return {}
+    end = text.find("\n---", 4)
+    if end < 0:
+        return {}
+    return yaml.safe_load(text[4:end]) or {}
