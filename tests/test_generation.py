@@ -115,13 +115,14 @@ def test_beam_cached_equals_reforward(num_beams, length_penalty):
 
 def test_cached_step_feeds_two_tokens_and_av_once():
     model, av_tokens, av_mask = random_tiny_model()
+    first_query = model.bert.encoder.layer[0].attention.self.query  # both paths project every fed token here
     lengths = []
-    hook = model.bert.encoder.layer[0].register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
+    hook = first_query.register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
     generate(model, av_tokens, av_mask, max_length=MAX_LENGTH, use_cache=True)
     hook.remove()
     assert lengths[0] == NUM_AV and set(lengths[1:]) == {2}
     lengths.clear()
-    hook = model.bert.encoder.layer[0].register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
+    hook = first_query.register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
     generate(model, av_tokens, av_mask, max_length=MAX_LENGTH, use_cache=False)
     hook.remove()
     assert lengths[:3] == [NUM_AV + 2, NUM_AV + 3, NUM_AV + 4]  # the reference re-feeds everything

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from avlformer.modeling.attention_mask import MASK_BIAS, build_attention_mask, mask_to_bias
-from avlformer.modeling.text_transformer import LayerKVCache, TextTransformer
+from avlformer.modeling.text_transformer import TextTransformer
 
 
 @dataclass
@@ -52,41 +52,108 @@ class ReforwardStepper:
         """Nothing to do: the whole state is in ``token_ids``, and beams never change video."""
 
 
+class LayerKVCache:
+    """One layer's keys/values for decoding, ``(rows, heads, positions, head_dim)``.
+
+    The AV part is computed once per video and shared by that video's beams: attention groups the beams' queries
+    into one matrix product per video, so AV keys/values are read once per step however many beams there are,
+    and never copied per beam. The text part is preallocated to ``capacity`` positions, so a step writes its new
+    entries in place instead of concatenating the history."""
+
+    def __init__(self, av_keys: torch.Tensor, av_values: torch.Tensor, rows_per_video: int, capacity: int):
+        self.av_keys, self.av_values = av_keys, av_values
+        videos, heads, _, head_dim = av_keys.shape
+        shape = (videos * rows_per_video, heads, capacity, head_dim)
+        self.text_keys, self.text_values = av_keys.new_zeros(shape), av_values.new_zeros(shape)
+        self.rows_per_video = rows_per_video
+
+    def write(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        end = start + keys.shape[2]
+        self.text_keys[:, :, start:end] = keys
+        self.text_values[:, :, start:end] = values
+
+    def reorder(self, rows: torch.Tensor, length: int) -> None:
+        """Row i takes row ``rows[i]``'s first ``length`` text entries (beams never change video: AV stays)."""
+        self.text_keys[:, :, :length] = self.text_keys[rows, :, :length]
+        self.text_values[:, :, :length] = self.text_values[rows, :, :length]
+
+    def attend(self, query: torch.Tensor, text_length: int, new_bias: torch.Tensor) -> torch.Tensor:
+        """Attention of the last ``T`` text positions ``query (rows, heads, T, head_dim)`` over every AV entry and
+        text entries ``[0, text_length)``; ``new_bias (T, T)`` is added among the ``T`` new positions."""
+        videos, heads, num_av, head_dim = self.av_keys.shape
+        rows, _, new, _ = query.shape
+        query = query * head_dim ** -0.5
+        av_scores = self._ungroup(self._group(query) @ self.av_keys.transpose(-1, -2), rows, new)
+        text_keys, text_values = self.text_keys[:, :, :text_length], self.text_values[:, :, :text_length]
+        text_scores = query @ text_keys.transpose(-1, -2)
+        text_scores[..., -new:] += new_bias
+        probs = torch.cat([av_scores, text_scores], dim=-1).softmax(dim=-1)
+        context = self._ungroup(self._group(probs[..., :num_av]) @ self.av_values, rows, new)
+        return context + probs[..., num_av:] @ text_values
+
+    def _group(self, x: torch.Tensor) -> torch.Tensor:
+        """``(videos·beams, heads, T, n)`` -> ``(videos, heads, beams·T, n)`` (a view when there is one beam)."""
+        rows, heads, new, width = x.shape
+        per = self.rows_per_video
+        return x.view(rows // per, per, heads, new, width).transpose(1, 2).reshape(rows // per, heads, per * new,
+                                                                                    width)
+
+    def _ungroup(self, x: torch.Tensor, rows: int, new: int) -> torch.Tensor:
+        videos, heads, _, width = x.shape
+        per = self.rows_per_video
+        return x.view(videos, heads, per, new, width).transpose(1, 2).reshape(rows, heads, new, width)
+
+
+def prefill_av(model: TextTransformer, av_tokens: torch.Tensor, bias: torch.Tensor | None) -> list:
+    """Per-layer AV ``(keys, values)``: AV tokens never attend to text, so this is all the AV work of a caption.
+    The last layer's AV outputs would feed nothing, so only its keys/values are computed."""
+    hidden = model.bert.embed_av(av_tokens)
+    layers = model.bert.encoder.layer
+    keys_values = []
+    for index, layer in enumerate(layers):
+        attention = layer.attention.self
+        if index + 1 == len(layers):
+            keys_values.append((attention._split_heads(attention.key(hidden)).contiguous(),
+                                attention._split_heads(attention.value(hidden)).contiguous()))
+            break
+        query, key, value = attention.project(hidden)
+        keys_values.append((key.contiguous(), value.contiguous()))
+        hidden = layer.feed_forward(layer.attention.output(attention.attend(query, key, value, bias), hidden))
+    return keys_values
+
+
 class CachedStepper:
     """KV-cached decoding: AV keys/values once per video, then two text tokens per step (see module docstring)."""
 
+    NEW_TOKENS = 2  # the real token at c-1 and [MASK] at c
+
     def __init__(self, model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None,
                  max_length: int, expand: int = 1):
-        self.model = model
-        self.num_av = av_tokens.shape[1]
-        capacity = self.num_av + max_length + 1
-        self.caches = [LayerKVCache(capacity) for _ in model.bert.encoder.layer]
-        self._prefill_av(av_tokens, av_mask)
-        for cache in self.caches:
-            cache.expand_batch(expand)
-
-    def _prefill_av(self, av_tokens: torch.Tensor, av_mask: torch.Tensor | None) -> None:
-        bias = None if av_mask is None else mask_to_bias(av_mask.unsqueeze(0))
-        self.model.bert.encoder(self.model.bert.embed_av(av_tokens), bias, self.caches)
-        for cache in self.caches:
-            cache.keep(self.num_av)
+        self.model, self.layers = model, model.bert.encoder.layer
+        bias = None if av_mask is None else mask_to_bias(av_mask.unsqueeze(0), av_tokens.dtype)
+        self.caches = [LayerKVCache(keys, values, expand, max_length)
+                       for keys, values in prefill_av(model, av_tokens, bias)]
+        # Among the two new tokens only the real one must not see the [MASK] after it (upstream's -10000 bias).
+        self.new_bias = torch.triu(av_tokens.new_full((self.NEW_TOKENS, self.NEW_TOKENS), MASK_BIAS), diagonal=1)
+        self.kept = 0  # text positions whose keys/values are final
 
     def next_logits(self, token_ids: torch.Tensor) -> torch.Tensor:
         batch, length = token_ids.shape
         new_tokens = torch.stack([token_ids[:, -1], token_ids.new_full((batch,), MASK_ID)], dim=1)
         positions = torch.arange(length - 1, length + 1, device=token_ids.device).unsqueeze(0)
         hidden = self.model.bert.embeddings(new_tokens, position_ids=positions)
-        # Keys: [AV | kept text 0..c-2 | real token c-1 | MASK c]; only the real token must not see the MASK.
-        bias = hidden.new_zeros(1, 1, 2, self.caches[0].length + 2)
-        bias[..., 0, -1] = MASK_BIAS
-        hidden = self.model.bert.encoder(hidden, bias, self.caches)
-        for cache in self.caches:
-            cache.keep(cache.length + 1)
+        for layer, cache in zip(self.layers, self.caches):
+            attention = layer.attention.self
+            query, key, value = attention.project(hidden)
+            cache.write(length - 1, key, value)
+            context = attention.merge_heads(cache.attend(query, length + 1, self.new_bias))
+            hidden = layer.feed_forward(layer.attention.output(context, hidden))
+        self.kept = length
         return self.model.logits(hidden[:, 1])
 
     def reorder(self, beam_idx: torch.Tensor) -> None:
         for cache in self.caches:
-            cache.reorder_from(beam_idx, start=self.num_av)
+            cache.reorder(beam_idx, self.kept)
 
 
 def make_stepper(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,

@@ -38,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 from torchaudio.compliance.kaldi import get_mel_banks
 from avlformer.config_fields import checked_fields
 from avlformer.modeling.meta_device import expected_state_shapes
-from avlformer.modeling.weights_file import read_weights_file
+from avlformer.modeling.weights_file import load_converted
 
 # The classifier heads of the official checkpoint; AVLFormer never applies them.
 DROPPED_PREFIXES = ("head.0.", "head.1.", "head_dist.")
@@ -362,11 +362,4 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor],
 
 def load_official_weights(encoder: PasstAudioEncoder, path: str | Path) -> list[str]:
     """Load the official PaSST .pt into `encoder.net`; returns the dropped (head) keys."""
-    path = Path(path)
-    state_dict = read_weights_file(path, "PaSST checkpoint")
-    try:
-        converted, dropped = checkpoint_filter_fn(state_dict, encoder.config)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
-    encoder.net.load_state_dict(converted, strict=True)
-    return dropped
+    return load_converted(encoder.net, path, "PaSST checkpoint", checkpoint_filter_fn, encoder.config)

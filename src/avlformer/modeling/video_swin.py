@@ -40,7 +40,7 @@ from torchvision.models.video.swin_transformer import (
 from torchvision.ops import StochasticDepth
 from avlformer.config_fields import checked_fields
 from avlformer.modeling.meta_device import expected_state_shapes
-from avlformer.modeling.weights_file import read_weights_file
+from avlformer.modeling.weights_file import load_converted
 
 LAYER_NORM_EPS = 1e-5
 UPSTREAM_PREFIX = "backbone."
@@ -443,11 +443,4 @@ def to_upstream_state_dict(
 
 def load_official_weights(encoder: VideoSwinEncoder, path: str | Path) -> list[str]:
     """Load the official Kinetics .pth (or any dict in that layout) into ``encoder``; returns the dropped keys."""
-    path = Path(path)
-    content = read_weights_file(path, "Video Swin checkpoint")
-    try:
-        state_dict, dropped = checkpoint_filter_fn(content, encoder.config)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
-    encoder.load_state_dict(state_dict, strict=True)
-    return dropped
+    return load_converted(encoder, path, "Video Swin checkpoint", checkpoint_filter_fn, encoder.config)

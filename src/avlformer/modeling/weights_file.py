@@ -53,3 +53,17 @@ def read_safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...
         raise FileNotFoundError(f"{path}: weights file not found") from None
     except Exception as error:  # safetensors raises its own error types for a truncated or corrupt header
         raise ValueError(f"{path}: cannot read safetensors weights: {error}") from None
+
+
+def load_converted(target: torch.nn.Module, path: str | os.PathLike, what: str, convert, config) -> list[str]:
+    """Read an official weight file, convert it with ``convert(state_dict, config) -> (ours, dropped)`` (an
+    encoder's ``checkpoint_filter_fn``) and load it strictly into ``target``; returns the dropped keys. Errors
+    name the file."""
+    path = Path(path)
+    content = read_weights_file(path, what)
+    try:
+        state_dict, dropped = convert(content, config)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+    target.load_state_dict(state_dict, strict=True)
+    return dropped
