@@ -72,3 +72,12 @@ def evaluate_main_args(pred, ref, *extra) -> int:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     return evaluate_main(parser.parse_args(["--pred", str(pred), "--ref", str(ref), "--metrics", "bleu", *extra]))
+
+
+def test_a_clip_without_audio_is_not_scored_on_silence(tmp_path):
+    from avlformer.data.media import MediaError
+    from tests.media_fixtures import write_no_audio
+
+    write_no_audio(tmp_path / "quiet.mp4")
+    with pytest.raises(MediaError, match="no usable audio"):
+        ClipMedia(tmp_path).audio("quiet")

@@ -19,6 +19,7 @@ COMMANDS = {
     "infer": ("avlformer.inference.cli", "caption every video in a folder, write COCO-format predictions"),
     "caption": ("avlformer.inference.caption", "print one caption per video file"),
     "evaluate": ("avlformer.evaluation.cli", "score predictions against references"),
+    "serve": ("avlformer.serve.cli", "a local web page (and JSON endpoint) that captions uploaded videos"),
     "demo": ("avlformer.demo.cli", "synth -> prepare -> train -> infer -> evaluate -> HTML report, on CPU"),
 }
 

@@ -19,7 +19,8 @@ import dataclasses
 
 from avlformer.data.audio import decode_audio
 from avlformer.data.clip_ids import VIDEO_EXTENSIONS, clip_id_from_key
-from avlformer.data.clip_media import clip_audio, read_clip_frames
+from avlformer.data.clip_media import AUDIO_SILENCE, clip_audio, read_clip_frames
+from avlformer.data.media import MediaError
 from avlformer.data.recipe import PreprocessRecipe
 
 AUDIO_SUFFIXES = (".mp3", ".wav", ".flac", ".m4a", ".aac", ".ogg")
@@ -63,7 +64,11 @@ class ClipMedia:
             path = _find(self.audio_dir, clip_id_from_key(image_id), AUDIO_SUFFIXES, "audio", image_id)
             if path.suffix.lower() != ".mp3":  # not a FAVDBench mp3: decoded as it is, resampled to the rate
                 return decode_audio(path.read_bytes(), rate, source=str(path))
-            video = self.video_path(image_id)
-            return decode_audio(clip_audio(video, path, self.recipe).mp3, rate, source=str(path))
-        video = self.video_path(image_id)
-        return decode_audio(clip_audio(video, None, self.recipe).mp3, rate, source=str(video))
+            return self._decoded(self.video_path(image_id), path)
+        return self._decoded(self.video_path(image_id), None)
+
+    def _decoded(self, video: Path, mp3: Path | None) -> np.ndarray:
+        made = clip_audio(video, mp3, self.recipe)
+        if made.source == AUDIO_SILENCE:  # the recipe's silence stands in for a model input, not for a score
+            raise MediaError(video, "no usable audio (" + "; ".join(made.warnings) + ")")
+        return decode_audio(made.mp3, self.recipe.sample_rate, source=str(mp3 or video))

@@ -1,0 +1,85 @@
+"""`avlformer serve --model CKPT [--host 127.0.0.1 --port 7860] [--videos DIR]`: the captioning page.
+
+Safe by default: it listens on localhost only (``--host 0.0.0.0`` opens it to the network, with a warning),
+refuses uploads over ``--max-upload-mb``, keeps uploads in a private temporary folder that is removed, and runs
+one request at a time on the model. Stop it with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+
+from avlformer.device import resolve_device
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="checkpoint: our folder, an upstream folder, a released model.bin or a Hub model id")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: localhost only; 0.0.0.0 opens it to the network)")
+    parser.add_argument("--port", type=int, default=7860, help="port (0: any free port)")
+    parser.add_argument("--videos", default=None, help="folder of clips the page offers to pick from")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--num-beams", type=int, default=None, help="beam width (default: the checkpoint's)")
+    parser.add_argument("--max-upload-mb", type=float, default=100.0, help="largest accepted upload, in MB")
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: must be 0..65535")
+    if not args.max_upload_mb > 0:
+        raise ValueError(f"--max-upload-mb {args.max_upload_mb}: must be > 0")
+    if args.num_beams is not None and args.num_beams < 1:
+        raise ValueError(f"--num-beams {args.num_beams}: must be >= 1")
+    if args.videos is not None and not Path(args.videos).is_dir():
+        raise FileNotFoundError(f"--videos {args.videos}: not a folder")
+    resolve_device(args.device)
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        import python_multipart  # noqa: F401  (checked before the model is loaded)
+    except ImportError:
+        print("avlformer serve: needs the [serve] extra: pip install 'avlformer[serve]'", file=sys.stderr)
+        return 2
+    from avlformer.inference.captioner import Captioner
+    from avlformer.serve.server import CaptionServer, ServeState
+
+    try:
+        check_flags(args)
+        captioner = Captioner(args.model, num_beams=args.num_beams, device=args.device, batch_size=1)
+        state = ServeState(captioner=captioner, model_name=str(args.model),
+                           videos_dir=Path(args.videos) if args.videos else None,
+                           max_upload_bytes=int(args.max_upload_mb * 1e6))
+        server = CaptionServer(state, args.host, args.port)
+    except (OSError, ValueError) as error:
+        print(f"avlformer serve: {error}", file=sys.stderr)
+        return 2
+    if not is_loopback(args.host):
+        print(f"avlformer serve: WARNING: listening on {args.host}: anyone who can reach this machine can upload "
+              f"videos to it", file=sys.stderr)
+    print(f"avlformer serve: {args.model} on {captioner.loaded.device}; open {server.url} (Ctrl-C stops)",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("\navlformer serve: stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0
