@@ -270,3 +270,10 @@ def test_in_memory_inputs_caption_and_report_problems(captioner, clip):
     assert not results[1].ok and "uint8" in results[1].error
     with pytest.raises(ValueError, match="2 entries for 1 videos"):
         captioner([clip], audio=[None, None])
+
+
+def test_captioner_takes_a_loaded_model_and_keeps_its_recipe(saved, clip):
+    loaded = pipeline.load_for_inference(saved, "cpu")
+    captioner = Captioner(loaded, device="cpu")
+    assert captioner.loaded.recipe == RECIPE and captioner.loaded.device == torch.device("cpu")
+    assert captioner([clip])[0].ok

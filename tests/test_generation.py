@@ -7,7 +7,7 @@ import torch
 
 from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from avlformer.modeling.attention_mask import learned_av_mask
-from avlformer.modeling.generation import BeamHypotheses, ReforwardStepper, generate
+from avlformer.modeling.generation import BeamHypotheses, CachedStepper, ReforwardStepper, generate
 from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig
 
 torch.set_num_threads(1)
@@ -126,6 +126,60 @@ def test_cached_step_feeds_two_tokens_and_av_once():
     generate(model, av_tokens, av_mask, max_length=MAX_LENGTH, use_cache=False)
     hook.remove()
     assert lengths[:3] == [NUM_AV + 2, NUM_AV + 3, NUM_AV + 4]  # the reference re-feeds everything
+
+
+def test_cached_logprobs_equal_reforward_step_by_step_through_beam_reorders():
+    """Every step's log-probs, not just the argmax: four videos x three beams, rows shuffled within each video
+    between steps as beam search does."""
+    model, av_tokens, av_mask = random_tiny_model()
+    beams, steps = 3, 10
+    cached = CachedStepper(model, av_tokens, av_mask, max_length=steps + 1, expand=beams)
+    reference = ReforwardStepper(model, av_tokens, av_mask, expand=beams)
+    generator = torch.Generator().manual_seed(0)
+    token_ids = torch.full((4 * beams, 1), CLS_ID)
+    with torch.no_grad():
+        for _ in range(steps):
+            got = torch.log_softmax(cached.next_logits(token_ids), -1)
+            expected = torch.log_softmax(reference.next_logits(token_ids), -1)
+            assert torch.allclose(got, expected, rtol=0, atol=1e-10)
+            within_video = torch.randint(0, beams, (4, beams), generator=generator)
+            beam_idx = (within_video + torch.arange(4)[:, None] * beams).view(-1)
+            cached.reorder(beam_idx)
+            words = torch.randint(1000, 1100, (4 * beams, 1), generator=generator) % 128
+            token_ids = torch.cat([token_ids[beam_idx], words], dim=1)
+
+
+def test_av_keys_values_are_computed_once_and_shared_by_beams():
+    model, av_tokens, av_mask = random_tiny_model()
+    last_query = model.bert.encoder.layer[-1].attention.self.query
+    lengths = []
+    hook = last_query.register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
+    stepper = CachedStepper(model, av_tokens, av_mask, max_length=MAX_LENGTH, expand=3)
+    hook.remove()
+    assert lengths == []  # the last layer's AV outputs feed nothing: only its keys/values are computed
+    cache = stepper.caches[0]
+    assert cache.av_keys.shape[0] == 4 and cache.text_keys.shape[0] == 12  # AV once per video, not per beam
+
+
+def test_cached_steps_run_on_one_thread_and_restore_the_callers_setting():
+    model, av_tokens, av_mask = random_tiny_model()
+    seen = {"cached": [], "reforward": []}
+    phase = ["cached"]
+    hook = model.bert.encoder.layer[0].attention.self.query.register_forward_pre_hook(
+        lambda m, args: seen[phase[0]].append((args[0].shape[1], torch.get_num_threads())))
+    torch.set_num_threads(2)
+    try:
+        generate(model, av_tokens, av_mask, max_length=6, use_cache=True)
+        after_cached = torch.get_num_threads()
+        phase[0] = "reforward"
+        generate(model, av_tokens, av_mask, max_length=4, use_cache=False)
+    finally:
+        torch.set_num_threads(1)
+        hook.remove()
+    assert after_cached == 2
+    prefill, *steps = seen["cached"]
+    assert prefill == (NUM_AV, 2) and steps and set(steps) == {(2, 1)}  # prefill: caller's threads; steps: one
+    assert {threads for _, threads in seen["reforward"]} == {2}
 
 
 def test_no_learned_mask_and_single_token_limit():

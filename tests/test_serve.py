@@ -114,6 +114,11 @@ def test_bad_requests_get_4xx_json_errors_and_the_server_stays_up(served):
     assert status == 400 and "`video`" in answer["error"]
     status, payload = request(port, "POST", "/api/caption", b"{}", {"Content-Type": "application/json"})
     assert status == 415 and "multipart" in json.loads(payload)["error"]
+    status, answer = post_video(port, "empty.mp4", b"")
+    assert status == 422 and "empty.mp4: empty file" in answer["error"]
+    status, payload = request(port, "POST", "/api/caption", b"garbage\r\n\r\n--x--\r\n",
+                              {"Content-Type": "multipart/form-data; boundary=x"})
+    assert status == 400 and "malformed multipart" in json.loads(payload)["error"]
     status, payload = request(port, "GET", "/api/caption?video=../../etc/passwd")
     assert status == 404 and "no such clip" in json.loads(payload)["error"]
     status, payload = request(port, "GET", "/nowhere")

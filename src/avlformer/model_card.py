@@ -5,8 +5,8 @@ was preprocessed (its recipe), the training flags, the validation metrics with t
 the intended use and the limits. Its YAML front matter carries the Hub metadata, with a ``model-index`` holding
 the metric values, so that a pushed model shows its numbers on its Hub page.
 
-``save_pretrained`` writes one (``avlformer.hub``); the trainer's best checkpoint gets one through
-``write_model_card``.
+``save_pretrained`` writes one (``avlformer.hub``); a checkpoint folder already on disk (the trainer's best
+checkpoint) gets one through ``write_checkpoint_card``.
 
 Example::
 
@@ -165,3 +165,17 @@ def read_card_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if end < 0:
         return {}
     return yaml.safe_load(text[4:end]) or {}
+
+
+def write_checkpoint_card(folder: str | os.PathLike, metrics: Mapping[str, Any] | None = None,
+                          split: str | None = None, training_args: Mapping[str, Any] | None = None, *,
+                          model_name: str | None = None) -> Path:
+    """``write_model_card`` for a checkpoint folder already on disk, reading its ``config.json`` and
+    ``preprocessor_config.json`` (what training calls for its best checkpoint)."""
+    from avlformer.data.recipe import RECIPE_NAME
+    from avlformer.modeling.avlformer import AVLFormerConfig
+
+    folder = Path(folder)
+    return write_model_card(folder, AVLFormerConfig.load(folder / "config.json"),
+                            PreprocessRecipe.load(folder / RECIPE_NAME), metrics, split, training_args,
+                            model_name=model_name)

@@ -29,6 +29,7 @@ import numpy as np
 
 from avlformer.atomic import write_text_atomic
 from avlformer.data import synth
+from avlformer.json_files import read_json
 
 STAGES = ("synth", "prepare", "train", "caption", "evaluate", "report")
 CONFIG_NAME = "demo_tiny.json"
@@ -116,12 +117,12 @@ class StageClock:
 def stage_synth(raw: Path, counts: dict[str, int], seed: int) -> dict:
     existing = raw / "attributes.json"
     if existing.is_file():  # a rerun reuses the dataset when it is the same one
-        attributes = json.loads(existing.read_text())
+        attributes = read_json(existing, "demo attributes")
         have = {s: sum(a["split"] == s for a in attributes.values()) for s in synth.SPLITS}
         same_seed = (raw / ".seed").is_file() and (raw / ".seed").read_text() == str(seed)
         if have == counts and same_seed:
             print("dataset already generated; reusing it")
-            return {"attributes": attributes, "captions": json.loads((raw / "captions.json").read_text())}
+            return {"attributes": attributes, "captions": read_json(raw / "captions.json", "demo captions")}
     result = synth.synthesize(raw, counts, seed=seed)
     write_text_atomic(raw / ".seed", str(seed))
     return result

@@ -1,4 +1,5 @@
-"""`avlformer caption`: print ``<path><TAB><caption>`` for each video file, in the order given.
+"""`avlformer caption`: print ``<path><TAB><caption>`` for each video file, in the order given, each line as soon
+as its video is captioned (``Captioner.stream``, the Python API's captioning).
 
 Audio comes from each video itself. The path is printed as it was typed, with tabs, line breaks and backslashes
 escaped (``pipeline.display_path``) so that every output line splits into exactly two fields. Every path is
@@ -15,7 +16,10 @@ from pathlib import Path
 
 from avlformer.data.clip_ids import clip_id_from_path
 from avlformer.inference import pipeline
-from avlformer.inference.cli import add_decoding_arguments, check_run_flags, load_checked
+from avlformer.inference.captioner import Captioner
+from avlformer.inference.cli import add_decoding_arguments, check_run_flags
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,27 +43,29 @@ def main(args: argparse.Namespace) -> int:
     todo = [(index, video) for index, video in enumerate(args.videos) if index not in problems]
     try:
         check_run_flags(args)
-        loaded, decoding = load_checked(args.model, args) if todo else (None, None)
+        captioner = Captioner(args.model, num_beams=args.num_beams, max_length=args.max_gen_length,
+                              length_penalty=args.length_penalty, device=args.device, batch_size=args.batch_size,
+                              num_workers=args.num_workers) if todo else None
     except (OSError, ValueError) as error:
         print(f"avlformer caption: {error}", file=sys.stderr)
         return 2
-    captions: dict[int, str] = {}
-    if todo:
-        try:
-            run = pipeline.caption_videos(loaded, [video for _, video in todo], decoding,
-                                          batch_size=args.batch_size, num_workers=args.num_workers,
-                                          progress=len(todo) > 1)
-        except KeyboardInterrupt:
-            print("\navlformer caption: interrupted", file=sys.stderr)
-            return 130
-        # caption_videos numbers the videos it was given; map back to the positions on the command line.
-        captions = {todo[p.index][0]: p.caption for p in run.predictions}
-        problems.update({todo[f.index][0]: f for f in run.failures})
-    for index, video in enumerate(args.videos):
-        if index in captions:
-            print(f"{pipeline.display_path(video)}\t{captions[index]}")
+    captioned = 0
+    try:
+        for result in captioner.stream([video for _, video in todo]) if todo else ():
+            # The captioner numbers the videos it was given; map back to the positions on the command line.
+            position, video = todo[result.index]
+            for note in result.warnings:
+                log.warning("%s", note)
+            if result.ok:
+                print(f"{pipeline.display_path(video)}\t{result.caption}", flush=True)
+                captioned += 1
+            else:
+                problems[position] = pipeline.ClipFailure(position, clip_id_from_path(video), video, result.error)
+    except KeyboardInterrupt:
+        print("\navlformer caption: interrupted", file=sys.stderr)
+        return 130
     for index in sorted(problems):
         print(f"NOT CAPTIONED {problems[index].message()}", file=sys.stderr)
     if problems:
-        print(f"avlformer caption: {len(captions)} of {len(args.videos)} videos captioned", file=sys.stderr)
+        print(f"avlformer caption: {captioned} of {len(args.videos)} videos captioned", file=sys.stderr)
     return 1 if problems else 0

@@ -21,6 +21,7 @@ silently.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import warnings as warnings_module
@@ -219,7 +220,9 @@ class Captioner:
         if isinstance(model, pipeline.LoadedModel):
             self.loaded = model
             if device is not None:
-                self.loaded = pipeline.loaded_model(model.model, resolve_device(device))
+                device = resolve_device(device)
+                model.model.to(device)
+                self.loaded = dataclasses.replace(model, device=device)
         elif _is_path(model):
             self.loaded = pipeline.load_for_inference(model, "auto" if device is None else device)
         else:

@@ -8,13 +8,17 @@ the ``[MASK]`` position choose token c. Two interchangeable ways to get those lo
   are computed once per video; text is causal, so a text position's keys/values never change once the position
   holds its final token. The one subtlety is that the position that held ``[MASK]`` at step c holds the chosen
   real token at step c+1, so each step feeds two tokens: the real token at c-1 (whose keys/values are kept) and
-  a fresh ``[MASK]`` at c (whose keys/values are overwritten next step). Cost per step: two tokens.
+  a fresh ``[MASK]`` at c (whose keys/values are overwritten next step). Two tokens per step cost about what one
+  does: at batch 1 a step is bound by reading every weight (the 30522-way head included) and the AV keys/values
+  once, not by its FLOPs, so what matters is touching nothing else (no per-step mask, no cache copies, AV
+  keys/values shared by a video's beams rather than copied per beam).
 
 Both produce identical token ids (tests check it); the decoding loops below do not know which one they drive.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -154,6 +158,28 @@ class CachedStepper:
     def reorder(self, beam_idx: torch.Tensor) -> None:
         for cache in self.caches:
             cache.reorder(beam_idx, self.kept)
+
+
+# Cached decoding steps run on one intra-op thread. A step is ~120 small matrix products (0.1–1 ms each) that
+# stream the weights and AV keys/values from memory (~0.53 GB per step at the paper size, so memory bandwidth,
+# not FLOPs, sets its cost). Each product is an OpenMP region ending in a barrier, and with a second thread on a
+# 2-core machine that has any other load, a descheduled worker stalls every barrier for a scheduler time slice:
+# measured 79 ms per step at 1 thread against 48 ms to 1.15 s at 2 on a shared machine. The AV prefill and the
+# re-forward path are a few large, compute-bound products and keep the caller's thread count.
+DECODE_STEP_THREADS = 1
+
+
+@contextmanager
+def _step_threads(device: torch.device, use_cache: bool):
+    previous = torch.get_num_threads()
+    limit = device.type == "cpu" and use_cache and previous > DECODE_STEP_THREADS
+    if limit:
+        torch.set_num_threads(DECODE_STEP_THREADS)
+    try:
+        yield
+    finally:
+        if limit:
+            torch.set_num_threads(previous)
 
 
 def make_stepper(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,
@@ -310,8 +336,9 @@ def generate(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Ten
             stepper = make_stepper(model, av_tokens, av_mask, max_length=max_length, expand=num_beams,
                                    use_cache=use_cache)
             batch, device = av_tokens.shape[0], av_tokens.device
-            if num_beams == 1:
-                return greedy_search(stepper, batch, max_length, device)
-            return beam_search(stepper, batch, num_beams, max_length, length_penalty, device)
+            with _step_threads(device, use_cache):
+                if num_beams == 1:
+                    return greedy_search(stepper, batch, max_length, device)
+                return beam_search(stepper, batch, num_beams, max_length, length_penalty, device)
     finally:
         model.train(was_training)

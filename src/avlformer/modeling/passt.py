@@ -39,6 +39,7 @@ from torchaudio.compliance.kaldi import get_mel_banks
 from avlformer.config_fields import checked_fields
 from avlformer.modeling.meta_device import expected_state_shapes
 from avlformer.modeling.weights_file import load_converted
+from avlformer.data.recipe import CLIP_SECONDS, SAMPLE_RATE
 
 # The classifier heads of the official checkpoint; AVLFormer never applies them.
 DROPPED_PREFIXES = ("head.0.", "head.1.", "head_dist.")
@@ -48,8 +49,8 @@ _LOG_OFFSET = 1e-5
 
 @dataclass
 class PasstConfig:
-    sample_rate: int = 32000
-    clip_seconds: float = 10.0
+    sample_rate: int = SAMPLE_RATE
+    clip_seconds: float = CLIP_SECONDS
     n_mels: int = 128
     n_fft: int = 1024
     win_length: int = 800

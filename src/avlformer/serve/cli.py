@@ -8,6 +8,7 @@ one request at a time on the model. Stop it with Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import logging
 import sys
@@ -53,9 +54,7 @@ def check_flags(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        import python_multipart  # noqa: F401  (checked before the model is loaded)
-    except ImportError:
+    if importlib.util.find_spec("python_multipart") is None:  # checked before the model is loaded
         print("avlformer serve: needs the [serve] extra: pip install 'avlformer[serve]'", file=sys.stderr)
         return 2
     from avlformer.inference.captioner import Captioner

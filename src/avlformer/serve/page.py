@@ -30,7 +30,8 @@ function render(data) {
   document.getElementById("confidence").textContent = data.confidence.toFixed(3);
   document.getElementById("audio-source").textContent = data.audio_source;
   const warnings = document.getElementById("warnings");
-  warnings.replaceChildren(...data.warnings.map(w => { const li = document.createElement("li"); li.textContent = w; return li; }));
+  warnings.replaceChildren(...data.warnings.map(w => {
+    const li = document.createElement("li"); li.textContent = w; return li; }));
   const frames = document.getElementById("frames");
   frames.replaceChildren(...(data.frames || []).map((src, i) => {
     const img = document.createElement("img"); img.src = src; img.alt = "frame " + i; return img; }));
@@ -60,7 +61,8 @@ document.getElementById("upload-form").addEventListener("submit", ev => {
   if (file) upload(file); else render({error: "choose a video file first"});
 });
 const picker = document.getElementById("pick-form");
-if (picker) picker.addEventListener("submit", ev => { ev.preventDefault(); pick(document.getElementById("pick").value); });
+if (picker) picker.addEventListener("submit", ev => {
+  ev.preventDefault(); pick(document.getElementById("pick").value); });
 // ?upload=NAME fetches a clip of the --videos folder and uploads it through the same path as the file input
 // (lets a headless browser exercise the upload without a file dialog).
 const params = new URLSearchParams(location.search);

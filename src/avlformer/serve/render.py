@@ -13,7 +13,7 @@ from PIL import Image
 
 from avlformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-SPECTROGRAM_HEIGHT = 128      # mel-like rows after folding the STFT bins
+FREQUENCY_ROWS = 128      # mel-like rows after folding the STFT bins
 MASK_DISPLAY_PIXELS = 320     # the mask is drawn at least this large (nearest neighbour, so cells stay square)
 
 
@@ -55,7 +55,7 @@ def spectrogram(audio: torch.Tensor, sample_rate: int) -> np.ndarray:
     power = torch.stft(wave, n_fft=n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft),
                        return_complex=True).abs().pow(2)
     # Fold the linear bins onto a log-spaced axis, as a mel scale would, so speech and music are readable.
-    edges = np.unique(np.geomspace(1, power.shape[0], SPECTROGRAM_HEIGHT + 1).astype(int))
+    edges = np.unique(np.geomspace(1, power.shape[0], FREQUENCY_ROWS + 1).astype(int))
     rows = torch.stack([power[a:b].mean(0) for a, b in zip(edges[:-1], edges[1:])])
     db = 10 * torch.log10(rows + 1e-10)
     db = (db - (db.max() - 80)).clamp(min=0) / 80  # 80 dB of range below the peak

@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 
 from avlformer.atomic import atomic_folder, write_text_atomic
 from avlformer.training.distributed import DistEnv, barrier, gather_objects
+from avlformer.json_files import read_json
 
 TRAINING_STATE = "training_state.pt"
 STATE_KEYS = ("progress", "world_size", "optimizer", "scheduler", "scaler", "rng")
@@ -229,7 +230,7 @@ def restore_training_checkpoint(folder: Path, state: dict, weights: dict, model,
 
 def read_best(output_dir: Path) -> dict[str, Any] | None:
     path = Path(output_dir) / BEST_RECORD
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, "best-checkpoint record") if path.is_file() else None
 
 
 def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], metric: str = "CIDEr") -> bool:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from avlformer.atomic import write_text_atomic
 from avlformer.data.tokenizer import decode_caption
 from avlformer.training.distributed import DistEnv, gather_objects, unwrap_model
+from avlformer.json_files import read_json
 
 
 def prediction_stem(val_yaml: str, num_beams: int, max_gen_length: int) -> str:
@@ -94,6 +95,6 @@ def write_outputs(checkpoint: Path, stem: str, predictions: dict, metrics: dict)
 def append_history(output_dir: Path, val_yaml: str, entry: dict) -> None:
     """Upstream's eval log: <val_yaml with '/' -> '_'>eval_logs.json, a list of metric dicts."""
     path = Path(output_dir) / (val_yaml.replace("/", "_") + "eval_logs.json")
-    history = json.loads(path.read_text()) if path.is_file() else []
+    history = read_json(path, "validation history") if path.is_file() else []
     history.append(entry)
     write_text_atomic(path, json.dumps(history, indent=2))
