@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from avlformer.data.recipe import RECIPE_NAME
@@ -129,6 +130,11 @@ def test_validation_keeps_the_best_checkpoint_by_cider_and_logs_scalars(tmp_path
     best = out / "best_checkpoint"
     for name in ("model.safetensors", TRAINING_STATE, RECIPE_NAME):
         assert (best / name).read_bytes() == (out / "checkpoint-1-6" / name).read_bytes()
+    card = (best / "README.md").read_text()  # the best checkpoint's model card carries its validation numbers
+    front_matter = yaml.safe_load(card.split("---")[1])
+    results = front_matter["model-index"][0]["results"][0]
+    assert {m["type"]: m["value"] for m in results["metrics"]}["cider"] == 0.5
+    assert "per_gpu_train_batch_size" in card
     history = json.loads((out / "metadata_val_32frames.yamleval_logs.json").read_text())
     assert [h["CIDEr"] for h in history] == [0.2, 0.5, 0.3]
     assert [h["best_CIDEr"] for h in history] == [0.2, 0.5, 0.5]

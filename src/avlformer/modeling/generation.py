@@ -117,8 +117,7 @@ def prefill_av(model: TextTransformer, av_tokens: torch.Tensor, bias: torch.Tens
     for index, layer in enumerate(layers):
         attention = layer.attention.self
         if index + 1 == len(layers):
-            keys_values.append((attention._split_heads(attention.key(hidden)).contiguous(),
-                                attention._split_heads(attention.value(hidden)).contiguous()))
+            keys_values.append(tuple(x.contiguous() for x in attention.project_keys_values(hidden)))
             break
         query, key, value = attention.project(hidden)
         keys_values.append((key.contiguous(), value.contiguous()))

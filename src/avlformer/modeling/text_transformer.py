@@ -116,8 +116,10 @@ class BertSelfAttention(nn.Module):
 
     def project(self, hidden: torch.Tensor):
         """Queries, keys and values, each ``(B, heads, N, head_dim)``."""
-        return (self._split_heads(self.query(hidden)), self._split_heads(self.key(hidden)),
-                self._split_heads(self.value(hidden)))
+        return (self._split_heads(self.query(hidden)), *self.project_keys_values(hidden))
+
+    def project_keys_values(self, hidden: torch.Tensor):
+        return self._split_heads(self.key(hidden)), self._split_heads(self.value(hidden))
 
     def merge_heads(self, context: torch.Tensor) -> torch.Tensor:
         batch, _, length, _ = context.shape

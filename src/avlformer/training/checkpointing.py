@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from avlformer.atomic import atomic_folder, write_text_atomic
 from avlformer.training.distributed import DistEnv, barrier, gather_objects
 from avlformer.json_files import read_json
+from avlformer.model_card import write_checkpoint_card
 
 TRAINING_STATE = "training_state.pt"
 STATE_KEYS = ("progress", "world_size", "optimizer", "scheduler", "scaler", "rng")
@@ -233,9 +234,11 @@ def read_best(output_dir: Path) -> dict[str, Any] | None:
     return read_json(path, "best-checkpoint record") if path.is_file() else None
 
 
-def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], metric: str = "CIDEr") -> bool:
+def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], metric: str = "CIDEr",
+                training_args: dict | None = None, split: str = "val") -> bool:
     """Keep ``output_dir/best_checkpoint/`` = the checkpoint with the highest validation ``metric`` (hard links,
-    so it costs no space; safe because checkpoint files are only ever replaced by rename, never rewritten)."""
+    so it costs no space; safe because checkpoint files are only ever replaced by rename, never rewritten), with
+    a ``README.md`` model card holding the validation metrics of ``split`` and the training flags."""
     if metric not in metrics:
         return False
     best = read_best(output_dir)
@@ -249,6 +252,9 @@ def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], m
                     os.link(path, staging / path.name)
                 except OSError:
                     shutil.copy2(path, staging / path.name)
+        # A new file written by rename: the hard-linked checkpoint files stay untouched.
+        write_checkpoint_card(staging, metrics, split=split, training_args=training_args,
+                              model_name=output_dir.name)
     record = {"checkpoint": checkpoint.name, "metric": metric, "score": metrics[metric], "metrics": metrics}
     write_text_atomic(output_dir / BEST_RECORD, json.dumps(record, indent=2))
     return True

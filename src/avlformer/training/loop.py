@@ -302,7 +302,7 @@ class Trainer:
         step = self.progress.global_step
         for metric, value in metrics.items():
             self.writer.add_scalar(f"valid/{metric}", value, step)
-        if ckpt.update_best(self.output_dir, folder, metrics):
+        if ckpt.update_best(self.output_dir, folder, metrics, training_args=self.args.flag_values()):
             log.info("new best CIDEr %.4f at %s", metrics["CIDEr"], folder.name)
         best = ckpt.read_best(self.output_dir)
         entry = {**metrics, "epoch": step // self.schedule.steps_per_epoch, "iteration": step,
