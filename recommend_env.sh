@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything AVLFormer needs on this machine; safe to run again (it only does what is missing).
 #   - system tools: ffmpeg (upstream-method benchmark, optional CLI use), Java (COCO caption metrics),
-#     Chromium (the demo report's browser test)
-#   - .venv with the pinned Python dependencies (requirements.txt: the base package and every extra, [train] and
-#     [eval], plus the test tools) and this package in editable mode
+#     Chromium (the demo report's and the captioning page's browser tests)
+#   - .venv with the pinned Python dependencies (requirements.txt: the base package and every extra, [train],
+#     [eval] and [serve], plus the test tools) and this package in editable mode
 set -euo pipefail
 cd "$(dirname "$0")"
 
