@@ -7,7 +7,8 @@ import torch
 
 from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from avlformer.modeling.attention_mask import learned_av_mask
-from avlformer.modeling.generation import BeamHypotheses, CachedStepper, ReforwardStepper, generate
+from avlformer.modeling.generation import (BeamHypotheses, CachedStepper, ReforwardStepper, StepThreads,
+                                          generate)
 from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig
 
 torch.set_num_threads(1)
@@ -145,7 +146,7 @@ def test_cached_logprobs_equal_reforward_step_by_step_through_beam_reorders():
             within_video = torch.randint(0, beams, (4, beams), generator=generator)
             beam_idx = (within_video + torch.arange(4)[:, None] * beams).view(-1)
             cached.reorder(beam_idx)
-            words = torch.randint(1000, 1100, (4 * beams, 1), generator=generator) % 128
+            words = torch.randint(0, 128, (4 * beams, 1), generator=generator)
             token_ids = torch.cat([token_ids[beam_idx], words], dim=1)
 
 
@@ -161,7 +162,7 @@ def test_av_keys_values_are_computed_once_and_shared_by_beams():
     assert cache.av_keys.shape[0] == 4 and cache.text_keys.shape[0] == 12  # AV once per video, not per beam
 
 
-def test_cached_steps_run_on_one_thread_and_restore_the_callers_setting():
+def test_cached_steps_probe_thread_counts_and_restore_the_callers_setting():
     model, av_tokens, av_mask = random_tiny_model()
     seen = {"cached": [], "reforward": []}
     phase = ["cached"]
@@ -178,8 +179,41 @@ def test_cached_steps_run_on_one_thread_and_restore_the_callers_setting():
         hook.remove()
     assert after_cached == 2
     prefill, *steps = seen["cached"]
-    assert prefill == (NUM_AV, 2) and steps and set(steps) == {(2, 1)}  # prefill: caller's threads; steps: one
+    assert prefill == (NUM_AV, 2) and len(steps) >= 2 and {length for length, _ in steps} == {2}
+    assert [threads for _, threads in steps[:4]] == [1, 2, 1, 2][:len(steps)]  # the probe steps
     assert {threads for _, threads in seen["reforward"]} == {2}
+
+
+def test_step_threads_choose_the_faster_count_and_recheck_it():
+    now = [0.0]
+    slow = [2]  # which thread count is slow right now (another process holding the second core, say)
+    seen = []
+
+    def step():
+        seen.append(torch.get_num_threads())
+        now[0] += 5.0 if seen[-1] == slow[0] else 1.0
+
+    torch.set_num_threads(2)
+    try:
+        chooser = StepThreads(clock=lambda: now[0])
+        for index in range(40):
+            if index == StepThreads.RECHECK_EVERY:
+                slow[0] = 1  # the load moved: two threads are the faster choice now
+            chooser.run(step)
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    probes = 2 * StepThreads.PROBES
+    recheck = StepThreads.RECHECK_EVERY
+    assert seen[:probes] == [1, 2] * StepThreads.PROBES
+    assert set(seen[probes:recheck]) == {1}
+    assert set(seen[recheck + probes:]) == {2}
+
+
+def test_step_threads_leave_a_single_thread_alone():
+    chooser = StepThreads()  # this module runs at one thread
+    assert chooser.candidates == [1]
+    assert chooser.run(lambda: torch.get_num_threads()) == 1
 
 
 def test_no_learned_mask_and_single_token_limit():

@@ -62,7 +62,7 @@ def test_config_file_problems_name_the_file_and_key(tmp_path):
 
 @pytest.mark.parametrize("argv, flag", [
     (["--use_cbs"], "--use-cbs"),
-    (["--scst", "true"], "--scst"),
+    (["--cider_cached_tokens", "words.p"], "--cider-cached-tokens"),
     (["--patch_size", "16"], "--patch-size"),
     (["--kinetics", "700"], "--kinetics"),
     (["--label_smoothing", "0.1"], "--label-smoothing"),

@@ -15,6 +15,8 @@ from avlformer.flags import normalize_flag_spelling
 COMMANDS = {
     "synth": ("avlformer.data.synth", "write the built-in demo dataset as raw FAVDBench-layout data"),
     "prepare": ("avlformer.data.prepare", "turn raw videos + audio + captions into training shards"),
+    "extract-features": ("avlformer.training.extract_features", "cache the frozen encoders' outputs for "
+                         "`train --features` (fast experiments)"),
     "train": ("avlformer.training.cli", "train a model (run.sh launches this under torchrun)"),
     "infer": ("avlformer.inference.cli", "caption every video in a folder, write COCO-format predictions"),
     "caption": ("avlformer.inference.caption", "print one caption per video file"),

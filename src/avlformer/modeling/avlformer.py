@@ -20,6 +20,7 @@ from torch import nn
 
 from avlformer.config_fields import FieldTypeError, checked_fields
 from avlformer.atomic import write_text_atomic
+from avlformer.data.features import FEATURE_KEYS
 from avlformer.data.token_ids import PAD_ID
 from avlformer.json_files import read_json
 from avlformer.modeling.attention_mask import build_attention_mask, learned_av_mask, mask_to_bias, sparsity_loss
@@ -146,9 +147,21 @@ class AVLFormer(nn.Module):
     def encode_av(self, frames: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """Frames (B, T, 3, H, W) + audio (B, 1, S) -> AV tokens (B, V, img_feature_dim), video first."""
         self._check_av_inputs(frames, audio)
+        # Through each encoder's forward(), where FSDP2 gathers its parameters (training/distributed.py).
         video = self.fc(self.swin(frames))
         sound = rms_norm(self.passt(audio))
         return torch.cat([video, sound], dim=1)
+
+    def encoder_outputs(self, frames: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoders' own outputs, before the trainable projections: Swin tokens (B, Nv, video.out_dim) and
+        PaSST tokens (B, Na, audio.embed_dim). ``avlformer extract-features`` caches exactly these."""
+        self._check_av_inputs(frames, audio)
+        return self.swin(frames), self.passt.net(self.passt.mel(audio))
+
+    def project_av(self, video: torch.Tensor, sound: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs (``encoder_outputs``, live or cached) -> AV tokens: ``fc`` on the video, ``passt.linear``
+        then the RMS norm on the audio; equals ``encode_av`` on the inputs the outputs came from."""
+        return torch.cat([self.fc(video), rms_norm(self.passt.linear(sound))], dim=1)
 
     def _check_av_inputs(self, frames: torch.Tensor, audio: torch.Tensor) -> None:
         cfg = self.config
@@ -176,7 +189,10 @@ class AVLFormer(nn.Module):
         mlm_accuracy. LM targets are ``target_ids`` shifted left (original tokens); MLM targets are
         ``target_ids`` at ``masked_pos``."""
         input_ids, target_ids, masked_pos, text_len = self._checked_text(batch)
-        av_tokens = self.encode_av(batch["frames"], batch["audio"])
+        if FEATURE_KEYS[0] in batch:  # cached encoder outputs (``train --features``): the encoders do not run
+            av_tokens = self.project_av(batch[FEATURE_KEYS[0]], batch[FEATURE_KEYS[1]])
+        else:
+            av_tokens = self.encode_av(batch["frames"], batch["audio"])
         max_text_len, num_av = input_ids.shape[1], av_tokens.shape[1]
         mask = build_attention_mask(text_len, max_text_len, num_av, self.av_attention_mask(), dtype=av_tokens.dtype)
         hidden = self.trans_encoder(input_ids, av_tokens, mask_to_bias(mask))[:, :max_text_len]
@@ -207,7 +223,8 @@ class AVLFormer(nn.Module):
         return sparsity_loss(self.learn_vid_att.weight, self.config.num_av_tokens)
 
     def _checked_text(self, batch: Mapping[str, Any]):
-        required = ("frames", "audio", "input_ids", "target_ids", "masked_pos", "text_len")
+        media = FEATURE_KEYS if FEATURE_KEYS[0] in batch else ("frames", "audio")
+        required = (*media, "input_ids", "target_ids", "masked_pos", "text_len")
         missing = [k for k in required if k not in batch]
         if missing:
             raise KeyError(f"training batch lacks {missing}")

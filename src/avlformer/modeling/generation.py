@@ -18,7 +18,7 @@ Both produce identical token ids (tests check it); the decoding loops below do n
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import time
 from dataclasses import dataclass
 
 import torch
@@ -139,8 +139,14 @@ class CachedStepper:
         # Among the two new tokens only the real one must not see the [MASK] after it (upstream's -10000 bias).
         self.new_bias = torch.triu(av_tokens.new_full((self.NEW_TOKENS, self.NEW_TOKENS), MASK_BIAS), diagonal=1)
         self.kept = 0  # text positions whose keys/values are final
+        self.threads = StepThreads() if av_tokens.device.type == "cpu" else None
 
     def next_logits(self, token_ids: torch.Tensor) -> torch.Tensor:
+        if self.threads is None:
+            return self._step(token_ids)
+        return self.threads.run(lambda: self._step(token_ids))
+
+    def _step(self, token_ids: torch.Tensor) -> torch.Tensor:
         batch, length = token_ids.shape
         new_tokens = torch.stack([token_ids[:, -1], token_ids.new_full((batch,), MASK_ID)], dim=1)
         positions = torch.arange(length - 1, length + 1, device=token_ids.device).unsqueeze(0)
@@ -159,26 +165,57 @@ class CachedStepper:
             cache.reorder(beam_idx, self.kept)
 
 
-# Cached decoding steps run on one intra-op thread. A step is ~120 small matrix products (0.1–1 ms each) that
-# stream the weights and AV keys/values from memory (~0.53 GB per step at the paper size, so memory bandwidth,
-# not FLOPs, sets its cost). Each product is an OpenMP region ending in a barrier, and with a second thread on a
-# 2-core machine that has any other load, a descheduled worker stalls every barrier for a scheduler time slice:
-# measured 79 ms per step at 1 thread against 48 ms to 1.15 s at 2 on a shared machine. The AV prefill and the
-# re-forward path are a few large, compute-bound products and keep the caller's thread count.
-DECODE_STEP_THREADS = 1
+class StepThreads:
+    """Chooses the intra-op thread count of each cached CPU decoding step by timing steps: one thread or the
+    caller's count, whichever ran its recent probe steps faster.
 
+    Why not simply the caller's count: a step is ~120 matrix products of 0.1-1 ms that stream the weights and AV
+    keys/values from memory (~0.53 GB per step at the paper size; bandwidth, not FLOPs, sets its cost). Each is an
+    OpenMP region ending in a barrier. On an idle 2-core machine a second thread adds bandwidth (measured 48 ms per
+    step against 79 at one thread), but when another process holds a core, a descheduled worker stalls every
+    barrier for a scheduler time slice (measured up to 1.15 s per step). Only timing tells which case holds, and
+    the load can change during a caption, so both counts are probed at the start and again every
+    ``RECHECK_EVERY`` steps. Compute-bound work (the AV prefill, the re-forward path, the encoders) keeps the
+    caller's count. The caller's setting is restored after every step."""
 
-@contextmanager
-def _step_threads(device: torch.device, use_cache: bool):
-    previous = torch.get_num_threads()
-    limit = device.type == "cpu" and use_cache and previous > DECODE_STEP_THREADS
-    if limit:
-        torch.set_num_threads(DECODE_STEP_THREADS)
-    try:
-        yield
-    finally:
-        if limit:
-            torch.set_num_threads(previous)
+    PROBES = 2          # steps timed per candidate at each probe
+    RECHECK_EVERY = 32  # steps between probes
+
+    def __init__(self, clock=time.perf_counter):
+        self.caller = torch.get_num_threads()
+        self.candidates = [1, self.caller] if self.caller > 1 else [self.caller]
+        self.clock = clock
+        self.times: dict[int, list[float]] = {n: [] for n in self.candidates}
+        self.step = 0
+        self.chosen = self.candidates[-1]
+
+    def run(self, step_fn):
+        threads = self._next_threads()
+        if threads != self.caller:
+            torch.set_num_threads(threads)
+        start = self.clock()
+        try:
+            result = step_fn()
+        finally:
+            if threads != self.caller:
+                torch.set_num_threads(self.caller)
+        self._record(threads, self.clock() - start)
+        return result
+
+    def _probing(self) -> bool:
+        return len(self.candidates) > 1 and self.step % self.RECHECK_EVERY < self.PROBES * len(self.candidates)
+
+    def _next_threads(self) -> int:
+        if self._probing():
+            return self.candidates[self.step % len(self.candidates)]
+        return self.chosen
+
+    def _record(self, threads: int, seconds: float) -> None:
+        if self._probing():
+            self.times[threads] = (self.times[threads] + [seconds])[-self.PROBES:]
+            if self.step % self.RECHECK_EVERY == self.PROBES * len(self.candidates) - 1:
+                self.chosen = min(self.candidates, key=lambda n: sum(self.times[n]))
+        self.step += 1
 
 
 def make_stepper(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,
@@ -335,9 +372,8 @@ def generate(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Ten
             stepper = make_stepper(model, av_tokens, av_mask, max_length=max_length, expand=num_beams,
                                    use_cache=use_cache)
             batch, device = av_tokens.shape[0], av_tokens.device
-            with _step_threads(device, use_cache):
-                if num_beams == 1:
-                    return greedy_search(stepper, batch, max_length, device)
-                return beam_search(stepper, batch, num_beams, max_length, length_penalty, device)
+            if num_beams == 1:
+                return greedy_search(stepper, batch, max_length, device)
+            return beam_search(stepper, batch, num_beams, max_length, length_penalty, device)
     finally:
         model.train(was_training)

@@ -111,6 +111,10 @@ def resolve(command_line: dict[str, Any], config_file: dict[str, Any] | None = N
     resolve_batch_sizes(values, world_size)
     resolve_freezing(values)
     check_numbers(values)
+    check_scst(values)
+    from avlformer.training.features import check_feature_flags
+
+    check_feature_flags(command_line, values)
     model = model_setup.model_config_from(values, tree)
     values["output_dir"] = values["output_dir"].replace(" ", "_")
     return TrainConfig(**values, model=model)
@@ -212,6 +216,31 @@ def check_numbers(values: dict[str, Any]) -> None:
         resolve_device(v["device"], None)
     except ValueError as err:
         raise ArgumentError(str(err)) from None
+
+
+SCST_ONLY = ("sc_train_sample_n", "sc_baseline_type", "temperature", "top_k", "top_p")
+
+
+def check_scst(values: dict[str, Any]) -> None:
+    """The sampling and baseline flags act only with --scst: given without it they would be silently ignored."""
+    if not values["scst"]:
+        for name in SCST_ONLY:
+            if values[name] != BY_NAME[name].default:
+                raise ArgumentError(f"{flag_option(name)}={values[name]!r} applies only to self-critical training: "
+                                    "add --scst (validation always decodes deterministically)")
+        return
+    v = values
+    _check(v["sc_train_sample_n"] >= 1, "sc_train_sample_n", ">= 1", v)
+    if v["sc_baseline_type"] == "sample" and v["sc_train_sample_n"] < 2:
+        raise ArgumentError("--sc-baseline-type sample (the mean reward of a video's other samples) needs "
+                            f"--sc-train-sample-n >= 2, got {v['sc_train_sample_n']}; or use --sc-baseline-type "
+                            "greedy")
+    _check(v["temperature"] > 0, "temperature", "> 0", v)
+    _check(v["top_k"] >= 0, "top_k", ">= 0 (0: no top-k filter)", v)
+    _check(0 < v["top_p"] <= 1, "top_p", "in (0, 1]", v)
+    if v["distributed_strategy"] != "ddp":
+        raise ArgumentError(f"--scst cannot be combined with --distributed-strategy {v['distributed_strategy']}: "
+                            "sampling calls the model's parts directly, which FSDP shards; use ddp (the default)")
 
 
 def resolve_args(namespace: argparse.Namespace, world_size: int = 1, model_config=None) -> TrainConfig:

@@ -3,7 +3,7 @@ compatibility the values that are accepted (docs/upstream.md §4.5 lists the ori
 
 A flag's name is the upstream (underscore) spelling; it is also the attribute of the resolved training config, the
 key in a ``--config`` file and in ``log/args.json``. Upstream flags that did nothing (or belonged to code that
-never existed, like CBS or SCST) carry ``accepted``: their neutral value(s); any other value is an error naming the
+never existed, like CBS) carry ``accepted``: their neutral value(s); any other value is an error naming the
 flag and ``help`` (the reason), so no option is silently ignored.
 
 Values are converted strictly, the same way for the command line and for config files: a JSON ``2.5`` or ``true``
@@ -86,9 +86,7 @@ NO_OD = "object-detection tags are not part of FAVD"
 NO_POS = "POS-tag masking is not implemented"
 NEVER_USED = "upstream never used it"
 ONE_CAPTION = "validation keeps one caption per video"
-NO_SAMPLING = "validation decodes deterministically (no sampling)"
 NO_CBS = "constrained beam search did not exist upstream (module missing)"
-NO_SCST = "self-critical training was never implemented upstream"
 NO_DROP_WORST = "drop-worst loss is not implemented"
 NO_DEEPSPEED = ("DeepSpeed is not supported; use --distributed-strategy fsdp, which shards parameters, gradients "
                 "and optimizer state natively")
@@ -115,6 +113,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max_masked_tokens", I, 75, "cap on MLM positions per caption"),
     Flag("limited_samples", I, -1, "train on the first N training samples only (-1: all)"),
     Flag("num_workers", I, 4, "DataLoader worker processes per rank"),
+    Flag("features", S, "", "(ours) folder of `avlformer extract-features`: train the layers above the frozen "
+         "encoders on their cached outputs (docs/training.md, Fast experiments on cached features)", path=True),
     # model
     Flag("model_preset", S, "paper", "(ours) base model configuration before flags apply", choices=("paper", "tiny")),
     Flag("model_config", S, "", "(ours) AVLFormerConfig JSON file; replaces --model_preset", path=True),
@@ -185,6 +185,15 @@ FLAGS: tuple[Flag, ...] = (
     Flag("device", S, "auto", "auto (CUDA when available, one GPU per process), cpu, cuda or cuda:N"),
     Flag("local_rank", I, 0, "legacy torch.distributed.launch argument; LOCAL_RANK from the environment wins"),
     Flag("debug", B, False, "upstream debug run: batch 1, 1 epoch, log every 5 steps", "?"),
+    # self-critical training (ours: upstream had these flags without a training loop behind them)
+    Flag("scst", B, False, "self-critical sequence training: optimise CIDEr-D of sampled captions, usually from "
+         "a cross-entropy checkpoint (--pretrained-checkpoint); docs/training.md, Self-critical training", "?"),
+    Flag("sc_train_sample_n", I, 5, "--scst: captions sampled per video"),
+    Flag("sc_baseline_type", S, "sample", "--scst: reward baseline, the mean of the video's other samples or the "
+         "greedy caption's (Rennie et al.)", choices=("sample", "greedy")),
+    Flag("temperature", F, 1.0, "--scst: sampling temperature (validation always decodes deterministically)"),
+    Flag("top_k", I, 0, "--scst: sample among the k most likely tokens (0: all)"),
+    Flag("top_p", F, 1.0, "--scst: sample within the smallest set of tokens of probability >= p (1: all)"),
     Flag("do_train", B, True, "`avlformer train` always trains; use `avlformer infer` to decode", "?",
          accepted=(True,)),
     # upstream flags kept for compatibility: only the neutral value is accepted
@@ -210,19 +219,14 @@ FLAGS: tuple[Flag, ...] = (
     compat("output_hidden_states", (False,), "not used by training"),
     compat("num_return_sequences", (1,), ONE_CAPTION, I),
     compat("num_keep_best", (1,), ONE_CAPTION, I),
-    compat("temperature", (1.0,), NO_SAMPLING, F),
-    compat("top_k", (0,), NO_SAMPLING, I),
-    compat("top_p", (1.0,), NO_SAMPLING, F),
     compat("repetition_penalty", (1.0,), "repetition penalty is not implemented", F),
     compat("use_cbs", (False,), NO_CBS),
     compat("use_hypo", (False,), NO_CBS),
     compat("decoding_constraint", (False,), NO_CBS),
     compat("remove_bad_endings", (False,), NO_CBS),
     compat("min_constraints_to_satisfy", (2,), NO_CBS, I),
-    compat("scst", (False,), NO_SCST),
-    compat("sc_train_sample_n", (5,), NO_SCST, I),
-    compat("sc_baseline_type", ("greedy",), NO_SCST),
-    compat("cider_cached_tokens", ("coco_caption/gt/coco-train-words.p",), NO_SCST),
+    compat("cider_cached_tokens", ("coco_caption/gt/coco-train-words.p",), "--scst takes CIDEr-D document "
+           "frequencies from the captions of --train_yaml"),
     compat("patch_size", (32,), "the token stride is fixed by Video Swin's patch (2,4,4) and 3 merges = 32 pixels",
            I),
     compat("grid_feat", (True,), "visual tokens are always the feature grid"),

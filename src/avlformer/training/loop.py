@@ -100,6 +100,8 @@ def memory_mb(device: torch.device) -> float:
 # ------------------------------------------------------------------------------------------------ the trainer
 
 class Trainer:
+    loss_terms = LOSS_TERMS  # what forward_backward returns, averaged and logged as train/<term>
+
     def __init__(self, args, env: DistEnv, model: nn.Module, recipe, train_dataset, val_dataset, collate_fn,
                  vocab_dir: str | None):
         self.args, self.env = args, env
@@ -180,7 +182,7 @@ class Trainer:
         loader = epoch_loader(self.train_data, sampler, args.num_workers, self.collate_fn, seed_worker,
                               generator_seed=args.seed * 1009 + progress.epoch * 31 + env.rank)
         accumulation = args.gradient_accumulation_steps
-        sums = torch.zeros(len(LOSS_TERMS), device=env.device)
+        sums = torch.zeros(len(self.loss_terms), device=env.device)
         non_finite = torch.zeros((), dtype=torch.bool, device=env.device)
         window_start, window_steps = time.perf_counter(), 0
         for batch in loader:
@@ -188,7 +190,7 @@ class Trainer:
             boundary = progress.batches_done_in_epoch % accumulation == 0
             outputs = self.forward_backward(move_batch(batch, env.device), boundary)
             sums += torch.stack([outputs.get(k, torch.zeros((), device=env.device)).detach().float()
-                                 for k in LOSS_TERMS])
+                                 for k in self.loss_terms])
             non_finite |= ~torch.isfinite(outputs["loss"].detach())
             if not boundary:
                 continue
@@ -251,7 +253,7 @@ class Trainer:
         return grad_norm
 
     def stop_non_finite(self, what: str, outputs: dict) -> None:
-        terms = ", ".join(f"{k}={float(outputs[k].detach()):.4g}" for k in LOSS_TERMS if k in outputs)
+        terms = ", ".join(f"{k}={float(outputs[k].detach()):.4g}" for k in self.loss_terms if k in outputs)
         last = str(self.last_checkpoint) if self.last_checkpoint else "none written yet"
         raise NonFiniteLossError(
             f"the {what} became NaN/inf at optimizer step {self.progress.global_step + 1} (epoch "
@@ -264,7 +266,7 @@ class Trainer:
         if not self.env.is_main:
             return
         step = self.progress.global_step
-        values = {f"train/{name}": float(v) for name, v in zip(LOSS_TERMS, means)}
+        values = {f"train/{name}": float(v) for name, v in zip(self.loss_terms, means)}
         for name, group in zip(GROUP_NAMES, self.optimizer.param_groups):
             values[f"train/lr_{name}"] = group["lr"]
         samples = steps * self.args.effective_batch_size
@@ -332,7 +334,12 @@ def train(config, env: DistEnv | None = None, *, model: nn.Module | None = None,
         if train_dataset is None:  # data problems show before a large model is built
             from avlformer.data.tokenizer import load_tokenizer
 
-            train_dataset, val_dataset = build_datasets(config, load_tokenizer(vocab_dir))
+            if config.features:
+                from avlformer.training.features import build_feature_datasets
+
+                train_dataset, val_dataset = build_feature_datasets(config, load_tokenizer(vocab_dir))
+            else:
+                train_dataset, val_dataset = build_datasets(config, load_tokenizer(vocab_dir))
             recipe = recipe or train_dataset.recipe
             if val_dataset is not None:
                 check_validation_recipe(config, recipe, val_dataset.recipe)
@@ -347,9 +354,17 @@ def train(config, env: DistEnv | None = None, *, model: nn.Module | None = None,
             check_given_model(config, model)
             apply_freezing(model, config)
             model = model.to(env.device)
+        if config.features:
+            from avlformer.training.features import collate_features, prepare_feature_model
+
+            prepare_feature_model(model, config, train_dataset)
+            collate_fn = collate_fn or collate_features
         if collate_fn is None:
             from avlformer.data.dataset import collate as collate_fn
-        trainer = Trainer(config, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir)
+        trainer_class = Trainer
+        if config.scst:
+            from avlformer.training.scst import SelfCriticalTrainer as trainer_class
+        trainer = trainer_class(config, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir)
         try:
             trainer.resume()
             return trainer.run()

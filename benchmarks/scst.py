@@ -1,0 +1,164 @@
+"""Self-critical training against the same time spent on cross-entropy, on the demo data (README.md, The demo).
+
+1. Cross-entropy training of the demo model for a deliberately short budget (``--xe-epochs``, a complete
+   warm-up/decay schedule), so that test CIDEr is well below its ceiling: ``cider_xe_start``.
+2. From that checkpoint, ``--minutes`` of wall-clock each (a timer stops the run; the last checkpoint before it
+   counts, ``--save-steps`` apart): more cross-entropy (``cider_xe_continued``) and ``avlformer train --scst``
+   (``cider_scst``), both with a fresh optimizer and a constant learning rate.
+3. Each checkpoint captions the test split as ``avlformer infer`` does (greedy), scored with validation's CIDEr,
+   the synth attributes parsed back from the captions (per-attribute accuracy: SCST must not trade the sound
+   sentence for n-gram overlap), the fraction of captions with a repeated 4-gram and the mean length.
+
+Target (issue 11): ``cider_scst >= 1.1 * cider_xe_continued`` with no rise in repeated 4-grams. The machine's
+speed sets how far each budget gets, so the JSON records steps and seconds of every phase. Prints one JSON
+object as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from avlformer.demo import cli as demo  # noqa: E402
+from avlformer.evaluation.cider_reward import has_repeated_ngram, reward_words  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("scst_bench"), help="work folder (created)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="an already prepared demo data folder (demo_work/raw) to use instead of synth+prepare")
+    parser.add_argument("--num-train", type=int, default=400)
+    parser.add_argument("--num-test", type=int, default=60)
+    parser.add_argument("--xe-epochs", type=int, default=4, help="the short cross-entropy start")
+    parser.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget of each continuation")
+    parser.add_argument("--save-steps", type=int, default=5, help="checkpoint cadence in the continuations")
+    parser.add_argument("--xe-learning-rate", type=float, default=None,
+                        help="continued cross-entropy lr (default: the demo config's)")
+    parser.add_argument("--scst-learning-rate", type=float, default=3e-4)
+    parser.add_argument("--sc-train-sample-n", type=int, default=5)
+    parser.add_argument("--sc-baseline-type", default="sample", choices=("sample", "greedy"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed")
+    return parser.parse_args(argv)
+
+
+class _Budget(Exception):
+    pass
+
+
+def train_for(argv: list[str], seconds: float | None) -> tuple[Path, int, float]:
+    """Train; with ``seconds``, stop at the deadline (as Ctrl-C would) and keep the last checkpoint."""
+    from avlformer.training.args import parse_train_args
+    from avlformer.training.loop import TrainingInterrupted, train
+
+    start = time.perf_counter()
+    if seconds is None:
+        result = train(parse_train_args(argv))
+        return Path(result.last_checkpoint), result.global_step, time.perf_counter() - start
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        result = train(parse_train_args(argv))
+        checkpoint, steps = Path(result.last_checkpoint), result.global_step
+    except TrainingInterrupted as interrupted:
+        if interrupted.last_checkpoint is None:
+            raise RuntimeError(f"no checkpoint within {seconds:.0f} s: lower --save-steps") from None
+        checkpoint = Path(interrupted.last_checkpoint)
+        steps = int(checkpoint.name.rsplit("-", 1)[1])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    return checkpoint, steps, time.perf_counter() - start
+
+
+def evaluate(checkpoint: Path, raw: Path, device: str, out: Path, truth: dict, captions: dict) -> dict:
+    from avlformer.evaluation.coco_metrics import caption_metrics
+
+    results = demo.stage_caption(checkpoint, raw, device, 20, out)
+    predictions = {p.video_id: p.caption for p in results.normal.predictions}
+    refs = {cid: [captions[cid]] for cid in predictions}
+    cider = caption_metrics(predictions, refs, scorers=("cider",))["CIDEr"] if predictions else float("nan")
+    words = [reward_words(c) for c in predictions.values()]
+    return {"cider": cider, "attribute_accuracy": demo.attribute_accuracy(predictions, truth),
+            "repeated_4gram": float(np.mean([has_repeated_ngram(w) for w in words])),
+            "mean_length": float(np.mean([len(w) for w in words])),
+            "reference_length": float(np.mean([len(reward_words(refs[cid][0])) for cid in predictions])),
+            "example": next(iter(sorted(predictions.items())), ("", ""))[1]}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    work = args.workdir.resolve()
+    raw = work / "raw"
+    begin = time.perf_counter()
+    if args.data is not None and not raw.exists():
+        shutil.copytree(args.data, raw)
+    config_file = REPO / "configs" / "demo_tiny.json"
+    model_config = demo.resolve_model_config(config_file, raw, work / "xe_start")
+    frames, size = int(model_config.num_frames), int(model_config.image_size)
+    if args.data is None:
+        demo.stage_synth(raw, {"train": args.num_train, "val": 10, "test": args.num_test}, args.seed)
+        demo.stage_prepare(raw, frames, size, 2)
+    attributes = json.loads((raw / "attributes.json").read_text())
+    captions = json.loads((raw / "captions.json").read_text())
+    truth = {cid: a for cid, a in attributes.items() if a["split"] == "test"}
+    base = ["--config", str(config_file), "--data_dir", str(raw), "--train_yaml", f"metadata/train_{frames}frames.yaml",
+            "--device", args.device, "--num_workers", "0", "--logging_steps", "5"]
+
+    phases = {}
+    start_ckpt, steps, seconds = train_for(base + ["--output_dir", str(work / "xe_start"), "--num_train_epochs",
+                                                   str(args.xe_epochs)], None)
+    phases["xe_start"] = {"steps": steps, "seconds": round(seconds, 1), "checkpoint": str(start_ckpt)}
+    continued = base + ["--pretrained_checkpoint", str(start_ckpt), "--num_train_epochs", "100000",
+                        "--warmup_ratio", "0", "--save_steps", str(args.save_steps)]
+    xe_lr = [] if args.xe_learning_rate is None else ["--learning_rate", str(args.xe_learning_rate)]
+    runs = {"xe_continued": continued + ["--output_dir", str(work / "xe_continued"), *xe_lr],
+            "scst": continued + ["--output_dir", str(work / "scst"), "--scst", "--learning_rate",
+                                 str(args.scst_learning_rate), "--sc_train_sample_n", str(args.sc_train_sample_n),
+                                 "--sc_baseline_type", args.sc_baseline_type]}
+    checkpoints = {"xe_start": start_ckpt}
+    for name, run_argv in runs.items():
+        shutil.rmtree(work / name, ignore_errors=True)
+        checkpoint, steps, seconds = train_for(run_argv, args.minutes * 60)
+        checkpoints[name] = checkpoint
+        phases[name] = {"steps": steps, "seconds": round(seconds, 1), "checkpoint": str(checkpoint)}
+    scores = {name: evaluate(ckpt, raw, args.device, work / "predictions" / name, truth, captions)
+              for name, ckpt in checkpoints.items()}
+    result = {"cider_xe_start": scores["xe_start"]["cider"], "cider_xe_continued": scores["xe_continued"]["cider"],
+              "cider_scst": scores["scst"]["cider"],
+              "relative_gain": scores["scst"]["cider"] / max(scores["xe_continued"]["cider"], 1e-9) - 1,
+              "target_met": bool(scores["scst"]["cider"] >= 1.1 * scores["xe_continued"]["cider"]
+                                 and scores["scst"]["repeated_4gram"] <= scores["xe_continued"]["repeated_4gram"]),
+              "wall_seconds": round(time.perf_counter() - begin, 1), "minutes_per_continuation": args.minutes,
+              "phases": phases}
+    for name, score in scores.items():
+        for key in ("repeated_4gram", "mean_length", "reference_length", "attribute_accuracy", "example"):
+            result[f"{key}_{name}"] = score[key]
+    result.update(threads=args.threads, device=args.device, xe_epochs=args.xe_epochs,
+                  scst_learning_rate=args.scst_learning_rate, sc_train_sample_n=args.sc_train_sample_n,
+                  sc_baseline_type=args.sc_baseline_type, num_test_clips=len(truth))
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

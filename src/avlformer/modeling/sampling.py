@@ -1,0 +1,159 @@
+"""Sampled captions and their log-probabilities, for self-critical training (training/scst.py).
+
+Sampling drives the same steppers as greedy and beam search (``modeling/generation.py``), so it keeps the
+``[MASK]``-append semantics: token c is drawn from the logits at a ``[MASK]`` appended after tokens 0..c-1. Each
+step takes one uniform number per row (from the caller's generator, or given) and picks the token by inverse
+CDF, so the cached and the re-forward stepper, fed the same random stream, produce the same ids (tested): the
+draw depends on the probabilities' values only, not on how they were computed.
+
+:func:`caption_logprobs` recomputes, with gradients and in one forward, the log-probability of every drawn
+token under those same semantics. The text part is ``[CLS] t1 … t_{T-1}`` (positions 0..T-1, causal) followed by
+T ``[MASK]`` tokens, the one at position c seeing tokens 0..c-1 and itself only: exactly what the model saw
+when it produced token c, for all c at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from avlformer.modeling.attention_mask import mask_to_bias
+from avlformer.modeling.generation import _score_dtype, _step_threads, make_stepper
+from avlformer.modeling.text_transformer import TextTransformer
+
+
+@dataclass
+class SampleOutput:
+    token_ids: torch.Tensor  # int64 (rows, max_length - 1): tokens after [CLS], [SEP], then [PAD]
+    drawn: torch.Tensor      # bool, same shape: positions whose token was sampled ([SEP] included when drawn)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+    """``logits / temperature`` with everything outside the top-k and the top-p nucleus set to -inf
+    (``top_k`` 0 and ``top_p`` 1 keep every token; the most likely token is always kept)."""
+    logits = logits / temperature
+    if top_k > 0 and top_k < logits.shape[-1]:
+        threshold = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # mass before the token already >= p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw: the first token whose cumulative probability reaches ``u · total``, u in (0, 1]; a token
+    of probability 0 is never chosen."""
+    cdf = probs.cumsum(dim=-1)
+    target = uniform.unsqueeze(-1) * cdf[..., -1:]
+    return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
+@torch.no_grad()
+def sample_loop(stepper, rows: int, max_length: int, device, generator: torch.Generator | None,
+                uniforms: torch.Tensor | None, *, temperature: float, top_k: int, top_p: float) -> SampleOutput:
+    token_ids = torch.full((rows, 1), CLS_ID, dtype=torch.long, device=device)
+    unfinished = torch.ones(rows, dtype=torch.bool, device=device)
+    drawn = []
+    while token_ids.shape[1] < max_length:
+        logits = filter_logits(_score_dtype(stepper.next_logits(token_ids)), temperature, top_k, top_p)
+        if uniforms is not None:
+            uniform = uniforms[:, token_ids.shape[1] - 1].to(device=device, dtype=logits.dtype)
+        else:
+            uniform = 1.0 - torch.rand(rows, generator=generator, device=device, dtype=logits.dtype)
+        next_tokens = draw(logits.softmax(dim=-1), uniform)
+        drawn.append(unfinished.clone())
+        next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, PAD_ID))
+        token_ids = torch.cat([token_ids, next_tokens[:, None]], dim=1)
+        unfinished &= next_tokens != SEP_ID
+        if not unfinished.any():
+            break
+    drawn = torch.stack(drawn, dim=1)
+    if token_ids.shape[1] == max_length:  # still open at the limit: [SEP] replaces the last draw, as greedy does
+        token_ids[unfinished, -1] = SEP_ID
+        drawn[unfinished, -1] = False
+    body, missing = token_ids[:, 1:], max_length - token_ids.shape[1]
+    if missing:
+        body = F.pad(body, (0, missing), value=PAD_ID)
+        drawn = F.pad(drawn, (0, missing), value=False)
+    return SampleOutput(body, drawn)
+
+
+def sample_captions(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,
+                    num_samples: int, max_length: int, generator: torch.Generator | None = None,
+                    uniforms: torch.Tensor | None = None, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0, use_cache: bool = True) -> SampleOutput:
+    """``num_samples`` captions per video of ``av_tokens (B, V, D)``; rows are video-major (row = b·K + k).
+    ``max_length`` counts [CLS], like ``generate``. Runs the text transformer in eval mode (no dropout).
+
+    The random numbers come from ``generator`` (one per row per step), or are given: ``uniforms``
+    ``(B·K, max_length - 1)`` in (0, 1], column t for token t+1 (so a caller can tie them to the video)."""
+    rows = av_tokens.shape[0] * num_samples
+    if (generator is None) == (uniforms is None):
+        raise ValueError("give either a generator or uniforms")
+    if uniforms is not None and tuple(uniforms.shape) != (rows, max_length - 1):
+        raise ValueError(f"uniforms must be (B·K, max_length - 1) = {(rows, max_length - 1)}, "
+                         f"got {tuple(uniforms.shape)}")
+    if max_length < 2 or max_length > model.config.max_position_embeddings:
+        raise ValueError(f"max_length must lie in [2, {model.config.max_position_embeddings}], got {max_length}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            stepper = make_stepper(model, av_tokens, av_mask, max_length=max_length, expand=num_samples,
+                                   use_cache=use_cache)
+            with _step_threads(av_tokens.device, use_cache):
+                return sample_loop(stepper, rows, max_length, av_tokens.device, generator, uniforms,
+                                   temperature=temperature, top_k=top_k, top_p=top_p)
+    finally:
+        model.train(was_training)
+
+
+def scoring_mask(steps: int, num_av: int, av_mask: torch.Tensor | None, device, dtype) -> torch.Tensor:
+    """The ``(2T+V, 2T+V)`` mask of :func:`caption_logprobs`: T real tokens (causal), T ``[MASK]`` tokens (the
+    c-th sees real tokens 0..c and itself), then AV (AV only, through ``av_mask``)."""
+    total = 2 * steps + num_av
+    index = torch.arange(steps, device=device)
+    causal = (index[:, None] >= index[None, :]).to(dtype)
+    mask = torch.zeros(total, total, device=device, dtype=dtype)
+    mask[:steps, :steps] = causal                                   # real -> real
+    mask[steps:2 * steps, :steps] = causal                          # [MASK] c -> real 0..c
+    mask[steps:2 * steps, steps:2 * steps] = torch.eye(steps, device=device, dtype=dtype)
+    mask[:2 * steps, 2 * steps:] = 1.0                              # text -> AV
+    mask[2 * steps:, 2 * steps:] = 1.0 if av_mask is None else av_mask.to(device=device, dtype=dtype)
+    return mask
+
+
+@dataclass
+class CaptionScores:
+    logprob: torch.Tensor  # (rows,) sum of log p over drawn tokens, with gradients
+    entropy: torch.Tensor  # () mean entropy of the next-token distribution over drawn positions, no gradient
+
+
+def caption_logprobs(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None,
+                     samples: SampleOutput, num_samples: int) -> CaptionScores:
+    """log p of each sampled caption (temperature 1: the model's own distribution) by one forward of
+    ``[real tokens ; [MASK] tokens ; AV]``; ``av_tokens (B, V, D)`` is repeated for the B·K rows."""
+    token_ids, drawn = samples.token_ids, samples.drawn
+    rows, steps = token_ids.shape
+    real = torch.cat([token_ids.new_full((rows, 1), CLS_ID), token_ids[:, :steps - 1]], dim=1)
+    text = torch.cat([real, torch.full_like(real, MASK_ID)], dim=1)
+    positions = torch.cat([torch.arange(steps), torch.arange(1, steps + 1)]).to(token_ids.device).unsqueeze(0)
+    av = av_tokens.repeat_interleave(num_samples, dim=0)
+    mask = scoring_mask(steps, av.shape[1], av_mask, av.device, av.dtype)
+    hidden = model(text, av, mask_to_bias(mask.unsqueeze(0)), position_ids=positions)[:, steps:2 * steps]
+    logprobs = F.log_softmax(model.logits(hidden[drawn]).float(), dim=-1)
+    chosen = logprobs.gather(1, token_ids[drawn].unsqueeze(1)).squeeze(1)
+    per_row = torch.zeros(rows, dtype=chosen.dtype, device=chosen.device).index_put((drawn.nonzero()[:, 0],),
+                                                                                     chosen, accumulate=True)
+    with torch.no_grad():
+        entropy = -(logprobs.exp() * logprobs).sum(-1).mean() if chosen.numel() else chosen.new_zeros(())
+    return CaptionScores(per_row, entropy)

@@ -1,0 +1,214 @@
+"""`avlformer extract-features`: run the frozen encoders once over prepared splits and cache their outputs.
+
+Per split (``metadata/<split>_<N>frames.yaml``), every clip goes through Video Swin and PaSST in eval mode (centre
+crop, no audio gain/roll, no SpecAugment, deterministic patchout: the inputs ``infer`` builds) and the outputs
+before ``fc`` / ``passt.linear`` are kept (data/features.py has the format, docs/training.md why this cut).
+
+Resumable: each finished clip is written at once, atomically, under ``<out>/.work/<yaml stem>/``; a rerun after a
+crash computes only the clips not there yet. The split's file is assembled from them and renamed into place, so
+``<out>/<yaml stem>.features.h5`` is either absent or complete. A split whose file is already complete for these
+encoders is skipped; a file made by other encoders (or from other data) is an error, never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from avlformer.atomic import atomic_path, atomic_write, write_text_atomic
+from avlformer.data.features import (STORAGE_DTYPES, FeatureFile, FeatureSpec, feature_path, to_storage,
+                                     write_feature_file)
+
+WORK = ".work"
+
+
+class ExtractError(ValueError):
+    """A user's mistake or bad input; printed as one line."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", required=True, help="prepared data folder (`avlformer prepare --out`)")
+    parser.add_argument("--model", default="", help="checkpoint whose encoders to use (ours, an upstream folder or "
+                        "a released model.bin)")
+    parser.add_argument("--swin-checkpoint", default="", help="official Video Swin .pth (with --passt-checkpoint, "
+                        "instead of --model)")
+    parser.add_argument("--passt-checkpoint", default="", help="official PaSST .pt (with --swin-checkpoint)")
+    parser.add_argument("--model-preset", default="paper", choices=("paper", "tiny"),
+                        help="model shape with --swin/--passt-checkpoint (default: paper)")
+    parser.add_argument("--model-config", default="", help="AVLFormerConfig JSON; replaces --model-preset")
+    parser.add_argument("--splits", nargs="+", default=["train"],
+                        help="splits to extract, each a metadata/<split>_<N>frames.yaml (default: train, the one "
+                        "`train --features` reads; validation decodes the raw val split)")
+    parser.add_argument("--out", default="", help="output folder (default: <data-dir>/features)")
+    parser.add_argument("--precision", default="fp16", choices=tuple(STORAGE_DTYPES),
+                        help="precision the encoders run in and the features are stored in (default: fp16)")
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per encoder batch (default: 8)")
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+
+
+@dataclass
+class SplitReport:
+    split: str
+    path: Path
+    clips: int
+    computed: int
+    seconds: float
+    bytes_per_clip: int
+
+    def line(self) -> str:
+        rate = f"{self.computed / self.seconds:.2f} clips/s" if self.computed and self.seconds > 0 else "-"
+        return (f"{self.split}: {self.clips} clips ({self.computed} computed now, {self.clips - self.computed} "
+                f"reused) in {self.seconds:.1f} s = {rate}; {self.bytes_per_clip / 1e6:.3f} MB per clip -> "
+                f"{self.path}")
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+def load_encoders(args, device: torch.device):
+    from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
+
+    if args.model and (args.swin_checkpoint or args.passt_checkpoint):
+        raise ExtractError("give --model, or --swin-checkpoint with --passt-checkpoint, not both")
+    if args.model:
+        from avlformer.modeling.checkpoint import load_model
+
+        model = load_model(args.model, "cpu")[0]
+    elif args.swin_checkpoint and args.passt_checkpoint:
+        from avlformer.modeling.passt import load_official_weights as load_passt
+        from avlformer.modeling.video_swin import load_official_weights as load_swin
+
+        config = (AVLFormerConfig.load(args.model_config) if args.model_config else
+                  {"paper": AVLFormerConfig.paper, "tiny": AVLFormerConfig.tiny}[args.model_preset]())
+        model = AVLFormer(config)
+        load_swin(model.swin, args.swin_checkpoint)
+        load_passt(model.passt, args.passt_checkpoint)
+    else:
+        raise ExtractError("which encoders? give --model CKPT, or --swin-checkpoint S and --passt-checkpoint P")
+    model.eval().requires_grad_(False)
+    return model.to(device)
+
+
+def split_yamls(data_dir: Path, splits: list[str]) -> dict[str, Path]:
+    metadata = data_dir / "metadata"
+    if not metadata.is_dir():
+        raise ExtractError(f"{data_dir}: no metadata/ folder (is it the output of `avlformer prepare`?)")
+    found: dict[str, list[Path]] = {}
+    for path in sorted(metadata.glob("*_*frames.yaml")):
+        found.setdefault(path.stem.rsplit("_", 1)[0], []).append(path)
+    chosen = {}
+    for split in splits:
+        paths = found.get(split, [])
+        if len(paths) != 1:
+            what = "no" if not paths else f"{len(paths)} ({', '.join(p.name for p in paths)})"
+            raise ExtractError(f"{metadata}: {what} yaml for split '{split}' (expected one {split}_<N>frames.yaml)")
+        chosen[split] = paths[0]
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------------ one split
+
+def _work_identity(spec: FeatureSpec, recipe, keys: list[str]) -> str:
+    keys_digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()
+    return json.dumps({"spec": spec.to_json(), "recipe": recipe.to_dict(), "keys": keys_digest}, sort_keys=True)
+
+
+def extract_split(model, spec: FeatureSpec, split: str, yaml_path: Path, out: Path, batch_size: int,
+                  num_workers: int, device: torch.device) -> SplitReport:
+    from avlformer.data.dataset import CaptionDataset, DataConfig, collate
+    from avlformer.data.recipe import recipe_for_yaml
+
+    cfg = model.config
+    data_config = DataConfig(num_frames=cfg.num_frames, image_size=cfg.image_size,
+                             sample_rate=cfg.audio.sample_rate, clip_seconds=cfg.audio.clip_seconds)
+    dataset = CaptionDataset(yaml_path, data_config, is_train=False)
+    keys, recipe = dataset.keys, recipe_for_yaml(yaml_path)
+    target = feature_path(out, yaml_path)
+    itemsize = np.dtype(STORAGE_DTYPES[spec.dtype]).itemsize
+    bytes_per_clip = (spec.num_video_tokens * spec.video_dim + spec.num_audio_tokens * spec.audio_dim) * itemsize
+    if target.exists():
+        existing = FeatureFile(target)
+        if existing.spec == spec and existing.keys == keys and existing.recipe == recipe:
+            return SplitReport(split, target, len(keys), 0, 0.0, bytes_per_clip)
+        raise ExtractError(f"{target} already holds features of other encoders, settings or data; delete it or "
+                           f"choose another --out")
+    work = out / WORK / yaml_path.stem
+    identity = _work_identity(spec, recipe, keys)
+    marker = work / "work.json"
+    if marker.is_file() and marker.read_text(encoding="utf-8") != identity:
+        print(f"extract-features: {work}: discarding an unfinished extraction made with other encoders, settings "
+              f"or data", file=sys.stderr)
+        shutil.rmtree(work)
+    write_text_atomic(marker, identity)
+    todo = [row for row in range(len(keys)) if not (work / f"{row}.npz").is_file()]
+    start = time.perf_counter()
+    if todo:
+        loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers,
+                            collate_fn=collate, shuffle=False)
+        autocast = (contextlib.nullcontext() if spec.dtype == "fp32" else
+                    torch.autocast(device.type, dtype=torch.bfloat16 if spec.dtype == "bf16" else torch.float16))
+        batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+        bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc=f"extract {split}", unit="clip",
+                   dynamic_ncols=True)
+        try:
+            for rows, batch in zip(batches, loader):
+                with torch.no_grad(), autocast:
+                    video, audio = model.encoder_outputs(batch["frames"].to(device), batch["audio"].to(device))
+                for i, row in enumerate(rows):
+                    with atomic_write(work / f"{row}.npz", "wb") as handle:
+                        np.savez(handle, video=to_storage(video[i], spec.dtype),
+                                 audio=to_storage(audio[i], spec.dtype))
+                bar.update(len(rows))
+        finally:
+            bar.close()
+    seconds = time.perf_counter() - start
+
+    def stored_clips():
+        for row in range(len(keys)):
+            with np.load(work / f"{row}.npz") as part:
+                yield part["video"], part["audio"]
+
+    with atomic_path(target) as tmp:
+        write_feature_file(tmp, spec, recipe, yaml_path.name, keys, stored_clips())
+    shutil.rmtree(work)
+    with contextlib.suppress(OSError):
+        (out / WORK).rmdir()  # only when no other split's work is left
+    return SplitReport(split, target, len(keys), len(todo), seconds, bytes_per_clip)
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+def main(args: argparse.Namespace) -> int:
+    from avlformer.device import resolve_device
+    from avlformer.training.features import encoder_spec
+
+    try:
+        if args.batch_size < 1 or args.num_workers < 0:
+            raise ExtractError("--batch-size must be >= 1 and --num-workers >= 0")
+        device = resolve_device(args.device)
+        data_dir = Path(args.data_dir)
+        yamls = split_yamls(data_dir, args.splits)
+        out = Path(args.out) if args.out else data_dir / "features"
+        model = load_encoders(args, device)
+        spec = encoder_spec(model, args.precision)
+        for split, yaml_path in yamls.items():
+            print(extract_split(model, spec, split, yaml_path, out, args.batch_size, args.num_workers,
+                                device).line())
+    except (ExtractError, ValueError, FileNotFoundError) as err:
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        # A DataLoader worker's error arrives wrapped in its traceback: its last line is the message.
+        print(f"avlformer extract-features: error: {lines[-1]}", file=sys.stderr)
+        return 2
+    return 0

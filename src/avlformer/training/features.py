@@ -1,0 +1,161 @@
+"""``avlformer train --features F``: the layers above frozen encoders (``fc``, ``passt.linear``, the text
+transformer, the learned mask) trained on cached encoder outputs (data/features.py).
+
+The model is the whole AVLFormer, encoders included (frozen, never run in training), so checkpoints are ordinary
+checkpoints: ``infer``, ``caption``, ``evaluate`` and the demo use them on raw videos. Validation decodes the raw
+val split through those encoders, as ``infer`` will. The features must come from these very encoder weights: the
+weights' fingerprint is compared before the first step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from avlformer.data.dataset import CaptionDataset, collate
+from avlformer.data.features import FEATURE_KEYS, FeatureFile, FeatureMismatchError, FeatureSpec, feature_path
+from avlformer.data.masking import make_train_text
+from avlformer.training.flag_table import ArgumentError, flag_option
+
+log = logging.getLogger("avlformer.train")
+
+# Config fields that act only while the encoders train; they do not change what the frozen encoders output.
+TRAINING_ONLY = {"video": ("drop_path_rate", "use_checkpoint"),
+                 "audio": ("freqm", "timem", "fmin_aug_range", "fmax_aug_range", "use_checkpoint", "out_dim")}
+# Parts of the model that the features replace; fc and passt.linear stay trainable.
+FROZEN_PARTS = ("swin", "passt.mel", "passt.net")
+
+
+# ------------------------------------------------------------------------------------------------ flags
+
+def check_feature_flags(command_line: dict[str, Any], values: dict[str, Any]) -> None:
+    """With --features, a flag typed on the command line that could only act on the encoders (which do not run)
+    is an error; the same values coming from a --config file (written for end-to-end training) are logged as not
+    applying (``not_applying``)."""
+    if not values["features"]:
+        return
+    if values["distributed_strategy"] == "fsdp":
+        raise ArgumentError("--features cannot be combined with --distributed-strategy fsdp: the trainable layers "
+                            "are small, use ddp (the default)")
+    for name, typed in command_line.items():
+        if name == "use_checkpoint" and typed:
+            why = "the video encoder does not run"
+        elif name == "activation_checkpointing" and set(typed) & {"video", "audio"}:
+            why = "the encoders do not run (only 'text' applies)"
+        elif name == "backbone_coef_lr" and typed != 0:
+            why = "the video backbone is frozen"
+        elif name in ("freeze_backbone", "freeze_passt") and not typed:
+            why = "the encoders are frozen: their outputs are cached"
+        else:
+            continue
+        raise ArgumentError(f"{flag_option(name)}={typed!r} cannot apply with --features: {why}")
+
+
+def not_applying(config) -> list[str]:
+    """What a feature-trained run leaves out, for the log."""
+    notes = ["encoder input augmentations (random crops, audio gain/roll, SpecAugment, mel jitter, random "
+             "patchout, drop path): the features were computed once, in eval mode"]
+    if config.use_checkpoint or set(config.activation_checkpointing) & {"video", "audio"}:
+        notes.append("activation checkpointing of the encoders")
+    if config.backbone_coef_lr:
+        notes.append(f"--backbone-coef-lr {config.backbone_coef_lr:g} (the backbone is frozen)")
+    return notes
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+def encoder_spec(model: nn.Module, dtype: str = "fp32") -> FeatureSpec:
+    """The FeatureSpec the frozen encoders of ``model`` produce: token counts, widths and a sha256 over their
+    weights and over the settings that shape their eval output (not the training-only ones)."""
+    cfg = model.config
+    settings = {"num_frames": cfg.num_frames, "image_size": cfg.image_size}
+    for part in ("video", "audio"):
+        settings[part] = {k: v for k, v in getattr(cfg, part).to_dict().items() if k not in TRAINING_ONLY[part]}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode())
+    for prefix in FROZEN_PARTS:
+        module = model.get_submodule(prefix)
+        for name, tensor in sorted(module.state_dict().items()):
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{prefix}.{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(memoryview(flat.view(torch.uint8).numpy()))
+    return FeatureSpec(digest.hexdigest(), cfg.num_video_tokens, cfg.video.out_dim, cfg.num_audio_tokens,
+                       cfg.audio.embed_dim, dtype)
+
+
+def freeze_encoders(model: nn.Module) -> None:
+    """requires_grad=False and eval mode for the parts the features stand for."""
+    for prefix in FROZEN_PARTS:
+        module = model.get_submodule(prefix)
+        module.eval()
+        for param in module.parameters():
+            param.requires_grad_(False)
+
+
+def prepare_feature_model(model: nn.Module, config, train_dataset) -> None:
+    """Freeze the encoders and check that the training features were made by them (one-line error if not)."""
+    freeze_encoders(model)
+    features = getattr(train_dataset, "features", None)
+    if features is not None:
+        try:
+            features.check_fits(encoder_spec(model))
+        except FeatureMismatchError as err:
+            raise ArgumentError(str(err)) from None
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("training on cached features %s: encoders frozen, %.2f M trainable parameters; not applied: %s",
+             config.features, trainable / 1e6, "; ".join(not_applying(config)))
+
+
+# ------------------------------------------------------------------------------------------------ the data
+
+class FeatureCaptionDataset(CaptionDataset):
+    """Training items of a split with cached features instead of frames and audio: the same items (one per caption
+    or linelist entry), the same MLM masking, and ``video_features`` / ``audio_features`` looked up by key."""
+
+    def __init__(self, yaml_path, features: FeatureFile, data_config=None, tokenizer=None):
+        super().__init__(yaml_path, data_config, is_train=True, tokenizer=tokenizer)
+        self.features = features
+        missing = [key for key in self.keys if key not in features.row_of]
+        if missing:
+            raise ArgumentError(f"{features.path}: {len(missing)} clip(s) of {self.paths.captions} have no cached "
+                                f"features, e.g. {missing[:3]}; run `avlformer extract-features` on this data")
+        try:
+            features.check_data(self.recipe)
+        except FeatureMismatchError as err:
+            raise ArgumentError(str(err)) from None
+        self._feature_row = [features.row_of[key] for key in self.keys]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row, caption_index = self.items[index]
+        video, audio = self.features.clip(self._feature_row[row])
+        text = make_train_text(self.captions[row][caption_index], self.tokenizer, self.rng,
+                               max_seq_length=self.config.max_seq_length, mask_prob=self.config.mask_prob,
+                               max_masked_tokens=self.config.max_masked_tokens)
+        return {"video_key": self.keys[row], FEATURE_KEYS[0]: video, FEATURE_KEYS[1]: audio,
+                "input_ids": text.input_ids, "target_ids": text.target_ids, "masked_pos": text.masked_pos,
+                "text_len": text.text_len}
+
+
+def collate_features(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``collate`` plus the stacked cached features."""
+    batch = collate(items)
+    for name in FEATURE_KEYS:
+        batch[name] = torch.stack([item[name] for item in items])
+    return batch
+
+
+def build_feature_datasets(config, tokenizer):
+    """(training items on cached features, the raw validation split or None)."""
+    from avlformer.training.setup import build_datasets
+
+    raw_train, val_set = build_datasets(config, tokenizer)
+    path = feature_path(config.features, raw_train.paths.yaml)
+    try:
+        features = FeatureFile(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ArgumentError(str(err)) from None
+    return FeatureCaptionDataset(raw_train.paths.yaml, features, raw_train.config, tokenizer), val_set

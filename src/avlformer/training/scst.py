@@ -1,0 +1,184 @@
+"""``avlformer train --scst``: self-critical sequence training, the metric (CIDEr-D) optimised directly.
+
+Each micro-batch: the AV tokens of the batch's videos are computed once (with gradients, augmentations as in
+cross-entropy training); ``--sc_train_sample_n`` K captions per video are sampled from them with the KV-cached
+decoder (``modeling/sampling.py``, no gradients, no dropout); each caption's reward is its CIDEr-D against its
+video's reference captions, with document frequencies from the whole training split
+(``evaluation/cider_reward.py``); one forward with gradients gives each caption's log-probability, and the loss is
+``mean over captions of -(r - b) · log p(caption)`` (+ the learned mask's sparsity term, as in cross-entropy
+training). The baseline b (``--sc_baseline_type``):
+
+* ``sample`` (default): the mean reward of the video's other K-1 samples. It costs nothing extra (the samples are
+  drawn anyway), it does not depend on the caption it judges (so the gradient stays unbiased), and it compares a
+  caption with what the current policy actually produces; the greedy baseline is systematically better than
+  most samples once training progresses, so nearly every sample gets a negative advantage.
+* ``greedy``: the reward of the greedy caption (Rennie et al. 2017), one extra greedy decode per video; works
+  with K = 1.
+
+Distributed: every rank samples and scores its own videos; rewards and baselines are per video, so no reward
+crosses ranks. Gradients are averaged over ranks by one all-reduce per parameter before the optimizer step (the
+policy-gradient forward does not go through the DDP wrapper, whose forward is the cross-entropy loss).
+Sampling is seeded per video (seed, epoch, video key): a resumed run, or one with another number of processes,
+draws the same captions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from avlformer.data.tokenizer import decode_caption, load_tokenizer
+from avlformer.evaluation.cider_reward import CiderD, has_repeated_ngram, reward_words
+from avlformer.modeling.attention_mask import sparsity_loss
+from avlformer.modeling.generation import generate
+from avlformer.modeling.sampling import caption_logprobs, sample_captions
+from avlformer.training.distributed import all_reduce_mean
+from avlformer.training.flag_table import ArgumentError
+from avlformer.training.loop import Trainer
+
+log = logging.getLogger("avlformer.train")
+
+SCST_TERMS = ("loss", "reward", "baseline", "greedy_reward", "caption_length", "reference_length", "entropy",
+              "repeated_4gram")
+# Warnings in the log when training drifts into the known failure modes of metric optimisation.
+REPEAT_WARNING = 0.2        # fraction of sampled captions with a repeated 4-gram
+LENGTH_WARNING = 0.5        # sampled length / reference length
+
+
+def reference_table(dataset) -> dict[str, list[str]]:
+    """{video key: reference captions} of a training dataset (``CaptionDataset``'s ``keys`` and ``captions``)."""
+    keys, captions = getattr(dataset, "keys", None), getattr(dataset, "captions", None)
+    if not isinstance(keys, (list, tuple)) or captions is None:
+        raise ArgumentError("--scst needs the training split's reference captions (the caption TSV of "
+                            "--train_yaml); this training dataset carries none")
+    table: dict[str, list[str]] = {}
+    for key, video_captions in zip(keys, captions):
+        table.setdefault(key, []).extend(video_captions)
+    return table
+
+
+def baseline_from_samples(rewards: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Each sample's baseline: the mean reward of the other samples of its video (rows video-major)."""
+    per_video = rewards.view(-1, num_samples)
+    others = (per_video.sum(dim=1, keepdim=True) - per_video) / (num_samples - 1)
+    return others.reshape(-1)
+
+
+def average_gradients(model: torch.nn.Module, world_size: int) -> None:
+    """Sum-then-divide every trainable parameter's gradient over ranks; a parameter without a gradient on this
+    rank contributes zeros, so every rank issues the same collectives."""
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+        param.grad /= world_size
+
+
+class SelfCriticalTrainer(Trainer):
+    def __init__(self, args, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir):
+        super().__init__(args, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir)
+        self.loss_terms = tuple(t for t in SCST_TERMS if t != "greedy_reward" or args.sc_baseline_type == "greedy")
+        references = reference_table(train_dataset)
+        self.reward = CiderD({key: [reward_words(c) for c in caps] for key, caps in references.items()})
+        self.tokenizer = load_tokenizer(vocab_dir)
+        log.info("self-critical training: %d sampled captions per video (temperature %g, top-k %d, top-p %g), "
+                 "baseline %s, reward CIDEr-D with document frequencies from %d training videos",
+                 args.sc_train_sample_n, args.temperature, args.top_k, args.top_p, args.sc_baseline_type,
+                 len(references))
+
+    # -- one micro-batch ----------------------------------------------------------------------------------
+    def sampling_uniforms(self, video_keys: list[str]) -> torch.Tensor:
+        """The random numbers of this batch's draws, ``(B·K, max_gen_length - 1)``, from (seed, epoch, video
+        key, occurrence in the batch): a video's captions do not depend on the rank, the batch it shares or the
+        device, so a resumed run, or one with another number of processes, samples the same captions."""
+        rows, steps = self.args.sc_train_sample_n, self.args.max_gen_length - 1
+        seen: dict[str, int] = {}
+        parts = []
+        for key in video_keys:
+            seen[key] = seen.get(key, -1) + 1
+            key_hash = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
+            seed = np.random.SeedSequence([self.args.seed, self.progress.epoch, key_hash, seen[key]])
+            generator = torch.Generator().manual_seed(int(seed.generate_state(1, np.uint64)[0]) % 2**63)
+            parts.append(1.0 - torch.rand(rows, steps, generator=generator, dtype=torch.float64))
+        return torch.cat(parts)
+
+    def encode(self, batch: dict) -> torch.Tensor:
+        from avlformer.data.features import FEATURE_KEYS
+
+        model = self.library_model
+        if FEATURE_KEYS[0] in batch:  # cached encoder outputs (train --features)
+            return model.project_av(batch[FEATURE_KEYS[0]], batch[FEATURE_KEYS[1]])
+        return model.encode_av(batch["frames"], batch["audio"])
+
+    def caption_words(self, token_ids: torch.Tensor) -> list[list[str]]:
+        return [reward_words(decode_caption(ids, self.tokenizer)) for ids in token_ids.tolist()]
+
+    def forward_backward(self, batch: dict, boundary: bool) -> dict:
+        args, model, device = self.args, self.library_model, self.env.device
+        samples_per_video = args.sc_train_sample_n
+        text_model = model.trans_encoder
+        with self.autocast():
+            av_tokens = self.encode(batch)
+            av_mask = model.av_attention_mask()
+            fixed_av = av_tokens.detach()
+            fixed_mask = None if av_mask is None else av_mask.detach()
+            samples = sample_captions(text_model, fixed_av, fixed_mask, num_samples=samples_per_video,
+                                      max_length=args.max_gen_length,
+                                      uniforms=self.sampling_uniforms(batch["video_keys"]),
+                                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        words = self.caption_words(samples.token_ids)
+        keys = [key for key in batch["video_keys"] for _ in range(samples_per_video)]
+        rewards = torch.tensor(self.reward.score_many(keys, words), dtype=torch.float64)
+        greedy_rewards = None
+        if args.sc_baseline_type == "greedy":
+            with self.autocast():
+                greedy = generate(text_model, fixed_av, fixed_mask, max_length=args.max_gen_length, num_beams=1)
+            greedy_rewards = torch.tensor(self.reward.score_many(batch["video_keys"],
+                                                                 self.caption_words(greedy.token_ids)),
+                                          dtype=torch.float64)
+            baseline = greedy_rewards.repeat_interleave(samples_per_video)
+        else:
+            baseline = baseline_from_samples(rewards, samples_per_video)
+        with self.autocast():
+            scores = caption_logprobs(text_model, av_tokens, av_mask, samples, samples_per_video)
+        advantage = (rewards - baseline).to(device=device, dtype=torch.float32)
+        loss = -(advantage * scores.logprob.float()).mean()
+        if model.config.learn_mask_enabled:
+            loss = loss + model.config.sparsity_loss_weight * sparsity_loss(model.learn_vid_att.weight,
+                                                                            model.config.num_av_tokens)
+        scaled = loss / args.gradient_accumulation_steps
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        reference_length = np.mean([self.reward.reference_lengths[key] for key in batch["video_keys"]])
+        stats = {"reward": rewards.mean(), "baseline": baseline.mean(), "caption_length": np.mean([len(w) for w in words]), "reference_length": reference_length,
+                 "entropy": scores.entropy,
+                 "repeated_4gram": np.mean([has_repeated_ngram(w) for w in words])}
+        if greedy_rewards is not None:
+            stats["greedy_reward"] = greedy_rewards.mean()
+        outputs = {name: torch.as_tensor(float(value), device=device) for name, value in stats.items()}
+        outputs["loss"] = loss
+        return outputs
+
+    # -- the step and the log -----------------------------------------------------------------------------
+    def optimizer_step(self, outputs: dict) -> float:
+        if self.env.is_distributed:
+            average_gradients(self.library_model, self.env.world_size)
+        return super().optimizer_step(outputs)
+
+    def log_step(self, means: torch.Tensor, grad_norm: float, steps: int, elapsed: float, bar) -> None:
+        means = all_reduce_mean(means, self.env)
+        super().log_step(means, grad_norm, steps, elapsed, bar)  # a mean of equal values: unchanged
+        if not self.env.is_main:
+            return
+        values = dict(zip(self.loss_terms, means.tolist()))
+        if values["repeated_4gram"] > REPEAT_WARNING:
+            log.warning("%.0f%% of the sampled captions repeat a 4-gram: degenerate repetition (lower "
+                        "--learning-rate, or stop at an earlier checkpoint)", 100 * values["repeated_4gram"])
+        if values["caption_length"] < LENGTH_WARNING * values["reference_length"]:
+            log.warning("sampled captions average %.1f words against %.1f in the references: length collapse",
+                        values["caption_length"], values["reference_length"])
