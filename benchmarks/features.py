@@ -101,8 +101,9 @@ def main(argv=None) -> int:
     optimizer = build_optimizer(model, 1e-4, 0.05, 0.2, 1e-8)
     generator = torch.Generator().manual_seed(0)
     media = {"frames": torch.randn(args.batch_size, config.num_frames, 3, config.image_size, config.image_size,
-                                   generator=generator).to(device),
-             "audio": (0.1 * torch.randn(args.batch_size, 1, config.audio.clip_samples, generator=generator)).to(device)}
+                                   generator=generator),
+             "audio": 0.1 * torch.randn(args.batch_size, 1, config.audio.clip_samples, generator=generator)}
+    media = {k: v.to(device) for k, v in media.items()}
     text = {k: v.to(device) if torch.is_tensor(v) else v
             for k, v in text_batch(args.batch_size, config.max_seq_length, generator).items()}
 

@@ -48,7 +48,9 @@ def parse_args(argv=None):
     parser.add_argument("--xe-learning-rate", type=float, default=None,
                         help="continued cross-entropy lr (default: the demo config's)")
     parser.add_argument("--scst-learning-rate", type=float, default=3e-4)
-    parser.add_argument("--sc-train-sample-n", type=int, default=5)
+    parser.add_argument("--sc-train-sample-n", type=int, default=4)
+    parser.add_argument("--scst-batch-size", type=int, default=8,
+                        help="videos per SCST step (each carries K samples through the LM head)")
     parser.add_argument("--sc-baseline-type", default="sample", choices=("sample", "greedy"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
@@ -125,15 +127,22 @@ def main(argv=None) -> dict:
             "--device", args.device, "--num_workers", "0", "--logging_steps", "5"]
 
     phases = {}
-    start_ckpt, steps, seconds = train_for(base + ["--output_dir", str(work / "xe_start"), "--num_train_epochs",
-                                                   str(args.xe_epochs)], None)
-    phases["xe_start"] = {"steps": steps, "seconds": round(seconds, 1), "checkpoint": str(start_ckpt)}
+    finished = sorted((work / "xe_start").glob(f"checkpoint-{args.xe_epochs}-*"))
+    if finished:  # a rerun with the same start budget reuses the start
+        start_ckpt = finished[-1]
+        phases["xe_start"] = {"steps": int(start_ckpt.name.rsplit("-", 1)[1]), "reused": str(start_ckpt)}
+    else:
+        start_ckpt, steps, seconds = train_for(base + ["--output_dir", str(work / "xe_start"), "--num_train_epochs",
+                                                       str(args.xe_epochs)], None)
+        phases["xe_start"] = {"steps": steps, "seconds": round(seconds, 1), "checkpoint": str(start_ckpt)}
     continued = base + ["--pretrained_checkpoint", str(start_ckpt), "--num_train_epochs", "100000",
                         "--warmup_ratio", "0", "--save_steps", str(args.save_steps)]
     xe_lr = [] if args.xe_learning_rate is None else ["--learning_rate", str(args.xe_learning_rate)]
     runs = {"xe_continued": continued + ["--output_dir", str(work / "xe_continued"), *xe_lr],
-            "scst": continued + ["--output_dir", str(work / "scst"), "--scst", "--learning_rate",
-                                 str(args.scst_learning_rate), "--sc_train_sample_n", str(args.sc_train_sample_n),
+            "scst": continued + ["--output_dir", str(work / "scst"), "--scst",
+                                 "--learning_rate", str(args.scst_learning_rate),
+                                 "--per_gpu_train_batch_size", str(args.scst_batch_size),
+                                 "--sc_train_sample_n", str(args.sc_train_sample_n),
                                  "--sc_baseline_type", args.sc_baseline_type]}
     checkpoints = {"xe_start": start_ckpt}
     for name, run_argv in runs.items():
@@ -155,6 +164,7 @@ def main(argv=None) -> dict:
             result[f"{key}_{name}"] = score[key]
     result.update(threads=args.threads, device=args.device, xe_epochs=args.xe_epochs,
                   scst_learning_rate=args.scst_learning_rate, sc_train_sample_n=args.sc_train_sample_n,
+                  scst_batch_size=args.scst_batch_size,
                   sc_baseline_type=args.sc_baseline_type, num_test_clips=len(truth))
     print(json.dumps(result))
     return result

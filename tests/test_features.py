@@ -178,6 +178,13 @@ def test_extract_train_from_features_equals_end_to_end_and_captions_raw_video(wo
     for name, value in end_to_end.items():
         torch.testing.assert_close(from_features[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
+    # --resume from the mid-run checkpoint of the cached run ends with the same weights
+    middle = sorted((tmp_path / "cached").glob("checkpoint-*"))[0]
+    assert cli_main(["train", *train_flags(ws, tmp_path / "resumed"), "--features", str(out),
+                     "--pretrained-checkpoint", str(ws["checkpoint"]), "--resume", str(middle)]) == 0
+    resumed = last_weights(tmp_path / "resumed")
+    assert all(torch.equal(resumed[name], value) for name, value in from_features.items())
+
     # the feature-trained checkpoint captions a raw video like any other checkpoint
     clip = media_fixtures.write_normal(tmp_path / "clip.mp4")
     folder = sorted((tmp_path / "cached").glob("checkpoint-*"))[-1]
@@ -251,11 +258,26 @@ def test_config_file_values_for_end_to_end_are_accepted_with_features(tmp_path):
     assert config.features == str(tmp_path) and config.use_checkpoint
 
 
-def test_feature_file_of_another_model_size_is_a_clear_error(workspace, tmp_path):
+class ClipsOf(torch.utils.data.Dataset):
+    def __init__(self, cached):
+        self.cached = cached
+
+    def __len__(self):
+        return len(self.cached)
+
+    def __getitem__(self, row):
+        return self.cached.clip(row)
+
+
+def test_feature_file_reads_in_worker_processes_and_refuses_another_model_size(workspace, tmp_path):
     ws = workspace
     out = tmp_path / "features"
     assert extract(ws, out) == 0
     cached = FeatureFile(feature_path(out, ws["yaml"]))
+    direct = [cached.clip(row) for row in range(len(cached))]  # opens a handle in this process first
+    loader = torch.utils.data.DataLoader(ClipsOf(cached), batch_size=None, num_workers=2)
+    for (video, audio), (want_video, want_audio) in zip(loader, direct, strict=True):
+        assert torch.equal(video, want_video) and torch.equal(audio, want_audio)
     config = deterministic_tiny_config(num_frames=16)
     with pytest.raises(ValueError, match="video tokens per clip"):
         cached.check_fits(encoder_spec(AVLFormer(config)))
@@ -278,3 +300,10 @@ def test_extract_needs_encoders(workspace, tmp_path, capsys):
     code = cli_main(["extract-features", "--data-dir", str(workspace["data"]), "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "which encoders?" in err
+
+
+def test_train_without_extracted_features_says_how_to_make_them(workspace, tmp_path, capsys):
+    code = cli_main(["train", *train_flags(workspace, tmp_path / "run"), "--features", str(tmp_path / "none")])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "train_32frames.features.h5: no cached features" in last
+    assert "avlformer extract-features" in last

@@ -46,12 +46,14 @@ def policy_model(config):
     return model
 
 
-def run(output_dir, *flags, samples=4, batch="2"):
+def run(output_dir, *flags, samples=4, batch="2", val_size=0):
     config = deterministic_tiny_config()
     args = parse_train_args(FLAGS + ["--output-dir", str(output_dir), "--per-gpu-train-batch-size", batch, *flags],
                             model_config=config)
     torch.set_num_threads(1)
-    return loop.train(args, model=policy_model(config), train_dataset=ReferencedDataset(config, samples))
+    val = FakeCaptionDataset(config, val_size, is_train=False) if val_size else None
+    return loop.train(args, model=policy_model(config), train_dataset=ReferencedDataset(config, samples),
+                      val_dataset=val)
 
 
 def test_scst_flags_are_checked():
@@ -175,3 +177,18 @@ def test_scst_encodes_cached_features_like_the_media_they_came_from():
         from_features = SelfCriticalTrainer.encode(trainer, {FEATURE_KEYS[0]: video, FEATURE_KEYS[1]: sound})
         from_media = SelfCriticalTrainer.encode(trainer, {"frames": frames, "audio": audio})
     torch.testing.assert_close(from_features, from_media)
+
+
+def test_scst_runs_under_bf16_autocast(tmp_path):
+    result = run(tmp_path, "--precision", "bf16", samples=2)
+    assert result.global_step == 1
+    scalars = _scalars(tmp_path / "log")
+    assert all(torch.isfinite(torch.tensor(scalars[tag])).all() for tag in ("train/loss", "train/entropy"))
+
+
+def test_scst_validates_by_cider_and_keeps_the_best_checkpoint(tmp_path, monkeypatch):
+    scores = iter([0.4, 0.1])
+    monkeypatch.setattr(loop, "score", lambda predictions, references: ({"CIDEr": next(scores)}, None))
+    result = run(tmp_path, "--evaluate-during-training", "--save-steps", "1", val_size=2)
+    assert result.best["checkpoint"] == "checkpoint-0-1" and result.best["score"] == 0.4
+    assert "valid/CIDEr" in _scalars(tmp_path / "log")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from avlformer.modeling.attention_mask import mask_to_bias
-from avlformer.modeling.generation import _score_dtype, _step_threads, make_stepper
+from avlformer.modeling.generation import make_stepper
 from avlformer.modeling.text_transformer import TextTransformer
 
 
@@ -62,7 +62,7 @@ def sample_loop(stepper, rows: int, max_length: int, device, generator: torch.Ge
     unfinished = torch.ones(rows, dtype=torch.bool, device=device)
     drawn = []
     while token_ids.shape[1] < max_length:
-        logits = filter_logits(_score_dtype(stepper.next_logits(token_ids)), temperature, top_k, top_p)
+        logits = filter_logits(stepper.next_logits(token_ids).float(), temperature, top_k, top_p)
         if uniforms is not None:
             uniform = uniforms[:, token_ids.shape[1] - 1].to(device=device, dtype=logits.dtype)
         else:
@@ -110,9 +110,8 @@ def sample_captions(model: TextTransformer, av_tokens: torch.Tensor, av_mask: to
         with torch.no_grad():
             stepper = make_stepper(model, av_tokens, av_mask, max_length=max_length, expand=num_samples,
                                    use_cache=use_cache)
-            with _step_threads(av_tokens.device, use_cache):
-                return sample_loop(stepper, rows, max_length, av_tokens.device, generator, uniforms,
-                                   temperature=temperature, top_k=top_k, top_p=top_p)
+            return sample_loop(stepper, rows, max_length, av_tokens.device, generator, uniforms,
+                               temperature=temperature, top_k=top_k, top_p=top_p)
     finally:
         model.train(was_training)
 

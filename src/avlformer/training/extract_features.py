@@ -128,13 +128,12 @@ def _work_identity(spec: FeatureSpec, recipe, keys: list[str]) -> str:
 def extract_split(model, spec: FeatureSpec, split: str, yaml_path: Path, out: Path, batch_size: int,
                   num_workers: int, device: torch.device) -> SplitReport:
     from avlformer.data.dataset import CaptionDataset, DataConfig, collate
-    from avlformer.data.recipe import recipe_for_yaml
 
     cfg = model.config
     data_config = DataConfig(num_frames=cfg.num_frames, image_size=cfg.image_size,
                              sample_rate=cfg.audio.sample_rate, clip_seconds=cfg.audio.clip_seconds)
     dataset = CaptionDataset(yaml_path, data_config, is_train=False)
-    keys, recipe = dataset.keys, recipe_for_yaml(yaml_path)
+    keys, recipe = dataset.keys, dataset.recipe
     target = feature_path(out, yaml_path)
     itemsize = np.dtype(STORAGE_DTYPES[spec.dtype]).itemsize
     bytes_per_clip = (spec.num_video_tokens * spec.video_dim + spec.num_audio_tokens * spec.audio_dim) * itemsize

@@ -121,32 +121,31 @@ class SelfCriticalTrainer(Trainer):
 
     def forward_backward(self, batch: dict, boundary: bool) -> dict:
         args, model, device = self.args, self.library_model, self.env.device
-        samples_per_video = args.sc_train_sample_n
-        text_model = model.trans_encoder
+        per_video = args.sc_train_sample_n
         with self.autocast():
             av_tokens = self.encode(batch)
             av_mask = model.av_attention_mask()
-            fixed_av = av_tokens.detach()
-            fixed_mask = None if av_mask is None else av_mask.detach()
-            samples = sample_captions(text_model, fixed_av, fixed_mask, num_samples=samples_per_video,
+            fixed_av, fixed_mask = av_tokens.detach(), None if av_mask is None else av_mask.detach()
+            samples = sample_captions(model.trans_encoder, fixed_av, fixed_mask, num_samples=per_video,
                                       max_length=args.max_gen_length,
                                       uniforms=self.sampling_uniforms(batch["video_keys"]),
                                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
         words = self.caption_words(samples.token_ids)
-        keys = [key for key in batch["video_keys"] for _ in range(samples_per_video)]
+        keys = [key for key in batch["video_keys"] for _ in range(per_video)]
         rewards = torch.tensor(self.reward.score_many(keys, words), dtype=torch.float64)
-        greedy_rewards = None
+        stats = {}
         if args.sc_baseline_type == "greedy":
             with self.autocast():
-                greedy = generate(text_model, fixed_av, fixed_mask, max_length=args.max_gen_length, num_beams=1)
+                greedy = generate(model.trans_encoder, fixed_av, fixed_mask, max_length=args.max_gen_length)
             greedy_rewards = torch.tensor(self.reward.score_many(batch["video_keys"],
                                                                  self.caption_words(greedy.token_ids)),
                                           dtype=torch.float64)
-            baseline = greedy_rewards.repeat_interleave(samples_per_video)
+            baseline = greedy_rewards.repeat_interleave(per_video)
+            stats["greedy_reward"] = greedy_rewards.mean()
         else:
-            baseline = baseline_from_samples(rewards, samples_per_video)
+            baseline = baseline_from_samples(rewards, per_video)
         with self.autocast():
-            scores = caption_logprobs(text_model, av_tokens, av_mask, samples, samples_per_video)
+            scores = caption_logprobs(model.trans_encoder, av_tokens, av_mask, samples, per_video)
         advantage = (rewards - baseline).to(device=device, dtype=torch.float32)
         loss = -(advantage * scores.logprob.float()).mean()
         if model.config.learn_mask_enabled:
@@ -154,12 +153,10 @@ class SelfCriticalTrainer(Trainer):
                                                                             model.config.num_av_tokens)
         scaled = loss / args.gradient_accumulation_steps
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-        reference_length = np.mean([self.reward.reference_lengths[key] for key in batch["video_keys"]])
-        stats = {"reward": rewards.mean(), "baseline": baseline.mean(), "caption_length": np.mean([len(w) for w in words]), "reference_length": reference_length,
-                 "entropy": scores.entropy,
-                 "repeated_4gram": np.mean([has_repeated_ngram(w) for w in words])}
-        if greedy_rewards is not None:
-            stats["greedy_reward"] = greedy_rewards.mean()
+        stats.update(reward=rewards.mean(), baseline=baseline.mean(), entropy=scores.entropy,
+                     caption_length=np.mean([len(w) for w in words]),
+                     reference_length=np.mean([self.reward.reference_lengths[key] for key in batch["video_keys"]]),
+                     repeated_4gram=np.mean([has_repeated_ngram(w) for w in words]))
         outputs = {name: torch.as_tensor(float(value), device=device) for name, value in stats.items()}
         outputs["loss"] = loss
         return outputs
