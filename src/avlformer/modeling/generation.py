@@ -18,7 +18,7 @@ Both produce identical token ids (tests check it); the decoding loops below do n
 
 from __future__ import annotations
 
-import time
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -114,15 +114,18 @@ def prefill_av(model: TextTransformer, av_tokens: torch.Tensor, bias: torch.Tens
     hidden = model.bert.embed_av(av_tokens)
     layers = model.bert.encoder.layer
     keys_values = []
-    for index, layer in enumerate(layers):
-        attention = layer.attention.self
-        if index + 1 == len(layers):
-            keys_values.append(tuple(x.contiguous() for x in attention.project_keys_values(hidden)))
-            break
-        query, key, value = attention.project(hidden)
-        keys_values.append((key.contiguous(), value.contiguous()))
-        hidden = layer.feed_forward(layer.attention.output(attention.attend(query, key, value, bias), hidden))
+    for layer in layers[:-1]:
+        hidden, key_value = _prefill_layer(layer, hidden, bias)
+        keys_values.append(key_value)
+    keys_values.append(tuple(x.contiguous() for x in layers[-1].attention.self.project_keys_values(hidden)))
     return keys_values
+
+
+def _prefill_layer(layer, hidden: torch.Tensor, bias: torch.Tensor | None):
+    attention = layer.attention.self
+    query, key, value = attention.project(hidden)
+    hidden = layer.feed_forward(layer.attention.output(attention.attend(query, key, value, bias), hidden))
+    return hidden, (key.contiguous(), value.contiguous())
 
 
 class CachedStepper:
@@ -139,12 +142,13 @@ class CachedStepper:
         # Among the two new tokens only the real one must not see the [MASK] after it (upstream's -10000 bias).
         self.new_bias = torch.triu(av_tokens.new_full((self.NEW_TOKENS, self.NEW_TOKENS), MASK_BIAS), diagonal=1)
         self.kept = 0  # text positions whose keys/values are final
-        self.threads = StepThreads() if av_tokens.device.type == "cpu" else None
+        self.on_cpu = av_tokens.device.type == "cpu"
 
     def next_logits(self, token_ids: torch.Tensor) -> torch.Tensor:
-        if self.threads is None:
+        if not self.on_cpu:
             return self._step(token_ids)
-        return self.threads.run(lambda: self._step(token_ids))
+        with one_cpu_thread():
+            return self._step(token_ids)
 
     def _step(self, token_ids: torch.Tensor) -> torch.Tensor:
         batch, length = token_ids.shape
@@ -165,57 +169,27 @@ class CachedStepper:
             cache.reorder(beam_idx, self.kept)
 
 
-class StepThreads:
-    """Chooses the intra-op thread count of each cached CPU decoding step by timing steps: one thread or the
-    caller's count, whichever ran its recent probe steps faster.
+@contextlib.contextmanager
+def one_cpu_thread():
+    """Run the block at one intra-op thread, then restore the caller's count.
 
-    Why not simply the caller's count: a step is ~120 matrix products of 0.1-1 ms that stream the weights and AV
-    keys/values from memory (~0.53 GB per step at the paper size; bandwidth, not FLOPs, sets its cost). Each is an
-    OpenMP region ending in a barrier. On an idle 2-core machine a second thread adds bandwidth (measured 48 ms per
-    step against 79 at one thread), but when another process holds a core, a descheduled worker stalls every
-    barrier for a scheduler time slice (measured up to 1.15 s per step). Only timing tells which case holds, and
-    the load can change during a caption, so both counts are probed at the start and again every
-    ``RECHECK_EVERY`` steps. Compute-bound work (the AV prefill, the re-forward path, the encoders) keeps the
-    caller's count. The caller's setting is restored after every step."""
-
-    PROBES = 2          # steps timed per candidate at each probe
-    RECHECK_EVERY = 32  # steps between probes
-
-    def __init__(self, clock=time.perf_counter):
-        self.caller = torch.get_num_threads()
-        self.candidates = [1, self.caller] if self.caller > 1 else [self.caller]
-        self.clock = clock
-        self.times: dict[int, list[float]] = {n: [] for n in self.candidates}
-        self.step = 0
-        self.chosen = self.candidates[-1]
-
-    def run(self, step_fn):
-        threads = self._next_threads()
-        if threads != self.caller:
-            torch.set_num_threads(threads)
-        start = self.clock()
-        try:
-            result = step_fn()
-        finally:
-            if threads != self.caller:
-                torch.set_num_threads(self.caller)
-        self._record(threads, self.clock() - start)
-        return result
-
-    def _probing(self) -> bool:
-        return len(self.candidates) > 1 and self.step % self.RECHECK_EVERY < self.PROBES * len(self.candidates)
-
-    def _next_threads(self) -> int:
-        if self._probing():
-            return self.candidates[self.step % len(self.candidates)]
-        return self.chosen
-
-    def _record(self, threads: int, seconds: float) -> None:
-        if self._probing():
-            self.times[threads] = (self.times[threads] + [seconds])[-self.PROBES:]
-            if self.step % self.RECHECK_EVERY == self.PROBES * len(self.candidates) - 1:
-                self.chosen = min(self.candidates, key=lambda n: sum(self.times[n]))
-        self.step += 1
+    A cached step is ~120 matrix products of 0.1-1 ms that stream the weights and AV keys/values from memory
+    (~0.53 GB per step at the paper size: bandwidth, not FLOPs, sets its cost), each an OpenMP region ending in a
+    barrier. A second thread buys little bandwidth on an idle machine (48 against 79 ms per step measured) but,
+    when another process holds a core, a descheduled worker stalls every barrier for a scheduler time slice (up to
+    1.15 s per step measured). One thread is never the slow case, and it makes the step's results independent of
+    the caller's thread count (the 30522-way head differs in its last bits between one and two threads), so a
+    caption does not depend on ``--threads``. The AV prefill (large products) and the encoders keep the caller's
+    count."""
+    caller = torch.get_num_threads()
+    if caller == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(caller)
 
 
 def make_stepper(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,
