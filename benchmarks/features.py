@@ -8,9 +8,9 @@ on every step; the cached mode reads the two clips' features from a feature file
 (clips/s, the compute part of ``extract-features``; JPEG/mp3 decoding not included) and the storage per clip.
 
 CPU fp32 by default; on a GPU (``--device cuda``) bf16 autocast. ``--quick`` = one timed step per mode and no
-warm-up (the paper-size end-to-end step takes minutes on a small CPU). The modes alternate step by step; wall and CPU (process) times are both reported. Prints one JSON object as the
-last line: ``speedup`` = end-to-end wall seconds per step / cached ones (``speedup_cpu_time``: the same in CPU
-time, steadier on a shared machine).
+warm-up (the paper-size end-to-end step takes minutes on a small CPU). The modes alternate step by step; wall
+and CPU (process) times are both reported. Prints one JSON object as the last line: ``speedup`` = end-to-end
+wall seconds per step / cached ones (``speedup_cpu_time``: the same in CPU time, steadier on a shared machine).
 """
 
 from __future__ import annotations

@@ -42,12 +42,12 @@ def parse_args(argv=None):
                         help="an already prepared demo data folder (demo_work/raw) to use instead of synth+prepare")
     parser.add_argument("--num-train", type=int, default=400)
     parser.add_argument("--num-test", type=int, default=60)
-    parser.add_argument("--xe-epochs", type=int, default=4, help="the short cross-entropy start")
-    parser.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget of each continuation")
+    parser.add_argument("--xe-epochs", type=int, default=5, help="the short cross-entropy start")
+    parser.add_argument("--minutes", type=float, default=4.0, help="wall-clock budget of each continuation")
     parser.add_argument("--save-steps", type=int, default=5, help="checkpoint cadence in the continuations")
     parser.add_argument("--xe-learning-rate", type=float, default=None,
                         help="continued cross-entropy lr (default: the demo config's)")
-    parser.add_argument("--scst-learning-rate", type=float, default=3e-4)
+    parser.add_argument("--scst-learning-rate", type=float, default=3e-5)
     parser.add_argument("--sc-train-sample-n", type=int, default=4)
     parser.add_argument("--scst-batch-size", type=int, default=8,
                         help="videos per SCST step (each carries K samples through the LM head)")

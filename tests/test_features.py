@@ -302,9 +302,6 @@ def test_train_without_extracted_features_says_how_to_make_them(workspace, tmp_p
     assert "avlformer extract-features" in last
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="resuming any run with a frozen Video Swin fails: its two "
-                   "optimizer groups are empty and torch's set_optimizer_state_dict accepts at most one empty group "
-                   "(training/optim.py keeps empty groups; the same failure happens with --freeze-backbone)")
 def test_resume_with_features_ends_with_the_same_weights(workspace, tmp_path):
     ws = workspace
     out = tmp_path / "features"

@@ -94,3 +94,19 @@ def test_step_schedule_halves_then_drops_tenfold():
         optimizer.step()
         scheduler.step()
     assert lrs == pytest.approx([1.0] * 5 + [0.1] * 5)
+
+
+def test_groups_emptied_by_freezing_are_left_out_so_the_optimizer_state_reloads():
+    swin = torch.nn.Linear(2, 2)
+    head = torch.nn.Linear(2, 2)
+    model = torch.nn.ModuleDict({"swin": swin, "head": head})
+    for param in swin.parameters():
+        param.requires_grad_(False)  # a frozen backbone empties both backbone groups
+    groups = parameter_groups(model.named_parameters(), 1e-3, 0.05, 0.01)
+    assert [g["name"] for g in groups] == ["decay", "no_decay"]
+    optimizer = torch.optim.AdamW(groups)
+    head(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    again = torch.optim.AdamW(parameter_groups(model.named_parameters(), 1e-3, 0.05, 0.01))
+    again.load_state_dict(optimizer.state_dict())  # resume itself: tests/test_features.py (frozen Video Swin)
+    assert [g["name"] for g in again.param_groups] == ["decay", "no_decay"]

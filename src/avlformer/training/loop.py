@@ -24,7 +24,7 @@ from avlformer.training.batches import (EpochBatchSampler, SampleSeededDataset, 
 from avlformer.training.distributed import (DistEnv, all_reduce_mean, any_rank_true, barrier, unwrap_model,
                                             wrap_model)
 from avlformer.training.flag_table import ArgumentError
-from avlformer.training.optim import GROUP_NAMES, build_optimizer, build_scheduler
+from avlformer.training.optim import build_optimizer, build_scheduler
 from avlformer.training.setup import setup_logging, summary_writer, write_args_json
 from avlformer.training.validation import append_history, decode_split, prediction_stem, score, write_outputs
 
@@ -267,8 +267,8 @@ class Trainer:
             return
         step = self.progress.global_step
         values = {f"train/{name}": float(v) for name, v in zip(self.loss_terms, means)}
-        for name, group in zip(GROUP_NAMES, self.optimizer.param_groups):
-            values[f"train/lr_{name}"] = group["lr"]
+        for group in self.optimizer.param_groups:
+            values[f"train/lr_{group['name']}"] = group["lr"]
         samples = steps * self.args.effective_batch_size
         values.update({"train/grad_norm": grad_norm, "train/samples_per_sec": samples / max(elapsed, 1e-9),
                        "train/memory_mb": memory_mb(self.env.device)})

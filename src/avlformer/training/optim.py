@@ -30,8 +30,10 @@ def is_backbone(name: str) -> bool:
 
 def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], learning_rate: float,
                      backbone_coef_lr: float, weight_decay: float) -> list[dict]:
-    """The four upstream groups, in upstream order; empty groups are kept so group indices stay fixed.
-    Frozen parameters are left out (upstream kept them, but they never received a gradient)."""
+    """The four upstream groups, in upstream order, each named (``group["name"]``). Frozen parameters are left
+    out (upstream kept them, but they never received a gradient), and so is a group left empty by freezing (a
+    frozen Video Swin empties both backbone groups): torch's optimizer state loading refuses more than one empty
+    group, which would make such a run impossible to resume."""
     buckets: dict[str, list[nn.Parameter]] = {name: [] for name in GROUP_NAMES}
     for name, param in named_parameters:
         if not param.requires_grad:
@@ -39,13 +41,14 @@ def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], learn
         key = ("backbone_" if is_backbone(name) else "") + ("no_decay" if is_no_decay(name) else "decay")
         buckets[key].append(param)
     backbone_lr = learning_rate * backbone_coef_lr
-    return [
+    groups = [
         {"name": "backbone_decay", "params": buckets["backbone_decay"], "weight_decay": weight_decay,
          "lr": backbone_lr},
         {"name": "decay", "params": buckets["decay"], "weight_decay": weight_decay, "lr": learning_rate},
         {"name": "backbone_no_decay", "params": buckets["backbone_no_decay"], "weight_decay": 0.0, "lr": backbone_lr},
         {"name": "no_decay", "params": buckets["no_decay"], "weight_decay": 0.0, "lr": learning_rate},
     ]
+    return [group for group in groups if group["params"]]
 
 
 def build_optimizer(model: nn.Module, learning_rate: float, backbone_coef_lr: float, weight_decay: float,
