@@ -192,6 +192,15 @@ def one_cpu_thread():
         torch.set_num_threads(caller)
 
 
+def check_max_length(model: TextTransformer, max_length: int) -> None:
+    """A decoded caption holds [CLS] plus at least one token and fits the text position table."""
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2 ([CLS] + one token), got {max_length}")
+    if max_length > model.config.max_position_embeddings:
+        raise ValueError(f"max_length {max_length} exceeds the text position table "
+                         f"({model.config.max_position_embeddings})")
+
+
 def make_stepper(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,
                  max_length: int, expand: int, use_cache: bool):
     if use_cache:
@@ -332,13 +341,9 @@ def generate(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Ten
     """Caption ids for AV tokens ``(B, V, img_feature_dim)``; ``av_mask`` is the ``(V, V)`` AV→AV mask or None.
 
     ``max_length`` counts [CLS] like upstream's ``max_gen_length`` (115 → at most 113 words + [SEP])."""
-    if max_length < 2:
-        raise ValueError(f"max_length must be >= 2 ([CLS] + one token), got {max_length}")
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-    if max_length > model.config.max_position_embeddings:
-        raise ValueError(f"max_length {max_length} exceeds the text position table "
-                         f"({model.config.max_position_embeddings})")
+    check_max_length(model, max_length)
     was_training = model.training
     model.eval()
     try:

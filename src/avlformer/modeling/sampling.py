@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from avlformer.modeling.attention_mask import mask_to_bias
-from avlformer.modeling.generation import make_stepper
+from avlformer.modeling.generation import check_max_length, make_stepper
 from avlformer.modeling.text_transformer import TextTransformer
 
 
@@ -100,8 +100,7 @@ def sample_captions(model: TextTransformer, av_tokens: torch.Tensor, av_mask: to
     if uniforms is not None and tuple(uniforms.shape) != (rows, max_length - 1):
         raise ValueError(f"uniforms must be (B·K, max_length - 1) = {(rows, max_length - 1)}, "
                          f"got {tuple(uniforms.shape)}")
-    if max_length < 2 or max_length > model.config.max_position_embeddings:
-        raise ValueError(f"max_length must lie in [2, {model.config.max_position_embeddings}], got {max_length}")
+    check_max_length(model, max_length)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     was_training = model.training
