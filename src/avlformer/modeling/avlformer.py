@@ -24,7 +24,7 @@ from avlformer.data.features import FEATURE_KEYS
 from avlformer.data.token_ids import PAD_ID
 from avlformer.json_files import read_json
 from avlformer.modeling.attention_mask import build_attention_mask, learned_av_mask, mask_to_bias, sparsity_loss
-from avlformer.modeling.generation import GenerationOutput, generate
+from avlformer.modeling.generation import GenerationOutput, decoding, generate
 from avlformer.modeling.meta_device import build_on_meta
 from avlformer.modeling.passt import PasstAudioEncoder, PasstConfig, rms_norm
 from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig
@@ -241,23 +241,18 @@ class AVLFormer(nn.Module):
         return input_ids, target_ids, masked_pos, text_len
 
     # ------------------------------------------------------------------------------------------- decoding
-    @torch.no_grad()
     def generate(self, frames: torch.Tensor, audio: torch.Tensor, num_beams: int | None = None,
                  max_length: int | None = None, length_penalty: float | None = None,
                  use_cache: bool = True) -> GenerationOutput:
         """Captions as token ids (B, max_length) after [CLS], ending in [SEP] then [PAD], plus confidences.
         Defaults come from the config (max_gen_length, num_beams, length_penalty)."""
         cfg = self.config
-        was_training = self.training
-        self.eval()
-        try:
+        with decoding(self):
             av_tokens = self.encode_av(frames, audio)
             return generate(self.trans_encoder, av_tokens, self.av_attention_mask(),
                             max_length=max_length or cfg.max_gen_length, num_beams=num_beams or cfg.num_beams,
                             length_penalty=cfg.length_penalty if length_penalty is None else length_penalty,
                             use_cache=use_cache)
-        finally:
-            self.train(was_training)
 
 
 def describe_model(config: AVLFormerConfig) -> str:

@@ -201,6 +201,18 @@ def check_max_length(model: TextTransformer, max_length: int) -> None:
                          f"({model.config.max_position_embeddings})")
 
 
+@contextlib.contextmanager
+def decoding(model: torch.nn.Module):
+    """Eval mode and no autograd for a decoding loop; the caller's train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def make_stepper(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,
                  max_length: int, expand: int, use_cache: bool):
     if use_cache:
@@ -344,15 +356,10 @@ def generate(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Ten
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     check_max_length(model, max_length)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            stepper = make_stepper(model, av_tokens, av_mask, max_length=max_length, expand=num_beams,
-                                   use_cache=use_cache)
-            batch, device = av_tokens.shape[0], av_tokens.device
-            if num_beams == 1:
-                return greedy_search(stepper, batch, max_length, device)
-            return beam_search(stepper, batch, num_beams, max_length, length_penalty, device)
-    finally:
-        model.train(was_training)
+    with decoding(model):
+        stepper = make_stepper(model, av_tokens, av_mask, max_length=max_length, expand=num_beams,
+                               use_cache=use_cache)
+        batch, device = av_tokens.shape[0], av_tokens.device
+        if num_beams == 1:
+            return greedy_search(stepper, batch, max_length, device)
+        return beam_search(stepper, batch, num_beams, max_length, length_penalty, device)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from avlformer.modeling.attention_mask import mask_to_bias
-from avlformer.modeling.generation import check_max_length, make_stepper
+from avlformer.modeling.generation import check_max_length, decoding, make_stepper
 from avlformer.modeling.text_transformer import TextTransformer
 
 
@@ -103,16 +103,11 @@ def sample_captions(model: TextTransformer, av_tokens: torch.Tensor, av_mask: to
     check_max_length(model, max_length)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            stepper = make_stepper(model, av_tokens, av_mask, max_length=max_length, expand=num_samples,
-                                   use_cache=use_cache)
-            return sample_loop(stepper, rows, max_length, av_tokens.device, generator, uniforms,
-                               temperature=temperature, top_k=top_k, top_p=top_p)
-    finally:
-        model.train(was_training)
+    with decoding(model):
+        stepper = make_stepper(model, av_tokens, av_mask, max_length=max_length, expand=num_samples,
+                               use_cache=use_cache)
+        return sample_loop(stepper, rows, max_length, av_tokens.device, generator, uniforms,
+                           temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 def scoring_mask(steps: int, num_av: int, av_mask: torch.Tensor | None, device, dtype) -> torch.Tensor:
