@@ -318,27 +318,23 @@ class _UpstreamArgs:
     def _fail(name: str, expected: str, value: Any) -> ValueError:
         return ValueError(f"{name} must be {expected}, got {value!r}")
 
-    def integer(self, name: str, default: int) -> int:
+    def _numeric(self, name: str, default, kind: type, expected: str):
+        # args.json values are numbers, or numbers written as strings by upstream's argparse dump.
         value = self.args.get(name, default)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, (int, kind)) and not isinstance(value, bool):
+            return kind(value)
         if isinstance(value, str):
             try:
-                return int(value.strip())
+                return kind(value.strip())
             except ValueError:
                 pass
-        raise self._fail(name, "an integer", value)
+        raise self._fail(name, expected, value)
+
+    def integer(self, name: str, default: int) -> int:
+        return self._numeric(name, default, int, "an integer")
 
     def number(self, name: str, default: float) -> float:
-        value = self.args.get(name, default)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise self._fail(name, "a number", value)
+        return self._numeric(name, default, float, "a number")
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self.args.get(name, default)
