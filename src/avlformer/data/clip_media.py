@@ -71,6 +71,12 @@ def _conforming_mp3(mp3: Path, name: str, recipe: PreprocessRecipe, warnings: li
     return track.mp3, track.duration
 
 
+def silent_clip_audio(recipe: PreprocessRecipe, warnings: list[str] | None = None) -> ClipAudio:
+    """The recipe's silence: ``clip_seconds`` of zeros, mp3 encoded as any other clip audio."""
+    return ClipAudio(media.silent_mp3(recipe.clip_seconds, recipe.sample_rate, recipe.mp3_bitrate), AUDIO_SILENCE,
+                     warnings or [])
+
+
 def clip_audio(video: str | os.PathLike, mp3: str | os.PathLike | None, recipe: PreprocessRecipe, *,
                video_seconds: float | None = None, name=str) -> ClipAudio:
     """mp3 bytes for a clip by the recipe's audio rule: its own mp3 file when given and usable, else the video's
@@ -86,8 +92,7 @@ def clip_audio(video: str | os.PathLike, mp3: str | os.PathLike | None, recipe: 
             track = media.extract_audio(video, recipe.sample_rate, recipe.mp3_bitrate, name=name(video))
         except media.MediaError as error:
             warnings.append(f"{error.reason}: {recipe.clip_seconds:g} s of silence used instead")
-            return ClipAudio(media.silent_mp3(recipe.clip_seconds, recipe.sample_rate, recipe.mp3_bitrate),
-                             AUDIO_SILENCE, warnings)
+            return silent_clip_audio(recipe, warnings)
         found = (track.mp3, track.duration)
         if track.decode_errors:
             warnings.append(f"{track.decode_errors} corrupt audio packet(s) skipped")

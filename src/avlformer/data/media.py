@@ -200,12 +200,12 @@ class _FrameSelector:
         image = None
         while not self.done and self.targets[self.next_target] < until:
             if image is None:
-                image = _to_display_rgb(frame, self.short_side)
+                image = display_rgb(frame, self.short_side)
             self.chosen[self.next_target], self.source_of[self.next_target] = image, index
             self.next_target += 1
 
 
-def _to_display_rgb(frame: av.VideoFrame, short_side: int) -> np.ndarray:
+def display_rgb(frame: av.VideoFrame, short_side: int) -> np.ndarray:
     """RGB at display orientation, shorter side ``short_side``. ``frame.rotation`` is the counter-clockwise angle
     of the display matrix; rotating by it gives what ffmpeg's CLI shows (checked against ffmpeg 5.1)."""
     quarter_turns = (int(round(frame.rotation / 90)) % 4) if frame.rotation else 0

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 from avlformer.data import audio as audio_io
 from avlformer.data import media
 from avlformer.data.clip_ids import clip_id_from_path
-from avlformer.data.clip_media import AUDIO_SILENCE, encode_frames
+from avlformer.data.clip_media import AUDIO_SILENCE, encode_frames, silent_clip_audio
 from avlformer.data.transforms import clip_from_frames
 from avlformer.device import resolve_device
 from avlformer.inference import pipeline
@@ -77,14 +77,6 @@ def _as_numpy(value, what: str) -> np.ndarray:
     return value
 
 
-def _resize_rgb(image: np.ndarray, short_side: int) -> np.ndarray:
-    """Shorter side to ``short_side`` with the scaler and rule that decoding a video file uses."""
-    height, width = image.shape[:2]
-    out_w, out_h = media.resized_size(width, height, short_side)
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-    return frame.reformat(width=out_w, height=out_h, format="rgb24", interpolation="BILINEAR").to_ndarray()
-
-
 def frames_from_array(frames, spec: pipeline.InputSpec, what: str = "frames") -> torch.Tensor:
     """All frames of a clip, uint8 (T, H, W, 3) at a constant rate -> the model's (num_frames, 3, H, W) input:
     the recipe's ``stored_frames`` on screen at the bin centres, at its ``short_side``, JPEG encoded at its
@@ -95,9 +87,11 @@ def frames_from_array(frames, spec: pipeline.InputSpec, what: str = "frames") ->
     if array.dtype != np.uint8:
         raise ValueError(f"{what}: expected uint8 RGB values 0..255, got dtype {array.dtype}")
     total, stored = array.shape[0], spec.recipe.stored_frames
-    # Frame k of n is the one on screen at (k + 0.5) / n of the clip: frame floor((k + 0.5) * T / n).
-    picks = np.minimum(((np.arange(stored) + 0.5) * total / stored).astype(int), total - 1)
-    sampled = np.stack([_resize_rgb(array[i], spec.recipe.short_side) for i in picks])
+    # At a constant rate of one frame per unit of time, the frame on screen at instant t is frame floor(t).
+    picks = np.minimum(media.sample_times(0.0, total, stored).astype(int), total - 1)
+    sampled = np.stack([media.display_rgb(av.VideoFrame.from_ndarray(np.ascontiguousarray(array[i]),
+                                                                      format="rgb24"), spec.recipe.short_side)
+                        for i in picks])
     return clip_from_frames(encode_frames(sampled, spec.recipe), num_frames=spec.num_frames,
                             image_size=spec.image_size, train=False, source=what)
 
@@ -133,9 +127,8 @@ def audio_from_array(waveform, sample_rate: int, spec: pipeline.InputSpec, what:
 
 
 def _silence(spec: pipeline.InputSpec) -> torch.Tensor:
-    recipe = spec.recipe
-    mp3 = media.silent_mp3(recipe.clip_seconds, recipe.sample_rate, recipe.mp3_bitrate)
-    return audio_io.load_clip(mp3, clip_samples=spec.clip_samples, sample_rate=spec.sample_rate, source="silence")
+    return audio_io.load_clip(silent_clip_audio(spec.recipe).mp3, clip_samples=spec.clip_samples,
+                              sample_rate=spec.sample_rate, source="silence")
 
 
 # ----------------------------------------------------------------------------------------------- the dataset
