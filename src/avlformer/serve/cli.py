@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from avlformer.device import resolve_device
+from avlformer.serve import DEFAULT_MAX_UPLOAD_MB
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -28,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos", default=None, help="folder of clips the page offers to pick from")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--num-beams", type=int, default=None, help="beam width (default: the checkpoint's)")
-    parser.add_argument("--max-upload-mb", type=float, default=100.0, help="largest accepted upload, in MB")
+    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                        help="largest accepted upload, in MB")
 
 
 def is_loopback(host: str) -> bool:

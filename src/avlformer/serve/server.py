@@ -35,11 +35,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from avlformer.data import media
 from avlformer.data.clip_ids import is_video_name
 from avlformer.inference.captioner import Captioner
-from avlformer.serve import page, render
+from avlformer.serve import DEFAULT_MAX_UPLOAD_MB, page, render
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_UPLOAD_MB = 100.0
 READ_CHUNK = 1 << 16
 
 
@@ -71,9 +70,10 @@ class ServeState:
         """A clip of --videos by its plain file name (nothing outside the folder is reachable)."""
         if self.videos_dir is None:
             raise RequestError(HTTPStatus.NOT_FOUND, "this server was started without --videos")
-        if name not in self.video_names():
+        path = self.videos_dir / name
+        if Path(name).name != name or not is_video_name(name) or not path.is_file():
             raise RequestError(HTTPStatus.NOT_FOUND, f"{name}: no such clip in the videos folder")
-        return self.videos_dir / name
+        return path
 
     def attention_mask_uri(self) -> str | None:
         """The learned mask does not depend on the input: drawn once (under the model lock)."""
@@ -86,23 +86,24 @@ class ServeState:
 
     def caption_file(self, path: Path, shown_as: str, details: bool) -> dict:
         """Caption one file; a file that is not a decodable video is a 422 naming ``shown_as``."""
+        # Decoding the file needs no model: only the model's own work is queued behind the lock.
+        try:
+            clip = self.captioner.prepare(path)
+        except media.MediaError as error:
+            raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{shown_as}: {error.reason}") from None
+        except (ValueError, OSError, RuntimeError) as error:
+            message = str(error).replace(str(path), shown_as)
+            raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{shown_as}: not a decodable video "
+                                                                f"({message})") from None
         with self.lock:
-            try:
-                clip = self.captioner.prepare(path)
-            except media.MediaError as error:
-                raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{shown_as}: {error.reason}") from None
-            except (ValueError, OSError, RuntimeError) as error:
-                message = str(error).replace(str(path), shown_as)
-                raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{shown_as}: not a decodable video "
-                                                                    f"({message})") from None
             result = self.captioner.caption_inputs([clip])[0]
-            answer = {"caption": result.caption, "confidence": result.confidence,
-                      "audio_source": result.audio_source,
-                      "warnings": [w.replace(str(path), shown_as) for w in result.warnings]}
-            if details:
-                answer["frames"] = [render.jpeg_uri(f) for f in render.model_frames(clip.frames)]
-                answer["spectrogram"] = render.png_uri(render.spectrogram(clip.audio, self.captioner.spec.sample_rate))
-                answer["attention_mask"] = self.attention_mask_uri()
+            mask = self.attention_mask_uri() if details else None
+        answer = {"caption": result.caption, "confidence": result.confidence, "audio_source": result.audio_source,
+                  "warnings": [w.replace(str(path), shown_as) for w in result.warnings]}
+        if details:
+            answer["frames"] = [render.jpeg_uri(f) for f in render.model_frames(clip.frames)]
+            answer["spectrogram"] = render.png_uri(render.spectrogram(clip.audio, self.captioner.spec.sample_rate))
+            answer["attention_mask"] = mask
         return answer
 
     def close(self) -> None:
