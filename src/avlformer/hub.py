@@ -37,7 +37,6 @@ import torch
 from huggingface_hub import ModelHubMixin
 
 from avlformer.data.recipe import PreprocessRecipe
-from avlformer.data.token_ids import default_vocab_dir
 from avlformer.device import resolve_device
 from avlformer.model_card import CARD_NAME, PIPELINE_TAG, read_card_metadata, write_model_card
 from avlformer.modeling import avlformer as modeling
@@ -148,11 +147,10 @@ class AVLFormer(modeling.AVLFormer, ModelHubMixin, library_name="avlformer", pip
     def _save_pretrained(self, save_directory: Path, *, metrics: Mapping[str, Any] | None = None,
                          split: str | None = None, training_args: Mapping[str, Any] | None = None,
                          model_name: str | None = None) -> None:
-        from avlformer.modeling.checkpoint import VOCAB_NAME, write_checkpoint_files
+        from avlformer.modeling.checkpoint import write_checkpoint_files
 
-        vocab = Path(self.vocab_dir or default_vocab_dir()) / VOCAB_NAME
         write_checkpoint_files(save_directory, self.state_dict(), self.config, self.recipe,
-                               extra_files={VOCAB_NAME: vocab})
+                               vocab_dir=self.vocab_dir)
         if metrics is None:
             metrics, split = self.metrics, split or self.metrics_split
         write_model_card(save_directory, self.config, self.recipe, metrics, split, training_args,
@@ -174,7 +172,9 @@ def _card_metrics(path: Path) -> tuple[dict[str, float] | None, str | None]:
     """The metric values (by the evaluator's names) and split recorded in a checkpoint's model card, if any."""
     from avlformer.model_card import METRIC_NAMES
 
-    folder = path if path.is_dir() else path.parent
+    from avlformer.modeling.checkpoint import checkpoint_folder
+
+    folder, _ = checkpoint_folder(path)
     card = folder / CARD_NAME
     if not card.is_file():
         return None, None

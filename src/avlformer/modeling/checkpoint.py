@@ -65,14 +65,15 @@ def save_checkpoint(folder: str | os.PathLike, model: AVLFormer, config: AVLForm
 
 
 def write_checkpoint_files(folder: Path, state_dict: Mapping[str, torch.Tensor], config: AVLFormerConfig,
-                           recipe: PreprocessRecipe,
-                           extra_files: Mapping[str, str | os.PathLike] | None = None) -> None:
-    """The files of a checkpoint, written into an existing (staging) folder; callers make the folder atomic."""
+                           recipe: PreprocessRecipe, extra_files: Mapping[str, str | os.PathLike] | None = None,
+                           vocab_dir: str | os.PathLike | None = None) -> None:
+    """The files of a checkpoint, written into an existing (staging) folder; callers make the folder atomic.
+    ``vocab_dir``: the folder of the vocabulary the model was trained with (default: the shipped one)."""
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
     save_file(weights, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     config.save(folder / CONFIG_NAME)
     recipe.save(folder / RECIPE_NAME)
-    shutil.copyfile(default_vocab_dir() / VOCAB_NAME, folder / VOCAB_NAME)
+    shutil.copyfile(Path(vocab_dir or default_vocab_dir()) / VOCAB_NAME, folder / VOCAB_NAME)
     for name, source in (extra_files or {}).items():
         if Path(name).name != name:
             raise ValueError(f"extra file name {name!r} must be a plain file name")

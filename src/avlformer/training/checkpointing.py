@@ -101,10 +101,9 @@ def save_training_checkpoint(output_dir: Path, name: str, model: torch.nn.Module
             "scaler": scaler.state_dict() if scaler is not None else {},
             "rng": rng_states,
         }
-        extra = {"vocab.txt": Path(vocab_dir) / "vocab.txt"} if vocab_dir else None
         with atomic_folder(final) as staging:
             # Weights come from the gathered full state: under FSDP the model itself holds only shards.
-            write_checkpoint_files(staging, model_state, model_config, recipe, extra_files=extra)
+            write_checkpoint_files(staging, model_state, model_config, recipe, vocab_dir=vocab_dir)
             torch.save(training_state, staging / TRAINING_STATE)
     barrier(env)
     return final
