@@ -161,21 +161,17 @@ def test_ddp_two_processes_match_one_process(tmp_path):
 
 
 def test_scst_encodes_cached_features_like_the_media_they_came_from():
-    from types import SimpleNamespace
 
     from avlformer.data.features import FEATURE_KEYS
-    from avlformer.training.scst import SelfCriticalTrainer
-
     config = deterministic_tiny_config()
     model = tiny_model(config).eval()
     gen = torch.Generator().manual_seed(0)
     frames = torch.randn(2, config.num_frames, 3, config.image_size, config.image_size, generator=gen)
     audio = 0.1 * torch.randn(2, 1, config.audio.clip_samples, generator=gen)
-    trainer = SimpleNamespace(library_model=model)
     with torch.no_grad():
         video, sound = model.encoder_outputs(frames, audio)
-        from_features = SelfCriticalTrainer.encode(trainer, {FEATURE_KEYS[0]: video, FEATURE_KEYS[1]: sound})
-        from_media = SelfCriticalTrainer.encode(trainer, {"frames": frames, "audio": audio})
+        from_features = model.batch_av_tokens({FEATURE_KEYS[0]: video, FEATURE_KEYS[1]: sound})
+        from_media = model.batch_av_tokens({"frames": frames, "audio": audio})
     torch.testing.assert_close(from_features, from_media)
 
 

@@ -189,10 +189,7 @@ class AVLFormer(nn.Module):
         mlm_accuracy. LM targets are ``target_ids`` shifted left (original tokens); MLM targets are
         ``target_ids`` at ``masked_pos``."""
         input_ids, target_ids, masked_pos, text_len = self._checked_text(batch)
-        if FEATURE_KEYS[0] in batch:  # cached encoder outputs (``train --features``): the encoders do not run
-            av_tokens = self.project_av(batch[FEATURE_KEYS[0]], batch[FEATURE_KEYS[1]])
-        else:
-            av_tokens = self.encode_av(batch["frames"], batch["audio"])
+        av_tokens = self.batch_av_tokens(batch)
         max_text_len, num_av = input_ids.shape[1], av_tokens.shape[1]
         mask = build_attention_mask(text_len, max_text_len, num_av, self.av_attention_mask(), dtype=av_tokens.dtype)
         hidden = self.trans_encoder(input_ids, av_tokens, mask_to_bias(mask))[:, :max_text_len]
@@ -207,7 +204,7 @@ class AVLFormer(nn.Module):
         mlm_targets = target_ids[needed][is_mlm]
         mlm_logits = logits[is_mlm]
         mlm_loss = _mean_cross_entropy(mlm_logits, mlm_targets)
-        sparsity = self._sparsity_loss(hidden)
+        sparsity = self.sparsity_term(hidden)
         cfg = self.config
         loss = (cfg.lm_loss_weight * lm_loss + (1 - cfg.lm_loss_weight) * mlm_loss
                 + cfg.sparsity_loss_weight * sparsity)
@@ -217,7 +214,16 @@ class AVLFormer(nn.Module):
         return {"loss": loss, "lm_loss": lm_loss, "mlm_loss": mlm_loss, "sparsity_loss": sparsity,
                 "mlm_accuracy": accuracy}
 
-    def _sparsity_loss(self, like: torch.Tensor) -> torch.Tensor:
+    def batch_av_tokens(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The AV tokens of a batch: from its frames and audio, or from cached encoder outputs
+        (``train --features``), in which case the encoders do not run."""
+        if FEATURE_KEYS[0] in batch:
+            return self.project_av(batch[FEATURE_KEYS[0]], batch[FEATURE_KEYS[1]])
+        return self.encode_av(batch["frames"], batch["audio"])
+
+    def sparsity_term(self, like: torch.Tensor) -> torch.Tensor:
+        """The learned mask's sparsity loss (unweighted; zero, shaped like a scalar of ``like``, without the
+        learned mask)."""
         if not self.config.learn_mask_enabled:
             return like.new_zeros((), dtype=torch.float32)
         return sparsity_loss(self.learn_vid_att.weight, self.config.num_av_tokens)

@@ -33,7 +33,6 @@ import torch.distributed as dist
 
 from avlformer.data.tokenizer import decode_caption, load_tokenizer
 from avlformer.evaluation.cider_reward import CiderD, has_repeated_ngram, reward_words
-from avlformer.modeling.attention_mask import sparsity_loss
 from avlformer.modeling.generation import generate
 from avlformer.modeling.sampling import caption_logprobs, sample_captions
 from avlformer.training.distributed import all_reduce_mean
@@ -71,13 +70,16 @@ def baseline_from_samples(rewards: torch.Tensor, num_samples: int) -> torch.Tens
 def average_gradients(model: torch.nn.Module, world_size: int) -> None:
     """Sum-then-divide every trainable parameter's gradient over ranks; a parameter without a gradient on this
     rank contributes zeros, so every rank issues the same collectives."""
-    for param in model.parameters():
-        if not param.requires_grad:
-            continue
+    params = [param for param in model.parameters() if param.requires_grad]
+    for param in params:
         if param.grad is None:
             param.grad = torch.zeros_like(param)
-        dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
-        param.grad /= world_size
+    grads = [param.grad for param in params]
+    flat = torch._utils._flatten_dense_tensors(grads)  # one collective per step, not one per tensor
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size
+    for grad, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        grad.copy_(reduced)
 
 
 class SelfCriticalTrainer(Trainer):
@@ -108,14 +110,6 @@ class SelfCriticalTrainer(Trainer):
             parts.append(1.0 - torch.rand(rows, steps, generator=generator, dtype=torch.float64))
         return torch.cat(parts)
 
-    def encode(self, batch: dict) -> torch.Tensor:
-        from avlformer.data.features import FEATURE_KEYS
-
-        model = self.library_model
-        if FEATURE_KEYS[0] in batch:  # cached encoder outputs (train --features)
-            return model.project_av(batch[FEATURE_KEYS[0]], batch[FEATURE_KEYS[1]])
-        return model.encode_av(batch["frames"], batch["audio"])
-
     def caption_words(self, token_ids: torch.Tensor) -> list[list[str]]:
         return [reward_words(decode_caption(ids, self.tokenizer)) for ids in token_ids.tolist()]
 
@@ -123,7 +117,7 @@ class SelfCriticalTrainer(Trainer):
         args, model, device = self.args, self.library_model, self.env.device
         per_video = args.sc_train_sample_n
         with self.autocast():
-            av_tokens = self.encode(batch)
+            av_tokens = model.batch_av_tokens(batch)
             av_mask = model.av_attention_mask()
             fixed_av, fixed_mask = av_tokens.detach(), None if av_mask is None else av_mask.detach()
             samples = sample_captions(model.trans_encoder, fixed_av, fixed_mask, num_samples=per_video,
@@ -148,9 +142,7 @@ class SelfCriticalTrainer(Trainer):
             scores = caption_logprobs(model.trans_encoder, av_tokens, av_mask, samples, per_video)
         advantage = (rewards - baseline).to(device=device, dtype=torch.float32)
         loss = -(advantage * scores.logprob.float()).mean()
-        if model.config.learn_mask_enabled:
-            loss = loss + model.config.sparsity_loss_weight * sparsity_loss(model.learn_vid_att.weight,
-                                                                            model.config.num_av_tokens)
+        loss = loss + model.config.sparsity_loss_weight * model.sparsity_term(loss)
         scaled = loss / args.gradient_accumulation_steps
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         stats.update(reward=rewards.mean(), baseline=baseline.mean(), entropy=scores.entropy,
