@@ -30,6 +30,7 @@ from tqdm import tqdm
 from avlformer.atomic import atomic_path, atomic_write, write_text_atomic
 from avlformer.data.features import (STORAGE_DTYPES, FeatureFile, FeatureSpec, feature_path, to_storage,
                                      write_feature_file)
+from avlformer.training.loop import autocast_for
 
 WORK = ".work"
 
@@ -90,9 +91,9 @@ def load_encoders(args, device: torch.device):
         from avlformer.modeling.passt import load_official_weights as load_passt
         from avlformer.modeling.video_swin import load_official_weights as load_swin
 
-        config = (AVLFormerConfig.load(args.model_config) if args.model_config else
-                  {"paper": AVLFormerConfig.paper, "tiny": AVLFormerConfig.tiny}[args.model_preset]())
-        model = AVLFormer(config)
+        from avlformer.training.model_setup import base_model_tree
+
+        model = AVLFormer(AVLFormerConfig.from_dict(base_model_tree(args.model_preset, args.model_config)))
         load_swin(model.swin, args.swin_checkpoint)
         load_passt(model.passt, args.passt_checkpoint)
     else:
@@ -156,8 +157,7 @@ def extract_split(model, spec: FeatureSpec, split: str, yaml_path: Path, out: Pa
     if todo:
         loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers,
                             collate_fn=collate, shuffle=False)
-        autocast = (contextlib.nullcontext() if spec.dtype == "fp32" else
-                    torch.autocast(device.type, dtype=torch.bfloat16 if spec.dtype == "bf16" else torch.float16))
+        autocast = autocast_for(spec.dtype, device)()
         batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
         bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc=f"extract {split}", unit="clip",
                    dynamic_ncols=True)
