@@ -158,9 +158,7 @@ class FeatureFile:
 
     def check_data(self, recipe: PreprocessRecipe) -> None:
         if recipe != self.recipe:
-            ours, theirs = self.recipe.to_dict(), recipe.to_dict()
-            differences = ", ".join(f"{k} {ours[k]!r} (training data: {theirs[k]!r})" for k in ours
-                                    if ours[k] != theirs.get(k))
+            differences = self.recipe.differences(recipe, "training data")
             raise FeatureMismatchError(f"{self.path}: extracted from data prepared with another recipe than the "
                                        f"training data ({differences}); extract the features from this data again")
 

@@ -96,6 +96,12 @@ class PreprocessRecipe:
         except ValueError as error:
             raise ValueError(f"{source}: {str(error).removeprefix('preprocessing recipe: ')}") from None
 
+    def differences(self, reference: "PreprocessRecipe", reference_name: str) -> str:
+        """What differs from ``reference``, e.g. ``short_side 72 (training data: 256)``; empty when equal."""
+        ours, theirs = self.to_dict(), reference.to_dict()
+        return ", ".join(f"{key} {ours[key]!r} ({reference_name}: {theirs[key]!r})" for key in ours
+                         if ours[key] != theirs[key])
+
     def save(self, path: str | os.PathLike) -> None:
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 

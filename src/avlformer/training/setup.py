@@ -106,9 +106,7 @@ def check_validation_recipe(config, train_recipe, val_recipe) -> None:
     (and the numbers would not say so): an error, naming what differs."""
     val_yaml = resolve_yaml(config.data_dir, config.val_yaml)
     if val_recipe != train_recipe:
-        ours, theirs = train_recipe.to_dict(), val_recipe.to_dict()
-        differences = ", ".join(f"{k} {theirs[k]!r} (training data: {ours[k]!r})" for k in ours
-                                if ours[k] != theirs[k])
+        differences = val_recipe.differences(train_recipe, "training data")
         raise ArgumentError(f"{val_yaml}: the validation data was prepared with another recipe than the training "
                             f"data ({differences}); prepare both splits with the same `avlformer prepare` settings")
 
