@@ -225,11 +225,19 @@ def _score_dtype(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
-def _pad_right(token_ids: torch.Tensor, length: int) -> torch.Tensor:
+def pad_right(token_ids: torch.Tensor, length: int) -> torch.Tensor:
     missing = length - token_ids.shape[1]
     if missing <= 0:
         return token_ids[:, :length]
     return torch.cat([token_ids, token_ids.new_full((token_ids.shape[0], missing), PAD_ID)], dim=1)
+
+
+def append_token(token_ids: torch.Tensor, next_tokens: torch.Tensor, unfinished: torch.Tensor) -> torch.Tensor:
+    """``token_ids`` with one more column: ``next_tokens`` for open rows, [PAD] after [SEP]; ``unfinished``
+    (updated in place) closes the rows that just chose [SEP]."""
+    next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, PAD_ID))
+    unfinished &= next_tokens != SEP_ID
+    return torch.cat([token_ids, next_tokens[:, None]], dim=1)
 
 
 @torch.no_grad()
@@ -247,15 +255,13 @@ def greedy_search(stepper, batch: int, max_length: int, device) -> GenerationOut
         chosen_logprob = F.log_softmax(logits, dim=-1).gather(1, next_tokens[:, None]).squeeze(1)
         logprob_sum += chosen_logprob.double() * unfinished
         open_steps += unfinished
-        next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, PAD_ID))
-        token_ids = torch.cat([token_ids, next_tokens[:, None]], dim=1)
-        unfinished &= next_tokens != SEP_ID
+        token_ids = append_token(token_ids, next_tokens, unfinished)
         if not unfinished.any():
             break
     if token_ids.shape[1] == max_length:
         token_ids[unfinished, -1] = SEP_ID
     confidence = torch.exp(logprob_sum / open_steps.clamp(min=1)).float()
-    return GenerationOutput(_pad_right(token_ids[:, 1:], max_length), confidence)
+    return GenerationOutput(pad_right(token_ids[:, 1:], max_length), confidence)
 
 
 class BeamHypotheses:

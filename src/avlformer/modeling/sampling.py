@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from avlformer.data.token_ids import CLS_ID, MASK_ID, SEP_ID
 from avlformer.modeling.attention_mask import mask_to_bias
-from avlformer.modeling.generation import check_max_length, decoding, make_stepper
+from avlformer.modeling.generation import append_token, check_max_length, decoding, make_stepper, pad_right
 from avlformer.modeling.text_transformer import TextTransformer
 
 
@@ -61,28 +61,27 @@ def sample_loop(stepper, rows: int, max_length: int, device, generator: torch.Ge
     token_ids = torch.full((rows, 1), CLS_ID, dtype=torch.long, device=device)
     unfinished = torch.ones(rows, dtype=torch.bool, device=device)
     drawn = []
+    if uniforms is not None:  # moved once, not once per step
+        uniforms = uniforms.to(device=device, dtype=torch.float32)
     while token_ids.shape[1] < max_length:
         logits = filter_logits(stepper.next_logits(token_ids).float(), temperature, top_k, top_p)
         if uniforms is not None:
-            uniform = uniforms[:, token_ids.shape[1] - 1].to(device=device, dtype=logits.dtype)
+            uniform = uniforms[:, token_ids.shape[1] - 1].to(logits.dtype)
         else:
             uniform = 1.0 - torch.rand(rows, generator=generator, device=device, dtype=logits.dtype)
         next_tokens = draw(logits.softmax(dim=-1), uniform)
         drawn.append(unfinished.clone())
-        next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, PAD_ID))
-        token_ids = torch.cat([token_ids, next_tokens[:, None]], dim=1)
-        unfinished &= next_tokens != SEP_ID
+        token_ids = append_token(token_ids, next_tokens, unfinished)
         if not unfinished.any():
             break
     drawn = torch.stack(drawn, dim=1)
     if token_ids.shape[1] == max_length:  # still open at the limit: [SEP] replaces the last draw, as greedy does
         token_ids[unfinished, -1] = SEP_ID
         drawn[unfinished, -1] = False
-    body, missing = token_ids[:, 1:], max_length - token_ids.shape[1]
+    missing = max_length - token_ids.shape[1]
     if missing:
-        body = F.pad(body, (0, missing), value=PAD_ID)
         drawn = F.pad(drawn, (0, missing), value=False)
-    return SampleOutput(body, drawn)
+    return SampleOutput(pad_right(token_ids[:, 1:], max_length - 1), drawn)
 
 
 def sample_captions(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,
