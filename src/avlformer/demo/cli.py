@@ -155,6 +155,7 @@ def stage_train(argv: list[str]):
 class CaptionResults:
     normal: object   # pipeline.CaptionRun
     silenced: object
+    loaded: object   # pipeline.LoadedModel: the captioning model, its config and recipe (the report reuses it)
 
 
 def stage_caption(checkpoint: Path, raw: Path, device: str, batch_size: int, out_dir: Path) -> CaptionResults:
@@ -174,7 +175,7 @@ def stage_caption(checkpoint: Path, raw: Path, device: str, batch_size: int, out
         run.failures = listing.problems + run.failures
         write_predictions(run, out_dir / name, str(checkpoint))
         runs.append(run)
-    return CaptionResults(normal=runs[0], silenced=runs[1])
+    return CaptionResults(normal=runs[0], silenced=runs[1], loaded=loaded)
 
 
 def attribute_accuracy(predictions: dict[str, str], truth: dict[str, dict]) -> dict[str, float]:
@@ -232,11 +233,10 @@ def stage_report(path: Path, results: CaptionResults, evaluation: dict, truth: d
 
     from avlformer.data import audio as audio_io
     from avlformer.data import media
-    from avlformer.data.recipe import SAMPLE_RATE
     from avlformer.demo.report import ClipReport, ReportData, render_report
-    from avlformer.modeling.checkpoint import load_model
 
-    model, config = load_model(checkpoint, "cpu")
+    model, config = results.loaded.model, results.loaded.config
+    sample_rate = results.loaded.recipe.sample_rate
     mask = None
     with torch.no_grad():
         learned = model.av_attention_mask()
@@ -249,7 +249,7 @@ def stage_report(path: Path, results: CaptionResults, evaluation: dict, truth: d
         mp3 = raw / "audio_mp3" / "test" / f"{cid}.mp3"
         clips.append(ClipReport(
             clip_id=cid, frames=media.sample_frames(prediction.path, 6, 96),
-            waveform=audio_io.decode_audio(mp3.read_bytes(), SAMPLE_RATE, source=str(mp3)), sample_rate=SAMPLE_RATE,
+            waveform=audio_io.decode_audio(mp3.read_bytes(), sample_rate, source=str(mp3)), sample_rate=sample_rate,
             reference=references[cid], prediction=prediction.caption, truth=truth[cid],
             confidence=prediction.confidence, silenced_prediction=silenced.get(cid)))
     headline = evaluation["headline"]

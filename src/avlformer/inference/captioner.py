@@ -149,8 +149,8 @@ def prepare_input(video, audio, spec: pipeline.InputSpec, index: int = 0,
         path = Path(video)
         if problem := pipeline.not_a_video_file(path):
             raise ValueError(problem)
-        if audio is None:
-            return pipeline.load_clip_input(path, None, spec, index)
+        if audio is None or _is_path(audio):
+            return pipeline.load_clip_input(path, None, spec, index, mp3=None if audio is None else Path(audio))
         frames, seconds = pipeline.load_frames(path, spec)
         clip_id = clip_id_from_path(path)
     else:
@@ -159,9 +159,8 @@ def prepare_input(video, audio, spec: pipeline.InputSpec, index: int = 0,
     if audio is None:
         wave, source = _silence(spec), AUDIO_SILENCE
         notes.append("in-memory frames come without sound: silence used (pass audio= to give a waveform)")
-    elif _is_path(audio):
-        wave, source, audio_notes = pipeline.load_audio(video if _is_path(video) else Path(audio), Path(audio),
-                                                        spec, video_seconds=seconds)
+    elif _is_path(audio):  # in-memory frames with an mp3 file
+        wave, source, audio_notes = pipeline.load_audio(Path(audio), Path(audio), spec, video_seconds=seconds)
         notes += audio_notes
     else:
         wave = audio_from_array(audio, sample_rate or spec.sample_rate, spec, f"audio of {label}")

@@ -207,21 +207,28 @@ def load_audio(video: VideoPath, mp3: Path | None, spec: InputSpec,
     return wave, found.source, list(found.warnings)
 
 
-def load_clip_input(video: VideoPath, audio_dir: VideoPath | None, spec: InputSpec, index: int = 0) -> ClipInput:
+def load_clip_input(video: VideoPath, audio_dir: VideoPath | None, spec: InputSpec, index: int = 0, *,
+                    mp3: Path | None = None, silence: bool = False) -> ClipInput:
+    """One video's model input. Audio: ``mp3`` when given, else ``<audio_dir>/<id>.mp3`` when it exists, else
+    the video's own audio (the recipe's rule); ``silence`` replaces the soundtrack by zeros without decoding it
+    (the demo's ablation)."""
     path = Path(video)
     clip_id = clip_id_from_path(path)
-    notes, mp3 = [], None
-    if audio_dir is not None:
+    notes = []
+    if mp3 is None and audio_dir is not None and not silence:
         candidate = Path(audio_dir) / f"{clip_id}.mp3"
         if candidate.is_file():
             mp3 = candidate
         else:
             notes.append(f"{candidate}: not found; using the video's own audio")
     frames, seconds = load_frames(path, spec)
-    wave, source, audio_notes = load_audio(path, mp3, spec, video_seconds=seconds)
+    if silence:
+        wave, source = torch.zeros(1, spec.clip_samples), "silence"
+    else:
+        wave, source, audio_notes = load_audio(path, mp3, spec, video_seconds=seconds)
+        notes += audio_notes
     return ClipInput(index=index, video_id=clip_id, path=os.fspath(video), frames=frames, audio=wave,
-                     audio_source=source, warnings=[f"{display_path(os.fspath(video))}: {n}"
-                                                    for n in notes + audio_notes])
+                     audio_source=source, warnings=[f"{display_path(os.fspath(video))}: {n}" for n in notes])
 
 
 class VideoFolderDataset(Dataset):
@@ -242,15 +249,11 @@ class VideoFolderDataset(Dataset):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # per-frame decode warnings are summarised by the failure report
-                item = load_clip_input(video, self.audio_dir, self.spec, index)
+                return load_clip_input(video, self.audio_dir, self.spec, index, silence=self.silence_audio)
         except media.MediaError as error:
             return ClipFailure(index, clip_id_from_path(video), os.fspath(video), error.reason)
         except (ValueError, OSError, RuntimeError) as error:
             return ClipFailure(index, clip_id_from_path(video), os.fspath(video), str(error))
-        if self.silence_audio:
-            item.audio = torch.zeros_like(item.audio)
-            item.audio_source = "silence"
-        return item
 
 
 def collate_clips(items: list[ClipInput | ClipFailure]) -> tuple[list[ClipInput], list[ClipFailure]]:
