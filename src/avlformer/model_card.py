@@ -52,13 +52,13 @@ def _metric_rows(metrics: Mapping[str, Any]) -> dict[str, float]:
     return rows
 
 
-def card_metadata(model_name: str, metrics: Mapping[str, Any], split: str | None,
+def card_metadata(model_name: str, rows: Mapping[str, float], split: str | None,
                   dataset: str = DATASET_NAME) -> dict[str, Any]:
-    """The YAML front matter: library, task, tags and (with metrics) the ``model-index`` the Hub renders."""
+    """The YAML front matter: library, task, tags and (with metric ``rows``, from ``_metric_rows``) the
+    ``model-index`` the Hub renders."""
     meta: dict[str, Any] = {"library_name": "avlformer", "pipeline_tag": PIPELINE_TAG,
                             "tags": ["avlformer", "audio-visual", "video-captioning", "favd"],
                             "datasets": [dataset]}
-    rows = _metric_rows(metrics)
     if rows:
         meta["model-index"] = [{
             "name": model_name,
@@ -98,8 +98,7 @@ def model_card_text(config, recipe: PreprocessRecipe, metrics: Mapping[str, Any]
     evaluate` writes (``CIDEr``, ``Bleu_4``, ...), measured on ``split``; ``training_args``: the training flags."""
     metrics = metrics or {}
     rows = _metric_rows(metrics)
-    front = yaml.safe_dump(card_metadata(model_name, metrics, split, dataset), sort_keys=False, allow_unicode=True)
-    recipe_rows = {key: value for key, value in recipe.to_dict().items()}
+    front = yaml.safe_dump(card_metadata(model_name, rows, split, dataset), sort_keys=False, allow_unicode=True)
     decoding = {"num_beams": config.num_beams, "max_gen_length": config.max_gen_length,
                 "length_penalty": config.length_penalty}
     parts = [
@@ -121,7 +120,7 @@ def model_card_text(config, recipe: PreprocessRecipe, metrics: Mapping[str, Any]
         f"Trained on {dataset}-layout data. Every input is rebuilt from raw media with the preprocessing recipe "
         "below (`preprocessor_config.json` in this folder), the one the training data was prepared with, so "
         "captioning feeds the model the pixels and samples it learned from.",
-        _table(recipe_rows, ("recipe field", "value")),
+        _table(recipe.to_dict(), ("recipe field", "value")),
         "## Decoding defaults",
         _table(decoding, ("setting", "value")),
     ]
