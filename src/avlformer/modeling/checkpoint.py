@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from avlformer.atomic import atomic_folder
 from avlformer.data.recipe import RECIPE_NAME, PreprocessRecipe, recipe_for_checkpoint
@@ -132,10 +132,7 @@ def _load_ours(weights_path: Path, config_path: Path, device, strict: bool, mode
     header = read_safetensors_shapes(weights_path)
     model = _build_meta_model(config, len(header), config_path, weights_path, model_class)
     missing = _check_against(header, model, strict, weights_path)
-    try:
-        state_dict = load_file(str(weights_path), device="cpu")
-    except Exception as error:  # safetensors raises its own error types for truncated/corrupt data
-        raise ValueError(f"{weights_path}: cannot read safetensors weights: {error}") from None
+    state_dict = read_weights_file(weights_path, "checkpoint")
     return _with_weights(model, config, state_dict, missing, model_class).to(device), config
 
 

@@ -21,7 +21,10 @@ def read_weights_file(path: str | os.PathLike, what: str = "checkpoint") -> Mapp
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as error:  # safetensors raises its own error types for truncated/corrupt data
+            raise ValueError(f"{path}: cannot read safetensors weights: {error}") from None
     try:
         content = _torch_load(path)
     except Exception as error:  # torch raises several types (RuntimeError, UnpicklingError, EOFError, ...)
