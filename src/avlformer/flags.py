@@ -1,13 +1,16 @@
 """Command-line spelling rules shared by every ``avlformer`` command and by the training config reader.
 
 Every flag accepts the original's underscore spelling and our hyphen spelling (``--eval_model_dir`` equals
-``--eval-model-dir``); flags are declared once, with hyphens, and argv is normalised before parsing. Boolean
-values (flags and config-file entries) use one rule, ``parse_bool``.
+``--eval-model-dir``); flags are declared once, with hyphens, and argv is normalised before parsing. Boolean,
+integer and number values (flags, config files, the original's ``args.json``) use one rule each:
+``parse_bool``, ``parse_int``, ``parse_float``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+from typing import Any
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "y", "t", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "n", "f", "off"})
@@ -38,3 +41,26 @@ def parse_bool(value: str | bool | int) -> bool:
     if lowered in FALSE_WORDS:
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def parse_int(value: Any) -> int:
+    """An integer, or an integer written as text (``"16"``); bools, floats and other text are errors."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}")
+    try:
+        return int(value.strip(), 10) if isinstance(value, str) else value
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+
+
+def parse_float(value: Any) -> float:
+    """A finite number, or one written as text; bools and other text are errors."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return number

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from avlformer.atomic import atomic_folder
 from avlformer.data.recipe import RECIPE_NAME, PreprocessRecipe, recipe_for_checkpoint
 from avlformer.data.token_ids import default_vocab_dir
-from avlformer.flags import parse_bool
+from avlformer.flags import parse_bool, parse_float, parse_int
 from avlformer.json_files import read_json
 from avlformer.modeling import passt as passt_module
 from avlformer.modeling import video_swin as video_swin_module
@@ -316,30 +316,20 @@ class _UpstreamArgs:
     def _fail(name: str, expected: str, value: Any) -> ValueError:
         return ValueError(f"{name} must be {expected}, got {value!r}")
 
-    def _numeric(self, name: str, default, kind: type, expected: str):
-        # args.json values are numbers, or numbers written as strings by upstream's argparse dump.
-        value = self.args.get(name, default)
-        if isinstance(value, (int, kind)) and not isinstance(value, bool):
-            return kind(value)
-        if isinstance(value, str):
-            try:
-                return kind(value.strip())
-            except ValueError:
-                pass
-        raise self._fail(name, expected, value)
+    def _converted(self, name: str, default, parse, expected: str):
+        try:
+            return parse(self.args.get(name, default))
+        except argparse.ArgumentTypeError:
+            raise self._fail(name, expected, self.args.get(name, default)) from None
 
     def integer(self, name: str, default: int) -> int:
-        return self._numeric(name, default, int, "an integer")
+        return self._converted(name, default, parse_int, "an integer")
 
     def number(self, name: str, default: float) -> float:
-        return self._numeric(name, default, float, "a number")
+        return self._converted(name, default, parse_float, "a number")
 
     def boolean(self, name: str, default: bool) -> bool:
-        value = self.args.get(name, default)
-        try:
-            return parse_bool(value)
-        except argparse.ArgumentTypeError:
-            raise self._fail(name, "true or false", value) from None
+        return self._converted(name, default, parse_bool, "true or false")
 
     def text(self, name: str, default: str) -> str:
         value = self.args.get(name, default)

@@ -13,36 +13,14 @@ for an integer flag is an error, never a silent ``2`` or ``1``.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from avlformer.flags import parse_bool
+from avlformer.flags import parse_bool, parse_float, parse_int
 
 
 class ArgumentError(ValueError):
     """A flag or config value that cannot be honoured; the message names the flag (and file) and the problem."""
-
-
-def to_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}")
-    try:
-        return int(value.strip(), 10) if isinstance(value, str) else value
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-
-
-def to_float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
-    return number
 
 
 def to_str(value: Any) -> str:
@@ -51,7 +29,7 @@ def to_str(value: Any) -> str:
     return value
 
 
-B, I, F, S = parse_bool, to_int, to_float, to_str
+B, I, F, S = parse_bool, parse_int, parse_float, to_str
 
 
 @dataclass(frozen=True)
