@@ -220,10 +220,7 @@ class Captioner:
         else:
             self.loaded = pipeline.loaded_model(model, None if device is None else resolve_device(device))
         pipeline.check_loader_options(batch_size, num_workers)
-        self.decoding = pipeline.merge_decoding(pipeline.checkpoint_decoding(self.loaded.config),
-                                                num_beams=num_beams, max_length=max_length,
-                                                length_penalty=length_penalty)
-        pipeline.check_decoding(self.decoding, self.loaded.config)
+        self.decoding = pipeline.decoding_for(self.loaded.config, num_beams, max_length, length_penalty)
         self.batch_size, self.num_workers = batch_size, num_workers
 
     @property

@@ -61,10 +61,7 @@ def load_checked(checkpoint: str, args: argparse.Namespace
                  ) -> tuple[pipeline.LoadedModel, pipeline.DecodingOptions]:
     """The model and the decoding settings (the checkpoint's, overridden by flags), checked against the model."""
     loaded = pipeline.load_for_inference(checkpoint, args.device)
-    decoding = pipeline.merge_decoding(pipeline.checkpoint_decoding(loaded.config), num_beams=args.num_beams,
-                                       max_length=args.max_gen_length, length_penalty=args.length_penalty)
-    pipeline.check_decoding(decoding, loaded.config)
-    return loaded, decoding
+    return loaded, pipeline.decoding_for(loaded.config, args.num_beams, args.max_gen_length, args.length_penalty)
 
 
 def main(args: argparse.Namespace) -> int:

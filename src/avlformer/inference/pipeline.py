@@ -321,6 +321,15 @@ def check_decoding(decoding: DecodingOptions, config) -> None:
                          f"(text.max_position_embeddings); use 2..{limit}")
 
 
+def decoding_for(config, num_beams: int | None = None, max_length: int | None = None,
+                 length_penalty: float | None = None) -> DecodingOptions:
+    """The checkpoint's decoding settings, overridden where a value is given, checked against the model."""
+    decoding = merge_decoding(checkpoint_decoding(config), num_beams=num_beams, max_length=max_length,
+                              length_penalty=length_penalty)
+    check_decoding(decoding, config)
+    return decoding
+
+
 @torch.inference_mode()
 def caption_batch(model, clips: list[ClipInput], decoding: DecodingOptions, device: torch.device,
                   tokenizer) -> list[Prediction]:
