@@ -261,10 +261,11 @@ class Trainer:
             f"checkpoint is {last} (resume with --resume {last if self.last_checkpoint else 'auto'}). Try a lower "
             f"--learning-rate, --precision fp32 or bf16, or check the data.")
 
-    def log_step(self, means: torch.Tensor, grad_norm: float, steps: int, elapsed: float, bar) -> None:
+    def log_step(self, means: torch.Tensor, grad_norm: float, steps: int, elapsed: float, bar) -> dict | None:
+        """Log the loss terms averaged over ranks; returns them by name on the main rank (None elsewhere)."""
         means = all_reduce_mean(means, self.env)
         if not self.env.is_main:
-            return
+            return None
         step = self.progress.global_step
         values = {f"train/{name}": float(v) for name, v in zip(self.loss_terms, means)}
         for group in self.optimizer.param_groups:
@@ -277,6 +278,7 @@ class Trainer:
         bar.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{values['train/lr_decay']:.2e}")
         log.info("step %d/%d epoch %d %s", step, self.schedule.total_steps, self.progress.epoch,
                  " ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in values.items()))
+        return dict(zip(self.loss_terms, means.tolist()))
 
     def save_and_validate(self) -> None:
         step = self.progress.global_step

@@ -35,7 +35,6 @@ from avlformer.data.tokenizer import decode_caption, load_tokenizer
 from avlformer.evaluation.cider_reward import CiderD, has_repeated_ngram, reward_words
 from avlformer.modeling.generation import generate
 from avlformer.modeling.sampling import caption_logprobs, sample_captions
-from avlformer.training.distributed import all_reduce_mean
 from avlformer.training.flag_table import ArgumentError
 from avlformer.training.loop import Trainer
 
@@ -159,15 +158,14 @@ class SelfCriticalTrainer(Trainer):
             average_gradients(self.library_model, self.env.world_size)
         return super().optimizer_step(outputs)
 
-    def log_step(self, means: torch.Tensor, grad_norm: float, steps: int, elapsed: float, bar) -> None:
-        means = all_reduce_mean(means, self.env)
-        super().log_step(means, grad_norm, steps, elapsed, bar)  # a mean of equal values: unchanged
-        if not self.env.is_main:
-            return
-        values = dict(zip(self.loss_terms, means.tolist()))
+    def log_step(self, means: torch.Tensor, grad_norm: float, steps: int, elapsed: float, bar) -> dict | None:
+        values = super().log_step(means, grad_norm, steps, elapsed, bar)
+        if values is None:
+            return None
         if values["repeated_4gram"] > REPEAT_WARNING:
             log.warning("%.0f%% of the sampled captions repeat a 4-gram: degenerate repetition (lower "
                         "--learning-rate, or stop at an earlier checkpoint)", 100 * values["repeated_4gram"])
         if values["caption_length"] < LENGTH_WARNING * values["reference_length"]:
             log.warning("sampled captions average %.1f words against %.1f in the references: length collapse",
                         values["caption_length"], values["reference_length"])
+        return values
