@@ -150,12 +150,15 @@ def collate_features(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def build_feature_datasets(config, tokenizer):
     """(training items on cached features, the raw validation split or None)."""
-    from avlformer.training.setup import build_datasets
+    from avlformer.training.setup import build_val_dataset, data_config_for, resolve_yaml
 
-    raw_train, val_set = build_datasets(config, tokenizer)
-    path = feature_path(config.features, raw_train.paths.yaml)
+    train_yaml = resolve_yaml(config.data_dir, config.train_yaml)
+    if not train_yaml.is_file():  # the data's own problem first, before the features'
+        raise FileNotFoundError(f"{train_yaml}: dataset yaml not found")
+    data_config = data_config_for(config)
     try:
-        features = FeatureFile(path)
+        features = FeatureFile(feature_path(config.features, train_yaml))
     except (FileNotFoundError, ValueError) as err:
         raise ArgumentError(str(err)) from None
-    return FeatureCaptionDataset(raw_train.paths.yaml, features, raw_train.config, tokenizer), val_set
+    return (FeatureCaptionDataset(train_yaml, features, data_config, tokenizer),
+            build_val_dataset(config, tokenizer, data_config))

@@ -111,8 +111,9 @@ def check_validation_recipe(config, train_recipe, val_recipe) -> None:
                             f"data ({differences}); prepare both splits with the same `avlformer prepare` settings")
 
 
-def build_datasets(config, tokenizer):
-    from avlformer.data.dataset import CaptionDataset, DataConfig
+def data_config_for(config):
+    """The loaders' DataConfig: frames and text from the flags, audio rate and length from the model."""
+    from avlformer.data.dataset import DataConfig
 
     data_config = DataConfig(num_frames=config.max_num_frames, image_size=config.img_res,
                              max_seq_length=config.max_seq_length, mask_prob=config.mask_prob,
@@ -121,11 +122,25 @@ def build_datasets(config, tokenizer):
     for name in ("sample_rate", "clip_seconds"):
         if audio is not None and hasattr(audio, name):
             setattr(data_config, name, getattr(audio, name))
+    return data_config
+
+
+def build_val_dataset(config, tokenizer, data_config=None):
+    """The raw validation split, or None when training does not validate."""
+    from avlformer.data.dataset import CaptionDataset
+
+    if not config.evaluate_during_training:
+        return None
+    return CaptionDataset(resolve_yaml(config.data_dir, config.val_yaml), data_config or data_config_for(config),
+                          False, tokenizer)
+
+
+def build_datasets(config, tokenizer):
+    from avlformer.data.dataset import CaptionDataset
+
+    data_config = data_config_for(config)
     train_set = CaptionDataset(resolve_yaml(config.data_dir, config.train_yaml), data_config, True, tokenizer)
-    val_set = None
-    if config.evaluate_during_training:
-        val_set = CaptionDataset(resolve_yaml(config.data_dir, config.val_yaml), data_config, False, tokenizer)
-    return train_set, val_set
+    return train_set, build_val_dataset(config, tokenizer, data_config)
 
 
 def summary_writer(log_dir: Path):
