@@ -236,7 +236,6 @@ def test_train_refuses_features_of_other_encoders_in_one_line(workspace, tmp_pat
     (["--activation-checkpointing", "audio"], "encoders do not run"),
     (["--backbone-coef-lr", "0.1"], "backbone is frozen"),
     (["--freeze-passt", "false"], "encoders are frozen"),
-    (["--distributed-strategy", "fsdp"], "fsdp"),
 ])
 def test_train_features_refuses_flags_it_would_ignore(tmp_path, flags, message):
     with pytest.raises(ArgumentError, match=message):

@@ -93,11 +93,16 @@ def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
 # unit. The text transformer's LM head is called after its forward (model.trans_encoder.logits), so that unit keeps
 # its parameters gathered until backward instead of resharding at the end of forward.
 FSDP_UNITS = {"swin": True, "passt": True, "trans_encoder": False}  # name -> reshard_after_forward
+# Training on cached features (training/features.py) calls the projections directly (AVLFormer.project_av), never
+# the encoders' forward: passt.linear must then live in the root unit, gathered with it. The frozen encoders run
+# only when validation decodes raw videos, which gathers every unit first (training/validation.py); as units of
+# their own they stay sharded through training steps instead of being gathered with the root at every step.
+FEATURE_FSDP_UNITS = {"swin": True, "passt.net": True, "trans_encoder": False}
 
 
-def wrap_model(model: nn.Module, strategy: str, env: DistEnv) -> nn.Module:
-    """DDP (default) or FSDP2 (`fully_shard`, parameters sharded per encoder). A single process is never
-    wrapped."""
+def wrap_model(model: nn.Module, strategy: str, env: DistEnv, *, features: bool = False) -> nn.Module:
+    """DDP (default) or FSDP2 (`fully_shard`, parameters sharded per encoder; ``features``: the layout for
+    training on cached features). A single process is never wrapped."""
     if not env.is_distributed:
         return model
     if strategy == "ddp":
@@ -107,9 +112,10 @@ def wrap_model(model: nn.Module, strategy: str, env: DistEnv) -> nn.Module:
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for name, reshard in FSDP_UNITS.items():
-            child = getattr(model, name, None)
-            if child is not None and any(p.requires_grad for p in child.parameters()):
+        for name, reshard in (FEATURE_FSDP_UNITS if features else FSDP_UNITS).items():
+            child = model.get_submodule(name)
+            # End to end, a frozen encoder stays in the root unit; with features every listed unit is sharded.
+            if features or any(p.requires_grad for p in child.parameters()):
                 fully_shard(child, reshard_after_forward=reshard)
         return fully_shard(model)
     raise ValueError(f"strategy {strategy!r} is not wrapped here")

@@ -39,9 +39,6 @@ def check_feature_flags(command_line: dict[str, Any], values: dict[str, Any]) ->
     applying (``not_applying``)."""
     if not values["features"]:
         return
-    if values["distributed_strategy"] == "fsdp":
-        raise ArgumentError("--features cannot be combined with --distributed-strategy fsdp: the trainable layers "
-                            "are small, use ddp (the default)")
     for name, typed in command_line.items():
         if name == "use_checkpoint" and typed:
             why = "the video encoder does not run"

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from avlformer.data.dataset import collate as dataset_collate
 from avlformer.training import checkpointing as ckpt
 from avlformer.training.batches import (EpochBatchSampler, SampleSeededDataset, epoch_loader, eval_loader,
                                         micro_batches_per_epoch)
@@ -112,7 +113,7 @@ class Trainer:
         self.val_dataset = val_dataset
         self.schedule = plan_schedule(len(self.train_data), args, env)
         self.autocast = autocast_for(args.precision, env.device)
-        self.model = wrap_model(model, args.distributed_strategy, env)
+        self.model = wrap_model(model, args.distributed_strategy, env, features=bool(args.features))
         self.library_model = unwrap_model(self.model)
         self.optimizer = build_optimizer(self.library_model, args.learning_rate, args.backbone_coef_lr,
                                          args.weight_decay, args.adam_epsilon)
@@ -293,8 +294,10 @@ class Trainer:
         barrier(self.env)
 
     def validate(self, folder: Path) -> None:
+        # Validation reads the raw val split in both modes; on features, training batches are collated otherwise.
+        collate_fn = dataset_collate if self.args.features else self.collate_fn
         loader = eval_loader(self.val_dataset, self.args.per_gpu_eval_batch_size, self.env.rank,
-                             self.env.world_size, self.args.num_workers, self.collate_fn)
+                             self.env.world_size, self.args.num_workers, collate_fn)
         predictions, references = decode_split(self.model, loader, self.env, self.args, self.autocast)
         if not self.env.is_main:
             return
@@ -361,8 +364,7 @@ def train(config, env: DistEnv | None = None, *, model: nn.Module | None = None,
 
             prepare_feature_model(model, config, train_dataset)
             collate_fn = collate_fn or collate_features
-        if collate_fn is None:
-            from avlformer.data.dataset import collate as collate_fn
+        collate_fn = collate_fn or dataset_collate
         trainer_class = Trainer
         if config.scst:
             from avlformer.training.scst import SelfCriticalTrainer as trainer_class
