@@ -10,8 +10,10 @@ the ``[MASK]`` position choose token c. Two interchangeable ways to get those lo
   real token at step c+1, so each step feeds two tokens: the real token at c-1 (whose keys/values are kept) and
   a fresh ``[MASK]`` at c (whose keys/values are overwritten next step). Two tokens per step cost about what one
   does: at batch 1 a step is bound by reading every weight (the 30522-way head included) and the AV keys/values
-  once, not by its FLOPs, so what matters is touching nothing else (no per-step mask, no cache copies, AV
-  keys/values shared by a video's beams rather than copied per beam).
+  once, not by its FLOPs (docs/architecture.md, "Decoding speed"), so what matters is touching nothing else: no
+  per-step mask, no cache copies, one score and one context product per layer when each video decodes one row
+  (:class:`JointKVCache`), AV keys/values shared by a video's beams rather than copied per beam
+  (:class:`LayerKVCache`).
 
 Both produce identical token ids (tests check it); the decoding loops below do not know which one they drive.
 """
@@ -108,6 +110,38 @@ class LayerKVCache:
         return x.view(videos, heads, per, new, width).transpose(1, 2).reshape(rows, heads, new, width)
 
 
+class JointKVCache:
+    """One layer's keys/values for decoding one row per video (greedy, batched or not): the row's AV entries and
+    its text entries side by side in one preallocated ``(rows, heads, V + capacity, head_dim)`` buffer, so a step
+    attends with one score product, one softmax and one context product over ``[AV ; text]`` (no concatenation,
+    no second pair of products for the text part), and writes its new text entries in place."""
+
+    def __init__(self, av_keys: torch.Tensor, av_values: torch.Tensor, capacity: int):
+        rows, heads, num_av, head_dim = av_keys.shape
+        shape = (rows, heads, num_av + capacity, head_dim)
+        self.keys, self.values = av_keys.new_empty(shape), av_values.new_empty(shape)
+        self.keys[:, :, :num_av], self.values[:, :, :num_av] = av_keys, av_values
+        self.num_av = num_av
+
+    def write(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        start += self.num_av
+        end = start + keys.shape[2]
+        self.keys[:, :, start:end] = keys
+        self.values[:, :, start:end] = values
+
+    def reorder(self, rows: torch.Tensor, length: int) -> None:
+        """Nothing to do: with one row per video, a beam reorder maps every row to itself."""
+
+    def attend(self, query: torch.Tensor, text_length: int, new_bias: torch.Tensor) -> torch.Tensor:
+        """As :meth:`LayerKVCache.attend`: the last ``T`` text positions over every AV entry and text entries
+        ``[0, text_length)``, ``new_bias (T, T)`` added among the ``T`` new positions."""
+        end = self.num_av + text_length
+        new = query.shape[2]
+        scores = (query * query.shape[-1] ** -0.5) @ self.keys[:, :, :end].transpose(-1, -2)
+        scores[..., -new:] += new_bias
+        return scores.softmax(dim=-1) @ self.values[:, :, :end]
+
+
 def prefill_av(model: TextTransformer, av_tokens: torch.Tensor, bias: torch.Tensor | None) -> list:
     """Per-layer AV ``(keys, values)``: AV tokens never attend to text, so this is all the AV work of a caption.
     The last layer's AV outputs would feed nothing, so only its keys/values are computed."""
@@ -137,10 +171,14 @@ class CachedStepper:
                  max_length: int, expand: int = 1):
         self.model, self.layers = model, model.bert.encoder.layer
         bias = None if av_mask is None else mask_to_bias(av_mask.unsqueeze(0), av_tokens.dtype)
-        self.caches = [LayerKVCache(keys, values, expand, max_length)
-                       for keys, values in prefill_av(model, av_tokens, bias)]
+        keys_values = prefill_av(model, av_tokens, bias)
+        if expand == 1:
+            self.caches = [JointKVCache(keys, values, max_length) for keys, values in keys_values]
+        else:
+            self.caches = [LayerKVCache(keys, values, expand, max_length) for keys, values in keys_values]
         # Among the two new tokens only the real one must not see the [MASK] after it (upstream's -10000 bias).
         self.new_bias = torch.triu(av_tokens.new_full((self.NEW_TOKENS, self.NEW_TOKENS), MASK_BIAS), diagonal=1)
+        self.positions = torch.arange(max_length, device=av_tokens.device).unsqueeze(0)
         self.kept = 0  # text positions whose keys/values are final
         self.on_cpu = av_tokens.device.type == "cpu"
 
@@ -153,8 +191,7 @@ class CachedStepper:
     def _step(self, token_ids: torch.Tensor) -> torch.Tensor:
         batch, length = token_ids.shape
         new_tokens = torch.stack([token_ids[:, -1], token_ids.new_full((batch,), MASK_ID)], dim=1)
-        positions = torch.arange(length - 1, length + 1, device=token_ids.device).unsqueeze(0)
-        hidden = self.model.bert.embeddings(new_tokens, position_ids=positions)
+        hidden = self.model.bert.embeddings(new_tokens, position_ids=self.positions[:, length - 1:length + 1])
         for layer, cache in zip(self.layers, self.caches):
             attention = layer.attention.self
             query, key, value = attention.project(hidden)
@@ -173,14 +210,15 @@ class CachedStepper:
 def one_cpu_thread():
     """Run the block at one intra-op thread, then restore the caller's count.
 
-    A cached step is ~120 matrix products of 0.1-1 ms that stream the weights and AV keys/values from memory
+    A cached step is ~100 matrix products of 0.1-1 ms that stream the weights and AV keys/values from memory
     (~0.53 GB per step at the paper size: bandwidth, not FLOPs, sets its cost), each an OpenMP region ending in a
-    barrier. A second thread buys little bandwidth on an idle machine (48 against 79 ms per step measured) but,
-    when another process holds a core, a descheduled worker stalls every barrier for a scheduler time slice (up to
-    1.15 s per step measured). One thread is never the slow case, and it makes the step's results independent of
-    the caller's thread count (the 30522-way head differs in its last bits between one and two threads), so a
-    caption does not depend on ``--threads``. The AV prefill (large products) and the encoders keep the caller's
-    count."""
+    barrier. A second thread buys some bandwidth on an idle machine (48 against 79 ms per step measured) but,
+    when other processes run, a descheduled worker stalls every barrier for a scheduler time slice (1.6 s against
+    0.18 s per step measured with five niced processes on the two cores). One thread is never the slow case, and
+    it makes the step's results independent of the caller's thread count (MKL's one-row product, the 30522-way
+    head at batch 1, and the 3072-wide feed-forward output at batch 8 differ in their last bits between one and
+    two threads), so a caption does not depend on ``--threads``. The AV prefill (large products) and the
+    encoders keep the caller's count."""
     caller = torch.get_num_threads()
     if caller == 1:
         yield

@@ -1,0 +1,91 @@
+"""Log-probabilities of K sampled captions per video, with gradients, the AV work done once per video.
+
+Self-critical training (training/scst.py) needs log p of every sampled caption under the model's ``[MASK]``-append
+semantics: token c comes from the logits at a ``[MASK]`` appended after tokens 0..c-1. The reference
+(:func:`avlformer.modeling.sampling.caption_logprobs`) does it in one forward of ``[real ; [MASK] ; AV]`` per
+caption, so each of a video's K captions carries its own copy of the AV tokens through every layer.
+
+The attention layout makes that copy unnecessary: AV tokens attend to AV tokens only (the learned mask block), so
+their per-layer hidden states, keys and values do not depend on the caption. :func:`fast_caption_logprobs`
+computes them once per video, with gradients (``generation.prefill_av``), and runs only the text rows
+``[real ; [MASK]]`` of the K·B captions through the layers. Each text row attends to its own text keys (the same
+causal / ``[MASK]`` mask as the reference) and to its video's AV keys, read by one matrix product per video for
+all K captions (the queries of a video are grouped, the AV keys never copied). The per-caption work is then the
+text rows alone; the backward pass sums the K captions' gradients into the one AV computation.
+
+Equal to the reference within fp32 rounding, gradients included (tests/test_scst_logprob.py); with dropout on,
+the K captions of a video share one AV dropout draw where the reference draws one per copy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from avlformer.data.token_ids import CLS_ID, MASK_ID
+from avlformer.modeling.attention_mask import mask_to_bias
+from avlformer.modeling.generation import prefill_av
+from avlformer.modeling.sampling import CaptionScores, SampleOutput, scoring_mask
+from avlformer.modeling.text_transformer import TextTransformer
+
+
+def _grouped(x: torch.Tensor, per_video: int) -> torch.Tensor:
+    """``(videos·K, heads, N, n)`` -> ``(videos, heads, K·N, n)``: a video's captions side by side."""
+    rows, heads, length, width = x.shape
+    return (x.view(rows // per_video, per_video, heads, length, width).transpose(1, 2)
+            .reshape(rows // per_video, heads, per_video * length, width))
+
+
+def _ungrouped(x: torch.Tensor, per_video: int, length: int) -> torch.Tensor:
+    """Inverse of :func:`_grouped`."""
+    videos, heads, _, width = x.shape
+    return (x.view(videos, heads, per_video, length, width).transpose(1, 2)
+            .reshape(videos * per_video, heads, length, width))
+
+
+def _text_attention(attention, query, text_keys, text_values, text_bias, av_keys, av_values, per_video: int):
+    """Softmax attention of the text rows over ``[text ; their video's AV]``, as one softmax over both parts
+    (the reference's text -> AV bias is 0, so the AV part has none)."""
+    length = query.shape[2]
+    query = query * query.shape[-1] ** -0.5
+    av_scores = _ungrouped(_grouped(query, per_video) @ av_keys.transpose(-1, -2), per_video, length)
+    text_scores = query @ text_keys.transpose(-1, -2) + text_bias
+    probs = torch.cat([text_scores, av_scores], dim=-1).softmax(dim=-1)
+    if attention.training and attention.dropout_p > 0:
+        probs = F.dropout(probs, p=attention.dropout_p)
+    text_probs, av_probs = probs.split([length, av_keys.shape[2]], dim=-1)
+    context = text_probs @ text_values + _ungrouped(_grouped(av_probs, per_video) @ av_values, per_video, length)
+    return attention.merge_heads(context)
+
+
+def fast_caption_logprobs(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None,
+                          samples: SampleOutput, num_samples: int) -> CaptionScores:
+    """log p of each sampled caption (temperature 1), rows video-major (row = b·K + k) as ``sample_captions``
+    draws them; ``av_tokens (B, V, D)`` once per video. Same value as ``sampling.caption_logprobs``."""
+    token_ids, drawn = samples.token_ids, samples.drawn
+    rows, steps = token_ids.shape
+    if rows != av_tokens.shape[0] * num_samples:
+        raise ValueError(f"{rows} caption rows for {av_tokens.shape[0]} videos x {num_samples} samples")
+    real = torch.cat([token_ids.new_full((rows, 1), CLS_ID), token_ids[:, :steps - 1]], dim=1)
+    text = torch.cat([real, torch.full_like(real, MASK_ID)], dim=1)
+    positions = torch.cat([torch.arange(steps), torch.arange(1, steps + 1)]).to(token_ids.device).unsqueeze(0)
+    # The text block of the reference's mask: real tokens causal, [MASK] c sees real 0..c and itself.
+    text_mask = scoring_mask(steps, 0, None, token_ids.device, av_tokens.dtype)
+    text_bias = mask_to_bias(text_mask.unsqueeze(0), av_tokens.dtype)
+    av_bias = None if av_mask is None else mask_to_bias(av_mask.unsqueeze(0), av_tokens.dtype)
+    av_keys_values = prefill_av(model, av_tokens, av_bias)  # with gradients: AV once per video
+
+    hidden = model.bert.embeddings(text, position_ids=positions)
+    for layer, (av_keys, av_values) in zip(model.bert.encoder.layer, av_keys_values):
+        attention = layer.attention.self
+        query, keys, values = attention.project(hidden)
+        context = _text_attention(attention, query, keys, values, text_bias, av_keys, av_values, num_samples)
+        hidden = layer.feed_forward(layer.attention.output(context, hidden))
+
+    logprobs = F.log_softmax(model.logits(hidden[:, steps:][drawn]).float(), dim=-1)
+    chosen = logprobs.gather(1, token_ids[drawn].unsqueeze(1)).squeeze(1)
+    per_row = torch.zeros(rows, dtype=chosen.dtype, device=chosen.device).index_put((drawn.nonzero()[:, 0],),
+                                                                                     chosen, accumulate=True)
+    with torch.no_grad():
+        entropy = -(logprobs.exp() * logprobs).sum(-1).mean() if chosen.numel() else chosen.new_zeros(())
+    return CaptionScores(per_row, entropy)
