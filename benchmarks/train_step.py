@@ -1,20 +1,22 @@
-"""One training step of the full AVLFormer (forward + backward + AdamW), batch 1: time and peak memory.
+"""One training step of the full AVLFormer (forward + backward + AdamW): time and peak memory, against the original.
 
-Variants: activation checkpointing off/on, attention SDPA vs eager (text transformer and PaSST blocks; the Video
-Swin window attention is torchvision's and is the same in both), and on GPU fp32 vs bf16 autocast. Each variant
-runs in its own subprocess so its peak memory (CUDA max allocated, or CPU max RSS) is its own.
+Default = the paper setting (32 frames at 224 px, 10 s audio, 1257 AV tokens, text length 300), batch 1, SDPA
+attention, with and without activation checkpointing (checkpointing = ``AVLFormer.set_activation_checkpointing()``'s
+default parts, see docs/training.md "Training speed and memory"). On CPU the variants are fp32; on CUDA bf16
+autocast. ``--attention eager`` / ``--dtypes fp32`` add the slower reference variants, ``--memory-scaling`` adds peak
+memory at 8, 16 and 32 frames. Each variant runs in its own subprocess, so its peak memory (CPU max RSS of the
+process, or CUDA max allocated) is its own; the timed step follows ``--warmup`` untimed ones.
 
-Key speedup = eager time / SDPA time (checkpointing off, fp32 on CPU or bf16 on GPU).
-Default = the paper setting (32 frames at 224 px, 1257 AV tokens, text length 300). ``--num-frames`` /
-``--image-size`` shrink the video for machines that cannot hold the paper step; the JSON records them.
+The JSON carries the original FAVDBench code's figures as measured side by side on this machine type (docs/upstream.md §10:
+paper config, batch 1, fp32, 2 threads, CPU), labelled as such -- they are reference constants, not measured here.
 Prints one JSON object as the last line.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -28,38 +30,80 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from avlformer.data.token_ids import CLS_ID, MASK_ID, SEP_ID  # noqa: E402
 from avlformer.device import resolve_device  # noqa: E402
-from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig  # noqa: E402
+from avlformer.modeling.avlformer import WORTH_CHECKPOINTING, AVLFormer, AVLFormerConfig  # noqa: E402
+from avlformer.training.optim import build_optimizer, parameter_groups  # noqa: E402
+
+# The original code's training step, measured side by side with ours (docs/upstream.md §10), not by this script.
+ORIGINAL_CPU_FP32_BATCH1 = {
+    "source": "original FAVDBench code, measured side by side (docs/upstream.md §10; paper config, batch 1, "
+              "fp32, 2 threads); reference constants, not measured by this run",
+    "checkpointing": {"seconds_per_step": 44.1, "peak_memory_gb": 14.1},
+    "no_checkpointing": {"seconds_per_step": 48.2, "peak_memory_gb": 18.7},
+}
+MEMORY_SCALING_FRAMES = (8, 16, 32)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", default="auto", help="comma list of cpu,cuda; auto = cpu (+cuda if present)")
+    parser.add_argument("--devices", default="cpu", help="comma list of cpu,cuda (default cpu)")
+    parser.add_argument("--batch", type=int, default=1, help="clips per step")
     parser.add_argument("--num-frames", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--attention", default="sdpa", help="comma list of sdpa,eager (default sdpa)")
+    parser.add_argument("--dtypes", default="", help="comma list of fp32,bf16; default fp32 on CPU, bf16 on CUDA")
+    parser.add_argument("--checkpointing", default="off,on", help="comma list of off,on (default both)")
+    parser.add_argument("--memory-scaling", action="store_true",
+                        help=f"also peak memory at {', '.join(map(str, MEMORY_SCALING_FRAMES))} frames "
+                             "(checkpointing on, first dtype and attention)")
+    parser.add_argument("--optimizer", choices=("fused", "foreach"), default="fused",
+                        help="fused: the optimizer training builds; foreach: torch's default AdamW, same groups")
+    parser.add_argument("--no-thp", action="store_true",
+                        help="do not set THP_MEM_ALLOC_ENABLE=1 (transparent huge pages for large CPU tensors)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed one")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.batch < 1 or args.warmup < 0:
+        parser.error("--batch must be >= 1 and --warmup >= 0")
+    return args
 
 
-def variants(device: str):
-    dtypes = ["bf16", "fp32"] if device == "cuda" else ["fp32"]
-    for dtype, attention, checkpointing in itertools.product(dtypes, ["sdpa", "eager"], [False, True]):
-        yield {"device": device, "dtype": dtype, "attention": attention, "checkpointing": checkpointing}
+def _choices(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    values = [value.strip() for value in text.split(",") if value.strip()]
+    unknown = [value for value in values if value not in allowed]
+    if unknown or not values:
+        raise ValueError(f"{flag}: expected a comma list of {', '.join(allowed)}, got {text!r}")
+    return values
 
 
-def make_batch(config: AVLFormerConfig, device, seed=0):
+def variants(args, device: str) -> list[dict]:
+    dtypes = _choices(args.dtypes, ("fp32", "bf16"), "--dtypes") if args.dtypes else \
+        (["bf16"] if device == "cuda" else ["fp32"])
+    attentions = _choices(args.attention, ("sdpa", "eager"), "--attention")
+    checkpointing = _choices(args.checkpointing, ("off", "on"), "--checkpointing")
+    specs = [{"device": device, "dtype": dtype, "attention": attention, "checkpointing": state == "on",
+              "num_frames": args.num_frames}
+             for dtype in dtypes for attention in attentions for state in checkpointing]
+    if args.memory_scaling:
+        specs += [{**specs[0], "checkpointing": True, "num_frames": frames, "memory_scaling": True}
+                  for frames in MEMORY_SCALING_FRAMES]
+    return specs
+
+
+def make_batch(config: AVLFormerConfig, device, batch_size: int = 1, seed: int = 0) -> dict:
     generator = torch.Generator().manual_seed(seed)
     length = config.max_seq_length
     text_len = length - 40
-    target = torch.randint(1000, 30000, (1, length), generator=generator)
-    target[0, 0], target[0, text_len - 1], target[0, text_len:] = CLS_ID, SEP_ID, 0
-    masked_pos = torch.zeros(1, length, dtype=torch.bool)
-    masked_pos[0, torch.randperm(text_len - 1, generator=generator)[: round(0.25 * text_len)] + 1] = True
+    target = torch.randint(1000, 30000, (batch_size, length), generator=generator)
+    target[:, 0], target[:, text_len - 1], target[:, text_len:] = CLS_ID, SEP_ID, 0
+    masked_pos = torch.zeros(batch_size, length, dtype=torch.bool)
+    for row in range(batch_size):
+        masked_pos[row, torch.randperm(text_len - 1, generator=generator)[: round(0.25 * text_len)] + 1] = True
     input_ids = target.masked_fill(masked_pos, MASK_ID)
-    batch = dict(frames=torch.randn(1, config.num_frames, 3, config.image_size, config.image_size, generator=generator),
-                 audio=torch.randn(1, 1, config.audio.clip_samples, generator=generator) * 0.1,
-                 input_ids=input_ids, target_ids=target, masked_pos=masked_pos, text_len=torch.tensor([text_len]))
+    frames = torch.randn(batch_size, config.num_frames, 3, config.image_size, config.image_size, generator=generator)
+    audio = torch.randn(batch_size, 1, config.audio.clip_samples, generator=generator) * 0.1
+    batch = dict(frames=frames, audio=audio, input_ids=input_ids, target_ids=target, masked_pos=masked_pos,
+                 text_len=torch.full((batch_size,), text_len))
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -74,60 +118,88 @@ def use_eager_attention(model: AVLFormer) -> None:
 def run_variant(spec: dict, args) -> dict:
     device = torch.device(spec["device"])
     config = AVLFormerConfig.paper()
-    config.num_frames, config.image_size = args.num_frames, args.image_size
+    config.num_frames, config.image_size = spec["num_frames"], args.image_size
     config = AVLFormerConfig.from_dict(config.to_dict())  # re-validate, recompute the AV token count
     torch.manual_seed(0)
     model = AVLFormer(config).to(device).train()
     if spec["attention"] == "eager":
         use_eager_attention(model)
-    model.set_activation_checkpointing(spec["checkpointing"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    batch = make_batch(config, device)
+    model.set_activation_checkpointing(WORTH_CHECKPOINTING if spec["checkpointing"] else ())
+    if args.optimizer == "fused":  # exactly what training builds (training/optim.py)
+        optimizer = build_optimizer(model, 1e-4, 0.05, 0.05, 1e-8)
+    else:
+        optimizer = torch.optim.AdamW(parameter_groups(model.named_parameters(), 1e-4, 0.05, 0.05), lr=1e-4,
+                                      eps=1e-8, foreach=True)
+    batch = make_batch(config, device, args.batch)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if spec["dtype"] == "bf16" else nullcontext()
 
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     def step():
+        start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             loss = model(batch)["loss"]
         loss.backward()
+        sync()
+        middle = time.perf_counter()
         optimizer.step()
-        return float(loss)
+        sync()
+        return float(loss), middle - start, time.perf_counter() - middle
 
     for _ in range(args.warmup):
         step()
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    loss = step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    loss, forward_backward, optimizer_seconds = step()
     if device.type == "cuda":
         peak_gb = torch.cuda.max_memory_allocated() / 2**30
     else:
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    return {**spec, "seconds_per_step": round(seconds, 3), "peak_memory_gb": round(peak_gb, 2),
+    return {**spec, "batch": args.batch, "checkpointed_parts": list(WORTH_CHECKPOINTING) if spec["checkpointing"]
+            else [], "seconds_per_step": round(forward_backward + optimizer_seconds, 3),
+            "forward_backward_seconds": round(forward_backward, 3), "optimizer_seconds": round(optimizer_seconds, 3),
+            "peak_memory_gb": round(peak_gb, 2),
             "memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
-            "loss": round(loss, 4), "num_av_tokens": config.num_av_tokens}
+            "loss": round(loss, 4), "num_av_tokens": config.num_av_tokens, "torch_threads": torch.get_num_threads()}
 
 
 def run_in_subprocess(spec: dict, args) -> dict:
-    command = [sys.executable, __file__, "--variant", json.dumps(spec), "--num-frames", str(args.num_frames),
-               "--image-size", str(args.image_size), "--warmup", str(args.warmup), "--threads", str(args.threads)]
-    completed = subprocess.run(command, capture_output=True, text=True)
+    command = [sys.executable, __file__, "--variant", json.dumps(spec), "--batch", str(args.batch),
+               "--image-size", str(args.image_size), "--warmup", str(args.warmup), "--threads", str(args.threads),
+               "--optimizer", args.optimizer]
+    env = dict(os.environ)
+    if args.no_thp:
+        env.pop("THP_MEM_ALLOC_ENABLE", None)
+    else:
+        # Read once by torch's CPU allocator at start-up: large tensors get huge pages, so the many GB a step
+        # allocates and frees cost a few thousand page faults instead of millions.
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    completed = subprocess.run(command, capture_output=True, text=True, env=env)
     if completed.returncode != 0:
         return {**spec, "error": (completed.stderr.strip().splitlines() or ["killed (out of memory?)"])[-1],
                 "returncode": completed.returncode}
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def key_speedup(results, device, dtype):
-    times = {r["attention"]: r.get("seconds_per_step") for r in results
-             if r["device"] == device and r["dtype"] == dtype and not r["checkpointing"]}
-    if times.get("eager") and times.get("sdpa"):
-        return round(times["eager"] / times["sdpa"], 3)
-    return None
+def versus_original(results: list[dict], args) -> dict | None:
+    """Our CPU fp32 SDPA paper-size batch-1 steps as ratios to the original's (speedup > 1 = faster)."""
+    if (args.num_frames, args.image_size, args.batch) != (32, 224, 1):
+        return None
+    out = {}
+    for result in results:
+        if (result["device"], result["dtype"], result["attention"]) != ("cpu", "fp32", "sdpa") \
+                or result.get("memory_scaling") or "error" in result:
+            continue
+        key = "checkpointing" if result["checkpointing"] else "no_checkpointing"
+        original = ORIGINAL_CPU_FP32_BATCH1[key]
+        out[key] = {"speedup": round(original["seconds_per_step"] / result["seconds_per_step"], 3),
+                    "memory_ratio": round(result["peak_memory_gb"] / original["peak_memory_gb"], 3),
+                    "faster_and_smaller": result["seconds_per_step"] <= original["seconds_per_step"]
+                    and result["peak_memory_gb"] <= original["peak_memory_gb"]}
+    return out or None
 
 
 def main(argv=None) -> int:
@@ -138,23 +210,26 @@ def main(argv=None) -> int:
         print(json.dumps(run_variant(json.loads(args.variant), args)))
         return 0
     try:  # the one device rule: an explicit cuda without CUDA is an error, not a silent CPU run
-        devices = (["cpu"] + (["cuda"] if torch.cuda.is_available() else [])) if args.devices == "auto" \
-            else [resolve_device(name).type for name in args.devices.split(",")]
+        devices = [resolve_device(name.strip()).type for name in args.devices.split(",")]
+        specs = [spec for device in devices for spec in variants(args, device)]
     except ValueError as err:
         print(f"train_step.py: error: {err}", file=sys.stderr)
         return 2
     results = []
-    for device in devices:
-        for spec in variants(device):
-            result = run_in_subprocess(spec, args)
-            print(json.dumps(result), flush=True)
-            results.append(result)
-    summary = {"benchmark": "train_step", "batch": 1, "num_frames": args.num_frames, "image_size": args.image_size,
+    for spec in specs:
+        result = run_in_subprocess(spec, args)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    summary = {"benchmark": "train_step", "batch": args.batch, "num_frames": args.num_frames,
+               "image_size": args.image_size,
                "paper_setting": args.num_frames == 32 and args.image_size == 224, "warmup_steps": args.warmup,
-               "torch_threads": torch.get_num_threads(), "results": results,
-               "key_metric": "eager / SDPA seconds per step (checkpointing off)",
-               "speedup_cpu_fp32": key_speedup(results, "cpu", "fp32"),
-               "speedup_cuda_bf16": key_speedup(results, "cuda", "bf16")}
+               "torch_threads": args.threads or torch.get_num_threads(), "optimizer": f"AdamW ({args.optimizer})",
+               "thp_mem_alloc": not args.no_thp, "checkpointed_parts": list(WORTH_CHECKPOINTING),
+               "results": [r for r in results if not r.get("memory_scaling")],
+               "memory_scaling": [{"num_frames": r["num_frames"], "peak_memory_gb": r.get("peak_memory_gb"),
+                                   "seconds_per_step": r.get("seconds_per_step")}
+                                  for r in results if r.get("memory_scaling")] or None,
+               "original_reference": ORIGINAL_CPU_FP32_BATCH1, "versus_original": versus_original(results, args)}
     print(json.dumps(summary))
     return 0
 

@@ -110,3 +110,20 @@ def test_groups_emptied_by_freezing_are_left_out_so_the_optimizer_state_reloads(
     again = torch.optim.AdamW(parameter_groups(model.named_parameters(), 1e-3, 0.05, 0.01))
     again.load_state_dict(optimizer.state_dict())  # resume itself: tests/test_features.py (frozen Video Swin)
     assert [g["name"] for g in again.param_groups] == ["decay", "no_decay"]
+
+
+def test_unsharded_parameters_get_the_fused_adamw_and_match_the_default_one():
+    torch.manual_seed(0)
+    model, reference = Toy(), Toy()
+    reference.load_state_dict(model.state_dict())
+    fused = build_optimizer(model, 1e-2, 0.1, 0.05, 1e-8)
+    assert all(group["fused"] for group in fused.param_groups)
+    default = torch.optim.AdamW(parameter_groups(reference.named_parameters(), 1e-2, 0.1, 0.05), lr=1e-2,
+                                betas=(0.9, 0.999), eps=1e-8)
+    for _ in range(3):
+        for net, optimizer in ((model, fused), (reference, default)):
+            optimizer.zero_grad()
+            sum((p ** 2).sum() for p in net.parameters()).backward()
+            optimizer.step()
+    for (name, value), other in zip(model.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(value, other, rtol=1e-6, atol=1e-7, msg=name)

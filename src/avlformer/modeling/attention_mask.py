@@ -73,3 +73,89 @@ def mask_to_bias(mask: torch.Tensor, dtype: torch.dtype | None = None) -> torch.
         raise ValueError(f"attention mask must be (B, N) or (B, N, N), got shape {tuple(mask.shape)}")
     mask = mask.to(dtype or (mask.dtype if mask.is_floating_point() else torch.float32))
     return (1.0 - mask) * MASK_BIAS
+
+
+def biased_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None,
+                     constant_bias: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """``softmax(q·kᵀ/√d + bias + constant_bias)``, dropout, ``·v`` for training, where SDPA cannot use a fused
+    kernel: its CPU kernels take no dropout and no bias that needs a gradient, so it falls back to a math path
+    that runs about twice the memory passes over every (query x key) score tensor (a float dropout mask, a
+    "safe" softmax) and keeps three of them for backward. This keeps two: the probabilities and a one-byte
+    dropout mask (docs/training.md, "Training speed and memory").
+
+    Same values as SDPA's math path within fp32 rounding, and the same dropout draws from the same torch
+    generator state as ``F.dropout`` on the probabilities (a bernoulli per score in the same order). Any number
+    of leading batch dims; ``bias`` (which may need a gradient) and ``constant_bias`` (which may not)
+    broadcast over them and are added, not multiplied."""
+    if constant_bias is not None and constant_bias.requires_grad:
+        raise ValueError("biased_attention: constant_bias must not require a gradient; pass it as bias")
+    return _BiasedAttention.apply(query, key, value, bias, constant_bias, float(dropout_p))
+
+
+def uses_biased_attention(query: torch.Tensor) -> bool:
+    """Whether training attention on ``query``'s device and dtype goes through :func:`biased_attention`: fp32 on
+    the CPU. CUDA's memory-efficient SDPA kernel takes a bias that needs a gradient, and SDPA's math path computes
+    half-precision inputs in fp32, which this function does not."""
+    return query.device.type == "cpu" and query.dtype == torch.float32
+
+
+class _BiasedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, key, value, bias, constant_bias, dropout_p):
+        scale = query.shape[-1] ** -0.5
+        scaled_query = query * scale
+        scores = torch.matmul(scaled_query, key.transpose(-1, -2))
+        for term in (bias, constant_bias):
+            if term is not None:
+                scores.add_(term)
+        probs = torch.softmax(scores, dim=-1)
+        del scores
+        keep = None
+        if dropout_p > 0.0:
+            # bernoulli_ draws one value per element in order whatever the dtype, so a bool mask holds exactly
+            # the draws F.dropout's float noise would hold, at a quarter of the bytes.
+            keep = torch.empty_like(probs, dtype=torch.bool).bernoulli_(1.0 - dropout_p)
+        dropped = probs if keep is None else (probs * keep).mul_(_dropout_scale(dropout_p, probs.dtype))
+        ctx.save_for_backward(scaled_query, key, value, probs, keep)
+        ctx.dropout_p, ctx.scale = dropout_p, scale
+        ctx.bias_shape = None if bias is None else bias.shape
+        return torch.matmul(dropped, value)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        scaled_query, key, value, probs, keep = ctx.saved_tensors
+        grad_query = grad_key = grad_value = grad_bias = None
+        # F.dropout's float noise (0 or 1/(1-p)), rebuilt from the one-byte mask for this backward only.
+        noise = None if keep is None else keep.to(probs.dtype).mul_(_dropout_scale(ctx.dropout_p, probs.dtype))
+        if ctx.needs_input_grad[2]:
+            dropped = probs if noise is None else probs * noise
+            grad_value = _sum_to(torch.matmul(dropped.transpose(-1, -2), grad_out), value.shape)
+            del dropped
+        grad_probs = torch.matmul(grad_out, value.transpose(-1, -2))
+        if noise is not None:
+            grad_probs.mul_(noise)
+            del noise
+        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        del grad_probs
+        if ctx.needs_input_grad[0]:
+            grad_query = _sum_to(torch.matmul(grad_scores, key), scaled_query.shape).mul_(ctx.scale)
+        if ctx.needs_input_grad[1]:
+            grad_key = _sum_to(torch.matmul(grad_scores.transpose(-1, -2), scaled_query), key.shape)
+        if ctx.needs_input_grad[3]:
+            grad_bias = _sum_to(grad_scores, ctx.bias_shape)
+        return grad_query, grad_key, grad_value, grad_bias, None, None
+
+
+def _dropout_scale(dropout_p: float, dtype: torch.dtype) -> torch.Tensor:
+    # F.dropout's kept value, computed as it computes it: 1 divided in the tensor's dtype by (1 - p).
+    return torch.ones((), dtype=dtype).div_(1.0 - dropout_p)
+
+
+def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Reduce a broadcast gradient back to ``shape`` (leading dims added by broadcasting, and dims of size 1)."""
+    if grad.shape == shape:
+        return grad
+    lead = grad.dim() - len(shape)
+    dims = tuple(range(lead)) + tuple(lead + i for i, size in enumerate(shape)
+                                      if size == 1 and grad.shape[lead + i] != 1)
+    return grad.sum(dims, keepdim=True).view(shape) if dims else grad.view(shape)

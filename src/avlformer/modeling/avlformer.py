@@ -22,6 +22,7 @@ from avlformer.config_fields import FieldTypeError, checked_fields
 from avlformer.atomic import write_text_atomic
 from avlformer.data.features import FEATURE_KEYS
 from avlformer.data.token_ids import PAD_ID
+from avlformer.data.transforms import frames_for_model
 from avlformer.json_files import read_json
 from avlformer.modeling.attention_mask import build_attention_mask, learned_av_mask, mask_to_bias, sparsity_loss
 from avlformer.modeling.generation import GenerationOutput, decoding, generate
@@ -31,6 +32,11 @@ from avlformer.modeling.text_transformer import TextTransformer, TextTransformer
 from avlformer.modeling.video_swin import VideoSwinConfig, VideoSwinEncoder
 
 _SUB_CONFIGS = {"video": VideoSwinConfig, "audio": PasstConfig, "text": TextTransformerConfig}
+CHECKPOINTABLE_PARTS = ("video", "audio", "text")
+# docs/training.md, "Training speed and memory": at the paper size, recomputing Video Swin block by block takes the
+# step's peak from 14.1 to 8.7 GB for one more Swin forward; PaSST's and the text model's activations are small
+# next to the weights and optimizer state, so recomputing them would cost time and save little.
+WORTH_CHECKPOINTING = ("video",)
 
 
 @dataclass
@@ -143,12 +149,23 @@ class AVLFormer(nn.Module):
             num_av = config.num_av_tokens
             self.learn_vid_att = nn.Embedding(num_av * num_av, 1)  # N(0, 1) init, as upstream
 
+    def set_activation_checkpointing(self, parts=WORTH_CHECKPOINTING) -> None:
+        """Recompute the activations of exactly ``parts`` (of ``CHECKPOINTABLE_PARTS``) in backward; ``()`` turns
+        checkpointing off everywhere. Only training-mode forwards with gradients recompute."""
+        unknown = sorted(set(parts) - set(CHECKPOINTABLE_PARTS))
+        if unknown:
+            raise ValueError(f"activation checkpointing: unknown parts {unknown}; choose from {CHECKPOINTABLE_PARTS}")
+        self.config.video.use_checkpoint = "video" in parts
+        self.config.audio.use_checkpoint = "audio" in parts
+        self.trans_encoder.set_gradient_checkpointing("text" in parts)
+
     # ------------------------------------------------------------------------------------------- encoders
     def encode_av(self, frames: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        """Frames (B, T, 3, H, W) + audio (B, 1, S) -> AV tokens (B, V, img_feature_dim), video first."""
+        """Frames (B, T, 3, H, W; uint8 as the loaders give them, or normalised float) + audio (B, 1, S) -> AV
+        tokens (B, V, img_feature_dim), video first."""
         self._check_av_inputs(frames, audio)
         # Through each encoder's forward(), where FSDP2 gathers its parameters (training/distributed.py).
-        video = self.fc(self.swin(frames))
+        video = self.fc(self.swin(frames_for_model(frames)))
         sound = rms_norm(self.passt(audio))
         return torch.cat([video, sound], dim=1)
 
@@ -156,7 +173,7 @@ class AVLFormer(nn.Module):
         """The encoders' own outputs, before the trainable projections: Swin tokens (B, Nv, video.out_dim) and
         PaSST tokens (B, Na, audio.embed_dim). ``avlformer extract-features`` caches exactly these."""
         self._check_av_inputs(frames, audio)
-        return self.swin(frames), self.passt.net(self.passt.mel(audio))
+        return self.swin(frames_for_model(frames)), self.passt.net(self.passt.mel(audio))
 
     def project_av(self, video: torch.Tensor, sound: torch.Tensor) -> torch.Tensor:
         """Encoder outputs (``encoder_outputs``, live or cached) -> AV tokens: ``fc`` on the video, ``passt.linear``

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from avlformer.config_fields import FieldTypeError, checked_fields
 from avlformer.json_files import read_json
+from avlformer.modeling.attention_mask import biased_attention, uses_biased_attention
 from avlformer.modeling.weights_file import read_weights_file
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -132,7 +133,11 @@ class BertSelfAttention(nn.Module):
         dropout_p = self.dropout_p if self.training else 0.0
         if bias is not None:
             bias = bias.to(query.dtype)
-        if self.implementation == "sdpa":
+        needs_math_path = torch.is_grad_enabled() and (dropout_p > 0 or (bias is not None and bias.requires_grad))
+        if self.implementation == "sdpa" and needs_math_path and uses_biased_attention(query):
+            # CPU fp32 training, where SDPA would fall back to its math path
+            context = biased_attention(query, key, value, bias, dropout_p=dropout_p)
+        elif self.implementation == "sdpa":
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p)
         else:
             context = eager_attention(query, key, value, bias, dropout_p)

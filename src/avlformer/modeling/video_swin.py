@@ -21,6 +21,7 @@ recomputation and drops them) and the Kinetics ``cls_head.*`` classifier.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -39,6 +40,7 @@ from torchvision.models.video.swin_transformer import (
 )
 from torchvision.ops import StochasticDepth
 from avlformer.config_fields import checked_fields
+from avlformer.modeling.attention_mask import biased_attention, uses_biased_attention
 from avlformer.modeling.meta_device import expected_state_shapes
 from avlformer.modeling.weights_file import load_converted
 
@@ -149,14 +151,29 @@ def relative_position_index(window_size: Sequence[int]) -> Tensor:
 
     Tokens are numbered in 'ij' meshgrid order; the offset (dd, dh, dw), shifted to be non-negative, is written
     in mixed radix (2Wh-1)(2Ww-1), (2Ww-1), 1 -- the formula upstream stores in its checkpoint buffers.
+    Every block of a model shares its window, so the index is computed once per window (about 60 ms each for the
+    paper's 8x7x7, 24 times per model load otherwise) and each caller gets its own copy.
     """
-    wd, wh, ww = (int(w) for w in window_size)
-    grid = torch.meshgrid(torch.arange(wd), torch.arange(wh), torch.arange(ww), indexing="ij")
+    window, device = tuple(int(w) for w in window_size), torch.get_default_device()
+    if device.type == "meta":  # a model built for its shapes only: no work, nothing cached
+        return _index_on(window, device)
+    index = _cpu_index(window)
+    return index.clone() if device.type == "cpu" else index.to(device)
+
+
+def _index_on(window_size: tuple[int, ...], device: torch.device) -> Tensor:
+    wd, wh, ww = window_size
+    grid = torch.meshgrid(*(torch.arange(w, device=device) for w in window_size), indexing="ij")
     coords = torch.stack(grid).flatten(1)  # (3, V)
     offsets = coords[:, :, None] - coords[:, None, :]  # (3, V, V): position of i minus position of j
-    shift = torch.tensor([wd - 1, wh - 1, ww - 1]).view(3, 1, 1)
-    radix = torch.tensor([(2 * wh - 1) * (2 * ww - 1), 2 * ww - 1, 1]).view(3, 1, 1)
+    shift = torch.tensor([wd - 1, wh - 1, ww - 1], device=device).view(3, 1, 1)
+    radix = torch.tensor([(2 * wh - 1) * (2 * ww - 1), 2 * ww - 1, 1], device=device).view(3, 1, 1)
     return ((offsets + shift) * radix).sum(0)
+
+
+@functools.lru_cache(maxsize=8)
+def _cpu_index(window_size: tuple[int, ...]) -> Tensor:
+    return _index_on(window_size, torch.device("cpu"))
 
 
 class _WindowAttention3d(ShiftedWindowAttention3d):
@@ -164,10 +181,12 @@ class _WindowAttention3d(ShiftedWindowAttention3d):
 
     * ``relative_position_index`` is a non-persistent buffer: torchvision saves it, we recompute it, so our state
       dict holds only learned tensors (the converter verifies upstream's copies and drops them).
-    * ``forward`` runs the windows through ``scaled_dot_product_attention`` with the same additive bias (relative
-      position bias, plus the -100 shift mask) instead of torchvision's eager softmax(QK^T + bias)V, which keeps
-      every window's attention matrix alive for backward. Window clamping, padding, cyclic shift and the mask
-      come from torchvision's own helpers; ``super().forward`` stays the eager reference the tests compare with.
+    * ``forward`` adds the same bias (relative position bias, plus the -100 shift mask) but computes the
+      attention without torchvision's eager passes: through ``scaled_dot_product_attention`` when no gradient is
+      needed (a fused kernel), and through :func:`biased_attention` when training (the bias table needs a
+      gradient, which SDPA's fused CPU kernels cannot give). Window clamping, padding, cyclic shift and the mask
+      come from torchvision's own helpers; the shift mask is a constant of the padded shape, so it is built once
+      per shape and kept. ``super().forward`` stays the eager reference the tests compare with.
     """
 
     def define_relative_position_index(self) -> None:
@@ -184,21 +203,36 @@ class _WindowAttention3d(ShiftedWindowAttention3d):
         pad = _compute_pad_size_3d((t, h, w), (window[0], window[1], window[2]))
         x = F.pad(x, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
         bias = self.get_relative_position_bias(window)  # (1, heads, V, V)
+        shift_mask = None
         if any(shift):
             x = torch.roll(x, shifts=[-s for s in shift], dims=(1, 2, 3))
-            padded, window_3, shift_3 = (x.shape[1], x.shape[2], x.shape[3]), tuple(window), tuple(shift)
-            mask = _compute_attention_mask_3d(x, padded, window_3, shift_3)  # (windows, V, V), 0 or -100
-            bias = bias + mask.unsqueeze(1)  # (windows, heads, V, V)
-        out = _merge_windows(self._attend(_split_windows(x, window), bias), x.shape, window)
+            shift_mask = self._shift_mask(x, window, shift)  # (windows, 1, V, V), 0 or -100
+        out = _merge_windows(self._attend(_split_windows(x, window), bias, shift_mask), x.shape, window)
         if any(shift):
             out = torch.roll(out, shifts=shift, dims=(1, 2, 3))
         return out[:, :t, :h, :w].contiguous()
 
-    def _attend(self, windows: Tensor, bias: Tensor) -> Tensor:
-        """(B, nW, V, C) -> (B, nW, V, C); bias broadcasts over (B, nW, heads, V, V)."""
+    def _shift_mask(self, x: Tensor, window: Sequence[int], shift: Sequence[int]) -> Tensor:
+        key = (tuple(x.shape[1:4]), tuple(window), tuple(shift), x.device, x.dtype)
+        cache = self.__dict__.setdefault("_shift_masks", {})  # not a buffer: never saved, moved or cast
+        if key not in cache:
+            cache.clear()  # one input shape at a time in practice; do not hoard masks of past shapes
+            cache[key] = _compute_attention_mask_3d(x, key[0], key[1], key[2]).unsqueeze(1)
+        return cache[key]
+
+    def _attend(self, windows: Tensor, bias: Tensor, shift_mask: Tensor | None) -> Tensor:
+        """(B, nW, V, C) -> (B, nW, V, C); bias (1, heads, V, V) and shift_mask (nW, 1, V, V) broadcast over
+        (B, nW, heads, V, V)."""
         batch, num_windows, volume, channels = windows.shape
         qkv = self.qkv(windows).view(batch, num_windows, volume, 3, self.num_heads, channels // self.num_heads)
         qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, heads, V, head_dim)
+        if torch.is_grad_enabled() and bias.requires_grad and uses_biased_attention(qkv):
+            query, key, value = qkv.unbind(0)
+            mask = None if shift_mask is None else shift_mask.to(query.dtype)
+            out = biased_attention(query, key, value, bias.to(query.dtype), mask)  # (B, nW, heads, V, head_dim)
+            return self.proj(out.transpose(2, 3).reshape(batch, num_windows, volume, channels))
+        if shift_mask is not None:
+            bias = bias + shift_mask  # (windows, heads, V, V)
         # SDPA's fused CPU/GPU kernels take 4-D inputs: fold windows into the batch when the bias is shared by
         # all windows, else into the heads so the per-window bias broadcasts over the batch without a copy.
         if bias.shape[0] == 1:
@@ -273,9 +307,12 @@ class _SwinStage(nn.Module):
         is_last = stage == len(config.depths) - 1
         self.downsample = None if is_last else PatchMerging(dim, norm_layer=nn.LayerNorm)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, use_checkpoint: bool = False) -> Tensor:
+        # Checkpointing keeps only each block's input and recomputes the block in backward: the same extra
+        # forward as checkpointing the whole stage, but the peak holds one block's attention, not the stage's
+        # (18 blocks in stage 3 of Swin-B).
         for block in self.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if use_checkpoint else block(x)
         return x if self.downsample is None else self.downsample(x)
 
 
@@ -298,7 +335,7 @@ class _VideoSwinBackbone(nn.Module):
     def forward(self, video: Tensor, use_checkpoint: bool = False) -> Tensor:
         x = self.patch_embed(video)
         for stage in self.layers:
-            x = checkpoint(stage, x, use_reentrant=False) if use_checkpoint else stage(x)
+            x = stage(x, use_checkpoint)
         return self.norm(x)
 
 

@@ -213,7 +213,12 @@ def restore_training_checkpoint(folder: Path, state: dict, weights: dict, model,
                                 env: DistEnv) -> Progress:
     """Restore weights, optimizer, scheduler, scaler and this rank's RNG; return where to continue."""
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+    # The saved groups carry the implementation the saving run chose (fused, or foreach under FSDP); this run's
+    # own choice must survive the load, e.g. when a DDP checkpoint is resumed under FSDP.
+    implementations = [{key: group.get(key) for key in ("fused", "foreach")} for group in optimizer.param_groups]
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    for group, chosen in zip(optimizer.param_groups, implementations):
+        group.update(chosen)
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
