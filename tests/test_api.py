@@ -251,7 +251,8 @@ def test_in_memory_frames_and_waveform_follow_the_recipe(captioner, clip):
                                     sample_rate=16000)
     assert from_arrays.frames.shape == from_file.frames.shape
     # Same frames picked, same resize and JPEG round trip: only colour conversion order differs from decoding.
-    assert (from_arrays.frames - from_file.frames).abs().mean() < 0.05
+    assert from_arrays.frames.dtype == from_file.frames.dtype == torch.uint8
+    assert (from_arrays.frames.float() - from_file.frames.float()).abs().mean() < 3  # pixel levels of 255
     assert from_arrays.audio_source == "array"
     assert from_arrays.audio.shape == (1, captioner.spec.clip_samples)
     # A waveform at the model's rate is the mp3 round trip the recipe prescribes, sample for sample.

@@ -189,9 +189,9 @@ def test_clip_shape_dtype_and_temporal_sampling():
     levels = [10 + 20 * i for i in range(8)]
     frames = [jpeg_b64(np.full((40, 60, 3), level, np.uint8)) for level in levels]
     clip = clip_from_frames(frames, num_frames=4, image_size=32, train=False)
-    assert clip.shape == (4, 3, 32, 32) and clip.dtype == torch.float32 and clip.is_contiguous()
-    # Undo the normalisation of channel 0 to recover which stored frame each output frame came from.
-    recovered = (clip[:, 0].mean(dim=(1, 2)) * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255
+    assert clip.shape == (4, 3, 32, 32) and clip.dtype == torch.uint8 and clip.is_contiguous()
+    # Channel 0's level tells which stored frame each output frame came from.
+    recovered = clip[:, 0].float().mean(dim=(1, 2))
     expected = torch.tensor([levels[i] for i in sample_indices(8, 4)], dtype=torch.float32)
     assert torch.allclose(recovered, expected, atol=2.0)
 
@@ -220,7 +220,7 @@ def test_train_crop_has_one_offset_for_the_whole_clip():
         clip = clip_from_frames(frames, num_frames=6, image_size=32, train=True, rng=np.random.default_rng(seed))
         assert all(torch.equal(clip[0], clip[t]) for t in range(1, 6))
         top, left = crop_offsets(decoded.shape[-2], decoded.shape[-1], 32, True, np.random.default_rng(seed))
-        assert torch.equal(clip, normalize(decoded[..., top:top + 32, left:left + 32]))
+        assert torch.equal(clip, decoded[..., top:top + 32, left:left + 32])
         seen.add((top, left))
     assert len(seen) > 1  # the offset is random across clips
 
@@ -234,7 +234,7 @@ def test_eval_crop_is_centred_and_deterministic():
     height, width = decoded.shape[-2:]
     top, left = round((height - 32) / 2), round((width - 32) / 2)
     assert crop_offsets(height, width, 32, False) == (top, left)
-    assert torch.equal(first, normalize(decoded[..., top:top + 32, left:left + 32]))
+    assert torch.equal(first, decoded[..., top:top + 32, left:left + 32])
 
 
 def test_bad_frames_become_black_with_a_warning_and_all_bad_is_an_error():
@@ -316,7 +316,7 @@ def test_resolve_paths_errors_name_the_yaml(tmp_path):
 def check_train_batch(batch, config, batch_size):
     length = config.max_seq_length
     assert isinstance(batch["video_keys"], list) and len(batch["video_keys"]) == batch_size
-    expected = {"frames": ((batch_size, config.num_frames, 3, config.image_size, config.image_size), torch.float32),
+    expected = {"frames": ((batch_size, config.num_frames, 3, config.image_size, config.image_size), torch.uint8),
                 "audio": ((batch_size, 1, config.clip_samples), torch.float32),
                 "input_ids": ((batch_size, length), torch.int64), "target_ids": ((batch_size, length), torch.int64),
                 "masked_pos": ((batch_size, length), torch.bool), "text_len": ((batch_size,), torch.int64)}
@@ -335,8 +335,8 @@ def test_train_dataset_and_collate_end_to_end(tmp_path, tokenizer):
         targets, text_len = encode_caption(CAPTIONS[key], tokenizer, TINY.max_seq_length)
         assert np.array_equal(batch["target_ids"][row].numpy(), targets) and batch["text_len"][row] == text_len
         # The frames are this video's colour (found by key although frame rows are in another order).
-        colour = batch["frames"][row].mean(dim=(0, 2, 3)) * torch.tensor(IMAGENET_STD) + torch.tensor(IMAGENET_MEAN)
-        assert torch.allclose(colour * 255, torch.tensor(COLOURS[key], dtype=torch.float32), atol=4)
+        colour = batch["frames"][row].float().mean(dim=(0, 2, 3))
+        assert torch.allclose(colour, torch.tensor(COLOURS[key], dtype=torch.float32), atol=4)
         # The audio is this video's tone (row i of the HDF5 = row i of the captions).
         wave = batch["audio"][row, 0, :int(0.25 * 32000)].numpy()
         assert abs(dominant_frequency(wave, 32000) - FREQS[key]) < 20

@@ -1,10 +1,13 @@
-"""The one rule for choosing a torch device, used by training, inference, evaluation and the demo.
+"""The one rule for choosing a torch device, used by training, inference, evaluation and the demo, and the one
+way to run a block of small CPU work at a single intra-op thread.
 
 ``auto`` is CUDA when this machine has it (device ``local_rank`` under torchrun), else the CPU; an explicit
 ``cuda`` (or ``cuda:N``) on a machine without CUDA is an error, never a silent fall-back to the CPU.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -33,3 +36,19 @@ def resolve_device(name: str | torch.device | None = "auto", local_rank: int | N
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+@contextlib.contextmanager
+def one_cpu_thread():
+    """Run the block at one torch intra-op thread, then restore the caller's count. For work made of many small
+    parallel regions (a decoding step, a loader item), where each region's barrier waits for every thread and a
+    descheduled one stalls it for a scheduler slice on a busy machine: the callers say what they measured."""
+    caller = torch.get_num_threads()
+    if caller == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(caller)

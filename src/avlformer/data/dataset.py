@@ -7,6 +7,7 @@ the caption TSV; frames are looked up by key. The loaders only read: nothing is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ from avlformer.data.masking import make_train_text
 from avlformer.data.recipe import CLIP_SECONDS, SAMPLE_RATE, recipe_for_yaml, recipe_path_for_yaml
 from avlformer.data.tokenizer import load_tokenizer
 from avlformer.data.transforms import clip_from_frames
+from avlformer.device import one_cpu_thread
 from avlformer.data.tsv import TSVFile
 
 FRAME_COLUMNS_START = 2  # key, {"class": -1, "width": W, "height": H}, then the base64 JPEG frames
@@ -236,6 +238,10 @@ class CaptionDataset(Dataset):
                          source=f"{self.paths.audio} row {row} ('{self.keys[row]}')")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        with one_thread_outside_workers():
+            return self._item(index)
+
+    def _item(self, index: int) -> dict[str, Any]:
         row, caption_index = self.items[index]
         item = {"video_key": self.keys[row], "frames": self.load_frames(row), "audio": self.load_audio(row)}
         if self.is_train:
@@ -250,6 +256,23 @@ class CaptionDataset(Dataset):
         return item
 
 
+@contextlib.contextmanager
+def one_thread_outside_workers():
+    """Build an item (and collate a batch) at one intra-op thread when that happens in the training process
+    itself (``num_workers`` 0); DataLoader workers already run at one. An item is mostly single-threaded work
+    (JPEG and mp3 decoding) between a few small parallel tensor ops; with several threads, each of those ops
+    wakes the other threads and waits at a barrier for them, and on a machine whose cores are busy (the model's
+    own threads spinning after a step, other processes) a descheduled thread stalls that barrier for a scheduler
+    slice: 34 ms of JPEG decoding per clip became 288 ms with two threads on two busy cores. One thread is never
+    the slow case, and gives the same tensors (every op here is elementwise, per pixel or a copy).
+    docs/data.md, "Loading"."""
+    if get_worker_info() is not None:
+        yield
+        return
+    with one_cpu_thread():
+        yield
+
+
 _STACKED = ("frames", "audio", "input_ids", "target_ids", "masked_pos")
 
 
@@ -259,9 +282,10 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     if not items:
         raise ValueError("collate: empty batch")
     batch: dict[str, Any] = {"video_keys": [item["video_key"] for item in items]}
-    for name in _STACKED:
-        if name in items[0]:
-            batch[name] = torch.stack([item[name] for item in items])
+    with one_thread_outside_workers():  # a copy; several threads would only wait for each other (above)
+        for name in _STACKED:
+            if name in items[0]:
+                batch[name] = torch.stack([item[name] for item in items])
     if "text_len" in items[0]:
         batch["text_len"] = torch.tensor([item["text_len"] for item in items], dtype=torch.int64)
     if "caption" in items[0]:

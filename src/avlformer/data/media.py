@@ -11,6 +11,12 @@ gave 31 to 33) and works from real timestamps, so variable-frame-rate clips are 
 Each selected frame is converted to RGB and resized in one libswscale call (bilinear) so that its shorter side
 is ``short_side``, with the other side ``round(r * side)`` as upstream. Rotation metadata is applied (ffmpeg's
 CLI auto-rotates too).
+
+Speed (docs/data.md, "Speed"): the file is demuxed once for timestamps and packets together; a packet whose frame
+cannot be sampled is decoded with ``skip_frame = NONREF``, so the decoder drops it when no other frame refers to
+it (non-reference B-frames, about half of a libx264 stream) and still decodes it when one does; the sampled
+frames themselves are always decoded. All conversions share one single-threaded libswscale context. None of this
+changes a pixel: the frames are those of a full decode.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+
+from av.video.reformatter import VideoReformatter
 
 from avlformer.data.recipe import CLIP_SECONDS, MP3_BITRATE, SAMPLE_RATE
 
@@ -97,22 +105,23 @@ def _video_stream(container, path) -> av.video.stream.VideoStream:
     return container.streams.video[0]
 
 
-def _demux_video_times(container, stream, path) -> tuple[np.ndarray, int]:
-    """Presentation times (seconds, sorted) of every video packet, without decoding anything."""
-    times = []
-    count = 0
+def _packet_time(packet: av.Packet) -> float | None:
+    return float(packet.pts * packet.time_base) if packet.pts is not None else None
+
+
+def _demux_video_packets(container, stream, path) -> list[av.Packet]:
+    """Every video packet (flush packets left out), without decoding anything; a truncated file gives the
+    packets read before the damage."""
+    packets = []
     try:
         for packet in container.demux(stream):
-            if packet.size == 0:
-                continue  # the flush packet
-            count += 1
-            if packet.pts is not None:
-                times.append(float(packet.pts * packet.time_base))
+            if packet.size:
+                packets.append(packet)
     except av.FFmpegError:
         pass  # truncated file: keep the packets read so far
-    if count == 0:
+    if not packets:
         raise MediaError(path, "no video packets (empty or truncated video)")
-    return np.sort(np.asarray(times, dtype=np.float64)), count
+    return packets
 
 
 def _is_variable_rate(intervals: np.ndarray) -> bool:
@@ -127,11 +136,23 @@ def _is_variable_rate(intervals: np.ndarray) -> bool:
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Size, span, frame rate, VFR and audio presence of a video (demuxes the packets; decodes nothing)."""
     with _open(path) as container:
-        stream = _video_stream(container, path)
-        width, height = stream.codec_context.width, stream.codec_context.height
-        has_audio = bool(container.streams.audio)
-        declared = _declared_duration(container, stream)
-        times, count = _demux_video_times(container, stream, path)
+        return _probe_open(container, path)[0]
+
+
+def _probe_open(container, path) -> tuple[VideoInfo, list[av.Packet]]:
+    """``probe`` of an open container, with the video packets it demuxed (so a decode needs no second pass)."""
+    stream = _video_stream(container, path)
+    width, height = stream.codec_context.width, stream.codec_context.height
+    has_audio = bool(container.streams.audio)
+    declared = _declared_duration(container, stream)
+    packets = _demux_video_packets(container, stream, path)
+    times = [_packet_time(packet) for packet in packets]
+    return _video_info(path, stream, width, height, has_audio, declared,
+                       np.sort(np.asarray([t for t in times if t is not None], dtype=np.float64)),
+                       len(packets)), packets
+
+
+def _video_info(path, stream, width, height, has_audio, declared, times: np.ndarray, count: int) -> VideoInfo:
     if not width or not height:
         raise MediaError(path, "video stream has no frame size")
     intervals = np.diff(times)
@@ -166,6 +187,17 @@ def sample_times(start: float, duration: float, num_frames: int) -> np.ndarray:
     return start + (np.arange(num_frames) + 0.5) * duration / num_frames
 
 
+def sampled_packet_times(frame_times: np.ndarray, targets: np.ndarray) -> set[float]:
+    """Timestamps of the frames the targets select: for each target the last frame at or before it (the first
+    frame for a target before it). Only these frames must come out of the decoder; any other frame may be
+    dropped, because dropping a frame the selector never assigns leaves every assignment as it was (a target's
+    frame is decoded, and every decoded frame after it is later than the target)."""
+    if not len(frame_times):
+        return set()
+    index = np.searchsorted(frame_times, targets, side="right") - 1
+    return {float(frame_times[i]) for i in np.maximum(index, 0)}
+
+
 class _FrameSelector:
     """Streams decoded frames in presentation order and keeps, for each target time, the frame on screen then.
 
@@ -175,6 +207,7 @@ class _FrameSelector:
     def __init__(self, targets: np.ndarray, short_side: int):
         self.targets = targets
         self.short_side = short_side
+        self.reformatter = VideoReformatter()  # one libswscale context for every frame of the clip
         self.chosen: list[np.ndarray | None] = [None] * len(targets)
         self.source_of = [-1] * len(targets)
         self.next_target = 0
@@ -200,50 +233,73 @@ class _FrameSelector:
         image = None
         while not self.done and self.targets[self.next_target] < until:
             if image is None:
-                image = display_rgb(frame, self.short_side)
+                image = display_rgb(frame, self.short_side, self.reformatter)
             self.chosen[self.next_target], self.source_of[self.next_target] = image, index
             self.next_target += 1
 
 
-def display_rgb(frame: av.VideoFrame, short_side: int) -> np.ndarray:
+def display_rgb(frame: av.VideoFrame, short_side: int, reformatter: VideoReformatter | None = None) -> np.ndarray:
     """RGB at display orientation, shorter side ``short_side``. ``frame.rotation`` is the counter-clockwise angle
-    of the display matrix; rotating by it gives what ffmpeg's CLI shows (checked against ffmpeg 5.1)."""
+    of the display matrix; rotating by it gives what ffmpeg's CLI shows (checked against ffmpeg 5.1).
+
+    One thread: libswscale's default would start one per core in every prepare worker, which only oversubscribes
+    the cores the workers already fill (its slices give the same pixels either way). Passing the clip's one
+    ``reformatter`` reuses its scaler context instead of building one per frame."""
     quarter_turns = (int(round(frame.rotation / 90)) % 4) if frame.rotation else 0
     width, height = frame.width, frame.height
     display_w, display_h = (height, width) if quarter_turns % 2 else (width, height)
     out_w, out_h = resized_size(display_w, display_h, short_side)
     scale_w, scale_h = (out_h, out_w) if quarter_turns % 2 else (out_w, out_h)
-    image = frame.reformat(width=scale_w, height=scale_h, format="rgb24", interpolation="BILINEAR").to_ndarray()
+    image = (reformatter or VideoReformatter()).reformat(frame, width=scale_w, height=scale_h, format="rgb24",
+                                                          interpolation="BILINEAR", threads=1).to_ndarray()
     return np.ascontiguousarray(np.rot90(image, k=quarter_turns)) if quarter_turns else image
 
 
 def read_frames(path: str | os.PathLike, num_frames: int = 32, short_side: int = 256,
-                threads: int = 0, info: VideoInfo | None = None) -> FrameSample:
+                threads: int = 0) -> FrameSample:
     """Decode ``path`` once and return ``num_frames`` frames sampled uniformly in time (module docstring), with
-    counts the caller can report (undecodable packets, fewer distinct frames than requested)."""
-    info = info or probe(path)
-    selector = _FrameSelector(sample_times(info.start, info.duration, num_frames), short_side)
-    errors = 0
+    counts the caller can report (undecodable packets, fewer distinct frames than requested). Frames that cannot
+    be sampled are skipped where the codec allows (module docstring), so ``num_decoded`` counts the frames the
+    decoder returned and ``decode_errors`` the rejected packets among those it was asked to decode."""
     with _open(path) as container:
+        info, packets = _probe_open(container, path)
+        targets = sample_times(info.start, info.duration, num_frames)
+        sampled = sampled_packet_times(info.frame_times, targets)
+        selector = _FrameSelector(targets, short_side)
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         stream.thread_count = threads
-        for packet in container.demux(stream):
-            try:
-                frames = packet.decode()
-            except av.FFmpegError:
-                errors += 1  # truncated or corrupt data: later packets may still decode
-                continue
-            for frame in frames:
-                if frame.pts is not None:
-                    selector.push(frame)
-            if selector.done:
-                break
-        selector.finish()
+        errors = _decode_into(selector, stream, packets, sampled)
     if selector.count == 0:
         raise MediaError(path, "no decodable video frames (truncated or corrupt)")
     return FrameSample(frames=_fill_missing(selector.chosen), num_decoded=selector.count,
                        num_distinct=len(set(selector.source_of) - {-1}), decode_errors=errors, info=info)
+
+
+def _decode_into(selector: _FrameSelector, stream, packets: list[av.Packet], sampled: set[float]) -> int:
+    """Feed ``packets`` (decode order) to ``stream``'s decoder until ``selector`` is done; returns the packets rejected.
+    ``skip_frame`` is read when a packet is sent (frame threads copy it then too), so it can change per packet:
+    NONREF lets the decoder drop the packet's frame if nothing refers to it, DEFAULT decodes it whatever it is."""
+    errors, skipping = 0, False
+    drain = av.Packet()  # an empty packet drains the decoder; its time base is what the last frames get
+    drain.time_base = stream.time_base
+    for packet in packets + [drain]:
+        if packet.size:
+            skip = _packet_time(packet) is not None and _packet_time(packet) not in sampled
+            if skip != skipping:
+                stream.codec_context.skip_frame, skipping = ("NONREF" if skip else "DEFAULT"), skip
+        try:
+            frames = stream.decode(packet)
+        except av.FFmpegError:
+            errors += 1  # truncated or corrupt data: later packets may still decode
+            continue
+        for frame in frames:
+            if frame.pts is not None:
+                selector.push(frame)
+        if selector.done:
+            break
+    selector.finish()
+    return errors
 
 
 def _fill_missing(chosen: list[np.ndarray | None]) -> np.ndarray:
@@ -321,10 +377,15 @@ def _mono_frame(samples: np.ndarray, sample_rate: int) -> av.AudioFrame:
     return frame
 
 
-def _resampled_audio(container, stream, sample_rate: int, counters: dict):
-    """Decoded audio frames of ``stream``, downmixed, as mono float planar frames at ``sample_rate``."""
+def _resampled_audio(container, stream, sample_rate: int, counters: dict) -> list[av.AudioFrame]:
+    """Decoded audio of ``stream``, downmixed (``downmix``), as mono float planar frames at ``sample_rate``.
+
+    Each run of decoded frames at one source rate goes through the resampler, and then the encoder, as one long
+    frame: the samples are the same as frame by frame (the resampler's output does not depend on how its input
+    is cut, nor the encoder's, which re-cuts its input into 1152-sample frames), but the per-call cost of a few
+    hundred small frames, most of the audio time, is gone."""
     converters: dict = {}
-    resampler, source_rate = None, None  # mono to mono: the resampler only changes the rate
+    runs: list[tuple[int, list[np.ndarray]]] = []   # (source rate, downmixed chunks)
     for packet in container.demux(stream):
         try:
             frames = packet.decode()
@@ -335,21 +396,60 @@ def _resampled_audio(container, stream, sample_rate: int, counters: dict):
             counters["samples"] += frame.samples
             counters["rate"] = frame.sample_rate
             counters["channels"] = frame.layout.nb_channels
-            if frame.sample_rate != source_rate:
-                if resampler is not None:
-                    yield from resampler.resample(None)
-                resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
-                source_rate = frame.sample_rate
-            # The new frame has no pts: the resampler and encoder count samples; source gaps are not worth keeping.
-            yield from resampler.resample(_mono_frame(downmix(frame, converters), frame.sample_rate))
-    if resampler is not None:
-        yield from resampler.resample(None)
+            if not runs or runs[-1][0] != frame.sample_rate:
+                runs.append((frame.sample_rate, []))
+            # Source gaps (pts jumps) are not kept: the resampler and encoder count samples.
+            runs[-1][1].append(downmix(frame, converters))
+    resampled = []
+    for source_rate, chunks in runs:
+        resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)  # mono to mono: rate only
+        resampled += resampler.resample(_mono_frame(np.concatenate(chunks), source_rate))
+        resampled += resampler.resample(None)
+    return resampled
+
+
+def _is_mono_mp3_at(stream, sample_rate: int) -> bool:
+    codec = stream.codec_context
+    return (codec.codec.name in ("mp3", "mp3float") and stream.rate == sample_rate and codec.layout is not None
+            and codec.layout.nb_channels == 1)
+
+
+def _mp3_stream_copy(container, stream, sample_rate: int, label: str) -> AudioTrack | None:
+    """The stream's own mp3 frames (it is mono mp3 at ``sample_rate``), stored as they are, as a clip's own mp3
+    file is: decoding and re-encoding them would only lose quality and cost the mp3 encode, most of the audio
+    time. None when its frames do not decode as mono mp3 at that rate after all."""
+    try:
+        data = b"".join(bytes(packet) for packet in container.demux(stream) if packet.size)
+        info = inspect_mp3(data, label)
+    except (MediaError, av.FFmpegError):
+        return None
+    if info.sample_rate != sample_rate or info.channels != 1:
+        return None
+    return AudioTrack(mp3=data, duration=info.duration, source_rate=info.sample_rate, source_channels=1,
+                      decode_errors=0)
 
 
 def extract_audio(source: str | os.PathLike | bytes, sample_rate: int = SAMPLE_RATE,
                   bitrate: int = MP3_BITRATE, name: str | None = None) -> AudioTrack:
     """The first audio stream of ``source`` (a file path or encoded bytes), downmixed to mono (``downmix``),
-    resampled to ``sample_rate`` and encoded as mp3. Raises NoAudioStreamError when there is no decodable audio."""
+    resampled to ``sample_rate`` and encoded as mp3; a file's stream that already is mono mp3 at ``sample_rate``
+    is copied instead (``_mp3_stream_copy``; bytes are always re-encoded: callers pass bytes to have them
+    conformed). Raises NoAudioStreamError when there is no decodable audio."""
+    def encode(container, stream, label):
+        return _encoded_audio(container, stream, sample_rate, bitrate, label)
+
+    def copy_else_encode(container, stream, label):
+        if isinstance(source, bytes) or not _is_mono_mp3_at(stream, sample_rate):
+            return encode(container, stream, label)
+        copied = _mp3_stream_copy(container, stream, sample_rate, label)
+        # The copy attempt read the packets: a stream that is not usable as it is is read again to encode it.
+        return copied if copied is not None else _open_audio(source, name, encode)
+
+    return _open_audio(source, name, copy_else_encode)
+
+
+def _open_audio(source: str | os.PathLike | bytes, name: str | None, read):
+    """``read(container, first audio stream, label)`` on ``source`` opened afresh."""
     label = name or (str(source) if not isinstance(source, bytes) else "audio bytes")
     if isinstance(source, bytes):
         if not source:
@@ -363,12 +463,15 @@ def extract_audio(source: str | os.PathLike | bytes, sample_rate: int = SAMPLE_R
     with container:
         if not container.streams.audio:
             raise NoAudioStreamError(label, "no audio stream")
-        stream = container.streams.audio[0]
-        counters = {"errors": 0, "samples": 0, "rate": stream.rate or 0, "channels": 0}
-        try:
-            mp3 = _encode_mp3(_resampled_audio(container, stream, sample_rate, counters), sample_rate, bitrate)
-        except av.FFmpegError as error:
-            raise MediaError(label, f"audio cannot be decoded ({error})") from None
+        return read(container, container.streams.audio[0], label)
+
+
+def _encoded_audio(container, stream, sample_rate: int, bitrate: int, label: str) -> AudioTrack:
+    counters = {"errors": 0, "samples": 0, "rate": stream.rate or 0, "channels": 0}
+    try:
+        mp3 = _encode_mp3(_resampled_audio(container, stream, sample_rate, counters), sample_rate, bitrate)
+    except av.FFmpegError as error:
+        raise MediaError(label, f"audio cannot be decoded ({error})") from None
     if counters["samples"] == 0:
         raise NoAudioStreamError(label, "audio stream has no decodable samples")
     return AudioTrack(mp3=mp3, duration=counters["samples"] / max(counters["rate"], 1),

@@ -1,9 +1,14 @@
-"""Frames of a TSV row -> a normalised float clip (T, 3, H, W), processed as one tensor.
+"""Frames of a TSV row -> a uint8 clip (T, 3, H, W), processed as one tensor; ``normalize`` turns it into the float
+model input where the model runs.
 
 Upstream (docs/upstream.md §2.2) decoded, resized, cropped and normalised every frame as a separate PIL image; doing each
 step once for the whole clip is where the loader's speed comes from. The geometry is upstream's: shorter side to
 ``image_size`` (longer side truncated), bilinear; train = one random crop offset for the whole clip, eval =
 centre crop with offsets ``round((W - size) / 2)``; ImageNet mean/std.
+
+Frames stay uint8 through the loader, collate and the host-to-device copy (a quarter of float32's bytes) and are
+normalised once, on the model's device, by ``AVLFormer`` (``frames_for_model``); on the CPU that gives exactly
+the tensor a float loader would have made, since the same ``normalize`` runs on the same uint8 pixels.
 """
 
 from __future__ import annotations
@@ -125,18 +130,27 @@ def crop_offsets(height: int, width: int, size: int, train: bool,
 
 
 def normalize(clip: torch.Tensor) -> torch.Tensor:
-    """uint8 (T, 3, H, W), any strides -> contiguous float32, /255 and ImageNet mean/std.
+    """uint8 (..., 3, H, W), any strides, on any device -> contiguous float32 there, /255 and ImageNet mean/std.
 
     One conversion copy into a contiguous buffer, then one in-place multiply-add: a third of the memory traffic
     of convert-then-normalise-then-contiguous."""
-    out = torch.empty(clip.shape, dtype=torch.float32)
+    out = torch.empty(clip.shape, dtype=torch.float32, device=clip.device)
     out.copy_(clip)
-    return torch.addcmul(_SHIFT, out, _SCALE, out=out)
+    shift, scale = (_SHIFT, _SCALE) if clip.device.type == "cpu" else (_SHIFT.to(clip.device),
+                                                                         _SCALE.to(clip.device))
+    return torch.addcmul(shift, out, scale, out=out)
+
+
+def frames_for_model(frames: torch.Tensor) -> torch.Tensor:
+    """What the video encoder takes: uint8 frames (the loaders' output) normalised where they are; frames that
+    are already floating point are taken as normalised and passed through."""
+    return normalize(frames) if frames.dtype == torch.uint8 else frames
 
 
 def clip_from_frames(b64_frames: Sequence[str | bytes], *, num_frames: int, image_size: int, train: bool,
                      rng: np.random.Generator | None = None, source: str = "frames") -> torch.Tensor:
-    """Base64 JPEG frames of one video -> float32 (num_frames, 3, image_size, image_size)."""
+    """Base64 JPEG frames of one video -> uint8 (num_frames, 3, image_size, image_size), contiguous; the model
+    normalises them (``frames_for_model``)."""
     indices = sample_indices(len(b64_frames), num_frames)
     # Decode each distinct stored frame once, then gather (frames repeat when fewer are stored than wanted).
     unique = sorted(set(indices))
@@ -146,5 +160,4 @@ def clip_from_frames(b64_frames: Sequence[str | bytes], *, num_frames: int, imag
         decoded = decoded[[position[i] for i in indices]]
     clip = resize_short_side(decoded, image_size)
     top, left = crop_offsets(clip.shape[-2], clip.shape[-1], image_size, train, rng)
-    clip = clip[..., top:top + image_size, left:left + image_size]
-    return normalize(clip)
+    return clip[..., top:top + image_size, left:left + image_size].contiguous()

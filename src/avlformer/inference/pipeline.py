@@ -70,7 +70,7 @@ class ClipInput:
     index: int                    # position in the caller's list of videos
     video_id: str
     path: str                     # as the caller spelled it
-    frames: torch.Tensor          # float32 (T, 3, H, W), normalised
+    frames: torch.Tensor          # uint8 (T, 3, H, W); the model normalises it (transforms.frames_for_model)
     audio: torch.Tensor           # float32 (1, S)
     audio_source: str             # "mp3", "video" or "silence"
     warnings: list[str] = field(default_factory=list)

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from avlformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 FREQUENCY_ROWS = 128      # mel-like rows after folding the STFT bins
 MASK_DISPLAY_PIXELS = 320     # the mask is drawn at least this large (nearest neighbour, so cells stay square)
@@ -29,12 +28,9 @@ def jpeg_uri(image: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def model_frames(frames: torch.Tensor) -> list[np.ndarray]:
-    """The normalised (T, 3, H, W) model input back to uint8 RGB pictures, exactly the pixels the model saw."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    pixels = ((frames.float().cpu() * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
-    return [frame.permute(1, 2, 0).numpy() for frame in pixels]
+def display_frames(frames: torch.Tensor) -> list[np.ndarray]:
+    """The (T, 3, H, W) uint8 model input as (H, W, 3) RGB pictures: exactly the pixels the model normalises."""
+    return [frame.permute(1, 2, 0).numpy() for frame in frames.cpu()]
 
 
 def _colour(values: np.ndarray) -> np.ndarray:

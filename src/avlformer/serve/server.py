@@ -101,7 +101,7 @@ class ServeState:
         answer = {"caption": result.caption, "confidence": result.confidence, "audio_source": result.audio_source,
                   "warnings": [w.replace(str(path), shown_as) for w in result.warnings]}
         if details:
-            answer["frames"] = [render.jpeg_uri(f) for f in render.model_frames(clip.frames)]
+            answer["frames"] = [render.jpeg_uri(f) for f in render.display_frames(clip.frames)]
             answer["spectrogram"] = render.png_uri(render.spectrogram(clip.audio, self.captioner.spec.sample_rate))
             answer["attention_mask"] = mask
         return answer
