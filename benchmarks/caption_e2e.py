@@ -8,9 +8,9 @@ just been written), then per round the split between Video Swin (+ fc), PaSST (+
 (KV-cached greedy, AV prefill included), medians over ``--repeats`` rounds. Inputs are tensors: video/audio
 decoding and resizing are the inference pipeline's and are not timed here.
 
-The reference is the original FAVDBench code's 529 s for the same caption (2 threads, fp32), as issue 13
-measured it side by side on this machine type: quoted, not measured here. ``--devices cuda`` runs the caption on
-a GPU under bf16 autocast (for benchmarks/gpu.sh); the original's figure is a CPU one and is not compared there.
+The reference is the original FAVDBench code's 529 s for the same caption (2 threads, fp32), measured side by side
+on this machine type (docs/upstream.md §10): quoted, not measured here. ``--devices cuda`` runs the caption on a
+GPU under bf16 autocast (benchmarks/gpu.sh); the original's figure is a CPU one and is not compared there.
 
 Prints one JSON object as the last line.
 """
@@ -39,7 +39,7 @@ from avlformer.modeling.checkpoint import WEIGHTS_NAME, load_model, save_checkpo
 from avlformer.modeling.generation import generate  # noqa: E402
 from avlformer.modeling.passt import rms_norm  # noqa: E402
 
-# The original code's 115-token caption incl. Swin + PaSST, CPU fp32, 2 threads: issue 13's fastest run (quoted).
+# The original code's 115-token caption incl. Swin + PaSST, CPU fp32, 2 threads: the fastest run quoted in docs/upstream.md §10.
 ORIGINAL_S = 529.0
 TARGET_SPEEDUP = 40.0
 

@@ -17,7 +17,7 @@ one step reads and the memory bandwidth this machine streams (at one thread, whe
 their quotient is the step's floor, next to its FLOP time at the rate a large product runs here.
 
 Besides our own re-forward (measured), each length is compared with the original FAVDBench code's re-forward as
-issue 13 measured it side by side on this machine type (fp32, 2 threads): 3.9-4.6 s per step. Those figures are
+the original was measured side by side (docs/upstream.md §10) on this machine type (fp32, 2 threads): 3.9-4.6 s per step. Those figures are
 quoted, not measured here; ``vs_original`` uses the fastest, 3.9 s, times the number of steps (a lower bound for
 the original's time, whose steps grow with the prefix).
 
@@ -47,10 +47,10 @@ from avlformer.modeling.attention_mask import learned_av_mask  # noqa: E402
 from avlformer.modeling.generation import CachedStepper, ReforwardStepper, generate  # noqa: E402
 from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig  # noqa: E402
 
-# Issue 13's targets, caption of the paper length (115 tokens), cached vs re-forward, per thread count.
+# The targets set for this benchmark, caption of the paper length (115 tokens), cached vs re-forward, per thread count.
 TARGET_SPEEDUP = {1: 80.0, 2: 40.0}
 PAPER_LENGTH = 115
-# The original code's re-forward step, fp32, 2 threads, as issue 13 measured it (quoted, not measured here).
+# The original code's re-forward step, fp32, 2 threads, as measured side by side (docs/upstream.md §10; quoted, not measured here).
 ORIGINAL_STEP_S = (3.9, 4.6)
 
 
@@ -111,8 +111,8 @@ def sampled_reforward(model, av_tokens, av_mask, tokens, steps: int, device):
         with torch.no_grad():
             logits, seconds = timed(lambda: stepper.next_logits(prefix), device)
         predicted = int(logits.argmax(-1))
-        if c < num_steps and predicted != caption[c]:
-            raise AssertionError(f"re-forward step at prefix {c} predicts {predicted}, cached path chose {caption[c]}")
+        check_tokens(c >= num_steps or predicted == caption[c],
+                     f"re-forward step at prefix {c} predicts {predicted}, cached path chose {caption[c]}", device)
         measured.append((c, seconds))
     return measured
 
@@ -132,13 +132,27 @@ def _interpolate(points, x):
     return y1 + (y1 - y0) * (x - x1) / (x1 - x0)
 
 
-def check_prefixes(captions: dict[int, torch.Tensor]) -> None:
+# In bf16 on CUDA the cached, re-forward and batched paths take different kernels, so a near-tied logit of the
+# random model may pick another token: there a disagreement is recorded in the JSON instead of stopping the run (the
+# GPU time is short). In fp32 on the CPU every path must give the same tokens.
+BF16_TOKEN_DISAGREEMENTS: list[str] = []
+
+
+def check_tokens(same: bool, message: str, device: torch.device) -> None:
+    if same:
+        return
+    if device.type == "cpu":
+        raise AssertionError(message)
+    BF16_TOKEN_DISAGREEMENTS.append(message)
+
+
+def check_prefixes(captions: dict[int, torch.Tensor], device: torch.device) -> None:
     """Greedy captions of different lengths must agree on their common words (the final forced [SEP] aside)."""
     longest = captions[max(captions)]
     for length, ids in captions.items():
         words = length - 2
-        if not torch.equal(ids[..., :words], longest[..., :words]):
-            raise AssertionError(f"cached caption of length {length} is not a prefix of the longest one")
+        check_tokens(torch.equal(ids[..., :words], longest[..., :words]),
+                     f"cached caption of length {length} is not a prefix of the longest one", device)
 
 
 def step_bytes(model: TextTransformer, num_av: int) -> int:
@@ -203,13 +217,13 @@ def run_round(model, av_tokens, av_mask, args, device, autocast) -> dict:
     for length in args.lengths:
         out, cached_s[length] = timed(lambda: decode(True, length), device)
         captions[length] = out.token_ids
-    check_prefixes(captions)
+    check_prefixes(captions, device)
     reforward_s = {}
     if args.reforward_steps <= 0:
         for length in args.lengths:
             reference, reforward_s[length] = timed(lambda: decode(False, length), device)
-            if not torch.equal(reference.token_ids, captions[length]):
-                raise AssertionError(f"{device}: cached and re-forward tokens differ at length {length}")
+            check_tokens(torch.equal(reference.token_ids, captions[length]),
+                         f"{device}: cached and re-forward tokens differ at length {length}", device)
         measured = []
     else:
         longest = max(args.lengths)
@@ -261,8 +275,8 @@ def run_batch(device, args, autocast, threads: int) -> dict:
     for _ in range(args.repeats):
         one, one_s = timed(lambda: decode(av_tokens[:1]), device)
         many, many_s = timed(lambda: decode(av_tokens), device)
-        if not torch.equal(one.token_ids[0], many.token_ids[0]):
-            raise AssertionError("batched decoding changed the first video's caption")
+        check_tokens(torch.equal(one.token_ids[0], many.token_ids[0]),
+                     "batched decoding changed the first video's caption", device)
         rows.append((one_s, many_s))
     one_s = statistics.median(r[0] for r in rows)
     many_s = statistics.median(r[1] for r in rows)
@@ -283,6 +297,8 @@ def run_device(device: torch.device, args) -> dict:
             rounds[threads].append(run_round(model, av_tokens, av_mask, args, device, autocast))
     result = {"device": device.type, "dtype": str(dtype).removeprefix("torch."), "repeats": args.repeats,
               "by_threads": {str(t): summarize(r, args) for t, r in rounds.items()}}
+    if device.type == "cuda":
+        result["bf16_token_disagreements"] = list(BF16_TOKEN_DISAGREEMENTS)
     for summary in result["by_threads"].values():
         for length, row in summary["lengths"].items():
             original_s = ORIGINAL_STEP_S[0] * (int(length) - 1)
@@ -330,7 +346,7 @@ def main(argv=None) -> int:
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "key_metric": f"speedup per {PAPER_LENGTH}-token caption (our re-forward time / cached time), CPU fp32; "
-                      f"vs_original_quoted: the original's re-forward as issue 13 measured it ({ORIGINAL_STEP_S[0]} s "
+                      f"vs_original_quoted: the original's re-forward as quoted in docs/upstream.md §10 ({ORIGINAL_STEP_S[0]} s "
                       f"per step, quoted, not measured here) / cached time",
         # Per-device details without the per-step re-forward samples (those are on the device lines above).
         "results": [_compact(r) for r in results],

@@ -14,7 +14,7 @@
    the synth attributes parsed back from the captions (per-attribute accuracy: SCST must not trade the sound
    sentence for n-gram overlap), the fraction of captions with a repeated 4-gram and the mean length.
 
-Target (issue 11): ``cider_scst >= 1.1 * cider_xe_continued`` with no rise in repeated 4-grams. Prints one JSON
+Target: ``cider_scst >= 1.1 * cider_xe_continued`` with no rise in repeated 4-grams. Prints one JSON
 object as the last line.
 """
 

@@ -63,3 +63,24 @@ def test_rows_that_do_not_match_the_videos_are_refused():
     model, av, drawn = _setup(seed=1, videos=2, samples=2, learned_mask=False)
     with pytest.raises(ValueError, match="4 caption rows for 2 videos x 3 samples"):
         fast_caption_logprobs(model.trans_encoder, av, None, drawn, 3)
+
+
+def test_text_activation_checkpointing_recomputes_the_fast_pass_with_the_same_result(monkeypatch):
+    import avlformer.modeling.caption_logprob as caption_logprob
+    import avlformer.modeling.generation as generation
+
+    model, av, drawn = _setup(seed=2, videos=2, samples=2, learned_mask=True)
+    model.train()
+    plain, plain_av_grad, plain_grads = _scores_and_grads(model, av, drawn, 2, fast_caption_logprobs)
+    calls = []
+    for module in (caption_logprob, generation):
+        real = module.checkpoint
+        monkeypatch.setattr(module, "checkpoint", lambda fn, *a, _real=real, **k: calls.append(fn) or _real(fn, *a, **k))
+    model.trans_encoder.set_gradient_checkpointing(True)
+    recomputed, av_grad, grads = _scores_and_grads(model, av, drawn, 2, fast_caption_logprobs)
+    layers = len(model.trans_encoder.bert.encoder.layer)
+    assert len(calls) == layers + (layers - 1)  # every text layer step and every AV layer but the last
+    torch.testing.assert_close(recomputed.logprob, plain.logprob, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(av_grad, plain_av_grad, rtol=1e-5, atol=1e-7)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)

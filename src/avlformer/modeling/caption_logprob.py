@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from avlformer.data.token_ids import CLS_ID, MASK_ID
 from avlformer.modeling.attention_mask import mask_to_bias
-from avlformer.modeling.generation import prefill_av
-from avlformer.modeling.sampling import CaptionScores, SampleOutput, scoring_mask
+from avlformer.modeling.generation import prefill_av, recomputes_activations
+from avlformer.modeling.sampling import CaptionScores, SampleOutput, scores_at_masks, scoring_mask, scoring_text
 from avlformer.modeling.text_transformer import TextTransformer
 
 
@@ -58,17 +58,22 @@ def _text_attention(attention, query, text_keys, text_values, text_bias, av_keys
     return attention.merge_heads(context)
 
 
+def _text_layer(layer, hidden, text_bias, av_keys, av_values, per_video: int) -> torch.Tensor:
+    attention = layer.attention.self
+    query, keys, values = attention.project(hidden)
+    context = _text_attention(attention, query, keys, values, text_bias, av_keys, av_values, per_video)
+    return layer.feed_forward(layer.attention.output(context, hidden))
+
+
 def fast_caption_logprobs(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None,
                           samples: SampleOutput, num_samples: int) -> CaptionScores:
     """log p of each sampled caption (temperature 1), rows video-major (row = b·K + k) as ``sample_captions``
     draws them; ``av_tokens (B, V, D)`` once per video. Same value as ``sampling.caption_logprobs``."""
-    token_ids, drawn = samples.token_ids, samples.drawn
+    token_ids = samples.token_ids
     rows, steps = token_ids.shape
     if rows != av_tokens.shape[0] * num_samples:
         raise ValueError(f"{rows} caption rows for {av_tokens.shape[0]} videos x {num_samples} samples")
-    real = torch.cat([token_ids.new_full((rows, 1), CLS_ID), token_ids[:, :steps - 1]], dim=1)
-    text = torch.cat([real, torch.full_like(real, MASK_ID)], dim=1)
-    positions = torch.cat([torch.arange(steps), torch.arange(1, steps + 1)]).to(token_ids.device).unsqueeze(0)
+    text, positions = scoring_text(token_ids)
     # The text block of the reference's mask: real tokens causal, [MASK] c sees real 0..c and itself.
     text_mask = scoring_mask(steps, 0, None, token_ids.device, av_tokens.dtype)
     text_bias = mask_to_bias(text_mask.unsqueeze(0), av_tokens.dtype)
@@ -76,16 +81,9 @@ def fast_caption_logprobs(model: TextTransformer, av_tokens: torch.Tensor, av_ma
     av_keys_values = prefill_av(model, av_tokens, av_bias)  # with gradients: AV once per video
 
     hidden = model.bert.embeddings(text, position_ids=positions)
+    recompute = recomputes_activations(model)  # --activation_checkpointing text, as BertEncoder honours it
     for layer, (av_keys, av_values) in zip(model.bert.encoder.layer, av_keys_values):
-        attention = layer.attention.self
-        query, keys, values = attention.project(hidden)
-        context = _text_attention(attention, query, keys, values, text_bias, av_keys, av_values, num_samples)
-        hidden = layer.feed_forward(layer.attention.output(context, hidden))
+        step = (layer, hidden, text_bias, av_keys, av_values, num_samples)
+        hidden = checkpoint(_text_layer, *step, use_reentrant=False) if recompute else _text_layer(*step)
 
-    logprobs = F.log_softmax(model.logits(hidden[:, steps:][drawn]).float(), dim=-1)
-    chosen = logprobs.gather(1, token_ids[drawn].unsqueeze(1)).squeeze(1)
-    per_row = torch.zeros(rows, dtype=chosen.dtype, device=chosen.device).index_put((drawn.nonzero()[:, 0],),
-                                                                                     chosen, accumulate=True)
-    with torch.no_grad():
-        entropy = -(logprobs.exp() * logprobs).sum(-1).mean() if chosen.numel() else chosen.new_zeros(())
-    return CaptionScores(per_row, entropy)
+    return scores_at_masks(model, hidden[:, steps:], samples)

@@ -25,8 +25,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from avlformer.device import one_cpu_thread
 from avlformer.modeling.attention_mask import MASK_BIAS, build_attention_mask, mask_to_bias
 from avlformer.modeling.text_transformer import TextTransformer
 
@@ -148,11 +150,21 @@ def prefill_av(model: TextTransformer, av_tokens: torch.Tensor, bias: torch.Tens
     hidden = model.bert.embed_av(av_tokens)
     layers = model.bert.encoder.layer
     keys_values = []
+    recompute = recomputes_activations(model)  # self-critical training's pass with gradients
     for layer in layers[:-1]:
-        hidden, key_value = _prefill_layer(layer, hidden, bias)
+        if recompute:
+            hidden, key_value = checkpoint(_prefill_layer, layer, hidden, bias, use_reentrant=False)
+        else:
+            hidden, key_value = _prefill_layer(layer, hidden, bias)
         keys_values.append(key_value)
     keys_values.append(tuple(x.contiguous() for x in layers[-1].attention.self.project_keys_values(hidden)))
     return keys_values
+
+
+def recomputes_activations(model: TextTransformer) -> bool:
+    """Whether a pass with gradients over ``model``'s layers recomputes them in backward, as ``BertEncoder`` does
+    under ``--activation_checkpointing text`` (never while decoding: no gradients there)."""
+    return model.bert.encoder.gradient_checkpointing and model.training and torch.is_grad_enabled()
 
 
 def _prefill_layer(layer, hidden: torch.Tensor, bias: torch.Tensor | None):
@@ -183,6 +195,16 @@ class CachedStepper:
         self.on_cpu = av_tokens.device.type == "cpu"
 
     def next_logits(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """On the CPU at one thread. A cached step is ~100 matrix products of 0.1-1 ms that stream the weights and
+        AV keys/values from memory (~0.53 GB per step at the paper size: bandwidth, not FLOPs, sets its cost),
+        each an OpenMP region ending in a barrier. A second thread buys some bandwidth on an idle machine (48
+        against 79 ms per step measured) but, when other processes run, a descheduled worker stalls every
+        barrier for a scheduler time slice (1.6 s against 0.18 s per step measured with five niced processes on
+        the two cores). One thread is never the slow case, and it makes the step's results independent of the
+        caller's thread count (MKL's one-row product, the 30522-way head at batch 1, and the 3072-wide
+        feed-forward output at batch 8 differ in their last bits between one and two threads), so a caption
+        does not depend on ``--threads``. The AV prefill (large products) and the encoders keep the caller's
+        count."""
         if not self.on_cpu:
             return self._step(token_ids)
         with one_cpu_thread():
@@ -204,30 +226,6 @@ class CachedStepper:
     def reorder(self, beam_idx: torch.Tensor) -> None:
         for cache in self.caches:
             cache.reorder(beam_idx, self.kept)
-
-
-@contextlib.contextmanager
-def one_cpu_thread():
-    """Run the block at one intra-op thread, then restore the caller's count.
-
-    A cached step is ~100 matrix products of 0.1-1 ms that stream the weights and AV keys/values from memory
-    (~0.53 GB per step at the paper size: bandwidth, not FLOPs, sets its cost), each an OpenMP region ending in a
-    barrier. A second thread buys some bandwidth on an idle machine (48 against 79 ms per step measured) but,
-    when other processes run, a descheduled worker stalls every barrier for a scheduler time slice (1.6 s against
-    0.18 s per step measured with five niced processes on the two cores). One thread is never the slow case, and
-    it makes the step's results independent of the caller's thread count (MKL's one-row product, the 30522-way
-    head at batch 1, and the 3072-wide feed-forward output at batch 8 differ in their last bits between one and
-    two threads), so a caption does not depend on ``--threads``. The AV prefill (large products) and the
-    encoders keep the caller's count."""
-    caller = torch.get_num_threads()
-    if caller == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(caller)
 
 
 def check_max_length(model: TextTransformer, max_length: int) -> None:

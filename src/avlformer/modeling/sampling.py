@@ -1,4 +1,4 @@
-"""Sampled captions and their log-probabilities, for self-critical training (training/scst.py).
+"""Sampled captions for self-critical training (training/scst.py), and the reference for their log-probabilities.
 
 Sampling drives the same steppers as greedy and beam search (``modeling/generation.py``), so it keeps the
 ``[MASK]``-append semantics: token c is drawn from the logits at a ``[MASK]`` appended after tokens 0..c-1. Each
@@ -6,10 +6,12 @@ step takes one uniform number per row (from the caller's generator, or given) an
 CDF, so the cached and the re-forward stepper, fed the same random stream, produce the same ids (tested): the
 draw depends on the probabilities' values only, not on how they were computed.
 
-:func:`caption_logprobs` recomputes, with gradients and in one forward, the log-probability of every drawn
-token under those same semantics. The text part is ``[CLS] t1 … t_{T-1}`` (positions 0..T-1, causal) followed by
-T ``[MASK]`` tokens, the one at position c seeing tokens 0..c-1 and itself only: exactly what the model saw
-when it produced token c, for all c at once.
+:func:`caption_logprobs` is the plain reference for the log-probability of every drawn token under those same
+semantics, with gradients, in one forward over a copy of the AV tokens per caption; self-critical training uses
+``modeling/caption_logprob.py``, which does the AV part once per video and is tested equal to this one. The
+text part is ``[CLS] t1 … t_{T-1}`` (positions 0..T-1, causal) followed by T ``[MASK]`` tokens, the one at
+position c seeing tokens 0..c-1 and itself only: exactly what the model saw when it produced token c, for all c
+at once.
 """
 
 from __future__ import annotations
@@ -134,18 +136,32 @@ def caption_logprobs(model: TextTransformer, av_tokens: torch.Tensor, av_mask: t
                      samples: SampleOutput, num_samples: int) -> CaptionScores:
     """log p of each sampled caption (temperature 1: the model's own distribution) by one forward of
     ``[real tokens ; [MASK] tokens ; AV]``; ``av_tokens (B, V, D)`` is repeated for the B·K rows."""
-    token_ids, drawn = samples.token_ids, samples.drawn
+    token_ids = samples.token_ids
+    steps = token_ids.shape[1]
+    text, positions = scoring_text(token_ids)
+    av = av_tokens.repeat_interleave(num_samples, dim=0)
+    mask = scoring_mask(steps, av.shape[1], av_mask, av.device, av.dtype)
+    hidden = model(text, av, mask_to_bias(mask.unsqueeze(0)), position_ids=positions)[:, steps:2 * steps]
+    return scores_at_masks(model, hidden, samples)
+
+
+def scoring_text(token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text rows that score T drawn tokens at once: ``[CLS] t1 … t_{T-1}`` then T ``[MASK]`` tokens, and their
+    positions (0..T-1, then 1..T: the c-th ``[MASK]`` sits where token c was predicted)."""
     rows, steps = token_ids.shape
     real = torch.cat([token_ids.new_full((rows, 1), CLS_ID), token_ids[:, :steps - 1]], dim=1)
     text = torch.cat([real, torch.full_like(real, MASK_ID)], dim=1)
     positions = torch.cat([torch.arange(steps), torch.arange(1, steps + 1)]).to(token_ids.device).unsqueeze(0)
-    av = av_tokens.repeat_interleave(num_samples, dim=0)
-    mask = scoring_mask(steps, av.shape[1], av_mask, av.device, av.dtype)
-    hidden = model(text, av, mask_to_bias(mask.unsqueeze(0)), position_ids=positions)[:, steps:2 * steps]
-    logprobs = F.log_softmax(model.logits(hidden[drawn]).float(), dim=-1)
+    return text, positions
+
+
+def scores_at_masks(model: TextTransformer, mask_hidden: torch.Tensor, samples: SampleOutput) -> CaptionScores:
+    """Per-row log p of the drawn tokens (and the mean entropy) from the hidden states at the T ``[MASK]`` rows."""
+    token_ids, drawn = samples.token_ids, samples.drawn
+    logprobs = F.log_softmax(model.logits(mask_hidden[drawn]).float(), dim=-1)
     chosen = logprobs.gather(1, token_ids[drawn].unsqueeze(1)).squeeze(1)
-    per_row = torch.zeros(rows, dtype=chosen.dtype, device=chosen.device).index_put((drawn.nonzero()[:, 0],),
-                                                                                     chosen, accumulate=True)
+    per_row = torch.zeros(token_ids.shape[0], dtype=chosen.dtype, device=chosen.device).index_put(
+        (drawn.nonzero()[:, 0],), chosen, accumulate=True)
     with torch.no_grad():
         entropy = -(logprobs.exp() * logprobs).sum(-1).mean() if chosen.numel() else chosen.new_zeros(())
     return CaptionScores(per_row, entropy)
