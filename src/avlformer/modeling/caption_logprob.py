@@ -24,23 +24,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from avlformer.modeling.attention_mask import mask_to_bias
-from avlformer.modeling.generation import prefill_av, recomputes_activations
+from avlformer.modeling.generation import group_by_video, prefill_av, recomputes_activations, ungroup_by_video
 from avlformer.modeling.sampling import CaptionScores, SampleOutput, scores_at_masks, scoring_mask, scoring_text
 from avlformer.modeling.text_transformer import TextTransformer
-
-
-def _grouped(x: torch.Tensor, per_video: int) -> torch.Tensor:
-    """``(videos·K, heads, N, n)`` -> ``(videos, heads, K·N, n)``: a video's captions side by side."""
-    rows, heads, length, width = x.shape
-    return (x.view(rows // per_video, per_video, heads, length, width).transpose(1, 2)
-            .reshape(rows // per_video, heads, per_video * length, width))
-
-
-def _ungrouped(x: torch.Tensor, per_video: int, length: int) -> torch.Tensor:
-    """Inverse of :func:`_grouped`."""
-    videos, heads, _, width = x.shape
-    return (x.view(videos, heads, per_video, length, width).transpose(1, 2)
-            .reshape(videos * per_video, heads, length, width))
 
 
 def _text_attention(attention, query, text_keys, text_values, text_bias, av_keys, av_values, per_video: int):
@@ -48,13 +34,13 @@ def _text_attention(attention, query, text_keys, text_values, text_bias, av_keys
     (the reference's text -> AV bias is 0, so the AV part has none)."""
     length = query.shape[2]
     query = query * query.shape[-1] ** -0.5
-    av_scores = _ungrouped(_grouped(query, per_video) @ av_keys.transpose(-1, -2), per_video, length)
+    av_scores = ungroup_by_video(group_by_video(query, per_video) @ av_keys.transpose(-1, -2), per_video, length)
     text_scores = query @ text_keys.transpose(-1, -2) + text_bias
     probs = torch.cat([text_scores, av_scores], dim=-1).softmax(dim=-1)
     if attention.training and attention.dropout_p > 0:
         probs = F.dropout(probs, p=attention.dropout_p)
     text_probs, av_probs = probs.split([length, av_keys.shape[2]], dim=-1)
-    context = text_probs @ text_values + _ungrouped(_grouped(av_probs, per_video) @ av_values, per_video, length)
+    context = text_probs @ text_values + ungroup_by_video(group_by_video(av_probs, per_video) @ av_values, per_video, length)
     return attention.merge_heads(context)
 
 

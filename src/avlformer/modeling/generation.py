@@ -60,6 +60,21 @@ class ReforwardStepper:
         """Nothing to do: the whole state is in ``token_ids``, and beams never change video."""
 
 
+def group_by_video(x: torch.Tensor, per_video: int) -> torch.Tensor:
+    """``(videos·K, heads, T, n)`` -> ``(videos, heads, K·T, n)``: a video's K rows side by side, so one product
+    with that video's AV keys/values serves all of them (a view when K is 1)."""
+    rows, heads, length, width = x.shape
+    return (x.view(rows // per_video, per_video, heads, length, width).transpose(1, 2)
+            .reshape(rows // per_video, heads, per_video * length, width))
+
+
+def ungroup_by_video(x: torch.Tensor, per_video: int, length: int) -> torch.Tensor:
+    """Inverse of :func:`group_by_video`."""
+    videos, heads, _, width = x.shape
+    return (x.view(videos, heads, per_video, length, width).transpose(1, 2)
+            .reshape(videos * per_video, heads, length, width))
+
+
 class LayerKVCache:
     """One layer's keys/values for decoding, ``(rows, heads, positions, head_dim)``.
 
@@ -88,28 +103,16 @@ class LayerKVCache:
     def attend(self, query: torch.Tensor, text_length: int, new_bias: torch.Tensor) -> torch.Tensor:
         """Attention of the last ``T`` text positions ``query (rows, heads, T, head_dim)`` over every AV entry and
         text entries ``[0, text_length)``; ``new_bias (T, T)`` is added among the ``T`` new positions."""
-        videos, heads, num_av, head_dim = self.av_keys.shape
-        rows, _, new, _ = query.shape
+        num_av, head_dim = self.av_keys.shape[2:]
+        new, per = query.shape[2], self.rows_per_video
         query = query * head_dim ** -0.5
-        av_scores = self._ungroup(self._group(query) @ self.av_keys.transpose(-1, -2), rows, new)
+        av_scores = ungroup_by_video(group_by_video(query, per) @ self.av_keys.transpose(-1, -2), per, new)
         text_keys, text_values = self.text_keys[:, :, :text_length], self.text_values[:, :, :text_length]
         text_scores = query @ text_keys.transpose(-1, -2)
         text_scores[..., -new:] += new_bias
         probs = torch.cat([av_scores, text_scores], dim=-1).softmax(dim=-1)
-        context = self._ungroup(self._group(probs[..., :num_av]) @ self.av_values, rows, new)
+        context = ungroup_by_video(group_by_video(probs[..., :num_av], per) @ self.av_values, per, new)
         return context + probs[..., num_av:] @ text_values
-
-    def _group(self, x: torch.Tensor) -> torch.Tensor:
-        """``(videos·beams, heads, T, n)`` -> ``(videos, heads, beams·T, n)`` (a view when there is one beam)."""
-        rows, heads, new, width = x.shape
-        per = self.rows_per_video
-        return x.view(rows // per, per, heads, new, width).transpose(1, 2).reshape(rows // per, heads, per * new,
-                                                                                    width)
-
-    def _ungroup(self, x: torch.Tensor, rows: int, new: int) -> torch.Tensor:
-        videos, heads, _, width = x.shape
-        per = self.rows_per_video
-        return x.view(videos, heads, per, new, width).transpose(1, 2).reshape(rows, heads, new, width)
 
 
 class JointKVCache:
