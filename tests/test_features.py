@@ -88,9 +88,8 @@ def test_spec_mismatch_names_the_problem():
 RECIPE = PreprocessRecipe(stored_frames=8, short_side=64)
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("features")
+def feature_workspace(root: Path) -> dict:
+    """A prepared tiny dataset with its recipe, a model config, and two checkpoints with different encoders."""
     data = root / "datasets"
     yaml_path = write_tiny_dataset(data)
     RECIPE.save(yaml_path.with_name(yaml_path.stem + ".preprocessor_config.json"))
@@ -103,6 +102,11 @@ def workspace(tmp_path_factory):
     other = save_checkpoint(root / "other", AVLFormer(config), config, RECIPE)
     return {"root": root, "data": data, "yaml": yaml_path, "config": config, "model_config": model_config,
             "checkpoint": checkpoint, "other": other}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return feature_workspace(tmp_path_factory.mktemp("features"))
 
 
 def extract(ws, out, *extra):

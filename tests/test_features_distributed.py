@@ -13,16 +13,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from avlformer.cli import main as cli_main
-from avlformer.modeling.avlformer import AVLFormer
-from avlformer.modeling.checkpoint import save_checkpoint
-from avlformer.data.recipe import PreprocessRecipe
-
 sys.path.insert(0, str(Path(__file__).parent))
-from test_data_loader import write_tiny_dataset  # noqa: E402
-from training_fakes import deterministic_tiny_config  # noqa: E402
-
-RECIPE = PreprocessRecipe(stored_frames=8, short_side=64)
+from test_features import RECIPE, extract, feature_workspace, train_flags  # noqa: E402
 
 
 def free_port() -> int:
@@ -50,32 +42,20 @@ def feature_worker(rank: int, world_size: int, port: int, flags: list[str]) -> N
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("features_ddp")
-    data = root / "datasets"
-    yaml_path = write_tiny_dataset(data)
-    RECIPE.save(yaml_path.with_name(yaml_path.stem + ".preprocessor_config.json"))
+    ws = feature_workspace(tmp_path_factory.mktemp("features_ddp"))
     # The same clips serve as validation: decoding them runs the frozen encoders under FSDP.
-    (data / "metadata" / "val_32frames.yaml").write_text(yaml_path.read_text())
+    yaml_path = ws["yaml"]
+    (yaml_path.parent / "val_32frames.yaml").write_text(yaml_path.read_text())
     RECIPE.save(yaml_path.with_name("val_32frames.preprocessor_config.json"))
-    config = deterministic_tiny_config()
-    model_config = root / "model.json"
-    config.save(model_config)
-    torch.manual_seed(3)
-    checkpoint = save_checkpoint(root / "encoders", AVLFormer(config), config, RECIPE)
-    features = root / "features"
-    assert cli_main(["extract-features", "--data-dir", str(data), "--model", str(checkpoint), "--out",
-                     str(features), "--precision", "fp32", "--num-workers", "0", "--batch-size", "2"]) == 0
-    return {"data": data, "model_config": model_config, "checkpoint": checkpoint, "features": features}
+    ws["features"] = ws["root"] / "features"
+    assert extract(ws, ws["features"]) == 0
+    return ws
 
 
 def train_two(ws, output: Path, *extra: str) -> dict:
     from safetensors.torch import load_file
 
-    flags = ["--data-dir", str(ws["data"]), "--train-yaml", "metadata/train_32frames.yaml", "--output-dir",
-             str(output), "--model-config", str(ws["model_config"]), "--per-gpu-train-batch-size", "1",
-             "--num-train-epochs", "2", "--learning-rate", "1e-3", "--warmup-ratio", "0", "--num-workers", "0",
-             "--logging-steps", "1", "--save-steps", "0", "--device", "cpu", "--seed", "5", "--mask-prob", "0.5",
-             "--max-masked-tokens", "4", "--features", str(ws["features"]), "--pretrained-checkpoint",
+    flags = [*train_flags(ws, output), "--features", str(ws["features"]), "--pretrained-checkpoint",
              str(ws["checkpoint"]), *extra]
     start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     mp.start_processes(feature_worker, args=(2, free_port(), flags), nprocs=2, join=True, start_method=start_method)
