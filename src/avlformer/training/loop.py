@@ -294,10 +294,9 @@ class Trainer:
         barrier(self.env)
 
     def validate(self, folder: Path) -> None:
-        # Validation reads the raw val split in both modes; on features, training batches are collated otherwise.
-        collate_fn = dataset_collate if self.args.features else self.collate_fn
+        # The val split is raw videos in every mode (with --features too), so its batches are plain ones.
         loader = eval_loader(self.val_dataset, self.args.per_gpu_eval_batch_size, self.env.rank,
-                             self.env.world_size, self.args.num_workers, collate_fn)
+                             self.env.world_size, self.args.num_workers, dataset_collate)
         predictions, references = decode_split(self.model, loader, self.env, self.args, self.autocast)
         if not self.env.is_main:
             return
