@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from avlformer.modeling.attention_mask import mask_to_bias
-from avlformer.modeling.generation import group_by_video, prefill_av, recomputes_activations, ungroup_by_video
+from avlformer.modeling.generation import group_by_video, prefill_av, ungroup_by_video
 from avlformer.modeling.sampling import CaptionScores, SampleOutput, scores_at_masks, scoring_mask, scoring_text
 from avlformer.modeling.text_transformer import TextTransformer
 
@@ -67,7 +67,7 @@ def fast_caption_logprobs(model: TextTransformer, av_tokens: torch.Tensor, av_ma
     av_keys_values = prefill_av(model, av_tokens, av_bias)  # with gradients: AV once per video
 
     hidden = model.bert.embeddings(text, position_ids=positions)
-    recompute = recomputes_activations(model)  # --activation_checkpointing text, as BertEncoder honours it
+    recompute = model.bert.encoder.recomputes()
     for layer, (av_keys, av_values) in zip(model.bert.encoder.layer, av_keys_values):
         step = (layer, hidden, text_bias, av_keys, av_values, num_samples)
         hidden = checkpoint(_text_layer, *step, use_reentrant=False) if recompute else _text_layer(*step)

@@ -153,7 +153,7 @@ def prefill_av(model: TextTransformer, av_tokens: torch.Tensor, bias: torch.Tens
     hidden = model.bert.embed_av(av_tokens)
     layers = model.bert.encoder.layer
     keys_values = []
-    recompute = recomputes_activations(model)  # self-critical training's pass with gradients
+    recompute = model.bert.encoder.recomputes()  # self-critical training's pass with gradients
     for layer in layers[:-1]:
         if recompute:
             hidden, key_value = checkpoint(_prefill_layer, layer, hidden, bias, use_reentrant=False)
@@ -162,12 +162,6 @@ def prefill_av(model: TextTransformer, av_tokens: torch.Tensor, bias: torch.Tens
         keys_values.append(key_value)
     keys_values.append(tuple(x.contiguous() for x in layers[-1].attention.self.project_keys_values(hidden)))
     return keys_values
-
-
-def recomputes_activations(model: TextTransformer) -> bool:
-    """Whether a pass with gradients over ``model``'s layers recomputes them in backward, as ``BertEncoder`` does
-    under ``--activation_checkpointing text`` (never while decoding: no gradients there)."""
-    return model.bert.encoder.gradient_checkpointing and model.training and torch.is_grad_enabled()
 
 
 def _prefill_layer(layer, hidden: torch.Tensor, bias: torch.Tensor | None):

@@ -219,9 +219,16 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_layers))
         self.gradient_checkpointing = False
 
+    def recomputes(self) -> bool:
+        """Whether a pass with gradients over these layers recomputes them in backward (``--activation_checkpointing
+        text``); never while decoding, which runs without gradients. Passes that run the layers themselves (the
+        SCST log-prob pass, the AV prefill) follow the same switch."""
+        return self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+
     def forward(self, hidden, bias):
+        recompute = self.recomputes()
         for layer in self.layer:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if recompute:
                 hidden = checkpoint(layer, hidden, bias, use_reentrant=False)
             else:
                 hidden = layer(hidden, bias)
