@@ -136,9 +136,7 @@ def normalize(clip: torch.Tensor) -> torch.Tensor:
     of convert-then-normalise-then-contiguous."""
     out = torch.empty(clip.shape, dtype=torch.float32, device=clip.device)
     out.copy_(clip)
-    shift, scale = (_SHIFT, _SCALE) if clip.device.type == "cpu" else (_SHIFT.to(clip.device),
-                                                                         _SCALE.to(clip.device))
-    return torch.addcmul(shift, out, scale, out=out)
+    return torch.addcmul(_SHIFT.to(clip.device), out, _SCALE.to(clip.device), out=out)  # .to: no copy on the CPU
 
 
 def frames_for_model(frames: torch.Tensor) -> torch.Tensor:
