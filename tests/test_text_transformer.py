@@ -171,6 +171,58 @@ def test_gradient_checkpointing_gives_same_gradients():
     assert torch.allclose(grads[0], grads[1], atol=1e-7)
 
 
+def test_checkpointing_recomputes_the_same_attention_dropout():
+    """The recompute in backward must redraw exactly the forward's dropout masks: the CPU training attention seeds
+    its draws from torch's generator, whose state checkpointing restores."""
+    config = TextTransformerConfig(**{**SMALL, "hidden_dropout": 0.1, "attention_dropout": 0.3})
+    model = TextTransformer(config).train()
+    ids, padding = padded_batch(6)
+    bias = mask_to_bias(padding.float()).requires_grad_(True)  # a bias that needs a gradient: CPU training path
+    grads = []
+    for enabled in (False, True):
+        model.zero_grad()
+        model.set_gradient_checkpointing(enabled)
+        torch.manual_seed(11)
+        model.logits(model(ids, attention_bias=bias)).square().mean().backward()
+        grads.append(model.bert.encoder.layer[0].attention.self.key.weight.grad.clone())
+    model.zero_grad()
+    torch.manual_seed(12)
+    model.logits(model(ids, attention_bias=bias)).square().mean().backward()  # another seed, other draws
+    assert relative_error(grads[1], grads[0]) < 1e-5
+    assert relative_error(model.bert.encoder.layer[0].attention.self.key.weight.grad, grads[0]) > 1e-2
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_output_rows_equal_the_full_forward_sliced_with_gradients(implementation, checkpointing):
+    """Training's forward asks only for the text rows: the last layer then computes no AV rows, which must change
+    nothing the text rows get, forward or backward (learned-style bias that needs a gradient included)."""
+    torch.manual_seed(5)
+    config = TextTransformerConfig(**{**SMALL, "hidden_dropout": 0.0, "attention_dropout": 0.0,
+                                      "attn_implementation": implementation})
+    model = TextTransformer(config).train()
+    model.set_gradient_checkpointing(checkpointing)
+    text_len, num_av = torch.tensor([9, 5, 12]), 6
+    av_tokens = torch.randn(3, num_av, 16)
+    soft = 1 - 1e-3 * torch.rand(num_av, num_av)  # biases of -10..0: the AV rows' softmax stays soft
+    results = []
+    for output_rows in (None, 12):
+        model.zero_grad()
+        av_weights = soft.clone().requires_grad_(True)
+        bias = mask_to_bias(build_attention_mask(text_len, 12, num_av, av_weights))
+        hidden = model(padded_batch(5)[0], av_tokens, bias, output_rows=output_rows)
+        if output_rows is None:
+            hidden = hidden[:, :12]
+        assert hidden.shape == (3, 12, 32)
+        model.logits(hidden).square().mean().backward()
+        last = model.bert.encoder.layer[-1]
+        results.append((hidden, av_weights.grad, last.attention.self.query.weight.grad.clone(),
+                        last.output.dense.weight.grad.clone(), model.bert.img_embedding.weight.grad.clone()))
+    for sliced, full in zip(results[1], results[0]):
+        torch.testing.assert_close(sliced, full, rtol=1e-5, atol=1e-6)
+    assert results[0][1].abs().sum() > 0  # the AV mask got a gradient through the kept rows
+
+
 def test_attention_layout_matches_upstream_rules():
     text_len, max_len, num_av = torch.tensor([4, 2]), 5, 3
     av_mask = torch.tensor([[1.0, 0.2, 0.3], [0.4, 1.0, 0.6], [0.7, 0.8, 1.0]])

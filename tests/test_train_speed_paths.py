@@ -1,5 +1,5 @@
 """The training fast paths compute what the reference paths compute: biased_attention vs SDPA / eager attention
-(values, gradients, dropout draws), the cached Swin shift mask, and which parts activation checkpointing covers."""
+(values, gradients, the dropout mask, at every block size), the cached Swin shift mask, and which parts activation checkpointing covers."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.video.swin_transformer import _compute_attention_mask_3d
 
-from avlformer.modeling import video_swin
-from avlformer.modeling.attention_mask import biased_attention
+from avlformer.modeling import cpu_attention, video_swin
+from avlformer.modeling.cpu_attention import biased_attention
 from avlformer.modeling.avlformer import WORTH_CHECKPOINTING, AVLFormer, AVLFormerConfig
 from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig
 
@@ -20,34 +20,78 @@ SMALL_TEXT = dict(vocab_size=120, hidden_size=32, num_layers=2, num_heads=4, int
                   max_position_embeddings=64, img_feature_dim=16, hidden_dropout=0.2, attention_dropout=0.3)
 
 
-@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
-def test_biased_attention_equals_sdpa_with_gradients_and_dropout_draws(dropout_p):
+# (query, key/value, bias, constant): Swin's windows (bias shared by windows, shift mask shared by heads), the text
+# transformer (one bias per sample), and a key-padding bias (one row per sample).
+LAYOUTS = {
+    "swin": ((2, 3, 2, 20, 8), (2, 3, 2, 20, 8), (1, 2, 20, 20), (3, 1, 20, 20)),
+    "text": ((2, 3, 24, 8), (2, 3, 24, 8), (2, 1, 24, 24), None),
+    "key_padding": ((2, 3, 24, 8), (2, 3, 30, 8), (2, 1, 1, 30), (1, 1, 24, 30)),
+}
+
+
+def _operands(layout, dtype=torch.float64):
+    query_shape, key_shape, bias_shape, constant_shape = LAYOUTS[layout]
+    query = torch.randn(query_shape, dtype=dtype, requires_grad=True)
+    key, value = (torch.randn(key_shape, dtype=dtype, requires_grad=True) for _ in range(2))
+    bias = torch.randn(bias_shape, dtype=dtype, requires_grad=True)
+    constant = None if constant_shape is None else torch.randn(constant_shape, dtype=dtype)
+    return query, key, value, bias, constant
+
+
+def _with_grads(out, inputs):
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    return (out, *torch.autograd.grad((out * weights).sum(), inputs))
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+# one block; runs of heads (a ragged last run for "text"); runs of rows (ragged); one or two rows
+@pytest.mark.parametrize("block_scores", [1 << 20, 1200, 500, 40])
+def test_biased_attention_equals_sdpa_with_gradients(layout, block_scores, monkeypatch):
+    monkeypatch.setattr(cpu_attention, "BLOCK_SCORES", block_scores)
     torch.manual_seed(0)
-    query, key, value = (torch.randn(2, 3, 24, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    bias = torch.randn(1, 1, 24, 24, dtype=torch.float64, requires_grad=True)
-    constant = torch.randn(2, 1, 24, 24, dtype=torch.float64)
-    weights = torch.randn(2, 3, 24, 8, dtype=torch.float64)
+    query, key, value, bias, constant = _operands(layout)
+    inputs = (query, key, value, bias)
+    ours = _with_grads(biased_attention(query, key, value, bias, constant), inputs)
+    full_bias = bias if constant is None else bias + constant
+    reference = _with_grads(F.scaled_dot_product_attention(query, key, value, attn_mask=full_bias), inputs)
+    for got, expected in zip(ours, reference):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    assert ours[4].abs().sum() > 0  # the bias really got a gradient
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_biased_attention_dropout_is_the_reference_with_the_drawn_mask_at_any_block_size(layout, monkeypatch):
+    """The keep mask is one draw over the whole score tensor in memory order, whatever the blocks: a seed gives
+    the same result at every block size, equal to dense attention with that mask and F.dropout's scaling."""
+    torch.manual_seed(0)
+    query, key, value, bias, constant = _operands(layout)
+    inputs = (query, key, value, bias)
     results = []
-    for attend in (lambda: biased_attention(query, key, value, bias, constant, dropout_p),
-                   lambda: F.scaled_dot_product_attention(query, key, value, attn_mask=bias + constant,
-                                                          dropout_p=dropout_p)):
-        torch.manual_seed(5)  # the same generator state for both dropout draws
-        out = attend()
-        results.append((out, *torch.autograd.grad((out * weights).sum(), (query, key, value, bias))))
-    for ours, reference in zip(*results):
-        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
-    assert results[0][4].abs().sum() > 0  # the bias really got a gradient
+    for block_scores in (1 << 20, 1200, 500, 40):
+        monkeypatch.setattr(cpu_attention, "BLOCK_SCORES", block_scores)
+        torch.manual_seed(3)
+        results.append(_with_grads(biased_attention(query, key, value, bias, constant, dropout_p=0.3), inputs))
+    torch.manual_seed(3)
+    scores = query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5 + bias
+    scores = scores if constant is None else scores + constant
+    keep = cpu_attention.draw_keep_mask(cpu_attention.dropout_generator(0.3), scores.shape, 0.3)
+    reference = _with_grads(torch.softmax(scores, -1) * keep / (1 - 0.3) @ value, inputs)
+    assert 0 < keep.sum() < keep.numel()
+    for ours in results:
+        for got, expected in zip(ours, reference):
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
-def test_biased_attention_drops_exactly_what_f_dropout_drops():
-    torch.manual_seed(0)
-    query, key, value = (torch.randn(1, 2, 30, 8) for _ in range(3))
-    torch.manual_seed(3)
-    ours = biased_attention(query, key, value, None, dropout_p=0.4)
-    torch.manual_seed(3)
-    probs = torch.softmax(query @ key.transpose(-1, -2) / 8 ** 0.5, dim=-1)
-    reference = F.dropout(probs, 0.4) @ value
-    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+def test_dropout_draws_keep_one_minus_p_and_follow_the_torch_seed():
+    torch.manual_seed(1)
+    first = cpu_attention.draw_keep_mask(cpu_attention.dropout_generator(0.1), (1000, 1000), 0.1)
+    torch.manual_seed(1)
+    again = cpu_attention.draw_keep_mask(cpu_attention.dropout_generator(0.1), (1000, 1000), 0.1)
+    other = cpu_attention.draw_keep_mask(cpu_attention.dropout_generator(0.1), (1000, 1000), 0.1)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    kept = first.double().mean().item()
+    assert abs(kept - 0.9) < 5 * (0.9 * 0.1 / first.numel()) ** 0.5  # five standard deviations
+    assert cpu_attention.dropout_generator(0.0) is None
 
 
 def test_biased_attention_refuses_a_constant_that_needs_gradients():
@@ -58,9 +102,11 @@ def test_biased_attention_refuses_a_constant_that_needs_gradients():
 
 def test_text_training_path_equals_eager_with_dropout():
     """Training-mode SDPA layers (biased_attention) vs the eager formulation: same seed, same outputs and
-    gradients, learned-style soft bias that needs a gradient."""
+    gradients, learned-style soft bias that needs a gradient. Attention dropout is off here (its draws are
+    biased_attention's own, tested above); the hidden dropouts draw the same in both."""
     torch.manual_seed(0)
-    models = [TextTransformer(TextTransformerConfig(**SMALL_TEXT, attn_implementation=kind)).train()
+    config = dict(SMALL_TEXT, attention_dropout=0.0)
+    models = [TextTransformer(TextTransformerConfig(**config, attn_implementation=kind)).train()
               for kind in ("sdpa", "eager")]
     models[1].load_state_dict(models[0].state_dict())
     input_ids = torch.randint(5, 120, (2, 10))

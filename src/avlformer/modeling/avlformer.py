@@ -209,7 +209,7 @@ class AVLFormer(nn.Module):
         av_tokens = self.batch_av_tokens(batch)
         max_text_len, num_av = input_ids.shape[1], av_tokens.shape[1]
         mask = build_attention_mask(text_len, max_text_len, num_av, self.av_attention_mask(), dtype=av_tokens.dtype)
-        hidden = self.trans_encoder(input_ids, av_tokens, mask_to_bias(mask))[:, :max_text_len]
+        hidden = self.trans_encoder(input_ids, av_tokens, mask_to_bias(mask), output_rows=max_text_len)
 
         lm_targets = F.pad(target_ids[:, 1:], (0, 1), value=PAD_ID)
         lm_positions = lm_targets != PAD_ID

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from avlformer.config_fields import FieldTypeError, checked_fields
 from avlformer.json_files import read_json
-from avlformer.modeling.attention_mask import biased_attention, uses_biased_attention
+from avlformer.modeling.cpu_attention import biased_attention, uses_biased_attention
 from avlformer.modeling.weights_file import read_weights_file
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -126,8 +126,14 @@ class BertSelfAttention(nn.Module):
         batch, _, length, _ = context.shape
         return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
 
-    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None):
-        return self.attend(*self.project(hidden), bias)
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, output_rows: int | None = None):
+        """Attention outputs of every row, or of the first ``output_rows`` (whose queries alone are projected;
+        every row still serves as a key and value)."""
+        if output_rows is None:
+            return self.attend(*self.project(hidden), bias)
+        query = self._split_heads(self.query(hidden[:, :output_rows]))
+        return self.attend(query, *self.project_keys_values(hidden),
+                           None if bias is None else bias[..., :output_rows, :])
 
     def attend(self, query, key, value, bias: torch.Tensor | None) -> torch.Tensor:
         dropout_p = self.dropout_p if self.training else 0.0
@@ -186,8 +192,9 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(cfg)
         self.output = BertSelfOutput(cfg)
 
-    def forward(self, hidden, bias):
-        return self.output(self.self(hidden, bias), hidden)
+    def forward(self, hidden, bias, output_rows: int | None = None):
+        residual = hidden if output_rows is None else hidden[:, :output_rows]
+        return self.output(self.self(hidden, bias, output_rows), residual)
 
 
 class BertIntermediate(nn.Module):
@@ -206,8 +213,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(cfg)
         self.output = BertOutput(cfg)
 
-    def forward(self, hidden, bias):
-        return self.feed_forward(self.attention(hidden, bias))
+    def forward(self, hidden, bias, output_rows: int | None = None):
+        return self.feed_forward(self.attention(hidden, bias, output_rows))
 
     def feed_forward(self, attended: torch.Tensor) -> torch.Tensor:
         return self.output(self.intermediate(attended), attended)
@@ -225,13 +232,17 @@ class BertEncoder(nn.Module):
         SCST log-prob pass, the AV prefill) follow the same switch."""
         return self.gradient_checkpointing and self.training and torch.is_grad_enabled()
 
-    def forward(self, hidden, bias):
+    def forward(self, hidden, bias, output_rows: int | None = None):
+        """``output_rows``: return only the first rows' states. The last layer then computes no others: in
+        training the AV rows' last outputs feed nothing (1257 of 1557 rows at the paper size)."""
         recompute = self.recomputes()
-        for layer in self.layer:
+        last = len(self.layer) - 1
+        for index, layer in enumerate(self.layer):
+            rows = output_rows if index == last else None
             if recompute:
-                hidden = checkpoint(layer, hidden, bias, use_reentrant=False)
+                hidden = checkpoint(layer, hidden, bias, rows, use_reentrant=False)
             else:
-                hidden = layer(hidden, bias)
+                hidden = layer(hidden, bias, rows)
         return hidden
 
 
@@ -272,13 +283,15 @@ class BertImgModel(nn.Module):
     def embed_av(self, av_tokens: torch.Tensor) -> torch.Tensor:
         return self.img_dropout(self.img_embedding(av_tokens))
 
-    def forward(self, input_ids, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None):
-        """Hidden states of ``[text ; AV]`` (AV optional). ``attention_bias`` is additive, broadcastable to
-        ``(B, heads, N, N)``; see :mod:`avlformer.modeling.attention_mask`."""
+    def forward(self, input_ids, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None,
+                output_rows: int | None = None):
+        """Hidden states of ``[text ; AV]`` (AV optional), or of its first ``output_rows`` rows.
+        ``attention_bias`` is additive, broadcastable to ``(B, heads, N, N)``; see
+        :mod:`avlformer.modeling.attention_mask`."""
         hidden = self.embeddings(input_ids, position_ids, token_type_ids)
         if av_tokens is not None:
             hidden = torch.cat([hidden, self.embed_av(av_tokens)], dim=1)
-        return self.encoder(hidden, attention_bias)
+        return self.encoder(hidden, attention_bias, output_rows)
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -339,8 +352,9 @@ class TextTransformer(nn.Module):
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.bert.encoder.gradient_checkpointing = enabled
 
-    def forward(self, input_ids, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None):
-        return self.bert(input_ids, av_tokens, attention_bias, position_ids, token_type_ids)
+    def forward(self, input_ids, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None,
+                output_rows: int | None = None):
+        return self.bert(input_ids, av_tokens, attention_bias, position_ids, token_type_ids, output_rows)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.cls(hidden)

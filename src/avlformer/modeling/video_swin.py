@@ -40,7 +40,7 @@ from torchvision.models.video.swin_transformer import (
 )
 from torchvision.ops import StochasticDepth
 from avlformer.config_fields import checked_fields
-from avlformer.modeling.attention_mask import biased_attention, uses_biased_attention
+from avlformer.modeling.cpu_attention import biased_attention, uses_biased_attention
 from avlformer.modeling.meta_device import expected_state_shapes
 from avlformer.modeling.weights_file import load_converted
 

@@ -1,0 +1,171 @@
+"""Attention with an additive bias for fp32 training on the CPU, computed block by block in cache.
+
+PyTorch's fused CPU attention kernels take neither dropout nor a bias that needs a gradient (the learned AV mask,
+Video Swin's relative position bias), so SDPA falls back to a math path that writes, rereads and rewrites every
+(query x key) score tensor in memory several times: the product, each bias, the softmax, a float dropout mask,
+the dropped probabilities. At the paper size those tensors are 2.4 GB per Swin forward and 116 MB per text layer
+and head group, and the passes over them, not the products, set the cost (docs/training.md, "Training speed and
+memory"). Here the scores of a block of at most ``BLOCK_SCORES`` elements are computed, biased, soft-maxed and
+dropped while they are in cache; only the probabilities and a one-byte dropout mask reach memory, once, for
+backward, whose blocks work the same way.
+
+Dropout draws come from numpy's PCG64 seeded by one draw of torch's generator per call: ``torch.manual_seed``
+still reproduces a run, at about 1 ns per draw against 16 for torch's CPU ``bernoulli_``, whose serial Mersenne
+Twister cost 5.7 s of a paper-size step. The draws therefore differ from ``F.dropout``'s; the kept fraction is
+``1 - p`` to within 2^-32, and kept values are scaled by ``1 / (1 - p)`` as ``F.dropout`` scales them.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+# Score elements per block (4 MiB of fp32): measured from 2^17 to 2^22 on the paper shapes, smaller blocks pay
+# more per-block overhead than they save in cache traffic, larger ones gain nothing more.
+BLOCK_SCORES = 1 << 20
+_UINT32_RANGE = 1 << 32
+
+
+def uses_biased_attention(query: torch.Tensor) -> bool:
+    """Whether training attention on ``query``'s device and dtype goes through :func:`biased_attention`: fp32 on
+    the CPU. CUDA's memory-efficient SDPA kernel takes a bias that needs a gradient, and SDPA's math path computes
+    half-precision inputs in fp32, which this function does not."""
+    return query.device.type == "cpu" and query.dtype == torch.float32
+
+
+def biased_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None,
+                     constant_bias: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """``softmax(q·kᵀ/√d + bias + constant_bias)``, dropout, ``·v``, with gradients for q, k, v and ``bias``.
+
+    ``query`` is ``(..., Nq, d)``, ``key``/``value`` ``(..., Nk, d)`` with the same leading dims (at least one);
+    ``bias`` (which may need a gradient) and ``constant_bias`` (which may not) broadcast to ``(..., Nq, Nk)``.
+    Equals SDPA's math path within fp32 rounding when ``dropout_p`` is 0 (tests/test_train_speed_paths.py)."""
+    if constant_bias is not None and constant_bias.requires_grad:
+        raise ValueError("biased_attention: constant_bias must not require a gradient; pass it as bias")
+    if query.dim() < 3 or key.shape[:-2] != query.shape[:-2] or value.shape[:-1] != key.shape[:-1]:
+        raise ValueError(f"biased_attention: query {tuple(query.shape)}, key {tuple(key.shape)} and value "
+                         f"{tuple(value.shape)} need the same leading dims and matching key/value lengths")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"biased_attention: dropout_p must lie in [0, 1), got {dropout_p}")
+    return _BiasedAttention.apply(query, key, value, bias, constant_bias, float(dropout_p))
+
+
+def dropout_generator(dropout_p: float) -> np.random.Generator | None:
+    """The generator of one call's dropout draws, seeded from torch's default generator (one draw)."""
+    if dropout_p == 0.0:
+        return None
+    return np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**62, ()))))
+
+
+def draw_keep_mask(generator: np.random.Generator, shape: torch.Size, dropout_p: float) -> torch.Tensor:
+    """A bool tensor, True (kept) with probability ``1 - dropout_p`` to within 2^-32."""
+    threshold = np.uint32(min(round(dropout_p * _UINT32_RANGE), _UINT32_RANGE - 1))
+    draws = generator.integers(0, _UINT32_RANGE, size=tuple(shape), dtype=np.uint32)
+    return torch.from_numpy(draws >= threshold)
+
+
+class _Blocks:
+    """The blocks of one attention call: every leading index but the last, a run of the last leading dim (heads)
+    and a run of query rows, sized so that a block holds at most ``BLOCK_SCORES`` scores."""
+
+    def __init__(self, query: torch.Tensor, num_keys: int):
+        *self.outer, self.heads = query.shape[:-2]
+        self.rows = query.shape[-2]
+        per_head = self.rows * num_keys
+        if per_head <= BLOCK_SCORES:
+            self.head_step, self.row_step = max(1, BLOCK_SCORES // per_head), self.rows
+        else:
+            self.head_step, self.row_step = 1, max(1, BLOCK_SCORES // num_keys)
+        self.lead_dims = len(self.outer) + 1
+
+    def __iter__(self):
+        for outer in itertools.product(*(range(n) for n in self.outer)):
+            for head in range(0, self.heads, self.head_step):
+                for row in range(0, self.rows, self.row_step):
+                    yield outer, slice(head, head + self.head_step), slice(row, row + self.row_step)
+
+    def operand(self, tensor: torch.Tensor | None, outer, heads: slice, rows: slice) -> torch.Tensor | None:
+        """The block of a tensor that broadcasts to ``(..., Nq, Nk)``: its own index where a dim is real, index 0
+        where it is broadcast (size 1), so the result broadcasts over the block's ``(heads, rows, keys)``."""
+        if tensor is None:
+            return None
+        padded = tensor.reshape((1,) * (self.lead_dims + 2 - tensor.dim()) + tuple(tensor.shape))
+        index = tuple(i if size != 1 else 0 for i, size in zip(outer, padded.shape))
+        head_dim, row_dim = padded.shape[-3], padded.shape[-2]
+        return padded[index][heads if head_dim != 1 else slice(0, 1), rows if row_dim != 1 else slice(0, 1)]
+
+
+def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Sum a block's score gradient over the dims ``like`` broadcasts (size 1)."""
+    dims = tuple(i for i, size in enumerate(like.shape) if size == 1 and grad.shape[i] != 1)
+    return grad.sum(dims, keepdim=True) if dims else grad
+
+
+class _BiasedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, key, value, bias, constant_bias, dropout_p):
+        scale = query.shape[-1] ** -0.5
+        scaled_query = query * scale
+        key, value = key.contiguous(), value.contiguous()
+        blocks = _Blocks(query, key.shape[-2])
+        probs = query.new_empty((*query.shape[:-1], key.shape[-2]))
+        out = query.new_empty((*query.shape[:-1], value.shape[-1]))
+        keep = None if dropout_p == 0.0 else torch.empty(probs.shape, dtype=torch.bool)
+        generator = dropout_generator(dropout_p)
+        kept_scale = 1.0 / (1.0 - dropout_p)
+        for outer, heads, rows in blocks:
+            scores = torch.matmul(scaled_query[outer][heads, rows], key[outer][heads].transpose(-1, -2))
+            for term in (bias, constant_bias):
+                if term is not None:
+                    scores.add_(blocks.operand(term, outer, heads, rows))
+            block_probs = probs[outer][heads, rows]
+            torch._softmax(scores, -1, False, out=block_probs)
+            if keep is not None:
+                block_keep = draw_keep_mask(generator, block_probs.shape, dropout_p)
+                keep[outer][heads, rows] = block_keep
+                torch.matmul(block_probs * block_keep, value[outer][heads], out=out[outer][heads, rows])
+            else:
+                torch.matmul(block_probs, value[outer][heads], out=out[outer][heads, rows])
+        if keep is not None:
+            out.mul_(kept_scale)
+        ctx.save_for_backward(scaled_query, key, value, probs, keep)
+        ctx.dropout_p, ctx.scale, ctx.kept_scale = dropout_p, scale, kept_scale
+        ctx.bias_shape = None if bias is None else bias.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        scaled_query, key, value, probs, keep = ctx.saved_tensors
+        needs_query, needs_key, needs_value, needs_bias = ctx.needs_input_grad[:4]
+        if keep is not None:
+            grad_out = grad_out * ctx.kept_scale  # the kept values' factor, folded into the incoming gradient
+        grad_out = grad_out.contiguous()
+        blocks = _Blocks(scaled_query, key.shape[-2])
+        grad_query = torch.empty_like(scaled_query) if needs_query else None
+        grad_key = torch.zeros_like(key) if needs_key else None
+        grad_value = torch.zeros_like(value) if needs_value else None
+        grad_bias = scaled_query.new_zeros(ctx.bias_shape) if needs_bias else None
+        for outer, heads, rows in blocks:
+            block_probs, block_grad_out = probs[outer][heads, rows], grad_out[outer][heads, rows]
+            block_keep = None if keep is None else keep[outer][heads, rows]
+            if needs_value:
+                dropped = block_probs if block_keep is None else block_probs * block_keep
+                grad_value[outer][heads].baddbmm_(dropped.transpose(-1, -2), block_grad_out)
+                del dropped
+            grad_probs = torch.matmul(block_grad_out, value[outer][heads].transpose(-1, -2))
+            if block_keep is not None:
+                grad_probs.mul_(block_keep)
+            grad_scores = torch._softmax_backward_data(grad_probs, block_probs, -1, block_probs.dtype)
+            del grad_probs
+            if needs_query:
+                torch.matmul(grad_scores, key[outer][heads], out=grad_query[outer][heads, rows])
+            if needs_key:
+                grad_key[outer][heads].baddbmm_(grad_scores.transpose(-1, -2), scaled_query[outer][heads, rows])
+            if needs_bias:
+                target = blocks.operand(grad_bias, outer, heads, rows)
+                target.add_(_sum_to(grad_scores, target))
+        if needs_query:
+            grad_query.mul_(ctx.scale)
+        return grad_query, grad_key, grad_value, grad_bias, None, None
