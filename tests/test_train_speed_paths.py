@@ -74,7 +74,7 @@ def test_biased_attention_dropout_is_the_reference_with_the_drawn_mask_at_any_bl
     torch.manual_seed(3)
     scores = query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5 + bias
     scores = scores if constant is None else scores + constant
-    keep = cpu_attention.draw_keep_mask(cpu_attention.dropout_generator(0.3), scores.shape, 0.3)
+    keep = cpu_attention.draw_keep_mask(scores.shape, 0.3)
     reference = _with_grads(torch.softmax(scores, -1) * keep / (1 - 0.3) @ value, inputs)
     assert 0 < keep.sum() < keep.numel()
     for ours in results:
@@ -84,14 +84,17 @@ def test_biased_attention_dropout_is_the_reference_with_the_drawn_mask_at_any_bl
 
 def test_dropout_draws_keep_one_minus_p_and_follow_the_torch_seed():
     torch.manual_seed(1)
-    first = cpu_attention.draw_keep_mask(cpu_attention.dropout_generator(0.1), (1000, 1000), 0.1)
+    first = cpu_attention.draw_keep_mask((1000, 1001), 0.1)  # an odd block: half a word carries over
     torch.manual_seed(1)
-    again = cpu_attention.draw_keep_mask(cpu_attention.dropout_generator(0.1), (1000, 1000), 0.1)
-    other = cpu_attention.draw_keep_mask(cpu_attention.dropout_generator(0.1), (1000, 1000), 0.1)
+    again = cpu_attention.draw_keep_mask((1000, 1001), 0.1)
+    other = cpu_attention.draw_keep_mask((1000, 1001), 0.1)
     assert torch.equal(first, again) and not torch.equal(first, other)
     kept = first.double().mean().item()
     assert abs(kept - 0.9) < 5 * (0.9 * 0.1 / first.numel()) ** 0.5  # five standard deviations
-    assert cpu_attention.dropout_generator(0.0) is None
+    torch.manual_seed(1)
+    draws = cpu_attention.KeepDraws(0.1)
+    parts = [draws.fill(torch.empty(n, dtype=torch.bool)) for n in (3, 1000 * 1001 - 10, 7)]
+    assert torch.equal(torch.cat(parts), first.view(-1))  # the same stream whatever the pieces
 
 
 def test_biased_attention_refuses_a_constant_that_needs_gradients():

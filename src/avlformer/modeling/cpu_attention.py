@@ -10,7 +10,7 @@ dropped while they are in cache; only the probabilities and a one-byte dropout m
 backward, whose blocks work the same way.
 
 Dropout draws come from numpy's PCG64 seeded by one draw of torch's generator per call: ``torch.manual_seed``
-still reproduces a run, at about 1 ns per draw against 16 for torch's CPU ``bernoulli_``, whose serial Mersenne
+still reproduces a run, at about 3 ns per draw against 16 for torch's CPU ``bernoulli_``, whose serial Mersenne
 Twister cost 5.7 s of a paper-size step. The draws therefore differ from ``F.dropout``'s; the kept fraction is
 ``1 - p`` to within 2^-32, and kept values are scaled by ``1 / (1 - p)`` as ``F.dropout`` scales them.
 """
@@ -52,18 +52,34 @@ def biased_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     return _BiasedAttention.apply(query, key, value, bias, constant_bias, float(dropout_p))
 
 
-def dropout_generator(dropout_p: float) -> np.random.Generator | None:
-    """The generator of one call's dropout draws, seeded from torch's default generator (one draw)."""
-    if dropout_p == 0.0:
-        return None
-    return np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**62, ()))))
+class KeepDraws:
+    """One call's dropout draws: a stream of uint32s (numpy's PCG64 raw output, two per 64-bit word, seeded by one
+    draw of torch's generator), each kept when at or above ``p·2^32``. The stream runs through the blocks in
+    memory order, so the mask is the same whatever the block size."""
+
+    def __init__(self, dropout_p: float):
+        self.bits = np.random.PCG64(int(torch.randint(0, 2**62, ())))
+        self.threshold = np.uint32(min(round(dropout_p * _UINT32_RANGE), _UINT32_RANGE - 1))
+        self.carry = None  # the second half of a word the previous block left unused
+
+    def fill(self, keep: torch.Tensor) -> torch.Tensor:
+        """Draw into a contiguous bool tensor (True = kept); returns it."""
+        flat = keep.view(-1).numpy()
+        start = 0
+        if self.carry is not None and flat.size:
+            flat[0], start, self.carry = self.carry >= self.threshold, 1, None
+        count = flat.size - start
+        if count:
+            draws = self.bits.random_raw((count + 1) // 2).view(np.uint32)
+            if count % 2:
+                self.carry = draws[-1]
+            np.greater_equal(draws[:count], self.threshold, out=flat[start:])
+        return keep
 
 
-def draw_keep_mask(generator: np.random.Generator, shape: torch.Size, dropout_p: float) -> torch.Tensor:
-    """A bool tensor, True (kept) with probability ``1 - dropout_p`` to within 2^-32."""
-    threshold = np.uint32(min(round(dropout_p * _UINT32_RANGE), _UINT32_RANGE - 1))
-    draws = generator.integers(0, _UINT32_RANGE, size=tuple(shape), dtype=np.uint32)
-    return torch.from_numpy(draws >= threshold)
+def draw_keep_mask(shape, dropout_p: float) -> torch.Tensor:
+    """A fresh keep mask of ``shape`` from the next draw of torch's generator, as one attention call draws it."""
+    return KeepDraws(dropout_p).fill(torch.empty(shape, dtype=torch.bool))
 
 
 class _Blocks:
@@ -79,6 +95,12 @@ class _Blocks:
         else:
             self.head_step, self.row_step = 1, max(1, BLOCK_SCORES // num_keys)
         self.lead_dims = len(self.outer) + 1
+        self.largest = min(self.head_step, self.heads) * min(self.row_step, self.rows) * num_keys
+
+    def scratch(self, like: torch.Tensor) -> torch.Tensor:
+        """A buffer for any one block's scores, reused by every block: allocating score-sized temporaries per
+        block would fault in fresh pages for each."""
+        return like.new_empty(self.largest)
 
     def __iter__(self):
         for outer in itertools.product(*(range(n) for n in self.outer)):
@@ -97,6 +119,10 @@ class _Blocks:
         return padded[index][heads if head_dim != 1 else slice(0, 1), rows if row_dim != 1 else slice(0, 1)]
 
 
+def _view(scratch: torch.Tensor, shape) -> torch.Tensor:
+    return scratch[:shape.numel()].view(shape)
+
+
 def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Sum a block's score gradient over the dims ``like`` broadcasts (size 1)."""
     dims = tuple(i for i, size in enumerate(like.shape) if size == 1 and grad.shape[i] != 1)
@@ -113,23 +139,26 @@ class _BiasedAttention(torch.autograd.Function):
         probs = query.new_empty((*query.shape[:-1], key.shape[-2]))
         out = query.new_empty((*query.shape[:-1], value.shape[-1]))
         keep = None if dropout_p == 0.0 else torch.empty(probs.shape, dtype=torch.bool)
-        generator = dropout_generator(dropout_p)
-        kept_scale = 1.0 / (1.0 - dropout_p)
+        draws = None if keep is None else KeepDraws(dropout_p)
+        scores_scratch = blocks.scratch(probs)
+        dropped_scratch = None if keep is None else blocks.scratch(probs)
         for outer, heads, rows in blocks:
-            scores = torch.matmul(scaled_query[outer][heads, rows], key[outer][heads].transpose(-1, -2))
+            block_probs = probs[outer][heads, rows]
+            scores = torch.matmul(scaled_query[outer][heads, rows], key[outer][heads].transpose(-1, -2),
+                                  out=_view(scores_scratch, block_probs.shape))
             for term in (bias, constant_bias):
                 if term is not None:
                     scores.add_(blocks.operand(term, outer, heads, rows))
-            block_probs = probs[outer][heads, rows]
             torch._softmax(scores, -1, False, out=block_probs)
             if keep is not None:
-                block_keep = draw_keep_mask(generator, block_probs.shape, dropout_p)
-                keep[outer][heads, rows] = block_keep
-                torch.matmul(block_probs * block_keep, value[outer][heads], out=out[outer][heads, rows])
+                dropped = torch.mul(block_probs, draws.fill(keep[outer][heads, rows]),
+                                    out=_view(dropped_scratch, block_probs.shape))
             else:
-                torch.matmul(block_probs, value[outer][heads], out=out[outer][heads, rows])
+                dropped = block_probs
+            torch.matmul(dropped, value[outer][heads], out=out[outer][heads, rows])
+        kept_scale = 1.0 / (1.0 - dropout_p)
         if keep is not None:
-            out.mul_(kept_scale)
+            out.mul_(kept_scale)  # F.dropout's factor on the kept probabilities, applied to the (smaller) output
         ctx.save_for_backward(scaled_query, key, value, probs, keep)
         ctx.dropout_p, ctx.scale, ctx.kept_scale = dropout_p, scale, kept_scale
         ctx.bias_shape = None if bias is None else bias.shape
@@ -147,18 +176,22 @@ class _BiasedAttention(torch.autograd.Function):
         grad_key = torch.zeros_like(key) if needs_key else None
         grad_value = torch.zeros_like(value) if needs_value else None
         grad_bias = scaled_query.new_zeros(ctx.bias_shape) if needs_bias else None
+        grad_scratch, product_scratch = blocks.scratch(probs), blocks.scratch(probs)
         for outer, heads, rows in blocks:
             block_probs, block_grad_out = probs[outer][heads, rows], grad_out[outer][heads, rows]
             block_keep = None if keep is None else keep[outer][heads, rows]
             if needs_value:
-                dropped = block_probs if block_keep is None else block_probs * block_keep
+                dropped = block_probs if block_keep is None else torch.mul(
+                    block_probs, block_keep, out=_view(product_scratch, block_probs.shape))
                 grad_value[outer][heads].baddbmm_(dropped.transpose(-1, -2), block_grad_out)
-                del dropped
-            grad_probs = torch.matmul(block_grad_out, value[outer][heads].transpose(-1, -2))
+            grad_scores = torch.matmul(block_grad_out, value[outer][heads].transpose(-1, -2),
+                                       out=_view(grad_scratch, block_probs.shape))
             if block_keep is not None:
-                grad_probs.mul_(block_keep)
-            grad_scores = torch._softmax_backward_data(grad_probs, block_probs, -1, block_probs.dtype)
-            del grad_probs
+                grad_scores.mul_(block_keep)
+            # softmax backward, in place: p·(g - Σ g·p); torch's kernel for it takes no output buffer
+            row_sums = torch.mul(grad_scores, block_probs, out=_view(product_scratch, block_probs.shape)).sum(
+                -1, keepdim=True)
+            grad_scores.sub_(row_sums).mul_(block_probs)
             if needs_query:
                 torch.matmul(grad_scores, key[outer][heads], out=grad_query[outer][heads, rows])
             if needs_key:
