@@ -1,5 +1,6 @@
 """The training fast paths compute what the reference paths compute: biased_attention vs SDPA / eager attention
-(values, gradients, the dropout mask, at every block size), the cached Swin shift mask, and which parts activation checkpointing covers."""
+(values, gradients, the dropout mask, at every block size), the cached Swin shift mask, and which parts
+activation checkpointing covers."""
 
 from __future__ import annotations
 
@@ -97,10 +98,14 @@ def test_dropout_draws_keep_one_minus_p_and_follow_the_torch_seed():
     assert torch.equal(torch.cat(parts), first.view(-1))  # the same stream whatever the pieces
 
 
-def test_biased_attention_refuses_a_constant_that_needs_gradients():
+def test_biased_attention_refuses_bad_arguments():
     tensor = torch.randn(1, 1, 4, 4)
     with pytest.raises(ValueError, match="constant_bias"):
         biased_attention(tensor, tensor, tensor, None, tensor.clone().requires_grad_(True))
+    with pytest.raises(ValueError, match="same leading dims"):
+        biased_attention(tensor, torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 4), None)
+    with pytest.raises(ValueError, match="dropout_p"):
+        biased_attention(tensor, tensor, tensor, None, dropout_p=1.0)
 
 
 def test_text_training_path_equals_eager_with_dropout():
@@ -166,10 +171,17 @@ def test_checkpointing_default_parts_and_per_block_recompute(monkeypatch):
     calls = []
     real = video_swin.checkpoint
     monkeypatch.setattr(video_swin, "checkpoint", lambda fn, *a, **k: calls.append(fn) or real(fn, *a, **k))
-    encoder = video_swin.VideoSwinEncoder(video_swin.VideoSwinConfig.nano(depths=(2, 1, 1, 2),
-                                                                           use_checkpoint=True)).train()
-    encoder(torch.randn(1, 4, 3, 64, 64)).sum().backward()
-    assert len(calls) == 6 and all(isinstance(fn, video_swin._SwinBlock3d) for fn in calls)
+    for stages, expected_blocks in (((0, 1), 3), ((0, 1, 2, 3), 6), ((2,), 1)):
+        calls.clear()
+        config = video_swin.VideoSwinConfig.nano(depths=(2, 1, 1, 2), use_checkpoint=True, checkpoint_stages=stages)
+        encoder = video_swin.VideoSwinEncoder(config).train()
+        encoder(torch.randn(1, 4, 3, 64, 64)).sum().backward()
+        assert len(calls) == expected_blocks and all(isinstance(fn, video_swin._SwinBlock3d) for fn in calls)
+        stage_blocks = [list(stage.blocks) for stage in encoder.backbone.layers]
+        assert calls == [block for index in stages for block in stage_blocks[index]]
+    assert video_swin.VideoSwinConfig.nano().checkpoint_stages == (0, 1)
+    with pytest.raises(ValueError, match="checkpoint_stages"):
+        video_swin.VideoSwinConfig.nano(checkpoint_stages=(4,))
 
 
 def _train_step_benchmark():

@@ -33,9 +33,10 @@ from avlformer.modeling.video_swin import VideoSwinConfig, VideoSwinEncoder
 
 _SUB_CONFIGS = {"video": VideoSwinConfig, "audio": PasstConfig, "text": TextTransformerConfig}
 CHECKPOINTABLE_PARTS = ("video", "audio", "text")
-# docs/training.md, "Training speed and memory": at the paper size, recomputing Video Swin block by block takes the
-# step's peak from 14.1 to 8.7 GB for one more Swin forward; PaSST's and the text model's activations are small
-# next to the weights and optimizer state, so recomputing them would cost time and save little.
+# docs/training.md, "Training speed and memory": at the paper size, Video Swin's activations are many GB, and
+# recomputing its first two stages block by block (VideoSwinConfig.checkpoint_stages) saves the most memory per
+# FLOP recomputed; PaSST's and the text model's activations are small next to the weights and optimizer state, so
+# recomputing them would cost time and save little.
 WORTH_CHECKPOINTING = ("video",)
 
 

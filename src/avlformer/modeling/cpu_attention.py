@@ -3,8 +3,8 @@
 PyTorch's fused CPU attention kernels take neither dropout nor a bias that needs a gradient (the learned AV mask,
 Video Swin's relative position bias), so SDPA falls back to a math path that writes, rereads and rewrites every
 (query x key) score tensor in memory several times: the product, each bias, the softmax, a float dropout mask,
-the dropped probabilities. At the paper size those tensors are 2.4 GB per Swin forward and 116 MB per text layer
-and head group, and the passes over them, not the products, set the cost (docs/training.md, "Training speed and
+the dropped probabilities. At the paper size those tensors are 2.4 GB per Swin forward and 116 MB per text
+layer, and the passes over them, not the products, set the cost (docs/training.md, "Training speed and
 memory"). Here the scores of a block of at most ``BLOCK_SCORES`` elements are computed, biased, soft-maxed and
 dropped while they are in cache; only the probabilities and a one-byte dropout mask reach memory, once, for
 backward, whose blocks work the same way.

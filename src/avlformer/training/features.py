@@ -25,7 +25,7 @@ from avlformer.training.flag_table import ArgumentError, flag_option
 log = logging.getLogger("avlformer.train")
 
 # Config fields that act only while the encoders train; they do not change what the frozen encoders output.
-TRAINING_ONLY = {"video": ("drop_path_rate", "use_checkpoint"),
+TRAINING_ONLY = {"video": ("drop_path_rate", "use_checkpoint", "checkpoint_stages"),
                  "audio": ("freqm", "timem", "fmin_aug_range", "fmax_aug_range", "use_checkpoint", "out_dim")}
 # Parts of the model that the features replace; fc and passt.linear stay trainable.
 FROZEN_PARTS = ("swin", "passt.mel", "passt.net")
