@@ -75,7 +75,7 @@ def test_biased_attention_dropout_is_the_reference_with_the_drawn_mask_at_any_bl
     torch.manual_seed(3)
     scores = query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5 + bias
     scores = scores if constant is None else scores + constant
-    keep = cpu_attention.draw_keep_mask(scores.shape, 0.3)
+    keep = cpu_attention.KeepDraws(0.3).fill(torch.empty(scores.shape, dtype=torch.bool))
     reference = _with_grads(torch.softmax(scores, -1) * keep / (1 - 0.3) @ value, inputs)
     assert 0 < keep.sum() < keep.numel()
     for ours in results:
@@ -84,11 +84,14 @@ def test_biased_attention_dropout_is_the_reference_with_the_drawn_mask_at_any_bl
 
 
 def test_dropout_draws_keep_one_minus_p_and_follow_the_torch_seed():
+    def draw(shape):
+        return cpu_attention.KeepDraws(0.1).fill(torch.empty(shape, dtype=torch.bool))
+
     torch.manual_seed(1)
-    first = cpu_attention.draw_keep_mask((1000, 1001), 0.1)  # an odd block: half a word carries over
+    first = draw((1000, 1001))  # an odd size: half a word carries over
     torch.manual_seed(1)
-    again = cpu_attention.draw_keep_mask((1000, 1001), 0.1)
-    other = cpu_attention.draw_keep_mask((1000, 1001), 0.1)
+    again = draw((1000, 1001))
+    other = draw((1000, 1001))
     assert torch.equal(first, again) and not torch.equal(first, other)
     kept = first.double().mean().item()
     assert abs(kept - 0.9) < 5 * (0.9 * 0.1 / first.numel()) ** 0.5  # five standard deviations

@@ -77,11 +77,6 @@ class KeepDraws:
         return keep
 
 
-def draw_keep_mask(shape, dropout_p: float) -> torch.Tensor:
-    """A fresh keep mask of ``shape`` from the next draw of torch's generator, as one attention call draws it."""
-    return KeepDraws(dropout_p).fill(torch.empty(shape, dtype=torch.bool))
-
-
 class _Blocks:
     """The blocks of one attention call: every leading index but the last, a run of the last leading dim (heads)
     and a run of query rows, sized so that a block holds at most ``BLOCK_SCORES`` scores."""
@@ -108,12 +103,15 @@ class _Blocks:
                 for row in range(0, self.rows, self.row_step):
                     yield outer, slice(head, head + self.head_step), slice(row, row + self.row_step)
 
-    def operand(self, tensor: torch.Tensor | None, outer, heads: slice, rows: slice) -> torch.Tensor | None:
-        """The block of a tensor that broadcasts to ``(..., Nq, Nk)``: its own index where a dim is real, index 0
-        where it is broadcast (size 1), so the result broadcasts over the block's ``(heads, rows, keys)``."""
+    def padded(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        """A tensor that broadcasts to ``(..., Nq, Nk)``, viewed with all of those dims (size 1 where missing)."""
         if tensor is None:
             return None
-        padded = tensor.reshape((1,) * (self.lead_dims + 2 - tensor.dim()) + tuple(tensor.shape))
+        return tensor.reshape((1,) * (self.lead_dims + 2 - tensor.dim()) + tuple(tensor.shape))
+
+    def operand(self, padded: torch.Tensor, outer, heads: slice, rows: slice) -> torch.Tensor:
+        """A block of a :meth:`padded` tensor: its own index where a dim is real, index 0 where it is broadcast
+        (size 1), so the result broadcasts over the block's ``(heads, rows, keys)``."""
         index = tuple(i if size != 1 else 0 for i, size in zip(outer, padded.shape))
         head_dim, row_dim = padded.shape[-3], padded.shape[-2]
         return padded[index][heads if head_dim != 1 else slice(0, 1), rows if row_dim != 1 else slice(0, 1)]
@@ -142,13 +140,13 @@ class _BiasedAttention(torch.autograd.Function):
         draws = None if keep is None else KeepDraws(dropout_p)
         scores_scratch = blocks.scratch(probs)
         dropped_scratch = None if keep is None else blocks.scratch(probs)
+        terms = [blocks.padded(term) for term in (bias, constant_bias) if term is not None]
         for outer, heads, rows in blocks:
             block_probs = probs[outer][heads, rows]
             scores = torch.matmul(scaled_query[outer][heads, rows], key[outer][heads].transpose(-1, -2),
                                   out=_view(scores_scratch, block_probs.shape))
-            for term in (bias, constant_bias):
-                if term is not None:
-                    scores.add_(blocks.operand(term, outer, heads, rows))
+            for term in terms:
+                scores.add_(blocks.operand(term, outer, heads, rows))
             torch._softmax(scores, -1, False, out=block_probs)
             if keep is not None:
                 dropped = torch.mul(block_probs, draws.fill(keep[outer][heads, rows]),
@@ -176,6 +174,7 @@ class _BiasedAttention(torch.autograd.Function):
         grad_key = torch.zeros_like(key) if needs_key else None
         grad_value = torch.zeros_like(value) if needs_value else None
         grad_bias = scaled_query.new_zeros(ctx.bias_shape) if needs_bias else None
+        padded_grad_bias = blocks.padded(grad_bias)
         grad_scratch, product_scratch = blocks.scratch(probs), blocks.scratch(probs)
         for outer, heads, rows in blocks:
             block_probs, block_grad_out = probs[outer][heads, rows], grad_out[outer][heads, rows]
@@ -197,7 +196,7 @@ class _BiasedAttention(torch.autograd.Function):
             if needs_key:
                 grad_key[outer][heads].baddbmm_(grad_scores.transpose(-1, -2), scaled_query[outer][heads, rows])
             if needs_bias:
-                target = blocks.operand(grad_bias, outer, heads, rows)
+                target = blocks.operand(padded_grad_bias, outer, heads, rows)
                 target.add_(_sum_to(grad_scores, target))
         if needs_query:
             grad_query.mul_(ctx.scale)
