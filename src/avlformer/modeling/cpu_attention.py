@@ -28,11 +28,14 @@ BLOCK_SCORES = 1 << 20
 _UINT32_RANGE = 1 << 32
 
 
-def uses_biased_attention(query: torch.Tensor) -> bool:
-    """Whether training attention on ``query``'s device and dtype goes through :func:`biased_attention`: fp32 on
-    the CPU. CUDA's memory-efficient SDPA kernel takes a bias that needs a gradient, and SDPA's math path computes
-    half-precision inputs in fp32, which this function does not."""
-    return query.device.type == "cpu" and query.dtype == torch.float32
+def uses_biased_attention(query: torch.Tensor, bias: torch.Tensor | None, dropout_p: float = 0.0) -> bool:
+    """Whether attention on ``query`` goes through :func:`biased_attention` rather than SDPA: fp32 on the CPU,
+    with gradients, where SDPA would fall back to its math path (dropout, or a bias that needs a gradient).
+    CUDA's memory-efficient SDPA kernel takes such a bias, and SDPA's math path computes half-precision inputs in
+    fp32, which :func:`biased_attention` does not."""
+    falls_back = dropout_p > 0 or (bias is not None and bias.requires_grad)
+    return (torch.is_grad_enabled() and falls_back and query.device.type == "cpu"
+            and query.dtype == torch.float32)
 
 
 def biased_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None,

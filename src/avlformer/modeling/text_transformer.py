@@ -139,9 +139,7 @@ class BertSelfAttention(nn.Module):
         dropout_p = self.dropout_p if self.training else 0.0
         if bias is not None:
             bias = bias.to(query.dtype)
-        needs_math_path = torch.is_grad_enabled() and (dropout_p > 0 or (bias is not None and bias.requires_grad))
-        if self.implementation == "sdpa" and needs_math_path and uses_biased_attention(query):
-            # CPU fp32 training, where SDPA would fall back to its math path
+        if self.implementation == "sdpa" and uses_biased_attention(query, bias, dropout_p):
             context = biased_attention(query, key, value, bias, dropout_p=dropout_p)
         elif self.implementation == "sdpa":
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p)

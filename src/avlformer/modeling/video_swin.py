@@ -235,7 +235,7 @@ class _WindowAttention3d(ShiftedWindowAttention3d):
         batch, num_windows, volume, channels = windows.shape
         qkv = self.qkv(windows).view(batch, num_windows, volume, 3, self.num_heads, channels // self.num_heads)
         qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, heads, V, head_dim)
-        if torch.is_grad_enabled() and bias.requires_grad and uses_biased_attention(qkv):
+        if uses_biased_attention(qkv, bias):
             query, key, value = qkv.unbind(0)
             mask = None if shift_mask is None else shift_mask.to(query.dtype)
             out = biased_attention(query, key, value, bias.to(query.dtype), mask)  # (B, nW, heads, V, head_dim)
