@@ -4,6 +4,10 @@ against one video at a time; a checkpoint loaded by assignment on the meta devic
 model that copies the file's tensors in)."""
 
 import copy
+import gc
+from pathlib import Path
+
+import pytest
 
 import torch
 
@@ -11,6 +15,7 @@ from avlformer.data.recipe import PreprocessRecipe
 from avlformer.data.token_ids import CLS_ID
 from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
 from avlformer.modeling.checkpoint import WEIGHTS_NAME, load_model, save_checkpoint
+from avlformer.modeling import generation
 from avlformer.modeling.generation import (CachedStepper, JointKVCache, LayerKVCache, ReforwardStepper,
                                           generate)
 from avlformer.modeling.sampling import sample_captions
@@ -68,6 +73,54 @@ def test_joint_cache_is_written_in_place_and_keeps_final_entries():
         assert torch.equal(final[:, :, :kept.shape[2]], kept)
 
 
+@pytest.fixture
+def two_threads():
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("expand", [1, 3])
+def test_two_thread_step_equals_one_thread_step_and_reforward_at_every_step(expand, two_threads, monkeypatch):
+    """The cut step of a two-thread caller (head groups, feed-forward and vocabulary halves on the caller and the
+    helper thread) against the uncut one-thread step and the re-forward, on both caches."""
+    pairs = []
+
+    class RecordedPair(generation.ThreadPair):
+        def __init__(self, parallel):
+            super().__init__(parallel)
+            pairs.append(parallel)
+
+    monkeypatch.setattr(generation, "ThreadPair", RecordedPair)
+    model, av_tokens, av_mask = random_tiny_model()
+    steps, rows = 10, av_tokens.shape[0] * expand
+    with torch.no_grad():
+        paired = CachedStepper(model, av_tokens, av_mask, max_length=steps + 1, expand=expand)
+        torch.set_num_threads(1)  # the caller's count when decoding starts decides
+        whole = CachedStepper(model, av_tokens, av_mask, max_length=steps + 1, expand=expand)
+        torch.set_num_threads(2)
+        reference = ReforwardStepper(model, av_tokens, av_mask, expand=expand)
+        assert len(paired.halves.heads) == 2 and len(paired.whole.heads) == 1
+        token_ids = torch.full((rows, 1), CLS_ID)
+        for _ in range(steps):
+            got = paired.next_logits(token_ids)
+            alone = whole.next_logits(token_ids)
+            assert torch.allclose(got, alone, rtol=0, atol=1e-10)
+            assert torch.allclose(got, reference.next_logits(token_ids), rtol=0, atol=1e-10)
+            token_ids = torch.cat([token_ids, got.argmax(-1, keepdim=True)], dim=1)
+    assert pairs == [True, False] * steps  # two threads: the pair; one thread: the uncut step
+    assert len({tuple(row.tolist()) for row in token_ids}) > 1, "rows should decode differently"
+
+
+def test_two_thread_captions_equal_reforward_greedy_and_beam(two_threads):
+    model, av_tokens, av_mask = random_tiny_model(seed=3)
+    for num_beams in (1, 3):
+        cached = generate(model, av_tokens, av_mask, max_length=14, num_beams=num_beams)
+        reference = generate(model, av_tokens, av_mask, max_length=14, num_beams=num_beams, use_cache=False)
+        assert torch.equal(cached.token_ids, reference.token_ids)
+        assert torch.allclose(cached.confidence, reference.confidence, rtol=1e-9)
+
+
 def test_batched_greedy_equals_each_video_alone():
     model, av_tokens, av_mask = random_tiny_model()
     together = generate(model, av_tokens, av_mask, max_length=14)
@@ -102,6 +155,27 @@ def test_loading_by_assignment_equals_copying_into_a_built_model(tmp_path):
         assert torch.equal(old_way.encode_av(frames, audio), loaded.encode_av(frames, audio))
     assert torch.equal(old_way.generate(frames, audio, max_length=10).token_ids,
                        loaded.generate(frames, audio, max_length=10).token_ids)
+
+
+def mapped_files() -> str:
+    gc.collect()  # a dropped mapping is unmapped once its last tensor is freed
+    return Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
+def test_a_cpu_load_holds_its_weights_in_process_memory_not_in_the_file_mapping(tmp_path):
+    """Decoding streams every weight each step, measured slower from the file's 4 KB page-cache pages: a CPU
+    load copies the assigned tensors out of the memory-mapped file, so no mapping of it survives the load."""
+    config = AVLFormerConfig.tiny()
+    folder = save_checkpoint(tmp_path / "ckpt", AVLFormer(config).eval(), config, PreprocessRecipe.paper())
+    weights = str((folder / WEIGHTS_NAME).resolve())
+    mapped = read_weights_file(folder / WEIGHTS_NAME)
+    assert weights in mapped_files()  # the reader does map the file: the check below can tell
+    model, _ = load_model(folder)
+    del mapped
+    assert weights not in mapped_files()
+    own = model.state_dict()
+    assert all(torch.equal(own[name], tensor) for name, tensor in read_weights_file(folder / WEIGHTS_NAME).items())
 
 
 def test_one_sample_per_video_draws_the_same_ids_on_the_joint_cache():

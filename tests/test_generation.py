@@ -7,7 +7,8 @@ import torch
 
 from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from avlformer.modeling.attention_mask import learned_av_mask
-from avlformer.modeling.generation import (BeamHypotheses, CachedStepper, ReforwardStepper,
+from avlformer.modeling import generation
+from avlformer.modeling.generation import (BeamHypotheses, CachedStepper, ReforwardStepper, append_token,
                                           generate)
 from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig
 
@@ -114,40 +115,25 @@ def test_beam_cached_equals_reforward(num_beams, length_penalty):
     assert all(stop >= 0 for stop in stop_steps(cached.token_ids))
 
 
+def fed_lengths(model, **generate_args) -> tuple[list[int], list[int]]:
+    """How many text tokens each pass embeds, and how many AV tokens, over one ``generate`` call."""
+    text, av = [], []
+    hooks = [model.bert.embeddings.register_forward_pre_hook(lambda m, args: text.append(args[0].shape[1])),
+             model.bert.img_embedding.register_forward_pre_hook(lambda m, args: av.append(args[0].shape[1]))]
+    try:
+        generate(model, *generate_args.pop("inputs"), max_length=MAX_LENGTH, **generate_args)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return text, av
+
+
 def test_cached_step_feeds_two_tokens_and_av_once():
     model, av_tokens, av_mask = random_tiny_model()
-    first_query = model.bert.encoder.layer[0].attention.self.query  # both paths project every fed token here
-    lengths = []
-    hook = first_query.register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
-    generate(model, av_tokens, av_mask, max_length=MAX_LENGTH, use_cache=True)
-    hook.remove()
-    assert lengths[0] == NUM_AV and set(lengths[1:]) == {2}
-    lengths.clear()
-    hook = first_query.register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
-    generate(model, av_tokens, av_mask, max_length=MAX_LENGTH, use_cache=False)
-    hook.remove()
-    assert lengths[:3] == [NUM_AV + 2, NUM_AV + 3, NUM_AV + 4]  # the reference re-feeds everything
-
-
-def test_cached_logprobs_equal_reforward_step_by_step_through_beam_reorders():
-    """Every step's log-probs, not just the argmax: four videos x three beams, rows shuffled within each video
-    between steps as beam search does."""
-    model, av_tokens, av_mask = random_tiny_model()
-    beams, steps = 3, 10
-    cached = CachedStepper(model, av_tokens, av_mask, max_length=steps + 1, expand=beams)
-    reference = ReforwardStepper(model, av_tokens, av_mask, expand=beams)
-    generator = torch.Generator().manual_seed(0)
-    token_ids = torch.full((4 * beams, 1), CLS_ID)
-    with torch.no_grad():
-        for _ in range(steps):
-            got = torch.log_softmax(cached.next_logits(token_ids), -1)
-            expected = torch.log_softmax(reference.next_logits(token_ids), -1)
-            assert torch.allclose(got, expected, rtol=0, atol=1e-10)
-            within_video = torch.randint(0, beams, (4, beams), generator=generator)
-            beam_idx = (within_video + torch.arange(4)[:, None] * beams).view(-1)
-            cached.reorder(beam_idx)
-            words = torch.randint(0, 128, (4 * beams, 1), generator=generator)
-            token_ids = torch.cat([token_ids[beam_idx], words], dim=1)
+    text, av = fed_lengths(model, inputs=(av_tokens, av_mask), use_cache=True)
+    assert av == [NUM_AV] and len(text) >= 3 and set(text) == {2}
+    text, av = fed_lengths(model, inputs=(av_tokens, av_mask), use_cache=False)
+    assert text[:3] == [2, 3, 4] and av[:3] == [NUM_AV] * 3  # the reference re-feeds everything
 
 
 def test_av_keys_values_are_computed_once_and_shared_by_beams():
@@ -162,12 +148,20 @@ def test_av_keys_values_are_computed_once_and_shared_by_beams():
     assert cache.av_keys.shape[0] == 4 and cache.text_keys.shape[0] == 12  # AV once per video, not per beam
 
 
-def test_cached_steps_run_at_one_thread_and_restore_the_callers_setting():
+def test_cached_steps_run_at_one_thread_and_restore_the_callers_setting(monkeypatch):
     model, av_tokens, av_mask = random_tiny_model()
     seen = {"cached": [], "reforward": []}
     phase = ["cached"]
-    hook = model.bert.encoder.layer[0].attention.self.query.register_forward_pre_hook(
-        lambda m, args: seen[phase[0]].append((args[0].shape[1], torch.get_num_threads())))
+    loop_threads = {"cached": set(), "reforward": set()}  # the decoding loop's own per-step work
+
+    def recorded_append(*args):
+        loop_threads[phase[0]].add(torch.get_num_threads())
+        return append_token(*args)
+
+    monkeypatch.setattr(generation, "append_token", recorded_append)
+    hooks = [module.register_forward_pre_hook(lambda m, args: seen[phase[0]].append(
+                 (args[0].shape[1], torch.get_num_threads())))
+             for module in (model.bert.img_embedding, model.bert.embeddings)]
     torch.set_num_threads(2)
     try:
         cached_two = generate(model, av_tokens, av_mask, max_length=6, use_cache=True)
@@ -176,14 +170,18 @@ def test_cached_steps_run_at_one_thread_and_restore_the_callers_setting():
         generate(model, av_tokens, av_mask, max_length=4, use_cache=False)
     finally:
         torch.set_num_threads(1)
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     assert after_cached == 2
     prefill, *steps = seen["cached"]
     assert prefill == (NUM_AV, 2)  # the AV prefill keeps the caller's count
     assert len(steps) >= 2 and set(steps) == {(2, 1)}  # every step: two new tokens at one thread
     assert {threads for _, threads in seen["reforward"]} == {2}
+    assert loop_threads == {"cached": {1}, "reforward": {2}}
     cached_one = generate(model, av_tokens, av_mask, max_length=6, use_cache=True)
     assert torch.equal(cached_one.token_ids, cached_two.token_ids)
+    assert torch.allclose(cached_one.confidence, cached_two.confidence, rtol=1e-9)
+
 
 def test_no_learned_mask_and_single_token_limit():
     model, av_tokens, _ = random_tiny_model()

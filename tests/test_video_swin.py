@@ -246,6 +246,19 @@ def test_sdpa_attention_matches_torchvision_eager(window, shift, grid):
         torch.testing.assert_close(ours, eager, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch", [1, 2])  # one video folds windows into SDPA's batch, two into its heads
+@pytest.mark.parametrize("shift,grid", [((4, 3, 3), (8, 14, 14)), ((0, 0, 0), (8, 14, 14)), ((4, 3, 3), (4, 16, 9))])
+def test_inference_attention_matches_torchvision_eager(batch, shift, grid):
+    torch.manual_seed(1)
+    attention = video_swin._WindowAttention3d(16, [8, 7, 7], list(shift), 2).eval()
+    with torch.no_grad():
+        attention.relative_position_bias_table.normal_()
+        inputs = torch.randn(batch, *grid, 16)
+        ours = attention(inputs)
+        eager = ShiftedWindowAttention3d.forward(attention, inputs)
+    torch.testing.assert_close(ours, eager, rtol=1e-5, atol=1e-5)
+
+
 def test_bfloat16_autocast_forward():
     encoder = VideoSwinEncoder(VideoSwinConfig.nano()).eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -21,6 +21,7 @@ Both produce identical token ids (tests check it); the decoding loops below do n
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,7 @@ from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from avlformer.device import one_cpu_thread
 from avlformer.modeling.attention_mask import MASK_BIAS, build_attention_mask, mask_to_bias
 from avlformer.modeling.text_transformer import TextTransformer
+from avlformer.modeling.thread_pair import ThreadPair, split_range
 
 
 @dataclass
@@ -59,6 +61,10 @@ class ReforwardStepper:
     def reorder(self, beam_idx: torch.Tensor) -> None:
         """Nothing to do: the whole state is in ``token_ids``, and beams never change video."""
 
+    def loop_threads(self):
+        """A decoding loop around this stepper keeps the caller's threads: each step is a full forward."""
+        return contextlib.nullcontext()
+
 
 def group_by_video(x: torch.Tensor, per_video: int) -> torch.Tensor:
     """``(videos·K, heads, T, n)`` -> ``(videos, heads, K·T, n)``: a video's K rows side by side, so one product
@@ -73,6 +79,9 @@ def ungroup_by_video(x: torch.Tensor, per_video: int, length: int) -> torch.Tens
     videos, heads, _, width = x.shape
     return (x.view(videos, heads, per_video, length, width).transpose(1, 2)
             .reshape(videos * per_video, heads, length, width))
+
+
+ALL_HEADS = slice(None)
 
 
 class LayerKVCache:
@@ -90,28 +99,32 @@ class LayerKVCache:
         self.text_keys, self.text_values = av_keys.new_zeros(shape), av_values.new_zeros(shape)
         self.rows_per_video = rows_per_video
 
-    def write(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def write(self, start: int, keys: torch.Tensor, values: torch.Tensor, heads: slice = ALL_HEADS) -> None:
         end = start + keys.shape[2]
-        self.text_keys[:, :, start:end] = keys
-        self.text_values[:, :, start:end] = values
+        self.text_keys[:, heads, start:end] = keys
+        self.text_values[:, heads, start:end] = values
 
     def reorder(self, rows: torch.Tensor, length: int) -> None:
         """Row i takes row ``rows[i]``'s first ``length`` text entries (beams never change video: AV stays)."""
         self.text_keys[:, :, :length] = self.text_keys[rows, :, :length]
         self.text_values[:, :, :length] = self.text_values[rows, :, :length]
 
-    def attend(self, query: torch.Tensor, text_length: int, new_bias: torch.Tensor) -> torch.Tensor:
-        """Attention of the last ``T`` text positions ``query (rows, heads, T, head_dim)`` over every AV entry and
-        text entries ``[0, text_length)``; ``new_bias (T, T)`` is added among the ``T`` new positions."""
+    def attend(self, query: torch.Tensor, text_length: int, new_bias: torch.Tensor,
+               heads: slice = ALL_HEADS) -> torch.Tensor:
+        """Attention of the last ``T`` text positions ``query (rows, h, T, head_dim)`` of the cache's ``heads``
+        over every AV entry and text entries ``[0, text_length)``; ``new_bias (T, T)`` is added among the ``T``
+        new positions."""
         num_av, head_dim = self.av_keys.shape[2:]
         new, per = query.shape[2], self.rows_per_video
         query = query * head_dim ** -0.5
-        av_scores = ungroup_by_video(group_by_video(query, per) @ self.av_keys.transpose(-1, -2), per, new)
-        text_keys, text_values = self.text_keys[:, :, :text_length], self.text_values[:, :, :text_length]
+        av_keys, av_values = self.av_keys[:, heads], self.av_values[:, heads]
+        av_scores = ungroup_by_video(group_by_video(query, per) @ av_keys.transpose(-1, -2), per, new)
+        text_keys = self.text_keys[:, heads, :text_length]
+        text_values = self.text_values[:, heads, :text_length]
         text_scores = query @ text_keys.transpose(-1, -2)
         text_scores[..., -new:] += new_bias
         probs = torch.cat([av_scores, text_scores], dim=-1).softmax(dim=-1)
-        context = ungroup_by_video(group_by_video(probs[..., :num_av], per) @ self.av_values, per, new)
+        context = ungroup_by_video(group_by_video(probs[..., :num_av], per) @ av_values, per, new)
         return context + probs[..., num_av:] @ text_values
 
 
@@ -128,23 +141,24 @@ class JointKVCache:
         self.keys[:, :, :num_av], self.values[:, :, :num_av] = av_keys, av_values
         self.num_av = num_av
 
-    def write(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def write(self, start: int, keys: torch.Tensor, values: torch.Tensor, heads: slice = ALL_HEADS) -> None:
         start += self.num_av
         end = start + keys.shape[2]
-        self.keys[:, :, start:end] = keys
-        self.values[:, :, start:end] = values
+        self.keys[:, heads, start:end] = keys
+        self.values[:, heads, start:end] = values
 
     def reorder(self, rows: torch.Tensor, length: int) -> None:
         """Nothing to do: with one row per video, a beam reorder maps every row to itself."""
 
-    def attend(self, query: torch.Tensor, text_length: int, new_bias: torch.Tensor) -> torch.Tensor:
-        """As :meth:`LayerKVCache.attend`: the last ``T`` text positions over every AV entry and text entries
-        ``[0, text_length)``, ``new_bias (T, T)`` added among the ``T`` new positions."""
+    def attend(self, query: torch.Tensor, text_length: int, new_bias: torch.Tensor,
+               heads: slice = ALL_HEADS) -> torch.Tensor:
+        """As :meth:`LayerKVCache.attend`: the last ``T`` text positions of the cache's ``heads`` over every AV
+        entry and text entries ``[0, text_length)``, ``new_bias (T, T)`` added among the ``T`` new positions."""
         end = self.num_av + text_length
         new = query.shape[2]
-        scores = (query * query.shape[-1] ** -0.5) @ self.keys[:, :, :end].transpose(-1, -2)
+        scores = (query * query.shape[-1] ** -0.5) @ self.keys[:, heads, :end].transpose(-1, -2)
         scores[..., -new:] += new_bias
-        return scores.softmax(dim=-1) @ self.values[:, :, :end]
+        return scores.softmax(dim=-1) @ self.values[:, heads, :end]
 
 
 def prefill_av(model: TextTransformer, av_tokens: torch.Tensor, bias: torch.Tensor | None) -> list:
@@ -172,9 +186,17 @@ def _prefill_layer(layer, hidden: torch.Tensor, bias: torch.Tensor | None):
 
 
 class CachedStepper:
-    """KV-cached decoding: AV keys/values once per video, then two text tokens per step (see module docstring)."""
+    """KV-cached decoding: AV keys/values once per video, then two text tokens per step (see module docstring).
+
+    With two or more CPU threads a step's work is cut into pairs of independent tasks run on two threads
+    (:mod:`avlformer.modeling.thread_pair`): each layer's attention by head groups, its feed-forward by halves of
+    the intermediate width, the LM head by halves of the vocabulary; a pair's partial output projections are
+    summed in a fixed order, so the result is the same at any count of two or more. At one thread (and on a GPU)
+    a step is one product per weight: cut products stream their weights about 9% slower on one core (smaller
+    products), and the uncut step is what earlier versions computed."""
 
     NEW_TOKENS = 2  # the real token at c-1 and [MASK] at c
+    PARALLEL_PARTS = 2  # the calling thread and the helper
 
     def __init__(self, model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None,
                  max_length: int, expand: int = 1):
@@ -190,39 +212,102 @@ class CachedStepper:
         self.positions = torch.arange(max_length, device=av_tokens.device).unsqueeze(0)
         self.kept = 0  # text positions whose keys/values are final
         self.on_cpu = av_tokens.device.type == "cpu"
+        self.paired = self.on_cpu and torch.get_num_threads() > 1  # the caller's count when decoding starts
+        self.whole, self.halves = (_StepCut.of(model.config, parts) for parts in (1, self.PARALLEL_PARTS))
 
     def next_logits(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """On the CPU at one thread. A cached step is ~100 matrix products of 0.1-1 ms that stream the weights and
-        AV keys/values from memory (~0.53 GB per step at the paper size: bandwidth, not FLOPs, sets its cost),
-        each an OpenMP region ending in a barrier. A second thread buys some bandwidth on an idle machine (48
-        against 79 ms per step measured) but, when other processes run, a descheduled worker stalls every
-        barrier for a scheduler time slice (1.6 s against 0.18 s per step measured with five niced processes on
-        the two cores). One thread is never the slow case, and it makes the step's results independent of the
-        caller's thread count (MKL's one-row product, the 30522-way head at batch 1, and the 3072-wide
-        feed-forward output at batch 8 differ in their last bits between one and two threads), so a caption
-        does not depend on ``--threads``. The AV prefill (large products) and the encoders keep the caller's
-        count."""
+        """On the CPU every product runs at one intra-op thread; a caller with two or more threads gets the cut
+        step on two threads. Letting torch split each product over two threads instead was measured to lose on a
+        busy machine: a step is ~100 products of 0.1-1 ms, each an OpenMP region ending in a barrier, and a
+        descheduled worker stalls every barrier for a scheduler slice (1.6 s against 0.18 s per step with five
+        niced processes on the two cores). The pair joins 25 times per step and never waits for a task the helper
+        has not started (docs/architecture.md, "Threads"). The AV prefill (large products) and the encoders keep
+        the caller's count."""
         if not self.on_cpu:
-            return self._step(token_ids)
+            return self._step(token_ids, ThreadPair(parallel=False), self.whole)
+        parallel = self.paired and not torch.is_grad_enabled()
         with one_cpu_thread():
-            return self._step(token_ids)
+            return self._step(token_ids, ThreadPair(parallel), self.halves if parallel else self.whole)
 
-    def _step(self, token_ids: torch.Tensor) -> torch.Tensor:
+    def loop_threads(self):
+        """A decoding loop around this stepper runs at one intra-op thread on the CPU: its own work per step
+        (log-softmax and argmax over the vocabulary, appending a token) is small, and a two-thread region there
+        leaves torch's OpenMP worker spinning on the core the step's helper thread needs (a paper caption's
+        decoding measured 7.2-7.9 s with OpenMP's waiting made passive against 7.8-9.4 s without)."""
+        return one_cpu_thread() if self.on_cpu else contextlib.nullcontext()
+
+    def _step(self, token_ids: torch.Tensor, pair: ThreadPair, cut: "_StepCut") -> torch.Tensor:
         batch, length = token_ids.shape
         new_tokens = torch.stack([token_ids[:, -1], token_ids.new_full((batch,), MASK_ID)], dim=1)
         hidden = self.model.bert.embeddings(new_tokens, position_ids=self.positions[:, length - 1:length + 1])
         for layer, cache in zip(self.layers, self.caches):
-            attention = layer.attention.self
-            query, key, value = attention.project(hidden)
-            cache.write(length - 1, key, value)
-            context = attention.merge_heads(cache.attend(query, length + 1, self.new_bias))
-            hidden = layer.feed_forward(layer.attention.output(context, hidden))
+            attended = self._attention(layer.attention, cache, hidden, length, pair, cut.heads)
+            hidden = self._feed_forward(layer, attended, pair, cut.feed_forward)
         self.kept = length
-        return self.model.logits(hidden[:, 1])
+        return self._logits(hidden[:, 1], pair, cut.vocab)
+
+    def _attention(self, attention, cache, hidden: torch.Tensor, length: int, pair: ThreadPair,
+                   head_groups: list[slice]) -> torch.Tensor:
+        """The layer's attention sublayer (``BertAttention`` in eval mode) over the cache, by head groups."""
+        heads_module, output = attention.self, attention.output
+        head_dim = heads_module.head_dim
+
+        def group(heads: slice) -> torch.Tensor:
+            features = slice(heads.start * head_dim, heads.stop * head_dim)
+            query, key, value = (heads_module.split_heads(F.linear(hidden, proj.weight[features], proj.bias[features]))
+                                 for proj in (heads_module.query, heads_module.key, heads_module.value))
+            cache.write(length - 1, key, value, heads)
+            context = heads_module.merge_heads(cache.attend(query, length + 1, self.new_bias, heads))
+            return F.linear(context, output.dense.weight[:, features])
+
+        projected = _sum_in_order(pair.run([functools.partial(group, heads) for heads in head_groups]))
+        return output.LayerNorm(output.dropout(projected + output.dense.bias) + hidden)
+
+    def _feed_forward(self, layer, attended: torch.Tensor, pair: ThreadPair, groups: list[slice]) -> torch.Tensor:
+        """``BertLayer.feed_forward`` by halves of the intermediate width."""
+        inner, output = layer.intermediate.dense, layer.output
+
+        def group(columns: slice) -> torch.Tensor:
+            activated = F.gelu(F.linear(attended, inner.weight[columns], inner.bias[columns]))
+            return F.linear(activated, output.dense.weight[:, columns])
+
+        projected = _sum_in_order(pair.run([functools.partial(group, cols) for cols in groups]))
+        return output.LayerNorm(output.dropout(projected + output.dense.bias) + attended)
+
+    def _logits(self, hidden: torch.Tensor, pair: ThreadPair, groups: list[slice]) -> torch.Tensor:
+        """``TextTransformer.logits`` with the 30522-way decoder by halves of the vocabulary."""
+        head = self.model.cls.predictions
+        transformed = head.transform(hidden)
+
+        def group(words: slice) -> torch.Tensor:
+            return F.linear(transformed, head.decoder.weight[words], head.bias[words])
+
+        parts = pair.run([functools.partial(group, words) for words in groups])
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def reorder(self, beam_idx: torch.Tensor) -> None:
         for cache in self.caches:
             cache.reorder(beam_idx, self.kept)
+
+
+@dataclass(frozen=True)
+class _StepCut:
+    """How a step's products are cut into independent tasks: head groups, intermediate columns, vocabulary."""
+    heads: list[slice]
+    feed_forward: list[slice]
+    vocab: list[slice]
+
+    @classmethod
+    def of(cls, config, parts: int) -> "_StepCut":
+        return cls(split_range(config.num_heads, parts), split_range(config.intermediate_size, parts),
+                   split_range(config.vocab_size, parts))
+
+
+def _sum_in_order(parts: list[torch.Tensor]) -> torch.Tensor:
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
 
 
 def check_max_length(model: TextTransformer, max_length: int) -> None:
@@ -282,15 +367,16 @@ def greedy_search(stepper, batch: int, max_length: int, device) -> GenerationOut
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     logprob_sum = torch.zeros(batch, dtype=torch.float64, device=device)
     open_steps = torch.zeros(batch, dtype=torch.float64, device=device)
-    while token_ids.shape[1] < max_length:
-        logits = _score_dtype(stepper.next_logits(token_ids))
-        next_tokens = logits.argmax(dim=-1)
-        chosen_logprob = F.log_softmax(logits, dim=-1).gather(1, next_tokens[:, None]).squeeze(1)
-        logprob_sum += chosen_logprob.double() * unfinished
-        open_steps += unfinished
-        token_ids = append_token(token_ids, next_tokens, unfinished)
-        if not unfinished.any():
-            break
+    with stepper.loop_threads():
+        while token_ids.shape[1] < max_length:
+            logits = _score_dtype(stepper.next_logits(token_ids))
+            next_tokens = logits.argmax(dim=-1)
+            chosen_logprob = F.log_softmax(logits, dim=-1).gather(1, next_tokens[:, None]).squeeze(1)
+            logprob_sum += chosen_logprob.double() * unfinished
+            open_steps += unfinished
+            token_ids = append_token(token_ids, next_tokens, unfinished)
+            if not unfinished.any():
+                break
     if token_ids.shape[1] == max_length:
         token_ids[unfinished, -1] = SEP_ID
     confidence = torch.exp(logprob_sum / open_steps.clamp(min=1)).float()
@@ -334,6 +420,12 @@ CANDIDATES_PER_BEAM = 2  # upstream TOPN_PER_BEAM: spare candidates so a beam su
 def beam_search(stepper, batch: int, num_beams: int, max_length: int, length_penalty: float,
                 device) -> GenerationOutput:
     """Upstream ``_generate_beam_search`` (greedy beams, ``num_keep_best`` 1). Confidence = exp(best hyp score)."""
+    with stepper.loop_threads():
+        return _beam_search(stepper, batch, num_beams, max_length, length_penalty, device)
+
+
+def _beam_search(stepper, batch: int, num_beams: int, max_length: int, length_penalty: float,
+                 device) -> GenerationOutput:
     token_ids = torch.full((batch * num_beams, 1), CLS_ID, dtype=torch.long, device=device)
     hypotheses = [BeamHypotheses(1, max_length, length_penalty) for _ in range(batch)]
     beam_scores = torch.zeros(batch, num_beams, dtype=torch.float64, device=device)

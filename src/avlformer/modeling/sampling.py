@@ -65,17 +65,18 @@ def sample_loop(stepper, rows: int, max_length: int, device, generator: torch.Ge
     drawn = []
     if uniforms is not None:  # moved once, not once per step
         uniforms = uniforms.to(device=device, dtype=torch.float32)
-    while token_ids.shape[1] < max_length:
-        logits = filter_logits(stepper.next_logits(token_ids).float(), temperature, top_k, top_p)
-        if uniforms is not None:
-            uniform = uniforms[:, token_ids.shape[1] - 1].to(logits.dtype)
-        else:
-            uniform = 1.0 - torch.rand(rows, generator=generator, device=device, dtype=logits.dtype)
-        next_tokens = draw(logits.softmax(dim=-1), uniform)
-        drawn.append(unfinished.clone())
-        token_ids = append_token(token_ids, next_tokens, unfinished)
-        if not unfinished.any():
-            break
+    with stepper.loop_threads():
+        while token_ids.shape[1] < max_length:
+            logits = filter_logits(stepper.next_logits(token_ids).float(), temperature, top_k, top_p)
+            if uniforms is not None:
+                uniform = uniforms[:, token_ids.shape[1] - 1].to(logits.dtype)
+            else:
+                uniform = 1.0 - torch.rand(rows, generator=generator, device=device, dtype=logits.dtype)
+            next_tokens = draw(logits.softmax(dim=-1), uniform)
+            drawn.append(unfinished.clone())
+            token_ids = append_token(token_ids, next_tokens, unfinished)
+            if not unfinished.any():
+                break
     drawn = torch.stack(drawn, dim=1)
     if token_ids.shape[1] == max_length:  # still open at the limit: [SEP] replaces the last draw, as greedy does
         token_ids[unfinished, -1] = SEP_ID

@@ -210,7 +210,8 @@ class _WindowAttention3d(ShiftedWindowAttention3d):
         _, t, h, w, _ = x.shape
         window, shift = _get_window_and_shift_size(self.shift_size.copy(), [t, h, w], self.window_size.copy())
         pad = _compute_pad_size_3d((t, h, w), (window[0], window[1], window[2]))
-        x = F.pad(x, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
+        if any(pad):  # F.pad copies even when it pads nothing (the paper's sizes tile exactly)
+            x = F.pad(x, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
         bias = self.get_relative_position_bias(window)  # (1, heads, V, V)
         shift_mask = None
         if any(shift):
@@ -243,13 +244,14 @@ class _WindowAttention3d(ShiftedWindowAttention3d):
         if shift_mask is not None:
             bias = bias + shift_mask  # (windows, heads, V, V)
         # SDPA's fused CPU/GPU kernels take 4-D inputs: fold windows into the batch when the bias is shared by
-        # all windows, else into the heads so the per-window bias broadcasts over the batch without a copy.
-        if bias.shape[0] == 1:
-            qkv = qkv.reshape(3, batch * num_windows, self.num_heads, volume, -1)
+        # all windows (or there is one video, so the per-window bias lines up with the windows), else into the
+        # heads so the per-window bias broadcasts over the batch. Folding into the batch needs no copy of qkv:
+        # the kernel reads the strided views (as fast as contiguous ones, measured).
+        if bias.shape[0] == 1 or batch == 1:
+            query, key, value = qkv.flatten(1, 2).unbind(0)  # (B·nW, heads, V, head_dim) views
         else:
-            qkv = qkv.reshape(3, batch, num_windows * self.num_heads, volume, -1)
+            query, key, value = qkv.reshape(3, batch, num_windows * self.num_heads, volume, -1).unbind(0)
             bias = bias.reshape(1, num_windows * self.num_heads, volume, volume)
-        query, key, value = qkv.unbind(0)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype))
         out = out.view(batch, num_windows, self.num_heads, volume, -1).transpose(2, 3)
         return self.proj(out.reshape(batch, num_windows, volume, channels))

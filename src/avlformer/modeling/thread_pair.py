@@ -1,0 +1,111 @@
+"""A decoding step's independent halves on two CPU threads, each half at one intra-op thread.
+
+A KV-cached decoding step at batch 1 is bound by streaming its weights from memory (docs/architecture.md,
+"Decoding speed"), and one core streams about half of what two do. Letting torch's intra-op pool split each of
+the step's ~100 small products over two threads was measured to lose on a busy machine: every product ends in an
+OpenMP barrier, and a descheduled worker stalls each one for a scheduler slice. Here the step is instead cut into
+about 25 pairs of larger, independent tasks (head groups of a layer's attention, halves of its feed-forward, halves
+of the vocabulary), and each pair runs on the calling thread and one helper thread. The caller never waits for a
+task the helper has not started: it takes that task itself, so a helper that is not scheduled costs nothing but
+the one task it may already be running.
+
+Which thread runs a task does not change its result: every task runs at one intra-op thread, so a step gives the
+same bits at ``--threads 1`` (both tasks on the caller, in order) as at two.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+from typing import Callable, Sequence
+
+import torch
+
+
+class ThreadPair:
+    """Runs a list of independent tasks on the calling thread and, when ``parallel``, on the process's helper
+    thread as well (the caller claims first; either thread claims the next unclaimed task when it is free).
+    Only without gradients: grad mode is per thread, and the helper runs under ``no_grad``."""
+
+    def __init__(self, parallel: bool):
+        self.parallel = parallel
+
+    def run(self, tasks: Sequence[Callable[[], torch.Tensor]]) -> list[torch.Tensor]:
+        if not self.parallel or len(tasks) < 2:
+            return [task() for task in tasks]
+        if torch.is_grad_enabled():
+            raise RuntimeError("ThreadPair runs tasks in parallel only without gradients (use torch.no_grad())")
+        work = _Work(tasks)
+        _helper().submit(work)
+        done = 0
+        try:
+            done = work.claim_and_run()
+        finally:
+            if done < len(tasks):  # the helper claimed the rest (or the caller failed): wait until it is free
+                work.helper_free.wait()
+        if work.error is not None:
+            raise work.error
+        return work.results
+
+
+class _Work:
+    def __init__(self, tasks: Sequence[Callable[[], torch.Tensor]]):
+        self.tasks = tasks
+        self.results: list = [None] * len(tasks)
+        self.claims = itertools.count()  # next() is atomic under the GIL: each index goes to one thread
+        self.helper_free = threading.Event()
+        self.error: BaseException | None = None
+
+    def claim_and_run(self) -> int:
+        """Run unclaimed tasks until none is left; returns how many this thread ran."""
+        ran = 0
+        while (index := next(self.claims)) < len(self.tasks):
+            self.results[index] = self.tasks[index]()
+            ran += 1
+        return ran
+
+
+class _Helper:
+    """One daemon thread per process, shared by every decoding caller (each submission carries its own state,
+    so concurrent callers only compete for the helper, never for each other's tasks)."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.pending: queue.SimpleQueue[_Work] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="avlformer-thread-pair", daemon=True).start()
+
+    def submit(self, work: _Work) -> None:
+        self.pending.put(work)
+
+    def _serve(self) -> None:
+        torch.set_num_threads(1)  # per thread: the caller's own count is untouched
+        torch.set_grad_enabled(False)
+        while True:
+            work = self.pending.get()
+            try:
+                work.claim_and_run()
+            except BaseException as error:  # noqa: BLE001 - handed to the caller, which raises it
+                work.error = error
+            finally:
+                work.helper_free.set()
+
+
+_HELPER: _Helper | None = None
+_HELPER_LOCK = threading.Lock()
+
+
+def _helper() -> _Helper:
+    global _HELPER
+    with _HELPER_LOCK:
+        if _HELPER is None or _HELPER.pid != os.getpid():  # a forked child has no copy of the parent's thread
+            _HELPER = _Helper()
+        return _HELPER
+
+
+def split_range(size: int, parts: int) -> list[slice]:
+    """``[0, size)`` cut into ``parts`` contiguous near-equal slices (fewer when ``size`` is smaller)."""
+    parts = max(1, min(parts, size))
+    bounds = [size * index // parts for index in range(parts + 1)]
+    return [slice(start, end) for start, end in zip(bounds, bounds[1:])]
