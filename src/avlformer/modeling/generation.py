@@ -193,7 +193,7 @@ class CachedStepper:
     the intermediate width, the LM head by halves of the vocabulary; a pair's partial output projections are
     summed in a fixed order, so the result is the same at any count of two or more. At one thread (and on a GPU)
     a step is one product per weight: cut products stream their weights about 9% slower on one core (smaller
-    products), and the uncut step is what earlier versions computed."""
+    products). The two differ in the last bits of the logits, not in the tokens tests and benchmarks compare."""
 
     NEW_TOKENS = 2  # the real token at c-1 and [MASK] at c
     PARALLEL_PARTS = 2  # the calling thread and the helper
@@ -221,8 +221,8 @@ class CachedStepper:
         busy machine: a step is ~100 products of 0.1-1 ms, each an OpenMP region ending in a barrier, and a
         descheduled worker stalls every barrier for a scheduler slice (1.6 s against 0.18 s per step with five
         niced processes on the two cores). The pair joins 25 times per step and never waits for a task the helper
-        has not started (docs/architecture.md, "Threads"). The AV prefill (large products) and the encoders keep
-        the caller's count."""
+        has not started (docs/architecture.md, "Decoding speed"). The AV prefill (large products) and the
+        encoders keep the caller's count."""
         if not self.on_cpu:
             return self._step(token_ids, ThreadPair(parallel=False), self.whole)
         parallel = self.paired and not torch.is_grad_enabled()
@@ -231,9 +231,11 @@ class CachedStepper:
 
     def loop_threads(self):
         """A decoding loop around this stepper runs at one intra-op thread on the CPU: its own work per step
-        (log-softmax and argmax over the vocabulary, appending a token) is small, and a two-thread region there
-        leaves torch's OpenMP worker spinning on the core the step's helper thread needs (a paper caption's
-        decoding measured 7.2-7.9 s with OpenMP's waiting made passive against 7.8-9.4 s without)."""
+        (log-softmax and argmax over the vocabulary, appending a token) is small, and after each two-thread region
+        torch's OpenMP worker spins for a while on the core the step's helper thread needs. (With OpenMP's waiting
+        made passive, a paper caption's decoding measured 7.2-7.9 s against 7.8-9.4 s without, one run each on a
+        noisy machine; running the loop at one thread removes those regions instead of changing every region's
+        wait.)"""
         return one_cpu_thread() if self.on_cpu else contextlib.nullcontext()
 
     def _step(self, token_ids: torch.Tensor, pair: ThreadPair, cut: "_StepCut") -> torch.Tensor:
