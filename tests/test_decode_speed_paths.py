@@ -119,6 +119,10 @@ def test_two_thread_captions_equal_reforward_greedy_and_beam(two_threads):
         reference = generate(model, av_tokens, av_mask, max_length=14, num_beams=num_beams, use_cache=False)
         assert torch.equal(cached.token_ids, reference.token_ids)
         assert torch.allclose(cached.confidence, reference.confidence, rtol=1e-9)
+        with torch.inference_mode():  # as the inference pipeline decodes: the caches are inference tensors
+            inferred = generate(model, av_tokens, av_mask, max_length=14, num_beams=num_beams)
+        assert torch.equal(inferred.token_ids, cached.token_ids)
+        assert torch.equal(inferred.confidence, cached.confidence)
 
 
 def test_batched_greedy_equals_each_video_alone():

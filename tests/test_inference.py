@@ -190,5 +190,6 @@ def test_inference_sh_wraps_infer(checkpoint, videos, tmp_path):
     done = subprocess.run(["bash", str(REPO / "inference.sh"), "--output", str(output), "--device", "cpu"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr  # the broken video
+    assert output.is_file(), done.stderr
     assert [p["image_id"] for p in json.loads(output.read_text())] == ["silent", "synth_test_00000",
                                                                        "synth_test_00001"]

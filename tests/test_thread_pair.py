@@ -124,3 +124,34 @@ def test_a_forked_child_gets_its_own_helper():
     answer = os.read(read_end, 1)
     os.waitpid(child, 0)
     assert answer == b"1"
+
+
+def test_helper_tasks_take_the_callers_inference_mode():
+    """Decoding under torch.inference_mode() (the inference pipeline) builds its caches as inference tensors;
+    the helper's tasks write into them, which only inference mode allows."""
+    gate = threading.Event()
+    with torch.inference_mode():
+        cache = torch.zeros(2, 4)
+
+        def on_caller():
+            assert gate.wait(WAIT_S)
+            cache[0] += 1
+            return cache[0]
+
+        def on_helper():
+            gate.set()
+            cache[1] += 2
+            return cache[1]
+
+        ThreadPair(parallel=True).run([on_caller, on_helper])
+    assert cache.tolist() == [[1.0] * 4, [2.0] * 4]
+    with torch.no_grad():  # outside inference mode again: the helper's next task must not be in it
+        seen = ThreadPair(parallel=True).run([lambda: gate.wait(WAIT_S) and torch.zeros(1),
+                                              lambda: torch.tensor(torch.is_inference_mode_enabled())])
+    assert not bool(seen[1])
+
+
+def test_parallel_runs_refuse_cpu_autocast():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError, match="autocast"):
+            ThreadPair(parallel=True).run([lambda: torch.zeros(1), lambda: torch.zeros(1)])

@@ -225,7 +225,7 @@ class CachedStepper:
         encoders keep the caller's count."""
         if not self.on_cpu:
             return self._step(token_ids, ThreadPair(parallel=False), self.whole)
-        parallel = self.paired and not torch.is_grad_enabled()
+        parallel = self.paired and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
         with one_cpu_thread():
             return self._step(token_ids, ThreadPair(parallel), self.halves if parallel else self.whole)
 

@@ -27,7 +27,10 @@ import torch
 class ThreadPair:
     """Runs a list of independent tasks on the calling thread and, when ``parallel``, on the process's helper
     thread as well (the caller claims first; either thread claims the next unclaimed task when it is free).
-    Only without gradients: grad mode is per thread, and the helper runs under ``no_grad``."""
+
+    Grad mode, inference mode and autocast are per thread: the helper runs under ``no_grad`` and takes the
+    caller's inference mode, so tasks may update the caller's inference tensors (the decoding caches built
+    under ``torch.inference_mode()``); parallel runs need gradients off and CPU autocast off."""
 
     def __init__(self, parallel: bool):
         self.parallel = parallel
@@ -35,9 +38,10 @@ class ThreadPair:
     def run(self, tasks: Sequence[Callable[[], torch.Tensor]]) -> list[torch.Tensor]:
         if not self.parallel or len(tasks) < 2:
             return [task() for task in tasks]
-        if torch.is_grad_enabled():
-            raise RuntimeError("ThreadPair runs tasks in parallel only without gradients (use torch.no_grad())")
-        work = _Work(tasks)
+        if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+            raise RuntimeError("ThreadPair runs tasks in parallel only without gradients (torch.no_grad()) and "
+                               "without CPU autocast")
+        work = _Work(tasks, torch.is_inference_mode_enabled())
         _helper().submit(work)
         done = 0
         try:
@@ -51,8 +55,9 @@ class ThreadPair:
 
 
 class _Work:
-    def __init__(self, tasks: Sequence[Callable[[], torch.Tensor]]):
+    def __init__(self, tasks: Sequence[Callable[[], torch.Tensor]], inference_mode: bool = False):
         self.tasks = tasks
+        self.inference_mode = inference_mode  # the caller's, applied on the helper
         self.results: list = [None] * len(tasks)
         self.claims = itertools.count()  # next() is atomic under the GIL: each index goes to one thread
         self.helper_free = threading.Event()
@@ -81,11 +86,12 @@ class _Helper:
 
     def _serve(self) -> None:
         torch.set_num_threads(1)  # per thread: the caller's own count is untouched
-        torch.set_grad_enabled(False)
         while True:
             work = self.pending.get()
             try:
-                work.claim_and_run()
+                # inference_mode(False) turns grad mode back on: no_grad inside it keeps the helper gradient-free.
+                with torch.inference_mode(work.inference_mode), torch.no_grad():
+                    work.claim_and_run()
             except BaseException as error:  # noqa: BLE001 - handed to the caller, which raises it
                 work.error = error
             finally:
