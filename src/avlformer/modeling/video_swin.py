@@ -244,14 +244,13 @@ class _WindowAttention3d(ShiftedWindowAttention3d):
         if shift_mask is not None:
             bias = bias + shift_mask  # (windows, heads, V, V)
         # SDPA's fused CPU/GPU kernels take 4-D inputs: fold windows into the batch when the bias is shared by
-        # all windows (or there is one video, so the per-window bias lines up with the windows), else into the
-        # heads so the per-window bias broadcasts over the batch. Folding into the batch needs no copy of qkv:
-        # the kernel reads the strided views (as fast as contiguous ones, measured).
-        if bias.shape[0] == 1 or batch == 1:
-            query, key, value = qkv.flatten(1, 2).unbind(0)  # (B·nW, heads, V, head_dim) views
+        # all windows, else into the heads so the per-window bias broadcasts over the batch without a copy.
+        if bias.shape[0] == 1:
+            qkv = qkv.reshape(3, batch * num_windows, self.num_heads, volume, -1)
         else:
-            query, key, value = qkv.reshape(3, batch, num_windows * self.num_heads, volume, -1).unbind(0)
+            qkv = qkv.reshape(3, batch, num_windows * self.num_heads, volume, -1)
             bias = bias.reshape(1, num_windows * self.num_heads, volume, volume)
+        query, key, value = qkv.unbind(0)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype))
         out = out.view(batch, num_windows, self.num_heads, volume, -1).transpose(2, 3)
         return self.proj(out.reshape(batch, num_windows, volume, channels))
