@@ -136,6 +136,27 @@ def test_cached_step_feeds_two_tokens_and_av_once():
     assert text[:3] == [2, 3, 4] and av[:3] == [NUM_AV] * 3  # the reference re-feeds everything
 
 
+def test_cached_logprobs_equal_reforward_step_by_step_through_beam_reorders():
+    """Every step's log-probs, not just the argmax: four videos x three beams, rows shuffled within each video
+    between steps as beam search does."""
+    model, av_tokens, av_mask = random_tiny_model()
+    beams, steps = 3, 10
+    cached = CachedStepper(model, av_tokens, av_mask, max_length=steps + 1, expand=beams)
+    reference = ReforwardStepper(model, av_tokens, av_mask, expand=beams)
+    generator = torch.Generator().manual_seed(0)
+    token_ids = torch.full((4 * beams, 1), CLS_ID)
+    with torch.no_grad():
+        for _ in range(steps):
+            got = torch.log_softmax(cached.next_logits(token_ids), -1)
+            expected = torch.log_softmax(reference.next_logits(token_ids), -1)
+            assert torch.allclose(got, expected, rtol=0, atol=1e-10)
+            within_video = torch.randint(0, beams, (4, beams), generator=generator)
+            beam_idx = (within_video + torch.arange(4)[:, None] * beams).view(-1)
+            cached.reorder(beam_idx)
+            words = torch.randint(0, 128, (4 * beams, 1), generator=generator)
+            token_ids = torch.cat([token_ids[beam_idx], words], dim=1)
+
+
 def test_av_keys_values_are_computed_once_and_shared_by_beams():
     model, av_tokens, av_mask = random_tiny_model()
     last_query = model.bert.encoder.layer[-1].attention.self.query

@@ -9,8 +9,8 @@ of the vocabulary), and each pair runs on the calling thread and one helper thre
 task the helper has not started: it takes that task itself, so a helper that is not scheduled costs nothing but
 the one task it may already be running.
 
-Which thread runs a task does not change its result: every task runs at one intra-op thread, so a step gives the
-same bits at ``--threads 1`` (both tasks on the caller, in order) as at two.
+Which thread runs a task does not change its result: every task runs at one intra-op thread, so a step cut in
+pairs gives the same bits whether the helper ran some of its tasks or none.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class _Helper:
         self.pending.put(work)
 
     def _serve(self) -> None:
-        torch.set_num_threads(1)  # per thread: the caller's own count is untouched
+        torch.set_num_threads(1)  # OpenMP's count is per thread: the callers keep theirs
         while True:
             work = self.pending.get()
             try:
