@@ -252,18 +252,16 @@ class CachedStepper:
                    head_groups: list[slice]) -> torch.Tensor:
         """The layer's attention sublayer (``BertAttention`` in eval mode) over the cache, by head groups."""
         heads_module, output = attention.self, attention.output
-        head_dim = heads_module.head_dim
 
         def group(heads: slice) -> torch.Tensor:
-            features = slice(heads.start * head_dim, heads.stop * head_dim)
-            query, key, value = (heads_module.split_heads(F.linear(hidden, proj.weight[features], proj.bias[features]))
-                                 for proj in (heads_module.query, heads_module.key, heads_module.value))
+            query, key, value = heads_module.project_heads(hidden, heads)
             cache.write(length - 1, key, value, heads)
             context = heads_module.merge_heads(cache.attend(query, length + 1, self.new_bias, heads))
+            features = slice(heads.start * heads_module.head_dim, heads.stop * heads_module.head_dim)
             return F.linear(context, output.dense.weight[:, features])
 
-        projected = _sum_in_order(pair.run([functools.partial(group, heads) for heads in head_groups]))
-        return output.LayerNorm(output.dropout(projected + output.dense.bias) + hidden)
+        partials = pair.run([functools.partial(group, heads) for heads in head_groups])
+        return output.add_norm(sum(partials[1:], partials[0]), hidden)  # partial sums in a fixed order
 
     def _feed_forward(self, layer, attended: torch.Tensor, pair: ThreadPair, groups: list[slice]) -> torch.Tensor:
         """``BertLayer.feed_forward`` by halves of the intermediate width."""
@@ -273,8 +271,8 @@ class CachedStepper:
             activated = F.gelu(F.linear(attended, inner.weight[columns], inner.bias[columns]))
             return F.linear(activated, output.dense.weight[:, columns])
 
-        projected = _sum_in_order(pair.run([functools.partial(group, cols) for cols in groups]))
-        return output.LayerNorm(output.dropout(projected + output.dense.bias) + attended)
+        partials = pair.run([functools.partial(group, columns) for columns in groups])
+        return output.add_norm(sum(partials[1:], partials[0]), attended)
 
     def _logits(self, hidden: torch.Tensor, pair: ThreadPair, groups: list[slice]) -> torch.Tensor:
         """``TextTransformer.logits`` with the 30522-way decoder by halves of the vocabulary."""
@@ -303,13 +301,6 @@ class _StepCut:
     def of(cls, config, parts: int) -> "_StepCut":
         return cls(split_range(config.num_heads, parts), split_range(config.intermediate_size, parts),
                    split_range(config.vocab_size, parts))
-
-
-def _sum_in_order(parts: list[torch.Tensor]) -> torch.Tensor:
-    total = parts[0]
-    for part in parts[1:]:
-        total = total + part
-    return total
 
 
 def check_max_length(model: TextTransformer, max_length: int) -> None:

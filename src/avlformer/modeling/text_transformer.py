@@ -123,6 +123,13 @@ class BertSelfAttention(nn.Module):
     def project_keys_values(self, hidden: torch.Tensor):
         return self.split_heads(self.key(hidden)), self.split_heads(self.value(hidden))
 
+    def project_heads(self, hidden: torch.Tensor, heads: slice):
+        """Queries, keys and values of the contiguous head group ``heads`` alone, each ``(B, h, N, head_dim)``
+        (a decoding step cut by head groups, modeling/generation.py)."""
+        features = slice(heads.start * self.head_dim, heads.stop * self.head_dim)
+        return tuple(self.split_heads(F.linear(hidden, proj.weight[features], proj.bias[features]))
+                     for proj in (self.query, self.key, self.value))
+
     def merge_heads(self, context: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`split_heads`."""
         batch, heads, length, _ = context.shape
@@ -169,7 +176,15 @@ class _ProjectAddNorm(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+        return self._add_norm(self.dense(hidden), residual)
+
+    def add_norm(self, projected: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The same end for a projection computed elsewhere without its bias (``projected``: the sum of partial
+        products over slices of ``dense``'s input, as a decoding step cut in two computes it)."""
+        return self._add_norm(projected + self.dense.bias, residual)
+
+    def _add_norm(self, dense_output: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(dense_output) + residual)
 
 
 class BertSelfOutput(_ProjectAddNorm):
