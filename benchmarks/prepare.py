@@ -16,6 +16,8 @@ reference for the target (>= 3x).
 
 Per case it reports wall videos/s, CPU seconds per clip over all processes (which other jobs on a shared machine
 hardly move; ``workers / CPU seconds`` is the rate on idle cores) and the CPU milliseconds of each stage of a clip.
+With the audio taken from the videos it also reports the floor: the CPU time of the work no preparation with the
+same outputs can skip (``work_floor``) and the rate, and multiple of the original's, that it allows.
 Prints one JSON object as the last stdout line.
 Run: ``PYTHONPATH=src python benchmarks/prepare.py [--clips 16] [--workers 2] [--content real simple]
 [--audio video mp3] [--clips-dir DIR]`` (``--clips-dir`` keeps the generated clips, slow to encode, for reruns).
@@ -41,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from avlformer.data import clip_media, media, prepare
+from avlformer.data.audio import decode_audio
 from avlformer.data.audio_hdf import write_audio_hdf
 from avlformer.data.recipe import PreprocessRecipe
 from avlformer.data.tsv import TSVWriter
@@ -252,6 +255,32 @@ def time_split(videos: list[Path], mp3s: list[Path] | None) -> dict:
     return {name: round(float(np.median(values)), 1) for name, values in stages.items()}
 
 
+def work_floor(videos: list[Path], jpeg_ms: float) -> dict:
+    """Median per-clip CPU milliseconds of the work no preparation can skip and still write the same outputs:
+    decoding every reference frame (a sampled frame may depend on any of them; PyAV on one thread with
+    ``skip_frame = NONREF`` for every packet, no conversion), LAME encoding the clip's mono 32 kHz audio (the
+    stored bytes are LAME's) and the JPEG encoding of the 32 frames (``jpeg_ms``, measured by ``time_split``).
+    Frame conversion and scaling, audio decoding and resampling are left out, so it is a lower bound."""
+    recipe = PreprocessRecipe()
+    decode_ms, mp3_ms = [], []
+    for video in videos:
+        start = time.process_time()
+        with av.open(str(video)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type, stream.thread_count = "SLICE", 1
+            stream.codec_context.skip_frame = "NONREF"
+            for _ in container.decode(stream):
+                pass
+        decode_ms.append(1000 * (time.process_time() - start))
+        wave = decode_audio(clip_media.clip_audio(video, None, recipe).mp3, recipe.sample_rate)
+        start = time.process_time()
+        media.encode_mp3(wave, recipe.sample_rate, recipe.mp3_bitrate)
+        mp3_ms.append(1000 * (time.process_time() - start))
+    reference_decode, mp3 = float(np.median(decode_ms)), float(np.median(mp3_ms))
+    return {"reference_frame_decode": round(reference_decode, 1), "mp3_encode": round(mp3, 1), "jpeg": jpeg_ms,
+            "total": round(reference_decode + mp3 + jpeg_ms, 1)}
+
+
 # -- the runs --------------------------------------------------------------------------------------------------------
 
 def clips_for(content: str, count: int, folder: Path) -> list[Path]:
@@ -305,8 +334,9 @@ def run_case(videos: list[Path], content: str, audio: str, workers: int, rounds:
             ours_cpu.append(cpu_seconds() - cpu)
             shutil.rmtree(root)
         data_dir, mp3_dir = _stage_data(Path(tmp) / "split", videos, audio == "mp3")
-        split = time_split(sorted((data_dir / "videos" / "train").glob("*.mp4")),
-                           sorted(mp3_dir.glob("*.mp3")) if mp3_dir else None)
+        staged = sorted((data_dir / "videos" / "train").glob("*.mp4"))
+        split = time_split(staged, sorted(mp3_dir.glob("*.mp3")) if mp3_dir else None)
+        floor = work_floor(staged, split["jpeg"]) if audio == "video" else None
     baseline_s, ours_s = float(np.median(baseline_runs)), float(np.median(ours_runs))
     count = len(videos)
     original = ORIGINAL_VIDEOS_PER_S.get((content, audio))
@@ -318,9 +348,14 @@ def run_case(videos: list[Path], content: str, audio: str, workers: int, rounds:
             # What ``workers`` cores give when nothing else runs: the rate the CPU time allows.
             "ours_videos_per_s_from_cpu": round(workers / ours_cpu_per_clip, 3),
             "ours_cpu_ms_per_clip_by_stage": split}
+    if floor is not None:
+        # The fastest any preparation with the same outputs could run on ``workers`` idle cores.
+        case.update(floor_cpu_ms_per_clip=floor, floor_videos_per_s=round(workers / floor["total"] * 1000, 3))
     if original is not None:
         case.update(original_videos_per_s=original, speedup_vs_original=round(count / ours_s / original, 3),
                     speedup_vs_original_from_cpu=round(workers / ours_cpu_per_clip / original, 3))
+        if floor is not None:
+            case["floor_vs_original"] = round(case["floor_videos_per_s"] / original, 3)
     return case
 
 

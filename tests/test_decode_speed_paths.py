@@ -15,7 +15,7 @@ from avlformer.data.recipe import PreprocessRecipe
 from avlformer.data.token_ids import CLS_ID
 from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
 from avlformer.modeling.checkpoint import WEIGHTS_NAME, load_model, save_checkpoint
-from avlformer.modeling import generation
+from avlformer.modeling import generation, step_tasks
 from avlformer.modeling.generation import (CachedStepper, JointKVCache, LayerKVCache, ReforwardStepper,
                                           generate)
 from avlformer.modeling.sampling import sample_captions
@@ -100,7 +100,7 @@ def test_two_thread_step_equals_one_thread_step_and_reforward_at_every_step(expa
         whole = CachedStepper(model, av_tokens, av_mask, max_length=steps + 1, expand=expand)
         torch.set_num_threads(2)
         reference = ReforwardStepper(model, av_tokens, av_mask, expand=expand)
-        assert len(paired.halves.heads) == 2 and len(paired.whole.heads) == 1
+        assert len(paired.halves.attention[0]) == 2 and len(paired.whole.attention[0]) == 1  # head groups
         token_ids = torch.full((rows, 1), CLS_ID)
         for _ in range(steps):
             got = paired.next_logits(token_ids)
@@ -110,6 +110,37 @@ def test_two_thread_step_equals_one_thread_step_and_reforward_at_every_step(expa
             token_ids = torch.cat([token_ids, got.argmax(-1, keepdim=True)], dim=1)
     assert pairs == [True, False] * steps  # two threads: the pair; one thread: the uncut step
     assert len({tuple(row.tolist()) for row in token_ids}) > 1, "rows should decode differently"
+
+
+@pytest.mark.parametrize("expand", [1, 3])
+def test_compiled_step_tasks_equal_the_interpreted_ones_bit_for_bit(expand, monkeypatch):
+    """The CPU steps through the TorchScript versions of the step's tasks (no GIL held inside a task); with
+    gradients it runs the same functions as written. Same operations in the same order: the same bits, on both
+    caches."""
+    used = []
+    compiled = step_tasks.compiled()
+
+    def recorded():
+        used.append(True)
+        return compiled
+
+    monkeypatch.setattr(step_tasks, "compiled", recorded)
+    assert all(isinstance(task, torch.jit.ScriptFunction) for task in compiled)
+    model, av_tokens, av_mask = random_tiny_model(seed=5)
+    steps, rows = 8, av_tokens.shape[0] * expand
+    with torch.no_grad():
+        fast = CachedStepper(model, av_tokens, av_mask, max_length=steps + 1, expand=expand)
+    plain = CachedStepper(model, av_tokens, av_mask, max_length=steps + 1, expand=expand)  # with gradients
+    token_ids = torch.full((rows, 1), CLS_ID)
+    for _ in range(steps):
+        with torch.no_grad():
+            got = fast.next_logits(token_ids)
+        with torch.enable_grad():
+            expected = plain.next_logits(token_ids)
+        assert expected.requires_grad and not got.requires_grad
+        assert torch.equal(got, expected.detach())
+        token_ids = torch.cat([token_ids, got.argmax(-1, keepdim=True)], dim=1)
+    assert len(used) == steps  # once per no-grad step, never with gradients
 
 
 def test_two_thread_captions_equal_reforward_greedy_and_beam(two_threads):

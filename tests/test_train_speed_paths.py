@@ -134,16 +134,29 @@ def test_text_training_path_equals_eager_with_dropout():
         torch.testing.assert_close(ours, eager, rtol=1e-4, atol=1e-5)
 
 
-def test_swin_shift_mask_is_built_once_per_shape_and_equals_torchvision():
+def test_swin_shifted_windows_are_torchvisions_grouped_by_mask_and_built_once_per_shape():
     attention = video_swin._WindowAttention3d(8, [2, 3, 3], [1, 1, 1], 2)
     x = torch.randn(1, 4, 6, 6, 8)
-    first = attention._shift_mask(x, [2, 3, 3], [1, 1, 1])
-    assert attention._shift_mask(x, [2, 3, 3], [1, 1, 1]) is first
-    expected = _compute_attention_mask_3d(x, (4, 6, 6), (2, 3, 3), (1, 1, 1)).unsqueeze(1)
-    torch.testing.assert_close(first, expected, rtol=0, atol=0)
-    other = attention._shift_mask(torch.randn(1, 4, 9, 6, 8), [2, 3, 3], [1, 1, 1])
-    assert other.shape[0] == 2 * 3 * 2 and len(attention._shift_masks) == 1
-    assert "_shift_masks" not in dict(attention.state_dict())
+    layout = attention._shifted_windows(x, [2, 3, 3], [1, 1, 1])
+    assert attention._shifted_windows(x, [2, 3, 3], [1, 1, 1]) is layout
+    # torchvision's way: roll the grid, split it into windows in raster order, one mask per window
+    windows = video_swin._split_windows(torch.roll(x, shifts=(-1, -1, -1), dims=(1, 2, 3)), [2, 3, 3])[0]
+    masks = _compute_attention_mask_3d(x, (4, 6, 6), (2, 3, 3), (1, 1, 1))
+    gathered = x.flatten(1, 3)[0, layout.gather].unflatten(0, (-1, 18))
+    assert gathered.shape == windows.shape
+    source = [next(j for j in range(len(windows)) if torch.equal(window, windows[j])) for window in gathered]
+    assert sorted(source) == list(range(len(windows)))  # every window once
+    torch.testing.assert_close(layout.window_masks[:, 0], masks[source], rtol=0, atol=0)
+    assert torch.equal(gathered.flatten(0, 1)[layout.scatter], x.flatten(1, 3)[0])  # scatter undoes gather
+    # one group per distinct mask (a window is on the far edge of each shifted axis or not: 2**3), contiguous
+    assert len(layout.groups) == 8 and [first for first, _, _ in layout.groups] == sorted(
+        first for first, _, _ in layout.groups)
+    assert sum(count for _, count, _ in layout.groups) == len(windows)
+    for first, count, mask in layout.groups:
+        assert torch.equal(layout.window_masks[first:first + count], mask.expand(count, 1, 18, 18))
+    other = attention._shifted_windows(torch.randn(1, 4, 9, 6, 8), [2, 3, 3], [1, 1, 1])
+    assert other.window_masks.shape[0] == 2 * 3 * 2 and len(attention._layouts) == 1
+    assert "_layouts" not in dict(attention.state_dict())
 
 
 def test_swin_training_and_no_grad_paths_agree():

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from avlformer.modeling.attention_mask import mask_to_bias
-from avlformer.modeling.generation import group_by_video, prefill_av, ungroup_by_video
+from avlformer.modeling.generation import prefill_av
 from avlformer.modeling.sampling import CaptionScores, SampleOutput, scores_at_masks, scoring_mask, scoring_text
+from avlformer.modeling.step_tasks import group_by_video, ungroup_by_video
 from avlformer.modeling.text_transformer import TextTransformer
 
 

@@ -32,6 +32,8 @@ from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from avlformer.device import one_cpu_thread
 from avlformer.modeling.attention_mask import MASK_BIAS, build_attention_mask, mask_to_bias
 from avlformer.modeling.text_transformer import TextTransformer
+from avlformer.modeling import step_tasks
+from avlformer.modeling.step_tasks import CacheViews
 from avlformer.modeling.thread_pair import ThreadPair, split_range
 
 
@@ -66,24 +68,6 @@ class ReforwardStepper:
         return contextlib.nullcontext()
 
 
-def group_by_video(x: torch.Tensor, per_video: int) -> torch.Tensor:
-    """``(videos·K, heads, T, n)`` -> ``(videos, heads, K·T, n)``: a video's K rows side by side, so one product
-    with that video's AV keys/values serves all of them (a view when K is 1)."""
-    rows, heads, length, width = x.shape
-    return (x.view(rows // per_video, per_video, heads, length, width).transpose(1, 2)
-            .reshape(rows // per_video, heads, per_video * length, width))
-
-
-def ungroup_by_video(x: torch.Tensor, per_video: int, length: int) -> torch.Tensor:
-    """Inverse of :func:`group_by_video`."""
-    videos, heads, _, width = x.shape
-    return (x.view(videos, heads, per_video, length, width).transpose(1, 2)
-            .reshape(videos * per_video, heads, length, width))
-
-
-ALL_HEADS = slice(None)
-
-
 class LayerKVCache:
     """One layer's keys/values for decoding, ``(rows, heads, positions, head_dim)``.
 
@@ -99,33 +83,15 @@ class LayerKVCache:
         self.text_keys, self.text_values = av_keys.new_zeros(shape), av_values.new_zeros(shape)
         self.rows_per_video = rows_per_video
 
-    def write(self, start: int, keys: torch.Tensor, values: torch.Tensor, heads: slice = ALL_HEADS) -> None:
-        end = start + keys.shape[2]
-        self.text_keys[:, heads, start:end] = keys
-        self.text_values[:, heads, start:end] = values
-
     def reorder(self, rows: torch.Tensor, length: int) -> None:
         """Row i takes row ``rows[i]``'s first ``length`` text entries (beams never change video: AV stays)."""
         self.text_keys[:, :, :length] = self.text_keys[rows, :, :length]
         self.text_values[:, :, :length] = self.text_values[rows, :, :length]
 
-    def attend(self, query: torch.Tensor, text_length: int, new_bias: torch.Tensor,
-               heads: slice = ALL_HEADS) -> torch.Tensor:
-        """Attention of the last ``T`` text positions ``query (rows, h, T, head_dim)`` of the cache's ``heads``
-        over every AV entry and text entries ``[0, text_length)``; ``new_bias (T, T)`` is added among the ``T``
-        new positions."""
-        num_av, head_dim = self.av_keys.shape[2:]
-        new, per = query.shape[2], self.rows_per_video
-        query = query * head_dim ** -0.5
-        av_keys, av_values = self.av_keys[:, heads], self.av_values[:, heads]
-        av_scores = ungroup_by_video(group_by_video(query, per) @ av_keys.transpose(-1, -2), per, new)
-        text_keys = self.text_keys[:, heads, :text_length]
-        text_values = self.text_values[:, heads, :text_length]
-        text_scores = query @ text_keys.transpose(-1, -2)
-        text_scores[..., -new:] += new_bias
-        probs = torch.cat([av_scores, text_scores], dim=-1).softmax(dim=-1)
-        context = ungroup_by_video(group_by_video(probs[..., :num_av], per) @ av_values, per, new)
-        return context + probs[..., num_av:] @ text_values
+    def views(self, heads: slice) -> CacheViews:
+        """What a step's task for the head group ``heads`` reads and writes (step_tasks.head_group_attention)."""
+        return CacheViews(self.text_keys[:, heads], self.text_values[:, heads], 0, self.av_keys[:, heads],
+                          self.av_values[:, heads], self.rows_per_video)
 
 
 class JointKVCache:
@@ -141,24 +107,12 @@ class JointKVCache:
         self.keys[:, :, :num_av], self.values[:, :, :num_av] = av_keys, av_values
         self.num_av = num_av
 
-    def write(self, start: int, keys: torch.Tensor, values: torch.Tensor, heads: slice = ALL_HEADS) -> None:
-        start += self.num_av
-        end = start + keys.shape[2]
-        self.keys[:, heads, start:end] = keys
-        self.values[:, heads, start:end] = values
-
     def reorder(self, rows: torch.Tensor, length: int) -> None:
         """Nothing to do: with one row per video, a beam reorder maps every row to itself."""
 
-    def attend(self, query: torch.Tensor, text_length: int, new_bias: torch.Tensor,
-               heads: slice = ALL_HEADS) -> torch.Tensor:
-        """As :meth:`LayerKVCache.attend`: the last ``T`` text positions of the cache's ``heads`` over every AV
-        entry and text entries ``[0, text_length)``, ``new_bias (T, T)`` added among the ``T`` new positions."""
-        end = self.num_av + text_length
-        new = query.shape[2]
-        scores = (query * query.shape[-1] ** -0.5) @ self.keys[:, heads, :end].transpose(-1, -2)
-        scores[..., -new:] += new_bias
-        return scores.softmax(dim=-1) @ self.values[:, heads, :end]
+    def views(self, heads: slice) -> CacheViews:
+        """What a step's task for the head group ``heads`` reads and writes (step_tasks.head_group_attention)."""
+        return CacheViews(self.keys[:, heads], self.values[:, heads], self.num_av, None, None, 1)
 
 
 def prefill_av(model: TextTransformer, av_tokens: torch.Tensor, bias: torch.Tensor | None) -> list:
@@ -189,11 +143,12 @@ class CachedStepper:
     """KV-cached decoding: AV keys/values once per video, then two text tokens per step (see module docstring).
 
     With two or more CPU threads a step's work is cut into pairs of independent tasks run on two threads
-    (:mod:`avlformer.modeling.thread_pair`): each layer's attention by head groups, its feed-forward by halves of
-    the intermediate width, the LM head by halves of the vocabulary; a pair's partial output projections are
-    summed in a fixed order, so the result is the same at any count of two or more. At one thread (and on a GPU)
-    a step is one product per weight: cut products stream their weights about 9% slower on one core (smaller
-    products). The two differ in the last bits of the logits, not in the tokens tests and benchmarks compare."""
+    (:mod:`avlformer.modeling.thread_pair`, the tasks in :mod:`avlformer.modeling.step_tasks`): each layer's
+    attention by head groups, its feed-forward by halves of the intermediate width, the LM head by halves of the
+    vocabulary; a pair's partial output projections are summed in a fixed order, so the result is the same at any
+    count of two or more. At one thread (and on a GPU) a step is one task per sublayer: cut products stream their
+    weights about 9% slower on one core (smaller products). The two differ in the last bits of the logits, not in
+    the tokens tests and benchmarks compare."""
 
     NEW_TOKENS = 2  # the real token at c-1 and [MASK] at c
     PARALLEL_PARTS = 2  # the calling thread and the helper
@@ -213,7 +168,7 @@ class CachedStepper:
         self.kept = 0  # text positions whose keys/values are final
         self.on_cpu = av_tokens.device.type == "cpu"
         self.paired = self.on_cpu and torch.get_num_threads() > 1  # the caller's count when decoding starts
-        self.whole, self.halves = (_StepCut.of(model.config, parts) for parts in (1, self.PARALLEL_PARTS))
+        self.whole, self.halves = (_StepCut.of(model, self.caches, parts) for parts in (1, self.PARALLEL_PARTS))
 
     def next_logits(self, token_ids: torch.Tensor) -> torch.Tensor:
         """On the CPU every product runs at one intra-op thread; a caller with two or more threads gets the cut
@@ -222,12 +177,14 @@ class CachedStepper:
         descheduled worker stalls every barrier for a scheduler slice (1.6 s against 0.18 s per step with five
         niced processes on the two cores). The pair joins 25 times per step and never waits for a task the helper
         has not started (docs/architecture.md, "Decoding speed"). The AV prefill (large products) and the
-        encoders keep the caller's count."""
+        encoders keep the caller's count. The CPU runs the tasks compiled, except with gradients or autocast."""
         if not self.on_cpu:
-            return self._step(token_ids, ThreadPair(parallel=False), self.whole)
-        parallel = self.paired and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            return self._step(token_ids, ThreadPair(parallel=False), self.whole, step_tasks.INTERPRETED)
+        plain = not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+        tasks = step_tasks.compiled() if plain else step_tasks.INTERPRETED
         with one_cpu_thread():
-            return self._step(token_ids, ThreadPair(parallel), self.halves if parallel else self.whole)
+            parallel = self.paired and plain
+            return self._step(token_ids, ThreadPair(parallel), self.halves if parallel else self.whole, tasks)
 
     def loop_threads(self):
         """A decoding loop around this stepper runs at one intra-op thread on the CPU: its own work per step
@@ -238,51 +195,20 @@ class CachedStepper:
         wait.)"""
         return one_cpu_thread() if self.on_cpu else contextlib.nullcontext()
 
-    def _step(self, token_ids: torch.Tensor, pair: ThreadPair, cut: "_StepCut") -> torch.Tensor:
+    def _step(self, token_ids: torch.Tensor, pair: ThreadPair, cut: "_StepCut", tasks: step_tasks.StepTasks):
         batch, length = token_ids.shape
         new_tokens = torch.stack([token_ids[:, -1], token_ids.new_full((batch,), MASK_ID)], dim=1)
         hidden = self.model.bert.embeddings(new_tokens, position_ids=self.positions[:, length - 1:length + 1])
-        for layer, cache in zip(self.layers, self.caches):
-            attended = self._attention(layer.attention, cache, hidden, length, pair, cut.heads)
-            hidden = self._feed_forward(layer, attended, pair, cut.feed_forward)
+        for layer, attention_groups, columns in zip(self.layers, cut.attention, cut.feed_forward):
+            partials = pair.run([functools.partial(tasks.attention, hidden, weights, *views, length + 1,
+                                                   self.new_bias, layer.attention.self.head_dim)
+                                 for weights, views in attention_groups])
+            attended = layer.attention.output.add_norm(sum(partials[1:], partials[0]), hidden)  # fixed order
+            partials = pair.run([functools.partial(tasks.feed_forward, attended, *weights) for weights in columns])
+            hidden = layer.output.add_norm(sum(partials[1:], partials[0]), attended)
         self.kept = length
-        return self._logits(hidden[:, 1], pair, cut.vocab)
-
-    def _attention(self, attention, cache, hidden: torch.Tensor, length: int, pair: ThreadPair,
-                   head_groups: list[slice]) -> torch.Tensor:
-        """The layer's attention sublayer (``BertAttention`` in eval mode) over the cache, by head groups."""
-        heads_module, output = attention.self, attention.output
-
-        def group(heads: slice) -> torch.Tensor:
-            query, key, value = heads_module.project_heads(hidden, heads)
-            cache.write(length - 1, key, value, heads)
-            context = heads_module.merge_heads(cache.attend(query, length + 1, self.new_bias, heads))
-            features = slice(heads.start * heads_module.head_dim, heads.stop * heads_module.head_dim)
-            return F.linear(context, output.dense.weight[:, features])
-
-        partials = pair.run([functools.partial(group, heads) for heads in head_groups])
-        return output.add_norm(sum(partials[1:], partials[0]), hidden)  # partial sums in a fixed order
-
-    def _feed_forward(self, layer, attended: torch.Tensor, pair: ThreadPair, groups: list[slice]) -> torch.Tensor:
-        """``BertLayer.feed_forward`` by halves of the intermediate width."""
-        inner, output = layer.intermediate.dense, layer.output
-
-        def group(columns: slice) -> torch.Tensor:
-            activated = F.gelu(F.linear(attended, inner.weight[columns], inner.bias[columns]))
-            return F.linear(activated, output.dense.weight[:, columns])
-
-        partials = pair.run([functools.partial(group, columns) for columns in groups])
-        return output.add_norm(sum(partials[1:], partials[0]), attended)
-
-    def _logits(self, hidden: torch.Tensor, pair: ThreadPair, groups: list[slice]) -> torch.Tensor:
-        """``TextTransformer.logits`` with the 30522-way decoder by halves of the vocabulary."""
-        head = self.model.cls.predictions
-        transformed = head.transform(hidden)
-
-        def group(words: slice) -> torch.Tensor:
-            return F.linear(transformed, head.decoder.weight[words], head.bias[words])
-
-        parts = pair.run([functools.partial(group, words) for words in groups])
+        transformed = self.model.cls.predictions.transform(hidden[:, 1])
+        parts = pair.run([functools.partial(tasks.logits, transformed, *weights) for weights in cut.vocab])
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def reorder(self, beam_idx: torch.Tensor) -> None:
@@ -292,15 +218,33 @@ class CachedStepper:
 
 @dataclass(frozen=True)
 class _StepCut:
-    """How a step's products are cut into independent tasks: head groups, intermediate columns, vocabulary."""
-    heads: list[slice]
-    feed_forward: list[slice]
-    vocab: list[slice]
+    """A step cut into ``parts`` independent tasks per sublayer, as the tasks' arguments: per layer, each head
+    group's weights (query, key and value weights and biases, its columns of the output projection) with its
+    share of the cache; per layer, each slice of the intermediate columns' weights; each slice of the vocabulary.
+    The weights are views of the model's parameters, made once per caption rather than sliced every step."""
+    attention: list
+    feed_forward: list
+    vocab: list
 
     @classmethod
-    def of(cls, config, parts: int) -> "_StepCut":
-        return cls(split_range(config.num_heads, parts), split_range(config.intermediate_size, parts),
-                   split_range(config.vocab_size, parts))
+    def of(cls, model: TextTransformer, caches: list, parts: int) -> "_StepCut":
+        config = model.config
+        attention, feed_forward = [], []
+        for layer, cache in zip(model.bert.encoder.layer, caches):
+            heads_module, output = layer.attention.self, layer.attention.output
+            groups = []
+            for heads in split_range(config.num_heads, parts):
+                features = slice(heads.start * heads_module.head_dim, heads.stop * heads_module.head_dim)
+                weights = [tensor for projection in (heads_module.query, heads_module.key, heads_module.value)
+                           for tensor in (projection.weight[features], projection.bias[features])]
+                groups.append((weights + [output.dense.weight[:, features]], cache.views(heads)))
+            attention.append(groups)
+            inner, outer = layer.intermediate.dense, layer.output.dense
+            feed_forward.append([(inner.weight[columns], inner.bias[columns], outer.weight[:, columns])
+                                 for columns in split_range(config.intermediate_size, parts)])
+        head = model.cls.predictions
+        vocab = [(head.decoder.weight[words], head.bias[words]) for words in split_range(config.vocab_size, parts)]
+        return cls(attention, feed_forward, vocab)
 
 
 def check_max_length(model: TextTransformer, max_length: int) -> None:

@@ -123,13 +123,6 @@ class BertSelfAttention(nn.Module):
     def project_keys_values(self, hidden: torch.Tensor):
         return self.split_heads(self.key(hidden)), self.split_heads(self.value(hidden))
 
-    def project_heads(self, hidden: torch.Tensor, heads: slice):
-        """Queries, keys and values of the contiguous head group ``heads`` alone, each ``(B, h, N, head_dim)``
-        (a decoding step cut by head groups, modeling/generation.py)."""
-        features = slice(heads.start * self.head_dim, heads.stop * self.head_dim)
-        return tuple(self.split_heads(F.linear(hidden, proj.weight[features], proj.bias[features]))
-                     for proj in (self.query, self.key, self.value))
-
     def merge_heads(self, context: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`split_heads`."""
         batch, heads, length, _ = context.shape

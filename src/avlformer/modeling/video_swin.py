@@ -193,9 +193,14 @@ class _WindowAttention3d(ShiftedWindowAttention3d):
     * ``forward`` adds the same bias (relative position bias, plus the -100 shift mask) but computes the
       attention without torchvision's eager passes: through ``scaled_dot_product_attention`` when no gradient is
       needed (a fused kernel), and through :func:`biased_attention` when training (the bias table needs a
-      gradient, which SDPA's fused CPU kernels cannot give). Window clamping, padding, cyclic shift and the mask
-      come from torchvision's own helpers; the shift mask is a constant of the padded shape, so it is built once
-      per shape and kept. ``super().forward`` stays the eager reference the tests compare with.
+      gradient, which SDPA's fused CPU kernels cannot give). Window clamping, padding and the mask come from
+      torchvision's own helpers. ``super().forward`` stays the eager reference the tests compare with.
+    * A shifted block gathers its windows straight from the unshifted tokens with one precomputed index
+      (:class:`_ShiftedWindows`), rather than rolling the grid (a copy per axis) and then splitting it, and orders
+      them by shift-mask pattern: only windows on the far edge of a shifted axis have a mask, and there are at
+      most eight distinct masks, so SDPA runs once per pattern with that pattern's mask shared by its windows
+      instead of once with a mask per window (a 315 MB bias in Swin-B's first stage at the paper size). Each
+      window's scores, bias and softmax are those of a per-window mask, so the outputs are the same.
     """
 
     def define_relative_position_index(self) -> None:
@@ -213,47 +218,78 @@ class _WindowAttention3d(ShiftedWindowAttention3d):
         if any(pad):  # F.pad copies even when it pads nothing (the paper's sizes tile exactly)
             x = F.pad(x, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
         bias = self.get_relative_position_bias(window)  # (1, heads, V, V)
-        shift_mask = None
-        if any(shift):
-            x = torch.roll(x, shifts=[-s for s in shift], dims=(1, 2, 3))
-            shift_mask = self._shift_mask(x, window, shift)  # (windows, 1, V, V), 0 or -100
-        out = _merge_windows(self._attend(_split_windows(x, window), bias, shift_mask), x.shape, window)
-        if any(shift):
-            out = torch.roll(out, shifts=shift, dims=(1, 2, 3))
-        return out[:, :t, :h, :w].contiguous()
+        if not any(shift):
+            out = self._attend(_split_windows(x, window), bias, None)
+            return _merge_windows(out, x.shape, window)[:, :t, :h, :w].contiguous()
+        layout = self._shifted_windows(x, window, shift)
+        volume = window[0] * window[1] * window[2]
+        out = self._attend(x.flatten(1, 3).index_select(1, layout.gather).unflatten(1, (-1, volume)), bias, layout)
+        return out.flatten(1, 2).index_select(1, layout.scatter).view(x.shape)[:, :t, :h, :w].contiguous()
 
-    def _shift_mask(self, x: Tensor, window: Sequence[int], shift: Sequence[int]) -> Tensor:
+    def _shifted_windows(self, x: Tensor, window: Sequence[int], shift: Sequence[int]) -> "_ShiftedWindows":
         key = (tuple(x.shape[1:4]), tuple(window), tuple(shift), x.device, x.dtype)
-        cache = self.__dict__.setdefault("_shift_masks", {})  # not a buffer: never saved, moved or cast
+        cache = self.__dict__.setdefault("_layouts", {})  # not a buffer: never saved, moved or cast
         if key not in cache:
-            cache.clear()  # one input shape at a time in practice; do not hoard masks of past shapes
-            cache[key] = _compute_attention_mask_3d(x, key[0], key[1], key[2]).unsqueeze(1)
+            cache.clear()  # one input shape at a time in practice; do not hoard layouts of past shapes
+            cache[key] = _ShiftedWindows.of(x, window, shift)
         return cache[key]
 
-    def _attend(self, windows: Tensor, bias: Tensor, shift_mask: Tensor | None) -> Tensor:
-        """(B, nW, V, C) -> (B, nW, V, C); bias (1, heads, V, V) and shift_mask (nW, 1, V, V) broadcast over
-        (B, nW, heads, V, V)."""
+    def _attend(self, windows: Tensor, bias: Tensor, layout: "_ShiftedWindows | None") -> Tensor:
+        """(B, nW, V, C) -> (B, nW, V, C); bias (1, heads, V, V); the windows of a shifted block come in
+        ``layout``'s order, with its masks."""
         batch, num_windows, volume, channels = windows.shape
         qkv = self.qkv(windows).view(batch, num_windows, volume, 3, self.num_heads, channels // self.num_heads)
         qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, heads, V, head_dim)
         if uses_biased_attention(qkv, bias):
             query, key, value = qkv.unbind(0)
-            mask = None if shift_mask is None else shift_mask.to(query.dtype)
+            mask = None if layout is None else layout.window_masks.to(query.dtype)
             out = biased_attention(query, key, value, bias.to(query.dtype), mask)  # (B, nW, heads, V, head_dim)
             return self.proj(out.transpose(2, 3).reshape(batch, num_windows, volume, channels))
-        if shift_mask is not None:
-            bias = bias + shift_mask  # (windows, heads, V, V)
-        # SDPA's fused CPU/GPU kernels take 4-D inputs: fold windows into the batch when the bias is shared by
-        # all windows, else into the heads so the per-window bias broadcasts over the batch without a copy.
-        if bias.shape[0] == 1:
-            qkv = qkv.reshape(3, batch * num_windows, self.num_heads, volume, -1)
-        else:
-            qkv = qkv.reshape(3, batch, num_windows * self.num_heads, volume, -1)
-            bias = bias.reshape(1, num_windows * self.num_heads, volume, volume)
-        query, key, value = qkv.unbind(0)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype))
-        out = out.view(batch, num_windows, self.num_heads, volume, -1).transpose(2, 3)
+        groups = [(0, num_windows, None)] if layout is None else layout.groups
+        outs = []
+        for first, count, mask in groups:  # SDPA's fused kernels take 4-D inputs: windows fold into the batch
+            query, key, value = qkv[:, :, first:first + count].reshape(3, batch * count, self.num_heads, volume,
+                                                                       -1).unbind(0)
+            group_bias = bias if mask is None else bias + mask
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=group_bias.to(query.dtype))
+            outs.append(out.view(batch, count, self.num_heads, volume, -1).transpose(2, 3))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # (B, nW, V, heads, head_dim)
         return self.proj(out.reshape(batch, num_windows, volume, channels))
+
+
+@dataclass(frozen=True)
+class _ShiftedWindows:
+    """Where a shifted block's windows come from, for one padded grid: window token i is grid token
+    ``gather[i]`` (the cyclic shift and the window split in one index, windows grouped by mask pattern),
+    ``scatter`` is the inverse permutation, and ``groups`` lists (first window, window count, (1, 1, V, V)
+    mask) per pattern; ``window_masks`` (nW, 1, V, V) is every window's mask in the same order (torchvision's
+    masks, reordered)."""
+    gather: Tensor
+    scatter: Tensor
+    window_masks: Tensor
+    groups: list
+
+    @classmethod
+    def of(cls, x: Tensor, window: Sequence[int], shift: Sequence[int]) -> "_ShiftedWindows":
+        size = tuple(x.shape[1:4])
+        counts_per_axis = [length // side for length, side in zip(size, window)]
+        # The shift wraps tokens into the last window along each shifted axis and nowhere else, so a window's mask
+        # is fixed by which of those last windows it is (the index order is computed on the CPU: it needs no
+        # values of x, which may live on the meta device, a meta-device build's default).
+        axes = torch.meshgrid(*(torch.arange(count, device="cpu") for count in counts_per_axis), indexing="ij")
+        pattern_of = sum(((index == count - 1) & (step > 0)).long() << bit
+                         for bit, (index, count, step) in enumerate(zip(axes, counts_per_axis, shift))).flatten()
+        order = torch.sort(pattern_of, stable=True).indices
+        tokens = torch.arange(size[0] * size[1] * size[2], device="cpu").view(1, *size, 1)
+        rolled = torch.roll(tokens, shifts=[-step for step in shift], dims=(1, 2, 3))
+        gather = _split_windows(rolled, window)[0, order, :, 0].flatten()
+        masks = _compute_attention_mask_3d(x, size, tuple(window), tuple(shift))[order.to(x.device)].unsqueeze(1)
+        groups, first = [], 0
+        for count in torch.bincount(pattern_of).tolist():
+            if count:
+                groups.append((first, count, masks[first:first + 1]))
+                first += count
+        return cls(gather.to(x.device), torch.argsort(gather).to(x.device), masks, groups)
 
 
 def _split_windows(x: Tensor, window: Sequence[int]) -> Tensor:
