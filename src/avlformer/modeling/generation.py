@@ -148,7 +148,8 @@ class CachedStepper:
     vocabulary; a pair's partial output projections are summed in a fixed order, so the result is the same at any
     count of two or more. At one thread (and on a GPU) a step is one task per sublayer: cut products stream their
     weights about 9% slower on one core (smaller products). The two differ in the last bits of the logits, not in
-    the tokens tests and benchmarks compare."""
+    the tokens tests and benchmarks compare. The caches and the weight slices the tasks read are made when the
+    stepper is built, so it is stepped in the grad mode it was built in (decoding: without gradients)."""
 
     NEW_TOKENS = 2  # the real token at c-1 and [MASK] at c
     PARALLEL_PARTS = 2  # the calling thread and the helper

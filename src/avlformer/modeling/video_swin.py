@@ -274,8 +274,8 @@ class _ShiftedWindows:
         size = tuple(x.shape[1:4])
         counts_per_axis = [length // side for length, side in zip(size, window)]
         # The shift wraps tokens into the last window along each shifted axis and nowhere else, so a window's mask
-        # is fixed by which of those last windows it is (the index order is computed on the CPU: it needs no
-        # values of x, which may live on the meta device, a meta-device build's default).
+        # is fixed by which of those last windows it is. The order comes from the shapes alone, on the CPU: x may
+        # be a meta tensor (a model built on the meta device runs with meta as the default device).
         axes = torch.meshgrid(*(torch.arange(count, device="cpu") for count in counts_per_axis), indexing="ij")
         pattern_of = sum(((index == count - 1) & (step > 0)).long() << bit
                          for bit, (index, count, step) in enumerate(zip(axes, counts_per_axis, shift))).flatten()
