@@ -5,6 +5,8 @@ model that copies the file's tensors in)."""
 
 import copy
 import gc
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,11 @@ from avlformer.data.recipe import PreprocessRecipe
 from avlformer.data.token_ids import CLS_ID
 from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
 from avlformer.modeling.checkpoint import WEIGHTS_NAME, load_model, save_checkpoint
-from avlformer.modeling import generation, step_tasks
+from avlformer.modeling import generation, step_tasks, thread_pair
 from avlformer.modeling.generation import (CachedStepper, JointKVCache, LayerKVCache, ReforwardStepper,
                                           generate)
 from avlformer.modeling.sampling import sample_captions
+from avlformer.modeling.thread_pair import PairOrAlone
 from avlformer.modeling.weights_file import read_weights_file
 
 from test_generation import random_tiny_model
@@ -92,6 +95,7 @@ def test_two_thread_step_equals_one_thread_step_and_reforward_at_every_step(expa
             pairs.append(parallel)
 
     monkeypatch.setattr(generation, "ThreadPair", RecordedPair)
+    monkeypatch.setattr(generation.PairOrAlone, "choose", lambda self: True)  # no probe of the caller alone
     model, av_tokens, av_mask = random_tiny_model()
     steps, rows = 10, av_tokens.shape[0] * expand
     with torch.no_grad():
@@ -141,6 +145,46 @@ def test_compiled_step_tasks_equal_the_interpreted_ones_bit_for_bit(expand, monk
         assert torch.equal(got, expected.detach())
         token_ids = torch.cat([token_ids, got.argmax(-1, keepdim=True)], dim=1)
     assert len(used) == steps  # once per no-grad step, never with gradients
+
+
+@pytest.mark.parametrize("expand", [1, 3])
+def test_a_slow_helper_sends_the_cut_step_to_the_caller_alone_with_the_same_bits(expand, two_threads, monkeypatch):
+    """When the pair is slower than the caller alone (the helper's core taken away, here by a delay in every
+    helper task), the two-thread step runs on the caller alone, the same tasks: the logits keep their bits."""
+    real_claim = thread_pair._Work.claim_and_run
+
+    def slow_on_the_helper(work):
+        if threading.current_thread().name != "avlformer-thread-pair":
+            return real_claim(work)
+        ran = 0
+        while (index := next(work.claims)) < len(work.tasks):
+            time.sleep(0.005)  # the helper's core taken away in the middle of its task
+            work.results[index] = work.tasks[index]()
+            ran += 1
+        return ran
+
+    model, av_tokens, av_mask = random_tiny_model(seed=2)
+    steps, rows = 12, av_tokens.shape[0] * expand
+    with torch.no_grad():
+        paired = CachedStepper(model, av_tokens, av_mask, max_length=steps + 1, expand=expand)
+        reference = CachedStepper(model, av_tokens, av_mask, max_length=steps + 1, expand=expand)
+    choices = []
+    real_choose = PairOrAlone.choose
+
+    def recorded(self):
+        choices.append(real_choose(self))
+        return choices[-1]
+
+    monkeypatch.setattr(paired.pair_or_alone, "choose", recorded.__get__(paired.pair_or_alone))
+    monkeypatch.setattr(reference.pair_or_alone, "choose", lambda: False)  # always the caller alone
+    monkeypatch.setattr(thread_pair._Work, "claim_and_run", slow_on_the_helper)
+    token_ids = torch.full((rows, 1), CLS_ID)
+    with torch.no_grad():
+        for _ in range(steps):
+            got = paired.next_logits(token_ids)
+            assert torch.equal(got, reference.next_logits(token_ids))
+            token_ids = torch.cat([token_ids, got.argmax(-1, keepdim=True)], dim=1)
+    assert choices[:3] == [True, True, False] and choices[3:] == [False] * (steps - 3)
 
 
 def test_two_thread_captions_equal_reforward_greedy_and_beam(two_threads):

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from avlformer.modeling.thread_pair import ThreadPair, _helper, _Work, split_range
+from avlformer.modeling.thread_pair import PairOrAlone, ThreadPair, _helper, _Work, split_range
 
 WAIT_S = 10.0  # generous: only a broken pair waits this long
 
@@ -155,3 +155,26 @@ def test_parallel_runs_refuse_cpu_autocast():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         with pytest.raises(RuntimeError, match="autocast"):
             ThreadPair(parallel=True).run([lambda: torch.zeros(1), lambda: torch.zeros(1)])
+
+
+def test_pair_or_alone_follows_the_faster_mode_and_probes_the_slower_one():
+    schedule = PairOrAlone()
+    choices = []
+
+    def call(paired_s, alone_s):
+        paired = schedule.choose()
+        choices.append(paired)
+        schedule.record(paired, paired_s if paired else alone_s)
+
+    for _ in range(10):
+        call(0.04, 0.07)  # the pair is faster: the caller alone is tried on the third call only
+    assert choices == [True, True, False] + [True] * 7
+    for _ in range(10):
+        call(0.11, 0.07)  # the second core is taken: the pair's average passes the caller's, then alone
+    assert choices[10] is True and choices[-5:] == [False] * 5
+    while schedule.calls % PairOrAlone.PROBE_EVERY != PairOrAlone.PROBE_EVERY - 1:
+        call(0.11, 0.07)
+    call(0.04, 0.07)  # the probe: the pair is tried again, and is fast again
+    assert choices[-1] is True
+    call(0.04, 0.07)
+    assert schedule.seconds[True] < schedule.seconds[False] and choices[-1] is True

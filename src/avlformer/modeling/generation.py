@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,7 @@ from avlformer.modeling.attention_mask import MASK_BIAS, build_attention_mask, m
 from avlformer.modeling.text_transformer import TextTransformer
 from avlformer.modeling import step_tasks
 from avlformer.modeling.step_tasks import CacheViews
-from avlformer.modeling.thread_pair import ThreadPair, split_range
+from avlformer.modeling.thread_pair import PairOrAlone, ThreadPair, split_range
 
 
 @dataclass
@@ -169,6 +170,7 @@ class CachedStepper:
         self.kept = 0  # text positions whose keys/values are final
         self.on_cpu = av_tokens.device.type == "cpu"
         self.paired = self.on_cpu and torch.get_num_threads() > 1  # the caller's count when decoding starts
+        self.pair_or_alone = PairOrAlone()
         self.whole, self.halves = (_StepCut.of(model, self.caches, parts) for parts in (1, self.PARALLEL_PARTS))
 
     def next_logits(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -177,15 +179,23 @@ class CachedStepper:
         busy machine: a step is ~100 products of 0.1-1 ms, each an OpenMP region ending in a barrier, and a
         descheduled worker stalls every barrier for a scheduler slice (1.6 s against 0.18 s per step with five
         niced processes on the two cores). The pair joins 25 times per step and never waits for a task the helper
-        has not started (docs/architecture.md, "Decoding speed"). The AV prefill (large products) and the
-        encoders keep the caller's count. The CPU runs the tasks compiled, except with gradients or autocast."""
+        has not started (docs/architecture.md, "Decoding speed"), and the cut step runs on the caller alone when
+        that has lately been faster (``PairOrAlone``: the helper's core taken away). The AV prefill (large
+        products) and the encoders keep the caller's count. The CPU runs the tasks compiled, except with gradients
+        or autocast."""
         if not self.on_cpu:
             return self._step(token_ids, ThreadPair(parallel=False), self.whole, step_tasks.INTERPRETED)
         plain = not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
         tasks = step_tasks.compiled() if plain else step_tasks.INTERPRETED
         with one_cpu_thread():
-            parallel = self.paired and plain
-            return self._step(token_ids, ThreadPair(parallel), self.halves if parallel else self.whole, tasks)
+            if not (self.paired and plain):
+                return self._step(token_ids, ThreadPair(parallel=False), self.whole, tasks)
+            # The cut step, on the pair or on the caller alone: the same bits, whichever was faster lately.
+            parallel = self.pair_or_alone.choose()
+            start = time.perf_counter()
+            logits = self._step(token_ids, ThreadPair(parallel), self.halves, tasks)
+            self.pair_or_alone.record(parallel, time.perf_counter() - start)
+            return logits
 
     def loop_threads(self):
         """A decoding loop around this stepper runs at one intra-op thread on the CPU: its own work per step

@@ -54,6 +54,36 @@ class ThreadPair:
         return work.results
 
 
+class PairOrAlone:
+    """Chooses, call by call, whether a caller's cut work runs on the pair or on the caller alone, by which has
+    been faster lately. Either way the tasks and their bits are the same (each runs at one intra-op thread, on
+    whichever thread), so the choice changes only the time. A pair is slower than the caller alone when the second
+    core is taken away: on a shared virtual machine the hypervisor can stop the helper's virtual CPU in the middle
+    of a task (steal time), and the caller then waits for it; measured on our 2-core machine, a paper-size step
+    took 106 ms on the pair against 69 ms alone in such a spell, and 43-57 against 68-81 ms outside one.
+
+    The time of each call is averaged per mode (half the old average plus half the new time); the slower mode is
+    tried again on the third call and then every ``PROBE_EVERY`` calls, so a spell's end is noticed."""
+
+    PROBE_EVERY = 32
+
+    def __init__(self):
+        self.seconds: dict[bool, float | None] = {True: None, False: None}
+        self.calls = 0
+
+    def choose(self) -> bool:
+        """True: run the next call on the pair."""
+        self.calls += 1
+        paired, alone = self.seconds[True], self.seconds[False]
+        preferred = paired is None or alone is None or paired <= alone
+        probe = self.calls == 3 or self.calls % self.PROBE_EVERY == 0
+        return preferred != probe
+
+    def record(self, paired: bool, seconds: float) -> None:
+        old = self.seconds[paired]
+        self.seconds[paired] = seconds if old is None else 0.5 * (old + seconds)
+
+
 class _Work:
     def __init__(self, tasks: Sequence[Callable[[], torch.Tensor]], inference_mode: bool = False):
         self.tasks = tasks
