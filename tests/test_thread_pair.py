@@ -166,15 +166,20 @@ def test_pair_or_alone_follows_the_faster_mode_and_probes_the_slower_one():
         choices.append(paired)
         schedule.record(paired, paired_s if paired else alone_s)
 
-    for _ in range(10):
-        call(0.04, 0.07)  # the pair is faster: the caller alone is tried on the third call only
-    assert choices == [True, True, False] + [True] * 7
-    for _ in range(10):
-        call(0.11, 0.07)  # the second core is taken: the pair's average passes the caller's, then alone
-    assert choices[10] is True and choices[-5:] == [False] * 5
-    while schedule.calls % PairOrAlone.PROBE_EVERY != PairOrAlone.PROBE_EVERY - 1:
-        call(0.11, 0.07)
-    call(0.04, 0.07)  # the probe: the pair is tried again, and is fast again
-    assert choices[-1] is True
+    call(0.5, 0.07)
+    call(0.5, 0.07)  # warm-up: on the pair, not timed
+    assert choices == [True, True] and not schedule.seconds[True]
+    for _ in range(8):
+        call(0.04, 0.07)  # the pair is faster: the caller alone is tried on the fourth call only
+    assert choices == [True, True, True, False] + [True] * 6
+    call(0.3, 0.07)  # one slow call on the pair does not flip the choice
     call(0.04, 0.07)
-    assert schedule.seconds[True] < schedule.seconds[False] and choices[-1] is True
+    assert choices[-2:] == [True, True]
+    for _ in range(6):
+        call(0.11, 0.07)  # the second core is taken: after three slow calls the median passes the caller's
+    # calls 13-18: two more on the pair, then the caller alone, the pair tried again on call 16 (every fourth)
+    assert choices[-6:] == [True, True, False, True, False, False]
+    for _ in range(16):
+        call(0.04, 0.07)  # the spell ends: three good tries of the pair (calls 20, 24, 28) and it leads again
+    assert choices[-16:] == [False, True, False, False, False, True, False, False, False, True,
+                             True, True, True, False, True, True]  # call 32: the caller alone, tried again

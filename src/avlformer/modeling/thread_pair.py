@@ -15,9 +15,11 @@ pairs gives the same bits whether the helper ran some of its tasks or none.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import queue
+import statistics
 import threading
 from typing import Callable, Sequence
 
@@ -62,26 +64,37 @@ class PairOrAlone:
     of a task (steal time), and the caller then waits for it; measured on our 2-core machine, a paper-size step
     took 106 ms on the pair against 69 ms alone in such a spell, and 43-57 against 68-81 ms outside one.
 
-    The time of each call is averaged per mode (half the old average plus half the new time); the slower mode is
-    tried again on the third call and then every ``PROBE_EVERY`` calls, so a spell's end is noticed."""
+    Each mode is judged by the median of its last ``SAMPLES`` times, so one slow call (a single steal, or the
+    first calls of the compiled tasks, which TorchScript profiles) does not flip the choice, a lasting change does.
+    The first ``WARM_UP`` calls run on the pair and are not timed. The other mode is tried again now and then:
+    the caller alone on call ``WARM_UP + 2`` and then every ``PROBE_ALONE_EVERY`` calls while the pair is ahead
+    (cheap: that is when the pair is worth having), the pair every ``PROBE_PAIR_EVERY`` calls while it is behind
+    (so the end of a spell is noticed within a few calls)."""
 
-    PROBE_EVERY = 32
+    SAMPLES = 5
+    WARM_UP = 2
+    PROBE_ALONE_EVERY = 32
+    PROBE_PAIR_EVERY = 4
 
     def __init__(self):
-        self.seconds: dict[bool, float | None] = {True: None, False: None}
+        self.seconds: dict[bool, collections.deque] = {mode: collections.deque(maxlen=self.SAMPLES)
+                                                       for mode in (True, False)}
         self.calls = 0
 
     def choose(self) -> bool:
         """True: run the next call on the pair."""
         self.calls += 1
-        paired, alone = self.seconds[True], self.seconds[False]
-        preferred = paired is None or alone is None or paired <= alone
-        probe = self.calls == 3 or self.calls % self.PROBE_EVERY == 0
-        return preferred != probe
+        if self.calls <= self.WARM_UP:
+            return True
+        paired, alone = (statistics.median(self.seconds[mode]) if self.seconds[mode] else None
+                         for mode in (True, False))
+        if alone is None or paired is None or paired <= alone:
+            return not (self.calls == self.WARM_UP + 2 or self.calls % self.PROBE_ALONE_EVERY == 0)
+        return self.calls % self.PROBE_PAIR_EVERY == 0
 
     def record(self, paired: bool, seconds: float) -> None:
-        old = self.seconds[paired]
-        self.seconds[paired] = seconds if old is None else 0.5 * (old + seconds)
+        if self.calls > self.WARM_UP:
+            self.seconds[paired].append(seconds)
 
 
 class _Work:
