@@ -9,9 +9,9 @@ The tasks are plain functions written in the subset of Python that TorchScript c
 runs their compiled versions (:func:`compiled`). The reason is Python's GIL: an interpreted task holds it between
 its ~15 small operations, so the caller and the helper hand it back and forth all through a pair, while a compiled
 task runs all its operations without it. Measured in one process on our 2-core machine (4 alternating rounds, 113
-paper-size steps at two threads): 50.7 ms per step compiled against 54.0 ms interpreted; in isolation, two threads
-running 2000 small products each took 15.5 ms compiled (the time one thread takes alone) against 66.4 ms
-interpreted. The compiled functions run the same ATen operations in the same order (TorchScript's CPU fuser is off
+paper-size steps at two threads): 50.7 ms per step with compiled tasks against 54.0 ms for the interpreted step
+they replaced; in isolation, two threads running 2000 small products each took 15.5 ms compiled (the time one
+thread takes alone) against 66.4 ms interpreted. The compiled functions run the same ATen operations in the same order (TorchScript's CPU fuser is off
 by default), so both give the same bits; GPUs, CPU autocast and gradients use the functions as written.
 """
 
