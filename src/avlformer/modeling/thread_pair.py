@@ -68,8 +68,8 @@ class PairOrAlone:
     first calls of the compiled tasks, which TorchScript profiles) does not flip the choice, a lasting change does.
     The first ``WARM_UP`` calls run on the pair and are not timed. The other mode is tried again now and then:
     the caller alone on call ``WARM_UP + 2`` and then every ``PROBE_ALONE_EVERY`` calls while the pair is ahead
-    (cheap: that is when the pair is worth having), the pair every ``PROBE_PAIR_EVERY`` calls while it is behind
-    (so the end of a spell is noticed within a few calls)."""
+    (rarely, as each try is a slower call), the pair every ``PROBE_PAIR_EVERY`` calls while it is behind (so the
+    end of a spell is noticed within a few calls)."""
 
     SAMPLES = 5
     WARM_UP = 2
