@@ -171,7 +171,8 @@ class CachedStepper:
         self.on_cpu = av_tokens.device.type == "cpu"
         self.paired = self.on_cpu and torch.get_num_threads() > 1  # the caller's count when decoding starts
         self.pair_or_alone = PairOrAlone()
-        self.whole, self.halves = (_StepCut.of(model, self.caches, parts) for parts in (1, self.PARALLEL_PARTS))
+        self.whole = _StepCut.of(model, self.caches, 1)
+        self.halves = _StepCut.of(model, self.caches, self.PARALLEL_PARTS) if self.paired else None
 
     def next_logits(self, token_ids: torch.Tensor) -> torch.Tensor:
         """On the CPU every product runs at one intra-op thread; a caller with two or more threads gets the cut
