@@ -5,7 +5,6 @@ model that copies the file's tensors in)."""
 
 import copy
 import gc
-import threading
 import time
 from pathlib import Path
 
@@ -149,19 +148,15 @@ def test_compiled_step_tasks_equal_the_interpreted_ones_bit_for_bit(expand, monk
 
 @pytest.mark.parametrize("expand", [1, 3])
 def test_a_slow_helper_sends_the_cut_step_to_the_caller_alone_with_the_same_bits(expand, two_threads, monkeypatch):
-    """When the pair is slower than the caller alone (the helper's core taken away, here by a delay in every
-    helper task), the two-thread step runs on the caller alone, the same tasks: the logits keep their bits."""
-    real_claim = thread_pair._Work.claim_and_run
+    """When the pair is slower than the caller alone (the helper's core taken away, here a delay at every join of
+    the pair), the two-thread step runs on the caller alone, the same tasks: the logits keep their bits."""
+    real_run = thread_pair.ThreadPair.run
 
-    def slow_on_the_helper(work):
-        if threading.current_thread().name != "avlformer-thread-pair":
-            return real_claim(work)
-        ran = 0
-        while (index := next(work.claims)) < len(work.tasks):
-            time.sleep(0.005)  # the helper's core taken away in the middle of its task
-            work.results[index] = work.tasks[index]()
-            ran += 1
-        return ran
+    def stalled_helper(pair, tasks):
+        results = real_run(pair, tasks)
+        if pair.parallel:
+            time.sleep(0.02)  # what a join costs when the helper's core is taken away in the middle of its task
+        return results
 
     model, av_tokens, av_mask = random_tiny_model(seed=2)
     steps, rows = 12, av_tokens.shape[0] * expand
@@ -177,7 +172,7 @@ def test_a_slow_helper_sends_the_cut_step_to_the_caller_alone_with_the_same_bits
 
     monkeypatch.setattr(paired.pair_or_alone, "choose", recorded.__get__(paired.pair_or_alone))
     monkeypatch.setattr(reference.pair_or_alone, "choose", lambda: False)  # always the caller alone
-    monkeypatch.setattr(thread_pair._Work, "claim_and_run", slow_on_the_helper)
+    monkeypatch.setattr(thread_pair.ThreadPair, "run", stalled_helper)
     token_ids = torch.full((rows, 1), CLS_ID)
     with torch.no_grad():
         for _ in range(steps):
