@@ -54,6 +54,13 @@ class CacheViews(NamedTuple):
     per_video: int
 
 
+def _group_heads(x: Tensor, head_dim: int) -> Tensor:
+    """``(rows, T, h·head_dim)`` -> ``(rows, h, T, head_dim)`` for a group of h heads (``BertSelfAttention``'s
+    split for all of them; a compiled function cannot call a module's method)."""
+    rows, length, _ = x.shape
+    return x.view(rows, length, -1, head_dim).transpose(1, 2)
+
+
 def head_group_attention(hidden: Tensor, weights: List[Tensor], keys: Tensor, values: Tensor, offset: int,
                          av_keys: Optional[Tensor], av_values: Optional[Tensor], per_video: int,
                          text_length: int, new_bias: Tensor, head_dim: int) -> Tensor:
@@ -63,9 +70,9 @@ def head_group_attention(hidden: Tensor, weights: List[Tensor], keys: Tensor, va
     ``[text_length - T, text_length)``; the queries attend over every AV entry and those text positions and all
     before them, ``new_bias (T, T)`` added among the new ones."""
     rows, new, _ = hidden.shape
-    query = F.linear(hidden, weights[0], weights[1]).view(rows, new, -1, head_dim).transpose(1, 2)
-    key = F.linear(hidden, weights[2], weights[3]).view(rows, new, -1, head_dim).transpose(1, 2)
-    value = F.linear(hidden, weights[4], weights[5]).view(rows, new, -1, head_dim).transpose(1, 2)
+    query = _group_heads(F.linear(hidden, weights[0], weights[1]), head_dim)
+    key = _group_heads(F.linear(hidden, weights[2], weights[3]), head_dim)
+    value = _group_heads(F.linear(hidden, weights[4], weights[5]), head_dim)
     start = offset + text_length - new
     keys[:, :, start:start + new] = key
     values[:, :, start:start + new] = value

@@ -111,29 +111,29 @@ class BertSelfAttention(nn.Module):
         self.dropout_p = cfg.attention_dropout
         self.implementation = cfg.attn_implementation
 
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, N, h·head_dim)`` -> ``(B, h, N, head_dim)``, for all heads or a contiguous group of them."""
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N, heads·head_dim)`` -> ``(B, heads, N, head_dim)``."""
         batch, length, _ = x.shape
-        return x.view(batch, length, -1, self.head_dim).transpose(1, 2)
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
     def project(self, hidden: torch.Tensor):
         """Queries, keys and values, each ``(B, heads, N, head_dim)``."""
-        return (self.split_heads(self.query(hidden)), *self.project_keys_values(hidden))
+        return (self._split_heads(self.query(hidden)), *self.project_keys_values(hidden))
 
     def project_keys_values(self, hidden: torch.Tensor):
-        return self.split_heads(self.key(hidden)), self.split_heads(self.value(hidden))
+        return self._split_heads(self.key(hidden)), self._split_heads(self.value(hidden))
 
     def merge_heads(self, context: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`split_heads`."""
-        batch, heads, length, _ = context.shape
-        return context.transpose(1, 2).reshape(batch, length, heads * self.head_dim)
+        """Inverse of :meth:`_split_heads`."""
+        batch, _, length, _ = context.shape
+        return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, output_rows: int | None = None):
         """Attention outputs of every row, or of the first ``output_rows`` (whose queries alone are projected;
         every row still serves as a key and value)."""
         if output_rows is None:
             return self.attend(*self.project(hidden), bias)
-        query = self.split_heads(self.query(hidden[:, :output_rows]))
+        query = self._split_heads(self.query(hidden[:, :output_rows]))
         return self.attend(query, *self.project_keys_values(hidden),
                            None if bias is None else bias[..., :output_rows, :])
 
