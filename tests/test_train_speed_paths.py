@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.video.swin_transformer import _compute_attention_mask_3d
 
-from avlformer.modeling import cpu_attention, video_swin
+from avlformer.modeling import cpu_attention, swin_window_attention, video_swin
 from avlformer.modeling.cpu_attention import biased_attention
 from avlformer.modeling.avlformer import WORTH_CHECKPOINTING, AVLFormer, AVLFormerConfig
 from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig
@@ -135,12 +135,13 @@ def test_text_training_path_equals_eager_with_dropout():
 
 
 def test_swin_shifted_windows_are_torchvisions_grouped_by_mask_and_built_once_per_shape():
-    attention = video_swin._WindowAttention3d(8, [2, 3, 3], [1, 1, 1], 2)
+    attention = swin_window_attention.WindowAttention3d(8, [2, 3, 3], [1, 1, 1], 2)
     x = torch.randn(1, 4, 6, 6, 8)
     layout = attention._shifted_windows(x, [2, 3, 3], [1, 1, 1])
     assert attention._shifted_windows(x, [2, 3, 3], [1, 1, 1]) is layout
     # torchvision's way: roll the grid, split it into windows in raster order, one mask per window
-    windows = video_swin._split_windows(torch.roll(x, shifts=(-1, -1, -1), dims=(1, 2, 3)), [2, 3, 3])[0]
+    rolled = torch.roll(x, shifts=(-1, -1, -1), dims=(1, 2, 3))
+    windows = swin_window_attention.split_windows(rolled, [2, 3, 3])[0]
     masks = _compute_attention_mask_3d(x, (4, 6, 6), (2, 3, 3), (1, 1, 1))
     gathered = x.flatten(1, 3)[0, layout.gather].unflatten(0, (-1, 18))
     assert gathered.shape == windows.shape
@@ -161,7 +162,7 @@ def test_swin_shifted_windows_are_torchvisions_grouped_by_mask_and_built_once_pe
 
 def test_swin_training_and_no_grad_paths_agree():
     torch.manual_seed(0)
-    attention = video_swin._WindowAttention3d(16, [2, 3, 3], [1, 1, 1], 2)
+    attention = swin_window_attention.WindowAttention3d(16, [2, 3, 3], [1, 1, 1], 2)
     with torch.no_grad():
         attention.relative_position_bias_table.normal_()
     x = torch.randn(2, 4, 6, 6, 16)

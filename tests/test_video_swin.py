@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d, SwinTransformer3d
+from torchvision.models.video.swin_transformer import (
+    ShiftedWindowAttention3d,
+    SwinTransformer3d,
+    _get_relative_position_bias,
+)
 
+import avlformer.modeling.swin_window_attention as swin_window_attention
 import avlformer.modeling.video_swin as video_swin
 from avlformer.modeling.video_swin import (
     VideoSwinConfig,
@@ -231,7 +236,7 @@ def test_sdpa_attention_matches_torchvision_eager(window, shift, grid):
     # float64: a shifted block's windows are grouped by mask pattern, so the weight gradients sum tokens in another
     # order than torchvision's; in float32 that alone moves a gradient's last digits by ~1e-4 relative.
     torch.manual_seed(0)
-    attention = video_swin._WindowAttention3d(16, list(window), list(shift), 2).double()
+    attention = swin_window_attention.WindowAttention3d(16, list(window), list(shift), 2).double()
     with torch.no_grad():
         attention.relative_position_bias_table.normal_()  # make the bias matter
     inputs = torch.randn(2, *grid, 16, dtype=torch.float64)
@@ -252,13 +257,31 @@ def test_sdpa_attention_matches_torchvision_eager(window, shift, grid):
 @pytest.mark.parametrize("shift,grid", [((4, 3, 3), (8, 14, 14)), ((0, 0, 0), (8, 14, 14)), ((4, 3, 3), (4, 16, 9))])
 def test_inference_attention_matches_torchvision_eager(batch, shift, grid):
     torch.manual_seed(1)
-    attention = video_swin._WindowAttention3d(16, [8, 7, 7], list(shift), 2).eval()
+    attention = swin_window_attention.WindowAttention3d(16, [8, 7, 7], list(shift), 2).eval()
     with torch.no_grad():
         attention.relative_position_bias_table.normal_()
         inputs = torch.randn(batch, *grid, 16)
         ours = attention(inputs)
         eager = ShiftedWindowAttention3d.forward(attention, inputs)
     torch.testing.assert_close(ours, eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [[8, 7, 7], [4, 7, 7], [2, 3, 3], [2, 2, 3]])  # full, clamped corners
+def test_relative_position_bias_is_torchvisions_with_its_gradient(window):
+    torch.manual_seed(2)
+    attention = swin_window_attention.WindowAttention3d(16, [8, 7, 7], [0, 0, 0], 4)
+    with torch.no_grad():
+        attention.relative_position_bias_table.normal_()
+    table, index = attention.relative_position_bias_table, attention.relative_position_index
+    ours = attention.get_relative_position_bias(window)
+    reference = _get_relative_position_bias(table, index, window)
+    volume = window[0] * window[1] * window[2]
+    assert ours.shape == (1, 4, volume, volume) and ours.is_contiguous()
+    assert torch.equal(ours, reference)
+    weights = torch.randn(ours.shape)
+    gradients = [torch.autograd.grad((bias * weights).sum(), table)[0] for bias in (ours, reference)]
+    torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-5, atol=1e-5)  # sums in another order
+    assert gradients[0].abs().sum() > 0
 
 
 def test_bfloat16_autocast_forward():

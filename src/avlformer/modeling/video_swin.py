@@ -21,27 +21,19 @@ recomputation and drops them) and the Kinetics ``cls_head.*`` classifier.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Collection, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.models.swin_transformer import PatchMerging
-from torchvision.models.video.swin_transformer import (
-    PatchEmbed3d,
-    ShiftedWindowAttention3d,
-    _compute_attention_mask_3d,
-    _compute_pad_size_3d,
-    _get_window_and_shift_size,
-)
+from torchvision.models.video.swin_transformer import PatchEmbed3d
 from torchvision.ops import StochasticDepth
 from avlformer.config_fields import checked_fields
-from avlformer.modeling.cpu_attention import biased_attention, uses_biased_attention
 from avlformer.modeling.meta_device import expected_state_shapes
+from avlformer.modeling.swin_window_attention import WindowAttention3d, relative_position_index
 from avlformer.modeling.weights_file import load_converted
 
 LAYER_NORM_EPS = 1e-5
@@ -155,159 +147,6 @@ class VideoSwinConfig:
         return cls(**checked_fields(cls, data))
 
 
-def relative_position_index(window_size: Sequence[int]) -> Tensor:
-    """int64 (V, V), V = Wd·Wh·Ww: row of the bias table for the offset between window tokens i and j.
-
-    Tokens are numbered in 'ij' meshgrid order; the offset (dd, dh, dw), shifted to be non-negative, is written
-    in mixed radix (2Wh-1)(2Ww-1), (2Ww-1), 1 -- the formula upstream stores in its checkpoint buffers.
-    Every block of a model shares its window, so the index is computed once per window (about 60 ms each for the
-    paper's 8x7x7, 24 times per model load otherwise) and each caller gets its own copy.
-    """
-    window, device = tuple(int(w) for w in window_size), torch.get_default_device()
-    if device.type == "meta":  # a model built for its shapes only: no work, nothing cached
-        return _index_on(window, device)
-    index = _cpu_index(window)
-    return index.clone() if device.type == "cpu" else index.to(device)
-
-
-def _index_on(window_size: tuple[int, ...], device: torch.device) -> Tensor:
-    wd, wh, ww = window_size
-    grid = torch.meshgrid(*(torch.arange(w, device=device) for w in window_size), indexing="ij")
-    coords = torch.stack(grid).flatten(1)  # (3, V)
-    offsets = coords[:, :, None] - coords[:, None, :]  # (3, V, V): position of i minus position of j
-    shift = torch.tensor([wd - 1, wh - 1, ww - 1], device=device).view(3, 1, 1)
-    radix = torch.tensor([(2 * wh - 1) * (2 * ww - 1), 2 * ww - 1, 1], device=device).view(3, 1, 1)
-    return ((offsets + shift) * radix).sum(0)
-
-
-@functools.lru_cache(maxsize=8)
-def _cpu_index(window_size: tuple[int, ...]) -> Tensor:
-    return _index_on(window_size, torch.device("cpu"))
-
-
-class _WindowAttention3d(ShiftedWindowAttention3d):
-    """torchvision's shifted-window attention, with two changes that leave the math as it is.
-
-    * ``relative_position_index`` is a non-persistent buffer: torchvision saves it, we recompute it, so our state
-      dict holds only learned tensors (the converter verifies upstream's copies and drops them).
-    * ``forward`` adds the same bias (relative position bias, plus the -100 shift mask) but computes the
-      attention without torchvision's eager passes: through ``scaled_dot_product_attention`` when no gradient is
-      needed (a fused kernel), and through :func:`biased_attention` when training (the bias table needs a
-      gradient, which SDPA's fused CPU kernels cannot give). Window clamping, padding and the mask come from
-      torchvision's own helpers. ``super().forward`` stays the eager reference the tests compare with.
-    * A shifted block gathers its windows straight from the unshifted tokens with one precomputed index
-      (:class:`_ShiftedWindows`), rather than rolling the grid (a copy per axis) and then splitting it, and orders
-      them by shift-mask pattern: only windows on the far edge of a shifted axis have a mask, and there are at
-      most eight distinct masks, so SDPA runs once per pattern with that pattern's mask shared by its windows
-      instead of once with a mask per window (a 315 MB bias in Swin-B's first stage at the paper size). Each
-      window's scores, bias and softmax are those of a per-window mask, so the outputs are the same.
-    """
-
-    def define_relative_position_index(self) -> None:
-        for name, value in self.computed_buffers().items():
-            self.register_buffer(name, value, persistent=False)
-
-    def computed_buffers(self) -> dict[str, Tensor]:
-        """The buffers no state dict holds, recomputed after a meta-device load (modeling/meta_device.py)."""
-        return {"relative_position_index": relative_position_index(self.window_size)}
-
-    def forward(self, x: Tensor) -> Tensor:
-        _, t, h, w, _ = x.shape
-        window, shift = _get_window_and_shift_size(self.shift_size.copy(), [t, h, w], self.window_size.copy())
-        pad = _compute_pad_size_3d((t, h, w), (window[0], window[1], window[2]))
-        if any(pad):  # F.pad copies even when it pads nothing (the paper's sizes tile exactly)
-            x = F.pad(x, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
-        bias = self.get_relative_position_bias(window)  # (1, heads, V, V)
-        if not any(shift):
-            out = self._attend(_split_windows(x, window), bias, None)
-            return _merge_windows(out, x.shape, window)[:, :t, :h, :w].contiguous()
-        layout = self._shifted_windows(x, window, shift)
-        volume = window[0] * window[1] * window[2]
-        out = self._attend(x.flatten(1, 3).index_select(1, layout.gather).unflatten(1, (-1, volume)), bias, layout)
-        return out.flatten(1, 2).index_select(1, layout.scatter).view(x.shape)[:, :t, :h, :w].contiguous()
-
-    def _shifted_windows(self, x: Tensor, window: Sequence[int], shift: Sequence[int]) -> "_ShiftedWindows":
-        key = (tuple(x.shape[1:4]), tuple(window), tuple(shift), x.device, x.dtype)
-        cache = self.__dict__.setdefault("_layouts", {})  # not a buffer: never saved, moved or cast
-        if key not in cache:
-            cache.clear()  # one input shape at a time in practice; do not hoard layouts of past shapes
-            cache[key] = _ShiftedWindows.of(x, window, shift)
-        return cache[key]
-
-    def _attend(self, windows: Tensor, bias: Tensor, layout: "_ShiftedWindows | None") -> Tensor:
-        """(B, nW, V, C) -> (B, nW, V, C); bias (1, heads, V, V); the windows of a shifted block come in
-        ``layout``'s order, with its masks."""
-        batch, num_windows, volume, channels = windows.shape
-        qkv = self.qkv(windows).view(batch, num_windows, volume, 3, self.num_heads, channels // self.num_heads)
-        qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, heads, V, head_dim)
-        if uses_biased_attention(qkv, bias):
-            query, key, value = qkv.unbind(0)
-            mask = None if layout is None else layout.window_masks.to(query.dtype)
-            out = biased_attention(query, key, value, bias.to(query.dtype), mask)  # (B, nW, heads, V, head_dim)
-            return self.proj(out.transpose(2, 3).reshape(batch, num_windows, volume, channels))
-        groups = [(0, num_windows, None)] if layout is None else layout.groups
-        outs = []
-        for first, count, mask in groups:  # SDPA's fused kernels take 4-D inputs: windows fold into the batch
-            query, key, value = qkv[:, :, first:first + count].reshape(3, batch * count, self.num_heads, volume,
-                                                                       -1).unbind(0)
-            group_bias = bias if mask is None else bias + mask
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=group_bias.to(query.dtype))
-            outs.append(out.view(batch, count, self.num_heads, volume, -1).transpose(2, 3))
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # (B, nW, V, heads, head_dim)
-        return self.proj(out.reshape(batch, num_windows, volume, channels))
-
-
-@dataclass(frozen=True)
-class _ShiftedWindows:
-    """Where a shifted block's windows come from, for one padded grid: window token i is grid token
-    ``gather[i]`` (the cyclic shift and the window split in one index, windows grouped by mask pattern),
-    ``scatter`` is the inverse permutation, and ``groups`` lists (first window, window count, (1, 1, V, V)
-    mask) per pattern; ``window_masks`` (nW, 1, V, V) is every window's mask in the same order (torchvision's
-    masks, reordered)."""
-    gather: Tensor
-    scatter: Tensor
-    window_masks: Tensor
-    groups: list
-
-    @classmethod
-    def of(cls, x: Tensor, window: Sequence[int], shift: Sequence[int]) -> "_ShiftedWindows":
-        size = tuple(x.shape[1:4])
-        counts_per_axis = [length // side for length, side in zip(size, window)]
-        # The shift wraps tokens into the last window along each shifted axis and nowhere else, so a window's mask
-        # is fixed by which of those last windows it is. The order comes from the shapes alone, on the CPU: x may
-        # be a meta tensor (a model built on the meta device runs with meta as the default device).
-        axes = torch.meshgrid(*(torch.arange(count, device="cpu") for count in counts_per_axis), indexing="ij")
-        pattern_of = sum(((index == count - 1) & (step > 0)).long() << bit
-                         for bit, (index, count, step) in enumerate(zip(axes, counts_per_axis, shift))).flatten()
-        order = torch.sort(pattern_of, stable=True).indices
-        tokens = torch.arange(size[0] * size[1] * size[2], device="cpu").view(1, *size, 1)
-        rolled = torch.roll(tokens, shifts=[-step for step in shift], dims=(1, 2, 3))
-        gather = _split_windows(rolled, window)[0, order, :, 0].flatten()
-        masks = _compute_attention_mask_3d(x, size, tuple(window), tuple(shift))[order.to(x.device)].unsqueeze(1)
-        groups, first = [], 0
-        for count in torch.bincount(pattern_of).tolist():
-            if count:
-                groups.append((first, count, masks[first:first + 1]))
-                first += count
-        return cls(gather.to(x.device), torch.argsort(gather).to(x.device), masks, groups)
-
-
-def _split_windows(x: Tensor, window: Sequence[int]) -> Tensor:
-    """(B, T, H, W, C) with T, H, W multiples of the window -> (B, nW, V, C) windows in (t, h, w) raster order."""
-    batch, t, h, w, channels = x.shape
-    wd, wh, ww = window
-    x = x.view(batch, t // wd, wd, h // wh, wh, w // ww, ww, channels)
-    return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(batch, -1, wd * wh * ww, channels)
-
-
-def _merge_windows(windows: Tensor, shape: Sequence[int], window: Sequence[int]) -> Tensor:
-    """Inverse of :func:`_split_windows` for a tensor of ``shape`` (B, T, H, W, C)."""
-    batch, t, h, w, channels = shape
-    wd, wh, ww = window
-    x = windows.reshape(batch, t // wd, h // wh, w // ww, wd, wh, ww, channels)
-    return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(batch, t, h, w, channels)
-
-
 class _Mlp(nn.Module):
     # torchvision's block names its MLP layers mlp.0 / mlp.3; upstream uses mlp.fc1 / mlp.fc2, which we keep.
     def __init__(self, dim: int, hidden_dim: int) -> None:
@@ -330,7 +169,7 @@ class _SwinBlock3d(nn.Module):
         super().__init__()
         shift = [w // 2 for w in window] if shifted else [0, 0, 0]
         self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.attn = _WindowAttention3d(dim, list(window), shift, heads)
+        self.attn = WindowAttention3d(dim, list(window), shift, heads)
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = _Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = StochasticDepth(drop, "row")
