@@ -43,7 +43,6 @@ import numpy as np
 from PIL import Image
 
 from avlformer.data import clip_media, media, prepare
-from avlformer.data.audio import decode_audio
 from avlformer.data.audio_hdf import write_audio_hdf
 from avlformer.data.recipe import PreprocessRecipe
 from avlformer.data.tsv import TSVWriter
@@ -261,6 +260,11 @@ def work_floor(videos: list[Path], jpeg_ms: float) -> dict:
     ``skip_frame = NONREF`` for every packet, no conversion), LAME encoding the clip's mono 32 kHz audio (the
     stored bytes are LAME's) and the JPEG encoding of the 32 frames (``jpeg_ms``, measured by ``time_split``).
     Frame conversion and scaling, audio decoding and resampling are left out, so it is a lower bound."""
+    # Imported here, not at the top: avlformer.data.audio imports torch, and every spawned pool worker (ours and
+    # the baseline's) imports this script again as its main module, which cost each worker 1.5 s of CPU before its
+    # first clip, time that neither `avlformer prepare` nor the original pays.
+    from avlformer.data.audio import decode_audio
+
     recipe = PreprocessRecipe()
     decode_ms, mp3_ms = [], []
     for video in videos:

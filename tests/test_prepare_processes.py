@@ -1,5 +1,6 @@
 """No process outlives `avlformer prepare`: pools are shut down when their work is done, and workers exit when
-prepare's main process is killed. Processes are read from /proc (Linux)."""
+prepare's main process is killed. Processes are read from /proc (Linux). And a worker starts cheaply: what it
+imports leaves PyTorch out."""
 
 from __future__ import annotations
 
@@ -94,3 +95,17 @@ def test_no_child_of_prepare_survives_a_kill_of_its_main_process(tmp_path):
     process.wait()
     assert process.returncode == -signal.SIGKILL, "prepare finished before it could be killed"
     assert not alive(seen, wait=10), "children of prepare still running after it was killed"
+
+
+@pytest.mark.parametrize("what", ["worker", "benchmark"])
+def test_a_spawned_prepare_worker_imports_no_torch(what):
+    """A spawned worker imports the clip work module, and the main module again (the prepare benchmark when it
+    runs): neither may pull in PyTorch, which costs each worker about 1.5 s of CPU before its first clip
+    (docs/data.md, "Worker start-up")."""
+    load = {"worker": "import avlformer.data.prepare.clip_work",
+            "benchmark": "import runpy; runpy.run_path('benchmarks/prepare.py', run_name='__mp_main__')"}[what]
+    probe = f"import sys; {load}; print(sorted(m for m in ('torch', 'torchaudio') if m in sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
