@@ -41,7 +41,7 @@ from avlformer.data.clip_ids import clip_id_from_key
 from avlformer.data.dataset import (FRAME_COLUMNS_START, CaptionDataset, DataConfig, collate,
                                     one_thread_outside_workers, seed_worker)
 from avlformer.data.masking import make_train_text
-from avlformer.data.media import encode_mp3
+from avlformer.data.media_audio import encode_mp3
 from avlformer.data.tsv import TSVWriter
 
 CAPTION = ("In a bright kitchen a young woman in a blue apron chops green onions on a wooden board while a pot of "

@@ -42,7 +42,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from avlformer.data import clip_media, media, prepare
+from avlformer.data import clip_media, media, media_audio, prepare
 from avlformer.data.audio_hdf import write_audio_hdf
 from avlformer.data.recipe import PreprocessRecipe
 from avlformer.data.tsv import TSVWriter
@@ -278,7 +278,7 @@ def work_floor(videos: list[Path], jpeg_ms: float) -> dict:
         decode_ms.append(1000 * (time.process_time() - start))
         wave = decode_audio(clip_media.clip_audio(video, None, recipe).mp3, recipe.sample_rate)
         start = time.process_time()
-        media.encode_mp3(wave, recipe.sample_rate, recipe.mp3_bitrate)
+        media_audio.encode_mp3(wave, recipe.sample_rate, recipe.mp3_bitrate)
         mp3_ms.append(1000 * (time.process_time() - start))
     reference_decode, mp3 = float(np.median(decode_ms)), float(np.median(mp3_ms))
     return {"reference_frame_decode": round(reference_decode, 1), "mp3_encode": round(mp3, 1), "jpeg": jpeg_ms,
@@ -315,7 +315,7 @@ def _stage_data(root: Path, videos: list[Path], mp3_given: bool) -> tuple[Path, 
     mp3_dir = data_dir / "audio_mp3" / "train"
     mp3_dir.mkdir(parents=True)
     for video in videos:
-        (mp3_dir / f"{video.stem}.mp3").write_bytes(media.extract_audio(video).mp3)
+        (mp3_dir / f"{video.stem}.mp3").write_bytes(media_audio.extract_audio(video).mp3)
     return data_dir, mp3_dir
 
 

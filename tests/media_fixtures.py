@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from avlformer.data import media
+from avlformer.data import media_audio
 from avlformer.data.tsv import TSVWriter
 
 
@@ -144,7 +144,7 @@ def write_not_a_video(path) -> Path:
 def write_mp3(path, seconds: float = 1.0, sample_rate: int = 32000, channels: int = 1) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(media.encode_mp3(tone(seconds, sample_rate, channels, 660.0), sample_rate))
+    path.write_bytes(media_audio.encode_mp3(tone(seconds, sample_rate, channels, 660.0), sample_rate))
     return path
 
 

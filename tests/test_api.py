@@ -20,7 +20,7 @@ import avlformer
 from avlformer import AVLFormer, Captioner, caption
 from avlformer.cli import main as cli_main
 from avlformer.data import audio as audio_io
-from avlformer.data import media
+from avlformer.data import media_audio
 from avlformer.data.recipe import PreprocessRecipe
 from avlformer.inference import pipeline
 from avlformer.model_card import read_card_metadata
@@ -258,7 +258,7 @@ def test_in_memory_frames_and_waveform_follow_the_recipe(captioner, clip):
     # A waveform at the model's rate is the mp3 round trip the recipe prescribes, sample for sample.
     spec = captioner.spec
     wave = media_fixtures.tone(1.0, spec.sample_rate)[0]
-    expected = audio_io.load_clip(media.encode_mp3(wave, spec.sample_rate, spec.recipe.mp3_bitrate),
+    expected = audio_io.load_clip(media_audio.encode_mp3(wave, spec.sample_rate, spec.recipe.mp3_bitrate),
                                   clip_samples=spec.clip_samples, sample_rate=spec.sample_rate)
     assert torch.equal(captioner.prepare(decoded_frames(clip), audio=wave).audio, expected)
 

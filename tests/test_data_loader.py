@@ -18,13 +18,13 @@ from PIL import Image
 from media_fixtures import write_tsv
 from torch.utils.data import DataLoader
 
-from avlformer.data import media
+from avlformer.data import media_audio
 from avlformer.data.audio import GAIN_DB_RANGE, ROLL_SAMPLES_RANGE, decode_audio, load_clip, pad_or_truncate
 from avlformer.data.audio_hdf import HDF5AudioReader, write_audio_hdf
 from avlformer.data.clip_ids import clip_id_from_key
 from avlformer.data.dataset import CaptionDataset, DataConfig, collate, resolve_paths, seed_worker
 from avlformer.data.masking import encode_caption
-from avlformer.data.media import encode_mp3
+from avlformer.data.media_audio import encode_mp3
 from avlformer.data.recipe import PreprocessRecipe, recipe_path_for_yaml
 from avlformer.data.tokenizer import load_tokenizer
 from avlformer.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, clip_from_frames, crop_offsets, decode_jpegs,
@@ -85,12 +85,12 @@ def level_db(wave: np.ndarray) -> float:
 
 @pytest.mark.parametrize("rate", [32000, 44100])
 def test_stereo_with_identical_channels_keeps_the_level_of_its_mono_source(rate):
-    # One downmix (the channel mean) for prepare and inference (media.extract_audio) and for the loaders
+    # One downmix (the channel mean) for prepare and inference (media_audio.extract_audio) and for the loaders
     # (decode_audio); libswresample's own mono mix made such a file about 3 dB louder.
     wave = sine(1.0, rate)
     mono, stereo = encode_mp3(wave, rate), encode_mp3(np.stack([wave, wave]), rate)
     middle = slice(3200, 28800)  # away from the encoder's start-up and tail
-    for decode in (lambda data: decode_audio(media.extract_audio(data).mp3), decode_audio):
+    for decode in (lambda data: decode_audio(media_audio.extract_audio(data).mp3), decode_audio):
         assert abs(level_db(decode(stereo)[middle]) - level_db(decode(mono)[middle])) < 0.2
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 import media_fixtures as mf
 from avlformer import cli
-from avlformer.data import media
+from avlformer.data import media, media_audio
 from avlformer.data.prepare import clip_work
 from avlformer.data.prepare.caption_sources import load_captions
 from avlformer.data.prepare.layout import Layout
@@ -82,14 +82,14 @@ def test_short_clip_repeats_frames_and_counts_them(tmp_path):
 
 
 def test_audio_is_mono_32k_mp3_and_missing_audio_is_an_exception_subtype(tmp_path):
-    track = media.extract_audio(mf.write_stereo_44k(tmp_path / "st.mp4"))
-    info = media.inspect_mp3(track.mp3, "x")
+    track = media_audio.extract_audio(mf.write_stereo_44k(tmp_path / "st.mp4"))
+    info = media_audio.inspect_mp3(track.mp3, "x")
     assert (info.sample_rate, info.channels) == (32000, 1)
     assert (track.source_rate, track.source_channels) == (44100, 2)
     assert abs(info.duration - 1.0) < 0.1
     with pytest.raises(media.NoAudioStreamError, match="no audio stream"):
-        media.extract_audio_mp3(mf.write_no_audio(tmp_path / "n.mp4"))
-    silence = media.inspect_mp3(media.silent_mp3(2.0), "s")
+        media_audio.extract_audio_mp3(mf.write_no_audio(tmp_path / "n.mp4"))
+    silence = media_audio.inspect_mp3(media_audio.silent_mp3(2.0), "s")
     assert abs(silence.duration - 2.0) < 0.1 and silence.sample_rate == 32000
 
 
@@ -240,9 +240,9 @@ def test_rows_of_every_file_describe_the_same_clip_in_upstream_order(messy):
     # Given mp3s are stored byte for byte; every stored blob is a mono 32 kHz mp3.
     assert stored["mp3clip"] == (root / "audio_mp3" / "train" / "mp3clip.mp3").read_bytes()
     for clip, blob in stored.items():
-        info = media.inspect_mp3(blob, clip)
+        info = media_audio.inspect_mp3(blob, clip)
         assert (info.sample_rate, info.channels) == (32000, 1)
-    assert abs(media.inspect_mp3(stored["noaudio"], "n").duration - 10.0) < 0.1
+    assert abs(media_audio.inspect_mp3(stored["noaudio"], "n").duration - 10.0) < 0.1
     assert [json.loads(payload)[0]["caption"] for _, payload in caption_rows] == \
         [f"A caption for {clip}. The sound is a tone." for clip in ids]
     assert (meta / "train.label.tsv").read_text() == (meta / "train.caption.tsv").read_text()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import media_fixtures as mf
-from avlformer.data import clip_media, media
+from avlformer.data import clip_media, media, media_audio
 from avlformer.data.recipe import MP3_BITRATE, SAMPLE_RATE, PreprocessRecipe
 
 
@@ -108,7 +108,7 @@ def reference_mp3(source, sample_rate: int = SAMPLE_RATE, bitrate: int = MP3_BIT
         out = io.BytesIO()
         with av.open(out, mode="w", format="mp3") as sink:
             stream = sink.add_stream("mp3", rate=sample_rate, layout="mono",
-                                     options={"compression_level": str(media.MP3_QUALITY)})
+                                     options={"compression_level": str(media_audio.MP3_QUALITY)})
             stream.bit_rate = bitrate
             resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
 
@@ -133,7 +133,7 @@ def test_audio_in_one_piece_gives_the_mp3_bytes_of_frame_by_frame(tmp_path, writ
     path = writer(tmp_path / "clip.mp4")
     with av.open(str(path)) as container:
         assert container.streams.audio[0].codec_context.name == "aac"  # planar float: no format conversion
-    track = media.extract_audio(path)
+    track = media_audio.extract_audio(path)
     assert track.mp3 == reference_mp3(path)
     assert track.decode_errors == 0 and track.duration > 0.9
 
@@ -141,7 +141,7 @@ def test_audio_in_one_piece_gives_the_mp3_bytes_of_frame_by_frame(tmp_path, writ
 def test_reencoding_a_given_stereo_44k_mp3_matches_frame_by_frame(tmp_path):
     """A clip's own mp3 that is not mono 32 kHz is re-encoded from its bytes (clip_media._conforming_mp3)."""
     path = mf.write_mp3(tmp_path / "clip.mp3", seconds=1.5, sample_rate=44100, channels=2)
-    assert media.extract_audio(path.read_bytes()).mp3 == reference_mp3(path)
+    assert media_audio.extract_audio(path.read_bytes()).mp3 == reference_mp3(path)
 
 
 def write_video_with_mp3_audio(path, sample_rate: int, channels: int = 1):
@@ -170,15 +170,15 @@ def test_mono_mp3_audio_at_the_recipe_rate_is_copied_not_reencoded(tmp_path):
     path = write_video_with_mp3_audio(tmp_path / "mp3audio.mp4", SAMPLE_RATE)
     with av.open(str(path)) as container:
         frames = b"".join(bytes(p) for p in container.demux(audio=0) if p.size)
-    track = media.extract_audio(path)
+    track = media_audio.extract_audio(path)
     assert track.mp3 == frames                       # the stream's own mp3 frames, byte for byte
-    assert media.inspect_mp3(track.mp3, "x").sample_rate == SAMPLE_RATE and track.source_channels == 1
+    assert media_audio.inspect_mp3(track.mp3, "x").sample_rate == SAMPLE_RATE and track.source_channels == 1
     assert abs(track.duration - 1.0) < 0.1
 
 
 @pytest.mark.parametrize("rate, channels", [(44100, 1), (SAMPLE_RATE, 2)])
 def test_mp3_audio_at_another_rate_or_stereo_is_reencoded(tmp_path, rate, channels):
     path = write_video_with_mp3_audio(tmp_path / "mp3audio.mp4", rate, channels)
-    track = media.extract_audio(path)
+    track = media_audio.extract_audio(path)
     assert track.mp3 == reference_mp3(path)
     assert track.source_rate == rate and track.source_channels == channels

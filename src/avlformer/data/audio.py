@@ -9,7 +9,7 @@ import av
 import numpy as np
 import torch
 
-from avlformer.data.media import downmix
+from avlformer.data.media_audio import downmix
 from avlformer.data.recipe import SAMPLE_RATE
 
 GAIN_DB_RANGE = (-7, 6)       # inclusive, integer dB (upstream: randint(14) - 7)
@@ -29,7 +29,7 @@ def decode_audio(data: bytes | np.ndarray, sample_rate: int = SAMPLE_RATE, sourc
     """Decode encoded audio bytes to a mono float32 waveform at ``sample_rate``.
 
     Upstream flattened multi-channel frames channel after channel and never resampled, so a stereo or 44.1 kHz
-    file came out twice as long / at the wrong pitch. Channels are averaged by ``media.downmix``, the downmix
+    file came out twice as long / at the wrong pitch. Channels are averaged by ``media_audio.downmix``, the downmix
     ``prepare`` and inference use (a mono signal duplicated on both channels is unchanged), and the result is
     resampled with ``av.AudioResampler`` when the rate differs."""
     payload = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from avlformer.data import media
+from avlformer.data import media, media_audio
 from avlformer.data.recipe import PreprocessRecipe
 
 AUDIO_FROM_MP3, AUDIO_FROM_VIDEO, AUDIO_SILENCE = "mp3", "video", "silence"
@@ -59,13 +59,13 @@ def _conforming_mp3(mp3: Path, name: str, recipe: PreprocessRecipe, warnings: li
     the recipe's rate, which the original's loader assumed without checking. None when unreadable."""
     data = mp3.read_bytes()
     try:
-        info = media.inspect_mp3(data, name)
+        info = media_audio.inspect_mp3(data, name)
     except media.MediaError as error:
         warnings.append(f"{name} unusable ({error.reason}); audio taken from the video instead")
         return None
     if info.sample_rate == recipe.sample_rate and info.channels == 1:
         return data, info.duration
-    track = media.extract_audio(data, recipe.sample_rate, recipe.mp3_bitrate, name=name)
+    track = media_audio.extract_audio(data, recipe.sample_rate, recipe.mp3_bitrate, name=name)
     warnings.append(f"{name} is {info.sample_rate} Hz with {info.channels} channel(s); re-encoded to "
                     f"{recipe.sample_rate} Hz mono")
     return track.mp3, track.duration
@@ -73,7 +73,7 @@ def _conforming_mp3(mp3: Path, name: str, recipe: PreprocessRecipe, warnings: li
 
 def silent_clip_audio(recipe: PreprocessRecipe, warnings: list[str] | None = None) -> ClipAudio:
     """The recipe's silence: ``clip_seconds`` of zeros, mp3 encoded as any other clip audio."""
-    return ClipAudio(media.silent_mp3(recipe.clip_seconds, recipe.sample_rate, recipe.mp3_bitrate), AUDIO_SILENCE,
+    return ClipAudio(media_audio.silent_mp3(recipe.clip_seconds, recipe.sample_rate, recipe.mp3_bitrate), AUDIO_SILENCE,
                      warnings or [])
 
 
@@ -89,7 +89,7 @@ def clip_audio(video: str | os.PathLike, mp3: str | os.PathLike | None, recipe: 
     if found is None:
         source = AUDIO_FROM_VIDEO
         try:
-            track = media.extract_audio(video, recipe.sample_rate, recipe.mp3_bitrate, name=name(video))
+            track = media_audio.extract_audio(video, recipe.sample_rate, recipe.mp3_bitrate, name=name(video))
         except media.MediaError as error:
             warnings.append(f"{error.reason}: {recipe.clip_seconds:g} s of silence used instead")
             return silent_clip_audio(recipe, warnings)

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from avlformer.data import audio as audio_io
-from avlformer.data import media
+from avlformer.data import media, media_audio
 from avlformer.data.clip_ids import clip_id_from_path
 from avlformer.data.clip_media import AUDIO_SILENCE, encode_frames, silent_clip_audio
 from avlformer.data.transforms import clip_from_frames
@@ -119,9 +119,9 @@ def audio_from_array(waveform, sample_rate: int, spec: pipeline.InputSpec, what:
     mono = array if array.ndim == 1 else array.mean(axis=0)
     recipe = spec.recipe
     if sample_rate == recipe.sample_rate:
-        mp3 = media.encode_mp3(mono, recipe.sample_rate, recipe.mp3_bitrate)
+        mp3 = media_audio.encode_mp3(mono, recipe.sample_rate, recipe.mp3_bitrate)
     else:  # through the resampler a video's own audio goes through (lossless 16-bit container in between)
-        mp3 = media.extract_audio(_wav_bytes(mono, sample_rate), recipe.sample_rate, recipe.mp3_bitrate,
+        mp3 = media_audio.extract_audio(_wav_bytes(mono, sample_rate), recipe.sample_rate, recipe.mp3_bitrate,
                                   name=what).mp3
     return audio_io.load_clip(mp3, clip_samples=spec.clip_samples, sample_rate=spec.sample_rate, source=what)
 
