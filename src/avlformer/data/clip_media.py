@@ -73,8 +73,8 @@ def _conforming_mp3(mp3: Path, name: str, recipe: PreprocessRecipe, warnings: li
 
 def silent_clip_audio(recipe: PreprocessRecipe, warnings: list[str] | None = None) -> ClipAudio:
     """The recipe's silence: ``clip_seconds`` of zeros, mp3 encoded as any other clip audio."""
-    return ClipAudio(media_audio.silent_mp3(recipe.clip_seconds, recipe.sample_rate, recipe.mp3_bitrate), AUDIO_SILENCE,
-                     warnings or [])
+    silence = media_audio.silent_mp3(recipe.clip_seconds, recipe.sample_rate, recipe.mp3_bitrate)
+    return ClipAudio(silence, AUDIO_SILENCE, warnings or [])
 
 
 def clip_audio(video: str | os.PathLike, mp3: str | os.PathLike | None, recipe: PreprocessRecipe, *,
