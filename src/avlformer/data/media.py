@@ -1,5 +1,5 @@
 """Reading videos with PyAV, in-process: probe and uniform frame sampling (a clip's audio: ``media_audio``), and
-the one error type of both.
+the error types of both (``MediaError``, ``NoAudioStreamError``).
 
 Shared by ``avlformer prepare`` (raw clips -> frame TSV) and inference (a video file -> model input), so both see
 exactly the same pixels.
