@@ -87,3 +87,57 @@ def test_a_second_prepare_on_the_same_folder_stops_with_one_line(tmp_path, capsy
     assert err == f"error: another prepare is running on {tmp_path}; wait for it to finish\n"
     assert listing(tmp_path) == before                       # the lock file goes with its holder
     assert run_prepare(tmp_path) == 0 and not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_split_name_that_is_a_path_is_refused_upfront(tmp_path, capsys):
+    mf.write_normal(tmp_path / "videos" / "train" / "good.mp4", seconds=0.5, fps=20)
+    (tmp_path / "captions.json").write_text(json.dumps({"good": "one."}))
+    before = listing(tmp_path)
+    assert run_prepare(tmp_path, "--splits", "../videos/train") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'../videos/train' is not a split name" in err
+    assert listing(tmp_path) == before                      # nothing written, in videos/ or anywhere
+
+
+def test_an_image_size_no_frame_can_have_is_one_upfront_error(tmp_path, capsys):
+    mf.write_normal(tmp_path / "videos" / "train" / "good.mp4", seconds=0.5, fps=20)
+    (tmp_path / "captions.json").write_text(json.dumps({"good": "one."}))
+    assert cli.main(["prepare", "--data-dir", str(tmp_path), "--workers", "1", "--image-size", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "short_side" in err and "100000" in err
+    assert not (tmp_path / "prepare_report.json").exists()
+
+
+def test_a_symbolic_link_loop_is_called_a_loop_not_a_broken_link(tmp_path):
+    train = tmp_path / "videos" / "train"
+    mf.write_normal(train / "good.mp4", seconds=0.5, fps=20)
+    os.symlink("loop.mp4", train / "loop.mp4")
+    (tmp_path / "captions.json").write_text(json.dumps({"good": "one.", "loop": "two."}))
+    assert run_prepare(tmp_path) == 0
+    reason = errors(tmp_path)["videos/train/loop.mp4"]
+    assert "symbolic link loop" in reason and "broken" not in reason
+
+
+def test_csv_caption_with_unquoted_commas_is_an_error_naming_its_line(tmp_path):
+    train = tmp_path / "videos" / "train"
+    for clip in ("c0", "c1"):
+        mf.write_normal(train / f"{clip}.mp4", seconds=0.5, fps=20)
+    (tmp_path / "captions.csv").write_text('id,caption\nc0,a dog runs, then it stops, and barks\n'
+                                           'c1,"a cat sleeps, then it wakes"\n')
+    assert run_prepare(tmp_path) == 0
+    [problem] = [p for p in report(tmp_path)["problems"] if p["severity"] == "error"]
+    assert (problem["file"], problem["id"], problem["split"]) == ("captions.csv", "c0", "train")
+    assert problem["reason"].startswith("line 2: 4 fields where the header has 2") and "quote" in problem["reason"]
+    rows = (tmp_path / "metadata" / "train.caption.tsv").read_text().splitlines()
+    assert [json.loads(row.split("\t")[1])[0]["caption"] for row in rows] == ["a cat sleeps, then it wakes"]
+
+
+def test_one_id_in_two_splits_with_one_captions_file_is_a_warning_naming_both_files(tmp_path):
+    mf.write_normal(tmp_path / "videos" / "train" / "c0.mp4", seconds=0.5, fps=20)
+    mf.write_normal(tmp_path / "videos" / "val" / "c0.mkv", seconds=0.5, fps=20)
+    (tmp_path / "captions.json").write_text(json.dumps({"c0": "one caption for two clips."}))
+    assert run_prepare(tmp_path) == 0
+    [warning] = [p for p in report(tmp_path)["problems"] if p["severity"] == "warning"]
+    assert (warning["file"], warning["split"]) == ("videos/val/c0.mkv", "val")
+    assert "videos/train/c0.mp4" in warning["reason"] and "captions.json" in warning["reason"]
+    assert report(tmp_path)["splits"]["val"] == {"prepared": 1, "errors": 0, "warnings": 1}

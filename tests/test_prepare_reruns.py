@@ -3,17 +3,23 @@ reused (not decoded again), damaged work files are detected and redone."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import media_fixtures as mf
+from avlformer import cli
 from avlformer.data.prepare import clip_work, prepare_dataset
 from avlformer.data.prepare.caption_sources import load_captions
 from avlformer.data.prepare.layout import Layout
 from avlformer.data.prepare.split import find_videos, plan_split
 
+REPO = Path(__file__).resolve().parents[1]
 ARGS = dict(num_frames=4, short_side=32, workers=1, progress=False)
 
 
@@ -150,3 +156,78 @@ def test_rerun_redoes_a_truncated_work_row_and_matches_a_clean_run(tmp_path, mon
     assert prepare_dataset(tmp_path / "damaged", **ARGS).prepared == {"train": 3}
     assert sorted(redone) == sorted({calls[0]} | set(clips) - set(calls))
     assert output_bytes(tmp_path / "damaged") == output_bytes(tmp_path / "fresh")
+
+
+def no_space(path) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def test_a_full_disk_is_not_a_clip_verdict_and_stops_the_run_with_one_line(tmp_path, monkeypatch, capsys):
+    clips = ("c1", "c2", "c3")
+    small_dataset(tmp_path, clips)
+    (tmp_path / "captions.json").write_text(json.dumps({clip: f"clip {clip}." for clip in clips}))
+    real = clip_work._store
+
+    def disk_fills_at_c2(job, result, row, mp3):
+        if job.clip_id == "c2":
+            raise no_space(job.work_file(".row"))
+        return real(job, result, row, mp3)
+
+    monkeypatch.setattr(clip_work, "_store", disk_fills_at_c2)
+    command = ["prepare", "--data-dir", str(tmp_path), "--workers", "1", "--num-frames", "4", "--image-size", "32"]
+    assert cli.main(command) == 2
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if "error" in line.lower()]   # the rest is the progress bar
+    assert "Traceback" not in err and line.startswith("error: ")
+    assert "No space left on device" in line and "c2.row" in line
+    monkeypatch.setattr(clip_work, "_store", real)               # space freed: the rerun does c2 again
+    assert cli.main(command) == 0
+    assert json.loads((tmp_path / "prepare_report.json").read_text())["splits"]["train"] == \
+        {"prepared": 3, "errors": 0, "warnings": 0}
+
+
+def test_a_full_disk_while_writing_the_split_files_is_one_line_naming_the_folder(tmp_path, monkeypatch):
+    from avlformer.data.prepare import EnvironmentFault, split
+
+    small_dataset(tmp_path, ("c1",))
+    (tmp_path / "captions.json").write_text(json.dumps({"c1": "one."}))
+
+    def full(layout, *args):
+        raise OSError(errno.ENOSPC, "Can't write data (file write failed)")   # as h5py words it, no file name
+
+    monkeypatch.setattr(split, "assemble_split", full)
+    with pytest.raises(EnvironmentFault, match=f"^{tmp_path}: no space left on the device"):
+        prepare_dataset(tmp_path, **ARGS)
+
+
+FAULT_HOOK = """
+import errno, os
+from avlformer.data.prepare import clip_work
+_real = clip_work._store
+def _store(job, result, row, mp3):
+    if job.clip_id == "c2":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(job.work_file(".json")))
+    return _real(job, result, row, mp3)
+clip_work._store = _store
+"""
+
+
+def test_a_full_disk_in_a_worker_process_comes_back_through_the_pool_as_one_line(tmp_path):
+    """Every process of the run (spawned workers too) imports the hook through sitecustomize."""
+    clips = ("c1", "c2", "c3")
+    data = small_dataset(tmp_path / "data", clips)
+    (data / "captions.json").write_text(json.dumps({clip: f"clip {clip}." for clip in clips}))
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAULT_HOOK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO / "src")])}
+    done = subprocess.run([sys.executable, "-m", "avlformer.cli", "prepare", "--data-dir", str(data), "--workers",
+                           "2", "--num-frames", "4", "--image-size", "32"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    [line] = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert "Traceback" not in done.stderr and line.startswith("error: ")
+    assert "No space left on device" in line and "c2.json" in line
+    assert not (data / "metadata").exists()
+    result = prepare_dataset(data, **ARGS)                         # space freed: c2 is done, none is lost
+    assert result.prepared == {"train": 3} and not result.errors

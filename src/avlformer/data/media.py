@@ -32,6 +32,8 @@ import numpy as np
 
 from av.video.reformatter import VideoReformatter
 
+from avlformer.data.file_problems import is_environment_error
+
 # A clip whose consecutive frame intervals differ from the median by more than this fraction is called VFR.
 _VFR_TOLERANCE = 0.25
 _VFR_MIN_FRACTION = 0.02
@@ -83,6 +85,8 @@ def open_container(path: str | os.PathLike) -> av.container.InputContainer:
     try:
         return av.open(str(path), mode="r")
     except (av.FFmpegError, UnicodeDecodeError) as error:
+        if is_environment_error(error):  # the machine's fault, not the file's: never a verdict on the file
+            raise OSError(error.errno, error.strerror, str(path)) from None
         detail = getattr(error, "strerror", None) or str(error)
         raise MediaError(path, f"not a readable video: {detail} (not a video, or a truncated/corrupt file)") from None
 

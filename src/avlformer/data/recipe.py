@@ -31,6 +31,9 @@ RECIPE_VERSION = 1
 
 STORED_FRAMES = 32          # frames kept per clip in the frame TSV
 SHORT_SIDE = 256            # shorter side of a stored frame, pixels
+# Above this, frames no longer fit libswscale's frame size limit or JPEG's 65,535-pixel sides at common aspect
+# ratios; it still keeps every pixel of a 4K source.
+MAX_SHORT_SIDE = 4096
 JPEG_QUALITY = 95           # OpenCV's default, which the original's cv2.imencode used
 SAMPLE_RATE = 32000         # mono audio rate everywhere (HDF5 mp3s, PaSST)
 CLIP_SECONDS = 10.0         # audio length the loaders pad or truncate to
@@ -61,6 +64,9 @@ class PreprocessRecipe:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"preprocessing recipe: {name} must be a positive integer, got {value!r}")
+        if self.short_side > MAX_SHORT_SIDE:
+            raise ValueError(f"preprocessing recipe: short_side (the stored frames' shorter side) must be at most "
+                             f"{MAX_SHORT_SIDE} pixels, got {self.short_side}")
         if self.jpeg_quality > 100:
             raise ValueError(f"preprocessing recipe: jpeg_quality must be 1..100, got {self.jpeg_quality}")
         if isinstance(self.clip_seconds, bool) or not isinstance(self.clip_seconds, (int, float)) \

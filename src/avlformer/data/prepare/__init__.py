@@ -21,7 +21,9 @@ from pathlib import Path
 from avlformer.atomic import write_text_atomic
 from avlformer.data.clip_ids import clip_id_from_path, is_video_name
 from avlformer.data.prepare.caption_sources import Captions, caption_source, keep_released_copy, load_captions
-from avlformer.data.prepare.layout import DEFAULT_SPLITS, ERROR, WARNING, Layout, PrepareError, Problem
+from avlformer.data.file_problems import environment_message, is_environment_error
+from avlformer.data.prepare.layout import (DEFAULT_SPLITS, ERROR, WARNING, EnvironmentFault, Layout, PrepareError,
+                                          Problem, split_name_problem)
 from avlformer.data.prepare.lock import prepare_lock
 from avlformer.data.prepare.outputs_record import OutputsRecord
 from avlformer.data.prepare.split import find_videos, prepare_split
@@ -72,13 +74,31 @@ def _orphan_captions(data_dir: Path, captions: Captions) -> list[Problem]:
                     id=clip_id) for clip_id in sorted(set(captions.texts) - video_ids)]
 
 
+def _shared_ids(layout: Layout, source: Path, videos: dict[str, Path], captions: Captions,
+                seen: dict[tuple[Path, str], str]) -> list[Problem]:
+    """Warnings for clips whose id a clip of an earlier split already has, with the same captions file: both
+    get its one caption, which is wrong when they are different clips."""
+    problems = []
+    for clip_id, path in videos.items():
+        if clip_id not in captions.texts:
+            continue
+        other = seen.setdefault((source, clip_id), layout.rel(path))
+        if other != layout.rel(path):
+            problems.append(Problem(WARNING, layout.rel(path), f"id {clip_id!r} is also {other}: both get the one "
+                                    f"caption {captions.source} has for it; rename one if they are different "
+                                    f"clips", layout.split, clip_id))
+    return problems
+
+
 def prepare_dataset(data_dir: str | os.PathLike, *, splits: list[str] | None = None,
                     num_frames: int = STORED_FRAMES, short_side: int = SHORT_SIDE, workers: int | None = None,
                     captions: str | os.PathLike | None = None, progress: bool = True) -> PrepareResult:
     """Prepare every split of ``data_dir`` that has a ``videos/<split>/`` folder (``splits``: only those, and a
     missing one is an error). Bad clips and captions are reported in the result, never raised; a mistake that
     leaves nothing to do (no data dir, an unparseable captions file, another prepare running on the folder)
-    raises PrepareError. ``short_side`` is the shorter side of the stored frames (the crop comes later)."""
+    raises PrepareError; a failure of the machine (disk full, I/O error, no permission) raises its subclass
+    EnvironmentFault, and a rerun resumes. ``short_side`` is the shorter side of the stored frames (the crop
+    comes later)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise PrepareError(f"{data_dir}: data dir not found")
@@ -86,42 +106,57 @@ def prepare_dataset(data_dir: str | os.PathLike, *, splits: list[str] | None = N
         recipe = PreprocessRecipe(stored_frames=num_frames, short_side=short_side)
     except ValueError as error:
         raise PrepareError(str(error)) from None
+    for split in splits or ():
+        if (bad_name := split_name_problem(split)) is not None:
+            raise PrepareError(f"--splits: {bad_name}")
     workers = max(1, default_workers() if workers is None else workers)
     override = Path(captions) if captions is not None else None
     with prepare_lock(data_dir):
-        record = OutputsRecord(data_dir)
-        todo, done, problems = _splits_to_run(data_dir, splits, num_frames)
-        report = {"data_dir": str(data_dir), "recipe": recipe.to_dict(), "splits": {}, "problems": []}
-        loaded: dict[Path, Captions] = {}
-        assigned: set[int] = set()      # caption problems counted in the split whose video they concern
-        for split in todo:
-            layout = Layout(data_dir, split, num_frames, short_side)
-            source = caption_source(layout, override, record)
-            if source is None:
-                problems.append(Problem(ERROR, layout.rel(layout.videos), "no captions found (captions.json, "
-                                        "captions.csv or metadata/<split>.caption.tsv); split skipped", split))
-                continue
-            if source not in loaded:
-                loaded[source] = load_captions(source, data_dir)
-            split_captions = loaded[source]
-            keep_released_copy(source, layout)
-            videos, split_problems = find_videos(layout)
-            for problem in split_captions.problems:
-                if problem.id in videos:
-                    assigned.add(id(problem))
-                    split_problems.append(dataclasses.replace(problem, split=split))
-            count, clip_problems = prepare_split(layout, split_captions, videos, workers, record, progress)
-            split_problems += clip_problems
-            problems += split_problems
-            report["splits"][split] = {"prepared": count,
-                                       "errors": sum(p.severity == ERROR for p in split_problems),
-                                       "warnings": sum(p.severity == WARNING for p in split_problems)}
-        for source_captions in loaded.values():  # a shared captions file: its other problems once, not per split
-            problems += [p for p in source_captions.problems if id(p) not in assigned]
-            problems += _orphan_captions(data_dir, source_captions)
-        report["problems"] = [asdict(problem) for problem in problems]
-        report_path = data_dir / REPORT_NAME
-        write_text_atomic(report_path, json.dumps(report, indent=2))
+        try:
+            return _prepare_locked(data_dir, splits, recipe, workers, override, progress)
+        except OSError as error:
+            if is_environment_error(error):
+                raise EnvironmentFault(environment_message(error, data_dir)) from None
+            raise
+
+
+def _prepare_locked(data_dir: Path, splits: list[str] | None, recipe: PreprocessRecipe, workers: int,
+                    override: Path | None, progress: bool) -> PrepareResult:
+    record = OutputsRecord(data_dir)
+    todo, done, problems = _splits_to_run(data_dir, splits, recipe.stored_frames)
+    report = {"data_dir": str(data_dir), "recipe": recipe.to_dict(), "splits": {}, "problems": []}
+    loaded: dict[Path, Captions] = {}
+    assigned: set[int] = set()      # caption problems counted in the split whose video they concern
+    seen: dict[tuple[Path, str], str] = {}     # (captions file, id) -> the first video with that id
+    for split in todo:
+        layout = Layout(data_dir, split, recipe.stored_frames, recipe.short_side)
+        source = caption_source(layout, override, record)
+        if source is None:
+            problems.append(Problem(ERROR, layout.rel(layout.videos), "no captions found (captions.json, "
+                                    "captions.csv or metadata/<split>.caption.tsv); split skipped", split))
+            continue
+        if source not in loaded:
+            loaded[source] = load_captions(source, data_dir)
+        split_captions = loaded[source]
+        keep_released_copy(source, layout)
+        videos, split_problems = find_videos(layout)
+        split_problems += _shared_ids(layout, source, videos, split_captions, seen)
+        for problem in split_captions.problems:
+            if problem.id in videos:
+                assigned.add(id(problem))
+                split_problems.append(dataclasses.replace(problem, split=split))
+        count, clip_problems = prepare_split(layout, split_captions, videos, workers, record, progress)
+        split_problems += clip_problems
+        problems += split_problems
+        report["splits"][split] = {"prepared": count,
+                                   "errors": sum(p.severity == ERROR for p in split_problems),
+                                   "warnings": sum(p.severity == WARNING for p in split_problems)}
+    for source_captions in loaded.values():  # a shared captions file: its other problems once, not per split
+        problems += [p for p in source_captions.problems if id(p) not in assigned]
+        problems += _orphan_captions(data_dir, source_captions)
+    report["problems"] = [asdict(problem) for problem in problems]
+    report_path = data_dir / REPORT_NAME
+    write_text_atomic(report_path, json.dumps(report, indent=2))
     return PrepareResult(report=report, prepared={split: counts["prepared"] for split, counts
                                                   in report["splits"].items()},
                          problems=problems, already_prepared=done, report_path=report_path)
@@ -173,6 +208,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = prepare_dataset(args.data_dir, splits=args.splits, num_frames=args.num_frames,
                                  short_side=args.short_side, workers=args.workers, captions=args.captions)
+    except EnvironmentFault as error:
+        print(f"error: {error}; prepare stopped (finished clips are kept: fix this and run the same command "
+              f"again)", file=sys.stderr)
+        return 2
     except PrepareError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

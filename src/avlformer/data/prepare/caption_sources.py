@@ -37,7 +37,8 @@ def _has_invalid_utf8(text: str) -> bool:
     return any(0xDC80 <= ord(char) <= 0xDCFF for char in text)
 
 
-def _add_caption(captions: Captions, clip_id: str, text, where: str) -> None:
+def _add_caption(captions: Captions, clip_id: str, text, where: str, format_problem: str | None = None) -> None:
+    """Add one entry, or report why it is left out (``format_problem``: what the file format says is wrong)."""
     def reject(reason: str) -> None:
         captions.rejected.add(clip_id)
         captions.texts.pop(clip_id, None)
@@ -47,6 +48,8 @@ def _add_caption(captions: Captions, clip_id: str, text, where: str) -> None:
         captions.problems.append(Problem(ERROR, captions.source, f"{where}: empty or non-UTF-8 id"))
     elif (bad_id := id_problem(clip_id)) is not None:
         reject(bad_id)
+    elif format_problem is not None:
+        reject(format_problem)
     elif clip_id in captions.texts or clip_id in captions.rejected:
         reject(f"duplicate id {clip_id!r}; give each clip exactly one caption")
     elif not isinstance(text, str):
@@ -76,8 +79,14 @@ def _load_csv(path: Path, captions: Captions) -> None:
     if not reader.fieldnames or not {"id", "caption"} <= {name.strip() for name in reader.fieldnames}:
         raise PrepareError(f"{path}: the first line must be the header 'id,caption' (found {reader.fieldnames})")
     for line_number, row in enumerate(reader, start=2):
+        extra = row.pop(None, None)     # fields beyond the header's: a caption with unquoted commas
         row = {(name or "").strip(): value for name, value in row.items()}
-        _add_caption(captions, (row.get("id") or "").strip(), row.get("caption") or "", f"line {line_number}")
+        problem = None
+        if extra:
+            problem = (f"{len(reader.fieldnames) + len(extra)} fields where the header has "
+                       f"{len(reader.fieldnames)}: quote a caption that holds commas (\"a dog runs, then barks\")")
+        _add_caption(captions, (row.get("id") or "").strip(), row.get("caption") or "", f"line {line_number}",
+                     problem)
 
 
 def _load_caption_tsv(path: Path, captions: Captions) -> None:

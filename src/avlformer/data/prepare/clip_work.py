@@ -18,7 +18,8 @@ from avlformer.atomic import atomic_write, write_text_atomic
 from avlformer.data import media
 from avlformer.data.audio_hdf import HDF5AudioReader
 from avlformer.data.clip_media import clip_audio, frame_row, read_clip_frames
-from avlformer.data.prepare.layout import ERROR, WARNING, Problem
+from avlformer.data.file_problems import environment_message, is_environment_error
+from avlformer.data.prepare.layout import ERROR, WARNING, EnvironmentFault, Problem
 from avlformer.data.prepare.outputs_record import digest
 from avlformer.data.recipe import PreprocessRecipe
 from avlformer.data.tsv import TSVFile
@@ -117,7 +118,18 @@ def _new_result(job: ClipJob) -> dict:
 
 
 def process_clip(job: ClipJob) -> dict:
-    """Frames + audio of one clip into the work folder. Never raises for bad input: the result says why."""
+    """Frames + audio of one clip into the work folder. Never raises for bad input: the result says why. A
+    failure of the machine (``file_problems.is_environment_error``) raises EnvironmentFault instead, and leaves
+    no result behind, so a rerun does the clip again."""
+    try:
+        return _process_clip(job)
+    except OSError as error:
+        if is_environment_error(error):
+            raise EnvironmentFault(environment_message(error, job.video)) from None
+        raise
+
+
+def _process_clip(job: ClipJob) -> dict:
     result = _new_result(job)
     video_file = job.rel(job.video)
     try:
@@ -130,6 +142,8 @@ def process_clip(job: ClipJob) -> dict:
     except media.MediaError as error:
         result["problems"] = [asdict(Problem(ERROR, video_file, error.reason))]
     except Exception as error:  # noqa: BLE001 - one clip's unexpected failure must not stop the others
+        if is_environment_error(error):
+            raise
         result["problems"] = [asdict(Problem(ERROR, video_file, f"unexpected {type(error).__name__}: {error}"))]
     write_text_atomic(job.work_file(".json"), json.dumps(result))
     return result

@@ -15,6 +15,20 @@ class PrepareError(Exception):
     """A mistake in what prepare was given (or a second prepare on the same folder): one line, no traceback."""
 
 
+class EnvironmentFault(PrepareError):
+    """The machine failed prepare (disk full, I/O error, no permission, too many open files,
+    ``file_problems.is_environment_error``): the run stops with one line, and no clip is judged by it."""
+
+
+def split_name_problem(split: str) -> str | None:
+    """Why ``split`` cannot name a split, or None: it is a folder name under videos/ and part of every output
+    file name, so it must be a plain name (``../videos/train`` would write outside the data folder)."""
+    if not split or split.startswith(".") or "/" in split or "\\" in split \
+            or not split.isprintable() or split != split.strip():
+        return f"{split!r} is not a split name: give a plain folder name under videos/, like train or val"
+    return None
+
+
 @dataclass
 class Problem:
     severity: str      # "error": the clip (or caption) is left out; "warning": kept, but worth a look

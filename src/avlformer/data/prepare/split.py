@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from avlformer.data.clip_ids import VIDEO_EXTENSIONS, clip_id_from_path, clip_key, id_problem, is_video_name
+from avlformer.data.file_problems import FOLDER, entry_problem
 from avlformer.data.prepare import clip_work
 from avlformer.data.prepare.caption_sources import Captions
 from avlformer.data.prepare.clip_work import ClipJob, PreviousOutputs
@@ -29,25 +30,19 @@ def hdf5_sort_key(clip_id: str) -> str:
 
 def _entry_problem(layout: Layout, path: Path) -> Problem | None:
     """Why a videos-folder entry that is not a readable plain file cannot be a clip (None: it is one)."""
-    broken = path.is_symlink() and not path.exists()
-    if not broken and path.is_file():
+    problem = entry_problem(path)
+    if problem is None:
         return None
     if not is_video_name(path):
-        kind = "a broken symbolic link" if broken else "a folder" if path.is_dir() else "not a regular file"
-        return Problem(WARNING, layout.rel(path), f"ignored: {kind} (videos/<split>/ holds video files)",
+        return Problem(WARNING, layout.rel(path), f"ignored: {problem} (videos/<split>/ holds video files)",
                        layout.split)
-    if broken:
-        reason = f"broken symbolic link (its target {os.readlink(path)!r} does not exist); left out"
-    elif path.is_dir():
-        reason = "a folder named like a video file; left out"
-    else:
-        reason = "not a regular file; left out"
-    return Problem(ERROR, layout.rel(path), reason, layout.split, clip_id_from_path(path))
+    reason = "a folder named like a video file" if problem == FOLDER else problem
+    return Problem(ERROR, layout.rel(path), f"{reason}; left out", layout.split, clip_id_from_path(path))
 
 
 def find_videos(layout: Layout) -> tuple[dict[str, Path], list[Problem]]:
     """``id -> video path`` for one split. Entries that cannot be clips are reported: ids present with two
-    extensions (ambiguous), ids that cannot be stored in a TSV, folders and broken links named like videos."""
+    extensions (ambiguous), ids that cannot be stored in a TSV, folders, broken links and link loops named like videos."""
     by_id: dict[str, list[Path]] = {}
     problems = []
     for path in sorted(layout.videos.iterdir()):
