@@ -161,3 +161,38 @@ def test_bad_counts_rejected(tmp_path):
         synth.synthesize(tmp_path, {"train": 1, "test": -1}, progress=False)
     with pytest.raises(ValueError, match="unknown split"):
         synth.synthesize(tmp_path, {"dev": 1}, progress=False)
+
+
+ONE_CLIP = ("--num-train", "1", "--num-val", "0", "--num-test", "0", "--workers", "1")
+
+
+def test_a_folder_holding_a_users_data_is_refused_unless_overwrite(tmp_path, capsys):
+    mine = tmp_path / "captions.json"
+    mine.write_text('{"my_clip": "a week of careful captions."}')
+    assert cli_main(["synth", "--out", str(tmp_path), *ONE_CLIP]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "captions.json" in err and "--overwrite" in err
+    assert mine.read_text() == '{"my_clip": "a week of careful captions."}' and not (tmp_path / "videos").exists()
+    assert cli_main(["synth", "--out", str(tmp_path), *ONE_CLIP, "--overwrite"]) == 0
+    assert list(json.loads(mine.read_text())) == ["synth_train_00000"]
+
+
+def test_a_rerun_into_its_own_folder_works_but_a_file_changed_since_is_kept(tmp_path, capsys):
+    out = tmp_path / "new"
+    assert cli_main(["synth", "--out", str(out), *ONE_CLIP]) == 0
+    (out / "notes.txt").write_text("prepare outputs and other files beside synth's do not matter")
+    assert cli_main(["synth", "--out", str(out), *ONE_CLIP]) == 0
+    captions = out / "captions.json"
+    captions.write_text('{"synth_train_00000": "my own caption."}')
+    capsys.readouterr()
+    assert cli_main(["synth", "--out", str(out), *ONE_CLIP]) == 2
+    assert "captions.json: changed since synth wrote it" in capsys.readouterr().err
+    assert captions.read_text() == '{"synth_train_00000": "my own caption."}'
+
+
+def test_a_negative_count_is_one_line_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli_main(["synth", "--out", str(out), "--num-train", "-5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--num-train must be >= 0, got -5" in err
+    assert not out.exists()

@@ -12,6 +12,7 @@ Output::
     OUT/audio_mp3/<split>/<id>.mp3     mono, 32 kHz
     OUT/captions.json                  {"<id>": "caption"} for every split
     OUT/attributes.json                {"<id>": {"split", "shape", "colour", "motion", "pitch", "rhythm", "duration"}}
+    OUT/synth_outputs.json             what synth wrote: a folder holding other data is refused (synth_output)
 
 Every clip is a pure function of (seed, split, index), so the dataset is identical whatever the worker count.
 """
@@ -23,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -34,6 +36,7 @@ from tqdm import tqdm
 
 from avlformer.atomic import atomic_path, write_text_atomic
 from avlformer.data.recipe import SAMPLE_RATE
+from avlformer.data.synth_output import SynthError, claim_folder
 
 SPLITS = ("train", "val", "test")
 
@@ -298,11 +301,18 @@ def write_mp3(path: Path, waveform: np.ndarray) -> None:
             _encode_audio(container, stream, waveform)
 
 
+def clip_paths(out: Path, split: str, index: int) -> tuple[Path, Path]:
+    """(video, mp3) of one clip."""
+    name = clip_id(split, index)
+    return out / "videos" / split / f"{name}.mp4", out / "audio_mp3" / split / f"{name}.mp3"
+
+
 def write_clip(out: Path, seed: int, split: str, index: int) -> tuple[str, dict, str]:
     spec = make_clip_spec(seed, split, index)
     waveform = render_audio(spec, clip_seed(seed, split, index))
-    write_mp4(out / "videos" / split / f"{spec.clip_id}.mp4", render_frames(spec), waveform)
-    write_mp3(out / "audio_mp3" / split / f"{spec.clip_id}.mp3", waveform)
+    video, mp3 = clip_paths(out, split, index)
+    write_mp4(video, render_frames(spec), waveform)
+    write_mp3(mp3, waveform)
     attributes = spec.attributes()
     return spec.clip_id, attributes, make_caption(attributes)
 
@@ -313,15 +323,19 @@ def _write_clip_job(job: tuple[str, int, str, int]) -> tuple[str, dict, str]:
 
 
 def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, workers: int | None = None,
-               progress: bool = True) -> dict:
-    """Write the dataset; returns {"captions": {...}, "attributes": {...}} as also written to disk."""
+               progress: bool = True, overwrite: bool = False) -> dict:
+    """Write the dataset; returns {"captions": {...}, "attributes": {...}} as also written to disk. Raises
+    SynthError (a ValueError) for bad counts and for a folder holding data synth did not write (unless
+    ``overwrite``)."""
     out = Path(out)
     for split, count in counts.items():
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+            raise SynthError(f"unknown split {split!r}; expected one of {SPLITS}")
         if count < 0:
-            raise ValueError(f"--num-{split} must be >= 0, got {count}")
+            raise SynthError(f"--num-{split} must be >= 0, got {count}")
     jobs = [(str(out), seed, split, i) for split in SPLITS for i in range(counts.get(split, 0))]
+    clip_files = [path for _, _, split, i in jobs for path in clip_paths(out, split, i)]
+    record = claim_folder(out, clip_files + [out / "captions.json", out / "attributes.json"], overwrite)
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs) or 1))
     bar = tqdm(total=len(jobs), desc="synth", unit="clip", disable=not progress)
     results = []
@@ -337,8 +351,13 @@ def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, wo
     bar.close()
     captions = {cid: caption for cid, _, caption in results}
     attributes = {cid: attrs for cid, attrs, _ in results}
-    write_text_atomic(out / "captions.json", json.dumps(captions, indent=1, sort_keys=True))
-    write_text_atomic(out / "attributes.json", json.dumps(attributes, indent=1, sort_keys=True))
+    for path in clip_files:
+        record.remember(path)
+    for name, data in (("captions.json", captions), ("attributes.json", attributes)):
+        text = json.dumps(data, indent=1, sort_keys=True)
+        record.will_write(out / name, text.encode("utf-8"))
+        write_text_atomic(out / name, text)
+    record.save()
     return {"captions": captions, "attributes": attributes}
 
 
@@ -350,10 +369,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="the dataset is a pure function of this seed")
     parser.add_argument("--workers", type=int, default=None,
                         help="encoding processes (default: CPU count); the output does not depend on it")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a folder that holds data synth did not write (it is replaced)")
 
 
 def main(args: argparse.Namespace) -> int:
     counts = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
-    result = synthesize(args.out, counts, seed=args.seed, workers=args.workers)
+    try:
+        result = synthesize(args.out, counts, seed=args.seed, workers=args.workers, overwrite=args.overwrite)
+    except SynthError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {len(result['captions'])} clips to {args.out}")
     return 0

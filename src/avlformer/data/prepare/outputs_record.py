@@ -5,6 +5,8 @@ It holds the size and sha256 of every caption TSV prepare wrote (those are the o
 an input, the released ``<split>.caption.tsv``), and, per prepared split, each clip's finished work record and
 its row in the frame TSV and HDF5. A rerun reuses a clip from those files when its inputs are unchanged and the
 stored bytes still hash to what was recorded, so a caption fix does not decode every video again.
+
+``avlformer synth`` keeps the same kind of record under its own name, to tell its files from a user's.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ def file_digest(path: str | os.PathLike) -> dict:
 
 
 class OutputsRecord:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, name: str = RECORD_NAME):
         self.data_dir = Path(data_dir)
         # Not in metadata/: it holds input timestamps, and the prepared files must not depend on them.
-        self.path = self.data_dir / RECORD_NAME
+        self.path = self.data_dir / name
         self.files: dict[str, dict] = {}
         self.splits: dict[str, dict] = {}
         try:
@@ -53,8 +55,16 @@ class OutputsRecord:
             return False
         return file_digest(path) == expected
 
+    def changed(self, path: str | os.PathLike) -> bool:
+        """Whether ``path`` is a file recorded here that no longer holds the bytes recorded for it."""
+        return self._name(path) in self.files and Path(path).is_file() and not self.wrote(path)
+
     def will_write(self, path: str | os.PathLike, data: bytes) -> None:
         self.files[self._name(path)] = digest(data)
+
+    def remember(self, path: str | os.PathLike) -> None:
+        """Record a file just written (by a library that writes by file name)."""
+        self.files[self._name(path)] = file_digest(path)
 
     def save(self) -> None:
         write_text_atomic(self.path, json.dumps({"version": RECORD_VERSION, "files": self.files,
