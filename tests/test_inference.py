@@ -193,3 +193,33 @@ def test_inference_sh_wraps_infer(checkpoint, videos, tmp_path):
     assert output.is_file(), done.stderr
     assert [p["image_id"] for p in json.loads(output.read_text())] == ["silent", "synth_test_00000",
                                                                        "synth_test_00001"]
+
+
+def test_a_bad_sample_rate_fails_only_the_items_that_use_it(checkpoint, videos):
+    import numpy as np
+
+    from avlformer.inference.captioner import Captioner
+
+    captioner = Captioner(checkpoint, device="cpu")
+    frames = np.full((4, 32, 32, 3), 90, np.uint8)
+    video = str(videos["videos"] / "synth_test_00000.mp4")
+    wave = np.zeros(8000, np.float32)
+    results = captioner([frames, video], audio=[wave, None], sample_rate=-1)   # aborted the whole call once
+    assert not results[0].ok and results[0].error.startswith("audio of <frames 0>: sample_rate must be")
+    assert results[1].ok and results[1].caption                  # the item that does not use the rate is captioned
+    for bad, reason in ((0, "1000 to 768000 Hz, got 0"), ("abc", "whole number of Hz, got 'abc'"), (1, "got 1"),
+                        (True, "whole number"), (2.5, "whole number")):
+        with pytest.raises(ValueError, match=reason):
+            captioner.prepare(frames, audio=wave, sample_rate=bad)
+    long_wave = np.zeros(1000 * 601, np.float32)                # 601 s at the lowest rate: never resampled
+    with pytest.raises(ValueError, match="601 s of sound, more than 600 s"):
+        captioner.prepare(frames, audio=long_wave, sample_rate=1000)
+    assert captioner.prepare(frames, audio=wave, sample_rate=np.int64(16000)).audio_source == "array"
+
+
+def test_a_symbolic_link_loop_is_not_called_a_broken_link(tmp_path):
+    loop = tmp_path / "loop.mp4"
+    loop.symlink_to("loop.mp4")
+    assert "symbolic link loop" in pipeline.not_a_video_file(loop)
+    (tmp_path / "folder.mp4").mkdir()
+    assert pipeline.not_a_video_file(tmp_path / "folder.mp4") == "is a folder, not a video file"

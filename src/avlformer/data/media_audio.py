@@ -12,16 +12,24 @@ as one piece, which gives the same bytes as frame by frame at a fraction of the 
 from __future__ import annotations
 
 import io
+import numbers
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import av
 import numpy as np
 
+from avlformer.data.file_problems import entry_problem
 from avlformer.data.media import MediaError, NoAudioStreamError, open_container
 from avlformer.data.recipe import CLIP_SECONDS, MP3_BITRATE, SAMPLE_RATE
 
 MP3_QUALITY = 5
+# Rates a waveform handed over in memory may be given at (telephone-band recordings up to studio rates), and the
+# longest such waveform: it is resampled whole before the model takes its first ``clip_seconds``, so a wrong
+# rate (1 Hz for 32 kHz samples) must not turn one second into hours of samples.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000
+MAX_WAVEFORM_SECONDS = 600.0
 
 
 @dataclass
@@ -31,6 +39,18 @@ class AudioTrack:
     source_rate: int
     source_channels: int
     decode_errors: int
+
+
+def waveform_problem(num_samples: int, sample_rate) -> str | None:
+    """Why ``num_samples`` samples at ``sample_rate`` cannot be used as a waveform given in memory, or None."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral):
+        return f"sample_rate must be a whole number of Hz, got {sample_rate!r}"
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        return f"sample_rate must be {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz, got {sample_rate}"
+    if num_samples / sample_rate > MAX_WAVEFORM_SECONDS:
+        return (f"{num_samples} samples at {sample_rate} Hz are {num_samples / sample_rate:.0f} s of sound, more "
+                f"than {MAX_WAVEFORM_SECONDS:.0f} s: is the sample_rate right? (give the clip's own audio)")
+    return None
 
 
 def _encode_mp3(frames, sample_rate: int, bitrate: int, layout: str = "mono") -> bytes:
@@ -203,6 +223,19 @@ class Mp3Info:
     sample_rate: int
     channels: int
     duration: float
+
+
+def mp3_file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not an mp3 file that decodes (a folder, a broken link or link loop, empty, not audio),
+    or None. A failure of the machine (``file_problems.is_environment_error``) is raised, not returned."""
+    problem = entry_problem(path)
+    if problem is not None:
+        return problem
+    try:
+        inspect_mp3(Path(path).read_bytes(), str(path))
+    except MediaError as error:
+        return error.reason
+    return None
 
 
 def inspect_mp3(data: bytes, name: str) -> Mp3Info:

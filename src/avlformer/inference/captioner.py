@@ -116,6 +116,9 @@ def audio_from_array(waveform, sample_rate: int, spec: pipeline.InputSpec, what:
                          f"got shape {tuple(array.shape)}")
     if not np.isfinite(array).all():
         raise ValueError(f"{what}: waveform holds NaN or infinite values")
+    if problem := media_audio.waveform_problem(array.shape[-1], sample_rate):
+        raise ValueError(f"{what}: {problem}")
+    sample_rate = int(sample_rate)
     mono = array if array.ndim == 1 else array.mean(axis=0)
     recipe = spec.recipe
     if sample_rate == recipe.sample_rate:
@@ -163,7 +166,8 @@ def prepare_input(video, audio, spec: pipeline.InputSpec, index: int = 0,
         wave, source, audio_notes = pipeline.load_audio(Path(audio), Path(audio), spec, video_seconds=seconds)
         notes += audio_notes
     else:
-        wave = audio_from_array(audio, sample_rate or spec.sample_rate, spec, f"audio of {label}")
+        rate = spec.sample_rate if sample_rate is None else sample_rate
+        wave = audio_from_array(audio, rate, spec, f"audio of {label}")
         source = AUDIO_FROM_ARRAY
     return pipeline.ClipInput(index=index, video_id=clip_id, path=label, frames=frames, audio=wave,
                               audio_source=source, warnings=[f"{pipeline.display_path(label)}: {n}" for n in notes])

@@ -36,6 +36,7 @@ from avlformer.data import audio as audio_io
 from avlformer.data import media
 from avlformer.data.clip_ids import VIDEO_EXTENSIONS, clip_id_from_path, id_problem, is_video_name
 from avlformer.data.clip_media import clip_audio, encode_frames, read_clip_frames
+from avlformer.data.file_problems import FOLDER, entry_problem
 from avlformer.data.recipe import PreprocessRecipe
 from avlformer.data.tokenizer import decode_caption, load_tokenizer
 from avlformer.data.transforms import clip_from_frames
@@ -146,15 +147,8 @@ class VideoListing:
 
 def not_a_video_file(path: Path) -> str | None:
     """Why ``path`` (named like a video) cannot be opened as one, or None."""
-    if path.is_symlink() and not path.exists():
-        return "broken symbolic link"
-    if path.is_dir():
-        return "is a folder, not a video file"
-    if not path.exists():
-        return "no such file"
-    if not path.is_file():
-        return "not a regular file"
-    return None
+    problem = entry_problem(path)
+    return "is a folder, not a video file" if problem == FOLDER else problem
 
 
 def list_videos(folder: VideoPath) -> VideoListing:
