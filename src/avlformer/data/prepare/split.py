@@ -42,7 +42,8 @@ def _entry_problem(layout: Layout, path: Path) -> Problem | None:
 
 def find_videos(layout: Layout) -> tuple[dict[str, Path], list[Problem]]:
     """``id -> video path`` for one split. Entries that cannot be clips are reported: ids present with two
-    extensions (ambiguous), ids that cannot be stored in a TSV, folders, broken links and link loops named like videos."""
+    extensions (ambiguous), ids that cannot be stored in a TSV, folders, broken links and link loops named like
+    videos."""
     by_id: dict[str, list[Path]] = {}
     problems = []
     for path in sorted(layout.videos.iterdir()):
