@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import pytest
 
 import media_fixtures as mf
@@ -198,6 +199,29 @@ def test_a_full_disk_while_writing_the_split_files_is_one_line_naming_the_folder
     monkeypatch.setattr(split, "assemble_split", full)
     with pytest.raises(EnvironmentFault, match=f"^{tmp_path}: no space left on the device"):
         prepare_dataset(tmp_path, **ARGS)
+
+
+@pytest.mark.parametrize("fault", [av.error.PermissionError(errno.EACCES, "Permission denied"),
+                                   av.error.OSError(errno.EIO, "Input/output error")])
+def test_a_video_the_machine_cannot_read_is_not_judged_damaged(tmp_path, monkeypatch, fault):
+    """PyAV reports both as its own errors; they must not become "not a readable video" or "truncated"."""
+    from avlformer.data import media
+    from avlformer.data.prepare import EnvironmentFault
+
+    small_dataset(tmp_path, ("c1", "c2"))
+    (tmp_path / "captions.json").write_text(json.dumps({"c1": "one.", "c2": "two."}))
+    real = media.av.open
+
+    def unreadable_c2(path, *args, **kwargs):
+        if str(path).endswith("c2.mp4"):
+            raise fault
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(media.av, "open", unreadable_c2)
+    with pytest.raises(EnvironmentFault, match=f"c2.mp4: {fault.strerror}$"):
+        prepare_dataset(tmp_path, **ARGS)
+    monkeypatch.setattr(media.av, "open", real)
+    assert prepare_dataset(tmp_path, **ARGS).prepared == {"train": 2}
 
 
 FAULT_HOOK = """

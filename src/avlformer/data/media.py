@@ -52,6 +52,13 @@ class NoAudioStreamError(MediaError):
     """The file has no (decodable) audio stream; callers substitute silence and warn."""
 
 
+def raise_if_environment(error: BaseException, path: str | os.PathLike) -> None:
+    """A read that failed because of the machine (``file_problems.is_environment_error``: an I/O error, no
+    permission, too many open files) is raised as OSError naming the file: never taken for a damaged file."""
+    if is_environment_error(error):
+        raise OSError(error.errno, error.strerror, str(path)) from None
+
+
 @dataclass
 class VideoInfo:
     path: str
@@ -85,8 +92,7 @@ def open_container(path: str | os.PathLike) -> av.container.InputContainer:
     try:
         return av.open(str(path), mode="r")
     except (av.FFmpegError, UnicodeDecodeError) as error:
-        if is_environment_error(error):  # the machine's fault, not the file's: never a verdict on the file
-            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise_if_environment(error, path)
         detail = getattr(error, "strerror", None) or str(error)
         raise MediaError(path, f"not a readable video: {detail} (not a video, or a truncated/corrupt file)") from None
 
@@ -109,8 +115,9 @@ def _demux_video_packets(container, stream, path) -> list[av.Packet]:
         for packet in container.demux(stream):
             if packet.size:
                 packets.append(packet)
-    except av.FFmpegError:
-        pass  # truncated file: keep the packets read so far
+    except av.FFmpegError as error:
+        raise_if_environment(error, path)
+        # truncated file: keep the packets read so far
     if not packets:
         raise MediaError(path, "no video packets (empty or truncated video)")
     return packets

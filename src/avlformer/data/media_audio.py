@@ -21,7 +21,7 @@ import av
 import numpy as np
 
 from avlformer.data.file_problems import entry_problem
-from avlformer.data.media import MediaError, NoAudioStreamError, open_container
+from avlformer.data.media import MediaError, NoAudioStreamError, open_container, raise_if_environment
 from avlformer.data.recipe import CLIP_SECONDS, MP3_BITRATE, SAMPLE_RATE
 
 MP3_QUALITY = 5
@@ -205,6 +205,7 @@ def _encoded_audio(container, stream, sample_rate: int, bitrate: int, label: str
     try:
         mp3 = _encode_mp3(_resampled_audio(container, stream, sample_rate, counters), sample_rate, bitrate)
     except av.FFmpegError as error:
+        raise_if_environment(error, label)
         raise MediaError(label, f"audio cannot be decoded ({error})") from None
     if counters["samples"] == 0:
         raise NoAudioStreamError(label, "audio stream has no decodable samples")
