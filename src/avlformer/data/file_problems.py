@@ -13,7 +13,6 @@ import os
 import stat
 
 FOLDER = "a folder"
-NO_SUCH_FILE = "no such file"
 
 # What the machine, not the file, got wrong: the same file works once the disk has space again, the permissions
 # are fixed or fewer files are open.
@@ -31,7 +30,7 @@ def entry_problem(path: str | os.PathLike) -> str | None:
         if os.path.islink(path):
             return f"broken symbolic link (its target {os.readlink(path)!r} does not exist)"
         if error.errno == errno.ENOENT:
-            return NO_SUCH_FILE
+            return "no such file"
         return f"cannot be read ({error.strerror})"
     if stat.S_ISDIR(info.st_mode):
         return FOLDER
@@ -48,6 +47,6 @@ def environment_message(error: OSError, where: str | os.PathLike | None = None) 
     """One line naming the file (``where`` when the error does not name one) and the machine's problem."""
     name = error.filename if error.filename is not None else where
     reason = error.strerror or str(error) or type(error).__name__
-    if error.errno in (errno.ENOSPC, errno.EDQUOT) and "space" not in reason.lower():
+    if error.errno == errno.ENOSPC and "space" not in reason.lower():
         reason = f"no space left on the device ({reason})"     # h5py and others word it their own way
     return f"{os.fspath(name)}: {reason}" if name is not None else reason
