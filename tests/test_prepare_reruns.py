@@ -6,8 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -236,22 +234,22 @@ clip_work._store = _store
 """
 
 
-def test_a_full_disk_in_a_worker_process_comes_back_through_the_pool_as_one_line(tmp_path):
-    """Every process of the run (spawned workers too) imports the hook through sitecustomize."""
-    clips = ("c1", "c2", "c3")
+def test_a_full_disk_in_a_worker_process_comes_back_through_the_pool_as_one_line(tmp_path, monkeypatch, capsys):
+    """The spawned workers import the hook through sitecustomize (this process does not)."""
+    clips = ("c1", "c2")
     data = small_dataset(tmp_path / "data", clips)
     (data / "captions.json").write_text(json.dumps({clip: f"clip {clip}." for clip in clips}))
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(FAULT_HOOK)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO / "src")])}
-    done = subprocess.run([sys.executable, "-m", "avlformer.cli", "prepare", "--data-dir", str(data), "--workers",
-                           "2", "--num-frames", "4", "--image-size", "32"], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
-    [line] = [line for line in done.stderr.splitlines() if "error" in line.lower()]
-    assert "Traceback" not in done.stderr and line.startswith("error: ")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), str(REPO / "src")]))
+    assert cli.main(["prepare", "--data-dir", str(data), "--workers", "2", "--num-frames", "4",
+                     "--image-size", "32"]) == 2
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if "error" in line.lower()]
+    assert "Traceback" not in err and line.startswith("error: ")
     assert "No space left on device" in line and "c2.json" in line
     assert not (data / "metadata").exists()
+    monkeypatch.delenv("PYTHONPATH")
     result = prepare_dataset(data, **ARGS)                         # space freed: c2 is done, none is lost
-    assert result.prepared == {"train": 3} and not result.errors
+    assert result.prepared == {"train": 2} and not result.errors
