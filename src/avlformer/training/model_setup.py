@@ -100,9 +100,10 @@ def model_config_from(values: dict[str, Any], tree: dict):
     tree = {key: dict(value) if isinstance(value, dict) else value for key, value in tree.items()}
     for flag, path in CONFIG_FIELDS.items():
         _set(tree, path, values[flag], flag)
-    # the visual width appears three times in the configuration and must agree
-    if isinstance(tree.get("text"), dict) and isinstance(tree.get("audio"), dict):
-        tree["text"]["img_feature_dim"] = tree["audio"]["out_dim"] = tree["img_feature_dim"]
+    # the visual width appears again in the parts that carry it (the decoder's input, PaSST's projection)
+    for role, key in (("text", "img_feature_dim"), ("audio", "out_dim")):
+        if isinstance(tree.get(role), dict) and key in tree[role]:
+            tree[role][key] = tree["img_feature_dim"]
     for flag, field in TEXT_SIZE_FIELDS.items():
         if values[flag] > 0:
             _set(tree, ("text", field), values[flag], flag)
