@@ -111,6 +111,34 @@ def test_a_registered_part_trains_saves_reloads_bit_exactly_and_captions(tmp_pat
                      "--num-workers", "0"]) == 0
 
 
+def test_training_machinery_finds_the_new_part_by_role():
+    from types import SimpleNamespace
+
+    from avlformer.training.distributed import fsdp_units
+    from avlformer.training.features import encoder_spec, freeze_encoders
+    from avlformer.training.model_setup import apply_freezing
+    from avlformer.training.optim import build_optimizer
+
+    config = frame_pool_config()
+    model = AVLFormer(config)
+    encoder, decoder = model.part("video"), model.part("text")
+    groups = {g["name"]: g["params"] for g in build_optimizer(model, 1e-3, 0.1, 0.0, 1e-8).param_groups}
+    assert groups["backbone_decay"] == [encoder.embed.weight] and groups["backbone_no_decay"] == [encoder.embed.bias]
+    assert fsdp_units(model) == [(model.fc, True), (model.passt.linear, True), (encoder, True), (model.passt, True),
+                     (decoder, False)]
+    spec = encoder_spec(model)
+    assert (spec.num_video_tokens, spec.video_dim) == (config.num_video_tokens, config.video.width)
+    freeze_encoders(model)
+    assert not encoder.embed.weight.requires_grad and model.fc.weight.requires_grad
+    assert encoder not in [module for module, _ in fsdp_units(model)]  # end to end, frozen stays in the root
+    assert encoder in [module for module, _ in fsdp_units(model, features=True)]
+    model.requires_grad_(True)
+    apply_freezing(model, SimpleNamespace(freeze_backbone=True, freeze_passt=False, freeze_embedding=True))
+    assert not any(p.requires_grad for p in encoder.parameters()) and model.fc.weight.requires_grad
+    assert [n for n, p in decoder.named_parameters() if not p.requires_grad] == [
+        "bert.embeddings.word_embeddings.weight"]
+
+
 def test_unknown_type_is_a_one_line_error_naming_the_registered_types(tmp_path):
     tree = AVLFormerConfig.tiny().to_dict()
     tree["video"]["type"] = "video_swim"
