@@ -27,7 +27,6 @@ from avlformer.training.flag_table import ArgumentError, flag_option
 log = logging.getLogger("avlformer.train")
 
 
-
 # ------------------------------------------------------------------------------------------------ flags
 
 def check_feature_flags(command_line: dict[str, Any], values: dict[str, Any]) -> None:
