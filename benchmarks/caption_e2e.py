@@ -74,10 +74,10 @@ def timed(fn, device: torch.device):
 def caption_round(model: AVLFormer, frames, audio, max_length: int, device: torch.device) -> dict:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     with torch.no_grad(), autocast:
-        video, swin_s = timed(lambda: model.fc(model.swin(frames)), device)
-        sound, passt_s = timed(lambda: rms_norm(model.passt(audio)), device)
+        video, swin_s = timed(lambda: model.projection("video")(model.part("video")(frames)), device)
+        sound, passt_s = timed(lambda: rms_norm(model.projection("audio")(model.part("audio")(audio))), device)
         av_tokens = torch.cat([video, sound], dim=1)
-        _, decode_s = timed(lambda: generate(model.trans_encoder, av_tokens, model.av_attention_mask(),
+        _, decode_s = timed(lambda: generate(model.part("text"), av_tokens, model.av_attention_mask(),
                                              max_length=max_length), device)
     return {"swin_s": swin_s, "passt_s": passt_s, "decode_s": decode_s, "total_s": swin_s + passt_s + decode_s}
 

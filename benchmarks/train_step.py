@@ -110,7 +110,7 @@ def make_batch(config: AVLFormerConfig, device, batch_size: int = 1, seed: int =
 def use_eager_attention(model: AVLFormer) -> None:
     for layer in model.trans_encoder.bert.encoder.layer:
         layer.attention.self.implementation = "eager"
-    for module in model.passt.modules():
+    for module in model.part("audio").modules():
         if hasattr(module, "fused_attn"):
             module.fused_attn = False  # timm's textbook attention path
 
@@ -128,8 +128,8 @@ def run_variant(spec: dict, args) -> dict:
     if args.optimizer == "fused":  # exactly what training builds (training/optim.py)
         optimizer = build_optimizer(model, 1e-4, 0.05, 0.05, 1e-8)
     else:
-        optimizer = torch.optim.AdamW(parameter_groups(model.named_parameters(), 1e-4, 0.05, 0.05), lr=1e-4,
-                                      eps=1e-8, foreach=True)
+        groups = parameter_groups(model.named_parameters(), 1e-4, 0.05, 0.05, backbone=model.part("video").parameters())
+        optimizer = torch.optim.AdamW(groups, lr=1e-4, eps=1e-8, foreach=True)
     batch = make_batch(config, device, args.batch)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if spec["dtype"] == "bf16" else nullcontext()
 

@@ -64,8 +64,9 @@ def test_encode_av_is_fc_video_then_rms_normed_audio(tiny):
     frames, audio = av_inputs(config)
     tokens = model.encode_av(frames, audio)
     assert tokens.shape == (2, config.num_av_tokens, config.img_feature_dim)
-    video = model.fc(model.swin(frames))
-    sound = rms_norm(model.passt(audio))
+    video = model.fc(model.swin(frames))  # the released model's module names
+    sound = rms_norm(model.passt.linear(model.passt(audio)))
+    assert model.projection("video") is model.fc and model.projection("audio") is model.passt.linear
     assert torch.allclose(tokens[:, :config.num_video_tokens], video)
     assert torch.allclose(tokens[:, config.num_video_tokens:], sound)
     assert torch.allclose(sound.norm(dim=-1), torch.full((2, config.num_audio_tokens), config.img_feature_dim ** 0.5),

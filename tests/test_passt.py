@@ -233,7 +233,7 @@ def test_eval_is_deterministic_even_after_other_random_calls():
         torch.rand(1000)
         torch.manual_seed(123)
         second = encoder(audio)
-    assert first.shape == (2, config.num_tokens, config.out_dim)
+    assert first.shape == (2, config.num_tokens, config.token_width)
     assert torch.equal(first, second)
 
 
@@ -268,7 +268,7 @@ def test_activation_checkpointing_recomputes_blocks_with_equal_gradients():
     results = []
     for encoder in (plain, checkpointed):
         torch.manual_seed(3)
-        encoder(audio).square().mean().backward()
+        encoder.projection(encoder(audio)).square().mean().backward()
         results.append([p.grad for p in encoder.parameters()])
     assert len(calls) == 2  # forward, then recomputed in backward
     for ours, reference in zip(*results):
@@ -283,9 +283,10 @@ def test_encoder_output_and_wrong_length():
     encoder = PasstAudioEncoder(config)
     assert [name for name, _ in encoder.named_children()] == ["mel", "net", "linear"]
     audio = torch.randn(2, 1, config.clip_samples)
-    assert encoder.train()(audio).shape == (2, config.num_tokens, config.out_dim)
+    assert encoder.train()(audio).shape == (2, config.num_tokens, config.token_width)
+    assert encoder.projection(encoder(audio)).shape == (2, config.num_tokens, config.out_dim)
     grid_f, grid_t = config.grid
-    assert encoder.eval()(audio, patchout=False).shape == (2, 1 + grid_f * grid_t, config.out_dim)
+    assert encoder.eval()(audio, patchout=False).shape == (2, 1 + grid_f * grid_t, config.token_width)
     assert torch.equal(encoder(audio[:, 0]), encoder(audio))  # (B, S) is accepted as well as (B, 1, S)
     with pytest.raises(ValueError, match=rf"{config.clip_samples} samples.*got {config.clip_samples - 5}"):
         encoder(torch.randn(2, 1, config.clip_samples - 5))

@@ -161,7 +161,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
 
 
 def test_scst_encodes_cached_features_like_the_media_they_came_from():
-    from avlformer.data.features import FEATURE_KEYS
+    from avlformer.modeling.avlformer import FEATURE_KEYS
 
     config = deterministic_tiny_config()
     model = tiny_model(config).eval()

@@ -11,20 +11,23 @@ from avlformer.training.optim import build_optimizer, build_scheduler, parameter
 
 
 class Toy(nn.Module):
-    """Names shaped like the real model's: a `swin` backbone with a relative-position bias table and a norm,
-    and non-backbone layers with biases and LayerNorms."""
+    """Shaped like the real model: a video encoder (the backbone, found by role) with a relative-position bias
+    table and a norm, and non-backbone layers with biases and LayerNorms."""
 
     def __init__(self):
         super().__init__()
-        self.swin = nn.Module()
-        self.swin.proj = nn.Linear(2, 2)
-        self.swin.norm = nn.LayerNorm(2)
-        self.swin.relative_position_bias_table = nn.Parameter(torch.ones(3))
+        self.encoder = nn.Module()
+        self.encoder.proj = nn.Linear(2, 2)
+        self.encoder.norm = nn.LayerNorm(2)
+        self.encoder.relative_position_bias_table = nn.Parameter(torch.ones(3))
         self.fc = nn.Linear(2, 2)
-        self.trans_encoder = nn.Module()
-        self.trans_encoder.LayerNorm = nn.LayerNorm(2)
+        self.decoder = nn.Module()
+        self.decoder.LayerNorm = nn.LayerNorm(2)
         self.frozen = nn.Linear(2, 2)
         self.frozen.requires_grad_(False)
+
+    def part(self, role):
+        return {"video": self.encoder, "text": self.decoder}[role]
 
 
 def group_members(model, groups):
@@ -34,14 +37,16 @@ def group_members(model, groups):
 
 def test_four_upstream_groups_by_name_with_backbone_lr():
     model = Toy()
-    groups = parameter_groups(model.named_parameters(), learning_rate=1e-4, backbone_coef_lr=0.05, weight_decay=0.3)
+    groups = parameter_groups(model.named_parameters(), learning_rate=1e-4, backbone_coef_lr=0.05, weight_decay=0.3,
+                              backbone=model.part("video").parameters())
     members = group_members(model, groups)
     assert [g["name"] for g in groups] == ["backbone_decay", "decay", "backbone_no_decay", "no_decay"]
     # Upstream's substring rule: the bias table is "no decay", Swin's norm.weight is decayed.
-    assert members["backbone_decay"] == ["swin.norm.weight", "swin.proj.weight"]
-    assert members["backbone_no_decay"] == ["swin.norm.bias", "swin.proj.bias", "swin.relative_position_bias_table"]
+    assert members["backbone_decay"] == ["encoder.norm.weight", "encoder.proj.weight"]
+    assert members["backbone_no_decay"] == ["encoder.norm.bias", "encoder.proj.bias",
+                                            "encoder.relative_position_bias_table"]
     assert members["decay"] == ["fc.weight"]
-    assert members["no_decay"] == ["fc.bias", "trans_encoder.LayerNorm.bias", "trans_encoder.LayerNorm.weight"]
+    assert members["no_decay"] == ["decoder.LayerNorm.bias", "decoder.LayerNorm.weight", "fc.bias"]
     assert [g["lr"] for g in groups] == pytest.approx([5e-6, 1e-4, 5e-6, 1e-4])
     assert [g["weight_decay"] for g in groups] == [0.3, 0.3, 0.0, 0.0]
     assert all("frozen" not in name for names in members.values() for name in names)
@@ -97,17 +102,18 @@ def test_step_schedule_halves_then_drops_tenfold():
 
 
 def test_groups_emptied_by_freezing_are_left_out_so_the_optimizer_state_reloads():
-    swin = torch.nn.Linear(2, 2)
+    backbone = torch.nn.Linear(2, 2)
     head = torch.nn.Linear(2, 2)
-    model = torch.nn.ModuleDict({"swin": swin, "head": head})
-    for param in swin.parameters():
+    model = torch.nn.ModuleDict({"backbone": backbone, "head": head})
+    for param in backbone.parameters():
         param.requires_grad_(False)  # a frozen backbone empties both backbone groups
-    groups = parameter_groups(model.named_parameters(), 1e-3, 0.05, 0.01)
+    groups = parameter_groups(model.named_parameters(), 1e-3, 0.05, 0.01, backbone=backbone.parameters())
     assert [g["name"] for g in groups] == ["decay", "no_decay"]
     optimizer = torch.optim.AdamW(groups)
     head(torch.ones(1, 2)).sum().backward()
     optimizer.step()
-    again = torch.optim.AdamW(parameter_groups(model.named_parameters(), 1e-3, 0.05, 0.01))
+    again = torch.optim.AdamW(parameter_groups(model.named_parameters(), 1e-3, 0.05, 0.01,
+                                               backbone=backbone.parameters()))
     again.load_state_dict(optimizer.state_dict())  # resume itself: tests/test_features.py (frozen Video Swin)
     assert [g["name"] for g in again.param_groups] == ["decay", "no_decay"]
 
@@ -118,8 +124,9 @@ def test_unsharded_parameters_get_the_fused_adamw_and_match_the_default_one():
     reference.load_state_dict(model.state_dict())
     fused = build_optimizer(model, 1e-2, 0.1, 0.05, 1e-8)
     assert all(group["fused"] for group in fused.param_groups)
-    default = torch.optim.AdamW(parameter_groups(reference.named_parameters(), 1e-2, 0.1, 0.05), lr=1e-2,
-                                betas=(0.9, 0.999), eps=1e-8)
+    default = torch.optim.AdamW(parameter_groups(reference.named_parameters(), 1e-2, 0.1, 0.05,
+                                                 backbone=reference.part("video").parameters()),
+                                lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
     for _ in range(3):
         for net, optimizer in ((model, fused), (reference, default)):
             optimizer.zero_grad()

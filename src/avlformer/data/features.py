@@ -4,8 +4,9 @@
 holds, row i = clip i of the split's caption TSV:
 
 * ``keys`` (vlen str, N): the clip keys, in the caption TSV's order;
-* ``video`` (N, Nv, Dv): Video Swin's output tokens, before ``fc``;
-* ``audio`` (N, Na, Da): PaSST's tokens (distillation token + kept patches, eval patchout), before ``passt.linear``;
+* ``video`` (N, Nv, Dv): the video encoder's output tokens, before its projection (Video Swin's token grid);
+* ``audio`` (N, Na, Da): the audio encoder's, before its projection (PaSST's distillation token + kept patches,
+  eval patchout);
 * attributes: ``spec`` (JSON of ``FeatureSpec``: the encoders' weights fingerprint, token counts, widths,
   storage dtype), ``recipe`` (JSON of the split's ``PreprocessRecipe``), ``yaml`` (the split's yaml name) and
   ``format_version``.
@@ -34,7 +35,6 @@ from avlformer.data.recipe import PreprocessRecipe
 FORMAT_VERSION = 1
 SUFFIX = ".features.h5"
 STORAGE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}
-FEATURE_KEYS = ("video_features", "audio_features")  # the batch keys AVLFormer.forward reads instead of media
 
 
 class FeatureMismatchError(ValueError):

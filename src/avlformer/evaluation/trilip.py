@@ -71,7 +71,7 @@ class TriLip(nn.Module):
 
     def audio_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, 1, samples) waveform -> (B, dim): the audio tokens' scaled embeddings, averaged (as upstream)."""
-        return self.aud_scaler(self.a_model(audio)).mean(dim=1)
+        return self.aud_scaler(self.a_model.projection(self.a_model(audio))).mean(dim=1)
 
 
 def read_trilip_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:

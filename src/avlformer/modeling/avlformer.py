@@ -1,10 +1,12 @@
-"""AVLFormer: Video Swin + PaSST encoders feeding a BERT-style text transformer (docs/upstream.md §3.1, §9).
+"""AVLFormer: a video encoder and an audio encoder feeding a text decoder, each a part chosen by ``type``
+(modeling/parts.py, docs/parts.md); the paper's are Video Swin, PaSST and a BERT-style transformer
+(docs/upstream.md §3.1, §9).
 
 Token order, projections and norms are upstream's, so released weights mean what they meant:
-``[text (L) ; video (the Swin token grid, through fc) ; audio (dist token + kept patches, through passt.linear then a
-parameter-free RMS norm)]``. The AV→AV block of the attention mask is learned (``learn_vid_att``).
-Module attribute names (``swin``, ``trans_encoder``, ``fc``, ``passt``, ``learn_vid_att``) are the released
-``model.bin`` prefixes.
+``[text (L) ; video (encoder tokens, through the video projection) ; audio (encoder tokens, through the audio
+projection then a parameter-free RMS norm)]``. The AV→AV block of the attention mask is learned
+(``learn_vid_att``). Code outside modeling/ reaches the parts by role (``part``, ``projection``), never by
+attribute name.
 """
 
 from __future__ import annotations
@@ -20,19 +22,20 @@ from torch import nn
 
 from avlformer.config_fields import FieldTypeError, checked_fields
 from avlformer.atomic import write_text_atomic
-from avlformer.data.features import FEATURE_KEYS
 from avlformer.data.token_ids import PAD_ID
 from avlformer.data.transforms import frames_for_model
 from avlformer.json_files import read_json
 from avlformer.modeling.attention_mask import build_attention_mask, learned_av_mask, mask_to_bias, sparsity_loss
 from avlformer.modeling.generation import GenerationOutput, decoding, generate
 from avlformer.modeling.meta_device import build_on_meta
-from avlformer.modeling.passt import PasstAudioEncoder, PasstConfig, rms_norm
-from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig
-from avlformer.modeling.video_swin import VideoSwinConfig, VideoSwinEncoder
+from avlformer.modeling.parts import (ENCODER_ROLES, ROLES, describe_part, part_config_from_dict,
+                                     part_config_to_dict, type_of)
+from avlformer.modeling.passt import PasstConfig, rms_norm
+from avlformer.modeling.text_transformer import TextTransformerConfig
+from avlformer.modeling.video_swin import VideoSwinConfig
 
-_SUB_CONFIGS = {"video": VideoSwinConfig, "audio": PasstConfig, "text": TextTransformerConfig}
-CHECKPOINTABLE_PARTS = ("video", "audio", "text")
+FEATURE_KEYS = ("video_features", "audio_features")  # the batch keys forward reads instead of frames and audio
+CHECKPOINTABLE_PARTS = ROLES
 # docs/training.md, "Training speed and memory": at the paper size, Video Swin's activations are many GB, and
 # recomputing its first two stages block by block (VideoSwinConfig.checkpoint_stages) saves the most memory per
 # FLOP recomputed; PaSST's and the text model's activations are small next to the weights and optimizer state, so
@@ -44,9 +47,10 @@ WORTH_CHECKPOINTING = ("video",)
 class AVLFormerConfig:
     """Everything that defines an AVLFormer; saved as ``config.json`` with every checkpoint."""
 
-    video: VideoSwinConfig = field(default_factory=VideoSwinConfig.base)
-    audio: PasstConfig = field(default_factory=PasstConfig.paper)
-    text: TextTransformerConfig = field(default_factory=TextTransformerConfig.base)
+    # The parts' configs; their classes say which registered part type fills each role.
+    video: Any = field(default_factory=VideoSwinConfig.base)
+    audio: Any = field(default_factory=PasstConfig.paper)
+    text: Any = field(default_factory=TextTransformerConfig.base)
     num_frames: int = 32
     image_size: int = 224
     img_feature_dim: int = 512
@@ -61,11 +65,17 @@ class AVLFormerConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        for role in ROLES:
+            type_of(role, getattr(self, role))  # a registered part's config
+            check_fits = getattr(getattr(self, role), "check_fits", None)
+            try:
+                if check_fits is not None:
+                    check_fits(self)
+            except ValueError as error:
+                problems.append(str(error))
         if self.text.img_feature_dim != self.img_feature_dim:
             problems.append(f"text.img_feature_dim {self.text.img_feature_dim} != img_feature_dim "
                             f"{self.img_feature_dim}")
-        if self.audio.out_dim != self.img_feature_dim:
-            problems.append(f"audio.out_dim {self.audio.out_dim} != img_feature_dim {self.img_feature_dim}")
         for name in ("max_seq_length", "max_gen_length"):
             if not 2 <= getattr(self, name) <= self.text.max_position_embeddings:
                 problems.append(f"{name} {getattr(self, name)} must lie in [2, text.max_position_embeddings="
@@ -74,10 +84,6 @@ class AVLFormerConfig:
             problems.append(f"lm_loss_weight {self.lm_loss_weight} must lie in [0, 1]")
         if self.num_beams < 1:
             problems.append(f"num_beams {self.num_beams} must be >= 1")
-        try:
-            self.video.token_grid(self.num_frames, self.image_size)
-        except ValueError as error:
-            problems.append(str(error))
         if problems:
             raise ValueError("invalid AVLFormerConfig: " + "; ".join(problems))
 
@@ -108,21 +114,25 @@ class AVLFormerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in _SUB_CONFIGS:
-            data[name] = data[name].to_dict()
+        for role in ROLES:
+            data[role] = part_config_to_dict(role, data[role])
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "AVLFormerConfig":
         values = checked_fields(cls, data)
-        for name, sub_cls in _SUB_CONFIGS.items():
-            if name in values and isinstance(values[name], Mapping):
-                try:
-                    values[name] = sub_cls.from_dict(values[name])
-                except FieldTypeError as error:
-                    raise error.inside(name) from None
-                except (TypeError, ValueError) as error:
-                    raise ValueError(f"{name}: {error}") from None
+        for role in ROLES:
+            if role not in values:
+                continue
+            if not isinstance(values[role], Mapping):
+                raise ValueError(f"{role} must be an object, got {values[role]!r}")
+            try:
+                values[role] = part_config_from_dict(role, values[role])
+            except FieldTypeError as error:
+                raise error.inside(role) from None
+            except (TypeError, ValueError) as error:
+                message = str(error)
+                raise ValueError(message if message.startswith(f"{role}.type") else f"{role}: {message}") from None
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
@@ -137,18 +147,50 @@ class AVLFormerConfig:
             raise ValueError(f"{path}: {error}") from None
 
 
+# The model attribute of the projection the model builds for an encoder that carries none.
+PROJECTION_ATTRIBUTES = {"video": "fc", "audio": "audio_fc"}
+
+
 class AVLFormer(nn.Module):
     def __init__(self, config: AVLFormerConfig):
         super().__init__()
         self.config = config
-        # Registration order = upstream's state_dict order (docs/upstream.md §3.1).
-        self.swin = VideoSwinEncoder(config.video)
-        self.trans_encoder = TextTransformer(config.text)
-        self.fc = nn.Linear(config.video.out_dim, config.img_feature_dim)
-        self.passt = PasstAudioEncoder(config.audio)
+        self._attributes = {role: type_of(role, getattr(config, role)).attribute for role in ROLES}
+        # Registration order = upstream's state_dict order (docs/upstream.md §3.1), which is also the parameter
+        # order that saved optimizer states follow.
+        self._add_part("video")
+        self._add_part("text")
+        self._add_projection("video")
+        self._add_part("audio")
+        self._add_projection("audio")
         if config.learn_mask_enabled:
             num_av = config.num_av_tokens
             self.learn_vid_att = nn.Embedding(num_av * num_av, 1)  # N(0, 1) init, as upstream
+
+    def _add_part(self, role: str) -> None:
+        part_config = getattr(self.config, role)
+        setattr(self, self._attributes[role], type_of(role, part_config).build(part_config))
+
+    def _add_projection(self, role: str) -> None:
+        if getattr(self.part(role), "projection", None) is None:
+            width = getattr(self.config, role).token_width
+            setattr(self, PROJECTION_ATTRIBUTES[role], nn.Linear(width, self.config.img_feature_dim))
+
+    def part(self, role: str) -> nn.Module:
+        """The module playing ``role`` (``video``, ``audio`` or ``text``; modeling/parts.py has the contracts)."""
+        return getattr(self, self._attributes[role])
+
+    def projection(self, role: str) -> nn.Module:
+        """The projection from the ``role`` encoder's tokens to ``img_feature_dim``."""
+        carried = getattr(self.part(role), "projection", None)
+        return carried if carried is not None else getattr(self, PROJECTION_ATTRIBUTES[role])
+
+    def load_part_weights(self, role: str, path: str) -> Any:
+        """Initialise the ``role`` part from its pretrained weights file or folder (its type's loader)."""
+        entry = type_of(role, getattr(self.config, role))
+        if entry.load_weights is None:
+            raise ValueError(f"the {role} part type {entry.name!r} has no loader for pretrained weights")
+        return entry.load_weights(self.part(role), path)
 
     def set_activation_checkpointing(self, parts=WORTH_CHECKPOINTING) -> None:
         """Recompute the activations of exactly ``parts`` (of ``CHECKPOINTABLE_PARTS``) in backward; ``()`` turns
@@ -156,30 +198,27 @@ class AVLFormer(nn.Module):
         unknown = sorted(set(parts) - set(CHECKPOINTABLE_PARTS))
         if unknown:
             raise ValueError(f"activation checkpointing: unknown parts {unknown}; choose from {CHECKPOINTABLE_PARTS}")
-        self.config.video.use_checkpoint = "video" in parts
-        self.config.audio.use_checkpoint = "audio" in parts
-        self.trans_encoder.set_gradient_checkpointing("text" in parts)
+        for role in ROLES:
+            self.part(role).set_gradient_checkpointing(role in parts)
 
     # ------------------------------------------------------------------------------------------- encoders
     def encode_av(self, frames: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """Frames (B, T, 3, H, W; uint8 as the loaders give them, or normalised float) + audio (B, 1, S) -> AV
         tokens (B, V, img_feature_dim), video first."""
-        self._check_av_inputs(frames, audio)
-        # Through each encoder's forward(), where FSDP2 gathers its parameters (training/distributed.py).
-        video = self.fc(self.swin(frames_for_model(frames)))
-        sound = rms_norm(self.passt(audio))
-        return torch.cat([video, sound], dim=1)
+        return self.project_av(*self.encoder_outputs(frames, audio))
 
     def encoder_outputs(self, frames: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoders' own outputs, before the trainable projections: Swin tokens (B, Nv, video.out_dim) and
-        PaSST tokens (B, Na, audio.embed_dim). ``avlformer extract-features`` caches exactly these."""
+        """The encoders' own outputs, before the trainable projections: (B, Nv, video.token_width) and
+        (B, Na, audio.token_width). ``avlformer extract-features`` caches exactly these."""
         self._check_av_inputs(frames, audio)
-        return self.swin(frames_for_model(frames)), self.passt.net(self.passt.mel(audio))
+        # Each part and projection through its forward(), where FSDP2 gathers its parameters
+        # (training/distributed.py).
+        return self.part("video")(frames_for_model(frames)), self.part("audio")(audio)
 
     def project_av(self, video: torch.Tensor, sound: torch.Tensor) -> torch.Tensor:
-        """Encoder outputs (``encoder_outputs``, live or cached) -> AV tokens: ``fc`` on the video, ``passt.linear``
-        then the RMS norm on the audio; equals ``encode_av`` on the inputs the outputs came from."""
-        return torch.cat([self.fc(video), rms_norm(self.passt.linear(sound))], dim=1)
+        """Encoder outputs (``encoder_outputs``, live or cached) -> AV tokens: the video projection; the audio
+        projection then the RMS norm."""
+        return torch.cat([self.projection("video")(video), rms_norm(self.projection("audio")(sound))], dim=1)
 
     def _check_av_inputs(self, frames: torch.Tensor, audio: torch.Tensor) -> None:
         cfg = self.config
@@ -210,13 +249,14 @@ class AVLFormer(nn.Module):
         av_tokens = self.batch_av_tokens(batch)
         max_text_len, num_av = input_ids.shape[1], av_tokens.shape[1]
         mask = build_attention_mask(text_len, max_text_len, num_av, self.av_attention_mask(), dtype=av_tokens.dtype)
-        hidden = self.trans_encoder(input_ids, av_tokens, mask_to_bias(mask), output_rows=max_text_len)
+        decoder = self.part("text")
+        hidden = decoder(input_ids, av_tokens, mask_to_bias(mask), output_rows=max_text_len)
 
         lm_targets = F.pad(target_ids[:, 1:], (0, 1), value=PAD_ID)
         lm_positions = lm_targets != PAD_ID
         needed = lm_positions | masked_pos
         # The 30522-way head only where a loss needs it (not over all 300 positions).
-        logits = self.trans_encoder.logits(hidden[needed])
+        logits = decoder.logits(hidden[needed])
         is_lm, is_mlm = lm_positions[needed], masked_pos[needed]
         lm_loss = _mean_cross_entropy(logits[is_lm], lm_targets[needed][is_lm])
         mlm_targets = target_ids[needed][is_mlm]
@@ -285,28 +325,9 @@ def describe_model(config: AVLFormerConfig) -> str:
     parameters, 1235 MB fp32`` for the paper model."""
     model = build_on_meta(lambda: AVLFormer(config))
     parameters = sum(p.numel() for p in model.parameters())
-    return (f"AVLFormer: {_swin_name(config.video)}, {_passt_name(config.audio)}, {config.text.num_layers}-layer "
-            f"text transformer, {config.num_frames} frames at {config.image_size} px: {parameters / 1e6:.1f} M "
+    names = ", ".join(describe_part(role, getattr(config, role)) for role in ROLES)
+    return (f"AVLFormer: {names}, {config.num_frames} frames at {config.image_size} px: {parameters / 1e6:.1f} M "
             f"parameters, {parameters * 4 / 1e6:.0f} MB fp32")
-
-
-def _swin_name(video: VideoSwinConfig) -> str:
-    shape = (video.embed_dim, video.depths, video.num_heads)
-    for suffix, preset in (("T", VideoSwinConfig.tiny), ("S", VideoSwinConfig.small), ("B", VideoSwinConfig.base),
-                           ("nano", VideoSwinConfig.nano)):
-        reference = preset()
-        if shape == (reference.embed_dim, reference.depths, reference.num_heads):
-            return f"Swin-{suffix}"
-    return f"Swin ({video.embed_dim}-dim, depths {list(video.depths)})"
-
-
-def _passt_name(audio: PasstConfig) -> str:
-    for name, preset in (("PaSST-S", PasstConfig.paper), ("PaSST-nano", PasstConfig.nano)):
-        reference = preset()
-        if (audio.embed_dim, audio.depth, audio.num_heads) == (reference.embed_dim, reference.depth,
-                                                               reference.num_heads):
-            return name
-    return f"PaSST ({audio.embed_dim}-dim, {audio.depth} blocks)"
 
 
 def _mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,9 @@ _LOG_OFFSET = 1e-5
 
 @dataclass
 class PasstConfig:
+    # Fields that leave the encoder's eval output (before its projection) alone.
+    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("freqm", "timem", "fmin_aug_range", "fmax_aug_range",
+                                                "use_checkpoint", "out_dim")
     sample_rate: int = SAMPLE_RATE
     clip_seconds: float = CLIP_SECONDS
     n_mels: int = 128
@@ -114,6 +117,23 @@ class PasstConfig:
         """Tokens returned with patchout on: distillation token + kept patches (473 for the paper)."""
         kept_f, kept_t = self.kept_grid
         return 1 + kept_f * kept_t
+
+    @property
+    def token_width(self) -> int:
+        """Width of the encoder's tokens, before its projection to ``out_dim``."""
+        return self.embed_dim
+
+    def check_fits(self, model_config) -> None:
+        if self.out_dim != model_config.img_feature_dim:
+            raise ValueError(f"audio.out_dim {self.out_dim} != img_feature_dim {model_config.img_feature_dim}")
+
+    def describe(self) -> str:
+        for name, preset in (("PaSST-S", self.paper), ("PaSST-nano", self.nano)):
+            reference = preset()
+            if (self.embed_dim, self.depth, self.num_heads) == (reference.embed_dim, reference.depth,
+                                                                reference.num_heads):
+                return name
+        return f"PaSST ({self.embed_dim}-dim, {self.depth} blocks)"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -302,7 +322,8 @@ class PasstNet(nn.Module):
 
 
 class PasstAudioEncoder(nn.Module):
-    """Waveform (B, 1, clip_samples) -> (B, num_tokens, out_dim); AVLFormer's `passt` module."""
+    """Waveform (B, 1, clip_samples) -> tokens (B, num_tokens, embed_dim); ``projection`` (``linear``, kept here
+    where the released weights hold it) maps them to ``out_dim``. AVLFormer's audio part."""
 
     def __init__(self, config: PasstConfig):
         super().__init__()
@@ -311,9 +332,16 @@ class PasstAudioEncoder(nn.Module):
         self.net = PasstNet(config)
         self.linear = nn.Linear(config.embed_dim, config.out_dim)
 
+    @property
+    def projection(self) -> nn.Linear:
+        return self.linear
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        self.config.use_checkpoint = enabled
+
     def forward(self, audio: torch.Tensor, patchout: bool = True) -> torch.Tensor:
         self._check_audio(audio)
-        return self.linear(self.net(self.mel(audio), patchout=patchout))
+        return self.net(self.mel(audio), patchout=patchout)
 
     def _check_audio(self, audio: torch.Tensor) -> None:
         expected = self.config.clip_samples

@@ -68,6 +68,9 @@ class TextTransformerConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    def describe(self) -> str:
+        return f"{self.num_layers}-layer text transformer"
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -359,6 +362,9 @@ class TextTransformer(nn.Module):
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.bert.encoder.gradient_checkpointing = enabled
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.bert.embeddings.word_embeddings
 
     def forward(self, input_ids, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None,
                 output_rows: int | None = None):

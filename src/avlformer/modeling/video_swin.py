@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, ClassVar, Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +56,8 @@ def _int_tuple(values: Sequence[int], name: str, length: int | None = None) -> t
 class VideoSwinConfig:
     """Shape of a Video Swin encoder. ``patch_size`` and ``window_size`` are (time, height, width)."""
 
+    # Fields that act only while the encoder trains: its eval output does not depend on them.
+    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("drop_path_rate", "use_checkpoint", "checkpoint_stages")
     embed_dim: int
     depths: Sequence[int]
     num_heads: Sequence[int]
@@ -118,6 +120,21 @@ class VideoSwinConfig:
     @property
     def out_dim(self) -> int:
         return self.stage_dim(len(self.depths) - 1)
+
+    @property
+    def token_width(self) -> int:
+        return self.out_dim
+
+    def check_fits(self, model_config) -> None:
+        self.token_grid(model_config.num_frames, model_config.image_size)
+
+    def describe(self) -> str:
+        shape = (self.embed_dim, self.depths, self.num_heads)
+        for suffix, preset in (("T", self.tiny), ("S", self.small), ("B", self.base), ("nano", self.nano)):
+            reference = preset()
+            if shape == (reference.embed_dim, reference.depths, reference.num_heads):
+                return f"Swin-{suffix}"
+        return f"Swin ({self.embed_dim}-dim, depths {list(self.depths)})"
 
     def token_grid(self, num_frames: int, image_size: int | Sequence[int]) -> tuple[int, int, int]:
         """(T', H', W') of the output tokens, following upstream's padding: ceil(T / patch_t) frames; per side
@@ -250,6 +267,9 @@ class VideoSwinEncoder(nn.Module):
     @property
     def out_dim(self) -> int:
         return self.config.out_dim
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        self.config.use_checkpoint = enabled
 
     def forward(self, frames: Tensor) -> Tensor:
         self._check_frames(frames)

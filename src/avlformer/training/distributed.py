@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from avlformer.device import resolve_device
+from avlformer.modeling.parts import ENCODER_ROLES, ROLES
 
 
 @dataclass(frozen=True)
@@ -88,21 +89,27 @@ def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
     return gathered
 
 
-# Children sharded as their own FSDP units: the encoders, whose forward() is called (FSDP2 gathers a unit's
-# parameters around its forward). Parameters read directly by the parent (learn_vid_att.weight) stay in the root
-# unit. The text transformer's LM head is called after its forward (model.trans_encoder.logits), so that unit keeps
-# its parameters gathered until backward instead of resharding at the end of forward.
-FSDP_UNITS = {"swin": True, "passt": True, "trans_encoder": False}  # name -> reshard_after_forward
-# Training on cached features (training/features.py) calls the projections directly (AVLFormer.project_av), never
-# the encoders' forward: passt.linear must then live in the root unit, gathered with it. The frozen encoders run
-# only when validation decodes raw videos, which gathers every unit first (training/validation.py); as units of
-# their own they stay sharded through training steps instead of being gathered with the root at every step.
-FEATURE_FSDP_UNITS = {"swin": True, "passt.net": True, "trans_encoder": False}
+# FSDP2 gathers a unit's parameters around its forward(), so the units are the modules the model calls through
+# forward: each part and each projection (AVLFormer.encoder_outputs, project_av); the learned mask, read directly,
+# stays in the root unit. The decoder's LM head is called after its forward (``logits``), so the decoder keeps its
+# parameters gathered until backward instead of resharding at the end of forward.
+RESHARD_AFTER_FORWARD = {"video": True, "audio": True, "text": False}
+
+
+def fsdp_units(model: nn.Module, *, features: bool = False) -> list[tuple[nn.Module, bool]]:
+    """(module, reshard_after_forward) of each unit, projections before the parts that may hold them. End to end,
+    a frozen module stays in the root unit; on cached features (training/features.py) the frozen encoders run
+    only when validation decodes raw videos, which gathers every unit first (training/validation.py), so as units
+    of their own they stay sharded through the training steps."""
+    units = [(model.projection(role), True) for role in ENCODER_ROLES]
+    units += [(model.part(role), RESHARD_AFTER_FORWARD[role]) for role in ROLES]
+    return [(module, reshard) for module, reshard in units
+            if features or any(p.requires_grad for p in module.parameters())]
 
 
 def wrap_model(model: nn.Module, strategy: str, env: DistEnv, *, features: bool = False) -> nn.Module:
-    """DDP (default) or FSDP2 (`fully_shard`, parameters sharded per encoder; ``features``: the layout for
-    training on cached features). A single process is never wrapped."""
+    """DDP (default) or FSDP2 (`fully_shard`, parameters sharded per part, ``fsdp_units``; ``features``: the
+    layout for training on cached features). A single process is never wrapped."""
     if not env.is_distributed:
         return model
     if strategy == "ddp":
@@ -112,11 +119,8 @@ def wrap_model(model: nn.Module, strategy: str, env: DistEnv, *, features: bool 
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for name, reshard in (FEATURE_FSDP_UNITS if features else FSDP_UNITS).items():
-            child = model.get_submodule(name)
-            # End to end, a frozen encoder stays in the root unit; with features every listed unit is sharded.
-            if features or any(p.requires_grad for p in child.parameters()):
-                fully_shard(child, reshard_after_forward=reshard)
+        for module, reshard in fsdp_units(model, features=features):
+            fully_shard(module, reshard_after_forward=reshard)
         return fully_shard(model)
     raise ValueError(f"strategy {strategy!r} is not wrapped here")
 

@@ -1,8 +1,8 @@
 """`avlformer extract-features`: run the frozen encoders once over prepared splits and cache their outputs.
 
-Per split (``metadata/<split>_<N>frames.yaml``), every clip goes through Video Swin and PaSST in eval mode (centre
-crop, no audio gain/roll, no SpecAugment, deterministic patchout: the inputs ``infer`` builds) and the outputs
-before ``fc`` / ``passt.linear`` are kept (data/features.py has the format, docs/training.md why this cut).
+Per split (``metadata/<split>_<N>frames.yaml``), every clip goes through the video and audio encoders in eval mode
+(centre crop, no audio gain/roll, no SpecAugment, deterministic patchout: the inputs ``infer`` builds) and their
+outputs before the projections are kept (data/features.py has the format, docs/training.md why this cut).
 
 Resumable: each finished clip is written at once, atomically, under ``<out>/.work/<yaml stem>/``; a rerun after a
 crash computes only the clips not there yet. The split's file is assembled from them and renamed into place, so
@@ -88,14 +88,11 @@ def load_encoders(args, device: torch.device):
 
         model = load_model(args.model, "cpu")[0]
     elif args.swin_checkpoint and args.passt_checkpoint:
-        from avlformer.modeling.passt import load_official_weights as load_passt
-        from avlformer.modeling.video_swin import load_official_weights as load_swin
-
         from avlformer.training.model_setup import base_model_tree
 
         model = AVLFormer(AVLFormerConfig.from_dict(base_model_tree(args.model_preset, args.model_config)))
-        load_swin(model.swin, args.swin_checkpoint)
-        load_passt(model.passt, args.passt_checkpoint)
+        model.load_part_weights("video", args.swin_checkpoint)
+        model.load_part_weights("audio", args.passt_checkpoint)
     else:
         raise ExtractError("which encoders? give --model CKPT, or --swin-checkpoint S and --passt-checkpoint P")
     model.eval().requires_grad_(False)

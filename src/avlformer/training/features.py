@@ -1,5 +1,5 @@
-"""``avlformer train --features F``: the layers above frozen encoders (``fc``, ``passt.linear``, the text
-transformer, the learned mask) trained on cached encoder outputs (data/features.py).
+"""``avlformer train --features F``: the layers above frozen encoders (the projections, the decoder, the learned
+mask) trained on cached encoder outputs (data/features.py).
 
 The model is the whole AVLFormer, encoders included (frozen, never run in training), so checkpoints are ordinary
 checkpoints: ``infer``, ``caption``, ``evaluate`` and the demo use them on raw videos. Validation decodes the raw
@@ -18,17 +18,13 @@ import torch
 from torch import nn
 
 from avlformer.data.dataset import CaptionDataset, collate
-from avlformer.data.features import FEATURE_KEYS, FeatureFile, FeatureMismatchError, FeatureSpec, feature_path
+from avlformer.data.features import FeatureFile, FeatureMismatchError, FeatureSpec, feature_path
 from avlformer.data.masking import make_train_text
+from avlformer.modeling.avlformer import FEATURE_KEYS
+from avlformer.modeling.parts import ENCODER_ROLES, config_values
 from avlformer.training.flag_table import ArgumentError, flag_option
 
 log = logging.getLogger("avlformer.train")
-
-# Config fields that act only while the encoders train; they do not change what the frozen encoders output.
-TRAINING_ONLY = {"video": ("drop_path_rate", "use_checkpoint", "checkpoint_stages"),
-                 "audio": ("freqm", "timem", "fmin_aug_range", "fmax_aug_range", "use_checkpoint", "out_dim")}
-# Parts of the model that the features replace; fc and passt.linear stay trainable.
-FROZEN_PARTS = ("swin", "passt.mel", "passt.net")
 
 
 # ------------------------------------------------------------------------------------------------ flags
@@ -66,31 +62,43 @@ def not_applying(config) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ the model
 
+def frozen_state(model: nn.Module, role: str) -> list[tuple[str, torch.Tensor]]:
+    """(state-dict name, tensor) of what the features stand for in the ``role`` encoder: the encoder without its
+    projection, which stays trainable; sorted by name."""
+    names = {id(tensor): name for name, tensor in model.state_dict(keep_vars=True).items()}
+    projection = {id(tensor) for tensor in model.projection(role).state_dict(keep_vars=True).values()}
+    return sorted(((names[id(tensor)], tensor) for tensor in model.part(role).state_dict(keep_vars=True).values()
+                   if id(tensor) not in projection), key=lambda item: item[0])
+
+
 def encoder_spec(model: nn.Module, dtype: str = "fp32") -> FeatureSpec:
     """The FeatureSpec the frozen encoders of ``model`` produce: token counts, widths and a sha256 over their
-    weights and over the settings that shape their eval output (not the training-only ones)."""
+    weights and over the settings that shape their eval output (not the ``TRAINING_ONLY`` ones)."""
     cfg = model.config
     settings = {"num_frames": cfg.num_frames, "image_size": cfg.image_size}
-    for part in ("video", "audio"):
-        settings[part] = {k: v for k, v in getattr(cfg, part).to_dict().items() if k not in TRAINING_ONLY[part]}
+    for role in ENCODER_ROLES:
+        part = getattr(cfg, role)
+        training_only = getattr(part, "TRAINING_ONLY", ())
+        settings[role] = {k: v for k, v in config_values(part).items() if k not in training_only}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode())
-    for prefix in FROZEN_PARTS:
-        module = model.get_submodule(prefix)
-        for name, tensor in sorted(module.state_dict().items()):
+    for role in ENCODER_ROLES:
+        for name, tensor in frozen_state(model, role):
             flat = tensor.detach().cpu().contiguous().reshape(-1)
-            digest.update(f"{prefix}.{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
             digest.update(memoryview(flat.view(torch.uint8).numpy()))
-    return FeatureSpec(digest.hexdigest(), cfg.num_video_tokens, cfg.video.out_dim, cfg.num_audio_tokens,
-                       cfg.audio.embed_dim, dtype)
+    return FeatureSpec(digest.hexdigest(), cfg.num_video_tokens, cfg.video.token_width, cfg.num_audio_tokens,
+                       cfg.audio.token_width, dtype)
 
 
 def freeze_encoders(model: nn.Module) -> None:
-    """requires_grad=False and eval mode for the parts the features stand for."""
-    for prefix in FROZEN_PARTS:
-        module = model.get_submodule(prefix)
-        module.eval()
-        for param in module.parameters():
-            param.requires_grad_(False)
+    """requires_grad=False and eval mode for the encoders the features stand for; their projections stay
+    trainable."""
+    for role in ENCODER_ROLES:
+        projection = {id(param) for param in model.projection(role).parameters()}
+        part = model.part(role).eval()
+        for param in part.parameters():
+            if id(param) not in projection:
+                param.requires_grad_(False)
 
 
 def prepare_feature_model(model: nn.Module, config, train_dataset) -> None:

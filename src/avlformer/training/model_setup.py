@@ -100,9 +100,10 @@ def model_config_from(values: dict[str, Any], tree: dict):
     tree = {key: dict(value) if isinstance(value, dict) else value for key, value in tree.items()}
     for flag, path in CONFIG_FIELDS.items():
         _set(tree, path, values[flag], flag)
-    # the visual width appears three times in the configuration and must agree
-    if isinstance(tree.get("text"), dict) and isinstance(tree.get("audio"), dict):
-        tree["text"]["img_feature_dim"] = tree["audio"]["out_dim"] = tree["img_feature_dim"]
+    # the visual width appears again in the parts that carry it (the decoder's input, PaSST's projection)
+    for role, key in (("text", "img_feature_dim"), ("audio", "out_dim")):
+        if isinstance(tree.get(role), dict) and key in tree[role]:
+            tree[role][key] = tree["img_feature_dim"]
     for flag, field in TEXT_SIZE_FIELDS.items():
         if values[flag] > 0:
             _set(tree, ("text", field), values[flag], flag)
@@ -200,36 +201,31 @@ def hf_bert_folder(path: str) -> Path | None:
     return None
 
 
-def apply_freezing(model: nn.Module, config) -> list[str]:
-    """requires_grad=False for the frozen parts; returns the frozen top-level parts for the log."""
-    frozen = []
-    rules = [("freeze_backbone", "swin", None), ("freeze_passt", "passt", None),
-             ("freeze_embedding", "trans_encoder", "word_embeddings")]
-    for flag, module_name, substring in rules:
-        if not getattr(config, flag):
-            continue
-        module = getattr(model, module_name, None)
-        if module is None:
-            raise ArgumentError(f"{flag_option(flag)}: the model has no '{module_name}' module")
-        for name, param in module.named_parameters():
-            if substring is None or substring in name:
-                param.requires_grad_(False)
-        frozen.append(module_name if substring is None else f"{module_name}.*{substring}*")
-    return frozen
+# flag -> what it freezes: (role, whether only the decoder's input embeddings)
+FREEZING = {"freeze_backbone": ("video", False), "freeze_passt": ("audio", False), "freeze_embedding": ("text", True)}
+
+
+def apply_freezing(model: nn.Module, config) -> None:
+    """requires_grad=False for the parts the freezing flags name."""
+    for flag, (role, embeddings_only) in FREEZING.items():
+        if getattr(config, flag):
+            part = model.part(role)
+            (part.get_input_embeddings() if embeddings_only else part).requires_grad_(False)
 
 
 def build_model(config, device: torch.device) -> nn.Module:
-    """The model of ``config.model``, initialised in order: random, --model_name_or_path BERT (text transformer),
-    --swin_checkpoint, --passt_checkpoint, --pretrained_checkpoint (everything); then frozen parts."""
+    """The model of ``config.model``, initialised in order: random, --model_name_or_path BERT (the decoder),
+    --swin_checkpoint (the video encoder), --passt_checkpoint (the audio encoder), --pretrained_checkpoint
+    (everything); then frozen parts."""
     from avlformer.modeling.avlformer import AVLFormer
 
     model = AVLFormer(config.model)
-    if "text" in config.activation_checkpointing:
-        model.trans_encoder.set_gradient_checkpointing(True)
+    if "text" in config.activation_checkpointing:  # the encoders' switches are in the configuration
+        model.part("text").set_gradient_checkpointing(True)
     bert = hf_bert_folder(config.model_name_or_path)
     if bert is not None:
         try:
-            not_in_bert = model.trans_encoder.load_hf_bert(bert)
+            not_in_bert = model.load_part_weights("text", bert)
         except (FileNotFoundError, ValueError) as err:
             raise ArgumentError(f"--model-name-or-path: {err}") from None
         log.info("text transformer initialised from %s (%d tensors not in it, e.g. %s)", bert, len(not_in_bert),
@@ -237,14 +233,9 @@ def build_model(config, device: torch.device) -> nn.Module:
     elif config.model_name_or_path:
         log.info("--model-name-or-path %s holds no BERT weights (config.json + model.safetensors or "
                  "pytorch_model.bin): the text transformer starts from random weights", config.model_name_or_path)
-    if config.swin_checkpoint:
-        from avlformer.modeling.video_swin import load_official_weights as load_swin
-
-        load_swin(model.swin, config.swin_checkpoint)
-    if config.passt_checkpoint:
-        from avlformer.modeling.passt import load_official_weights as load_passt
-
-        load_passt(model.passt, config.passt_checkpoint)
+    for role, path in (("video", config.swin_checkpoint), ("audio", config.passt_checkpoint)):
+        if path:
+            model.load_part_weights(role, path)
     if config.pretrained_checkpoint:
         load_pretrained(model, config.pretrained_checkpoint)
     apply_freezing(model, config)

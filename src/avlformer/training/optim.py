@@ -1,5 +1,5 @@
 """Optimizer and learning-rate schedule as upstream trained (docs/upstream.md §4.1): four AdamW parameter groups
-split by name, the Video Swin backbone at a reduced learning rate, and a warmup-linear schedule with a floor.
+split by name, the video encoder (the backbone) at a reduced learning rate, and a warmup-linear schedule with a floor.
 
 Upstream vendored an HF-style AdamW that adds eps to sqrt(v) before bias correction and decays after the update;
 torch's AdamW (used here) adds eps after bias correction and decays before the update. Both are AdamW; the
@@ -15,7 +15,6 @@ from torch import nn
 
 # Upstream's name rule: a substring match, so Swin's relative_position_bias_table is "no decay" too.
 NO_DECAY_SUBSTRINGS = ("bias", "LayerNorm.bias", "LayerNorm.weight")
-BACKBONE_SUBSTRING = "swin."
 GROUP_NAMES = ("backbone_decay", "decay", "backbone_no_decay", "no_decay")
 
 
@@ -23,22 +22,20 @@ def is_no_decay(name: str) -> bool:
     return any(part in name for part in NO_DECAY_SUBSTRINGS)
 
 
-def is_backbone(name: str) -> bool:
-    # Names are matched on the unwrapped model, so "swin." is the top-level Video Swin module.
-    return BACKBONE_SUBSTRING in name
-
-
 def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], learning_rate: float,
-                     backbone_coef_lr: float, weight_decay: float) -> list[dict]:
-    """The four upstream groups, in upstream order, each named (``group["name"]``). Frozen parameters are left
-    out (upstream kept them, but they never received a gradient), and so is a group left empty by freezing (a
-    frozen Video Swin empties both backbone groups): torch's optimizer state loading refuses more than one empty
-    group, which would make such a run impossible to resume."""
+                     backbone_coef_lr: float, weight_decay: float,
+                     backbone: Iterable[nn.Parameter] = ()) -> list[dict]:
+    """The four upstream groups, in upstream order, each named (``group["name"]``); ``backbone``: the parameters
+    at ``backbone_coef_lr``. Frozen parameters are left out (upstream kept them, but they never received a
+    gradient), and so is a group left empty by freezing (a frozen backbone empties both backbone groups): torch's
+    optimizer state loading refuses more than one empty group, which would make such a run impossible to
+    resume."""
+    backbone_ids = {id(param) for param in backbone}
     buckets: dict[str, list[nn.Parameter]] = {name: [] for name in GROUP_NAMES}
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
-        key = ("backbone_" if is_backbone(name) else "") + ("no_decay" if is_no_decay(name) else "decay")
+        key = ("backbone_" if id(param) in backbone_ids else "") + ("no_decay" if is_no_decay(name) else "decay")
         buckets[key].append(param)
     backbone_lr = learning_rate * backbone_coef_lr
     groups = [
@@ -53,7 +50,9 @@ def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], learn
 
 def build_optimizer(model: nn.Module, learning_rate: float, backbone_coef_lr: float, weight_decay: float,
                     adam_epsilon: float) -> torch.optim.AdamW:
-    groups = parameter_groups(model.named_parameters(), learning_rate, backbone_coef_lr, weight_decay)
+    """AdamW over ``parameter_groups``; the backbone is the model's video encoder (``model.part("video")``)."""
+    groups = parameter_groups(model.named_parameters(), learning_rate, backbone_coef_lr, weight_decay,
+                              backbone=model.part("video").parameters())
     # The fused kernel updates each tensor in one pass; the default (foreach) one makes temporary copies of every
     # parameter, 20-45 s per paper-size CPU step when memory is short (docs/training.md, Training speed and
     # memory). FSDP2's sharded (DTensor) parameters keep the foreach one, which handles them.

@@ -121,7 +121,7 @@ class SelfCriticalTrainer(Trainer):
             av_tokens = model.batch_av_tokens(batch)
             av_mask = model.av_attention_mask()
             fixed_av, fixed_mask = av_tokens.detach(), None if av_mask is None else av_mask.detach()
-            samples = sample_captions(model.trans_encoder, fixed_av, fixed_mask, num_samples=per_video,
+            samples = sample_captions(model.part("text"), fixed_av, fixed_mask, num_samples=per_video,
                                       max_length=args.max_gen_length,
                                       uniforms=self.sampling_uniforms(batch["video_keys"]),
                                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -131,7 +131,7 @@ class SelfCriticalTrainer(Trainer):
         stats = {}
         if args.sc_baseline_type == "greedy":
             with self.autocast():
-                greedy = generate(model.trans_encoder, fixed_av, fixed_mask, max_length=args.max_gen_length)
+                greedy = generate(model.part("text"), fixed_av, fixed_mask, max_length=args.max_gen_length)
             greedy_rewards = torch.tensor(self.reward.score_many(batch["video_keys"],
                                                                  self.caption_words(greedy.token_ids)),
                                           dtype=torch.float64)
@@ -140,7 +140,7 @@ class SelfCriticalTrainer(Trainer):
         else:
             baseline = baseline_from_samples(rewards, per_video)
         with self.autocast():
-            scores = fast_caption_logprobs(model.trans_encoder, av_tokens, av_mask, samples, per_video)
+            scores = fast_caption_logprobs(model.part("text"), av_tokens, av_mask, samples, per_video)
         advantage = (rewards - baseline).to(device=device, dtype=torch.float32)
         loss = -(advantage * scores.logprob.float()).mean()
         loss = loss + model.config.sparsity_loss_weight * model.sparsity_term(loss)
