@@ -67,8 +67,9 @@ def test_scst_flags_are_checked():
     with pytest.raises(ArgumentError, match="--scst cannot be combined with --distributed-strategy fsdp"):
         parse("--scst", "--distributed-strategy", "fsdp")
     args = parse("--scst", "--sc-train-sample-n", "1", "--sc-baseline-type", "greedy", "--top-k", "5")
-    assert (args.scst, args.sc_train_sample_n, args.sc_baseline_type, args.top_k) == (True, 1, "greedy", 5)
-    assert parse("--scst").sc_baseline_type == "sample"
+    assert (args.scst.enabled, args.scst.sample_n, args.scst.baseline_type, args.scst.top_k) == \
+        (True, 1, "greedy", 5)
+    assert parse("--scst").scst.baseline_type == "sample"
 
 
 def test_leave_one_out_baseline():

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from avlformer.atomic import atomic_path, atomic_write, write_text_atomic
 from avlformer.data.features import (STORAGE_DTYPES, FeatureFile, FeatureSpec, feature_path, to_storage,
                                      write_feature_file)
-from avlformer.training.loop import autocast_for
+from avlformer.training.trainer import autocast_for
 
 WORK = ".work"
 
