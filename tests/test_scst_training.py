@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from avlformer.training import loop
+from avlformer.training import loop, trainer
 from avlformer.training.args import parse_train_args
 from avlformer.training.flag_table import ArgumentError
 from avlformer.training.scst import baseline_from_samples, reference_table
@@ -185,7 +185,7 @@ def test_scst_runs_under_bf16_autocast(tmp_path):
 
 def test_scst_validates_by_cider_and_keeps_the_best_checkpoint(tmp_path, monkeypatch):
     scores = iter([0.4, 0.1])
-    monkeypatch.setattr(loop, "score", lambda predictions, references: ({"CIDEr": next(scores)}, None))
+    monkeypatch.setattr(trainer, "score", lambda predictions, references: ({"CIDEr": next(scores)}, None))
     result = run(tmp_path, "--evaluate-during-training", "--save-steps", "1", val_size=2)
     assert result.best["checkpoint"] == "checkpoint-0-1" and result.best["score"] == 0.4
     assert "valid/CIDEr" in _scalars(tmp_path / "log")
