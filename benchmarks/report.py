@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 RESULTS_MD = HERE / "RESULTS.md"
 SIDE_BY_SIDE = "side_by_side"
+ARCHIVE = "archive"   # measurements written into the docs before runs were recorded, moved here verbatim
 RUNS_SHOWN = 5        # the newest runs of each benchmark in the history table
 FIGURES_SHOWN = 40    # leaves of the newest run's JSON listed in full
 
@@ -120,6 +121,17 @@ def side_by_side_section(records: list[dict]) -> list[str]:
     return lines
 
 
+def archive_section(records: list[dict]) -> list[str]:
+    lines = ["## Earlier measurements, moved from the docs", "",
+             "Measured before benchmark runs were recorded, so the day is not known; the host and its load are as each "
+             "paragraph says. Ratios to the original code from those days are left out: the side-by-side run above "
+             "is the comparison.", ""]
+    for record in records:
+        lines += [f"### {record['name']}", "", f"*From {record['source']}; measured {record['date']} on "
+                  f"{record['host']}.*", "", record["text"], ""]
+    return lines
+
+
 def benchmark_section(name: str, records: list[dict]) -> list[str]:
     newest = records[-1]
     lines = [f"## {name}", "", f"`{newest['command']}`", "",
@@ -146,11 +158,14 @@ def write(out: Path = RESULTS_MD) -> Path:
     side = RESULTS_DIR / f"{SIDE_BY_SIDE}.jsonl"
     if side.is_file():
         lines += side_by_side_section(read_records(side))
+    archive = RESULTS_DIR / f"{ARCHIVE}.jsonl"
     for path in files:
-        if path != side:
+        if path not in (side, archive):
             records = read_records(path)
             if records:
                 lines += benchmark_section(path.stem, records)
+    if archive.is_file():
+        lines += archive_section(read_records(archive))
     text = "\n".join(lines).rstrip() + "\n"
     temporary = out.with_name(out.name + ".tmp")
     temporary.write_text(text)
