@@ -192,27 +192,28 @@ def translate_upstream(given: dict[str, Any], config: TrainConfig) -> None:
         optim.freeze_backbone = True  # upstream: a zero backbone lr means a frozen backbone
 
 
-def base_model_tree(init, model_config: AVLFormerConfig | None) -> dict:
-    """The model configuration before flags apply: a given one, else the --model_config file, else the preset."""
+def base_model_tree(preset: str, model_config_path: str, model_config: AVLFormerConfig | None = None) -> dict:
+    """The model configuration before flags apply, as a dict: a given one, else the --model_config file, else the
+    preset."""
     if model_config is not None:
         return model_config.to_dict()
-    if not init.model_config:
-        return PRESETS[init.model_preset]().to_dict()
+    if not model_config_path:
+        return PRESETS[preset]().to_dict()
     try:
-        tree = read_json(init.model_config, "--model-config file")
+        tree = read_json(model_config_path, "--model-config file")
     except (FileNotFoundError, ValueError) as err:
         raise ArgumentError(str(err)) from None
     if not isinstance(tree, dict):
-        raise ArgumentError(f"{init.model_config}: --model-config must hold one JSON object")
+        raise ArgumentError(f"{model_config_path}: --model-config must hold one JSON object")
     try:  # a file may leave fields out: they take the configuration's defaults
         return AVLFormerConfig.from_dict(tree).to_dict()
     except (TypeError, ValueError) as err:
-        raise ArgumentError(f"{init.model_config}: not a valid model configuration ({err})") from None
+        raise ArgumentError(f"{model_config_path}: not a valid model configuration ({err})") from None
 
 
 def model_from(config: TrainConfig, values: dict[str, Any], model_config: AVLFormerConfig | None):
     """The AVLFormerConfig: the base tree with the model flags' values set at their paths."""
-    tree = base_model_tree(config.init, model_config)
+    tree = base_model_tree(config.init.model_preset, config.init.model_config, model_config)
     for path, value in values.items():
         *parents, leaf = path.split(".")
         node = tree

@@ -91,7 +91,7 @@ def load_encoders(args, device: torch.device):
         from avlformer.modeling.passt import load_official_weights as load_passt
         from avlformer.modeling.video_swin import load_official_weights as load_swin
 
-        from avlformer.training.model_setup import base_model_tree
+        from avlformer.training.args import base_model_tree
 
         model = AVLFormer(AVLFormerConfig.from_dict(base_model_tree(args.model_preset, args.model_config)))
         load_swin(model.swin, args.swin_checkpoint)

@@ -19,7 +19,7 @@ from avlformer.training.flag_table import ArgumentError, flag_option
 
 log = logging.getLogger("avlformer.train")
 
-# Above this many parameters, training on the CPU needs tens of GB (the paper model was killed at 22.9 GB).
+# Above this many parameters, training on the CPU needs tens of GB (weights, AdamW state and activations).
 LARGE_FOR_CPU = 50_000_000
 
 
