@@ -21,7 +21,7 @@ from avlformer.modeling.avlformer import AVLFormerConfig
 from avlformer.training.config import PRESETS, SECTIONS, ScstSettings, TrainConfig
 from avlformer.training.features import check_feature_flags
 from avlformer.training.flag_table import (ANY, BY_NAME, COMPAT, FLAGS, NO_DEEPSPEED, ArgumentError, Flag,
-                                           config_key, convert, flag_option, to_str)
+                                           config_key, convert, flag_option, to_str, upstream_values)
 
 __all__ = ["ArgumentError", "TrainConfig", "add_arguments", "load_config_file", "parse_train_args", "resolve",
            "resolve_args"]
@@ -134,6 +134,7 @@ def resolve(command_line: dict[str, Any], config_file: dict[str, Any] | None = N
     ``model_config`` replaces the preset as the base, for callers that hand in a ready-made model."""
     given = {**(config_file or {}), **command_line}
     check_accepted(given)
+    check_numbers(given)
     sections: dict[str, dict[str, Any]] = {name: {} for name in ("model", *SECTIONS)}
     for name, value in given.items():
         flag = BY_NAME[name]
@@ -146,7 +147,11 @@ def resolve(command_line: dict[str, Any], config_file: dict[str, Any] | None = N
     config.model = model_from(config, model_values, model_config)
     check_model_flags(given, config.model)
     resolve_batch_sizes(config, world_size)
-    check_numbers(config)
+    check_numbers(upstream_values(config))
+    try:
+        resolve_device(config.run.device, None)
+    except ValueError as err:
+        raise ArgumentError(str(err)) from None
     check_scst(config)
     check_feature_flags(command_line, config.data.features)
     config.run.output_dir = config.run.output_dir.replace(" ", "_")
@@ -278,24 +283,27 @@ def _check(config: TrainConfig, name: str, ok: Callable[[Any], bool], rule: str)
         raise ArgumentError(f"{flag_option(name)} must be {rule}, got {value!r}")
 
 
-def check_numbers(config: TrainConfig) -> None:
-    for name in ("num_train_epochs", "logging_steps", "max_num_frames", "img_res", "num_beams", "max_gen_length",
-                 "max_seq_length"):
-        _check(config, name, lambda v: v >= 1, ">= 1")
-    for name in ("num_workers", "max_masked_tokens", "backbone_coef_lr", "weight_decay", "min_lr", "loss_sparse_w"):
-        _check(config, name, lambda v: v >= 0, ">= 0")
-    _check(config, "limited_samples", lambda v: v == -1 or v >= 1, ">= 1 (or -1: all)")
-    _check(config, "seed", lambda v: 0 <= v < 2**32, "in [0, 2**32)")
-    for name in ("mask_prob", "lambda_"):
-        _check(config, name, lambda v: 0 <= v <= 1, "in [0, 1]")
-    for name in ("warmup_ratio", "drop_out"):
-        _check(config, name, lambda v: 0 <= v < 1, "in [0, 1)")
-    for name in ("learning_rate", "adam_epsilon"):
-        _check(config, name, lambda v: v > 0, "> 0")
-    try:
-        resolve_device(config.run.device, None)
-    except ValueError as err:
-        raise ArgumentError(str(err)) from None
+# (flags, rule, test): the ranges of numbers, checked on the values given (so a model flag's error names the flag,
+# before the model configuration is built) and again on the resolved config
+RANGES = (
+    (("num_train_epochs", "logging_steps", "max_num_frames", "img_res", "num_beams", "max_gen_length",
+      "max_seq_length"), ">= 1", lambda v: v >= 1),
+    (("num_workers", "max_masked_tokens", "backbone_coef_lr", "weight_decay", "min_lr", "loss_sparse_w"), ">= 0",
+     lambda v: v >= 0),
+    (("limited_samples",), ">= 1 (or -1: all)", lambda v: v == -1 or v >= 1),
+    (("seed",), "in [0, 2**32)", lambda v: 0 <= v < 2**32),
+    (("mask_prob", "lambda_"), "in [0, 1]", lambda v: 0 <= v <= 1),
+    (("warmup_ratio", "drop_out"), "in [0, 1)", lambda v: 0 <= v < 1),
+    (("learning_rate", "adam_epsilon"), "> 0", lambda v: v > 0),
+)
+
+
+def check_numbers(values: dict[str, Any]) -> None:
+    """The range of every number among ``values`` (flag name -> value)."""
+    for names, rule, ok in RANGES:
+        for name in names:
+            if name in values and not ok(values[name]):
+                raise ArgumentError(f"{flag_option(name)} must be {rule}, got {values[name]!r}")
 
 
 SCST_ONLY = ("sc_train_sample_n", "sc_baseline_type", "temperature", "top_k", "top_p")
