@@ -183,6 +183,7 @@ def test_args_json_with_a_word_for_a_number_names_the_key_and_file(tmp_path):
     (["--mask-prob", "1.5"], "--mask-prob must be in"),
     (["--seed", "-3"], "--seed must be in"),
     (["--limited-samples", "0"], "--limited-samples must be"),
+    (["--lambda", "2"], "--lambda must be in"),  # a model flag: named, not the model configuration's field
 ])
 def test_bad_numbers_and_devices_are_one_line_errors(argv, message, capsys):
     with pytest.raises(ArgumentError, match=message):
