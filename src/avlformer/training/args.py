@@ -231,8 +231,12 @@ def model_from(config: TrainConfig, values: dict[str, Any], model_config: AVLFor
     if "img_feature_dim" in values:  # the visual width appears three times and must agree
         tree["text"]["img_feature_dim"] = tree["audio"]["out_dim"] = values["img_feature_dim"]
     for encoder in config.run.activation_checkpointing:
-        if encoder != "text":  # the text transformer's switch lives on the module (model_setup.build_model)
-            tree[encoder]["use_checkpoint"] = True
+        if encoder == "text":  # the decoder's switch lives on the module (model_setup.build_model)
+            continue
+        if "use_checkpoint" not in tree.get(encoder, {}):
+            raise ArgumentError(f"--activation-checkpointing {encoder}: this {encoder} encoder's configuration has "
+                                "no use_checkpoint switch")
+        tree[encoder]["use_checkpoint"] = True
     try:
         return AVLFormerConfig.from_dict(tree)
     except (TypeError, ValueError) as err:
