@@ -251,7 +251,7 @@ def test_config_file_values_for_end_to_end_are_accepted_with_features(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"model_preset": "tiny", "use_checkpoint": True, "backbone_coef_lr": 0.05}))
     config = parse_train_args(["--config", str(path), "--features", str(tmp_path)])
-    assert config.features == str(tmp_path) and config.use_checkpoint
+    assert config.data.features == str(tmp_path) and config.run.activation_checkpointing == ["video"]
 
 
 class ClipsOf(torch.utils.data.Dataset):

@@ -137,15 +137,13 @@ def test_flags_that_cannot_apply_to_a_given_model_are_errors(tmp_path):
 
 def test_the_model_is_described_with_its_size_before_it_is_built(tmp_path, monkeypatch, capsys):
     """Without --model-config the paper model is built; the log says so, with its size, before building."""
-    from avlformer.training import model_setup
-
     class Stop(Exception):
         pass
 
     def refuse(*_):
         raise Stop
 
-    monkeypatch.setattr(model_setup, "build_model", refuse)
+    monkeypatch.setattr(loop, "build_model", refuse)
     args = parse_train_args(["--output-dir", str(tmp_path), "--device", "cpu", "--per-gpu-train-batch-size", "2"])
     with pytest.raises(Stop):
         loop.train(args, train_dataset=FakeCaptionDataset(deterministic_tiny_config(), 4))

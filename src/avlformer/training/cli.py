@@ -11,6 +11,9 @@ import os
 import sys
 
 from avlformer.training import args as train_args
+from avlformer.training.checkpointing import ResumeError
+from avlformer.training.distributed import init_distributed, teardown_distributed
+from avlformer.training.loop import NonFiniteLossError, TrainingInterrupted, train
 
 INTERRUPTED = 130
 
@@ -20,16 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from avlformer.training.checkpointing import ResumeError
-    from avlformer.training.distributed import init_distributed, teardown_distributed
-    from avlformer.training.loop import NonFiniteLossError, TrainingInterrupted, train
-
     try:
         config = train_args.resolve_args(args, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     except train_args.ArgumentError as err:
         print(f"avlformer train: error: {err}", file=sys.stderr)
         return 2
-    env = init_distributed(config.device, config.local_rank)
+    env = init_distributed(config.run.device, config.run.local_rank)
     try:
         result = train(config, env)
     except (train_args.ArgumentError, ResumeError, FileNotFoundError) as err:

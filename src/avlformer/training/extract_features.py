@@ -30,7 +30,7 @@ from tqdm import tqdm
 from avlformer.atomic import atomic_path, atomic_write, write_text_atomic
 from avlformer.data.features import (STORAGE_DTYPES, FeatureFile, FeatureSpec, feature_path, to_storage,
                                      write_feature_file)
-from avlformer.training.loop import autocast_for
+from avlformer.training.trainer import autocast_for
 
 WORK = ".work"
 
@@ -88,7 +88,7 @@ def load_encoders(args, device: torch.device):
 
         model = load_model(args.model, "cpu")[0]
     elif args.swin_checkpoint and args.passt_checkpoint:
-        from avlformer.training.model_setup import base_model_tree
+        from avlformer.training.args import base_model_tree
 
         model = AVLFormer(AVLFormerConfig.from_dict(base_model_tree(args.model_preset, args.model_config)))
         model.load_part_weights("video", args.swin_checkpoint)
