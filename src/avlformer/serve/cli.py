@@ -78,37 +78,38 @@ def main(args: argparse.Namespace) -> int:
     from avlformer.serve.server import ServeState
 
     # SIGTERM (a service manager's stop) ends the server as Ctrl-C does: gracefully, temporary folder removed.
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+    state = server = None
     try:
-        check_flags(args)
-        captioner = Captioner(args.model, num_beams=args.num_beams, device=args.device, batch_size=1)
-        state = ServeState(captioner=captioner, model_name=str(args.model),
-                           videos_dir=Path(args.videos) if args.videos else None,
-                           max_upload_bytes=int(args.max_upload_mb * 1e6), queue_size=args.queue_size,
-                           read_timeout_s=args.read_timeout)
-    except (OSError, ValueError) as error:
-        print(f"avlformer serve: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\navlformer serve: stopped", file=sys.stderr)
-        return 130
-    try:
-        server = CaptionServer(state, args.host, args.port)
-    except OSError as error:
-        state.close()
-        print(f"avlformer serve: {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
-        return 2
-    if not is_loopback(args.host):
-        print(f"avlformer serve: WARNING: listening on {args.host}: anyone who can reach this machine can upload "
-              f"videos to it", file=sys.stderr)
-    print(f"avlformer serve: {args.model} on {captioner.loaded.device}; open {server.url} (Ctrl-C stops)",
-          flush=True)
-    try:
+        try:
+            check_flags(args)
+            captioner = Captioner(args.model, num_beams=args.num_beams, device=args.device, batch_size=1)
+            state = ServeState(captioner=captioner, model_name=str(args.model),
+                               videos_dir=Path(args.videos) if args.videos else None,
+                               max_upload_bytes=int(args.max_upload_mb * 1e6), queue_size=args.queue_size,
+                               read_timeout_s=args.read_timeout)
+            server = CaptionServer(state, args.host, args.port)
+        except (OSError, ValueError) as error:
+            if state is not None:  # only binding the address fails after the state is made
+                error = f"{args.host}:{args.port}: {getattr(error, 'strerror', None) or error}"
+            print(f"avlformer serve: {error}", file=sys.stderr)
+            return 2
+        if not is_loopback(args.host):
+            print(f"avlformer serve: WARNING: listening on {args.host}: anyone who can reach this machine can "
+                  f"upload videos to it", file=sys.stderr)
+        print(f"avlformer serve: {args.model} on {captioner.loaded.device}; open {server.url} (Ctrl-C stops)",
+              flush=True)
         server.serve_forever()  # returns after a graceful stop, then re-raises the signal that asked for it
     except KeyboardInterrupt:
         print("\navlformer serve: stopped", file=sys.stderr)
+        if server is None:
+            return 130
     finally:
-        server.server_close()
+        if server is not None:
+            server.server_close()
+        elif state is not None:
+            state.close()
+        signal.signal(signal.SIGTERM, previous_handler)
     return 0
 
 
