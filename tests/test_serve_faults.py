@@ -56,6 +56,7 @@ def setup(tmp_path_factory):
     (videos / "escape.mp4").symlink_to(outside / "secret.mp4")
     (videos / "passwd.mp4").symlink_to("/etc/passwd")
     (videos / "inner.mp4").symlink_to("clip.mp4")   # a link that stays inside is a clip like any other
+    (videos / "loop.mp4").symlink_to("loop.mp4")
     return {"root": root, "checkpoint": root / "ckpt", "videos": videos, "clip": (videos / "clip.mp4").read_bytes(),
             "captioner": Captioner(root / "ckpt", device="cpu", batch_size=1)}
 
@@ -68,7 +69,7 @@ def running(setup, **options):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield state, server.server_address[1]
+        yield state, server.server_address[1], server
     finally:
         server.shutdown()
         thread.join(timeout=PATIENCE_S)
@@ -129,7 +130,7 @@ def burst(port, data, count):
 def test_a_burst_of_uploads_is_all_captioned_or_refused_with_retry_after(setup):
     """Past the queue, a 503 with Retry-After comes back at once (while the model is busy); none is reset."""
     queue_size = 4
-    with running(setup, queue_size=queue_size) as (state, port), model_held(setup["captioner"]) as (release, _):
+    with running(setup, queue_size=queue_size) as (state, port, _), model_held(setup["captioner"]) as (release, _):
         threads, results = burst(port, setup["clip"], BURST)
         deadline = time.monotonic() + PATIENCE_S
         while sum(r is not None for r in results) < BURST - queue_size and time.monotonic() < deadline:
@@ -148,7 +149,7 @@ def test_a_burst_of_uploads_is_all_captioned_or_refused_with_retry_after(setup):
 
 
 def test_a_burst_within_the_queue_is_all_captioned(setup):
-    with running(setup) as (state, port):
+    with running(setup) as (state, port, _):
         threads, results = burst(port, setup["clip"], BURST)
         for thread in threads:
             thread.join(PATIENCE_S * 3)
@@ -157,7 +158,7 @@ def test_a_burst_within_the_queue_is_all_captioned(setup):
 
 
 def test_the_page_and_health_answer_while_the_model_is_busy(setup):
-    with running(setup) as (state, port), model_held(setup["captioner"]) as (release, entered):
+    with running(setup) as (state, port, _), model_held(setup["captioner"]) as (release, entered):
         threads, results = burst(port, setup["clip"], 2)
         assert entered.wait(PATIENCE_S)
         status, _, body = call(port, "GET", "/api/health")
@@ -171,9 +172,27 @@ def test_the_page_and_health_answer_while_the_model_is_busy(setup):
     assert [r[0] for r in results] == [200, 200]
 
 
+def test_a_stop_answers_the_started_captions_and_refuses_the_waiting_ones(setup):
+    with running(setup) as (state, port, server), model_held(setup["captioner"]) as (release, entered):
+        threads, results = burst(port, setup["clip"], 3)
+        assert entered.wait(PATIENCE_S)
+        deadline = time.monotonic() + PATIENCE_S
+        while state.queue.accepted < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.shutdown()
+        while all(r is None for r in results) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        release.set()
+        for thread in threads:
+            thread.join(PATIENCE_S)
+    assert sorted(r[0] for r in results) == [200, 200, 503], results
+    (refused,) = [r for r in results if r[0] == 503]
+    assert int(refused[1]["Retry-After"]) >= 1 and "stopping" in json.loads(refused[2])["error"]
+
+
 def test_unknown_or_odd_names_are_404_and_no_answer_names_a_server_path(setup):
     private = [str(setup["root"]), str(setup["root"].resolve())]
-    with running(setup) as (state, port):
+    with running(setup) as (state, port, _):
         private.append(str(state.temp_root))
         for name in ["a" * 8000 + ".mp4", "nul\0.mp4", "../ckpt/config.json", "missing.mp4", ".", "clip.mp4/x"]:
             for path in (f"/api/caption?video={urllib.parse.quote(name)}", f"/videos/{urllib.parse.quote(name)}",
@@ -195,7 +214,7 @@ def test_unknown_or_odd_names_are_404_and_no_answer_names_a_server_path(setup):
 
 
 def test_a_link_out_of_the_videos_folder_is_not_followed(setup):
-    with running(setup) as (state, port):
+    with running(setup) as (state, port, _):
         status, _, body = call(port, "GET", "/api/videos")
         assert json.loads(body) == {"videos": ["clip.mp4", "inner.mp4"]}
         for name in ("passwd.mp4", "escape.mp4"):
@@ -222,7 +241,7 @@ def closed_within(sock, seconds) -> bool:
 
 def test_a_client_that_stalls_is_cut_off_after_the_read_timeout(setup):
     budget = READ_TIMEOUT_S * 8   # generous: the check is that it ends, not how fast
-    with running(setup, read_timeout_s=READ_TIMEOUT_S) as (state, port):
+    with running(setup, read_timeout_s=READ_TIMEOUT_S) as (state, port, _):
         # A bare connect, and headers that never end.
         bare = socket.create_connection(("127.0.0.1", port))
         partial = socket.create_connection(("127.0.0.1", port))

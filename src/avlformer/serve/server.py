@@ -78,7 +78,10 @@ class ServeState:
         for entry in self.videos_dir.iterdir():
             if not is_video_name(entry.name):
                 continue
-            real = entry.resolve()
+            try:
+                real = entry.resolve()
+            except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
+                continue
             if real.is_relative_to(root) and real.is_file():
                 clips[entry.name] = real
         return clips
