@@ -283,13 +283,28 @@ def test_a_client_that_stalls_is_cut_off_after_the_read_timeout(setup):
         assert status == 200
 
 
-def test_uploads_are_never_written_inside_the_checkpoint_or_videos_folder(setup, monkeypatch):
+def test_uploads_are_never_written_inside_the_checkpoint_folder(setup, monkeypatch):
     import tempfile
-    for folder, what in ((setup["checkpoint"], "checkpoint folder"), (setup["videos"], "videos folder")):
-        monkeypatch.setattr(tempfile, "tempdir", str(folder))
-        with pytest.raises(ValueError, match=what):
-            ServeState(captioner=setup["captioner"], model_name="tiny", videos_dir=setup["videos"])
-        assert not [p for p in folder.iterdir() if p.name.startswith("avlformer-serve-")]
+    inside = setup["checkpoint"] / "tmp"
+    inside.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(inside))
+    with pytest.raises(ValueError, match="inside the checkpoint folder .*TMPDIR"):
+        ServeState(captioner=setup["captioner"], model_name="tiny", videos_dir=setup["videos"])
+    assert list(inside.iterdir()) == []
+    # Beside the checkpoint is fine, and an upload is a new file there: nothing existing is ever written over.
+    beside = setup["root"] / "tmp"
+    beside.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(beside))
+    with running(setup) as (state, port, _), model_held(setup["captioner"]) as (release, entered):
+        assert state.temp_root.parent == beside.resolve()
+        threads, results = burst(port, setup["clip"], 1)
+        assert entered.wait(PATIENCE_S)
+        (upload,) = [p for p in state.temp_root.rglob("*") if p.is_file()]
+        assert upload.read_bytes() == setup["clip"] and upload.name != "clip.mp4"
+        release.set()
+        threads[0].join(PATIENCE_S)
+    assert results[0][0] == 200
+    inside.rmdir()
 
 
 def test_sigterm_stops_the_serve_command_and_removes_its_temp_folder(setup, tmp_path):

@@ -2,8 +2,8 @@
 
 An upload is parsed as it streams in (``python-multipart``) straight into a fresh file of a per-request folder
 inside the server's private temporary folder (mode 0700); the upload's own file name is never used as a path, so
-an upload can never replace an existing file. The private folder itself must not lie inside the checkpoint or
-the ``--videos`` folder (``TMPDIR`` pointing there would put uploads among the model's or the user's files).
+an upload can never replace an existing file, an input included. The private folder itself must not lie inside
+the checkpoint folder (``TMPDIR`` pointing there would put uploads among the model's files).
 A body over the limit is refused from its Content-Length before any of it is read; a client that goes silent
 mid-body is answered 408 after the read timeout and its partial upload removed.
 """
@@ -21,25 +21,15 @@ from starlette.requests import Request
 from avlformer.serve.errors import RequestError
 
 
-def private_upload_root(keep_out_of: dict[str, Path | None]) -> Path:
-    """A new private temporary folder for uploads. ``keep_out_of``: {what: folder} it must not lie inside
-    (ValueError naming the folder and TMPDIR)."""
+def private_upload_root(checkpoint: str) -> Path:
+    """A new private temporary folder for uploads; ValueError when it would lie inside the checkpoint folder
+    (``checkpoint``: the model as given; a weights file or a Hub id has no folder of its own to protect)."""
     base = Path(tempfile.gettempdir()).resolve()
-    for what, folder in keep_out_of.items():
-        if folder is not None and base.is_relative_to(folder.resolve()):
-            raise ValueError(f"uploads would be written inside the {what} {folder} (the temporary folder is {base});"
-                             f" set TMPDIR to another folder")
+    folder = Path(checkpoint)
+    if folder.is_dir() and base.is_relative_to(folder.resolve()):
+        raise ValueError(f"uploads would be written inside the checkpoint folder {checkpoint} (the temporary "
+                         f"folder is {base}); set TMPDIR to another folder")
     return Path(tempfile.mkdtemp(prefix="avlformer-serve-", dir=base))
-
-
-def checkpoint_folder(source: str) -> Path | None:
-    """The folder of a checkpoint given as a folder or a weights file; None for a Hub id or an in-memory model."""
-    path = Path(source)
-    if path.is_dir():
-        return path
-    if path.is_file():
-        return path.parent
-    return None
 
 
 def content_length(request: Request) -> int:
