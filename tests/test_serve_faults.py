@@ -108,6 +108,12 @@ def model_held(captioner):
         del captioner.caption_inputs
 
 
+def wait_until(condition) -> None:
+    deadline = time.monotonic() + PATIENCE_S
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def burst(port, data, count):
     """``count`` uploads sent at the same instant from their own connections: [(status, headers, body) or the
     exception a client got]."""
@@ -132,9 +138,7 @@ def test_a_burst_of_uploads_is_all_captioned_or_refused_with_retry_after(setup):
     queue_size = 4
     with running(setup, queue_size=queue_size) as (state, port, _), model_held(setup["captioner"]) as (release, _):
         threads, results = burst(port, setup["clip"], BURST)
-        deadline = time.monotonic() + PATIENCE_S
-        while sum(r is not None for r in results) < BURST - queue_size and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: sum(r is not None for r in results) >= BURST - queue_size)
         refused = [r for r in results if r is not None]
         release.set()
         for thread in threads:
@@ -161,6 +165,7 @@ def test_the_page_and_health_answer_while_the_model_is_busy(setup):
     with running(setup) as (state, port, _), model_held(setup["captioner"]) as (release, entered):
         threads, results = burst(port, setup["clip"], 2)
         assert entered.wait(PATIENCE_S)
+        wait_until(lambda: state.queue.accepted == 2)
         status, _, body = call(port, "GET", "/api/health")
         assert status == 200 and json.loads(body) == {"status": "ok", "queued": 2, "queue_size": 32}
         status, _, body = call(port, "GET", "/")
@@ -176,12 +181,9 @@ def test_a_stop_answers_the_started_captions_and_refuses_the_waiting_ones(setup)
     with running(setup) as (state, port, server), model_held(setup["captioner"]) as (release, entered):
         threads, results = burst(port, setup["clip"], 3)
         assert entered.wait(PATIENCE_S)
-        deadline = time.monotonic() + PATIENCE_S
-        while state.queue.accepted < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: state.queue.accepted == 3)
         server.shutdown()
-        while all(r is None for r in results) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: any(r is not None for r in results))
         release.set()
         for thread in threads:
             thread.join(PATIENCE_S)
