@@ -29,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 
 from avlformer.atomic import atomic_folder, write_text_atomic
+from avlformer.error_text import one_line
 from avlformer.training.distributed import DistEnv, barrier, gather_objects
 from avlformer.json_files import read_json
 from avlformer.model_card import write_checkpoint_card
@@ -150,20 +151,15 @@ def read_training_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, to
     try:
         weights = load_file(str(weights_path))
     except Exception as err:  # safetensors raises its own error type for every kind of damage
-        raise DamagedCheckpointError(f"{weights_path}: damaged or incomplete ({_first_line(err)})") from None
+        raise DamagedCheckpointError(f"{weights_path}: damaged or incomplete ({one_line(err)})") from None
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated zip, a cut pickle stream, or a refused (non-tensor) object
-        raise DamagedCheckpointError(f"{state_path}: damaged or incomplete ({_first_line(err)})") from None
+        raise DamagedCheckpointError(f"{state_path}: damaged or incomplete ({one_line(err)})") from None
     missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         raise DamagedCheckpointError(f"{state_path}: not a training state (no {', '.join(missing)})")
     return state, weights
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def newest_intact(checkpoints: list[Path]) -> tuple[Path, dict, dict] | None:

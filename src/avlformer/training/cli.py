@@ -1,7 +1,8 @@
 """`avlformer train`: run.sh's target. One process by default; under torchrun, one process per device.
 
-A user's mistake (a flag, a config value, a damaged checkpoint) ends in one line and exit status 2; a NaN stop in
-exit 3; Ctrl-C in one line with the --resume that continues, exit 130 (the shell's code for SIGINT).
+A user's mistake (a flag, a config value, a damaged data, weights or checkpoint file) ends in one line naming the
+file and exit status 2; a NaN stop in exit 3; Ctrl-C in one line with the --resume that continues, exit 130 (the
+shell's code for SIGINT).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from avlformer.training.checkpointing import ResumeError
+    from avlformer.error_text import one_line
     from avlformer.training.distributed import init_distributed, teardown_distributed
     from avlformer.training.loop import NonFiniteLossError, TrainingInterrupted, train
 
@@ -32,8 +33,8 @@ def main(args: argparse.Namespace) -> int:
     env = init_distributed(config.device, config.local_rank)
     try:
         result = train(config, env)
-    except (train_args.ArgumentError, ResumeError, FileNotFoundError) as err:
-        print(f"avlformer train: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as err:  # flags, config, data and weight files: named in the message
+        print(f"avlformer train: error: {one_line(err)}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:
         print(f"avlformer train: stopped: {err}", file=sys.stderr)
