@@ -353,3 +353,13 @@ def test_an_unreadable_model_file_is_named_with_the_reason(workspace, tmp_path, 
     assert code == 2 and len(err) == 1
     assert err[0].startswith(f"avlformer extract-features: error: {bad}: cannot be read with torch.load")
     assert "Check the documentation" not in err[0]
+
+
+def test_extract_never_writes_inside_a_checkpoint(workspace, tmp_path, capsys):
+    out = workspace["checkpoint"] / "features"
+    code = cli_main(["extract-features", "--data-dir", str(workspace["data"]), "--model",
+                     str(workspace["checkpoint"]), "--out", str(out), "--num-workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"avlformer extract-features: error: --out {out}: lies inside the checkpoint "
+                                 f"folder {workspace['checkpoint']}; give a folder outside it"]
+    assert not out.exists()

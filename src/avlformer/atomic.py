@@ -112,22 +112,3 @@ def _swap_in(staging: Path, target: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def output_file_problem(output: str | os.PathLike, flag: str = "--output", inputs: tuple = (),
-                        example: str = "output.json") -> str | None:
-    """Why ``output`` cannot be written as a file, or None; checked before a long job starts, so that a job never
-    does all its work only to fail writing the result. ``inputs``: files the output must not overwrite."""
-    path = Path(output)
-    if path.is_dir():
-        return f"{flag} {output}: is a folder; give a file name, e.g. {path / example}"
-    if path.exists() and any(Path(given).exists() and path.samefile(given) for given in inputs):
-        return f"{flag} {output}: is one of the input files; give another file name"
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{flag} {output}: {parent} is not a folder"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{flag} {output}: folder {parent} is not writable"
-    return None

@@ -12,10 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-from avlformer.atomic import output_file_problem, write_text_atomic
+from avlformer.atomic import write_text_atomic
 from avlformer.device import DEVICE_CHOICES, resolve_device
 from avlformer.evaluation.references import CaptionFileError, load_predictions, load_references, pair_captions
 from avlformer.evaluation.runner import METRIC_CHOICES, ModelPaths, evaluate, load_recipe, missing_model_paths
+from avlformer.output_paths import output_file_problem
 
 _SHOWN_IDS = 5
 

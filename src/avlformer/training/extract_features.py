@@ -31,6 +31,7 @@ from avlformer.atomic import atomic_path, atomic_write, write_text_atomic
 from avlformer.data.features import (STORAGE_DTYPES, FeatureFile, FeatureSpec, feature_path, to_storage,
                                      write_feature_file)
 from avlformer.error_text import one_line
+from avlformer.output_paths import output_folder_problem
 from avlformer.training.loop import autocast_for
 
 WORK = ".work"
@@ -203,6 +204,8 @@ def main(args: argparse.Namespace) -> int:
         data_dir = Path(args.data_dir)
         yamls = split_yamls(data_dir, args.splits)
         out = Path(args.out) if args.out else data_dir / "features"
+        if problem := output_folder_problem(out, "--out"):
+            raise ExtractError(problem)
         model = load_encoders(args, device)
         spec = encoder_spec(model, args.precision)
         for split, yaml_path in yamls.items():
