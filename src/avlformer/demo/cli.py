@@ -80,8 +80,9 @@ LOSS_CURVE_POINTS = 60
 
 def train_argv(data_dir: Path, output_dir: Path, stored_frames: int, epochs: int | None, device: str,
                config_file: Path, train_flags: dict, num_train: int) -> list[str]:
+    # A rerun of the demo trains afresh: the previous demo run in output_dir is replaced.
     argv = ["--config", str(config_file), "--data_dir", str(data_dir), "--output_dir", str(output_dir),
-            "--train_yaml", f"metadata/train_{stored_frames}frames.yaml",
+            "--overwrite_output_dir", "--train_yaml", f"metadata/train_{stored_frames}frames.yaml",
             "--val_yaml", f"metadata/val_{stored_frames}frames.yaml", "--device", device]
     if epochs is not None:
         argv += ["--num_train_epochs", str(epochs)]

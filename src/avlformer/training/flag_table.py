@@ -150,6 +150,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("evaluate_during_training", B, False, "validate (greedy decode + caption metrics) at each checkpoint", "?"),
     Flag("resume", S, "", "(ours) 'auto' (or a bare --resume) = newest intact checkpoint in --output_dir, or a "
          "checkpoint folder", "?", path=True),
+    Flag("overwrite_output_dir", B, False, "(ours, Hugging Face's name) start afresh in an --output_dir that holds "
+         "an earlier run: its checkpoints, best checkpoint and logs are deleted (without this or --resume, such a "
+         "folder is an error)", "?"),
     Flag("precision", S, None, "(ours) native AMP precision (default fp32, or fp16 when upstream's fp16 flags ask)",
          choices=("fp32", "bf16", "fp16")),
     Flag("distributed_strategy", S, None, "(ours) how processes share the model (default ddp)",

@@ -154,7 +154,8 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         if self.env.is_main:
-            ckpt.remove_stale_temporaries(self.output_dir)
+            if self.args.overwrite_output_dir:  # as late as possible: the data and model are known good here
+                ckpt.remove_earlier_run(self.output_dir)
             write_args_json(self.args, self.output_dir, self.derived_args())
             self.writer = summary_writer(self.output_dir / "log")
         log.info("training: %d samples, %d optimizer steps per epoch, %d steps in all, global batch %d",
@@ -324,14 +325,20 @@ def train(config, env: DistEnv | None = None, *, model: nn.Module | None = None,
     (tests, the demo); otherwise they are built from the flags. ``recipe``: the preprocessing recipe of the
     training data, copied into every checkpoint (default: the one recorded beside --train_yaml)."""
     from avlformer.training.distributed import init_distributed
-    from avlformer.training.model_setup import apply_freezing, build_model, check_given_model, describe
-    from avlformer.training.setup import (build_datasets, check_validation_recipe, determinism, seed_everything,
-                                          training_recipe, vocab_dir_for)
 
     summary_writer(None)  # a missing optional dependency shows before any work
     env = env or init_distributed(config.device, config.local_rank)
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    with ckpt.claim_output_dir(output_dir, config.resume, config.overwrite_output_dir, env):
+        return _train(config, env, output_dir, model, train_dataset, val_dataset, collate_fn, recipe)
+
+
+def _train(config, env: DistEnv, output_dir: Path, model, train_dataset, val_dataset, collate_fn,
+           recipe) -> TrainResult:
+    from avlformer.training.model_setup import apply_freezing, build_model, check_given_model, describe
+    from avlformer.training.setup import (build_datasets, check_validation_recipe, determinism, seed_everything,
+                                          training_recipe, vocab_dir_for)
+
     setup_logging(output_dir, env.is_main)
     with determinism(config.deterministic, env.device):
         vocab_dir = vocab_dir_for(config)
