@@ -1,8 +1,8 @@
 """`avlformer train`: run.sh's target. One process by default; under torchrun, one process per device.
 
 A user's mistake (a flag, a config value, a damaged data, weights or checkpoint file) ends in one line naming the
-file and exit status 2; a NaN stop in exit 3; Ctrl-C in one line with the --resume that continues, exit 130 (the
-shell's code for SIGINT).
+file and exit status 2; a checkpoint that cannot be written (a full disk) in one line and exit 1; a NaN stop in
+exit 3; Ctrl-C in one line with the --resume that continues, exit 130 (the shell's code for SIGINT).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from avlformer.error_text import one_line
+    from avlformer.training.checkpointing import CheckpointSaveError
     from avlformer.training.distributed import init_distributed, teardown_distributed
     from avlformer.training.loop import NonFiniteLossError, TrainingInterrupted, train
 
@@ -36,6 +37,10 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:  # flags, config, data and weight files: named in the message
         print(f"avlformer train: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except CheckpointSaveError as err:
+        if env.is_main:
+            print(f"avlformer train: error: {err}", file=sys.stderr)
+        return 1
     except NonFiniteLossError as err:
         print(f"avlformer train: stopped: {err}", file=sys.stderr)
         return 3
