@@ -209,3 +209,24 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_earlier_checkpoint(
     train_cli.add_arguments(parser)
     assert train_cli.main(parser.parse_args(["--device", "cpu", "--output-dir", str(out)])) == 1
     assert capsys.readouterr().err.strip().splitlines() == [f"avlformer train: error: {message}"]
+
+
+def test_a_full_disk_elsewhere_in_training_is_one_line(tmp_path, monkeypatch, capsys):
+    """The best checkpoint, validation predictions or a log meeting the full disk: one line too, exit 1."""
+    import argparse
+
+    from avlformer.training import cli as train_cli
+    from avlformer.training import loop
+
+    record = tmp_path / "best_checkpoint.json"
+
+    def full(*_, **__):
+        raise OSError(errno.ENOSPC, "No space left on device", str(record))
+
+    monkeypatch.setattr(loop, "train", full)
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    assert train_cli.main(parser.parse_args(["--device", "cpu", "--output-dir", str(tmp_path)])) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"avlformer train: error: no space left on the device ({record}); free some space and rerun with --resume "
+        "auto"]

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from avlformer.error_text import one_line
-    from avlformer.training.checkpointing import CheckpointSaveError
+    from avlformer.training.checkpointing import NO_SPACE_ERRNOS, CheckpointSaveError
     from avlformer.training.distributed import init_distributed, teardown_distributed
     from avlformer.training.loop import NonFiniteLossError, TrainingInterrupted, train
 
@@ -40,6 +40,13 @@ def main(args: argparse.Namespace) -> int:
     except CheckpointSaveError as err:
         if env.is_main:
             print(f"avlformer train: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno not in NO_SPACE_ERRNOS:
+            raise
+        # Another output (the best checkpoint, validation predictions, a log) met the full disk.
+        print(f"avlformer train: error: no space left on the device ({err.filename or config.output_dir}); "
+              f"free some space and rerun with --resume auto", file=sys.stderr)
         return 1
     except NonFiniteLossError as err:
         print(f"avlformer train: stopped: {err}", file=sys.stderr)
