@@ -127,6 +127,12 @@ def test_unusable_weight_files_are_one_line_naming_the_file(tmp_path, capsys, fl
         if flag == "--pretrained_checkpoint" and kind == "lying":
             from avlformer.modeling.avlformer import AVLFormerConfig
 
+            status = cli.main(train_flags(tmp_path / "data", tmp_path / "out_alone", "--num_workers", "0", flag,
+                                          str(path)))
+            err = capsys.readouterr().err.strip().splitlines()
+            assert status == 2 and err[-1] == (f"avlformer train: error: {path}: weights without their config.json "
+                                               f"(expected beside them, in {tmp_path})")
+
             # Ours: the weights with config.json beside them; the header promises tensors the file does not hold.
             (tmp_path / "config.json").write_text(json.dumps(AVLFormerConfig.tiny().to_dict()))
         status = cli.main(train_flags(tmp_path / "data", tmp_path / f"out_{kind}", "--num_workers", "0", flag,
