@@ -215,7 +215,7 @@ def test_relative_paths_in_a_config_file_are_taken_from_its_folder(tmp_path, mon
     assert (args.model.image_size, args.model.text.hidden_size) == (64, 64)
     assert args.run.output_dir == "typed/out"  # typed on the command line: from the current directory
     paper = parse("--config", str(REPO / "configs" / "favd_32frm_default.json"))
-    assert Path(paper.data.data_dir) == REPO / "datasets"  # where run.sh (which cds to the repo) always looked
+    assert Path(paper.data.data_dir) == REPO / "datasets"  # the repository's datasets/, from any current folder
     assert paper.run.resume == ""
 
 

@@ -100,6 +100,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", stri
                                 f"(upstream checkpoint) in this folder")
     if path.is_file():
         if path.suffix == ".safetensors":
+            if not (path.parent / CONFIG_NAME).is_file():
+                raise FileNotFoundError(f"{path}: weights without their {CONFIG_NAME} (expected beside them, in "
+                                        f"{path.parent.absolute()})")
             return _load_ours(path, path.parent / CONFIG_NAME, device, strict, model_class)
         return _load_upstream(path, device, strict, model_class)
     raise FileNotFoundError(f"{path}: no such checkpoint file or folder")

@@ -83,6 +83,7 @@ class RunSettings:
     save_steps: int = 2000
     evaluate_during_training: bool = False
     resume: str = ""
+    overwrite_output_dir: bool = False
     precision: str = "fp32"
     distributed_strategy: str = "ddp"
     device: str = "auto"

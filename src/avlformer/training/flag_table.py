@@ -148,6 +148,9 @@ FLAGS: tuple[Flag, ...] = (
          "each checkpoint"),
     Flag("resume", "run.resume", "(ours) 'auto' (or a bare --resume) = newest intact checkpoint in --output_dir, or "
          "a checkpoint folder", nargs="?", relative=True),
+    Flag("overwrite_output_dir", "run.overwrite_output_dir", "(ours, Hugging Face's name) start afresh in an "
+         "--output_dir that holds an earlier run: its checkpoints, best checkpoint and logs are deleted (without "
+         "this or --resume, such a folder is an error)"),
     Flag("precision", "run.precision", "(ours) native AMP precision", choices=("fp32", "bf16", "fp16")),
     Flag("distributed_strategy", "run.distributed_strategy", "(ours) how processes share the model",
          choices=("ddp", "fsdp", "deepspeed")),

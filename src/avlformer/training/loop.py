@@ -11,6 +11,7 @@ from torch import nn
 
 from avlformer.data.dataset import collate as dataset_collate
 from avlformer.data.tokenizer import load_tokenizer
+from avlformer.training import checkpointing as ckpt
 from avlformer.training.batches import SampleSeededDataset
 from avlformer.training.config import TrainConfig
 from avlformer.training.distributed import DistEnv, init_distributed
@@ -43,10 +44,16 @@ def train(config: TrainConfig, env: DistEnv | None = None, *, model: nn.Module |
     (tests, the demo); otherwise they are built from the config. ``recipe``: the preprocessing recipe of the
     training data, copied into every checkpoint (default: the one recorded beside --train_yaml)."""
     summary_writer(None)  # a missing optional dependency shows before any work
-    run, data = config.run, config.data
+    run = config.run
     env = env or init_distributed(run.device, run.local_rank)
     output_dir = Path(run.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    with ckpt.claim_output_dir(output_dir, run.resume, run.overwrite_output_dir, env):
+        return _train(config, env, output_dir, model, train_dataset, val_dataset, collate_fn, recipe)
+
+
+def _train(config: TrainConfig, env: DistEnv, output_dir: Path, model, train_dataset, val_dataset, collate_fn,
+           recipe) -> TrainResult:
+    run, data = config.run, config.data
     setup_logging(output_dir, env.is_main)
     with determinism(run.deterministic, env.device):
         vocab_dir = vocab_dir_for(config)

@@ -144,7 +144,8 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         if self.env.is_main:
-            ckpt.remove_stale_temporaries(self.output_dir)
+            if self.config.run.overwrite_output_dir:  # as late as possible: the data and model are known good here
+                ckpt.remove_earlier_run(self.output_dir)
             write_args_json(self.config, self.output_dir, self.derived_args())
             self.writer = summary_writer(self.output_dir / "log")
         log.info("training: %d samples, %d optimizer steps per epoch, %d steps in all, global batch %d",
