@@ -35,8 +35,7 @@ import torch.distributed as dist
 from avlformer.data.tokenizer import decode_caption, load_tokenizer
 from avlformer.evaluation.cider_reward import CiderD, has_repeated_ngram, reward_words
 from avlformer.modeling.generation import generate
-from avlformer.modeling.caption_logprob import fast_caption_logprobs
-from avlformer.modeling.sampling import sample_captions
+from avlformer.modeling.sampling import caption_logprobs, sample_captions
 from avlformer.training.flag_table import ArgumentError
 from avlformer.training.loop import Trainer
 
@@ -140,7 +139,7 @@ class SelfCriticalTrainer(Trainer):
         else:
             baseline = baseline_from_samples(rewards, per_video)
         with self.autocast():
-            scores = fast_caption_logprobs(model.trans_encoder, av_tokens, av_mask, samples, per_video)
+            scores = caption_logprobs(model.trans_encoder, av_tokens, av_mask, samples, per_video)
         advantage = (rewards - baseline).to(device=device, dtype=torch.float32)
         loss = -(advantage * scores.logprob.float()).mean()
         loss = loss + model.config.sparsity_loss_weight * model.sparsity_term(loss)
