@@ -5,7 +5,7 @@ cross-entropy training); ``--sc_train_sample_n`` K captions per video are sample
 decoder (``modeling/sampling.py``, no gradients, no dropout); each caption's reward is its CIDEr-D against its
 video's reference captions, with document frequencies from the whole training split
 (``evaluation/cider_reward.py``); one forward with gradients gives each caption's log-probability (the AV rows
-once per video, the K captions' text rows attending to them: ``modeling/caption_logprob.py``), and the loss is
+once per video, the K captions' text rows attending to them: ``modeling/sampling.py``), and the loss is
 ``mean over captions of -(r - b) · log p(caption)`` (+ the learned mask's sparsity term, as in cross-entropy
 training). The baseline b (``--sc_baseline_type``):
 
