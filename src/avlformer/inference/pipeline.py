@@ -40,6 +40,7 @@ from avlformer.data.recipe import PreprocessRecipe
 from avlformer.data.tokenizer import decode_caption, load_tokenizer
 from avlformer.data.transforms import clip_from_frames
 from avlformer.device import resolve_device
+from avlformer.inference.cpu_decoding import decode_steps_at_one_thread
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +293,8 @@ def loaded_model(model, device: torch.device | None = None) -> LoadedModel:
     ``device`` (default: where its weights are)."""
     device = device or next(model.parameters()).device
     model.to(device).eval()
+    if device.type == "cpu":
+        decode_steps_at_one_thread(model.trans_encoder, model.trans_encoder.cls)
     vocab_dir = getattr(model, "vocab_dir", None)
     return LoadedModel(model=model, config=model.config, device=device,
                        recipe=getattr(model, "recipe", None) or PreprocessRecipe.paper(),
