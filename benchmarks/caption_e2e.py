@@ -5,8 +5,8 @@ Random weights (a freshly built paper AVLFormer, saved as a checkpoint folder an
 caption runs the full length. Reports the load time (``load_model`` alone, and all that ``avlformer caption``
 does before the first frame) next to the time to read the weights file (all from the page cache, the file having
 just been written), then per round the split between Video Swin (+ fc), PaSST (+ its norm) and decoding
-(KV-cached greedy, AV prefill included), medians over ``--repeats`` rounds. Inputs are tensors: video/audio
-decoding and resizing are the inference pipeline's and are not timed here.
+(KV-cached greedy, AV prefill included, steps at one thread on the CPU as inference runs them), medians over
+``--repeats`` rounds. Inputs are tensors: video/audio decoding and resizing are the inference pipeline's and are not timed here.
 
 The reference is the original FAVDBench code's 529 s for the same caption (2 threads, fp32), measured side by side
 on this machine type (docs/upstream.md §10): quoted, not measured here. ``--devices cuda`` runs the caption on a
@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 from avlformer.data.recipe import PreprocessRecipe  # noqa: E402
 from avlformer.data.token_ids import SEP_ID  # noqa: E402
+from avlformer.inference.cpu_decoding import decoding_steps_at_one_thread  # noqa: E402
 from avlformer.inference.pipeline import load_for_inference  # noqa: E402
 from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig  # noqa: E402
 from avlformer.modeling.checkpoint import WEIGHTS_NAME, load_model, save_checkpoint  # noqa: E402
@@ -77,8 +78,12 @@ def caption_round(model: AVLFormer, frames, audio, max_length: int, device: torc
         video, swin_s = timed(lambda: model.fc(model.swin(frames)), device)
         sound, passt_s = timed(lambda: rms_norm(model.passt(audio)), device)
         av_tokens = torch.cat([video, sound], dim=1)
-        _, decode_s = timed(lambda: generate(model.trans_encoder, av_tokens, model.av_attention_mask(),
-                                             max_length=max_length), device)
+        # Decoding as inference runs it (inference/pipeline.caption_batch): on the CPU, steps at one thread.
+        steps = (decoding_steps_at_one_thread(model.trans_encoder, model.trans_encoder.cls) if device.type == "cpu"
+                 else nullcontext())
+        with steps:
+            _, decode_s = timed(lambda: generate(model.trans_encoder, av_tokens, model.av_attention_mask(),
+                                                 max_length=max_length), device)
     return {"swin_s": swin_s, "passt_s": passt_s, "decode_s": decode_s, "total_s": swin_s + passt_s + decode_s}
 
 

@@ -3,7 +3,7 @@ everything else at the caller's count, the tokens unchanged, the caller's count 
 
 import torch
 
-from avlformer.inference.cpu_decoding import decode_steps_at_one_thread
+from avlformer.inference.cpu_decoding import decoding_steps_at_one_thread
 from avlformer.modeling.generation import generate
 
 from test_generation import random_tiny_model
@@ -17,16 +17,17 @@ def test_steps_run_at_one_thread_and_the_prefill_at_the_callers_count():
                   (name, args[0].shape[1], torch.get_num_threads())))
               for name, module in (("av", model.bert.img_embedding), ("text", model.bert.embeddings),
                                    ("head", model.cls.predictions.decoder))]
-    handles = decode_steps_at_one_thread(model, model.cls)
     torch.set_num_threads(2)
     try:
-        hooked = [generate(model, av_tokens, av_mask, max_length=8, num_beams=beams) for beams in (1, 3)]
-        after, cached_calls = torch.get_num_threads(), len(seen)
-        uncached = generate(model, av_tokens, av_mask, max_length=4, use_cache=False)
+        with decoding_steps_at_one_thread(model, model.cls):
+            hooked = [generate(model, av_tokens, av_mask, max_length=8, num_beams=beams) for beams in (1, 3)]
+            after, cached_calls = torch.get_num_threads(), len(seen)
+            uncached = generate(model, av_tokens, av_mask, max_length=4, use_cache=False)
     finally:
         torch.set_num_threads(1)
-        for handle in handles + probes:
+        for handle in probes:
             handle.remove()
+    assert not model._forward_pre_hooks and not model.cls._forward_hooks  # removed after the block
     assert after == 2
     cached, reforward = seen[:cached_calls], seen[cached_calls:]
     assert [threads for name, _, threads in cached if name == "av"] == [2, 2]  # one prefill per generate

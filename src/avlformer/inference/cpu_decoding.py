@@ -11,12 +11,16 @@ any hooks a user puts on them run as they do anywhere else, and a GPU run never 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 
-def decode_steps_at_one_thread(decoder: nn.Module, head: nn.Module) -> list:
-    """Hooks on ``decoder`` (the text transformer) and its LM ``head``; returns their handles."""
+@contextlib.contextmanager
+def decoding_steps_at_one_thread(decoder: nn.Module, head: nn.Module):
+    """Within the block, hooks on ``decoder`` (the text transformer) and its LM ``head`` run each decoding step
+    at one intra-op thread (the caller's count is restored after each)."""
     saved: list[int | None] = []
 
     def before(module, args, kwargs):
@@ -32,6 +36,11 @@ def decode_steps_at_one_thread(decoder: nn.Module, head: nn.Module) -> list:
         if threads is not None:
             torch.set_num_threads(threads)
 
-    return [handle for module in (decoder, head) for handle in (
+    handles = [handle for module in (decoder, head) for handle in (
         module.register_forward_pre_hook(before, with_kwargs=True),
         module.register_forward_hook(after, with_kwargs=True, always_call=True))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
