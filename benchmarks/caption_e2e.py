@@ -6,7 +6,8 @@ caption runs the full length. Reports the load time (``load_model`` alone, and a
 does before the first frame) next to the time to read the weights file (all from the page cache, the file having
 just been written), then per round the split between Video Swin (+ fc), PaSST (+ its norm) and decoding
 (KV-cached greedy, AV prefill included, steps at one thread on the CPU as inference runs them), medians over
-``--repeats`` rounds. Inputs are tensors: video/audio decoding and resizing are the inference pipeline's and are not timed here.
+``--repeats`` rounds. Inputs are tensors: video/audio decoding and resizing are the inference pipeline's and are
+not timed here.
 
 The reference is the original FAVDBench code's 529 s for the same caption (2 threads, fp32), measured side by side
 on this machine type (docs/upstream.md §10): quoted, not measured here. ``--devices cuda`` runs the caption on a
