@@ -71,6 +71,7 @@ ATTRIBUTE_VALUES = {
 }
 
 WIDTH, HEIGHT, FPS = 128, 96, 10
+PRESETS = ("demo", "scenes")
 MIN_SECONDS, MAX_SECONDS = 2.0, 10.0
 OBJECT_RADIUS = 20
 BACKGROUND = 128
@@ -307,21 +308,23 @@ def write_clip(out: Path, seed: int, split: str, index: int) -> tuple[str, dict,
     return spec.clip_id, attributes, make_caption(attributes)
 
 
-def _write_clip_job(job: tuple[str, int, str, int]) -> tuple[str, dict, str]:
-    out, seed, split, index = job
-    return write_clip(Path(out), seed, split, index)
+def _write_clip_job(job: tuple) -> tuple[str, dict, str | list[str]]:
+    writer, out, seed, split, index = job
+    return writer(Path(out), seed, split, index)
 
 
 def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, workers: int | None = None,
-               progress: bool = True) -> dict:
-    """Write the dataset; returns {"captions": {...}, "attributes": {...}} as also written to disk."""
+               progress: bool = True, writer=write_clip) -> dict:
+    """Write the dataset; returns {"captions": {...}, "attributes": {...}} as also written to disk. ``writer``
+    writes one clip and returns (id, attributes, caption or references): this preset's ``write_clip`` or another
+    preset's (``synth_scenes.write_clip``)."""
     out = Path(out)
     for split, count in counts.items():
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         if count < 0:
             raise ValueError(f"--num-{split} must be >= 0, got {count}")
-    jobs = [(str(out), seed, split, i) for split in SPLITS for i in range(counts.get(split, 0))]
+    jobs = [(writer, str(out), seed, split, i) for split in SPLITS for i in range(counts.get(split, 0))]
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs) or 1))
     bar = tqdm(total=len(jobs), desc="synth", unit="clip", disable=not progress)
     results = []
@@ -344,6 +347,9 @@ def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, wo
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (FAVDBench raw layout)")
+    parser.add_argument("--preset", choices=PRESETS, default="demo",
+                        help="demo: the demo's one-shape clips, one caption each; scenes: the benchmark in "
+                             "miniature (docs/scenes.md), 1-3 objects, 1-2 sounds, 5 references per clip")
     parser.add_argument("--num-train", type=int, default=200, help="training clips")
     parser.add_argument("--num-val", type=int, default=20, help="validation clips")
     parser.add_argument("--num-test", type=int, default=40, help="test clips")
@@ -354,6 +360,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     counts = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
-    result = synthesize(args.out, counts, seed=args.seed, workers=args.workers)
+    writer = write_clip
+    if args.preset == "scenes":
+        from avlformer.data import synth_scenes  # it builds on this module's encoders
+
+        writer = synth_scenes.write_clip
+    result = synthesize(args.out, counts, seed=args.seed, workers=args.workers, writer=writer)
     print(f"wrote {len(result['captions'])} clips to {args.out}")
     return 0
