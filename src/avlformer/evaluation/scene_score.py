@@ -201,3 +201,16 @@ def score_scenes(predictions: dict[str, str], scenes: dict[str, dict]) -> SceneS
     groups = {name: sum(scores[k] for k in keys if k in scores) / max(1, sum(k in scores for k in keys))
               for name, keys in GROUPS.items()}
     return SceneScore(scores=scores, groups=groups, counts={k: len(v) for k, v in totals.items()}, per_clip=per_clip)
+
+
+def load_scene_truth(path) -> dict[str, dict]:
+    """The generator's ``attributes.json`` (``{clip id: scene}``); a file that is not one raises ValueError
+    naming it."""
+    from avlformer.json_files import read_json
+
+    data = read_json(path, "scenes ground truth")
+    if not isinstance(data, dict) or not data or not all(
+            isinstance(scene, dict) and {"objects", "sounds", "background"} <= set(scene) for scene in data.values()):
+        raise ValueError(f"{path}: not the attributes.json of `avlformer synth --preset scenes` "
+                         f"({{clip id: scene with objects, sounds, background}})")
+    return data
