@@ -63,7 +63,8 @@ def parse_args(argv=None):
     parser.add_argument("--scst-learning-rate", type=float, default=3e-4)
     parser.add_argument("--sc-train-sample-n", type=int, default=4)
     parser.add_argument("--scst-batch-size", type=int, default=8)
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (each in its own process)")
+    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                        help="runs trained at once, each in its own one-thread process (default: the CPU count)")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "scenes.jsonl")
     args = parser.parse_args(argv)
     if args.quick:

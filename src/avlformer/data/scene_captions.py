@@ -51,7 +51,8 @@ RHYTHM_WORDS = {"steady": (("continuously", "without a break"), ("unbroken", "co
                 "fast": (("quickly", "rapidly"), ("fast", "rapid"))}
 ENVELOPE_WORDS = {"constant": ("at an even volume", "at a constant loudness"),
                   "fades_in": ("fading in", "growing louder"), "fades_out": ("fading out", "growing quieter")}
-SPAN_WORDS = {"throughout": ("throughout", "the whole time"), "first_half": ("in the first half", "during the first half"),
+SPAN_WORDS = {"throughout": ("throughout", "the whole time"),
+              "first_half": ("in the first half", "during the first half"),
               "second_half": ("in the second half", "during the second half")}
 OFFSCREEN_WORDS = ("from off screen", "with no visible source", "from outside the picture")
 BOUNCE_WORDS = ("each time the {obj} bounces off an edge", "whenever the {obj} hits an edge",
@@ -107,7 +108,8 @@ class _Writer:
         size, colour = self.pick(SIZE_WORDS[obj["size"]]), self.pick(COLOUR_WORDS[obj["colour"]])
         form = int(self.rng.integers(3))
         if form == 0:
-            return f"the {self.name(obj, False)} is {size}, {colour} and {self.pick(TEXTURE_ADJECTIVES[obj['texture']])}"
+            name = self.name(obj, False)
+            return f"the {name} is {size}, {colour} and {self.pick(TEXTURE_ADJECTIVES[obj['texture']])}"
         if form == 1:
             return f"the {size} {colour} {self.name(obj, False)} is {self.pick(TEXTURE_ADJECTIVES[obj['texture']])}"
         return f"the {self.name(obj, False)} is a {size} {colour} one {self.pick(TEXTURE_WITH[obj['texture']])}"
