@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 CONFIG = REPO / "configs" / "scenes_tiny.json"
-QUICK = {"num_train": 60, "num_val": 4, "num_test": 12, "xe_cpu_minutes": 1.0, "continue_cpu_minutes": 0.4,
+QUICK = {"num_train": 60, "num_val": 4, "num_test": 12, "xe_cpu_minutes": 1.0, "continue_cpu_minutes": 0.75,
          "seeds": 1, "curve_points": 2}
 
 
@@ -179,15 +179,18 @@ def score_checkpoint(checkpoint: Path, raw: Path, silence: bool, scorers: tuple[
     return score
 
 
-def curve(output_dir: Path, result: dict, raw: Path, silence: bool) -> list[list[float]]:
+def curve(output_dir: Path, result: dict, raw: Path, silence: bool, points_wanted: int) -> list[list[float]]:
     """[CPU minutes, test CIDEr] at each checkpoint of a run (CPU minutes interpolated by step)."""
     points = []
     per_step = result["cpu_seconds"] / max(1, result["steps"])
-    for checkpoint in sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])):
-        step = int(checkpoint.name.rsplit("-", 1)[1])
-        if step <= result["steps"]:
-            cider = score_checkpoint(checkpoint, raw, silence, ("cider",))["cider"]
-            points.append([round(step * per_step / 60, 2), round(cider, 4)])
+    def step(path: Path) -> int:
+        return int(path.name.rsplit("-", 1)[1])
+
+    checkpoints = sorted((p for p in output_dir.glob("checkpoint-*") if step(p) <= result["steps"]), key=step)
+    chosen = sorted({round(i) for i in np.linspace(0, len(checkpoints) - 1, min(points_wanted, len(checkpoints)))})
+    for checkpoint in [checkpoints[i] for i in chosen]:
+        cider = score_checkpoint(checkpoint, raw, silence, ("cider",))["cider"]
+        points.append([round(step(checkpoint) * per_step / 60, 2), round(cider, 4)])
     return points
 
 
@@ -230,7 +233,7 @@ def main(argv=None) -> dict:
     start = trained["xe"]["checkpoint"]
     continue_budget = args.continue_cpu_minutes * 60
     continued = ["--pretrained_checkpoint", start, "--num_train_epochs", "100000", "--warmup_ratio", "0",
-                 "--save_steps", "5"]
+                 "--save_steps", "2"]
     xe_lr = [] if args.xe_learning_rate is None else ["--learning_rate", str(args.xe_learning_rate)]
     pairs = {}
     for seed in range(args.seeds):
@@ -250,10 +253,10 @@ def main(argv=None) -> dict:
                        "cpu_minutes": round(result["cpu_seconds"] / 60, 2), "steps": result["steps"]}
     final["xe_start"] = final["xe"]
     curves = {name: curve(work / "runs" / name, trained[name], silent if name == "no_audio" else raw,
-                          name == "no_audio") for name in ("xe", "no_audio", "no_mask")}
+                          name == "no_audio", args.curve_points) for name in ("xe", "no_audio", "no_mask")}
     for name in ("xe_continued_s0", "scst_s0"):
         start_point = [[0.0, final["xe"]["cider"]]]
-        curves[name] = start_point + curve(work / "runs" / name, trained[name], raw, False)
+        curves[name] = start_point + curve(work / "runs" / name, trained[name], raw, False, args.curve_points)
 
     def mean(prefix: str, key) -> float:
         return float(np.mean([key(final[f"{prefix}_s{s}"]) for s in range(args.seeds)]))
