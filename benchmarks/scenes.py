@@ -152,7 +152,9 @@ def run_all(runs: dict[str, tuple[list[str], float | None]], jobs: int, work: Pa
 
 # ----------------------------------------------------------------------------------------------------- scoring
 
-def score_checkpoint(checkpoint: Path, raw: Path, silence: bool, scorers: tuple[str, ...]) -> dict:
+def score_checkpoint(checkpoint: Path, media: Path, raw: Path, silence: bool, scorers: tuple[str, ...]) -> dict:
+    """Caption the test videos of ``media`` (the data or its silenced copy) and score them against ``raw``'s
+    references and scenes."""
     from avlformer.evaluation.coco_metrics import caption_metrics
     from avlformer.evaluation.scene_score import score_scenes
     from avlformer.inference import pipeline
@@ -161,9 +163,9 @@ def score_checkpoint(checkpoint: Path, raw: Path, silence: bool, scorers: tuple[
     if record.is_file():
         return json.loads(record.read_text())
     loaded = pipeline.load_for_inference(checkpoint, "cpu")
-    listing = pipeline.list_videos(raw / "videos" / "test")
+    listing = pipeline.list_videos(media / "videos" / "test")
     run = pipeline.caption_videos(loaded, listing.videos, pipeline.checkpoint_decoding(loaded.config),
-                                  audio_dir=raw / "audio_mp3" / "test", batch_size=25, silence_audio=silence,
+                                  audio_dir=media / "audio_mp3" / "test", batch_size=25, silence_audio=silence,
                                   progress=False)
     predictions = {p.video_id: p.caption for p in run.predictions}
     captions = json.loads((raw / "captions.json").read_text())
@@ -179,7 +181,8 @@ def score_checkpoint(checkpoint: Path, raw: Path, silence: bool, scorers: tuple[
     return score
 
 
-def curve(output_dir: Path, result: dict, raw: Path, silence: bool, points_wanted: int) -> list[list[float]]:
+def curve(output_dir: Path, result: dict, media: Path, raw: Path, silence: bool, points_wanted: int
+          ) -> list[list[float]]:
     """[CPU minutes, test CIDEr] at each checkpoint of a run (CPU minutes interpolated by step)."""
     points = []
     per_step = result["cpu_seconds"] / max(1, result["steps"])
@@ -189,7 +192,7 @@ def curve(output_dir: Path, result: dict, raw: Path, silence: bool, points_wante
     checkpoints = sorted((p for p in output_dir.glob("checkpoint-*") if step(p) <= result["steps"]), key=step)
     chosen = sorted({round(i) for i in np.linspace(0, len(checkpoints) - 1, min(points_wanted, len(checkpoints)))})
     for checkpoint in [checkpoints[i] for i in chosen]:
-        cider = score_checkpoint(checkpoint, raw, silence, ("cider",))["cider"]
+        cider = score_checkpoint(checkpoint, media, raw, silence, ("cider",))["cider"]
         points.append([round(step(checkpoint) * per_step / 60, 2), round(cider, 4)])
     return points
 
@@ -248,15 +251,15 @@ def main(argv=None) -> dict:
     final = {}
     for name, result in trained.items():
         silence = name == "no_audio"
-        final[name] = {**score_checkpoint(Path(result["checkpoint"]), silent if silence else raw, silence,
+        final[name] = {**score_checkpoint(Path(result["checkpoint"]), silent if silence else raw, raw, silence,
                                           ("bleu", "meteor", "cider")),
                        "cpu_minutes": round(result["cpu_seconds"] / 60, 2), "steps": result["steps"]}
     final["xe_start"] = final["xe"]
-    curves = {name: curve(work / "runs" / name, trained[name], silent if name == "no_audio" else raw,
+    curves = {name: curve(work / "runs" / name, trained[name], silent if name == "no_audio" else raw, raw,
                           name == "no_audio", args.curve_points) for name in ("xe", "no_audio", "no_mask")}
     for name in ("xe_continued_s0", "scst_s0"):
         start_point = [[0.0, final["xe"]["cider"]]]
-        curves[name] = start_point + curve(work / "runs" / name, trained[name], raw, False, args.curve_points)
+        curves[name] = start_point + curve(work / "runs" / name, trained[name], raw, raw, False, args.curve_points)
 
     def mean(prefix: str, key) -> float:
         return float(np.mean([key(final[f"{prefix}_s{s}"]) for s in range(args.seeds)]))
