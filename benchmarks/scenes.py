@@ -225,10 +225,12 @@ def main(argv=None) -> dict:
                                        30.0)}, 1, work)
     per_step = calibrate["calibrate"]["cpu_seconds"] / max(1, calibrate["calibrate"]["steps"])
     xe_budget = args.xe_cpu_minutes * 60
-    total_steps = max(steps_per_epoch, int(xe_budget / per_step))
-    epochs = max(1, total_steps // steps_per_epoch)
-    save = ["--num_train_epochs", str(epochs),
-            "--save_steps", str(max(1, epochs * steps_per_epoch // args.curve_points))]
+    budget_steps = max(1, int(xe_budget / per_step))
+    epochs = max(1, budget_steps // steps_per_epoch)
+    # A budget shorter than an epoch still runs a one-epoch schedule; checkpoints are spaced over the steps the
+    # budget allows, so the run always leaves one.
+    reachable = min(budget_steps, epochs * steps_per_epoch)
+    save = ["--num_train_epochs", str(epochs), "--save_steps", str(max(1, reachable // args.curve_points))]
     scratch = {"xe": (base(raw, "xe") + save, xe_budget),
                "no_audio": (base(silent, "no_audio") + save, xe_budget),
                "no_mask": (base(raw, "no_mask") + save + ["--learn_mask_enabled", "false"], xe_budget)}
