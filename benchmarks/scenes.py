@@ -274,7 +274,7 @@ def main(argv=None) -> dict:
         "cider_xe_continued": cider_xe, "cider_scst": cider_scst,
         "relative_gain": cider_scst / max(cider_xe, 1e-9) - 1,
         "largest_structured_drop": largest_drop, "largest_structured_drop_key": max(drops, key=drops.get),
-        "target_met": bool(cider_scst >= 1.05 * cider_xe and largest_drop <= 2.0),
+        "target_met": bool(cider_scst > 0 and cider_scst >= 1.05 * cider_xe and largest_drop <= 2.0),
         "structured_drop_scst_vs_xe_continued": drops,
         "runs": {name: {k: v for k, v in r.items()} for name, r in final.items() if name != "xe_start"},
         "curves": curves,
