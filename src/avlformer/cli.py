@@ -18,7 +18,8 @@ from avlformer.flags import normalize_flag_spelling
 
 # name -> (module, one-line help). Each module defines add_arguments(parser) and main(args) -> int.
 COMMANDS = {
-    "synth": ("avlformer.data.synth", "write the built-in demo dataset as raw FAVDBench-layout data"),
+    "synth": ("avlformer.data.synth_cli", "write a synthetic dataset (the demo's, or --preset scenes) as raw "
+              "FAVDBench-layout data"),
     "prepare": ("avlformer.data.prepare", "turn raw videos + audio + captions into training shards"),
     "extract-features": ("avlformer.training.extract_features", "cache the frozen encoders' outputs for "
                          "`train --features` (fast experiments)"),

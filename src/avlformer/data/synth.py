@@ -1,4 +1,4 @@
-"""`avlformer synth`: the built-in demo dataset (README.md, The demo), written as *raw* FAVDBench-layout data.
+"""The built-in demo dataset (README.md, The demo), written as *raw* FAVDBench-layout data (`avlformer synth`).
 
 Each clip is a coloured shape (circle, bar, cross) that moves (side to side, up and down, in a circle, or stays
 still) on a gray background (h264 video), with a tone whose pitch (low, medium, high) and rhythm (continuous, slow
@@ -19,16 +19,15 @@ Every clip is a pure function of (seed, split, index), so the dataset is identic
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import re
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import av
 import numpy as np
@@ -301,9 +300,9 @@ def write_mp3(path: Path, waveform: np.ndarray) -> None:
             _encode_audio(container, stream, waveform)
 
 
-def clip_paths(out: Path, split: str, index: int) -> tuple[Path, Path]:
-    """(video, mp3) of one clip."""
-    name = clip_id(split, index)
+def clip_paths(out: Path, split: str, index: int, name_of=clip_id) -> tuple[Path, Path]:
+    """(video, mp3) of one clip; ``name_of(split, index)`` is its preset's clip id."""
+    name = name_of(split, index)
     return out / "videos" / split / f"{name}.mp4", out / "audio_mp3" / split / f"{name}.mp3"
 
 
@@ -317,24 +316,35 @@ def write_clip(out: Path, seed: int, split: str, index: int) -> tuple[str, dict,
     return spec.clip_id, attributes, make_caption(attributes)
 
 
-def _write_clip_job(job: tuple[str, int, str, int]) -> tuple[str, dict, str]:
-    out, seed, split, index = job
-    return write_clip(Path(out), seed, split, index)
+class Preset(NamedTuple):
+    """A kind of synthetic dataset: ``write_clip(out, seed, split, index)`` writes one clip and returns (id,
+    attributes, caption or references); ``clip_id(split, index)`` names it."""
+    write_clip: Callable[[Path, int, str, int], tuple]
+    clip_id: Callable[[str, int], str]
+
+
+DEMO = Preset(write_clip, clip_id)
+
+
+def _write_clip_job(job: tuple) -> tuple[str, dict, str | list[str]]:
+    writer, out, seed, split, index = job
+    return writer(Path(out), seed, split, index)
 
 
 def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, workers: int | None = None,
-               progress: bool = True, overwrite: bool = False) -> dict:
-    """Write the dataset; returns {"captions": {...}, "attributes": {...}} as also written to disk. Raises
-    SynthError (a ValueError) for bad counts and for a folder holding data synth did not write (unless
-    ``overwrite``)."""
+               progress: bool = True, overwrite: bool = False, preset: "Preset | None" = None) -> dict:
+    """Write the dataset of ``preset`` (default ``DEMO``); returns {"captions": {...}, "attributes": {...}} as
+    also written to disk. Raises SynthError (a ValueError) for bad counts and for a folder holding data synth did
+    not write (unless ``overwrite``)."""
+    write, name_of = preset or DEMO
     out = Path(out)
     for split, count in counts.items():
         if split not in SPLITS:
             raise SynthError(f"unknown split {split!r}; expected one of {SPLITS}")
         if count < 0:
             raise SynthError(f"--num-{split} must be >= 0, got {count}")
-    jobs = [(str(out), seed, split, i) for split in SPLITS for i in range(counts.get(split, 0))]
-    clip_files = [path for _, _, split, i in jobs for path in clip_paths(out, split, i)]
+    jobs = [(write, str(out), seed, split, i) for split in SPLITS for i in range(counts.get(split, 0))]
+    clip_files = [path for _, _, _, split, i in jobs for path in clip_paths(out, split, i, name_of)]
     record = claim_folder(out, clip_files + [out / "captions.json", out / "attributes.json"], overwrite)
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs) or 1))
     bar = tqdm(total=len(jobs), desc="synth", unit="clip", disable=not progress)
@@ -359,26 +369,3 @@ def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, wo
         write_text_atomic(out / name, text)
     record.save()
     return {"captions": captions, "attributes": attributes}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output folder (FAVDBench raw layout)")
-    parser.add_argument("--num-train", type=int, default=200, help="training clips")
-    parser.add_argument("--num-val", type=int, default=20, help="validation clips")
-    parser.add_argument("--num-test", type=int, default=40, help="test clips")
-    parser.add_argument("--seed", type=int, default=0, help="the dataset is a pure function of this seed")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="encoding processes (default: CPU count); the output does not depend on it")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into a folder that holds data synth did not write (it is replaced)")
-
-
-def main(args: argparse.Namespace) -> int:
-    counts = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
-    try:
-        result = synthesize(args.out, counts, seed=args.seed, workers=args.workers, overwrite=args.overwrite)
-    except SynthError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(result['captions'])} clips to {args.out}")
-    return 0

@@ -25,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred", required=True, help="predictions: COCO result list or {id: caption} JSON")
     parser.add_argument("--ref", required=True, help="references: COCO captions dict, COCO list, or caption TSV")
     parser.add_argument("--metrics", nargs="+", choices=METRIC_CHOICES, default=None,
-                        help="metrics to compute (default: all; those whose models are absent are skipped)")
+                        help="metrics to compute (default: all; those whose models are absent are skipped, and "
+                             "scenes only with --scenes)")
+    parser.add_argument("--scenes", help="scenes: the attributes.json of `avlformer synth --preset scenes`, the "
+                                         "ground truth of the structured scene score (docs/scenes.md)")
     parser.add_argument("--output", help="write the metrics and per-item scores here as JSON")
     models = parser.add_argument_group("metric models and media (local paths; nothing is downloaded)")
     models.add_argument("--t5-model", help="EntityScore: local T5 folder (a copy of t5-base)")
@@ -69,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     paths = ModelPaths(t5_model=args.t5_model, nltk_data=args.nltk_data, clip_model=args.clip_model,
                        trilip_checkpoint=args.trilip_checkpoint, trilip_passt_config=args.trilip_passt_config,
                        video_dir=args.video_dir, audio_dir=args.audio_dir, num_frames=args.num_frames,
-                       recipe=args.recipe, device=args.device)
+                       recipe=args.recipe, device=args.device, scenes=args.scenes)
     absent = missing_model_paths(paths)
     if absent:
         print(f"error: not found: {'; '.join(absent)}", file=sys.stderr)
@@ -101,7 +104,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: no id of {args.pred} matches an id of {args.ref}", file=sys.stderr)
         return 2
     try:
-        report = evaluate(paired, list(args.metrics or METRIC_CHOICES), paths)
+        default = [m for m in METRIC_CHOICES if m != "scenes" or args.scenes]
+        report = evaluate(paired, list(args.metrics or default), paths)
     except ValueError as error:  # an unusable model or config file, named in the message
         print(f"error: {error}", file=sys.stderr)
         return 2

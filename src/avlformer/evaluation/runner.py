@@ -19,7 +19,7 @@ from avlformer.evaluation.references import PairedCaptions
 
 log = logging.getLogger(__name__)
 
-METRIC_CHOICES = ("bleu", "meteor", "rouge", "cider", "spice", "entity", "audio", "clip")
+METRIC_CHOICES = ("bleu", "meteor", "rouge", "cider", "spice", "entity", "audio", "clip", "scenes")
 
 
 @dataclass
@@ -34,6 +34,7 @@ class ModelPaths:
     num_frames: int | None = None   # default: the recipe's stored frames
     recipe: str | None = None       # a checkpoint folder or preprocessor_config.json; default: the paper recipe
     device: str = "auto"
+    scenes: str | None = None       # the scenes preset's attributes.json (the structured score's ground truth)
 
 
 @dataclass
@@ -177,6 +178,27 @@ def _run_media(paired: PairedCaptions, scorers: dict, paths: ModelPaths, report:
                                                    "the warnings above")
 
 
+def _run_scenes(paired: PairedCaptions, paths: ModelPaths, report: EvaluationReport) -> None:
+    from avlformer.data.clip_ids import clip_id_from_key
+    from avlformer.evaluation.scene_score import load_scene_truth, score_scenes
+
+    if paths.scenes is None:
+        report.skipped["scenes"] = ("scene score skipped: it compares captions with the generated scenes; pass "
+                                    "--scenes DIR/attributes.json (written by `avlformer synth --preset scenes`)")
+        return
+    truth = load_scene_truth(paths.scenes)
+    scenes = {ref_id: truth[clip_id_from_key(ref_id)] for ref_id in paired.predictions
+              if clip_id_from_key(ref_id) in truth}
+    unknown = {ref_id: f"no scene for it in {paths.scenes}" for ref_id in paired.predictions if ref_id not in scenes}
+    if unknown:
+        report.unscored["Scene"] = unknown
+    if not scenes:
+        return
+    result = score_scenes(paired.predictions, scenes)
+    report.metrics.update({f"Scene/{key}": value for key, value in {**result.groups, **result.scores}.items()})
+    report.per_item["Scene"] = result.per_clip
+
+
 def evaluate(paired: PairedCaptions, groups: list[str], paths: ModelPaths) -> EvaluationReport:
     """Run the metric ``groups`` (see METRIC_CHOICES) on paired captions."""
     unknown = sorted(set(groups) - set(METRIC_CHOICES))
@@ -190,6 +212,8 @@ def evaluate(paired: PairedCaptions, groups: list[str], paths: ModelPaths) -> Ev
             _run_entity(paired, paths, device, report)
         except MetricUnavailable as error:
             report.skipped["entity"] = str(error)
+    if "scenes" in groups:
+        _run_scenes(paired, paths, report)
     scorers = _media_scorers(groups, paths, device, report)
     if scorers:
         _run_media(paired, scorers, paths, report)
@@ -200,5 +224,6 @@ def missing_model_paths(paths: ModelPaths) -> list[str]:
     """Paths given on the command line that do not exist (reported before any work starts)."""
     given = {"--t5-model": paths.t5_model, "--nltk-data": paths.nltk_data, "--clip-model": paths.clip_model,
              "--trilip-checkpoint": paths.trilip_checkpoint, "--trilip-passt-config": paths.trilip_passt_config,
-             "--video-dir": paths.video_dir, "--audio-dir": paths.audio_dir, "--recipe": paths.recipe}
+             "--video-dir": paths.video_dir, "--audio-dir": paths.audio_dir, "--recipe": paths.recipe,
+             "--scenes": paths.scenes}
     return [f"{flag} {value}" for flag, value in given.items() if value is not None and not Path(value).exists()]

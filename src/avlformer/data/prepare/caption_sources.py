@@ -1,4 +1,5 @@
-"""The user's captions: a JSON object, a CSV ``id,caption`` file, or a released ``<split>.caption.tsv``.
+"""The user's captions: a JSON object (``{id: caption}``, or ``{id: [reference, ...]}`` for several references per
+clip), a CSV ``id,caption`` file, or a released ``<split>.caption.tsv`` (every caption of a row is a reference).
 
 ``prepare`` writes ``metadata/<split>.caption.tsv`` itself, so that very path is only a caption *source* when the
 user put it there (the FAVDBench ``metadata.zip``). Before overwriting such a file, prepare keeps the user's bytes
@@ -18,7 +19,7 @@ from pathlib import Path
 from avlformer.atomic import atomic_write
 from avlformer.data.caption_tsv import CaptionTSVError, parse_caption_row, split_rows
 from avlformer.data.clip_ids import clip_id_from_key, id_problem
-from avlformer.data.prepare.layout import ERROR, WARNING, Layout, PrepareError, Problem
+from avlformer.data.prepare.layout import ERROR, Layout, PrepareError, Problem
 from avlformer.data.prepare.outputs_record import OutputsRecord
 
 USER_FILES = ("captions.json", "captions.csv")
@@ -26,7 +27,7 @@ USER_FILES = ("captions.json", "captions.csv")
 
 @dataclass
 class Captions:
-    texts: dict[str, str] = field(default_factory=dict)
+    texts: dict[str, list[str]] = field(default_factory=dict)   # id -> its references (usually one)
     rejected: set[str] = field(default_factory=set)    # ids whose caption entry was bad (already reported)
     problems: list[Problem] = field(default_factory=list)
     source: str = ""
@@ -51,15 +52,17 @@ def _add_caption(captions: Captions, clip_id: str, text, where: str, format_prob
     elif format_problem is not None:
         reject(format_problem)
     elif clip_id in captions.texts or clip_id in captions.rejected:
-        reject(f"duplicate id {clip_id!r}; give each clip exactly one caption")
-    elif not isinstance(text, str):
-        reject(f"caption of {clip_id!r} is {type(text).__name__}, not text")
-    elif _has_invalid_utf8(text):
+        reject(f"duplicate id {clip_id!r}; give each clip one entry (several references go in one JSON list)")
+    elif isinstance(text, list) and not text:
+        reject(f"caption list of {clip_id!r} is empty")
+    elif not all(isinstance(t, str) for t in (text if isinstance(text, list) else [text])):
+        reject(f"caption of {clip_id!r} is {type(text).__name__}, not text or a list of texts")
+    elif any(_has_invalid_utf8(t) for t in (text if isinstance(text, list) else [text])):
         reject(f"caption of {clip_id!r} is not valid UTF-8")
-    elif not text.strip():
+    elif not all(t.strip() for t in (text if isinstance(text, list) else [text])):
         reject(f"caption of {clip_id!r} is empty")
     else:
-        captions.texts[clip_id] = text.strip()
+        captions.texts[clip_id] = [t.strip() for t in (text if isinstance(text, list) else [text])]
 
 
 def _read_text(path: Path) -> str:
@@ -69,7 +72,7 @@ def _read_text(path: Path) -> str:
 def _load_json(path: Path, captions: Captions) -> None:
     pairs = json.loads(_read_text(path), object_pairs_hook=lambda items: items)
     if not isinstance(pairs, list) or not all(isinstance(item, tuple) for item in pairs):
-        raise PrepareError(f"{path}: expected a JSON object {{\"<id>\": \"caption\", ...}}")
+        raise PrepareError(f"{path}: expected a JSON object {{\"<id>\": \"caption\" or [\"reference\", ...], ...}}")
     for clip_id, text in pairs:
         _add_caption(captions, clip_id, text, f"id {clip_id!r}")
 
@@ -101,11 +104,7 @@ def _load_caption_tsv(path: Path, captions: Captions) -> None:
             captions.problems.append(Problem(ERROR, captions.source, reason, id=clip_id))
             continue
         clip_id = clip_id_from_key(row.key)
-        if len(row.captions) > 1:
-            captions.problems.append(Problem(WARNING, captions.source, f"line {row.line}: {len(row.captions)} "
-                                     f"captions for {clip_id!r}; the audio alignment needs one per clip, the "
-                                     f"first is kept", id=clip_id))
-        _add_caption(captions, clip_id, row.captions[0] if row.captions else "", f"line {row.line}")
+        _add_caption(captions, clip_id, list(row.captions) or "", f"line {row.line}")
 
 
 LOADERS = {".json": _load_json, ".csv": _load_csv, ".tsv": _load_caption_tsv}

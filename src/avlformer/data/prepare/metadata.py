@@ -22,11 +22,12 @@ from avlformer.data.recipe import recipe_path_for_yaml
 from avlformer.data.tsv import TSVWriter
 
 
-def coco_references(keys: list[str], texts: list[str]) -> dict:
-    """COCO captions dict as the original's evaluation reads it (docs/upstream.md §1.5)."""
+def coco_references(keys: list[str], texts: list[list[str]]) -> dict:
+    """COCO captions dict as the original's evaluation reads it (docs/upstream.md §1.5); one annotation per
+    reference."""
+    pairs = [(key, text) for key, references in zip(keys, texts) for text in references]
     return {
-        "annotations": [{"image_id": key, "caption": text, "id": index} for index, (key, text)
-                        in enumerate(zip(keys, texts))],
+        "annotations": [{"image_id": key, "caption": text, "id": index} for index, (key, text) in enumerate(pairs)],
         "images": [{"id": key, "file_name": key} for key in keys],
         "type": "captions", "info": "dummy", "licenses": "dummy",
     }
@@ -57,7 +58,9 @@ def tsv_bytes(rows: list[list[str]]) -> bytes:
 
 
 def assemble_split(layout: Layout, clips: list[tuple[ClipJob, str, dict]], record: OutputsRecord) -> None:
-    """Write every output file of the split; ``clips`` are (job, caption, work result) in output order."""
+    """Write every output file of the split; ``clips`` are (job, references, work result) in output order. The
+    caption TSV row holds every reference and the linelist names each (row, reference) pair, so training sees
+    each reference as an item."""
     with TSVWriter(layout.frame_tsv) as writer:
         for job, _, _ in clips:
             writer.write(job.work_file(".row").read_bytes().split(b"\t"))
@@ -65,7 +68,8 @@ def assemble_split(layout: Layout, clips: list[tuple[ClipJob, str, dict]], recor
                     (job.work_file(".mp3").read_bytes() for job, _, _ in clips))
     keys = [job.key for job, _, _ in clips]
     texts = [text for _, text, _ in clips]
-    caption_rows = [[key, json.dumps([{"caption": text}])] for key, text in zip(keys, texts)]
+    caption_rows = [[key, json.dumps([{"caption": text} for text in references])]
+                    for key, references in zip(keys, texts)]
     # Recorded before the caption TSV exists, so a crash in between can never make our output look like the
     # user's released file.
     record.will_write(layout.meta("caption.tsv"), tsv_bytes(caption_rows))
@@ -74,7 +78,8 @@ def assemble_split(layout: Layout, clips: list[tuple[ClipJob, str, dict]], recor
     record.save()
     write_tsv_rows(layout.meta("caption.tsv"), caption_rows)
     write_tsv_rows(layout.meta("label.tsv"), caption_rows)
-    write_tsv_rows(layout.meta("caption.linelist.tsv"), [[str(index), "0"] for index in range(len(keys))])
+    write_tsv_rows(layout.meta("caption.linelist.tsv"), [[str(index), str(k)] for index, references
+                                                         in enumerate(texts) for k in range(len(references))])
     write_tsv_rows(layout.meta("img.tsv"), [[job.key, layout.rel(job.video)] for job, _, _ in clips])
     write_text_atomic(layout.meta("caption_coco_format.json"), json.dumps(coco_references(keys, texts)))
     layout.recipe().save(recipe_path_for_yaml(layout.yaml))

@@ -73,7 +73,7 @@ def find_videos(layout: Layout) -> tuple[dict[str, Path], list[Problem]]:
 
 
 def plan_split(layout: Layout, captions: Captions, videos: dict[str, Path], decoder_threads: int
-               ) -> tuple[list[ClipJob], dict[str, str], list[Problem]]:
+               ) -> tuple[list[ClipJob], dict[str, list[str]], list[Problem]]:
     problems = []
     jobs, texts = [], {}
     recipe = layout.recipe()

@@ -1,0 +1,299 @@
+"""The scenes benchmark (docs/scenes.md): recipes, ablations and self-critical training told apart on
+`avlformer synth --preset scenes` data, each run given the same CPU time.
+
+1. Data: ``synth --preset scenes`` (``--num-train/--num-val/--num-test``), prepared with the ordinary prepare at the
+   model's frames and size; a second copy whose mp3s are silence (prepared the same way) for the no-audio run.
+2. From scratch, ``--xe-cpu-minutes`` each (configs/scenes_tiny.json, the paper architecture at a CPU size):
+   ``xe`` (cross-entropy), ``no_audio`` (silent soundtracks in training and at test time) and ``no_mask``
+   (``--learn_mask_enabled false``). The schedule is sized to the budget from a short calibration run, so each
+   ends its warm-up/decay near the budget; the budget stops it otherwise (the last checkpoint counts).
+3. From ``xe``'s checkpoint, ``--continue-cpu-minutes`` each, per seed (``--seeds``): cross-entropy continued and
+   ``avlformer train --scst``, both with a fresh optimizer at a constant learning rate.
+4. Every final checkpoint captions the test split as ``avlformer infer`` does (greedy) and is scored with
+   CIDEr, BLEU-4 and METEOR against all five references and with the structured scene score; intermediate
+   checkpoints give the CIDEr-against-CPU-minutes curves (their CPU minutes interpolated by step).
+
+CPU time: every run trains in a process of its own with one torch thread and ``--num_workers 0`` (so its own CPU
+time is all of the run's); an ``ITIMER_PROF`` timer stops it at the budget, and the reported CPU minutes are
+``getrusage`` of the process and its children. Runs may go in parallel (``--jobs``): CPU time, not wall time, is
+what each gets. Target: ``cider_scst >= 1.05 * cider_xe_continued`` (test split, mean over seeds) with no
+structured score falling more than 2 points. Prints one JSON object as the last line and appends it to
+``--results`` (benchmarks/results/scenes.jsonl; not in ``--quick`` mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+CONFIG = REPO / "configs" / "scenes_tiny.json"
+QUICK = {"num_train": 60, "num_val": 4, "num_test": 12, "xe_cpu_minutes": 1.0, "continue_cpu_minutes": 0.75,
+         "seeds": 1, "curve_points": 2}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("scenes_bench"), help="work folder (created)")
+    parser.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
+    parser.add_argument("--num-train", type=int, default=2000)
+    parser.add_argument("--num-val", type=int, default=250)
+    parser.add_argument("--num-test", type=int, default=250)
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--xe-cpu-minutes", type=float, default=20.0, help="budget of each from-scratch run")
+    parser.add_argument("--continue-cpu-minutes", type=float, default=6.0, help="budget of each continuation")
+    parser.add_argument("--seeds", type=int, default=3, help="continuation seeds (training order and sampling)")
+    parser.add_argument("--curve-points", type=int, default=4, help="checkpoints per run scored for the curves")
+    parser.add_argument("--xe-learning-rate", type=float, default=None,
+                        help="continued cross-entropy lr (default: the config's)")
+    parser.add_argument("--scst-learning-rate", type=float, default=3e-4)
+    parser.add_argument("--sc-train-sample-n", type=int, default=4)
+    parser.add_argument("--scst-batch-size", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                        help="runs trained at once, each in its own one-thread process (default: the CPU count)")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "scenes.jsonl")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    return args
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its waited-for children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+def make_data(raw: Path, counts: dict, seed: int, frames: int, size: int) -> dict:
+    from avlformer.data import synth, synth_scenes
+    from avlformer.data.prepare import prepare_dataset
+
+    marker = raw / ".bench.json"
+    wanted = {"counts": counts, "seed": seed, "frames": frames, "size": size}
+    if marker.is_file() and json.loads(marker.read_text())["wanted"] == wanted:
+        return json.loads(marker.read_text())["seconds"]
+    shutil.rmtree(raw, ignore_errors=True)
+    seconds = {}
+    start, cpu = time.perf_counter(), cpu_seconds()
+    synth.synthesize(raw, counts, seed=seed, preset=synth_scenes.SCENES, progress=False)
+    seconds["synth"] = {"wall": round(time.perf_counter() - start, 1), "cpu": round(cpu_seconds() - cpu, 1)}
+    start, cpu = time.perf_counter(), cpu_seconds()
+    result = prepare_dataset(raw, num_frames=frames, short_side=size, progress=False)
+    if result.errors:
+        raise RuntimeError(f"prepare left out {len(result.errors)} clip(s): {result.errors[0]}")
+    seconds["prepare"] = {"wall": round(time.perf_counter() - start, 1), "cpu": round(cpu_seconds() - cpu, 1)}
+    silent = raw.parent / "raw_silent"
+    shutil.rmtree(silent, ignore_errors=True)
+    silent.mkdir()
+    (silent / "videos").symlink_to(raw / "videos", target_is_directory=True)
+    shutil.copy(raw / "captions.json", silent / "captions.json")
+    from avlformer.data.recipe import SAMPLE_RATE
+
+    for clip_id, scene in json.loads((raw / "attributes.json").read_text()).items():
+        quiet = np.zeros(int(round(scene["duration"] * SAMPLE_RATE)), dtype=np.float32)
+        synth.write_mp3(silent / "audio_mp3" / scene["split"] / f"{clip_id}.mp3", quiet)
+    if prepare_dataset(silent, num_frames=frames, short_side=size, progress=False).errors:
+        raise RuntimeError("prepare of the silenced copy failed")
+    marker.write_text(json.dumps({"wanted": wanted, "seconds": seconds}))
+    return seconds
+
+
+# ----------------------------------------------------------------------------------------------------- training
+
+def _train_process(argv: list[str], budget: float | None) -> dict:
+    """One run in this (fresh) process; returns its checkpoint, steps and CPU seconds (self + children)."""
+    import torch
+
+    from scst import train_for
+
+    torch.set_num_threads(1)
+    start = cpu_seconds()
+    checkpoint, steps, spent = train_for(argv, budget)
+    return {"checkpoint": str(checkpoint), "steps": steps, "cpu_seconds": round(cpu_seconds() - start, 1),
+            "wall_seconds": spent["wall_seconds"]}
+
+
+def run_all(runs: dict[str, tuple[list[str], float | None]], jobs: int, work: Path) -> dict[str, dict]:
+    """Train every run (reusing one already recorded with the same flags and budget)."""
+    results, todo = {}, {}
+    for name, (argv, budget) in runs.items():
+        record = work / "runs" / name / "bench_run.json"
+        if record.is_file() and json.loads(record.read_text())["key"] == [argv, budget]:
+            results[name] = json.loads(record.read_text())["result"]
+        else:
+            shutil.rmtree(record.parent, ignore_errors=True)
+            todo[name] = (argv, budget)
+    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=get_context("spawn")) as pool:
+        futures = {name: pool.submit(_train_process, argv, budget) for name, (argv, budget) in todo.items()}
+        for name, future in futures.items():
+            results[name] = future.result()
+            print(f"trained {name}: {results[name]}", flush=True)
+            record = work / "runs" / name / "bench_run.json"
+            record.write_text(json.dumps({"key": list(todo[name]), "result": results[name]}))
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------- scoring
+
+def score_checkpoint(checkpoint: Path, media: Path, raw: Path, silence: bool, scorers: tuple[str, ...]) -> dict:
+    """Caption the test videos of ``media`` (the data or its silenced copy) and score them against ``raw``'s
+    references and scenes."""
+    from avlformer.evaluation.coco_metrics import caption_metrics
+    from avlformer.evaluation.scene_score import score_scenes
+    from avlformer.inference import pipeline
+
+    record = checkpoint / f"scenes_score{'_silenced' if silence else ''}_{'_'.join(scorers)}.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    loaded = pipeline.load_for_inference(checkpoint, "cpu")
+    listing = pipeline.list_videos(media / "videos" / "test")
+    run = pipeline.caption_videos(loaded, listing.videos, pipeline.checkpoint_decoding(loaded.config),
+                                  audio_dir=media / "audio_mp3" / "test", batch_size=25, silence_audio=silence,
+                                  progress=False)
+    predictions = {p.video_id: p.caption for p in run.predictions}
+    captions = json.loads((raw / "captions.json").read_text())
+    scenes = {cid: s for cid, s in json.loads((raw / "attributes.json").read_text()).items() if s["split"] == "test"}
+    coco = caption_metrics(predictions, {cid: captions[cid] for cid in predictions}, scorers=scorers)
+    structured = score_scenes(predictions, scenes)
+    score = {"cider": coco.get("CIDEr"), "bleu4": coco.get("Bleu_4"), "meteor": coco.get("METEOR"),
+             "scene_groups": structured.groups, "scene": structured.scores,
+             "mean_words": float(np.mean([len(c.split()) for c in predictions.values()])),
+             "example": predictions[sorted(predictions)[0]], "num_test": len(predictions),
+             "failed": len(scenes) - len(predictions)}
+    record.write_text(json.dumps(score))
+    return score
+
+
+def curve(output_dir: Path, result: dict, media: Path, raw: Path, silence: bool, points_wanted: int
+          ) -> list[list[float]]:
+    """[CPU minutes, test CIDEr] at each checkpoint of a run (CPU minutes interpolated by step)."""
+    points = []
+    per_step = result["cpu_seconds"] / max(1, result["steps"])
+    def step(path: Path) -> int:
+        return int(path.name.rsplit("-", 1)[1])
+
+    checkpoints = sorted((p for p in output_dir.glob("checkpoint-*") if step(p) <= result["steps"]), key=step)
+    chosen = sorted({round(i) for i in np.linspace(0, len(checkpoints) - 1, min(points_wanted, len(checkpoints)))})
+    for checkpoint in [checkpoints[i] for i in chosen]:
+        cider = score_checkpoint(checkpoint, media, raw, silence, ("cider",))["cider"]
+        points.append([round(step(checkpoint) * per_step / 60, 2), round(cider, 4)])
+    return points
+
+
+# ----------------------------------------------------------------------------------------------------- main
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from avlformer.demo.cli import resolve_model_config
+
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    raw, silent = work / "raw", work / "raw_silent"
+    begin = time.perf_counter()
+    model = resolve_model_config(CONFIG, raw, work / "calibrate")
+    frames, size = int(model.num_frames), int(model.image_size)
+    counts = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
+    data_seconds = make_data(raw, counts, args.data_seed, frames, size)
+    config = json.loads(CONFIG.read_text())
+    batch = int(config["per_gpu_train_batch_size"])
+    steps_per_epoch = math.ceil(5 * args.num_train / batch)  # five references per clip
+
+    def base(data: Path, out: str) -> list[str]:
+        return ["--config", str(CONFIG), "--data_dir", str(data), "--output_dir", str(work / "runs" / out),
+                "--train_yaml", f"metadata/train_{frames}frames.yaml", "--device", "cpu", "--num_workers", "0",
+                "--logging_steps", "10"]
+
+    # calibration: CPU seconds per cross-entropy step, to size the schedule to the budget
+    calibrate = run_all({"calibrate": (base(raw, "calibrate") + ["--num_train_epochs", "1", "--save_steps", "2"],
+                                       30.0)}, 1, work)
+    per_step = calibrate["calibrate"]["cpu_seconds"] / max(1, calibrate["calibrate"]["steps"])
+    xe_budget = args.xe_cpu_minutes * 60
+    budget_steps = max(1, int(xe_budget / per_step))
+    epochs = max(1, budget_steps // steps_per_epoch)
+    # A budget shorter than an epoch still runs a one-epoch schedule; checkpoints are spaced over the steps the
+    # budget allows, so the run always leaves one.
+    reachable = min(budget_steps, epochs * steps_per_epoch)
+    save = ["--num_train_epochs", str(epochs), "--save_steps", str(max(1, reachable // args.curve_points))]
+    scratch = {"xe": (base(raw, "xe") + save, xe_budget),
+               "no_audio": (base(silent, "no_audio") + save, xe_budget),
+               "no_mask": (base(raw, "no_mask") + save + ["--learn_mask_enabled", "false"], xe_budget)}
+    trained = run_all(scratch, args.jobs, work)
+    start = trained["xe"]["checkpoint"]
+    continue_budget = args.continue_cpu_minutes * 60
+    continued = ["--pretrained_checkpoint", start, "--num_train_epochs", "100000", "--warmup_ratio", "0",
+                 "--save_steps", "2"]
+    xe_lr = [] if args.xe_learning_rate is None else ["--learning_rate", str(args.xe_learning_rate)]
+    pairs = {}
+    for seed in range(args.seeds):
+        pairs[f"xe_continued_s{seed}"] = (base(raw, f"xe_continued_s{seed}") + continued + xe_lr
+                                          + ["--seed", str(seed)], continue_budget)
+        pairs[f"scst_s{seed}"] = (base(raw, f"scst_s{seed}") + continued + [
+            "--seed", str(seed), "--scst", "--learning_rate", str(args.scst_learning_rate),
+            "--per_gpu_train_batch_size", str(args.scst_batch_size), "--sc_train_sample_n",
+            str(args.sc_train_sample_n), "--sc_baseline_type", "sample"], continue_budget)
+    trained.update(run_all(pairs, args.jobs, work))
+
+    final = {}
+    for name, result in trained.items():
+        silence = name == "no_audio"
+        final[name] = {**score_checkpoint(Path(result["checkpoint"]), silent if silence else raw, raw, silence,
+                                          ("bleu", "meteor", "cider")),
+                       "cpu_minutes": round(result["cpu_seconds"] / 60, 2), "steps": result["steps"]}
+    final["xe_start"] = final["xe"]
+    curves = {name: curve(work / "runs" / name, trained[name], silent if name == "no_audio" else raw, raw,
+                          name == "no_audio", args.curve_points) for name in ("xe", "no_audio", "no_mask")}
+    for name in ("xe_continued_s0", "scst_s0"):
+        start_point = [[0.0, final["xe"]["cider"]]]
+        curves[name] = start_point + curve(work / "runs" / name, trained[name], raw, raw, False, args.curve_points)
+
+    def mean(prefix: str, key) -> float:
+        return float(np.mean([key(final[f"{prefix}_s{s}"]) for s in range(args.seeds)]))
+
+    cider_xe, cider_scst = mean("xe_continued", lambda r: r["cider"]), mean("scst", lambda r: r["cider"])
+    keys = list(final["xe"]["scene"])
+    drops = {k: mean("xe_continued", lambda r: r["scene"][k]) - mean("scst", lambda r: r["scene"][k]) for k in keys}
+    largest_drop = max(drops.values())
+    result = {
+        "cider_xe_continued": cider_xe, "cider_scst": cider_scst,
+        "relative_gain": cider_scst / max(cider_xe, 1e-9) - 1,
+        "largest_structured_drop": largest_drop, "largest_structured_drop_key": max(drops, key=drops.get),
+        "target_met": bool(cider_scst > 0 and cider_scst >= 1.05 * cider_xe and largest_drop <= 2.0),
+        "structured_drop_scst_vs_xe_continued": drops,
+        "runs": {name: {k: v for k, v in r.items()} for name, r in final.items() if name != "xe_start"},
+        "curves": curves,
+        "sizes": counts, "xe_cpu_minutes_budget": args.xe_cpu_minutes,
+        "continue_cpu_minutes_budget": args.continue_cpu_minutes, "seeds": args.seeds, "xe_epochs": epochs,
+        "calibration_cpu_seconds_per_step": round(per_step, 2), "data_seconds": data_seconds,
+        "scst_learning_rate": args.scst_learning_rate, "sc_train_sample_n": args.sc_train_sample_n,
+        "scst_batch_size": args.scst_batch_size, "xe_learning_rate": args.xe_learning_rate,
+        "quick": args.quick, "jobs": args.jobs, "wall_seconds": round(time.perf_counter() - begin, 1),
+        "cores": len(os.sched_getaffinity(0)), "loadavg_1min": round(os.getloadavg()[0], 2),
+    }
+    line = json.dumps(result)
+    if not args.quick:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.results, "a") as handle:
+            handle.write(line + "\n")
+    print(line)
+    return result
+
+
+if __name__ == "__main__":
+    main()
