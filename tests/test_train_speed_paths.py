@@ -200,16 +200,17 @@ def test_checkpointing_default_parts_and_per_block_recompute(monkeypatch):
         video_swin.VideoSwinConfig.nano(checkpoint_stages=(4,))
 
 
-def _train_step_benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
-    spec = importlib.util.spec_from_file_location("train_step_benchmark", path)
+def _train_step_benchmark(monkeypatch):
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # its sibling report.py, as when it runs as a script
+    spec = importlib.util.spec_from_file_location("train_step_benchmark", benchmarks / "train_step.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_train_step_benchmark_default_variants_and_original_ratios():
-    bench = _train_step_benchmark()
+def test_train_step_benchmark_default_variants_and_the_side_by_side_figures(monkeypatch):
+    bench = _train_step_benchmark(monkeypatch)
     args = bench.parse_args([])
     cpu = bench.variants(args, "cpu")
     assert [(v["dtype"], v["attention"], v["checkpointing"]) for v in cpu] == [("fp32", "sdpa", False),
@@ -218,9 +219,7 @@ def test_train_step_benchmark_default_variants_and_original_ratios():
     assert {v["dtype"] for v in gpu} == {"bf16"} and len(gpu) == 2
     scaling = bench.variants(bench.parse_args(["--memory-scaling"]), "cpu")
     assert [v["num_frames"] for v in scaling if v.get("memory_scaling")] == [8, 16, 32]
-    results = [{"device": "cpu", "dtype": "fp32", "attention": "sdpa", "checkpointing": True,
-                "seconds_per_step": 22.05, "peak_memory_gb": 7.05}]
-    ratios = bench.versus_original(results, args)["checkpointing"]
-    assert ratios == {"speedup": 2.0, "memory_ratio": 0.5, "faster_and_smaller": True}
+    quoted = bench.side_by_side("train_step")  # quoted with where and when, never divided into this run's time
+    assert quoted["date"] == "2026-12-07" and quoted["original"]["seconds_per_step"] == 38.9
     with pytest.raises(ValueError, match="--attention"):
         bench.variants(bench.parse_args(["--attention", "flash"]), "cpu")
