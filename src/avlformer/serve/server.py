@@ -64,7 +64,7 @@ class ServeState:
         if not self.read_timeout_s > 0:
             raise ValueError(f"read timeout {self.read_timeout_s}: must be > 0")
         self.queue = CaptionQueue(self.queue_size)
-        self.temp_root = uploads.private_upload_root(self.captioner.loaded.checkpoint)
+        self.temp_root = uploads.private_upload_root()
 
     # ------------------------------------------------------------------------------------------- the folder
     def _folder_clips(self) -> dict[str, Path]:

@@ -3,7 +3,7 @@
 An upload is parsed as it streams in (``python-multipart``) straight into a fresh file of a per-request folder
 inside the server's private temporary folder (mode 0700); the upload's own file name is never used as a path, so
 an upload can never replace an existing file, an input included. The private folder itself must not lie inside
-the checkpoint folder (``TMPDIR`` pointing there would put uploads among the model's files).
+a checkpoint folder (``TMPDIR`` pointing there would put uploads among the model's files).
 A body over the limit is refused from its Content-Length before any of it is read; a client that goes silent
 mid-body is answered 408 after the read timeout and its partial upload removed.
 """
@@ -18,15 +18,14 @@ from pathlib import Path
 
 from starlette.requests import Request
 
+from avlformer.output_paths import enclosing_checkpoint
 from avlformer.serve.errors import RequestError
 
 
-def private_upload_root(checkpoint: str) -> Path:
-    """A new private temporary folder for uploads; ValueError when it would lie inside the checkpoint folder
-    (``checkpoint``: the model as given; a weights file or a Hub id has no folder of its own to protect)."""
+def private_upload_root() -> Path:
+    """A new private temporary folder for uploads; ValueError when it would lie inside a checkpoint folder."""
     base = Path(tempfile.gettempdir()).resolve()
-    folder = Path(checkpoint)
-    if folder.is_dir() and base.is_relative_to(folder.resolve()):
+    if (checkpoint := enclosing_checkpoint(base)) is not None:
         raise ValueError(f"uploads would be written inside the checkpoint folder {checkpoint} (the temporary "
                          f"folder is {base}); set TMPDIR to another folder")
     return Path(tempfile.mkdtemp(prefix="avlformer-serve-", dir=base))
