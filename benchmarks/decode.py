@@ -31,7 +31,6 @@ Prints one JSON object per device, then a summary JSON object as the last line.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -42,16 +41,14 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from avlformer.data.token_ids import CLS_ID, SEP_ID  # noqa: E402
 from avlformer.modeling.attention_mask import learned_av_mask  # noqa: E402
-from avlformer.device import one_cpu_thread  # noqa: E402
-from avlformer.modeling import step_tasks  # noqa: E402
 from avlformer.modeling.generation import CachedStepper, ReforwardStepper, generate  # noqa: E402
 from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig  # noqa: E402
-from avlformer.modeling.thread_pair import ThreadPair, split_range  # noqa: E402
 
 # The targets set for this benchmark, caption of the paper length (115 tokens), cached vs re-forward, per thread count.
 TARGET_SPEEDUP = {1: 80.0, 2: 40.0}
@@ -188,22 +185,18 @@ def stream_bandwidth() -> float:
     return data.numel() * data.element_size() / best / 1e9
 
 
-def product_bandwidth(threads: int) -> float:
+def product_bandwidth() -> float:
     """GB/s at which this machine streams weights through the step's own kind of work: two-token products over 24
-    distinct 3072 x 768 matrices (226 MB, larger than any cache), run as a cached step runs them (compiled tasks
-    at one intra-op thread; at two or more threads each product cut in halves on the thread pair), best of three.
+    distinct 3072 x 768 matrices (226 MB, larger than any cache) at the current thread count, best of three.
     Reading weights this way is slower than summing one large array (``stream_bandwidth``): this is the floor
     a step can reach."""
     weights = [torch.randn(3072, 768) for _ in range(24)]
     bias, hidden = torch.zeros(3072), torch.randn(1, 2, 768)
-    task, pair = step_tasks.compiled().logits, ThreadPair(parallel=threads > 1)
-    jobs = [[functools.partial(task, hidden, weight[rows], bias[rows]) for rows in split_range(3072, min(threads, 2))]
-            for weight in weights]
 
     def stream():
-        with torch.no_grad(), one_cpu_thread():
-            for tasks in jobs:
-                pair.run(tasks)
+        with torch.no_grad():
+            for weight in weights:
+                F.linear(hidden, weight, bias)
 
     stream()
     best = min(timed(stream, torch.device("cpu"))[1] for _ in range(3))
@@ -224,7 +217,7 @@ def machine_floors(model: TextTransformer, num_av: int, thread_counts: list[int]
            "step_gflop": round(step_flops(model, num_av, PAPER_LENGTH) / 1e9, 3), "by_threads": {}}
     for threads in thread_counts:
         torch.set_num_threads(threads)
-        bandwidth, products, rate = stream_bandwidth(), product_bandwidth(threads), matmul_gflops()
+        bandwidth, products, rate = stream_bandwidth(), product_bandwidth(), matmul_gflops()
         out["by_threads"][str(threads)] = {
             "stream_gb_s": round(bandwidth, 2), "product_stream_gb_s": round(products, 2),
             "matmul_gflop_s": round(rate, 1),
@@ -336,8 +329,7 @@ def run_device(device: torch.device, args) -> dict:
             row["vs_original"] = round(original_s / row["cached_s"], 2)
     if device.type == "cpu":
         floors = machine_floors(model, args.num_av_tokens, thread_counts)
-        # A cached step streams its bytes on one thread at one thread, on two (the caller and the thread pair's
-        # helper, generation.CachedStepper) at two or more: each count against its own floor.
+        # Each thread count against its own floor.
         for threads, summary in result["by_threads"].items():
             step_ms = summary["lengths"].get(str(PAPER_LENGTH), {}).get("cached_step_ms")
             own = floors["by_threads"][threads]

@@ -1,5 +1,7 @@
-"""Decoding: the KV-cached path gives the same tokens as the upstream-style re-forward path, greedy and beam."""
+"""Decoding: the KV-cached path gives the same tokens as the upstream-style re-forward path, greedy and beam, and
+both run the decoder's own modules (hooks on them fire and take effect)."""
 
+import collections
 import math
 
 import pytest
@@ -7,9 +9,8 @@ import torch
 
 from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from avlformer.modeling.attention_mask import learned_av_mask
-from avlformer.modeling import generation
-from avlformer.modeling.generation import (BeamHypotheses, CachedStepper, ReforwardStepper, append_token,
-                                          generate)
+from avlformer.modeling.generation import BeamHypotheses, CachedStepper, ReforwardStepper, generate
+from avlformer.modeling.sampling import sample_captions
 from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig
 
 torch.set_num_threads(1)
@@ -162,46 +163,94 @@ def test_av_keys_values_are_computed_once_and_shared_by_beams():
     last_query = model.bert.encoder.layer[-1].attention.self.query
     lengths = []
     hook = last_query.register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
-    stepper = CachedStepper(model, av_tokens, av_mask, max_length=MAX_LENGTH, expand=3)
+    with torch.no_grad():
+        stepper = CachedStepper(model, av_tokens, av_mask, max_length=MAX_LENGTH, expand=3)
     hook.remove()
-    assert lengths == []  # the last layer's AV outputs feed nothing: only its keys/values are computed
-    cache = stepper.caches[0]
-    assert cache.av_keys.shape[0] == 4 and cache.text_keys.shape[0] == 12  # AV once per video, not per beam
+    assert lengths == [0]  # the last layer's AV outputs feed nothing: only its keys/values are computed
+    keys = stepper.cache.keys[0]
+    assert keys.shape[0] == 4 and keys.shape[2] == NUM_AV + 3 * MAX_LENGTH  # AV once per video, not per beam
 
 
-def test_cached_steps_run_at_one_thread_and_restore_the_callers_setting(monkeypatch):
+def decoder_linears(model):
+    return {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def run_with_linear_hooks(model, run, changed: str | None = None, added: float = 0.0):
+    """``run()`` with a forward hook on every ``nn.Linear`` of the decoder: calls counted per module, and
+    ``added`` added to the output of the module named ``changed``."""
+    calls = collections.Counter()
+
+    def hook(name):
+        def record(module, args, output):
+            calls[name] += 1
+            return output + added if name == changed else None
+        return record
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in decoder_linears(model).items()]
+    try:
+        return calls, run()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+DECODERS = {"greedy": dict(num_beams=1), "beam": dict(num_beams=3)}
+
+
+def decode(kind: str, model, av_tokens, av_mask, use_cache: bool, max_length: int = MAX_LENGTH):
+    if kind == "sample":
+        return sample_captions(model, av_tokens, av_mask, num_samples=2, max_length=max_length,
+                               generator=torch.Generator().manual_seed(3), use_cache=use_cache).token_ids
+    return generate(model, av_tokens, av_mask, max_length=max_length, use_cache=use_cache,
+                    **DECODERS[kind]).token_ids
+
+
+@pytest.mark.parametrize("kind", ["greedy", "beam", "sample"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_every_linear_module_runs_at_every_decoding_step(kind, use_cache):
+    """[SEP] suppressed, so every decoder runs max_length - 1 steps: each step must run every linear module of
+    the decoder (a stepper that re-implemented a layer from weight slices would skip their hooks). The cached
+    path runs the layers once more for the AV prefill, and the AV embedding only there."""
     model, av_tokens, av_mask = random_tiny_model()
-    seen = {"cached": [], "reforward": []}
-    phase = ["cached"]
-    loop_threads = {"cached": set(), "reforward": set()}  # the decoding loop's own per-step work
+    with torch.no_grad():
+        model.cls.predictions.bias[SEP_ID] = -1e4
+    steps = MAX_LENGTH - 1
+    calls, _ = run_with_linear_hooks(model, lambda: decode(kind, model, av_tokens, av_mask, use_cache))
+    expected = {name: steps + use_cache if name.startswith("bert.encoder.") else steps
+                for name in decoder_linears(model)}
+    expected["bert.img_embedding"] = 1 if use_cache else steps
+    assert dict(calls) == expected
 
-    def recorded_append(*args):
-        loop_threads[phase[0]].add(torch.get_num_threads())
-        return append_token(*args)
 
-    monkeypatch.setattr(generation, "append_token", recorded_append)
-    hooks = [module.register_forward_pre_hook(lambda m, args: seen[phase[0]].append(
-                 (args[0].shape[1], torch.get_num_threads())))
-             for module in (model.bert.img_embedding, model.bert.embeddings)]
+@pytest.mark.parametrize("kind", ["greedy", "beam", "sample"])
+@pytest.mark.parametrize("changed", ["bert.encoder.layer.0.attention.self.value", "cls.predictions.transform.dense"])
+def test_a_hook_that_changes_a_module_changes_cached_and_uncached_captions_alike(kind, changed):
+    model, av_tokens, av_mask = random_tiny_model()
+    plain = decode(kind, model, av_tokens, av_mask, use_cache=True)
+    changed_ids = [run_with_linear_hooks(model, lambda: decode(kind, model, av_tokens, av_mask, use_cache),
+                                         changed, added=0.7)[1] for use_cache in (True, False)]
+    assert torch.equal(changed_ids[0], changed_ids[1])
+    assert not torch.equal(changed_ids[0], plain)
+
+
+def test_steps_run_at_the_callers_thread_count_with_the_same_tokens():
+    """No threading of its own: every pass runs torch's kernels at the caller's count, which changes no token."""
+    model, av_tokens, av_mask = random_tiny_model(seed=3)
+    counts = []
+    hook = model.bert.embeddings.register_forward_pre_hook(lambda m, args: counts.append(torch.get_num_threads()))
     torch.set_num_threads(2)
     try:
-        cached_two = generate(model, av_tokens, av_mask, max_length=6, use_cache=True)
-        after_cached = torch.get_num_threads()
-        phase[0] = "reforward"
-        generate(model, av_tokens, av_mask, max_length=4, use_cache=False)
+        two = [generate(model, av_tokens, av_mask, max_length=14, num_beams=beams) for beams in (1, 3)]
     finally:
         torch.set_num_threads(1)
-        for hook in hooks:
-            hook.remove()
-    assert after_cached == 2
-    prefill, *steps = seen["cached"]
-    assert prefill == (NUM_AV, 2)  # the AV prefill keeps the caller's count
-    assert len(steps) >= 2 and set(steps) == {(2, 1)}  # every step: two new tokens at one thread
-    assert {threads for _, threads in seen["reforward"]} == {2}
-    assert loop_threads == {"cached": {1}, "reforward": {2}}
-    cached_one = generate(model, av_tokens, av_mask, max_length=6, use_cache=True)
-    assert torch.equal(cached_one.token_ids, cached_two.token_ids)
-    assert torch.allclose(cached_one.confidence, cached_two.confidence, rtol=1e-9)
+        hook.remove()
+    assert set(counts) == {2}
+    for beams, at_two in zip((1, 3), two):
+        at_one = generate(model, av_tokens, av_mask, max_length=14, num_beams=beams)
+        reference = generate(model, av_tokens, av_mask, max_length=14, num_beams=beams, use_cache=False)
+        assert torch.equal(at_two.token_ids, at_one.token_ids) and torch.equal(at_two.token_ids,
+                                                                             reference.token_ids)
+        assert torch.allclose(at_two.confidence, reference.confidence, rtol=1e-9)
 
 
 def test_no_learned_mask_and_single_token_limit():

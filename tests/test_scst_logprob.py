@@ -1,14 +1,40 @@
-"""The once-per-video AV pass of self-critical training gives the reference one-forward log-probabilities and
-their gradients (modeling/caption_logprob.py against modeling/sampling.py's caption_logprobs)."""
+"""Self-critical training's log-probabilities, the AV part once per video through the decoder's cache, equal
+one forward of ``[real ; [MASK] ; AV]`` per caption, gradients included (modeling/sampling.py's caption_logprobs
+against the reference below)."""
 
 import pytest
 import torch
 
 from avlformer.data.token_ids import SEP_ID
-from avlformer.modeling.caption_logprob import fast_caption_logprobs
-from avlformer.modeling.sampling import caption_logprobs, sample_captions
+from avlformer.modeling import text_transformer
+from avlformer.modeling.attention_mask import mask_to_bias
+from avlformer.modeling.sampling import caption_logprobs, sample_captions, scores_at_masks, scoring_text
 
 from training_fakes import deterministic_tiny_config, tiny_model
+
+
+def scoring_mask(steps: int, num_av: int, av_mask, dtype) -> torch.Tensor:
+    """The ``(2T+V, 2T+V)`` mask of the reference: T real tokens (causal), T ``[MASK]`` tokens (the c-th sees
+    real tokens 0..c and itself), then AV (AV only, through ``av_mask``)."""
+    total = 2 * steps + num_av
+    causal = torch.ones(steps, steps, dtype=dtype).tril()
+    mask = torch.zeros(total, total, dtype=dtype)
+    mask[:steps, :steps] = causal
+    mask[steps:2 * steps, :steps] = causal
+    mask[steps:2 * steps, steps:2 * steps] = torch.eye(steps, dtype=dtype)
+    mask[:2 * steps, 2 * steps:] = 1.0
+    mask[2 * steps:, 2 * steps:] = 1.0 if av_mask is None else av_mask.to(dtype)
+    return mask
+
+
+def reference_logprobs(model, av_tokens, av_mask, samples, num_samples):
+    """One forward of ``[real ; [MASK] ; AV]`` per caption, a copy of its video's AV tokens in each."""
+    steps = samples.token_ids.shape[1]
+    text, positions = scoring_text(samples.token_ids)
+    av = av_tokens.repeat_interleave(num_samples, dim=0)
+    bias = mask_to_bias(scoring_mask(steps, av.shape[1], av_mask, av.dtype).unsqueeze(0))
+    hidden = model(text, av, bias, position_ids=positions)[:, steps:2 * steps]
+    return scores_at_masks(model, hidden, samples)
 
 
 def _setup(seed: int, videos: int, samples: int, learned_mask: bool):
@@ -43,8 +69,8 @@ def _scores_and_grads(model, av, samples, num_samples, scorer):
 def test_fast_logprobs_and_gradients_equal_the_reference(videos, samples, learned_mask):
     model, av, drawn = _setup(seed=4, videos=videos, samples=samples, learned_mask=learned_mask)
     model.train()  # dropout is 0 in this config: train mode must not change the values
-    reference, ref_av_grad, ref_grads = _scores_and_grads(model, av, drawn, samples, caption_logprobs)
-    fast, fast_av_grad, fast_grads = _scores_and_grads(model, av, drawn, samples, fast_caption_logprobs)
+    reference, ref_av_grad, ref_grads = _scores_and_grads(model, av, drawn, samples, reference_logprobs)
+    fast, fast_av_grad, fast_grads = _scores_and_grads(model, av, drawn, samples, caption_logprobs)
 
     assert len({tuple(row) for row in drawn.token_ids.tolist()}) > 1  # not one caption repeated
     assert drawn.drawn.sum(1).min() < drawn.drawn.sum(1).max()       # lengths differ: padding is exercised
@@ -62,24 +88,20 @@ def test_fast_logprobs_and_gradients_equal_the_reference(videos, samples, learne
 def test_rows_that_do_not_match_the_videos_are_refused():
     model, av, drawn = _setup(seed=1, videos=2, samples=2, learned_mask=False)
     with pytest.raises(ValueError, match="4 caption rows for 2 videos x 3 samples"):
-        fast_caption_logprobs(model.trans_encoder, av, None, drawn, 3)
+        caption_logprobs(model.trans_encoder, av, None, drawn, 3)
 
 
 def test_text_activation_checkpointing_recomputes_the_fast_pass_with_the_same_result(monkeypatch):
-    import avlformer.modeling.caption_logprob as caption_logprob
-    import avlformer.modeling.generation as generation
-
     model, av, drawn = _setup(seed=2, videos=2, samples=2, learned_mask=True)
     model.train()
-    plain, plain_av_grad, plain_grads = _scores_and_grads(model, av, drawn, 2, fast_caption_logprobs)
+    plain, plain_av_grad, plain_grads = _scores_and_grads(model, av, drawn, 2, caption_logprobs)
     calls = []
-    for module in (caption_logprob, generation):
-        real = module.checkpoint
-        monkeypatch.setattr(module, "checkpoint", lambda fn, *a, _real=real, **k: calls.append(fn) or _real(fn, *a, **k))
+    real = text_transformer.checkpoint
+    monkeypatch.setattr(text_transformer, "checkpoint", lambda fn, *a, **k: calls.append(fn) or real(fn, *a, **k))
     model.trans_encoder.set_gradient_checkpointing(True)
-    recomputed, av_grad, grads = _scores_and_grads(model, av, drawn, 2, fast_caption_logprobs)
+    recomputed, av_grad, grads = _scores_and_grads(model, av, drawn, 2, caption_logprobs)
     layers = len(model.trans_encoder.bert.encoder.layer)
-    assert len(calls) == layers + (layers - 1)  # every text layer step and every AV layer but the last
+    assert len(calls) == 2 * layers  # every layer in the AV prefill and in the text pass
     torch.testing.assert_close(recomputed.logprob, plain.logprob, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(av_grad, plain_av_grad, rtol=1e-5, atol=1e-7)
     for name, grad in plain_grads.items():

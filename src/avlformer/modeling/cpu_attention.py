@@ -87,9 +87,9 @@ class _Blocks:
     def __init__(self, query: torch.Tensor, num_keys: int):
         *self.outer, self.heads = query.shape[:-2]
         self.rows = query.shape[-2]
-        per_head = self.rows * num_keys
+        per_head = max(1, self.rows * num_keys)  # no rows (a pass that keeps only keys/values): one empty block
         if per_head <= BLOCK_SCORES:
-            self.head_step, self.row_step = max(1, BLOCK_SCORES // per_head), self.rows
+            self.head_step, self.row_step = max(1, BLOCK_SCORES // per_head), max(1, self.rows)
         else:
             self.head_step, self.row_step = 1, max(1, BLOCK_SCORES // num_keys)
         self.lead_dims = len(self.outer) + 1

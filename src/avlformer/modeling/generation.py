@@ -1,19 +1,14 @@
 """Caption decoding with upstream's ``[MASK]``-append semantics (docs/upstream.md §3.7): greedy and beam search.
 
 Each step the model sees ``[CLS] t1 … t_{c-1} [MASK]`` (text positions 0..c) plus the AV tokens, and the logits at
-the ``[MASK]`` position choose token c. Two interchangeable ways to get those logits:
+the ``[MASK]`` position choose token c. Both ways to get those logits run the decoder's own forward:
 
 * :class:`ReforwardStepper` re-runs the whole sequence every step, as upstream did. It is the reference.
-* :class:`CachedStepper` exploits the mask layout: AV tokens never attend to text, so their per-layer keys/values
-  are computed once per video; text is causal, so a text position's keys/values never change once the position
-  holds its final token. The one subtlety is that the position that held ``[MASK]`` at step c holds the chosen
-  real token at step c+1, so each step feeds two tokens: the real token at c-1 (whose keys/values are kept) and
-  a fresh ``[MASK]`` at c (whose keys/values are overwritten next step). Two tokens per step cost about what one
-  does: at batch 1 a step is bound by reading every weight (the 30522-way head included) and the AV keys/values
-  once, not by its FLOPs (docs/architecture.md, "Decoding speed"), so what matters is touching nothing else: no
-  per-step mask, no cache copies, one score and one context product per layer when each video decodes one row
-  (:class:`JointKVCache`), AV keys/values shared by a video's beams rather than copied per beam
-  (:class:`LayerKVCache`).
+* :class:`CachedStepper` passes a :class:`~avlformer.modeling.kv_cache.KVCache`: the AV keys/values are computed
+  once per video (AV tokens never attend to text) and shared by its beams; text is causal, so a position's
+  keys/values never change once it holds its final token. The position that held ``[MASK]`` at step c holds the
+  chosen token at step c+1, so each step feeds two tokens: the real token at c-1 (whose keys/values are kept) and
+  a fresh ``[MASK]`` at c (whose slot the next step overwrites). Only the ``[MASK]`` row goes through the LM head.
 
 Both produce identical token ids (tests check it); the decoding loops below do not know which one they drive.
 """
@@ -21,21 +16,15 @@ Both produce identical token ids (tests check it); the decoding loops below do n
 from __future__ import annotations
 
 import contextlib
-import functools
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-from avlformer.device import one_cpu_thread
 from avlformer.modeling.attention_mask import MASK_BIAS, build_attention_mask, mask_to_bias
+from avlformer.modeling.kv_cache import KVCache
 from avlformer.modeling.text_transformer import TextTransformer
-from avlformer.modeling import step_tasks
-from avlformer.modeling.step_tasks import CacheViews
-from avlformer.modeling.thread_pair import PairOrAlone, ThreadPair, split_range
 
 
 @dataclass
@@ -64,199 +53,30 @@ class ReforwardStepper:
     def reorder(self, beam_idx: torch.Tensor) -> None:
         """Nothing to do: the whole state is in ``token_ids``, and beams never change video."""
 
-    def loop_threads(self):
-        """A decoding loop around this stepper keeps the caller's threads: each step is a full forward."""
-        return contextlib.nullcontext()
-
-
-class LayerKVCache:
-    """One layer's keys/values for decoding, ``(rows, heads, positions, head_dim)``.
-
-    The AV part is computed once per video and shared by that video's beams: attention groups the beams' queries
-    into one matrix product per video, so AV keys/values are read once per step however many beams there are,
-    and never copied per beam. The text part is preallocated to ``capacity`` positions, so a step writes its new
-    entries in place instead of concatenating the history."""
-
-    def __init__(self, av_keys: torch.Tensor, av_values: torch.Tensor, rows_per_video: int, capacity: int):
-        self.av_keys, self.av_values = av_keys, av_values
-        videos, heads, _, head_dim = av_keys.shape
-        shape = (videos * rows_per_video, heads, capacity, head_dim)
-        self.text_keys, self.text_values = av_keys.new_zeros(shape), av_values.new_zeros(shape)
-        self.rows_per_video = rows_per_video
-
-    def reorder(self, rows: torch.Tensor, length: int) -> None:
-        """Row i takes row ``rows[i]``'s first ``length`` text entries (beams never change video: AV stays)."""
-        self.text_keys[:, :, :length] = self.text_keys[rows, :, :length]
-        self.text_values[:, :, :length] = self.text_values[rows, :, :length]
-
-    def views(self, heads: slice) -> CacheViews:
-        """What a step's task for the head group ``heads`` reads and writes (step_tasks.head_group_attention)."""
-        return CacheViews(self.text_keys[:, heads], self.text_values[:, heads], 0, self.av_keys[:, heads],
-                          self.av_values[:, heads], self.rows_per_video)
-
-
-class JointKVCache:
-    """One layer's keys/values for decoding one row per video (greedy, batched or not): the row's AV entries and
-    its text entries side by side in one preallocated ``(rows, heads, V + capacity, head_dim)`` buffer, so a step
-    attends with one score product, one softmax and one context product over ``[AV ; text]`` (no concatenation,
-    no second pair of products for the text part), and writes its new text entries in place."""
-
-    def __init__(self, av_keys: torch.Tensor, av_values: torch.Tensor, capacity: int):
-        rows, heads, num_av, head_dim = av_keys.shape
-        shape = (rows, heads, num_av + capacity, head_dim)
-        self.keys, self.values = av_keys.new_empty(shape), av_values.new_empty(shape)
-        self.keys[:, :, :num_av], self.values[:, :, :num_av] = av_keys, av_values
-        self.num_av = num_av
-
-    def reorder(self, rows: torch.Tensor, length: int) -> None:
-        """Nothing to do: with one row per video, a beam reorder maps every row to itself."""
-
-    def views(self, heads: slice) -> CacheViews:
-        """What a step's task for the head group ``heads`` reads and writes (step_tasks.head_group_attention)."""
-        return CacheViews(self.keys[:, heads], self.values[:, heads], self.num_av, None, None, 1)
-
-
-def prefill_av(model: TextTransformer, av_tokens: torch.Tensor, bias: torch.Tensor | None) -> list:
-    """Per-layer AV ``(keys, values)``: AV tokens never attend to text, so this is all the AV work of a caption.
-    The last layer's AV outputs would feed nothing, so only its keys/values are computed."""
-    hidden = model.bert.embed_av(av_tokens)
-    layers = model.bert.encoder.layer
-    keys_values = []
-    recompute = model.bert.encoder.recomputes()  # self-critical training's pass with gradients
-    for layer in layers[:-1]:
-        if recompute:
-            hidden, key_value = checkpoint(_prefill_layer, layer, hidden, bias, use_reentrant=False)
-        else:
-            hidden, key_value = _prefill_layer(layer, hidden, bias)
-        keys_values.append(key_value)
-    keys_values.append(tuple(x.contiguous() for x in layers[-1].attention.self.project_keys_values(hidden)))
-    return keys_values
-
-
-def _prefill_layer(layer, hidden: torch.Tensor, bias: torch.Tensor | None):
-    attention = layer.attention.self
-    query, key, value = attention.project(hidden)
-    hidden = layer.feed_forward(layer.attention.output(attention.attend(query, key, value, bias), hidden))
-    return hidden, (key.contiguous(), value.contiguous())
-
 
 class CachedStepper:
-    """KV-cached decoding: AV keys/values once per video, then two text tokens per step (see module docstring).
-
-    With two or more CPU threads a step's work is cut into pairs of independent tasks run on two threads
-    (:mod:`avlformer.modeling.thread_pair`, the tasks in :mod:`avlformer.modeling.step_tasks`): each layer's
-    attention by head groups, its feed-forward by halves of the intermediate width, the LM head by halves of the
-    vocabulary; a pair's partial output projections are summed in a fixed order, so the result is the same at any
-    count of two or more. At one thread (and on a GPU) a step is one task per sublayer: cut products stream their
-    weights about 9% slower on one core (smaller products). The two differ in the last bits of the logits, not in
-    the tokens tests and benchmarks compare. The caches and the weight slices the tasks read are made when the
-    stepper is built, so it is stepped in the grad mode it was built in (decoding: without gradients)."""
-
-    NEW_TOKENS = 2  # the real token at c-1 and [MASK] at c
-    PARALLEL_PARTS = 2  # the calling thread and the helper
+    """KV-cached decoding: the AV prefill once per video, then two text tokens per step (see module docstring)."""
 
     def __init__(self, model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None,
                  max_length: int, expand: int = 1):
-        self.model, self.layers = model, model.bert.encoder.layer
-        bias = None if av_mask is None else mask_to_bias(av_mask.unsqueeze(0), av_tokens.dtype)
-        keys_values = prefill_av(model, av_tokens, bias)
-        if expand == 1:
-            self.caches = [JointKVCache(keys, values, max_length) for keys, values in keys_values]
-        else:
-            self.caches = [LayerKVCache(keys, values, expand, max_length) for keys, values in keys_values]
+        self.model = model
+        self.cache = KVCache(rows_per_video=expand, capacity=max_length)
+        self.cache.prefill(model, av_tokens, None if av_mask is None else mask_to_bias(av_mask.unsqueeze(0),
+                                                                                      av_tokens.dtype))
         # Among the two new tokens only the real one must not see the [MASK] after it (upstream's -10000 bias).
-        self.new_bias = torch.triu(av_tokens.new_full((self.NEW_TOKENS, self.NEW_TOKENS), MASK_BIAS), diagonal=1)
+        self.new_bias = torch.triu(av_tokens.new_full((2, 2), MASK_BIAS), diagonal=1)
         self.positions = torch.arange(max_length, device=av_tokens.device).unsqueeze(0)
-        self.kept = 0  # text positions whose keys/values are final
-        self.on_cpu = av_tokens.device.type == "cpu"
-        self.paired = self.on_cpu and torch.get_num_threads() > 1  # the caller's count when decoding starts
-        self.pair_or_alone = PairOrAlone()
-        self.whole = _StepCut.of(model, self.caches, 1)
-        self.halves = _StepCut.of(model, self.caches, self.PARALLEL_PARTS) if self.paired else None
 
     def next_logits(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """On the CPU every product runs at one intra-op thread; a caller with two or more threads gets the cut
-        step on two threads. Letting torch split each product over two threads instead was measured to lose on a
-        busy machine: a step is ~100 products of 0.1-1 ms, each an OpenMP region ending in a barrier, and a
-        descheduled worker stalls every barrier for a scheduler slice (1.6 s against 0.18 s per step with five
-        niced processes on the two cores). The pair joins 25 times per step and never waits for a task the helper
-        has not started (docs/architecture.md, "Decoding speed"), and the cut step runs on the caller alone when
-        that has lately been faster (``PairOrAlone``: the helper's core taken away). The AV prefill (large
-        products) and the encoders keep the caller's count. The CPU runs the tasks compiled, except with gradients
-        or autocast."""
-        if not self.on_cpu:
-            return self._step(token_ids, ThreadPair(parallel=False), self.whole, step_tasks.INTERPRETED)
-        plain = not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-        tasks = step_tasks.compiled() if plain else step_tasks.INTERPRETED
-        with one_cpu_thread():
-            if not (self.paired and plain):
-                return self._step(token_ids, ThreadPair(parallel=False), self.whole, tasks)
-            # The cut step, on the pair or on the caller alone: the same bits, whichever was faster lately.
-            parallel = self.pair_or_alone.choose()
-            start = time.perf_counter()
-            logits = self._step(token_ids, ThreadPair(parallel), self.halves, tasks)
-            self.pair_or_alone.record(parallel, time.perf_counter() - start)
-            return logits
-
-    def loop_threads(self):
-        """A decoding loop around this stepper runs at one intra-op thread on the CPU: its own work per step
-        (log-softmax and argmax over the vocabulary, appending a token) is small, and after each two-thread region
-        torch's OpenMP worker spins for a while on the core the step's helper thread needs. (With OpenMP's waiting
-        made passive, a paper caption's decoding measured 7.2-7.9 s against 7.8-9.4 s without, one run each on a
-        noisy machine; running the loop at one thread removes those regions instead of changing every region's
-        wait.)"""
-        return one_cpu_thread() if self.on_cpu else contextlib.nullcontext()
-
-    def _step(self, token_ids: torch.Tensor, pair: ThreadPair, cut: "_StepCut", tasks: step_tasks.StepTasks):
         batch, length = token_ids.shape
         new_tokens = torch.stack([token_ids[:, -1], token_ids.new_full((batch,), MASK_ID)], dim=1)
-        hidden = self.model.bert.embeddings(new_tokens, position_ids=self.positions[:, length - 1:length + 1])
-        for layer, attention_groups, columns in zip(self.layers, cut.attention, cut.feed_forward):
-            partials = pair.run([functools.partial(tasks.attention, hidden, weights, *views, length + 1,
-                                                   self.new_bias, layer.attention.self.head_dim)
-                                 for weights, views in attention_groups])
-            attended = layer.attention.output.add_norm(sum(partials[1:], partials[0]), hidden)  # fixed order
-            partials = pair.run([functools.partial(tasks.feed_forward, attended, *weights) for weights in columns])
-            hidden = layer.output.add_norm(sum(partials[1:], partials[0]), attended)
-        self.kept = length
-        transformed = self.model.cls.predictions.transform(hidden[:, 1])
-        parts = pair.run([functools.partial(tasks.logits, transformed, *weights) for weights in cut.vocab])
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        self.cache.crop(length - 1)  # the slot that held [MASK] now takes the chosen token
+        hidden = self.model(new_tokens, attention_bias=self.new_bias,
+                            position_ids=self.positions[:, length - 1:length + 1], cache=self.cache)
+        return self.model.logits(hidden[:, -1])
 
     def reorder(self, beam_idx: torch.Tensor) -> None:
-        for cache in self.caches:
-            cache.reorder(beam_idx, self.kept)
-
-
-@dataclass(frozen=True)
-class _StepCut:
-    """A step cut into ``parts`` independent tasks per sublayer, as the tasks' arguments: per layer, each head
-    group's weights (query, key and value weights and biases, its columns of the output projection) with its
-    share of the cache; per layer, each slice of the intermediate columns' weights; each slice of the vocabulary.
-    The weights are views of the model's parameters, made once per caption rather than sliced every step."""
-    attention: list
-    feed_forward: list
-    vocab: list
-
-    @classmethod
-    def of(cls, model: TextTransformer, caches: list, parts: int) -> "_StepCut":
-        config = model.config
-        attention, feed_forward = [], []
-        for layer, cache in zip(model.bert.encoder.layer, caches):
-            heads_module, output = layer.attention.self, layer.attention.output
-            groups = []
-            for heads in split_range(config.num_heads, parts):
-                features = slice(heads.start * heads_module.head_dim, heads.stop * heads_module.head_dim)
-                weights = [tensor for projection in (heads_module.query, heads_module.key, heads_module.value)
-                           for tensor in (projection.weight[features], projection.bias[features])]
-                groups.append((weights + [output.dense.weight[:, features]], cache.views(heads)))
-            attention.append(groups)
-            inner, outer = layer.intermediate.dense, layer.output.dense
-            feed_forward.append([(inner.weight[columns], inner.bias[columns], outer.weight[:, columns])
-                                 for columns in split_range(config.intermediate_size, parts)])
-        head = model.cls.predictions
-        vocab = [(head.decoder.weight[words], head.bias[words]) for words in split_range(config.vocab_size, parts)]
-        return cls(attention, feed_forward, vocab)
+        self.cache.reorder(beam_idx)
 
 
 def check_max_length(model: TextTransformer, max_length: int) -> None:
@@ -316,16 +136,15 @@ def greedy_search(stepper, batch: int, max_length: int, device) -> GenerationOut
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     logprob_sum = torch.zeros(batch, dtype=torch.float64, device=device)
     open_steps = torch.zeros(batch, dtype=torch.float64, device=device)
-    with stepper.loop_threads():
-        while token_ids.shape[1] < max_length:
-            logits = _score_dtype(stepper.next_logits(token_ids))
-            next_tokens = logits.argmax(dim=-1)
-            chosen_logprob = F.log_softmax(logits, dim=-1).gather(1, next_tokens[:, None]).squeeze(1)
-            logprob_sum += chosen_logprob.double() * unfinished
-            open_steps += unfinished
-            token_ids = append_token(token_ids, next_tokens, unfinished)
-            if not unfinished.any():
-                break
+    while token_ids.shape[1] < max_length:
+        logits = _score_dtype(stepper.next_logits(token_ids))
+        next_tokens = logits.argmax(dim=-1)
+        chosen_logprob = F.log_softmax(logits, dim=-1).gather(1, next_tokens[:, None]).squeeze(1)
+        logprob_sum += chosen_logprob.double() * unfinished
+        open_steps += unfinished
+        token_ids = append_token(token_ids, next_tokens, unfinished)
+        if not unfinished.any():
+            break
     if token_ids.shape[1] == max_length:
         token_ids[unfinished, -1] = SEP_ID
     confidence = torch.exp(logprob_sum / open_steps.clamp(min=1)).float()
@@ -369,12 +188,6 @@ CANDIDATES_PER_BEAM = 2  # upstream TOPN_PER_BEAM: spare candidates so a beam su
 def beam_search(stepper, batch: int, num_beams: int, max_length: int, length_penalty: float,
                 device) -> GenerationOutput:
     """Upstream ``_generate_beam_search`` (greedy beams, ``num_keep_best`` 1). Confidence = exp(best hyp score)."""
-    with stepper.loop_threads():
-        return _beam_search(stepper, batch, num_beams, max_length, length_penalty, device)
-
-
-def _beam_search(stepper, batch: int, num_beams: int, max_length: int, length_penalty: float,
-                 device) -> GenerationOutput:
     token_ids = torch.full((batch * num_beams, 1), CLS_ID, dtype=torch.long, device=device)
     hypotheses = [BeamHypotheses(1, max_length, length_penalty) for _ in range(batch)]
     beam_scores = torch.zeros(batch, num_beams, dtype=torch.float64, device=device)

@@ -1,4 +1,4 @@
-"""Sampled captions for self-critical training (training/scst.py), and the reference for their log-probabilities.
+"""Sampled captions for self-critical training (training/scst.py), and their log-probabilities with gradients.
 
 Sampling drives the same steppers as greedy and beam search (``modeling/generation.py``), so it keeps the
 ``[MASK]``-append semantics: token c is drawn from the logits at a ``[MASK]`` appended after tokens 0..c-1. Each
@@ -6,12 +6,12 @@ step takes one uniform number per row (from the caller's generator, or given) an
 CDF, so the cached and the re-forward stepper, fed the same random stream, produce the same ids (tested): the
 draw depends on the probabilities' values only, not on how they were computed.
 
-:func:`caption_logprobs` is the plain reference for the log-probability of every drawn token under those same
-semantics, with gradients, in one forward over a copy of the AV tokens per caption; self-critical training uses
-``modeling/caption_logprob.py``, which does the AV part once per video and is tested equal to this one. The
-text part is ``[CLS] t1 … t_{T-1}`` (positions 0..T-1, causal) followed by T ``[MASK]`` tokens, the one at
-position c seeing tokens 0..c-1 and itself only: exactly what the model saw when it produced token c, for all c
-at once.
+:func:`caption_logprobs` scores every drawn token under those same semantics, with gradients, in one forward of
+the decoder: the text part is ``[CLS] t1 … t_{T-1}`` (positions 0..T-1, causal) followed by T ``[MASK]`` tokens,
+the one at position c seeing tokens 0..c-1 and itself only: exactly what the model saw when it produced token c,
+for all c at once. The AV part goes through a :class:`~avlformer.modeling.kv_cache.KVCache` prefilled once per
+video, so a video's K captions share one AV computation and its gradient (tests/test_scst_logprob.py checks it
+against one forward of ``[text ; AV]`` per caption).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from avlformer.data.token_ids import CLS_ID, MASK_ID, SEP_ID
 from avlformer.modeling.attention_mask import mask_to_bias
 from avlformer.modeling.generation import append_token, check_max_length, decoding, make_stepper, pad_right
+from avlformer.modeling.kv_cache import KVCache
 from avlformer.modeling.text_transformer import TextTransformer
 
 
@@ -65,18 +66,17 @@ def sample_loop(stepper, rows: int, max_length: int, device, generator: torch.Ge
     drawn = []
     if uniforms is not None:  # moved once, not once per step
         uniforms = uniforms.to(device=device, dtype=torch.float32)
-    with stepper.loop_threads():
-        while token_ids.shape[1] < max_length:
-            logits = filter_logits(stepper.next_logits(token_ids).float(), temperature, top_k, top_p)
-            if uniforms is not None:
-                uniform = uniforms[:, token_ids.shape[1] - 1].to(logits.dtype)
-            else:
-                uniform = 1.0 - torch.rand(rows, generator=generator, device=device, dtype=logits.dtype)
-            next_tokens = draw(logits.softmax(dim=-1), uniform)
-            drawn.append(unfinished.clone())
-            token_ids = append_token(token_ids, next_tokens, unfinished)
-            if not unfinished.any():
-                break
+    while token_ids.shape[1] < max_length:
+        logits = filter_logits(stepper.next_logits(token_ids).float(), temperature, top_k, top_p)
+        if uniforms is not None:
+            uniform = uniforms[:, token_ids.shape[1] - 1].to(logits.dtype)
+        else:
+            uniform = 1.0 - torch.rand(rows, generator=generator, device=device, dtype=logits.dtype)
+        next_tokens = draw(logits.softmax(dim=-1), uniform)
+        drawn.append(unfinished.clone())
+        token_ids = append_token(token_ids, next_tokens, unfinished)
+        if not unfinished.any():
+            break
     drawn = torch.stack(drawn, dim=1)
     if token_ids.shape[1] == max_length:  # still open at the limit: [SEP] replaces the last draw, as greedy does
         token_ids[unfinished, -1] = SEP_ID
@@ -112,19 +112,16 @@ def sample_captions(model: TextTransformer, av_tokens: torch.Tensor, av_mask: to
                            temperature=temperature, top_k=top_k, top_p=top_p)
 
 
-def scoring_mask(steps: int, num_av: int, av_mask: torch.Tensor | None, device, dtype) -> torch.Tensor:
-    """The ``(2T+V, 2T+V)`` mask of :func:`caption_logprobs`: T real tokens (causal), T ``[MASK]`` tokens (the
-    c-th sees real tokens 0..c and itself), then AV (AV only, through ``av_mask``)."""
-    total = 2 * steps + num_av
+def scoring_bias(steps: int, device, dtype) -> torch.Tensor:
+    """The ``(1, 1, 2T, 2T)`` bias among the text rows of :func:`caption_logprobs`: T real tokens (causal), T
+    ``[MASK]`` tokens (the c-th sees real tokens 0..c and itself)."""
     index = torch.arange(steps, device=device)
     causal = (index[:, None] >= index[None, :]).to(dtype)
-    mask = torch.zeros(total, total, device=device, dtype=dtype)
+    mask = torch.zeros(2 * steps, 2 * steps, device=device, dtype=dtype)
     mask[:steps, :steps] = causal                                   # real -> real
-    mask[steps:2 * steps, :steps] = causal                          # [MASK] c -> real 0..c
-    mask[steps:2 * steps, steps:2 * steps] = torch.eye(steps, device=device, dtype=dtype)
-    mask[:2 * steps, 2 * steps:] = 1.0                              # text -> AV
-    mask[2 * steps:, 2 * steps:] = 1.0 if av_mask is None else av_mask.to(device=device, dtype=dtype)
-    return mask
+    mask[steps:, :steps] = causal                                   # [MASK] c -> real 0..c
+    mask[steps:, steps:] = torch.eye(steps, device=device, dtype=dtype)
+    return mask_to_bias(mask.unsqueeze(0), dtype)
 
 
 @dataclass
@@ -135,15 +132,18 @@ class CaptionScores:
 
 def caption_logprobs(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None,
                      samples: SampleOutput, num_samples: int) -> CaptionScores:
-    """log p of each sampled caption (temperature 1: the model's own distribution) by one forward of
-    ``[real tokens ; [MASK] tokens ; AV]``; ``av_tokens (B, V, D)`` is repeated for the B·K rows."""
+    """log p of each sampled caption (temperature 1: the model's own distribution), rows video-major
+    (row = b·K + k) as :func:`sample_captions` draws them; ``av_tokens (B, V, D)`` once per video."""
     token_ids = samples.token_ids
-    steps = token_ids.shape[1]
+    rows, steps = token_ids.shape
+    if rows != av_tokens.shape[0] * num_samples:
+        raise ValueError(f"{rows} caption rows for {av_tokens.shape[0]} videos x {num_samples} samples")
     text, positions = scoring_text(token_ids)
-    av = av_tokens.repeat_interleave(num_samples, dim=0)
-    mask = scoring_mask(steps, av.shape[1], av_mask, av.device, av.dtype)
-    hidden = model(text, av, mask_to_bias(mask.unsqueeze(0)), position_ids=positions)[:, steps:2 * steps]
-    return scores_at_masks(model, hidden, samples)
+    cache = KVCache(rows_per_video=num_samples)
+    cache.prefill(model, av_tokens, None if av_mask is None else mask_to_bias(av_mask.unsqueeze(0), av_tokens.dtype))
+    hidden = model(text, attention_bias=scoring_bias(steps, token_ids.device, av_tokens.dtype),
+                   position_ids=positions, cache=cache)
+    return scores_at_masks(model, hidden[:, steps:], samples)
 
 
 def scoring_text(token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

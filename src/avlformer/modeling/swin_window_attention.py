@@ -19,7 +19,7 @@ from torchvision.models.video.swin_transformer import (
     _compute_pad_size_3d,
     _get_window_and_shift_size,
 )
-from avlformer.modeling.cpu_attention import biased_attention, uses_biased_attention
+from avlformer.modeling.attention import attention, check_implementation
 
 
 def relative_position_index(window_size: Sequence[int]) -> Tensor:
@@ -27,8 +27,8 @@ def relative_position_index(window_size: Sequence[int]) -> Tensor:
 
     Tokens are numbered in 'ij' meshgrid order; the offset (dd, dh, dw), shifted to be non-negative, is written
     in mixed radix (2Wh-1)(2Ww-1), (2Ww-1), 1 -- the formula upstream stores in its checkpoint buffers.
-    Every block of a model shares its window, so the index is computed once per window (about 60 ms each for the
-    paper's 8x7x7, 24 times per model load otherwise) and each caller gets its own copy.
+    Every block of a model shares its window, so the index is computed once per window (not once per block at
+    each model load) and each caller gets its own copy.
     """
     window, device = tuple(int(w) for w in window_size), torch.get_default_device()
     if device.type == "meta":  # a model built for its shapes only: no work, nothing cached
@@ -58,10 +58,9 @@ class WindowAttention3d(ShiftedWindowAttention3d):
     * ``relative_position_index`` is a non-persistent buffer: torchvision saves it, we recompute it, so our state
       dict holds only learned tensors (the converter verifies upstream's copies and drops them).
     * ``forward`` adds the same bias (relative position bias, plus the -100 shift mask) but computes the
-      attention without torchvision's eager passes: through ``scaled_dot_product_attention`` when no gradient is
-      needed (a fused kernel), and through :func:`biased_attention` when training (the bias table needs a
-      gradient, which SDPA's fused CPU kernels cannot give). Window clamping, padding and the mask come from
-      torchvision's own helpers. ``super().forward`` stays the eager reference the tests compare with.
+      attention with the model's attention kernel (:mod:`avlformer.modeling.attention`, ``attn_implementation``)
+      rather than torchvision's eager passes. Window clamping, padding and the mask come from torchvision's own
+      helpers. ``super().forward`` stays the eager reference the tests compare with.
     * A shifted block gathers its windows straight from the unshifted tokens with one precomputed index
       (:class:`ShiftedWindows`), rather than rolling the grid (a copy per axis) and then splitting it, and orders
       them by shift-mask pattern: only windows on the far edge of a shifted axis have a mask, and there are at
@@ -70,6 +69,11 @@ class WindowAttention3d(ShiftedWindowAttention3d):
       window's scores, bias and softmax are those of a per-window mask, so the outputs are the same.
     * :meth:`get_relative_position_bias` writes the same bias in one gather instead of two passes.
     """
+
+    def __init__(self, *args, attn_implementation: str = "sdpa", **kwargs):
+        super().__init__(*args, **kwargs)
+        check_implementation(attn_implementation)
+        self.attn_implementation = attn_implementation
 
     def define_relative_position_index(self) -> None:
         for name, value in self.computed_buffers().items():
@@ -82,8 +86,7 @@ class WindowAttention3d(ShiftedWindowAttention3d):
     def get_relative_position_bias(self, window_size: list[int]) -> Tensor:
         """(1, heads, V, V) bias for a (possibly clamped) window: torchvision's values, from the same corner of the
         index. torchvision gathers (V·V, heads) rows and then copies them into head-major order; gathering the
-        columns of the transposed table writes head-major order at once: at the paper's window, 2 threads, 9.0
-        against 1.8 ms per block at 16 heads, 128-157 against 54-70 ms over Swin-B's 24 blocks."""
+        columns of the transposed table writes head-major order at once."""
         volume = window_size[0] * window_size[1] * window_size[2]
         index = self.relative_position_index[:volume, :volume].flatten()
         return self.relative_position_bias_table.t().index_select(1, index).view(1, -1, volume, volume)
@@ -117,18 +120,13 @@ class WindowAttention3d(ShiftedWindowAttention3d):
         batch, num_windows, volume, channels = windows.shape
         qkv = self.qkv(windows).view(batch, num_windows, volume, 3, self.num_heads, channels // self.num_heads)
         qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, heads, V, head_dim)
-        if uses_biased_attention(qkv, bias):
-            query, key, value = qkv.unbind(0)
-            mask = None if layout is None else layout.window_masks.to(query.dtype)
-            out = biased_attention(query, key, value, bias.to(query.dtype), mask)  # (B, nW, heads, V, head_dim)
-            return self.proj(out.transpose(2, 3).reshape(batch, num_windows, volume, channels))
         groups = [(0, num_windows, None)] if layout is None else layout.groups
         outs = []
         for first, count, mask in groups:  # SDPA's fused kernels take 4-D inputs: windows fold into the batch
             query, key, value = qkv[:, :, first:first + count].reshape(3, batch * count, self.num_heads, volume,
                                                                        -1).unbind(0)
-            group_bias = bias if mask is None else bias + mask
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=group_bias.to(query.dtype))
+            out = attention(query, key, value, bias if mask is None else bias + mask,
+                            implementation=self.attn_implementation)
             outs.append(out.view(batch, count, self.num_heads, volume, -1).transpose(2, 3))
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # (B, nW, V, heads, head_dim)
         return self.proj(out.reshape(batch, num_windows, volume, channels))
@@ -139,11 +137,9 @@ class ShiftedWindows:
     """Where a shifted block's windows come from, for one padded grid: window token i is grid token
     ``gather[i]`` (the cyclic shift and the window split in one index, windows grouped by mask pattern),
     ``scatter`` is the inverse permutation, and ``groups`` lists (first window, window count, (1, 1, V, V)
-    mask) per pattern; ``window_masks`` (nW, 1, V, V) is every window's mask in the same order (torchvision's
-    masks, reordered)."""
+    mask) per pattern (torchvision's masks, reordered)."""
     gather: Tensor
     scatter: Tensor
-    window_masks: Tensor
     groups: list
 
     @classmethod
@@ -166,7 +162,7 @@ class ShiftedWindows:
             if count:
                 groups.append((first, count, masks[first:first + 1]))
                 first += count
-        return cls(gather.to(x.device), torch.argsort(gather).to(x.device), masks, groups)
+        return cls(gather.to(x.device), torch.argsort(gather).to(x.device), groups)
 
 
 def split_windows(x: Tensor, window: Sequence[int]) -> Tensor:

@@ -2,18 +2,16 @@
 
 Parameter names follow Hugging Face BERT v1 (``bert.embeddings.*``, ``bert.encoder.layer.i.*``, ``cls.predictions.*``)
 so that both a plain BERT checkpoint and upstream's released ``model.bin`` (under ``trans_encoder.``) load by name.
-Post-LN, erf GELU, attention through ``scaled_dot_product_attention`` with an additive float bias (upstream's
-``-10000·(1-mask)``, so soft mask values are meaningful). AV tokens get ``img_embedding`` + dropout only: no position
-or type embedding and no LayerNorm (docs/upstream.md §3.4).
+Post-LN, erf GELU, one attention module whose kernel the config chooses (:mod:`avlformer.modeling.attention`), with
+an additive float bias (upstream's ``-10000·(1-mask)``, so soft mask values are meaningful). AV tokens get
+``img_embedding`` + dropout only: no position or type embedding and no LayerNorm (docs/upstream.md §3.4).
 
-Attention is split into :meth:`BertSelfAttention.project` and :meth:`BertSelfAttention.attend`, and a layer's
-feed-forward half is :meth:`BertLayer.feed_forward`, so KV-cached decoding (:mod:`avlformer.modeling.generation`)
-runs the same modules with its own attention over cached keys/values.
+Decoding runs this same forward with a cache of keys and values (:mod:`avlformer.modeling.kv_cache`), passed
+through ``forward(..., cache=...)`` as Hugging Face passes ``past_key_values``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,10 +21,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from avlformer.config_fields import FieldTypeError, checked_fields
 from avlformer.json_files import read_json
-from avlformer.modeling.cpu_attention import biased_attention, uses_biased_attention
+from avlformer.modeling.attention import attention, check_implementation
 from avlformer.modeling.weights_file import read_weights_file
-
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
 @dataclass
@@ -43,15 +39,12 @@ class TextTransformerConfig:
     layer_norm_eps: float = 1e-12
     img_feature_dim: int = 512
     initializer_range: float = 0.02
-    # "eager" is the textbook matmul-softmax-matmul; it exists as the benchmark baseline and as a cross-check.
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "sdpa"  # the attention kernel: see modeling/attention.py
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if self.attn_implementation not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"attn_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
-                             f"got {self.attn_implementation!r}")
+        check_implementation(self.attn_implementation)
 
     @classmethod
     def base(cls) -> "TextTransformerConfig":
@@ -105,7 +98,11 @@ _HF_OPTIONAL = {"hidden_dropout": "hidden_dropout_prob", "attention_dropout": "a
 
 
 class BertSelfAttention(nn.Module):
-    def __init__(self, cfg: TextTransformerConfig):
+    """The decoder's one attention: projections here, the kernel chosen by ``cfg.attn_implementation``
+    (:mod:`avlformer.modeling.attention`), and, when a cache is passed, keys and values kept or shared through it
+    (:mod:`avlformer.modeling.kv_cache`)."""
+
+    def __init__(self, cfg: TextTransformerConfig, layer_index: int = 0):
         super().__init__()
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
         self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
@@ -113,53 +110,30 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout_p = cfg.attention_dropout
         self.implementation = cfg.attn_implementation
+        self.layer_index = layer_index  # which of the cache's layers is this one's
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, heads·head_dim)`` -> ``(B, heads, N, head_dim)``."""
         batch, length, _ = x.shape
         return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def project(self, hidden: torch.Tensor):
-        """Queries, keys and values, each ``(B, heads, N, head_dim)``."""
-        return (self._split_heads(self.query(hidden)), *self.project_keys_values(hidden))
-
-    def project_keys_values(self, hidden: torch.Tensor):
-        return self._split_heads(self.key(hidden)), self._split_heads(self.value(hidden))
-
-    def merge_heads(self, context: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`_split_heads`."""
-        batch, _, length, _ = context.shape
-        return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
-
-    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, output_rows: int | None = None):
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, output_rows: int | None = None,
+                cache=None) -> torch.Tensor:
         """Attention outputs of every row, or of the first ``output_rows`` (whose queries alone are projected;
         every row still serves as a key and value)."""
-        if output_rows is None:
-            return self.attend(*self.project(hidden), bias)
-        query = self._split_heads(self.query(hidden[:, :output_rows]))
-        return self.attend(query, *self.project_keys_values(hidden),
-                           None if bias is None else bias[..., :output_rows, :])
-
-    def attend(self, query, key, value, bias: torch.Tensor | None) -> torch.Tensor:
-        dropout_p = self.dropout_p if self.training else 0.0
-        if bias is not None:
-            bias = bias.to(query.dtype)
-        if self.implementation == "sdpa" and uses_biased_attention(query, bias, dropout_p):
-            context = biased_attention(query, key, value, bias, dropout_p=dropout_p)
-        elif self.implementation == "sdpa":
-            context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p)
-        else:
-            context = eager_attention(query, key, value, bias, dropout_p)
-        return self.merge_heads(context)
-
-
-def eager_attention(query, key, value, bias, dropout_p: float) -> torch.Tensor:
-    """Upstream's formulation (scores / sqrt(d) + bias, softmax, dropout, weighted sum): the SDPA baseline."""
-    scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
-    if bias is not None:
-        scores = scores + bias
-    probs = F.dropout(scores.softmax(dim=-1), p=dropout_p)
-    return probs @ value
+        rows = hidden if output_rows is None else hidden[:, :output_rows]
+        if bias is not None and output_rows is not None:
+            bias = bias[..., :output_rows, :]
+        query = self._split_heads(self.query(rows))
+        key, value = self._split_heads(self.key(hidden)), self._split_heads(self.value(hidden))
+        if cache is not None:
+            query, key, value, bias = cache.update(self.layer_index, query, key, value, bias)
+        context = attention(query, key, value, bias, implementation=self.implementation,
+                            dropout_p=self.dropout_p if self.training else 0.0)
+        if cache is not None:
+            context = cache.ungroup(context)
+        batch, _, length, _ = context.shape
+        return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
 
 
 class _ProjectAddNorm(nn.Module):
@@ -172,15 +146,7 @@ class _ProjectAddNorm(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self._add_norm(self.dense(hidden), residual)
-
-    def add_norm(self, projected: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """The same end for a projection computed elsewhere without its bias (``projected``: the sum of partial
-        products over slices of ``dense``'s input, as a decoding step cut in two computes it)."""
-        return self._add_norm(projected + self.dense.bias, residual)
-
-    def _add_norm(self, dense_output: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(dense_output) + residual)
+        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
 
 
 class BertSelfOutput(_ProjectAddNorm):
@@ -198,14 +164,14 @@ class BertOutput(_ProjectAddNorm):
 
 
 class BertAttention(nn.Module):
-    def __init__(self, cfg: TextTransformerConfig):
+    def __init__(self, cfg: TextTransformerConfig, layer_index: int = 0):
         super().__init__()
-        self.self = BertSelfAttention(cfg)
+        self.self = BertSelfAttention(cfg, layer_index)
         self.output = BertSelfOutput(cfg)
 
-    def forward(self, hidden, bias, output_rows: int | None = None):
+    def forward(self, hidden, bias, output_rows: int | None = None, cache=None):
         residual = hidden if output_rows is None else hidden[:, :output_rows]
-        return self.output(self.self(hidden, bias, output_rows), residual)
+        return self.output(self.self(hidden, bias, output_rows, cache), residual)
 
 
 class BertIntermediate(nn.Module):
@@ -218,42 +184,35 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-    def __init__(self, cfg: TextTransformerConfig):
+    def __init__(self, cfg: TextTransformerConfig, layer_index: int = 0):
         super().__init__()
-        self.attention = BertAttention(cfg)
+        self.attention = BertAttention(cfg, layer_index)
         self.intermediate = BertIntermediate(cfg)
         self.output = BertOutput(cfg)
 
-    def forward(self, hidden, bias, output_rows: int | None = None):
-        return self.feed_forward(self.attention(hidden, bias, output_rows))
-
-    def feed_forward(self, attended: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden, bias, output_rows: int | None = None, cache=None):
+        attended = self.attention(hidden, bias, output_rows, cache)
         return self.output(self.intermediate(attended), attended)
 
 
 class BertEncoder(nn.Module):
     def __init__(self, cfg: TextTransformerConfig):
         super().__init__()
-        self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_layers))
+        self.layer = nn.ModuleList(BertLayer(cfg, index) for index in range(cfg.num_layers))
         self.gradient_checkpointing = False
 
-    def recomputes(self) -> bool:
-        """Whether a pass with gradients over these layers recomputes them in backward (``--activation_checkpointing
-        text``); never while decoding, which runs without gradients. Passes that run the layers themselves (the
-        SCST log-prob pass, the AV prefill) follow the same switch."""
-        return self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-
-    def forward(self, hidden, bias, output_rows: int | None = None):
+    def forward(self, hidden, bias, output_rows: int | None = None, cache=None):
         """``output_rows``: return only the first rows' states. The last layer then computes no others: in
-        training the AV rows' last outputs feed nothing (1257 of 1557 rows at the paper size)."""
-        recompute = self.recomputes()
+        training the AV rows' last outputs feed nothing. A pass with gradients in training mode recomputes each
+        layer in backward when ``gradient_checkpointing`` is on (``--activation_checkpointing text``)."""
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         last = len(self.layer) - 1
         for index, layer in enumerate(self.layer):
             rows = output_rows if index == last else None
             if recompute:
-                hidden = checkpoint(layer, hidden, bias, rows, use_reentrant=False)
+                hidden = checkpoint(layer, hidden, bias, rows, cache, use_reentrant=False)
             else:
-                hidden = layer(hidden, bias, rows)
+                hidden = layer(hidden, bias, rows, cache)
         return hidden
 
 
@@ -294,15 +253,19 @@ class BertImgModel(nn.Module):
     def embed_av(self, av_tokens: torch.Tensor) -> torch.Tensor:
         return self.img_dropout(self.img_embedding(av_tokens))
 
-    def forward(self, input_ids, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None,
-                output_rows: int | None = None):
-        """Hidden states of ``[text ; AV]`` (AV optional), or of its first ``output_rows`` rows.
+    def forward(self, input_ids=None, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None,
+                output_rows: int | None = None, cache=None):
+        """Hidden states of ``[text ; AV]`` (either part may be absent), or of its first ``output_rows`` rows.
         ``attention_bias`` is additive, broadcastable to ``(B, heads, N, N)``; see
-        :mod:`avlformer.modeling.attention_mask`."""
-        hidden = self.embeddings(input_ids, position_ids, token_type_ids)
+        :mod:`avlformer.modeling.attention_mask`. With a ``cache`` (:class:`avlformer.modeling.kv_cache.KVCache`)
+        the rows also attend to the keys/values it holds."""
+        parts = []
+        if input_ids is not None:
+            parts.append(self.embeddings(input_ids, position_ids, token_type_ids))
         if av_tokens is not None:
-            hidden = torch.cat([hidden, self.embed_av(av_tokens)], dim=1)
-        return self.encoder(hidden, attention_bias, output_rows)
+            parts.append(self.embed_av(av_tokens))
+        hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return self.encoder(hidden, attention_bias, output_rows, cache)
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -366,9 +329,9 @@ class TextTransformer(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.bert.embeddings.word_embeddings
 
-    def forward(self, input_ids, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None,
-                output_rows: int | None = None):
-        return self.bert(input_ids, av_tokens, attention_bias, position_ids, token_type_ids, output_rows)
+    def forward(self, input_ids=None, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None,
+                output_rows: int | None = None, cache=None):
+        return self.bert(input_ids, av_tokens, attention_bias, position_ids, token_type_ids, output_rows, cache)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.cls(hidden)

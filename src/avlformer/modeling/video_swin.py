@@ -71,6 +71,7 @@ class VideoSwinConfig:
     # them was measured 5-9 s faster per paper step at about 4.8 GB more (docs/training.md). All stages for the
     # least memory: (0, 1, 2, 3).
     checkpoint_stages: Sequence[int] = (0, 1)
+    attn_implementation: str = "sdpa"  # the window attention's kernel: see modeling/attention.py
 
     def __post_init__(self) -> None:
         self.depths = _int_tuple(self.depths, "depths")
@@ -182,11 +183,12 @@ class _SwinBlock3d(nn.Module):
     Same composition as torchvision's SwinTransformerBlock, written out only to keep upstream's MLP names.
     """
 
-    def __init__(self, dim: int, heads: int, window: Sequence[int], shifted: bool, mlp_ratio: float, drop: float):
+    def __init__(self, dim: int, heads: int, window: Sequence[int], shifted: bool, mlp_ratio: float, drop: float,
+                 attn_implementation: str = "sdpa"):
         super().__init__()
         shift = [w // 2 for w in window] if shifted else [0, 0, 0]
         self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.attn = WindowAttention3d(dim, list(window), shift, heads)
+        self.attn = WindowAttention3d(dim, list(window), shift, heads, attn_implementation=attn_implementation)
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = _Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = StochasticDepth(drop, "row")
@@ -203,7 +205,8 @@ class _SwinStage(nn.Module):
         super().__init__()
         dim, heads = config.stage_dim(stage), config.num_heads[stage]
         self.blocks = nn.ModuleList(
-            _SwinBlock3d(dim, heads, config.window_size, index % 2 == 1, config.mlp_ratio, rate)
+            _SwinBlock3d(dim, heads, config.window_size, index % 2 == 1, config.mlp_ratio, rate,
+                         config.attn_implementation)
             for index, rate in enumerate(drop_rates)
         )
         is_last = stage == len(config.depths) - 1

@@ -5,7 +5,7 @@ cross-entropy training); ``--sc_train_sample_n`` K captions per video are sample
 decoder (``modeling/sampling.py``, no gradients, no dropout); each caption's reward is its CIDEr-D against its
 video's reference captions, with document frequencies from the whole training split
 (``evaluation/cider_reward.py``); one forward with gradients gives each caption's log-probability (the AV rows
-once per video, the K captions' text rows attending to them: ``modeling/caption_logprob.py``), and the loss is
+once per video, the K captions' text rows attending to them: ``modeling/sampling.py``), and the loss is
 ``mean over captions of -(r - b) · log p(caption)`` (+ the learned mask's sparsity term, as in cross-entropy
 training). The baseline b (``--sc_baseline_type``):
 
@@ -35,8 +35,7 @@ import torch.distributed as dist
 from avlformer.data.tokenizer import decode_caption, load_tokenizer
 from avlformer.evaluation.cider_reward import CiderD, has_repeated_ngram, reward_words
 from avlformer.modeling.generation import generate
-from avlformer.modeling.caption_logprob import fast_caption_logprobs
-from avlformer.modeling.sampling import sample_captions
+from avlformer.modeling.sampling import caption_logprobs, sample_captions
 from avlformer.training.flag_table import ArgumentError
 from avlformer.training.loop import Trainer
 
@@ -140,7 +139,7 @@ class SelfCriticalTrainer(Trainer):
         else:
             baseline = baseline_from_samples(rewards, per_video)
         with self.autocast():
-            scores = fast_caption_logprobs(model.part("text"), av_tokens, av_mask, samples, per_video)
+            scores = caption_logprobs(model.part("text"), av_tokens, av_mask, samples, per_video)
         advantage = (rewards - baseline).to(device=device, dtype=torch.float32)
         loss = -(advantage * scores.logprob.float()).mean()
         loss = loss + model.config.sparsity_loss_weight * model.sparsity_term(loss)

@@ -1,0 +1,50 @@
+"""The attention kernels every attention module of the model calls: ``softmax(q·kᵀ/√d + bias)·v``.
+
+A module computes its queries, keys, values and additive bias and hands them to :func:`attention` with its
+config's ``attn_implementation`` (as Hugging Face's flag of that name); the kernel is chosen here, once for the
+whole model:
+
+* ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``, except where SDPA has no fused kernel and would
+  fall back to its math path: fp32 on the CPU with gradients and attention dropout or a bias that needs a gradient
+  (the learned AV mask, Swin's relative position bias). There the blocked kernel of
+  :mod:`avlformer.modeling.cpu_attention` computes the same thing in cache-sized blocks.
+* ``"eager"``: the textbook matmul, softmax, dropout, matmul; the reference the others are tested against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from avlformer.modeling.cpu_attention import biased_attention, uses_biased_attention
+
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def check_implementation(name: str) -> None:
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {name!r}")
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None, *,
+              implementation: str = "sdpa", dropout_p: float = 0.0) -> torch.Tensor:
+    """``query (..., Nq, d)``, ``key``/``value`` ``(..., Nk, d)``, ``bias`` broadcastable to ``(..., Nq, Nk)``
+    (cast to the query's dtype) -> ``(..., Nq, d)``."""
+    if bias is not None:
+        bias = bias.to(query.dtype)
+    if implementation == "eager":
+        return eager_attention(query, key, value, bias, dropout_p)
+    if uses_biased_attention(query, bias, dropout_p):
+        return biased_attention(query, key, value, bias, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p)
+
+
+def eager_attention(query, key, value, bias, dropout_p: float) -> torch.Tensor:
+    """Upstream's formulation: scores / √d + bias, softmax, dropout, weighted sum."""
+    scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
+    if bias is not None:
+        scores = scores + bias
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout_p)
+    return probs @ value
