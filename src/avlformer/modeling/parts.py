@@ -31,6 +31,9 @@ from torch import nn
 
 from avlformer.config_fields import checked_fields
 from avlformer.modeling import passt, video_swin
+from avlformer.modeling.hf_encoders import (HFAudioConfig, HFAudioEncoder, HFFramesConfig, HFFramesEncoder,
+                                           HFVideoConfig, HFVideoEncoder, load_encoder_weights)
+from avlformer.modeling.hf_causal_lm import HFCausalLMConfig, HFCausalLMDecoder, load_pretrained_lm
 from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig
 
 ROLES = ("video", "audio", "text")
@@ -114,10 +117,14 @@ def describe_part(role: str, config: Any) -> str:
     return describe() if describe is not None else f"{type_of(role, config).name} {ROLE_NOUNS[role]}"
 
 
-# The paper's parts.
+# The paper's parts, then the Hugging Face ones (docs/models.md).
 register_part("video", "video_swin", video_swin.VideoSwinConfig, video_swin.VideoSwinEncoder, attribute="swin",
               load_weights=video_swin.load_official_weights)
 register_part("audio", "passt", passt.PasstConfig, passt.PasstAudioEncoder, attribute="passt",
               load_weights=passt.load_official_weights)
 register_part("text", "bert", TextTransformerConfig, TextTransformer, attribute="trans_encoder",
               load_weights=TextTransformer.load_hf_bert)
+register_part("text", "hf_causal_lm", HFCausalLMConfig, HFCausalLMDecoder, load_weights=load_pretrained_lm)
+register_part("video", "hf_video", HFVideoConfig, HFVideoEncoder, load_weights=load_encoder_weights)
+register_part("video", "hf_frames", HFFramesConfig, HFFramesEncoder, load_weights=load_encoder_weights)
+register_part("audio", "hf_audio", HFAudioConfig, HFAudioEncoder, load_weights=load_encoder_weights)

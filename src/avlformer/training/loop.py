@@ -297,7 +297,10 @@ class Trainer:
         # The val split is raw videos in every mode (with --features too), so its batches are plain ones.
         loader = eval_loader(self.val_dataset, self.args.per_gpu_eval_batch_size, self.env.rank,
                              self.env.world_size, self.args.num_workers, dataset_collate)
-        predictions, references = decode_split(self.model, loader, self.env, self.args, self.autocast)
+        from avlformer.data.tokenizer import load_tokenizer
+
+        predictions, references = decode_split(self.model, loader, self.env, self.args, self.autocast,
+                                               load_tokenizer(self.vocab_dir))
         if not self.env.is_main:
             return
         metrics, problem = score(predictions, references)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from avlformer.training.flag_table import ArgumentError, flag_option
+from avlformer.training.flag_table import FLAGS, ArgumentError, flag_option
 
 log = logging.getLogger("avlformer.train")
 
@@ -30,6 +30,7 @@ CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
     "img_feature_dim": ("img_feature_dim",),
     "drop_out": ("text", "hidden_dropout"),
 }
+FLAG_DEFAULTS = {flag.name: flag.default for flag in FLAGS}
 # text-transformer size overrides, applied when > 0 (upstream's BERT config overrides)
 TEXT_SIZE_FIELDS = {"num_hidden_layers": "num_layers", "hidden_size": "hidden_size",
                     "num_attention_heads": "num_heads", "intermediate_size": "intermediate_size"}
@@ -41,6 +42,14 @@ def _get(tree: dict, path: tuple[str, ...]) -> Any:
     for part in path:
         tree = tree[part]
     return tree
+
+
+def _absent(tree: dict, path: tuple[str, ...]) -> bool:
+    try:
+        _get(tree, path)
+    except (KeyError, TypeError):
+        return True
+    return False
 
 
 def _set(tree: dict, path: tuple[str, ...], value: Any, flag: str) -> None:
@@ -99,6 +108,8 @@ def model_config_from(values: dict[str, Any], tree: dict):
 
     tree = {key: dict(value) if isinstance(value, dict) else value for key, value in tree.items()}
     for flag, path in CONFIG_FIELDS.items():
+        if _absent(tree, path) and values[flag] == FLAG_DEFAULTS[flag]:
+            continue  # a part without this field (a Hugging Face decoder has no hidden_dropout), flag not given
         _set(tree, path, values[flag], flag)
     # the visual width appears again in the parts that carry it (the decoder's input, PaSST's projection)
     for role, key in (("text", "img_feature_dim"), ("audio", "out_dim")):
