@@ -84,6 +84,9 @@ def average_gradients(model: torch.nn.Module, world_size: int) -> None:
 
 class SelfCriticalTrainer(Trainer):
     def __init__(self, args, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir):
+        if hasattr(model.part("text"), "caption_loss"):
+            raise ArgumentError("--scst samples through the BERT decoder's [MASK] steps; a causal-LM decoder "
+                                "(text.type hf_causal_lm) has no self-critical training yet")
         super().__init__(args, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir)
         self.loss_terms = tuple(t for t in SCST_TERMS if t != "greedy_reward" or args.sc_baseline_type == "greedy")
         references = reference_table(train_dataset)
