@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` and `make test`. Both set the machine up first when needed.
+# The README's commands: `make demo`, `make test` and `make bench`; each sets the machine up first when needed.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_work
@@ -13,5 +13,8 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# Every benchmark, each run recorded as a JSON line in benchmarks/results/<name>.jsonl; then RESULTS.md from them.
 bench: setup
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/*.py; do n=$$(basename $$b .py); [ $$n = report ] && continue; echo "== $$b"; \
+		$(PY) benchmarks/report.py record $$n -- $(PY) $$b || exit 1; done
+	$(PY) benchmarks/report.py write

@@ -7,17 +7,19 @@
 #   bash run.sh --config configs/demo_tiny.json --num_train_epochs 2      # any flag of `avlformer train --help`
 #
 # Flags after run.sh are passed on; a --config given there replaces the default one. PYTHON picks the interpreter.
+# Paths typed on the command line are taken from the current folder, wherever run.sh lives (the default config's
+# own paths are taken from its folder).
 set -euo pipefail
-cd "$(dirname "$0")"
+repo="$(cd "$(dirname "$0")" && pwd)"
 
-PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
+PYTHON="${PYTHON:-$( [ -x "$repo/.venv/bin/python" ] && echo "$repo/.venv/bin/python" || echo python )}"
 NPROC_PER_NODE="${NPROC_PER_NODE:-1}"
 NNODES="${NNODES:-1}"
 NODE_RANK="${NODE_RANK:-0}"
 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 MASTER_PORT="${MASTER_PORT:-29500}"
 
-config=(--config configs/favd_32frm_default.json)
+config=(--config "$repo/configs/favd_32frm_default.json")
 for arg in "$@"; do
   case "$arg" in --config|--config=*) config=() ;; esac
 done

@@ -93,7 +93,7 @@ def initial_checkpoint(train_argv: list[str], folder: Path) -> Path:
     from avlformer.training.setup import seed_everything, training_recipe
 
     config = parse_train_args(train_argv)
-    seed_everything(config.seed)
+    seed_everything(config.run.seed)
     model = build_model(config, torch.device("cpu"))
     save_checkpoint(folder, model, config.model, training_recipe(config))
     return folder

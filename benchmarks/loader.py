@@ -1,4 +1,4 @@
-"""Training-loader throughput of our CaptionDataset at paper sizes, against the original loader's measured rate.
+"""Training-loader throughput of our CaptionDataset at paper sizes.
 
 The data (generated here, upstream layout): a frame TSV with 32 base64 JPEGs per row at 256 px short side, an HDF5
 of 10 s mono 32 kHz mp3s and a caption TSV; each sample is 32x224x224 frames, 10 s audio and a 300-token masked
@@ -7,15 +7,13 @@ loader's rate no longer includes the normalisation: ``split_ms`` gives what each
 normalisation included, so the two can be compared.
 
 No upstream-style loader is run: a re-expression of it here ran at half the original's speed, which flattered us.
-The reference is the original code's own rate, measured side by side with ours on this machine type (docs/upstream.md §10)
-(2 cores, batch 2, paper sizes): 3.1 samples/s at 0 workers, 8.8 at 2 workers; per sample it spent ~19 ms
-reading 32 base64 JPEGs, ~32 ms on PIL resize + crop + to-tensor + normalise, ~5 ms on audio and ~2 ms
-tensorising (the dense 1557^2 mask included).
+The JSON quotes the one side-by-side run of the original code's loader next to ours (``original_side_by_side``:
+machine, day and both rates, from benchmarks/results/side_by_side.jsonl); this run's rate is not divided by it.
 
 Threads are the library's defaults (torch's own count in the loading process; DataLoader workers run one each):
 the configuration a training run gets (docs/data.md, "Loading").
 
-Prints one JSON object as the last stdout line: samples/s per worker count and the speedup over the original.
+Prints one JSON object as the last stdout line: samples/s per worker count.
 """
 
 from __future__ import annotations
@@ -42,6 +40,7 @@ from avlformer.data.dataset import (FRAME_COLUMNS_START, CaptionDataset, DataCon
                                     one_thread_outside_workers, seed_worker)
 from avlformer.data.masking import make_train_text
 from avlformer.data.media_audio import encode_mp3
+from report import side_by_side
 from avlformer.data.tsv import TSVWriter
 
 CAPTION = ("In a bright kitchen a young woman in a blue apron chops green onions on a wooden board while a pot of "
@@ -95,9 +94,6 @@ def write_dataset(root: Path, num_clips: int, seconds: float = 10.0) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- timing
-# The original code's samples/s (batch 2, paper sizes, 2 threads), measured side by side (docs/upstream.md §10) on this
-# machine type; not rerun here.
-ORIGINAL_SAMPLES_PER_S = {0: 3.1, 2: 8.8}
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -187,9 +183,7 @@ def main() -> int:
         result: dict = {"clips": args.clips, "batch_size": args.batch_size, "frames": NUM_FRAMES, "image_size": 224,
                         "audio_seconds": 10.0, "max_seq_length": 300, "torch_threads": torch.get_num_threads(),
                         "frames_dtype": str(dataset[0]["frames"].dtype).replace("torch.", ""),
-                        "original_figures": "the original code's samples/s, measured side by side (docs/upstream.md §10) on "
-                                            "this machine type (batch 2, 2 threads); not rerun here",
-                        "target_vs_original": 2.0}
+                        "original_side_by_side": side_by_side("loader")}
         result["split_ms"] = split_ms(dataset, args.split_samples, args.batch_size)
         print(f"split (ms/sample): {result['split_ms']}", file=sys.stderr)
         for workers in args.workers:
@@ -201,15 +195,9 @@ def main() -> int:
             rate, cpu_ms = max(r for r, _ in runs), min(c for _, c in runs)
             entry = {"ours_samples_per_s": round(rate, 2), "cpu_ms_per_sample": round(cpu_ms, 1),
                      "ours_samples_per_s_from_cpu": round(1000 * max(workers, 1) / cpu_ms, 2)}
-            if workers in ORIGINAL_SAMPLES_PER_S:
-                entry.update(original_samples_per_s=ORIGINAL_SAMPLES_PER_S[workers],
-                             speedup_vs_original=round(rate / ORIGINAL_SAMPLES_PER_S[workers], 2))
             result[f"workers_{workers}"] = entry
             print(f"workers={workers}: {entry}", file=sys.stderr)
             del loader
-    against = [result[f"workers_{w}"]["speedup_vs_original"] for w in args.workers
-               if "speedup_vs_original" in result[f"workers_{w}"]]
-    result["speedup_vs_original"] = min(against) if against else None
     print(json.dumps(result))
     return 0
 

@@ -160,8 +160,8 @@ def main(argv=None) -> dict:
         phases["xe_start"] = {"steps": int(start_ckpt.name.rsplit("-", 1)[1]), "reused": str(start_ckpt)}
     else:
         shutil.rmtree(work / "predictions" / "xe_start", ignore_errors=True)  # scores of an earlier start
-        start_ckpt, steps, spent = train_for(base + ["--output_dir", str(work / "xe_start"), "--num_train_epochs",
-                                                     str(args.xe_epochs)], None)
+        start_ckpt, steps, spent = train_for(base + ["--output_dir", str(work / "xe_start"), "--overwrite_output_dir",
+                                                     "--num_train_epochs", str(args.xe_epochs)], None)
         phases["xe_start"] = {"steps": steps, **spent, "checkpoint": str(start_ckpt)}
     continued = base + ["--pretrained_checkpoint", str(start_ckpt), "--num_train_epochs", "100000",
                         "--warmup_ratio", "0", "--save_steps", str(args.save_steps)]

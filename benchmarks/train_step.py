@@ -1,4 +1,4 @@
-"""One training step of the full AVLFormer (forward + backward + AdamW): time and peak memory, against the original.
+"""One training step of the full AVLFormer (forward + backward + AdamW): time and peak memory.
 
 Default = the paper setting (32 frames at 224 px, 10 s audio, 1257 AV tokens, text length 300), batch 1, SDPA
 attention, with and without activation checkpointing (checkpointing = ``AVLFormer.set_activation_checkpointing()``'s
@@ -7,9 +7,9 @@ autocast. ``--attention eager`` / ``--dtypes fp32`` add the slower reference var
 memory at 8, 16 and 32 frames. Each variant runs in its own subprocess, so its peak memory (CPU max RSS of the
 process, or CUDA max allocated) is its own; the timed step follows ``--warmup`` untimed ones.
 
-The JSON carries the original FAVDBench code's figures as measured side by side on this machine type (docs/upstream.md §10:
-paper config, batch 1, fp32, 2 threads, CPU), labelled as such -- they are reference constants, not measured here.
-Prints one JSON object as the last line.
+The JSON quotes the one side-by-side run of the original FAVDBench code next to ours (``original_side_by_side``:
+its machine, day and both figures, from benchmarks/results/side_by_side.jsonl); it does not divide this run's time
+by the original's, which was measured on another day. Prints one JSON object as the last line.
 """
 
 from __future__ import annotations
@@ -32,14 +32,8 @@ from avlformer.data.token_ids import CLS_ID, MASK_ID, SEP_ID  # noqa: E402
 from avlformer.device import resolve_device  # noqa: E402
 from avlformer.modeling.avlformer import WORTH_CHECKPOINTING, AVLFormer, AVLFormerConfig  # noqa: E402
 from avlformer.training.optim import build_optimizer, parameter_groups  # noqa: E402
+from report import side_by_side  # noqa: E402
 
-# The original code's training step, measured side by side with ours (docs/upstream.md §10), not by this script.
-ORIGINAL_CPU_FP32_BATCH1 = {
-    "source": "original FAVDBench code, measured side by side (docs/upstream.md §10; paper config, batch 1, "
-              "fp32, 2 threads); reference constants, not measured by this run",
-    "checkpointing": {"seconds_per_step": 44.1, "peak_memory_gb": 14.1},
-    "no_checkpointing": {"seconds_per_step": 48.2, "peak_memory_gb": 18.7},
-}
 MEMORY_SCALING_FRAMES = (8, 16, 32)
 
 
@@ -184,24 +178,6 @@ def run_in_subprocess(spec: dict, args) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def versus_original(results: list[dict], args) -> dict | None:
-    """Our CPU fp32 SDPA paper-size batch-1 steps as ratios to the original's (speedup > 1 = faster)."""
-    if (args.num_frames, args.image_size, args.batch) != (32, 224, 1):
-        return None
-    out = {}
-    for result in results:
-        if (result["device"], result["dtype"], result["attention"]) != ("cpu", "fp32", "sdpa") \
-                or result.get("memory_scaling") or "error" in result:
-            continue
-        key = "checkpointing" if result["checkpointing"] else "no_checkpointing"
-        original = ORIGINAL_CPU_FP32_BATCH1[key]
-        out[key] = {"speedup": round(original["seconds_per_step"] / result["seconds_per_step"], 3),
-                    "memory_ratio": round(result["peak_memory_gb"] / original["peak_memory_gb"], 3),
-                    "faster_and_smaller": result["seconds_per_step"] <= original["seconds_per_step"]
-                    and result["peak_memory_gb"] <= original["peak_memory_gb"]}
-    return out or None
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -229,7 +205,7 @@ def main(argv=None) -> int:
                "memory_scaling": [{"num_frames": r["num_frames"], "peak_memory_gb": r.get("peak_memory_gb"),
                                    "seconds_per_step": r.get("seconds_per_step")}
                                   for r in results if r.get("memory_scaling")] or None,
-               "original_reference": ORIGINAL_CPU_FP32_BATCH1, "versus_original": versus_original(results, args)}
+               "original_side_by_side": side_by_side("train_step")}
     print(json.dumps(summary))
     return 0
 

@@ -99,3 +99,18 @@ def test_atomic_folder_swaps_whole_folders(tmp_path):
         (staging / "b.txt").write_text("v3")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"], "no staging or retired folders left behind"
+
+
+def test_output_paths_inside_a_checkpoint_are_found_through_links(tmp_path):
+    from avlformer.output_paths import enclosing_checkpoint, output_file_problem, output_folder_problem
+
+    checkpoint = tmp_path / "run" / "checkpoint-1-10"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "training_state.pt").write_bytes(b"")
+    (tmp_path / "link").symlink_to(checkpoint)
+    assert enclosing_checkpoint(tmp_path / "link" / "sub" / "x.json") == checkpoint
+    assert enclosing_checkpoint(tmp_path / "run" / "x.json") is None
+    assert "lies inside the checkpoint folder" in output_file_problem(tmp_path / "link" / "p.json")
+    assert "lies inside the checkpoint folder" in output_folder_problem(checkpoint / "out", "--out")
+    assert output_file_problem(tmp_path / "run" / "p.json") is None
+    assert output_folder_problem(tmp_path / "run" / "new", "--out") is None

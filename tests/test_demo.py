@@ -221,3 +221,28 @@ def test_attribute_accuracy_counts_missing_predictions_wrong():
     predictions = {"a": synth.make_caption(truth["a"])}
     scores = attribute_accuracy(predictions, truth)
     assert scores == {k: 0.5 for k in (*synth.VISUAL_ATTRIBUTES, *synth.SOUND_ATTRIBUTES)}
+
+
+def test_demo_refuses_a_workdir_inside_a_checkpoint_or_over_its_config(tmp_path, capsys):
+    import argparse
+
+    from avlformer.demo import cli as demo_cli
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    parser = argparse.ArgumentParser()
+    demo_cli.add_arguments(parser)
+    assert demo_cli.main(parser.parse_args(["--workdir", str(checkpoint / "demo")])) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"avlformer demo: --workdir {checkpoint / 'demo'}: lies inside the checkpoint folder {checkpoint}; give a "
+        "folder outside it"]
+    assert not (checkpoint / "demo").exists()
+
+    work = tmp_path / "work"
+    work.mkdir()
+    config = work / "metrics.json"
+    config.write_text(demo_cli.default_config_path().read_text())
+    assert demo_cli.main(parser.parse_args(["--workdir", str(work), "--config", str(config)])) == 1
+    assert "is one of the input files" in capsys.readouterr().err
+    assert sorted(p.name for p in work.iterdir()) == ["metrics.json"]

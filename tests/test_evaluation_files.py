@@ -151,7 +151,7 @@ def test_cli_rejects_a_folder_as_pred_or_ref_in_one_line(tmp_path, capsys):
     assert f"{folder}: reference file expected, found a folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("output", ["folder", "pred", "under_a_file"])
+@pytest.mark.parametrize("output", ["folder", "pred", "under_a_file", "in_a_checkpoint"])
 def test_cli_checks_output_before_any_metric_runs(tmp_path, capsys, monkeypatch, output):
     import avlformer.evaluation.cli as evaluation_cli
 
@@ -162,8 +162,12 @@ def test_cli_checks_output_before_any_metric_runs(tmp_path, capsys, monkeypatch,
     pred = write_json(tmp_path / "pred.json", {"a": "a dog"})
     ref = write_json(tmp_path / "ref.json", [{"image_id": "a", "caption": "a dog"}])
     (tmp_path / "out").mkdir()
-    target = {"folder": tmp_path / "out", "pred": pred, "under_a_file": ref / "metrics.json"}[output]
-    expected = {"folder": "is a folder", "pred": "is one of the input files", "under_a_file": f"{ref} is not a folder"}
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"")
+    target = {"folder": tmp_path / "out", "pred": pred, "under_a_file": ref / "metrics.json",
+              "in_a_checkpoint": tmp_path / "ckpt" / "config.json"}[output]
+    expected = {"folder": "is a folder", "pred": "is one of the input files", "under_a_file": f"{ref} is not a folder",
+                "in_a_checkpoint": f"lies inside the checkpoint folder {tmp_path / 'ckpt'}"}
     assert avlformer_main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--metrics", "bleu",
                            "--output", str(target)]) == 2
     err = capsys.readouterr().err

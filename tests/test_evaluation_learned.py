@@ -446,3 +446,52 @@ def test_broken_model_folder_is_an_error_naming_it(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match=re.escape(str(tmp_path))):
         load_clip(tmp_path, "CLIPScore", torch.device("cpu"))
+
+
+def _caption_pair(folder, prediction: str, reference: str):
+    pred, ref = folder / "pred.json", folder / "ref.json"
+    pred.write_text(json.dumps([{"image_id": "v1", "caption": prediction}]))
+    ref.write_text(json.dumps({"annotations": [{"image_id": "v1", "caption": reference, "id": 0}]}))
+    return pred, ref
+
+
+def test_a_requested_metric_no_item_can_get_is_an_error_naming_why(nltk_data, t5_dir, tmp_path, capsys):
+    from avlformer.cli import main as avlformer_main
+
+    pred, ref = _caption_pair(tmp_path, "sits loudly.", "barks loudly.")  # not one noun on either side
+    code = avlformer_main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--metrics", "entity",
+                           "--t5-model", str(t5_dir), "--nltk-data", str(nltk_data), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 3
+    assert "EntityScore" not in captured.out.split("[entity]")[0]  # no value in the table
+    assert ("error: --metrics entity: EntityScore could not be computed: none of the 1 item(s) could be scored "
+            "(each has no noun in the prediction or in the reference)") in captured.err.splitlines()
+
+
+def test_metric_weights_holding_pickled_code_are_a_one_line_error(t5_dir, nltk_data, tmp_path, capsys):
+    import shutil
+
+    from avlformer.cli import main as avlformer_main
+
+    folder = tmp_path / "t5"
+    shutil.copytree(t5_dir, folder)
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "ran"
+    torch.save({"shared.weight": _RunsCode(str(marker))}, folder / "pytorch_model.bin")
+    pred, ref = _caption_pair(tmp_path, "a man sits.", "a man sings.")
+    code = avlformer_main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--metrics", "entity",
+                           "--t5-model", str(folder), "--nltk-data", str(nltk_data), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not marker.exists()
+    assert len(err) == 1 and err[0].startswith(f"error: {folder}: cannot be loaded as T5EncoderModel (")
+    assert "posix.system" in err[0] or "os.system" in err[0]
+
+
+class _RunsCode:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)

@@ -251,7 +251,7 @@ def test_config_file_values_for_end_to_end_are_accepted_with_features(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"model_preset": "tiny", "use_checkpoint": True, "backbone_coef_lr": 0.05}))
     config = parse_train_args(["--config", str(path), "--features", str(tmp_path)])
-    assert config.features == str(tmp_path) and config.use_checkpoint
+    assert config.data.features == str(tmp_path) and config.run.activation_checkpointing == ["video"]
 
 
 class ClipsOf(torch.utils.data.Dataset):
@@ -320,3 +320,46 @@ def test_resume_with_features_ends_with_the_same_weights(workspace, tmp_path):
     train(config)
     straight, resumed = last_weights(tmp_path / "straight"), last_weights(tmp_path / "resumed")
     assert all(torch.equal(resumed[name], value) for name, value in straight.items())
+
+
+def test_ctrl_c_is_one_line_exit_130_and_the_rerun_continues(workspace, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "features"
+    real = AVLFormer.encoder_outputs
+    calls = []
+
+    def interrupted_on_second_batch(self, frames, audio):
+        calls.append(len(frames))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, frames, audio)
+
+    monkeypatch.setattr(AVLFormer, "encoder_outputs", interrupted_on_second_batch)
+    assert extract(workspace, out) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.strip().splitlines()[-1] == (f"avlformer extract-features: interrupted; the clips finished so far "
+                                            f"are kept under {out / '.work'}; rerun the same command to continue")
+    monkeypatch.setattr(AVLFormer, "encoder_outputs", real)
+    assert extract(workspace, out) == 0
+    assert "(1 computed now, 2 reused)" in capsys.readouterr().out
+
+
+def test_an_unreadable_model_file_is_named_with_the_reason(workspace, tmp_path, capsys):
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(bytes(range(256)) * 4)
+    code = cli_main(["extract-features", "--data-dir", str(workspace["data"]), "--model", str(bad), "--out",
+                     str(tmp_path / "features"), "--num-workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"avlformer extract-features: error: {bad}: cannot be read with torch.load")
+    assert "Check the documentation" not in err[0]
+
+
+def test_extract_never_writes_inside_a_checkpoint(workspace, tmp_path, capsys):
+    out = workspace["checkpoint"] / "features"
+    code = cli_main(["extract-features", "--data-dir", str(workspace["data"]), "--model",
+                     str(workspace["checkpoint"]), "--out", str(out), "--num-workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"avlformer extract-features: error: --out {out}: lies inside the checkpoint "
+                                 f"folder {workspace['checkpoint']}; give a folder outside it"]
+    assert not out.exists()

@@ -134,6 +134,35 @@ def test_infer_output_folder_is_refused_before_any_captioning(checkpoint, clip, 
     assert "out: is a folder" in line
 
 
+@pytest.mark.parametrize("target, message", [
+    ("video", "would overwrite a file of the input folder"),
+    ("audio", "would overwrite a file of the input folder"),
+    ("checkpoint_config", "lies inside the checkpoint folder"),
+    ("into_checkpoint", "lies inside the checkpoint folder"),
+])
+def test_infer_output_never_replaces_an_input_or_writes_into_the_checkpoint(checkpoint, clip, tmp_path, capsys,
+                                                                           monkeypatch, target, message):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("captioning started before --output was checked")
+
+    monkeypatch.setattr(pipeline, "caption_videos", must_not_run)
+    videos, audio = tmp_path / "videos", tmp_path / "audio"
+    videos.mkdir(), audio.mkdir()
+    shutil.copyfile(clip, videos / "good.mp4")
+    (audio / "good.mp3").write_bytes(b"ID3 not really")
+    output = {"video": videos / "good.mp4", "audio": audio / "good.mp3", "checkpoint_config": checkpoint /
+              "config.json", "into_checkpoint": checkpoint / "predictions.json"}[target]
+    before = {path: path.read_bytes() for path in (videos / "good.mp4", audio / "good.mp3", checkpoint /
+                                                                            "config.json")}
+    status = cli_main(["infer", "--eval_model_dir", str(checkpoint), "--test_video_fname", str(videos),
+                       "--test_audio_fname", str(audio), "--output", str(output), "--device", "cpu"])
+    line = one_line(capsys.readouterr().err)
+    assert status == 2
+    assert line.startswith(f"avlformer infer: --output {output}: {message}")
+    assert {path: path.read_bytes() for path in before} == before
+    assert not (checkpoint / "predictions.json").exists()
+
+
 @pytest.mark.parametrize("flag, value, message", [
     ("--batch-size", "0", "--batch-size 0: must be >= 1"),
     ("--num-workers", "-1", "--num-workers -1: must be >= 0"),

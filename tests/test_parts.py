@@ -133,7 +133,8 @@ def test_training_machinery_finds_the_new_part_by_role():
     assert encoder not in [module for module, _ in fsdp_units(model)]  # end to end, frozen stays in the root
     assert encoder in [module for module, _ in fsdp_units(model, features=True)]
     model.requires_grad_(True)
-    apply_freezing(model, SimpleNamespace(freeze_backbone=True, freeze_passt=False, freeze_embedding=True))
+    apply_freezing(model, SimpleNamespace(optim=SimpleNamespace(freeze_backbone=True, freeze_passt=False,
+                                                               freeze_embedding=True)))
     assert not any(p.requires_grad for p in encoder.parameters()) and model.fc.weight.requires_grad
     assert [n for n, p in decoder.named_parameters() if not p.requires_grad] == [
         "bert.embeddings.word_embeddings.weight"]

@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from avlformer.training import loop
+from avlformer.training import loop, trainer
 from avlformer.training.args import parse_train_args
 from avlformer.training.flag_table import ArgumentError
 from avlformer.training.scst import baseline_from_samples, reference_table
@@ -67,8 +67,9 @@ def test_scst_flags_are_checked():
     with pytest.raises(ArgumentError, match="--scst cannot be combined with --distributed-strategy fsdp"):
         parse("--scst", "--distributed-strategy", "fsdp")
     args = parse("--scst", "--sc-train-sample-n", "1", "--sc-baseline-type", "greedy", "--top-k", "5")
-    assert (args.scst, args.sc_train_sample_n, args.sc_baseline_type, args.top_k) == (True, 1, "greedy", 5)
-    assert parse("--scst").sc_baseline_type == "sample"
+    assert (args.scst.enabled, args.scst.sample_n, args.scst.baseline_type, args.scst.top_k) == \
+        (True, 1, "greedy", 5)
+    assert parse("--scst").scst.baseline_type == "sample"
 
 
 def test_leave_one_out_baseline():
@@ -184,7 +185,7 @@ def test_scst_runs_under_bf16_autocast(tmp_path):
 
 def test_scst_validates_by_cider_and_keeps_the_best_checkpoint(tmp_path, monkeypatch):
     scores = iter([0.4, 0.1])
-    monkeypatch.setattr(loop, "score", lambda predictions, references: ({"CIDEr": next(scores)}, None))
+    monkeypatch.setattr(trainer, "score", lambda predictions, references: ({"CIDEr": next(scores)}, None))
     result = run(tmp_path, "--evaluate-during-training", "--save-steps", "1", val_size=2)
     assert result.best["checkpoint"] == "checkpoint-0-1" and result.best["score"] == 0.4
     assert "valid/CIDEr" in _scalars(tmp_path / "log")

@@ -23,7 +23,8 @@ from avlformer.data.recipe import PreprocessRecipe  # noqa: E402
 from avlformer.hub import AVLFormer  # noqa: E402
 from avlformer.inference.captioner import Captioner  # noqa: E402
 from avlformer.modeling.avlformer import AVLFormerConfig  # noqa: E402
-from avlformer.serve.server import CaptionServer, ServeState  # noqa: E402
+from avlformer.serve.listener import CaptionServer  # noqa: E402
+from avlformer.serve.server import ServeState  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import media_fixtures  # noqa: E402
@@ -45,13 +46,13 @@ def served(tmp_path_factory):
     state = ServeState(captioner=Captioner(model, device="cpu", batch_size=1), model_name="tiny",
                        videos_dir=videos, max_upload_bytes=MAX_UPLOAD)
     server = CaptionServer(state, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield {"server": server, "port": server.server_address[1], "videos": videos, "state": state}
     server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    thread.join(timeout=30)
     assert not thread.is_alive()
+    server.server_close()
     assert not state.temp_root.exists(), "the private upload folder outlived the server"
 
 

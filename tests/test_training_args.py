@@ -13,6 +13,7 @@ import torch
 
 from avlformer.training import cli as train_cli
 from avlformer.training.args import ArgumentError, parse_train_args
+from avlformer.training.flag_table import upstream_values
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,14 +27,14 @@ def test_underscore_and_hyphen_spellings_are_the_same_flag():
                      "--loss_sparse_w=0.25")
     ours = parse("--per-gpu-train-batch-size", "3", "--lambda", "0.3", "--learn-mask-enabled",
                  "--loss-sparse-w=0.25")
-    assert vars(upstream) == vars(ours)
-    assert (ours.per_gpu_train_batch_size, ours.lambda_, ours.learn_mask_enabled, ours.loss_sparse_w) == \
-        (3, 0.3, True, 0.25)
+    assert upstream == ours
+    assert (ours.optim.per_gpu_train_batch_size, ours.model.lm_loss_weight, ours.model.learn_mask_enabled,
+            ours.model.sparsity_loss_weight) == (3, 0.3, True, 0.25)
 
 
 def test_bare_boolean_flag_means_true_and_explicit_false_works():
-    assert parse("--evaluate_during_training").evaluate_during_training is True
-    assert parse("--evaluate_during_training", "false").evaluate_during_training is False
+    assert parse("--evaluate_during_training").run.evaluate_during_training is True
+    assert parse("--evaluate_during_training", "false").run.evaluate_during_training is False
 
 
 def test_command_line_beats_config_file_which_beats_defaults(tmp_path):
@@ -41,10 +42,10 @@ def test_command_line_beats_config_file_which_beats_defaults(tmp_path):
     config.write_text(json.dumps({"learning_rate": 0.5, "weight_decay": 0.3, "lambda_": 0.2,
                                   "num-train-epochs": 7}))
     args = parse_train_args(["--config", str(config), "--learning_rate", "0.125"])
-    assert args.learning_rate == 0.125          # typed on the command line
-    assert args.weight_decay == 0.3             # from the file
-    assert args.lambda_ == 0.2 and args.num_train_epochs == 7  # file keys in either spelling
-    assert args.adam_epsilon == 1e-8            # default
+    assert args.optim.learning_rate == 0.125          # typed on the command line
+    assert args.optim.weight_decay == 0.3             # from the file
+    assert args.model.lm_loss_weight == 0.2 and args.optim.num_train_epochs == 7  # file keys in either spelling
+    assert args.optim.adam_epsilon == 1e-8            # default
 
 
 def test_config_file_problems_name_the_file_and_key(tmp_path):
@@ -77,12 +78,13 @@ def test_dead_flags_with_a_non_neutral_value_are_rejected_with_the_reason(argv, 
 
 def test_dead_flags_at_their_neutral_value_are_accepted(tmp_path):
     args = parse("--use_cbs", "false", "--kinetics", "600", "--patch_size", "32", "--scst", "0")
-    assert args.kinetics == "600"
+    assert args == parse()  # a neutral value changes nothing
     config = tmp_path / "upstream.json"  # upstream's own config file carries such keys
     config.write_text(json.dumps({"use_clip_model": True, "grid_feat": True, "pretrained_2d": False,
                                   "restore_ratio": -1, "zero_opt_stage": 1, "mixed_precision_method": "apex"}))
     args = parse("--config", str(config))
-    assert args.zero_opt_stage == -1  # reset unless DeepSpeed, as upstream
+    assert upstream_values(args)["zero_opt_stage"] == -1  # reset unless DeepSpeed, as upstream
+    assert args.run.distributed_strategy == "ddp"  # apex
 
 
 def test_cli_reports_a_rejected_flag_and_exits_2(capsys):
@@ -97,18 +99,18 @@ def test_cli_reports_a_rejected_flag_and_exits_2(capsys):
 
 def test_effective_batch_size_sets_the_per_process_batch():
     args = parse("--effective_batch_size", "16", "--gradient_accumulation_steps", "2", world_size=2)
-    assert args.per_gpu_train_batch_size == 4
-    assert args.per_gpu_eval_batch_size >= 4
+    assert args.optim.per_gpu_train_batch_size == 4
+    assert args.optim.per_gpu_eval_batch_size >= 4
     derived = parse("--per_gpu_train_batch_size", "3", "--gradient_accumulation_steps", "2", world_size=4)
-    assert derived.effective_batch_size == 24
+    assert derived.optim.effective_batch_size == 24
     with pytest.raises(ArgumentError, match="not divisible"):
         parse("--effective_batch_size", "10", world_size=4)
 
 
 def test_upstream_precision_flags_map_onto_strategy_and_precision():
-    assert parse("--mixed_precision_method", "fairscale").distributed_strategy == "fsdp"
-    assert parse("--amp_opt_level", "1").precision == "fp16"
-    assert parse("--precision", "bf16").precision == "bf16"
+    assert parse("--mixed_precision_method", "fairscale").run.distributed_strategy == "fsdp"
+    assert parse("--amp_opt_level", "1").run.precision == "fp16"
+    assert parse("--precision", "bf16").run.precision == "bf16"
     with pytest.raises(ArgumentError, match="contradicts"):
         parse("--mixed_precision_method", "fairscale", "--distributed-strategy", "ddp")
     with pytest.raises(ArgumentError, match="deepspeed"):
@@ -117,8 +119,8 @@ def test_upstream_precision_flags_map_onto_strategy_and_precision():
 
 def test_zero_backbone_lr_freezes_the_backbone_and_use_checkpoint_means_video():
     args = parse("--backbone_coef_lr", "0", "--use_checkpoint")
-    assert args.freeze_backbone is True
-    assert args.activation_checkpointing == ["video"]
+    assert args.optim.freeze_backbone is True
+    assert args.run.activation_checkpointing == ["video"]
 
 
 def test_inconsistent_values_are_errors():
@@ -134,14 +136,16 @@ def test_paper_config_file_gives_the_paper_model():
     assert (config.num_frames, config.image_size, config.num_av_tokens) == (32, 224, 1257)
     assert (config.lm_loss_weight, config.sparsity_loss_weight, config.learn_mask_enabled) == (0.1, 0.5, True)
     assert config.video.use_checkpoint is True
-    assert (args.learning_rate, args.backbone_coef_lr, args.weight_decay) == (1e-4, 0.05, 0.2)
-    assert args.attn_mask_type == "learn_vid_att" and args.max_img_seq_length == 1257
+    assert (args.optim.learning_rate, args.optim.backbone_coef_lr, args.optim.weight_decay) == (1e-4, 0.05, 0.2)
+    recorded = upstream_values(args)  # what log/args.json says, under the original's names
+    assert recorded["attn_mask_type"] == "learn_vid_att" and recorded["max_img_seq_length"] == 1257
+    assert (recorded["lambda_"], recorded["max_num_frames"], recorded["use_checkpoint"]) == (0.1, 32, True)
 
 
 def test_preset_values_apply_unless_a_flag_is_given():
     args = parse_train_args(["--model_preset", "tiny"])
     config = args.model
-    assert args.max_num_frames == config.num_frames == 8  # the preset's value, written back for args.json
+    assert upstream_values(args)["max_num_frames"] == config.num_frames == 8  # the preset's, for args.json
     args = parse_train_args(["--model_preset", "tiny", "--max_num_frames", "4", "--lambda_", "0.7"])
     config = args.model
     assert (config.num_frames, config.lm_loss_weight) == (4, 0.7)
@@ -158,7 +162,7 @@ def test_config_values_of_the_wrong_type_are_errors_naming_file_and_key(tmp_path
     config = tmp_path / "train.json"
     config.write_text(json.dumps({"per_gpu_train_batch_size": value}))
     if value == "2":  # strings are how argparse hands values over; the file rule is the command-line rule
-        assert parse("--config", str(config)).per_gpu_train_batch_size == 2
+        assert parse("--config", str(config)).optim.per_gpu_train_batch_size == 2
         return
     with pytest.raises(ArgumentError, match=r"train\.json: key 'per_gpu_train_batch_size' has value .*integer"):
         parse("--config", str(config))
@@ -179,6 +183,7 @@ def test_args_json_with_a_word_for_a_number_names_the_key_and_file(tmp_path):
     (["--mask-prob", "1.5"], "--mask-prob must be in"),
     (["--seed", "-3"], "--seed must be in"),
     (["--limited-samples", "0"], "--limited-samples must be"),
+    (["--lambda", "2"], "--lambda must be in"),  # a model flag: named, not the model configuration's field
 ])
 def test_bad_numbers_and_devices_are_one_line_errors(argv, message, capsys):
     with pytest.raises(ArgumentError, match=message):
@@ -206,12 +211,12 @@ def test_relative_paths_in_a_config_file_are_taken_from_its_folder(tmp_path, mon
     """`cd /tmp && avlformer train --config <repo>/configs/demo_tiny.json` must find demo_tiny_model.json."""
     monkeypatch.chdir(tmp_path)
     args = parse("--config", str(REPO / "configs" / "demo_tiny.json"), "--output_dir", "typed/out")
-    assert Path(args.model_config) == REPO / "configs" / "demo_tiny_model.json"
+    assert Path(args.init.model_config) == REPO / "configs" / "demo_tiny_model.json"
     assert (args.model.image_size, args.model.text.hidden_size) == (64, 64)
-    assert args.output_dir == "typed/out"  # typed on the command line: from the current directory
+    assert args.run.output_dir == "typed/out"  # typed on the command line: from the current directory
     paper = parse("--config", str(REPO / "configs" / "favd_32frm_default.json"))
-    assert Path(paper.data_dir) == REPO / "datasets"  # where run.sh (which cds to the repo) always looked
-    assert paper.resume == ""
+    assert Path(paper.data.data_dir) == REPO / "datasets"  # the repository's datasets/, from any current folder
+    assert paper.run.resume == ""
 
 
 def test_model_name_or_path_initialises_the_text_transformer_from_a_hf_bert_folder(tmp_path):
@@ -260,8 +265,9 @@ def test_a_model_config_file_may_leave_fields_at_their_defaults(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps(partial))
     args = parse("--model_config", str(tmp_path / "model.json"))
     assert args.model.num_frames == 8
-    # the configuration's defaults for what the file left out (lambda_'s flag default is 0.5), recorded as used
-    assert (args.num_beams, args.lambda_) == (args.model.num_beams, args.model.lm_loss_weight) == (1, 0.1)
+    # the configuration's defaults for what the file left out, recorded as used
+    recorded = upstream_values(args)
+    assert (recorded["num_beams"], recorded["lambda_"]) == (args.model.num_beams, args.model.lm_loss_weight) == (1, 0.1)
     (tmp_path / "bad.json").write_text(json.dumps({**partial, "num_frames": "many"}))
     with pytest.raises(ArgumentError, match=r"bad\.json: not a valid model configuration"):
         parse("--model_config", str(tmp_path / "bad.json"))

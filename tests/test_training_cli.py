@@ -75,3 +75,71 @@ def test_train_without_tensorboard_is_a_one_line_error_naming_the_extra(monkeypa
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(ArgumentError, match=r"pip install 'avlformer\[train\]'"):
         summary_writer(None)
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage, workers", [("frame_tsv", 0), ("audio_hdf5", 0), ("audio_hdf5", 1), ("yaml", 0)])
+def test_damaged_data_files_are_one_line_naming_the_file(tmp_path, capsys, damage, workers):
+    """Also when a loader worker meets the damage (its error arrives wrapped in the worker's traceback)."""
+    yaml_path = write_tiny_dataset(tmp_path / "data")
+    TINY_RECIPE.save(recipe_path_for_yaml(yaml_path))
+    data = tmp_path / "data"
+    damaged = {"frame_tsv": data / "frame_tsv" / "train_32frames.img.tsv",
+               "audio_hdf5": data / "audio_hdf" / "train_mp3.hdf", "yaml": yaml_path}[damage]
+    if damage == "yaml":
+        damaged.write_text("caption: [unclosed\n  : : :\n")
+    else:
+        _truncate(damaged)
+    status = cli.main(train_flags(data, tmp_path / "out", "--num_workers", str(workers)))
+    err = [line for line in capsys.readouterr().err.splitlines() if " INFO " not in line]
+    assert status == 2
+    assert len(err) == 1, err
+    assert err[0].startswith("avlformer train: error: ") and damaged.name in err[0]
+
+
+def _weights_files(folder):
+    """A corrupt file, a pickle that would run code, a safetensors file whose header lies about its size."""
+    import os
+    import struct
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f"touch {folder / 'ran'}",)
+
+    corrupt = folder / "corrupt.pth"
+    corrupt.write_bytes(bytes(range(256)) * 8)
+    malicious = folder / "malicious.pth"
+    torch.save({"state_dict": RunsCode()}, malicious)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 4000000]}}).encode()
+    lying = folder / "lying.safetensors"
+    lying.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    return {"corrupt": corrupt, "malicious": malicious, "lying": lying}
+
+
+@pytest.mark.parametrize("flag", ["--swin_checkpoint", "--passt_checkpoint", "--pretrained_checkpoint"])
+def test_unusable_weight_files_are_one_line_naming_the_file(tmp_path, capsys, flag):
+    yaml_path = write_tiny_dataset(tmp_path / "data")
+    TINY_RECIPE.save(recipe_path_for_yaml(yaml_path))
+    for kind, path in _weights_files(tmp_path).items():
+        if flag == "--pretrained_checkpoint" and kind == "lying":
+            from avlformer.modeling.avlformer import AVLFormerConfig
+
+            status = cli.main(train_flags(tmp_path / "data", tmp_path / "out_alone", "--num_workers", "0", flag,
+                                          str(path)))
+            err = capsys.readouterr().err.strip().splitlines()
+            assert status == 2 and err[-1] == (f"avlformer train: error: {path}: weights without their config.json "
+                                               f"(expected beside them, in {tmp_path})")
+
+            # Ours: the weights with config.json beside them; the header promises tensors the file does not hold.
+            (tmp_path / "config.json").write_text(json.dumps(AVLFormerConfig.tiny().to_dict()))
+        status = cli.main(train_flags(tmp_path / "data", tmp_path / f"out_{kind}", "--num_workers", "0", flag,
+                                      str(path)))
+        err = [line for line in capsys.readouterr().err.splitlines() if " INFO " not in line
+               and " WARNING " not in line]
+        assert status == 2, kind
+        assert len(err) == 1, (kind, err)
+        assert err[0].startswith(f"avlformer train: error: {path}"), (kind, err)
+    assert not (tmp_path / "ran").exists()

@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from avlformer.training import loop
+from avlformer.training import loop, trainer
 from avlformer.training.args import parse_train_args
 from training_fakes import FakeCaptionDataset, deterministic_tiny_config, distributed_worker, tiny_model
 
@@ -65,7 +65,7 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path, one_process):
 
 
 def test_fsdp_matches_one_process_validates_and_resumes_exactly(tmp_path, one_process, monkeypatch):
-    monkeypatch.setattr(loop, "score", lambda predictions, references: ({"CIDEr": float(len(predictions))}, None))
+    monkeypatch.setattr(trainer, "score", lambda predictions, references: ({"CIDEr": float(len(predictions))}, None))
     launch_two(tmp_path, "--distributed-strategy", "fsdp", "--evaluate-during-training", val_size=3)
     final = load_file(str(tmp_path / FINAL / "model.safetensors"))
     assert_same_weights(final, one_process)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from avlformer.data.recipe import RECIPE_NAME
 from avlformer.modeling.avlformer import AVLFormerConfig
-from avlformer.training import loop
+from avlformer.training import loop, trainer
 from avlformer.training.args import parse_train_args
 from avlformer.training.batches import EpochBatchSampler
 from avlformer.training.checkpointing import TRAINING_STATE, ResumeError
@@ -123,7 +123,7 @@ def test_validation_keeps_the_best_checkpoint_by_cider_and_logs_scalars(tmp_path
         assert set(predictions) == set(references) == {f"val/{i}.mp4" for i in range(3)}
         return {"CIDEr": next(scores), "Bleu_4": 0.1}, None
 
-    monkeypatch.setattr(loop, "score", fake_score)  # the real metrics need Java and take tens of seconds
+    monkeypatch.setattr(trainer, "score", fake_score)  # the real metrics need Java and take tens of seconds
     out = tmp_path / "run"
     result = run(out, "--evaluate-during-training", val=True)
     assert result.best["checkpoint"] == "checkpoint-1-6" and result.best["score"] == 0.5
@@ -208,7 +208,7 @@ def test_ctrl_c_in_the_command_prints_one_line_and_exits_130(tmp_path, monkeypat
     def interrupted(*_, **__):
         raise loop.TrainingInterrupted(5, 8, tmp_path / "checkpoint-0-4")
 
-    monkeypatch.setattr(loop, "train", interrupted)
+    monkeypatch.setattr(train_cli, "train", interrupted)
     parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser)
     status = train_cli.main(parser.parse_args(["--device", "cpu", "--output-dir", str(tmp_path)]))

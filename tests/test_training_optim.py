@@ -56,8 +56,9 @@ def test_weight_decay_flag_takes_effect():
     """With zero gradients AdamW's update is 0, so each step only decays: p <- p * (1 - lr * wd)."""
     args = parse_train_args(["--weight_decay", "0.5", "--learning_rate", "0.1", "--backbone_coef_lr", "1"])
     model = Toy()
-    optimizer = build_optimizer(model, args.learning_rate, args.backbone_coef_lr, args.weight_decay,
-                                args.adam_epsilon)
+    optim = args.optim
+    optimizer = build_optimizer(model, optim.learning_rate, optim.backbone_coef_lr, optim.weight_decay,
+                                optim.adam_epsilon)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     for p in model.parameters():
         p.grad = torch.zeros_like(p) if p.requires_grad else None

@@ -83,15 +83,16 @@ def test_a_save_that_fails_midway_leaves_no_checkpoint_and_the_previous_one_inta
     real_save = torch.save
     calls = {"n": 0}
 
-    def failing_save(obj, path, *a, **k):
+    def failing_save(obj, handle, *a, **k):
         calls["n"] += 1
         if calls["n"] == 2:  # the second checkpoint's training_state.pt
-            Path(path).write_bytes(b"partial")
+            handle.write(b"partial")
             raise OSError("disk full")
-        return real_save(obj, path, *a, **k)
+        return real_save(obj, handle, *a, **k)
 
     monkeypatch.setattr(checkpointing.torch, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(checkpointing.CheckpointSaveError, match=r"could not write checkpoint .*checkpoint-1-2 "
+                       r"\(disk full\); the last checkpoint .*checkpoint-0-1 is intact"):
         short_run(tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir() if p.name != "log")
     assert names == ["checkpoint-0-1"]  # no checkpoint-1-2, no temporary folder
@@ -137,15 +138,13 @@ def test_flags_that_cannot_apply_to_a_given_model_are_errors(tmp_path):
 
 def test_the_model_is_described_with_its_size_before_it_is_built(tmp_path, monkeypatch, capsys):
     """Without --model-config the paper model is built; the log says so, with its size, before building."""
-    from avlformer.training import model_setup
-
     class Stop(Exception):
         pass
 
     def refuse(*_):
         raise Stop
 
-    monkeypatch.setattr(model_setup, "build_model", refuse)
+    monkeypatch.setattr(loop, "build_model", refuse)
     args = parse_train_args(["--output-dir", str(tmp_path), "--device", "cpu", "--per-gpu-train-batch-size", "2"])
     with pytest.raises(Stop):
         loop.train(args, train_dataset=FakeCaptionDataset(deterministic_tiny_config(), 4))

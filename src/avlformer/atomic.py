@@ -100,34 +100,56 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _swap_in(staging: Path, target: Path) -> None:
+    """Two renames when ``target`` exists (the old folder aside into ``.<name>.<token>.old/``, then the staging
+    folder ``.<name>.<token>.tmp`` into place); a process killed between them leaves both copies, which
+    ``finish_interrupted_swaps`` finds by the shared token."""
     if target.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        retired = _retired_for(staging)
+        retired.mkdir()
         os.replace(target, retired / target.name)
         os.replace(staging, target)
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staging, target)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
+    _fsync_folder(target.parent)
+
+
+def _retired_for(staging: Path) -> Path:
+    return staging.with_name(staging.name.removesuffix(".tmp") + ".old")
+
+
+def _fsync_folder(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
-def output_file_problem(output: str | os.PathLike, flag: str = "--output", inputs: tuple = (),
-                        example: str = "output.json") -> str | None:
-    """Why ``output`` cannot be written as a file, or None; checked before a long job starts, so that a job never
-    does all its work only to fail writing the result. ``inputs``: files the output must not overwrite."""
-    path = Path(output)
-    if path.is_dir():
-        return f"{flag} {output}: is a folder; give a file name, e.g. {path / example}"
-    if path.exists() and any(Path(given).exists() and path.samefile(given) for given in inputs):
-        return f"{flag} {output}: is one of the input files; give another file name"
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{flag} {output}: {parent} is not a folder"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{flag} {output}: folder {parent} is not writable"
-    return None
+def finish_interrupted_swaps(parent: str | os.PathLike) -> list[Path]:
+    """Complete the folder swaps of ``atomic_folder`` that a killed process left half done in ``parent``; returns
+    the folders put back under their names.
+
+    Killed between the two renames, a swap leaves no folder under the name: the new copy is still staged (and
+    complete: it is renamed only after its files are synced), so the swap is finished with it; without a staged
+    copy the old one is put back. Killed before the first rename or after the second, the name holds a whole
+    folder and only the hidden leftovers go (the caller removes stale staging folders)."""
+    parent = Path(parent)
+    restored = []
+    for retired in sorted(parent.glob(".*.old")):
+        if not retired.is_dir() or retired.is_symlink():
+            continue
+        moved_aside = list(retired.iterdir())
+        if any(not retired.name.startswith(f".{moved.name}.") for moved in moved_aside):
+            continue  # not one of ours: left alone
+        for moved in moved_aside:
+            target = parent / moved.name
+            if target.exists():
+                continue
+            staged = retired.with_name(retired.name.removesuffix(".old") + ".tmp")
+            os.replace(staged if staged.is_dir() else moved, target)
+            restored.append(target)
+        shutil.rmtree(retired, ignore_errors=True)
+    if restored:
+        _fsync_folder(parent)
+    return restored

@@ -10,8 +10,8 @@ import importlib
 import os
 import sys
 
-# Large CPU tensors on transparent huge pages: about 2x faster memory-bound training ops (docs/training.md,
-# Training speed and memory). torch reads it when it starts, so it must be set before any command imports torch.
+# Large CPU tensors on transparent huge pages, so memory-bound training ops do not pay a page fault per fresh page
+# (docs/training.md, Training speed and memory). torch reads it when it starts: set before any command imports it.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from avlformer.flags import normalize_flag_spelling

@@ -263,8 +263,7 @@ def one_thread_outside_workers():
     (JPEG and mp3 decoding) between a few small parallel tensor ops; with several threads, each of those ops
     wakes the other threads and waits at a barrier for them, and on a machine whose cores are busy (the model's
     own threads spinning after a step, other processes) a descheduled thread stalls that barrier for a scheduler
-    slice: 34 ms of JPEG decoding per clip became 288 ms with two threads on two busy cores. One thread is never
-    the slow case, and gives the same tensors (every op here is elementwise, per pixel or a copy).
+    slice, several times an item's own work. One thread is never the slow case, and gives the same tensors (every op here is elementwise, per pixel or a copy).
     docs/data.md, "Loading"."""
     if get_worker_info() is not None:
         yield

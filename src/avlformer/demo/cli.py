@@ -30,6 +30,7 @@ import numpy as np
 from avlformer.atomic import write_text_atomic
 from avlformer.data import synth
 from avlformer.json_files import read_json
+from avlformer.output_paths import output_file_problem, output_folder_problem
 
 STAGES = ("synth", "prepare", "train", "caption", "evaluate", "report")
 CONFIG_NAME = "demo_tiny.json"
@@ -79,8 +80,9 @@ LOSS_CURVE_POINTS = 60
 
 def train_argv(data_dir: Path, output_dir: Path, stored_frames: int, epochs: int | None, device: str,
                config_file: Path, train_flags: dict, num_train: int) -> list[str]:
+    # A rerun of the demo trains afresh: the previous demo run in output_dir is replaced.
     argv = ["--config", str(config_file), "--data_dir", str(data_dir), "--output_dir", str(output_dir),
-            "--train_yaml", f"metadata/train_{stored_frames}frames.yaml",
+            "--overwrite_output_dir", "--train_yaml", f"metadata/train_{stored_frames}frames.yaml",
             "--val_yaml", f"metadata/val_{stored_frames}frames.yaml", "--device", device]
     if epochs is not None:
         argv += ["--num_train_epochs", str(epochs)]
@@ -282,6 +284,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     threads = max(1, args.threads)
     torch.set_num_threads(threads)
     work: Path = args.workdir
+    check_workdir(work, config_path)
     raw, train_dir, predictions_dir = work / "raw", work / "train", work / "predictions"
     work.mkdir(parents=True, exist_ok=True)
     # The resolved training flags go to a file in the work folder, so `avlformer train --config` could rerun it.
@@ -314,6 +317,16 @@ def run_demo(args: argparse.Namespace) -> dict:
     write_text_atomic(work / "metrics.json", json.dumps(metrics, indent=1))
     print_summary(work, metrics)
     return metrics
+
+
+def check_workdir(work: Path, config_path: Path) -> None:
+    """The work folder must not lie inside a checkpoint, and the files the demo writes at its top must not be the
+    --config it reads."""
+    problem = output_folder_problem(work, "--workdir")
+    for name in ("train_config.json", "metrics.json", "report.html"):
+        problem = problem or output_file_problem(work / name, "--workdir", inputs=(config_path,))
+    if problem:
+        raise ValueError(problem)
 
 
 def resolve_model_config(train_config: Path, raw: Path, train_dir: Path):

@@ -1,7 +1,8 @@
 """``avlformer evaluate --pred PRED.json --ref REF.json [--metrics ...] [--output M.json]``.
 
 Prints a table of the metrics and writes them (with per-item scores, skipped metrics and unmatched ids) as JSON.
-Exit status: 0 on success; 2 when a file is unusable; 3 when metrics named with ``--metrics`` had to be skipped.
+Exit status: 0 on success; 2 when a file is unusable; 3 when metrics named with ``--metrics`` had to be skipped or
+could not be computed (no item scorable), each named on stderr with the reason.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-from avlformer.atomic import output_file_problem, write_text_atomic
+from avlformer.atomic import write_text_atomic
 from avlformer.device import DEVICE_CHOICES, resolve_device
 from avlformer.evaluation.references import CaptionFileError, load_predictions, load_references, pair_captions
 from avlformer.evaluation.runner import METRIC_CHOICES, ModelPaths, evaluate, load_recipe, missing_model_paths
+from avlformer.output_paths import output_file_problem
 
 _SHOWN_IDS = 5
 
@@ -110,4 +112,6 @@ def main(args: argparse.Namespace) -> int:
                   **report.to_dict()}
         write_text_atomic(args.output, json.dumps(output, indent=2) + "\n")
     requested_but_skipped = [group for group in (args.metrics or []) if group in report.skipped]
+    for group in requested_but_skipped:
+        print(f"error: --metrics {group}: {report.skipped[group]}", file=sys.stderr)
     return 3 if requested_but_skipped else 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from avlformer.error_text import one_line
 from avlformer.evaluation.coco_metrics import EVAL_EXTRA
 
 POS_TAGGER_RESOURCE = "taggers/averaged_perceptron_tagger_eng"
@@ -59,15 +60,16 @@ def load_pos_tagger(nltk_data: str | os.PathLike | None = None):
 
 
 def from_folder(loader, folder: Path, metric: str):
-    """``loader.from_pretrained(folder)`` offline; a missing package skips the metric, a broken folder is an
-    error naming it."""
+    """``loader.from_pretrained(folder)`` offline; a missing package skips the metric, a broken folder (a file
+    that is not JSON, weights that are truncated or hold pickled code, which is never run) is a one-line error
+    naming it."""
     try:
         return loader.from_pretrained(folder, local_files_only=True)
     except ImportError as error:
         raise MetricUnavailable(f"{metric} skipped: loading {folder} needs a package that is not installed "
                                 f"({error})") from None
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{folder}: cannot be loaded as {loader.__name__} ({error})") from None
+    except Exception as error:  # a damaged or refused weights file surfaces as any of several library errors
+        raise ValueError(f"{folder}: cannot be loaded as {loader.__name__} ({one_line(error)})") from None
 
 
 def load_t5_encoder(path: str | os.PathLike | None, device: torch.device):

@@ -70,11 +70,19 @@ def _run_entity(paired: PairedCaptions, paths: ModelPaths, device, report: Evalu
     tokenizer, encoder = load_t5_encoder(paths.t5_model, device)
     result = EntityScorer(tokenizer, encoder, tagger, device).score(paired.predictions, paired.references,
                                                                     progress=True)
-    if result.score is not None:
-        report.metrics["EntityScore"] = result.score
     report.per_item["EntityScore"] = result.per_item
     if result.unscored:
         report.unscored["EntityScore"] = {i: "no noun in the prediction or the reference" for i in result.unscored}
+    if result.score is None:
+        report.skipped["entity"] = nothing_scored("EntityScore", result.unscored, "each has no noun in the "
+                                                  "prediction or in the reference")
+    else:
+        report.metrics["EntityScore"] = result.score
+
+
+def nothing_scored(metric: str, unscored, why: str) -> str:
+    """The reason a metric that ran has no value: not one item could be scored."""
+    return f"{metric} could not be computed: none of the {len(unscored)} item(s) could be scored ({why})"
 
 
 def _media_scorers(groups: list[str], paths: ModelPaths, device, report: EvaluationReport) -> dict:
@@ -161,8 +169,12 @@ def _run_media(paired: PairedCaptions, scorers: dict, paths: ModelPaths, report:
             report.metrics["AudioScore"] = result.score
         report.per_item["AudioScore"] = result.per_item
     for group, failed in failures.items():
+        metric = "CLIPScore" if group == "clip" else "AudioScore"
         if failed:
-            report.unscored["CLIPScore" if group == "clip" else "AudioScore"] = failed
+            report.unscored[metric] = failed
+        if not report.per_item[metric]:
+            report.skipped[group] = nothing_scored(metric, paired.predictions, "no usable video or audio; see "
+                                                   "the warnings above")
 
 
 def evaluate(paired: PairedCaptions, groups: list[str], paths: ModelPaths) -> EvaluationReport:

@@ -68,12 +68,13 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         check_run_flags(args)
-        check_output_path(args.output)
         listing = pipeline.list_videos(args.test_video_fname)
         pipeline.check_unique_ids(listing.videos)
         if args.test_audio_fname and not Path(args.test_audio_fname).is_dir():
             what = "is not a folder" if Path(args.test_audio_fname).exists() else "audio folder not found"
             raise FileNotFoundError(f"{args.test_audio_fname}: {what}")
+        check_output_path(args.output, inputs=[args.eval_model_dir],
+                          input_folders=[args.test_video_fname, *filter(None, [args.test_audio_fname])])
         loaded, decoding = load_checked(args.eval_model_dir, args)
     except (OSError, ValueError) as error:
         print(f"avlformer infer: {error}", file=sys.stderr)

@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from avlformer.atomic import output_file_problem, write_text_atomic
+from avlformer.atomic import write_text_atomic
 from avlformer.inference.pipeline import CaptionRun, Prediction
+from avlformer.output_paths import output_file_problem
 
 
 def coco_predictions(predictions: Sequence[Prediction]) -> list[dict]:
@@ -26,11 +27,13 @@ def sidecar_path(output: str | os.PathLike) -> Path:
     return output.with_name(output.stem + ".confidence.json")
 
 
-def check_output_path(output: str | os.PathLike) -> None:
-    """Raise ValueError (one line, naming the path) when the predictions or their sidecar cannot be written."""
+def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (),
+                      input_folders: Sequence[str | os.PathLike] = ()) -> None:
+    """Raise ValueError (one line, naming the path) when the predictions or their sidecar cannot be written, or
+    would overwrite an input (a file of ``inputs``, a file in ``input_folders``) or land inside a checkpoint."""
     output = Path(output)
     for path, flag in ((output, "--output"), (sidecar_path(output), "confidence sidecar")):
-        if problem := output_file_problem(path, flag, example="predictions.json"):
+        if problem := output_file_problem(path, flag, inputs, "predictions.json", input_folders):
             raise ValueError(problem)
 
 

@@ -113,6 +113,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", stri
                                 f"(upstream checkpoint) in this folder")
     if path.is_file():
         if path.suffix == ".safetensors":
+            if not (path.parent / CONFIG_NAME).is_file():
+                raise FileNotFoundError(f"{path}: weights without their {CONFIG_NAME} (expected beside them, in "
+                                        f"{path.parent.absolute()})")
             return _load_ours(path, path.parent / CONFIG_NAME, device, strict, model_class)
         return _load_upstream(path, device, strict, model_class)
     raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
@@ -225,8 +228,8 @@ def _with_weights(meta_model: AVLFormer, config: AVLFormerConfig, state_dict: Ma
     if torch.device(device).type != "cpu":
         return model.to(device)
     # Assigned tensors live in the memory-mapped file, in 4 KB page-cache pages; a copy in process memory gets
-    # huge pages. Decoding streams every weight once per step, and from the mapping a paper caption's decoding
-    # was measured 1.3-1.75x slower (12.5-14.2 s against 8.1-9.7 s); the copy costs about 0.3 s per 1.2 GB.
+    # huge pages. Decoding streams every weight once per step, which is slower from the mapping than from the
+    # copy (benchmarks/RESULTS.md, caption_e2e); the copy is made once per load.
     with torch.no_grad():
         for tensor in chain(model.parameters(), model.buffers()):
             tensor.data = tensor.data.clone()

@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 import torch
 
+from avlformer.error_text import one_line
+
 
 def read_weights_file(path: str | os.PathLike, what: str = "checkpoint") -> Mapping[str, Any]:
     """The dict stored in ``path`` (a ``.safetensors`` file or a torch checkpoint), loaded onto the CPU."""
@@ -24,12 +26,12 @@ def read_weights_file(path: str | os.PathLike, what: str = "checkpoint") -> Mapp
         try:
             return load_file(str(path), device="cpu")
         except Exception as error:  # safetensors raises its own error types for truncated/corrupt data
-            raise ValueError(f"{path}: cannot read safetensors weights: {error}") from None
+            raise ValueError(f"{path}: cannot read safetensors weights: {one_line(error)}") from None
     try:
         content = _torch_load(path)
     except Exception as error:  # torch raises several types (RuntimeError, UnpicklingError, EOFError, ...)
         raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) (corrupt, or it holds "
-                         f"non-tensor objects): {error}") from error
+                         f"objects other than tensors, which are never unpickled): {one_line(error)}") from None
     if not isinstance(content, Mapping):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(content).__name__}")
     return content

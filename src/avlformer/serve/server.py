@@ -1,18 +1,17 @@
-"""The captioning server: the page, ``POST /api/caption`` and the clips of a ``--videos`` folder.
+"""The captioning server's routes: the page, ``POST /api/caption`` and the clips of a ``--videos`` folder, as an
+ASGI application (Starlette); ``listener`` runs it under uvicorn.
 
-A standard-library ``ThreadingHTTPServer``: requests are received in parallel, but every use of the model goes
-through one lock, so captioning requests queue instead of running concurrently on one model. Uploads are parsed
-as they arrive (``python-multipart``, the ``[serve]`` extra) straight into a per-request folder inside the
-server's private temporary folder (mode 0700), which is deleted when the request is answered; the upload's own
-file name is never used as a path. A body larger than the upload limit is refused from its Content-Length before
-any of it is read. Every failure is answered with a JSON ``{"error": "..."}`` and a 4xx status; the server keeps
-running.
+Captioning goes through one bounded queue (``jobs``), off the event loop, so the page, the clip list and the
+health check answer while the model works; a request beyond the queue gets a 503 with ``Retry-After``. Uploads:
+``uploads``. Every failure is answered with a JSON ``{"error": "..."}`` and a 4xx status (a 500 for a fault of
+the server, with no detail: its log has them); no answer names a path of the server's disk.
 
 Routes::
 
     GET  /                      the page (``?video=NAME``: a clip of --videos, captioned and drawn in)
     GET  /videos/NAME           a clip of the --videos folder (what the page's picker and ?upload= use)
     GET  /api/videos            the clips of the --videos folder, as JSON
+    GET  /api/health            {"status": "ok", "queued": N, "queue_size": M}: answers while captioning
     GET  /api/caption?video=NAME        caption a clip of the --videos folder
     POST /api/caption           multipart/form-data with the file field ``video``
                                 -> {"caption", "confidence", "audio_source", "warnings"}
@@ -21,33 +20,30 @@ Routes::
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
 
 from avlformer.data import media
 from avlformer.data.clip_ids import is_video_name
 from avlformer.inference.captioner import Captioner
-from avlformer.serve import DEFAULT_MAX_UPLOAD_MB, page, render
+from avlformer.serve import DEFAULT_MAX_UPLOAD_MB, DEFAULT_QUEUE_SIZE, DEFAULT_READ_TIMEOUT_S, page, render, uploads
+from avlformer.serve.errors import RequestError
+from avlformer.serve.jobs import CaptionQueue
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK = 1 << 16
-
-
-class RequestError(Exception):
-    """A request the server answers with ``status`` and ``{"error": message}``."""
-
-    def __init__(self, status: HTTPStatus, message: str):
-        super().__init__(message)
-        self.status = status
+SAFE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 @dataclass
@@ -56,25 +52,53 @@ class ServeState:
     model_name: str
     videos_dir: Path | None = None
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1e6)
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     lock: threading.Lock = field(default_factory=threading.Lock)
-    temp_root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="avlformer-serve-")))
+    temp_root: Path = field(init=False)
+    queue: CaptionQueue = field(init=False)
     _mask_uri: str | None = None
     _mask_done: bool = False
 
-    def video_names(self) -> list[str]:
+    def __post_init__(self):
+        if not self.read_timeout_s > 0:
+            raise ValueError(f"read timeout {self.read_timeout_s}: must be > 0")
+        self.queue = CaptionQueue(self.queue_size)
+        self.temp_root = uploads.private_upload_root(self.captioner.loaded.checkpoint)
+
+    # ------------------------------------------------------------------------------------------- the folder
+    def _folder_clips(self) -> dict[str, Path]:
+        """{name: file} of the --videos folder: plain files whose real path (links followed) is inside it."""
         if self.videos_dir is None:
-            return []
-        return sorted(p.name for p in self.videos_dir.iterdir() if is_video_name(p) and p.is_file())
+            return {}
+        root = self.videos_dir.resolve()
+        clips = {}
+        for entry in self.videos_dir.iterdir():
+            if not is_video_name(entry.name):
+                continue
+            try:
+                real = entry.resolve()
+            except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
+                continue
+            if real.is_relative_to(root) and real.is_file():
+                clips[entry.name] = real
+        return clips
+
+    def video_names(self) -> list[str]:
+        return sorted(self._folder_clips())
 
     def folder_video(self, name: str) -> Path:
-        """A clip of --videos by its plain file name (nothing outside the folder is reachable)."""
+        """A clip of --videos by its plain file name: nothing outside the folder is reachable, a link included,
+        and no name, however long or odd, reaches the disk (it is looked up in the folder's listing)."""
         if self.videos_dir is None:
             raise RequestError(HTTPStatus.NOT_FOUND, "this server was started without --videos")
-        path = self.videos_dir / name
-        if Path(name).name != name or not is_video_name(name) or not path.is_file():
-            raise RequestError(HTTPStatus.NOT_FOUND, f"{name}: no such clip in the videos folder")
+        path = self._folder_clips().get(name)
+        if path is None:
+            shown = name if len(name) <= 80 else name[:60] + "..."
+            raise RequestError(HTTPStatus.NOT_FOUND, f"{shown}: no such clip in the videos folder")
         return path
 
+    # -------------------------------------------------------------------------------------------- captioning
     def attention_mask_uri(self) -> str | None:
         """The learned mask does not depend on the input: drawn once (under the model lock)."""
         if not self._mask_done:
@@ -85,192 +109,139 @@ class ServeState:
         return self._mask_uri
 
     def caption_file(self, path: Path, shown_as: str, details: bool) -> dict:
-        """Caption one file; a file that is not a decodable video is a 422 naming ``shown_as``."""
-        # Decoding the file needs no model: only the model's own work is queued behind the lock.
+        """Caption one file (blocking: run it on a worker); a file that is not a decodable video is a 422 naming
+        ``shown_as``."""
+        # Decoding the file needs no model: only the model's own work is serialised behind the lock.
         try:
             clip = self.captioner.prepare(path)
         except media.MediaError as error:
-            raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{shown_as}: {error.reason}") from None
+            raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{shown_as}: {self._hide(error.reason, path)}"
+                               ) from None
         except (ValueError, OSError, RuntimeError) as error:
-            message = str(error).replace(str(path), shown_as)
             raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{shown_as}: not a decodable video "
-                                                                f"({message})") from None
+                                                                f"({self._hide(str(error), path)})") from None
         with self.lock:
             result = self.captioner.caption_inputs([clip])[0]
             mask = self.attention_mask_uri() if details else None
         answer = {"caption": result.caption, "confidence": result.confidence, "audio_source": result.audio_source,
-                  "warnings": [w.replace(str(path), shown_as) for w in result.warnings]}
+                  "warnings": [self._hide(w, path, shown_as) for w in result.warnings]}
         if details:
             answer["frames"] = [render.jpeg_uri(f) for f in render.display_frames(clip.frames)]
             answer["spectrogram"] = render.png_uri(render.spectrogram(clip.audio, self.captioner.spec.sample_rate))
             answer["attention_mask"] = mask
         return answer
 
+    def _hide(self, text: str, path: Path, shown_as: str = "the video") -> str:
+        """``text`` with the server's folders replaced by what the client knows them as."""
+        text = text.replace(str(path), shown_as)
+        for folder, name in ((self.temp_root, "upload"), (self.videos_dir, "videos")):
+            if folder is not None:
+                text = text.replace(str(folder.resolve()), name).replace(str(folder), name)
+        return text
+
+    async def caption(self, path: Path, shown_as: str, details: bool, cleanup=None) -> dict:
+        return await self.queue.run(lambda: self.caption_file(path, shown_as, details), cleanup)
+
     def close(self) -> None:
+        self.queue.close()
         shutil.rmtree(self.temp_root, ignore_errors=True)
 
 
-class CaptionHandler(BaseHTTPRequestHandler):
-    server: "CaptionServer"
-    protocol_version = "HTTP/1.1"
+# ---------------------------------------------------------------------------------------------------- routes
 
-    # ------------------------------------------------------------------------------------------------ routing
-    def do_GET(self) -> None:
-        self._answer(self._get)
+def _json(payload: dict, status: int = HTTPStatus.OK, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(payload, status, headers={**SAFE_HEADERS, **(headers or {})})
 
-    def do_POST(self) -> None:
-        self._answer(self._post)
 
-    def _answer(self, route) -> None:
+def _details(request: Request) -> bool:
+    return request.query_params.get("details", "0") not in ("0", "", "false")
+
+
+def _answering(endpoint):
+    """A route whose RequestError becomes its JSON answer, and whose bugs a 500 that says nothing of the server."""
+    async def route(request: Request) -> Response:
         try:
-            route(urlsplit(self.path))
+            return await endpoint(request.app.state.serve, request)
         except RequestError as error:
-            self._send_json({"error": str(error)}, error.status)
-        except Exception as error:  # the server must outlive any one request
-            log.exception("request %s failed", self.path)
-            self._send_json({"error": f"internal error: {type(error).__name__}: {error}"},
-                            HTTPStatus.INTERNAL_SERVER_ERROR)
+            return _json({"error": str(error)}, error.status, error.headers)
+        except ClientDisconnect:
+            return Response(status_code=HTTPStatus.BAD_REQUEST)  # nobody is left to read it
+        except Exception:  # the server must outlive any one request
+            log.exception("%s %s failed", request.method, request.url.path)
+            return _json({"error": "internal error (the server's log has the details)"},
+                         HTTPStatus.INTERNAL_SERVER_ERROR)
+    return route
 
-    def _get(self, url) -> None:
-        state, query = self.server.state, parse_qs(url.query)
-        if url.path == "/":
-            chosen = query.get("video", [None])[0]
-            result = None
-            if chosen:
-                try:
-                    result = state.caption_file(state.folder_video(chosen), chosen, details=True)
-                except RequestError as error:
-                    result = {"error": str(error)}
-            body = page.page(state.model_name, state.video_names(), state.max_upload_bytes / 1e6, result, chosen)
-            self._send(body.encode("utf-8"), "text/html; charset=utf-8")
-        elif url.path == "/api/videos":
-            self._send_json({"videos": state.video_names()})
-        elif url.path == "/api/caption":
-            name = query.get("video", [None])[0]
-            if not name:
-                raise RequestError(HTTPStatus.BAD_REQUEST, "GET /api/caption needs ?video=NAME (a clip of the "
-                                                           "videos folder); to upload, POST the file as `video`")
-            self._send_json(state.caption_file(state.folder_video(name), name, _details(query)))
-        elif url.path.startswith("/videos/"):
-            path = state.folder_video(unquote(url.path.removeprefix("/videos/")))
-            self._send(path.read_bytes(), "application/octet-stream")
-        else:
-            raise RequestError(HTTPStatus.NOT_FOUND, f"{url.path}: no such page")
 
-    def _post(self, url) -> None:
-        if url.path != "/api/caption":
-            self._discard_body()
-            raise RequestError(HTTPStatus.NOT_FOUND, f"POST {url.path}: no such endpoint (use /api/caption)")
-        state = self.server.state
-        folder = Path(tempfile.mkdtemp(dir=state.temp_root))
+async def _page(state: ServeState, request: Request) -> Response:
+    chosen = request.query_params.get("video")
+    result = None
+    if chosen:
         try:
-            upload, shown_as = self._receive_upload(folder)
-            answer = state.caption_file(upload, shown_as, _details(parse_qs(url.query)))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)  # before answering: a client may look right away
-        self._send_json(answer)
-
-    # ------------------------------------------------------------------------------------------------ uploads
-    def _content_length(self) -> int:
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "the request needs a Content-Length header") from None
-        if length < 0:
-            raise RequestError(HTTPStatus.BAD_REQUEST, "negative Content-Length")
-        return length
-
-    def _discard_body(self) -> None:
-        try:
-            length = self._content_length()
-        except RequestError:
-            length = 0
-        if 0 < length <= self.server.state.max_upload_bytes:
-            self.rfile.read(length)
-        elif length:
-            self.close_connection = True
-
-    def _receive_upload(self, folder: Path) -> tuple[Path, str]:
-        """The ``video`` field of a multipart body, written into ``folder``: (its path, its name for messages)."""
-        from python_multipart import FormParser
-        from python_multipart.exceptions import FormParserError
-        from python_multipart.multipart import parse_options_header
-
-        limit = self.server.state.max_upload_bytes
-        length = self._content_length()
-        if length > limit:
-            self.close_connection = True  # the body is never read
-            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                               f"upload of {length} bytes is over this server's limit of {limit} bytes "
-                               f"({limit / 1e6:g} MB, --max-upload-mb)")
-        content_type, options = parse_options_header(self.headers.get("Content-Type", ""))
-        if content_type != b"multipart/form-data" or b"boundary" not in options:
-            self._discard_body()
-            raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                               "send the video as multipart/form-data with the file field `video`")
-        files = []
-        parser = FormParser("multipart/form-data", lambda _field: None, files.append,
-                            boundary=options[b"boundary"],
-                            config={"UPLOAD_DIR": str(folder), "MAX_MEMORY_FILE_SIZE": 0,
-                                    "UPLOAD_DELETE_TMP": False, "MAX_BODY_SIZE": limit})
-        remaining = length
-        try:
-            while remaining > 0:
-                chunk = self.rfile.read(min(READ_CHUNK, remaining))
-                if not chunk:
-                    raise RequestError(HTTPStatus.BAD_REQUEST, "the upload ended before its Content-Length")
-                remaining -= len(chunk)
-                parser.write(chunk)
-            parser.finalize()
-        except FormParserError as error:
-            self.close_connection = True
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"malformed multipart body: {error}") from None
-        video = next((f for f in files if f.field_name == b"video"), None)
-        if video is None:
-            raise RequestError(HTTPStatus.BAD_REQUEST, "no file field `video` in the upload")
-        shown_as = (video.file_name or b"upload").decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1]
-        video.file_object.flush()
-        if video.in_memory or video.size == 0:  # flushed to disk at its first byte, so only an empty one stays
-            raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{shown_as}: empty file")
-        path = Path(video.actual_file_name.decode())
-        video.file_object.close()
-        return path, shown_as or "upload"
-
-    # ------------------------------------------------------------------------------------------------ replies
-    def _send(self, body: bytes, content_type: str, status: HTTPStatus = HTTPStatus.OK) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _send_json(self, payload: dict, status: HTTPStatus = HTTPStatus.OK) -> None:
-        self._send(json.dumps(payload).encode("utf-8"), "application/json", status)
-
-    def log_message(self, format: str, *args) -> None:
-        log.info("%s %s", self.address_string(), format % args)
+            result = await state.caption(state.folder_video(chosen), chosen, details=True)
+        except RequestError as error:
+            result = {"error": str(error)}
+    body = page.page(state.model_name, state.video_names(), state.max_upload_bytes / 1e6, result, chosen)
+    return HTMLResponse(body, headers=SAFE_HEADERS)
 
 
-def _details(query: dict) -> bool:
-    return query.get("details", ["0"])[0] not in ("0", "", "false")
+async def _videos(state: ServeState, request: Request) -> Response:
+    return _json({"videos": state.video_names()})
 
 
-class CaptionServer(ThreadingHTTPServer):
-    daemon_threads = True
+async def _health(state: ServeState, request: Request) -> Response:
+    return _json({"status": "ok", "queued": state.queue.accepted, "queue_size": state.queue.size})
 
-    def __init__(self, state: ServeState, host: str = "127.0.0.1", port: int = 7860):
-        self.state = state
-        super().__init__((host, port), CaptionHandler)
 
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
+async def _clip(state: ServeState, request: Request) -> Response:
+    path = state.folder_video(request.path_params["name"])
+    return FileResponse(path, media_type="application/octet-stream", headers=SAFE_HEADERS)
 
-    def server_close(self) -> None:
-        super().server_close()
-        self.state.close()
+
+async def _caption_folder_clip(state: ServeState, request: Request) -> Response:
+    name = request.query_params.get("video")
+    if not name:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "GET /api/caption needs ?video=NAME (a clip of the videos "
+                                                   "folder); to upload, POST the file as `video`")
+    return _json(await state.caption(state.folder_video(name), name, _details(request)))
+
+
+async def _caption_upload(state: ServeState, request: Request) -> Response:
+    folder = Path(tempfile.mkdtemp(dir=state.temp_root))
+    handed_over = False
+    try:
+        upload, shown_as = await uploads.receive(request, folder, state.max_upload_bytes, state.read_timeout_s)
+        # The worker removes the folder when it is done with it (or when the job is dropped unstarted).
+        handed_over = True
+        answer = await state.caption(upload, shown_as, _details(request),
+                                     cleanup=lambda: shutil.rmtree(folder, ignore_errors=True))
+    finally:
+        if not handed_over:
+            shutil.rmtree(folder, ignore_errors=True)
+    return _json(answer)
+
+
+async def _no_route(state: ServeState, request: Request) -> Response:
+    if request.method in ("GET", "HEAD"):
+        raise RequestError(HTTPStatus.NOT_FOUND, f"{request.url.path}: no such page")
+    headers = await uploads.discard_body(request, state.max_upload_bytes, state.read_timeout_s)
+    raise RequestError(HTTPStatus.NOT_FOUND, f"{request.method} {request.url.path}: no such endpoint (POST "
+                                             f"/api/caption uploads; the rest is GET)", headers=headers)
+
+
+def app(state: ServeState) -> Starlette:
+    """The ASGI application serving ``state`` (the router's own 404 and 405 are answered like any other)."""
+    routes = [Route("/", _answering(_page), methods=["GET"]),
+              Route("/videos/{name:path}", _answering(_clip), methods=["GET"]),
+              Route("/api/videos", _answering(_videos), methods=["GET"]),
+              Route("/api/health", _answering(_health), methods=["GET"]),
+              Route("/api/caption", _answering(_caption_folder_clip), methods=["GET"]),
+              Route("/api/caption", _answering(_caption_upload), methods=["POST"])]
+    no_route = _answering(_no_route)
+
+    async def router_miss(request: Request, _: HTTPException) -> Response:
+        return await no_route(request)
+
+    application = Starlette(routes=routes, exception_handlers={HTTPException: router_miss})
+    application.state.serve = state
+    return application

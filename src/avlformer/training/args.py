@@ -1,68 +1,102 @@
 """From `avlformer train` flags and a JSON ``--config`` file to one resolved, checked ``TrainConfig``.
 
-Precedence, lowest to highest: flag defaults < model preset (for model-shaping flags) < ``--config`` file <
-flags typed on the command line. ``resolve`` is the only place that applies it; the rest of training reads the
-plain ``TrainConfig`` it returns. To know what was typed, every flag is declared with ``argparse.SUPPRESS`` as its
-default, so the parsed namespace holds only the flags given; the table (``flag_table``) supplies the defaults.
+Precedence, lowest to highest: the tree's defaults (``training.config``; the model's are its preset's or its
+``--model_config`` file's) < ``--config`` file < flags typed on the command line. ``resolve`` is the only place
+that applies it. Every flag is declared with ``argparse.SUPPRESS`` as its default, so the parsed namespace holds
+only the flags given; ``--help`` prints, beside each flag, the default that applies and where it comes from.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import typing
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
-from avlformer.flags import parse_bool
+from avlformer.device import resolve_device
+from avlformer.flags import normalize_flag_spelling, parse_bool, parse_float, parse_int
 from avlformer.json_files import read_json
-from avlformer.training.flag_table import BY_NAME, FLAGS, NO_DEEPSPEED, ArgumentError, Flag, convert, flag_option
+from avlformer.modeling.avlformer import AVLFormerConfig
+from avlformer.training.config import PRESETS, SECTIONS, ScstSettings, TrainConfig
+from avlformer.training.features import check_feature_flags
+from avlformer.training.flag_table import (ANY, BY_NAME, COMPAT, FLAGS, NO_DEEPSPEED, ArgumentError, Flag,
+                                           config_key, convert, flag_option, to_str, upstream_values)
 
 __all__ = ["ArgumentError", "TrainConfig", "add_arguments", "load_config_file", "parse_train_args", "resolve",
            "resolve_args"]
 
+DEFAULTS = {name: TrainConfig(model=preset()) for name, preset in PRESETS.items()}
+_CONVERTERS = {bool: parse_bool, int: parse_int, float: parse_float}
 
-class TrainConfig(SimpleNamespace):
-    """Every training setting, resolved: one attribute per flag (upstream names) and ``model``, the
-    ``AVLFormerConfig`` that the model-shaping flags describe."""
 
-    def flag_values(self) -> dict[str, Any]:
-        return {name: value for name, value in vars(self).items() if name != "model"}
+def field_type(path: str) -> Any:
+    """The annotation of a TrainConfig field (``float`` for ``model.lm_loss_weight``), else its default's type."""
+    owner: Any = TrainConfig
+    hint: Any = None
+    for part in path.split("."):
+        try:
+            hint = typing.get_type_hints(owner)[part]
+        except (NameError, KeyError, TypeError):
+            return type(DEFAULTS["paper"].get(path))
+        owner = hint
+    return hint
+
+
+def converter_for(flag: Flag) -> Callable:
+    if flag.type is not None:
+        return flag.type
+    hint = field_type(flag.path)
+    return _CONVERTERS.get(hint, to_str)
+
+
+def is_list(flag: Flag) -> bool:
+    return flag.nargs in ("*", "+") or (flag.path is not None and typing.get_origin(field_type(flag.path)) is list)
 
 
 # ------------------------------------------------------------------------------------------------ the parser
 
+def default_text(flag: Flag) -> str:
+    """'(default 0.1 from preset paper; 0.5 from preset tiny)': the value that applies unless given."""
+    if flag.path is None:
+        return ""
+    values = {name: tree.get(flag.path) for name, tree in DEFAULTS.items()}
+    if not flag.path.startswith("model."):
+        return f" (default {values['paper']!r})"
+    shown = "; ".join(f"{value!r} from preset {name}" for name, value in values.items()
+                      if name == "paper" or value != values["paper"])
+    return f" (default {shown})"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=argparse.SUPPRESS, help="JSON file of flag values (upstream keys); "
-                        "flags typed on the command line win; relative paths in it are taken from its folder")
-    compat = parser.add_argument_group("upstream flags kept for compatibility (only their neutral value is "
-                                       "accepted)")
+    parser.add_argument("--config", default=argparse.SUPPRESS, help="JSON file of flag values (the flags' "
+                        "underscore names); flags typed on the command line win; relative paths in it are taken "
+                        "from its folder")
+    upstream = parser.add_argument_group("the original's spellings of the settings above")
     for flag in FLAGS:
-        if flag.compat:
-            _add_flag(compat, flag, f"{flag.help} (accepted: {flag.accepted[0]!r})")
+        if flag.accepted is not None:
+            _add_flag(parser, flag, argparse.SUPPRESS)
         else:
-            shown = "derived" if flag.default is None else repr(flag.default)
-            _add_flag(parser, flag, f"{flag.help} (default: {shown})")
+            _add_flag(upstream if flag.path is None else parser, flag, flag.help + default_text(flag))
+    parser.epilog = ("Also accepted, at their neutral values only, so that the original's command lines and config "
+                     "files still work (docs/training.md, Flags of the original): "
+                     + ", ".join(flag.option for flag in COMPAT) + ".")
 
 
 def _add_flag(parser, flag: Flag, help_text: str) -> None:
-    kwargs: dict[str, Any] = dict(dest=flag.name, type=flag.type, default=argparse.SUPPRESS, help=help_text)
-    if flag.nargs:
-        kwargs["nargs"] = flag.nargs
-    if flag.nargs == "?":
-        kwargs["const"] = True if flag.type is parse_bool else "auto"
+    converter = converter_for(flag)
+    kwargs: dict[str, Any] = dict(dest=flag.name, type=converter, default=argparse.SUPPRESS, help=help_text)
+    nargs = flag.nargs or ("?" if converter is parse_bool else "*" if is_list(flag) else None)
+    if nargs:
+        kwargs["nargs"] = nargs
+    if nargs == "?":
+        kwargs["const"] = True if converter is parse_bool else "auto"
     if flag.choices:
         kwargs["choices"] = flag.choices
     parser.add_argument(flag.option, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ config files
-
-def config_key(key: str) -> str:
-    """Config files may use either spelling; ``lambda`` and ``lambda_`` are the same key."""
-    key = key.replace("-", "_")
-    return "lambda_" if key in ("lambda", "lambda_") else key
-
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """The flag values of a ``--config`` file, converted and checked like typed flags. Relative paths in it are
@@ -83,10 +117,10 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
             raise ArgumentError(f"{path}: unknown key '{key}' (see `avlformer train --help` for the flags)")
         flag = BY_NAME[name]
         try:
-            value = convert(flag, value)
+            value = convert(flag, converter_for(flag), value)
         except argparse.ArgumentTypeError as err:
             raise ArgumentError(f"{path}: key '{key}' has value {value!r}: {err}") from None
-        if flag.path and value and not (name == "resume" and value == "auto") and not Path(value).is_absolute():
+        if flag.relative and value and not (name == "resume" and value == "auto") and not Path(value).is_absolute():
             value = os.path.normpath(path.parent.absolute() / value)
         values[name] = value
     return values
@@ -95,155 +129,217 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ resolution
 
 def resolve(command_line: dict[str, Any], config_file: dict[str, Any] | None = None, world_size: int = 1,
-            model_config=None) -> TrainConfig:
-    """Flags typed + ``--config`` values -> the complete, checked training config. ``model_config`` (an
-    AVLFormerConfig) replaces the preset as the base, for callers that hand in a ready-made model."""
-    from avlformer.training import model_setup
-
+            model_config: AVLFormerConfig | None = None) -> TrainConfig:
+    """Flags typed + ``--config`` values (the original's names) -> the complete, checked training config.
+    ``model_config`` replaces the preset as the base, for callers that hand in a ready-made model."""
     given = {**(config_file or {}), **command_line}
-    values: dict[str, Any] = {flag.name: flag.default for flag in FLAGS}
-    tree = model_setup.base_model_tree(given.get("model_preset", values["model_preset"]),
-                                       given.get("model_config", ""), model_config)
-    values.update(model_setup.preset_flag_values(tree))
-    values.update(given)
-    check_accepted(values)
-    resolve_precision_and_strategy(values)
-    resolve_batch_sizes(values, world_size)
-    resolve_freezing(values)
-    check_numbers(values)
-    check_scst(values)
-    from avlformer.training.features import check_feature_flags
+    check_accepted(given)
+    check_numbers(given)
+    sections: dict[str, dict[str, Any]] = {name: {} for name in ("model", *SECTIONS)}
+    for name, value in given.items():
+        flag = BY_NAME[name]
+        if flag.path is not None and not (flag.unset is not None and value == flag.unset):
+            section, field = flag.path.split(".", 1)
+            sections[section][field] = value
+    model_values = sections.pop("model")
+    config = TrainConfig(**{name: cls(**sections[name]) for name, cls in SECTIONS.items()})
+    translate_upstream(given, config)
+    config.model = model_from(config, model_values, model_config)
+    check_model_flags(given, config.model)
+    resolve_batch_sizes(config, world_size)
+    check_numbers(upstream_values(config))
+    try:
+        resolve_device(config.run.device, None)
+    except ValueError as err:
+        raise ArgumentError(str(err)) from None
+    check_scst(config)
+    check_feature_flags(command_line, config.data.features)
+    config.run.output_dir = config.run.output_dir.replace(" ", "_")
+    return config
 
-    check_feature_flags(command_line, values)
-    model = model_setup.model_config_from(values, tree)
-    values["output_dir"] = values["output_dir"].replace(" ", "_")
-    return TrainConfig(**values, model=model)
 
-
-def check_accepted(values: dict[str, Any]) -> None:
-    for flag in FLAGS:
-        if flag.accepted is not None and values[flag.name] not in flag.accepted:
-            raise ArgumentError(f"{flag.option}={values[flag.name]!r} is not supported: {flag.help} "
+def check_accepted(given: dict[str, Any]) -> None:
+    for flag in COMPAT:
+        if flag.name in given and flag.accepted != ANY and given[flag.name] not in flag.accepted:
+            raise ArgumentError(f"{flag.option}={given[flag.name]!r} is not supported: {flag.help} "
                                 f"(accepted value: {flag.accepted[0]!r})")
-    if values["max_seq_a_length"] != values["max_seq_length"]:
-        raise ArgumentError(f"--max-seq-a-length ({values['max_seq_a_length']}) must equal --max-seq-length "
-                            f"({values['max_seq_length']}): there is no second text segment")
 
 
-def resolve_precision_and_strategy(values: dict[str, Any]) -> None:
-    """Fold upstream's --mixed_precision_method / --amp_opt_level / --fairscale_fp16 into --distributed_strategy
-    and --precision; contradictory combinations are errors rather than a silent pick."""
-    method = values["mixed_precision_method"]
-    if "deepspeed" in (method, values["distributed_strategy"]):
+def translate_upstream(given: dict[str, Any], config: TrainConfig) -> None:
+    """The original's precision, checkpointing and debug flags onto the tree; contradictory combinations are
+    errors rather than a silent pick."""
+    run, optim = config.run, config.optim
+    method = given.get("mixed_precision_method")
+    if "deepspeed" in (method, run.distributed_strategy):
         option = "--mixed-precision-method" if method == "deepspeed" else "--distributed-strategy"
         raise ArgumentError(f"{option} deepspeed: {NO_DEEPSPEED}")
     if method is not None:
         strategy = {"apex": "ddp", "fairscale": "fsdp"}[method]
-        if values["distributed_strategy"] not in (None, strategy):
+        if given.get("distributed_strategy", strategy) != strategy:
             raise ArgumentError(f"--mixed-precision-method {method} contradicts --distributed-strategy "
-                                f"{values['distributed_strategy']}")
-        values["distributed_strategy"] = strategy
-    values["distributed_strategy"] = values["distributed_strategy"] or "ddp"
-    if values["fairscale_fp16"] and values["distributed_strategy"] != "fsdp":
+                                f"{run.distributed_strategy}")
+        run.distributed_strategy = strategy
+    fairscale_fp16, level = given.get("fairscale_fp16", False), given.get("amp_opt_level", 0)
+    if fairscale_fp16 and run.distributed_strategy != "fsdp":
         raise ArgumentError("--fairscale-fp16 needs --mixed-precision-method fairscale")
-    if values["amp_opt_level"] not in (0, 1, 2, 3):
-        raise ArgumentError(f"--amp-opt-level must be 0..3, got {values['amp_opt_level']}")
-    if values["amp_opt_level"] > 0 or values["fairscale_fp16"]:
-        if values["precision"] not in (None, "fp16"):
-            raise ArgumentError(f"--precision {values['precision']} contradicts the upstream fp16 flags")
-        values["precision"] = "fp16"
-    values["precision"] = values["precision"] or "fp32"
-    values["zero_opt_stage"] = -1  # upstream's basic_check_arguments did the same without DeepSpeed
+    if level not in (0, 1, 2, 3):
+        raise ArgumentError(f"--amp-opt-level must be 0..3, got {level}")
+    if level > 0 or fairscale_fp16:
+        if given.get("precision", "fp16") != "fp16":
+            raise ArgumentError(f"--precision {run.precision} contradicts the upstream fp16 flags")
+        run.precision = "fp16"
+    if given.get("use_checkpoint") and "video" not in run.activation_checkpointing:
+        run.activation_checkpointing = [*run.activation_checkpointing, "video"]
+    if given.get("debug"):
+        optim.per_gpu_train_batch_size = optim.per_gpu_eval_batch_size = optim.num_train_epochs = 1
+        run.logging_steps = 5
+    if optim.backbone_coef_lr == 0:
+        optim.freeze_backbone = True  # upstream: a zero backbone lr means a frozen backbone
 
 
-def resolve_batch_sizes(values: dict[str, Any], world_size: int) -> None:
+def base_model_tree(preset: str, model_config_path: str, model_config: AVLFormerConfig | None = None) -> dict:
+    """The model configuration before flags apply, as a dict: a given one, else the --model_config file, else the
+    preset."""
+    if model_config is not None:
+        return model_config.to_dict()
+    if not model_config_path:
+        return PRESETS[preset]().to_dict()
+    try:
+        tree = read_json(model_config_path, "--model-config file")
+    except (FileNotFoundError, ValueError) as err:
+        raise ArgumentError(str(err)) from None
+    if not isinstance(tree, dict):
+        raise ArgumentError(f"{model_config_path}: --model-config must hold one JSON object")
+    try:  # a file may leave fields out: they take the configuration's defaults
+        return AVLFormerConfig.from_dict(tree).to_dict()
+    except (TypeError, ValueError) as err:
+        raise ArgumentError(f"{model_config_path}: not a valid model configuration ({err})") from None
+
+
+def model_from(config: TrainConfig, values: dict[str, Any], model_config: AVLFormerConfig | None):
+    """The AVLFormerConfig: the base tree with the model flags' values set at their paths."""
+    tree = base_model_tree(config.init.model_preset, config.init.model_config, model_config)
+    for path, value in values.items():
+        *parents, leaf = path.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            flag = next(flag for flag in FLAGS if flag.path == f"model.{path}")
+            raise ArgumentError(f"{flag.option}: the model configuration has no field '{path}'")
+        node[leaf] = value
+    if "img_feature_dim" in values:  # the visual width appears again in the parts that carry it
+        for role, key in (("text", "img_feature_dim"), ("audio", "out_dim")):
+            if isinstance(tree.get(role), dict) and key in tree[role]:
+                tree[role][key] = values["img_feature_dim"]
+    for encoder in config.run.activation_checkpointing:
+        if encoder == "text":  # the decoder's switch lives on the module (model_setup.build_model)
+            continue
+        if "use_checkpoint" not in tree.get(encoder, {}):
+            raise ArgumentError(f"--activation-checkpointing {encoder}: this {encoder} encoder's configuration has "
+                                "no use_checkpoint switch")
+        tree[encoder]["use_checkpoint"] = True
+    try:
+        return AVLFormerConfig.from_dict(tree)
+    except (TypeError, ValueError) as err:
+        source = config.init.model_config or f"--model-preset {config.init.model_preset}"
+        raise ArgumentError(f"the model configuration ({source} + flags) is invalid: {err}") from None
+
+
+def check_model_flags(given: dict[str, Any], model: AVLFormerConfig) -> None:
+    """The original's derived flags, when given, must agree with the model (a disagreement is an error, not a
+    silent replacement)."""
+    if given.get("max_seq_a_length", model.max_seq_length) != model.max_seq_length:
+        raise ArgumentError(f"--max-seq-a-length ({given['max_seq_a_length']}) must equal --max-seq-length "
+                            f"({model.max_seq_length}): there is no second text segment")
+    mask_type = "learn_vid_att" if model.learn_mask_enabled else "seq2seq"
+    if given.get("attn_mask_type", mask_type) != mask_type:
+        raise ArgumentError(f"--attn-mask-type {given['attn_mask_type']} contradicts --learn-mask-enabled "
+                            f"{model.learn_mask_enabled}")
+    if given.get("max_img_seq_length", model.num_av_tokens) != model.num_av_tokens:
+        raise ArgumentError(f"--max-img-seq-length {given['max_img_seq_length']} disagrees with this model's "
+                            f"{model.num_av_tokens} visual tokens (video + audio); leave it out, it is derived")
+
+
+def resolve_batch_sizes(config: TrainConfig, world_size: int) -> None:
     """--effective_batch_size = per-process batch x processes x accumulation steps."""
-    if values["debug"]:
-        values.update(per_gpu_train_batch_size=1, per_gpu_eval_batch_size=1, num_train_epochs=1, logging_steps=5)
-    accumulation = values["gradient_accumulation_steps"]
+    optim = config.optim
+    accumulation = optim.gradient_accumulation_steps
     if accumulation < 1:
         raise ArgumentError(f"--gradient-accumulation-steps must be >= 1, got {accumulation}")
-    if values["effective_batch_size"] > 0:
+    if optim.effective_batch_size > 0:
         per_step = world_size * accumulation
-        if values["effective_batch_size"] % per_step:
-            raise ArgumentError(f"--effective-batch-size {values['effective_batch_size']} is not divisible by "
+        if optim.effective_batch_size % per_step:
+            raise ArgumentError(f"--effective-batch-size {optim.effective_batch_size} is not divisible by "
                                 f"processes x accumulation steps = {world_size} x {accumulation}")
-        values["per_gpu_train_batch_size"] = values["effective_batch_size"] // per_step
-    elif values["effective_batch_size"] == 0:
+        optim.per_gpu_train_batch_size = optim.effective_batch_size // per_step
+    elif optim.effective_batch_size == 0:
         raise ArgumentError("--effective-batch-size must be > 0 (or -1: per-process batch x processes x "
                             "accumulation steps)")
-    if values["per_gpu_train_batch_size"] < 1:
-        raise ArgumentError(f"--per-gpu-train-batch-size must be >= 1, got {values['per_gpu_train_batch_size']}")
-    if values["per_gpu_eval_batch_size"] < 1:
-        raise ArgumentError(f"--per-gpu-eval-batch-size must be >= 1, got {values['per_gpu_eval_batch_size']}")
-    values["effective_batch_size"] = values["per_gpu_train_batch_size"] * world_size * accumulation
+    for name in ("per_gpu_train_batch_size", "per_gpu_eval_batch_size"):
+        _check(config, name, lambda v: v >= 1, ">= 1")
+    optim.effective_batch_size = optim.per_gpu_train_batch_size * world_size * accumulation
     # Upstream raised the eval batch to at least the train batch.
-    values["per_gpu_eval_batch_size"] = max(values["per_gpu_eval_batch_size"], values["per_gpu_train_batch_size"])
+    optim.per_gpu_eval_batch_size = max(optim.per_gpu_eval_batch_size, optim.per_gpu_train_batch_size)
 
 
-def resolve_freezing(values: dict[str, Any]) -> None:
-    if values["backbone_coef_lr"] == 0:
-        values["freeze_backbone"] = True  # upstream: a zero backbone lr means a frozen backbone
-    if values["use_checkpoint"] and "video" not in values["activation_checkpointing"]:
-        values["activation_checkpointing"] = list(values["activation_checkpointing"]) + ["video"]
+def _check(config: TrainConfig, name: str, ok: Callable[[Any], bool], rule: str) -> None:
+    value = config.get(BY_NAME[name].path)
+    if not ok(value):
+        raise ArgumentError(f"{flag_option(name)} must be {rule}, got {value!r}")
 
 
-def _check(ok: bool, name: str, rule: str, values: dict[str, Any]) -> None:
-    if not ok:
-        raise ArgumentError(f"{flag_option(name)} must be {rule}, got {values[name]!r}")
+# (flags, rule, test): the ranges of numbers, checked on the values given (so a model flag's error names the flag,
+# before the model configuration is built) and again on the resolved config
+RANGES = (
+    (("num_train_epochs", "logging_steps", "max_num_frames", "img_res", "num_beams", "max_gen_length",
+      "max_seq_length"), ">= 1", lambda v: v >= 1),
+    (("num_workers", "max_masked_tokens", "backbone_coef_lr", "weight_decay", "min_lr", "loss_sparse_w"), ">= 0",
+     lambda v: v >= 0),
+    (("limited_samples",), ">= 1 (or -1: all)", lambda v: v == -1 or v >= 1),
+    (("seed",), "in [0, 2**32)", lambda v: 0 <= v < 2**32),
+    (("mask_prob", "lambda_"), "in [0, 1]", lambda v: 0 <= v <= 1),
+    (("warmup_ratio", "drop_out"), "in [0, 1)", lambda v: 0 <= v < 1),
+    (("learning_rate", "adam_epsilon"), "> 0", lambda v: v > 0),
+)
 
 
 def check_numbers(values: dict[str, Any]) -> None:
-    v = values
-    for name in ("num_train_epochs", "logging_steps", "max_num_frames", "img_res", "num_beams", "max_gen_length",
-                 "max_seq_length"):
-        _check(v[name] >= 1, name, ">= 1", v)
-    _check(v["num_workers"] >= 0, "num_workers", ">= 0", v)
-    _check(v["max_masked_tokens"] >= 0, "max_masked_tokens", ">= 0", v)
-    _check(v["limited_samples"] == -1 or v["limited_samples"] >= 1, "limited_samples", ">= 1 (or -1: all)", v)
-    _check(0 <= v["seed"] < 2**32, "seed", "in [0, 2**32)", v)
-    _check(0 <= v["mask_prob"] <= 1, "mask_prob", "in [0, 1]", v)
-    _check(0 <= v["warmup_ratio"] < 1, "warmup_ratio", "in [0, 1)", v)
-    _check(0 <= v["lambda_"] <= 1, "lambda_", "in [0, 1]", v)
-    _check(0 <= v["drop_out"] < 1, "drop_out", "in [0, 1)", v)
-    _check(v["learning_rate"] > 0, "learning_rate", "> 0", v)
-    _check(v["adam_epsilon"] > 0, "adam_epsilon", "> 0", v)
-    for name in ("backbone_coef_lr", "weight_decay", "min_lr", "loss_sparse_w"):
-        _check(v[name] >= 0, name, ">= 0", v)
-    from avlformer.device import resolve_device
-
-    try:
-        resolve_device(v["device"], None)
-    except ValueError as err:
-        raise ArgumentError(str(err)) from None
+    """The range of every number among ``values`` (flag name -> value)."""
+    for names, rule, ok in RANGES:
+        for name in names:
+            if name in values and not ok(values[name]):
+                raise ArgumentError(f"{flag_option(name)} must be {rule}, got {values[name]!r}")
 
 
 SCST_ONLY = ("sc_train_sample_n", "sc_baseline_type", "temperature", "top_k", "top_p")
 
 
-def check_scst(values: dict[str, Any]) -> None:
+def check_scst(config: TrainConfig) -> None:
     """The sampling and baseline flags act only with --scst: given without it they would be silently ignored."""
-    if not values["scst"]:
+    scst = config.scst
+    if not scst.enabled:
         for name in SCST_ONLY:
-            if values[name] != BY_NAME[name].default:
-                raise ArgumentError(f"{flag_option(name)}={values[name]!r} applies only to self-critical training: "
-                                    "add --scst (validation always decodes deterministically)")
+            field = BY_NAME[name].path.split(".")[1]
+            if getattr(scst, field) != getattr(ScstSettings, field):
+                raise ArgumentError(f"{flag_option(name)}={config.get(BY_NAME[name].path)!r} applies only to "
+                                    "self-critical training: add --scst (validation always decodes "
+                                    "deterministically)")
         return
-    v = values
-    _check(v["sc_train_sample_n"] >= 1, "sc_train_sample_n", ">= 1", v)
-    if v["sc_baseline_type"] == "sample" and v["sc_train_sample_n"] < 2:
+    _check(config, "sc_train_sample_n", lambda v: v >= 1, ">= 1")
+    if scst.baseline_type == "sample" and scst.sample_n < 2:
         raise ArgumentError("--sc-baseline-type sample (the mean reward of a video's other samples) needs "
-                            f"--sc-train-sample-n >= 2, got {v['sc_train_sample_n']}; or use --sc-baseline-type "
-                            "greedy")
-    _check(v["temperature"] > 0, "temperature", "> 0", v)
-    _check(v["top_k"] >= 0, "top_k", ">= 0 (0: no top-k filter)", v)
-    _check(0 < v["top_p"] <= 1, "top_p", "in (0, 1]", v)
-    if v["distributed_strategy"] != "ddp":
-        raise ArgumentError(f"--scst cannot be combined with --distributed-strategy {v['distributed_strategy']}: "
-                            "sampling calls the model's parts directly, which FSDP shards; use ddp (the default)")
+                            f"--sc-train-sample-n >= 2, got {scst.sample_n}; or use --sc-baseline-type greedy")
+    _check(config, "temperature", lambda v: v > 0, "> 0")
+    _check(config, "top_k", lambda v: v >= 0, ">= 0 (0: no top-k filter)")
+    _check(config, "top_p", lambda v: 0 < v <= 1, "in (0, 1]")
+    if config.run.distributed_strategy != "ddp":
+        raise ArgumentError(f"--scst cannot be combined with --distributed-strategy {config.run.distributed_strategy}"
+                            ": sampling calls the model's parts directly, which FSDP shards; use ddp (the default)")
 
 
-def resolve_args(namespace: argparse.Namespace, world_size: int = 1, model_config=None) -> TrainConfig:
+def resolve_args(namespace: argparse.Namespace, world_size: int = 1,
+                 model_config: AVLFormerConfig | None = None) -> TrainConfig:
     """A parsed namespace (only the flags given, plus ``config``) -> the resolved ``TrainConfig``."""
     command_line = {k: v for k, v in vars(namespace).items() if not k.startswith("_") and k != "config"}
     config_path = getattr(namespace, "config", None)
@@ -251,10 +347,9 @@ def resolve_args(namespace: argparse.Namespace, world_size: int = 1, model_confi
     return resolve(command_line, from_file, world_size, model_config)
 
 
-def parse_train_args(argv: list[str], world_size: int = 1, model_config=None) -> TrainConfig:
+def parse_train_args(argv: list[str], world_size: int = 1,
+                     model_config: AVLFormerConfig | None = None) -> TrainConfig:
     """For programmatic use (demo, tests): argv in either spelling -> the resolved ``TrainConfig``."""
-    from avlformer.flags import normalize_flag_spelling
-
     parser = argparse.ArgumentParser(prog="avlformer train")
     add_arguments(parser)
     return resolve_args(parser.parse_args(normalize_flag_spelling(list(argv))), world_size, model_config)

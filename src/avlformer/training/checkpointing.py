@@ -11,6 +11,8 @@ tensors and plain Python values so it loads with ``torch.load(weights_only=True)
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -19,7 +21,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -28,12 +30,16 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 
-from avlformer.atomic import atomic_folder, write_text_atomic
-from avlformer.training.distributed import DistEnv, barrier, gather_objects
+from avlformer.atomic import atomic_folder, finish_interrupted_swaps, write_text_atomic
+from avlformer.error_text import one_line
+from avlformer.folder_lock import folder_lock
+from avlformer.training.distributed import DistEnv, any_rank_true, barrier, gather_objects
+from avlformer.training.flag_table import ArgumentError
 from avlformer.json_files import read_json
 from avlformer.model_card import write_checkpoint_card
 
 TRAINING_STATE = "training_state.pt"
+TRAIN_LOCK = ".train.lock"
 STATE_KEYS = ("progress", "world_size", "optimizer", "scheduler", "scaler", "rng")
 BEST_DIR = "best_checkpoint"
 BEST_RECORD = "best_checkpoint.json"
@@ -92,6 +98,7 @@ def save_training_checkpoint(output_dir: Path, name: str, model: torch.nn.Module
     model_state = get_model_state_dict(model, options=FULL_STATE)
     optim_state = get_optimizer_state_dict(model, optimizer, options=FULL_STATE)
     rng_states = gather_objects(capture_rng_state(), env)
+    failure = None
     if env.is_main:
         training_state = {
             "progress": asdict(progress),
@@ -101,20 +108,133 @@ def save_training_checkpoint(output_dir: Path, name: str, model: torch.nn.Module
             "scaler": scaler.state_dict() if scaler is not None else {},
             "rng": rng_states,
         }
-        with atomic_folder(final) as staging:
-            # Weights come from the gathered full state: under FSDP the model itself holds only shards.
-            write_checkpoint_files(staging, model_state, model_config, recipe, vocab_dir=vocab_dir)
-            torch.save(training_state, staging / TRAINING_STATE)
+        try:
+            with atomic_folder(final) as staging:
+                # Weights come from the gathered full state: under FSDP the model itself holds only shards.
+                write_checkpoint_files(staging, model_state, model_config, recipe, vocab_dir=vocab_dir)
+                # Through a Python file: a failed write then raises OSError with its errno (ENOSPC), where
+                # torch's own file writer only says "enforce fail".
+                with open(staging / TRAINING_STATE, "wb") as handle:
+                    torch.save(training_state, handle)
+        except (OSError, RuntimeError) as error:
+            failure = save_failure_message(final, error)
+    if any_rank_true(failure is not None, env):  # every rank stops, not only the one that wrote
+        raise CheckpointSaveError(failure or f"{final}: the main process could not write the checkpoint")
     barrier(env)
     return final
 
 
-def remove_stale_temporaries(output_dir: Path) -> None:
-    """Leftovers of a save that was killed midway (never a checkpoint: they were not renamed into place)."""
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (full disk, I/O error); the earlier checkpoints are untouched."""
+
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+LOW_SPACE_BYTES = 64 * 2**20  # less than this free after a failed write: the write failed for want of space
+
+
+def save_failure_message(final: Path, error: BaseException) -> str:
+    """One line: why ``final`` was not written, and that the earlier checkpoints are intact."""
+    folder = final.parent
+    free = _free_bytes(folder)
+    earlier = list_checkpoints(folder)
+    kept = f"the last checkpoint {earlier[-1]} is intact" if earlier else "no earlier checkpoint was touched"
+    if getattr(error, "errno", None) in NO_SPACE_ERRNOS or (free is not None and free < LOW_SPACE_BYTES):
+        shown = f"{free / 2**20:.0f} MiB free" if free is not None else "free space unknown"
+        return (f"no space left on the device holding {folder} ({shown}) while writing {final.name}; {kept}: "
+                f"free some space and rerun with --resume auto")
+    return f"could not write checkpoint {final} ({one_line(error)}); {kept}"
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def tidy_interrupted_saves(folder: Path) -> None:
+    """Finish (or roll back) checkpoint swaps a killed run left half done, so that no checkpoint exists only
+    under a hidden name, then delete the leftovers of saves killed midway (never a checkpoint: they were not
+    renamed into place). Main process only, before any process lists the checkpoints."""
+    for restored in finish_interrupted_swaps(folder):
+        log.warning("%s: finished a checkpoint save that was interrupted between its two renames", restored)
     for pattern in (".checkpoint-*", f".{BEST_DIR}.*"):
-        for path in Path(output_dir).glob(pattern):
+        for path in Path(folder).glob(pattern):
             if path.is_dir() and (path.name.endswith(".tmp") or path.name.endswith(".old")):
                 shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------- the folder
+
+def earlier_run(output_dir: Path) -> list[Path]:
+    """What an earlier training run left in ``output_dir``: checkpoints (also half-swapped ones), the best
+    checkpoint and its record, validation histories, ``log/args.json`` and TensorBoard event files."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [path for path in output_dir.iterdir() if CHECKPOINT_NAME.match(path.name)
+             or path.name in (BEST_DIR, BEST_RECORD) or path.name.endswith("eval_logs.json")
+             or (path.name.startswith((".checkpoint-", f".{BEST_DIR}.")) and path.name.endswith((".tmp", ".old")))]
+    log_dir = output_dir / "log"
+    if log_dir.is_dir():
+        found += [path for path in log_dir.iterdir() if path.name == "args.json"
+                  or path.name.startswith("events.out.tfevents.")]
+    return sorted(found)
+
+
+def check_output_dir(output_dir: Path, resume: str, overwrite: bool) -> None:
+    """An --output_dir holding an earlier run is continued (--resume) or replaced (--overwrite_output_dir), never
+    silently mixed with a new run."""
+    if resume and overwrite:
+        raise ArgumentError("--resume continues the run in --output_dir and --overwrite_output_dir deletes it; "
+                            "give one of them")
+    found = earlier_run(output_dir)
+    if found and not resume and not overwrite:
+        shown = ", ".join(str(path.relative_to(output_dir)) for path in found[:3]) + (", ..." if len(found) > 3
+                                                                                     else "")
+        raise ArgumentError(f"--output_dir {output_dir} holds an earlier run ({shown}); continue it with --resume "
+                            f"auto, replace it with --overwrite_output_dir, or choose another --output_dir")
+
+
+@contextlib.contextmanager
+def claim_output_dir(output_dir: Path, resume: str, overwrite: bool, env: DistEnv) -> Iterator[None]:
+    """Hold --output_dir for one run (collective): the main process checks it (not inside a checkpoint, no
+    earlier run unless --resume or --overwrite_output_dir), locks it for the whole run (a second training into
+    the same folder stops at once) and finishes saves a killed run left half done; every process then stops
+    together when it refused."""
+    from avlformer.output_paths import output_folder_problem
+
+    output_dir = Path(output_dir)
+    with contextlib.ExitStack() as held:
+        refused = None
+        if env.is_main:
+            try:
+                if problem := output_folder_problem(output_dir, "--output_dir"):
+                    raise ArgumentError(problem)
+                output_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(folder_lock(output_dir / TRAIN_LOCK, f"another training is running in "
+                                               f"{output_dir}; wait for it to end or choose another --output_dir",
+                                               ArgumentError))
+                check_output_dir(output_dir, resume, overwrite)
+                tidy_interrupted_saves(output_dir)
+                if resume and resume != "auto" and Path(resume).parent != output_dir:
+                    tidy_interrupted_saves(Path(resume).parent)
+            except ArgumentError as error:
+                refused = error
+        if any_rank_true(refused is not None, env):
+            raise refused or ArgumentError(f"--output_dir {output_dir}: refused by the main process")
+        yield
+
+
+def remove_earlier_run(output_dir: Path) -> None:
+    """--overwrite_output_dir: delete what an earlier run left, so that the folder holds one run only (a later
+    --resume auto must not pick up the old run's checkpoints)."""
+    for path in earlier_run(output_dir):
+        log.warning("--overwrite_output_dir: deleting %s of an earlier run", path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 # ---------------------------------------------------------------------------------------------------- resume
@@ -150,20 +270,15 @@ def read_training_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, to
     try:
         weights = load_file(str(weights_path))
     except Exception as err:  # safetensors raises its own error type for every kind of damage
-        raise DamagedCheckpointError(f"{weights_path}: damaged or incomplete ({_first_line(err)})") from None
+        raise DamagedCheckpointError(f"{weights_path}: damaged or incomplete ({one_line(err)})") from None
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated zip, a cut pickle stream, or a refused (non-tensor) object
-        raise DamagedCheckpointError(f"{state_path}: damaged or incomplete ({_first_line(err)})") from None
+        raise DamagedCheckpointError(f"{state_path}: damaged or incomplete ({one_line(err)})") from None
     missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         raise DamagedCheckpointError(f"{state_path}: not a training state (no {', '.join(missing)})")
     return state, weights
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def newest_intact(checkpoints: list[Path]) -> tuple[Path, dict, dict] | None:

@@ -1,6 +1,7 @@
 """`avlformer train`: run.sh's target. One process by default; under torchrun, one process per device.
 
-A user's mistake (a flag, a config value, a damaged checkpoint) ends in one line and exit status 2; a NaN stop in
+A user's mistake (a flag, a config value, a damaged data, weights or checkpoint file) ends in one line naming the
+file and exit status 2; a checkpoint that cannot be written (a full disk) in one line and exit 1; a NaN stop in
 exit 3; Ctrl-C in one line with the --resume that continues, exit 130 (the shell's code for SIGINT).
 """
 
@@ -10,7 +11,11 @@ import argparse
 import os
 import sys
 
+from avlformer.error_text import one_line
 from avlformer.training import args as train_args
+from avlformer.training.checkpointing import NO_SPACE_ERRNOS, CheckpointSaveError
+from avlformer.training.distributed import init_distributed, teardown_distributed
+from avlformer.training.loop import NonFiniteLossError, TrainingInterrupted, train
 
 INTERRUPTED = 130
 
@@ -20,21 +25,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from avlformer.training.checkpointing import ResumeError
-    from avlformer.training.distributed import init_distributed, teardown_distributed
-    from avlformer.training.loop import NonFiniteLossError, TrainingInterrupted, train
-
     try:
         config = train_args.resolve_args(args, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     except train_args.ArgumentError as err:
         print(f"avlformer train: error: {err}", file=sys.stderr)
         return 2
-    env = init_distributed(config.device, config.local_rank)
+    env = init_distributed(config.run.device, config.run.local_rank)
     try:
         result = train(config, env)
-    except (train_args.ArgumentError, ResumeError, FileNotFoundError) as err:
-        print(f"avlformer train: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as err:  # flags, config, data and weight files: named in the message
+        print(f"avlformer train: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except CheckpointSaveError as err:
+        if env.is_main:
+            print(f"avlformer train: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno not in NO_SPACE_ERRNOS:
+            raise
+        # Another output (the best checkpoint, validation predictions, a log) met the full disk.
+        print(f"avlformer train: error: no space left on the device ({err.filename or config.run.output_dir}); "
+              f"free some space and rerun with --resume auto", file=sys.stderr)
+        return 1
     except NonFiniteLossError as err:
         print(f"avlformer train: stopped: {err}", file=sys.stderr)
         return 3

@@ -30,9 +30,12 @@ from tqdm import tqdm
 from avlformer.atomic import atomic_path, atomic_write, write_text_atomic
 from avlformer.data.features import (STORAGE_DTYPES, FeatureFile, FeatureSpec, feature_path, to_storage,
                                      write_feature_file)
-from avlformer.training.loop import autocast_for
+from avlformer.error_text import one_line
+from avlformer.output_paths import output_folder_problem
+from avlformer.training.trainer import autocast_for
 
 WORK = ".work"
+INTERRUPTED = 130  # the shell's code for SIGINT, as `avlformer train`
 
 
 class ExtractError(ValueError):
@@ -88,7 +91,7 @@ def load_encoders(args, device: torch.device):
 
         model = load_model(args.model, "cpu")[0]
     elif args.swin_checkpoint and args.passt_checkpoint:
-        from avlformer.training.model_setup import base_model_tree
+        from avlformer.training.args import base_model_tree
 
         model = AVLFormer(AVLFormerConfig.from_dict(base_model_tree(args.model_preset, args.model_config)))
         model.load_part_weights("video", args.swin_checkpoint)
@@ -190,6 +193,7 @@ def main(args: argparse.Namespace) -> int:
     from avlformer.device import resolve_device
     from avlformer.training.features import encoder_spec
 
+    out = None
     try:
         if args.batch_size < 1 or args.num_workers < 0:
             raise ExtractError("--batch-size must be >= 1 and --num-workers >= 0")
@@ -197,14 +201,19 @@ def main(args: argparse.Namespace) -> int:
         data_dir = Path(args.data_dir)
         yamls = split_yamls(data_dir, args.splits)
         out = Path(args.out) if args.out else data_dir / "features"
+        if problem := output_folder_problem(out, "--out"):
+            raise ExtractError(problem)
         model = load_encoders(args, device)
         spec = encoder_spec(model, args.precision)
         for split, yaml_path in yamls.items():
             print(extract_split(model, spec, split, yaml_path, out, args.batch_size, args.num_workers,
                                 device).line())
     except (ExtractError, ValueError, FileNotFoundError) as err:
-        lines = str(err).strip().splitlines() or [type(err).__name__]
-        # A DataLoader worker's error arrives wrapped in its traceback: its last line is the message.
-        print(f"avlformer extract-features: error: {lines[-1]}", file=sys.stderr)
+        print(f"avlformer extract-features: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        kept = (f"the clips finished so far are kept under {out / WORK}; rerun the same command to continue"
+                if out is not None else "nothing was written")
+        print(f"\navlformer extract-features: interrupted; {kept}", file=sys.stderr)
+        return INTERRUPTED
     return 0

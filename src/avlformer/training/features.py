@@ -23,17 +23,18 @@ from avlformer.data.masking import make_train_text
 from avlformer.modeling.avlformer import FEATURE_KEYS
 from avlformer.modeling.parts import ENCODER_ROLES, config_values
 from avlformer.training.flag_table import ArgumentError, flag_option
+from avlformer.training.setup import build_val_dataset, data_config_for, resolve_yaml
 
 log = logging.getLogger("avlformer.train")
 
 
 # ------------------------------------------------------------------------------------------------ flags
 
-def check_feature_flags(command_line: dict[str, Any], values: dict[str, Any]) -> None:
+def check_feature_flags(command_line: dict[str, Any], features: str) -> None:
     """With --features, a flag typed on the command line that could only act on the encoders (which do not run)
     is an error; the same values coming from a --config file (written for end-to-end training) are logged as not
     applying (``not_applying``)."""
-    if not values["features"]:
+    if not features:
         return
     for name, typed in command_line.items():
         if name == "use_checkpoint" and typed:
@@ -53,10 +54,10 @@ def not_applying(config) -> list[str]:
     """What a feature-trained run leaves out, for the log."""
     notes = ["encoder input augmentations (random crops, audio gain/roll, SpecAugment, mel jitter, random "
              "patchout, drop path): the features were computed once, in eval mode"]
-    if config.use_checkpoint or set(config.activation_checkpointing) & {"video", "audio"}:
+    if set(config.run.activation_checkpointing) & {"video", "audio"}:
         notes.append("activation checkpointing of the encoders")
-    if config.backbone_coef_lr:
-        notes.append(f"--backbone-coef-lr {config.backbone_coef_lr:g} (the backbone is frozen)")
+    if config.optim.backbone_coef_lr:
+        notes.append(f"--backbone-coef-lr {config.optim.backbone_coef_lr:g} (the backbone is frozen)")
     return notes
 
 
@@ -112,7 +113,7 @@ def prepare_feature_model(model: nn.Module, config, train_dataset) -> None:
             raise ArgumentError(str(err)) from None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("training on cached features %s: encoders frozen, %.2f M trainable parameters; not applied: %s",
-             config.features, trainable / 1e6, "; ".join(not_applying(config)))
+             config.data.features, trainable / 1e6, "; ".join(not_applying(config)))
 
 
 # ------------------------------------------------------------------------------------------------ the data
@@ -155,14 +156,12 @@ def collate_features(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def build_feature_datasets(config, tokenizer):
     """(training items on cached features, the raw validation split or None)."""
-    from avlformer.training.setup import build_val_dataset, data_config_for, resolve_yaml
-
-    train_yaml = resolve_yaml(config.data_dir, config.train_yaml)
+    train_yaml = resolve_yaml(config.data.data_dir, config.data.train_yaml)
     if not train_yaml.is_file():  # the data's own problem first, before the features'
         raise FileNotFoundError(f"{train_yaml}: dataset yaml not found")
     data_config = data_config_for(config)
     try:
-        features = FeatureFile(feature_path(config.features, train_yaml))
+        features = FeatureFile(feature_path(config.data.features, train_yaml))
     except (FileNotFoundError, ValueError) as err:
         raise ArgumentError(str(err)) from None
     return (FeatureCaptionDataset(train_yaml, features, data_config, tokenizer),

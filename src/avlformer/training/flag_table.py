@@ -1,13 +1,12 @@
-"""Every `avlformer train` flag, once: name, type, default, help, and for upstream flags that only exist for
-compatibility the values that are accepted (docs/upstream.md §4.5 lists the original's parser).
+"""The one table between the original's flag names and the training configuration tree (``training.config``).
 
-A flag's name is the upstream (underscore) spelling; it is also the attribute of the resolved training config, the
-key in a ``--config`` file and in ``log/args.json``. Upstream flags that did nothing (or belonged to code that
-never existed, like CBS) carry ``accepted``: their neutral value(s); any other value is an error naming the
-flag and ``help`` (the reason), so no option is silently ignored.
-
-Values are converted strictly, the same way for the command line and for config files: a JSON ``2.5`` or ``true``
-for an integer flag is an error, never a silent ``2`` or ``1``.
+Each ``avlformer train`` flag, ``--config`` file key and ``log/args.json`` key is spelt as the original spelt it
+(``--per_gpu_train_batch_size``, ``--lambda_``); the table says which field of ``TrainConfig`` it sets
+(``path``), so a setting has its default in one place, the tree, and its name in another, here. Flags without a
+path are the original's spellings of something the tree says another way (``--mixed_precision_method apex`` is
+``run.distributed_strategy ddp``); ``training.args`` translates them. Flags the original had that do nothing here
+(``compat``) are accepted at their neutral values only, so its command lines and yaml keys still parse, and are
+listed, not offered, by ``--help``: any other value is an error that gives the reason.
 """
 
 from __future__ import annotations
@@ -29,20 +28,20 @@ def to_str(value: Any) -> str:
     return value
 
 
-B, I, F, S = parse_bool, parse_int, parse_float, to_str
+ANY = "any value"  # ``accepted`` of a compat flag whose every value is accepted (and recorded as the original did)
 
 
 @dataclass(frozen=True)
 class Flag:
-    name: str
-    type: Callable
-    default: Any          # None: derived from other settings unless given (help says how)
-    help: str             # for a compatibility flag: why another value cannot be honoured
-    nargs: str | None = None
+    name: str                      # the original's spelling: the key in config files and args.json
+    path: str | None               # the TrainConfig field it sets; None: translated by training.args
+    help: str
+    type: Callable | None = None   # only for flags without a path (the others take their field's type)
     choices: tuple | None = None
-    accepted: tuple | None = None   # compatibility flag: the only values accepted (``default`` is the first)
-    path: bool = False    # relative values in a config file are taken from the config file's folder
-    compat: bool = False  # an upstream flag kept only so upstream command lines and configs still parse
+    nargs: str | None = None
+    unset: Any = None              # a value meaning "keep the configuration's own" (the original's -1 overrides)
+    accepted: tuple | str | None = None  # compat: the values accepted (the first is recorded), or ANY
+    relative: bool = False         # in a config file, a relative value is taken from the file's folder
 
     @property
     def option(self) -> str:
@@ -54,10 +53,10 @@ def flag_option(name: str) -> str:
     return "--" + name.replace("_", "-").rstrip("-")
 
 
-def compat(name: str, accepted: tuple, why: str, flag_type: Callable | None = None, nargs: str | None = None) -> Flag:
-    flag_type = flag_type or (B if isinstance(accepted[0], bool) else S)
-    return Flag(name, flag_type, accepted[0], why, "?" if flag_type is B else nargs, accepted=accepted,
-                compat=True)
+def compat(name: str, accepted: tuple | str, why: str, flag_type: Callable | None = None,
+           nargs: str | None = None) -> Flag:
+    flag_type = flag_type or (parse_bool if isinstance(accepted[0], bool) else to_str)
+    return Flag(name, None, why, flag_type, nargs="?" if flag_type is parse_bool else nargs, accepted=accepted)
 
 
 NO_OD = "object-detection tags are not part of FAVD"
@@ -68,113 +67,124 @@ NO_CBS = "constrained beam search did not exist upstream (module missing)"
 NO_DROP_WORST = "drop-worst loss is not implemented"
 NO_DEEPSPEED = ("DeepSpeed is not supported; use --distributed-strategy fsdp, which shards parameters, gradients "
                 "and optimizer state natively")
+B, I, F, S = parse_bool, parse_int, parse_float, to_str
 
-# Grouped as in upstream's parser; ours are marked "(ours)".
+# Grouped as in the original's parser; ours are marked "(ours)".
 FLAGS: tuple[Flag, ...] = (
+    # where the model and its first weights come from
+    Flag("model_preset", "init.model_preset", "(ours) base model configuration", choices=("paper", "tiny")),
+    Flag("model_config", "init.model_config", "(ours) AVLFormerConfig JSON file; replaces --model_preset (and its defaults below)",
+         relative=True),
+    Flag("model_name_or_path", "init.model_name_or_path", "local Hugging Face BERT folder: its weights (config.json "
+         "+ model.safetensors or pytorch_model.bin) initialise the text transformer, its vocab.txt is the "
+         "tokenizer", relative=True),
+    Flag("tokenizer_name", "init.tokenizer_name", "folder with vocab.txt; overrides --model_name_or_path for the "
+         "tokenizer", relative=True),
+    Flag("swin_checkpoint", "init.swin_checkpoint", "(ours) official Video Swin Kinetics .pth to initialise the video "
+         "encoder (upstream hard-coded models/video_swin_transformer/swin_base_patch244_window877_kinetics600_22k.pth)",
+         relative=True),
+    Flag("passt_checkpoint", "init.passt_checkpoint", "(ours) official PaSST .pt to initialise the audio encoder "
+         "(upstream hard-coded src/modeling/passt/passt-s-f128-p16-s10-ap.476-swa.pt)", relative=True),
+    Flag("pretrained_checkpoint", "init.pretrained_checkpoint", "initialise all weights from a checkpoint (ours, "
+         "upstream folder or model.bin)", relative=True),
     # data
-    Flag("data_dir", S, "datasets", "root that relative yaml paths are joined to", path=True),
-    Flag("train_yaml", S, "metadata/train_32frames.yaml", "training metadata yaml (relative to --data_dir)"),
-    Flag("val_yaml", S, "metadata/val_32frames.yaml", "validation metadata yaml (relative to --data_dir)"),
-    Flag("output_dir", S, "output/", "where checkpoints and log/ go (spaces become '_', as upstream)", path=True),
-    Flag("model_name_or_path", S, "", "local Hugging Face BERT folder: its weights (config.json + model.safetensors "
-         "or pytorch_model.bin) initialise the text transformer, its vocab.txt is the tokenizer", path=True),
-    Flag("tokenizer_name", S, "", "folder with vocab.txt; overrides --model_name_or_path for the tokenizer",
-         path=True),
-    Flag("do_lower_case", B, True, "captions are lower-cased: the bert-base-uncased vocab is lower-case", "?",
-         accepted=(True,)),
-    Flag("on_memory", B, True, "captions are always held in memory", "?", accepted=(True,)),
-    Flag("max_seq_length", I, 300, "text positions in a training example"),
-    Flag("max_seq_a_length", I, 300, "caption positions; must equal --max_seq_length (no OD labels)"),
-    Flag("max_img_seq_length", I, None, "visual tokens: derived from frames, resolution and PaSST; a given value "
-         "is checked"),
-    Flag("mask_prob", F, 0.25, "fraction of caption tokens chosen for MLM"),
-    Flag("max_masked_tokens", I, 75, "cap on MLM positions per caption"),
-    Flag("limited_samples", I, -1, "train on the first N training samples only (-1: all)"),
-    Flag("num_workers", I, 4, "DataLoader worker processes per rank"),
-    Flag("features", S, "", "(ours) folder of `avlformer extract-features`: train the layers above the frozen "
-         "encoders on their cached outputs (docs/training.md, Fast experiments on cached features)", path=True),
+    Flag("data_dir", "data.data_dir", "root that relative yaml paths are joined to", relative=True),
+    Flag("train_yaml", "data.train_yaml", "training metadata yaml (relative to --data_dir)"),
+    Flag("val_yaml", "data.val_yaml", "validation metadata yaml (relative to --data_dir)"),
+    Flag("features", "data.features", "(ours) folder of `avlformer extract-features`: train the layers above the "
+         "frozen encoders on their cached outputs (docs/training.md, Fast experiments on cached features)",
+         relative=True),
+    Flag("mask_prob", "data.mask_prob", "fraction of caption tokens chosen for MLM"),
+    Flag("max_masked_tokens", "data.max_masked_tokens", "cap on MLM positions per caption"),
+    Flag("limited_samples", "data.limited_samples", "train on the first N training samples only (-1: all)"),
+    Flag("num_workers", "data.num_workers", "DataLoader worker processes per rank"),
     # model
-    Flag("model_preset", S, "paper", "(ours) base model configuration before flags apply", choices=("paper", "tiny")),
-    Flag("model_config", S, "", "(ours) AVLFormerConfig JSON file; replaces --model_preset", path=True),
-    Flag("max_num_frames", I, 32, "frames per clip"),
-    Flag("img_res", I, 224, "frame side in pixels"),
-    Flag("img_feature_dim", I, 512, "width of the visual tokens fed to the text transformer"),
-    Flag("num_hidden_layers", I, -1, "text transformer layers (override when > 0)"),
-    Flag("hidden_size", I, -1, "text transformer width (override when > 0)"),
-    Flag("num_attention_heads", I, -1, "text transformer heads (override when > 0)"),
-    Flag("intermediate_size", I, -1, "text transformer MLP width (override when > 0)"),
-    Flag("drop_out", F, 0.1, "text transformer hidden dropout"),
-    Flag("learn_mask_enabled", B, False, "learned sparse visual attention mask", "?"),
-    Flag("sparse_mask_soft2hard", B, False, "binarise the learned mask at 0.5 (no gradient)", "?"),
-    Flag("loss_sparse_w", F, 0.0, "weight of the mask sparsity loss"),
-    Flag("lambda_", F, 0.5, "loss = lambda_*LM + (1-lambda_)*MLM (upstream meaning; --lambda_ / --lambda)"),
-    Flag("attn_mask_type", S, None, "learn_vid_att = learned AV mask, seq2seq = plain (AV tokens attend to all AV "
-         "tokens); follows --learn_mask_enabled, a contradicting value is an error",
-         choices=("seq2seq", "learn_vid_att")),
-    Flag("use_checkpoint", B, False, "activation checkpointing in the video encoder (upstream flag)", "?"),
-    Flag("activation_checkpointing", S, [], "(ours) encoders to checkpoint: video audio text", "*",
-         choices=("video", "audio", "text")),
-    Flag("freeze_backbone", B, False, "freeze Video Swin (forced when --backbone_coef_lr is 0)", "?"),
-    Flag("freeze_passt", B, False, "freeze PaSST", "?"),
-    Flag("freeze_embedding", B, False, "freeze the text word embeddings", "?"),
-    Flag("swin_checkpoint", S, "", "(ours) official Video Swin Kinetics .pth to initialise the video encoder "
-         "(upstream hard-coded models/video_swin_transformer/swin_base_patch244_window877_kinetics600_22k.pth)",
-         path=True),
-    Flag("passt_checkpoint", S, "", "(ours) official PaSST .pt to initialise the audio encoder "
-         "(upstream hard-coded src/modeling/passt/passt-s-f128-p16-s10-ap.476-swa.pt)", path=True),
-    Flag("pretrained_checkpoint", S, "", "initialise all weights from a checkpoint (ours, upstream folder or "
-         "model.bin)", path=True),
-    Flag("max_gen_length", I, 20, "caption length limit when decoding for validation"),
-    Flag("num_beams", I, 1, "beams when decoding for validation (1 = greedy)"),
-    Flag("length_penalty", F, 1.0, "beam-search length penalty"),
+    Flag("max_num_frames", "model.num_frames", "frames per clip"),
+    Flag("img_res", "model.image_size", "frame side in pixels"),
+    Flag("img_feature_dim", "model.img_feature_dim", "width of the visual tokens fed to the text transformer"),
+    Flag("max_seq_length", "model.max_seq_length", "text positions in a training example"),
+    Flag("num_hidden_layers", "model.text.num_layers", "text transformer layers (-1: keep)", unset=-1),
+    Flag("hidden_size", "model.text.hidden_size", "text transformer width (-1: keep)", unset=-1),
+    Flag("num_attention_heads", "model.text.num_heads", "text transformer heads (-1: keep)", unset=-1),
+    Flag("intermediate_size", "model.text.intermediate_size", "text transformer MLP width (-1: keep)", unset=-1),
+    Flag("drop_out", "model.text.hidden_dropout", "text transformer hidden dropout"),
+    Flag("learn_mask_enabled", "model.learn_mask_enabled", "learned sparse visual attention mask"),
+    Flag("sparse_mask_soft2hard", "model.sparse_mask_soft2hard", "binarise the learned mask at 0.5 (no gradient)"),
+    Flag("loss_sparse_w", "model.sparsity_loss_weight", "weight of the mask sparsity loss"),
+    Flag("lambda_", "model.lm_loss_weight", "loss = lambda_*LM + (1-lambda_)*MLM (--lambda_ or --lambda)"),
+    Flag("max_gen_length", "model.max_gen_length", "caption length limit when decoding for validation"),
+    Flag("num_beams", "model.num_beams", "beams when decoding for validation (1 = greedy)"),
+    Flag("length_penalty", "model.length_penalty", "beam-search length penalty"),
+    Flag("activation_checkpointing", "run.activation_checkpointing", "(ours) encoders to checkpoint: video audio "
+         "text", nargs="*", choices=("video", "audio", "text")),
     # optimisation
-    Flag("per_gpu_train_batch_size", I, 64, "training batch per process"),
-    Flag("per_gpu_eval_batch_size", I, 64, "validation batch per process"),
-    Flag("effective_batch_size", I, -1, "if > 0: global batch per optimizer step; sets the per-process batch"),
-    Flag("gradient_accumulation_steps", I, 1, "micro-batches per optimizer step"),
-    Flag("learning_rate", F, 3e-5, "peak learning rate (non-backbone groups)"),
-    Flag("backbone_coef_lr", F, 0.001, "Video Swin lr = learning_rate * this"),
-    Flag("weight_decay", F, 0.05, "AdamW decoupled weight decay (applied; upstream hard-coded 0.2)"),
-    Flag("adam_epsilon", F, 1e-8, "AdamW epsilon"),
-    Flag("max_grad_norm", F, 1.0, "global gradient-norm clip (<= 0 disables)"),
-    Flag("warmup_ratio", F, 0.1, "fraction of optimizer steps spent warming up"),
-    Flag("min_lr", F, 1e-8, "(ours) floor of the warmup-linear schedule (upstream hard-coded 1e-8)"),
-    Flag("scheduler", S, "warmup_linear", "lr schedule", choices=("warmup_linear", "step")),
-    Flag("num_train_epochs", I, 20, "epochs"),
-    Flag("seed", I, 88, "seed of python, numpy and torch RNGs and of the data order"),
-    Flag("deterministic", B, False, "(ours) reproducible to the bit: deterministic kernels, and one CPU thread "
-         "per process on CPU (slower; see docs/training.md, Resuming)", "?"),
+    Flag("per_gpu_train_batch_size", "optim.per_gpu_train_batch_size", "training batch per process"),
+    Flag("per_gpu_eval_batch_size", "optim.per_gpu_eval_batch_size", "validation batch per process (at least the "
+         "training batch, as upstream)"),
+    Flag("effective_batch_size", "optim.effective_batch_size", "if > 0: global batch per optimizer step; sets the "
+         "per-process batch"),
+    Flag("gradient_accumulation_steps", "optim.gradient_accumulation_steps", "micro-batches per optimizer step"),
+    Flag("learning_rate", "optim.learning_rate", "peak learning rate (non-backbone groups)"),
+    Flag("backbone_coef_lr", "optim.backbone_coef_lr", "Video Swin lr = learning_rate * this (0 freezes it)"),
+    Flag("weight_decay", "optim.weight_decay", "AdamW decoupled weight decay (applied; upstream hard-coded 0.2)"),
+    Flag("adam_epsilon", "optim.adam_epsilon", "AdamW epsilon"),
+    Flag("max_grad_norm", "optim.max_grad_norm", "global gradient-norm clip (<= 0 disables)"),
+    Flag("warmup_ratio", "optim.warmup_ratio", "fraction of optimizer steps spent warming up"),
+    Flag("min_lr", "optim.min_lr", "(ours) floor of the warmup-linear schedule (upstream hard-coded 1e-8)"),
+    Flag("scheduler", "optim.scheduler", "lr schedule", choices=("warmup_linear", "step")),
+    Flag("num_train_epochs", "optim.num_train_epochs", "epochs"),
+    Flag("freeze_backbone", "optim.freeze_backbone", "freeze Video Swin"),
+    Flag("freeze_passt", "optim.freeze_passt", "freeze PaSST"),
+    Flag("freeze_embedding", "optim.freeze_embedding", "freeze the text word embeddings"),
     # running
-    Flag("logging_steps", I, 20, "log every N optimizer steps"),
-    Flag("save_steps", I, 2000, "checkpoint (and validate) every N optimizer steps; <= 0: once per epoch"),
-    Flag("evaluate_during_training", B, False, "validate (greedy decode + caption metrics) at each checkpoint", "?"),
-    Flag("resume", S, "", "(ours) 'auto' (or a bare --resume) = newest intact checkpoint in --output_dir, or a "
-         "checkpoint folder", "?", path=True),
-    Flag("precision", S, None, "(ours) native AMP precision (default fp32, or fp16 when upstream's fp16 flags ask)",
-         choices=("fp32", "bf16", "fp16")),
-    Flag("distributed_strategy", S, None, "(ours) how processes share the model (default ddp)",
+    Flag("output_dir", "run.output_dir", "where checkpoints and log/ go (spaces become '_', as upstream)",
+         relative=True),
+    Flag("seed", "run.seed", "seed of python, numpy and torch RNGs and of the data order"),
+    Flag("deterministic", "run.deterministic", "(ours) reproducible to the bit: deterministic kernels, and one CPU "
+         "thread per process on CPU (slower; see docs/training.md, Resuming)"),
+    Flag("logging_steps", "run.logging_steps", "log every N optimizer steps"),
+    Flag("save_steps", "run.save_steps", "checkpoint (and validate) every N optimizer steps; <= 0: once per epoch"),
+    Flag("evaluate_during_training", "run.evaluate_during_training", "validate (greedy decode + caption metrics) at "
+         "each checkpoint"),
+    Flag("resume", "run.resume", "(ours) 'auto' (or a bare --resume) = newest intact checkpoint in --output_dir, or "
+         "a checkpoint folder", nargs="?", relative=True),
+    Flag("overwrite_output_dir", "run.overwrite_output_dir", "(ours, Hugging Face's name) start afresh in an "
+         "--output_dir that holds an earlier run: its checkpoints, best checkpoint and logs are deleted (without "
+         "this or --resume, such a folder is an error)"),
+    Flag("precision", "run.precision", "(ours) native AMP precision", choices=("fp32", "bf16", "fp16")),
+    Flag("distributed_strategy", "run.distributed_strategy", "(ours) how processes share the model",
          choices=("ddp", "fsdp", "deepspeed")),
-    Flag("mixed_precision_method", S, None, "upstream spelling of the strategy: apex = ddp, fairscale = fsdp",
-         choices=("apex", "deepspeed", "fairscale")),
-    Flag("amp_opt_level", I, 0, "upstream apex level: 0 = fp32, 1/2/3 = fp16"),
-    Flag("fairscale_fp16", B, False, "fp16 with --mixed_precision_method fairscale", "?"),
-    Flag("zero_opt_stage", I, -1, "upstream DeepSpeed ZeRO stage; recorded as -1 (upstream reset it unless "
-         "DeepSpeed, and DeepSpeed is not supported)"),
-    Flag("device", S, "auto", "auto (CUDA when available, one GPU per process), cpu, cuda or cuda:N"),
-    Flag("local_rank", I, 0, "legacy torch.distributed.launch argument; LOCAL_RANK from the environment wins"),
-    Flag("debug", B, False, "upstream debug run: batch 1, 1 epoch, log every 5 steps", "?"),
+    Flag("device", "run.device", "auto (CUDA when available, one GPU per process), cpu, cuda or cuda:N"),
+    Flag("local_rank", "run.local_rank", "legacy torch.distributed.launch argument; LOCAL_RANK from the environment "
+         "wins"),
     # self-critical training (ours: upstream had these flags without a training loop behind them)
-    Flag("scst", B, False, "self-critical sequence training: optimise CIDEr-D of sampled captions, usually from "
-         "a cross-entropy checkpoint (--pretrained-checkpoint); docs/training.md, Self-critical training", "?"),
-    Flag("sc_train_sample_n", I, 5, "--scst: captions sampled per video"),
-    Flag("sc_baseline_type", S, "sample", "--scst: reward baseline, the mean of the video's other samples or the "
-         "greedy caption's (Rennie et al.)", choices=("sample", "greedy")),
-    Flag("temperature", F, 1.0, "--scst: sampling temperature (validation always decodes deterministically)"),
-    Flag("top_k", I, 0, "--scst: sample among the k most likely tokens (0: all)"),
-    Flag("top_p", F, 1.0, "--scst: sample within the smallest set of tokens of probability >= p (1: all)"),
-    Flag("do_train", B, True, "`avlformer train` always trains; use `avlformer infer` to decode", "?",
-         accepted=(True,)),
-    # upstream flags kept for compatibility: only the neutral value is accepted
+    Flag("scst", "scst.enabled", "self-critical sequence training: optimise CIDEr-D of sampled captions, usually "
+         "from a cross-entropy checkpoint (--pretrained-checkpoint); docs/training.md, Self-critical training"),
+    Flag("sc_train_sample_n", "scst.sample_n", "--scst: captions sampled per video"),
+    Flag("sc_baseline_type", "scst.baseline_type", "--scst: reward baseline, the mean of the video's other samples "
+         "or the greedy caption's (Rennie et al.)", choices=("sample", "greedy")),
+    Flag("temperature", "scst.temperature", "--scst: sampling temperature (validation always decodes "
+         "deterministically)"),
+    Flag("top_k", "scst.top_k", "--scst: sample among the k most likely tokens (0: all)"),
+    Flag("top_p", "scst.top_p", "--scst: sample within the smallest set of tokens of probability >= p (1: all)"),
+    # the original's spellings of settings above, translated by training.args
+    Flag("max_seq_a_length", None, "caption positions; must equal --max_seq_length (no second text segment)", I),
+    Flag("max_img_seq_length", None, "visual tokens: derived from frames, resolution and PaSST; a given value is "
+         "checked", I),
+    Flag("attn_mask_type", None, "learn_vid_att = learned AV mask, seq2seq = plain; follows --learn_mask_enabled, "
+         "a contradicting value is an error", S, choices=("seq2seq", "learn_vid_att")),
+    Flag("use_checkpoint", None, "activation checkpointing of the video encoder (= --activation-checkpointing "
+         "video)", B, nargs="?"),
+    Flag("mixed_precision_method", None, "apex = --distributed-strategy ddp, fairscale = fsdp", S,
+         choices=("apex", "deepspeed", "fairscale")),
+    Flag("amp_opt_level", None, "apex level: 0 = fp32, 1/2/3 = --precision fp16", I),
+    Flag("fairscale_fp16", None, "--precision fp16 with --mixed_precision_method fairscale", B, nargs="?"),
+    Flag("debug", None, "upstream debug run: batch 1, 1 epoch, log every 5 steps", B, nargs="?"),
+    # the original's flags that do nothing here: accepted at their neutral values only
+    compat("do_train", (True,), "`avlformer train` always trains; use `avlformer infer` to decode"),
+    compat("do_lower_case", (True,), "captions are lower-cased: the bert-base-uncased vocab is lower-case"),
+    compat("on_memory", (True,), "captions are always held in memory"),
+    compat("zero_opt_stage", ANY, "DeepSpeed ZeRO stage; recorded as -1, as upstream did without DeepSpeed", I),
     compat("deepspeed_fp16", (False,), NO_DEEPSPEED),
     compat("config_name", ("",), "the model configuration comes from --model_preset/--model_config"),
     compat("load_partial_weights", (False,), "use --pretrained_checkpoint"),
@@ -230,20 +240,31 @@ FLAGS: tuple[Flag, ...] = (
 )
 
 BY_NAME: dict[str, Flag] = {flag.name: flag for flag in FLAGS}
+COMPAT = tuple(flag for flag in FLAGS if flag.accepted is not None)
 
 
-def convert(flag: Flag, value: Any) -> Any:
-    """A value from a config file, converted by the same rule as on the command line (argparse errors as
-    ``ArgumentTypeError``)."""
-    if flag.nargs in ("+", "*"):
-        items = value if isinstance(value, list) else [value]
-        converted = [flag.type(item) for item in items]
-        if flag.choices:
-            for item in converted:
-                if item not in flag.choices:
-                    raise argparse.ArgumentTypeError(f"{item!r} is not one of {', '.join(flag.choices)}")
-        return converted
-    converted = flag.type(value)
-    if flag.choices and converted not in flag.choices:
-        raise argparse.ArgumentTypeError(f"{converted!r} is not one of {', '.join(flag.choices)}")
-    return converted
+def config_key(key: str) -> str:
+    """Config files may use either spelling; ``lambda`` and ``lambda_`` are the same key."""
+    key = key.replace("-", "_")
+    return "lambda_" if key in ("lambda", "lambda_") else key
+
+
+def convert(flag: Flag, converter: Callable, value: Any) -> Any:
+    """A value from a config file, converted by the command line's rule (argparse errors as ``ArgumentTypeError``)."""
+    values = value if isinstance(value, list) else [value]
+    converted = [converter(item) for item in values] if flag.nargs in ("+", "*") else [converter(value)]
+    for item in converted:
+        if flag.choices and item not in flag.choices:
+            raise argparse.ArgumentTypeError(f"{item!r} is not one of {', '.join(flag.choices)}")
+    return converted if flag.nargs in ("+", "*") else converted[0]
+
+
+def upstream_values(config) -> dict[str, Any]:
+    """A resolved ``TrainConfig`` under the original's names (``log/args.json``, the model card): every setting,
+    and the values the original derived (visual tokens, mask type), as it recorded them."""
+    values = {flag.name: config.get(flag.path) for flag in FLAGS if flag.path}
+    model = config.model
+    values.update(max_seq_a_length=model.max_seq_length, max_img_seq_length=model.num_av_tokens,
+                  attn_mask_type="learn_vid_att" if model.learn_mask_enabled else "seq2seq",
+                  use_checkpoint="video" in config.run.activation_checkpointing, zero_opt_stage=-1, do_train=True)
+    return values

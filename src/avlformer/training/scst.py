@@ -37,7 +37,7 @@ from avlformer.evaluation.cider_reward import CiderD, has_repeated_ngram, reward
 from avlformer.modeling.generation import generate
 from avlformer.modeling.sampling import caption_logprobs, sample_captions
 from avlformer.training.flag_table import ArgumentError
-from avlformer.training.loop import Trainer
+from avlformer.training.trainer import Trainer
 
 log = logging.getLogger("avlformer.train")
 
@@ -83,18 +83,19 @@ def average_gradients(model: torch.nn.Module, world_size: int) -> None:
 
 
 class SelfCriticalTrainer(Trainer):
-    def __init__(self, args, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir):
+    def __init__(self, config, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir):
         if hasattr(model.part("text"), "caption_loss"):
             raise ArgumentError("--scst samples through the BERT decoder's [MASK] steps; a causal-LM decoder "
                                 "(text.type hf_causal_lm) has no self-critical training yet")
-        super().__init__(args, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir)
-        self.loss_terms = tuple(t for t in SCST_TERMS if t != "greedy_reward" or args.sc_baseline_type == "greedy")
+        super().__init__(config, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir)
+        scst = config.scst
+        self.loss_terms = tuple(t for t in SCST_TERMS if t != "greedy_reward" or scst.baseline_type == "greedy")
         references = reference_table(train_dataset)
         self.reward = CiderD({key: [reward_words(c) for c in caps] for key, caps in references.items()})
         self.tokenizer = load_tokenizer(vocab_dir)
         log.info("self-critical training: %d sampled captions per video (temperature %g, top-k %d, top-p %g), "
                  "baseline %s, reward CIDEr-D with document frequencies from %d training videos",
-                 args.sc_train_sample_n, args.temperature, args.top_k, args.top_p, args.sc_baseline_type,
+                 scst.sample_n, scst.temperature, scst.top_k, scst.top_p, scst.baseline_type,
                  len(references))
 
     # -- one micro-batch ----------------------------------------------------------------------------------
@@ -102,13 +103,13 @@ class SelfCriticalTrainer(Trainer):
         """The random numbers of this batch's draws, ``(B·K, max_gen_length - 1)``, from (seed, epoch, video
         key, occurrence in the batch): a video's captions do not depend on the rank, the batch it shares or the
         device, so a resumed run, or one with another number of processes, samples the same captions."""
-        rows, steps = self.args.sc_train_sample_n, self.args.max_gen_length - 1
+        rows, steps = self.config.scst.sample_n, self.config.model.max_gen_length - 1
         seen: dict[str, int] = {}
         parts = []
         for key in video_keys:
             seen[key] = seen.get(key, -1) + 1
             key_hash = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
-            seed = np.random.SeedSequence([self.args.seed, self.progress.epoch, key_hash, seen[key]])
+            seed = np.random.SeedSequence([self.config.run.seed, self.progress.epoch, key_hash, seen[key]])
             generator = torch.Generator().manual_seed(int(seed.generate_state(1, np.uint64)[0]) % 2**63)
             parts.append(1.0 - torch.rand(rows, steps, generator=generator, dtype=torch.float64))
         return torch.cat(parts)
@@ -117,23 +118,24 @@ class SelfCriticalTrainer(Trainer):
         return [reward_words(decode_caption(ids, self.tokenizer)) for ids in token_ids.tolist()]
 
     def forward_backward(self, batch: dict, boundary: bool) -> dict:
-        args, model, device = self.args, self.library_model, self.env.device
-        per_video = args.sc_train_sample_n
+        config, model, device = self.config, self.library_model, self.env.device
+        scst, max_length = config.scst, config.model.max_gen_length
+        per_video = scst.sample_n
         with self.autocast():
             av_tokens = model.batch_av_tokens(batch)
             av_mask = model.av_attention_mask()
             fixed_av, fixed_mask = av_tokens.detach(), None if av_mask is None else av_mask.detach()
             samples = sample_captions(model.part("text"), fixed_av, fixed_mask, num_samples=per_video,
-                                      max_length=args.max_gen_length,
+                                      max_length=max_length,
                                       uniforms=self.sampling_uniforms(batch["video_keys"]),
-                                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+                                      temperature=scst.temperature, top_k=scst.top_k, top_p=scst.top_p)
         words = self.caption_words(samples.token_ids)
         keys = [key for key in batch["video_keys"] for _ in range(per_video)]
         rewards = torch.tensor(self.reward.score_many(keys, words), dtype=torch.float64)
         stats = {}
-        if args.sc_baseline_type == "greedy":
+        if scst.baseline_type == "greedy":
             with self.autocast():
-                greedy = generate(model.part("text"), fixed_av, fixed_mask, max_length=args.max_gen_length)
+                greedy = generate(model.part("text"), fixed_av, fixed_mask, max_length=max_length)
             greedy_rewards = torch.tensor(self.reward.score_many(batch["video_keys"],
                                                                  self.caption_words(greedy.token_ids)),
                                           dtype=torch.float64)
@@ -146,7 +148,7 @@ class SelfCriticalTrainer(Trainer):
         advantage = (rewards - baseline).to(device=device, dtype=torch.float32)
         loss = -(advantage * scores.logprob.float()).mean()
         loss = loss + model.config.sparsity_loss_weight * model.sparsity_term(loss)
-        scaled = loss / args.gradient_accumulation_steps
+        scaled = loss / config.optim.gradient_accumulation_steps
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         stats.update(reward=rewards.mean(), baseline=baseline.mean(), entropy=scores.entropy,
                      caption_length=np.mean([len(w) for w in words]),

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from avlformer.atomic import write_text_atomic
-from avlformer.training.flag_table import ArgumentError
+from avlformer.data.dataset import CaptionDataset, DataConfig
+from avlformer.data.recipe import recipe_for_yaml
+from avlformer.training.flag_table import ArgumentError, upstream_values
 
 log = logging.getLogger("avlformer.train")
 
@@ -68,7 +70,8 @@ def setup_logging(output_dir: Path, is_main: bool) -> None:
 
 
 def write_args_json(config, output_dir: Path, extra: dict) -> None:
-    values = {**config.flag_values(), **extra}
+    """log/args.json as upstream wrote it: every setting under its flag name, and the derived run sizes."""
+    values = {**upstream_values(config), **extra}
     text = json.dumps(values, indent=4, sort_keys=True, default=str)
     write_text_atomic(output_dir / "log" / "args.json", text)
 
@@ -79,7 +82,7 @@ def vocab_dir_for(config) -> str | None:
     own = getattr(getattr(config.model, "text", None), "path", "")
     if own:
         return own
-    for candidate in (config.tokenizer_name, config.model_name_or_path):
+    for candidate in (config.init.tokenizer_name, config.init.model_name_or_path):
         if not candidate:
             continue
         if (Path(candidate) / "vocab.txt").is_file():
@@ -100,15 +103,13 @@ def resolve_yaml(data_dir: str, yaml_path: str) -> Path:
 def training_recipe(config):
     """The preprocessing recipe of the training data (recorded by ``prepare`` beside its yaml); it travels into
     every checkpoint so that inference builds the inputs the model learned from."""
-    from avlformer.data.recipe import recipe_for_yaml
-
-    return recipe_for_yaml(resolve_yaml(config.data_dir, config.train_yaml))
+    return recipe_for_yaml(resolve_yaml(config.data.data_dir, config.data.train_yaml))
 
 
 def check_validation_recipe(config, train_recipe, val_recipe) -> None:
     """Validation data prepared another way than the training data would score the model on inputs it never saw
     (and the numbers would not say so): an error, naming what differs."""
-    val_yaml = resolve_yaml(config.data_dir, config.val_yaml)
+    val_yaml = resolve_yaml(config.data.data_dir, config.data.val_yaml)
     if val_recipe != train_recipe:
         differences = val_recipe.differences(train_recipe, "training data")
         raise ArgumentError(f"{val_yaml}: the validation data was prepared with another recipe than the training "
@@ -116,12 +117,11 @@ def check_validation_recipe(config, train_recipe, val_recipe) -> None:
 
 
 def data_config_for(config):
-    """The loaders' DataConfig: frames and text from the flags, audio rate and length from the model."""
-    from avlformer.data.dataset import DataConfig
-
-    data_config = DataConfig(num_frames=config.max_num_frames, image_size=config.img_res,
-                             max_seq_length=config.max_seq_length, mask_prob=config.mask_prob,
-                             max_masked_tokens=config.max_masked_tokens)
+    """The loaders' DataConfig: frame count, image size, text length, audio rate and length from the model
+    configuration (their one source), MLM masking from the data settings."""
+    data_config = DataConfig(num_frames=config.model.num_frames, image_size=config.model.image_size,
+                             max_seq_length=config.model.max_seq_length, mask_prob=config.data.mask_prob,
+                             max_masked_tokens=config.data.max_masked_tokens)
     audio = getattr(config.model, "audio", None)
     for name in ("sample_rate", "clip_seconds"):
         if audio is not None and hasattr(audio, name):
@@ -131,19 +131,16 @@ def data_config_for(config):
 
 def build_val_dataset(config, tokenizer, data_config=None):
     """The raw validation split, or None when training does not validate."""
-    from avlformer.data.dataset import CaptionDataset
-
-    if not config.evaluate_during_training:
+    if not config.run.evaluate_during_training:
         return None
-    return CaptionDataset(resolve_yaml(config.data_dir, config.val_yaml), data_config or data_config_for(config),
-                          False, tokenizer)
+    return CaptionDataset(resolve_yaml(config.data.data_dir, config.data.val_yaml),
+                          data_config or data_config_for(config), False, tokenizer)
 
 
 def build_datasets(config, tokenizer):
-    from avlformer.data.dataset import CaptionDataset
-
     data_config = data_config_for(config)
-    train_set = CaptionDataset(resolve_yaml(config.data_dir, config.train_yaml), data_config, True, tokenizer)
+    train_set = CaptionDataset(resolve_yaml(config.data.data_dir, config.data.train_yaml), data_config, True,
+                               tokenizer)
     return train_set, build_val_dataset(config, tokenizer, data_config)
 
 

@@ -46,9 +46,9 @@ def full_parameters(model: torch.nn.Module):
 
 
 @torch.no_grad()
-def decode_split(model: torch.nn.Module, loader, env: DistEnv, args, autocast,
-                 tokenizer=None) -> tuple[dict, dict]:
-    """{key: caption} predictions and {key: [reference]} on rank 0 (empty dicts elsewhere); ``tokenizer``: the
+def decode_split(model: torch.nn.Module, loader, env: DistEnv, autocast, tokenizer=None) -> tuple[dict, dict]:
+    """{key: caption} predictions and {key: [reference]} on rank 0 (empty dicts elsewhere), decoded with the
+    model configuration's settings (``num_beams``, ``max_gen_length``, ``length_penalty``); ``tokenizer``: the
     decoder's (default: the shipped BERT vocabulary)."""
     library_model = unwrap_model(model)
     was_training = library_model.training
@@ -60,8 +60,7 @@ def decode_split(model: torch.nn.Module, loader, env: DistEnv, args, autocast,
             frames = batch["frames"].to(env.device, non_blocking=True)
             audio = batch["audio"].to(env.device, non_blocking=True)
             with autocast():
-                output = library_model.generate(frames, audio, num_beams=args.num_beams,
-                                                max_length=args.max_gen_length, length_penalty=args.length_penalty)
+                output = library_model.generate(frames, audio)
             for row, key in enumerate(batch["video_keys"]):
                 predictions[key] = decode_caption(output.token_ids[row].tolist(), tokenizer)
                 if "captions" in batch:

@@ -1,0 +1,48 @@
+"""One job per folder at a time: a lock file in the folder, held with ``flock`` for the whole job (prepare's data
+folder, train's --output_dir).
+
+The lock goes away with its process (even on SIGKILL), so a crashed job never blocks the next one. The file is
+removed on release; a job that opened it just before that removal notices (the path no longer names the file it
+locked) and tries again, so two jobs can never both believe they hold the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import Iterator
+
+
+def _locked_descriptor(path: Path, busy: str, error: type[Exception]) -> int:
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as problem:
+            raise error(f"{path.parent}: cannot create {path.name} ({problem.strerror}); the folder must be "
+                        f"writable") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise error(busy) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the previous holder removed the file between our open and our lock
+
+
+@contextlib.contextmanager
+def folder_lock(path: str | os.PathLike, busy: str, error: type[Exception]) -> Iterator[None]:
+    """Hold the lock file ``path``; raise ``error(busy)`` at once when another process holds it."""
+    path = Path(path)
+    fd = _locked_descriptor(path, busy, error)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)

@@ -1,0 +1,96 @@
+"""The captioning queue: at most ``size`` captioning requests are accepted at once (the one the model is running
+and those waiting for it); one more is refused at once with a 503 and a ``Retry-After`` estimated from how long
+recent captions took, so a burst never piles up past what the server can answer in reasonable time.
+
+Captioning blocks (decoding, the model, drawing the pictures), so it runs on worker threads, never on the event
+loop that answers the page and the other requests. Two workers: one clip can be decoded while the model works on
+another; the model itself is used by one thread at a time (``ServeState.lock``), because its cached buffers are
+shared between calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from typing import Callable, TypeVar
+
+from avlformer.serve.errors import RequestError
+
+T = TypeVar("T")
+
+WORKERS = 2
+FIRST_GUESS_S = 5.0           # Retry-After basis before any caption has been timed
+RECENT_WEIGHT = 0.3           # weight of the latest caption in the running mean of caption times
+
+
+class CaptionQueue:
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"queue size {size}: must be >= 1")
+        self.size = size
+        self._accepted = 0
+        self._counter = threading.Lock()
+        self._mean_s = FIRST_GUESS_S
+        self._closed = False
+        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="avlformer-caption")
+
+    @property
+    def accepted(self) -> int:
+        """Requests accepted and not yet finished (running or waiting)."""
+        return self._accepted
+
+    def retry_after_s(self) -> int:
+        """Seconds until a place is likely to be free: the queue ahead, at the recent time per caption."""
+        return max(1, math.ceil(self._mean_s * max(1, self._accepted) / WORKERS))
+
+    async def run(self, job: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
+        """``job()`` on a worker, or a 503 when the queue is full. ``cleanup`` runs once the job is over, also
+        when it never started (the server stopped, or the waiting request was cancelled)."""
+        with self._counter:
+            if self._accepted >= self.size:
+                raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,
+                                   f"the server is busy ({self._accepted} videos queued for captioning); "
+                                   f"try again in a moment", headers={"Retry-After": str(self.retry_after_s())})
+            self._accepted += 1
+        try:
+            future = self._pool.submit(self._timed, job)
+        except RuntimeError:  # the pool is shut down
+            self._finished(cleanup)
+            raise self._stopping() from None
+        future.add_done_callback(lambda _: self._finished(cleanup))
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if self._closed and future.cancelled():  # dropped unstarted by ``close``, not this request cancelled
+                raise self._stopping() from None
+            raise
+
+    def _stopping(self) -> RequestError:
+        return RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "the server is stopping",
+                            headers={"Retry-After": str(self.retry_after_s())})
+
+    def _timed(self, job: Callable[[], T]) -> T:
+        start = time.monotonic()
+        try:
+            return job()
+        finally:
+            took = time.monotonic() - start
+            self._mean_s = (1 - RECENT_WEIGHT) * self._mean_s + RECENT_WEIGHT * took
+
+    def _finished(self, cleanup: Callable[[], None] | None) -> None:
+        try:
+            if cleanup is not None:
+                cleanup()
+        finally:
+            with self._counter:
+                self._accepted -= 1
+
+    def close(self) -> None:
+        """Drop the waiting jobs (their cleanups run); the one running finishes on its own thread."""
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+

@@ -1,0 +1,312 @@
+"""The cross-entropy trainer: optimizer steps over epochs of micro-batches, checkpoints, validation, logging.
+
+``loop.train`` builds what a run needs and picks the trainer (this one, or ``scst.SelfCriticalTrainer`` which
+extends it); everything comes in through the constructor, so tests and the demo can hand in their own model or
+datasets. The library (data, modeling) knows nothing of this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from avlformer.data.dataset import collate as dataset_collate
+from avlformer.data.dataset import seed_worker
+from avlformer.training import checkpointing as ckpt
+from avlformer.training.batches import (EpochBatchSampler, SampleSeededDataset, epoch_loader, eval_loader,
+                                        micro_batches_per_epoch)
+from avlformer.training.config import TrainConfig
+from avlformer.training.distributed import (DistEnv, all_reduce_mean, any_rank_true, barrier, unwrap_model,
+                                            wrap_model)
+from avlformer.training.flag_table import ArgumentError, upstream_values
+from avlformer.training.optim import build_optimizer, build_scheduler
+from avlformer.training.setup import summary_writer, write_args_json
+from avlformer.data.tokenizer import load_tokenizer
+from avlformer.training.validation import append_history, decode_split, prediction_stem, score, write_outputs
+
+LOSS_TERMS = ("loss", "lm_loss", "mlm_loss", "sparsity_loss", "mlm_accuracy")
+log = logging.getLogger("avlformer.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss (or, without fp16 loss scaling, the gradient norm) is NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    last_checkpoint: Path | None
+    best: dict | None
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Schedule:
+    micro_batches_per_epoch: int   # per rank, after dropping the remainder that does not fill an optimizer step
+    steps_per_epoch: int
+    total_steps: int
+
+
+# ------------------------------------------------------------------------------------------------ setup helpers
+
+def autocast_for(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def plan_schedule(num_samples: int, config: TrainConfig, env: DistEnv) -> Schedule:
+    optim = config.optim
+    batch, accumulation = optim.per_gpu_train_batch_size, optim.gradient_accumulation_steps
+    steps = micro_batches_per_epoch(num_samples, batch, env.world_size) // accumulation
+    if steps < 1:
+        raise ArgumentError(f"the training set has {num_samples} samples, fewer than one optimizer step needs: "
+                            f"--per-gpu-train-batch-size {batch} x {env.world_size} process(es) x "
+                            f"--gradient-accumulation-steps {accumulation} = {batch * env.world_size * accumulation}"
+                            "; use a smaller batch")
+    return Schedule(steps * accumulation, steps, steps * optim.num_train_epochs)
+
+
+def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ------------------------------------------------------------------------------------------------ the trainer
+
+class Trainer:
+    loss_terms = LOSS_TERMS  # what forward_backward returns, averaged and logged as train/<term>
+
+    def __init__(self, config: TrainConfig, env: DistEnv, model: nn.Module, recipe, train_dataset, val_dataset,
+                 collate_fn, vocab_dir: str | None):
+        run, optim = config.run, config.optim
+        self.config, self.env = config, env
+        self.output_dir = Path(run.output_dir)
+        self.recipe, self.vocab_dir = recipe, vocab_dir
+        self.collate_fn = collate_fn
+        self.train_data = SampleSeededDataset(train_dataset, run.seed, config.data.limited_samples)
+        self.val_dataset = val_dataset
+        self.schedule = plan_schedule(len(self.train_data), config, env)
+        self.autocast = autocast_for(run.precision, env.device)
+        self.model = wrap_model(model, run.distributed_strategy, env, features=bool(config.data.features))
+        self.library_model = unwrap_model(self.model)
+        self.optimizer = build_optimizer(self.library_model, optim.learning_rate, optim.backbone_coef_lr,
+                                         optim.weight_decay, optim.adam_epsilon)
+        self.scheduler = build_scheduler(self.optimizer, optim.scheduler, self.schedule.total_steps,
+                                         optim.warmup_ratio, optim.min_lr)
+        self.scaler = torch.amp.GradScaler(env.device.type) if run.precision == "fp16" else None
+        self.progress = ckpt.Progress()
+        self.last_checkpoint: Path | None = None
+        self.history: list[dict] = []
+        self.writer = None
+
+    # -- bookkeeping ------------------------------------------------------------------------------------
+    def resume(self) -> None:
+        found = ckpt.choose_resume_checkpoint(self.config.run.resume, self.output_dir)
+        if found is None:
+            return
+        folder, state, weights = found
+        self.progress = ckpt.restore_training_checkpoint(folder, state, weights, self.model, self.optimizer,
+                                                         self.scheduler, self.scaler, self.env)
+        self.last_checkpoint = folder
+        log.info("resumed from %s at step %d (epoch %d, %d micro-batches into it)", folder,
+                 self.progress.global_step, self.progress.epoch, self.progress.batches_done_in_epoch)
+
+    def derived_args(self) -> dict:
+        return {"max_iter": self.schedule.micro_batches_per_epoch * self.config.optim.num_train_epochs,
+                "max_global_step": self.schedule.total_steps,
+                "global_iters_per_epoch": self.schedule.steps_per_epoch,
+                "num_gpus": self.env.world_size, "distributed": self.env.is_distributed,
+                "device": str(self.env.device)}
+
+    def checkpoint_due(self, step: int, end_of_epoch: bool) -> bool:
+        if step == self.schedule.total_steps:
+            return True
+        if self.config.run.save_steps > 0:
+            return step % self.config.run.save_steps == 0
+        return end_of_epoch
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        if self.env.is_main:
+            if self.config.run.overwrite_output_dir:  # as late as possible: the data and model are known good here
+                ckpt.remove_earlier_run(self.output_dir)
+            write_args_json(self.config, self.output_dir, self.derived_args())
+            self.writer = summary_writer(self.output_dir / "log")
+        log.info("training: %d samples, %d optimizer steps per epoch, %d steps in all, global batch %d",
+                 len(self.train_data), self.schedule.steps_per_epoch, self.schedule.total_steps,
+                 self.config.optim.effective_batch_size)
+        bar = tqdm(total=self.schedule.total_steps, initial=self.progress.global_step, desc="train",
+                   disable=not self.env.is_main, dynamic_ncols=True)
+        try:
+            while self.progress.global_step < self.schedule.total_steps:
+                self.run_epoch(bar)
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
+        return TrainResult(self.progress.global_step, self.last_checkpoint,
+                           ckpt.read_best(self.output_dir) if self.env.is_main else None, self.history)
+
+    def run_epoch(self, bar) -> None:
+        config, env, progress = self.config, self.env, self.progress
+        self.train_data.epoch = progress.epoch
+        seed = config.run.seed
+        sampler = EpochBatchSampler(len(self.train_data), config.optim.per_gpu_train_batch_size, env.rank,
+                                    env.world_size, seed, progress.epoch, self.schedule.micro_batches_per_epoch,
+                                    skip=progress.batches_done_in_epoch)
+        loader = epoch_loader(self.train_data, sampler, config.data.num_workers, self.collate_fn, seed_worker,
+                              generator_seed=seed * 1009 + progress.epoch * 31 + env.rank)
+        accumulation = config.optim.gradient_accumulation_steps
+        sums = torch.zeros(len(self.loss_terms), device=env.device)
+        non_finite = torch.zeros((), dtype=torch.bool, device=env.device)
+        window_start, window_steps = time.perf_counter(), 0
+        for batch in loader:
+            progress.batches_done_in_epoch += 1
+            boundary = progress.batches_done_in_epoch % accumulation == 0
+            outputs = self.forward_backward(move_batch(batch, env.device), boundary)
+            sums += torch.stack([outputs.get(k, torch.zeros((), device=env.device)).detach().float()
+                                 for k in self.loss_terms])
+            non_finite |= ~torch.isfinite(outputs["loss"].detach())
+            if not boundary:
+                continue
+            if any_rank_true(bool(non_finite), env):
+                self.stop_non_finite("loss", outputs)
+            grad_norm = self.optimizer_step(outputs)
+            progress.global_step += 1
+            window_steps += 1
+            bar.update(1)
+            end_of_epoch = progress.batches_done_in_epoch >= self.schedule.micro_batches_per_epoch
+            if progress.global_step % config.run.logging_steps == 0 or progress.global_step == self.schedule.total_steps:
+                elapsed = time.perf_counter() - window_start
+                self.log_step(sums / (window_steps * accumulation), grad_norm, window_steps, elapsed, bar)
+                sums.zero_()
+                window_start, window_steps = time.perf_counter(), 0
+            if end_of_epoch:
+                progress.epoch += 1
+                progress.batches_done_in_epoch = 0
+            if self.checkpoint_due(progress.global_step, end_of_epoch):
+                self.save_and_validate()
+            if progress.global_step >= self.schedule.total_steps:
+                break
+        if progress.batches_done_in_epoch:  # the resumed tail of an epoch ended without an end-of-epoch step
+            progress.epoch += 1
+            progress.batches_done_in_epoch = 0
+
+    def forward_backward(self, batch: dict, boundary: bool) -> dict:
+        accumulation = self.config.optim.gradient_accumulation_steps
+        sync = contextlib.nullcontext()
+        if not boundary and isinstance(self.model, nn.parallel.DistributedDataParallel):
+            sync = self.model.no_sync()  # all-reduce gradients once per optimizer step, not per micro-batch
+        with sync:
+            with self.autocast():
+                outputs = self.model(batch)
+            loss = outputs["loss"].float() / accumulation
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        return outputs
+
+    def optimizer_step(self, outputs: dict) -> float:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.library_model.parameters() if p.requires_grad]
+        max_norm = self.config.optim.max_grad_norm if self.config.optim.max_grad_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):  # FSDP2 returns a DTensor
+            norm = norm.full_tensor()
+        grad_norm = float(norm)
+        if self.scaler is None and not math.isfinite(grad_norm):
+            self.stop_non_finite("gradient norm", outputs)  # with fp16 the scaler skips such steps by design
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def stop_non_finite(self, what: str, outputs: dict) -> None:
+        terms = ", ".join(f"{k}={float(outputs[k].detach()):.4g}" for k in self.loss_terms if k in outputs)
+        last = str(self.last_checkpoint) if self.last_checkpoint else "none written yet"
+        raise NonFiniteLossError(
+            f"the {what} became NaN/inf at optimizer step {self.progress.global_step + 1} (epoch "
+            f"{self.progress.epoch}); this micro-batch: {terms}. Training stopped without saving; the last good "
+            f"checkpoint is {last} (resume with --resume {last if self.last_checkpoint else 'auto'}). Try a lower "
+            f"--learning-rate, --precision fp32 or bf16, or check the data.")
+
+    def log_step(self, means: torch.Tensor, grad_norm: float, steps: int, elapsed: float, bar) -> dict | None:
+        """Log the loss terms averaged over ranks; returns them by name on the main rank (None elsewhere)."""
+        means = all_reduce_mean(means, self.env)
+        if not self.env.is_main:
+            return None
+        step = self.progress.global_step
+        values = {f"train/{name}": float(v) for name, v in zip(self.loss_terms, means)}
+        for group in self.optimizer.param_groups:
+            values[f"train/lr_{group['name']}"] = group["lr"]
+        samples = steps * self.config.optim.effective_batch_size
+        values.update({"train/grad_norm": grad_norm, "train/samples_per_sec": samples / max(elapsed, 1e-9),
+                       "train/memory_mb": memory_mb(self.env.device)})
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+        bar.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{values['train/lr_decay']:.2e}")
+        log.info("step %d/%d epoch %d %s", step, self.schedule.total_steps, self.progress.epoch,
+                 " ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in values.items()))
+        return dict(zip(self.loss_terms, means.tolist()))
+
+    def save_and_validate(self) -> None:
+        step = self.progress.global_step
+        name = ckpt.checkpoint_name(step // self.schedule.steps_per_epoch, step)
+        folder = ckpt.save_training_checkpoint(self.output_dir, name, self.model, self.config.model, self.recipe,
+                                               self.optimizer, self.scheduler, self.scaler, self.progress, self.env,
+                                               self.vocab_dir)
+        self.last_checkpoint = folder
+        log.info("saved %s", folder)
+        if self.config.run.evaluate_during_training and self.val_dataset is not None:
+            self.validate(folder)
+        barrier(self.env)
+
+    def validate(self, folder: Path) -> None:
+        # The val split is raw videos in every mode (with --features too), so its batches are plain ones.
+        loader = eval_loader(self.val_dataset, self.config.optim.per_gpu_eval_batch_size, self.env.rank,
+                             self.env.world_size, self.config.data.num_workers, dataset_collate)
+        predictions, references = decode_split(self.model, loader, self.env, self.autocast,
+                                               load_tokenizer(self.vocab_dir))
+        if not self.env.is_main:
+            return
+        metrics, problem = score(predictions, references)
+        if problem:
+            log.warning("validation metrics skipped: %s", problem)
+        model_config = self.config.model
+        write_outputs(folder, prediction_stem(self.config.data.val_yaml, model_config.num_beams,
+                                              model_config.max_gen_length),
+                      predictions, metrics)
+        step = self.progress.global_step
+        for metric, value in metrics.items():
+            self.writer.add_scalar(f"valid/{metric}", value, step)
+        if ckpt.update_best(self.output_dir, folder, metrics, training_args=upstream_values(self.config)):
+            log.info("new best CIDEr %.4f at %s", metrics["CIDEr"], folder.name)
+        best = ckpt.read_best(self.output_dir)
+        entry = {**metrics, "epoch": step // self.schedule.steps_per_epoch, "iteration": step,
+                 "best_CIDEr": best["score"] if best else None}
+        append_history(self.output_dir, self.config.data.val_yaml, entry)
+        self.history.append(entry)
+        log.info("validation at step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
