@@ -262,7 +262,13 @@ def convert(flag: Flag, converter: Callable, value: Any) -> Any:
 def upstream_values(config) -> dict[str, Any]:
     """A resolved ``TrainConfig`` under the original's names (``log/args.json``, the model card): every setting,
     and the values the original derived (visual tokens, mask type), as it recorded them."""
-    values = {flag.name: config.get(flag.path) for flag in FLAGS if flag.path}
+    values = {}
+    for flag in FLAGS:
+        if flag.path:
+            try:
+                values[flag.name] = config.get(flag.path)
+            except AttributeError:  # a field of the paper's parts that the chosen part has not (BERT's num_layers)
+                continue
     model = config.model
     values.update(max_seq_a_length=model.max_seq_length, max_img_seq_length=model.num_av_tokens,
                   attn_mask_type="learn_vid_att" if model.learn_mask_enabled else "seq2seq",
