@@ -71,3 +71,61 @@ def test_a_model_built_for_training_starts_from_the_folders_weights(folders, tmp
     name = next(n for n in ours if n.endswith("encoder.layers.1.mlp.fc2.weight"))
     assert torch.equal(ours[name], stored["vision_model.encoder.layers.1.mlp.fc2.weight"])  # a whole CLIP's tower
     assert not any(p.requires_grad for p in model.part("text").lm.parameters())
+
+
+def test_part_flags_choose_the_parts_and_the_decoder_training(folders, tmp_path):
+    from avlformer.training.args import parse_train_args
+
+    base = ["--output-dir", str(tmp_path), "--device", "cpu", "--model-preset", "tiny"]
+    config = parse_train_args(base + ["--video-encoder", f"hf:{folders['clip']}", "--decoder", f"hf:{folders['gpt2']}",
+                                      "--decoder-training", "lora", "--lora-rank", "4", "--lora-target-modules",
+                                      "c_attn", "c_proj", "--decoder-projector", "linear"]).model
+    assert (config.video.__class__.__name__, config.text.training, config.text.lora_rank) == ("HFFramesConfig",
+                                                                                             "lora", 4)
+    assert config.text.lora_target_modules == ["c_attn", "c_proj"] and config.text.projector == "linear"
+    assert not config.learn_mask_enabled and config.audio.__class__.__name__ == "PasstConfig"
+    # the weights are never read while the flags resolve: a damaged weights file does not stop them
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (damaged / name).write_bytes((folders["gpt2"] / name).read_bytes())
+    (damaged / "model.safetensors").write_bytes(b"\0" * 16)
+    assert parse_train_args(base + ["--decoder", f"hf:{damaged}", "--decoder-training", "frozen"]).model.text.path
+
+
+def test_part_flag_problems_are_one_line_errors_naming_the_flag(folders, tmp_path):
+    from avlformer.training.args import ArgumentError, parse_train_args
+
+    base = ["--output-dir", str(tmp_path), "--device", "cpu", "--model-preset", "tiny"]
+    cases = [(["--decoder", f"hf:{tmp_path / 'absent'}"], "--decoder hf:"),
+             (["--audio-encoder", f"hf:{folders['clip']}"], "cannot serve as an audio encoder"),
+             (["--lora-rank", "4"], "--lora-rank applies to a Hugging Face decoder only"),
+             (["--video-encoder", "nope"], "is not a registered video encoder"),
+             (["--video-encoder", f"hf:{folders['videomae']}", "--max-num-frames", "4"],
+              "the video encoder takes 8 frames of 64 px, the model gives 4 of 64 px")]
+    for flags, message in cases:
+        with pytest.raises(ArgumentError) as caught:
+            parse_train_args(base + flags)
+        assert message in str(caught.value) and "\n" not in str(caught.value), (flags, str(caught.value))
+
+
+def test_training_from_part_flags_builds_trains_and_saves_with_the_lms_tokenizer(folders, tmp_path):
+    from avlformer.data.recipe import PreprocessRecipe
+    from avlformer.data.tokenizer import load_tokenizer
+    from avlformer.modeling.checkpoint import load_model
+    from avlformer.training import loop
+    from avlformer.training.args import parse_train_args
+    from training_fakes import FakeCaptionDataset
+
+    args = parse_train_args(["--output-dir", str(tmp_path / "run"), "--device", "cpu", "--model-preset", "tiny",
+                             "--decoder", f"hf:{folders['gpt2']}", "--decoder-training", "lora",
+                             "--per-gpu-train-batch-size", "2", "--num-train-epochs", "1", "--num-workers", "0",
+                             "--save-steps", "1", "--max-seq-length", "24", "--max-gen-length", "8"])
+    dataset = FakeCaptionDataset(args.model, 2, tokenizer=load_tokenizer(str(folders["gpt2"])))
+    result = loop.train(args, train_dataset=dataset, recipe=PreprocessRecipe(stored_frames=8, short_side=64))
+    reloaded, config = load_model(result.last_checkpoint)
+    assert config.text.training == "lora" and (result.last_checkpoint / "tokenizer_config.json").is_file()
+    from safetensors.torch import load_file
+
+    stored = load_file(str(folders["gpt2"] / "model.safetensors"))  # the frozen base is the folder's
+    assert torch.equal(reloaded.part("text").lm.transformer.h[0].mlp.c_fc.weight, stored["transformer.h.0.mlp.c_fc.weight"])

@@ -20,6 +20,7 @@ from avlformer.json_files import read_json
 from avlformer.modeling.avlformer import AVLFormerConfig
 from avlformer.training.config import PRESETS, SECTIONS, ScstSettings, TrainConfig
 from avlformer.training.features import check_feature_flags
+from avlformer.training.part_flags import choose_parts
 from avlformer.training.flag_table import (ANY, BY_NAME, COMPAT, FLAGS, NO_DEEPSPEED, ArgumentError, Flag,
                                            config_key, convert, flag_option, to_str, upstream_values)
 
@@ -144,7 +145,7 @@ def resolve(command_line: dict[str, Any], config_file: dict[str, Any] | None = N
     model_values = sections.pop("model")
     config = TrainConfig(**{name: cls(**sections[name]) for name, cls in SECTIONS.items()})
     translate_upstream(given, config)
-    config.model = model_from(config, model_values, model_config)
+    config.model = model_from(config, model_values, model_config, given)
     check_model_flags(given, config.model)
     resolve_batch_sizes(config, world_size)
     check_numbers(upstream_values(config))
@@ -216,9 +217,12 @@ def base_model_tree(preset: str, model_config_path: str, model_config: AVLFormer
         raise ArgumentError(f"{model_config_path}: not a valid model configuration ({err})") from None
 
 
-def model_from(config: TrainConfig, values: dict[str, Any], model_config: AVLFormerConfig | None):
-    """The AVLFormerConfig: the base tree with the model flags' values set at their paths."""
+def model_from(config: TrainConfig, values: dict[str, Any], model_config: AVLFormerConfig | None,
+               given: dict[str, Any] | None = None):
+    """The AVLFormerConfig: the base tree, its parts replaced as --video-encoder/--audio-encoder/--decoder say,
+    with the model flags' values set at their paths."""
     tree = base_model_tree(config.init.model_preset, config.init.model_config, model_config)
+    choose_parts(tree, config.init, given or {})
     for path, value in values.items():
         *parents, leaf = path.split(".")
         node = tree
