@@ -145,7 +145,7 @@ def resolve(command_line: dict[str, Any], config_file: dict[str, Any] | None = N
     model_values = sections.pop("model")
     config = TrainConfig(**{name: cls(**sections[name]) for name, cls in SECTIONS.items()})
     translate_upstream(given, config)
-    config.model = model_from(config, model_values, model_config, given)
+    config.model = model_from(config, model_values, model_config)
     check_model_flags(given, config.model)
     resolve_batch_sizes(config, world_size)
     check_numbers(upstream_values(config))
@@ -217,12 +217,11 @@ def base_model_tree(preset: str, model_config_path: str, model_config: AVLFormer
         raise ArgumentError(f"{model_config_path}: not a valid model configuration ({err})") from None
 
 
-def model_from(config: TrainConfig, values: dict[str, Any], model_config: AVLFormerConfig | None,
-               given: dict[str, Any] | None = None):
+def model_from(config: TrainConfig, values: dict[str, Any], model_config: AVLFormerConfig | None):
     """The AVLFormerConfig: the base tree, its parts replaced as --video-encoder/--audio-encoder/--decoder say,
     with the model flags' values set at their paths."""
     tree = base_model_tree(config.init.model_preset, config.init.model_config, model_config)
-    choose_parts(tree, config.init, given or {})
+    choose_parts(tree, config.init)
     for path, value in values.items():
         *parents, leaf = path.split(".")
         node = tree

@@ -106,7 +106,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("lora_alpha", "init.lora_alpha", "(ours) LoRA alpha"),
     Flag("lora_dropout", "init.lora_dropout", "(ours) LoRA dropout"),
     Flag("lora_target_modules", "init.lora_target_modules", "(ours) module names LoRA adapts (default: peft's "
-         "choice for the architecture)"),
+         "choice for the architecture)", nargs="*"),
     # data
     Flag("data_dir", "data.data_dir", "root that relative yaml paths are joined to", relative=True),
     Flag("train_yaml", "data.train_yaml", "training metadata yaml (relative to --data_dir)"),

@@ -15,14 +15,16 @@ DECODER_FLAGS = {"decoder_training": "training", "decoder_projector": "projector
                  "lora_dropout": "lora_dropout", "lora_target_modules": "lora_target_modules"}
 
 
-def choose_parts(tree: dict[str, Any], init, given: dict[str, Any]) -> None:
-    """Replace the roles of ``tree`` that the part flags name (``init``: the resolved init section; ``given``:
-    the flags given, so that a decoder flag without ``--decoder hf:...`` is an error, not ignored)."""
+def choose_parts(tree: dict[str, Any], init) -> None:
+    """Replace the roles of ``tree`` that the part flags of ``init`` (the resolved init section) name; a decoder
+    flag away from its default without ``--decoder hf:...`` is an error, not ignored."""
     from avlformer.modeling.part_choice import HF_PREFIX, part_from_spec
+    from avlformer.training.config import InitSettings
 
-    decoder_given = [name for name in DECODER_FLAGS if name in given]
-    if decoder_given and not init.decoder.startswith(HF_PREFIX):
-        raise ArgumentError(f"{flag_option(decoder_given[0])} applies to a Hugging Face decoder only: add "
+    defaults = InitSettings()
+    changed = [name for name in DECODER_FLAGS if getattr(init, name) != getattr(defaults, name)]
+    if changed and not init.decoder.startswith(HF_PREFIX):
+        raise ArgumentError(f"{flag_option(changed[0])} applies to a Hugging Face decoder only: add "
                             "--decoder hf:FOLDER")
     for role, flag in PART_FLAGS.items():
         spec = getattr(init, flag)
@@ -30,7 +32,7 @@ def choose_parts(tree: dict[str, Any], init, given: dict[str, Any]) -> None:
             continue
         options = {"trust_remote_code": True} if init.trust_remote_code and spec.startswith(HF_PREFIX) else {}
         if role == "text" and spec.startswith(HF_PREFIX):
-            options.update({DECODER_FLAGS[name]: getattr(init, name) for name in decoder_given})
+            options.update({field: getattr(init, name) for name, field in DECODER_FLAGS.items()})
             tree["learn_mask_enabled"] = False  # the learned AV mask is the BERT decoder's
         try:
             tree[role] = part_from_spec(role, spec, tree[role], img_feature_dim=tree["img_feature_dim"],
