@@ -81,13 +81,16 @@ class HFVideoConfig(_HFEncoderConfig):
     image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
+    WHAT, KINDS = "video encoder", VIDEO_TYPES
+
     @classmethod
-    def from_folder(cls, path: str, **values) -> "HFVideoConfig":
-        folder = check_model_folder(path, "video encoder")
-        hf_config = read_model_config(folder, "video encoder")
-        if hf_config["model_type"] not in VIDEO_TYPES:
-            raise _kind_error(folder, hf_config, "a video encoder", VIDEO_TYPES)
-        pre = _preprocessor(folder, "video encoder")
+    def from_folder(cls, path: str, **values):
+        """The config of the model in ``path``: its config.json and processor config (mean/std) are read."""
+        folder = check_model_folder(path, cls.WHAT)
+        hf_config = read_model_config(folder, cls.WHAT)
+        if hf_config["model_type"] not in cls.KINDS:
+            raise _kind_error(folder, hf_config, f"a {cls.WHAT}", cls.KINDS)
+        pre = _preprocessor(folder, cls.WHAT)
         return cls(hf_config=hf_config, path=str(folder), image_mean=list(pre.get("image_mean", IMAGENET_MEAN)),
                    image_std=list(pre.get("image_std", IMAGENET_STD)), **values)
 
@@ -159,15 +162,7 @@ class HFFramesConfig(HFVideoConfig):
     pool: int = 2   # each frame's patch grid is average-pooled to pool x pool tokens
     group: int = 2  # then each run of `group` frames is averaged
 
-    @classmethod
-    def from_folder(cls, path: str, **values) -> "HFFramesConfig":
-        folder = check_model_folder(path, "per-frame image encoder")
-        hf_config = read_model_config(folder, "per-frame image encoder")
-        if hf_config["model_type"] not in IMAGE_KINDS:
-            raise _kind_error(folder, hf_config, "a per-frame image encoder", IMAGE_KINDS)
-        pre = _preprocessor(folder, "image encoder")
-        return cls(hf_config=hf_config, path=str(folder), image_mean=list(pre.get("image_mean", IMAGENET_MEAN)),
-                   image_std=list(pre.get("image_std", IMAGENET_STD)), **values)
+    WHAT, KINDS = "per-frame image encoder", IMAGE_KINDS
 
     def vision(self):
         """The vision tower's config (a CLIP/SigLIP folder holds text and vision towers)."""
