@@ -205,3 +205,28 @@ def test_folder_problems_are_one_line_errors_before_any_weight_is_read(lm_folder
         tree = causal_lm_config(lm_folders["gpt2"]).to_dict()
         tree["learn_mask_enabled"] = True
         type(causal_lm_config(lm_folders["gpt2"])).from_dict(tree)
+
+
+def test_merge_lora_writes_a_plain_decoder_that_captions_the_same(lm_folders, tmp_path):
+    from avlformer.cli import main as cli_main
+    from avlformer.modeling.checkpoint import write_checkpoint_files
+
+    model = built(lm_folders["llama"], training="lora")
+    with torch.no_grad():
+        for name, param in model.part("text").named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    source = tmp_path / "lora"
+    source.mkdir()
+    write_checkpoint_files(source, model.state_dict(), model.config, PreprocessRecipe(stored_frames=8, short_side=64),
+                           vocab_dir=str(lm_folders["llama"]))
+    assert cli_main(["merge-lora", str(source), str(tmp_path / "merged")]) == 0
+    merged, config = load_model(tmp_path / "merged")
+    assert config.text.training == "full" and not any("lora_" in n for n in merged.state_dict())
+    frames, audio = av_inputs(model.config)
+    model.eval(), merged.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged.encode_av(frames, audio), model.encode_av(frames, audio))
+        assert torch.equal(merged.generate(frames, audio, num_beams=2).token_ids,
+                           model.generate(frames, audio, num_beams=2).token_ids)
+    assert cli_main(["merge-lora", str(tmp_path / "merged"), str(tmp_path / "again")]) == 1  # nothing to merge

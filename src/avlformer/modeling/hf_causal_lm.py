@@ -266,6 +266,20 @@ class HFCausalLMDecoder(nn.Module):
             if isinstance(module, LoraLayer):
                 module.merge()
 
+    def unload_lora(self) -> None:
+        """Fold the adapters in and put the plain layers back: the decoder becomes a ``full`` one whose state
+        dict is the LM's own names (what ``avlformer merge-lora`` writes)."""
+        from peft.tuners.lora import LoraLayer
+
+        self.merge_lora()
+        for name, module in list(self.lm.named_modules()):
+            if isinstance(module, LoraLayer):
+                parent_name, _, child = name.rpartition(".")
+                setattr(self.lm.get_submodule(parent_name) if parent_name else self.lm, child,
+                        module.get_base_layer())
+        self.config.training = "full"
+        self.apply_training_mode()
+
 
 def _inject_lora(lm: nn.Module, config: HFCausalLMConfig) -> nn.Module:
     from peft import LoraConfig, inject_adapter_in_model
