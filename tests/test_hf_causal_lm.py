@@ -230,3 +230,13 @@ def test_merge_lora_writes_a_plain_decoder_that_captions_the_same(lm_folders, tm
         assert torch.equal(merged.generate(frames, audio, num_beams=2).token_ids,
                            model.generate(frames, audio, num_beams=2).token_ids)
     assert cli_main(["merge-lora", str(tmp_path / "merged"), str(tmp_path / "again")]) == 1  # nothing to merge
+
+
+def test_the_model_card_names_a_lora_decoders_base_and_its_hash(lm_folders):
+    from avlformer.model_card import model_card_text
+
+    config = built(lm_folders["llama"], training="lora").config
+    text = model_card_text(config, PreprocessRecipe(stored_frames=8, short_side=64))
+    assert config.text.weights_sha256 in text and str(lm_folders["llama"]) in text
+    assert "LoRA adapters" not in model_card_text(built(lm_folders["gpt2"], training="full").config,
+                                                  PreprocessRecipe(stored_frames=8, short_side=64))

@@ -16,7 +16,7 @@ pool²`` tokens.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,8 @@ def _kind_error(folder, hf_config: dict, what: str, kinds) -> ValueError:
 
 @dataclass
 class _HFEncoderConfig:
+    # Fields that leave the eval output alone (cached features stay valid; the weights are hashed on their own).
+    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("path", "training", "lr_multiplier", "trust_remote_code")
     hf_config: dict = field(default_factory=dict)
     path: str = ""
     training: str = "full"
