@@ -244,12 +244,12 @@ class AVLFormer(nn.Module):
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Training losses for a collated batch (docs/architecture.md): loss, lm_loss, mlm_loss, sparsity_loss,
         mlm_accuracy. LM targets are ``target_ids`` shifted left (original tokens); MLM targets are
-        ``target_ids`` at ``masked_pos``. A decoder with its own ``caption_loss`` (a causal LM) computes the LM
-        loss itself; the MLM and sparsity terms are then zero."""
+        ``target_ids`` at ``masked_pos``. A prefix-LM decoder (``is_prefix_lm``: a causal LM) computes the LM
+        loss in its own forward; the MLM and sparsity terms are then zero."""
         input_ids, target_ids, masked_pos, text_len = self._checked_text(batch)
         av_tokens = self.batch_av_tokens(batch)
-        if hasattr(self.part("text"), "caption_loss"):
-            losses = self.part("text").caption_loss(av_tokens, input_ids, text_len)
+        if getattr(self.part("text"), "is_prefix_lm", False):
+            losses = self.part("text")(av_tokens, input_ids, text_len)
             zero = losses["loss"].new_zeros(())
             return {"loss": losses["loss"], "lm_loss": losses["loss"], "mlm_loss": zero, "sparsity_loss": zero,
                     "mlm_accuracy": losses["accuracy"]}

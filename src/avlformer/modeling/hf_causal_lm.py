@@ -186,9 +186,12 @@ class HFCausalLMDecoder(nn.Module):
         av = self.projector(av_tokens)
         return torch.cat([av, prompt.to(av.dtype)], dim=1)
 
-    def caption_loss(self, av_tokens: torch.Tensor, input_ids: torch.Tensor, text_len: torch.Tensor) -> dict:
+    is_prefix_lm = True  # the model computes its training loss through forward() (AVLFormer.forward)
+
+    def forward(self, av_tokens: torch.Tensor, input_ids: torch.Tensor, text_len: torch.Tensor) -> dict:
         """Next-token loss on the caption tokens (``input_ids`` (B, L): caption then end-of-text, right-padded to
-        ``text_len``) given the prefix; the logits are computed for the caption positions only."""
+        ``text_len``) given the prefix; the logits are computed for the caption positions only. The training
+        loss goes through forward() so that FSDP2 gathers the decoder's parameters for it."""
         prefix = self.prefix(av_tokens)
         batch, length = input_ids.shape
         embeds = torch.cat([prefix, self.get_input_embeddings()(input_ids).to(prefix.dtype)], dim=1)
