@@ -155,3 +155,33 @@ def test_a_model_of_the_wrong_kind_or_shape_is_a_one_line_error(folders, tmp_pat
     tree["num_frames"] = 16
     with pytest.raises(ValueError, match="takes 8 frames of 64 px, the model gives 16 of 64 px"):
         type(hf_parts_config(part("hf_video", folders["videomae"]), part("hf_audio", folders["ast"]))).from_dict(tree)
+
+
+def test_training_from_cached_features_equals_end_to_end_with_frozen_hf_encoders(folders):
+    from avlformer.data.dataset import collate
+    from avlformer.data.features import to_storage
+    from avlformer.training.features import encoder_spec, freeze_encoders
+
+    text = {"type": "hf_causal_lm", **HFCausalLMConfig.from_folder(str(folders["llama"]), img_feature_dim=32,
+                                                                   training="lora").to_dict()}
+    config = hf_parts_config(part("hf_frames", folders["clip"]), part("hf_audio", folders["whisper"]), text)
+    torch.manual_seed(0)
+    model = AVLFormer(config)
+    freeze_encoders(model)
+    spec = encoder_spec(model)
+    assert (spec.num_video_tokens, spec.num_audio_tokens) == (config.num_video_tokens, config.num_audio_tokens)
+    data = FakeCaptionDataset(config, 2, tokenizer=load_tokenizer(str(folders["llama"])))
+    batch = collate([data[0], data[1]])
+    model(batch)["loss"].backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        video, audio = model.encoder_outputs(batch["frames"], batch["audio"])
+    cached = {k: v for k, v in batch.items() if k not in ("frames", "audio")}
+    cached.update(video_features=torch.from_numpy(to_storage(video, "fp32")),
+                  audio_features=torch.from_numpy(to_storage(audio, "fp32")))
+    model(cached)["loss"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == reference.keys() and any("lora_" in n for n in grads)
+    for name in reference:
+        torch.testing.assert_close(grads[name], reference[name], msg=name)
