@@ -16,6 +16,7 @@ from avlformer.modeling.avlformer import AVLFormer
 from avlformer.modeling.checkpoint import load_model
 from avlformer.modeling.generation import generate
 from avlformer.modeling.hf_causal_lm import HFCausalLMConfig
+from avlformer.modeling.hf_folder import hf_checkpointing
 from avlformer.training import loop
 from avlformer.training.args import parse_train_args
 from avlformer.training.optim import build_optimizer
@@ -240,3 +241,22 @@ def test_the_model_card_names_a_lora_decoders_base_and_its_hash(lm_folders):
     assert config.text.weights_sha256 in text and str(lm_folders["llama"]) in text
     assert "LoRA adapters" not in model_card_text(built(lm_folders["gpt2"], training="full").config,
                                                   PreprocessRecipe(stored_frames=8, short_side=64))
+
+
+def test_activation_checkpointing_of_the_lm_gives_the_same_gradients(lm_folders):
+    model = built(lm_folders["llama"], training="lora")
+    frames, audio = av_inputs(model.config)
+    batch = {"frames": frames, "audio": audio, "input_ids": torch.tensor([[5, 6, 7, 2], [8, 9, 2, 2]]),
+             "text_len": torch.tensor([4, 3])}
+    batch.update(target_ids=batch["input_ids"], masked_pos=torch.zeros(2, 4, dtype=torch.bool))
+    model.train()
+    model(batch)["loss"].backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    model.set_activation_checkpointing(("text",))
+    assert hf_checkpointing(model.part("text").lm)
+    model(batch)["loss"].backward()
+    recomputed = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert recomputed.keys() == plain.keys() and any("lora_" in n for n in plain)
+    for name in plain:
+        torch.testing.assert_close(recomputed[name], plain[name], msg=name)

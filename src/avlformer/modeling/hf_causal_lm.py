@@ -29,7 +29,7 @@ from torch import nn
 
 from avlformer.config_fields import checked_fields
 from avlformer.modeling.hf_folder import (check_model_folder, config_object, read_folder_state, read_model_config,
-                                          weights_sha256)
+                                          set_hf_checkpointing, weights_sha256)
 
 TRAINING_MODES = ("full", "frozen", "lora")
 PROJECTORS = ("linear", "mlp")
@@ -170,10 +170,7 @@ class HFCausalLMDecoder(nn.Module):
         self.lm.tie_weights()
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
-        if enabled:
-            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        elif getattr(self.lm, "is_gradient_checkpointing", False):
-            self.lm.gradient_checkpointing_disable()
+        set_hf_checkpointing(self.lm, enabled)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.lm.get_input_embeddings()

@@ -25,7 +25,8 @@ from torch import nn
 from avlformer.config_fields import checked_fields
 from avlformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from avlformer.json_files import read_json
-from avlformer.modeling.hf_folder import check_model_folder, config_object, read_folder_state, read_model_config
+from avlformer.modeling.hf_folder import (check_model_folder, config_object, read_folder_state, read_model_config,
+                                          set_hf_checkpointing)
 
 VIDEO_TYPES = ("videomae", "timesformer", "vivit")
 AUDIO_TYPES = ("audio-spectrogram-transformer", "whisper")
@@ -138,11 +139,7 @@ class _HFEncoder(nn.Module):
         self.model.requires_grad_(self.config.training == "full")
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
-        if getattr(self.model, "supports_gradient_checkpointing", False):
-            if enabled:
-                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            elif getattr(self.model, "is_gradient_checkpointing", False):
-                self.model.gradient_checkpointing_disable()
+        set_hf_checkpointing(self.model, enabled)
 
 
 class HFVideoEncoder(_HFEncoder):

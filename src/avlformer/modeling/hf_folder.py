@@ -81,3 +81,27 @@ def read_folder_state(folder: Path, auto_class, trust_remote_code: bool = False)
     model = auto_class.from_pretrained(str(folder), use_safetensors=True, local_files_only=True,
                                        trust_remote_code=trust_remote_code, dtype=torch.float32)
     return model.state_dict()
+
+
+def set_hf_checkpointing(model, enabled: bool) -> None:
+    """Turn a transformers model's activation checkpointing on or off (non-reentrant, so frozen inputs are fine)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        return
+    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*; 4.x has only the former.
+    new_names = hasattr(model, "activation_checkpointing_enable")
+    if enabled:
+        kwargs = {"use_reentrant": False}
+        if new_names:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    elif hf_checkpointing(model):
+        (model.activation_checkpointing_disable if new_names else model.gradient_checkpointing_disable)()
+
+
+def hf_checkpointing(model) -> bool:
+    """Whether it is on (the property's name changed in transformers 5)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
