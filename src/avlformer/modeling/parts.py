@@ -16,6 +16,11 @@ each, unless the encoder carries its own as a ``projection`` attribute (PaSST's 
 weights keep it). Optional config hooks: ``check_fits(model_config)`` (raise ValueError when the part cannot serve
 that model), ``describe()`` (a short name for logs), ``TRAINING_ONLY`` (fields that leave the eval output alone).
 
+Besides the paper's parts (``video_swin``, ``passt``, ``bert``) the registry holds the Hugging Face ones
+(``hf_video``, ``hf_frames``, ``hf_audio``: modeling/hf_encoders.py; ``hf_causal_lm``: modeling/hf_causal_lm.py;
+docs/models.md). A decoder with ``is_prefix_lm`` computes its training loss in its own ``forward(av_tokens,
+input_ids, text_len)`` and drives decoding with ``make_stepper``/``special_ids`` (modeling/generation.py).
+
 A registry entry's ``attribute`` is where the model holds the part, hence its state-dict prefix: the paper's parts
 keep upstream's (``swin``, ``passt``, ``trans_encoder``) so released weights load by name; only modeling/ and the
 weight converters use these names, everything else asks the model for a role.
