@@ -102,7 +102,7 @@ def make_batch(config: AVLFormerConfig, device, batch_size: int = 1, seed: int =
 
 
 def use_eager_attention(model: AVLFormer) -> None:
-    for layer in model.trans_encoder.bert.encoder.layer:
+    for layer in model.part("text").bert.encoder.layer:
         layer.attention.self.implementation = "eager"
     for module in model.part("audio").modules():
         if hasattr(module, "fused_attn"):

@@ -183,7 +183,6 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_earlier_checkpoint(
     from collections import namedtuple
 
     from avlformer.training import cli as train_cli
-    from avlformer.training import loop
 
     out = tmp_path / "run"
     monkeypatch.setattr(torch, "save", failing_save(error, fail_at=2))  # the second checkpoint's training state
@@ -203,7 +202,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_earlier_checkpoint(
     def refused(*_, **__):
         raise ckpt.CheckpointSaveError(message)
 
-    monkeypatch.setattr(loop, "train", refused)
+    monkeypatch.setattr(train_cli, "train", refused)
     capsys.readouterr()
     parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser)
@@ -216,14 +215,13 @@ def test_a_full_disk_elsewhere_in_training_is_one_line(tmp_path, monkeypatch, ca
     import argparse
 
     from avlformer.training import cli as train_cli
-    from avlformer.training import loop
 
     record = tmp_path / "best_checkpoint.json"
 
     def full(*_, **__):
         raise OSError(errno.ENOSPC, "No space left on device", str(record))
 
-    monkeypatch.setattr(loop, "train", full)
+    monkeypatch.setattr(train_cli, "train", full)
     parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser)
     assert train_cli.main(parser.parse_args(["--device", "cpu", "--output-dir", str(tmp_path)])) == 1

@@ -20,6 +20,7 @@ position in the caller's list, so a caller looks results up by position, never b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -41,6 +42,7 @@ from avlformer.data.recipe import PreprocessRecipe
 from avlformer.data.tokenizer import decode_caption, load_tokenizer
 from avlformer.data.transforms import clip_from_frames
 from avlformer.device import resolve_device
+from avlformer.inference.cpu_decoding import decoding_steps_at_one_thread
 
 log = logging.getLogger(__name__)
 
@@ -329,8 +331,11 @@ def caption_batch(model, clips: list[ClipInput], decoding: DecodingOptions, devi
                   tokenizer) -> list[Prediction]:
     frames = torch.stack([c.frames for c in clips]).to(device, non_blocking=True)
     audio = torch.stack([c.audio for c in clips]).to(device, non_blocking=True)
-    out = model.generate(frames, audio, num_beams=decoding.num_beams, max_length=decoding.max_length,
-                         length_penalty=decoding.length_penalty)
+    steps = (decoding_steps_at_one_thread(model.part("text"), model.part("text").cls) if device.type == "cpu"
+             else contextlib.nullcontext())
+    with steps:
+        out = model.generate(frames, audio, num_beams=decoding.num_beams, max_length=decoding.max_length,
+                             length_penalty=decoding.length_penalty)
     token_ids = out.token_ids.cpu().tolist()
     confidence = out.confidence.float().cpu().tolist()
     return [Prediction(index=c.index, video_id=c.video_id, caption=decode_caption(ids, tokenizer),

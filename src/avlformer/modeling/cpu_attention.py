@@ -10,8 +10,8 @@ dropped while they are in cache; only the probabilities and a one-byte dropout m
 backward, whose blocks work the same way.
 
 Dropout draws come from numpy's PCG64 seeded by one draw of torch's generator per call: ``torch.manual_seed``
-still reproduces a run, at about 3 ns per draw against 16 for torch's CPU ``bernoulli_``, whose serial Mersenne
-Twister cost 5.7 s of a paper-size step. The draws therefore differ from ``F.dropout``'s; the kept fraction is
+still reproduces a run, and the draws are several times cheaper than torch's CPU ``bernoulli_`` (a serial
+Mersenne Twister). The draws therefore differ from ``F.dropout``'s; the kept fraction is
 ``1 - p`` to within 2^-32, and kept values are scaled by ``1 / (1 - p)`` as ``F.dropout`` scales them.
 """
 
@@ -39,20 +39,18 @@ def uses_biased_attention(query: torch.Tensor, bias: torch.Tensor | None, dropou
 
 
 def biased_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None,
-                     constant_bias: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
-    """``softmax(q·kᵀ/√d + bias + constant_bias)``, dropout, ``·v``, with gradients for q, k, v and ``bias``.
+                     dropout_p: float = 0.0) -> torch.Tensor:
+    """``softmax(q·kᵀ/√d + bias)``, dropout, ``·v``, with gradients for q, k, v and ``bias``.
 
     ``query`` is ``(..., Nq, d)``, ``key``/``value`` ``(..., Nk, d)`` with the same leading dims (at least one);
-    ``bias`` (which may need a gradient) and ``constant_bias`` (which may not) broadcast to ``(..., Nq, Nk)``.
+    ``bias`` (which may need a gradient) broadcasts to ``(..., Nq, Nk)``.
     Equals SDPA's math path within fp32 rounding when ``dropout_p`` is 0 (tests/test_train_speed_paths.py)."""
-    if constant_bias is not None and constant_bias.requires_grad:
-        raise ValueError("biased_attention: constant_bias must not require a gradient; pass it as bias")
     if query.dim() < 3 or key.shape[:-2] != query.shape[:-2] or value.shape[:-1] != key.shape[:-1]:
         raise ValueError(f"biased_attention: query {tuple(query.shape)}, key {tuple(key.shape)} and value "
                          f"{tuple(value.shape)} need the same leading dims and matching key/value lengths")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"biased_attention: dropout_p must lie in [0, 1), got {dropout_p}")
-    return _BiasedAttention.apply(query, key, value, bias, constant_bias, float(dropout_p))
+    return _BiasedAttention.apply(query, key, value, bias, float(dropout_p))
 
 
 class KeepDraws:
@@ -132,7 +130,7 @@ def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 class _BiasedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, query, key, value, bias, constant_bias, dropout_p):
+    def forward(ctx, query, key, value, bias, dropout_p):
         scale = query.shape[-1] ** -0.5
         scaled_query = query * scale
         key, value = key.contiguous(), value.contiguous()
@@ -143,13 +141,13 @@ class _BiasedAttention(torch.autograd.Function):
         draws = None if keep is None else KeepDraws(dropout_p)
         scores_scratch = blocks.scratch(probs)
         dropped_scratch = None if keep is None else blocks.scratch(probs)
-        terms = [blocks.padded(term) for term in (bias, constant_bias) if term is not None]
+        padded_bias = blocks.padded(bias)
         for outer, heads, rows in blocks:
             block_probs = probs[outer][heads, rows]
             scores = torch.matmul(scaled_query[outer][heads, rows], key[outer][heads].transpose(-1, -2),
                                   out=_view(scores_scratch, block_probs.shape))
-            for term in terms:
-                scores.add_(blocks.operand(term, outer, heads, rows))
+            if padded_bias is not None:
+                scores.add_(blocks.operand(padded_bias, outer, heads, rows))
             torch._softmax(scores, -1, False, out=block_probs)
             if keep is not None:
                 dropped = torch.mul(block_probs, draws.fill(keep[outer][heads, rows]),
@@ -203,4 +201,4 @@ class _BiasedAttention(torch.autograd.Function):
                 target.add_(_sum_to(grad_scores, target))
         if needs_query:
             grad_query.mul_(ctx.scale)
-        return grad_query, grad_key, grad_value, grad_bias, None, None
+        return grad_query, grad_key, grad_value, grad_bias, None

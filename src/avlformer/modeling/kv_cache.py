@@ -46,8 +46,8 @@ def _slot_major(x: torch.Tensor, per_video: int) -> torch.Tensor:
 
 class KVCache:
     """See the module docstring. Fill it with :meth:`prefill`, then pass it as ``cache`` to the decoder's forward
-    with the new text tokens and their bias among themselves; each forward appends their keys/values at
-    :attr:`length` (:meth:`crop` rewinds, :meth:`reorder` follows a beam search's row choice)."""
+    with the new text tokens and their bias among themselves; each forward appends their keys/values after the
+    slots already written (:meth:`crop` rewinds, :meth:`reorder` follows a beam search's row choice)."""
 
     def __init__(self, rows_per_video: int = 1, capacity: int = 0):
         self.rows_per_video, self.capacity = rows_per_video, capacity
@@ -62,10 +62,6 @@ class KVCache:
         The last layer's AV outputs would feed nothing, so only its keys and values are computed."""
         self.keys, self.values, self.lengths = [], [], []
         model(None, av_tokens, av_bias, output_rows=0, cache=_AVPrefill(self))
-
-    @property
-    def length(self) -> int:
-        return self.lengths[0] if self.lengths else 0
 
     def crop(self, length: int) -> None:
         """Forget the text slots from ``length`` on (the next forward writes there)."""
