@@ -28,7 +28,8 @@ def choose(role, spec, **options):
 def test_the_kind_of_an_hf_folder_picks_the_part_type(folders):
     assert choose("video", f"hf:{folders['videomae']}")["type"] == "hf_video"
     assert choose("video", f"hf:{folders['clip']}")["type"] == "hf_frames"
-    assert choose("audio", f"hf:{folders['ast']}")["type"] == "hf_audio"
+    audio = choose("audio", f"hf:{folders['ast']}")
+    assert audio["type"] == "hf_audio" and (audio["sample_rate"], audio["clip_seconds"]) == (32000, 1.0)  # tiny's
     text = choose("text", f"hf:{folders['gpt2']}", training="lora", lora_rank=4)
     assert (text["type"], text["training"], text["lora_rank"]) == ("hf_causal_lm", "lora", 4)
     assert len(text["weights_sha256"]) == 64

@@ -36,7 +36,10 @@ def part_from_spec(role: str, spec: str, current: dict[str, Any], *, img_feature
     if role == "text":
         config = HFCausalLMConfig.from_folder(path, img_feature_dim=img_feature_dim, **options)
         return {"type": "hf_causal_lm", **config.to_dict()}
-    if role == "audio":
+    if role == "audio":  # the clip the data loaders read (rate, length) stays the configuration's
+        for name in ("sample_rate", "clip_seconds"):
+            if name in current:
+                options.setdefault(name, current[name])
         config = HFAudioConfig.from_folder(path, **options)
         return {"type": "hf_audio", **config.to_dict()}
     if model_type in VIDEO_TYPES:
