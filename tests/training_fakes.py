@@ -39,10 +39,10 @@ class FakeCaptionDataset(Dataset):
     """Fixed random frames/audio per index; MLM masking drawn from the generator ``set_seed`` installs."""
 
     def __init__(self, config: AVLFormerConfig, size: int = 16, is_train: bool = True, nan_index: int | None = None,
-                 same_caption: bool = False):
+                 same_caption: bool = False, tokenizer=None):
         self.config, self.size, self.is_train = config, size, is_train
         self.same_caption = same_caption  # equal lengths make per-batch token means batch-size independent
-        self.tokenizer = load_tokenizer()
+        self.tokenizer = tokenizer or load_tokenizer()
         self.nan_index = nan_index
         self.rng = np.random.default_rng(0)
 

@@ -28,6 +28,8 @@ COMMANDS = {
     "caption": ("avlformer.inference.caption", "print one caption per video file"),
     "evaluate": ("avlformer.evaluation.cli", "score predictions against references"),
     "serve": ("avlformer.serve.cli", "a local web page (and JSON endpoint) that captions uploaded videos"),
+    "merge-lora": ("avlformer.merge_lora", "write a checkpoint with its causal-LM decoder's LoRA adapters merged "
+                   "into the base weights"),
     "demo": ("avlformer.demo.cli", "synth -> prepare -> train -> infer -> evaluate -> HTML report, on CPU"),
 }
 

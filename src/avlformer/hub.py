@@ -42,7 +42,8 @@ from avlformer.model_card import CARD_NAME, PIPELINE_TAG, read_card_metadata, wr
 from avlformer.modeling import avlformer as modeling
 
 # What a Hub snapshot needs to hold for any of the layouts load_model reads (ours or a released model.bin).
-SNAPSHOT_PATTERNS = ["*.json", "*.safetensors", "model.bin", "vocab.txt", CARD_NAME]
+# vocab.txt: the BERT decoder's vocabulary; merges.txt and *.model: a causal LM's own tokenizer (with its *.json).
+SNAPSHOT_PATTERNS = ["*.json", "*.safetensors", "model.bin", "vocab.txt", "merges.txt", "*.model", CARD_NAME]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 

@@ -80,6 +80,15 @@ def _architecture(config) -> str:
         return f"AVLFormer, {config.num_frames} frames at {config.image_size} px"
 
 
+def _decoder_base(config) -> str:
+    """For a decoder with LoRA adapters: the base model they were trained on and the hash of its weights."""
+    text = getattr(config, "text", None)
+    if getattr(text, "training", None) != "lora":
+        return ""
+    return (f" The decoder is LoRA adapters (rank {text.lora_rank}) on the base model `{text.path}`, whose "
+            f"safetensors weights have SHA-256 `{text.weights_sha256}`.")
+
+
 def _table(rows: Mapping[str, Any], header: tuple[str, str]) -> str:
     lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
     lines += [f"| `{key}` | {_cell(value)} |" for key, value in rows.items()]
@@ -109,7 +118,7 @@ def model_card_text(config, recipe: PreprocessRecipe, metrics: Mapping[str, Any]
         "soundtrack, and a BERT-style text transformer writes the caption while attending to both through a learned "
         "audio-visual attention mask.",
         f"**Architecture:** {_architecture(config)}; learned attention mask: "
-        f"{'yes' if config.learn_mask_enabled else 'no'}.",
+        f"{'yes' if config.learn_mask_enabled else 'no'}.{_decoder_base(config)}",
         "## Usage",
         "```python\nfrom avlformer import AVLFormer, caption\n\n"
         f"model = AVLFormer.from_pretrained(\"{model_name}\")\n"

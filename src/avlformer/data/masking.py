@@ -71,7 +71,12 @@ def mask_tokens(token_ids: np.ndarray, text_len: int, rng: np.random.Generator, 
 def make_train_text(caption: str, tokenizer: PreTrainedTokenizerBase, rng: np.random.Generator, *,
                     max_seq_length: int, mask_prob: float, max_masked_tokens: int) -> MaskedText:
     """A training caption: tokenised, padded, MLM-masked. ``target_ids`` holds the original tokens (upstream's
-    LM targets were taken from the already-masked list; that aliasing bug is not reproduced)."""
+    LM targets were taken from the already-masked list; that aliasing bug is not reproduced). A tokenizer with its
+    own ``make_train_text`` (a causal LM's: no masking) makes the text itself."""
+    own = getattr(tokenizer, "make_train_text", None)
+    if own is not None:
+        return own(caption, rng, max_seq_length=max_seq_length, mask_prob=mask_prob,
+                   max_masked_tokens=max_masked_tokens)
     targets, text_len = encode_caption(caption, tokenizer, max_seq_length)
     inputs, masked = mask_tokens(targets, text_len, rng, mask_prob=mask_prob, max_masked_tokens=max_masked_tokens,
                                  random_ids=replacement_ids(tokenizer))

@@ -15,9 +15,15 @@ _EMOJI = re.compile("[\U0001F600-\U0001F64F\U0001F300-\U0001F5FF\U0001F680-\U000
 
 
 @lru_cache(maxsize=4)
-def load_tokenizer(vocab_dir: str | None = None) -> BertTokenizerFast:
-    """Tokenizer from a folder holding ``vocab.txt`` (default: the copy shipped with the package)."""
+def load_tokenizer(vocab_dir: str | None = None):
+    """Tokenizer from a folder holding ``vocab.txt`` (default: the copy shipped with the package), or, for a
+    folder holding a Hugging Face tokenizer and no ``vocab.txt`` (a causal LM's), that tokenizer
+    (data/causal_tokenizer.py)."""
     folder = Path(vocab_dir) if vocab_dir else default_vocab_dir()
+    from avlformer.data.causal_tokenizer import CausalCaptionTokenizer, is_hf_tokenizer_folder
+
+    if is_hf_tokenizer_folder(folder):
+        return CausalCaptionTokenizer(folder)
     vocab = folder / "vocab.txt" if folder.is_dir() else folder
     if not vocab.is_file():
         raise FileNotFoundError(f"{vocab}: no vocab.txt for the bert-base-uncased tokenizer")
@@ -34,8 +40,11 @@ def clean_caption_text(text: str) -> str:
 
 
 def decode_caption(token_ids, tokenizer: BertTokenizerFast | None = None) -> str:
-    """Token ids -> caption text as upstream prints it: special ids dropped, WordPieces joined, spacing cleaned."""
+    """Token ids -> caption text as upstream prints it: special ids dropped, WordPieces joined, spacing cleaned.
+    A tokenizer with its own ``decode_caption`` (a causal LM's) decodes its own ids."""
     tokenizer = tokenizer or load_tokenizer()
+    if hasattr(tokenizer, "decode_caption"):
+        return tokenizer.decode_caption(token_ids)
     ids = [int(i) for i in token_ids if int(i) not in RESERVED_IDS]
     text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
     return text.replace(" do not", " don't")

@@ -331,7 +331,9 @@ def caption_batch(model, clips: list[ClipInput], decoding: DecodingOptions, devi
                   tokenizer) -> list[Prediction]:
     frames = torch.stack([c.frames for c in clips]).to(device, non_blocking=True)
     audio = torch.stack([c.audio for c in clips]).to(device, non_blocking=True)
-    steps = (decoding_steps_at_one_thread(model.part("text"), model.part("text").cls) if device.type == "cpu"
+    # The BERT decoder's steps at one thread (its LM head is ``cls``); a Hugging Face LM decodes as it is.
+    head = getattr(model.part("text"), "cls", None)
+    steps = (decoding_steps_at_one_thread(model.part("text"), head) if device.type == "cpu" and head is not None
              else contextlib.nullcontext())
     with steps:
         out = model.generate(frames, audio, num_beams=decoding.num_beams, max_length=decoding.max_length,

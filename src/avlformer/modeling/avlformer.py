@@ -244,9 +244,15 @@ class AVLFormer(nn.Module):
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Training losses for a collated batch (docs/architecture.md): loss, lm_loss, mlm_loss, sparsity_loss,
         mlm_accuracy. LM targets are ``target_ids`` shifted left (original tokens); MLM targets are
-        ``target_ids`` at ``masked_pos``."""
+        ``target_ids`` at ``masked_pos``. A prefix-LM decoder (``is_prefix_lm``: a causal LM) computes the LM
+        loss in its own forward; the MLM and sparsity terms are then zero."""
         input_ids, target_ids, masked_pos, text_len = self._checked_text(batch)
         av_tokens = self.batch_av_tokens(batch)
+        if getattr(self.part("text"), "is_prefix_lm", False):
+            losses = self.part("text")(av_tokens, input_ids, text_len)
+            zero = losses["loss"].new_zeros(())
+            return {"loss": losses["loss"], "lm_loss": losses["loss"], "mlm_loss": zero, "sparsity_loss": zero,
+                    "mlm_accuracy": losses["accuracy"]}
         max_text_len, num_av = input_ids.shape[1], av_tokens.shape[1]
         mask = build_attention_mask(text_len, max_text_len, num_av, self.av_attention_mask(), dtype=av_tokens.dtype)
         decoder = self.part("text")
@@ -313,7 +319,7 @@ class AVLFormer(nn.Module):
         cfg = self.config
         with decoding(self):
             av_tokens = self.encode_av(frames, audio)
-            return generate(self.trans_encoder, av_tokens, self.av_attention_mask(),
+            return generate(self.part("text"), av_tokens, self.av_attention_mask(),
                             max_length=max_length or cfg.max_gen_length, num_beams=num_beams or cfg.num_beams,
                             length_penalty=cfg.length_penalty if length_penalty is None else length_penalty,
                             use_cache=use_cache)

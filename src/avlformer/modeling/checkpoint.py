@@ -70,11 +70,24 @@ def write_checkpoint_files(folder: Path, state_dict: Mapping[str, torch.Tensor],
                            vocab_dir: str | os.PathLike | None = None) -> None:
     """The files of a checkpoint, written into an existing (staging) folder; callers make the folder atomic.
     ``vocab_dir``: the folder of the vocabulary the model was trained with (default: the shipped one)."""
-    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
+    weights, stored = {}, set()
+    for name, tensor in state_dict.items():
+        # A tied tensor (a causal LM's input and output embeddings) appears under both names; safetensors stores
+        # each name its own copy, and loading re-ties them (retie_weights).
+        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        tensor = tensor.detach().cpu().contiguous()
+        weights[name] = tensor.clone() if key in stored else tensor
+        stored.add(key)
     save_file(weights, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     config.save(folder / CONFIG_NAME)
     recipe.save(folder / RECIPE_NAME)
-    shutil.copyfile(Path(vocab_dir or default_vocab_dir()) / VOCAB_NAME, folder / VOCAB_NAME)
+    vocab_folder = Path(vocab_dir or default_vocab_dir())
+    if (vocab_folder / VOCAB_NAME).is_file():
+        shutil.copyfile(vocab_folder / VOCAB_NAME, folder / VOCAB_NAME)
+    else:  # a causal LM's own tokenizer (data/causal_tokenizer.py): its files travel with the checkpoint
+        from avlformer.data.tokenizer import load_tokenizer
+
+        load_tokenizer(str(vocab_folder)).save(folder)
     for name, source in (extra_files or {}).items():
         if Path(name).name != name:
             raise ValueError(f"extra file name {name!r} must be a plain file name")
@@ -125,10 +138,13 @@ def checkpoint_recipe(path: str | os.PathLike) -> PreprocessRecipe:
 
 
 def checkpoint_vocab_dir(path: str | os.PathLike) -> Path:
-    """The folder of the vocabulary decoding must use: the checkpoint's own ``vocab.txt`` when it has one, else
+    """The folder of the vocabulary decoding must use: the checkpoint's own ``vocab.txt`` (or a causal LM's own
+    tokenizer files) when it has one, else
     the bert-base-uncased vocabulary shipped with the package (released and upstream checkpoints)."""
+    from avlformer.data.causal_tokenizer import is_hf_tokenizer_folder
+
     folder, _ = checkpoint_folder(path)
-    return folder if (folder / VOCAB_NAME).is_file() else default_vocab_dir()
+    return folder if (folder / VOCAB_NAME).is_file() or is_hf_tokenizer_folder(folder) else default_vocab_dir()
 
 
 def _load_ours(weights_path: Path, config_path: Path, device, strict: bool, model_class: type[AVLFormer]):
@@ -205,6 +221,10 @@ def _with_weights(meta_model: AVLFormer, config: AVLFormerConfig, state_dict: Ma
         model.load_state_dict(kept, strict=False)
         return model.to(device)
     model = load_by_assignment(meta_model, kept)
+    for module in model.modules():  # assignment gives tied names separate tensors: tie them again
+        retie = getattr(module, "retie_weights", None)
+        if retie is not None:
+            retie()
     if torch.device(device).type != "cpu":
         return model.to(device)
     # Assigned tensors live in the memory-mapped file, in 4 KB page-cache pages; a copy in process memory gets

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,19 @@ from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from avlformer.modeling.attention_mask import MASK_BIAS, build_attention_mask, mask_to_bias
 from avlformer.modeling.kv_cache import KVCache
 from avlformer.modeling.text_transformer import TextTransformer
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """The ids the search loops write: the start column, the end of a caption, the padding after it. BERT's
+    ([CLS], [SEP], [PAD]) unless the decoder says otherwise (``special_ids``, e.g. a causal LM's end-of-text)."""
+
+    start: int = CLS_ID
+    end: int = SEP_ID
+    pad: int = PAD_ID
+
+
+BERT_IDS = SpecialIds()
 
 
 @dataclass
@@ -112,27 +126,28 @@ def _score_dtype(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
-def pad_right(token_ids: torch.Tensor, length: int) -> torch.Tensor:
+def pad_right(token_ids: torch.Tensor, length: int, pad: int = PAD_ID) -> torch.Tensor:
     missing = length - token_ids.shape[1]
     if missing <= 0:
         return token_ids[:, :length]
-    return torch.cat([token_ids, token_ids.new_full((token_ids.shape[0], missing), PAD_ID)], dim=1)
+    return torch.cat([token_ids, token_ids.new_full((token_ids.shape[0], missing), pad)], dim=1)
 
 
-def append_token(token_ids: torch.Tensor, next_tokens: torch.Tensor, unfinished: torch.Tensor) -> torch.Tensor:
+def append_token(token_ids: torch.Tensor, next_tokens: torch.Tensor, unfinished: torch.Tensor,
+                 ids: SpecialIds = BERT_IDS) -> torch.Tensor:
     """``token_ids`` with one more column: ``next_tokens`` for open rows, [PAD] after [SEP]; ``unfinished``
     (updated in place) closes the rows that just chose [SEP]."""
-    next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, PAD_ID))
-    unfinished &= next_tokens != SEP_ID
+    next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, ids.pad))
+    unfinished &= next_tokens != ids.end
     return torch.cat([token_ids, next_tokens[:, None]], dim=1)
 
 
 @torch.no_grad()
-def greedy_search(stepper, batch: int, max_length: int, device) -> GenerationOutput:
+def greedy_search(stepper, batch: int, max_length: int, device, ids: SpecialIds = BERT_IDS) -> GenerationOutput:
     """Upstream ``_generate_no_beam_search`` with sampling off: argmax per step, [PAD] after [SEP], the last
     position forced to [SEP] for sequences still open at ``max_length``; confidence = exp(mean log-prob over the
     steps each sequence was still open, the [SEP] step included)."""
-    token_ids = torch.full((batch, 1), CLS_ID, dtype=torch.long, device=device)
+    token_ids = torch.full((batch, 1), ids.start, dtype=torch.long, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     logprob_sum = torch.zeros(batch, dtype=torch.float64, device=device)
     open_steps = torch.zeros(batch, dtype=torch.float64, device=device)
@@ -142,13 +157,13 @@ def greedy_search(stepper, batch: int, max_length: int, device) -> GenerationOut
         chosen_logprob = F.log_softmax(logits, dim=-1).gather(1, next_tokens[:, None]).squeeze(1)
         logprob_sum += chosen_logprob.double() * unfinished
         open_steps += unfinished
-        token_ids = append_token(token_ids, next_tokens, unfinished)
+        token_ids = append_token(token_ids, next_tokens, unfinished, ids)
         if not unfinished.any():
             break
     if token_ids.shape[1] == max_length:
-        token_ids[unfinished, -1] = SEP_ID
+        token_ids[unfinished, -1] = ids.end
     confidence = torch.exp(logprob_sum / open_steps.clamp(min=1)).float()
-    return GenerationOutput(pad_right(token_ids[:, 1:], max_length), confidence)
+    return GenerationOutput(pad_right(token_ids[:, 1:], max_length, ids.pad), confidence)
 
 
 class BeamHypotheses:
@@ -186,9 +201,9 @@ CANDIDATES_PER_BEAM = 2  # upstream TOPN_PER_BEAM: spare candidates so a beam su
 
 @torch.no_grad()
 def beam_search(stepper, batch: int, num_beams: int, max_length: int, length_penalty: float,
-                device) -> GenerationOutput:
+                device, ids: SpecialIds = BERT_IDS) -> GenerationOutput:
     """Upstream ``_generate_beam_search`` (greedy beams, ``num_keep_best`` 1). Confidence = exp(best hyp score)."""
-    token_ids = torch.full((batch * num_beams, 1), CLS_ID, dtype=torch.long, device=device)
+    token_ids = torch.full((batch * num_beams, 1), ids.start, dtype=torch.long, device=device)
     hypotheses = [BeamHypotheses(1, max_length, length_penalty) for _ in range(batch)]
     beam_scores = torch.zeros(batch, num_beams, dtype=torch.float64, device=device)
     beam_scores[:, 1:] = -1e9  # all beams start identical: only the first may expand at step one
@@ -206,18 +221,18 @@ def beam_search(stepper, batch: int, num_beams: int, max_length: int, length_pen
             first_row = example * num_beams
             done[example] = done[example] or hypotheses[example].is_done(max(top_scores[example]))
             if done[example]:
-                next_beams.extend([(0.0, PAD_ID, first_row)] * num_beams)
+                next_beams.extend([(0.0, ids.pad, first_row)] * num_beams)
                 continue
             example_beams = []
             for flat_id, score in zip(top_ids[example], top_scores[example]):
                 beam, word = divmod(flat_id, vocab)
-                if word == SEP_ID or cur_len + 1 == max_length:
+                if word == ids.end or cur_len + 1 == max_length:
                     hypotheses[example].add(token_ids[first_row + beam].clone(), score)
                 else:
                     example_beams.append((score, word, first_row + beam))
                 if len(example_beams) == num_beams:
                     break
-            next_beams.extend(example_beams or [(0.0, PAD_ID, first_row)] * num_beams)
+            next_beams.extend(example_beams or [(0.0, ids.pad, first_row)] * num_beams)
         beam_scores = beam_scores.new_tensor([score for score, _, _ in next_beams])
         words = token_ids.new_tensor([word for _, word, _ in next_beams])
         beam_idx = token_ids.new_tensor([row for _, _, row in next_beams])
@@ -225,17 +240,18 @@ def beam_search(stepper, batch: int, num_beams: int, max_length: int, length_pen
         stepper.reorder(beam_idx)
         if all(done):
             break
-    return _best_hypotheses(hypotheses, max_length, device)
+    return _best_hypotheses(hypotheses, max_length, device, ids)
 
 
-def _best_hypotheses(hypotheses: list[BeamHypotheses], max_length: int, device) -> GenerationOutput:
-    token_ids = torch.full((len(hypotheses), max_length), PAD_ID, dtype=torch.long, device=device)
+def _best_hypotheses(hypotheses: list[BeamHypotheses], max_length: int, device,
+                     ids: SpecialIds = BERT_IDS) -> GenerationOutput:
+    token_ids = torch.full((len(hypotheses), max_length), ids.pad, dtype=torch.long, device=device)
     confidence = torch.zeros(len(hypotheses), dtype=torch.float32, device=device)
     for row, hyps in enumerate(hypotheses):
         score, hyp = hyps.best()
         body = hyp[1:]  # drop [CLS]
         token_ids[row, :len(body)] = body
-        token_ids[row, len(body)] = SEP_ID
+        token_ids[row, len(body)] = ids.end
         confidence[row] = float(torch.exp(torch.tensor(score)))
     return GenerationOutput(token_ids, confidence)
 
@@ -245,14 +261,21 @@ def generate(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Ten
              use_cache: bool = True) -> GenerationOutput:
     """Caption ids for AV tokens ``(B, V, img_feature_dim)``; ``av_mask`` is the ``(V, V)`` AV→AV mask or None.
 
-    ``max_length`` counts [CLS] like upstream's ``max_gen_length`` (115 → at most 113 words + [SEP])."""
+    ``max_length`` counts [CLS] like upstream's ``max_gen_length`` (115 → at most 113 words + [SEP]). A decoder
+    with its own ``make_stepper``, ``check_max_length`` and ``special_ids`` (a causal LM) is driven by the same
+    search loops."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-    check_max_length(model, max_length)
+    own_stepper = getattr(model, "make_stepper", None)
+    if own_stepper is not None:
+        model.check_max_length(max_length)
+    else:
+        check_max_length(model, max_length)
+    ids = getattr(model, "special_ids", BERT_IDS)
     with decoding(model):
-        stepper = make_stepper(model, av_tokens, av_mask, max_length=max_length, expand=num_beams,
-                               use_cache=use_cache)
+        stepper = (own_stepper or partial(make_stepper, model))(av_tokens, av_mask, max_length=max_length,
+                                                                expand=num_beams, use_cache=use_cache)
         batch, device = av_tokens.shape[0], av_tokens.device
         if num_beams == 1:
-            return greedy_search(stepper, batch, max_length, device)
-        return beam_search(stepper, batch, num_beams, max_length, length_penalty, device)
+            return greedy_search(stepper, batch, max_length, device, ids)
+        return beam_search(stepper, batch, num_beams, max_length, length_penalty, device, ids)

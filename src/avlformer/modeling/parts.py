@@ -16,6 +16,11 @@ each, unless the encoder carries its own as a ``projection`` attribute (PaSST's 
 weights keep it). Optional config hooks: ``check_fits(model_config)`` (raise ValueError when the part cannot serve
 that model), ``describe()`` (a short name for logs), ``TRAINING_ONLY`` (fields that leave the eval output alone).
 
+Besides the paper's parts (``video_swin``, ``passt``, ``bert``) the registry holds the Hugging Face ones
+(``hf_video``, ``hf_frames``, ``hf_audio``: modeling/hf_encoders.py; ``hf_causal_lm``: modeling/hf_causal_lm.py;
+docs/models.md). A decoder with ``is_prefix_lm`` computes its training loss in its own ``forward(av_tokens,
+input_ids, text_len)`` and drives decoding with ``make_stepper``/``special_ids`` (modeling/generation.py).
+
 A registry entry's ``attribute`` is where the model holds the part, hence its state-dict prefix: the paper's parts
 keep upstream's (``swin``, ``passt``, ``trans_encoder``) so released weights load by name; only modeling/ and the
 weight converters use these names, everything else asks the model for a role.
@@ -31,6 +36,9 @@ from torch import nn
 
 from avlformer.config_fields import checked_fields
 from avlformer.modeling import passt, video_swin
+from avlformer.modeling.hf_encoders import (HFAudioConfig, HFAudioEncoder, HFFramesConfig, HFFramesEncoder,
+                                           HFVideoConfig, HFVideoEncoder, load_encoder_weights)
+from avlformer.modeling.hf_causal_lm import HFCausalLMConfig, HFCausalLMDecoder, load_pretrained_lm
 from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig
 
 ROLES = ("video", "audio", "text")
@@ -114,10 +122,14 @@ def describe_part(role: str, config: Any) -> str:
     return describe() if describe is not None else f"{type_of(role, config).name} {ROLE_NOUNS[role]}"
 
 
-# The paper's parts.
+# The paper's parts, then the Hugging Face ones (docs/models.md).
 register_part("video", "video_swin", video_swin.VideoSwinConfig, video_swin.VideoSwinEncoder, attribute="swin",
               load_weights=video_swin.load_official_weights)
 register_part("audio", "passt", passt.PasstConfig, passt.PasstAudioEncoder, attribute="passt",
               load_weights=passt.load_official_weights)
 register_part("text", "bert", TextTransformerConfig, TextTransformer, attribute="trans_encoder",
               load_weights=TextTransformer.load_hf_bert)
+register_part("text", "hf_causal_lm", HFCausalLMConfig, HFCausalLMDecoder, load_weights=load_pretrained_lm)
+register_part("video", "hf_video", HFVideoConfig, HFVideoEncoder, load_weights=load_encoder_weights)
+register_part("video", "hf_frames", HFFramesConfig, HFFramesEncoder, load_weights=load_encoder_weights)
+register_part("audio", "hf_audio", HFAudioConfig, HFAudioEncoder, load_weights=load_encoder_weights)

@@ -20,6 +20,7 @@ from avlformer.json_files import read_json
 from avlformer.modeling.avlformer import AVLFormerConfig
 from avlformer.training.config import PRESETS, SECTIONS, ScstSettings, TrainConfig
 from avlformer.training.features import check_feature_flags
+from avlformer.training.part_flags import choose_parts
 from avlformer.training.flag_table import (ANY, BY_NAME, COMPAT, FLAGS, NO_DEEPSPEED, ArgumentError, Flag,
                                            config_key, convert, flag_option, to_str, upstream_values)
 
@@ -217,8 +218,10 @@ def base_model_tree(preset: str, model_config_path: str, model_config: AVLFormer
 
 
 def model_from(config: TrainConfig, values: dict[str, Any], model_config: AVLFormerConfig | None):
-    """The AVLFormerConfig: the base tree with the model flags' values set at their paths."""
+    """The AVLFormerConfig: the base tree, its parts replaced as --video-encoder/--audio-encoder/--decoder say,
+    with the model flags' values set at their paths."""
     tree = base_model_tree(config.init.model_preset, config.init.model_config, model_config)
+    choose_parts(tree, config.init)
     for path, value in values.items():
         *parents, leaf = path.split(".")
         node = tree

@@ -14,6 +14,7 @@ from typing import Any
 
 from avlformer.data.dataset import DataConfig
 from avlformer.modeling.avlformer import AVLFormerConfig
+from avlformer.modeling.hf_causal_lm import HFCausalLMConfig
 
 PRESETS = {"paper": AVLFormerConfig.paper, "tiny": AVLFormerConfig.tiny}
 _LOADER = DataConfig()  # MLM masking defaults are the loader's
@@ -29,6 +30,20 @@ class InitSettings:
     swin_checkpoint: str = ""
     passt_checkpoint: str = ""
     pretrained_checkpoint: str = ""  # every tensor that fits, last
+    # The parts (docs/models.md): a registered name or hf:FOLDER; empty keeps the configuration's.
+    video_encoder: str = ""
+    audio_encoder: str = ""
+    decoder: str = ""
+    trust_remote_code: bool = False  # let a Hugging Face folder's own code run (off: it never does)
+    # A Hugging Face decoder's training: its HFCausalLMConfig fields, with that config's defaults.
+    decoder_training: str = HFCausalLMConfig.training
+    decoder_projector: str = HFCausalLMConfig.projector
+    decoder_prompt: str = HFCausalLMConfig.prompt
+    decoder_lr_multiplier: float = HFCausalLMConfig.lr_multiplier
+    lora_rank: int = HFCausalLMConfig.lora_rank
+    lora_alpha: float = HFCausalLMConfig.lora_alpha
+    lora_dropout: float = HFCausalLMConfig.lora_dropout
+    lora_target_modules: list[str] = field(default_factory=list)
 
 
 @dataclass

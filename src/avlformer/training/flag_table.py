@@ -87,6 +87,26 @@ FLAGS: tuple[Flag, ...] = (
          "(upstream hard-coded src/modeling/passt/passt-s-f128-p16-s10-ap.476-swa.pt)", relative=True),
     Flag("pretrained_checkpoint", "init.pretrained_checkpoint", "initialise all weights from a checkpoint (ours, "
          "upstream folder or model.bin)", relative=True),
+    Flag("video_encoder", "init.video_encoder", "(ours) the video encoder: a registered part (video_swin, ...) or "
+         "hf:FOLDER, a Hugging Face video model (VideoMAE, TimeSformer, ViViT) or image model applied per frame "
+         "(CLIP, SigLIP, DINOv2); docs/models.md"),
+    Flag("audio_encoder", "init.audio_encoder", "(ours) the audio encoder: a registered part (passt) or hf:FOLDER "
+         "(AST, Whisper)"),
+    Flag("decoder", "init.decoder", "(ours) the decoder: a registered part (bert) or hf:FOLDER, a causal LM "
+         "(Llama, Qwen2, SmolLM2, GPT-2) fed the AV tokens as a prefix"),
+    Flag("trust_remote_code", "init.trust_remote_code", "(ours) let code in a Hugging Face folder run (off: it never "
+         "does)"),
+    Flag("decoder_training", "init.decoder_training", "(ours) an hf: decoder's weights: lora (adapters only), full "
+         "or frozen (only the projector trains)", choices=("lora", "full", "frozen")),
+    Flag("decoder_projector", "init.decoder_projector", "(ours) AV tokens into an hf: decoder's embedding space",
+         choices=("linear", "mlp")),
+    Flag("decoder_prompt", "init.decoder_prompt", "(ours) the text between the AV tokens and the caption"),
+    Flag("decoder_lr_multiplier", "init.decoder_lr_multiplier", "(ours) an hf: decoder's learning-rate multiplier"),
+    Flag("lora_rank", "init.lora_rank", "(ours) LoRA rank"),
+    Flag("lora_alpha", "init.lora_alpha", "(ours) LoRA alpha"),
+    Flag("lora_dropout", "init.lora_dropout", "(ours) LoRA dropout"),
+    Flag("lora_target_modules", "init.lora_target_modules", "(ours) module names LoRA adapts (default: peft's "
+         "choice for the architecture)", nargs="*"),
     # data
     Flag("data_dir", "data.data_dir", "root that relative yaml paths are joined to", relative=True),
     Flag("train_yaml", "data.train_yaml", "training metadata yaml (relative to --data_dir)"),
@@ -262,7 +282,13 @@ def convert(flag: Flag, converter: Callable, value: Any) -> Any:
 def upstream_values(config) -> dict[str, Any]:
     """A resolved ``TrainConfig`` under the original's names (``log/args.json``, the model card): every setting,
     and the values the original derived (visual tokens, mask type), as it recorded them."""
-    values = {flag.name: config.get(flag.path) for flag in FLAGS if flag.path}
+    values = {}
+    for flag in FLAGS:
+        if flag.path:
+            try:
+                values[flag.name] = config.get(flag.path)
+            except AttributeError:  # a field of the paper's parts that the chosen part has not (BERT's num_layers)
+                continue
     model = config.model
     values.update(max_seq_a_length=model.max_seq_length, max_img_seq_length=model.num_av_tokens,
                   attn_mask_type="learn_vid_att" if model.learn_mask_enabled else "seq2seq",

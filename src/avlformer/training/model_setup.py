@@ -125,6 +125,14 @@ def build_model(config, device: torch.device) -> nn.Module:
     for role, path in (("video", init.swin_checkpoint), ("audio", init.passt_checkpoint)):
         if path:
             model.load_part_weights(role, path)
+    for role in ("video", "audio", "text"):  # Hugging Face parts: the weights of the folder they came from
+        folder = getattr(getattr(config.model, role), "path", "")
+        if folder:
+            try:
+                model.load_part_weights(role, folder)
+            except (FileNotFoundError, ValueError) as err:
+                raise ArgumentError(f"{role}: {err}") from None
+            log.info("%s part initialised from %s", role, folder)
     if init.pretrained_checkpoint:
         load_pretrained(model, init.pretrained_checkpoint)
     apply_freezing(model, config)

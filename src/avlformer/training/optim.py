@@ -24,18 +24,28 @@ def is_no_decay(name: str) -> bool:
 
 def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], learning_rate: float,
                      backbone_coef_lr: float, weight_decay: float,
-                     backbone: Iterable[nn.Parameter] = ()) -> list[dict]:
+                     backbone: Iterable[nn.Parameter] = (),
+                     parts: Iterable[tuple[str, float, Iterable[nn.Parameter]]] = ()) -> list[dict]:
     """The four upstream groups, in upstream order, each named (``group["name"]``); ``backbone``: the parameters
-    at ``backbone_coef_lr``. Frozen parameters are left out (upstream kept them, but they never received a
-    gradient), and so is a group left empty by freezing (a frozen backbone empties both backbone groups): torch's
-    optimizer state loading refuses more than one empty group, which would make such a run impossible to
-    resume."""
+    at ``backbone_coef_lr``; ``parts``: (name, multiplier, parameters) of parts with their own learning-rate
+    multiplier, each in two more groups (``<name>_decay``, ``<name>_no_decay``) after the four. Frozen parameters
+    are left out (upstream kept them, but they never received a gradient), and so is a group left empty by
+    freezing (a frozen backbone empties both backbone groups): torch's optimizer state loading refuses more than
+    one empty group, which would make such a run impossible to resume."""
     backbone_ids = {id(param) for param in backbone}
+    part_of = {id(param): part for part, _, params in parts for param in params}
+    multipliers = {part: coef for part, coef, _ in parts}
     buckets: dict[str, list[nn.Parameter]] = {name: [] for name in GROUP_NAMES}
+    for part in multipliers:
+        buckets[f"{part}_decay"], buckets[f"{part}_no_decay"] = [], []
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
-        key = ("backbone_" if id(param) in backbone_ids else "") + ("no_decay" if is_no_decay(name) else "decay")
+        decay = "no_decay" if is_no_decay(name) else "decay"
+        if id(param) in part_of:
+            key = f"{part_of[id(param)]}_{decay}"
+        else:
+            key = ("backbone_" if id(param) in backbone_ids else "") + decay
         buckets[key].append(param)
     backbone_lr = learning_rate * backbone_coef_lr
     groups = [
@@ -45,14 +55,24 @@ def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], learn
         {"name": "backbone_no_decay", "params": buckets["backbone_no_decay"], "weight_decay": 0.0, "lr": backbone_lr},
         {"name": "no_decay", "params": buckets["no_decay"], "weight_decay": 0.0, "lr": learning_rate},
     ]
+    for part, coef in multipliers.items():
+        groups += [{"name": f"{part}_{decay}", "params": buckets[f"{part}_{decay}"],
+                    "weight_decay": weight_decay if decay == "decay" else 0.0, "lr": learning_rate * coef}
+                   for decay in ("decay", "no_decay")]
     return [group for group in groups if group["params"]]
 
 
 def build_optimizer(model: nn.Module, learning_rate: float, backbone_coef_lr: float, weight_decay: float,
                     adam_epsilon: float) -> torch.optim.AdamW:
-    """AdamW over ``parameter_groups``; the backbone is the model's video encoder (``model.part("video")``)."""
+    """AdamW over ``parameter_groups``; the backbone is the model's video encoder (``model.part("video")``). A
+    part whose config has an ``lr_multiplier`` (the Hugging Face parts) trains at that multiple of the learning
+    rate instead (``backbone_coef_lr`` generalised; the paper's parts have none)."""
+    config = getattr(model, "config", None)
+    parts = [(role, getattr(getattr(config, role), "lr_multiplier"), model.part(role).parameters())
+             for role in ("video", "audio", "text") if hasattr(getattr(config, role, None), "lr_multiplier")]
+    own = {role for role, _, _ in parts}
     groups = parameter_groups(model.named_parameters(), learning_rate, backbone_coef_lr, weight_decay,
-                              backbone=model.part("video").parameters())
+                              backbone=() if "video" in own else model.part("video").parameters(), parts=parts)
     # The fused kernel updates each tensor in one pass; the default (foreach) one makes temporary copies of every
     # parameter, 20-45 s per paper-size CPU step when memory is short (docs/training.md, Training speed and
     # memory). FSDP2's sharded (DTensor) parameters keep the foreach one, which handles them.

@@ -84,6 +84,9 @@ def average_gradients(model: torch.nn.Module, world_size: int) -> None:
 
 class SelfCriticalTrainer(Trainer):
     def __init__(self, config, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir):
+        if getattr(model.part("text"), "is_prefix_lm", False):
+            raise ArgumentError("--scst samples through the BERT decoder's [MASK] steps; a causal-LM decoder "
+                                "(text.type hf_causal_lm) has no self-critical training yet")
         super().__init__(config, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir)
         scst = config.scst
         self.loss_terms = tuple(t for t in SCST_TERMS if t != "greedy_reward" or scst.baseline_type == "greedy")

@@ -77,7 +77,11 @@ def write_args_json(config, output_dir: Path, extra: dict) -> None:
 
 
 def vocab_dir_for(config) -> str | None:
-    """--tokenizer_name, else --model_name_or_path when it holds a vocab.txt, else the shipped copy (None)."""
+    """The decoder's own tokenizer folder when it has one (a causal LM's), else --tokenizer_name, else
+    --model_name_or_path when it holds a vocab.txt, else the shipped copy (None)."""
+    own = getattr(getattr(config.model, "text", None), "path", "")
+    if own:
+        return own
     for candidate in (config.init.tokenizer_name, config.init.model_name_or_path):
         if not candidate:
             continue

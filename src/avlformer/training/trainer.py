@@ -31,6 +31,7 @@ from avlformer.training.distributed import (DistEnv, all_reduce_mean, any_rank_t
 from avlformer.training.flag_table import ArgumentError, upstream_values
 from avlformer.training.optim import build_optimizer, build_scheduler
 from avlformer.training.setup import summary_writer, write_args_json
+from avlformer.data.tokenizer import load_tokenizer
 from avlformer.training.validation import append_history, decode_split, prediction_stem, score, write_outputs
 
 LOSS_TERMS = ("loss", "lm_loss", "mlm_loss", "sparsity_loss", "mlm_accuracy")
@@ -287,7 +288,8 @@ class Trainer:
         # The val split is raw videos in every mode (with --features too), so its batches are plain ones.
         loader = eval_loader(self.val_dataset, self.config.optim.per_gpu_eval_batch_size, self.env.rank,
                              self.env.world_size, self.config.data.num_workers, dataset_collate)
-        predictions, references = decode_split(self.model, loader, self.env, self.autocast)
+        predictions, references = decode_split(self.model, loader, self.env, self.autocast,
+                                               load_tokenizer(self.vocab_dir))
         if not self.env.is_main:
             return
         metrics, problem = score(predictions, references)

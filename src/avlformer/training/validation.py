@@ -46,9 +46,10 @@ def full_parameters(model: torch.nn.Module):
 
 
 @torch.no_grad()
-def decode_split(model: torch.nn.Module, loader, env: DistEnv, autocast) -> tuple[dict, dict]:
+def decode_split(model: torch.nn.Module, loader, env: DistEnv, autocast, tokenizer=None) -> tuple[dict, dict]:
     """{key: caption} predictions and {key: [reference]} on rank 0 (empty dicts elsewhere), decoded with the
-    model configuration's settings (``num_beams``, ``max_gen_length``, ``length_penalty``)."""
+    model configuration's settings (``num_beams``, ``max_gen_length``, ``length_penalty``); ``tokenizer``: the
+    decoder's (default: the shipped BERT vocabulary)."""
     library_model = unwrap_model(model)
     was_training = library_model.training
     library_model.eval()
@@ -61,7 +62,7 @@ def decode_split(model: torch.nn.Module, loader, env: DistEnv, autocast) -> tupl
             with autocast():
                 output = library_model.generate(frames, audio)
             for row, key in enumerate(batch["video_keys"]):
-                predictions[key] = decode_caption(output.token_ids[row].tolist())
+                predictions[key] = decode_caption(output.token_ids[row].tolist(), tokenizer)
                 if "captions" in batch:
                     reference = batch["captions"][row]
                     references[key] = reference if isinstance(reference, list) else [reference]

@@ -1,0 +1,107 @@
+"""Local Hugging Face model folders as parts (docs/models.md): the checks made before any weight is read, the
+architecture rebuilt from a stored ``config.json`` (so a checkpoint reloads without the folder), the weights read
+from safetensors only, and a hash naming exactly which weights a LoRA adapter was trained on.
+
+Code in a model folder never runs unless ``trust_remote_code`` is set, and pickled weights are never read: a
+folder holding only ``pytorch_model.bin`` is refused with the command that converts it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avlformer.json_files import read_json
+
+HF_CONFIG_NAME = "config.json"
+PICKLED_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+
+
+def check_model_folder(path: str, what: str, *, need_weights: bool = True) -> Path:
+    """The folder of a Hugging Face model, after checking it holds a ``config.json`` and (``need_weights``)
+    safetensors weights; one-line errors name the folder and what is wrong."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: {what} folder not found (download it once, e.g. "
+                                f"`hf download <repo> --local-dir {folder}`)")
+    if not (folder / HF_CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{folder}: no {HF_CONFIG_NAME}; not a Hugging Face model folder ({what})")
+    if need_weights and not safetensors_files(folder):
+        pickled = [name for name in PICKLED_NAMES if (folder / name).is_file()]
+        if pickled:
+            raise ValueError(f"{folder}: only pickled weights ({pickled[0]}); this framework reads safetensors "
+                             f"only. Convert once: python -c \"from transformers import AutoModel; "
+                             f"AutoModel.from_pretrained('{folder}').save_pretrained('{folder}', "
+                             f"safe_serialization=True)\" (review the folder first: loading a pickle runs code)")
+        raise FileNotFoundError(f"{folder}: no *.safetensors weights ({what})")
+    return folder
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))
+
+
+def read_model_config(folder: Path, what: str) -> dict[str, Any]:
+    config = read_json(folder / HF_CONFIG_NAME, f"{what} config")
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise ValueError(f"{folder / HF_CONFIG_NAME}: no 'model_type'; not a Hugging Face model config ({what})")
+    return config
+
+
+def config_object(values: dict[str, Any], trust_remote_code: bool = False):
+    """A ``PretrainedConfig`` from a stored ``config.json`` dict (no file, no network)."""
+    from transformers import AutoConfig
+
+    values = dict(values)
+    model_type = values.pop("model_type", None)
+    try:
+        return AutoConfig.for_model(model_type, **values)
+    except (KeyError, ValueError) as error:
+        hint = "" if trust_remote_code else " (a model type defined by code in its folder needs trust_remote_code)"
+        raise ValueError(f"model_type {model_type!r} is not a transformers architecture{hint}: {error}") from None
+
+
+def weights_sha256(folder: str | Path) -> str:
+    """SHA-256 over a folder's safetensors files (names and bytes, in name order): which base weights these are."""
+    digest = hashlib.sha256()
+    for path in safetensors_files(Path(folder)):
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def read_folder_state(folder: Path, auto_class, trust_remote_code: bool = False) -> dict[str, torch.Tensor]:
+    """The weights of a folder as ``auto_class`` names them (transformers resolves tied and renamed tensors),
+    read from safetensors only."""
+    model = auto_class.from_pretrained(str(folder), use_safetensors=True, local_files_only=True,
+                                       trust_remote_code=trust_remote_code, dtype=torch.float32)
+    return model.state_dict()
+
+
+def set_hf_checkpointing(model, enabled: bool) -> None:
+    """Turn a transformers model's activation checkpointing on or off (non-reentrant, so frozen inputs are fine)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        return
+    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*; 4.x has only the former.
+    new_names = hasattr(model, "activation_checkpointing_enable")
+    if enabled:
+        kwargs = {"use_reentrant": False}
+        if new_names:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    elif hf_checkpointing(model):
+        (model.activation_checkpointing_disable if new_names else model.gradient_checkpointing_disable)()
+
+
+def hf_checkpointing(model) -> bool:
+    """Whether it is on (the property's name changed in transformers 5)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False

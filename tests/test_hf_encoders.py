@@ -1,0 +1,187 @@
+"""Encoders from ``transformers`` as parts: tiny random VideoMAE, CLIP (its vision tower per frame), AST and
+Whisper (its encoder), saved to a temporary folder, train a few steps, save, reload bit-exactly and caption (one
+recipe with the paper's decoder, one with a LoRA causal LM); each wrapped part computes what the HF model computes
+on the inputs its own processor builds; a model of the wrong kind is a one-line error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avlformer.cli import main as cli_main
+from avlformer.data import synth
+from avlformer.data.recipe import PreprocessRecipe
+from avlformer.data.tokenizer import load_tokenizer
+from avlformer.modeling.avlformer import AVLFormer
+from avlformer.modeling.checkpoint import load_model
+from avlformer.modeling.hf_causal_lm import HFCausalLMConfig
+from avlformer.modeling.hf_encoders import HFAudioConfig, HFFramesConfig, HFVideoConfig
+from avlformer.training import loop
+from avlformer.training.args import parse_train_args
+from hf_fakes import hf_parts_config, save_ast, save_causal_lm, save_clip, save_videomae, save_whisper
+from training_fakes import FakeCaptionDataset
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {"videomae": save_videomae(root / "videomae"), "clip": save_clip(root / "clip"),
+            "ast": save_ast(root / "ast"), "whisper": save_whisper(root / "whisper"),
+            "llama": save_causal_lm(root / "llama", "llama")}
+
+
+def part(kind: str, folder) -> dict:
+    config = {"hf_video": HFVideoConfig, "hf_frames": HFFramesConfig, "hf_audio": HFAudioConfig}[kind]
+    return {"type": kind, **config.from_folder(str(folder)).to_dict()}
+
+
+def inputs(config, batch=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, 256, (batch, config.num_frames, 3, config.image_size, config.image_size),
+                           dtype=torch.uint8, generator=gen)
+    return frames, 0.1 * torch.randn(batch, 1, config.audio.clip_samples, generator=gen)
+
+
+@pytest.mark.parametrize("recipe", ["videomae-ast-bert", "clip-whisper-llama"])
+def test_hf_encoders_train_save_reload_bit_exactly_and_caption(folders, tmp_path, recipe):
+    video_name, audio_name, decoder = recipe.split("-")
+    video = part("hf_video" if video_name == "videomae" else "hf_frames", folders[video_name])
+    text = None
+    if decoder == "llama":
+        text = {"type": "hf_causal_lm", **HFCausalLMConfig.from_folder(str(folders["llama"]), img_feature_dim=32,
+                                                                       training="lora").to_dict()}
+    config = hf_parts_config(video, part("hf_audio", folders[audio_name]), text)
+    torch.manual_seed(0)
+    model = AVLFormer(config)
+    for role, name in (("video", video_name), ("audio", audio_name)) + ((("text", "llama"),) if text else ()):
+        model.load_part_weights(role, str(folders[name]))
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    tokenizer = load_tokenizer(str(folders["llama"])) if text else None
+    argv = ["--output-dir", str(tmp_path / "run"), "--per-gpu-train-batch-size", "2", "--num-train-epochs", "1",
+            "--learning-rate", "1e-3", "--backbone-coef-lr", "1", "--num-workers", "0", "--device", "cpu",
+            "--logging-steps", "1", "--save-steps", "2"]
+    result = loop.train(parse_train_args(argv, model_config=config), model=model,
+                        train_dataset=FakeCaptionDataset(config, 4, tokenizer=tokenizer),
+                        recipe=PreprocessRecipe(stored_frames=8, short_side=64))
+    trained = model.state_dict()
+    for prefix in ("video.model.", "audio.model."):  # each HF encoder trained
+        assert any(not torch.equal(trained[n], before[n]) for n in trained if n.startswith(prefix))
+
+    reloaded, reloaded_config = load_model(result.last_checkpoint)
+    assert reloaded_config == config
+    assert reloaded_config.audio.feature_extractor == config.audio.feature_extractor  # preprocessing travels
+    assert all(torch.equal(tensor, trained[name]) for name, tensor in reloaded.state_dict().items())
+    frames, audio = inputs(config)
+    model.eval(), reloaded.eval()
+    with torch.no_grad():
+        assert torch.equal(model.encode_av(frames, audio), reloaded.encode_av(frames, audio))
+        assert torch.equal(model.generate(frames, audio).token_ids, reloaded.generate(frames, audio).token_ids)
+    if decoder == "llama":  # the whole command path: raw video -> recipe -> model -> the LM's own tokenizer
+        synth.synthesize(tmp_path / "raw", {"test": 1}, seed=3, workers=1, progress=False)
+        video_file = next((tmp_path / "raw" / "videos" / "test").glob("*.mp4"))
+        assert cli_main(["caption", "--model", str(result.last_checkpoint), str(video_file), "--device", "cpu",
+                         "--num-workers", "0"]) == 0
+
+
+def _processor_pixels(folder, frames: torch.Tensor, auto_class) -> torch.Tensor:
+    processor = auto_class.from_pretrained(str(folder))
+    mean = torch.tensor(processor.image_mean).view(1, 1, 3, 1, 1)
+    std = torch.tensor(processor.image_std).view(1, 1, 3, 1, 1)
+    return (frames.float() / 255 - mean) / std
+
+
+def test_video_parts_compute_what_the_hf_models_compute(folders):
+    from transformers import CLIPImageProcessor, CLIPVisionModel, VideoMAEImageProcessor, VideoMAEModel
+
+    config = hf_parts_config(part("hf_video", folders["videomae"]), part("hf_audio", folders["ast"]))
+    model = AVLFormer(config)
+    model.load_part_weights("video", str(folders["videomae"]))
+    frames, audio = inputs(config)
+    direct = VideoMAEModel.from_pretrained(str(folders["videomae"])).eval()
+    with torch.no_grad():
+        ours = model.eval().encoder_outputs(frames, audio)[0]
+        theirs = direct(pixel_values=_processor_pixels(folders["videomae"], frames, VideoMAEImageProcessor))
+    torch.testing.assert_close(ours, theirs.last_hidden_state, rtol=1e-4, atol=1e-4)
+
+    config = hf_parts_config(part("hf_frames", folders["clip"]), part("hf_audio", folders["ast"]))
+    model = AVLFormer(config)
+    model.load_part_weights("video", str(folders["clip"]))
+    tower = CLIPVisionModel.from_pretrained(str(folders["clip"])).eval()
+    with torch.no_grad():
+        ours = model.eval().encoder_outputs(frames, audio)[0]
+        pixels = _processor_pixels(folders["clip"], frames, CLIPImageProcessor)
+        patches = tower(pixel_values=pixels.flatten(0, 1)).last_hidden_state[:, 1:]   # (B·T, 16, C)
+        # (B, groups, frames in a group, 2 rows of 2 patches, 2 columns of 2 patches, C) of the 4x4 patch grid
+        grid = patches.reshape(2, 4, 2, 2, 2, 2, 2, -1)
+        theirs = grid.mean(dim=(2, 4, 6)).flatten(1, 3)  # mean over a group's frames and each 2x2 patch block
+    assert ours.shape == (2, config.num_video_tokens, 32)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["ast", "whisper"])
+def test_audio_parts_compute_what_the_hf_models_compute(folders, name):
+    import torchaudio.functional as AF
+    from transformers import AutoFeatureExtractor, ASTModel, WhisperModel
+
+    config = hf_parts_config(part("hf_video", folders["videomae"]), part("hf_audio", folders[name]))
+    model = AVLFormer(config)
+    model.load_part_weights("audio", str(folders[name]))
+    frames, audio = inputs(config)
+    extractor = AutoFeatureExtractor.from_pretrained(str(folders[name]))
+    waves = [AF.resample(row[0], 32000, extractor.sampling_rate).numpy() for row in audio]
+    features = extractor(waves, sampling_rate=extractor.sampling_rate, return_tensors="pt")
+    with torch.no_grad():
+        ours = model.eval().encoder_outputs(frames, audio)[1]
+        if name == "ast":
+            theirs = ASTModel.from_pretrained(str(folders[name])).eval()(input_values=features["input_values"])
+        else:
+            encoder = WhisperModel.from_pretrained(str(folders[name])).eval().get_encoder()
+            theirs = encoder(input_features=features["input_features"])
+    assert ours.shape == (2, config.num_audio_tokens, 32)
+    torch.testing.assert_close(ours, theirs.last_hidden_state, rtol=1e-4, atol=1e-4)
+    assert np.isfinite(ours.numpy()).all()
+
+
+def test_a_model_of_the_wrong_kind_or_shape_is_a_one_line_error(folders, tmp_path):
+    with pytest.raises(ValueError, match="'clip' cannot serve as an audio encoder") as caught:
+        HFAudioConfig.from_folder(str(folders["clip"]))
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match="cannot serve as a video encoder"):
+        HFVideoConfig.from_folder(str(folders["ast"]))
+    with pytest.raises(FileNotFoundError, match="folder not found"):
+        HFFramesConfig.from_folder(str(tmp_path / "nowhere"))
+    tree = hf_parts_config(part("hf_video", folders["videomae"]), part("hf_audio", folders["ast"])).to_dict()
+    tree["num_frames"] = 16
+    with pytest.raises(ValueError, match="takes 8 frames of 64 px, the model gives 16 of 64 px"):
+        type(hf_parts_config(part("hf_video", folders["videomae"]), part("hf_audio", folders["ast"]))).from_dict(tree)
+
+
+def test_training_from_cached_features_equals_end_to_end_with_frozen_hf_encoders(folders):
+    from avlformer.data.dataset import collate
+    from avlformer.data.features import to_storage
+    from avlformer.training.features import encoder_spec, freeze_encoders
+
+    text = {"type": "hf_causal_lm", **HFCausalLMConfig.from_folder(str(folders["llama"]), img_feature_dim=32,
+                                                                   training="lora").to_dict()}
+    config = hf_parts_config(part("hf_frames", folders["clip"]), part("hf_audio", folders["whisper"]), text)
+    torch.manual_seed(0)
+    model = AVLFormer(config)
+    freeze_encoders(model)
+    spec = encoder_spec(model)
+    assert (spec.num_video_tokens, spec.num_audio_tokens) == (config.num_video_tokens, config.num_audio_tokens)
+    data = FakeCaptionDataset(config, 2, tokenizer=load_tokenizer(str(folders["llama"])))
+    batch = collate([data[0], data[1]])
+    model(batch)["loss"].backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        video, audio = model.encoder_outputs(batch["frames"], batch["audio"])
+    cached = {k: v for k, v in batch.items() if k not in ("frames", "audio")}
+    cached.update(video_features=torch.from_numpy(to_storage(video, "fp32")),
+                  audio_features=torch.from_numpy(to_storage(audio, "fp32")))
+    model(cached)["loss"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == reference.keys() and any("lora_" in n for n in grads)
+    for name in reference:
+        torch.testing.assert_close(grads[name], reference[name], msg=name)
