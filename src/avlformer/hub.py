@@ -1,27 +1,9 @@
 """``AVLFormer`` in the Hugging Face idiom: ``from_pretrained``, ``save_pretrained``, ``push_to_hub``.
 
-``avlformer.hub.AVLFormer`` is the model itself (a subclass of ``modeling.avlformer.AVLFormer``, so ``generate``,
-``forward`` and ``.to()`` work as usual) that also remembers the preprocessing recipe and the vocabulary it was
-trained with. The folder format is the project's checkpoint folder, which already follows the Hub's conventions:
-``config.json``, ``model.safetensors``, ``preprocessor_config.json`` (the recipe), ``vocab.txt``, plus a
-``README.md`` model card (``avlformer.model_card``). Pushing goes through ``huggingface_hub``'s ``ModelHubMixin``
-(one commit with the folder ``save_pretrained`` writes).
-
-``from_pretrained`` accepts our checkpoint folder, an upstream checkpoint folder (``model.bin`` +
-``../log/args.json``), the released ``model.bin`` and a Hub model id. A Hub id is resolved with
-``snapshot_download``; with ``HF_HUB_OFFLINE=1`` (or ``local_files_only=True``) only the local Hugging Face cache
-is used, so nothing touches the network.
-
-Example::
-
-    >>> from avlformer import AVLFormer
-    >>> from avlformer.modeling.avlformer import AVLFormerConfig
-    >>> import tempfile
-    >>> model = AVLFormer(AVLFormerConfig.tiny())
-    >>> folder = tempfile.mkdtemp() + "/my-avlformer"
-    >>> model.save_pretrained(folder)
-    >>> AVLFormer.from_pretrained(folder).config.num_frames
-    8
+The model (a ``modeling.avlformer.AVLFormer``) that also remembers its preprocessing recipe and vocabulary. The
+folder is the project's checkpoint folder (config.json, model.safetensors, preprocessor_config.json, vocab.txt,
+README.md model card). ``from_pretrained`` accepts that folder, an upstream checkpoint folder or ``model.bin``, and
+a Hub id (with ``HF_HUB_OFFLINE=1`` or ``local_files_only=True`` only the local cache is used).
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
-"""A clip's audio track with PyAV, in-process: extracted from a video (or audio bytes) as mono mp3 at the recipe's
-rate, encoded from samples, and inspected.
+"""A clip's audio track with PyAV, in-process: extracted as mono mp3 at the recipe's rate, encoded, inspected.
 
-Shared by ``avlformer prepare`` (a clip's mp3 for the audio HDF5) and inference (a video's or a waveform's audio as
-model input), so both store and read the same samples. ``downmix`` is the one downmix of the project (the loaders
-in ``data/audio.py`` use it too): the mean of the channels. Speed (docs/data.md, "Speed"): a stream that already is
-mono mp3 at the right rate is stored as its own mp3 frames; otherwise a run of decoded frames is resampled and encoded
-as one piece, which gives the same bytes as frame by frame at a fraction of the per-call cost. Errors are
-``media.MediaError`` (``media.NoAudioStreamError`` when there is no audio), one line naming the file.
+Shared by ``prepare`` and inference, so both use the same samples. ``downmix`` (the mean of the channels) is the
+project's one downmix. A stream that already is mono mp3 at the right rate is copied frame by frame; otherwise
+it is resampled and encoded as one piece (docs/data.md, "Speed"). Errors are ``media.MediaError`` (or
+``NoAudioStreamError``), one line naming the file.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """Frames of a TSV row -> a uint8 clip (T, 3, H, W), processed as one tensor; ``normalize`` turns it into the float
-model input where the model runs.
+model input on the model's device.
 
-Upstream (docs/upstream.md §2.2) decoded, resized, cropped and normalised every frame as a separate PIL image; doing each
-step once for the whole clip is where the loader's speed comes from. The geometry is upstream's: shorter side to
-``image_size`` (longer side truncated), bilinear; train = one random crop offset for the whole clip, eval =
-centre crop with offsets ``round((W - size) / 2)``; ImageNet mean/std.
-
-Frames stay uint8 through the loader, collate and the host-to-device copy (a quarter of float32's bytes) and are
-normalised once, on the model's device, by ``AVLFormer`` (``frames_for_model``); on the CPU that gives exactly
-the tensor a float loader would have made, since the same ``normalize`` runs on the same uint8 pixels.
+Upstream's geometry (docs/upstream.md §2.2): shorter side to ``image_size``, bilinear; train = one random crop for
+the whole clip, eval = centre crop at ``round((W - size) / 2)``; ImageNet mean/std. Frames stay uint8 until
+``normalize`` (a quarter of float32's bytes to copy), which gives the same tensor a float loader would.
 """
 
 from __future__ import annotations

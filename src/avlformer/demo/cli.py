@@ -1,18 +1,8 @@
-"""`avlformer demo` (what `make demo` runs): synth -> prepare -> train the tiny model -> caption the test split
-(with its real audio, and again with the audio silenced) -> evaluate -> report.html + metrics.json.
+"""`avlformer demo` (``make demo``): synth -> prepare -> train the tiny model -> caption the test split (with its
+audio and silenced) -> evaluate -> report.html + metrics.json, all in the work folder (default ``demo_work/``).
 
-Everything happens in the work folder (default ``demo_work/``)::
-
-    raw/            the generated dataset (videos, mp3s, captions.json, attributes.json) and, after prepare,
-                    its frame TSVs, audio HDF5 and metadata
-    train/          checkpoints and logs of the training run
-    predictions/    test.json (COCO format) + test.confidence.json, and the same for the silenced run
-    metrics.json    headline numbers (the proof keys), caption metrics, per-attribute accuracy, stage times
-    report.html     the page to look at
-
-The demo's numbers measure whether the model reads the picture and the sound: attributes are parsed from the
-predicted captions (``synth.parse_attributes``) and compared with the ground truth; silencing the audio must
-leave the visual attributes right and drop the sound attributes to chance.
+Attributes parsed from the predicted captions are compared with the ground truth: silencing the audio must keep
+the visual attributes right and drop the sound attributes to chance.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
-"""`avlformer infer`: caption every video in a folder and write COCO-format predictions (+ a confidence sidecar).
+"""`avlformer infer`: caption every video in a folder and write COCO-format predictions and a confidence sidecar
+(``inference.predictions``).
 
-Replaces the original's ``src/tasks/inference.py`` (docs/upstream.md §5), which only logged captions: here the
-predictions file is ``[{"image_id": <clip id>, "caption": ...}, ...]`` and ``<output stem>.confidence.json`` beside
-it holds each caption's confidence, where its audio came from, the decoding settings and every video that could
-not be captioned (see ``inference.predictions``). Decoding settings default to the checkpoint's and flags given
-here override them (the original ignored the command line and used args.json). Every flag and path is checked
-before any video is decoded; a run that captioned fewer videos than it found exits 1 and names each one.
+Decoding settings default to the checkpoint's; flags override them. Every flag and path is checked before any
+video is decoded; a run that captioned fewer videos than it found exits 1 and names each one.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
-"""``avlformer prepare``: raw videos (+ mp3s, or audio taken from the videos) + captions -> the original's training
-files (docs/upstream.md §1.3-§1.5): frame TSV, ``audio_hdf/<split>_mp3.hdf``, metadata yaml, caption TSV,
-linelist, label/img TSVs (every TSV with ``.lineidx`` and ``.lineidx.8b``), COCO-format references and the
-preprocessing recipe, plus ``prepare_report.json``.
+"""``avlformer prepare``: raw videos, audio and captions -> the original's training files (docs/upstream.md
+§1.3-§1.5, docs/data.md) plus the recipe and ``prepare_report.json``.
 
-``prepare_dataset`` does the work (the demo and other library code call it); ``main`` is the command. Work
-happens in two phases: each clip is processed on its own (``clip_work``, in a process pool: ``pool``) into a work
-folder, then the split's files are assembled from it in one ordered pass (``metadata``). See docs/data.md.
+``prepare_dataset`` does the work; ``main`` is the command. Each clip is processed on its own in a process pool
+(``clip_work``, ``pool``), then the split's files are assembled in one ordered pass (``metadata``).
 """
 
 from __future__ import annotations
