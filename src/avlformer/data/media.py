@@ -227,11 +227,8 @@ class _FrameSelector:
 
 def display_rgb(frame: av.VideoFrame, short_side: int, reformatter: VideoReformatter | None = None) -> np.ndarray:
     """RGB at display orientation, shorter side ``short_side``. ``frame.rotation`` is the counter-clockwise angle
-    of the display matrix; rotating by it gives what ffmpeg's CLI shows (checked against ffmpeg 5.1).
-
-    One thread: libswscale's default would start one per core in every prepare worker, which only oversubscribes
-    the cores the workers already fill (its slices give the same pixels either way). Passing the clip's one
-    ``reformatter`` reuses its scaler context instead of building one per frame."""
+    of the display matrix; rotating by it gives what ffmpeg's CLI shows. One thread: prepare's workers already
+    fill the cores. Passing the clip's one ``reformatter`` reuses its scaler context."""
     quarter_turns = (int(round(frame.rotation / 90)) % 4) if frame.rotation else 0
     width, height = frame.width, frame.height
     display_w, display_h = (height, width) if quarter_turns % 2 else (width, height)

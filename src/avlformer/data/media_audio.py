@@ -109,12 +109,8 @@ def _mono_frame(samples: np.ndarray, sample_rate: int) -> av.AudioFrame:
 
 
 def _resampled_audio(container, stream, sample_rate: int, counters: dict) -> list[av.AudioFrame]:
-    """Decoded audio of ``stream``, downmixed (``downmix``), as mono float planar frames at ``sample_rate``.
-
-    Each run of decoded frames at one source rate goes through the resampler, and then the encoder, as one long
-    frame: the samples are the same as frame by frame (the resampler's output does not depend on how its input
-    is cut, nor the encoder's, which re-cuts its input into 1152-sample frames), but the per-call cost of a few
-    hundred small frames, most of the audio time, is gone."""
+    """Decoded audio of ``stream``, downmixed, as mono float planar frames at ``sample_rate``. Each run of frames
+    at one source rate is resampled as one long frame: same samples as frame by frame, without the per-call cost."""
     converters: dict = {}
     runs: list[tuple[int, list[np.ndarray]]] = []   # (source rate, downmixed chunks)
     for packet in container.demux(stream):

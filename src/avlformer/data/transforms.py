@@ -125,10 +125,8 @@ def crop_offsets(height: int, width: int, size: int, train: bool,
 
 
 def normalize(clip: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., 3, H, W), any strides, on any device -> contiguous float32 there, /255 and ImageNet mean/std.
-
-    One conversion copy into a contiguous buffer, then one in-place multiply-add: a third of the memory traffic
-    of convert-then-normalise-then-contiguous."""
+    """uint8 (..., 3, H, W), any strides, on any device -> contiguous float32 there, /255 and ImageNet mean/std
+    (one copy, then one in-place multiply-add)."""
     out = torch.empty(clip.shape, dtype=torch.float32, device=clip.device)
     out.copy_(clip)
     return torch.addcmul(_SHIFT.to(clip.device), out, _SCALE.to(clip.device), out=out)  # .to: no copy on the CPU

@@ -191,12 +191,7 @@ class Captioner:
 
     ``model``: an ``avlformer.AVLFormer`` (``from_pretrained``), a checkpoint path or Hub id, or a
     ``pipeline.LoadedModel``. ``device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (default: where the model is;
-    a path or id loads on ``auto``).
-
-    >>> captioner = Captioner("runs/demo/best_checkpoint", num_beams=3)     # doctest: +SKIP
-    >>> for result in captioner.stream(["a.mp4", "b.mp4"]):                 # doctest: +SKIP
-    ...     print(result.video, result.caption)
-    """
+    a path or id loads on ``auto``)."""
 
     def __init__(self, model, *, num_beams: int | None = None, max_length: int | None = None,
                  length_penalty: float | None = None, device: str | torch.device | None = None,
@@ -275,12 +270,7 @@ def caption(model, videos: Iterable, audio=None, *, num_beams: int | None = None
             sample_rate: int | None = None) -> list[CaptionResult]:
     """Caption ``videos`` (paths or uint8 (T, H, W, 3) frames) with ``model`` (an ``AVLFormer``, a checkpoint
     path or a Hub id); ``audio``: None, or one entry per video (None, an mp3 path, or a waveform at
-    ``sample_rate``, default the model's rate). Returns one CaptionResult per video, in order.
-
-    >>> import avlformer
-    >>> results = avlformer.caption("runs/demo/best_checkpoint", ["a.mp4"])  # doctest: +SKIP
-    >>> results[0].caption, results[0].confidence                            # doctest: +SKIP
-    """
+    ``sample_rate``, default the model's rate). Returns one CaptionResult per video, in order."""
     captioner = Captioner(model, num_beams=num_beams, max_length=max_length, length_penalty=length_penalty,
                           device=device, batch_size=batch_size)
     return captioner(videos, audio, sample_rate)

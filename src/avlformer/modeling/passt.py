@@ -176,11 +176,9 @@ def random_sorted_indices(total: int, keep: int, device: torch.device | str | No
 
 
 class MelFrontEnd(nn.Module):
-    """Waveform -> normalised log-mel spectrogram, as PaSST's AugmentMelSTFT (docs/upstream.md §3.3).
-
-    Always computed in float32, also under autocast. In training mode the mel band edges are jittered (once per
-    batch, as upstream) and SpecAugment masks one frequency band and one time span per example.
-    """
+    """Waveform -> normalised log-mel spectrogram, as PaSST's AugmentMelSTFT (docs/upstream.md §3.3). Always computed in
+    float32, also under autocast. In training mode the mel band edges are jittered (once per batch, as upstream) and
+    SpecAugment masks one frequency band and one time span per example."""
 
     def __init__(self, config: PasstConfig):
         super().__init__()
@@ -245,11 +243,9 @@ class PatchEmbed(nn.Module):
 
 
 class PasstNet(nn.Module):
-    """PaSST-S transformer (parameter names as the official checkpoint, minus the unused heads).
-
-    forward(spectrogram (B, 1, n_mels, frames), patchout=True) -> (B, tokens, embed_dim): the distillation token
-    then the kept patches, frequency-major. See the module docstring for the patchout rules.
-    """
+    """PaSST-S transformer (parameter names as the official checkpoint, minus the unused heads). forward(spectrogram (B,
+    1, n_mels, frames), patchout=True) -> (B, tokens, embed_dim): the distillation token then the kept patches,
+    frequency-major. See the module docstring for the patchout rules."""
 
     def __init__(self, config: PasstConfig):
         super().__init__()
