@@ -207,11 +207,6 @@ def _encoded_audio(container, stream, sample_rate: int, bitrate: int, label: str
                       decode_errors=counters["errors"])
 
 
-def extract_audio_mp3(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """Mono mp3 bytes at ``sample_rate`` from the video's own audio (NoAudioStreamError when it has none)."""
-    return extract_audio(path, sample_rate).mp3
-
-
 @dataclass
 class Mp3Info:
     sample_rate: int

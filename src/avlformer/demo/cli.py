@@ -50,21 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "available; cuda on a machine without CUDA is an error)")
 
 
-# ----------------------------------------------------------------------------------------------------- config
-
-@dataclass
-class DemoConfig:
-    train_flags: dict                  # `avlformer train` flag values (upstream keys), from the config file
-    source: Path
-
-
-def load_demo_config(path: Path) -> DemoConfig:
-    from avlformer.training.args import load_config_file  # imported late: it pulls in torch
-
-    # The demo config is a training flag file: same reading rules, errors and relative-path rule.
-    return DemoConfig(train_flags=load_config_file(path), source=path)
-
-
 LOSS_CURVE_POINTS = 60
 
 
@@ -266,10 +251,11 @@ def run_demo(args: argparse.Namespace) -> dict:
     import torch
 
     from avlformer.device import resolve_device
+    from avlformer.training.args import load_config_file  # imported late: it pulls in torch
 
     device = resolve_device(args.device).type  # one rule for training and captioning; fails before any work
     config_path = args.config or default_config_path()
-    config = load_demo_config(config_path)
+    train_flags = load_config_file(config_path)  # the demo config is a training flag file
     counts = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
     threads = max(1, args.threads)
     torch.set_num_threads(threads)
@@ -279,11 +265,11 @@ def run_demo(args: argparse.Namespace) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     # The resolved training flags go to a file in the work folder, so `avlformer train --config` could rerun it.
     train_config = work / "train_config.json"
-    write_text_atomic(train_config, json.dumps(config.train_flags, indent=1))
+    write_text_atomic(train_config, json.dumps(train_flags, indent=1))
     model_config = resolve_model_config(train_config, raw, train_dir)
     # Prepare stores exactly what the model reads (its frame count, its crop size as the shorter side).
     stored_frames, stored_size = int(model_config.num_frames), int(model_config.image_size)
-    argv = train_argv(raw, train_dir, stored_frames, args.epochs, device, train_config, config.train_flags,
+    argv = train_argv(raw, train_dir, stored_frames, args.epochs, device, train_config, train_flags,
                       args.num_train)
 
     clock = StageClock()

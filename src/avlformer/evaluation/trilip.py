@@ -21,7 +21,6 @@ from avlformer.evaluation.openai_clip import openai_to_transformers
 from avlformer.modeling.passt import PasstAudioEncoder, PasstConfig, checkpoint_filter_fn
 from avlformer.modeling.weights_file import read_weights_file
 
-SCALERS = ("vis_scaler", "txt_scaler", "aud_scaler")
 
 
 class ScalerFFN(nn.Module):
