@@ -53,7 +53,7 @@ def waveform_problem(num_samples: int, sample_rate) -> str | None:
 def _encode_mp3(frames, sample_rate: int, bitrate: int, layout: str = "mono") -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp3") as container:
-        # LAME quality 5 (0 best .. 9 fastest): ~1.5x faster than ffmpeg's default 3, inaudible at this bitrate.
+        # LAME quality 5 (0 best .. 9 fastest): faster than ffmpeg's default 3, inaudible at this bitrate.
         stream = container.add_stream("mp3", rate=sample_rate, layout=layout,
                                       options={"compression_level": str(MP3_QUALITY)})
         stream.bit_rate = bitrate
@@ -142,9 +142,8 @@ def _is_mono_mp3_at(stream, sample_rate: int) -> bool:
 
 
 def _mp3_stream_copy(container, stream, sample_rate: int, label: str) -> AudioTrack | None:
-    """The stream's own mp3 frames (it is mono mp3 at ``sample_rate``), stored as they are, as a clip's own mp3
-    file is: decoding and re-encoding them would only lose quality and cost the mp3 encode, most of the audio
-    time. None when its frames do not decode as mono mp3 at that rate after all."""
+    """The stream's own mp3 frames (it is mono mp3 at ``sample_rate``), stored as they are: re-encoding would only
+    lose quality. None when its frames do not decode as mono mp3 at that rate after all."""
     try:
         data = b"".join(bytes(packet) for packet in container.demux(stream) if packet.size)
         info = inspect_mp3(data, label)
