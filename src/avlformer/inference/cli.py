@@ -54,13 +54,6 @@ def check_run_flags(args: argparse.Namespace) -> None:
     resolve_device(args.device)
 
 
-def load_checked(checkpoint: str, args: argparse.Namespace
-                 ) -> tuple[pipeline.LoadedModel, pipeline.DecodingOptions]:
-    """The model and the decoding settings (the checkpoint's, overridden by flags), checked against the model."""
-    loaded = pipeline.load_for_inference(checkpoint, args.device)
-    return loaded, pipeline.decoding_for(loaded.config, args.num_beams, args.max_gen_length, args.length_penalty)
-
-
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
@@ -72,7 +65,9 @@ def main(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{args.test_audio_fname}: {what}")
         check_output_path(args.output, inputs=[args.eval_model_dir],
                           input_folders=[args.test_video_fname, *filter(None, [args.test_audio_fname])])
-        loaded, decoding = load_checked(args.eval_model_dir, args)
+        loaded = pipeline.load_for_inference(args.eval_model_dir, args.device)
+        # The checkpoint's decoding settings overridden by the flags, checked against the model.
+        decoding = pipeline.decoding_for(loaded.config, args.num_beams, args.max_gen_length, args.length_penalty)
     except (OSError, ValueError) as error:
         print(f"avlformer infer: {error}", file=sys.stderr)
         return 2
