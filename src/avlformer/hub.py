@@ -62,8 +62,9 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, revision: str | None 
 class AVLFormer(modeling.AVLFormer, ModelHubMixin, library_name="avlformer", pipeline_tag=PIPELINE_TAG,
                 tags=["avlformer", "audio-visual", "video-captioning"]):
     """The AVLFormer model with the Hub methods. Attributes beyond the model's: ``recipe`` (how its inputs are built
-    from raw media), ``vocab_dir`` (the folder of its ``vocab.txt``), ``source`` (where it was loaded from), ``metrics``
-    / ``metrics_split`` (the validation scores its model card recorded, kept by a later ``save_pretrained``)."""
+    from raw media), ``vocab_dir`` (the folder of its ``vocab.txt``), ``source`` (where it was loaded from),
+    ``metrics`` / ``metrics_split`` (the validation scores its model card recorded, kept by a later
+    ``save_pretrained``)."""
 
     # Class-level defaults of a freshly built model: the paper recipe and the packaged vocabulary.
     recipe: PreprocessRecipe = PreprocessRecipe.paper()

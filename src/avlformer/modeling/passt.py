@@ -243,9 +243,9 @@ class PatchEmbed(nn.Module):
 
 
 class PasstNet(nn.Module):
-    """PaSST-S transformer (parameter names as the official checkpoint, minus the unused heads). forward(spectrogram (B,
-    1, n_mels, frames), patchout=True) -> (B, tokens, embed_dim): the distillation token then the kept patches,
-    frequency-major. See the module docstring for the patchout rules."""
+    """PaSST-S transformer (parameter names as the official checkpoint, minus the unused heads).
+    ``forward(spectrogram (B, 1, n_mels, frames), patchout=True) -> (B, tokens, embed_dim)``: the distillation token
+    then the kept patches, frequency-major (patchout rules: module docstring)."""
 
     def __init__(self, config: PasstConfig):
         super().__init__()
