@@ -81,7 +81,8 @@ COCO_SCORERS = tuple(SCORER_OUTPUTS)
 
 @functools.lru_cache(maxsize=1)
 def shared_meteor():
-    """One METEOR JVM per process: starting one loads a paraphrase table, and training validates every epoch. Scoring is stateless per request and the wrapper serialises requests with a lock."""
+    """One METEOR JVM per process: starting one loads a paraphrase table, and training validates every epoch. Scoring is
+    stateless per request and the wrapper serialises requests with a lock."""
     from pycocoevalcap.meteor.meteor import Meteor
 
     return Meteor()
