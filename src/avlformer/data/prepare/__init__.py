@@ -92,10 +92,8 @@ def prepare_dataset(data_dir: str | os.PathLike, *, splits: list[str] | None = N
                     captions: str | os.PathLike | None = None, progress: bool = True) -> PrepareResult:
     """Prepare every split of ``data_dir`` that has a ``videos/<split>/`` folder (``splits``: only those, and a
     missing one is an error). Bad clips and captions are reported in the result, never raised; a mistake that
-    leaves nothing to do (no data dir, an unparseable captions file, another prepare running on the folder)
-    raises PrepareError; a failure of the machine (disk full, I/O error, no permission) raises its subclass
-    EnvironmentFault, and a rerun resumes. ``short_side`` is the shorter side of the stored frames (the crop
-    comes later)."""
+    leaves nothing to do raises PrepareError, a failure of the machine its subclass EnvironmentFault (a rerun
+    resumes). ``short_side``: the shorter side of the stored frames (the crop comes later)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise PrepareError(f"{data_dir}: data dir not found")
