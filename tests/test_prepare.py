@@ -88,7 +88,7 @@ def test_audio_is_mono_32k_mp3_and_missing_audio_is_an_exception_subtype(tmp_pat
     assert (track.source_rate, track.source_channels) == (44100, 2)
     assert abs(info.duration - 1.0) < 0.1
     with pytest.raises(media.NoAudioStreamError, match="no audio stream"):
-        media_audio.extract_audio_mp3(mf.write_no_audio(tmp_path / "n.mp4"))
+        media_audio.extract_audio(mf.write_no_audio(tmp_path / "n.mp4"))
     silence = media_audio.inspect_mp3(media_audio.silent_mp3(2.0), "s")
     assert abs(silence.duration - 2.0) < 0.1 and silence.sample_rate == 32000
 

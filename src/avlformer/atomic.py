@@ -128,12 +128,9 @@ def _fsync_folder(folder: Path) -> None:
 
 def finish_interrupted_swaps(parent: str | os.PathLike) -> list[Path]:
     """Complete the folder swaps of ``atomic_folder`` that a killed process left half done in ``parent``; returns
-    the folders put back under their names.
-
-    Killed between the two renames, a swap leaves no folder under the name: the new copy is still staged (and
-    complete: it is renamed only after its files are synced), so the swap is finished with it; without a staged
-    copy the old one is put back. Killed before the first rename or after the second, the name holds a whole
-    folder and only the hidden leftovers go (the caller removes stale staging folders)."""
+    the folders put back under their names. A name left empty gets its staged copy (complete: the swap starts only
+    after its files are synced), else the old one back; otherwise only the ``.old`` leftovers go (the caller
+    removes stale staging folders)."""
     parent = Path(parent)
     restored = []
     for retired in sorted(parent.glob(".*.old")):

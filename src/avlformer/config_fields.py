@@ -1,11 +1,8 @@
 """The one rule for building config dataclasses from JSON: unknown keys and values of the wrong type are errors,
-never silently ignored or coerced (a misspelt key would leave the default in place without a word; ``"2.5"`` for
-an integer field would be truncated, ``"many"`` would fail later with a message that names nothing).
+never ignored or coerced.
 
-The expected type of each value is the dataclass field's annotation: ``int`` takes integers only (not bools,
-floats or strings), ``float`` takes integers and floats, ``bool`` only ``true``/``false``, ``str`` strings,
-``Sequence[X]``/``list[X]``/``tuple[X, ...]`` JSON arrays of X, a nested config dataclass a JSON object (its own
-``from_dict`` checks it), ``X | None`` either. Annotations this rule does not know are not checked.
+Types come from the field annotations: ``int`` (not bool/float/str), ``float`` (int or float), ``bool``, ``str``,
+sequences as JSON arrays, nested config dataclasses as objects, ``X | None``; other annotations are not checked.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Command-line spelling rules shared by every ``avlformer`` command and by the training config reader.
-
-Every flag accepts the original's underscore spelling and our hyphen spelling (``--eval_model_dir`` equals
-``--eval-model-dir``); flags are declared once, with hyphens, and argv is normalised before parsing. Boolean,
-integer and number values (flags, config files, the original's ``args.json``) use one rule each:
-``parse_bool``, ``parse_int``, ``parse_float``.
+"""Command-line spelling rules shared by every ``avlformer`` command and the training config reader: underscore and
+hyphen spellings are equal (argv is normalised before parsing); ``parse_bool``, ``parse_int``, ``parse_float``.
 """
 
 from __future__ import annotations

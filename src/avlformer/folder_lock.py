@@ -1,9 +1,7 @@
-"""One job per folder at a time: a lock file in the folder, held with ``flock`` for the whole job (prepare's data
-folder, train's --output_dir).
+"""One job per folder at a time: a lock file held with ``flock`` for the whole job.
 
-The lock goes away with its process (even on SIGKILL), so a crashed job never blocks the next one. The file is
-removed on release; a job that opened it just before that removal notices (the path no longer names the file it
-locked) and tries again, so two jobs can never both believe they hold the lock.
+The lock dies with its process (even on SIGKILL). The file is removed on release; a job that opened it just before
+the removal notices (the path names another file) and retries.
 """
 
 from __future__ import annotations

@@ -1,27 +1,9 @@
 """``AVLFormer`` in the Hugging Face idiom: ``from_pretrained``, ``save_pretrained``, ``push_to_hub``.
 
-``avlformer.hub.AVLFormer`` is the model itself (a subclass of ``modeling.avlformer.AVLFormer``, so ``generate``,
-``forward`` and ``.to()`` work as usual) that also remembers the preprocessing recipe and the vocabulary it was
-trained with. The folder format is the project's checkpoint folder, which already follows the Hub's conventions:
-``config.json``, ``model.safetensors``, ``preprocessor_config.json`` (the recipe), ``vocab.txt``, plus a
-``README.md`` model card (``avlformer.model_card``). Pushing goes through ``huggingface_hub``'s ``ModelHubMixin``
-(one commit with the folder ``save_pretrained`` writes).
-
-``from_pretrained`` accepts our checkpoint folder, an upstream checkpoint folder (``model.bin`` +
-``../log/args.json``), the released ``model.bin`` and a Hub model id. A Hub id is resolved with
-``snapshot_download``; with ``HF_HUB_OFFLINE=1`` (or ``local_files_only=True``) only the local Hugging Face cache
-is used, so nothing touches the network.
-
-Example::
-
-    >>> from avlformer import AVLFormer
-    >>> from avlformer.modeling.avlformer import AVLFormerConfig
-    >>> import tempfile
-    >>> model = AVLFormer(AVLFormerConfig.tiny())
-    >>> folder = tempfile.mkdtemp() + "/my-avlformer"
-    >>> model.save_pretrained(folder)
-    >>> AVLFormer.from_pretrained(folder).config.num_frames
-    8
+The model (a ``modeling.avlformer.AVLFormer``) that also remembers its preprocessing recipe and vocabulary. The
+folder is the project's checkpoint folder (config.json, model.safetensors, preprocessor_config.json, vocab.txt,
+README.md model card). ``from_pretrained`` accepts that folder, an upstream checkpoint folder or ``model.bin``, and
+a Hub id (with ``HF_HUB_OFFLINE=1`` or ``local_files_only=True`` only the local cache is used).
 """
 
 from __future__ import annotations
@@ -80,11 +62,10 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, revision: str | None 
 
 class AVLFormer(modeling.AVLFormer, ModelHubMixin, library_name="avlformer", pipeline_tag=PIPELINE_TAG,
                 tags=["avlformer", "audio-visual", "video-captioning"]):
-    """The AVLFormer model with the Hub methods; see the module docstring for an example.
-
-    Attributes beyond the model's: ``recipe`` (how its inputs are built from raw media), ``vocab_dir`` (the
-    folder of its ``vocab.txt``), ``source`` (where it was loaded from), ``metrics`` / ``metrics_split`` (the
-    validation scores its model card recorded, kept by a later ``save_pretrained``)."""
+    """The AVLFormer model with the Hub methods. Attributes beyond the model's: ``recipe`` (how its inputs are built
+    from raw media), ``vocab_dir`` (the folder of its ``vocab.txt``), ``source`` (where it was loaded from),
+    ``metrics`` / ``metrics_split`` (the validation scores its model card recorded, kept by a later
+    ``save_pretrained``)."""
 
     # Class-level defaults of a freshly built model: the paper recipe and the packaged vocabulary.
     recipe: PreprocessRecipe = PreprocessRecipe.paper()
@@ -100,11 +81,7 @@ class AVLFormer(modeling.AVLFormer, ModelHubMixin, library_name="avlformer", pip
                         token: str | bool | None = None, force_download: bool = False,
                         **unused: Any) -> "AVLFormer":
         """Load a checkpoint folder, an upstream folder, a released ``model.bin`` or a Hub model id, in eval mode
-        on ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
-
-        >>> model = AVLFormer.from_pretrained("runs/demo/best_checkpoint")     # doctest: +SKIP
-        >>> model = AVLFormer.from_pretrained("someone/avlformer-favd")        # doctest: +SKIP
-        """
+        on ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
         if unused:
             raise TypeError(f"from_pretrained: unknown argument(s) {', '.join(sorted(unused))}")
         from avlformer.modeling.checkpoint import checkpoint_recipe, checkpoint_vocab_dir, load_model
@@ -124,10 +101,7 @@ class AVLFormer(modeling.AVLFormer, ModelHubMixin, library_name="avlformer", pip
         """Write ``config.json``, ``model.safetensors``, ``preprocessor_config.json``, ``vocab.txt`` and the
         ``README.md`` model card into ``save_directory`` (other files there are kept; each of ours is replaced
         whole). ``model_card_kwargs``: ``metrics``, ``split``, ``training_args``, ``model_name`` for the card
-        (default: the metrics this model was loaded with). Returns the commit URL when ``push_to_hub``.
-
-        >>> model.save_pretrained("my-avlformer")                               # doctest: +SKIP
-        """
+        (default: the metrics this model was loaded with). Returns the commit URL when ``push_to_hub``."""
         if config is not None:
             raise ValueError("save_pretrained: the saved config is the model's own (model.config); "
                              "change it before saving instead of passing config=")
@@ -161,10 +135,7 @@ class AVLFormer(modeling.AVLFormer, ModelHubMixin, library_name="avlformer", pip
                     **kwargs: Any) -> str:
         """Upload the ``save_pretrained`` folder to the Hub model ``repo_id`` in one commit (``huggingface_hub``
         ``create_repo`` + ``upload_folder``; log in first with ``hf auth login``). The card is named after
-        ``repo_id``.
-
-        >>> model.push_to_hub("someone/avlformer-favd")                        # doctest: +SKIP
-        """
+        ``repo_id``."""
         card = {"model_name": repo_id, **dict(model_card_kwargs or {})}
         return super().push_to_hub(repo_id, model_card_kwargs=card, **kwargs)
 

@@ -1,21 +1,8 @@
 """The ``README.md`` model card of a checkpoint folder, in the Hugging Face Hub's format.
 
-A card says what the model is (architecture and size, from its config), what it was trained on and how the data
-was preprocessed (its recipe), the training flags, the validation metrics with the split they were measured on,
-the intended use and the limits. Its YAML front matter carries the Hub metadata, with a ``model-index`` holding
-the metric values, so that a pushed model shows its numbers on its Hub page.
-
-``save_pretrained`` writes one (``avlformer.hub``); a checkpoint folder already on disk (the trainer's best
-checkpoint) gets one through ``write_checkpoint_card``.
-
-Example::
-
-    >>> from avlformer.model_card import model_card_text
-    >>> from avlformer.modeling.avlformer import AVLFormerConfig
-    >>> from avlformer.data.recipe import PreprocessRecipe
-    >>> card = model_card_text(AVLFormerConfig.tiny(), PreprocessRecipe.paper(), {"CIDEr": 0.5}, split="val")
-    >>> card.startswith("---\\n")
-    True
+It states the architecture, training data and recipe, training flags, validation metrics (with their split),
+intended use and limits; its YAML front matter carries a ``model-index`` so the Hub shows the numbers.
+``save_pretrained`` writes one; ``write_checkpoint_card`` adds one to a checkpoint folder already on disk.
 """
 
 from __future__ import annotations

@@ -26,12 +26,8 @@ def _resample_mono(wave: np.ndarray, source_rate: int, target_rate: int) -> np.n
 
 
 def decode_audio(data: bytes | np.ndarray, sample_rate: int = SAMPLE_RATE, source: str = "audio") -> np.ndarray:
-    """Decode encoded audio bytes to a mono float32 waveform at ``sample_rate``.
-
-    Upstream flattened multi-channel frames channel after channel and never resampled, so a stereo or 44.1 kHz
-    file came out twice as long / at the wrong pitch. Channels are averaged by ``media_audio.downmix``, the downmix
-    ``prepare`` and inference use (a mono signal duplicated on both channels is unchanged), and the result is
-    resampled with ``av.AudioResampler`` when the rate differs."""
+    """Decode encoded audio bytes to a mono float32 waveform at ``sample_rate`` (channels averaged by
+    ``media_audio.downmix``, resampled when the rate differs; upstream did neither)."""
     payload = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
     try:
         with av.open(io.BytesIO(payload), mode="r") as container:

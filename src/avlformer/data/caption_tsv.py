@@ -1,10 +1,5 @@
-"""The one reader of caption TSVs (``<split>.caption.tsv``): ``key \\t JSON`` rows, where the JSON is a list of
-``{"caption": text}`` objects (the FAVDBench release and ``avlformer prepare``), a single such object, or a plain
-string. Used by the training/eval loader, by ``evaluate`` for reference files and by ``prepare`` when the user's
-caption source is a released caption TSV.
-
-Rows end at ``\\n`` only (``\\r\\n`` is accepted): ``str.splitlines`` would also break rows at U+2028, U+0085 and
-other Unicode line separators, which are legal inside a caption.
+"""The one reader of caption TSVs: ``key \t JSON`` rows, the JSON a list of ``{"caption": text}``, one such object or
+a string. Rows end at ``\n`` (or ``\r\n``) only: ``str.splitlines`` would also split at U+2028 and the like.
 """
 
 from __future__ import annotations

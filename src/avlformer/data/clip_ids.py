@@ -1,10 +1,7 @@
 """The one rule for clip ids, keys and video file names.
 
-A clip's **id** is its video file name without the extension (``videos/test/abc.mp4`` -> ``abc``): the id of the
-FAVDBench captions, of predictions and of the HDF5 ``audio_name``. Its **key** in the caption/frame TSVs is
-``<split>/<id>.<ext>`` (see ``clip_key``). An id must fit in a TSV field and a JSON string unambiguously, so ids
-with tabs, line breaks or other control characters are refused by ``id_problem`` (those clips are reported and
-left out, never written).
+An **id** is the video file name without extension (``videos/test/abc.mp4`` -> ``abc``); a **key** is
+``<split>/<id>.<ext>``. Ids with tabs, line breaks or control characters are refused by ``id_problem``.
 """
 
 from __future__ import annotations

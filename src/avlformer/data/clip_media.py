@@ -1,9 +1,5 @@
-"""One clip's media, made from raw files exactly as a recipe says: the frames (base64 JPEGs, as a frame-TSV row
-stores them) and the audio (mp3 bytes, as the HDF5 stores them).
-
-``avlformer prepare`` writes these bytes into the training files; inference (``infer``, ``caption``, the demo,
-``evaluate``'s media loading) builds its model inputs from the very same bytes and decodes them with the loaders'
-own functions, so a model is captioned from exactly the tensors its evaluation loader would have given it.
+"""One clip's media made from raw files exactly as a recipe says: frames as base64 JPEGs (a frame-TSV row) and
+audio as mp3 bytes (the HDF5's). Inference builds its inputs from the same bytes with the loaders' functions.
 """
 
 from __future__ import annotations

@@ -1,19 +1,9 @@
 """Cached encoder outputs (``avlformer extract-features``): one HDF5 file per split, read by ``train --features``.
 
-``<features>/<yaml stem>.features.h5`` (e.g. ``train_32frames.features.h5`` for ``metadata/train_32frames.yaml``)
-holds, row i = clip i of the split's caption TSV:
-
-* ``keys`` (vlen str, N): the clip keys, in the caption TSV's order;
-* ``video`` (N, Nv, Dv): the video encoder's output tokens, before its projection (Video Swin's token grid);
-* ``audio`` (N, Na, Da): the audio encoder's, before its projection (PaSST's distillation token + kept patches,
-  eval patchout);
-* attributes: ``spec`` (JSON of ``FeatureSpec``: the encoders' weights fingerprint, token counts, widths,
-  storage dtype), ``recipe`` (JSON of the split's ``PreprocessRecipe``), ``yaml`` (the split's yaml name) and
-  ``format_version``.
-
-Each clip is one HDF5 chunk, so reading clip i reads only clip i, and each DataLoader worker opens its own read-only
-handle (``PerProcessHandle``). bf16 has no HDF5 type: it is stored as its raw 16 bits (uint16) and widened to
-float32 on reading, like fp16.
+``<features>/<yaml stem>.features.h5``, row i = clip i of the split's caption TSV: ``keys`` (N), ``video``
+(N, Nv, Dv) and ``audio`` (N, Na, Da), the encoders' outputs before their projections; attributes ``spec``
+(``FeatureSpec`` JSON), ``recipe``, ``yaml`` and ``format_version``. One chunk per clip; each DataLoader worker
+opens its own handle. bf16 is stored as raw uint16 and widened to float32 on reading, like fp16.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Problems with files that are not about their content: what a directory entry is when it is not a readable
-plain file (a folder, a broken link, a link loop), and errors of the machine rather than of the input (a full
-disk, an I/O error, no permission, too many open files).
-
-The first are the input's fault and are reported per file; the second must never be taken for a verdict on a
-file (a rerun after freeing space has to do the work again) and stop the job with one line naming the file.
+"""Problems with files that are not about their content: entries that are not readable plain files (reported per
+file), and machine errors (full disk, I/O, permission, too many files), which stop the job with one line and are
+never taken as a verdict on the file.
 """
 
 from __future__ import annotations

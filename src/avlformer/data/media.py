@@ -1,23 +1,12 @@
-"""Reading videos with PyAV, in-process: probe and uniform frame sampling (a clip's audio: ``media_audio``), and
-the error types of both (``MediaError``, ``NoAudioStreamError``).
+"""Reading videos with PyAV, in-process: probe and uniform frame sampling (audio: ``media_audio``), and the error
+types of both (``MediaError``, ``NoAudioStreamError``).
 
-Shared by ``avlformer prepare`` (raw clips -> frame TSV) and inference (a video file -> model input), so both see
-exactly the same pixels.
-
-Frame sampling rule (``sample_frames``): let ``t0`` be the first video frame's timestamp and ``D`` the video
-stream's span (last frame timestamp - ``t0`` + one frame duration). Frame ``k`` of ``n`` is the frame on screen
-at ``t0 + (k + 0.5) * D / n``, i.e. the last frame whose timestamp is <= that time. This is what upstream's
-``ffmpeg -vf fps=n/duration`` (rounding to nearest) selects, but it always yields exactly ``n`` frames (ffmpeg
-gave 31 to 33) and works from real timestamps, so variable-frame-rate clips are sampled uniformly in time.
-Each selected frame is converted to RGB and resized in one libswscale call (bilinear) so that its shorter side
-is ``short_side``, with the other side ``round(r * side)`` as upstream. Rotation metadata is applied (ffmpeg's
-CLI auto-rotates too).
-
-Speed (docs/data.md, "Speed"): the file is demuxed once for timestamps and packets together; a packet whose frame
-cannot be sampled is decoded with ``skip_frame = NONREF``, so the decoder drops it when no other frame refers to
-it (non-reference B-frames, about half of a libx264 stream) and still decodes it when one does; the sampled
-frames themselves are always decoded. All conversions share one single-threaded libswscale context. None of this
-changes a pixel: the frames are those of a full decode.
+Shared by ``prepare`` and inference, so both see the same pixels. Frame k of n is the frame on screen at
+``t0 + (k + 0.5) * D / n``, with ``t0`` the first frame's timestamp and ``D`` the stream's span (last frame
+timestamp - ``t0`` + one frame duration): always exactly n frames, uniform in time for variable-rate clips.
+Frames are converted to RGB and resized (bilinear, shorter side ``short_side``) in one libswscale call; rotation
+metadata is applied. Frames that cannot be sampled are decoded with ``skip_frame = NONREF`` (docs/data.md,
+"Speed"), which changes no pixel.
 """
 
 from __future__ import annotations
@@ -239,11 +228,8 @@ class _FrameSelector:
 
 def display_rgb(frame: av.VideoFrame, short_side: int, reformatter: VideoReformatter | None = None) -> np.ndarray:
     """RGB at display orientation, shorter side ``short_side``. ``frame.rotation`` is the counter-clockwise angle
-    of the display matrix; rotating by it gives what ffmpeg's CLI shows (checked against ffmpeg 5.1).
-
-    One thread: libswscale's default would start one per core in every prepare worker, which only oversubscribes
-    the cores the workers already fill (its slices give the same pixels either way). Passing the clip's one
-    ``reformatter`` reuses its scaler context instead of building one per frame."""
+    of the display matrix; rotating by it gives what ffmpeg's CLI shows. One thread: prepare's workers already
+    fill the cores. Passing the clip's one ``reformatter`` reuses its scaler context."""
     quarter_turns = (int(round(frame.rotation / 90)) % 4) if frame.rotation else 0
     width, height = frame.width, frame.height
     display_w, display_h = (height, width) if quarter_turns % 2 else (width, height)

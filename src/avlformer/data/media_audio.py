@@ -1,12 +1,9 @@
-"""A clip's audio track with PyAV, in-process: extracted from a video (or audio bytes) as mono mp3 at the recipe's
-rate, encoded from samples, and inspected.
+"""A clip's audio track with PyAV, in-process: extracted as mono mp3 at the recipe's rate, encoded, inspected.
 
-Shared by ``avlformer prepare`` (a clip's mp3 for the audio HDF5) and inference (a video's or a waveform's audio as
-model input), so both store and read the same samples. ``downmix`` is the one downmix of the project (the loaders
-in ``data/audio.py`` use it too): the mean of the channels. Speed (docs/data.md, "Speed"): a stream that already is
-mono mp3 at the right rate is stored as its own mp3 frames; otherwise a run of decoded frames is resampled and encoded
-as one piece, which gives the same bytes as frame by frame at a fraction of the per-call cost. Errors are
-``media.MediaError`` (``media.NoAudioStreamError`` when there is no audio), one line naming the file.
+Shared by ``prepare`` and inference, so both use the same samples. ``downmix`` (the mean of the channels) is the
+project's one downmix. A stream that already is mono mp3 at the right rate is copied frame by frame; otherwise
+it is resampled and encoded as one piece (docs/data.md, "Speed"). Errors are ``media.MediaError`` (or
+``NoAudioStreamError``), one line naming the file.
 """
 
 from __future__ import annotations
@@ -56,7 +53,7 @@ def waveform_problem(num_samples: int, sample_rate) -> str | None:
 def _encode_mp3(frames, sample_rate: int, bitrate: int, layout: str = "mono") -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp3") as container:
-        # LAME quality 5 (0 best .. 9 fastest): ~1.5x faster than ffmpeg's default 3, inaudible at this bitrate.
+        # LAME quality 5 (0 best .. 9 fastest): faster than ffmpeg's default 3, inaudible at this bitrate.
         stream = container.add_stream("mp3", rate=sample_rate, layout=layout,
                                       options={"compression_level": str(MP3_QUALITY)})
         stream.bit_rate = bitrate
@@ -112,12 +109,8 @@ def _mono_frame(samples: np.ndarray, sample_rate: int) -> av.AudioFrame:
 
 
 def _resampled_audio(container, stream, sample_rate: int, counters: dict) -> list[av.AudioFrame]:
-    """Decoded audio of ``stream``, downmixed (``downmix``), as mono float planar frames at ``sample_rate``.
-
-    Each run of decoded frames at one source rate goes through the resampler, and then the encoder, as one long
-    frame: the samples are the same as frame by frame (the resampler's output does not depend on how its input
-    is cut, nor the encoder's, which re-cuts its input into 1152-sample frames), but the per-call cost of a few
-    hundred small frames, most of the audio time, is gone."""
+    """Decoded audio of ``stream``, downmixed, as mono float planar frames at ``sample_rate``. Each run of frames
+    at one source rate is resampled as one long frame: same samples as frame by frame, without the per-call cost."""
     converters: dict = {}
     runs: list[tuple[int, list[np.ndarray]]] = []   # (source rate, downmixed chunks)
     for packet in container.demux(stream):
@@ -149,9 +142,8 @@ def _is_mono_mp3_at(stream, sample_rate: int) -> bool:
 
 
 def _mp3_stream_copy(container, stream, sample_rate: int, label: str) -> AudioTrack | None:
-    """The stream's own mp3 frames (it is mono mp3 at ``sample_rate``), stored as they are, as a clip's own mp3
-    file is: decoding and re-encoding them would only lose quality and cost the mp3 encode, most of the audio
-    time. None when its frames do not decode as mono mp3 at that rate after all."""
+    """The stream's own mp3 frames (it is mono mp3 at ``sample_rate``), stored as they are: re-encoding would only
+    lose quality. None when its frames do not decode as mono mp3 at that rate after all."""
     try:
         data = b"".join(bytes(packet) for packet in container.demux(stream) if packet.size)
         info = inspect_mp3(data, label)
@@ -212,11 +204,6 @@ def _encoded_audio(container, stream, sample_rate: int, bitrate: int, label: str
     return AudioTrack(mp3=mp3, duration=counters["samples"] / max(counters["rate"], 1),
                       source_rate=counters["rate"], source_channels=counters["channels"],
                       decode_errors=counters["errors"])
-
-
-def extract_audio_mp3(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """Mono mp3 bytes at ``sample_rate`` from the video's own audio (NoAudioStreamError when it has none)."""
-    return extract_audio(path, sample_rate).mp3
 
 
 @dataclass

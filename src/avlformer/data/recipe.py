@@ -1,13 +1,8 @@
 """The preprocessing recipe: how raw clips became the frames and audio a model was trained on.
 
-``avlformer prepare`` writes the recipe beside the data it prepares, training copies the recipe of its training
-data into every checkpoint (``preprocessor_config.json``, as Hugging Face models carry one), and every stage that
-builds model inputs from raw media (validation, ``infer``, ``caption``, ``evaluate``'s media loading, the demo)
-builds them from the checkpoint's recipe. A model is therefore always fed the pixels and samples it learned
-from, whatever ``prepare --num-frames/--image-size`` was used. See docs/data.md, "The preprocessing recipe".
-
-The constants below are the paper recipe (the original's ``extract_frames.py`` + ``convert_h5py.py``); every other
-module takes these facts from here.
+``prepare`` writes it beside the data, training copies it into every checkpoint (``preprocessor_config.json``),
+and every stage that builds model inputs from raw media uses the checkpoint's recipe (docs/data.md, "The
+preprocessing recipe"). The constants below are the paper recipe; other modules take these facts from here.
 """
 
 from __future__ import annotations

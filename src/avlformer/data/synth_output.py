@@ -1,9 +1,7 @@
 """The folder ``avlformer synth`` writes into, which must never lose a user's data.
 
-synth records every file it writes (size and sha256) in ``OUT/synth_outputs.json``, an ``OutputsRecord`` as
-prepare keeps. A folder is written into when it is new or empty, or when it is synth's own (it holds the record)
-and none of the files about to be written was changed since synth wrote it: rerunning synth into its folder
-works, a user's ``captions.json`` is never replaced. ``--overwrite`` writes over anything.
+A folder is written into when it is new or empty, or when it is synth's own (``synth_outputs.json``) and none of
+the files about to be written changed since; ``--overwrite`` writes over anything.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """Frames of a TSV row -> a uint8 clip (T, 3, H, W), processed as one tensor; ``normalize`` turns it into the float
-model input where the model runs.
+model input on the model's device.
 
-Upstream (docs/upstream.md §2.2) decoded, resized, cropped and normalised every frame as a separate PIL image; doing each
-step once for the whole clip is where the loader's speed comes from. The geometry is upstream's: shorter side to
-``image_size`` (longer side truncated), bilinear; train = one random crop offset for the whole clip, eval =
-centre crop with offsets ``round((W - size) / 2)``; ImageNet mean/std.
-
-Frames stay uint8 through the loader, collate and the host-to-device copy (a quarter of float32's bytes) and are
-normalised once, on the model's device, by ``AVLFormer`` (``frames_for_model``); on the CPU that gives exactly
-the tensor a float loader would have made, since the same ``normalize`` runs on the same uint8 pixels.
+Upstream's geometry (docs/upstream.md §2.2): shorter side to ``image_size``, bilinear; train = one random crop for
+the whole clip, eval = centre crop at ``round((W - size) / 2)``; ImageNet mean/std. Frames stay uint8 until
+``normalize`` (a quarter of float32's bytes to copy), which gives the same tensor a float loader would.
 """
 
 from __future__ import annotations
@@ -65,9 +60,8 @@ def _as_tensor(payload: bytes) -> torch.Tensor:
 
 
 def _decode_batch(payloads: list[bytes]) -> list[torch.Tensor] | None:
-    """torchvision's batched libjpeg-turbo decode: about twice as fast as Pillow on these frames. torchvision 0.29
-    deprecates its image codecs (without a replacement installed here), so its warning is silenced and a missing
-    or failing decoder falls back to Pillow."""
+    """torchvision's batched libjpeg-turbo decode (its 0.29 deprecation warning silenced); None when the decoder is
+    missing or fails, and the caller falls back to Pillow."""
     if _tv_decode_jpeg is None:
         return None
     try:
@@ -130,10 +124,8 @@ def crop_offsets(height: int, width: int, size: int, train: bool,
 
 
 def normalize(clip: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., 3, H, W), any strides, on any device -> contiguous float32 there, /255 and ImageNet mean/std.
-
-    One conversion copy into a contiguous buffer, then one in-place multiply-add: a third of the memory traffic
-    of convert-then-normalise-then-contiguous."""
+    """uint8 (..., 3, H, W), any strides, on any device -> contiguous float32 there, /255 and ImageNet mean/std
+    (one copy, then one in-place multiply-add)."""
     out = torch.empty(clip.shape, dtype=torch.float32, device=clip.device)
     out.copy_(clip)
     return torch.addcmul(_SHIFT.to(clip.device), out, _SCALE.to(clip.device), out=out)  # .to: no copy on the CPU

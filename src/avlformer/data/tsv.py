@@ -42,9 +42,7 @@ def _encode_field(field: str | bytes, tsv_path: Path) -> bytes:
 
 class TSVWriter:
     """Streaming writer of a TSV and both index files. Nothing appears under the final names until ``close``
-    succeeds; an exception inside the ``with`` block removes every temporary file.
-
-    Fields may be ``str`` or ``bytes`` (e.g. base64 JPEG bytes, written as they are)."""
+    succeeds; an exception inside the ``with`` block removes every temporary file. Fields are ``str`` or ``bytes``."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -101,11 +99,10 @@ def _read_lineidx_8b(path: Path) -> np.ndarray:
 
 
 class TSVFile:
-    """Random access to the rows of an upstream TSV.
-
-    The file handle is opened on first use and re-opened in a forked child (DataLoader workers), so one object
-    can be built in the main process and shared. Every read checks that the row ends exactly where the index says
-    the next one starts, so a stale index is reported instead of returning shifted rows."""
+    """Random access to the rows of an upstream TSV. The file handle is opened on first use and re-opened in a forked
+    child (DataLoader workers), so one object can be built in the main process and shared. Every read checks that the
+    row ends exactly where the index says the next one starts, so a stale index is reported instead of returning shifted
+    rows."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)

@@ -1,18 +1,8 @@
-"""`avlformer demo` (what `make demo` runs): synth -> prepare -> train the tiny model -> caption the test split
-(with its real audio, and again with the audio silenced) -> evaluate -> report.html + metrics.json.
+"""`avlformer demo` (``make demo``): synth -> prepare -> train the tiny model -> caption the test split (with its
+audio and silenced) -> evaluate -> report.html + metrics.json, all in the work folder (default ``demo_work/``).
 
-Everything happens in the work folder (default ``demo_work/``)::
-
-    raw/            the generated dataset (videos, mp3s, captions.json, attributes.json) and, after prepare,
-                    its frame TSVs, audio HDF5 and metadata
-    train/          checkpoints and logs of the training run
-    predictions/    test.json (COCO format) + test.confidence.json, and the same for the silenced run
-    metrics.json    headline numbers (the proof keys), caption metrics, per-attribute accuracy, stage times
-    report.html     the page to look at
-
-The demo's numbers measure whether the model reads the picture and the sound: attributes are parsed from the
-predicted captions (``synth.parse_attributes``) and compared with the ground truth; silencing the audio must
-leave the visual attributes right and drop the sound attributes to chance.
+Attributes parsed from the predicted captions are compared with the ground truth: silencing the audio must keep
+the visual attributes right and drop the sound attributes to chance.
 """
 
 from __future__ import annotations
@@ -58,21 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
                         help="where to train and caption (the demo is sized for a CPU; auto: CUDA when "
                              "available; cuda on a machine without CUDA is an error)")
-
-
-# ----------------------------------------------------------------------------------------------------- config
-
-@dataclass
-class DemoConfig:
-    train_flags: dict                  # `avlformer train` flag values (upstream keys), from the config file
-    source: Path
-
-
-def load_demo_config(path: Path) -> DemoConfig:
-    from avlformer.training.args import load_config_file  # imported late: it pulls in torch
-
-    # The demo config is a training flag file: same reading rules, errors and relative-path rule.
-    return DemoConfig(train_flags=load_config_file(path), source=path)
 
 
 LOSS_CURVE_POINTS = 60
@@ -276,10 +251,11 @@ def run_demo(args: argparse.Namespace) -> dict:
     import torch
 
     from avlformer.device import resolve_device
+    from avlformer.training.args import load_config_file  # imported late: it pulls in torch
 
     device = resolve_device(args.device).type  # one rule for training and captioning; fails before any work
     config_path = args.config or default_config_path()
-    config = load_demo_config(config_path)
+    train_flags = load_config_file(config_path)  # the demo config is a training flag file
     counts = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
     threads = max(1, args.threads)
     torch.set_num_threads(threads)
@@ -289,11 +265,11 @@ def run_demo(args: argparse.Namespace) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     # The resolved training flags go to a file in the work folder, so `avlformer train --config` could rerun it.
     train_config = work / "train_config.json"
-    write_text_atomic(train_config, json.dumps(config.train_flags, indent=1))
+    write_text_atomic(train_config, json.dumps(train_flags, indent=1))
     model_config = resolve_model_config(train_config, raw, train_dir)
     # Prepare stores exactly what the model reads (its frame count, its crop size as the shorter side).
     stored_frames, stored_size = int(model_config.num_frames), int(model_config.image_size)
-    argv = train_argv(raw, train_dir, stored_frames, args.epochs, device, train_config, config.train_flags,
+    argv = train_argv(raw, train_dir, stored_frames, args.epochs, device, train_config, train_flags,
                       args.num_train)
 
     clock = StageClock()

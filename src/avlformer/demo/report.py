@@ -1,10 +1,6 @@
-"""report.html: one self-contained page (inline PNGs and SVG, no external files) showing what the demo did.
-
-Per test clip: a strip of frames, the soundtrack's spectrogram, the reference caption and the predicted caption
-with every wrongly stated attribute highlighted (and the prediction made with the audio silenced); then the
-metrics, the training loss curve and the learned sparse AV attention mask as a heatmap.
-
-Images are drawn with Pillow and numpy only (no plotting library is a dependency of the package).
+"""report.html: one self-contained page (inline PNGs and SVG) of what the demo did: per clip the frames, the
+spectrogram, reference and predicted captions with wrong attributes highlighted; the metrics, the loss curve and
+the learned AV mask. Drawn with Pillow and numpy only.
 """
 
 from __future__ import annotations

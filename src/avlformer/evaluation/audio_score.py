@@ -1,22 +1,8 @@
-"""AudioScore (FAVDBench paper, formula from upstream's README; docs/upstream.md §6.3).
+"""AudioScore (docs/evaluation.md, "AudioScore"): the README formula, not upstream's script.
 
-With TriLip embeddings e_a (audio), e_v (video) and e_t (the predicted caption):
-
-    s = (½·cos(e_a, e_t) + ½·cos(e_a, e_v) + 1) / 2            in [0, 1]
-    AudioScore = f(s),   f(x) = a·exp(−b·exp(−c·x)),   c = 10, b = 0.693, a = 1 / exp(−0.69·e^−10)
-
-f is a Gompertz curve with f(0) ≈ 0.5 and f(1) ≈ 1 (the README's stated anchors). Reported on a 0–1 scale
-(upstream printed 100·f), averaged over clips.
-
-Upstream's script disagrees with this formula; we follow the formula (docs/evaluation.md, "AudioScore"). The script:
-
-* used raw dot products of un-normalised embeddings times the unexponentiated logit scales, not cosines;
-* paired image-text and audio-text, not audio-text and audio-video;
-* applied f to ``2·s − 1`` (mapping [0, 1] onto [−1, 1]) and used b = 0.693179 in both f and its normaliser;
-* embedded only the caption's last sentence (``split('. ')[-1]``) and only the first frame; the formula's
-  inputs are the description and the video, so we embed the whole caption (CLIP keeps its first 77 tokens)
-  and average the scaled frame embeddings over the sampled frames;
-* applied a random ±7 dB gain to the audio and random PaSST patchout (ours is deterministic).
+With TriLip embeddings e_a (audio), e_v (video), e_t (caption): ``s = (½cos(e_a, e_t) + ½cos(e_a, e_v) + 1) / 2``
+and ``AudioScore = a·exp(−b·exp(−c·s))`` with c = 10, b = 0.693, a = 1 / exp(−0.69·e^−10), on a 0–1 scale,
+averaged over clips. The whole caption is embedded and the frame embeddings are averaged over the sampled frames.
 """
 
 from __future__ import annotations

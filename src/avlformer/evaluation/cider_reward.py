@@ -1,19 +1,9 @@
-"""CIDEr-D as a per-caption training reward: document frequencies fixed once (from the training split), the
-reference n-gram vectors of every video computed once, and each sampled caption scored against its own video.
+"""CIDEr-D as a per-caption training reward, with document frequencies fixed from the training split.
 
-The formula is pycocoevalcap's ``CiderScorer`` (what validation reports as CIDEr, see
-``evaluation/coco_metrics.py``): n = 1..4, tf-idf weights ``tf · (log(#videos) - log(max(1, df)))``, the hypothesis
-weight clipped to the reference weight, cosine per n, a Gaussian penalty ``exp(-Δ²/(2·6²))`` on the difference
-of bigram counts, mean over n, mean over references, x10. The one difference is where the statistics come from:
-pycocoevalcap takes ``df`` and ``#videos`` from the corpus being scored; a reward takes them from the training
-split, so a caption's reward does not depend on which other captions share its batch. Scored against the
-corpus's own statistics, the values equal pycocoevalcap's (tests/test_scst_cider.py).
-
-Validation tokenises with Stanford's PTBTokenizer (Java) and drops punctuation tokens. A reward is computed
-thousands of times per epoch, so :func:`reward_words` reproduces that in Python for the text the model writes
-(lower case, WordPieces joined): contractions split as PTB splits them (``doesn't`` -> ``does n't``), brackets
-renamed as PTB names them, punctuation dropped (tested against PTB when Java is present). It is an approximation
-only for what decoded captions do not contain, e.g. PTB keeps the final point of ``u.s.``.
+The formula is pycocoevalcap's ``CiderScorer``; only the statistics' source differs (the training split, not the
+scored corpus), so a caption's reward does not depend on its batch (tests/test_scst_cider.py checks equality on
+the corpus's own statistics). :func:`reward_words` reproduces PTB tokenisation in Python for decoded captions
+(contractions split, brackets renamed, punctuation dropped) because Java per reward would be far too slow.
 """
 
 from __future__ import annotations

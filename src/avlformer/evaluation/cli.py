@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from avlformer.atomic import write_text_atomic
 from avlformer.device import DEVICE_CHOICES, resolve_device
-from avlformer.evaluation.references import CaptionFileError, load_predictions, load_references, pair_captions
+from avlformer.evaluation.references import load_predictions, load_references, pair_captions
 from avlformer.evaluation.runner import METRIC_CHOICES, ModelPaths, evaluate, load_recipe, missing_model_paths
 from avlformer.output_paths import output_file_problem
 
@@ -69,46 +68,39 @@ def format_table(metrics: dict[str, float], skipped: dict[str, str]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Exit status: 0 when every requested metric was computed, 2 for unusable input, 3 when a requested metric
+    group was skipped."""
+    try:
+        return _evaluate_command(args)
+    except ValueError as error:  # flags, caption files (CaptionFileError), model and config files: named in it
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
     paths = ModelPaths(t5_model=args.t5_model, nltk_data=args.nltk_data, clip_model=args.clip_model,
                        trilip_checkpoint=args.trilip_checkpoint, trilip_passt_config=args.trilip_passt_config,
                        video_dir=args.video_dir, audio_dir=args.audio_dir, num_frames=args.num_frames,
                        recipe=args.recipe, device=args.device, scenes=args.scenes)
-    absent = missing_model_paths(paths)
-    if absent:
-        print(f"error: not found: {'; '.join(absent)}", file=sys.stderr)
-        return 2
+    if absent := missing_model_paths(paths):
+        raise ValueError(f"not found: {'; '.join(absent)}")
     if args.num_frames is not None and args.num_frames < 1:
-        print("error: --num-frames must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        resolve_device(args.device)
-        load_recipe(args.recipe)
-        if args.trilip_passt_config is not None:
-            from avlformer.evaluation.trilip import read_passt_config
+        raise ValueError("--num-frames must be at least 1")
+    resolve_device(args.device)
+    load_recipe(args.recipe)
+    if args.trilip_passt_config is not None:
+        from avlformer.evaluation.trilip import read_passt_config
 
-            read_passt_config(args.trilip_passt_config)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        predictions, references = load_predictions(args.pred), load_references(args.ref)
-    except CaptionFileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        read_passt_config(args.trilip_passt_config)
+    predictions, references = load_predictions(args.pred), load_references(args.ref)
     if args.output and (problem := output_file_problem(args.output, "--output", (args.pred, args.ref), "metrics.json")):
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+        raise ValueError(problem)
     paired = pair_captions(predictions, references)
     _print_id_problems(paired, args.pred, args.ref)
     if not paired.predictions:
-        print(f"error: no id of {args.pred} matches an id of {args.ref}", file=sys.stderr)
-        return 2
-    try:
-        default = [m for m in METRIC_CHOICES if m != "scenes" or args.scenes]
-        report = evaluate(paired, list(args.metrics or default), paths)
-    except ValueError as error:  # an unusable model or config file, named in the message
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise ValueError(f"no id of {args.pred} matches an id of {args.ref}")
+    default = [m for m in METRIC_CHOICES if m != "scenes" or args.scenes]
+    report = evaluate(paired, list(args.metrics or default), paths)
     print(format_table(report.metrics, report.skipped))
     if args.output:
         output = {"pred": args.pred, "ref": args.ref, "num_scored": len(paired.predictions),

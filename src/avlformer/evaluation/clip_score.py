@@ -1,17 +1,8 @@
-"""CLIPScore and RefCLIPScore (Hessel et al., 2021), for videos.
+"""CLIPScore and RefCLIPScore (Hessel et al., 2021) for videos (docs/evaluation.md, "CLIPScore").
 
-With unit-norm CLIP embeddings of the video v, the candidate c and the references r_i:
-
-    CLIP-S(c, v)        = w · max(cos(c, v), 0),  w = 2.5
-    RefCLIP-S(c, r, v)  = harmonic mean of CLIP-S(c, v) and max(max_i cos(c, r_i), 0)
-
-(the reference term is clipped at 0 as the paper defines it; jmhessel/clipscore's code leaves it unclipped, which
-only matters when every reference points away from the candidate).
-
-Both are averaged over items. As the reference implementation (jmhessel/clipscore), every text (candidates and
-references) is prefixed with "A photo depicts " and CLIP keeps its first 77 tokens (FAVD captions are longer, so
-only their beginning is seen). For a video, v is the mean of the unit-norm embeddings of the sampled frames,
-normalised again (CLIPScore itself is defined on one image).
+``CLIP-S = 2.5 · max(cos(c, v), 0)``; RefCLIP-S is the harmonic mean of CLIP-S and ``max(max_i cos(c, r_i), 0)``.
+Texts get the "A photo depicts " prefix (CLIP keeps 77 tokens); v is the renormalised mean of the unit-norm
+frame embeddings.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
 """BLEU-1..4, METEOR, ROUGE-L, CIDEr (and SPICE when its Stanford models are installed) through pycocoevalcap.
 
-This is what ``COCOEvalCap.evaluate`` does (PTB tokenisation with punctuation removal, then each scorer on the
-tokenised captions), without its two obstacles: it needs pycocotools ``COCO`` objects, and it always runs SPICE,
-whose constructor downloads Stanford CoreNLP. Values are identical to calling pycocoevalcap directly (tested).
-
-CIDEr: upstream scored with LuoweiZhou/coco-caption's ``Cider(df='corpus')`` (docs/upstream.md §6.1):
-document frequencies from the reference corpus, ``ref_len = log(#images)``, clipped tf-idf similarity, Gaussian
-length penalty (sigma 6) on the bigram count, mean over n=1..4, averaged over references, x10. pycocoevalcap 1.2's ``Cider`` is
-that same CIDEr-D-style computation with the corpus as document-frequency source (its only mode), so it is used
-as is; ``tests/test_evaluation_coco.py`` checks it against an independent implementation of that formula.
+What ``COCOEvalCap.evaluate`` does (PTB tokenisation, then each scorer), without pycocotools ``COCO`` objects and
+without SPICE's CoreNLP download; values equal pycocoevalcap's (tests/test_evaluation_coco.py).
 """
 
 from __future__ import annotations
@@ -88,7 +81,8 @@ COCO_SCORERS = tuple(SCORER_OUTPUTS)
 
 @functools.lru_cache(maxsize=1)
 def shared_meteor():
-    """One METEOR JVM per process: starting one loads a paraphrase table, and training validates every epoch. Scoring is stateless per request and the wrapper serialises requests with a lock."""
+    """One METEOR JVM per process: starting one loads a paraphrase table, and training validates every epoch. Scoring is
+    stateless per request and the wrapper serialises requests with a lock."""
     from pycocoevalcap.meteor.meteor import Meteor
 
     return Meteor()

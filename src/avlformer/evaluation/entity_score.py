@@ -1,24 +1,8 @@
-"""EntityScore (FAVDBench paper; docs/upstream.md §6.2): do the predicted entities (nouns) match the reference's?
+"""EntityScore (docs/evaluation.md, "EntityScore"): do the predicted entities (nouns) match the reference's?
 
-For a prediction p and reference r with stemmed noun sets P and R:
-
-* ``R(p, r) = |P ∩ R| / |R|`` (the share of reference entities mentioned);
-* ``C(p, r)`` = for each predicted noun, its best T5 similarity to a reference noun, averaged over P, where the
-  similarity of two nouns is ``(cos(T5(a), T5(b)) + 1) / 2``;
-* ``ES = 2 R C / (R + C)``; items where P or R is empty are not scored. The metric is the mean over items.
-
-As upstream's script: nouns are tokens whose Penn tag contains ``NN``, taken as a set, Porter-stemmed, set again;
-each noun is encoded alone by the T5 encoder (``</s>`` appended); the two noun batches are padded to one length L
-and the cosine is taken position by position over the L positions (padding included) and averaged.
-
-Differences from upstream's script, each following the README formula or avoiding a download:
-
-* upstream adds 1e-4 to R (so identical captions scored 1.00005); the formula has no such term, so we do not
-  (a zero ``R + C`` gives 0);
-* tokens come from a regex sentence split (on ``.``/``!``/``?`` followed by space) then NLTK's Treebank-style
-  ``NLTKWordTokenizer``, which is what ``nltk.word_tokenize`` applies after Punkt; Punkt itself is a download we
-  avoid (captions are plain sentences, so the split is the same in practice);
-* several references per id: the item's score is the mean over its references (upstream had one per id).
+With stemmed noun sets P, R: ``R = |P ∩ R| / |R|``; ``C`` = mean over predicted nouns of the best T5 similarity
+``(cos + 1) / 2`` to a reference noun (cosine position by position over the padded encodings, as upstream);
+``ES = 2RC / (R + C)``, items with an empty P or R unscored, several references averaged.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """Reading prediction and reference caption files, and pairing their ids.
 
-Predictions: a COCO result list ``[{"image_id": id, "caption": text}, ...]`` (one caption per id) or a dict
-``{id: caption}`` (the form upstream's AudioScore script reads).
-References: a COCO captions dict (``{"annotations": [{"image_id", "caption"}, ...], ...}``, what
-``avlformer prepare`` writes as ``{split}.caption_coco_format.json``), a COCO list (several entries per id allowed),
-or a caption TSV (``key<TAB>[{"caption": ...}, ...]`` rows, ``{split}.caption.tsv``).
-
-Ids are compared as strings. Upstream's tools disagree on the id spelling (the full key ``test/<id>.mp4`` or the
-bare ``<id>``, docs/upstream.md §1.5), so ids that do not match exactly are matched a second time by their clip id
-(``data/clip_ids.clip_id_from_key``: last path component without its extension) when it is unique on both sides.
+Predictions: a COCO result list or a ``{id: caption}`` dict. References: a COCO captions dict or list, or a
+caption TSV. Ids that do not match exactly (``test/<id>.mp4`` against ``<id>``, docs/upstream.md §1.5) are matched
+again by their clip id when it is unique on both sides.
 """
 
 from __future__ import annotations

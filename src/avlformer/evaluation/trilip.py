@@ -1,13 +1,8 @@
-"""TriLip, the audio-visual-text embedding model behind AudioScore (docs/upstream.md §6.3), loading upstream's
-TriLip.bin.
+"""TriLip, the audio-visual-text embedding model behind AudioScore (docs/upstream.md §6.3), loading TriLip.bin.
 
-Layout (parameter names as in TriLip.bin, ``module.`` prefix stripped): ``vl_model`` = CLIP ViT-B/32 (OpenAI
-names, mapped onto transformers' CLIPModel), ``a_model`` = the PaSST-S audio encoder with its 768->512 ``linear``
-(our ``PasstAudioEncoder``), three post-LN residual FFN "scalers" (512 -> 2048 -> 512) for vision, text and
-audio, and two scalar logit scales that AudioScore does not use (the README formula has no scale).
-
-Upstream's audio branch applied random structured patchout even at inference; ours runs in eval mode, where
-``PasstAudioEncoder`` keeps evenly spaced patches, so the score is deterministic.
+``vl_model`` = CLIP ViT-B/32 (mapped onto transformers' CLIPModel), ``a_model`` = ``PasstAudioEncoder`` with its
+768->512 ``linear``, plus three residual FFN scalers; its audio branch runs in eval mode, so scores are
+deterministic.
 """
 
 from __future__ import annotations
@@ -26,7 +21,6 @@ from avlformer.evaluation.openai_clip import openai_to_transformers
 from avlformer.modeling.passt import PasstAudioEncoder, PasstConfig, checkpoint_filter_fn
 from avlformer.modeling.weights_file import read_weights_file
 
-SCALERS = ("vis_scaler", "txt_scaler", "aud_scaler")
 
 
 class ScalerFFN(nn.Module):

@@ -1,11 +1,7 @@
 """Frames and audio of the clips being scored, for AudioScore and CLIPScore.
 
-Clips are raw videos in one folder (``--video-dir``, e.g. FAVDBench's ``videos/test``), found by the clip id of
-the caption id (``clip_ids.clip_id_from_key``: ``test/abc.mp4`` and ``abc`` both find ``abc.mp4``). Audio comes
-from ``--audio-dir/<id>.mp3`` when given (FAVDBench's separate mp3s), else from the video's own audio track.
-Frames and audio are made by ``data/clip_media.py`` under a preprocessing recipe (``--recipe``: the checkpoint's
-or the prepared data's; the paper recipe by default), so the scored pixels and samples are those the captioning
-model was given.
+Videos are found in ``--video-dir`` by the clip id of the caption id; audio comes from ``--audio-dir/<id>.mp3`` or
+the video's own track. Media are made by ``data/clip_media.py`` under ``--recipe`` (default: the paper's).
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""`avlformer caption`: print ``<path><TAB><caption>`` for each video file, in the order given, each line as soon
-as its video is captioned (``Captioner.stream``, the Python API's captioning).
+"""`avlformer caption`: print ``<path><TAB><caption>`` for each video, in order, as soon as it is captioned.
 
-Audio comes from each video itself. The path is printed as it was typed, with tabs, line breaks and backslashes
-escaped (``pipeline.display_path``) so that every output line splits into exactly two fields. Every path is
-checked before the model is loaded; a video that gets no caption is named on stderr with the reason, and the
-command then exits 1.
+Paths are printed as typed, escaped by ``pipeline.display_path``; every path is checked before the model loads;
+a video without a caption is named on stderr and the command exits 1.
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
 """Captioning from Python without assembling tensors: ``avlformer.caption`` and ``Captioner``.
 
-Videos are file paths or in-memory frames (``numpy`` / ``torch``, uint8 ``(T, H, W, 3)`` RGB, all frames of the
-clip at a constant rate); audio is, per video, ``None`` (the video's own soundtrack; silence for in-memory frames),
-an mp3 path (as a dataset's ``audio_mp3/<id>.mp3``) or a waveform (float, ``(S,)`` or ``(channels, S)``, at
-``sample_rate``). Every input is built from the model's preprocessing recipe by the functions `avlformer infer`
-uses (``inference.pipeline``): in-memory frames get the recipe's frame sampling, resize and JPEG round trip, and a
-waveform the recipe's mp3 round trip, exactly as a video file's frames and soundtrack would.
-
-Example::
-
-    >>> import avlformer
-    >>> model = avlformer.AVLFormer.from_pretrained("runs/demo/best_checkpoint")  # doctest: +SKIP
-    >>> for result in avlformer.caption(model, ["a.mp4", "b.mkv"], num_beams=3):  # doctest: +SKIP
-    ...     print(result.caption, result.confidence, result.audio_source, result.warnings)
-
-``caption`` returns a list; ``Captioner(model).stream(videos)`` yields each result as soon as its batch is done.
-A video that cannot be captioned gives a result with ``error`` set and ``caption`` None; nothing is skipped
-silently.
+Videos are file paths or uint8 ``(T, H, W, 3)`` RGB frames; audio per video is ``None`` (the video's own track;
+silence for frames), an mp3 path or a float waveform at ``sample_rate``. Inputs are built from the model's recipe
+by ``inference.pipeline``, as ``avlformer infer`` builds them. ``caption`` returns a list,
+``Captioner(model).stream(videos)`` yields results batch by batch; a failed video gives ``error`` set and
+``caption`` None, never a silent skip.
 """
 
 from __future__ import annotations
@@ -203,12 +191,7 @@ class Captioner:
 
     ``model``: an ``avlformer.AVLFormer`` (``from_pretrained``), a checkpoint path or Hub id, or a
     ``pipeline.LoadedModel``. ``device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (default: where the model is;
-    a path or id loads on ``auto``).
-
-    >>> captioner = Captioner("runs/demo/best_checkpoint", num_beams=3)     # doctest: +SKIP
-    >>> for result in captioner.stream(["a.mp4", "b.mp4"]):                 # doctest: +SKIP
-    ...     print(result.video, result.caption)
-    """
+    a path or id loads on ``auto``)."""
 
     def __init__(self, model, *, num_beams: int | None = None, max_length: int | None = None,
                  length_penalty: float | None = None, device: str | torch.device | None = None,
@@ -287,12 +270,7 @@ def caption(model, videos: Iterable, audio=None, *, num_beams: int | None = None
             sample_rate: int | None = None) -> list[CaptionResult]:
     """Caption ``videos`` (paths or uint8 (T, H, W, 3) frames) with ``model`` (an ``AVLFormer``, a checkpoint
     path or a Hub id); ``audio``: None, or one entry per video (None, an mp3 path, or a waveform at
-    ``sample_rate``, default the model's rate). Returns one CaptionResult per video, in order.
-
-    >>> import avlformer
-    >>> results = avlformer.caption("runs/demo/best_checkpoint", ["a.mp4"])  # doctest: +SKIP
-    >>> results[0].caption, results[0].confidence                            # doctest: +SKIP
-    """
+    ``sample_rate``, default the model's rate). Returns one CaptionResult per video, in order."""
     captioner = Captioner(model, num_beams=num_beams, max_length=max_length, length_penalty=length_penalty,
                           device=device, batch_size=batch_size)
     return captioner(videos, audio, sample_rate)

@@ -1,11 +1,8 @@
-"""`avlformer infer`: caption every video in a folder and write COCO-format predictions (+ a confidence sidecar).
+"""`avlformer infer`: caption every video in a folder and write COCO-format predictions and a confidence sidecar
+(``inference.predictions``).
 
-Replaces the original's ``src/tasks/inference.py`` (docs/upstream.md §5), which only logged captions: here the
-predictions file is ``[{"image_id": <clip id>, "caption": ...}, ...]`` and ``<output stem>.confidence.json`` beside
-it holds each caption's confidence, where its audio came from, the decoding settings and every video that could
-not be captioned (see ``inference.predictions``). Decoding settings default to the checkpoint's and flags given
-here override them (the original ignored the command line and used args.json). Every flag and path is checked
-before any video is decoded; a run that captioned fewer videos than it found exits 1 and names each one.
+Decoding settings default to the checkpoint's; flags override them. Every flag and path is checked before any
+video is decoded; a run that captioned fewer videos than it found exits 1 and names each one.
 """
 
 from __future__ import annotations
@@ -57,13 +54,6 @@ def check_run_flags(args: argparse.Namespace) -> None:
     resolve_device(args.device)
 
 
-def load_checked(checkpoint: str, args: argparse.Namespace
-                 ) -> tuple[pipeline.LoadedModel, pipeline.DecodingOptions]:
-    """The model and the decoding settings (the checkpoint's, overridden by flags), checked against the model."""
-    loaded = pipeline.load_for_inference(checkpoint, args.device)
-    return loaded, pipeline.decoding_for(loaded.config, args.num_beams, args.max_gen_length, args.length_penalty)
-
-
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
@@ -75,7 +65,9 @@ def main(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{args.test_audio_fname}: {what}")
         check_output_path(args.output, inputs=[args.eval_model_dir],
                           input_folders=[args.test_video_fname, *filter(None, [args.test_audio_fname])])
-        loaded, decoding = load_checked(args.eval_model_dir, args)
+        loaded = pipeline.load_for_inference(args.eval_model_dir, args.device)
+        # The checkpoint's decoding settings overridden by the flags, checked against the model.
+        decoding = pipeline.decoding_for(loaded.config, args.num_beams, args.max_gen_length, args.length_penalty)
     except (OSError, ValueError) as error:
         print(f"avlformer infer: {error}", file=sys.stderr)
         return 2

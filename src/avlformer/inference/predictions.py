@@ -1,9 +1,6 @@
-"""The files a captioning run writes: COCO-format predictions and the confidence sidecar beside them.
-
-``<output>`` holds ``[{"image_id": <clip id>, "caption": ...}, ...]`` (what `avlformer evaluate` reads);
-``<output stem>.confidence.json`` holds each caption's confidence, where its audio came from, the decoding
-settings and every video that could not be captioned. Both are written atomically; ``check_output_path`` is called
-before any captioning so that a bad ``--output`` fails in a second, not after the work is done.
+"""The files a captioning run writes, atomically: ``<output>`` (COCO ``[{"image_id", "caption"}]``) and
+``<output stem>.confidence.json`` (confidences, audio sources, decoding settings, failed videos).
+``check_output_path`` runs before captioning so a bad ``--output`` fails at once.
 """
 
 from __future__ import annotations

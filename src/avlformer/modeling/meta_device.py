@@ -1,14 +1,9 @@
-"""Models on the meta device: state-dict shapes without memory, and checkpoint loading by assignment.
+"""Models on the meta device: state-dict shapes without memory, and checkpoint loading by assignment
+(``load_state_dict(assign=True)``), so loading costs only the file read, not a random initialisation first.
 
-A module built on the meta device allocates nothing and its initialisers do no work, so it is how we learn what a
-configuration's state dict looks like (to compare it with a weights file before reading any tensor) and how a
-checkpoint is loaded: the meta model receives the file's tensors with ``load_state_dict(assign=True)``, so loading
-costs what reading the file costs, not a random initialisation of ~300 M parameters first.
-
-Buffers that are computed rather than stored (Swin's relative position index, PaSST's window and mel filter
-banks) are in no state dict. Every module holding such buffers defines ``computed_buffers() -> {name: tensor}``,
-registers them from it, and :func:`materialize_computed_buffers` recomputes them after an assignment load; a
-tensor still on the meta device afterwards is an error, never a silent placeholder.
+Computed buffers are in no state dict: modules holding them define ``computed_buffers() -> {name: tensor}``, and
+:func:`materialize_computed_buffers` recomputes them after an assignment load; a tensor left on the meta device
+is an error.
 """
 
 from __future__ import annotations

@@ -1,24 +1,11 @@
 """PaSST audio encoder: mel front-end, PaSST-S transformer with structured patchout, projection.
 
-The layout follows the official PaSST-S checkpoint (``passt-s-f128-p16-s10-ap.476-swa.pt``) so its weights load
-by name; see docs/upstream.md §3.3 for the upstream behaviour reproduced here.
-
-Structured patchout
--------------------
-Patchout keeps ``grid_t - s_patchout_t`` time columns and ``grid_f - s_patchout_f`` frequency rows of the
-patch grid (59 of 99 and 8 of 12 for the paper model, 1 + 8*59 = 473 tokens with the distillation token).
-
-* Training: a sorted random subset of columns and of rows, drawn once per batch (as upstream).
-* Evaluation (deterministic rule): keep the centre of each of ``k`` equal bins over the ``n`` positions, i.e.
-  kept index ``i`` (``i = 0..k-1``) is ``floor((2*i + 1) * n / (2*k))``. The indices are strictly increasing,
-  evenly spread over the whole axis, and the token count equals the training count, so the learned sparse
-  attention mask keeps its meaning. For the paper model the frequency rows kept are 0,2,3,5,6,8,9,11 and the
-  time columns are spread from 0 to 98. Upstream applied random patchout at inference too (a non-deterministic
-  quirk); we do not.
-* ``patchout=False`` disables patchout entirely (all ``grid_f * grid_t`` patches), which is what the official
-  PaSST code does in eval mode; it is used to compare against it.
-
-The token order is: distillation token, then the kept patches frequency-major (``f * kept_t + t``).
+Parameter names follow the official PaSST-S checkpoint so its weights load by name (docs/upstream.md §3.3).
+Patchout keeps ``grid_t - s_patchout_t`` time columns and ``grid_f - s_patchout_f`` frequency rows: a sorted
+random subset per batch in training; in evaluation the centre of each of k equal bins (index
+``floor((2i + 1) n / (2k))``), deterministic and with the training token count so the learned mask keeps its
+meaning. ``patchout=False`` keeps every patch (the official eval mode). Token order: distillation token, then the
+kept patches frequency-major (``f * kept_t + t``).
 """
 
 from __future__ import annotations
@@ -189,11 +176,9 @@ def random_sorted_indices(total: int, keep: int, device: torch.device | str | No
 
 
 class MelFrontEnd(nn.Module):
-    """Waveform -> normalised log-mel spectrogram, as PaSST's AugmentMelSTFT (docs/upstream.md §3.3).
-
-    Always computed in float32, also under autocast. In training mode the mel band edges are jittered (once per
-    batch, as upstream) and SpecAugment masks one frequency band and one time span per example.
-    """
+    """Waveform -> normalised log-mel spectrogram, as PaSST's AugmentMelSTFT (docs/upstream.md §3.3). Always computed in
+    float32, also under autocast. In training mode the mel band edges are jittered (once per batch, as upstream) and
+    SpecAugment masks one frequency band and one time span per example."""
 
     def __init__(self, config: PasstConfig):
         super().__init__()
@@ -259,10 +244,8 @@ class PatchEmbed(nn.Module):
 
 class PasstNet(nn.Module):
     """PaSST-S transformer (parameter names as the official checkpoint, minus the unused heads).
-
-    forward(spectrogram (B, 1, n_mels, frames), patchout=True) -> (B, tokens, embed_dim): the distillation token
-    then the kept patches, frequency-major. See the module docstring for the patchout rules.
-    """
+    ``forward(spectrogram (B, 1, n_mels, frames), patchout=True) -> (B, tokens, embed_dim)``: the distillation token
+    then the kept patches, frequency-major (patchout rules: module docstring)."""
 
     def __init__(self, config: PasstConfig):
         super().__init__()

@@ -1,9 +1,7 @@
 """From `avlformer train` flags and a JSON ``--config`` file to one resolved, checked ``TrainConfig``.
 
-Precedence, lowest to highest: the tree's defaults (``training.config``; the model's are its preset's or its
-``--model_config`` file's) < ``--config`` file < flags typed on the command line. ``resolve`` is the only place
-that applies it. Every flag is declared with ``argparse.SUPPRESS`` as its default, so the parsed namespace holds
-only the flags given; ``--help`` prints, beside each flag, the default that applies and where it comes from.
+Precedence, lowest first: the tree's defaults < ``--config`` file < flags typed; ``resolve`` applies it. Flags
+default to ``argparse.SUPPRESS`` so the namespace holds only the flags given.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """Training batches with a resumable position.
 
-Each epoch, a ``DistributedSampler`` (one replica when not distributed) shuffles with ``seed + epoch``; rank r takes
-every world_size-th index, so the union of one step's per-rank batches is the same set of samples whatever the
-number of processes. An epoch holds ``steps_per_epoch * gradient_accumulation_steps`` micro-batches (the remainder is
-dropped, as upstream's iteration count did), and resuming skips the micro-batches already consumed.
-
-Augmentation randomness is tied to the sample, not to the process that loads it: before each item the dataset's
-generator is seeded from (seed, epoch, sample index). A resumed run, or a run with another number of processes or
-workers, therefore draws the same crops, gains and MLM masks for the same sample.
+A ``DistributedSampler`` shuffles with ``seed + epoch``, so one step's batches across ranks are the same samples
+whatever the process count; an epoch is ``steps_per_epoch * gradient_accumulation_steps`` micro-batches and a
+resume skips those consumed. Each item's augmentation generator is seeded from (seed, epoch, index), so crops,
+gains and MLM masks do not depend on processes or workers.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
-"""Training checkpoints: ``output_dir/checkpoint-<epoch>-<step>/`` = the model checkpoint (model.safetensors,
-config.json, preprocessor_config.json = the recipe of the training data, vocab.txt; see ``modeling.checkpoint``) +
-``training_state.pt`` (optimizer, scheduler, scaler, every rank's RNG states, the step and the data position), so
-``--resume`` continues exactly. A damaged checkpoint (a half-written or truncated file) is named and skipped for
-the newest intact one.
+"""Training checkpoints: ``output_dir/checkpoint-<epoch>-<step>/`` = a model checkpoint (``modeling.checkpoint``) +
+``training_state.pt`` (optimizer, scheduler, scaler, every rank's RNG states, step, data position) for an exact
+``--resume``.
 
-The folder is assembled under a temporary name and renamed into place: a crash mid-save leaves the previous
-checkpoints untouched and no half-written folder under a checkpoint name. ``training_state.pt`` holds only
-tensors and plain Python values so it loads with ``torch.load(weights_only=True)``.
+A folder is assembled under a temporary name and renamed into place; a damaged checkpoint is named and skipped
+for the newest intact one. ``training_state.pt`` holds only tensors and plain values (``weights_only=True``).
 """
 
 from __future__ import annotations

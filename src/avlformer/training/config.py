@@ -1,10 +1,7 @@
 """The training configuration: one typed tree, every default in exactly one place.
 
-``TrainConfig`` holds the model (``AVLFormerConfig``, whose defaults are the presets: frame count, image size,
-sample rate, loss weights and decoding settings live there and nowhere else) and one section each for where the
-first weights come from (``init``), the data, the optimisation, self-critical training and the run. The sections'
-defaults are their field defaults below. Command-line flags and ``--config`` files use the original's names; the
-one table that maps those names onto this tree is ``training.flag_table``, and ``training.args`` resolves them.
+``TrainConfig`` = the model (``AVLFormerConfig``, whose presets hold the model defaults) + sections ``init``,
+data, optimisation, scst and run. Flag names map onto it through ``training.flag_table``.
 """
 
 from __future__ import annotations

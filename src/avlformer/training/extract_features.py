@@ -1,13 +1,9 @@
-"""`avlformer extract-features`: run the frozen encoders once over prepared splits and cache their outputs.
+"""`avlformer extract-features`: run the frozen encoders once over prepared splits and cache their outputs
+(format: data/features.py).
 
-Per split (``metadata/<split>_<N>frames.yaml``), every clip goes through the video and audio encoders in eval mode
-(centre crop, no audio gain/roll, no SpecAugment, deterministic patchout: the inputs ``infer`` builds) and their
-outputs before the projections are kept (data/features.py has the format, docs/training.md why this cut).
-
-Resumable: each finished clip is written at once, atomically, under ``<out>/.work/<yaml stem>/``; a rerun after a
-crash computes only the clips not there yet. The split's file is assembled from them and renamed into place, so
-``<out>/<yaml stem>.features.h5`` is either absent or complete. A split whose file is already complete for these
-encoders is skipped; a file made by other encoders (or from other data) is an error, never overwritten.
+Encoders run in eval mode on the inputs ``infer`` builds. Each finished clip is written atomically under
+``<out>/.work/<yaml stem>/``, so a rerun computes only the missing clips; the split's file is assembled and renamed
+into place. A complete file for these encoders is skipped; one made by other encoders or data is an error.
 """
 
 from __future__ import annotations

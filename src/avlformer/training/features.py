@@ -1,10 +1,7 @@
-"""``avlformer train --features F``: the layers above frozen encoders (the projections, the decoder, the learned
-mask) trained on cached encoder outputs (data/features.py).
+"""``avlformer train --features F``: the layers above frozen encoders trained on cached encoder outputs.
 
-The model is the whole AVLFormer, encoders included (frozen, never run in training), so checkpoints are ordinary
-checkpoints: ``infer``, ``caption``, ``evaluate`` and the demo use them on raw videos. Validation decodes the raw
-val split through those encoders, as ``infer`` will. The features must come from these very encoder weights: the
-weights' fingerprint is compared before the first step.
+The model is the whole AVLFormer (encoders frozen, never run in training), so checkpoints are ordinary ones.
+The features' encoder fingerprint must match these encoder weights; it is checked before the first step.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """The one table between the original's flag names and the training configuration tree (``training.config``).
 
-Each ``avlformer train`` flag, ``--config`` file key and ``log/args.json`` key is spelt as the original spelt it
-(``--per_gpu_train_batch_size``, ``--lambda_``); the table says which field of ``TrainConfig`` it sets
-(``path``), so a setting has its default in one place, the tree, and its name in another, here. Flags without a
-path are the original's spellings of something the tree says another way (``--mixed_precision_method apex`` is
-``run.distributed_strategy ddp``); ``training.args`` translates them. Flags the original had that do nothing here
-(``compat``) are accepted at their neutral values only, so its command lines and yaml keys still parse, and are
-listed, not offered, by ``--help``: any other value is an error that gives the reason.
+Each flag / ``--config`` key / ``args.json`` key keeps the original's spelling; ``path`` is the ``TrainConfig``
+field it sets. Flags without a path are translated by ``training.args``; ``compat`` flags (no effect here) are
+accepted at their neutral values only, and any other value is an error giving the reason.
 """
 
 from __future__ import annotations

@@ -1,26 +1,10 @@
-"""``avlformer train --scst``: self-critical sequence training, the metric (CIDEr-D) optimised directly.
+"""``avlformer train --scst``: self-critical sequence training with a CIDEr-D reward (docs/training.md).
 
-Each micro-batch: the AV tokens of the batch's videos are computed once (with gradients, augmentations as in
-cross-entropy training); ``--sc_train_sample_n`` K captions per video are sampled from them with the KV-cached
-decoder (``modeling/sampling.py``, no gradients, no dropout); each caption's reward is its CIDEr-D against its
-video's reference captions, with document frequencies from the whole training split
-(``evaluation/cider_reward.py``); one forward with gradients gives each caption's log-probability (the AV rows
-once per video, the K captions' text rows attending to them: ``modeling/sampling.py``), and the loss is
-``mean over captions of -(r - b) · log p(caption)`` (+ the learned mask's sparsity term, as in cross-entropy
-training). The baseline b (``--sc_baseline_type``):
-
-* ``sample`` (default): the mean reward of the video's other K-1 samples. It costs nothing extra (the samples are
-  drawn anyway), it does not depend on the caption it judges (so the gradient stays unbiased), and it compares a
-  caption with what the current policy actually produces; the greedy baseline is systematically better than
-  most samples once training progresses, so nearly every sample gets a negative advantage.
-* ``greedy``: the reward of the greedy caption (Rennie et al. 2017), one extra greedy decode per video; works
-  with K = 1.
-
-Distributed: every rank samples and scores its own videos; rewards and baselines are per video, so no reward
-crosses ranks. Gradients are averaged over ranks by one all-reduce per parameter before the optimizer step (the
-policy-gradient forward does not go through the DDP wrapper, whose forward is the cross-entropy loss).
-Sampling is seeded per video (seed, epoch, video key): a resumed run, or one with another number of processes,
-draws the same captions.
+Per video, K sampled captions (no gradients) are scored against the video's references with document frequencies
+from the training split; the loss is ``mean(-(r - b) · log p(caption))`` plus the mask's sparsity term. The
+baseline b is the mean reward of the video's other samples (``sample``: unbiased and free) or the greedy caption's
+(``greedy``). The policy-gradient forward bypasses the DDP wrapper, so gradients are all-reduced here; sampling is
+seeded per (seed, epoch, video) so a resumed run, or one with another process count, draws the same captions.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
-"""``avlformer prepare``: raw videos (+ mp3s, or audio taken from the videos) + captions -> the original's training
-files (docs/upstream.md §1.3-§1.5): frame TSV, ``audio_hdf/<split>_mp3.hdf``, metadata yaml, caption TSV,
-linelist, label/img TSVs (every TSV with ``.lineidx`` and ``.lineidx.8b``), COCO-format references and the
-preprocessing recipe, plus ``prepare_report.json``.
+"""``avlformer prepare``: raw videos, audio and captions -> the original's training files (docs/upstream.md
+§1.3-§1.5, docs/data.md) plus the recipe and ``prepare_report.json``.
 
-``prepare_dataset`` does the work (the demo and other library code call it); ``main`` is the command. Work
-happens in two phases: each clip is processed on its own (``clip_work``, in a process pool: ``pool``) into a work
-folder, then the split's files are assembled from it in one ordered pass (``metadata``). See docs/data.md.
+``prepare_dataset`` does the work; ``main`` is the command. Each clip is processed on its own in a process pool
+(``clip_work``, ``pool``), then the split's files are assembled in one ordered pass (``metadata``).
 """
 
 from __future__ import annotations
@@ -95,10 +92,8 @@ def prepare_dataset(data_dir: str | os.PathLike, *, splits: list[str] | None = N
                     captions: str | os.PathLike | None = None, progress: bool = True) -> PrepareResult:
     """Prepare every split of ``data_dir`` that has a ``videos/<split>/`` folder (``splits``: only those, and a
     missing one is an error). Bad clips and captions are reported in the result, never raised; a mistake that
-    leaves nothing to do (no data dir, an unparseable captions file, another prepare running on the folder)
-    raises PrepareError; a failure of the machine (disk full, I/O error, no permission) raises its subclass
-    EnvironmentFault, and a rerun resumes. ``short_side`` is the shorter side of the stored frames (the crop
-    comes later)."""
+    leaves nothing to do raises PrepareError, a failure of the machine its subclass EnvironmentFault (a rerun
+    resumes). ``short_side``: the shorter side of the stored frames (the crop comes later)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise PrepareError(f"{data_dir}: data dir not found")

@@ -1,11 +1,8 @@
 """The user's captions: a JSON object (``{id: caption}``, or ``{id: [reference, ...]}`` for several references per
 clip), a CSV ``id,caption`` file, or a released ``<split>.caption.tsv`` (every caption of a row is a reference).
 
-``prepare`` writes ``metadata/<split>.caption.tsv`` itself, so that very path is only a caption *source* when the
-user put it there (the FAVDBench ``metadata.zip``). Before overwriting such a file, prepare keeps the user's bytes
-as ``metadata/<split>.caption.released.tsv`` and records the hash of every caption TSV it writes
-(``outputs_record``): a rerun recognises its own output and reads the user's source instead, so fixing a caption
-and rerunning takes effect.
+A released ``metadata/<split>.caption.tsv`` shares its path with prepare's output: before overwriting it prepare
+keeps the user's bytes as ``<split>.caption.released.tsv``, and a rerun recognises its own output by hash.
 """
 
 from __future__ import annotations

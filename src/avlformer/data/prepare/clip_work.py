@@ -1,10 +1,7 @@
-"""One clip's work: its frame-TSV row and mp3, made by the recipe and kept in the work folder until the split is
-assembled (runs in worker processes).
+"""One clip's work, kept in the work folder until the split is assembled (runs in worker processes).
 
-Each clip leaves ``<id>.row``, ``<id>.mp3`` and, written last, ``<id>.json``: the result record with the clip's
-fingerprint (what the result depends on) and the size and sha256 of both files. A clip counts as finished only
-when its record exists, still matches its inputs and both files still hash to what it says, so a rerun after a
-crash, or after a work file was damaged, redoes exactly the clips that need it.
+Each clip leaves ``<id>.row``, ``<id>.mp3`` and, written last, ``<id>.json`` (fingerprint of its inputs, size and
+sha256 of both files). A clip is finished only when its record matches its inputs and both files still hash to it.
 """
 
 from __future__ import annotations

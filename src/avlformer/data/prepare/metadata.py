@@ -1,9 +1,5 @@
-"""Assembling a prepared split from its work folder: frame TSV, HDF5, caption/label/linelist/img TSVs, COCO
-references, the preprocessing recipe and, last, the metadata yaml (docs/upstream.md §1.3-§1.5).
-
-Every TSV is written with its ``.lineidx`` and ``.lineidx.8b``: the original's reader never builds a missing index
-(docs/upstream.md §1.3), and our loaders never write into the data folder. The yaml comes last because its
-presence says the split is complete.
+"""Assembling a prepared split from its work folder (docs/upstream.md §1.3-§1.5). Every TSV gets its ``.lineidx``
+and ``.lineidx.8b`` (the original's reader never builds one); the metadata yaml comes last: it marks completion.
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
-"""``DIR/prepare_outputs.json`` (beside ``prepare_report.json``): what prepare wrote, so that a rerun can tell its
-own files from the user's.
-
-It holds the size and sha256 of every caption TSV prepare wrote (those are the only outputs that share a path with
-an input, the released ``<split>.caption.tsv``), and, per prepared split, each clip's finished work record and
-its row in the frame TSV and HDF5. A rerun reuses a clip from those files when its inputs are unchanged and the
-stored bytes still hash to what was recorded, so a caption fix does not decode every video again.
-
-``avlformer synth`` keeps the same kind of record under its own name, to tell its files from a user's.
+"""``DIR/prepare_outputs.json``: what prepare wrote (sizes and sha256 of its caption TSVs, and per split each clip's
+work record and rows), so a rerun tells its own files from the user's and reuses a clip whose inputs and stored
+bytes are unchanged. ``avlformer synth`` keeps the same kind of record.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Running clip jobs in worker processes so that one decoder crash costs one clip, and no worker outlives prepare.
-
-A worker that dies (a crash inside the decoder) breaks the whole ``ProcessPoolExecutor``; the jobs that were in
-flight then are rerun one at a time, so the crash names its file and spares the others. Every pool is shut down
-(workers joined) before its function returns, and each worker watches its parent: if prepare's main process is
-killed, the workers exit within a second instead of living on as orphans.
+"""Clip jobs in worker processes: a worker crash breaks the pool, so the jobs in flight are rerun one at a time and
+the crash names its file. Pools are shut down before returning, and workers exit when prepare's process dies.
 """
 
 from __future__ import annotations
