@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-from avlformer.data.tokenizer import clean_caption_text
+from avlformer.data.caption_text import clean_caption_text
 
 MASK_FRACTION = 0.8      # of the chosen positions become [MASK]
 RANDOM_FRACTION = 0.5    # of the rest become a random token; the others keep their token

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import html
-import re
 from functools import lru_cache
 from pathlib import Path
 
 from transformers import BertTokenizerFast
 
+from avlformer.data.causal_tokenizer import CausalCaptionTokenizer, is_hf_tokenizer_folder
 from avlformer.data.token_ids import RESERVED_IDS, default_vocab_dir
-
-_EMOJI = re.compile("[\U0001F600-\U0001F64F\U0001F300-\U0001F5FF\U0001F680-\U0001F6FF\U0001F1E0-\U0001F1FF]")
-
 
 @lru_cache(maxsize=4)
 def load_tokenizer(vocab_dir: str | None = None):
@@ -20,8 +16,6 @@ def load_tokenizer(vocab_dir: str | None = None):
     folder holding a Hugging Face tokenizer and no ``vocab.txt`` (a causal LM's), that tokenizer
     (data/causal_tokenizer.py)."""
     folder = Path(vocab_dir) if vocab_dir else default_vocab_dir()
-    from avlformer.data.causal_tokenizer import CausalCaptionTokenizer, is_hf_tokenizer_folder
-
     if is_hf_tokenizer_folder(folder):
         return CausalCaptionTokenizer(folder)
     vocab = folder / "vocab.txt" if folder.is_dir() else folder
@@ -32,11 +26,6 @@ def load_tokenizer(vocab_dir: str | None = None):
     if len(tokenizer) < 1000:
         raise ValueError(f"{vocab}: tokenizer loaded only {len(tokenizer)} entries; expected the bert-base-uncased vocab")
     return tokenizer
-
-
-def clean_caption_text(text: str) -> str:
-    """Upstream's pre-cleaning: HTML entities unescaped, emoji removed."""
-    return _EMOJI.sub("", html.unescape(text))
 
 
 def decode_caption(token_ids, tokenizer: BertTokenizerFast | None = None) -> str:
