@@ -15,6 +15,6 @@ test: setup
 
 # Every benchmark, each run recorded as a JSON line in benchmarks/results/<name>.jsonl; then RESULTS.md from them.
 bench: setup
-	@for b in benchmarks/*.py; do n=$$(basename $$b .py); [ $$n = report ] && continue; echo "== $$b"; \
+	@for b in benchmarks/*.py; do n=$$(basename $$b .py); case $$n in report|compare_trees) continue;; esac; echo "== $$b"; \
 		$(PY) benchmarks/report.py record $$n -- $(PY) $$b || exit 1; done
 	$(PY) benchmarks/report.py write

@@ -17,8 +17,8 @@ CPU time: every run trains in a process of its own with one torch thread and ``-
 time is all of the run's); an ``ITIMER_PROF`` timer stops it at the budget, and the reported CPU minutes are
 ``getrusage`` of the process and its children. Runs may go in parallel (``--jobs``): CPU time, not wall time, is
 what each gets. Target: ``cider_scst >= 1.05 * cider_xe_continued`` (test split, mean over seeds) with no
-structured score falling more than 2 points. Prints one JSON object as the last line and appends it to
-``--results`` (benchmarks/results/scenes.jsonl; not in ``--quick`` mode).
+structured score falling more than 2 points. Prints one JSON object as the last line (``benchmarks/report.py
+record scenes -- python benchmarks/scenes.py`` keeps it in benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ def parse_args(argv=None):
     parser.add_argument("--scst-batch-size", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
                         help="runs trained at once, each in its own one-thread process (default: the CPU count)")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "scenes.jsonl")
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -286,12 +285,7 @@ def main(argv=None) -> dict:
         "quick": args.quick, "jobs": args.jobs, "wall_seconds": round(time.perf_counter() - begin, 1),
         "cores": len(os.sched_getaffinity(0)), "loadavg_1min": round(os.getloadavg()[0], 2),
     }
-    line = json.dumps(result)
-    if not args.quick:
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.results, "a") as handle:
-            handle.write(line + "\n")
-    print(line)
+    print(json.dumps(result))
     return result
 
 
