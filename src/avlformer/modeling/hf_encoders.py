@@ -133,10 +133,13 @@ class _HFEncoder(nn.Module):
     """Holds ``self.model``, built on the CPU even inside build_on_meta (transformers keeps some computed tensors
     as plain attributes, e.g. VideoMAE's sinusoidal table, which a meta build leaves without values)."""
 
-    def _build(self, factory) -> None:
+    def __init__(self, config, build):
+        """``build()`` returns the Hugging Face model for ``config``."""
+        super().__init__()
+        self.config = config
         with torch.device("cpu"):
-            self.model = factory()
-        self.model.requires_grad_(self.config.training == "full")
+            self.model = build()
+        self.model.requires_grad_(config.training == "full")
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         set_hf_checkpointing(self.model, enabled)
@@ -144,11 +147,9 @@ class _HFEncoder(nn.Module):
 
 class HFVideoEncoder(_HFEncoder):
     def __init__(self, config: HFVideoConfig):
-        super().__init__()
         from transformers import AutoModel
 
-        self.config = config
-        self._build(lambda: AutoModel.from_config(config.hf()))
+        super().__init__(config, lambda: AutoModel.from_config(config.hf()))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         pixels = _renormalise(frames, self.config.image_mean, self.config.image_std)
@@ -188,11 +189,9 @@ class HFFramesConfig(HFVideoConfig):
 
 class HFFramesEncoder(_HFEncoder):
     def __init__(self, config: HFFramesConfig):
-        super().__init__()
         from transformers import AutoModel
 
-        self.config = config
-        self._build(lambda: AutoModel.from_config(config.vision()))
+        super().__init__(config, lambda: AutoModel.from_config(config.vision()))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -247,9 +246,7 @@ class HFAudioConfig(_HFEncoderConfig):
 
 class HFAudioEncoder(_HFEncoder):
     def __init__(self, config: HFAudioConfig):
-        super().__init__()
-        self.config = config
-        self._build(lambda: _audio_model(config.hf()))
+        super().__init__(config, lambda: _audio_model(config.hf()))
 
     def features(self, audio: torch.Tensor) -> torch.Tensor:
         """Waveforms (B, 1, S) at the data's rate -> the model's input features, by its own feature extractor."""
