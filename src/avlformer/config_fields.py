@@ -89,3 +89,14 @@ def type_problem(annotation: Any, value: Any) -> str | None:
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+class JsonDataclass:
+    """``to_dict`` / ``from_dict`` for a config dataclass; unknown keys and wrong types are errors."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        return cls(**checked_fields(cls, data))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avlformer.config_fields import checked_fields
+from avlformer.config_fields import JsonDataclass
 from avlformer.modeling.hf_folder import (check_model_folder, config_object, read_folder_state, read_model_config,
                                           set_hf_checkpointing, weights_sha256)
 
@@ -38,7 +38,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass
-class HFCausalLMConfig:
+class HFCausalLMConfig(JsonDataclass):
     hf_config: dict = field(default_factory=dict)  # the LM folder's config.json
     path: str = ""                                  # the folder it came from (weights, tokenizer)
     img_feature_dim: int = 512
@@ -109,12 +109,6 @@ class HFCausalLMConfig:
         name = Path(self.path).name or self.hf_config["model_type"]
         return f"{name} causal LM ({self.training})"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "HFCausalLMConfig":
-        return cls(**checked_fields(cls, data))
 
 
 def _architecture_kind(hf_config: dict) -> str | None:

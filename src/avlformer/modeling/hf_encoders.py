@@ -15,14 +15,14 @@ pool²`` tokens.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avlformer.config_fields import checked_fields
+from avlformer.config_fields import JsonDataclass
 from avlformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from avlformer.json_files import read_json
 from avlformer.modeling.hf_folder import (check_model_folder, config_object, read_folder_state, read_model_config,
@@ -49,7 +49,7 @@ def _kind_error(folder, hf_config: dict, what: str, kinds) -> ValueError:
 
 
 @dataclass
-class _HFEncoderConfig:
+class _HFEncoderConfig(JsonDataclass):
     # Fields that leave the eval output alone (cached features stay valid; the weights are hashed on their own).
     TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("path", "training", "lr_multiplier", "trust_remote_code")
     hf_config: dict = field(default_factory=dict)
@@ -69,13 +69,6 @@ class _HFEncoderConfig:
 
     def describe(self) -> str:
         return f"{self.path.rstrip('/').split('/')[-1] or self.hf_config['model_type']} ({self.training})"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict):
-        return cls(**checked_fields(cls, data))
 
 
 # ----------------------------------------------------------------------------------------------------- video

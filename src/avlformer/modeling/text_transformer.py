@@ -12,21 +12,21 @@ through ``forward(..., cache=...)`` as Hugging Face passes ``past_key_values``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from avlformer.config_fields import FieldTypeError, checked_fields
+from avlformer.config_fields import FieldTypeError, JsonDataclass
 from avlformer.json_files import read_json
 from avlformer.modeling.attention import attention, check_implementation
 from avlformer.modeling.weights_file import read_weights_file
 
 
 @dataclass
-class TextTransformerConfig:
+class TextTransformerConfig(JsonDataclass):
     vocab_size: int = 30522
     hidden_size: int = 768
     num_layers: int = 12
@@ -64,12 +64,6 @@ class TextTransformerConfig:
     def describe(self) -> str:
         return f"{self.num_layers}-layer text transformer"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TextTransformerConfig":
-        return cls(**checked_fields(cls, data))
 
     @classmethod
     def from_hf_bert_config(cls, hf: dict, img_feature_dim: int = 512) -> "TextTransformerConfig":
