@@ -121,6 +121,21 @@ def make_stepper(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch
     return ReforwardStepper(model, av_tokens, av_mask, expand)
 
 
+def decoder_stepper(model: torch.nn.Module, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,
+                    max_length: int, expand: int, use_cache: bool) -> tuple[object, SpecialIds]:
+    """The stepper and special ids every decoding loop (greedy, beam, sampling) drives, after checking
+    ``max_length``: the decoder's own when it has them (``make_stepper``, ``check_max_length``, ``special_ids``:
+    a causal LM), else the BERT decoder's ``[MASK]``-append ones above."""
+    own_stepper = getattr(model, "make_stepper", None)
+    if own_stepper is not None:
+        model.check_max_length(max_length)
+    else:
+        check_max_length(model, max_length)
+        own_stepper = partial(make_stepper, model)
+    stepper = own_stepper(av_tokens, av_mask, max_length=max_length, expand=expand, use_cache=use_cache)
+    return stepper, getattr(model, "special_ids", BERT_IDS)
+
+
 def _score_dtype(logits: torch.Tensor) -> torch.Tensor:
     """Scores in at least fp32: bf16 log-probs would make beam ranking and confidence coarse."""
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
@@ -262,19 +277,12 @@ def generate(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Ten
     """Caption ids for AV tokens ``(B, V, img_feature_dim)``; ``av_mask`` is the ``(V, V)`` AV→AV mask or None.
 
     ``max_length`` counts [CLS] like upstream's ``max_gen_length`` (115 → at most 113 words + [SEP]). A decoder
-    with its own ``make_stepper``, ``check_max_length`` and ``special_ids`` (a causal LM) is driven by the same
-    search loops."""
+    with its own stepper (a causal LM, :func:`decoder_stepper`) is driven by the same search loops."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-    own_stepper = getattr(model, "make_stepper", None)
-    if own_stepper is not None:
-        model.check_max_length(max_length)
-    else:
-        check_max_length(model, max_length)
-    ids = getattr(model, "special_ids", BERT_IDS)
     with decoding(model):
-        stepper = (own_stepper or partial(make_stepper, model))(av_tokens, av_mask, max_length=max_length,
-                                                                expand=num_beams, use_cache=use_cache)
+        stepper, ids = decoder_stepper(model, av_tokens, av_mask, max_length=max_length, expand=num_beams,
+                                       use_cache=use_cache)
         batch, device = av_tokens.shape[0], av_tokens.device
         if num_beams == 1:
             return greedy_search(stepper, batch, max_length, device, ids)

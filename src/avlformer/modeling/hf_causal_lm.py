@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from avlformer.config_fields import JsonDataclass
-from avlformer.modeling.hf_folder import (check_model_folder, config_object, read_folder_state, read_model_config,
-                                          set_hf_checkpointing, weights_sha256)
+from avlformer.modeling.hf_folder import (check_model_folder, config_object, cpu_build, read_folder_state,
+                                          read_model_config, set_hf_checkpointing, weights_sha256)
 
 TRAINING_MODES = ("full", "frozen", "lora")
 PROJECTORS = ("linear", "mlp")
@@ -138,9 +138,7 @@ class HFCausalLMDecoder(nn.Module):
 
         self.config = config
         hidden = config.hidden_size
-        # Built on the CPU even inside build_on_meta: transformers models keep some computed tensors as plain
-        # attributes or non-persistent buffers that a meta build would leave without values.
-        with torch.device("cpu"):
+        with cpu_build():  # on the CPU even inside build_on_meta
             self.lm = AutoModelForCausalLM.from_config(config_object(config.hf_config, config.trust_remote_code),
                                                        trust_remote_code=config.trust_remote_code)
             if config.training == "lora":
@@ -210,6 +208,21 @@ class HFCausalLMDecoder(nn.Module):
     def check_max_length(self, max_length: int) -> None:
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2 (start + one token), got {max_length}")
+
+    def caption_logprobs(self, av_tokens: torch.Tensor, av_mask, samples, num_samples: int):
+        """Self-critical training's scores (modeling/sampling.py): log p of each sampled caption's drawn tokens,
+        with gradients, from one forward of the LM (its own modules, so LoRA adapters take the gradient) over
+        ``[prefix ; t0 … t_{T-2}]``; rows video-major (row = b·K + k), the prefix computed once per video."""
+        from avlformer.modeling.sampling import drawn_token_scores
+
+        token_ids = samples.token_ids
+        steps = token_ids.shape[1]
+        prefix = self.prefix(av_tokens).repeat_interleave(num_samples, dim=0)
+        text = self.get_input_embeddings()(token_ids[:, :steps - 1]).to(prefix.dtype)
+        # The prefix's last position predicts t0, ..., the one holding t_{T-2} predicts t_{T-1}: causal
+        # attention keeps what follows a caption's end out of its drawn positions, so no padding mask is needed.
+        logits = self.lm(inputs_embeds=torch.cat([prefix, text], dim=1), logits_to_keep=steps).logits
+        return drawn_token_scores(logits[samples.drawn], samples)
 
     # ------------------------------------------------------------------------------------------- LoRA
     def adapter_state(self) -> dict[str, torch.Tensor]:

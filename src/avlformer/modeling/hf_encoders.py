@@ -25,8 +25,8 @@ from torch import nn
 from avlformer.config_fields import JsonDataclass
 from avlformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from avlformer.json_files import read_json
-from avlformer.modeling.hf_folder import (check_model_folder, config_object, read_folder_state, read_model_config,
-                                          set_hf_checkpointing)
+from avlformer.modeling.hf_folder import (check_model_folder, config_object, cpu_build, read_folder_state,
+                                          read_model_config, set_hf_checkpointing)
 
 VIDEO_TYPES = ("videomae", "timesformer", "vivit")
 AUDIO_TYPES = ("audio-spectrogram-transformer", "whisper")
@@ -123,14 +123,13 @@ def _renormalise(frames: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 class _HFEncoder(nn.Module):
-    """Holds ``self.model``, built on the CPU even inside build_on_meta (transformers keeps some computed tensors
-    as plain attributes, e.g. VideoMAE's sinusoidal table, which a meta build leaves without values)."""
+    """Holds ``self.model``, built on the CPU even inside build_on_meta (hf_folder.cpu_build)."""
 
     def __init__(self, config, build):
         """``build()`` returns the Hugging Face model for ``config``."""
         super().__init__()
         self.config = config
-        with torch.device("cpu"):
+        with cpu_build():
             self.model = build()
         self.model.requires_grad_(config.training == "full")
 

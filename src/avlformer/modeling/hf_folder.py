@@ -8,6 +8,7 @@ folder holding only ``pytorch_model.bin`` is refused with the command that conve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,19 @@ def read_folder_state(folder: Path, auto_class, trust_remote_code: bool = False)
     model = auto_class.from_pretrained(str(folder), use_safetensors=True, local_files_only=True,
                                        trust_remote_code=trust_remote_code, dtype=torch.float32)
     return model.state_dict()
+
+
+@contextlib.contextmanager
+def cpu_build():
+    """Build a transformers model on the CPU even inside build_on_meta (transformers keeps some computed tensors
+    as plain attributes or non-persistent buffers, e.g. VideoMAE's sinusoidal table, that a meta build would
+    leave without values). A build meant for the meta device draws its random weights from a forked generator:
+    like a meta build of any other part it leaves the global one alone, so a model's initial weights do not
+    depend on whether something (the training log's size line) built it on meta first."""
+    forked = torch.random.fork_rng(devices=[]) if torch.get_default_device().type == "meta" else \
+        contextlib.nullcontext()
+    with forked, torch.device("cpu"):
+        yield
 
 
 def set_hf_checkpointing(model, enabled: bool) -> None:

@@ -21,16 +21,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from avlformer.data.token_ids import CLS_ID, MASK_ID, SEP_ID
+from avlformer.data.token_ids import CLS_ID, MASK_ID
 from avlformer.modeling.attention_mask import mask_to_bias
-from avlformer.modeling.generation import append_token, check_max_length, decoding, make_stepper, pad_right
+from avlformer.modeling.generation import BERT_IDS, SpecialIds, append_token, decoder_stepper, decoding, pad_right
 from avlformer.modeling.kv_cache import KVCache
 from avlformer.modeling.text_transformer import TextTransformer
 
 
 @dataclass
 class SampleOutput:
-    token_ids: torch.Tensor  # int64 (rows, max_length - 1): tokens after [CLS], [SEP], then [PAD]
+    token_ids: torch.Tensor  # int64 (rows, max_length - 1): tokens after [CLS], [SEP], then [PAD] (or the
+                             # decoder's own special ids)
     drawn: torch.Tensor      # bool, same shape: positions whose token was sampled ([SEP] included when drawn)
 
 
@@ -60,8 +61,9 @@ def draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_loop(stepper, rows: int, max_length: int, device, generator: torch.Generator | None,
-                uniforms: torch.Tensor | None, *, temperature: float, top_k: int, top_p: float) -> SampleOutput:
-    token_ids = torch.full((rows, 1), CLS_ID, dtype=torch.long, device=device)
+                uniforms: torch.Tensor | None, *, temperature: float, top_k: int, top_p: float,
+                ids: SpecialIds = BERT_IDS) -> SampleOutput:
+    token_ids = torch.full((rows, 1), ids.start, dtype=torch.long, device=device)
     unfinished = torch.ones(rows, dtype=torch.bool, device=device)
     drawn = []
     if uniforms is not None:  # moved once, not once per step
@@ -74,17 +76,17 @@ def sample_loop(stepper, rows: int, max_length: int, device, generator: torch.Ge
             uniform = 1.0 - torch.rand(rows, generator=generator, device=device, dtype=logits.dtype)
         next_tokens = draw(logits.softmax(dim=-1), uniform)
         drawn.append(unfinished.clone())
-        token_ids = append_token(token_ids, next_tokens, unfinished)
+        token_ids = append_token(token_ids, next_tokens, unfinished, ids)
         if not unfinished.any():
             break
     drawn = torch.stack(drawn, dim=1)
     if token_ids.shape[1] == max_length:  # still open at the limit: [SEP] replaces the last draw, as greedy does
-        token_ids[unfinished, -1] = SEP_ID
+        token_ids[unfinished, -1] = ids.end
         drawn[unfinished, -1] = False
     missing = max_length - token_ids.shape[1]
     if missing:
         drawn = F.pad(drawn, (0, missing), value=False)
-    return SampleOutput(pad_right(token_ids[:, 1:], max_length - 1), drawn)
+    return SampleOutput(pad_right(token_ids[:, 1:], max_length - 1, ids.pad), drawn)
 
 
 def sample_captions(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,
@@ -102,14 +104,13 @@ def sample_captions(model: TextTransformer, av_tokens: torch.Tensor, av_mask: to
     if uniforms is not None and tuple(uniforms.shape) != (rows, max_length - 1):
         raise ValueError(f"uniforms must be (B·K, max_length - 1) = {(rows, max_length - 1)}, "
                          f"got {tuple(uniforms.shape)}")
-    check_max_length(model, max_length)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     with decoding(model):
-        stepper = make_stepper(model, av_tokens, av_mask, max_length=max_length, expand=num_samples,
-                               use_cache=use_cache)
+        stepper, ids = decoder_stepper(model, av_tokens, av_mask, max_length=max_length, expand=num_samples,
+                                       use_cache=use_cache)
         return sample_loop(stepper, rows, max_length, av_tokens.device, generator, uniforms,
-                           temperature=temperature, top_k=top_k, top_p=top_p)
+                           temperature=temperature, top_k=top_k, top_p=top_p, ids=ids)
 
 
 def scoring_bias(steps: int, device, dtype) -> torch.Tensor:
@@ -133,11 +134,14 @@ class CaptionScores:
 def caption_logprobs(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None,
                      samples: SampleOutput, num_samples: int) -> CaptionScores:
     """log p of each sampled caption (temperature 1: the model's own distribution), rows video-major
-    (row = b·K + k) as :func:`sample_captions` draws them; ``av_tokens (B, V, D)`` once per video."""
+    (row = b·K + k) as :func:`sample_captions` draws them; ``av_tokens (B, V, D)`` once per video. A decoder with
+    its own ``caption_logprobs`` (a causal LM) scores through its own forward."""
     token_ids = samples.token_ids
     rows, steps = token_ids.shape
     if rows != av_tokens.shape[0] * num_samples:
         raise ValueError(f"{rows} caption rows for {av_tokens.shape[0]} videos x {num_samples} samples")
+    if hasattr(model, "caption_logprobs"):
+        return model.caption_logprobs(av_tokens, av_mask, samples, num_samples)
     text, positions = scoring_text(token_ids)
     cache = KVCache(rows_per_video=num_samples)
     cache.prefill(model, av_tokens, None if av_mask is None else mask_to_bias(av_mask.unsqueeze(0), av_tokens.dtype))
@@ -158,8 +162,14 @@ def scoring_text(token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def scores_at_masks(model: TextTransformer, mask_hidden: torch.Tensor, samples: SampleOutput) -> CaptionScores:
     """Per-row log p of the drawn tokens (and the mean entropy) from the hidden states at the T ``[MASK]`` rows."""
+    return drawn_token_scores(model.logits(mask_hidden[samples.drawn]), samples)
+
+
+def drawn_token_scores(logits: torch.Tensor, samples: SampleOutput) -> CaptionScores:
+    """Per-row log p of the drawn tokens (and the mean entropy) from the logits that chose them, ``(N, vocab)``
+    for the N drawn positions in row-major order (``samples.drawn``)."""
     token_ids, drawn = samples.token_ids, samples.drawn
-    logprobs = F.log_softmax(model.logits(mask_hidden[drawn]).float(), dim=-1)
+    logprobs = F.log_softmax(logits.float(), dim=-1)
     chosen = logprobs.gather(1, token_ids[drawn].unsqueeze(1)).squeeze(1)
     per_row = torch.zeros(token_ids.shape[0], dtype=chosen.dtype, device=chosen.device).index_put(
         (drawn.nonzero()[:, 0],), chosen, accumulate=True)

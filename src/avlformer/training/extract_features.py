@@ -45,8 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--swin-checkpoint", default="", help="official Video Swin .pth (with --passt-checkpoint, "
                         "instead of --model)")
     parser.add_argument("--passt-checkpoint", default="", help="official PaSST .pt (with --swin-checkpoint)")
+    parser.add_argument("--video-encoder", default="", help="the video encoder instead of --model: hf:FOLDER (a "
+                        "Hugging Face video or image model, its weights from the folder; docs/models.md) or a "
+                        "registered part with --swin-checkpoint")
+    parser.add_argument("--audio-encoder", default="", help="the audio encoder instead of --model: hf:FOLDER (a "
+                        "Hugging Face audio model) or a registered part with --passt-checkpoint")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let code in a Hugging Face folder run (off: it never does)")
     parser.add_argument("--model-preset", default="paper", choices=("paper", "tiny"),
-                        help="model shape with --swin/--passt-checkpoint (default: paper)")
+                        help="model shape without --model (default: paper)")
     parser.add_argument("--model-config", default="", help="AVLFormerConfig JSON; replaces --model-preset")
     parser.add_argument("--splits", nargs="+", default=["train"],
                         help="splits to extract, each a metadata/<split>_<N>frames.yaml (default: train, the one "
@@ -77,23 +84,48 @@ class SplitReport:
 
 # ------------------------------------------------------------------------------------------------ inputs
 
+ENCODER_SOURCES = {"video": ("video_encoder", "swin_checkpoint"), "audio": ("audio_encoder", "passt_checkpoint")}
+
+
 def load_encoders(args, device: torch.device):
+    """The model whose encoders run: a checkpoint's (--model), or the preset's shape with each encoder chosen as
+    ``train`` chooses it (--video-encoder/--audio-encoder, training/part_flags.py), its weights from its Hugging
+    Face folder or its checkpoint flag; ``train --features`` with the same flags finds the same encoders."""
     from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
 
-    if args.model and (args.swin_checkpoint or args.passt_checkpoint):
-        raise ExtractError("give --model, or --swin-checkpoint with --passt-checkpoint, not both")
+    given = [flag for flags in ENCODER_SOURCES.values() for flag in flags if getattr(args, flag)]
+    if args.model and given:
+        raise ExtractError(f"give --model, or the encoders (--{given[0].replace('_', '-')}, ...), not both")
     if args.model:
         from avlformer.modeling.checkpoint import load_model
 
         model = load_model(args.model, "cpu")[0]
-    elif args.swin_checkpoint and args.passt_checkpoint:
+    elif given:
         from avlformer.training.args import base_model_tree
+        from avlformer.training.config import InitSettings
+        from avlformer.training.part_flags import choose_parts
 
-        model = AVLFormer(AVLFormerConfig.from_dict(base_model_tree(args.model_preset, args.model_config)))
-        model.load_part_weights("video", args.swin_checkpoint)
-        model.load_part_weights("audio", args.passt_checkpoint)
+        tree = base_model_tree(args.model_preset, args.model_config)
+        choose_parts(tree, InitSettings(video_encoder=args.video_encoder, audio_encoder=args.audio_encoder,
+                                        trust_remote_code=args.trust_remote_code))
+        config = AVLFormerConfig.from_dict(tree)
+        sources = {}
+        for role, (part_flag, checkpoint_flag) in ENCODER_SOURCES.items():
+            folder, checkpoint = getattr(getattr(config, role), "path", ""), getattr(args, checkpoint_flag)
+            if folder and checkpoint:
+                raise ExtractError(f"--{checkpoint_flag.replace('_', '-')} does not apply to --"
+                                   f"{part_flag.replace('_', '-')} {getattr(args, part_flag)} (its weights are "
+                                   f"the folder's)")
+            if not (folder or checkpoint):
+                raise ExtractError(f"no weights for the {role} encoder: give --{part_flag.replace('_', '-')} "
+                                   f"hf:FOLDER or --{checkpoint_flag.replace('_', '-')} FILE")
+            sources[role] = folder or checkpoint
+        model = AVLFormer(config)
+        for role, source in sources.items():
+            model.load_part_weights(role, source)
     else:
-        raise ExtractError("which encoders? give --model CKPT, or --swin-checkpoint S and --passt-checkpoint P")
+        raise ExtractError("which encoders? give --model CKPT, or --video-encoder/--swin-checkpoint and "
+                           "--audio-encoder/--passt-checkpoint")
     model.eval().requires_grad_(False)
     return model.to(device)
 

@@ -5,6 +5,8 @@ from the training split; the loss is ``mean(-(r - b) · log p(caption))`` plus t
 baseline b is the mean reward of the video's other samples (``sample``: unbiased and free) or the greedy caption's
 (``greedy``). The policy-gradient forward bypasses the DDP wrapper, so gradients are all-reduced here; sampling is
 seeded per (seed, epoch, video) so a resumed run, or one with another process count, draws the same captions.
+Sampling and scoring go through the decoder's own interface (modeling/sampling.py): a causal-LM decoder samples
+with its own cache and scores through its own forward, so its LoRA adapters are what the gradient trains.
 """
 
 from __future__ import annotations
@@ -68,9 +70,6 @@ def average_gradients(model: torch.nn.Module, world_size: int) -> None:
 
 class SelfCriticalTrainer(Trainer):
     def __init__(self, config, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir):
-        if getattr(model.part("text"), "is_prefix_lm", False):
-            raise ArgumentError("--scst samples through the BERT decoder's [MASK] steps; a causal-LM decoder "
-                                "(text.type hf_causal_lm) has no self-critical training yet")
         super().__init__(config, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir)
         scst = config.scst
         self.loss_terms = tuple(t for t in SCST_TERMS if t != "greedy_reward" or scst.baseline_type == "greedy")
