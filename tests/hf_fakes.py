@@ -125,3 +125,134 @@ def hf_parts_config(video: dict, audio: dict, text: dict | None = None) -> AVLFo
     if text is not None:
         tree["text"], tree["learn_mask_enabled"] = text, False
     return AVLFormerConfig.from_dict(tree)
+
+
+def _tiny_image_processor(folder: Path, kind: str = "videomae", **values) -> None:
+    """A processor config for 64 px inputs with a mean/std other than ImageNet's (so renormalising matters)."""
+    import transformers
+
+    cls = getattr(transformers, {"videomae": "VideoMAEImageProcessor", "vivit": "VivitImageProcessor",
+                                 "siglip": "SiglipImageProcessor", "bit": "BitImageProcessor"}[kind])
+    values = {"size": {"shortest_edge": 64}, "crop_size": {"height": 64, "width": 64}, **values}
+    if kind == "siglip":
+        values = {"size": {"height": 64, "width": 64}}
+    elif kind != "vivit":
+        values.setdefault("image_mean", [0.4, 0.45, 0.5])
+        values.setdefault("image_std", [0.2, 0.25, 0.3])
+    cls(**values).save_pretrained(str(folder))
+
+
+def save_timesformer(folder: Path) -> Path:
+    """TimeSformer on the tiny model's 8 frames of 64 px: 1 + 8 x 4x4 = 129 tokens."""
+    from transformers import TimesformerConfig, TimesformerModel
+
+    torch.manual_seed(5)
+    TimesformerModel(TimesformerConfig(**_small(image_size=64, patch_size=16, num_frames=8))).save_pretrained(
+        str(folder), safe_serialization=True)
+    _tiny_image_processor(folder)
+    return folder
+
+
+def save_vivit(folder: Path) -> Path:
+    """ViViT, 2x16x16 tubelets: 1 + 4 x 4x4 = 65 tokens; its processor scales pixels to [-1, 1] (offset)."""
+    from transformers import VivitConfig, VivitModel
+
+    torch.manual_seed(6)
+    VivitModel(VivitConfig(**_small(image_size=64, num_frames=8, tubelet_size=[2, 16, 16])), add_pooling_layer=False
+               ).save_pretrained(str(folder), safe_serialization=True)
+    _tiny_image_processor(folder, "vivit")
+    return folder
+
+
+def save_siglip(folder: Path) -> Path:
+    """A whole SigLIP (no class token: all 4x4 patches are tokens)."""
+    from transformers import SiglipConfig, SiglipModel
+
+    torch.manual_seed(7)
+    config = SiglipConfig(text_config=_small(vocab_size=64, max_position_embeddings=16),
+                          vision_config=_small(image_size=64, patch_size=16))
+    SiglipModel(config).save_pretrained(str(folder), safe_serialization=True)
+    _tiny_image_processor(folder, "siglip")
+    return folder
+
+
+def save_dinov2(folder: Path) -> Path:
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(8)
+    Dinov2Model(Dinov2Config(**_small(image_size=64, patch_size=16))).save_pretrained(str(folder),
+                                                                                      safe_serialization=True)
+    _tiny_image_processor(folder, "bit")
+    return folder
+
+
+def save_xclip(folder: Path) -> Path:
+    """A whole X-CLIP; its vision tower exchanges a message token between the 8 frames in every layer."""
+    from transformers import XCLIPConfig, XCLIPModel
+
+    torch.manual_seed(9)
+    config = XCLIPConfig(text_config=_small(vocab_size=64, max_position_embeddings=16),
+                         vision_config=_small(image_size=64, patch_size=16, num_frames=8, mit_hidden_size=32,
+                                              mit_intermediate_size=64, mit_num_hidden_layers=1,
+                                              mit_num_attention_heads=4),
+                         projection_dim=16, prompt_layers=1, prompt_attention_heads=4)
+    XCLIPModel(config).save_pretrained(str(folder), safe_serialization=True)
+    _tiny_image_processor(folder)
+    return folder
+
+
+def save_timm_vit(folder: Path) -> Path:
+    """A timm ViT saved by timm's own Hub writer (config.json with architecture, model_args, pretrained_cfg)."""
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(10)
+    args = {"img_size": 64, "embed_dim": 32, "depth": 2, "num_heads": 4}
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **args)
+    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, 64, 64), "mean": (0.4, 0.45, 0.5),
+                            "std": (0.2, 0.25, 0.3)}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_for_hf(model, str(folder), model_args=args, safe_serialization=True)
+    return folder
+
+
+def _waveform_config(cls, seed: int, folder: Path) -> Path:
+    """wav2vec2 / HuBERT with a 3-layer front end striding 320 samples: 1 s at 16 kHz -> 50 tokens."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    torch.manual_seed(seed)
+    config_cls, model_cls = cls
+    config = config_cls(**_small(conv_dim=(16, 16, 16), conv_kernel=(10, 8, 4), conv_stride=(10, 8, 4),
+                                 num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, vocab_size=8))
+    model_cls(config).save_pretrained(str(folder), safe_serialization=True)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True).save_pretrained(str(folder))
+    return folder
+
+
+def save_wav2vec2(folder: Path) -> Path:
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    return _waveform_config((Wav2Vec2Config, Wav2Vec2Model), 11, folder)
+
+
+def save_hubert(folder: Path) -> Path:
+    from transformers import HubertConfig, HubertModel
+
+    return _waveform_config((HubertConfig, HubertModel), 12, folder)
+
+
+def save_clap(folder: Path) -> Path:
+    """A whole CLAP (text and audio towers); the audio tower (HTSAT) on 16 mel bins at 48 kHz, its spectrogram
+    resized to 64², 2 stages: 8 x 8 = 64 tokens of width 32."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
+
+    torch.manual_seed(13)
+    audio = dict(num_mel_bins=16, spec_size=64, patch_size=4, patch_stride=[4, 4], window_size=4, depths=[1, 1],
+                 num_attention_heads=[2, 4], patch_embeds_hidden_size=16, hidden_size=32, projection_dim=16,
+                 enable_fusion=False)
+    config = ClapConfig(text_config=_small(vocab_size=64, max_position_embeddings=24), audio_config=audio,
+                        projection_dim=16)
+    ClapModel(config).save_pretrained(str(folder), safe_serialization=True)
+    ClapFeatureExtractor(feature_size=16, sampling_rate=48000, hop_length=480, fft_window_size=1024,
+                         max_length_s=1, truncation="rand_trunc", padding="repeatpad").save_pretrained(str(folder))
+    return folder

@@ -1,7 +1,8 @@
-"""Encoders from ``transformers`` as parts: tiny random VideoMAE, CLIP (its vision tower per frame), AST and
-Whisper (its encoder), saved to a temporary folder, train a few steps, save, reload bit-exactly and caption (one
-recipe with the paper's decoder, one with a LoRA causal LM); each wrapped part computes what the HF model computes
-on the inputs its own processor builds; a model of the wrong kind is a one-line error."""
+"""Encoders from ``transformers`` as parts: tiny random video models (VideoMAE, TimeSformer, ViViT), image models
+applied per frame (CLIP, SigLIP, DINOv2, X-CLIP's vision tower, a timm ViT) and audio models (AST, Whisper's
+encoder, CLAP's audio tower, wav2vec2, HuBERT), saved to a temporary folder, train a few steps, save, reload
+bit-exactly and caption (with the paper's decoder or a LoRA causal LM); each wrapped part computes what the HF
+model computes on the inputs its own processor builds; a model of the wrong kind is a one-line error."""
 
 from __future__ import annotations
 
@@ -16,24 +17,36 @@ from avlformer.data.tokenizer import load_tokenizer
 from avlformer.modeling.avlformer import AVLFormer
 from avlformer.modeling.checkpoint import load_model
 from avlformer.modeling.hf_causal_lm import HFCausalLMConfig
-from avlformer.modeling.hf_encoders import HFAudioConfig, HFFramesConfig, HFVideoConfig
+from avlformer.modeling.hf_audio import HFAudioConfig
+from avlformer.modeling.hf_encoders import HFFramesConfig, HFVideoConfig
 from avlformer.training import loop
 from avlformer.training.args import parse_train_args
-from hf_fakes import hf_parts_config, save_ast, save_causal_lm, save_clip, save_videomae, save_whisper
+import hf_fakes
+from hf_fakes import hf_parts_config, save_causal_lm
 from training_fakes import FakeCaptionDataset
+
+
+VIDEO_MODELS = ("videomae", "timesformer", "vivit")
+IMAGE_MODELS = ("clip", "siglip", "dinov2", "xclip", "timm_vit")
+AUDIO_MODELS = ("ast", "whisper", "clap", "wav2vec2", "hubert")
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
-    return {"videomae": save_videomae(root / "videomae"), "clip": save_clip(root / "clip"),
-            "ast": save_ast(root / "ast"), "whisper": save_whisper(root / "whisper"),
-            "llama": save_causal_lm(root / "llama", "llama")}
+    made = {name: getattr(hf_fakes, f"save_{name}")(root / name) for name in VIDEO_MODELS + IMAGE_MODELS
+            + AUDIO_MODELS}
+    return {**made, "llama": save_causal_lm(root / "llama", "llama")}
 
 
 def part(kind: str, folder) -> dict:
     config = {"hf_video": HFVideoConfig, "hf_frames": HFFramesConfig, "hf_audio": HFAudioConfig}[kind]
     return {"type": kind, **config.from_folder(str(folder)).to_dict()}
+
+
+def named_part(name: str, folders) -> dict:
+    kind = "hf_video" if name in VIDEO_MODELS else "hf_frames" if name in IMAGE_MODELS else "hf_audio"
+    return part(kind, folders[name])
 
 
 def inputs(config, batch=2, seed=0):
@@ -43,10 +56,11 @@ def inputs(config, batch=2, seed=0):
     return frames, 0.1 * torch.randn(batch, 1, config.audio.clip_samples, generator=gen)
 
 
-@pytest.mark.parametrize("recipe", ["videomae-ast-bert", "clip-whisper-llama"])
+@pytest.mark.parametrize("recipe", ["videomae-ast-bert", "clip-whisper-llama", "vivit-wav2vec2-bert",
+                                    "xclip-clap-bert"])
 def test_hf_encoders_train_save_reload_bit_exactly_and_caption(folders, tmp_path, recipe):
     video_name, audio_name, decoder = recipe.split("-")
-    video = part("hf_video" if video_name == "videomae" else "hf_frames", folders[video_name])
+    video = named_part(video_name, folders)
     text = None
     if decoder == "llama":
         text = {"type": "hf_causal_lm", **HFCausalLMConfig.from_folder(str(folders["llama"]), img_feature_dim=32,
@@ -141,6 +155,92 @@ def test_audio_parts_compute_what_the_hf_models_compute(folders, name):
     assert ours.shape == (2, config.num_audio_tokens, 32)
     torch.testing.assert_close(ours, theirs.last_hidden_state, rtol=1e-4, atol=1e-4)
     assert np.isfinite(ours.numpy()).all()
+
+
+def _own_pixels(folder, frames: torch.Tensor) -> torch.Tensor:
+    """(B, T, 3, H, W) as the folder's own processor makes them (a timm folder: its pretrained_cfg mean/std)."""
+    import json
+
+    from transformers import AutoImageProcessor
+
+    config = json.loads((folder / "config.json").read_text())
+    if "architecture" in config:
+        mean, std = (torch.tensor(config["pretrained_cfg"][k]).view(1, 1, 3, 1, 1) for k in ("mean", "std"))
+        return (frames.float() / 255 - mean) / std
+    processor = AutoImageProcessor.from_pretrained(str(folder))
+    images = [frame.permute(1, 2, 0).numpy() for frame in frames.flatten(0, 1)]
+    pixels = processor(images, do_resize=False, do_center_crop=False, return_tensors="pt")["pixel_values"]
+    return pixels.reshape(frames.shape).float()
+
+
+def _direct_video(name: str, folder, pixels: torch.Tensor) -> torch.Tensor:
+    """The model's own output on ``pixels``: a video model's tokens, or an image model's per-frame tokens pooled
+    as hf_frames states (class/register tokens dropped, each 2x2 patch block and each group of 2 frames
+    averaged)."""
+    import transformers
+
+    if name in VIDEO_MODELS:
+        cls = {"videomae": "VideoMAEModel", "timesformer": "TimesformerModel", "vivit": "VivitModel"}[name]
+        extra = {"add_pooling_layer": False} if name == "vivit" else {}
+        return getattr(transformers, cls).from_pretrained(str(folder), **extra).eval()(
+            pixel_values=pixels).last_hidden_state
+    flat = pixels.flatten(0, 1)
+    if name == "timm_vit":
+        import json
+
+        import timm
+        from safetensors.torch import load_file
+
+        config = json.loads((folder / "config.json").read_text())
+        model = timm.create_model(config["architecture"], pretrained=False, **config["model_args"]).eval()
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        hidden = model.forward_features(flat)
+    else:
+        whole = {"clip": "CLIPModel", "siglip": "SiglipModel", "xclip": "XCLIPModel", "dinov2": "Dinov2Model"}[name]
+        model = getattr(transformers, whole).from_pretrained(str(folder)).eval()
+        hidden = getattr(model, "vision_model", model)(pixel_values=flat).last_hidden_state
+    grid = hidden[:, -16:].reshape(2, 4, 2, 2, 2, 2, 2, -1)  # (B, groups, frames, rows, 2, columns, 2, C)
+    return grid.mean(dim=(2, 4, 6)).flatten(1, 3)
+
+
+@pytest.mark.parametrize("name", ["timesformer", "vivit", "siglip", "dinov2", "xclip", "timm_vit"])
+def test_more_video_and_image_families_compute_what_the_hf_models_compute(folders, name):
+    config = hf_parts_config(named_part(name, folders), part("hf_audio", folders["ast"]))
+    model = AVLFormer(config)
+    model.load_part_weights("video", str(folders[name]))
+    frames, audio = inputs(config)
+    with torch.no_grad():
+        ours = model.eval().encoder_outputs(frames, audio)[0]
+        theirs = _direct_video(name, folders[name], _own_pixels(folders[name], frames))
+    assert ours.shape == (2, config.num_video_tokens, config.video.token_width)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["clap", "wav2vec2", "hubert"])
+def test_more_audio_families_compute_what_the_hf_models_compute(folders, name):
+    import torchaudio.functional as AF
+    import transformers
+    from transformers import AutoFeatureExtractor
+
+    config = hf_parts_config(part("hf_video", folders["videomae"]), named_part(name, folders))
+    model = AVLFormer(config)
+    model.load_part_weights("audio", str(folders[name]))
+    frames, audio = inputs(config)
+    extractor = AutoFeatureExtractor.from_pretrained(str(folders[name]))
+    waves = [AF.resample(row[0], 32000, extractor.sampling_rate).numpy() for row in audio]
+    features = extractor(waves, sampling_rate=extractor.sampling_rate, return_tensors="pt")
+    with torch.no_grad():
+        ours = model.eval().encoder_outputs(frames, audio)[1]
+        if name == "clap":  # the audio tower's feature map (B, C, F, T), its cells as tokens
+            tower = transformers.ClapModel.from_pretrained(str(folders[name])).eval().audio_model
+            cells = tower(input_features=features["input_features"], is_longer=features["is_longer"])
+            theirs = cells.last_hidden_state.flatten(2).transpose(1, 2)
+        else:  # the 16 kHz waveform itself, through the model's convolutional front end
+            cls = {"wav2vec2": "Wav2Vec2Model", "hubert": "HubertModel"}[name]
+            direct = getattr(transformers, cls).from_pretrained(str(folders[name])).eval()
+            theirs = direct(input_values=features["input_values"]).last_hidden_state
+    assert ours.shape == (2, config.num_audio_tokens, config.audio.token_width)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
 def test_a_model_of_the_wrong_kind_or_shape_is_a_one_line_error(folders, tmp_path):

@@ -132,3 +132,49 @@ def test_training_from_part_flags_builds_trains_and_saves_with_the_lms_tokenizer
     stored = load_file(str(folders["gpt2"] / "model.safetensors"))  # the frozen base is the folder's
     name = "transformer.h.0.mlp.c_fc.weight"
     assert torch.equal(reloaded.part("text").lm.state_dict()[name], stored[name])
+
+
+def test_a_hub_id_is_its_cached_snapshot_offline_and_a_one_line_error_when_not_cached(folders, tmp_path,
+                                                                                      monkeypatch):
+    import shutil
+
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError) as caught:
+        choose("video", "hf:some-org/tiny-videomae")
+    message = str(caught.value)
+    assert "some-org/tiny-videomae: no such video encoder folder" in message and "\n" not in message
+    assert "not in the local cache (HF_HUB_OFFLINE is set)" in message
+    # the layout huggingface_hub writes: models--org--name/snapshots/<commit>/, refs/main naming the commit
+    repo = tmp_path / "hub" / "models--some-org--tiny-videomae"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(folders["videomae"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    chosen = choose("video", "hf:some-org/tiny-videomae")
+    assert chosen["type"] == "hf_video" and chosen["path"] == str(repo / "snapshots" / commit)
+
+
+def test_a_hub_id_online_downloads_configs_and_safetensors_only(folders, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    calls = []
+
+    def fake_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(folders["ast"])
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    assert choose("audio", "hf:some-org/tiny-ast@v1")["path"] == str(folders["ast"])
+    (repo_id, kwargs), = calls
+    assert (repo_id, kwargs["revision"], kwargs["local_files_only"]) == ("some-org/tiny-ast", "v1", False)
+    assert "*.safetensors" in kwargs["allow_patterns"] and not any(
+        pattern.endswith((".bin", ".py", ".h5", ".msgpack")) for pattern in kwargs["allow_patterns"])
+    assert choose("video", f"hf:{folders['videomae']}")["path"] == str(folders["videomae"])  # a path: no Hub
+    assert len(calls) == 1

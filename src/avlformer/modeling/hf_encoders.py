@@ -1,12 +1,12 @@
 """Encoders from ``transformers`` as parts (docs/models.md): ``hf_video`` (a video model: VideoMAE, TimeSformer,
-ViViT), ``hf_frames`` (an image model's vision tower applied to each frame: CLIP, SigLIP, DINOv2, ...) and
-``hf_audio`` (AST, Whisper's encoder).
+ViViT) and ``hf_frames`` (an image model's vision tower applied to each frame: CLIP, SigLIP, DINOv2, ViT, X-CLIP's
+vision tower, or a timm model); the shared base of these and ``hf_audio`` (modeling/hf_audio.py).
 
-Each part's preprocessing is its folder's: the image mean/std of its ``preprocessor_config.json`` (frames arrive
-normalised with ImageNet's, ``data/transforms.py``, and are re-normalised with the model's), and for audio its
-feature extractor (sample rate, mel settings, normalisation), fed the prepared clip resampled from the data's rate
-(32 kHz) to the extractor's. Both are stored in the part's config, hence in every checkpoint's ``config.json``, so
-``infer``/``caption``/``serve`` give the model what it was trained on without the original folder.
+Each part's preprocessing is its folder's: the pixel scaling and mean/std of its ``preprocessor_config.json``
+(a timm folder's ``pretrained_cfg``); frames arrive normalised with ImageNet's (``data/transforms.py``) and are
+re-normalised as the model's processor would have made them. This is stored in the part's config, hence in every
+checkpoint's ``config.json``, so ``infer``/``caption``/``serve`` give the model what it was trained on without the
+original folder.
 
 ``hf_frames`` reduces time in a stated way: each frame's patch tokens (class token dropped) are average-pooled to
 ``pool`` x ``pool`` tokens, then each group of ``group`` consecutive frames is averaged: ``num_frames / group ·
@@ -25,12 +25,12 @@ from torch import nn
 from avlformer.config_fields import JsonDataclass
 from avlformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from avlformer.json_files import read_json
-from avlformer.modeling.hf_folder import (check_model_folder, config_object, cpu_build, read_folder_state,
-                                          read_model_config, set_hf_checkpointing)
+from avlformer.modeling.hf_folder import (TIMM_TYPE, check_model_folder, config_object, cpu_build,
+                                          read_folder_state, read_model_config, safetensors_files,
+                                          set_hf_checkpointing)
 
 VIDEO_TYPES = ("videomae", "timesformer", "vivit")
-AUDIO_TYPES = ("audio-spectrogram-transformer", "whisper")
-IMAGE_KINDS = ("clip", "siglip", "dinov2", "vit", "clip_vision_model", "siglip_vision_model")
+IMAGE_KINDS = ("clip", "siglip", "dinov2", "vit", "clip_vision_model", "siglip_vision_model", "xclip", TIMM_TYPE)
 ENCODER_TRAINING = ("full", "frozen")
 PREPROCESSOR_NAME = "preprocessor_config.json"
 
@@ -72,23 +72,37 @@ class _HFEncoderConfig(JsonDataclass):
 
 
 # ----------------------------------------------------------------------------------------------------- video
+def _pixel_recipe(folder, hf_config: dict, what: str) -> dict[str, Any]:
+    """How the model's processor turns 0..255 pixels into its input: ``(x · scale / 255 - offset - mean) / std``
+    (ViViT's scales by 2 and offsets by 1; a timm folder states mean/std in its ``pretrained_cfg``)."""
+    if hf_config["model_type"] == TIMM_TYPE:
+        pre = hf_config.get("pretrained_cfg") or {}
+        return {"image_mean": list(pre.get("mean", IMAGENET_MEAN)), "image_std": list(pre.get("std", IMAGENET_STD))}
+    pre = _preprocessor(folder, what)
+    normalise = pre.get("do_normalize", True)
+    return {"image_mean": list(pre.get("image_mean", IMAGENET_MEAN)) if normalise else [0.0] * 3,
+            "image_std": list(pre.get("image_std", IMAGENET_STD)) if normalise else [1.0] * 3,
+            "pixel_scale": round(255 * pre.get("rescale_factor", 1 / 255), 6) if pre.get("do_rescale", True) else 255.0,
+            "pixel_offset": 1.0 if pre.get("offset") else 0.0}
+
+
 @dataclass
 class HFVideoConfig(_HFEncoderConfig):
     image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    pixel_scale: float = 1.0   # the processor's rescale_factor x 255 (1 for the usual 1/255)
+    pixel_offset: float = 0.0  # subtracted after rescaling (ViViT's processor: 1)
 
     WHAT, KINDS = "video encoder", VIDEO_TYPES
 
     @classmethod
     def from_folder(cls, path: str, **values):
-        """The config of the model in ``path``: its config.json and processor config (mean/std) are read."""
+        """The config of the model in ``path``: its config.json and processor config (scaling, mean/std)."""
         folder = check_model_folder(path, cls.WHAT)
         hf_config = read_model_config(folder, cls.WHAT)
         if hf_config["model_type"] not in cls.KINDS:
             raise _kind_error(folder, hf_config, f"a {cls.WHAT}", cls.KINDS)
-        pre = _preprocessor(folder, cls.WHAT)
-        return cls(hf_config=hf_config, path=str(folder), image_mean=list(pre.get("image_mean", IMAGENET_MEAN)),
-                   image_std=list(pre.get("image_std", IMAGENET_STD)), **values)
+        return cls(hf_config=hf_config, path=str(folder), **_pixel_recipe(folder, hf_config, cls.WHAT), **values)
 
     @property
     def token_width(self) -> int:
@@ -114,12 +128,15 @@ class HFVideoConfig(_HFEncoderConfig):
                              f"{model_config.num_frames} of {model_config.image_size} px")
 
 
-def _renormalise(frames: torch.Tensor, mean, std) -> torch.Tensor:
-    """ImageNet-normalised frames (B, T, 3, H, W) -> normalised with the model's own ``mean``/``std``."""
+def _renormalise(frames: torch.Tensor, config: HFVideoConfig) -> torch.Tensor:
+    """ImageNet-normalised frames (B, T, 3, H, W) -> what the model's own processor gives (``_pixel_recipe``)."""
     shape = (1, 1, 3, 1, 1)
     given_mean, given_std = (frames.new_tensor(v).view(shape) for v in (IMAGENET_MEAN, IMAGENET_STD))
-    mean, std = frames.new_tensor(mean).view(shape), frames.new_tensor(std).view(shape)
-    return (frames * given_std + given_mean - mean) / std
+    mean, std = frames.new_tensor(config.image_mean).view(shape), frames.new_tensor(config.image_std).view(shape)
+    pixels = frames * given_std + given_mean
+    if config.pixel_scale != 1.0 or config.pixel_offset:
+        pixels = pixels * config.pixel_scale - config.pixel_offset
+    return (pixels - mean) / std
 
 
 class _HFEncoder(nn.Module):
@@ -141,11 +158,12 @@ class HFVideoEncoder(_HFEncoder):
     def __init__(self, config: HFVideoConfig):
         from transformers import AutoModel
 
-        super().__init__(config, lambda: AutoModel.from_config(config.hf()))
+        # ViViT's pooler is unused here (and absent from its video-classification checkpoints)
+        extra = {"add_pooling_layer": False} if config.hf_config["model_type"] == "vivit" else {}
+        super().__init__(config, lambda: AutoModel.from_config(config.hf(), **extra))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        pixels = _renormalise(frames, self.config.image_mean, self.config.image_std)
-        return self.model(pixel_values=pixels).last_hidden_state
+        return self.model(pixel_values=_renormalise(frames, self.config)).last_hidden_state
 
 
 # ----------------------------------------------------------------------------------------------------- frames
@@ -157,13 +175,22 @@ class HFFramesConfig(HFVideoConfig):
     WHAT, KINDS = "per-frame image encoder", IMAGE_KINDS
 
     def vision(self):
-        """The vision tower's config (a CLIP/SigLIP folder holds text and vision towers)."""
+        """The vision tower's config (a CLIP/SigLIP/X-CLIP folder holds text and vision towers)."""
         hf = self.hf()
         return getattr(hf, "vision_config", None) or hf
 
     @property
     def token_width(self) -> int:
+        if self.hf_config["model_type"] == TIMM_TYPE:
+            return int(self.hf_config["num_features"])
         return int(self.vision().hidden_size)
+
+    @property
+    def image_size(self) -> int:
+        if self.hf_config["model_type"] == TIMM_TYPE:
+            return int((self.hf_config.get("pretrained_cfg") or {}).get("input_size", [3, 224, 224])[-1])
+        size = self.vision().image_size
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
 
     def num_tokens(self, num_frames: int, image_size: int) -> int:
         return num_frames // self.group * self.pool ** 2
@@ -171,9 +198,13 @@ class HFFramesConfig(HFVideoConfig):
     def check_fits(self, model_config) -> None:
         if model_config.num_frames % self.group:
             raise ValueError(f"video.group {self.group} does not divide num_frames {model_config.num_frames}")
-        size = self.vision().image_size
-        if size != model_config.image_size:
-            raise ValueError(f"the image encoder takes {size} px frames, the model gives {model_config.image_size}")
+        if self.image_size != model_config.image_size:
+            raise ValueError(f"the image encoder takes {self.image_size} px frames, the model gives "
+                             f"{model_config.image_size}")
+        frames = getattr(self.vision(), "num_frames", None) if self.hf_config["model_type"] == "xclip" else None
+        if frames is not None and frames != model_config.num_frames:  # its frames exchange messages in each layer
+            raise ValueError(f"the X-CLIP vision tower takes {frames} frames, the model gives "
+                             f"{model_config.num_frames}")
 
     def describe(self) -> str:
         return f"{super().describe()} per frame, {self.pool}x{self.pool} tokens per {self.group} frames"
@@ -181,123 +212,53 @@ class HFFramesConfig(HFVideoConfig):
 
 class HFFramesEncoder(_HFEncoder):
     def __init__(self, config: HFFramesConfig):
-        from transformers import AutoModel
-
-        super().__init__(config, lambda: AutoModel.from_config(config.vision()))
+        super().__init__(config, lambda: _vision_model(config))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         batch, num_frames = frames.shape[:2]
-        pixels = _renormalise(frames, cfg.image_mean, cfg.image_std).flatten(0, 1)
-        hidden = self.model(pixel_values=pixels).last_hidden_state          # (B·T, [cls +] patches, C)
-        side = int((hidden.shape[1]) ** 0.5)
-        patches = hidden[:, hidden.shape[1] - side * side:]                 # the class token, if any, dropped
-        grid = patches.transpose(1, 2).reshape(hidden.shape[0], -1, side, side)
+        pixels = _renormalise(frames, cfg).flatten(0, 1)
+        hidden = self.model(pixel_values=pixels).last_hidden_state  # (B·T, [cls/registers +] patches, C)
+        if hidden.dim() == 4:                                       # a convolutional model's (B·T, C, h, w)
+            grid = hidden
+        else:
+            side = int((hidden.shape[1]) ** 0.5)
+            patches = hidden[:, hidden.shape[1] - side * side:]     # the class (and register) tokens dropped
+            grid = patches.transpose(1, 2).reshape(hidden.shape[0], -1, side, side)
         pooled = F.adaptive_avg_pool2d(grid, cfg.pool).flatten(2)          # (B·T, C, pool²)
         pooled = pooled.view(batch, num_frames // cfg.group, cfg.group, -1, cfg.pool ** 2).mean(2)
         return pooled.transpose(2, 3).flatten(1, 2)                        # (B, groups·pool², C)
 
 
-# ----------------------------------------------------------------------------------------------------- audio
-@dataclass
-class HFAudioConfig(_HFEncoderConfig):
-    feature_extractor: dict = field(default_factory=dict)  # the folder's preprocessor_config.json
-    sample_rate: int = 32000     # the data's rate (what the loaders read); resampled to the extractor's
-    clip_seconds: float = 10.0
+def _vision_model(config: HFFramesConfig):
+    if config.hf_config["model_type"] == "xclip":  # transformers' Auto classes do not map its vision tower
+        from transformers import XCLIPVisionModel
 
-    @classmethod
-    def from_folder(cls, path: str, **values) -> "HFAudioConfig":
-        folder = check_model_folder(path, "audio encoder")
-        hf_config = read_model_config(folder, "audio encoder")
-        if hf_config["model_type"] not in AUDIO_TYPES:
-            raise _kind_error(folder, hf_config, "an audio encoder", AUDIO_TYPES)
-        return cls(hf_config=hf_config, path=str(folder), feature_extractor=_preprocessor(folder, "audio encoder"),
-                   **values)
-
-    @property
-    def model_sample_rate(self) -> int:
-        return int(self.feature_extractor.get("sampling_rate", 16000))
-
-    @property
-    def clip_samples(self) -> int:
-        return int(round(self.sample_rate * self.clip_seconds))
-
-    @property
-    def token_width(self) -> int:
-        return int(self.hf_config.get("hidden_size") or self.hf_config["d_model"])
-
-    @property
-    def num_tokens(self) -> int:
-        hf = self.hf_config
-        if hf["model_type"] == "whisper":
-            return int(hf["max_source_positions"])
-        freq = (hf["num_mel_bins"] - hf.get("patch_size", 16)) // hf["frequency_stride"] + 1
-        time = (hf["max_length"] - hf.get("patch_size", 16)) // hf["time_stride"] + 1
-        return freq * time + 2
-
-
-class HFAudioEncoder(_HFEncoder):
-    def __init__(self, config: HFAudioConfig):
-        super().__init__(config, lambda: _audio_model(config.hf()))
-
-    def features(self, audio: torch.Tensor) -> torch.Tensor:
-        """Waveforms (B, 1, S) at the data's rate -> the model's input features, by its own feature extractor."""
-        import torchaudio.functional as AF
-
-        cfg = self.config
-        wave = audio[:, 0].float()
-        if cfg.sample_rate != cfg.model_sample_rate:
-            wave = AF.resample(wave, cfg.sample_rate, cfg.model_sample_rate)
-        extractor = _extractor(cfg)
-        out = extractor([row.cpu().numpy() for row in wave], sampling_rate=cfg.model_sample_rate,
-                        return_tensors="pt")
-        name = "input_features" if "input_features" in out else "input_values"
-        return out[name].to(audio.device)
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        features = self.features(audio).to(next(self.model.parameters()).dtype)
-        if self.config.hf_config["model_type"] == "whisper":
-            return self.model(input_features=features).last_hidden_state
-        return self.model(input_values=features).last_hidden_state
-
-
-def _audio_model(hf_config):
-    if hf_config.model_type == "whisper":
-        from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-        return WhisperEncoder(hf_config)
+        return XCLIPVisionModel(config.vision())
     from transformers import AutoModel
 
-    return AutoModel.from_config(hf_config)
-
-
-_EXTRACTORS: dict[str, Any] = {}
-
-
-def _extractor(config: HFAudioConfig):
-    import json
-
-    from transformers.models.auto.feature_extraction_auto import feature_extractor_class_from_name
-
-    key = json.dumps(config.feature_extractor, sort_keys=True)
-    if key not in _EXTRACTORS:
-        values = dict(config.feature_extractor)
-        cls = feature_extractor_class_from_name(values.pop("feature_extractor_type", ""))
-        if cls is None:
-            raise ValueError(f"{config.path}: the preprocessor config names no known feature extractor")
-        _EXTRACTORS[key] = cls(**values)
-    return _EXTRACTORS[key]
+    vision = config.vision()
+    if config.hf_config["model_type"] == TIMM_TYPE and vision.model_args:  # the wrapper sets num_classes itself
+        vision.model_args = {k: v for k, v in vision.model_args.items() if k != "num_classes"}
+    return AutoModel.from_config(vision)
 
 
 # ----------------------------------------------------------------------------------------------------- weights
 def load_encoder_weights(module: _HFEncoder, path: str) -> list[str]:
     """The encoder's weights from its folder (safetensors only, read by transformers, which resolves renamed
     tensors), found under whatever prefix the folder's model keeps them (a CLIP folder's vision tower, a Whisper
-    folder's encoder); every tensor of the part must be there."""
+    folder's encoder); every tensor of the part must be there. A timm folder's tensors are timm's own names, read
+    as they are (transformers' loader rebuilds the model from its ``model_args``, which may repeat arguments the
+    wrapper sets)."""
     from transformers import AutoModel
 
     folder = check_model_folder(path, "encoder")
-    source = read_folder_state(folder, AutoModel, module.config.trust_remote_code)
+    if module.config.hf_config["model_type"] == TIMM_TYPE:
+        from safetensors.torch import load_file
+
+        source = {f"timm_model.{k}": v for file in safetensors_files(folder) for k, v in load_file(str(file)).items()}
+    else:
+        source = read_folder_state(folder, AutoModel, module.config.trust_remote_code)
     target = module.model.state_dict()
     prefix = _common_prefix(source, target)
     if prefix is None:

@@ -1,6 +1,8 @@
 """Local Hugging Face model folders as parts (docs/models.md): the checks made before any weight is read, the
 architecture rebuilt from a stored ``config.json`` (so a checkpoint reloads without the folder), the weights read
-from safetensors only, and a hash naming exactly which weights a LoRA adapter was trained on.
+from safetensors only, and a hash naming exactly which weights a LoRA adapter was trained on. A Hub id (``org/name``,
+not an existing path) becomes the folder of its snapshot in the Hugging Face cache: downloaded (configs, tokenizer
+files and safetensors only) when the machine is online, taken from the cache when ``HF_HUB_OFFLINE`` is set.
 
 Code in a model folder never runs unless ``trust_remote_code`` is set, and pickled weights are never read: a
 folder holding only ``pytorch_model.bin`` is refused with the command that converts it.
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,34 @@ import torch
 from avlformer.json_files import read_json
 
 HF_CONFIG_NAME = "config.json"
+TIMM_TYPE = "timm_wrapper"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")  # org/name, optionally @revision
+# What a part needs from a Hub repository: never pickled weights; a model's own code only when it may run.
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
 PICKLED_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+
+
+def resolve_model_source(source: str, what: str, trust_remote_code: bool = False) -> str:
+    """The local folder of ``source``: itself when it is a path (or not shaped like a Hub id), else the Hub
+    snapshot of ``org/name[@revision]``; a Hub id that cannot be had (offline and not cached, unknown, gated) is a
+    one-line error."""
+    if Path(source).exists() or not HUB_ID.match(source):
+        return source
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo_id, _, revision = source.partition("@")
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        return snapshot_download(repo_id, revision=revision or None, local_files_only=offline,
+                                 allow_patterns=HUB_FILES + (["*.py"] if trust_remote_code else []))
+    except LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
+        raise FileNotFoundError(f"{source}: no such {what} folder, and this Hub id is not in the local cache "
+                                f"({why}); download it once online, or give a folder") from None
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        raise FileNotFoundError(f"{source}: no such {what} folder, and the Hub gives no model by this id "
+                                f"({str(error).splitlines()[0]})") from None
 
 
 def check_model_folder(path: str, what: str, *, need_weights: bool = True) -> Path:
@@ -46,7 +77,11 @@ def safetensors_files(folder: Path) -> list[Path]:
 
 
 def read_model_config(folder: Path, what: str) -> dict[str, Any]:
+    """A folder's ``config.json``; a timm model's (``architecture``, no ``model_type``) is read as transformers
+    reads it, as a ``timm_wrapper`` model."""
     config = read_json(folder / HF_CONFIG_NAME, f"{what} config")
+    if isinstance(config, dict) and "model_type" not in config and isinstance(config.get("architecture"), str):
+        config = {**config, "model_type": TIMM_TYPE}
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise ValueError(f"{folder / HF_CONFIG_NAME}: no 'model_type'; not a Hugging Face model config ({what})")
     return config

@@ -1,17 +1,17 @@
 """A part named on the command line (``--video-encoder``, ``--audio-encoder``, ``--decoder``): a registered type
-name, or ``hf:PATH`` for a Hugging Face model folder, whose kind (video model, image model, audio model, causal
-LM) is read from its ``config.json`` (docs/models.md). Everything is checked from the folder's config and
-processor files: a missing folder, a model of the wrong kind or pickled-only weights is a one-line error before
-any weight is read."""
+name, or ``hf:PATH`` for a Hugging Face model folder (``hf:org/name``, a Hub id, stands for its snapshot:
+hf_folder.resolve_model_source), whose kind (video model, image model, audio model, causal LM) is read from its
+``config.json`` (docs/models.md). Everything is checked from the folder's config and processor files: a missing
+folder, a model of the wrong kind or pickled-only weights is a one-line error before any weight is read."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from avlformer.modeling.hf_causal_lm import HFCausalLMConfig
-from avlformer.modeling.hf_encoders import (AUDIO_TYPES, IMAGE_KINDS, VIDEO_TYPES, HFAudioConfig, HFFramesConfig,
-                                            HFVideoConfig)
-from avlformer.modeling.hf_folder import check_model_folder, read_model_config
+from avlformer.modeling.hf_audio import AUDIO_TYPES, HFAudioConfig
+from avlformer.modeling.hf_encoders import IMAGE_KINDS, VIDEO_TYPES, HFFramesConfig, HFVideoConfig
+from avlformer.modeling.hf_folder import check_model_folder, read_model_config, resolve_model_source
 from avlformer.modeling.parts import ROLE_NOUNS, part_type
 
 HF_PREFIX = "hf:"
@@ -31,6 +31,7 @@ def part_from_spec(role: str, spec: str, current: dict[str, Any], *, img_feature
     path = spec[len(HF_PREFIX):]
     if not path:
         raise ValueError(f"{spec!r}: give the model folder after 'hf:' (e.g. hf:./models/SmolLM2-135M)")
+    path = resolve_model_source(path, ROLE_NOUNS[role], bool(options.get("trust_remote_code")))
     folder = check_model_folder(path, ROLE_NOUNS[role])
     model_type = read_model_config(folder, ROLE_NOUNS[role])["model_type"]
     if role == "text":

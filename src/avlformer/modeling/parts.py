@@ -17,7 +17,7 @@ weights keep it). Optional config hooks: ``check_fits(model_config)`` (raise Val
 that model), ``describe()`` (a short name for logs), ``TRAINING_ONLY`` (fields that leave the eval output alone).
 
 Besides the paper's parts (``video_swin``, ``passt``, ``bert``) the registry holds the Hugging Face ones
-(``hf_video``, ``hf_frames``, ``hf_audio``: modeling/hf_encoders.py; ``hf_causal_lm``: modeling/hf_causal_lm.py;
+(``hf_video``, ``hf_frames``, ``hf_audio``: modeling/hf_encoders.py, hf_audio.py; ``hf_causal_lm``: hf_causal_lm.py;
 docs/models.md). A decoder with ``is_prefix_lm`` computes its training loss in its own ``forward(av_tokens,
 input_ids, text_len)`` and drives decoding with ``make_stepper``/``special_ids`` (modeling/generation.py).
 
@@ -36,8 +36,9 @@ from torch import nn
 
 from avlformer.config_fields import checked_fields
 from avlformer.modeling import passt, video_swin
-from avlformer.modeling.hf_encoders import (HFAudioConfig, HFAudioEncoder, HFFramesConfig, HFFramesEncoder,
-                                           HFVideoConfig, HFVideoEncoder, load_encoder_weights)
+from avlformer.modeling.hf_audio import HFAudioConfig, HFAudioEncoder
+from avlformer.modeling.hf_encoders import (HFFramesConfig, HFFramesEncoder, HFVideoConfig, HFVideoEncoder,
+                                           load_encoder_weights)
 from avlformer.modeling.hf_causal_lm import HFCausalLMConfig, HFCausalLMDecoder, load_pretrained_lm
 from avlformer.modeling.text_transformer import TextTransformer, TextTransformerConfig
 

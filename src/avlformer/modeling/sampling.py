@@ -12,6 +12,9 @@ the one at position c seeing tokens 0..c-1 and itself only: exactly what the mod
 for all c at once. The AV part goes through a :class:`~avlformer.modeling.kv_cache.KVCache` prefilled once per
 video, so a video's K captions share one AV computation and its gradient (tests/test_scst_logprob.py checks it
 against one forward of ``[text ; AV]`` per caption).
+
+A decoder with its own stepper and ``caption_logprobs`` (a causal LM, modeling/hf_causal_lm.py) is sampled and
+scored through those instead, by the same loop and the same per-row sums (:func:`drawn_token_scores`).
 """
 
 from __future__ import annotations
