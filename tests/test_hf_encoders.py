@@ -98,65 +98,6 @@ def test_hf_encoders_train_save_reload_bit_exactly_and_caption(folders, tmp_path
                          "--num-workers", "0"]) == 0
 
 
-def _processor_pixels(folder, frames: torch.Tensor, auto_class) -> torch.Tensor:
-    processor = auto_class.from_pretrained(str(folder))
-    mean = torch.tensor(processor.image_mean).view(1, 1, 3, 1, 1)
-    std = torch.tensor(processor.image_std).view(1, 1, 3, 1, 1)
-    return (frames.float() / 255 - mean) / std
-
-
-def test_video_parts_compute_what_the_hf_models_compute(folders):
-    from transformers import CLIPImageProcessor, CLIPVisionModel, VideoMAEImageProcessor, VideoMAEModel
-
-    config = hf_parts_config(part("hf_video", folders["videomae"]), part("hf_audio", folders["ast"]))
-    model = AVLFormer(config)
-    model.load_part_weights("video", str(folders["videomae"]))
-    frames, audio = inputs(config)
-    direct = VideoMAEModel.from_pretrained(str(folders["videomae"])).eval()
-    with torch.no_grad():
-        ours = model.eval().encoder_outputs(frames, audio)[0]
-        theirs = direct(pixel_values=_processor_pixels(folders["videomae"], frames, VideoMAEImageProcessor))
-    torch.testing.assert_close(ours, theirs.last_hidden_state, rtol=1e-4, atol=1e-4)
-
-    config = hf_parts_config(part("hf_frames", folders["clip"]), part("hf_audio", folders["ast"]))
-    model = AVLFormer(config)
-    model.load_part_weights("video", str(folders["clip"]))
-    tower = CLIPVisionModel.from_pretrained(str(folders["clip"])).eval()
-    with torch.no_grad():
-        ours = model.eval().encoder_outputs(frames, audio)[0]
-        pixels = _processor_pixels(folders["clip"], frames, CLIPImageProcessor)
-        patches = tower(pixel_values=pixels.flatten(0, 1)).last_hidden_state[:, 1:]   # (B·T, 16, C)
-        # (B, groups, frames in a group, 2 rows of 2 patches, 2 columns of 2 patches, C) of the 4x4 patch grid
-        grid = patches.reshape(2, 4, 2, 2, 2, 2, 2, -1)
-        theirs = grid.mean(dim=(2, 4, 6)).flatten(1, 3)  # mean over a group's frames and each 2x2 patch block
-    assert ours.shape == (2, config.num_video_tokens, 32)
-    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("name", ["ast", "whisper"])
-def test_audio_parts_compute_what_the_hf_models_compute(folders, name):
-    import torchaudio.functional as AF
-    from transformers import AutoFeatureExtractor, ASTModel, WhisperModel
-
-    config = hf_parts_config(part("hf_video", folders["videomae"]), part("hf_audio", folders[name]))
-    model = AVLFormer(config)
-    model.load_part_weights("audio", str(folders[name]))
-    frames, audio = inputs(config)
-    extractor = AutoFeatureExtractor.from_pretrained(str(folders[name]))
-    waves = [AF.resample(row[0], 32000, extractor.sampling_rate).numpy() for row in audio]
-    features = extractor(waves, sampling_rate=extractor.sampling_rate, return_tensors="pt")
-    with torch.no_grad():
-        ours = model.eval().encoder_outputs(frames, audio)[1]
-        if name == "ast":
-            theirs = ASTModel.from_pretrained(str(folders[name])).eval()(input_values=features["input_values"])
-        else:
-            encoder = WhisperModel.from_pretrained(str(folders[name])).eval().get_encoder()
-            theirs = encoder(input_features=features["input_features"])
-    assert ours.shape == (2, config.num_audio_tokens, 32)
-    torch.testing.assert_close(ours, theirs.last_hidden_state, rtol=1e-4, atol=1e-4)
-    assert np.isfinite(ours.numpy()).all()
-
-
 def _own_pixels(folder, frames: torch.Tensor) -> torch.Tensor:
     """(B, T, 3, H, W) as the folder's own processor makes them (a timm folder: its pretrained_cfg mean/std)."""
     import json
@@ -203,8 +144,8 @@ def _direct_video(name: str, folder, pixels: torch.Tensor) -> torch.Tensor:
     return grid.mean(dim=(2, 4, 6)).flatten(1, 3)
 
 
-@pytest.mark.parametrize("name", ["timesformer", "vivit", "siglip", "dinov2", "xclip", "timm_vit"])
-def test_more_video_and_image_families_compute_what_the_hf_models_compute(folders, name):
+@pytest.mark.parametrize("name", VIDEO_MODELS + IMAGE_MODELS)
+def test_video_and_image_parts_compute_what_the_hf_models_compute(folders, name):
     config = hf_parts_config(named_part(name, folders), part("hf_audio", folders["ast"]))
     model = AVLFormer(config)
     model.load_part_weights("video", str(folders[name]))
@@ -216,10 +157,25 @@ def test_more_video_and_image_families_compute_what_the_hf_models_compute(folder
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["clap", "wav2vec2", "hubert"])
-def test_more_audio_families_compute_what_the_hf_models_compute(folders, name):
-    import torchaudio.functional as AF
+def _direct_audio(name: str, folder, features) -> torch.Tensor:
+    """The audio model's own output on its own extractor's ``features``."""
     import transformers
+
+    if name == "whisper":
+        encoder = transformers.WhisperModel.from_pretrained(str(folder)).eval().get_encoder()
+        return encoder(input_features=features["input_features"]).last_hidden_state
+    if name == "clap":  # the audio tower's feature map (B, C, F, T), its cells as tokens
+        tower = transformers.ClapModel.from_pretrained(str(folder)).eval().audio_model
+        cells = tower(input_features=features["input_features"], is_longer=features["is_longer"])
+        return cells.last_hidden_state.flatten(2).transpose(1, 2)
+    cls = {"ast": "ASTModel", "wav2vec2": "Wav2Vec2Model", "hubert": "HubertModel"}[name]
+    direct = getattr(transformers, cls).from_pretrained(str(folder)).eval()
+    return direct(input_values=features["input_values"]).last_hidden_state  # wav2vec2/HuBERT: the 16 kHz wave
+
+
+@pytest.mark.parametrize("name", AUDIO_MODELS)
+def test_audio_parts_compute_what_the_hf_models_compute(folders, name):
+    import torchaudio.functional as AF
     from transformers import AutoFeatureExtractor
 
     config = hf_parts_config(part("hf_video", folders["videomae"]), named_part(name, folders))
@@ -231,16 +187,10 @@ def test_more_audio_families_compute_what_the_hf_models_compute(folders, name):
     features = extractor(waves, sampling_rate=extractor.sampling_rate, return_tensors="pt")
     with torch.no_grad():
         ours = model.eval().encoder_outputs(frames, audio)[1]
-        if name == "clap":  # the audio tower's feature map (B, C, F, T), its cells as tokens
-            tower = transformers.ClapModel.from_pretrained(str(folders[name])).eval().audio_model
-            cells = tower(input_features=features["input_features"], is_longer=features["is_longer"])
-            theirs = cells.last_hidden_state.flatten(2).transpose(1, 2)
-        else:  # the 16 kHz waveform itself, through the model's convolutional front end
-            cls = {"wav2vec2": "Wav2Vec2Model", "hubert": "HubertModel"}[name]
-            direct = getattr(transformers, cls).from_pretrained(str(folders[name])).eval()
-            theirs = direct(input_values=features["input_values"]).last_hidden_state
+        theirs = _direct_audio(name, folders[name], features)
     assert ours.shape == (2, config.num_audio_tokens, config.audio.token_width)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert np.isfinite(ours.numpy()).all()
 
 
 def test_a_model_of_the_wrong_kind_or_shape_is_a_one_line_error(folders, tmp_path):

@@ -18,7 +18,7 @@ from avlformer.modeling.sampling import caption_logprobs, sample_captions
 from avlformer.training import loop
 from avlformer.training.args import parse_train_args
 from hf_fakes import causal_lm_config, save_causal_lm
-from training_fakes import CAPTIONS, FakeCaptionDataset
+from training_fakes import ReferencedDataset
 
 MAX_LENGTH = 10
 
@@ -88,18 +88,6 @@ def test_lm_logprobs_equal_its_own_log_softmax_and_train_the_adapters_only(lm_fo
     assert any("lora_A" in name for name in with_grad) and any("lora_B" in name for name in with_grad)
     assert "projector.0.weight" in with_grad
     assert all("lora_" in name for name in with_grad if name.startswith("lm."))
-
-
-class ReferencedDataset(FakeCaptionDataset):
-    """The fake training set with a CaptionDataset's ``keys`` and ``captions`` (self-critical references)."""
-
-    @property
-    def keys(self):
-        return [f"val/{i}.mp4" for i in range(self.size)]
-
-    @property
-    def captions(self):
-        return [[CAPTIONS[i % len(CAPTIONS)]] for i in range(self.size)]
 
 
 def test_train_scst_with_a_lora_lm_moves_adapters_and_trainable_parts_only(lm_folder, tmp_path):

@@ -14,23 +14,11 @@ from avlformer.training import loop, trainer
 from avlformer.training.args import parse_train_args
 from avlformer.training.flag_table import ArgumentError
 from avlformer.training.scst import baseline_from_samples, reference_table
-from training_fakes import CAPTIONS, FakeCaptionDataset, deterministic_tiny_config, tiny_model
+from training_fakes import CAPTIONS, FakeCaptionDataset, ReferencedDataset, deterministic_tiny_config, tiny_model
 
 FLAGS = ["--num-train-epochs", "1", "--learning-rate", "1e-3", "--backbone-coef-lr", "0.5", "--num-workers", "0",
          "--device", "cpu", "--logging-steps", "1", "--seed", "3", "--scst", "--sc-train-sample-n", "3",
          "--max-gen-length", "8"]
-
-
-class ReferencedDataset(FakeCaptionDataset):
-    """The fake training set with the ``keys`` / ``captions`` a CaptionDataset has."""
-
-    @property
-    def keys(self):
-        return [f"val/{i}.mp4" for i in range(self.size)]
-
-    @property
-    def captions(self):
-        return [[CAPTIONS[0 if self.same_caption else i % len(CAPTIONS)]] for i in range(self.size)]
 
 
 def policy_model(config):

@@ -71,6 +71,18 @@ class FakeCaptionDataset(Dataset):
         return item
 
 
+class ReferencedDataset(FakeCaptionDataset):
+    """The fake training set with the ``keys`` / ``captions`` a CaptionDataset has (self-critical references)."""
+
+    @property
+    def keys(self):
+        return [f"val/{i}.mp4" for i in range(self.size)]
+
+    @property
+    def captions(self):
+        return [[CAPTIONS[0 if self.same_caption else i % len(CAPTIONS)]] for i in range(self.size)]
+
+
 def distributed_worker(rank: int, world_size: int, port: int, flags: list[str], val_size: int = 0) -> None:
     """One process of a gloo run, as torchrun would start it (environment variables), for torch.multiprocessing."""
     import os
