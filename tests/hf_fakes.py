@@ -201,19 +201,28 @@ def save_xclip(folder: Path) -> Path:
     return folder
 
 
-def save_timm_vit(folder: Path) -> Path:
-    """A timm ViT saved by timm's own Hub writer (config.json with architecture, model_args, pretrained_cfg)."""
+def _save_timm(folder: Path, architecture: str, seed: int, **args) -> Path:
+    """A timm model saved by timm's own Hub writer (config.json with architecture, model_args, pretrained_cfg)."""
     import timm
     from timm.models import save_for_hf
 
-    torch.manual_seed(10)
-    args = {"img_size": 64, "embed_dim": 32, "depth": 2, "num_heads": 4}
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **args)
+    torch.manual_seed(seed)
+    model = timm.create_model(architecture, pretrained=False, num_classes=0, **args)
     model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, 64, 64), "mean": (0.4, 0.45, 0.5),
                             "std": (0.2, 0.25, 0.3)}
     folder.mkdir(parents=True, exist_ok=True)
     save_for_hf(model, str(folder), model_args=args, safe_serialization=True)
     return folder
+
+
+def save_timm_vit(folder: Path) -> Path:
+    """A timm ViT: a class token and 4x4 patch tokens per frame."""
+    return _save_timm(folder, "vit_tiny_patch16_224", 10, img_size=64, embed_dim=32, depth=2, num_heads=4)
+
+
+def save_timm_resnet(folder: Path) -> Path:
+    """timm's tiny test ResNet: a (96, 2, 2) feature map per 64 px frame."""
+    return _save_timm(folder, "test_resnet", 14)
 
 
 def _waveform_config(cls, seed: int, folder: Path) -> Path:

@@ -27,7 +27,7 @@ from training_fakes import FakeCaptionDataset
 
 
 VIDEO_MODELS = ("videomae", "timesformer", "vivit")
-IMAGE_MODELS = ("clip", "siglip", "dinov2", "xclip", "timm_vit")
+IMAGE_MODELS = ("clip", "siglip", "dinov2", "xclip", "timm_vit", "timm_resnet")
 AUDIO_MODELS = ("ast", "whisper", "clap", "wav2vec2", "hubert")
 
 
@@ -126,7 +126,7 @@ def _direct_video(name: str, folder, pixels: torch.Tensor) -> torch.Tensor:
         return getattr(transformers, cls).from_pretrained(str(folder), **extra).eval()(
             pixel_values=pixels).last_hidden_state
     flat = pixels.flatten(0, 1)
-    if name == "timm_vit":
+    if name.startswith("timm_"):
         import json
 
         import timm
@@ -140,6 +140,8 @@ def _direct_video(name: str, folder, pixels: torch.Tensor) -> torch.Tensor:
         whole = {"clip": "CLIPModel", "siglip": "SiglipModel", "xclip": "XCLIPModel", "dinov2": "Dinov2Model"}[name]
         model = getattr(transformers, whole).from_pretrained(str(folder)).eval()
         hidden = getattr(model, "vision_model", model)(pixel_values=flat).last_hidden_state
+    if hidden.dim() == 4:  # a convolutional model's (B·T, C, 2, 2) map: already 2x2, each cell a token
+        return hidden.reshape(2, 4, 2, -1, 4).mean(2).transpose(2, 3).flatten(1, 2)
     grid = hidden[:, -16:].reshape(2, 4, 2, 2, 2, 2, 2, -1)  # (B, groups, frames, rows, 2, columns, 2, C)
     return grid.mean(dim=(2, 4, 6)).flatten(1, 3)
 
