@@ -6,6 +6,7 @@ train) only."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,18 +91,24 @@ def test_lm_logprobs_equal_its_own_log_softmax_and_train_the_adapters_only(lm_fo
     assert all("lora_" in name for name in with_grad if name.startswith("lm."))
 
 
+FLAGS = ["--num-train-epochs", "1", "--learning-rate", "1e-2", "--num-workers", "0", "--device", "cpu",
+         "--logging-steps", "1", "--seed", "3", "--scst", "--sc-train-sample-n", "4"]
+
+
+def run_scst(lm_folder, output_dir, batch: int, model=None, env=None):
+    model = model or lora_model(lm_folder)
+    config = model.config
+    args = parse_train_args(FLAGS + ["--output-dir", str(output_dir), "--per-gpu-train-batch-size", str(batch)],
+                            world_size=env.world_size if env else 1, model_config=config)
+    torch.set_num_threads(1)
+    return loop.train(args, env, model=model, recipe=PreprocessRecipe(stored_frames=8, short_side=64),
+                      train_dataset=ReferencedDataset(config, 4, tokenizer=load_tokenizer(str(lm_folder))))
+
+
 def test_train_scst_with_a_lora_lm_moves_adapters_and_trainable_parts_only(lm_folder, tmp_path):
     model = lora_model(lm_folder)
-    config = model.config
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    argv = ["--output-dir", str(tmp_path / "run"), "--per-gpu-train-batch-size", "2", "--num-train-epochs", "1",
-            "--learning-rate", "1e-2", "--num-workers", "0", "--device", "cpu", "--logging-steps", "1",
-            "--seed", "3", "--scst", "--sc-train-sample-n", "4"]
-    torch.set_num_threads(1)
-    result = loop.train(parse_train_args(argv, model_config=config), model=model,
-                        train_dataset=ReferencedDataset(config, 4, tokenizer=load_tokenizer(str(lm_folder))),
-                        recipe=PreprocessRecipe(stored_frames=8, short_side=64))
-    assert result.global_step == 2
+    assert run_scst(lm_folder, tmp_path / "run", 2, model).global_step == 2
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -117,3 +124,38 @@ def test_train_scst_with_a_lora_lm_moves_adapters_and_trainable_parts_only(lm_fo
     lm_changed = {name for name in changed if name.startswith("text.lm.")}
     assert lm_changed and all("lora_" in name for name in lm_changed)  # the base LM stays as loaded
     assert "text.projector.0.weight" in changed
+
+
+def _worker(rank: int, world_size: int, port: int, lm_folder: str, output_dir: str) -> None:
+    import os
+
+    from avlformer.training.distributed import init_distributed, teardown_distributed
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    env = init_distributed("cpu")
+    try:
+        run_scst(Path(lm_folder), output_dir, 1, env=env)
+    finally:
+        teardown_distributed()
+
+
+def test_scst_with_a_lora_lm_on_two_processes_matches_one(lm_folder, tmp_path):
+    """Samples are tied to the video and gradients averaged over ranks: 2 x batch 1 == 1 x batch 2."""
+    import socket
+
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    one = run_scst(lm_folder, tmp_path / "one", 2)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(_worker, args=(2, port, str(lm_folder), str(tmp_path / "two")), nprocs=2, join=True,
+                       start_method=start_method)
+    expected = load_file(str(one.last_checkpoint / "model.safetensors"))
+    actual = load_file(str(tmp_path / "two" / one.last_checkpoint.name / "model.safetensors"))
+    assert any("lora_" in name for name in expected)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=2e-5, msg=name)
