@@ -209,6 +209,21 @@ def test_a_model_of_the_wrong_kind_or_shape_is_a_one_line_error(folders, tmp_pat
         type(hf_parts_config(part("hf_video", folders["videomae"]), part("hf_audio", folders["ast"]))).from_dict(tree)
 
 
+def test_a_meta_build_leaves_the_global_random_generator_alone(folders):
+    """HF parts are built on the CPU even on the meta device; that throwaway build (the training log's size line,
+    checkpoint loading) must not shift the random numbers the real model's initial weights are drawn from."""
+    from avlformer.modeling.meta_device import build_on_meta
+
+    text = {"type": "hf_causal_lm", **HFCausalLMConfig.from_folder(str(folders["llama"]), img_feature_dim=32,
+                                                                   training="lora").to_dict()}
+    config = hf_parts_config(part("hf_frames", folders["clip"]), part("hf_audio", folders["ast"]), text)
+    torch.manual_seed(0)
+    build_on_meta(lambda: AVLFormer(config))
+    after_meta = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(after_meta, torch.rand(4))
+
+
 def test_training_from_cached_features_equals_end_to_end_with_frozen_hf_encoders(folders):
     from avlformer.data.dataset import collate
     from avlformer.data.features import to_storage

@@ -15,11 +15,10 @@ from avlformer.cli import main as cli_main
 from avlformer.data.dataset import CaptionDataset, collate
 from avlformer.data.features import FeatureFile, feature_path
 from avlformer.data.tokenizer import load_tokenizer
+from avlformer.modeling.avlformer import AVLFormer
 from avlformer.training.args import parse_train_args
-from avlformer.training.features import freeze_encoders
 from avlformer.training.loop import train
-from avlformer.training.model_setup import build_model
-from avlformer.training.setup import build_datasets, data_config_for, seed_everything
+from avlformer.training.setup import build_datasets, data_config_for
 from hf_fakes import save_ast, save_clip, save_videomae, save_whisper
 from training_fakes import deterministic_tiny_config
 
@@ -57,10 +56,13 @@ def test_extract_and_train_from_hf_features_equals_end_to_end_with_frozen_hf_enc
     cached = FeatureFile(feature_path(out, ws["yaml"]))
 
     # What arrives: the cache holds each part's own forward on the clips as inference prepares them.
-    config = parse_train_args([*train_flags(ws, tmp_path / "e2e"), *parts])
-    model = build_model(config, torch.device("cpu")).eval()
-    assert (model.config.video.path, model.config.audio.path) == (str(ws["folders"][video]),
+    config = parse_train_args([*train_flags(ws, tmp_path / "e2e"), *parts, "--freeze-backbone", "--freeze-passt"])
+    assert (config.model.video.path, config.model.audio.path) == (str(ws["folders"][video]),
                                                                    str(ws["folders"][audio]))
+    model = AVLFormer(config.model).eval()
+    for role in ("video", "audio"):
+        model.load_part_weights(role, getattr(config.model, role).path)
+    start = model.state_dict()
     clips = CaptionDataset(ws["yaml"], data_config_for(config), is_train=False)
     batch = collate([clips[row] for row in range(len(clips))])
     with torch.no_grad():
@@ -70,19 +72,16 @@ def test_extract_and_train_from_hf_features_equals_end_to_end_with_frozen_hf_enc
     torch.testing.assert_close(torch.stack([v for v, _ in got]), want_video, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(torch.stack([a for _, a in got]), want_audio, rtol=1e-6, atol=1e-6)
 
-    # train --features (the command) against end-to-end training with the encoders frozen
+    # train --features (the command) against end-to-end training with the encoders frozen (by the flags), the
+    # model built by the same command path from the same seed
     assert cli_main(["train", *train_flags(ws, tmp_path / "cached"), *parts, "--features", str(out)]) == 0
     raw = build_datasets(config, load_tokenizer())[0]
-    seed_everything(config.run.seed)  # the layers above the encoders start as the command's do
-    model = build_model(config, torch.device("cpu"))
-    freeze_encoders(model)
-    train(config, model=model, train_dataset=EvalMediaDataset(raw.paths.yaml, raw.config, True, load_tokenizer()))
+    train(config, train_dataset=EvalMediaDataset(raw.paths.yaml, raw.config, True, load_tokenizer()))
 
     first = {name: _scalars(tmp_path / name / "log")["train/loss"] for name in ("cached", "e2e")}
     assert len(first["cached"]) == len(first["e2e"]) == 6  # 3 clips x 2 epochs, batch 1
     assert first["cached"][0] == pytest.approx(first["e2e"][0], rel=1e-6, abs=1e-6)
     from_features, end_to_end = last_weights(tmp_path / "cached"), last_weights(tmp_path / "e2e")
-    start = build_model(config, torch.device("cpu")).state_dict()
     assert not torch.equal(from_features["fc.weight"], start["fc.weight"])  # it trained
     for name in ("video.model.", "audio.model."):  # the HF encoders stayed as loaded, and are in the file
         names = [n for n in start if n.startswith(name)]
