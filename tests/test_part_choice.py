@@ -178,3 +178,24 @@ def test_a_hub_id_online_downloads_configs_and_safetensors_only(folders, monkeyp
         pattern.endswith((".bin", ".py", ".h5", ".msgpack")) for pattern in kwargs["allow_patterns"])
     assert choose("video", f"hf:{folders['videomae']}")["path"] == str(folders["videomae"])  # a path: no Hub
     assert len(calls) == 1
+
+
+def test_an_unknown_hub_id_online_is_a_one_line_error(monkeypatch):
+    import types
+
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def not_found(repo_id, **kwargs):
+        raise RepositoryNotFoundError(f"404 Client Error. Repository Not Found for url: {repo_id}\nmore detail",
+                                      response=types.SimpleNamespace(headers={}, request=None, status_code=404))
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", not_found)
+    with pytest.raises(FileNotFoundError) as caught:
+        choose("text", "hf:no-such-org/no-such-lm")
+    message = str(caught.value)
+    assert message.startswith("no-such-org/no-such-lm: no such decoder folder, and the Hub gives no model")
+    assert "Repository Not Found" in message and "\n" not in message
