@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 import yaml
 from torch.utils.data import Dataset, get_worker_info
 
-from avlformer.config_fields import checked_fields
+from avlformer.config_fields import JsonDataclass
 from avlformer.data.audio import load_clip
 from avlformer.data.audio_hdf import HDF5AudioReader
 from avlformer.data.caption_tsv import read_caption_tsv
@@ -35,7 +35,7 @@ FRAME_COLUMNS_START = 2  # key, {"class": -1, "width": W, "height": H}, then the
 
 
 @dataclass
-class DataConfig:
+class DataConfig(JsonDataclass):
     num_frames: int = 32
     image_size: int = 224
     sample_rate: int = SAMPLE_RATE
@@ -49,13 +49,6 @@ class DataConfig:
     @property
     def clip_samples(self) -> int:
         return int(round(self.sample_rate * self.clip_seconds))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DataConfig":
-        return cls(**checked_fields(cls, values))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ preprocessing recipe"). The constants below are the paper recipe; other modules 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from avlformer.atomic import write_text_atomic
-from avlformer.config_fields import checked_fields
+from avlformer.config_fields import JsonDataclass, checked_fields
 from avlformer.json_files import read_json
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,7 @@ AUDIO_SOURCES = (AUDIO_MP3_ELSE_VIDEO,)
 
 
 @dataclass(frozen=True)
-class PreprocessRecipe:
+class PreprocessRecipe(JsonDataclass):
     stored_frames: int = STORED_FRAMES
     short_side: int = SHORT_SIDE
     jpeg_quality: int = JPEG_QUALITY
@@ -86,9 +85,6 @@ class PreprocessRecipe:
     @property
     def clip_samples(self) -> int:
         return int(round(self.sample_rate * self.clip_seconds))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "preprocessing recipe") -> "PreprocessRecipe":

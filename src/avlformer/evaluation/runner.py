@@ -8,7 +8,7 @@ CLIPScore and listed in the report.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from avlformer.device import resolve_device
@@ -24,6 +24,7 @@ METRIC_CHOICES = ("bleu", "meteor", "rouge", "cider", "spice", "entity", "audio"
 
 @dataclass
 class ModelPaths:
+    """The flags of the metric models and media (``--t5-model`` sets ``t5_model``)."""
     t5_model: str | None = None
     nltk_data: str | None = None
     clip_model: str | None = None
@@ -41,12 +42,8 @@ class ModelPaths:
 class EvaluationReport:
     metrics: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)         # metric group -> why
-    per_item: dict[str, dict] = field(default_factory=dict)       # metric -> {id: value}
     unscored: dict[str, dict[str, str]] = field(default_factory=dict)  # metric -> {id: why}
-
-    def to_dict(self) -> dict:
-        return {"metrics": self.metrics, "skipped": self.skipped, "unscored": self.unscored,
-                "per_item": self.per_item}
+    per_item: dict[str, dict] = field(default_factory=dict)       # metric -> {id: value}
 
 
 def _run_coco(paired: PairedCaptions, groups: list[str], report: EvaluationReport) -> None:
@@ -221,9 +218,6 @@ def evaluate(paired: PairedCaptions, groups: list[str], paths: ModelPaths) -> Ev
 
 
 def missing_model_paths(paths: ModelPaths) -> list[str]:
-    """Paths given on the command line that do not exist (reported before any work starts)."""
-    given = {"--t5-model": paths.t5_model, "--nltk-data": paths.nltk_data, "--clip-model": paths.clip_model,
-             "--trilip-checkpoint": paths.trilip_checkpoint, "--trilip-passt-config": paths.trilip_passt_config,
-             "--video-dir": paths.video_dir, "--audio-dir": paths.audio_dir, "--recipe": paths.recipe,
-             "--scenes": paths.scenes}
-    return [f"{flag} {value}" for flag, value in given.items() if value is not None and not Path(value).exists()]
+    """Paths given on the command line (each field is its flag) that do not exist, reported before any work."""
+    given = {name: value for name, value in asdict(paths).items() if isinstance(value, str) and name != "device"}
+    return [f"--{name.replace('_', '-')} {value}" for name, value in given.items() if not Path(value).exists()]

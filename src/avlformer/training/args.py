@@ -277,31 +277,25 @@ def resolve_batch_sizes(config: TrainConfig, world_size: int) -> None:
     elif optim.effective_batch_size == 0:
         raise ArgumentError("--effective-batch-size must be > 0 (or -1: per-process batch x processes x "
                             "accumulation steps)")
-    for name in ("per_gpu_train_batch_size", "per_gpu_eval_batch_size"):
-        _check(config, name, lambda v: v >= 1, ">= 1")
     optim.effective_batch_size = optim.per_gpu_train_batch_size * world_size * accumulation
     # Upstream raised the eval batch to at least the train batch.
     optim.per_gpu_eval_batch_size = max(optim.per_gpu_eval_batch_size, optim.per_gpu_train_batch_size)
-
-
-def _check(config: TrainConfig, name: str, ok: Callable[[Any], bool], rule: str) -> None:
-    value = config.get(BY_NAME[name].path)
-    if not ok(value):
-        raise ArgumentError(f"{flag_option(name)} must be {rule}, got {value!r}")
 
 
 # (flags, rule, test): the ranges of numbers, checked on the values given (so a model flag's error names the flag,
 # before the model configuration is built) and again on the resolved config
 RANGES = (
     (("num_train_epochs", "logging_steps", "max_num_frames", "img_res", "num_beams", "max_gen_length",
-      "max_seq_length"), ">= 1", lambda v: v >= 1),
-    (("num_workers", "max_masked_tokens", "backbone_coef_lr", "weight_decay", "min_lr", "loss_sparse_w"), ">= 0",
-     lambda v: v >= 0),
+      "max_seq_length", "per_gpu_train_batch_size", "per_gpu_eval_batch_size", "sc_train_sample_n"), ">= 1",
+     lambda v: v >= 1),
+    (("num_workers", "max_masked_tokens", "backbone_coef_lr", "weight_decay", "min_lr", "loss_sparse_w", "top_k"),
+     ">= 0", lambda v: v >= 0),
     (("limited_samples",), ">= 1 (or -1: all)", lambda v: v == -1 or v >= 1),
     (("seed",), "in [0, 2**32)", lambda v: 0 <= v < 2**32),
     (("mask_prob", "lambda_"), "in [0, 1]", lambda v: 0 <= v <= 1),
     (("warmup_ratio", "drop_out"), "in [0, 1)", lambda v: 0 <= v < 1),
-    (("learning_rate", "adam_epsilon"), "> 0", lambda v: v > 0),
+    (("learning_rate", "adam_epsilon", "temperature"), "> 0", lambda v: v > 0),
+    (("top_p",), "in (0, 1]", lambda v: 0 < v <= 1),
 )
 
 
@@ -327,13 +321,9 @@ def check_scst(config: TrainConfig) -> None:
                                     "self-critical training: add --scst (validation always decodes "
                                     "deterministically)")
         return
-    _check(config, "sc_train_sample_n", lambda v: v >= 1, ">= 1")
     if scst.baseline_type == "sample" and scst.sample_n < 2:
         raise ArgumentError("--sc-baseline-type sample (the mean reward of a video's other samples) needs "
                             f"--sc-train-sample-n >= 2, got {scst.sample_n}; or use --sc-baseline-type greedy")
-    _check(config, "temperature", lambda v: v > 0, "> 0")
-    _check(config, "top_k", lambda v: v >= 0, ">= 0 (0: no top-k filter)")
-    _check(config, "top_p", lambda v: 0 < v <= 1, "in (0, 1]")
     if config.run.distributed_strategy != "ddp":
         raise ArgumentError(f"--scst cannot be combined with --distributed-strategy {config.run.distributed_strategy}"
                             ": sampling calls the model's parts directly, which FSDP shards; use ddp (the default)")
