@@ -12,7 +12,7 @@ Output::
     OUT/audio_mp3/<split>/<id>.mp3     mono, 32 kHz
     OUT/captions.json                  {"<id>": "caption"} for every split
     OUT/attributes.json                {"<id>": {"split", "shape", "colour", "motion", "pitch", "rhythm", "duration"}}
-    OUT/synth_outputs.json             what synth wrote: a folder holding other data is refused (synth_output)
+    OUT/synth_outputs.json             what synth wrote: a folder holding other data is refused (claim_folder)
 
 Every clip is a pure function of (seed, split, index), so the dataset is identical whatever the worker count.
 """
@@ -35,9 +35,10 @@ from tqdm import tqdm
 
 from avlformer.atomic import atomic_path, write_text_atomic
 from avlformer.data.recipe import SAMPLE_RATE
-from avlformer.data.synth_output import SynthError, claim_folder
+from avlformer.data.prepare.outputs_record import OutputsRecord
 
 SPLITS = ("train", "val", "test")
+RECORD_NAME = "synth_outputs.json"
 
 # Shapes with very different outlines (a disc, a wide bar, a plus sign), so even a tiny, low-resolution video
 # encoder separates them within the demo's few hundred training steps.
@@ -92,15 +93,34 @@ class ClipSpec:
     background_shift: int
 
     def attributes(self) -> dict:
-        return {
-            "split": self.split,
-            "shape": self.shape,
-            "colour": self.colour,
-            "motion": self.motion,
-            "pitch": self.pitch,
-            "rhythm": self.rhythm,
-            "duration": self.duration,
-        }
+        return {name: getattr(self, name) for name in ("split", *ATTRIBUTE_VALUES, "duration")}
+
+
+class SynthError(ValueError):
+    """What synth was asked cannot be done as asked: one line, no traceback."""
+
+
+def claim_folder(out: Path, targets: list[Path], overwrite: bool) -> OutputsRecord:
+    """Check that synth may write ``targets`` into ``out``, then mark ``out`` as synth's (``synth_outputs.json``,
+    before any file is written, so an interrupted run can be rerun); returns the record to add the written files
+    to. A folder is written into when it is new or empty, or when it is synth's own and none of ``targets``
+    changed since; ``overwrite`` writes over anything, so a user's data is never lost by mistake."""
+    if out.exists() and not out.is_dir():
+        raise SynthError(f"{out}: exists and is not a folder")
+    record = OutputsRecord(out, RECORD_NAME)
+    if not overwrite:
+        if not record.path.is_file():
+            entries = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
+            if entries:
+                shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+                raise SynthError(f"{out}: holds files synth did not write ({shown}); give a new or empty folder, "
+                                 f"or --overwrite to write over them")
+        elif changed := [path for path in targets if record.changed(path)]:
+            raise SynthError(f"{changed[0]}: changed since synth wrote it ({len(changed)} such file(s)); give "
+                             f"a new or empty folder, or --overwrite to write over them")
+    out.mkdir(parents=True, exist_ok=True)
+    record.save()
+    return record
 
 
 def clip_seed(seed: int, split: str, index: int) -> int:
