@@ -151,7 +151,6 @@ class CaptionDataset(Dataset):
         self._check_audio_alignment()
         self._rng: np.random.Generator | None = None
 
-    # -- construction -------------------------------------------------------------------------------------
     def _check_recipe(self) -> None:
         """The mp3s were made at the recipe's rate, and for clips of its length (e.g. the silence given to a clip
         without audio). Reading them at another rate, or as longer clips, is not the data the recipe describes;
@@ -201,7 +200,6 @@ class CaptionDataset(Dataset):
                                  f"the same videos in the same order")
         self.audio.close()  # h5py handles must not cross a fork; reopened lazily per worker
 
-    # -- items --------------------------------------------------------------------------------------------
     def set_seed(self, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
 

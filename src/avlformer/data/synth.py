@@ -151,8 +151,6 @@ def make_clip_spec(seed: int, split: str, index: int) -> ClipSpec:
     )
 
 
-# ----------------------------------------------------------------------------------------------------- captions
-
 def make_caption(attributes: dict) -> str:
     shape, colour = attributes["shape"], attributes["colour"]
     motion_phrase = MOTIONS[attributes["motion"]]
@@ -209,8 +207,6 @@ def parse_attributes(caption: str) -> dict:
     return parsed
 
 
-# ----------------------------------------------------------------------------------------------------- pictures
-
 _YY, _XX = np.mgrid[0:HEIGHT, 0:WIDTH]
 
 
@@ -256,8 +252,6 @@ def render_frames(spec: ClipSpec) -> np.ndarray:
     return frames
 
 
-# ----------------------------------------------------------------------------------------------------- sounds
-
 def render_audio(spec: ClipSpec, seed: int) -> np.ndarray:
     """float32 mono waveform at SAMPLE_RATE in [-1, 1]: a tone with a harmonic, gated by the rhythm, plus a little noise."""
     n = int(round(spec.duration * SAMPLE_RATE))
@@ -279,8 +273,6 @@ def beep_envelope(t: np.ndarray, period: float, duty: float = 0.5) -> np.ndarray
     fall = np.clip((on - phase) / ramp, 0, 1)
     return np.minimum(rise, fall)
 
-
-# ----------------------------------------------------------------------------------------------------- encoding
 
 def _audio_frames(waveform: np.ndarray, block: int = 16000):
     for start in range(0, len(waveform), block):

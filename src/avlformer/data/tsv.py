@@ -113,7 +113,6 @@ class TSVFile:
         # After fork an inherited handle shares its file position with the parent: each process opens its own.
         self._handle = PerProcessHandle(functools.partial(open, self.path, "rb"))
 
-    # -- index -------------------------------------------------------------------------------------------
     def _load_offsets(self) -> np.ndarray:
         for index_path, reader in ((lineidx_8b_path(self.path), _read_lineidx_8b),
                                    (lineidx_path(self.path), _read_lineidx_text)):
@@ -151,7 +150,6 @@ class TSVFile:
     def __len__(self) -> int:
         return len(self.offsets)
 
-    # -- reading ------------------------------------------------------------------------------------------
     def _file(self):
         return self._handle.get()
 

@@ -45,8 +45,6 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------------------------------------- images
-
 def png_data_uri(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
@@ -133,8 +131,6 @@ def loss_curve_svg(points: Sequence[tuple[int, float]], width: int = 520, height
             f"<text x='{width - right}' y='{height - 8}' text-anchor='end'>step {x1:.0f}</text></svg>")
 
 
-# ----------------------------------------------------------------------------------------------------- captions
-
 def highlight_caption(caption: str, truth: dict) -> str:
     """HTML of ``caption`` with each attribute mention marked right or wrong against ``truth``; attributes the
     caption never states are listed after it."""
@@ -156,8 +152,6 @@ def highlight_caption(caption: str, truth: dict) -> str:
         out.append(f" <span class='missing'>(missing: {html.escape(', '.join(missing))})</span>")
     return "".join(out)
 
-
-# ----------------------------------------------------------------------------------------------------- page
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1a202c;background:#f7fafc}

@@ -53,8 +53,6 @@ def is_list(flag: Flag) -> bool:
     return flag.nargs in ("*", "+") or (flag.path is not None and typing.get_origin(field_type(flag.path)) is list)
 
 
-# ------------------------------------------------------------------------------------------------ the parser
-
 def default_text(flag: Flag) -> str:
     """'(default 0.1 from preset paper; 0.5 from preset tiny)': the value that applies unless given."""
     if flag.path is None:
@@ -95,8 +93,6 @@ def _add_flag(parser, flag: Flag, help_text: str) -> None:
     parser.add_argument(flag.option, **kwargs)
 
 
-# ------------------------------------------------------------------------------------------------ config files
-
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """The flag values of a ``--config`` file, converted and checked like typed flags. Relative paths in it are
     taken from the file's folder (so the file works from any current directory)."""
@@ -124,8 +120,6 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         values[name] = value
     return values
 
-
-# ------------------------------------------------------------------------------------------------ resolution
 
 def resolve(command_line: dict[str, Any], config_file: dict[str, Any] | None = None, world_size: int = 1,
             model_config: AVLFormerConfig | None = None) -> TrainConfig:

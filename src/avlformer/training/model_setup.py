@@ -21,8 +21,6 @@ log = logging.getLogger("avlformer.train")
 LARGE_FOR_CPU = 50_000_000
 
 
-# ------------------------------------------------------------------------------------------------ configuration
-
 def check_given_model(config, model: nn.Module) -> None:
     """A model handed in to ``train`` must be the model the flags describe (a flag that cannot take effect on
     it is an error, not ignored)."""
@@ -47,8 +45,6 @@ def flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-# ------------------------------------------------------------------------------------------------ what is built
-
 def describe(config, device: torch.device) -> tuple[str, bool]:
     """(one line saying which model is built, its main dimensions and size; whether that size is out of reach
     on this device), for the log before anything is built."""
@@ -61,8 +57,6 @@ def describe(config, device: torch.device) -> tuple[str, bool]:
                  "activations; --model-preset tiny or --model-config FILE gives a small one)")
     return line, too_large
 
-
-# ------------------------------------------------------------------------------------------------ building
 
 def load_pretrained(model: nn.Module, path: str) -> None:
     """Every tensor of a checkpoint (ours, an upstream folder or a released model.bin) whose name and shape match;

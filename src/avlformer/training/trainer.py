@@ -57,8 +57,6 @@ class Schedule:
     total_steps: int
 
 
-# ------------------------------------------------------------------------------------------------ setup helpers
-
 def autocast_for(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext
@@ -88,8 +86,6 @@ def memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-# ------------------------------------------------------------------------------------------------ the trainer
-
 class Trainer:
     loss_terms = LOSS_TERMS  # what forward_backward returns, averaged and logged as train/<term>
 
@@ -116,7 +112,6 @@ class Trainer:
         self.history: list[dict] = []
         self.writer = None
 
-    # -- bookkeeping ------------------------------------------------------------------------------------
     def resume(self) -> None:
         found = ckpt.choose_resume_checkpoint(self.config.run.resume, self.output_dir)
         if found is None:
@@ -142,7 +137,6 @@ class Trainer:
             return step % self.config.run.save_steps == 0
         return end_of_epoch
 
-    # -- the loop ---------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         if self.env.is_main:
             if self.config.run.overwrite_output_dir:  # as late as possible: the data and model are known good here
@@ -274,7 +268,7 @@ class Trainer:
 
     def save_and_validate(self) -> None:
         step = self.progress.global_step
-        name = ckpt.checkpoint_name(step // self.schedule.steps_per_epoch, step)
+        name = f"checkpoint-{step // self.schedule.steps_per_epoch}-{step}"
         folder = ckpt.save_training_checkpoint(self.output_dir, name, self.model, self.config.model, self.recipe,
                                                self.optimizer, self.scheduler, self.scaler, self.progress, self.env,
                                                self.vocab_dir)

@@ -156,10 +156,6 @@ def _prepare_locked(data_dir: Path, splits: list[str] | None, recipe: Preprocess
                          problems=problems, already_prepared=done, report_path=report_path)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The command
-# ----------------------------------------------------------------------------------------------------------------
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", required=True, type=Path,
                         help="dataset root: videos/<split>/, optional audio_mp3/<split>/, captions (see docs/data.md)")
