@@ -58,12 +58,11 @@ class DatasetPaths:
     audio: Path
     captions: Path | None
     linelist: Path | None
-    coco_format: Path | None
 
 
 def _metadata_file(yaml_path: Path, root: Path, key: str, value: str | None, *, required: bool,
                    must_exist: bool) -> Path | None:
-    """Upstream's rule for caption/label/linelist/coco files: ``root/metadata/<value>``, else ``<value>`` as given.
+    """Upstream's rule for caption/label/linelist files: ``root/metadata/<value>``, else ``<value>`` as given.
     ``required``: the yaml must name the file; ``must_exist``: a named file that is missing is an error (else the
     entry is ignored, as upstream ignored a missing linelist)."""
     if not value:
@@ -99,19 +98,12 @@ def resolve_paths(yaml_path: str | os.PathLike, need_captions: bool = True) -> D
     for key, path in (("img", frames), ("audio", audio)):
         if not path.is_file():
             raise FileNotFoundError(f"{yaml_path}: '{key}: {spec[key]}' resolves to {path}, which does not exist")
-    coco = _metadata_file(yaml_path, root, "caption_coco_format", spec.get("caption_coco_format"), required=False,
-                          must_exist=False)
-    if coco is None:
-        # Upstream's fallback name: <yaml basename up to the first '.'>_caption_coco_format.json
-        fallback = root / "metadata" / f"{yaml_path.name.split('.')[0]}_caption_coco_format.json"
-        coco = fallback if fallback.is_file() else None
     return DatasetPaths(
         yaml=yaml_path, frames=frames, audio=audio,
         captions=_metadata_file(yaml_path, root, "caption", spec.get("caption"), required=need_captions,
                                 must_exist=True),
         linelist=_metadata_file(yaml_path, root, "caption_linelist", spec.get("caption_linelist"), required=False,
-                                must_exist=False),
-        coco_format=coco)
+                                must_exist=False))
 
 
 def read_linelist(path: Path, captions: list[list[str]]) -> list[tuple[int, int]]:

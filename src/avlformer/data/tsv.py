@@ -201,12 +201,6 @@ class TSVFile:
     def close(self) -> None:
         self._handle.close()
 
-    def __enter__(self) -> "TSVFile":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __del__(self):
         with contextlib.suppress(Exception):
             self.close()

@@ -20,6 +20,7 @@ from avlformer.evaluation.references import PairedCaptions
 log = logging.getLogger(__name__)
 
 METRIC_CHOICES = ("bleu", "meteor", "rouge", "cider", "spice", "entity", "audio", "clip", "scenes")
+MEDIA_METRICS = {"clip": "CLIPScore", "audio": "AudioScore"}  # group -> metric
 
 
 @dataclass
@@ -86,11 +87,10 @@ def nothing_scored(metric: str, unscored, why: str) -> str:
 def _media_scorers(groups: list[str], paths: ModelPaths, device, report: EvaluationReport) -> dict:
     """Build the AudioScore/CLIPScore scorers that can run; record why the others cannot."""
     scorers = {}
-    for group in [g for g in groups if g in ("clip", "audio")]:
-        name = "CLIPScore" if group == "clip" else "AudioScore"
+    for group in [g for g in groups if g in MEDIA_METRICS]:
         try:
             if paths.video_dir is None:
-                raise MetricUnavailable(f"{name} skipped: it scores captions against the clips; pass --video-dir "
+                raise MetricUnavailable(f"{MEDIA_METRICS[group]} skipped: it scores captions against the clips; pass --video-dir "
                                         "DIR (the videos) and, for separate mp3s, --audio-dir DIR")
             scorers[group] = _build_media_scorer(group, paths, device)
         except MetricUnavailable as error:
@@ -167,7 +167,7 @@ def _run_media(paired: PairedCaptions, scorers: dict, paths: ModelPaths, report:
             report.metrics["AudioScore"] = result.score
         report.per_item["AudioScore"] = result.per_item
     for group, failed in failures.items():
-        metric = "CLIPScore" if group == "clip" else "AudioScore"
+        metric = MEDIA_METRICS[group]
         if failed:
             report.unscored[metric] = failed
         if not report.per_item[metric]:

@@ -15,7 +15,6 @@ from torch import nn
 
 # Upstream's name rule: a substring match, so Swin's relative_position_bias_table is "no decay" too.
 NO_DECAY_SUBSTRINGS = ("bias", "LayerNorm.bias", "LayerNorm.weight")
-GROUP_NAMES = ("backbone_decay", "decay", "backbone_no_decay", "no_decay")
 
 
 def is_no_decay(name: str) -> bool:
@@ -34,10 +33,9 @@ def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], learn
     one empty group, which would make such a run impossible to resume."""
     backbone_ids = {id(param) for param in backbone}
     part_of = {id(param): part for part, _, params in parts for param in params}
-    multipliers = {part: coef for part, coef, _ in parts}
-    buckets: dict[str, list[nn.Parameter]] = {name: [] for name in GROUP_NAMES}
-    for part in multipliers:
-        buckets[f"{part}_decay"], buckets[f"{part}_no_decay"] = [], []
+    rates = {"backbone_": learning_rate * backbone_coef_lr, "": learning_rate}  # prefix -> lr (upstream's four)
+    rates.update({f"{part}_": learning_rate * coef for part, coef, _ in parts})
+    buckets: dict[str, list[nn.Parameter]] = {prefix + decay: [] for prefix in rates for decay in ("decay", "no_decay")}
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
@@ -47,18 +45,12 @@ def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], learn
         else:
             key = ("backbone_" if id(param) in backbone_ids else "") + decay
         buckets[key].append(param)
-    backbone_lr = learning_rate * backbone_coef_lr
-    groups = [
-        {"name": "backbone_decay", "params": buckets["backbone_decay"], "weight_decay": weight_decay,
-         "lr": backbone_lr},
-        {"name": "decay", "params": buckets["decay"], "weight_decay": weight_decay, "lr": learning_rate},
-        {"name": "backbone_no_decay", "params": buckets["backbone_no_decay"], "weight_decay": 0.0, "lr": backbone_lr},
-        {"name": "no_decay", "params": buckets["no_decay"], "weight_decay": 0.0, "lr": learning_rate},
-    ]
-    for part, coef in multipliers.items():
-        groups += [{"name": f"{part}_{decay}", "params": buckets[f"{part}_{decay}"],
-                    "weight_decay": weight_decay if decay == "decay" else 0.0, "lr": learning_rate * coef}
-                   for decay in ("decay", "no_decay")]
+    # upstream's order first (backbone_decay, decay, backbone_no_decay, no_decay), then each part's two
+    names = [prefix + decay for decay in ("decay", "no_decay") for prefix in ("backbone_", "")]
+    names += [f"{part}_{decay}" for part, _, _ in parts for decay in ("decay", "no_decay")]
+    groups = [{"name": name, "params": buckets[name],
+               "weight_decay": 0.0 if name.endswith("no_decay") else weight_decay,
+               "lr": rates[name.removesuffix("no_decay").removesuffix("decay")]} for name in names]
     return [group for group in groups if group["params"]]
 
 
