@@ -335,11 +335,12 @@ def read_best(output_dir: Path) -> dict[str, Any] | None:
     return read_json(path, "best-checkpoint record") if path.is_file() else None
 
 
-def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], training_args: dict | None = None,
-                metric: str = "CIDEr") -> bool:
-    """Keep ``output_dir/best_checkpoint/`` = the checkpoint with the highest validation ``metric`` (hard links,
+def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], training_args: dict | None = None
+                ) -> bool:
+    """Keep ``output_dir/best_checkpoint/`` = the checkpoint with the highest validation CIDEr (hard links,
     so it costs no space; safe because checkpoint files are only ever replaced by rename, never rewritten), with
     a ``README.md`` model card holding the validation metrics and the training flags."""
+    metric = "CIDEr"
     if metric not in metrics:
         return False
     best = read_best(output_dir)
