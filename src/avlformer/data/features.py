@@ -100,10 +100,6 @@ def write_feature_file(path: Path, spec: FeatureSpec, recipe: PreprocessRecipe, 
             raise ValueError(f"{path}: {len(keys)} clips planned but {count} written")
 
 
-def _open(path: Path) -> h5py.File:
-    return h5py.File(path, "r")
-
-
 class FeatureFile:
     """Random access to one split's cached features by row or key; one read-only handle per process."""
 
@@ -130,7 +126,7 @@ class FeatureFile:
         if shapes != expected:
             raise FeatureMismatchError(f"{self.path}: datasets of shape {shapes}, its header says {expected}")
         self.row_of = {key: row for row, key in enumerate(self.keys)}
-        self._handle = PerProcessHandle(functools.partial(_open, self.path))
+        self._handle = PerProcessHandle(functools.partial(h5py.File, self.path, "r"))
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -69,8 +69,6 @@ def format_table(metrics: dict[str, float], skipped: dict[str, str]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Exit status: 0 when every requested metric was computed, 2 for unusable input, 3 when a requested metric
-    group was skipped."""
     try:
         return _evaluate_command(args)
     except ValueError as error:  # flags, caption files (CaptionFileError), model and config files: named in it
