@@ -20,7 +20,7 @@ from avlformer.training.config import PRESETS, SECTIONS, ScstSettings, TrainConf
 from avlformer.training.features import check_feature_flags
 from avlformer.training.part_flags import choose_parts
 from avlformer.training.flag_table import (ANY, BY_NAME, COMPAT, FLAGS, NO_DEEPSPEED, ArgumentError, Flag,
-                                           config_key, convert, flag_option, to_str, upstream_values)
+                                           config_key, convert, derived_values, flag_option, to_str, upstream_values)
 
 __all__ = ["ArgumentError", "TrainConfig", "add_arguments", "load_config_file", "parse_train_args", "resolve",
            "resolve_args"]
@@ -244,16 +244,10 @@ def model_from(config: TrainConfig, values: dict[str, Any], model_config: AVLFor
 def check_model_flags(given: dict[str, Any], model: AVLFormerConfig) -> None:
     """The original's derived flags, when given, must agree with the model (a disagreement is an error, not a
     silent replacement)."""
-    if given.get("max_seq_a_length", model.max_seq_length) != model.max_seq_length:
-        raise ArgumentError(f"--max-seq-a-length ({given['max_seq_a_length']}) must equal --max-seq-length "
-                            f"({model.max_seq_length}): there is no second text segment")
-    mask_type = "learn_vid_att" if model.learn_mask_enabled else "seq2seq"
-    if given.get("attn_mask_type", mask_type) != mask_type:
-        raise ArgumentError(f"--attn-mask-type {given['attn_mask_type']} contradicts --learn-mask-enabled "
-                            f"{model.learn_mask_enabled}")
-    if given.get("max_img_seq_length", model.num_av_tokens) != model.num_av_tokens:
-        raise ArgumentError(f"--max-img-seq-length {given['max_img_seq_length']} disagrees with this model's "
-                            f"{model.num_av_tokens} visual tokens (video + audio); leave it out, it is derived")
+    for name, value in derived_values(model).items():
+        if given.get(name, value) != value:
+            raise ArgumentError(f"{flag_option(name)} {given[name]} contradicts this model's {value}: "
+                                f"{BY_NAME[name].help}")
 
 
 def resolve_batch_sizes(config: TrainConfig, world_size: int) -> None:

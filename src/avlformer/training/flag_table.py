@@ -273,8 +273,12 @@ def upstream_values(config) -> dict[str, Any]:
                 values[flag.name] = config.get(flag.path)
             except AttributeError:  # a field of the paper's parts that the chosen part has not (BERT's num_layers)
                 continue
-    model = config.model
-    values.update(max_seq_a_length=model.max_seq_length, max_img_seq_length=model.num_av_tokens,
-                  attn_mask_type="learn_vid_att" if model.learn_mask_enabled else "seq2seq",
-                  use_checkpoint="video" in config.run.activation_checkpointing, zero_opt_stage=-1, do_train=True)
+    values.update(derived_values(config.model), use_checkpoint="video" in config.run.activation_checkpointing,
+                  zero_opt_stage=-1, do_train=True)
     return values
+
+
+def derived_values(model) -> dict[str, Any]:
+    """The original's flags that follow from the model here (given ones must agree with it)."""
+    return {"max_seq_a_length": model.max_seq_length, "max_img_seq_length": model.num_av_tokens,
+            "attn_mask_type": "learn_vid_att" if model.learn_mask_enabled else "seq2seq"}

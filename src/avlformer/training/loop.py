@@ -12,7 +12,6 @@ from torch import nn
 from avlformer.data.dataset import collate as dataset_collate
 from avlformer.data.tokenizer import load_tokenizer
 from avlformer.training import checkpointing as ckpt
-from avlformer.training.batches import SampleSeededDataset
 from avlformer.training.config import TrainConfig
 from avlformer.training.distributed import DistEnv, init_distributed
 from avlformer.training.features import build_feature_datasets, collate_features, prepare_feature_model
@@ -20,7 +19,8 @@ from avlformer.training.model_setup import apply_freezing, build_model, check_gi
 from avlformer.training.scst import SelfCriticalTrainer
 from avlformer.training.setup import (build_datasets, check_validation_recipe, determinism, seed_everything,
                                       setup_logging, summary_writer, training_recipe, vocab_dir_for)
-from avlformer.training.trainer import NonFiniteLossError, Trainer, TrainResult, log, plan_schedule
+from avlformer.training.trainer import (NonFiniteLossError, SampleSeededDataset, Trainer, TrainResult, log,
+                                        plan_schedule)
 
 __all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted", "TrainResult", "train"]
 
