@@ -242,12 +242,8 @@ class CaptionDataset(Dataset):
 @contextlib.contextmanager
 def one_thread_outside_workers():
     """Build an item (and collate a batch) at one intra-op thread when that happens in the training process
-    itself (``num_workers`` 0); DataLoader workers already run at one. An item is mostly single-threaded work
-    (JPEG and mp3 decoding) between a few small parallel tensor ops; with several threads, each of those ops
-    wakes the other threads and waits at a barrier for them, and on a machine whose cores are busy (the model's
-    own threads spinning after a step, other processes) a descheduled thread stalls that barrier for a scheduler
-    slice, several times an item's own work. One thread is never the slow case, and gives the same tensors (every op here is elementwise, per pixel or a copy).
-    docs/data.md, "Loading"."""
+    itself (``num_workers`` 0), as DataLoader workers do: the same tensors (every op here is elementwise or a
+    copy), without the thread barriers that stall on busy cores (docs/data.md, "Loader threads")."""
     if get_worker_info() is not None:
         yield
         return

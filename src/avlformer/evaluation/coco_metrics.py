@@ -12,7 +12,6 @@ import re
 import shutil
 from pathlib import Path
 
-COCO_METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 # CoreNLP is run with -preserveLines: any character Java treats as a line break would shift every later caption
 # onto the wrong id, so those become spaces (pycocoevalcap only replaces "\n").
 _LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x85\u2028\u2029]")

@@ -228,7 +228,7 @@ def model_from(config: TrainConfig, values: dict[str, Any], model_config: AVLFor
             if isinstance(tree.get(role), dict) and key in tree[role]:
                 tree[role][key] = values["img_feature_dim"]
     for encoder in config.run.activation_checkpointing:
-        if encoder == "text":  # the decoder's switch lives on the module (model_setup.build_model)
+        if encoder == "text":  # the decoder's switch lives on the module (setup.build_model)
             continue
         if "use_checkpoint" not in tree.get(encoder, {}):
             raise ArgumentError(f"--activation-checkpointing {encoder}: this {encoder} encoder's configuration has "

@@ -15,10 +15,10 @@ from avlformer.training import checkpointing as ckpt
 from avlformer.training.config import TrainConfig
 from avlformer.training.distributed import DistEnv, init_distributed
 from avlformer.training.features import build_feature_datasets, collate_features, prepare_feature_model
-from avlformer.training.model_setup import apply_freezing, build_model, check_given_model, describe
 from avlformer.training.scst import SelfCriticalTrainer
-from avlformer.training.setup import (build_datasets, check_validation_recipe, determinism, seed_everything,
-                                      setup_logging, summary_writer, training_recipe, vocab_dir_for)
+from avlformer.training.setup import (apply_freezing, build_datasets, build_model, check_given_model,
+                                      check_validation_recipe, describe, determinism, seed_everything, setup_logging,
+                                      summary_writer, training_recipe, vocab_dir_for)
 from avlformer.training.trainer import (NonFiniteLossError, SampleSeededDataset, Trainer, TrainResult, log,
                                         plan_schedule)
 

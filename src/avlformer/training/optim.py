@@ -66,8 +66,8 @@ def build_optimizer(model: nn.Module, learning_rate: float, backbone_coef_lr: fl
     groups = parameter_groups(model.named_parameters(), learning_rate, backbone_coef_lr, weight_decay,
                               backbone=() if "video" in own else model.part("video").parameters(), parts=parts)
     # The fused kernel updates each tensor in one pass; the default (foreach) one makes temporary copies of every
-    # parameter, 20-45 s per paper-size CPU step when memory is short (docs/training.md, Training speed and
-    # memory). FSDP2's sharded (DTensor) parameters keep the foreach one, which handles them.
+    # parameter (docs/training.md, Training speed and memory). FSDP2's sharded (DTensor) parameters keep the
+    # foreach one, which handles them.
     fused = not any(_is_sharded(p) for group in groups for p in group["params"])
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=adam_epsilon, fused=fused)
 
