@@ -85,7 +85,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     load_recipe(args.recipe)
     if args.trilip_passt_config is not None:
-        from avlformer.evaluation.trilip import read_passt_config
+        from avlformer.evaluation.audio_score import read_passt_config
 
         read_passt_config(args.trilip_passt_config)
     predictions, references = load_predictions(args.pred), load_references(args.ref)
