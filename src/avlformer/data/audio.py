@@ -56,15 +56,6 @@ def pad_or_truncate(wave: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([wave, np.zeros(length - len(wave), dtype=wave.dtype)])
 
 
-def random_gain(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    gain_db = int(rng.integers(GAIN_DB_RANGE[0], GAIN_DB_RANGE[1] + 1))
-    return wave * np.float32(10.0 ** (gain_db / 20.0))
-
-
-def random_roll(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return np.roll(wave, int(rng.integers(*ROLL_SAMPLES_RANGE)))
-
-
 def load_clip(data: bytes | np.ndarray, *, clip_samples: int, sample_rate: int = SAMPLE_RATE, train: bool = False,
               rng: np.random.Generator | None = None, gain: bool = True, roll: bool = True,
               source: str = "audio") -> torch.Tensor:
@@ -75,7 +66,8 @@ def load_clip(data: bytes | np.ndarray, *, clip_samples: int, sample_rate: int =
         if rng is None:
             raise ValueError("load_clip(train=True) needs an rng for its augmentations")
         if gain:
-            wave = random_gain(wave, rng)
+            gain_db = int(rng.integers(GAIN_DB_RANGE[0], GAIN_DB_RANGE[1] + 1))
+            wave = wave * np.float32(10.0 ** (gain_db / 20.0))
         if roll:
-            wave = random_roll(wave, rng)
+            wave = np.roll(wave, int(rng.integers(*ROLL_SAMPLES_RANGE)))
     return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).reshape(1, clip_samples)

@@ -150,9 +150,6 @@ class TSVFile:
     def __len__(self) -> int:
         return len(self.offsets)
 
-    def _file(self):
-        return self._handle.get()
-
     def _row_start(self, index: int) -> int:
         count = len(self)
         if not -count <= index < count:
@@ -166,7 +163,7 @@ class TSVFile:
     def row_bytes(self, index: int) -> bytes:
         """Row ``index`` as raw bytes, without the trailing newline."""
         start = self._row_start(index)
-        handle = self._file()
+        handle = self._handle.get()
         handle.seek(start)
         line = handle.readline()
         if start + len(line) != self._row_end(index) or not line.endswith(b"\n"):
@@ -183,7 +180,7 @@ class TSVFile:
         """Column 0 of row ``index``, read without loading the rest of the (possibly large) row."""
         start = self._row_start(index)
         end = self._row_end(index)
-        handle = self._file()
+        handle = self._handle.get()
         handle.seek(start)
         head = b""
         while True:

@@ -148,10 +148,6 @@ def plan_schedule(num_samples: int, config: TrainConfig, env: DistEnv) -> Schedu
     return Schedule(steps * accumulation, steps, steps * optim.num_train_epochs)
 
 
-def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 def memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -246,7 +242,8 @@ class Trainer:
         for batch in loader:
             progress.batches_done_in_epoch += 1
             boundary = progress.batches_done_in_epoch % accumulation == 0
-            outputs = self.forward_backward(move_batch(batch, env.device), boundary)
+            batch = {k: v.to(env.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            outputs = self.forward_backward(batch, boundary)
             sums += torch.stack([outputs.get(k, torch.zeros((), device=env.device)).detach().float()
                                  for k in self.loss_terms])
             non_finite |= ~torch.isfinite(outputs["loss"].detach())
