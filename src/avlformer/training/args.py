@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import typing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,28 +28,15 @@ DEFAULTS = {name: TrainConfig(model=preset()) for name, preset in PRESETS.items(
 _CONVERTERS = {bool: parse_bool, int: parse_int, float: parse_float}
 
 
-def field_type(path: str) -> Any:
-    """The annotation of a TrainConfig field (``float`` for ``model.lm_loss_weight``), else its default's type."""
-    owner: Any = TrainConfig
-    hint: Any = None
-    for part in path.split("."):
-        try:
-            hint = typing.get_type_hints(owner)[part]
-        except (NameError, KeyError, TypeError):
-            return type(DEFAULTS["paper"].get(path))
-        owner = hint
-    return hint
-
-
 def converter_for(flag: Flag) -> Callable:
+    """The flag's own type, else its field's: the type of the field's default (the tree's defaults are typed)."""
     if flag.type is not None:
         return flag.type
-    hint = field_type(flag.path)
-    return _CONVERTERS.get(hint, to_str)
+    return _CONVERTERS.get(type(DEFAULTS["paper"].get(flag.path)), to_str)
 
 
 def is_list(flag: Flag) -> bool:
-    return flag.nargs in ("*", "+") or (flag.path is not None and typing.get_origin(field_type(flag.path)) is list)
+    return flag.nargs in ("*", "+") or (flag.path is not None and isinstance(DEFAULTS["paper"].get(flag.path), list))
 
 
 def default_text(flag: Flag) -> str:
