@@ -45,10 +45,6 @@ class FeatureSpec:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
-    @classmethod
-    def from_json(cls, text: str) -> "FeatureSpec":
-        return cls(**json.loads(text))
-
     def problem_with(self, model: "FeatureSpec") -> str | None:
         """Why features of this spec cannot feed a model whose encoders give ``model`` (None: they can)."""
         for name, what in (("num_video_tokens", "video tokens"), ("video_dim", "video width"),
@@ -110,7 +106,7 @@ class FeatureFile:
         try:
             with h5py.File(self.path, "r") as handle:
                 version = int(handle.attrs["format_version"])
-                self.spec = FeatureSpec.from_json(handle.attrs["spec"])
+                self.spec = FeatureSpec(**json.loads(handle.attrs["spec"]))
                 self.recipe = PreprocessRecipe.from_dict(json.loads(handle.attrs["recipe"]))
                 self.yaml_name = str(handle.attrs["yaml"])
                 self.keys = [k.decode() if isinstance(k, bytes) else str(k) for k in handle["keys"][()]]

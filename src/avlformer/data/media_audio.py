@@ -97,13 +97,6 @@ def downmix(frame: av.AudioFrame, converters: dict) -> np.ndarray:
     return planar[0] if planar.shape[0] == 1 else planar.mean(axis=0, dtype=np.float32)
 
 
-def _mono_frame(samples: np.ndarray, sample_rate: int) -> av.AudioFrame:
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.float32)[None], format="fltp",
-                                       layout="mono")
-    frame.sample_rate = sample_rate
-    return frame
-
-
 def _resampled_audio(container, stream, sample_rate: int, counters: dict) -> list[av.AudioFrame]:
     """Decoded audio of ``stream``, downmixed, as mono float planar frames at ``sample_rate``. Each run of frames
     at one source rate is resampled as one long frame: same samples as frame by frame, without the per-call cost."""
@@ -126,7 +119,10 @@ def _resampled_audio(container, stream, sample_rate: int, counters: dict) -> lis
     resampled = []
     for source_rate, chunks in runs:
         resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)  # mono to mono: rate only
-        resampled += resampler.resample(_mono_frame(np.concatenate(chunks), source_rate))
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)[None],
+                                           format="fltp", layout="mono")
+        frame.sample_rate = source_rate
+        resampled += resampler.resample(frame)
         resampled += resampler.resample(None)
     return resampled
 

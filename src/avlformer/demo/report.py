@@ -88,11 +88,6 @@ def spectrogram(waveform: np.ndarray, sample_rate: int, max_hz: float = 4000.0, 
     return np.clip((log_mag - (top - 3.0)) / 3.0, 0, 1)  # 60 dB of range below the peak
 
 
-def spectrogram_image(waveform: np.ndarray, sample_rate: int, width: int = 300, height: int = 72) -> Image.Image:
-    values = spectrogram(waveform, sample_rate)[::-1]  # low frequencies at the bottom
-    return Image.fromarray(colormap(values)).resize((width, height), Image.BILINEAR)
-
-
 def heatmap_image(matrix: np.ndarray, size: int = 360, boundary: int | None = None) -> Image.Image:
     """Square heatmap of a (V, V) matrix in [0, 1], nearest-neighbour upscaled; a white line marks ``boundary``
     (the first audio token) on both axes."""
@@ -205,7 +200,8 @@ def clip_accuracy_marks(clip: ClipReport) -> str:
 
 def clip_section(clip: ClipReport) -> str:
     strip = png_data_uri(frame_strip(clip.frames))
-    spec = png_data_uri(spectrogram_image(clip.waveform, clip.sample_rate))
+    values = spectrogram(clip.waveform, clip.sample_rate)[::-1]  # low frequencies at the bottom
+    spec = png_data_uri(Image.fromarray(colormap(values)).resize((300, 72), Image.BILINEAR))
     truth = ", ".join(f"{k}={clip.truth[k]}" for k in (*VISUAL_ATTRIBUTES, *SOUND_ATTRIBUTES) if k in clip.truth)
     confidence = f" · confidence {clip.confidence:.3f}" if clip.confidence is not None else ""
     silenced = ""

@@ -152,8 +152,8 @@ def _media_scorers(groups: list[str], paths: ModelPaths, device, report: Evaluat
     for group in [g for g in groups if g in MEDIA_METRICS]:
         try:
             if paths.video_dir is None:
-                raise MetricUnavailable(f"{MEDIA_METRICS[group]} skipped: it scores captions against the clips; pass --video-dir "
-                                        "DIR (the videos) and, for separate mp3s, --audio-dir DIR")
+                raise MetricUnavailable(f"{MEDIA_METRICS[group]} skipped: it scores captions against the clips; "
+                                        "pass --video-dir DIR (the videos) and, for separate mp3s, --audio-dir DIR")
             scorers[group] = _build_media_scorer(group, paths, device)
         except MetricUnavailable as error:
             report.skipped[group] = str(error)

@@ -35,10 +35,6 @@ def converter_for(flag: Flag) -> Callable:
     return _CONVERTERS.get(type(DEFAULTS["paper"].get(flag.path)), to_str)
 
 
-def is_list(flag: Flag) -> bool:
-    return flag.nargs in ("*", "+") or (flag.path is not None and isinstance(DEFAULTS["paper"].get(flag.path), list))
-
-
 def default_text(flag: Flag) -> str:
     """'(default 0.1 from preset paper; 0.5 from preset tiny)': the value that applies unless given."""
     if flag.path is None:
@@ -69,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_flag(parser, flag: Flag, help_text: str) -> None:
     converter = converter_for(flag)
     kwargs: dict[str, Any] = dict(dest=flag.name, type=converter, default=argparse.SUPPRESS, help=help_text)
-    nargs = flag.nargs or ("?" if converter is parse_bool else "*" if is_list(flag) else None)
+    is_list = flag.path is not None and isinstance(DEFAULTS["paper"].get(flag.path), list)
+    nargs = flag.nargs or ("?" if converter is parse_bool else "*" if is_list else None)
     if nargs:
         kwargs["nargs"] = nargs
     if nargs == "?":

@@ -17,10 +17,6 @@ from torch import nn
 NO_DECAY_SUBSTRINGS = ("bias", "LayerNorm.bias", "LayerNorm.weight")
 
 
-def is_no_decay(name: str) -> bool:
-    return any(part in name for part in NO_DECAY_SUBSTRINGS)
-
-
 def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], learning_rate: float,
                      backbone_coef_lr: float, weight_decay: float,
                      backbone: Iterable[nn.Parameter] = (),
@@ -39,7 +35,7 @@ def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], learn
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
-        decay = "no_decay" if is_no_decay(name) else "decay"
+        decay = "no_decay" if any(part in name for part in NO_DECAY_SUBSTRINGS) else "decay"
         if id(param) in part_of:
             key = f"{part_of[id(param)]}_{decay}"
         else:

@@ -66,10 +66,6 @@ def micro_batches_per_epoch(num_samples: int, batch_size: int, world_size: int) 
     return (num_samples // world_size) // batch_size
 
 
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0])
-
-
 class SampleSeededDataset(Dataset):
     """Wraps a dataset with ``set_seed(seed)`` so item ``i`` of epoch ``e`` always sees the same augmentation."""
 
@@ -84,7 +80,8 @@ class SampleSeededDataset(Dataset):
 
     def __getitem__(self, index: int):
         if hasattr(self.dataset, "set_seed"):
-            self.dataset.set_seed(item_seed(self.seed, self.epoch, index))
+            seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)[0]
+            self.dataset.set_seed(int(seed))
         return self.dataset[index]
 
 

@@ -94,10 +94,6 @@ def run_clips(jobs: list[ClipJob], workers: int, work: Callable[[ClipJob], dict]
     return results
 
 
-def hdf5_sort_key(clip_id: str) -> str:
-    return f"{clip_id}.mp3"
-
-
 def _entry_problem(layout: Layout, path: Path) -> Problem | None:
     """Why a videos-folder entry that is not a readable plain file cannot be a clip (None: it is one)."""
     problem = entry_problem(path)
@@ -147,7 +143,7 @@ def plan_split(layout: Layout, captions: Captions, videos: dict[str, Path], deco
     problems = []
     jobs, texts = [], {}
     recipe = layout.recipe()
-    for clip_id in sorted(videos, key=hdf5_sort_key):
+    for clip_id in sorted(videos, key=lambda clip_id: f"{clip_id}.mp3"):  # the HDF5's order (module docstring)
         video = videos[clip_id]
         if clip_id not in captions.texts:
             if clip_id not in captions.rejected:
