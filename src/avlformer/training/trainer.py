@@ -108,24 +108,6 @@ class EpochBatchSampler(Sampler[list[int]]):
         return max(0, self.num_batches - self.skip)
 
 
-def epoch_loader(dataset: SampleSeededDataset, batch_sampler: EpochBatchSampler, num_workers: int, collate_fn,
-                 worker_init_fn, generator_seed: int) -> DataLoader:
-    # The loader's own generator keeps DataLoader start-up from drawing on the global torch RNG (which the model's
-    # dropout uses), so starting a loader mid-epoch after a resume leaves that stream where the checkpoint left it.
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate_fn,
-                      pin_memory=torch.cuda.is_available(), worker_init_fn=worker_init_fn,
-                      generator=torch.Generator().manual_seed(generator_seed))
-
-
-def eval_loader(dataset: Dataset, batch_size: int, rank: int, world_size: int, num_workers: int,
-                collate_fn) -> DataLoader:
-    """In order, sharded across ranks (the last shard padded with repeats; predictions are de-duplicated by key)."""
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False, drop_last=False)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
-                      generator=torch.Generator().manual_seed(0))
-
-
 def autocast_for(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext
@@ -230,8 +212,12 @@ class Trainer:
         sampler = EpochBatchSampler(len(self.train_data), config.optim.per_gpu_train_batch_size, env.rank,
                                     env.world_size, seed, progress.epoch, self.schedule.micro_batches_per_epoch,
                                     skip=progress.batches_done_in_epoch)
-        loader = epoch_loader(self.train_data, sampler, config.data.num_workers, self.collate_fn, seed_worker,
-                              generator_seed=seed * 1009 + progress.epoch * 31 + env.rank)
+        # The loader's own generator keeps DataLoader start-up from drawing on the global torch RNG (which the
+        # model's dropout uses), so starting a loader mid-epoch after a resume leaves that stream where it was.
+        loader = DataLoader(self.train_data, batch_sampler=sampler, num_workers=config.data.num_workers,
+                            collate_fn=self.collate_fn, pin_memory=torch.cuda.is_available(),
+                            worker_init_fn=seed_worker,
+                            generator=torch.Generator().manual_seed(seed * 1009 + progress.epoch * 31 + env.rank))
         accumulation = config.optim.gradient_accumulation_steps
         sums = torch.zeros(len(self.loss_terms), device=env.device)
         non_finite = torch.zeros((), dtype=torch.bool, device=env.device)
@@ -346,8 +332,12 @@ class Trainer:
 
     def validate(self, folder: Path) -> None:
         # The val split is raw videos in every mode (with --features too), so its batches are plain ones.
-        loader = eval_loader(self.val_dataset, self.config.optim.per_gpu_eval_batch_size, self.env.rank,
-                             self.env.world_size, self.config.data.num_workers, dataset_collate)
+        # In order, sharded across ranks (the last shard padded with repeats; predictions are de-duplicated by key).
+        sampler = DistributedSampler(self.val_dataset, num_replicas=self.env.world_size, rank=self.env.rank,
+                                     shuffle=False, drop_last=False)
+        loader = DataLoader(self.val_dataset, batch_size=self.config.optim.per_gpu_eval_batch_size, sampler=sampler,
+                            num_workers=self.config.data.num_workers, collate_fn=dataset_collate,
+                            pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
         predictions, references = decode_split(self.model, loader, self.env, self.autocast,
                                                load_tokenizer(self.vocab_dir))
         if not self.env.is_main:
