@@ -19,6 +19,7 @@ Every clip is a pure function of (seed, split, index), so the dataset is identic
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -359,18 +360,9 @@ def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, wo
     clip_files = [path for _, _, _, split, i in jobs for path in clip_paths(out, split, i, name_of)]
     record = claim_folder(out, clip_files + [out / "captions.json", out / "attributes.json"], overwrite)
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs) or 1))
-    bar = tqdm(total=len(jobs), desc="synth", unit="clip", disable=not progress)
-    results = []
-    if workers == 1:
-        for job in jobs:
-            results.append(_write_clip_job(job))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(_write_clip_job, jobs, chunksize=4):
-                results.append(result)
-                bar.update()
-    bar.close()
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
+        done = pool.map(_write_clip_job, jobs, chunksize=4) if pool else map(_write_clip_job, jobs)
+        results = list(tqdm(done, total=len(jobs), desc="synth", unit="clip", disable=not progress))
     captions = {cid: caption for cid, _, caption in results}
     attributes = {cid: attrs for cid, attrs, _ in results}
     for path in clip_files:
