@@ -32,7 +32,6 @@ class MediaError(ValueError):
     """A media file cannot be used; the message names the file and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
 

@@ -21,8 +21,6 @@ class CaptionFileError(ValueError):
     """A prediction or reference file cannot be used; the message names the file and the problem."""
 
     def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
-        self.problem = problem
         super().__init__(f"{path}: {problem}")
 
 

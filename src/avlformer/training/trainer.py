@@ -264,10 +264,7 @@ class Trainer:
             with self.autocast():
                 outputs = self.model(batch)
             loss = outputs["loss"].float() / accumulation
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-            else:
-                loss.backward()
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return outputs
 
     def optimizer_step(self, outputs: dict) -> float:
