@@ -182,11 +182,6 @@ def _format(value) -> str:
     return html.escape(str(value))
 
 
-def metrics_table(metrics: dict) -> str:
-    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_format(v)}</td></tr>" for k, v in metrics.items())
-    return f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
-
-
 def clip_accuracy_marks(clip: ClipReport) -> str:
     from avlformer.data.synth import parse_attributes
 
@@ -235,13 +230,14 @@ def render_report(data: ReportData) -> str:
                      f"{data.num_video_tokens} video tokens from the audio tokens.</p>")
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
     clips = "".join(clip_section(c) for c in data.clips)
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_format(v)}</td></tr>" for k, v in data.metrics.items())
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(data.title)}</title>"
         f"<style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(data.title)}</h1>{headline_cards(data.metrics)}"
         f"{'<ul class=muted>' + notes + '</ul>' if notes else ''}"
-        f"<h2>Metrics</h2>{metrics_table(data.metrics)}"
+        f"<h2>Metrics</h2><table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
         f"<h2>Training loss</h2>{loss_curve_svg(data.loss_curve)}"
         f"<h2>Learned sparse attention mask</h2>{mask_html}"
         f"<h2>Test clips ({len(data.clips)})</h2><div class='clips'>{clips}</div>"
