@@ -89,7 +89,7 @@ def prepared_dataset(args, work: Path, stored_frames: int, stored_size: int) -> 
 def initial_checkpoint(train_argv: list[str], folder: Path) -> Path:
     """The weights `avlformer train` starts from with these flags (the seed decides them), as a checkpoint."""
     from avlformer.modeling.checkpoint import save_checkpoint
-    from avlformer.training.model_setup import build_model
+    from avlformer.training.setup import build_model
     from avlformer.training.setup import seed_everything, training_recipe
 
     config = parse_train_args(train_argv)

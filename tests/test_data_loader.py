@@ -297,7 +297,6 @@ def test_resolve_paths_follows_upstream_rules(tmp_path):
     assert paths.audio.samefile(root / "audio_hdf" / "train_mp3.hdf")
     assert paths.captions.samefile(root / "metadata" / "train.caption.tsv")
     assert paths.linelist.samefile(root / "metadata" / "train.caption.linelist.tsv")
-    assert paths.coco_format is None
     # A caption path given as an existing absolute path is used as given.
     moved = tmp_path / "elsewhere.caption.tsv"
     moved.write_bytes((root / "metadata" / "train.caption.tsv").read_bytes())

@@ -61,7 +61,7 @@ def test_values_identical_to_cocoevalcap(tmp_path, monkeypatch):
 
     paired = pair_captions(load_predictions(pred_path), load_references(gt_path))
     ours = caption_metrics(paired.predictions, paired.references)
-    assert set(ours) == set(coco_metrics.COCO_METRIC_NAMES)
+    assert set(ours) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"}
     for name, value in ours.items():
         assert value == direct.eval[name], name
     assert 0 < ours["Bleu_1"] < 1 and ours["CIDEr"] > 0

@@ -12,13 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avlformer.evaluation.audio_score import AudioScorer, audio_score_from_embeddings, gompertz
+from avlformer.evaluation.audio_score import (AudioScorer, TriLip, audio_score_from_embeddings, gompertz, load_trilip,
+                                              openai_to_transformers)
 from avlformer.evaluation.clip_score import ClipScorer, clip_s, ref_clip_s
 from avlformer.evaluation.entity_score import EntityScorer, NounExtractor, entity_recall, harmonic_mean, \
     semantic_coverage
 from avlformer.evaluation.metric_models import MetricUnavailable, load_clip, load_pos_tagger, load_t5_encoder
-from avlformer.evaluation.openai_clip import openai_to_transformers
-from avlformer.evaluation.trilip import TriLip, load_trilip
 from avlformer.modeling.passt import PasstConfig
 
 WORDS = ["man", "men", "dog", "dogs", "cat", "microphone", "stage", "speaks", "barks", "sits", "sings", "on", "a",

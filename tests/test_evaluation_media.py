@@ -11,7 +11,7 @@ from avlformer.data.clip_media import clip_audio, read_clip_frames
 from avlformer.data.recipe import RECIPE_NAME, PreprocessRecipe
 from avlformer.evaluation.cli import main as evaluate_main
 from avlformer.evaluation.runner import load_recipe
-from avlformer.evaluation.video_media import ClipMedia
+from avlformer.evaluation.runner import ClipMedia
 from tests.media_fixtures import write_mp3, write_normal
 
 

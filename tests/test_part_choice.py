@@ -56,7 +56,7 @@ def test_a_model_built_for_training_starts_from_the_folders_weights(folders, tmp
     from safetensors.torch import load_file
 
     from avlformer.training.args import parse_train_args
-    from avlformer.training.model_setup import build_model
+    from avlformer.training.setup import build_model
 
     tree = deterministic_tiny_config().to_dict()
     tree["video"] = choose("video", f"hf:{folders['clip']}")

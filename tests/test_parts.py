@@ -116,7 +116,7 @@ def test_training_machinery_finds_the_new_part_by_role():
 
     from avlformer.training.distributed import fsdp_units
     from avlformer.training.features import encoder_spec, freeze_encoders
-    from avlformer.training.model_setup import apply_freezing
+    from avlformer.training.setup import apply_freezing
     from avlformer.training.optim import build_optimizer
 
     config = frame_pool_config()

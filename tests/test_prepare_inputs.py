@@ -9,7 +9,7 @@ from pathlib import Path
 
 import media_fixtures as mf
 from avlformer import cli
-from avlformer.data.prepare.lock import LOCK_NAME, prepare_lock
+from avlformer.data.prepare.layout import LOCK_NAME, prepare_lock
 from avlformer.data.tsv import TSVFile
 
 ARGS = ("--workers", "1", "--num-frames", "4", "--image-size", "32")

@@ -225,7 +225,7 @@ def test_model_name_or_path_initialises_the_text_transformer_from_a_hf_bert_fold
     from avlformer.data.tokenizer import default_vocab_dir
     from avlformer.modeling.avlformer import AVLFormerConfig
     from avlformer.modeling.text_transformer import hf_bert_to_ours
-    from avlformer.training.model_setup import build_model
+    from avlformer.training.setup import build_model
 
     text = AVLFormerConfig.tiny().text
     torch.manual_seed(5)
@@ -249,7 +249,7 @@ def test_model_name_or_path_initialises_the_text_transformer_from_a_hf_bert_fold
 
 
 def test_training_modules_do_not_import_the_command_layer_or_tensorboard():
-    code = ("import sys; import avlformer.training.loop, avlformer.training.args, avlformer.training.model_setup; "
+    code = ("import sys; import avlformer.training.loop, avlformer.training.args, avlformer.training.setup; "
             "bad = [m for m in ('avlformer.cli', 'torch.utils.tensorboard', 'avlformer.demo') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 from avlformer.modeling.avlformer import AVLFormerConfig
@@ -37,7 +38,11 @@ def test_defaults_live_in_the_tree_and_the_table_names_real_fields():
     defaults = TrainConfig()
     for flag in FLAGS:
         if flag.path is not None:
-            defaults.get(flag.path)  # raises if the table names a field the tree lacks
+            *parents, leaf = flag.path.split(".")  # raises below if the table names a field the tree lacks
+            owner = defaults.get(".".join(parents))
+            annotation = typing.get_type_hints(type(owner))[leaf]
+            # a flag converts its values by the type of its default: the default must have the annotated type
+            assert isinstance(defaults.get(flag.path), typing.get_origin(annotation) or annotation), flag.name
     assert not any(field.name == "default" for field in dataclasses.fields(FLAGS[0]))
     resolved = parse_train_args([])
     assert resolved.model == AVLFormerConfig.paper()

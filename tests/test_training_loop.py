@@ -15,7 +15,7 @@ from avlformer.data.recipe import RECIPE_NAME
 from avlformer.modeling.avlformer import AVLFormerConfig
 from avlformer.training import loop, trainer
 from avlformer.training.args import parse_train_args
-from avlformer.training.batches import EpochBatchSampler
+from avlformer.training.trainer import EpochBatchSampler
 from avlformer.training.checkpointing import TRAINING_STATE, ResumeError
 from training_fakes import FakeCaptionDataset, deterministic_tiny_config, tiny_model
 

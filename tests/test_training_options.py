@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from avlformer.training import checkpointing, loop
 from avlformer.training.args import ArgumentError, parse_train_args
-from avlformer.training.model_setup import build_model
+from avlformer.training.setup import build_model
 from training_fakes import FakeCaptionDataset, deterministic_tiny_config, tiny_model
 
 torch.set_num_threads(1)

@@ -16,15 +16,6 @@ GAIN_DB_RANGE = (-7, 6)       # inclusive, integer dB (upstream: randint(14) - 7
 ROLL_SAMPLES_RANGE = (-50, 50)  # half-open, samples (upstream: np.random.randint(-50, 50))
 
 
-def _resample_mono(wave: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
-    frame = av.AudioFrame.from_ndarray(wave[None, :], format="flt", layout="mono")
-    frame.sample_rate = source_rate
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=target_rate)
-    pieces = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-    pieces += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
-    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-
-
 def decode_audio(data: bytes | np.ndarray, sample_rate: int = SAMPLE_RATE, source: str = "audio") -> np.ndarray:
     """Decode encoded audio bytes to a mono float32 waveform at ``sample_rate`` (channels averaged by
     ``media_audio.downmix``, resampled when the rate differs; upstream did neither)."""
@@ -45,7 +36,11 @@ def decode_audio(data: bytes | np.ndarray, sample_rate: int = SAMPLE_RATE, sourc
         return np.zeros(0, np.float32)
     wave = np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
     if rate != sample_rate:
-        wave = _resample_mono(wave, rate, sample_rate)
+        frame = av.AudioFrame.from_ndarray(wave[None, :], format="flt", layout="mono")
+        frame.sample_rate = rate
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        pieces = [f.to_ndarray().reshape(-1) for f in [*resampler.resample(frame), *resampler.resample(None)]]
+        wave = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     return wave
 
 
@@ -54,15 +49,6 @@ def pad_or_truncate(wave: np.ndarray, length: int) -> np.ndarray:
     if len(wave) >= length:
         return wave[:length]
     return np.concatenate([wave, np.zeros(length - len(wave), dtype=wave.dtype)])
-
-
-def random_gain(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    gain_db = int(rng.integers(GAIN_DB_RANGE[0], GAIN_DB_RANGE[1] + 1))
-    return wave * np.float32(10.0 ** (gain_db / 20.0))
-
-
-def random_roll(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return np.roll(wave, int(rng.integers(*ROLL_SAMPLES_RANGE)))
 
 
 def load_clip(data: bytes | np.ndarray, *, clip_samples: int, sample_rate: int = SAMPLE_RATE, train: bool = False,
@@ -75,7 +61,8 @@ def load_clip(data: bytes | np.ndarray, *, clip_samples: int, sample_rate: int =
         if rng is None:
             raise ValueError("load_clip(train=True) needs an rng for its augmentations")
         if gain:
-            wave = random_gain(wave, rng)
+            gain_db = int(rng.integers(GAIN_DB_RANGE[0], GAIN_DB_RANGE[1] + 1))
+            wave = wave * np.float32(10.0 ** (gain_db / 20.0))
         if roll:
-            wave = random_roll(wave, rng)
+            wave = np.roll(wave, int(rng.integers(*ROLL_SAMPLES_RANGE)))
     return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).reshape(1, clip_samples)

@@ -63,29 +63,20 @@ class HDF5AudioReader:
         self._file = PerProcessHandle(functools.partial(_open_audio_hdf5, self.path))
         self._names: list[str] | None = None
 
-    def _open(self) -> h5py.File:
-        return self._file.get()
-
     def names(self) -> list[str]:
         if self._names is None:
-            self._names = [str(name) for name in self._open()["audio_name"].asstr()[:]]
+            self._names = [str(name) for name in self._file.get()["audio_name"].asstr()[:]]
         return self._names
 
     def __len__(self) -> int:
-        return len(self._open()["mp3"])
+        return len(self._file.get()["mp3"])
 
     def name(self, index: int) -> str:
         return self.names()[index]
 
     def mp3(self, index: int) -> np.ndarray:
         """Raw encoded bytes of row ``index`` as a uint8 array."""
-        return np.asarray(self._open()["mp3"][index], dtype=np.uint8)
+        return np.asarray(self._file.get()["mp3"][index], dtype=np.uint8)
 
     def close(self) -> None:
         self._file.close()
-
-    def __enter__(self) -> "HDF5AudioReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -20,15 +20,14 @@ from avlformer.data.recipe import PreprocessRecipe
 AUDIO_FROM_MP3, AUDIO_FROM_VIDEO, AUDIO_SILENCE = "mp3", "video", "silence"
 
 
-def encode_jpeg_b64(image: np.ndarray, quality: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-    return base64.b64encode(buffer.getvalue())
-
-
 def encode_frames(frames: np.ndarray, recipe: PreprocessRecipe) -> list[bytes]:
     """uint8 (T, H, W, 3) -> one base64 JPEG per frame."""
-    return [encode_jpeg_b64(frame, recipe.jpeg_quality) for frame in frames]
+    encoded = []
+    for frame in frames:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=recipe.jpeg_quality)
+        encoded.append(base64.b64encode(buffer.getvalue()))
+    return encoded
 
 
 def frame_row(key: str, frames: np.ndarray, recipe: PreprocessRecipe) -> list[bytes]:

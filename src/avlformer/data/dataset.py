@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 import yaml
 from torch.utils.data import Dataset, get_worker_info
 
-from avlformer.config_fields import checked_fields
+from avlformer.config_fields import JsonDataclass
 from avlformer.data.audio import load_clip
 from avlformer.data.audio_hdf import HDF5AudioReader
 from avlformer.data.caption_tsv import read_caption_tsv
@@ -35,7 +35,7 @@ FRAME_COLUMNS_START = 2  # key, {"class": -1, "width": W, "height": H}, then the
 
 
 @dataclass
-class DataConfig:
+class DataConfig(JsonDataclass):
     num_frames: int = 32
     image_size: int = 224
     sample_rate: int = SAMPLE_RATE
@@ -50,13 +50,6 @@ class DataConfig:
     def clip_samples(self) -> int:
         return int(round(self.sample_rate * self.clip_seconds))
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DataConfig":
-        return cls(**checked_fields(cls, values))
-
 
 @dataclass(frozen=True)
 class DatasetPaths:
@@ -65,12 +58,11 @@ class DatasetPaths:
     audio: Path
     captions: Path | None
     linelist: Path | None
-    coco_format: Path | None
 
 
 def _metadata_file(yaml_path: Path, root: Path, key: str, value: str | None, *, required: bool,
                    must_exist: bool) -> Path | None:
-    """Upstream's rule for caption/label/linelist/coco files: ``root/metadata/<value>``, else ``<value>`` as given.
+    """Upstream's rule for caption/label/linelist files: ``root/metadata/<value>``, else ``<value>`` as given.
     ``required``: the yaml must name the file; ``must_exist``: a named file that is missing is an error (else the
     entry is ignored, as upstream ignored a missing linelist)."""
     if not value:
@@ -106,19 +98,12 @@ def resolve_paths(yaml_path: str | os.PathLike, need_captions: bool = True) -> D
     for key, path in (("img", frames), ("audio", audio)):
         if not path.is_file():
             raise FileNotFoundError(f"{yaml_path}: '{key}: {spec[key]}' resolves to {path}, which does not exist")
-    coco = _metadata_file(yaml_path, root, "caption_coco_format", spec.get("caption_coco_format"), required=False,
-                          must_exist=False)
-    if coco is None:
-        # Upstream's fallback name: <yaml basename up to the first '.'>_caption_coco_format.json
-        fallback = root / "metadata" / f"{yaml_path.name.split('.')[0]}_caption_coco_format.json"
-        coco = fallback if fallback.is_file() else None
     return DatasetPaths(
         yaml=yaml_path, frames=frames, audio=audio,
         captions=_metadata_file(yaml_path, root, "caption", spec.get("caption"), required=need_captions,
                                 must_exist=True),
         linelist=_metadata_file(yaml_path, root, "caption_linelist", spec.get("caption_linelist"), required=False,
-                                must_exist=False),
-        coco_format=coco)
+                                must_exist=False))
 
 
 def read_linelist(path: Path, captions: list[list[str]]) -> list[tuple[int, int]]:
@@ -158,7 +143,6 @@ class CaptionDataset(Dataset):
         self._check_audio_alignment()
         self._rng: np.random.Generator | None = None
 
-    # -- construction -------------------------------------------------------------------------------------
     def _check_recipe(self) -> None:
         """The mp3s were made at the recipe's rate, and for clips of its length (e.g. the silence given to a clip
         without audio). Reading them at another rate, or as longer clips, is not the data the recipe describes;
@@ -208,7 +192,6 @@ class CaptionDataset(Dataset):
                                  f"the same videos in the same order")
         self.audio.close()  # h5py handles must not cross a fork; reopened lazily per worker
 
-    # -- items --------------------------------------------------------------------------------------------
     def set_seed(self, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
 
@@ -259,12 +242,8 @@ class CaptionDataset(Dataset):
 @contextlib.contextmanager
 def one_thread_outside_workers():
     """Build an item (and collate a batch) at one intra-op thread when that happens in the training process
-    itself (``num_workers`` 0); DataLoader workers already run at one. An item is mostly single-threaded work
-    (JPEG and mp3 decoding) between a few small parallel tensor ops; with several threads, each of those ops
-    wakes the other threads and waits at a barrier for them, and on a machine whose cores are busy (the model's
-    own threads spinning after a step, other processes) a descheduled thread stalls that barrier for a scheduler
-    slice, several times an item's own work. One thread is never the slow case, and gives the same tensors (every op here is elementwise, per pixel or a copy).
-    docs/data.md, "Loading"."""
+    itself (``num_workers`` 0), as DataLoader workers do: the same tensors (every op here is elementwise or a
+    copy), without the thread barriers that stall on busy cores (docs/data.md, "Loader threads")."""
     if get_worker_info() is not None:
         yield
         return

@@ -45,10 +45,6 @@ class FeatureSpec:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
-    @classmethod
-    def from_json(cls, text: str) -> "FeatureSpec":
-        return cls(**json.loads(text))
-
     def problem_with(self, model: "FeatureSpec") -> str | None:
         """Why features of this spec cannot feed a model whose encoders give ``model`` (None: they can)."""
         for name, what in (("num_video_tokens", "video tokens"), ("video_dim", "video width"),
@@ -100,10 +96,6 @@ def write_feature_file(path: Path, spec: FeatureSpec, recipe: PreprocessRecipe, 
             raise ValueError(f"{path}: {len(keys)} clips planned but {count} written")
 
 
-def _open(path: Path) -> h5py.File:
-    return h5py.File(path, "r")
-
-
 class FeatureFile:
     """Random access to one split's cached features by row or key; one read-only handle per process."""
 
@@ -114,7 +106,7 @@ class FeatureFile:
         try:
             with h5py.File(self.path, "r") as handle:
                 version = int(handle.attrs["format_version"])
-                self.spec = FeatureSpec.from_json(handle.attrs["spec"])
+                self.spec = FeatureSpec(**json.loads(handle.attrs["spec"]))
                 self.recipe = PreprocessRecipe.from_dict(json.loads(handle.attrs["recipe"]))
                 self.yaml_name = str(handle.attrs["yaml"])
                 self.keys = [k.decode() if isinstance(k, bytes) else str(k) for k in handle["keys"][()]]
@@ -130,7 +122,7 @@ class FeatureFile:
         if shapes != expected:
             raise FeatureMismatchError(f"{self.path}: datasets of shape {shapes}, its header says {expected}")
         self.row_of = {key: row for row, key in enumerate(self.keys)}
-        self._handle = PerProcessHandle(functools.partial(_open, self.path))
+        self._handle = PerProcessHandle(functools.partial(h5py.File, self.path, "r"))
 
     def __len__(self) -> int:
         return len(self.keys)

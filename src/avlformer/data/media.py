@@ -32,7 +32,6 @@ class MediaError(ValueError):
     """A media file cannot be used; the message names the file and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
 
@@ -50,15 +49,11 @@ def raise_if_environment(error: BaseException, path: str | os.PathLike) -> None:
 
 @dataclass
 class VideoInfo:
-    path: str
     width: int
     height: int
     start: float                 # timestamp of the first video frame, seconds
     duration: float              # span of the video stream, seconds (see module docstring)
-    num_packets: int             # video packets demuxed (= frames for every common codec)
-    fps: float                   # frames per second over the span
     variable_frame_rate: bool
-    has_audio: bool
     declared_duration: float | None  # what the container header claims (None when it says nothing)
     frame_times: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
@@ -122,7 +117,7 @@ def _is_variable_rate(intervals: np.ndarray) -> bool:
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
-    """Size, span, frame rate, VFR and audio presence of a video (demuxes the packets; decodes nothing)."""
+    """Size, span and VFR of a video (demuxes the packets; decodes nothing)."""
     with open_container(path) as container:
         return _probe_open(container, path)[0]
 
@@ -131,18 +126,14 @@ def _probe_open(container, path) -> tuple[VideoInfo, list[av.Packet]]:
     """``probe`` of an open container, with the video packets it demuxed (so a decode needs no second pass)."""
     stream = _video_stream(container, path)
     width, height = stream.codec_context.width, stream.codec_context.height
-    has_audio = bool(container.streams.audio)
-    declared = _declared_duration(container, stream)
+    if stream.duration and stream.time_base:
+        declared = float(stream.duration * stream.time_base)
+    else:
+        declared = container.duration / av.time_base if container.duration else None
     packets = _demux_video_packets(container, stream, path)
-    times = [_packet_time(packet) for packet in packets]
-    return _video_info(path, stream, width, height, has_audio, declared,
-                       np.sort(np.asarray([t for t in times if t is not None], dtype=np.float64)),
-                       len(packets)), packets
-
-
-def _video_info(path, stream, width, height, has_audio, declared, times: np.ndarray, count: int) -> VideoInfo:
     if not width or not height:
         raise MediaError(path, "video stream has no frame size")
+    times = np.sort(np.asarray([t for p in packets if (t := _packet_time(p)) is not None], dtype=np.float64))
     intervals = np.diff(times)
     positive = intervals[intervals > 0]
     if len(positive):
@@ -151,17 +142,10 @@ def _video_info(path, stream, width, height, has_audio, declared, times: np.ndar
         rate = stream.average_rate or stream.guessed_rate
         frame_duration = 1.0 / float(rate) if rate else 1.0 / 25.0
     start = float(times[0]) if len(times) else 0.0
-    duration = (float(times[-1]) - start + frame_duration) if len(times) else count * frame_duration
-    return VideoInfo(path=str(path), width=width, height=height, start=start, duration=duration,
-                     num_packets=count, fps=count / duration if duration > 0 else 0.0,
-                     variable_frame_rate=_is_variable_rate(intervals), has_audio=has_audio,
-                     declared_duration=declared, frame_times=times)
-
-
-def _declared_duration(container, stream) -> float | None:
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    return container.duration / av.time_base if container.duration else None
+    duration = (float(times[-1]) - start + frame_duration) if len(times) else len(packets) * frame_duration
+    return VideoInfo(width=width, height=height, start=start, duration=duration,
+                     variable_frame_rate=_is_variable_rate(intervals), declared_duration=declared,
+                     frame_times=times), packets
 
 
 def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -298,7 +282,6 @@ def _fill_missing(chosen: list[np.ndarray | None]) -> np.ndarray:
     return np.stack(filled)
 
 
-def sample_frames(path: str | os.PathLike, num_frames: int = 32, short_side: int = 256,
-                  threads: int = 0) -> np.ndarray:
+def sample_frames(path: str | os.PathLike, num_frames: int = 32, short_side: int = 256) -> np.ndarray:
     """``num_frames`` RGB frames (uint8, (T, H, W, 3)) uniformly over the clip, shorter side ``short_side``."""
-    return read_frames(path, num_frames, short_side, threads).frames
+    return read_frames(path, num_frames, short_side).frames

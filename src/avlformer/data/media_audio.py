@@ -81,31 +81,20 @@ def silent_mp3(seconds: float = CLIP_SECONDS, sample_rate: int = SAMPLE_RATE, bi
     return encode_mp3(np.zeros(int(round(seconds * sample_rate)), np.float32), sample_rate, bitrate)
 
 
-def _float_planar(frame: av.AudioFrame, converters: dict) -> np.ndarray:
-    """One decoded frame as float32 (channels, samples), whatever sample format the codec produced."""
-    if frame.format.name != "fltp":
-        key = (frame.layout.name, frame.sample_rate)
-        if key not in converters:
-            # Same layout and rate: libswresample only converts the sample format here, it does not remix.
-            converters[key] = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=frame.sample_rate)
-        return np.concatenate([f.to_ndarray() for f in converters[key].resample(frame)], axis=1)
-    return frame.to_ndarray()
-
-
 def downmix(frame: av.AudioFrame, converters: dict) -> np.ndarray:
     """The one downmix of prepare, inference and the loaders: the mean of the channels, as float32 samples at the
     frame's own rate. libswresample's mono mix is not a mean (a stereo file with two identical channels comes
     out about 3 dB louder than its mono source), so the channels are never remixed by it. ``converters`` caches
     sample-format converters across the frames of one stream."""
-    planar = _float_planar(frame, converters)
+    if frame.format.name == "fltp":
+        planar = frame.to_ndarray()
+    else:  # whatever sample format the codec produced -> float32 (channels, samples)
+        key = (frame.layout.name, frame.sample_rate)
+        if key not in converters:
+            # Same layout and rate: libswresample only converts the sample format here, it does not remix.
+            converters[key] = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=frame.sample_rate)
+        planar = np.concatenate([f.to_ndarray() for f in converters[key].resample(frame)], axis=1)
     return planar[0] if planar.shape[0] == 1 else planar.mean(axis=0, dtype=np.float32)
-
-
-def _mono_frame(samples: np.ndarray, sample_rate: int) -> av.AudioFrame:
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.float32)[None], format="fltp",
-                                       layout="mono")
-    frame.sample_rate = sample_rate
-    return frame
 
 
 def _resampled_audio(container, stream, sample_rate: int, counters: dict) -> list[av.AudioFrame]:
@@ -130,7 +119,10 @@ def _resampled_audio(container, stream, sample_rate: int, counters: dict) -> lis
     resampled = []
     for source_rate, chunks in runs:
         resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)  # mono to mono: rate only
-        resampled += resampler.resample(_mono_frame(np.concatenate(chunks), source_rate))
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)[None],
+                                           format="fltp", layout="mono")
+        frame.sample_rate = source_rate
+        resampled += resampler.resample(frame)
         resampled += resampler.resample(None)
     return resampled
 

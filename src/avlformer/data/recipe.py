@@ -7,7 +7,6 @@ preprocessing recipe"). The constants below are the paper recipe; other modules 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from avlformer.atomic import write_text_atomic
-from avlformer.config_fields import checked_fields
+from avlformer.config_fields import JsonDataclass, checked_fields
 from avlformer.json_files import read_json
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,7 @@ AUDIO_SOURCES = (AUDIO_MP3_ELSE_VIDEO,)
 
 
 @dataclass(frozen=True)
-class PreprocessRecipe:
+class PreprocessRecipe(JsonDataclass):
     stored_frames: int = STORED_FRAMES
     short_side: int = SHORT_SIDE
     jpeg_quality: int = JPEG_QUALITY
@@ -87,9 +86,6 @@ class PreprocessRecipe:
     def clip_samples(self) -> int:
         return int(round(self.sample_rate * self.clip_seconds))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "preprocessing recipe") -> "PreprocessRecipe":
         try:
@@ -122,22 +118,21 @@ def recipe_for_yaml(yaml_path: str | os.PathLike) -> PreprocessRecipe:
     """The recipe of a prepared split; data without one (the FAVDBench release, data prepared before recipes
     existed) is taken to follow the paper recipe, with a warning naming that assumption."""
     path = recipe_path_for_yaml(yaml_path)
-    if path.is_file():
-        return PreprocessRecipe.load(path)
-    log.warning("%s: no preprocessing recipe (%s); assuming the paper recipe (%d frames, shorter side %d px, "
-                "%d Hz audio)", yaml_path, path.name, STORED_FRAMES, SHORT_SIDE, SAMPLE_RATE)
-    return PreprocessRecipe.paper()
+    return _recorded_recipe(path, f"{yaml_path}: no preprocessing recipe ({path.name})")
 
 
 def recipe_for_checkpoint(folder: str | os.PathLike, *, released: bool = False) -> PreprocessRecipe:
     """The recipe a checkpoint was trained with. ``released``: the released ``model.bin`` and upstream
     checkpoint folders, which follow the paper recipe by construction (no warning)."""
-    folder = Path(folder)
-    path = folder / RECIPE_NAME
+    missing = None if released else f"{folder}: checkpoint has no {RECIPE_NAME} (saved before recipes were recorded)"
+    return _recorded_recipe(Path(folder) / RECIPE_NAME, missing)
+
+
+def _recorded_recipe(path: Path, missing: str | None) -> PreprocessRecipe:
+    """The recipe stored at ``path``, else the paper recipe (warning ``missing``, when given, that it is assumed)."""
     if path.is_file():
         return PreprocessRecipe.load(path)
-    if not released:
-        log.warning("%s: checkpoint has no %s (saved before recipes were recorded); assuming the paper recipe "
-                    "(%d frames, shorter side %d px, %d Hz audio)", folder, RECIPE_NAME, STORED_FRAMES,
-                    SHORT_SIDE, SAMPLE_RATE)
+    if missing:
+        log.warning("%s; assuming the paper recipe (%d frames, shorter side %d px, %d Hz audio)", missing,
+                    STORED_FRAMES, SHORT_SIDE, SAMPLE_RATE)
     return PreprocessRecipe.paper()

@@ -12,13 +12,14 @@ Output::
     OUT/audio_mp3/<split>/<id>.mp3     mono, 32 kHz
     OUT/captions.json                  {"<id>": "caption"} for every split
     OUT/attributes.json                {"<id>": {"split", "shape", "colour", "motion", "pitch", "rhythm", "duration"}}
-    OUT/synth_outputs.json             what synth wrote: a folder holding other data is refused (synth_output)
+    OUT/synth_outputs.json             what synth wrote: a folder holding other data is refused (claim_folder)
 
 Every clip is a pure function of (seed, split, index), so the dataset is identical whatever the worker count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -35,9 +36,10 @@ from tqdm import tqdm
 
 from avlformer.atomic import atomic_path, write_text_atomic
 from avlformer.data.recipe import SAMPLE_RATE
-from avlformer.data.synth_output import SynthError, claim_folder
+from avlformer.data.prepare.outputs_record import OutputsRecord
 
 SPLITS = ("train", "val", "test")
+RECORD_NAME = "synth_outputs.json"
 
 # Shapes with very different outlines (a disc, a wide bar, a plus sign), so even a tiny, low-resolution video
 # encoder separates them within the demo's few hundred training steps.
@@ -92,15 +94,34 @@ class ClipSpec:
     background_shift: int
 
     def attributes(self) -> dict:
-        return {
-            "split": self.split,
-            "shape": self.shape,
-            "colour": self.colour,
-            "motion": self.motion,
-            "pitch": self.pitch,
-            "rhythm": self.rhythm,
-            "duration": self.duration,
-        }
+        return {name: getattr(self, name) for name in ("split", *ATTRIBUTE_VALUES, "duration")}
+
+
+class SynthError(ValueError):
+    """What synth was asked cannot be done as asked: one line, no traceback."""
+
+
+def claim_folder(out: Path, targets: list[Path], overwrite: bool) -> OutputsRecord:
+    """Check that synth may write ``targets`` into ``out``, then mark ``out`` as synth's (``synth_outputs.json``,
+    before any file is written, so an interrupted run can be rerun); returns the record to add the written files
+    to. A folder is written into when it is new or empty, or when it is synth's own and none of ``targets``
+    changed since; ``overwrite`` writes over anything, so a user's data is never lost by mistake."""
+    if out.exists() and not out.is_dir():
+        raise SynthError(f"{out}: exists and is not a folder")
+    record = OutputsRecord(out, RECORD_NAME)
+    if not overwrite:
+        if not record.path.is_file():
+            entries = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
+            if entries:
+                shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+                raise SynthError(f"{out}: holds files synth did not write ({shown}); give a new or empty folder, "
+                                 f"or --overwrite to write over them")
+        elif changed := [path for path in targets if record.changed(path)]:
+            raise SynthError(f"{changed[0]}: changed since synth wrote it ({len(changed)} such file(s)); give "
+                             f"a new or empty folder, or --overwrite to write over them")
+    out.mkdir(parents=True, exist_ok=True)
+    record.save()
+    return record
 
 
 def clip_seed(seed: int, split: str, index: int) -> int:
@@ -130,8 +151,6 @@ def make_clip_spec(seed: int, split: str, index: int) -> ClipSpec:
         background_shift=int(picture_rng.integers(-12, 13)),
     )
 
-
-# ----------------------------------------------------------------------------------------------------- captions
 
 def make_caption(attributes: dict) -> str:
     shape, colour = attributes["shape"], attributes["colour"]
@@ -189,8 +208,6 @@ def parse_attributes(caption: str) -> dict:
     return parsed
 
 
-# ----------------------------------------------------------------------------------------------------- pictures
-
 _YY, _XX = np.mgrid[0:HEIGHT, 0:WIDTH]
 
 
@@ -236,8 +253,6 @@ def render_frames(spec: ClipSpec) -> np.ndarray:
     return frames
 
 
-# ----------------------------------------------------------------------------------------------------- sounds
-
 def render_audio(spec: ClipSpec, seed: int) -> np.ndarray:
     """float32 mono waveform at SAMPLE_RATE in [-1, 1]: a tone with a harmonic, gated by the rhythm, plus a little noise."""
     n = int(round(spec.duration * SAMPLE_RATE))
@@ -259,8 +274,6 @@ def beep_envelope(t: np.ndarray, period: float, duty: float = 0.5) -> np.ndarray
     fall = np.clip((on - phase) / ramp, 0, 1)
     return np.minimum(rise, fall)
 
-
-# ----------------------------------------------------------------------------------------------------- encoding
 
 def _audio_frames(waveform: np.ndarray, block: int = 16000):
     for start in range(0, len(waveform), block):
@@ -347,18 +360,9 @@ def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, wo
     clip_files = [path for _, _, _, split, i in jobs for path in clip_paths(out, split, i, name_of)]
     record = claim_folder(out, clip_files + [out / "captions.json", out / "attributes.json"], overwrite)
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs) or 1))
-    bar = tqdm(total=len(jobs), desc="synth", unit="clip", disable=not progress)
-    results = []
-    if workers == 1:
-        for job in jobs:
-            results.append(_write_clip_job(job))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(_write_clip_job, jobs, chunksize=4):
-                results.append(result)
-                bar.update()
-    bar.close()
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
+        done = pool.map(_write_clip_job, jobs, chunksize=4) if pool else map(_write_clip_job, jobs)
+        results = list(tqdm(done, total=len(jobs), desc="synth", unit="clip", disable=not progress))
     captions = {cid: caption for cid, _, caption in results}
     attributes = {cid: attrs for cid, attrs, _ in results}
     for path in clip_files:

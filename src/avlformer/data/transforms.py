@@ -20,7 +20,6 @@ import torchvision.io
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-_tv_decode_jpeg = getattr(torchvision.io, "decode_jpeg", None)
 _RGB = torchvision.io.ImageReadMode.RGB
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,20 +53,16 @@ def _b64decode(field: str | bytes) -> bytes:
         return b""
 
 
-def _as_tensor(payload: bytes) -> torch.Tensor:
-    # frombuffer refuses an empty buffer; an empty tensor fails in decode_jpeg like any other bad frame.
-    return torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload else torch.empty(0, dtype=torch.uint8)
-
-
 def _decode_batch(payloads: list[bytes]) -> list[torch.Tensor] | None:
-    """torchvision's batched libjpeg-turbo decode (its 0.29 deprecation warning silenced); None when the decoder is
-    missing or fails, and the caller falls back to Pillow."""
-    if _tv_decode_jpeg is None:
-        return None
+    """torchvision's batched libjpeg-turbo decode (its 0.29 deprecation warning silenced); None when it fails,
+    and the caller falls back to Pillow."""
+    # frombuffer refuses an empty buffer; an empty tensor fails in decode_jpeg like any other bad frame.
+    tensors = [torch.frombuffer(bytearray(p), dtype=torch.uint8) if p else torch.empty(0, dtype=torch.uint8)
+               for p in payloads]
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*image decoding and encoding capabilities.*deprecated")
-            return _tv_decode_jpeg([_as_tensor(p) for p in payloads], mode=_RGB)
+            return torchvision.io.decode_jpeg(tensors, mode=_RGB)
     except (RuntimeError, ValueError):
         return None  # some frame is bad: decode one by one to find it
 

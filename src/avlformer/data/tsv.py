@@ -113,7 +113,6 @@ class TSVFile:
         # After fork an inherited handle shares its file position with the parent: each process opens its own.
         self._handle = PerProcessHandle(functools.partial(open, self.path, "rb"))
 
-    # -- index -------------------------------------------------------------------------------------------
     def _load_offsets(self) -> np.ndarray:
         for index_path, reader in ((lineidx_8b_path(self.path), _read_lineidx_8b),
                                    (lineidx_path(self.path), _read_lineidx_text)):
@@ -151,10 +150,6 @@ class TSVFile:
     def __len__(self) -> int:
         return len(self.offsets)
 
-    # -- reading ------------------------------------------------------------------------------------------
-    def _file(self):
-        return self._handle.get()
-
     def _row_start(self, index: int) -> int:
         count = len(self)
         if not -count <= index < count:
@@ -168,7 +163,7 @@ class TSVFile:
     def row_bytes(self, index: int) -> bytes:
         """Row ``index`` as raw bytes, without the trailing newline."""
         start = self._row_start(index)
-        handle = self._file()
+        handle = self._handle.get()
         handle.seek(start)
         line = handle.readline()
         if start + len(line) != self._row_end(index) or not line.endswith(b"\n"):
@@ -185,7 +180,7 @@ class TSVFile:
         """Column 0 of row ``index``, read without loading the rest of the (possibly large) row."""
         start = self._row_start(index)
         end = self._row_end(index)
-        handle = self._file()
+        handle = self._handle.get()
         handle.seek(start)
         head = b""
         while True:
@@ -202,12 +197,6 @@ class TSVFile:
 
     def close(self) -> None:
         self._handle.close()
-
-    def __enter__(self) -> "TSVFile":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __del__(self):
         with contextlib.suppress(Exception):

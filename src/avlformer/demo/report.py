@@ -45,8 +45,6 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------------------------------------- images
-
 def png_data_uri(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
@@ -90,11 +88,6 @@ def spectrogram(waveform: np.ndarray, sample_rate: int, max_hz: float = 4000.0, 
     return np.clip((log_mag - (top - 3.0)) / 3.0, 0, 1)  # 60 dB of range below the peak
 
 
-def spectrogram_image(waveform: np.ndarray, sample_rate: int, width: int = 300, height: int = 72) -> Image.Image:
-    values = spectrogram(waveform, sample_rate)[::-1]  # low frequencies at the bottom
-    return Image.fromarray(colormap(values)).resize((width, height), Image.BILINEAR)
-
-
 def heatmap_image(matrix: np.ndarray, size: int = 360, boundary: int | None = None) -> Image.Image:
     """Square heatmap of a (V, V) matrix in [0, 1], nearest-neighbour upscaled; a white line marks ``boundary``
     (the first audio token) on both axes."""
@@ -133,8 +126,6 @@ def loss_curve_svg(points: Sequence[tuple[int, float]], width: int = 520, height
             f"<text x='{width - right}' y='{height - 8}' text-anchor='end'>step {x1:.0f}</text></svg>")
 
 
-# ----------------------------------------------------------------------------------------------------- captions
-
 def highlight_caption(caption: str, truth: dict) -> str:
     """HTML of ``caption`` with each attribute mention marked right or wrong against ``truth``; attributes the
     caption never states are listed after it."""
@@ -156,8 +147,6 @@ def highlight_caption(caption: str, truth: dict) -> str:
         out.append(f" <span class='missing'>(missing: {html.escape(', '.join(missing))})</span>")
     return "".join(out)
 
-
-# ----------------------------------------------------------------------------------------------------- page
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1a202c;background:#f7fafc}
@@ -193,11 +182,6 @@ def _format(value) -> str:
     return html.escape(str(value))
 
 
-def metrics_table(metrics: dict) -> str:
-    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_format(v)}</td></tr>" for k, v in metrics.items())
-    return f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
-
-
 def clip_accuracy_marks(clip: ClipReport) -> str:
     from avlformer.data.synth import parse_attributes
 
@@ -211,7 +195,8 @@ def clip_accuracy_marks(clip: ClipReport) -> str:
 
 def clip_section(clip: ClipReport) -> str:
     strip = png_data_uri(frame_strip(clip.frames))
-    spec = png_data_uri(spectrogram_image(clip.waveform, clip.sample_rate))
+    values = spectrogram(clip.waveform, clip.sample_rate)[::-1]  # low frequencies at the bottom
+    spec = png_data_uri(Image.fromarray(colormap(values)).resize((300, 72), Image.BILINEAR))
     truth = ", ".join(f"{k}={clip.truth[k]}" for k in (*VISUAL_ATTRIBUTES, *SOUND_ATTRIBUTES) if k in clip.truth)
     confidence = f" · confidence {clip.confidence:.3f}" if clip.confidence is not None else ""
     silenced = ""
@@ -245,13 +230,14 @@ def render_report(data: ReportData) -> str:
                      f"{data.num_video_tokens} video tokens from the audio tokens.</p>")
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
     clips = "".join(clip_section(c) for c in data.clips)
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_format(v)}</td></tr>" for k, v in data.metrics.items())
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(data.title)}</title>"
         f"<style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(data.title)}</h1>{headline_cards(data.metrics)}"
         f"{'<ul class=muted>' + notes + '</ul>' if notes else ''}"
-        f"<h2>Metrics</h2>{metrics_table(data.metrics)}"
+        f"<h2>Metrics</h2><table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
         f"<h2>Training loss</h2>{loss_curve_svg(data.loss_curve)}"
         f"<h2>Learned sparse attention mask</h2>{mask_html}"
         f"<h2>Test clips ({len(data.clips)})</h2><div class='clips'>{clips}</div>"

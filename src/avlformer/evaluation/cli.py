@@ -8,6 +8,7 @@ could not be computed (no item scorable), each named on stderr with the reason.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -68,8 +69,6 @@ def format_table(metrics: dict[str, float], skipped: dict[str, str]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Exit status: 0 when every requested metric was computed, 2 for unusable input, 3 when a requested metric
-    group was skipped."""
     try:
         return _evaluate_command(args)
     except ValueError as error:  # flags, caption files (CaptionFileError), model and config files: named in it
@@ -78,10 +77,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
-    paths = ModelPaths(t5_model=args.t5_model, nltk_data=args.nltk_data, clip_model=args.clip_model,
-                       trilip_checkpoint=args.trilip_checkpoint, trilip_passt_config=args.trilip_passt_config,
-                       video_dir=args.video_dir, audio_dir=args.audio_dir, num_frames=args.num_frames,
-                       recipe=args.recipe, device=args.device, scenes=args.scenes)
+    paths = ModelPaths(**{field.name: getattr(args, field.name) for field in dataclasses.fields(ModelPaths)})
     if absent := missing_model_paths(paths):
         raise ValueError(f"not found: {'; '.join(absent)}")
     if args.num_frames is not None and args.num_frames < 1:
@@ -89,7 +85,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     load_recipe(args.recipe)
     if args.trilip_passt_config is not None:
-        from avlformer.evaluation.trilip import read_passt_config
+        from avlformer.evaluation.audio_score import read_passt_config
 
         read_passt_config(args.trilip_passt_config)
     predictions, references = load_predictions(args.pred), load_references(args.ref)
@@ -105,7 +101,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     if args.output:
         output = {"pred": args.pred, "ref": args.ref, "num_scored": len(paired.predictions),
                   "missing_predictions": paired.missing_predictions, "extra_predictions": paired.extra_predictions,
-                  **report.to_dict()}
+                  **dataclasses.asdict(report)}
         write_text_atomic(args.output, json.dumps(output, indent=2) + "\n")
     requested_but_skipped = [group for group in (args.metrics or []) if group in report.skipped]
     for group in requested_but_skipped:

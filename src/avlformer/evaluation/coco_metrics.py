@@ -12,7 +12,6 @@ import re
 import shutil
 from pathlib import Path
 
-COCO_METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 # CoreNLP is run with -preserveLines: any character Java treats as a line break would shift every later caption
 # onto the wrong id, so those become spaces (pycocoevalcap only replaces "\n").
 _LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x85\u2028\u2029]")
@@ -88,27 +87,21 @@ def shared_meteor():
     return Meteor()
 
 
+# scorer -> (pycocoevalcap module, class); METEOR is the shared one
+_SCORER_CLASSES = {"bleu": ("bleu.bleu", "Bleu"), "rouge": ("rouge.rouge", "Rouge"), "cider": ("cider.cider", "Cider"),
+                   "spice": ("spice.spice", "Spice")}
+
+
 def _make_scorer(name: str):
     """A pycocoevalcap scorer and the keyword arguments of its compute_score."""
-    if name == "bleu":
-        from pycocoevalcap.bleu.bleu import Bleu
-
-        return Bleu(4), {"verbose": 0}  # verbose=0: Bleu would print its length statistics
     if name == "meteor":
         return shared_meteor(), {}
-    if name == "rouge":
-        from pycocoevalcap.rouge.rouge import Rouge
-
-        return Rouge(), {}
-    if name == "cider":
-        from pycocoevalcap.cider.cider import Cider
-
-        return Cider(), {}
-    if name == "spice":
-        from pycocoevalcap.spice.spice import Spice
-
-        return Spice(), {}
-    raise ValueError(f"unknown caption metric {name!r}; choose from {', '.join(COCO_SCORERS)}")
+    if name not in _SCORER_CLASSES:
+        raise ValueError(f"unknown caption metric {name!r}; choose from {', '.join(COCO_SCORERS)}")
+    module, cls = _SCORER_CLASSES[name]
+    scorer = getattr(importlib.import_module(f"pycocoevalcap.{module}"), cls)
+    # verbose=0: Bleu would print its length statistics
+    return (scorer(4), {"verbose": 0}) if name == "bleu" else (scorer(), {})
 
 
 def caption_metrics(predictions: dict, references: dict,

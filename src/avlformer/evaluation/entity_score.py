@@ -29,12 +29,10 @@ class NounExtractor:
         self.stemmer = PorterStemmer()
         self.word_tokenizer = NLTKWordTokenizer()
 
-    def tokens(self, caption: str) -> list[str]:
-        return [token for sentence in _SENTENCE_END.split(caption.strip()) if sentence
-                for token in self.word_tokenizer.tokenize(sentence)]
-
     def __call__(self, caption: str) -> list[str]:
-        nouns = {word for word, tag in self.tagger.tag(self.tokens(caption)) if "NN" in tag}
+        tokens = [token for sentence in _SENTENCE_END.split(caption.strip()) if sentence
+                  for token in self.word_tokenizer.tokenize(sentence)]
+        nouns = {word for word, tag in self.tagger.tag(tokens) if "NN" in tag}
         return sorted({self.stemmer.stem(noun) for noun in nouns})
 
 

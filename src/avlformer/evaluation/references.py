@@ -21,8 +21,6 @@ class CaptionFileError(ValueError):
     """A prediction or reference file cannot be used; the message names the file and the problem."""
 
     def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
-        self.problem = problem
         super().__init__(f"{path}: {problem}")
 
 
@@ -96,14 +94,10 @@ def _references_from_tsv(path: Path) -> dict[str, list[str]]:
     pairs = []
     for row in rows:
         # The reader keeps undecodable bytes as surrogates; scoring needs real text.
-        if any(_has_surrogates(text) for text in (row.key, *row.captions)):
+        if any("\ud800" <= char <= "\udfff" for text in (row.key, *row.captions) for char in text):
             raise CaptionFileError(path, f"line {row.line}: not UTF-8 text")
         pairs += [(row.key, caption) for caption in row.captions]
     return _group(pairs)
-
-
-def _has_surrogates(text: str) -> bool:
-    return any("\ud800" <= char <= "\udfff" for char in text)
 
 
 def load_references(path: str | os.PathLike) -> dict[str, list[str]]:

@@ -2,15 +2,26 @@
 
 A metric whose model, data or tool is missing is skipped with the reason (naming what to install or pass); the
 other metrics still run. A clip whose video or audio cannot be found or decoded is left out of AudioScore and
-CLIPScore and listed in the report.
+CLIPScore and listed in the report. Their media (``ClipMedia``): videos are found in ``--video-dir`` by the clip id
+of the caption id; audio comes from ``--audio-dir/<id>.mp3`` or the video's own track; both are made by
+``data/clip_media.py`` under ``--recipe`` (default: the paper's).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from avlformer.data.audio import decode_audio
+from avlformer.data.clip_ids import VIDEO_EXTENSIONS, clip_id_from_key
+from avlformer.data.clip_media import AUDIO_SILENCE, clip_audio, read_clip_frames
+from avlformer.data.media import MediaError
+from avlformer.data.recipe import PreprocessRecipe
 from avlformer.device import resolve_device
 from avlformer.evaluation.coco_metrics import SCORER_OUTPUTS, caption_metrics, spice_missing_reason, \
     tools_missing_reason
@@ -20,10 +31,12 @@ from avlformer.evaluation.references import PairedCaptions
 log = logging.getLogger(__name__)
 
 METRIC_CHOICES = ("bleu", "meteor", "rouge", "cider", "spice", "entity", "audio", "clip", "scenes")
+MEDIA_METRICS = {"clip": "CLIPScore", "audio": "AudioScore"}  # group -> metric
 
 
 @dataclass
 class ModelPaths:
+    """The flags of the metric models and media (``--t5-model`` sets ``t5_model``)."""
     t5_model: str | None = None
     nltk_data: str | None = None
     clip_model: str | None = None
@@ -41,12 +54,59 @@ class ModelPaths:
 class EvaluationReport:
     metrics: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)         # metric group -> why
-    per_item: dict[str, dict] = field(default_factory=dict)       # metric -> {id: value}
     unscored: dict[str, dict[str, str]] = field(default_factory=dict)  # metric -> {id: why}
+    per_item: dict[str, dict] = field(default_factory=dict)       # metric -> {id: value}
 
-    def to_dict(self) -> dict:
-        return {"metrics": self.metrics, "skipped": self.skipped, "unscored": self.unscored,
-                "per_item": self.per_item}
+
+AUDIO_SUFFIXES = (".mp3", ".wav", ".flac", ".m4a", ".aac", ".ogg")
+
+
+class MissingMedia(LookupError):
+    """No video (or audio) file for an id; the message names the id and the folder searched."""
+
+
+def _find(folder: Path, stem: str, suffixes: tuple[str, ...], what: str, image_id: str) -> Path:
+    for suffix in suffixes:
+        candidate = folder / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise MissingMedia(f"no {what} for id {image_id!r} in {folder} (looked for {stem}{{{','.join(suffixes)}}})")
+
+
+class ClipMedia:
+    def __init__(self, video_dir: str | os.PathLike, audio_dir: str | os.PathLike | None = None,
+                 recipe: PreprocessRecipe | None = None, num_frames: int | None = None):
+        """``num_frames`` (default: the recipe's stored frames) is how many frames the metrics see per clip."""
+        self.video_dir = Path(video_dir)
+        self.audio_dir = Path(audio_dir) if audio_dir is not None else None
+        for folder in (self.video_dir, self.audio_dir):
+            if folder is not None and not folder.is_dir():
+                raise NotADirectoryError(f"{folder}: not a directory")
+        recipe = recipe or PreprocessRecipe.paper()
+        self.recipe = recipe if num_frames is None else dataclasses.replace(recipe, stored_frames=num_frames)
+
+    def video_path(self, image_id: str) -> Path:
+        return _find(self.video_dir, clip_id_from_key(image_id), VIDEO_EXTENSIONS, "video", image_id)
+
+    def frames(self, image_id: str) -> np.ndarray:
+        """uint8 (num_frames, H, W, 3), sampled uniformly over the clip at the recipe's shorter side."""
+        return read_clip_frames(self.video_path(image_id), self.recipe).frames
+
+    def audio(self, image_id: str) -> np.ndarray:
+        """Mono float32 waveform at the recipe's sample rate, whole clip."""
+        rate = self.recipe.sample_rate
+        if self.audio_dir is not None:
+            path = _find(self.audio_dir, clip_id_from_key(image_id), AUDIO_SUFFIXES, "audio", image_id)
+            if path.suffix.lower() != ".mp3":  # not a FAVDBench mp3: decoded as it is, resampled to the rate
+                return decode_audio(path.read_bytes(), rate, source=str(path))
+            return self._decoded(self.video_path(image_id), path)
+        return self._decoded(self.video_path(image_id), None)
+
+    def _decoded(self, video: Path, mp3: Path | None) -> np.ndarray:
+        made = clip_audio(video, mp3, self.recipe)
+        if made.source == AUDIO_SILENCE:  # the recipe's silence stands in for a model input, not for a score
+            raise MediaError(video, "no usable audio (" + "; ".join(made.warnings) + ")")
+        return decode_audio(made.mp3, self.recipe.sample_rate, source=str(mp3 or video))
 
 
 def _run_coco(paired: PairedCaptions, groups: list[str], report: EvaluationReport) -> None:
@@ -89,12 +149,11 @@ def nothing_scored(metric: str, unscored, why: str) -> str:
 def _media_scorers(groups: list[str], paths: ModelPaths, device, report: EvaluationReport) -> dict:
     """Build the AudioScore/CLIPScore scorers that can run; record why the others cannot."""
     scorers = {}
-    for group in [g for g in groups if g in ("clip", "audio")]:
-        name = "CLIPScore" if group == "clip" else "AudioScore"
+    for group in [g for g in groups if g in MEDIA_METRICS]:
         try:
             if paths.video_dir is None:
-                raise MetricUnavailable(f"{name} skipped: it scores captions against the clips; pass --video-dir "
-                                        "DIR (the videos) and, for separate mp3s, --audio-dir DIR")
+                raise MetricUnavailable(f"{MEDIA_METRICS[group]} skipped: it scores captions against the clips; "
+                                        "pass --video-dir DIR (the videos) and, for separate mp3s, --audio-dir DIR")
             scorers[group] = _build_media_scorer(group, paths, device)
         except MetricUnavailable as error:
             report.skipped[group] = str(error)
@@ -107,8 +166,7 @@ def _build_media_scorer(group: str, paths: ModelPaths, device):
         from avlformer.evaluation.metric_models import load_clip
 
         return ClipScorer(*load_clip(paths.clip_model, "CLIPScore", device), device=device)
-    from avlformer.evaluation.audio_score import AudioScorer
-    from avlformer.evaluation.trilip import load_trilip, read_passt_config
+    from avlformer.evaluation.audio_score import AudioScorer, load_trilip, read_passt_config
 
     if paths.trilip_checkpoint is None:
         raise MetricUnavailable("AudioScore skipped: no TriLip model; download TriLip.bin (FAVDBench release "
@@ -121,7 +179,6 @@ def _build_media_scorer(group: str, paths: ModelPaths, device):
 def load_recipe(path: str | None):
     """The preprocessing recipe the media for AudioScore/CLIPScore are made with (docs/data.md, "The
     preprocessing recipe"): a checkpoint folder's, a recipe file, or the paper recipe."""
-    from avlformer.data.recipe import PreprocessRecipe
     from avlformer.modeling.checkpoint import checkpoint_recipe
 
     if path is None:
@@ -134,8 +191,6 @@ def load_recipe(path: str | None):
 def _run_media(paired: PairedCaptions, scorers: dict, paths: ModelPaths, report: EvaluationReport) -> None:
     from tqdm.auto import tqdm
 
-    from avlformer.data.media import MediaError
-    from avlformer.evaluation.video_media import ClipMedia, MissingMedia
 
     media = ClipMedia(paths.video_dir, paths.audio_dir, recipe=load_recipe(paths.recipe),
                       num_frames=paths.num_frames)
@@ -170,7 +225,7 @@ def _run_media(paired: PairedCaptions, scorers: dict, paths: ModelPaths, report:
             report.metrics["AudioScore"] = result.score
         report.per_item["AudioScore"] = result.per_item
     for group, failed in failures.items():
-        metric = "CLIPScore" if group == "clip" else "AudioScore"
+        metric = MEDIA_METRICS[group]
         if failed:
             report.unscored[metric] = failed
         if not report.per_item[metric]:
@@ -179,7 +234,6 @@ def _run_media(paired: PairedCaptions, scorers: dict, paths: ModelPaths, report:
 
 
 def _run_scenes(paired: PairedCaptions, paths: ModelPaths, report: EvaluationReport) -> None:
-    from avlformer.data.clip_ids import clip_id_from_key
     from avlformer.evaluation.scene_score import load_scene_truth, score_scenes
 
     if paths.scenes is None:
@@ -221,9 +275,6 @@ def evaluate(paired: PairedCaptions, groups: list[str], paths: ModelPaths) -> Ev
 
 
 def missing_model_paths(paths: ModelPaths) -> list[str]:
-    """Paths given on the command line that do not exist (reported before any work starts)."""
-    given = {"--t5-model": paths.t5_model, "--nltk-data": paths.nltk_data, "--clip-model": paths.clip_model,
-             "--trilip-checkpoint": paths.trilip_checkpoint, "--trilip-passt-config": paths.trilip_passt_config,
-             "--video-dir": paths.video_dir, "--audio-dir": paths.audio_dir, "--recipe": paths.recipe,
-             "--scenes": paths.scenes}
-    return [f"{flag} {value}" for flag, value in given.items() if value is not None and not Path(value).exists()]
+    """Paths given on the command line (each field is its flag) that do not exist, reported before any work."""
+    given = {name: value for name, value in asdict(paths).items() if isinstance(value, str) and name != "device"}
+    return [f"--{name.replace('_', '-')} {value}" for name, value in given.items() if not Path(value).exists()]

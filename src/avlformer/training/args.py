@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import typing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +19,7 @@ from avlformer.training.config import PRESETS, SECTIONS, ScstSettings, TrainConf
 from avlformer.training.features import check_feature_flags
 from avlformer.training.part_flags import choose_parts
 from avlformer.training.flag_table import (ANY, BY_NAME, COMPAT, FLAGS, NO_DEEPSPEED, ArgumentError, Flag,
-                                           config_key, convert, flag_option, to_str, upstream_values)
+                                           config_key, convert, derived_values, flag_option, to_str, upstream_values)
 
 __all__ = ["ArgumentError", "TrainConfig", "add_arguments", "load_config_file", "parse_train_args", "resolve",
            "resolve_args"]
@@ -29,31 +28,12 @@ DEFAULTS = {name: TrainConfig(model=preset()) for name, preset in PRESETS.items(
 _CONVERTERS = {bool: parse_bool, int: parse_int, float: parse_float}
 
 
-def field_type(path: str) -> Any:
-    """The annotation of a TrainConfig field (``float`` for ``model.lm_loss_weight``), else its default's type."""
-    owner: Any = TrainConfig
-    hint: Any = None
-    for part in path.split("."):
-        try:
-            hint = typing.get_type_hints(owner)[part]
-        except (NameError, KeyError, TypeError):
-            return type(DEFAULTS["paper"].get(path))
-        owner = hint
-    return hint
-
-
 def converter_for(flag: Flag) -> Callable:
+    """The flag's own type, else its field's: the type of the field's default (the tree's defaults are typed)."""
     if flag.type is not None:
         return flag.type
-    hint = field_type(flag.path)
-    return _CONVERTERS.get(hint, to_str)
+    return _CONVERTERS.get(type(DEFAULTS["paper"].get(flag.path)), to_str)
 
-
-def is_list(flag: Flag) -> bool:
-    return flag.nargs in ("*", "+") or (flag.path is not None and typing.get_origin(field_type(flag.path)) is list)
-
-
-# ------------------------------------------------------------------------------------------------ the parser
 
 def default_text(flag: Flag) -> str:
     """'(default 0.1 from preset paper; 0.5 from preset tiny)': the value that applies unless given."""
@@ -85,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_flag(parser, flag: Flag, help_text: str) -> None:
     converter = converter_for(flag)
     kwargs: dict[str, Any] = dict(dest=flag.name, type=converter, default=argparse.SUPPRESS, help=help_text)
-    nargs = flag.nargs or ("?" if converter is parse_bool else "*" if is_list(flag) else None)
+    is_list = flag.path is not None and isinstance(DEFAULTS["paper"].get(flag.path), list)
+    nargs = flag.nargs or ("?" if converter is parse_bool else "*" if is_list else None)
     if nargs:
         kwargs["nargs"] = nargs
     if nargs == "?":
@@ -94,8 +75,6 @@ def _add_flag(parser, flag: Flag, help_text: str) -> None:
         kwargs["choices"] = flag.choices
     parser.add_argument(flag.option, **kwargs)
 
-
-# ------------------------------------------------------------------------------------------------ config files
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """The flag values of a ``--config`` file, converted and checked like typed flags. Relative paths in it are
@@ -124,8 +103,6 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         values[name] = value
     return values
 
-
-# ------------------------------------------------------------------------------------------------ resolution
 
 def resolve(command_line: dict[str, Any], config_file: dict[str, Any] | None = None, world_size: int = 1,
             model_config: AVLFormerConfig | None = None) -> TrainConfig:
@@ -234,7 +211,7 @@ def model_from(config: TrainConfig, values: dict[str, Any], model_config: AVLFor
             if isinstance(tree.get(role), dict) and key in tree[role]:
                 tree[role][key] = values["img_feature_dim"]
     for encoder in config.run.activation_checkpointing:
-        if encoder == "text":  # the decoder's switch lives on the module (model_setup.build_model)
+        if encoder == "text":  # the decoder's switch lives on the module (setup.build_model)
             continue
         if "use_checkpoint" not in tree.get(encoder, {}):
             raise ArgumentError(f"--activation-checkpointing {encoder}: this {encoder} encoder's configuration has "
@@ -250,16 +227,10 @@ def model_from(config: TrainConfig, values: dict[str, Any], model_config: AVLFor
 def check_model_flags(given: dict[str, Any], model: AVLFormerConfig) -> None:
     """The original's derived flags, when given, must agree with the model (a disagreement is an error, not a
     silent replacement)."""
-    if given.get("max_seq_a_length", model.max_seq_length) != model.max_seq_length:
-        raise ArgumentError(f"--max-seq-a-length ({given['max_seq_a_length']}) must equal --max-seq-length "
-                            f"({model.max_seq_length}): there is no second text segment")
-    mask_type = "learn_vid_att" if model.learn_mask_enabled else "seq2seq"
-    if given.get("attn_mask_type", mask_type) != mask_type:
-        raise ArgumentError(f"--attn-mask-type {given['attn_mask_type']} contradicts --learn-mask-enabled "
-                            f"{model.learn_mask_enabled}")
-    if given.get("max_img_seq_length", model.num_av_tokens) != model.num_av_tokens:
-        raise ArgumentError(f"--max-img-seq-length {given['max_img_seq_length']} disagrees with this model's "
-                            f"{model.num_av_tokens} visual tokens (video + audio); leave it out, it is derived")
+    for name, value in derived_values(model).items():
+        if given.get(name, value) != value:
+            raise ArgumentError(f"{flag_option(name)} {given[name]} contradicts this model's {value}: "
+                                f"{BY_NAME[name].help}")
 
 
 def resolve_batch_sizes(config: TrainConfig, world_size: int) -> None:
@@ -277,31 +248,25 @@ def resolve_batch_sizes(config: TrainConfig, world_size: int) -> None:
     elif optim.effective_batch_size == 0:
         raise ArgumentError("--effective-batch-size must be > 0 (or -1: per-process batch x processes x "
                             "accumulation steps)")
-    for name in ("per_gpu_train_batch_size", "per_gpu_eval_batch_size"):
-        _check(config, name, lambda v: v >= 1, ">= 1")
     optim.effective_batch_size = optim.per_gpu_train_batch_size * world_size * accumulation
     # Upstream raised the eval batch to at least the train batch.
     optim.per_gpu_eval_batch_size = max(optim.per_gpu_eval_batch_size, optim.per_gpu_train_batch_size)
-
-
-def _check(config: TrainConfig, name: str, ok: Callable[[Any], bool], rule: str) -> None:
-    value = config.get(BY_NAME[name].path)
-    if not ok(value):
-        raise ArgumentError(f"{flag_option(name)} must be {rule}, got {value!r}")
 
 
 # (flags, rule, test): the ranges of numbers, checked on the values given (so a model flag's error names the flag,
 # before the model configuration is built) and again on the resolved config
 RANGES = (
     (("num_train_epochs", "logging_steps", "max_num_frames", "img_res", "num_beams", "max_gen_length",
-      "max_seq_length"), ">= 1", lambda v: v >= 1),
-    (("num_workers", "max_masked_tokens", "backbone_coef_lr", "weight_decay", "min_lr", "loss_sparse_w"), ">= 0",
-     lambda v: v >= 0),
+      "max_seq_length", "per_gpu_train_batch_size", "per_gpu_eval_batch_size", "sc_train_sample_n"), ">= 1",
+     lambda v: v >= 1),
+    (("num_workers", "max_masked_tokens", "backbone_coef_lr", "weight_decay", "min_lr", "loss_sparse_w", "top_k"),
+     ">= 0", lambda v: v >= 0),
     (("limited_samples",), ">= 1 (or -1: all)", lambda v: v == -1 or v >= 1),
     (("seed",), "in [0, 2**32)", lambda v: 0 <= v < 2**32),
     (("mask_prob", "lambda_"), "in [0, 1]", lambda v: 0 <= v <= 1),
     (("warmup_ratio", "drop_out"), "in [0, 1)", lambda v: 0 <= v < 1),
-    (("learning_rate", "adam_epsilon"), "> 0", lambda v: v > 0),
+    (("learning_rate", "adam_epsilon", "temperature"), "> 0", lambda v: v > 0),
+    (("top_p",), "in (0, 1]", lambda v: 0 < v <= 1),
 )
 
 
@@ -327,13 +292,9 @@ def check_scst(config: TrainConfig) -> None:
                                     "self-critical training: add --scst (validation always decodes "
                                     "deterministically)")
         return
-    _check(config, "sc_train_sample_n", lambda v: v >= 1, ">= 1")
     if scst.baseline_type == "sample" and scst.sample_n < 2:
         raise ArgumentError("--sc-baseline-type sample (the mean reward of a video's other samples) needs "
                             f"--sc-train-sample-n >= 2, got {scst.sample_n}; or use --sc-baseline-type greedy")
-    _check(config, "temperature", lambda v: v > 0, "> 0")
-    _check(config, "top_k", lambda v: v >= 0, ">= 0 (0: no top-k filter)")
-    _check(config, "top_p", lambda v: 0 < v <= 1, "in (0, 1]")
     if config.run.distributed_strategy != "ddp":
         raise ArgumentError(f"--scst cannot be combined with --distributed-strategy {config.run.distributed_strategy}"
                             ": sampling calls the model's parts directly, which FSDP shards; use ddp (the default)")

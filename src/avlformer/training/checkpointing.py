@@ -53,12 +53,6 @@ class Progress:
     batches_done_in_epoch: int = 0
 
 
-def checkpoint_name(epoch: int, global_step: int) -> str:
-    return f"checkpoint-{epoch}-{global_step}"
-
-
-# ---------------------------------------------------------------------------------------------------- RNG state
-
 def capture_rng_state() -> dict[str, Any]:
     version, mt_state, gauss = random.getstate()
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
@@ -83,8 +77,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
-
-# ---------------------------------------------------------------------------------------------------- save
 
 def save_training_checkpoint(output_dir: Path, name: str, model: torch.nn.Module, model_config, recipe, optimizer,
                              scheduler, scaler, progress: Progress, env: DistEnv, vocab_dir: str | None = None) -> Path:
@@ -132,7 +124,10 @@ LOW_SPACE_BYTES = 64 * 2**20  # less than this free after a failed write: the wr
 def save_failure_message(final: Path, error: BaseException) -> str:
     """One line: why ``final`` was not written, and that the earlier checkpoints are intact."""
     folder = final.parent
-    free = _free_bytes(folder)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
     earlier = list_checkpoints(folder)
     kept = f"the last checkpoint {earlier[-1]} is intact" if earlier else "no earlier checkpoint was touched"
     if getattr(error, "errno", None) in NO_SPACE_ERRNOS or (free is not None and free < LOW_SPACE_BYTES):
@@ -142,26 +137,21 @@ def save_failure_message(final: Path, error: BaseException) -> str:
     return f"could not write checkpoint {final} ({one_line(error)}); {kept}"
 
 
-def _free_bytes(folder: Path) -> int | None:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return None
-
-
 def tidy_interrupted_saves(folder: Path) -> None:
     """Finish (or roll back) checkpoint swaps a killed run left half done, so that no checkpoint exists only
     under a hidden name, then delete the leftovers of saves killed midway (never a checkpoint: they were not
     renamed into place). Main process only, before any process lists the checkpoints."""
     for restored in finish_interrupted_swaps(folder):
         log.warning("%s: finished a checkpoint save that was interrupted between its two renames", restored)
-    for pattern in (".checkpoint-*", f".{BEST_DIR}.*"):
-        for path in Path(folder).glob(pattern):
-            if path.is_dir() and (path.name.endswith(".tmp") or path.name.endswith(".old")):
-                shutil.rmtree(path, ignore_errors=True)
+    for path in Path(folder).glob(".*"):  # glob: a folder that does not exist has nothing to tidy
+        if path.is_dir() and _half_saved(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------------------------------------- the folder
+def _half_saved(path: Path) -> bool:
+    """A checkpoint (or best checkpoint) folder still under its staging or swap name."""
+    return path.name.startswith((".checkpoint-", f".{BEST_DIR}.")) and path.name.endswith((".tmp", ".old"))
+
 
 def earlier_run(output_dir: Path) -> list[Path]:
     """What an earlier training run left in ``output_dir``: checkpoints (also half-swapped ones), the best
@@ -170,8 +160,7 @@ def earlier_run(output_dir: Path) -> list[Path]:
     if not output_dir.is_dir():
         return []
     found = [path for path in output_dir.iterdir() if CHECKPOINT_NAME.match(path.name)
-             or path.name in (BEST_DIR, BEST_RECORD) or path.name.endswith("eval_logs.json")
-             or (path.name.startswith((".checkpoint-", f".{BEST_DIR}.")) and path.name.endswith((".tmp", ".old")))]
+             or path.name in (BEST_DIR, BEST_RECORD) or path.name.endswith("eval_logs.json") or _half_saved(path)]
     log_dir = output_dir / "log"
     if log_dir.is_dir():
         found += [path for path in log_dir.iterdir() if path.name == "args.json"
@@ -233,8 +222,6 @@ def remove_earlier_run(output_dir: Path) -> None:
         else:
             path.unlink()
 
-
-# ---------------------------------------------------------------------------------------------------- resume
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete training checkpoints, oldest first by step."""
@@ -343,18 +330,17 @@ def restore_training_checkpoint(folder: Path, state: dict, weights: dict, model,
     return Progress(**state["progress"])
 
 
-# ---------------------------------------------------------------------------------------------------- best
-
 def read_best(output_dir: Path) -> dict[str, Any] | None:
     path = Path(output_dir) / BEST_RECORD
     return read_json(path, "best-checkpoint record") if path.is_file() else None
 
 
-def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], metric: str = "CIDEr",
-                training_args: dict | None = None, split: str = "val") -> bool:
-    """Keep ``output_dir/best_checkpoint/`` = the checkpoint with the highest validation ``metric`` (hard links,
+def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], training_args: dict | None = None
+                ) -> bool:
+    """Keep ``output_dir/best_checkpoint/`` = the checkpoint with the highest validation CIDEr (hard links,
     so it costs no space; safe because checkpoint files are only ever replaced by rename, never rewritten), with
-    a ``README.md`` model card holding the validation metrics of ``split`` and the training flags."""
+    a ``README.md`` model card holding the validation metrics and the training flags."""
+    metric = "CIDEr"
     if metric not in metrics:
         return False
     best = read_best(output_dir)
@@ -369,7 +355,7 @@ def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], m
                 except OSError:
                     shutil.copy2(path, staging / path.name)
         # A new file written by rename: the hard-linked checkpoint files stay untouched.
-        write_checkpoint_card(staging, metrics, split=split, training_args=training_args,
+        write_checkpoint_card(staging, metrics, split="val", training_args=training_args,
                               model_name=output_dir.name)
     record = {"checkpoint": checkpoint.name, "metric": metric, "score": metrics[metric], "metrics": metrics}
     write_text_atomic(output_dir / BEST_RECORD, json.dumps(record, indent=2))

@@ -18,10 +18,7 @@ from avlformer.training.distributed import init_distributed, teardown_distribute
 from avlformer.training.loop import NonFiniteLossError, TrainingInterrupted, train
 
 INTERRUPTED = 130
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    train_args.add_arguments(parser)
+add_arguments = train_args.add_arguments  # the command's flags are the training flags
 
 
 def main(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ data, optimisation, scst and run. Flag names map onto it through ``training.flag
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from avlformer.data.dataset import DataConfig
@@ -122,10 +122,3 @@ class TrainConfig:
         for part in path.split("."):
             value = getattr(value, part)
         return value
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"model": self.model.to_dict()}
-        for name in SECTIONS:
-            section = getattr(self, name)
-            out[name] = {f.name: getattr(section, f.name) for f in fields(section)}
-        return out

@@ -1,7 +1,7 @@
 """The one table between the original's flag names and the training configuration tree (``training.config``).
 
 Each flag / ``--config`` key / ``args.json`` key keeps the original's spelling; ``path`` is the ``TrainConfig``
-field it sets. Flags without a path are translated by ``training.args``; ``compat`` flags (no effect here) are
+field it sets. Flags without a path are translated by ``training.args``; ``ignored`` flags (no effect here) are
 accepted at their neutral values only, and any other value is an error giving the reason.
 """
 
@@ -24,7 +24,7 @@ def to_str(value: Any) -> str:
     return value
 
 
-ANY = "any value"  # ``accepted`` of a compat flag whose every value is accepted (and recorded as the original did)
+ANY = "any value"  # ``accepted`` of an ignored flag whose every value is accepted (and recorded as the original did)
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Flag:
     choices: tuple | None = None
     nargs: str | None = None
     unset: Any = None              # a value meaning "keep the configuration's own" (the original's -1 overrides)
-    accepted: tuple | str | None = None  # compat: the values accepted (the first is recorded), or ANY
+    accepted: tuple | str | None = None  # ignored flags: the values accepted (the first is recorded), or ANY
     relative: bool = False         # in a config file, a relative value is taken from the file's folder
 
     @property
@@ -49,21 +49,21 @@ def flag_option(name: str) -> str:
     return "--" + name.replace("_", "-").rstrip("-")
 
 
-def compat(name: str, accepted: tuple | str, why: str, flag_type: Callable | None = None,
-           nargs: str | None = None) -> Flag:
-    flag_type = flag_type or (parse_bool if isinstance(accepted[0], bool) else to_str)
-    return Flag(name, None, why, flag_type, nargs="?" if flag_type is parse_bool else nargs, accepted=accepted)
+def ignored(why: str, **neutral) -> tuple[Flag, ...]:
+    """The original's flags that do nothing here, each accepted at its neutral value only (or at one of a tuple
+    of them, the first named in the error); a flag takes the type of its value."""
+    flags = []
+    for name, values in neutral.items():
+        values = values if isinstance(values, tuple) else (values,)
+        flag_type = {bool: parse_bool, int: parse_int, float: parse_float}.get(type(values[0]), to_str)
+        flags.append(Flag(name, None, why, flag_type, nargs="+" if isinstance(values[0], list) else None,
+                          accepted=values))
+    return tuple(flags)
 
 
-NO_OD = "object-detection tags are not part of FAVD"
-NO_POS = "POS-tag masking is not implemented"
-NEVER_USED = "upstream never used it"
-ONE_CAPTION = "validation keeps one caption per video"
-NO_CBS = "constrained beam search did not exist upstream (module missing)"
-NO_DROP_WORST = "drop-worst loss is not implemented"
 NO_DEEPSPEED = ("DeepSpeed is not supported; use --distributed-strategy fsdp, which shards parameters, gradients "
                 "and optimizer state natively")
-B, I, F, S = parse_bool, parse_int, parse_float, to_str
+B, I, S = parse_bool, parse_int, to_str
 
 # Grouped as in the original's parser; ours are marked "(ours)".
 FLAGS: tuple[Flag, ...] = (
@@ -190,69 +190,57 @@ FLAGS: tuple[Flag, ...] = (
     Flag("attn_mask_type", None, "learn_vid_att = learned AV mask, seq2seq = plain; follows --learn_mask_enabled, "
          "a contradicting value is an error", S, choices=("seq2seq", "learn_vid_att")),
     Flag("use_checkpoint", None, "activation checkpointing of the video encoder (= --activation-checkpointing "
-         "video)", B, nargs="?"),
+         "video)", B),
     Flag("mixed_precision_method", None, "apex = --distributed-strategy ddp, fairscale = fsdp", S,
          choices=("apex", "deepspeed", "fairscale")),
     Flag("amp_opt_level", None, "apex level: 0 = fp32, 1/2/3 = --precision fp16", I),
-    Flag("fairscale_fp16", None, "--precision fp16 with --mixed_precision_method fairscale", B, nargs="?"),
-    Flag("debug", None, "upstream debug run: batch 1, 1 epoch, log every 5 steps", B, nargs="?"),
-    # the original's flags that do nothing here: accepted at their neutral values only
-    compat("do_train", (True,), "`avlformer train` always trains; use `avlformer infer` to decode"),
-    compat("do_lower_case", (True,), "captions are lower-cased: the bert-base-uncased vocab is lower-case"),
-    compat("on_memory", (True,), "captions are always held in memory"),
-    compat("zero_opt_stage", ANY, "DeepSpeed ZeRO stage; recorded as -1, as upstream did without DeepSpeed", I),
-    compat("deepspeed_fp16", (False,), NO_DEEPSPEED),
-    compat("config_name", ("",), "the model configuration comes from --model_preset/--model_config"),
-    compat("load_partial_weights", (False,), "use --pretrained_checkpoint"),
-    compat("add_od_labels", (False,), NO_OD),
-    compat("use_asr", (False,), "ASR text is not part of FAVD"),
-    compat("unique_labels_on", (False,), NO_OD),
-    compat("no_sort_by_conf", (False,), NO_OD),
-    compat("od_label_conf", (0.0,), NO_OD, F),
-    compat("text_mask_type", ("random",), "only random MLM masking exists (upstream's other modes were never wired)"),
-    compat("tag_to_mask", (["noun", "verb"],), NO_POS, S, "+"),
-    compat("mask_tag_prob", (0.8, -1.0), NO_POS, F),
-    compat("tagger_model_path", ("models/flair/en-pos-ontonotes-fast-v0.5.pt",), NO_POS),
-    compat("random_mask_prob", (0.0,), NEVER_USED, F),
-    compat("mask_img_feat", (False,), NEVER_USED),
-    compat("max_masked_img_tokens", (10,), NEVER_USED, I),
-    compat("tie_weights", (False,), "the LM head is untied in the released model"),
-    compat("label_smoothing", (0.0,), "label smoothing is not implemented", F),
-    compat("drop_worst_ratio", (0.0,), NO_DROP_WORST, F),
-    compat("drop_worst_after", (0,), NO_DROP_WORST, I),
-    compat("output_hidden_states", (False,), "not used by training"),
-    compat("num_return_sequences", (1,), ONE_CAPTION, I),
-    compat("num_keep_best", (1,), ONE_CAPTION, I),
-    compat("repetition_penalty", (1.0,), "repetition penalty is not implemented", F),
-    compat("use_cbs", (False,), NO_CBS),
-    compat("use_hypo", (False,), NO_CBS),
-    compat("decoding_constraint", (False,), NO_CBS),
-    compat("remove_bad_endings", (False,), NO_CBS),
-    compat("min_constraints_to_satisfy", (2,), NO_CBS, I),
-    compat("cider_cached_tokens", ("coco_caption/gt/coco-train-words.p",), "--scst takes CIDEr-D document "
-           "frequencies from the captions of --train_yaml"),
-    compat("patch_size", (32,), "the token stride is fixed by Video Swin's patch (2,4,4) and 3 merges = 32 pixels",
-           I),
-    compat("grid_feat", (True,), "visual tokens are always the feature grid"),
-    compat("kinetics", ("400", "600"), "the Kinetics variant is the file given to --swin-checkpoint"),
-    compat("pretrained_2d", (False,), "2D-ImageNet Swin initialisation is not supported"),
-    compat("vidswin_size", ("base",), "the backbone size comes from --model_preset/--model_config"),
-    compat("att_mode", ("default",), "only the default text/visual attention layout is implemented"),
-    compat("reload_pretrained_swin", (False,), "pass --swin-checkpoint (it is applied before "
-           "--pretrained-checkpoint)"),
-    compat("transfer_method", (0, -1), "only the full weight transfer (0) is implemented", I),
-    compat("att_mask_expansion", (0, -1), "learned masks must have the target shape; expansion is not implemented",
-           I),
-    compat("restore_ratio", (-1.0, 0.05), "upstream's restore.pt mechanism is replaced by --resume", F),
-    compat("debug_speed", (False,), "use benchmarks/ for speed measurements"),
-    compat("do_test", (False,), "use `avlformer infer` + `avlformer evaluate` on the test split"),
-    compat("do_eval", (False,), "use `avlformer infer` + `avlformer evaluate`"),
-    compat("eval_model_dir", ("",), "use `avlformer infer --eval_model_dir`"),
-    compat("test_yaml", (["coco_caption/test.yaml"],), "use `avlformer infer` on the test split", S, "+"),
-    compat("resume_checkpoint", ("None",), "use --resume (training) or `avlformer infer --eval_model_dir`"),
-    compat("test_video_fname", ("None",), "use `avlformer infer --test_video_fname`"),
-    compat("test_audio_fname", ("None",), "use `avlformer infer --test_audio_fname`"),
-    compat("use_clip_model", (True, False), "upstream's config key was never read"),
+    Flag("fairscale_fp16", None, "--precision fp16 with --mixed_precision_method fairscale", B),
+    Flag("debug", None, "upstream debug run: batch 1, 1 epoch, log every 5 steps", B),
+    # the original's flags that do nothing here
+    Flag("zero_opt_stage", None, "DeepSpeed ZeRO stage; recorded as -1, as upstream did without DeepSpeed", I,
+         accepted=ANY),
+    *ignored("`avlformer train` always trains; use `avlformer infer` to decode", do_train=True),
+    *ignored("captions are lower-cased: the bert-base-uncased vocab is lower-case", do_lower_case=True),
+    *ignored("captions are always held in memory", on_memory=True),
+    *ignored(NO_DEEPSPEED, deepspeed_fp16=False),
+    *ignored("the model configuration comes from --model_preset/--model_config", config_name=""),
+    *ignored("use --pretrained_checkpoint", load_partial_weights=False),
+    *ignored("object-detection tags are not part of FAVD", add_od_labels=False, unique_labels_on=False,
+             no_sort_by_conf=False, od_label_conf=0.0),
+    *ignored("ASR text is not part of FAVD", use_asr=False),
+    *ignored("only random MLM masking exists (upstream's other modes were never wired)", text_mask_type="random"),
+    *ignored("POS-tag masking is not implemented", tag_to_mask=["noun", "verb"], mask_tag_prob=(0.8, -1.0),
+             tagger_model_path="models/flair/en-pos-ontonotes-fast-v0.5.pt"),
+    *ignored("upstream never used it", random_mask_prob=0.0, mask_img_feat=False, max_masked_img_tokens=10),
+    *ignored("the LM head is untied in the released model", tie_weights=False),
+    *ignored("label smoothing is not implemented", label_smoothing=0.0),
+    *ignored("drop-worst loss is not implemented", drop_worst_ratio=0.0, drop_worst_after=0),
+    *ignored("not used by training", output_hidden_states=False),
+    *ignored("validation keeps one caption per video", num_return_sequences=1, num_keep_best=1),
+    *ignored("repetition penalty is not implemented", repetition_penalty=1.0),
+    *ignored("constrained beam search did not exist upstream (module missing)", use_cbs=False, use_hypo=False,
+             decoding_constraint=False, remove_bad_endings=False, min_constraints_to_satisfy=2),
+    *ignored("--scst takes CIDEr-D document frequencies from the captions of --train_yaml",
+             cider_cached_tokens="coco_caption/gt/coco-train-words.p"),
+    *ignored("the token stride is fixed by Video Swin's patch (2,4,4) and 3 merges = 32 pixels", patch_size=32),
+    *ignored("visual tokens are always the feature grid", grid_feat=True),
+    *ignored("the Kinetics variant is the file given to --swin-checkpoint", kinetics=("400", "600")),
+    *ignored("2D-ImageNet Swin initialisation is not supported", pretrained_2d=False),
+    *ignored("the backbone size comes from --model_preset/--model_config", vidswin_size="base"),
+    *ignored("only the default text/visual attention layout is implemented", att_mode="default"),
+    *ignored("pass --swin-checkpoint (it is applied before --pretrained-checkpoint)", reload_pretrained_swin=False),
+    *ignored("only the full weight transfer (0) is implemented", transfer_method=(0, -1)),
+    *ignored("learned masks must have the target shape; expansion is not implemented", att_mask_expansion=(0, -1)),
+    *ignored("upstream's restore.pt mechanism is replaced by --resume", restore_ratio=(-1.0, 0.05)),
+    *ignored("use benchmarks/ for speed measurements", debug_speed=False),
+    *ignored("use `avlformer infer` + `avlformer evaluate` on the test split", do_test=False,
+             test_yaml=["coco_caption/test.yaml"]),
+    *ignored("use `avlformer infer` + `avlformer evaluate`", do_eval=False),
+    *ignored("use `avlformer infer --eval_model_dir`", eval_model_dir=""),
+    *ignored("use --resume (training) or `avlformer infer --eval_model_dir`", resume_checkpoint="None"),
+    *ignored("use `avlformer infer --test_video_fname`", test_video_fname="None"),
+    *ignored("use `avlformer infer --test_audio_fname`", test_audio_fname="None"),
+    *ignored("upstream's config key was never read", use_clip_model=(True, False)),
 )
 
 BY_NAME: dict[str, Flag] = {flag.name: flag for flag in FLAGS}
@@ -285,8 +273,12 @@ def upstream_values(config) -> dict[str, Any]:
                 values[flag.name] = config.get(flag.path)
             except AttributeError:  # a field of the paper's parts that the chosen part has not (BERT's num_layers)
                 continue
-    model = config.model
-    values.update(max_seq_a_length=model.max_seq_length, max_img_seq_length=model.num_av_tokens,
-                  attn_mask_type="learn_vid_att" if model.learn_mask_enabled else "seq2seq",
-                  use_checkpoint="video" in config.run.activation_checkpointing, zero_opt_stage=-1, do_train=True)
+    values.update(derived_values(config.model), use_checkpoint="video" in config.run.activation_checkpointing,
+                  zero_opt_stage=-1, do_train=True)
     return values
+
+
+def derived_values(model) -> dict[str, Any]:
+    """The original's flags that follow from the model here (given ones must agree with it)."""
+    return {"max_seq_a_length": model.max_seq_length, "max_img_seq_length": model.num_av_tokens,
+            "attn_mask_type": "learn_vid_att" if model.learn_mask_enabled else "seq2seq"}

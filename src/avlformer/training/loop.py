@@ -12,15 +12,15 @@ from torch import nn
 from avlformer.data.dataset import collate as dataset_collate
 from avlformer.data.tokenizer import load_tokenizer
 from avlformer.training import checkpointing as ckpt
-from avlformer.training.batches import SampleSeededDataset
 from avlformer.training.config import TrainConfig
 from avlformer.training.distributed import DistEnv, init_distributed
 from avlformer.training.features import build_feature_datasets, collate_features, prepare_feature_model
-from avlformer.training.model_setup import apply_freezing, build_model, check_given_model, describe
 from avlformer.training.scst import SelfCriticalTrainer
-from avlformer.training.setup import (build_datasets, check_validation_recipe, determinism, seed_everything,
-                                      setup_logging, summary_writer, training_recipe, vocab_dir_for)
-from avlformer.training.trainer import NonFiniteLossError, Trainer, TrainResult, log, plan_schedule
+from avlformer.training.setup import (apply_freezing, build_datasets, build_model, check_given_model,
+                                      check_validation_recipe, describe, determinism, seed_everything, setup_logging,
+                                      summary_writer, training_recipe, vocab_dir_for)
+from avlformer.training.trainer import (NonFiniteLossError, SampleSeededDataset, Trainer, TrainResult, log,
+                                        plan_schedule)
 
 __all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted", "TrainResult", "train"]
 
@@ -39,23 +39,17 @@ class TrainingInterrupted(RuntimeError):
 
 
 def train(config: TrainConfig, env: DistEnv | None = None, *, model: nn.Module | None = None, train_dataset=None,
-          val_dataset=None, collate_fn=None, recipe=None) -> TrainResult:
+          val_dataset=None, recipe=None) -> TrainResult:
     """Train with a resolved ``config`` (see ``args.parse_train_args``). ``model`` / datasets may be handed in
     (tests, the demo); otherwise they are built from the config. ``recipe``: the preprocessing recipe of the
     training data, copied into every checkpoint (default: the one recorded beside --train_yaml)."""
     summary_writer(None)  # a missing optional dependency shows before any work
-    run = config.run
+    run, data = config.run, config.data
     env = env or init_distributed(run.device, run.local_rank)
     output_dir = Path(run.output_dir)
-    with ckpt.claim_output_dir(output_dir, run.resume, run.overwrite_output_dir, env):
-        return _train(config, env, output_dir, model, train_dataset, val_dataset, collate_fn, recipe)
-
-
-def _train(config: TrainConfig, env: DistEnv, output_dir: Path, model, train_dataset, val_dataset, collate_fn,
-           recipe) -> TrainResult:
-    run, data = config.run, config.data
-    setup_logging(output_dir, env.is_main)
-    with determinism(run.deterministic, env.device):
+    with (ckpt.claim_output_dir(output_dir, run.resume, run.overwrite_output_dir, env),
+          determinism(run.deterministic, env.device)):
+        setup_logging(output_dir, env.is_main)
         vocab_dir = vocab_dir_for(config)
         if train_dataset is None:  # data problems show before a large model is built
             build = build_feature_datasets if data.features else build_datasets
@@ -76,10 +70,9 @@ def _train(config: TrainConfig, env: DistEnv, output_dir: Path, model, train_dat
             model = model.to(env.device)
         if data.features:
             prepare_feature_model(model, config, train_dataset)
-            collate_fn = collate_fn or collate_features
         trainer_class = SelfCriticalTrainer if config.scst.enabled else Trainer
         trainer = trainer_class(config, env, model, recipe, train_dataset, val_dataset,
-                                collate_fn or dataset_collate, vocab_dir)
+                                collate_features if data.features else dataset_collate, vocab_dir)
         try:
             trainer.resume()
             return trainer.run()

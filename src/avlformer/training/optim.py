@@ -15,11 +15,6 @@ from torch import nn
 
 # Upstream's name rule: a substring match, so Swin's relative_position_bias_table is "no decay" too.
 NO_DECAY_SUBSTRINGS = ("bias", "LayerNorm.bias", "LayerNorm.weight")
-GROUP_NAMES = ("backbone_decay", "decay", "backbone_no_decay", "no_decay")
-
-
-def is_no_decay(name: str) -> bool:
-    return any(part in name for part in NO_DECAY_SUBSTRINGS)
 
 
 def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], learning_rate: float,
@@ -34,31 +29,24 @@ def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], learn
     one empty group, which would make such a run impossible to resume."""
     backbone_ids = {id(param) for param in backbone}
     part_of = {id(param): part for part, _, params in parts for param in params}
-    multipliers = {part: coef for part, coef, _ in parts}
-    buckets: dict[str, list[nn.Parameter]] = {name: [] for name in GROUP_NAMES}
-    for part in multipliers:
-        buckets[f"{part}_decay"], buckets[f"{part}_no_decay"] = [], []
+    rates = {"backbone_": learning_rate * backbone_coef_lr, "": learning_rate}  # prefix -> lr (upstream's four)
+    rates.update({f"{part}_": learning_rate * coef for part, coef, _ in parts})
+    buckets: dict[str, list[nn.Parameter]] = {prefix + decay: [] for prefix in rates for decay in ("decay", "no_decay")}
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
-        decay = "no_decay" if is_no_decay(name) else "decay"
+        decay = "no_decay" if any(part in name for part in NO_DECAY_SUBSTRINGS) else "decay"
         if id(param) in part_of:
             key = f"{part_of[id(param)]}_{decay}"
         else:
             key = ("backbone_" if id(param) in backbone_ids else "") + decay
         buckets[key].append(param)
-    backbone_lr = learning_rate * backbone_coef_lr
-    groups = [
-        {"name": "backbone_decay", "params": buckets["backbone_decay"], "weight_decay": weight_decay,
-         "lr": backbone_lr},
-        {"name": "decay", "params": buckets["decay"], "weight_decay": weight_decay, "lr": learning_rate},
-        {"name": "backbone_no_decay", "params": buckets["backbone_no_decay"], "weight_decay": 0.0, "lr": backbone_lr},
-        {"name": "no_decay", "params": buckets["no_decay"], "weight_decay": 0.0, "lr": learning_rate},
-    ]
-    for part, coef in multipliers.items():
-        groups += [{"name": f"{part}_{decay}", "params": buckets[f"{part}_{decay}"],
-                    "weight_decay": weight_decay if decay == "decay" else 0.0, "lr": learning_rate * coef}
-                   for decay in ("decay", "no_decay")]
+    # upstream's order first (backbone_decay, decay, backbone_no_decay, no_decay), then each part's two
+    names = [prefix + decay for decay in ("decay", "no_decay") for prefix in ("backbone_", "")]
+    names += [f"{part}_{decay}" for part, _, _ in parts for decay in ("decay", "no_decay")]
+    groups = [{"name": name, "params": buckets[name],
+               "weight_decay": 0.0 if name.endswith("no_decay") else weight_decay,
+               "lr": rates[name.removesuffix("no_decay").removesuffix("decay")]} for name in names]
     return [group for group in groups if group["params"]]
 
 
@@ -74,8 +62,8 @@ def build_optimizer(model: nn.Module, learning_rate: float, backbone_coef_lr: fl
     groups = parameter_groups(model.named_parameters(), learning_rate, backbone_coef_lr, weight_decay,
                               backbone=() if "video" in own else model.part("video").parameters(), parts=parts)
     # The fused kernel updates each tensor in one pass; the default (foreach) one makes temporary copies of every
-    # parameter, 20-45 s per paper-size CPU step when memory is short (docs/training.md, Training speed and
-    # memory). FSDP2's sharded (DTensor) parameters keep the foreach one, which handles them.
+    # parameter (docs/training.md, Training speed and memory). FSDP2's sharded (DTensor) parameters keep the
+    # foreach one, which handles them.
     fused = not any(_is_sharded(p) for group in groups for p in group["params"])
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=adam_epsilon, fused=fused)
 

@@ -3,6 +3,11 @@
 ``loop.train`` builds what a run needs and picks the trainer (this one, or ``scst.SelfCriticalTrainer`` which
 extends it); everything comes in through the constructor, so tests and the demo can hand in their own model or
 datasets. The library (data, modeling) knows nothing of this module.
+
+Batches have a resumable position: a ``DistributedSampler`` shuffles with ``seed + epoch``, so one step's batches
+across ranks are the same samples whatever the process count; an epoch is ``steps_per_epoch *
+gradient_accumulation_steps`` micro-batches and a resume skips those consumed. Each item's augmentation generator
+is seeded from (seed, epoch, index), so crops, gains and MLM masks do not depend on processes or workers.
 """
 
 from __future__ import annotations
@@ -14,17 +19,17 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from avlformer.data.dataset import collate as dataset_collate
 from avlformer.data.dataset import seed_worker
 from avlformer.training import checkpointing as ckpt
-from avlformer.training.batches import (EpochBatchSampler, SampleSeededDataset, epoch_loader, eval_loader,
-                                        micro_batches_per_epoch)
 from avlformer.training.config import TrainConfig
 from avlformer.training.distributed import (DistEnv, all_reduce_mean, any_rank_true, barrier, unwrap_model,
                                             wrap_model)
@@ -57,7 +62,51 @@ class Schedule:
     total_steps: int
 
 
-# ------------------------------------------------------------------------------------------------ setup helpers
+def micro_batches_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
+    return (num_samples // world_size) // batch_size
+
+
+class SampleSeededDataset(Dataset):
+    """Wraps a dataset with ``set_seed(seed)`` so item ``i`` of epoch ``e`` always sees the same augmentation."""
+
+    def __init__(self, dataset: Dataset, seed: int, limit: int = -1):
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+        self.size = len(dataset) if limit <= 0 else min(limit, len(dataset))  # --limited_samples: the first N
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int):
+        if hasattr(self.dataset, "set_seed"):
+            seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)[0]
+            self.dataset.set_seed(int(seed))
+        return self.dataset[index]
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """This rank's micro-batches for one epoch, from ``skip`` on."""
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int, world_size: int, seed: int, epoch: int,
+                 num_batches: int, skip: int = 0):
+        self.sampler = DistributedSampler(range(num_samples), num_replicas=world_size, rank=rank, shuffle=True,
+                                          seed=seed, drop_last=True)
+        self.sampler.set_epoch(epoch)
+        self.batches = BatchSampler(self.sampler, batch_size, drop_last=True)
+        self.num_batches = num_batches
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for position, batch in enumerate(self.batches):
+            if position >= self.num_batches:
+                return
+            if position >= self.skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return max(0, self.num_batches - self.skip)
+
 
 def autocast_for(precision: str, device: torch.device):
     if precision == "fp32":
@@ -78,17 +127,11 @@ def plan_schedule(num_samples: int, config: TrainConfig, env: DistEnv) -> Schedu
     return Schedule(steps * accumulation, steps, steps * optim.num_train_epochs)
 
 
-def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 def memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
-
-# ------------------------------------------------------------------------------------------------ the trainer
 
 class Trainer:
     loss_terms = LOSS_TERMS  # what forward_backward returns, averaged and logged as train/<term>
@@ -116,7 +159,6 @@ class Trainer:
         self.history: list[dict] = []
         self.writer = None
 
-    # -- bookkeeping ------------------------------------------------------------------------------------
     def resume(self) -> None:
         found = ckpt.choose_resume_checkpoint(self.config.run.resume, self.output_dir)
         if found is None:
@@ -142,7 +184,6 @@ class Trainer:
             return step % self.config.run.save_steps == 0
         return end_of_epoch
 
-    # -- the loop ---------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         if self.env.is_main:
             if self.config.run.overwrite_output_dir:  # as late as possible: the data and model are known good here
@@ -171,8 +212,12 @@ class Trainer:
         sampler = EpochBatchSampler(len(self.train_data), config.optim.per_gpu_train_batch_size, env.rank,
                                     env.world_size, seed, progress.epoch, self.schedule.micro_batches_per_epoch,
                                     skip=progress.batches_done_in_epoch)
-        loader = epoch_loader(self.train_data, sampler, config.data.num_workers, self.collate_fn, seed_worker,
-                              generator_seed=seed * 1009 + progress.epoch * 31 + env.rank)
+        # The loader's own generator keeps DataLoader start-up from drawing on the global torch RNG (which the
+        # model's dropout uses), so starting a loader mid-epoch after a resume leaves that stream where it was.
+        loader = DataLoader(self.train_data, batch_sampler=sampler, num_workers=config.data.num_workers,
+                            collate_fn=self.collate_fn, pin_memory=torch.cuda.is_available(),
+                            worker_init_fn=seed_worker,
+                            generator=torch.Generator().manual_seed(seed * 1009 + progress.epoch * 31 + env.rank))
         accumulation = config.optim.gradient_accumulation_steps
         sums = torch.zeros(len(self.loss_terms), device=env.device)
         non_finite = torch.zeros((), dtype=torch.bool, device=env.device)
@@ -180,7 +225,8 @@ class Trainer:
         for batch in loader:
             progress.batches_done_in_epoch += 1
             boundary = progress.batches_done_in_epoch % accumulation == 0
-            outputs = self.forward_backward(move_batch(batch, env.device), boundary)
+            batch = {k: v.to(env.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            outputs = self.forward_backward(batch, boundary)
             sums += torch.stack([outputs.get(k, torch.zeros((), device=env.device)).detach().float()
                                  for k in self.loss_terms])
             non_finite |= ~torch.isfinite(outputs["loss"].detach())
@@ -218,10 +264,7 @@ class Trainer:
             with self.autocast():
                 outputs = self.model(batch)
             loss = outputs["loss"].float() / accumulation
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-            else:
-                loss.backward()
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return outputs
 
     def optimizer_step(self, outputs: dict) -> float:
@@ -274,7 +317,7 @@ class Trainer:
 
     def save_and_validate(self) -> None:
         step = self.progress.global_step
-        name = ckpt.checkpoint_name(step // self.schedule.steps_per_epoch, step)
+        name = f"checkpoint-{step // self.schedule.steps_per_epoch}-{step}"
         folder = ckpt.save_training_checkpoint(self.output_dir, name, self.model, self.config.model, self.recipe,
                                                self.optimizer, self.scheduler, self.scaler, self.progress, self.env,
                                                self.vocab_dir)
@@ -286,8 +329,12 @@ class Trainer:
 
     def validate(self, folder: Path) -> None:
         # The val split is raw videos in every mode (with --features too), so its batches are plain ones.
-        loader = eval_loader(self.val_dataset, self.config.optim.per_gpu_eval_batch_size, self.env.rank,
-                             self.env.world_size, self.config.data.num_workers, dataset_collate)
+        # In order, sharded across ranks (the last shard padded with repeats; predictions are de-duplicated by key).
+        sampler = DistributedSampler(self.val_dataset, num_replicas=self.env.world_size, rank=self.env.rank,
+                                     shuffle=False, drop_last=False)
+        loader = DataLoader(self.val_dataset, batch_size=self.config.optim.per_gpu_eval_batch_size, sampler=sampler,
+                            num_workers=self.config.data.num_workers, collate_fn=dataset_collate,
+                            pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
         predictions, references = decode_split(self.model, loader, self.env, self.autocast,
                                                load_tokenizer(self.vocab_dir))
         if not self.env.is_main:

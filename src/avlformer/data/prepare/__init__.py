@@ -20,8 +20,7 @@ from avlformer.data.clip_ids import clip_id_from_path, is_video_name
 from avlformer.data.file_problems import environment_message, is_environment_error
 from avlformer.data.prepare.caption_sources import Captions, caption_source, keep_released_copy, load_captions
 from avlformer.data.prepare.layout import (DEFAULT_SPLITS, ERROR, WARNING, EnvironmentFault, Layout, PrepareError,
-                                          Problem, split_name_problem)
-from avlformer.data.prepare.lock import prepare_lock
+                                          Problem, prepare_lock, split_name_problem)
 from avlformer.data.prepare.outputs_record import OutputsRecord
 from avlformer.data.prepare.split import find_videos, prepare_split
 from avlformer.data.recipe import SHORT_SIDE, STORED_FRAMES, PreprocessRecipe
@@ -156,10 +155,6 @@ def _prepare_locked(data_dir: Path, splits: list[str] | None, recipe: Preprocess
                                                   in report["splits"].items()},
                          problems=problems, already_prepared=done, report_path=report_path)
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# The command
-# ----------------------------------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", required=True, type=Path,

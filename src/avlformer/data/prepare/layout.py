@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from avlformer.data.recipe import PreprocessRecipe
+from avlformer.folder_lock import folder_lock
 
 ERROR, WARNING = "error", "warning"
 DEFAULT_SPLITS = ("train", "val", "test")
+LOCK_NAME = ".prepare.lock"
 
 
 class PrepareError(Exception):
@@ -18,6 +22,15 @@ class PrepareError(Exception):
 class EnvironmentFault(PrepareError):
     """The machine failed prepare (disk full, I/O error, no permission, too many open files,
     ``file_problems.is_environment_error``): the run stops with one line, and no clip is judged by it."""
+
+
+@contextlib.contextmanager
+def prepare_lock(data_dir: Path) -> Iterator[None]:
+    """One prepare per data folder at a time: ``DIR/.prepare.lock``, held for the whole run (a crashed run never
+    blocks the next one)."""
+    with folder_lock(Path(data_dir) / LOCK_NAME, f"another prepare is running on {data_dir}; wait for it to finish",
+                     PrepareError):
+        yield
 
 
 def split_name_problem(split: str) -> str | None:

@@ -2,30 +2,105 @@
 
 Row order: clips are sorted by ``<id>.mp3``, the order the original's convert_h5py gives the HDF5 (it sorts mp3
 file names, docs/upstream.md §1.4), so row i of the caption TSV, the frame TSV and the HDF5 describe the same clip.
+
+The split's files are assembled from the work folder (docs/upstream.md §1.3-§1.5): every TSV gets its
+``.lineidx`` and ``.lineidx.8b`` (the original's reader never builds one); the metadata yaml comes last: it marks
+completion.
+
+Clip jobs run in worker processes: a worker crash breaks the pool, so the jobs in flight are rerun one at a time
+and the crash names its file. Pools are shut down before returning, and workers exit when prepare's process dies.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as futures
 import contextlib
+import json
+import multiprocessing
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
+import yaml
 from tqdm import tqdm
 
+from avlformer.atomic import write_text_atomic
+from avlformer.data.audio_hdf import write_audio_hdf
 from avlformer.data.clip_ids import VIDEO_EXTENSIONS, clip_id_from_path, clip_key, id_problem, is_video_name
 from avlformer.data.file_problems import FOLDER, entry_problem
 from avlformer.data.prepare import clip_work
 from avlformer.data.prepare.caption_sources import Captions
 from avlformer.data.prepare.clip_work import ClipJob, PreviousOutputs
 from avlformer.data.prepare.layout import ERROR, WARNING, Layout, Problem
-from avlformer.data.prepare.metadata import assemble_split
 from avlformer.data.prepare.outputs_record import OutputsRecord
-from avlformer.data.prepare.pool import run_clips
+from avlformer.data.recipe import recipe_path_for_yaml
+from avlformer.data.tsv import TSVWriter
+
+PARENT_POLL_SECONDS = 0.5
 
 
-def hdf5_sort_key(clip_id: str) -> str:
-    return f"{clip_id}.mp3"
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)  # the parent is gone: nobody will collect this worker's results
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Pool initializer: a daemon thread ends the worker once its parent is gone (re-parented to init)."""
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True, name="parent-watch").start()
+
+
+def _run_in_pool(jobs: list[ClipJob], workers: int, work: Callable[[ClipJob], dict], results: dict,
+                 progress) -> list[ClipJob]:
+    """Run ``jobs`` with at most ``2 * workers`` in flight. If a worker dies, return the jobs that were in flight
+    then: one of them is the culprit."""
+    pending = iter(jobs)
+    in_flight: dict[futures.Future, ClipJob] = {}
+    executor = futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_watch_parent, initargs=(os.getpid(),))
+    try:
+        while True:
+            while len(in_flight) < 2 * workers:
+                job = next(pending, None)
+                if job is None:
+                    break
+                in_flight[executor.submit(work, job)] = job
+            if not in_flight:
+                return []
+            done, _ = futures.wait(in_flight, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+                job = in_flight.pop(future)
+                try:
+                    results[job.clip_id] = future.result()
+                except futures.process.BrokenProcessPool:
+                    return [job] + list(in_flight.values())
+                progress.update(1)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def run_clips(jobs: list[ClipJob], workers: int, work: Callable[[ClipJob], dict],
+              crashed: Callable[[ClipJob], dict], progress) -> dict[str, dict]:
+    """``clip id -> work(job)`` for every job; ``crashed(job)`` for a job that crashed its worker."""
+    results: dict[str, dict] = {}
+    if workers <= 1:
+        # In-process: simplest to debug; finished clips are on disk, so even a hard crash loses only the current one.
+        for job in jobs:
+            results[job.clip_id] = work(job)
+            progress.update(1)
+        return results
+    remaining = jobs
+    while remaining:
+        suspects = _run_in_pool(remaining, workers, work, results, progress)
+        for job in suspects:
+            if job.clip_id not in results and _run_in_pool([job], 1, work, results, progress):
+                results[job.clip_id] = crashed(job)
+                progress.update(1)
+        remaining = [job for job in remaining if job.clip_id not in results]
+    return results
 
 
 def _entry_problem(layout: Layout, path: Path) -> Problem | None:
@@ -77,7 +152,7 @@ def plan_split(layout: Layout, captions: Captions, videos: dict[str, Path], deco
     problems = []
     jobs, texts = [], {}
     recipe = layout.recipe()
-    for clip_id in sorted(videos, key=hdf5_sort_key):
+    for clip_id in sorted(videos, key=lambda clip_id: f"{clip_id}.mp3"):  # the HDF5's order (module docstring)
         video = videos[clip_id]
         if clip_id not in captions.texts:
             if clip_id not in captions.rejected:
@@ -131,3 +206,67 @@ def prepare_split(layout: Layout, captions: Captions, videos: dict[str, Path], w
     with contextlib.suppress(OSError):  # only succeeds once no split has work left
         layout.work.parent.rmdir()
     return len(kept), problems
+
+
+def coco_references(keys: list[str], texts: list[list[str]]) -> dict:
+    """COCO captions dict as the original's evaluation reads it (docs/upstream.md §1.5); one annotation per
+    reference."""
+    pairs = [(key, text) for key, references in zip(keys, texts) for text in references]
+    return {
+        "annotations": [{"image_id": key, "caption": text, "id": index} for index, (key, text) in enumerate(pairs)],
+        "images": [{"id": key, "file_name": key} for key in keys],
+        "type": "captions", "info": "dummy", "licenses": "dummy",
+    }
+
+
+def metadata_yaml(layout: Layout) -> dict:
+    """Paths as the original resolves them: ``img`` and ``audio`` against the data dir, the rest against
+    metadata/."""
+    return {
+        "caption": layout.meta("caption.tsv").name,
+        "caption_coco_format": layout.meta("caption_coco_format.json").name,
+        "caption_linelist": layout.meta("caption.linelist.tsv").name,
+        "img": layout.rel(layout.frame_tsv),
+        "label": layout.meta("label.tsv").name,
+        "audio": layout.rel(layout.audio_hdf),
+    }
+
+
+def write_tsv_rows(path: Path, rows: list[list[str]]) -> None:
+    with TSVWriter(path) as writer:
+        for row in rows:
+            writer.write(row)
+
+
+def tsv_bytes(rows: list[list[str]]) -> bytes:
+    """The exact bytes ``write_tsv_rows`` writes (to record a file's hash before it exists)."""
+    return b"".join(("\t".join(row) + "\n").encode("utf-8") for row in rows)
+
+
+def assemble_split(layout: Layout, clips: list[tuple[ClipJob, str, dict]], record: OutputsRecord) -> None:
+    """Write every output file of the split; ``clips`` are (job, references, work result) in output order. The
+    caption TSV row holds every reference and the linelist names each (row, reference) pair, so training sees
+    each reference as an item."""
+    with TSVWriter(layout.frame_tsv) as writer:
+        for job, _, _ in clips:
+            writer.write(job.work_file(".row").read_bytes().split(b"\t"))
+    write_audio_hdf(layout.audio_hdf, [job.clip_id for job, _, _ in clips],
+                    (job.work_file(".mp3").read_bytes() for job, _, _ in clips))
+    keys = [job.key for job, _, _ in clips]
+    texts = [text for _, text, _ in clips]
+    caption_rows = [[key, json.dumps([{"caption": text} for text in references])]
+                    for key, references in zip(keys, texts)]
+    # Recorded before the caption TSV exists, so a crash in between can never make our output look like the
+    # user's released file.
+    record.will_write(layout.meta("caption.tsv"), tsv_bytes(caption_rows))
+    record.splits[layout.yaml.stem] = {"clips": [{"row": row, "result": result}
+                                                 for row, (_, _, result) in enumerate(clips)]}
+    record.save()
+    write_tsv_rows(layout.meta("caption.tsv"), caption_rows)
+    write_tsv_rows(layout.meta("label.tsv"), caption_rows)
+    write_tsv_rows(layout.meta("caption.linelist.tsv"), [[str(index), str(k)] for index, references
+                                                         in enumerate(texts) for k in range(len(references))])
+    write_tsv_rows(layout.meta("img.tsv"), [[job.key, layout.rel(job.video)] for job, _, _ in clips])
+    write_text_atomic(layout.meta("caption_coco_format.json"), json.dumps(coco_references(keys, texts)))
+    layout.recipe().save(recipe_path_for_yaml(layout.yaml))
+    write_text_atomic(layout.yaml, yaml.safe_dump(metadata_yaml(layout), sort_keys=False))
