@@ -86,7 +86,7 @@ def _cell(value: Any) -> str:
 def model_card_text(config, recipe: PreprocessRecipe, metrics: Mapping[str, Any] | None = None,
                     split: str | None = None, training_args: Mapping[str, Any] | None = None, *,
                     model_name: str = "avlformer", dataset: str = DATASET_NAME) -> str:
-    """The card as text. ``metrics``: validation scores by `avlformer evaluate`'s names, measured on ``split``."""
+    """The card as text. ``metrics``: validation scores by `avlformer evaluate`'s names, on ``split``."""
     metrics = metrics or {}
     rows = _metric_rows(metrics)
     front = yaml.safe_dump(card_metadata(model_name, rows, split, dataset), sort_keys=False, allow_unicode=True)
