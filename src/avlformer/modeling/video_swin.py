@@ -237,10 +237,6 @@ class VideoSwinEncoder(nn.Module):
         self.config = config
         self.backbone = _VideoSwinBackbone(config)
 
-    @property
-    def out_dim(self) -> int:
-        return self.config.out_dim
-
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.config.use_checkpoint = enabled
 
