@@ -18,7 +18,8 @@ from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
 from avlformer.modeling.checkpoint import (CheckpointMismatchError, checkpoint_recipe, config_from_upstream_args,
                                            convert_upstream_state_dict, load_model, save_checkpoint)
 from avlformer.modeling.meta_device import build_on_meta, load_by_assignment
-from avlformer.modeling.video_swin import relative_position_index, to_upstream_state_dict
+from avlformer.modeling.video_swin import relative_position_index
+from tests.swin_upstream import to_upstream_state_dict
 
 torch.set_num_threads(1)
 FIXTURES = Path(__file__).parent / "fixtures"

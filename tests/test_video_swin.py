@@ -21,8 +21,8 @@ from avlformer.modeling.video_swin import (
     checkpoint_filter_fn,
     load_official_weights,
     relative_position_index,
-    to_upstream_state_dict,
 )
+from tests.swin_upstream import to_upstream_state_dict
 
 MANIFEST = Path(__file__).parent / "fixtures" / "manifest_video_swin_base.json"
 
@@ -455,8 +455,8 @@ def test_unknown_missing_and_misshaped_keys_are_all_listed():
         checkpoint_filter_fn({"state_dict": upstream}, VideoSwinConfig.nano())
     message = str(caught.value)
     for fragment in (
-        "unknown keys (2): backbone.layers.0.blocks.0.attn.extra, head.fc.weight",
-        "shape mismatches (1): backbone.layers.3.blocks.0.mlp.fc1.weight (got [4, 4], expected [512, 128])",
+        "unexpected keys (2): backbone.layers.0.blocks.0.attn.extra, head.fc.weight",
+        "misshaped keys (1): backbone.layers.3.blocks.0.mlp.fc1.weight (file [4, 4], model [512, 128])",
         "missing keys (1): backbone.norm.bias",
     ):
         assert fragment in message
@@ -483,5 +483,5 @@ def test_load_official_weights_errors_name_the_file(tmp_path):
         load_official_weights(encoder, garbage)
     wrong = tmp_path / "wrong_config.pth"
     torch.save({"state_dict": nano_upstream()}, wrong)
-    with pytest.raises(ValueError, match="wrong_config.pth: .*shape mismatches"):
+    with pytest.raises(ValueError, match="wrong_config.pth: .*misshaped keys"):
         load_official_weights(VideoSwinEncoder(VideoSwinConfig.nano(embed_dim=32)), wrong)

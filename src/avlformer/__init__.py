@@ -8,10 +8,7 @@ The Python API, in the Hugging Face idiom (docs/api.md)::
     for result in caption(model, ["a.mp4", "b.mkv"], num_beams=3):
         print(result.video, result.caption, result.confidence)
 
-Subpackages: ``data`` (demo data, preprocessing, loaders), ``modeling`` (Video Swin, PaSST, text transformer,
-the assembled model, checkpoints, generation), ``training`` (the loop, launched by ``run.sh``), ``inference``
-(captioning videos), ``evaluation`` (caption metrics), ``serve`` (the captioning page), ``demo`` (the end-to-end
-demo and its report).
+The package layout is in docs/architecture.md.
 """
 
 __version__ = "0.1.0"

@@ -1,8 +1,4 @@
-"""Atomic file writes: a file only ever appears under its final name complete.
-
-Everything that writes an output a later step (or a rerun) trusts goes through here, so an interrupted job never
-leaves a half-written file that looks finished.
-"""
+"""Atomic file writes: a file only ever appears under its final name complete."""
 
 from __future__ import annotations
 
@@ -21,43 +17,17 @@ def _current_umask() -> int:
 
 
 def _default_file_mode() -> int:
-    # mkstemp creates 0600 files, and so do some libraries (safetensors' save_file); finished outputs should get
-    # the permissions a plain open() would give them.
+    # mkstemp (and safetensors' save_file) create 0600 files; outputs get what a plain open() would give them.
     return 0o666 & ~_current_umask()
-
-
-def _make_temp(path: Path) -> tuple[int, str]:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, _default_file_mode())
-    return fd, tmp_name
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success fsync it and rename it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = _make_temp(path)
-    binary = "b" in mode
-    try:
-        with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` for libraries that write by filename (h5py, safetensors, torch.save);
-    rename it onto ``path`` when the block succeeds, delete it when it fails."""
+    """A temporary path beside ``path`` for libraries that write by filename, renamed onto ``path`` when the
+    block succeeds, deleted when it fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = _make_temp(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -70,6 +40,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success fsync it and rename it onto ``path``."""
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_write(path, "w") as handle:
         handle.write(text)
@@ -77,10 +56,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 @contextlib.contextmanager
 def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty staging folder beside ``path``; when the block succeeds, fsync its files and swap it in for
-    ``path`` (an existing folder is moved aside first: rename cannot replace a non-empty folder). Its files get the
-    default permissions (whatever wrote them). When the block fails, the staging folder is deleted and ``path``
-    is left as it was."""
+    """An empty staging folder beside ``path``, swapped in for ``path`` (its files synced, default permissions)
+    when the block succeeds, deleted when it fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -100,11 +77,11 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _swap_in(staging: Path, target: Path) -> None:
-    """Two renames when ``target`` exists (the old folder aside into ``.<name>.<token>.old/``, then the staging
-    folder ``.<name>.<token>.tmp`` into place); a process killed between them leaves both copies, which
-    ``finish_interrupted_swaps`` finds by the shared token."""
+    """Two renames when ``target`` exists (rename cannot replace a non-empty folder): the old folder aside into
+    ``.<name>.<token>.old/``, then ``.<name>.<token>.tmp`` into place; ``finish_interrupted_swaps`` completes a
+    swap killed between them."""
     if target.exists():
-        retired = _retired_for(staging)
+        retired = staging.with_name(staging.name.removesuffix(".tmp") + ".old")
         retired.mkdir()
         os.replace(target, retired / target.name)
         os.replace(staging, target)
@@ -112,10 +89,6 @@ def _swap_in(staging: Path, target: Path) -> None:
     else:
         os.replace(staging, target)
     _fsync_folder(target.parent)
-
-
-def _retired_for(staging: Path) -> Path:
-    return staging.with_name(staging.name.removesuffix(".tmp") + ".old")
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -127,10 +100,8 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def finish_interrupted_swaps(parent: str | os.PathLike) -> list[Path]:
-    """Complete the folder swaps of ``atomic_folder`` that a killed process left half done in ``parent``; returns
-    the folders put back under their names. A name left empty gets its staged copy (complete: the swap starts only
-    after its files are synced), else the old one back; otherwise only the ``.old`` leftovers go (the caller
-    removes stale staging folders)."""
+    """Complete the folder swaps a killed process left half done in ``parent``; returns the folders put back. A
+    name left empty gets its staged copy (complete: synced before the swap), else the old one back."""
     parent = Path(parent)
     restored = []
     for retired in sorted(parent.glob(".*.old")):

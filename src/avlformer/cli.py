@@ -1,7 +1,5 @@
-"""The ``avlformer`` command: one subcommand per job, each implemented in the module that owns the job.
-
-Every flag accepts the original's underscore spelling and our hyphen spelling (see ``avlformer.flags``).
-"""
+"""The ``avlformer`` command: one subcommand per job, each implemented in the module that owns the job; every
+flag accepts the original's underscore spelling and our hyphen spelling (``avlformer.flags``)."""
 
 from __future__ import annotations
 

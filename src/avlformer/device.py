@@ -1,8 +1,5 @@
-"""The one rule for choosing a torch device, used by training, inference, evaluation and the demo, and the one
-way to run a block of small CPU work at a single intra-op thread.
-
-``auto`` is CUDA when this machine has it (device ``local_rank`` under torchrun), else the CPU; an explicit
-``cuda`` (or ``cuda:N``) on a machine without CUDA is an error, never a silent fall-back to the CPU.
+"""The one rule for choosing a torch device: ``auto`` is CUDA when this machine has it (device ``local_rank``
+under torchrun), else the CPU; an explicit ``cuda`` (or ``cuda:N``) without CUDA is an error, never a fall-back.
 """
 
 from __future__ import annotations
@@ -40,9 +37,8 @@ def resolve_device(name: str | torch.device | None = "auto", local_rank: int | N
 
 @contextlib.contextmanager
 def one_cpu_thread():
-    """Run the block at one torch intra-op thread, then restore the caller's count. For work made of many small
-    parallel regions (a decoding step, a loader item), where each region's barrier waits for every thread and a
-    descheduled one stalls it for a scheduler slice on a busy machine: the callers say what they measured."""
+    """Run the block at one torch intra-op thread, for work made of many small parallel regions, whose barriers
+    a descheduled thread stalls on a busy machine."""
     caller = torch.get_num_threads()
     if caller == 1:
         yield

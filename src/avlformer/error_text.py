@@ -1,9 +1,5 @@
-"""One line out of an exception, for the commands that print a user's mistake without a traceback.
-
-Libraries wrap the part that matters: ``torch.load(weights_only=True)`` puts the real reason between paragraphs of
-advice, a DataLoader re-raises a worker's error with the worker's whole traceback in its message, and some
-messages (YAML's) span several lines.
-"""
+"""One line out of an exception (torch.load's advice, a DataLoader worker's traceback and multi-line messages
+around the reason), for the commands that print a user's mistake without a traceback."""
 
 from __future__ import annotations
 

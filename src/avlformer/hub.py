@@ -1,9 +1,5 @@
-"""``AVLFormer`` in the Hugging Face idiom: ``from_pretrained``, ``save_pretrained``, ``push_to_hub``.
-
-The model (a ``modeling.avlformer.AVLFormer``) that also remembers its preprocessing recipe and vocabulary. The
-folder is the project's checkpoint folder (config.json, model.safetensors, preprocessor_config.json, vocab.txt,
-README.md model card). ``from_pretrained`` accepts that folder, an upstream checkpoint folder or ``model.bin``, and
-a Hub id (with ``HF_HUB_OFFLINE=1`` or ``local_files_only=True`` only the local cache is used).
+"""``AVLFormer`` in the Hugging Face idiom: ``from_pretrained``, ``save_pretrained``, ``push_to_hub``, on the
+project's checkpoint folder (plus a README.md model card); a Hub id is resolved to its local snapshot.
 """
 
 from __future__ import annotations
@@ -62,12 +58,9 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, revision: str | None 
 
 class AVLFormer(modeling.AVLFormer, ModelHubMixin, library_name="avlformer", pipeline_tag=PIPELINE_TAG,
                 tags=["avlformer", "audio-visual", "video-captioning"]):
-    """The AVLFormer model with the Hub methods. Attributes beyond the model's: ``recipe`` (how its inputs are built
-    from raw media), ``vocab_dir`` (the folder of its ``vocab.txt``), ``source`` (where it was loaded from),
-    ``metrics`` / ``metrics_split`` (the validation scores its model card recorded, kept by a later
-    ``save_pretrained``)."""
+    """The AVLFormer model with the Hub methods, its ``recipe``, ``vocab_dir``, ``source`` (where it was loaded
+    from) and ``metrics`` / ``metrics_split`` (its model card's, kept by a later ``save_pretrained``)."""
 
-    # Class-level defaults of a freshly built model: the paper recipe and the packaged vocabulary.
     recipe: PreprocessRecipe = PreprocessRecipe.paper()
     vocab_dir: Path | None = None
     source: str | None = None
@@ -81,7 +74,7 @@ class AVLFormer(modeling.AVLFormer, ModelHubMixin, library_name="avlformer", pip
                         token: str | bool | None = None, force_download: bool = False,
                         **unused: Any) -> "AVLFormer":
         """Load a checkpoint folder, an upstream folder, a released ``model.bin`` or a Hub model id, in eval mode
-        on ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
+        on ``device``."""
         if unused:
             raise TypeError(f"from_pretrained: unknown argument(s) {', '.join(sorted(unused))}")
         from avlformer.modeling.checkpoint import checkpoint_recipe, checkpoint_vocab_dir, load_model
@@ -98,10 +91,9 @@ class AVLFormer(modeling.AVLFormer, ModelHubMixin, library_name="avlformer", pip
     def save_pretrained(self, save_directory: str | os.PathLike, *, config: Any = None, repo_id: str | None = None,
                         push_to_hub: bool = False, model_card_kwargs: Mapping[str, Any] | None = None,
                         **push_to_hub_kwargs: Any) -> str | None:
-        """Write ``config.json``, ``model.safetensors``, ``preprocessor_config.json``, ``vocab.txt`` and the
-        ``README.md`` model card into ``save_directory`` (other files there are kept; each of ours is replaced
-        whole). ``model_card_kwargs``: ``metrics``, ``split``, ``training_args``, ``model_name`` for the card
-        (default: the metrics this model was loaded with). Returns the commit URL when ``push_to_hub``."""
+        """Write the checkpoint files and model card into ``save_directory`` (other files there are kept; each of
+        ours is replaced whole). ``model_card_kwargs``: ``metrics``, ``split``, ``training_args``,
+        ``model_name``. Returns the commit URL when ``push_to_hub``."""
         if config is not None:
             raise ValueError("save_pretrained: the saved config is the model's own (model.config); "
                              "change it before saving instead of passing config=")
@@ -133,9 +125,7 @@ class AVLFormer(modeling.AVLFormer, ModelHubMixin, library_name="avlformer", pip
 
     def push_to_hub(self, repo_id: str, *, model_card_kwargs: Mapping[str, Any] | None = None,
                     **kwargs: Any) -> str:
-        """Upload the ``save_pretrained`` folder to the Hub model ``repo_id`` in one commit (``huggingface_hub``
-        ``create_repo`` + ``upload_folder``; log in first with ``hf auth login``). The card is named after
-        ``repo_id``."""
+        """Upload the ``save_pretrained`` folder to the Hub model ``repo_id`` in one commit."""
         card = {"model_name": repo_id, **dict(model_card_kwargs or {})}
         return super().push_to_hub(repo_id, model_card_kwargs=card, **kwargs)
 
@@ -143,7 +133,6 @@ class AVLFormer(modeling.AVLFormer, ModelHubMixin, library_name="avlformer", pip
 def _card_metrics(path: Path) -> tuple[dict[str, float] | None, str | None]:
     """The metric values (by the evaluator's names) and split recorded in a checkpoint's model card, if any."""
     from avlformer.model_card import METRIC_NAMES
-
     from avlformer.modeling.checkpoint import checkpoint_folder
 
     folder, _ = checkpoint_folder(path)

@@ -1,8 +1,5 @@
-"""The ``README.md`` model card of a checkpoint folder, in the Hugging Face Hub's format.
-
-It states the architecture, training data and recipe, training flags, validation metrics (with their split),
-intended use and limits; its YAML front matter carries a ``model-index`` so the Hub shows the numbers.
-``save_pretrained`` writes one; ``write_checkpoint_card`` adds one to a checkpoint folder already on disk.
+"""The ``README.md`` model card of a checkpoint folder, in the Hugging Face Hub's format; its YAML front matter
+carries a ``model-index`` so the Hub shows the validation metrics.
 """
 
 from __future__ import annotations
@@ -41,8 +38,7 @@ def _metric_rows(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def card_metadata(model_name: str, rows: Mapping[str, float], split: str | None,
                   dataset: str = DATASET_NAME) -> dict[str, Any]:
-    """The YAML front matter: library, task, tags and (with metric ``rows``, from ``_metric_rows``) the
-    ``model-index`` the Hub renders."""
+    """The YAML front matter (with metric ``rows``, the ``model-index`` the Hub renders)."""
     meta: dict[str, Any] = {"library_name": "avlformer", "pipeline_tag": PIPELINE_TAG,
                             "tags": ["avlformer", "audio-visual", "video-captioning", "favd"],
                             "datasets": [dataset]}
@@ -90,8 +86,7 @@ def _cell(value: Any) -> str:
 def model_card_text(config, recipe: PreprocessRecipe, metrics: Mapping[str, Any] | None = None,
                     split: str | None = None, training_args: Mapping[str, Any] | None = None, *,
                     model_name: str = "avlformer", dataset: str = DATASET_NAME) -> str:
-    """The card as text (YAML front matter + Markdown). ``metrics``: validation scores by the names `avlformer
-    evaluate` writes (``CIDEr``, ``Bleu_4``, ...), measured on ``split``; ``training_args``: the training flags."""
+    """The card as text. ``metrics``: validation scores by `avlformer evaluate`'s names, on ``split``."""
     metrics = metrics or {}
     rows = _metric_rows(metrics)
     front = yaml.safe_dump(card_metadata(model_name, rows, split, dataset), sort_keys=False, allow_unicode=True)
@@ -143,7 +138,7 @@ def model_card_text(config, recipe: PreprocessRecipe, metrics: Mapping[str, Any]
 def write_model_card(folder: str | os.PathLike, config, recipe: PreprocessRecipe,
                      metrics: Mapping[str, Any] | None = None, split: str | None = None,
                      training_args: Mapping[str, Any] | None = None, *, model_name: str | None = None) -> Path:
-    """Write ``folder/README.md`` atomically; returns its path. ``model_name`` defaults to the folder's name."""
+    """Write ``folder/README.md``; ``model_name`` defaults to the folder's name."""
     folder = Path(folder)
     path = folder / CARD_NAME
     write_text_atomic(path, model_card_text(config, recipe, metrics, split, training_args,
@@ -165,8 +160,7 @@ def read_card_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def write_checkpoint_card(folder: str | os.PathLike, metrics: Mapping[str, Any] | None = None,
                           split: str | None = None, training_args: Mapping[str, Any] | None = None, *,
                           model_name: str | None = None) -> Path:
-    """``write_model_card`` for a checkpoint folder already on disk, reading its ``config.json`` and
-    ``preprocessor_config.json`` (what training calls for its best checkpoint)."""
+    """``write_model_card`` for a checkpoint folder already on disk."""
     from avlformer.data.recipe import RECIPE_NAME
     from avlformer.modeling.avlformer import AVLFormerConfig
 

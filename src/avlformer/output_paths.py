@@ -1,8 +1,5 @@
-"""Where a command may write: never over one of its inputs, never inside a checkpoint folder.
-
-Every command that writes a file or folder a user named checks it here before any work starts, so a slip such as
-``--output VIDEOS/clip.mp4`` or ``--output CKPT/config.json`` is a one-line error instead of a destroyed input.
-Each check returns the problem as a message naming the flag and path, or None.
+"""Where a command may write: never over one of its inputs, never inside a checkpoint folder. Commands check
+before any work starts; each check returns the problem naming the flag and path, or None.
 """
 
 from __future__ import annotations
@@ -26,10 +23,6 @@ def enclosing_checkpoint(path: PathLike) -> Path | None:
     return None
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
-
-
 def _writable_parent_problem(path: Path, flag: str) -> str | None:
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
@@ -43,9 +36,8 @@ def _writable_parent_problem(path: Path, flag: str) -> str | None:
 
 def output_file_problem(output: PathLike, flag: str = "--output", inputs: Iterable[PathLike] = (),
                         example: str = "output.json", input_folders: Iterable[PathLike] = ()) -> str | None:
-    """Why ``output`` cannot be written as a file, or None; checked before a long job starts, so that a job never
-    does all its work only to fail writing the result. ``inputs``: files it must not overwrite;
-    ``input_folders``: folders of inputs, whose existing files it must not overwrite either."""
+    """Why ``output`` cannot be written as a file, or None. ``inputs``: files it must not overwrite;
+    ``input_folders``: folders whose existing files it must not overwrite."""
     path = Path(output)
     if path.is_dir():
         return f"{flag} {output}: is a folder; give a file name, e.g. {path / example}"
@@ -53,7 +45,7 @@ def output_file_problem(output: PathLike, flag: str = "--output", inputs: Iterab
         if any(Path(given).exists() and path.samefile(given) for given in inputs):
             return f"{flag} {output}: is one of the input files; give another file name"
         for folder in input_folders:
-            if Path(folder).is_dir() and _inside(path, Path(folder)):
+            if Path(folder).is_dir() and Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder)):
                 return f"{flag} {output}: would overwrite a file of the input folder {folder}; give another file name"
     if (checkpoint := enclosing_checkpoint(path.parent)) is not None:
         return f"{flag} {output}: lies inside the checkpoint folder {checkpoint}; write it elsewhere"

@@ -1,8 +1,5 @@
-"""`avlformer caption`: print ``<path><TAB><caption>`` for each video, in order, as soon as it is captioned.
-
-Paths are printed as typed, escaped by ``pipeline.display_path``; every path is checked before the model loads;
-a video without a caption is named on stderr and the command exits 1.
-"""
+"""`avlformer caption`: print ``<path><TAB><caption>`` for each video, in order, as soon as it is captioned; a
+video without a caption is named on stderr and the command exits 1."""
 
 from __future__ import annotations
 
@@ -26,7 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def input_problem(video: str) -> str | None:
-    """Why ``video`` cannot be captioned before decoding it, or None."""
     if Path(video).is_dir():
         return ("is a folder, not a video file (for a folder of videos use "
                 "`avlformer infer --eval_model_dir CKPT --test_video_fname DIR`)")

@@ -1,9 +1,7 @@
 """Captioning from Python without assembling tensors: ``avlformer.caption`` and ``Captioner``.
 
 Videos are file paths or uint8 ``(T, H, W, 3)`` RGB frames; audio per video is ``None`` (the video's own track;
-silence for frames), an mp3 path or a float waveform at ``sample_rate``. Inputs are built from the model's recipe
-by ``inference.pipeline``, as ``avlformer infer`` builds them. ``caption`` returns a list,
-``Captioner(model).stream(videos)`` yields results batch by batch; a failed video gives ``error`` set and
+silence for frames), an mp3 path or a float waveform at ``sample_rate``. A failed video gives ``error`` set and
 ``caption`` None, never a silent skip.
 """
 
@@ -11,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
-import warnings as warnings_module
 import wave as wave_module
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +17,6 @@ from typing import Any, Iterable, Iterator, Sequence
 import av
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from avlformer.data import audio as audio_io
 from avlformer.data import media, media_audio
@@ -66,9 +61,8 @@ def _as_numpy(value, what: str) -> np.ndarray:
 
 
 def frames_from_array(frames, spec: pipeline.InputSpec, what: str = "frames") -> torch.Tensor:
-    """All frames of a clip, uint8 (T, H, W, 3) at a constant rate -> the model's (num_frames, 3, H, W) input:
-    the recipe's ``stored_frames`` on screen at the bin centres, at its ``short_side``, JPEG encoded at its
-    quality, then selected and cropped as the evaluation loader does."""
+    """All frames of a clip, uint8 (T, H, W, 3) at a constant rate -> the model's (num_frames, 3, H, W) input,
+    sampled, resized and JPEG encoded by the recipe as `prepare` does a video's."""
     array = _as_numpy(frames, what)
     if array.ndim != 4 or array.shape[-1] != 3 or array.shape[0] < 1:
         raise ValueError(f"{what}: expected uint8 frames shaped (T, H, W, 3), got shape {tuple(array.shape)}")
@@ -95,9 +89,8 @@ def _wav_bytes(mono: np.ndarray, sample_rate: int) -> bytes:
 
 
 def audio_from_array(waveform, sample_rate: int, spec: pipeline.InputSpec, what: str = "audio") -> torch.Tensor:
-    """A float waveform (S,) or (channels, S) in -1..1 at ``sample_rate`` -> the model's (1, S) input: downmixed,
-    resampled to the recipe's rate and mp3 encoded at its bitrate as a video's soundtrack is, then decoded as the
-    evaluation loader decodes the stored mp3."""
+    """A float waveform (S,) or (channels, S) in -1..1 at ``sample_rate`` -> the model's (1, S) input, through the
+    mp3 a video's soundtrack would give."""
     array = _as_numpy(waveform, what).astype(np.float32, copy=False)
     if array.ndim not in (1, 2) or array.shape[-1] < 1:
         raise ValueError(f"{what}: expected a waveform shaped (samples,) or (channels, samples), "
@@ -117,30 +110,16 @@ def audio_from_array(waveform, sample_rate: int, spec: pipeline.InputSpec, what:
     return audio_io.load_clip(mp3, clip_samples=spec.clip_samples, sample_rate=spec.sample_rate, source=what)
 
 
-def _silence(spec: pipeline.InputSpec) -> torch.Tensor:
-    return audio_io.load_clip(silent_clip_audio(spec.recipe).mp3, clip_samples=spec.clip_samples,
-                              sample_rate=spec.sample_rate, source="silence")
-
-
 # ----------------------------------------------------------------------------------------------- the dataset
-
-def _is_path(value) -> bool:
-    return isinstance(value, (str, os.PathLike))
-
-
-def video_label(video, index: int) -> str:
-    return os.fspath(video) if _is_path(video) else f"<frames {index}>"
-
 
 def prepare_input(video, audio, spec: pipeline.InputSpec, index: int = 0,
                   sample_rate: int | None = None) -> pipeline.ClipInput:
-    """One (video, audio) pair -> the model input (see the module docstring for the accepted kinds)."""
-    label = video_label(video, index)
-    if _is_path(video):
+    label = pipeline.video_label(video, index)
+    if pipeline.is_path(video):
         path = Path(video)
         if problem := pipeline.not_a_video_file(path):
             raise ValueError(problem)
-        if audio is None or _is_path(audio):
+        if audio is None or pipeline.is_path(audio):
             return pipeline.load_clip_input(path, None, spec, index, mp3=None if audio is None else Path(audio))
         frames, seconds = pipeline.load_frames(path, spec)
         clip_id = clip_id_from_path(path)
@@ -148,9 +127,11 @@ def prepare_input(video, audio, spec: pipeline.InputSpec, index: int = 0,
         frames, seconds, clip_id = frames_from_array(video, spec, label), None, label
     notes: list[str] = []
     if audio is None:
-        wave, source = _silence(spec), AUDIO_SILENCE
+        wave = audio_io.load_clip(silent_clip_audio(spec.recipe).mp3, clip_samples=spec.clip_samples,
+                                  sample_rate=spec.sample_rate, source="silence")
+        source = AUDIO_SILENCE
         notes.append("in-memory frames come without sound: silence used (pass audio= to give a waveform)")
-    elif _is_path(audio):  # in-memory frames with an mp3 file
+    elif pipeline.is_path(audio):  # in-memory frames with an mp3 file
         wave, source, audio_notes = pipeline.load_audio(Path(audio), Path(audio), spec, video_seconds=seconds)
         notes += audio_notes
     else:
@@ -161,37 +142,23 @@ def prepare_input(video, audio, spec: pipeline.InputSpec, index: int = 0,
                               audio_source=source, warnings=[f"{pipeline.display_path(label)}: {n}" for n in notes])
 
 
-class _InputDataset(Dataset):
+class _InputDataset(pipeline.VideoFolderDataset):
     """The (video, audio) pairs as ClipInput items; an unusable one becomes a ClipFailure, as in `infer`."""
 
     def __init__(self, videos: Sequence, audio: Sequence, spec: pipeline.InputSpec, sample_rate: int | None):
-        self.videos, self.audio, self.spec, self.sample_rate = videos, audio, spec, sample_rate
+        super().__init__(videos, None, spec)
+        self.audio, self.sample_rate = audio, sample_rate
 
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def __getitem__(self, index: int):
-        video = self.videos[index]
-        try:
-            with warnings_module.catch_warnings():
-                warnings_module.simplefilter("ignore")
-                return prepare_input(video, self.audio[index], self.spec, index, self.sample_rate)
-        except media.MediaError as error:
-            reason = error.reason
-        except (ValueError, TypeError, OSError, RuntimeError) as error:
-            reason = str(error)
-        label = video_label(video, index)
-        return pipeline.ClipFailure(index, clip_id_from_path(label) if _is_path(video) else label, label, reason)
+    def load(self, index: int) -> pipeline.ClipInput:
+        return prepare_input(self.videos[index], self.audio[index], self.spec, index, self.sample_rate)
 
 
 # ----------------------------------------------------------------------------------------------- the API
 
 class Captioner:
-    """A model ready to caption, with fixed decoding settings (defaults: the checkpoint's).
-
-    ``model``: an ``avlformer.AVLFormer`` (``from_pretrained``), a checkpoint path or Hub id, or a
-    ``pipeline.LoadedModel``. ``device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (default: where the model is;
-    a path or id loads on ``auto``)."""
+    """A model ready to caption, with fixed decoding settings (defaults: the checkpoint's). ``model``: an
+    ``AVLFormer``, a checkpoint path or Hub id, or a ``pipeline.LoadedModel``; ``device`` default: where the
+    model is (``auto`` for a path or id)."""
 
     def __init__(self, model, *, num_beams: int | None = None, max_length: int | None = None,
                  length_penalty: float | None = None, device: str | torch.device | None = None,
@@ -202,12 +169,12 @@ class Captioner:
                 device = resolve_device(device)
                 model.model.to(device)
                 self.loaded = dataclasses.replace(model, device=device)
-        elif _is_path(model):
+        elif pipeline.is_path(model):
             self.loaded = pipeline.load_for_inference(model, "auto" if device is None else device)
         else:
             self.loaded = pipeline.loaded_model(model, None if device is None else resolve_device(device))
         pipeline.check_loader_options(batch_size, num_workers)
-        self.decoding = pipeline.decoding_for(self.loaded.config, num_beams, max_length, length_penalty)
+        self.decoding = pipeline.checkpoint_decoding(self.loaded.config, num_beams, max_length, length_penalty)
         self.batch_size, self.num_workers = batch_size, num_workers
 
     @property
@@ -215,17 +182,15 @@ class Captioner:
         return self.loaded.spec
 
     def prepare(self, video, audio=None, sample_rate: int | None = None) -> pipeline.ClipInput:
-        """The model input of one video (raises ValueError / media errors for an unusable one)."""
         return prepare_input(video, audio, self.spec, 0, sample_rate)
 
     def caption_inputs(self, inputs: Sequence[pipeline.ClipInput]) -> list[CaptionResult]:
-        """Caption inputs made by ``prepare`` (one forward pass)."""
         predictions = pipeline.caption_batch(self.loaded.model, list(inputs), self.decoding, self.loaded.device,
                                              self.loaded.tokenizer)
         return [_result(clip, prediction) for clip, prediction in zip(inputs, predictions)]
 
     def stream(self, videos: Iterable, audio=None, sample_rate: int | None = None) -> Iterator[CaptionResult]:
-        """Yield one CaptionResult per video, in the order given, as soon as its batch is captioned."""
+        """One CaptionResult per video, in order, as soon as its batch is captioned."""
         videos = _video_list(videos)
         audio_list = _audio_list(audio, len(videos))
         dataset = _InputDataset(videos, audio_list, self.spec, sample_rate)
@@ -248,7 +213,7 @@ def _result(clip: pipeline.ClipInput, prediction: pipeline.Prediction) -> Captio
 
 def _video_list(videos) -> list:
     # One path or one frames array is one video, not a list of characters or of frames.
-    if _is_path(videos) or isinstance(videos, (np.ndarray, torch.Tensor)):
+    if pipeline.is_path(videos) or isinstance(videos, (np.ndarray, torch.Tensor)):
         return [videos]
     return list(videos)
 
@@ -256,7 +221,7 @@ def _video_list(videos) -> list:
 def _audio_list(audio, count: int) -> list:
     if audio is None:
         return [None] * count
-    if _is_path(audio) or isinstance(audio, (np.ndarray, torch.Tensor)):
+    if pipeline.is_path(audio) or isinstance(audio, (np.ndarray, torch.Tensor)):
         audio = [audio]
     audio = list(audio)
     if len(audio) != count:
@@ -268,9 +233,8 @@ def _audio_list(audio, count: int) -> list:
 def caption(model, videos: Iterable, audio=None, *, num_beams: int | None = None, max_length: int | None = None,
             length_penalty: float | None = None, device: str | torch.device | None = None, batch_size: int = 8,
             sample_rate: int | None = None) -> list[CaptionResult]:
-    """Caption ``videos`` (paths or uint8 (T, H, W, 3) frames) with ``model`` (an ``AVLFormer``, a checkpoint
-    path or a Hub id); ``audio``: None, or one entry per video (None, an mp3 path, or a waveform at
-    ``sample_rate``, default the model's rate). Returns one CaptionResult per video, in order."""
+    """One CaptionResult per video of ``videos``, in order (``Captioner`` says what each argument takes);
+    ``audio``: None or one entry per video; ``sample_rate`` default: the model's."""
     captioner = Captioner(model, num_beams=num_beams, max_length=max_length, length_penalty=length_penalty,
                           device=device, batch_size=batch_size)
     return captioner(videos, audio, sample_rate)

@@ -1,8 +1,7 @@
-"""`avlformer infer`: caption every video in a folder and write COCO-format predictions and a confidence sidecar
-(``inference.predictions``).
+"""`avlformer infer`: caption every video in a folder and write COCO-format predictions and a confidence sidecar.
 
-Decoding settings default to the checkpoint's; flags override them. Every flag and path is checked before any
-video is decoded; a run that captioned fewer videos than it found exits 1 and names each one.
+Every flag and path is checked before any video is decoded; a run that captioned fewer videos than it found exits
+1 and names each one.
 """
 
 from __future__ import annotations
@@ -49,8 +48,8 @@ def check_run_flags(args: argparse.Namespace) -> None:
     """One-line ValueErrors for flag values no run can use (before a checkpoint is loaded)."""
     pipeline.check_loader_options(args.batch_size, args.num_workers)
     # The flags alone, before the checkpoint's settings are known (the limit set by the model comes later).
-    pipeline.merge_decoding(pipeline.DecodingOptions(), num_beams=args.num_beams, max_length=args.max_gen_length,
-                            length_penalty=args.length_penalty)
+    given = {"num_beams": args.num_beams, "max_length": args.max_gen_length, "length_penalty": args.length_penalty}
+    pipeline.DecodingOptions(**{name: value for name, value in given.items() if value is not None})
     resolve_device(args.device)
 
 
@@ -66,8 +65,8 @@ def main(args: argparse.Namespace) -> int:
         check_output_path(args.output, inputs=[args.eval_model_dir],
                           input_folders=[args.test_video_fname, *filter(None, [args.test_audio_fname])])
         loaded = pipeline.load_for_inference(args.eval_model_dir, args.device)
-        # The checkpoint's decoding settings overridden by the flags, checked against the model.
-        decoding = pipeline.decoding_for(loaded.config, args.num_beams, args.max_gen_length, args.length_penalty)
+        decoding = pipeline.checkpoint_decoding(loaded.config, args.num_beams, args.max_gen_length,
+                                                args.length_penalty)
     except (OSError, ValueError) as error:
         print(f"avlformer infer: {error}", file=sys.stderr)
         return 2

@@ -1,21 +1,10 @@
 """Captioning videos with a trained model: file -> model input -> caption, shared by `avlformer infer`,
-`avlformer caption` and the demo.
+`avlformer caption`, the Python API, `serve` and the demo.
 
-Inputs are built from **the checkpoint's preprocessing recipe** (``checkpoint_recipe``), by the very functions
-`avlformer prepare` uses (``data.clip_media``): the recipe's ``stored_frames`` frames at its ``short_side``, JPEG
-encoded at its quality, then ``transforms.clip_from_frames`` selects the model's ``num_frames`` and centre-crops
-to its ``image_size``, as the evaluation loader does with a frame TSV. Audio follows the recipe's rule
-(``<audio_dir>/<id>.mp3`` when given and usable, else the video's own audio, else silence) and is decoded by
-``audio.load_clip`` as the loader decodes the HDF5's mp3 bytes. A raw clip is therefore captioned from exactly
-the tensors the evaluation loader would give after `prepare` (docs/upstream.md §5 describes how the original
-instead resized frames differently at inference than in training). Evaluation never applies the training-time
-gain/roll augmentations, so the same input always gives the same caption.
-
-Decoding uses the checkpoint's own ``vocab.txt`` (``checkpoint_vocab_dir``).
-
-Predictions are identified by the clip id (``clip_ids.clip_id_from_path``: ``videos/test/abc.mp4`` -> ``abc``),
-the id of the FAVDBench captions files; each also keeps the path exactly as the caller spelled it, and its
-position in the caller's list, so a caller looks results up by position, never by a re-spelled path.
+Inputs are built from the checkpoint's recipe by the functions `avlformer prepare` uses, then selected and
+cropped as the evaluation loader does: the same tensors it would give after `prepare` (docs/upstream.md §5).
+Predictions carry the clip id (``videos/test/abc.mp4`` -> ``abc``), the path as the caller spelled it and its
+position in the caller's list, by which callers look results up.
 """
 
 from __future__ import annotations
@@ -51,21 +40,11 @@ VideoPath = str | os.PathLike
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the model expects (from its config) and how its training data was made (its recipe)."""
-
     num_frames: int
     image_size: int
     clip_samples: int
     sample_rate: int
     recipe: PreprocessRecipe
-
-
-def input_spec(config, recipe: PreprocessRecipe) -> InputSpec:
-    """The sizes the evaluation loader uses for this model (training's DataConfig takes the frame count and crop
-    from the model config and the audio rate and length from its audio config)."""
-    return InputSpec(num_frames=int(config.num_frames), image_size=int(config.image_size),
-                     clip_samples=int(config.audio.clip_samples), sample_rate=int(config.audio.sample_rate),
-                     recipe=recipe)
 
 
 @dataclass
@@ -123,13 +102,11 @@ def check_loader_options(batch_size: int, num_workers: int) -> None:
 
 
 def display_path(path: str) -> str:
-    """A path as one printable line: tabs, line breaks and backslashes escaped, undecodable bytes as \\xNN."""
+    """A path as one printable line: backslashes and unprintable characters escaped, undecodable bytes as \\xNN."""
     out = []
     for char in path:
         if char == "\\":
             out.append("\\\\")
-        elif char in "\t\n\r":
-            out.append({"\t": "\\t", "\n": "\\n", "\r": "\\r"}[char])
         elif "\udc80" <= char <= "\udcff":  # a byte os.fsdecode could not decode
             out.append(f"\\x{ord(char) - 0xdc00:02x}")
         elif not char.isprintable():
@@ -147,6 +124,15 @@ class VideoListing:
     problems: list[ClipFailure]   # entries named like videos that cannot be captioned
 
 
+def is_path(value) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+def video_label(video, index: int) -> str:
+    """A video path as given, or ``<frames N>`` for in-memory frames."""
+    return os.fspath(video) if is_path(video) else f"<frames {index}>"
+
+
 def not_a_video_file(path: Path) -> str | None:
     """Why ``path`` (named like a video) cannot be opened as one, or None."""
     problem = entry_problem(path)
@@ -155,7 +141,7 @@ def not_a_video_file(path: Path) -> str | None:
 
 def list_videos(folder: VideoPath) -> VideoListing:
     """Every video (by extension, any case) directly in ``folder``, sorted by name; entries named like videos that
-    are not readable files (broken links, folders) or whose name cannot be a clip id are listed as problems."""
+    are not readable files or whose name cannot be a clip id are listed as problems."""
     folder = Path(folder)
     if folder.is_file():
         raise ValueError(f"{display_path(str(folder))}: is a file, not a folder of videos (for single files use "
@@ -195,8 +181,7 @@ def load_frames(video: VideoPath, spec: InputSpec) -> tuple[torch.Tensor, float]
 
 def load_audio(video: VideoPath, mp3: Path | None, spec: InputSpec,
                video_seconds: float | None = None) -> tuple[torch.Tensor, str, list[str]]:
-    """(waveform (1, S), where it came from, warnings): the mp3 bytes prepare would store, decoded as the
-    evaluation loader decodes them."""
+    """(waveform (1, S), where it came from, warnings), as the evaluation loader decodes prepare's mp3."""
     found = clip_audio(video, mp3, spec.recipe, video_seconds=video_seconds)
     wave = audio_io.load_clip(found.mp3, clip_samples=spec.clip_samples, sample_rate=spec.sample_rate,
                               source=str(mp3 if found.source == "mp3" else video))
@@ -206,8 +191,7 @@ def load_audio(video: VideoPath, mp3: Path | None, spec: InputSpec,
 def load_clip_input(video: VideoPath, audio_dir: VideoPath | None, spec: InputSpec, index: int = 0, *,
                     mp3: Path | None = None, silence: bool = False) -> ClipInput:
     """One video's model input. Audio: ``mp3`` when given, else ``<audio_dir>/<id>.mp3`` when it exists, else
-    the video's own audio (the recipe's rule); ``silence`` replaces the soundtrack by zeros without decoding it
-    (the demo's ablation)."""
+    the video's own; ``silence``: zeros (the demo's ablation)."""
     path = Path(video)
     clip_id = clip_id_from_path(path)
     notes = []
@@ -240,16 +224,21 @@ class VideoFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.videos)
 
+    def load(self, index: int) -> ClipInput:
+        return load_clip_input(self.videos[index], self.audio_dir, self.spec, index, silence=self.silence_audio)
+
     def __getitem__(self, index: int) -> ClipInput | ClipFailure:
         video = self.videos[index]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # per-frame decode warnings are summarised by the failure report
-                return load_clip_input(video, self.audio_dir, self.spec, index, silence=self.silence_audio)
+                return self.load(index)
         except media.MediaError as error:
-            return ClipFailure(index, clip_id_from_path(video), os.fspath(video), error.reason)
-        except (ValueError, OSError, RuntimeError) as error:
-            return ClipFailure(index, clip_id_from_path(video), os.fspath(video), str(error))
+            reason = error.reason
+        except (ValueError, TypeError, OSError, RuntimeError) as error:
+            reason = str(error)
+        label = video_label(video, index)
+        return ClipFailure(index, clip_id_from_path(label) if is_path(video) else label, label, reason)
 
 
 def collate_clips(items: list[ClipInput | ClipFailure]) -> tuple[list[ClipInput], list[ClipFailure]]:
@@ -271,12 +260,16 @@ class LoadedModel:
 
     @property
     def spec(self) -> InputSpec:
-        return input_spec(self.config, self.recipe)
+        """The sizes the evaluation loader uses for this model."""
+        config = self.config
+        return InputSpec(num_frames=int(config.num_frames), image_size=int(config.image_size),
+                         clip_samples=int(config.audio.clip_samples), sample_rate=int(config.audio.sample_rate),
+                         recipe=self.recipe)
 
 
 def load_for_inference(checkpoint: VideoPath, device_name: str = "auto") -> LoadedModel:
-    """Our checkpoint folder, an upstream checkpoint folder, a released ``model.bin`` or a Hub model id
-    (``AVLFormer.from_pretrained``), with the recipe and the vocabulary it was trained with."""
+    """Our checkpoint folder, an upstream folder, a released ``model.bin`` or a Hub model id, with its recipe and
+    vocabulary."""
     from avlformer.hub import AVLFormer
 
     device = resolve_device(device_name)
@@ -284,8 +277,7 @@ def load_for_inference(checkpoint: VideoPath, device_name: str = "auto") -> Load
 
 
 def loaded_model(model, device: torch.device | None = None) -> LoadedModel:
-    """A ``hub.AVLFormer`` (anything with ``config``, ``recipe`` and ``vocab_dir``) ready to caption on
-    ``device`` (default: where its weights are)."""
+    """A ``hub.AVLFormer`` ready to caption on ``device`` (default: where its weights are)."""
     device = device or next(model.parameters()).device
     model.to(device).eval()
     vocab_dir = getattr(model, "vocab_dir", None)
@@ -293,20 +285,6 @@ def loaded_model(model, device: torch.device | None = None) -> LoadedModel:
                        recipe=getattr(model, "recipe", None) or PreprocessRecipe.paper(),
                        tokenizer=load_tokenizer(str(vocab_dir) if vocab_dir else None),
                        checkpoint=getattr(model, "source", None) or "(in memory)")
-
-
-def checkpoint_decoding(config) -> DecodingOptions:
-    """Decoding settings stored with the checkpoint (command-line flags override them)."""
-    return DecodingOptions(num_beams=int(getattr(config, "num_beams", 1) or 1),
-                           max_length=getattr(config, "max_gen_length", None),
-                           length_penalty=float(getattr(config, "length_penalty", 1.0)))
-
-
-def merge_decoding(base: DecodingOptions, num_beams: int | None = None, max_length: int | None = None,
-                   length_penalty: float | None = None) -> DecodingOptions:
-    return DecodingOptions(num_beams=base.num_beams if num_beams is None else num_beams,
-                           max_length=base.max_length if max_length is None else max_length,
-                           length_penalty=base.length_penalty if length_penalty is None else length_penalty)
 
 
 def check_decoding(decoding: DecodingOptions, config) -> None:
@@ -317,11 +295,13 @@ def check_decoding(decoding: DecodingOptions, config) -> None:
                          f"(text.max_position_embeddings); use 2..{limit}")
 
 
-def decoding_for(config, num_beams: int | None = None, max_length: int | None = None,
-                 length_penalty: float | None = None) -> DecodingOptions:
-    """The checkpoint's decoding settings, overridden where a value is given, checked against the model."""
-    decoding = merge_decoding(checkpoint_decoding(config), num_beams=num_beams, max_length=max_length,
-                              length_penalty=length_penalty)
+def checkpoint_decoding(config, num_beams: int | None = None, max_length: int | None = None,
+                        length_penalty: float | None = None) -> DecodingOptions:
+    """The decoding settings stored with the checkpoint, overridden where a value is given, checked against the
+    model."""
+    decoding = DecodingOptions(num_beams=config.num_beams if num_beams is None else num_beams,
+                               max_length=config.max_gen_length if max_length is None else max_length,
+                               length_penalty=config.length_penalty if length_penalty is None else length_penalty)
     check_decoding(decoding, config)
     return decoding
 
@@ -356,8 +336,7 @@ class CaptionRun:
 def caption_videos(loaded: LoadedModel, videos: Sequence[VideoPath], decoding: DecodingOptions, *,
                    audio_dir: VideoPath | None = None, batch_size: int = 8, num_workers: int = 0,
                    silence_audio: bool = False, progress: bool = True, desc: str = "caption") -> CaptionRun:
-    """Caption every video; unreadable ones are collected as failures and the rest still captioned.
-    ``silence_audio`` replaces every soundtrack with silence (the demo's ablation)."""
+    """Caption every video; unreadable ones are collected as failures and the rest still captioned."""
     dataset = VideoFolderDataset(videos, audio_dir, loaded.spec, silence_audio=silence_audio)
     run = CaptionRun(predictions=[], failures=[], warnings=[], decoding=decoding)
     with tqdm(total=len(dataset), desc=desc, unit="video", disable=not progress) as bar:
@@ -377,8 +356,8 @@ def caption_videos(loaded: LoadedModel, videos: Sequence[VideoPath], decoding: D
 
 def caption_dataset(loaded: LoadedModel, dataset: Dataset, decoding: DecodingOptions, *, batch_size: int = 8,
                     num_workers: int = 0) -> Iterator[tuple[list[ClipInput], list[Prediction], list[ClipFailure]]]:
-    """Caption a dataset of ClipInput / ClipFailure items batch by batch, yielding (inputs, their predictions,
-    failures) as each batch is done: the one captioning loop of `infer`, `caption`, the Python API and `serve`."""
+    """Caption a dataset of ClipInput / ClipFailure items, yielding (inputs, their predictions, failures) batch by
+    batch: the one captioning loop."""
     check_loader_options(batch_size, num_workers)
     check_decoding(decoding, loaded.config)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_clips,

@@ -1,7 +1,5 @@
-"""The files a captioning run writes, atomically: ``<output>`` (COCO ``[{"image_id", "caption"}]``) and
-``<output stem>.confidence.json`` (confidences, audio sources, decoding settings, failed videos).
-``check_output_path`` runs before captioning so a bad ``--output`` fails at once.
-"""
+"""The files a captioning run writes: ``<output>`` (COCO ``[{"image_id", "caption"}]``) and
+``<output stem>.confidence.json`` (confidences, audio sources, decoding settings, failed videos)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,9 @@
-"""The attention kernels every attention module of the model calls: ``softmax(q·kᵀ/√d + bias)·v``.
+"""The attention kernels every attention module of the model calls: ``softmax(q·kᵀ/√d + bias)·v``, chosen by the
+config's ``attn_implementation`` (as Hugging Face's flag of that name):
 
-A module computes its queries, keys, values and additive bias and hands them to :func:`attention` with its
-config's ``attn_implementation`` (as Hugging Face's flag of that name); the kernel is chosen here, once for the
-whole model:
-
-* ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``, except where SDPA has no fused kernel and would
-  fall back to its math path: fp32 on the CPU with gradients and attention dropout or a bias that needs a gradient
-  (the learned AV mask, Swin's relative position bias). There the blocked kernel of
-  :mod:`avlformer.modeling.cpu_attention` computes the same thing in cache-sized blocks.
+* ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``, except where SDPA would take its math path
+  (fp32 CPU training with dropout or a bias that needs a gradient): there the blocked kernel of
+  :mod:`avlformer.modeling.cpu_attention`.
 * ``"eager"``: the textbook matmul, softmax, dropout, matmul; the reference the others are tested against.
 """
 

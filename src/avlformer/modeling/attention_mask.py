@@ -6,9 +6,6 @@ fed to attention is ``-10000·(1-m)`` exactly as upstream, so soft learned value
 * text row i < text_len: text columns j <= i (causal), and every AV column;
 * padding text rows i >= text_len: nothing (all-zero row, as upstream; their outputs are never used);
 * AV rows: no text; AV columns through the learned mask σ(W) with diagonal 1 (all ones without a learned mask).
-
-Upstream shipped this as a dense int64 tensor per sample from the data loader; here it is built on the model's
-device from ``text_len``.
 """
 
 from __future__ import annotations
@@ -19,9 +16,8 @@ MASK_BIAS = -10000.0
 
 
 def learned_av_mask(weight: torch.Tensor, num_av_tokens: int, soft2hard: bool = False) -> torch.Tensor:
-    """``(V*V, 1)`` logits -> ``(V, V)`` mask: σ(W) off the diagonal, 1 on it (W's diagonal gets no gradient).
-
-    ``soft2hard`` thresholds at 0.5 (no gradient), upstream's ``--sparse_mask_soft2hard``."""
+    """``(V*V, 1)`` logits -> ``(V, V)`` mask: σ(W) off the diagonal, 1 on it; ``soft2hard`` thresholds at 0.5
+    (no gradient), upstream's ``--sparse_mask_soft2hard``."""
     expected = num_av_tokens * num_av_tokens
     if weight.shape != (expected, 1):
         raise ValueError(f"learn_vid_att weight has shape {tuple(weight.shape)}, expected ({expected}, 1) "
@@ -62,9 +58,8 @@ def build_attention_mask(text_len: torch.Tensor, max_text_len: int, num_av_token
 
 
 def mask_to_bias(mask: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Attention mask -> additive bias ``-10000·(1-m)``, shaped to broadcast over heads.
-
-    ``(B, N, N)`` (query x key) becomes ``(B, 1, N, N)``; a key-padding mask ``(B, N)`` becomes ``(B, 1, 1, N)``."""
+    """Attention mask ``(B, N, N)`` or key-padding mask ``(B, N)`` -> additive bias ``-10000·(1-m)``,
+    ``(B, 1, N, N)`` or ``(B, 1, 1, N)``."""
     if mask.dim() == 2:
         mask = mask[:, None, None, :]
     elif mask.dim() == 3:

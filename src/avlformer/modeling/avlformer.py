@@ -1,12 +1,9 @@
 """AVLFormer: a video encoder and an audio encoder feeding a text decoder, each a part chosen by ``type``
-(modeling/parts.py, docs/parts.md); the paper's are Video Swin, PaSST and a BERT-style transformer
-(docs/upstream.md §3.1, §9).
+(modeling/parts.py, docs/parts.md).
 
-Token order, projections and norms are upstream's, so released weights mean what they meant:
-``[text (L) ; video (encoder tokens, through the video projection) ; audio (encoder tokens, through the audio
-projection then a parameter-free RMS norm)]``. The AV→AV block of the attention mask is learned
-(``learn_vid_att``). Code outside modeling/ reaches the parts by role (``part``, ``projection``), never by
-attribute name.
+Token order, projections and norms are upstream's (docs/upstream.md §3.1): ``[text ; video (projected) ; audio
+(projected, then a parameter-free RMS norm)]``, with a learned AV→AV attention mask (``learn_vid_att``). Code
+outside modeling/ reaches the parts by role (``part``, ``projection``), never by attribute name.
 """
 
 from __future__ import annotations
@@ -28,18 +25,14 @@ from avlformer.json_files import read_json
 from avlformer.modeling.attention_mask import build_attention_mask, learned_av_mask, mask_to_bias, sparsity_loss
 from avlformer.modeling.generation import GenerationOutput, decoding, generate
 from avlformer.modeling.meta_device import build_on_meta
-from avlformer.modeling.parts import (ENCODER_ROLES, ROLES, describe_part, part_config_from_dict,
-                                     part_config_to_dict, type_of)
+from avlformer.modeling.parts import ROLES, describe_part, part_config_from_dict, part_config_to_dict, type_of
 from avlformer.modeling.passt import PasstConfig, rms_norm
 from avlformer.modeling.text_transformer import TextTransformerConfig
 from avlformer.modeling.video_swin import VideoSwinConfig
 
 FEATURE_KEYS = ("video_features", "audio_features")  # the batch keys forward reads instead of frames and audio
-CHECKPOINTABLE_PARTS = ROLES
-# docs/training.md, "Training speed and memory": at the paper size, Video Swin's activations are many GB, and
-# recomputing its first two stages block by block (VideoSwinConfig.checkpoint_stages) saves the most memory per
-# FLOP recomputed; PaSST's and the text model's activations are small next to the weights and optimizer state, so
-# recomputing them would cost time and save little.
+# Video Swin's activations dominate a paper-size step; PaSST's and the text model's are small next to the weights
+# and optimizer state (docs/training.md, "Training speed and memory").
 WORTH_CHECKPOINTING = ("video",)
 
 
@@ -47,7 +40,6 @@ WORTH_CHECKPOINTING = ("video",)
 class AVLFormerConfig:
     """Everything that defines an AVLFormer; saved as ``config.json`` with every checkpoint."""
 
-    # The parts' configs; their classes say which registered part type fills each role.
     video: Any = field(default_factory=VideoSwinConfig.base)
     audio: Any = field(default_factory=PasstConfig.paper)
     text: Any = field(default_factory=TextTransformerConfig.base)
@@ -94,7 +86,7 @@ class AVLFormerConfig:
 
     @classmethod
     def tiny(cls) -> "AVLFormerConfig":
-        """Nano encoders and text model: 8 frames of 64x64 (16 video tokens) + 1 s audio (19 tokens); CPU-fast."""
+        """Nano parts: 8 frames of 64x64 (16 video tokens) + 1 s audio (19 tokens)."""
         text = TextTransformerConfig.nano()
         text.img_feature_dim = 32
         return cls(video=VideoSwinConfig.nano(), audio=PasstConfig.nano(), text=text, num_frames=8, image_size=64,
@@ -147,7 +139,6 @@ class AVLFormerConfig:
             raise ValueError(f"{path}: {error}") from None
 
 
-# The model attribute of the projection the model builds for an encoder that carries none.
 PROJECTION_ATTRIBUTES = {"video": "fc", "audio": "audio_fc"}
 
 
@@ -156,8 +147,7 @@ class AVLFormer(nn.Module):
         super().__init__()
         self.config = config
         self._attributes = {role: type_of(role, getattr(config, role)).attribute for role in ROLES}
-        # Registration order = upstream's state_dict order (docs/upstream.md §3.1), which is also the parameter
-        # order that saved optimizer states follow.
+        # Upstream's state_dict order, which saved optimizer states follow.
         self._add_part("video")
         self._add_part("text")
         self._add_projection("video")
@@ -177,27 +167,23 @@ class AVLFormer(nn.Module):
             setattr(self, PROJECTION_ATTRIBUTES[role], nn.Linear(width, self.config.img_feature_dim))
 
     def part(self, role: str) -> nn.Module:
-        """The module playing ``role`` (``video``, ``audio`` or ``text``; modeling/parts.py has the contracts)."""
         return getattr(self, self._attributes[role])
 
     def projection(self, role: str) -> nn.Module:
-        """The projection from the ``role`` encoder's tokens to ``img_feature_dim``."""
         carried = getattr(self.part(role), "projection", None)
         return carried if carried is not None else getattr(self, PROJECTION_ATTRIBUTES[role])
 
     def load_part_weights(self, role: str, path: str) -> Any:
-        """Initialise the ``role`` part from its pretrained weights file or folder (its type's loader)."""
         entry = type_of(role, getattr(self.config, role))
         if entry.load_weights is None:
             raise ValueError(f"the {role} part type {entry.name!r} has no loader for pretrained weights")
         return entry.load_weights(self.part(role), path)
 
     def set_activation_checkpointing(self, parts=WORTH_CHECKPOINTING) -> None:
-        """Recompute the activations of exactly ``parts`` (of ``CHECKPOINTABLE_PARTS``) in backward; ``()`` turns
-        checkpointing off everywhere. Only training-mode forwards with gradients recompute."""
-        unknown = sorted(set(parts) - set(CHECKPOINTABLE_PARTS))
+        """Recompute in backward the activations of exactly ``parts``; ``()`` turns checkpointing off."""
+        unknown = sorted(set(parts) - set(ROLES))
         if unknown:
-            raise ValueError(f"activation checkpointing: unknown parts {unknown}; choose from {CHECKPOINTABLE_PARTS}")
+            raise ValueError(f"activation checkpointing: unknown parts {unknown}; choose from {ROLES}")
         for role in ROLES:
             self.part(role).set_gradient_checkpointing(role in parts)
 
@@ -208,16 +194,14 @@ class AVLFormer(nn.Module):
         return self.project_av(*self.encoder_outputs(frames, audio))
 
     def encoder_outputs(self, frames: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoders' own outputs, before the trainable projections: (B, Nv, video.token_width) and
-        (B, Na, audio.token_width). ``avlformer extract-features`` caches exactly these."""
+        """The encoders' outputs before the projections (what ``extract-features`` caches): (B, Nv, video width)
+        and (B, Na, audio width)."""
         self._check_av_inputs(frames, audio)
-        # Each part and projection through its forward(), where FSDP2 gathers its parameters
-        # (training/distributed.py).
+        # Through each part's forward(), where FSDP2 gathers its parameters (training/distributed.py).
         return self.part("video")(frames_for_model(frames)), self.part("audio")(audio)
 
     def project_av(self, video: torch.Tensor, sound: torch.Tensor) -> torch.Tensor:
-        """Encoder outputs (``encoder_outputs``, live or cached) -> AV tokens: the video projection; the audio
-        projection then the RMS norm."""
+        """Encoder outputs (live or cached) -> AV tokens."""
         return torch.cat([self.projection("video")(video), rms_norm(self.projection("audio")(sound))], dim=1)
 
     def _check_av_inputs(self, frames: torch.Tensor, audio: torch.Tensor) -> None:
@@ -243,9 +227,9 @@ class AVLFormer(nn.Module):
     # ------------------------------------------------------------------------------------------- training
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Training losses for a collated batch (docs/architecture.md): loss, lm_loss, mlm_loss, sparsity_loss,
-        mlm_accuracy. LM targets are ``target_ids`` shifted left (original tokens); MLM targets are
-        ``target_ids`` at ``masked_pos``. A prefix-LM decoder (``is_prefix_lm``: a causal LM) computes the LM
-        loss in its own forward; the MLM and sparsity terms are then zero."""
+        mlm_accuracy. LM targets are ``target_ids`` shifted left; MLM targets are ``target_ids`` at
+        ``masked_pos``. A prefix-LM decoder (``is_prefix_lm``) computes its LM loss itself; MLM and sparsity are
+        then zero."""
         input_ids, target_ids, masked_pos, text_len = self._checked_text(batch)
         av_tokens = self.batch_av_tokens(batch)
         if getattr(self.part("text"), "is_prefix_lm", False):
@@ -279,15 +263,13 @@ class AVLFormer(nn.Module):
                 "mlm_accuracy": accuracy}
 
     def batch_av_tokens(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """The AV tokens of a batch: from its frames and audio, or from cached encoder outputs
-        (``train --features``), in which case the encoders do not run."""
+        """The AV tokens of a batch: from its frames and audio, or from cached encoder outputs."""
         if FEATURE_KEYS[0] in batch:
             return self.project_av(batch[FEATURE_KEYS[0]], batch[FEATURE_KEYS[1]])
         return self.encode_av(batch["frames"], batch["audio"])
 
     def sparsity_term(self, like: torch.Tensor) -> torch.Tensor:
-        """The learned mask's sparsity loss (unweighted; zero, shaped like a scalar of ``like``, without the
-        learned mask)."""
+        """The learned mask's unweighted sparsity loss (zero without one)."""
         if not self.config.learn_mask_enabled:
             return like.new_zeros((), dtype=torch.float32)
         return sparsity_loss(self.learn_vid_att.weight, self.config.num_av_tokens)
@@ -314,8 +296,8 @@ class AVLFormer(nn.Module):
     def generate(self, frames: torch.Tensor, audio: torch.Tensor, num_beams: int | None = None,
                  max_length: int | None = None, length_penalty: float | None = None,
                  use_cache: bool = True) -> GenerationOutput:
-        """Captions as token ids (B, max_length) after [CLS], ending in [SEP] then [PAD], plus confidences.
-        Defaults come from the config (max_gen_length, num_beams, length_penalty)."""
+        """Captions as token ids (B, max_length) after [CLS], ending in [SEP] then [PAD], plus confidences;
+        defaults from the config."""
         cfg = self.config
         with decoding(self):
             av_tokens = self.encode_av(frames, audio)
@@ -326,9 +308,8 @@ class AVLFormer(nn.Module):
 
 
 def describe_model(config: AVLFormerConfig) -> str:
-    """One line saying what ``AVLFormer(config)`` is and what it costs, computed on the meta device (nothing is
-    allocated), e.g. ``AVLFormer: Swin-B, PaSST-S, 12-layer text transformer, 32 frames at 224 px: 308.8 M
-    parameters, 1235 MB fp32`` for the paper model."""
+    """One line saying what ``AVLFormer(config)`` is and costs, e.g. ``AVLFormer: Swin-B, PaSST-S, 12-layer text
+    transformer, 32 frames at 224 px: 308.8 M parameters, 1235 MB fp32`` (built on the meta device)."""
     model = build_on_meta(lambda: AVLFormer(config))
     parameters = sum(p.numel() for p in model.parameters())
     names = ", ".join(describe_part(role, getattr(config, role)) for role in ROLES)

@@ -1,18 +1,14 @@
 """Model checkpoints: our folder format, upstream checkpoint folders and the released ``model.bin``.
 
-Our format is a folder with ``model.safetensors`` (weights), ``config.json`` (``AVLFormerConfig.to_dict()``),
-``preprocessor_config.json`` (the preprocessing recipe) and ``vocab.txt``; it is written into a temporary sibling
-folder and renamed into place, so a reader never sees half a checkpoint. Upstream files are read with
-``torch.load(weights_only=True)``: nothing is ever unpickled beyond tensors and plain containers.
+Our format is a folder with ``model.safetensors``, ``config.json`` (``AVLFormerConfig.to_dict()``),
+``preprocessor_config.json`` (the recipe) and ``vocab.txt``, replaced atomically. Upstream files are read with
+``torch.load(weights_only=True)``. The model is built on the meta device and takes the file's tensors by
+assignment (modeling/meta_device.py), after the config is checked against the weights' names and shapes (for our
+folders, the safetensors header), so a crafted ``config.json`` is refused before anything is built.
 
-Loading costs what reading the file costs: the model is built on the meta device (no memory, no random
-initialisation) and receives the file's tensors by assignment (modeling/meta_device.py). The configuration is
-checked against the weights before anything is built for real: against the safetensors header (names and
-shapes, no tensor read) for our folders, so a crafted ``config.json`` (100000 layers) is refused at once.
-
-Loading is all-or-nothing: missing, unexpected or misshaped keys raise an error that lists them. The only keys
-upstream saved that we do not use (``cls_img_feat.*``, ``bert.pooler.*``, PaSST's ``head.0.*``, the Swin
-``relative_position_index`` buffers, which are recomputed and checked) are dropped by name and reported.
+Loading is all-or-nothing: missing, unexpected or misshaped keys raise an error listing them. Upstream keys we do
+not use (``cls_img_feat.*``, ``bert.pooler.*``, PaSST's ``head.0.*``, the Swin ``relative_position_index``
+buffers, recomputed and checked) are dropped by name and reported.
 """
 
 from __future__ import annotations
@@ -36,7 +32,8 @@ from avlformer.json_files import read_json
 from avlformer.modeling import passt as passt_module
 from avlformer.modeling import video_swin as video_swin_module
 from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
-from avlformer.modeling.meta_device import TooManyTensors, build_on_meta, load_by_assignment, state_shapes
+from avlformer.modeling.meta_device import (CheckpointMismatchError, TooManyTensors, build_on_meta, check_state_dict,
+                                           load_by_assignment, state_shapes)
 from avlformer.modeling.passt import PasstConfig
 from avlformer.modeling.text_transformer import TextTransformerConfig
 from avlformer.modeling.video_swin import VideoSwinConfig
@@ -50,16 +47,11 @@ UPSTREAM_WEIGHTS_NAME = "model.bin"
 UPSTREAM_UNUSED_PREFIXES = ("trans_encoder.cls_img_feat.", "trans_encoder.bert.pooler.", "passt.net.head.0.")
 
 
-class CheckpointMismatchError(ValueError):
-    """A state dict does not fit the model; the message lists every missing, unexpected and misshaped key."""
-
-
 # ------------------------------------------------------------------------------------------------ saving
 def save_checkpoint(folder: str | os.PathLike, model: AVLFormer, config: AVLFormerConfig,
                     recipe: PreprocessRecipe, extra_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
-    """Write ``folder`` = model.safetensors + config.json + preprocessor_config.json (``recipe``, the
-    preprocessing of the data the model was trained on) + vocab.txt (+ ``extra_files``: name -> source path,
-    copied in; a ``vocab.txt`` there replaces the default vocabulary). Replaces an existing folder atomically."""
+    """Write (atomically replace) ``folder``; ``extra_files``: name -> source path, copied in (a ``vocab.txt``
+    there replaces the default vocabulary)."""
     with atomic_folder(folder) as staging:
         write_checkpoint_files(staging, model.state_dict(), config, recipe, extra_files)
     return Path(folder)
@@ -68,8 +60,8 @@ def save_checkpoint(folder: str | os.PathLike, model: AVLFormer, config: AVLForm
 def write_checkpoint_files(folder: Path, state_dict: Mapping[str, torch.Tensor], config: AVLFormerConfig,
                            recipe: PreprocessRecipe, extra_files: Mapping[str, str | os.PathLike] | None = None,
                            vocab_dir: str | os.PathLike | None = None) -> None:
-    """The files of a checkpoint, written into an existing (staging) folder; callers make the folder atomic.
-    ``vocab_dir``: the folder of the vocabulary the model was trained with (default: the shipped one)."""
+    """The files of a checkpoint, into an existing staging folder. ``vocab_dir``: the model's vocabulary
+    (default: the shipped one)."""
     weights, stored = {}, set()
     for name, tensor in state_dict.items():
         # A tied tensor (a causal LM's input and output embeddings) appears under both names; safetensors stores
@@ -97,12 +89,9 @@ def write_checkpoint_files(folder: Path, state_dict: Mapping[str, torch.Tensor],
 # ------------------------------------------------------------------------------------------------ loading
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", strict: bool = True, *,
                model_class: type[AVLFormer] = AVLFormer) -> tuple[AVLFormer, AVLFormerConfig]:
-    """Load our checkpoint folder, an upstream checkpoint folder (``model.bin``, config from ``../log/args.json``)
-    or a bare released ``model.bin`` (paper config unless ``../log/args.json`` exists beside it).
-
-    ``strict=False`` loads despite missing or unexpected keys, logging them as a warning; misshaped keys always
-    raise. ``model_class``: the AVLFormer subclass to build (``avlformer.hub.AVLFormer`` adds the Hub
-    methods)."""
+    """Load our checkpoint folder, an upstream folder or a released ``model.bin`` (config from
+    ``../log/args.json`` when it exists, else the paper's). ``strict=False`` tolerates missing or unexpected keys
+    (logged), never misshaped ones. ``model_class``: the AVLFormer subclass to build."""
     path = Path(path)
     if path.is_dir():
         if (path / WEIGHTS_NAME).is_file():
@@ -130,17 +119,14 @@ def checkpoint_folder(path: str | os.PathLike) -> tuple[Path, bool]:
 
 
 def checkpoint_recipe(path: str | os.PathLike) -> PreprocessRecipe:
-    """The preprocessing recipe a checkpoint was trained with (its ``preprocessor_config.json``); the released
-    ``model.bin`` and upstream folders follow the paper recipe; our older checkpoints without a recipe load with a
-    warning naming the paper recipe as the assumption."""
+    """The checkpoint's ``preprocessor_config.json``; released/upstream ones (and, with a warning, our older
+    ones without a recipe) get the paper recipe."""
     folder, released = checkpoint_folder(path)
     return recipe_for_checkpoint(folder, released=released)
 
 
 def checkpoint_vocab_dir(path: str | os.PathLike) -> Path:
-    """The folder of the vocabulary decoding must use: the checkpoint's own ``vocab.txt`` (or a causal LM's own
-    tokenizer files) when it has one, else
-    the bert-base-uncased vocabulary shipped with the package (released and upstream checkpoints)."""
+    """The checkpoint's own ``vocab.txt`` (or causal LM tokenizer) folder, else the shipped bert-base-uncased."""
     from avlformer.data.causal_tokenizer import is_hf_tokenizer_folder
 
     folder, _ = checkpoint_folder(path)
@@ -165,7 +151,9 @@ def _load_upstream(weights_path: Path, device, strict: bool, model_class: type[A
         args_path = None
         config = AVLFormerConfig.paper()
         logger.info("%s: no ../log/args.json, assuming the paper configuration", weights_path)
-    state_dict = read_upstream_state_dict(weights_path)  # memory-mapped: no tensor is read yet
+    state_dict = read_weights_file(weights_path, "upstream model.bin")  # memory-mapped: no tensor is read yet
+    if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f"{weights_path}: expected a plain state dict (name -> tensor), found non-tensor values")
     model = _build_meta_model(config, len(state_dict), args_path or "the paper configuration", weights_path,
                               model_class)
     try:
@@ -177,18 +165,9 @@ def _load_upstream(weights_path: Path, device, strict: bool, model_class: type[A
     return _with_weights(model, config, converted, missing, device, model_class), config
 
 
-def read_upstream_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)``: tensors and plain containers only, no arbitrary objects."""
-    content = read_weights_file(path, "upstream model.bin")
-    if not all(isinstance(v, torch.Tensor) for v in content.values()):
-        raise ValueError(f"{path}: expected a plain state dict (name -> tensor), found non-tensor values")
-    return dict(content)
-
-
 def _build_meta_model(config: AVLFormerConfig, file_tensors: int, config_source, weights_path: Path,
                       model_class: type[AVLFormer] = AVLFormer) -> AVLFormer:
-    # A model far larger than the file (a crafted config) is stopped while it is being built; the slack covers
-    # the non-persistent buffers, which are registered but never stored.
+    # The slack covers non-persistent buffers, registered but never stored.
     limit = 2 * file_tensors + 64
     try:
         return build_on_meta(lambda: model_class(config), max_tensors=limit)
@@ -199,7 +178,6 @@ def _build_meta_model(config: AVLFormerConfig, file_tensors: int, config_source,
 
 
 def _check_against(given: Mapping[str, Any], model: AVLFormer, strict: bool, source: Path) -> list[str]:
-    """check_state_dict against ``model``'s state dict, naming ``source``; returns the missing names."""
     try:
         missing, unexpected = check_state_dict(given, state_shapes(model), strict)
     except CheckpointMismatchError as error:
@@ -211,9 +189,8 @@ def _check_against(given: Mapping[str, Any], model: AVLFormer, strict: bool, sou
 
 def _with_weights(meta_model: AVLFormer, config: AVLFormerConfig, state_dict: Mapping[str, torch.Tensor],
                   missing: list[str], device, model_class: type[AVLFormer] = AVLFormer) -> AVLFormer:
-    """The model holding ``state_dict`` (already checked against it) on ``device``: the meta-built one by
-    assignment, or, when a non-strict load left tensors ``missing`` (they need their usual initialisation), a
-    normally built one."""
+    """The model holding the checked ``state_dict`` on ``device``: the meta-built one by assignment, or a
+    normally initialised one when a non-strict load left tensors ``missing``."""
     expected = meta_model.state_dict()
     kept = {name: tensor for name, tensor in state_dict.items() if name in expected}
     if missing:
@@ -227,44 +204,21 @@ def _with_weights(meta_model: AVLFormer, config: AVLFormerConfig, state_dict: Ma
             retie()
     if torch.device(device).type != "cpu":
         return model.to(device)
-    # Assigned tensors live in the memory-mapped file, in 4 KB page-cache pages; a copy in process memory gets
-    # huge pages. Decoding streams every weight once per step, which is slower from the mapping than from the
-    # copy (benchmarks/RESULTS.md, caption_e2e); the copy is made once per load.
+    # Assigned tensors live in the memory-mapped file's 4 KB page-cache pages; decoding streams every weight each
+    # step, faster from a copy in process memory (huge pages; benchmarks/RESULTS.md, caption_e2e).
     with torch.no_grad():
         for tensor in chain(model.parameters(), model.buffers()):
             tensor.data = tensor.data.clone()
     return model
 
 
-def check_state_dict(state_dict: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]],
-                     strict: bool = True) -> tuple[list[str], list[str]]:
-    """Compare names and shapes (values are tensors or shapes); raise listing every problem (misshaped always,
-    missing/unexpected when strict). Returns (missing, unexpected)."""
-    given = {name: tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(value)
-             for name, value in state_dict.items()}
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    misshaped = sorted(f"{name} (file {list(shape)}, model {list(expected[name])})"
-                       for name, shape in given.items() if name in expected and shape != expected[name])
-    if misshaped or (strict and (missing or unexpected)):
-        raise CheckpointMismatchError(_problem_report(missing if strict else [], unexpected if strict else [],
-                                                      misshaped))
-    return missing, unexpected
-
-
-def _problem_report(missing, unexpected, misshaped) -> str:
-    parts = [f"{label} ({len(keys)}): {', '.join(keys)}" for label, keys in
-             (("missing keys", missing), ("unexpected keys", unexpected), ("misshaped keys", misshaped)) if keys]
-    return "state dict does not match the model: " + "; ".join(parts)
-
-
 # ------------------------------------------------------------------------------------------------ upstream
 def convert_upstream_state_dict(state_dict: Mapping[str, torch.Tensor], config: AVLFormerConfig,
                                 strict: bool = True, expected: Mapping[str, tuple[int, ...]] | None = None
                                 ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Upstream ``VideoTransformer`` state dict -> (our state dict, dropped keys). Swin and PaSST keys go through
-    their encoders' converters; unused heads are dropped by name; anything else must match ``expected`` (the
-    state-dict shapes of ``AVLFormer(config)``, computed on the meta device when not given) exactly."""
+    """Upstream ``VideoTransformer`` state dict -> (ours, dropped keys): Swin and PaSST keys through their
+    encoders' converters, unused heads dropped, the rest checked against ``expected`` (default: the shapes of
+    ``AVLFormer(config)``)."""
     swin_part, passt_part, converted, dropped, problems = {}, {}, {}, [], []
     for name, tensor in state_dict.items():
         if name.startswith(UPSTREAM_UNUSED_PREFIXES):
@@ -275,7 +229,6 @@ def convert_upstream_state_dict(state_dict: Mapping[str, torch.Tensor], config: 
             passt_part[name.removeprefix("passt.")] = tensor
         else:
             converted[name] = tensor
-    # (our key prefix, prefix the converter's input keys were stripped of, keys, converter module, its config)
     for prefix, stripped, part, module, sub_config in (
             ("swin.", "swin.", swin_part, video_swin_module, config.video),
             ("passt.net.", "passt.", passt_part, passt_module, config.audio)):
@@ -301,72 +254,54 @@ def convert_upstream_state_dict(state_dict: Mapping[str, torch.Tensor], config: 
 
 
 def config_from_upstream_args(args: Mapping[str, Any], source: str = "args.json") -> AVLFormerConfig:
-    """Upstream ``log/args.json`` -> our config. Only arguments that change the architecture or decoding matter;
-    missing ones take upstream's parser defaults, except ``learn_mask_enabled`` (upstream cannot run without it,
-    docs/upstream.md §2.6) and the loss weights of run.sh. A value of the wrong type is an error naming
-    ``source`` and the argument (argparse wrote ints and bools; their spellings as strings are accepted)."""
+    """Upstream ``log/args.json`` -> our config. Missing arguments take upstream's parser defaults, except
+    ``learn_mask_enabled`` (docs/upstream.md §2.6) and run.sh's loss weights; a mistyped one is an error naming
+    ``source`` and the argument."""
     if not isinstance(args, Mapping):
         raise ValueError(f"{source}: expected a JSON object of upstream arguments, got {type(args).__name__}")
     try:
-        return _config_from_args(_UpstreamArgs(args))
+        return _config_from_args(args)
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
 
 
-def _config_from_args(arg: "_UpstreamArgs") -> AVLFormerConfig:
-    size = arg.text("vidswin_size", "base")
+def _parse_text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise argparse.ArgumentTypeError(value)
+    return value
+
+
+_ARG_KINDS = {int: (parse_int, "an integer"), float: (parse_float, "a number"), bool: (parse_bool, "true or false"),
+              str: (_parse_text, "a string")}
+
+
+def _config_from_args(args: Mapping[str, Any]) -> AVLFormerConfig:
+    def arg(name: str, default):
+        """A typed read of one upstream argument; the error names it (the caller adds the file)."""
+        parse, expected = _ARG_KINDS[type(default)]
+        value = args.get(name, default)
+        try:
+            return parse(value)
+        except argparse.ArgumentTypeError:
+            raise ValueError(f"{name} must be {expected}, got {value!r}") from None
+
+    size = arg("vidswin_size", "base")
     presets = {"tiny": VideoSwinConfig.tiny, "small": VideoSwinConfig.small, "base": VideoSwinConfig.base}
     if size not in presets:
         raise ValueError(f"unknown vidswin_size {size!r} (expected one of {sorted(presets)})")
-    img_feature_dim = arg.integer("img_feature_dim", 512)
-    text = TextTransformerConfig(img_feature_dim=img_feature_dim, hidden_dropout=arg.number("drop_out", 0.1))
+    img_feature_dim = arg("img_feature_dim", 512)
+    text = TextTransformerConfig(img_feature_dim=img_feature_dim, hidden_dropout=arg("drop_out", 0.1))
     for ours, theirs in (("num_layers", "num_hidden_layers"), ("hidden_size", "hidden_size"),
                          ("num_heads", "num_attention_heads"), ("intermediate_size", "intermediate_size")):
-        value = arg.integer(theirs, -1)
+        value = arg(theirs, -1)
         if value > 0:  # upstream: -1 keeps bert-base
             setattr(text, ours, value)
     text = TextTransformerConfig.from_dict(text.to_dict())  # re-validate after the overrides
     return AVLFormerConfig(
         video=presets[size](), audio=PasstConfig(out_dim=img_feature_dim), text=text,
-        num_frames=arg.integer("max_num_frames", 32), image_size=arg.integer("img_res", 224),
-        img_feature_dim=img_feature_dim,
-        learn_mask_enabled=arg.boolean("learn_mask_enabled", True),
-        sparse_mask_soft2hard=arg.boolean("sparse_mask_soft2hard", False),
-        lm_loss_weight=arg.number("lambda_", 0.1),
-        sparsity_loss_weight=arg.number("loss_sparse_w", 0.5),
-        max_seq_length=arg.integer("max_seq_length", 300),
-        max_gen_length=arg.integer("max_gen_length", 115),
-        num_beams=arg.integer("num_beams", 1),
-        length_penalty=arg.number("length_penalty", 1.0))
-
-
-class _UpstreamArgs:
-    """Typed reads of upstream's args.json; every error names the argument (its caller adds the file)."""
-
-    def __init__(self, args: Mapping[str, Any]):
-        self.args = args
-
-    @staticmethod
-    def _fail(name: str, expected: str, value: Any) -> ValueError:
-        return ValueError(f"{name} must be {expected}, got {value!r}")
-
-    def _converted(self, name: str, default, parse, expected: str):
-        try:
-            return parse(self.args.get(name, default))
-        except argparse.ArgumentTypeError:
-            raise self._fail(name, expected, self.args.get(name, default)) from None
-
-    def integer(self, name: str, default: int) -> int:
-        return self._converted(name, default, parse_int, "an integer")
-
-    def number(self, name: str, default: float) -> float:
-        return self._converted(name, default, parse_float, "a number")
-
-    def boolean(self, name: str, default: bool) -> bool:
-        return self._converted(name, default, parse_bool, "true or false")
-
-    def text(self, name: str, default: str) -> str:
-        value = self.args.get(name, default)
-        if isinstance(value, str):
-            return value
-        raise self._fail(name, "a string", value)
+        num_frames=arg("max_num_frames", 32), image_size=arg("img_res", 224), img_feature_dim=img_feature_dim,
+        learn_mask_enabled=arg("learn_mask_enabled", True),
+        sparse_mask_soft2hard=arg("sparse_mask_soft2hard", False),
+        lm_loss_weight=arg("lambda_", 0.1), sparsity_loss_weight=arg("loss_sparse_w", 0.5),
+        max_seq_length=arg("max_seq_length", 300), max_gen_length=arg("max_gen_length", 115),
+        num_beams=arg("num_beams", 1), length_penalty=arg("length_penalty", 1.0))

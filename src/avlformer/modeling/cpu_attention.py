@@ -1,18 +1,14 @@
 """Attention with an additive bias for fp32 training on the CPU, computed block by block in cache.
 
-PyTorch's fused CPU attention kernels take neither dropout nor a bias that needs a gradient (the learned AV mask,
-Video Swin's relative position bias), so SDPA falls back to a math path that writes, rereads and rewrites every
-(query x key) score tensor in memory several times: the product, each bias, the softmax, a float dropout mask,
-the dropped probabilities. At the paper size those tensors are 2.4 GB per Swin forward and 116 MB per text
-layer, and the passes over them, not the products, set the cost (docs/training.md, "Training speed and
-memory"). Here the scores of a block of at most ``BLOCK_SCORES`` elements are computed, biased, soft-maxed and
-dropped while they are in cache; only the probabilities and a one-byte dropout mask reach memory, once, for
-backward, whose blocks work the same way.
+PyTorch's fused CPU kernels take neither dropout nor a bias that needs a gradient (the learned AV mask, Swin's
+relative position bias), so SDPA falls back to a math path that writes every (query x key) score tensor to memory
+several times. Here a block of at most ``BLOCK_SCORES`` scores is biased, soft-maxed and dropped in cache; only
+the probabilities and a one-byte dropout mask reach memory, for backward (benchmarks/RESULTS.md,
+attention_kernel: the paper training step's peak memory against SDPA).
 
-Dropout draws come from numpy's PCG64 seeded by one draw of torch's generator per call: ``torch.manual_seed``
-still reproduces a run, and the draws are several times cheaper than torch's CPU ``bernoulli_`` (a serial
-Mersenne Twister). The draws therefore differ from ``F.dropout``'s; the kept fraction is
-``1 - p`` to within 2^-32, and kept values are scaled by ``1 / (1 - p)`` as ``F.dropout`` scales them.
+Dropout draws come from numpy's PCG64 seeded by one draw of torch's generator per call (cheaper than torch's CPU
+``bernoulli_``; ``torch.manual_seed`` still reproduces a run): they differ from ``F.dropout``'s, the kept
+fraction is ``1 - p`` to within 2^-32 and kept values are scaled by ``1 / (1 - p)``.
 """
 
 from __future__ import annotations
@@ -22,17 +18,15 @@ import itertools
 import numpy as np
 import torch
 
-# Score elements per block (4 MiB of fp32): measured from 2^17 to 2^22 on the paper shapes, smaller blocks pay
-# more per-block overhead than they save in cache traffic, larger ones gain nothing more.
+# Score elements per block (4 MiB of fp32): smaller blocks pay more per-block overhead than they save, larger
+# ones gain nothing more (docs/training.md).
 BLOCK_SCORES = 1 << 20
 _UINT32_RANGE = 1 << 32
 
 
 def uses_biased_attention(query: torch.Tensor, bias: torch.Tensor | None, dropout_p: float = 0.0) -> bool:
-    """Whether attention on ``query`` goes through :func:`biased_attention` rather than SDPA: fp32 on the CPU,
-    with gradients, where SDPA would fall back to its math path (dropout, or a bias that needs a gradient).
-    CUDA's memory-efficient SDPA kernel takes such a bias, and SDPA's math path computes half-precision inputs in
-    fp32, which :func:`biased_attention` does not."""
+    """Whether attention on ``query`` goes through :func:`biased_attention`: fp32 on the CPU with gradients, where
+    SDPA would take its math path (dropout, or a bias that needs a gradient)."""
     falls_back = dropout_p > 0 or (bias is not None and bias.requires_grad)
     return (torch.is_grad_enabled() and falls_back and query.device.type == "cpu"
             and query.dtype == torch.float32)
@@ -40,11 +34,9 @@ def uses_biased_attention(query: torch.Tensor, bias: torch.Tensor | None, dropou
 
 def biased_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None,
                      dropout_p: float = 0.0) -> torch.Tensor:
-    """``softmax(q·kᵀ/√d + bias)``, dropout, ``·v``, with gradients for q, k, v and ``bias``.
-
-    ``query`` is ``(..., Nq, d)``, ``key``/``value`` ``(..., Nk, d)`` with the same leading dims (at least one);
-    ``bias`` (which may need a gradient) broadcasts to ``(..., Nq, Nk)``.
-    Equals SDPA's math path within fp32 rounding when ``dropout_p`` is 0 (tests/test_train_speed_paths.py)."""
+    """``softmax(q·kᵀ/√d + bias)``, dropout, ``·v``, with gradients for q, k, v and ``bias``: ``query``
+    ``(..., Nq, d)``, ``key``/``value`` ``(..., Nk, d)`` with the same leading dims (at least one), ``bias``
+    broadcastable to ``(..., Nq, Nk)``. Equals SDPA's math path within fp32 rounding without dropout."""
     if query.dim() < 3 or key.shape[:-2] != query.shape[:-2] or value.shape[:-1] != key.shape[:-1]:
         raise ValueError(f"biased_attention: query {tuple(query.shape)}, key {tuple(key.shape)} and value "
                          f"{tuple(value.shape)} need the same leading dims and matching key/value lengths")
@@ -54,9 +46,8 @@ def biased_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
 
 
 class KeepDraws:
-    """One call's dropout draws: a stream of uint32s (numpy's PCG64 raw output, two per 64-bit word, seeded by one
-    draw of torch's generator), each kept when at or above ``p·2^32``. The stream runs through the blocks in
-    memory order, so the mask is the same whatever the block size."""
+    """One call's dropout draws: uint32s (PCG64's raw output, two per 64-bit word), each kept when at or above
+    ``p·2^32``, in memory order through the blocks, so the mask is the same whatever the block size."""
 
     def __init__(self, dropout_p: float):
         self.bits = np.random.PCG64(int(torch.randint(0, 2**62, ())))
@@ -94,8 +85,7 @@ class _Blocks:
         self.largest = min(self.head_step, self.heads) * min(self.row_step, self.rows) * num_keys
 
     def scratch(self, like: torch.Tensor) -> torch.Tensor:
-        """A buffer for any one block's scores, reused by every block: allocating score-sized temporaries per
-        block would fault in fresh pages for each."""
+        """A buffer for any one block's scores, reused by every block (fresh temporaries would fault in pages)."""
         return like.new_empty(self.largest)
 
     def __iter__(self):
@@ -111,8 +101,7 @@ class _Blocks:
         return tensor.reshape((1,) * (self.lead_dims + 2 - tensor.dim()) + tuple(tensor.shape))
 
     def operand(self, padded: torch.Tensor, outer, heads: slice, rows: slice) -> torch.Tensor:
-        """A block of a :meth:`padded` tensor: its own index where a dim is real, index 0 where it is broadcast
-        (size 1), so the result broadcasts over the block's ``(heads, rows, keys)``."""
+        """A block of a :meth:`padded` tensor, broadcasting over the block's ``(heads, rows, keys)``."""
         index = tuple(i if size != 1 else 0 for i, size in zip(outer, padded.shape))
         head_dim, row_dim = padded.shape[-3], padded.shape[-2]
         return padded[index][heads if head_dim != 1 else slice(0, 1), rows if row_dim != 1 else slice(0, 1)]

@@ -1,16 +1,12 @@
 """Caption decoding with upstream's ``[MASK]``-append semantics (docs/upstream.md §3.7): greedy and beam search.
 
-Each step the model sees ``[CLS] t1 … t_{c-1} [MASK]`` (text positions 0..c) plus the AV tokens, and the logits at
-the ``[MASK]`` position choose token c. Both ways to get those logits run the decoder's own forward:
+Each step the model sees ``[CLS] t1 … t_{c-1} [MASK]`` plus the AV tokens; the logits at ``[MASK]`` choose token
+c. Both steppers run the decoder's own forward and give identical ids:
 
-* :class:`ReforwardStepper` re-runs the whole sequence every step, as upstream did. It is the reference.
-* :class:`CachedStepper` passes a :class:`~avlformer.modeling.kv_cache.KVCache`: the AV keys/values are computed
-  once per video (AV tokens never attend to text) and shared by its beams; text is causal, so a position's
-  keys/values never change once it holds its final token. The position that held ``[MASK]`` at step c holds the
-  chosen token at step c+1, so each step feeds two tokens: the real token at c-1 (whose keys/values are kept) and
-  a fresh ``[MASK]`` at c (whose slot the next step overwrites). Only the ``[MASK]`` row goes through the LM head.
-
-Both produce identical token ids (tests check it); the decoding loops below do not know which one they drive.
+* :class:`ReforwardStepper` re-runs the whole sequence every step, as upstream did: the reference.
+* :class:`CachedStepper` passes a :class:`~avlformer.modeling.kv_cache.KVCache` (AV keys/values once per video,
+  shared by its beams) and feeds two tokens a step: the real token at c-1, whose keys/values are kept, and a
+  fresh ``[MASK]`` at c, whose slot the next step overwrites.
 """
 
 from __future__ import annotations
@@ -30,8 +26,7 @@ from avlformer.modeling.text_transformer import TextTransformer
 
 @dataclass(frozen=True)
 class SpecialIds:
-    """The ids the search loops write: the start column, the end of a caption, the padding after it. BERT's
-    ([CLS], [SEP], [PAD]) unless the decoder says otherwise (``special_ids``, e.g. a causal LM's end-of-text)."""
+    """The start, end and padding ids the search loops write; a decoder's ``special_ids`` replace BERT's."""
 
     start: int = CLS_ID
     end: int = SEP_ID
@@ -48,7 +43,6 @@ class GenerationOutput:
 
 
 class ReforwardStepper:
-    """Reference: the full ``[text ; AV]`` sequence through every layer at every step (upstream's behaviour)."""
 
     def __init__(self, model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None,
                  expand: int = 1):
@@ -65,11 +59,10 @@ class ReforwardStepper:
         return self.model.logits(hidden[:, length])
 
     def reorder(self, beam_idx: torch.Tensor) -> None:
-        """Nothing to do: the whole state is in ``token_ids``, and beams never change video."""
+        pass  # the whole state is in ``token_ids``, and beams never change video
 
 
 class CachedStepper:
-    """KV-cached decoding: the AV prefill once per video, then two text tokens per step (see module docstring)."""
 
     def __init__(self, model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None,
                  max_length: int, expand: int = 1):
@@ -94,7 +87,6 @@ class CachedStepper:
 
 
 def check_max_length(model: TextTransformer, max_length: int) -> None:
-    """A decoded caption holds [CLS] plus at least one token and fits the text position table."""
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2 ([CLS] + one token), got {max_length}")
     if max_length > model.config.max_position_embeddings:
@@ -104,7 +96,7 @@ def check_max_length(model: TextTransformer, max_length: int) -> None:
 
 @contextlib.contextmanager
 def decoding(model: torch.nn.Module):
-    """Eval mode and no autograd for a decoding loop; the caller's train/eval mode is restored after."""
+    """Eval mode and no autograd; the caller's mode is restored after."""
     was_training = model.training
     model.eval()
     try:
@@ -137,7 +129,7 @@ def decoder_stepper(model: torch.nn.Module, av_tokens: torch.Tensor, av_mask: to
 
 
 def _score_dtype(logits: torch.Tensor) -> torch.Tensor:
-    """Scores in at least fp32: bf16 log-probs would make beam ranking and confidence coarse."""
+    # bf16 log-probs would make beam ranking and confidence coarse
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
@@ -150,8 +142,8 @@ def pad_right(token_ids: torch.Tensor, length: int, pad: int = PAD_ID) -> torch.
 
 def append_token(token_ids: torch.Tensor, next_tokens: torch.Tensor, unfinished: torch.Tensor,
                  ids: SpecialIds = BERT_IDS) -> torch.Tensor:
-    """``token_ids`` with one more column: ``next_tokens`` for open rows, [PAD] after [SEP]; ``unfinished``
-    (updated in place) closes the rows that just chose [SEP]."""
+    """``token_ids`` with ``next_tokens`` appended ([PAD] for closed rows); ``unfinished`` (in place) closes the
+    rows that just chose [SEP]."""
     next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, ids.pad))
     unfinished &= next_tokens != ids.end
     return torch.cat([token_ids, next_tokens[:, None]], dim=1)
@@ -159,9 +151,8 @@ def append_token(token_ids: torch.Tensor, next_tokens: torch.Tensor, unfinished:
 
 @torch.no_grad()
 def greedy_search(stepper, batch: int, max_length: int, device, ids: SpecialIds = BERT_IDS) -> GenerationOutput:
-    """Upstream ``_generate_no_beam_search`` with sampling off: argmax per step, [PAD] after [SEP], the last
-    position forced to [SEP] for sequences still open at ``max_length``; confidence = exp(mean log-prob over the
-    steps each sequence was still open, the [SEP] step included)."""
+    """Upstream ``_generate_no_beam_search`` without sampling; the last position is forced to [SEP] for rows still
+    open at ``max_length``; confidence = exp(mean log-prob over the steps a row was open, [SEP] included)."""
     token_ids = torch.full((batch, 1), ids.start, dtype=torch.long, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     logprob_sum = torch.zeros(batch, dtype=torch.float64, device=device)
@@ -183,7 +174,7 @@ def greedy_search(stepper, batch: int, max_length: int, device, ids: SpecialIds 
 
 class BeamHypotheses:
     """Finished hypotheses of one video, scored ``sum_logprob / len(hyp) ** length_penalty`` (hyp holds [CLS],
-    not [SEP]); ``early_stopping`` is False as upstream."""
+    not [SEP]); no early stopping, as upstream."""
 
     def __init__(self, num_keep: int, max_length: int, length_penalty: float):
         self.num_keep, self.length_penalty = num_keep, length_penalty
@@ -275,9 +266,8 @@ def generate(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Ten
              max_length: int = 115, num_beams: int = 1, length_penalty: float = 1.0,
              use_cache: bool = True) -> GenerationOutput:
     """Caption ids for AV tokens ``(B, V, img_feature_dim)``; ``av_mask`` is the ``(V, V)`` AV→AV mask or None.
-
-    ``max_length`` counts [CLS] like upstream's ``max_gen_length`` (115 → at most 113 words + [SEP]). A decoder
-    with its own stepper (a causal LM, :func:`decoder_stepper`) is driven by the same search loops."""
+    ``max_length`` counts [CLS] like upstream's ``max_gen_length``. A decoder with its own ``make_stepper``,
+    ``check_max_length`` and ``special_ids`` (a causal LM) is driven by the same search loops."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     with decoding(model):

@@ -1,19 +1,16 @@
 """The text decoder's cache of keys and values (Hugging Face's ``past_key_values``), passed through its forward.
 
-AV tokens attend to AV tokens only, so their keys and values in every layer depend on the video alone: the cache
-holds them once per video, shared by that video's ``rows_per_video`` rows (beams, samples) without a copy per row.
-Text positions are causal, so a position's keys and values are final once it holds its final token: with a
-``capacity``, the cache keeps each row's text keys/values in preallocated slots that every forward writes in place.
+AV keys/values depend on the video alone (AV tokens attend to AV only): the cache holds them once per video,
+shared by its ``rows_per_video`` rows (beams, samples). With a ``capacity``, each row's text keys/values go into
+preallocated slots written in place (text is causal, so they are final once written).
 
-Layout, per layer: one ``(videos, heads, V + capacity·K, head_dim)`` buffer each for keys and values, the AV
-entries first, then text slot p of the video's row k at ``V + p·K + k``, so the slots written so far are one
-contiguous prefix. The attention of a video's K rows is then one call of the model's attention kernel: their
-queries side by side (``K·T`` rows) over ``[AV ; every row's text]``, with a bias that lets each row see its own
-text only (:meth:`KVCache.update`). With ``capacity`` 0 nothing is kept between forwards: the text keys/values of
-the current forward follow the AV ones (the SCST log-prob pass, which runs once, with gradients).
+Layout, per layer: one ``(videos, heads, V + capacity·K, head_dim)`` buffer each for keys and values, AV first,
+then text slot p of row k at ``V + p·K + k``, so the written slots are one contiguous prefix and a video's K rows
+attend in one kernel call (queries side by side, a bias letting each row see its own text only). With
+``capacity`` 0 nothing is kept between forwards (the SCST log-prob pass).
 
-The one protocol the attention modules rely on: ``update(layer_index, query, key, value, bias)`` returns what to
-hand to the kernel, and ``ungroup(context)`` puts the kernel's output back in row order.
+The protocol the attention modules rely on: ``update(layer_index, query, key, value, bias)`` returns what to hand
+to the kernel, and ``ungroup(context)`` puts the kernel's output back in row order.
 """
 
 from __future__ import annotations
@@ -45,9 +42,8 @@ def _slot_major(x: torch.Tensor, per_video: int) -> torch.Tensor:
 
 
 class KVCache:
-    """See the module docstring. Fill it with :meth:`prefill`, then pass it as ``cache`` to the decoder's forward
-    with the new text tokens and their bias among themselves; each forward appends their keys/values after the
-    slots already written (:meth:`crop` rewinds, :meth:`reorder` follows a beam search's row choice)."""
+    """Fill it with :meth:`prefill`, then pass it as ``cache`` to the decoder's forward with the new text tokens
+    and their bias among themselves; each forward appends after the slots written (:meth:`crop` rewinds)."""
 
     def __init__(self, rows_per_video: int = 1, capacity: int = 0):
         self.rows_per_video, self.capacity = rows_per_video, capacity
@@ -58,17 +54,15 @@ class KVCache:
         self._bias_key, self._bias = None, None
 
     def prefill(self, model, av_tokens: torch.Tensor, av_bias: torch.Tensor | None) -> None:
-        """Run the AV tokens ``(videos, V, D)`` through the model's forward, keeping each layer's keys/values.
-        The last layer's AV outputs would feed nothing, so only its keys and values are computed."""
+        """Run the AV tokens ``(videos, V, D)`` through the model's forward, keeping each layer's keys/values."""
         self.keys, self.values, self.lengths = [], [], []
         model(None, av_tokens, av_bias, output_rows=0, cache=_AVPrefill(self))
 
     def crop(self, length: int) -> None:
-        """Forget the text slots from ``length`` on (the next forward writes there)."""
         self.lengths = [min(length, old) for old in self.lengths]
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Row i takes row ``rows[i]``'s text entries; ``rows`` stays within each video (AV never moves)."""
+        """Row i takes row ``rows[i]``'s text entries (within its video)."""
         per_video = self.rows_per_video
         if per_video == 1 or not self.capacity:
             return
@@ -79,7 +73,7 @@ class KVCache:
             text.copy_(text.gather(3, within[:, None, None, :, None].expand_as(text)))
 
     def store_av(self, layer_index: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        """Layer ``layer_index``'s AV keys/values (again, the same ones, when a checkpointed backward recomputes)."""
+        """Layer ``layer_index``'s AV keys/values (again when a checkpointed backward recomputes)."""
         if layer_index > len(self.keys):
             raise RuntimeError(f"AV prefill reached layer {layer_index} after {len(self.keys)} layers")
         self.num_av = key.shape[2]
@@ -96,9 +90,9 @@ class KVCache:
         self.keys[layer_index], self.values[layer_index] = key, value
 
     def update(self, layer_index: int, query, key, value, bias):
-        """The new text rows' ``query``/``key``/``value`` ``(videos·K, heads, T, head_dim)`` and their bias among
-        themselves (broadcastable to ``(1, 1, T, T)``, or None) -> the kernel's query ``(videos, heads, K·T, d)``,
-        keys/values over ``[AV ; text slots 0..length+T)`` and the bias over them."""
+        """The new text rows' ``query``/``key``/``value`` ``(videos·K, heads, T, head_dim)`` and their bias
+        (``(1, 1, T, T)`` or None) -> the kernel's query ``(videos, heads, K·T, d)``, keys/values over
+        ``[AV ; text slots 0..length+T)`` and the bias over them."""
         per_video, new = self.rows_per_video, key.shape[2]
         text_keys, text_values = _slot_major(key, per_video), _slot_major(value, per_video)
         if self.capacity:
@@ -121,8 +115,8 @@ class KVCache:
         return ungroup_by_video(context, self.rows_per_video)
 
     def _grouped_bias(self, start: int, new: int, bias, like: torch.Tensor) -> torch.Tensor:
-        """``(1, 1, K·T, V + (start+T)·K)``: 0 to every AV entry, each row's own earlier slots and what ``bias``
-        allows among its new ones; ``MASK_BIAS`` to other rows' slots. Built once per forward, for all layers."""
+        """``(1, 1, K·T, V + (start+T)·K)``: 0 to AV, each row's own earlier slots and what ``bias`` allows among
+        its new ones; ``MASK_BIAS`` to other rows'. Built once per forward, for all layers."""
         key = (start, new, None if bias is None else (bias.data_ptr(), bias.dtype), like.dtype, like.device)
         if key != self._bias_key:
             per_video, end = self.rows_per_video, start + new
@@ -138,8 +132,8 @@ class KVCache:
 
 
 class _AVPrefill:
-    """What the layers get as their cache while the AV tokens run: each stores its keys and values. A separate
-    object, not a mode of the cache, so a recomputing backward (activation checkpointing) replays the same role."""
+    """The layers' cache while the AV tokens run: each stores its keys and values. Not a mode of the cache, so a
+    recomputing backward (activation checkpointing) replays the same role."""
 
     def __init__(self, cache: KVCache):
         self.cache = cache

@@ -1,16 +1,14 @@
-"""Models on the meta device: state-dict shapes without memory, and checkpoint loading by assignment
-(``load_state_dict(assign=True)``), so loading costs only the file read, not a random initialisation first.
+"""Models on the meta device: state-dict shapes without memory, and checkpoint loading by assignment.
 
-Computed buffers are in no state dict: modules holding them define ``computed_buffers() -> {name: tensor}``, and
-:func:`materialize_computed_buffers` recomputes them after an assignment load; a tensor left on the meta device
-is an error.
+Computed buffers are in no state dict: modules holding them define ``computed_buffers() -> {name: tensor}``,
+recomputed after an assignment load; a tensor left on the meta device is an error.
 """
 
 from __future__ import annotations
 
 import contextlib
 from itertools import chain
-from typing import Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import torch
 from torch import nn
@@ -27,26 +25,47 @@ class TooManyTensors(RuntimeError):
 
 
 def build_on_meta(factory: Callable[[], ModuleT], max_tensors: int | None = None) -> ModuleT:
-    """``factory()`` on the meta device. With ``max_tensors``, building stops with :class:`TooManyTensors` as soon
-    as more parameters and buffers than that have been registered: even on the meta device, a crafted config
-    (100000 layers) would take minutes and gigabytes of module objects to build."""
+    """``factory()`` on the meta device; with ``max_tensors``, :class:`TooManyTensors` as soon as more parameters
+    and buffers are registered (a crafted config of 100000 layers would take minutes even there)."""
     with torch.device("meta"), _tensor_budget(max_tensors):
         return factory()
 
 
 def state_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every state-dict entry of ``module``."""
     return {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
 
 
 def expected_state_shapes(factory: Callable[[], nn.Module]) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every state-dict entry of the module ``factory`` builds, without building it for real."""
     return state_shapes(build_on_meta(factory))
 
 
+class CheckpointMismatchError(ValueError):
+    """A state dict does not fit the model; the message lists every missing, unexpected and misshaped key."""
+
+
+def check_state_dict(state_dict: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], strict: bool = True,
+                     what: str = "state dict") -> tuple[list[str], list[str]]:
+    """Compare names and shapes (values are tensors or shapes) with ``expected``; raise listing every problem
+    (misshaped always, missing/unexpected when strict). Returns (missing, unexpected)."""
+    given = {name: tuple(value.shape) if isinstance(value, torch.Tensor)
+             else tuple(value) if isinstance(value, (tuple, list)) else type(value).__name__
+             for name, value in state_dict.items()}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    misshaped = sorted(f"{name} (file {list(shape) if isinstance(shape, tuple) else shape}, model "
+                       f"{list(expected[name])})" for name, shape in given.items()
+                       if name in expected and shape != expected[name])
+    problems = [f"{label} ({len(keys)}): {', '.join(keys)}" for label, keys in (
+        ("missing keys", missing if strict else []), ("unexpected keys", unexpected if strict else []),
+        ("misshaped keys", misshaped)) if keys]
+    if problems:
+        raise CheckpointMismatchError(f"{what} does not match the model: " + "; ".join(problems))
+    return missing, unexpected
+
+
 def load_by_assignment(module: ModuleT, state_dict: Mapping[str, torch.Tensor]) -> ModuleT:
-    """Give a meta-built ``module`` the tensors of ``state_dict`` (exactly its state-dict names: strict),
-    converted to the dtype the module declares, then recompute its computed buffers. Returns ``module``."""
+    """Give a meta-built ``module`` the tensors of ``state_dict`` (strict), in the dtypes it declares, then
+    recompute its computed buffers."""
     own = module.state_dict()
     cast = {name: tensor.to(own[name].dtype) if name in own and tensor.dtype != own[name].dtype else tensor
             for name, tensor in state_dict.items()}
@@ -56,8 +75,6 @@ def load_by_assignment(module: ModuleT, state_dict: Mapping[str, torch.Tensor]) 
 
 
 def materialize_computed_buffers(module: nn.Module, device: torch.device | str = "cpu") -> None:
-    """Recompute every buffer that a submodule's ``computed_buffers()`` declares, on ``device``; then raise if
-    any parameter or buffer is still on the meta device."""
     for submodule in module.modules():
         compute = getattr(submodule, "computed_buffers", None)
         if compute is None:

@@ -1,29 +1,8 @@
-"""The parts of an AVLFormer and the registry that picks each by ``type`` in the model config (docs/parts.md).
+"""The parts of an AVLFormer and the registry that picks each by ``type`` in the model config.
 
-Three roles, each filled by one registered part type (a config dataclass and a builder):
-
-* ``video``: the video encoder. ``forward(frames)``: normalised float frames (B, T, 3, H, W) -> tokens
-  (B, N, token_width). Its config has ``token_width`` and ``num_tokens(num_frames, image_size)``.
-* ``audio``: the audio encoder. ``forward(audio)``: waveform (B, 1, clip_samples) -> tokens (B, N, token_width).
-  Its config has ``token_width``, ``num_tokens``, ``sample_rate``, ``clip_seconds`` and ``clip_samples``.
-* ``text``: the decoder. ``forward(input_ids, av_tokens, attention_bias, output_rows=...)`` -> hidden states of
-  ``[text ; AV]``, ``logits(hidden)``, ``get_input_embeddings()``. Its config has ``img_feature_dim`` (the width of
-  the AV tokens it takes) and ``max_position_embeddings``.
-
-Every part module has ``set_gradient_checkpointing(enabled)``. The projections connecting the encoders to the
-decoder (``AVLFormer.projection(role)``) map encoder tokens to ``img_feature_dim``; the model builds a Linear for
-each, unless the encoder carries its own as a ``projection`` attribute (PaSST's ``linear``, where the released
-weights keep it). Optional config hooks: ``check_fits(model_config)`` (raise ValueError when the part cannot serve
-that model), ``describe()`` (a short name for logs), ``TRAINING_ONLY`` (fields that leave the eval output alone).
-
-Besides the paper's parts (``video_swin``, ``passt``, ``bert``) the registry holds the Hugging Face ones
-(``hf_video``, ``hf_frames``, ``hf_audio``: modeling/hf_encoders.py, hf_audio.py; ``hf_causal_lm``: hf_causal_lm.py;
-docs/models.md). A decoder with ``is_prefix_lm`` computes its training loss in its own ``forward(av_tokens,
-input_ids, text_len)`` and drives decoding with ``make_stepper``/``special_ids`` (modeling/generation.py).
-
-A registry entry's ``attribute`` is where the model holds the part, hence its state-dict prefix: the paper's parts
-keep upstream's (``swin``, ``passt``, ``trans_encoder``) so released weights load by name; only modeling/ and the
-weight converters use these names, everything else asks the model for a role.
+docs/parts.md states each role's contract (``video``, ``audio``, ``text``) and the optional config hooks
+(``check_fits``, ``describe``, ``TRAINING_ONLY``). A registry entry's ``attribute`` is where the model holds the
+part, hence its state-dict prefix: the paper's parts keep upstream's (``swin``, ``passt``, ``trans_encoder``).
 """
 
 from __future__ import annotations
@@ -45,7 +24,7 @@ from avlformer.modeling.text_transformer import TextTransformer, TextTransformer
 ROLES = ("video", "audio", "text")
 ENCODER_ROLES = ("video", "audio")
 ROLE_NOUNS = {"video": "video encoder", "audio": "audio encoder", "text": "decoder"}
-# The types of model configs written before parts had a `type`: the paper's.
+# A config without a part ``type`` (written before parts had one) means the paper's.
 DEFAULT_TYPES = {"video": "video_swin", "audio": "passt", "text": "bert"}
 
 
@@ -83,7 +62,6 @@ def part_types(role: str) -> list[str]:
 
 
 def part_type(role: str, name: Any) -> PartType:
-    """The entry of ``name``; a one-line error listing the registered names otherwise."""
     entry = _REGISTRY[role].get(name) if isinstance(name, str) else None
     if entry is None:
         raise ValueError(f"{role}.type {name!r} is not a registered {ROLE_NOUNS[role]} "
@@ -92,7 +70,6 @@ def part_type(role: str, name: Any) -> PartType:
 
 
 def type_of(role: str, config: Any) -> PartType:
-    """The entry whose config class ``config`` is an instance of."""
     for entry in _REGISTRY[role].values():
         if type(config) is entry.config:
             return entry
@@ -101,7 +78,7 @@ def type_of(role: str, config: Any) -> PartType:
 
 
 def config_values(config: Any) -> dict[str, Any]:
-    """A part config's own fields as JSON-ready values (its ``to_dict`` when it has one), without ``type``."""
+    """A part config's own fields as JSON-ready values, without ``type``."""
     to_dict = getattr(config, "to_dict", None)
     return to_dict() if to_dict is not None else dataclasses.asdict(config)
 
@@ -111,7 +88,6 @@ def part_config_to_dict(role: str, config: Any) -> dict[str, Any]:
 
 
 def part_config_from_dict(role: str, data: Mapping[str, Any]) -> Any:
-    """``{"type": NAME, **fields}`` -> that part's config; no ``type`` means the paper's part."""
     values = dict(data)
     entry = part_type(role, values.pop("type", DEFAULT_TYPES[role]))
     from_dict = getattr(entry.config, "from_dict", None)
@@ -123,7 +99,6 @@ def describe_part(role: str, config: Any) -> str:
     return describe() if describe is not None else f"{type_of(role, config).name} {ROLE_NOUNS[role]}"
 
 
-# The paper's parts, then the Hugging Face ones (docs/models.md).
 register_part("video", "video_swin", video_swin.VideoSwinConfig, video_swin.VideoSwinEncoder, attribute="swin",
               load_weights=video_swin.load_official_weights)
 register_part("audio", "passt", passt.PasstConfig, passt.PasstAudioEncoder, attribute="passt",

@@ -1,20 +1,18 @@
 """PaSST audio encoder: mel front-end, PaSST-S transformer with structured patchout, projection.
 
-Parameter names follow the official PaSST-S checkpoint so its weights load by name (docs/upstream.md §3.3).
-Patchout keeps ``grid_t - s_patchout_t`` time columns and ``grid_f - s_patchout_f`` frequency rows: a sorted
-random subset per batch in training; in evaluation the centre of each of k equal bins (index
-``floor((2i + 1) n / (2k))``), deterministic and with the training token count so the learned mask keeps its
-meaning. ``patchout=False`` keeps every patch (the official eval mode). Token order: distillation token, then the
+Parameter names follow the official PaSST-S checkpoint (docs/upstream.md §3.3). Patchout keeps
+``grid_t - s_patchout_t`` time columns and ``grid_f - s_patchout_f`` frequency rows: a sorted random subset per
+batch in training; in evaluation the centre of each of k equal bins, so the token count (and the learned mask's
+meaning) stays that of training. ``patchout=False`` keeps every patch. Token order: distillation token, then the
 kept patches frequency-major (``f * kept_t + t``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -23,20 +21,18 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchaudio.compliance.kaldi import get_mel_banks
-from avlformer.config_fields import checked_fields
-from avlformer.modeling.meta_device import expected_state_shapes
+from avlformer.config_fields import JsonDataclass
+from avlformer.modeling.meta_device import check_state_dict, expected_state_shapes
 from avlformer.modeling.weights_file import load_converted
 from avlformer.data.recipe import CLIP_SECONDS, SAMPLE_RATE
 
-# The classifier heads of the official checkpoint; AVLFormer never applies them.
 DROPPED_PREFIXES = ("head.0.", "head.1.", "head_dist.")
 _PREEMPHASIS = 0.97
 _LOG_OFFSET = 1e-5
 
 
 @dataclass
-class PasstConfig:
-    # Fields that leave the encoder's eval output (before its projection) alone.
+class PasstConfig(JsonDataclass):
     TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("freqm", "timem", "fmin_aug_range", "fmax_aug_range",
                                                 "use_checkpoint", "out_dim")
     sample_rate: int = SAMPLE_RATE
@@ -122,13 +118,6 @@ class PasstConfig:
                 return name
         return f"PaSST ({self.embed_dim}-dim, {self.depth} blocks)"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "PasstConfig":
-        return cls(**checked_fields(cls, values))
-
     def _validate(self) -> None:
         problems = []
         if self.embed_dim % self.num_heads:
@@ -176,9 +165,8 @@ def random_sorted_indices(total: int, keep: int, device: torch.device | str | No
 
 
 class MelFrontEnd(nn.Module):
-    """Waveform -> normalised log-mel spectrogram, as PaSST's AugmentMelSTFT (docs/upstream.md §3.3). Always computed in
-    float32, also under autocast. In training mode the mel band edges are jittered (once per batch, as upstream) and
-    SpecAugment masks one frequency band and one time span per example."""
+    """Waveform -> normalised log-mel spectrogram in float32, as PaSST's AugmentMelSTFT (docs/upstream.md §3.3).
+    Training jitters the mel band edges (once per batch) and masks one frequency band and time span per example."""
 
     def __init__(self, config: PasstConfig):
         super().__init__()
@@ -243,9 +231,7 @@ class PatchEmbed(nn.Module):
 
 
 class PasstNet(nn.Module):
-    """PaSST-S transformer (parameter names as the official checkpoint, minus the unused heads).
-    ``forward(spectrogram (B, 1, n_mels, frames), patchout=True) -> (B, tokens, embed_dim)``: the distillation token
-    then the kept patches, frequency-major (patchout rules: module docstring)."""
+    """PaSST-S transformer without its heads: ``(B, 1, n_mels, frames) -> (B, tokens, embed_dim)``."""
 
     def __init__(self, config: PasstConfig):
         super().__init__()
@@ -339,37 +325,14 @@ class PasstAudioEncoder(nn.Module):
 
 def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor],
                          config: PasstConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Official PaSST state dict (optionally `net.`-prefixed) -> (PasstNet state dict, dropped keys).
-
-    The classifier heads (`head.0.*`, `head.1.*`, `head_dist.*`) are dropped by name; any other unknown key,
-    missing key, duplicate or shape mismatch raises a ValueError listing them all.
-    """
+    """Official PaSST state dict (every key `net.`-prefixed or none) -> (PasstNet state dict, dropped head keys);
+    a mismatch raises CheckpointMismatchError listing every offending key."""
     expected = expected_state_shapes(lambda: PasstNet(config))
-    converted: dict[str, torch.Tensor] = {}
-    seen: set[str] = set()
-    dropped, unknown, mismatched, duplicated = [], [], [], []
-    for key, value in state_dict.items():
-        name = key.removeprefix("net.")
-        if name.startswith(DROPPED_PREFIXES):
-            dropped.append(key)
-        elif name not in expected:
-            unknown.append(key)
-        elif name in seen:
-            duplicated.append(key)
-        else:
-            seen.add(name)
-            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            if got != expected[name]:
-                mismatched.append(f"{key}: got {got}, expected {expected[name]}")
-            else:
-                converted[name] = value
-    missing = sorted(set(expected) - seen)
-    problems = [f"{label}: {items}" for label, items in (
-        ("unknown keys", unknown), ("shape mismatches", mismatched), ("missing keys", missing),
-        ("duplicated keys", duplicated)) if items]
-    if problems:
-        raise ValueError("PaSST checkpoint does not match the config: " + "; ".join(problems))
-    return converted, dropped
+    prefix = "net." if any(key.startswith("net.") for key in state_dict) else ""
+    dropped = [key for key in state_dict if key.removeprefix(prefix).startswith(DROPPED_PREFIXES)]
+    kept = {key: value for key, value in state_dict.items() if key not in dropped}
+    check_state_dict(kept, {prefix + name: shape for name, shape in expected.items()}, what="PaSST checkpoint")
+    return {key.removeprefix(prefix): value for key, value in kept.items()}, dropped
 
 
 def load_official_weights(encoder: PasstAudioEncoder, path: str | Path) -> list[str]:

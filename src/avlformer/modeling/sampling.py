@@ -1,20 +1,13 @@
 """Sampled captions for self-critical training (training/scst.py), and their log-probabilities with gradients.
 
-Sampling drives the same steppers as greedy and beam search (``modeling/generation.py``), so it keeps the
-``[MASK]``-append semantics: token c is drawn from the logits at a ``[MASK]`` appended after tokens 0..c-1. Each
-step takes one uniform number per row (from the caller's generator, or given) and picks the token by inverse
-CDF, so the cached and the re-forward stepper, fed the same random stream, produce the same ids (tested): the
-draw depends on the probabilities' values only, not on how they were computed.
+Sampling drives the steppers of ``modeling/generation.py`` (``[MASK]``-append semantics); each step picks a token
+by inverse CDF from one uniform number per row, so both steppers fed the same numbers give the same ids.
 
-:func:`caption_logprobs` scores every drawn token under those same semantics, with gradients, in one forward of
-the decoder: the text part is ``[CLS] t1 … t_{T-1}`` (positions 0..T-1, causal) followed by T ``[MASK]`` tokens,
-the one at position c seeing tokens 0..c-1 and itself only: exactly what the model saw when it produced token c,
-for all c at once. The AV part goes through a :class:`~avlformer.modeling.kv_cache.KVCache` prefilled once per
-video, so a video's K captions share one AV computation and its gradient (tests/test_scst_logprob.py checks it
-against one forward of ``[text ; AV]`` per caption).
-
-A decoder with its own stepper and ``caption_logprobs`` (a causal LM, modeling/hf_causal_lm.py) is sampled and
-scored through those instead, by the same loop and the same per-row sums (:func:`drawn_token_scores`).
+:func:`caption_logprobs` scores every drawn token in one decoder forward: ``[CLS] t1 … t_{T-1}`` (causal) then T
+``[MASK]`` tokens, the c-th seeing tokens 0..c-1 and itself, what the model saw when it drew token c. The AV part
+is a KVCache prefilled once per video, so a video's K captions share one AV computation and its gradient.
+A decoder with its own stepper and ``caption_logprobs`` (a causal LM, modeling/hf_causal_lm.py) is
+sampled and scored through those, by the same loop and per-row sums (:func:`drawn_token_scores`).
 """
 
 from __future__ import annotations
@@ -39,8 +32,8 @@ class SampleOutput:
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
-    """``logits / temperature`` with everything outside the top-k and the top-p nucleus set to -inf
-    (``top_k`` 0 and ``top_p`` 1 keep every token; the most likely token is always kept)."""
+    """``logits / temperature``, -inf outside the top-k and the top-p nucleus (``top_k`` 0 and ``top_p`` 1 keep
+    every token; the most likely one is always kept)."""
     logits = logits / temperature
     if top_k > 0 and top_k < logits.shape[-1]:
         threshold = logits.topk(top_k, dim=-1).values[..., -1:]
@@ -96,11 +89,9 @@ def sample_captions(model: TextTransformer, av_tokens: torch.Tensor, av_mask: to
                     num_samples: int, max_length: int, generator: torch.Generator | None = None,
                     uniforms: torch.Tensor | None = None, temperature: float = 1.0, top_k: int = 0,
                     top_p: float = 1.0, use_cache: bool = True) -> SampleOutput:
-    """``num_samples`` captions per video of ``av_tokens (B, V, D)``; rows are video-major (row = b·K + k).
-    ``max_length`` counts [CLS], like ``generate``. Runs the text transformer in eval mode (no dropout).
-
-    The random numbers come from ``generator`` (one per row per step), or are given: ``uniforms``
-    ``(B·K, max_length - 1)`` in (0, 1], column t for token t+1 (so a caller can tie them to the video)."""
+    """``num_samples`` captions per video of ``av_tokens (B, V, D)``, rows video-major (row = b·K + k), in eval
+    mode; ``max_length`` counts [CLS]. The random numbers come from ``generator`` or ``uniforms``
+    ``(B·K, max_length - 1)`` in (0, 1], column t for token t+1."""
     rows = av_tokens.shape[0] * num_samples
     if (generator is None) == (uniforms is None):
         raise ValueError("give either a generator or uniforms")
@@ -136,9 +127,8 @@ class CaptionScores:
 
 def caption_logprobs(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None,
                      samples: SampleOutput, num_samples: int) -> CaptionScores:
-    """log p of each sampled caption (temperature 1: the model's own distribution), rows video-major
-    (row = b·K + k) as :func:`sample_captions` draws them; ``av_tokens (B, V, D)`` once per video. A decoder with
-    its own ``caption_logprobs`` (a causal LM) scores through its own forward."""
+    """log p (temperature 1) of each caption :func:`sample_captions` drew; ``av_tokens (B, V, D)`` once per
+    video. A decoder with its own ``caption_logprobs`` (a causal LM) scores through its own forward."""
     token_ids = samples.token_ids
     rows, steps = token_ids.shape
     if rows != av_tokens.shape[0] * num_samples:
@@ -154,8 +144,7 @@ def caption_logprobs(model: TextTransformer, av_tokens: torch.Tensor, av_mask: t
 
 
 def scoring_text(token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The text rows that score T drawn tokens at once: ``[CLS] t1 … t_{T-1}`` then T ``[MASK]`` tokens, and their
-    positions (0..T-1, then 1..T: the c-th ``[MASK]`` sits where token c was predicted)."""
+    """``[CLS] t1 … t_{T-1}`` then T ``[MASK]`` tokens, and their positions (0..T-1, then 1..T)."""
     rows, steps = token_ids.shape
     real = torch.cat([token_ids.new_full((rows, 1), CLS_ID), token_ids[:, :steps - 1]], dim=1)
     text = torch.cat([real, torch.full_like(real, MASK_ID)], dim=1)

@@ -1,12 +1,7 @@
-"""Video Swin's 3-D (shifted) window attention and its relative position index (docs/upstream.md §3.2).
-
-One component of :mod:`avlformer.modeling.video_swin`: torchvision's ``ShiftedWindowAttention3d`` with the same
-math and faster inference and training paths (see :class:`WindowAttention3d`).
-"""
+"""Video Swin's 3-D (shifted) window attention and its relative position index (docs/upstream.md §3.2)."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -23,51 +18,25 @@ from avlformer.modeling.attention import attention, check_implementation
 
 
 def relative_position_index(window_size: Sequence[int]) -> Tensor:
-    """int64 (V, V), V = Wd·Wh·Ww: row of the bias table for the offset between window tokens i and j.
-
-    Tokens are numbered in 'ij' meshgrid order; the offset (dd, dh, dw), shifted to be non-negative, is written
-    in mixed radix (2Wh-1)(2Ww-1), (2Ww-1), 1 -- the formula upstream stores in its checkpoint buffers.
-    Every block of a model shares its window, so the index is computed once per window (not once per block at
-    each model load) and each caller gets its own copy.
-    """
-    window, device = tuple(int(w) for w in window_size), torch.get_default_device()
-    if device.type == "meta":  # a model built for its shapes only: no work, nothing cached
-        return _index_on(window, device)
-    index = _cpu_index(window)
-    return index.clone() if device.type == "cpu" else index.to(device)
-
-
-def _index_on(window_size: tuple[int, ...], device: torch.device) -> Tensor:
-    wd, wh, ww = window_size
-    grid = torch.meshgrid(*(torch.arange(w, device=device) for w in window_size), indexing="ij")
+    """int64 (V, V), V = Wd·Wh·Ww: row of the bias table for the offset between window tokens i and j ('ij'
+    meshgrid order, offsets in mixed radix: the formula of upstream's checkpoint buffers)."""
+    wd, wh, ww = (int(w) for w in window_size)
+    grid = torch.meshgrid(*(torch.arange(w) for w in (wd, wh, ww)), indexing="ij")
     coords = torch.stack(grid).flatten(1)  # (3, V)
     offsets = coords[:, :, None] - coords[:, None, :]  # (3, V, V): position of i minus position of j
-    shift = torch.tensor([wd - 1, wh - 1, ww - 1], device=device).view(3, 1, 1)
-    radix = torch.tensor([(2 * wh - 1) * (2 * ww - 1), 2 * ww - 1, 1], device=device).view(3, 1, 1)
+    shift = torch.tensor([wd - 1, wh - 1, ww - 1]).view(3, 1, 1)
+    radix = torch.tensor([(2 * wh - 1) * (2 * ww - 1), 2 * ww - 1, 1]).view(3, 1, 1)
     return ((offsets + shift) * radix).sum(0)
 
 
-@functools.lru_cache(maxsize=8)
-def _cpu_index(window_size: tuple[int, ...]) -> Tensor:
-    return _index_on(window_size, torch.device("cpu"))
-
-
 class WindowAttention3d(ShiftedWindowAttention3d):
-    """torchvision's shifted-window attention, with changes that leave the math as it is.
+    """torchvision's shifted-window attention, same math (``super().forward`` is the reference tests compare with).
 
-    * ``relative_position_index`` is a non-persistent buffer: torchvision saves it, we recompute it, so our state
-      dict holds only learned tensors (the converter verifies upstream's copies and drops them).
-    * ``forward`` adds the same bias (relative position bias, plus the -100 shift mask) but computes the
-      attention with the model's attention kernel (:mod:`avlformer.modeling.attention`, ``attn_implementation``)
-      rather than torchvision's eager passes. Window clamping, padding and the mask come from torchvision's own
-      helpers. ``super().forward`` stays the eager reference the tests compare with.
-    * A shifted block gathers its windows straight from the unshifted tokens with one precomputed index
-      (:class:`ShiftedWindows`), rather than rolling the grid (a copy per axis) and then splitting it, and orders
-      them by shift-mask pattern: only windows on the far edge of a shifted axis have a mask, and there are at
-      most eight distinct masks, so SDPA runs once per pattern with that pattern's mask shared by its windows
-      instead of once with a mask per window (a 315 MB bias in Swin-B's first stage at the paper size). Each
-      window's scores, bias and softmax are those of a per-window mask, so the outputs are the same.
-    * :meth:`get_relative_position_bias` writes the same bias in one gather instead of two passes.
+    * ``relative_position_index`` is a non-persistent buffer, recomputed: our state dict holds learned tensors only.
+    * ``forward`` computes the attention with the model's kernel (modeling/attention.py).
+    * A shifted block gathers its windows from the unshifted tokens with one precomputed index
+      (:class:`ShiftedWindows`), grouped by shift-mask pattern (at most eight), so attention runs once per
+      pattern with one shared mask instead of with a mask per window.
     """
 
     def __init__(self, *args, attn_implementation: str = "sdpa", **kwargs):
@@ -80,13 +49,10 @@ class WindowAttention3d(ShiftedWindowAttention3d):
             self.register_buffer(name, value, persistent=False)
 
     def computed_buffers(self) -> dict[str, Tensor]:
-        """The buffers no state dict holds, recomputed after a meta-device load (modeling/meta_device.py)."""
         return {"relative_position_index": relative_position_index(self.window_size)}
 
     def get_relative_position_bias(self, window_size: list[int]) -> Tensor:
-        """(1, heads, V, V) bias for a (possibly clamped) window: torchvision's values, from the same corner of the
-        index. torchvision gathers (V·V, heads) rows and then copies them into head-major order; gathering the
-        columns of the transposed table writes head-major order at once."""
+        """(1, heads, V, V) bias for a (possibly clamped) window: torchvision's values, in one gather."""
         volume = window_size[0] * window_size[1] * window_size[2]
         index = self.relative_position_index[:volume, :volume].flatten()
         return self.relative_position_bias_table.t().index_select(1, index).view(1, -1, volume, volume)
@@ -134,10 +100,9 @@ class WindowAttention3d(ShiftedWindowAttention3d):
 
 @dataclass(frozen=True)
 class ShiftedWindows:
-    """Where a shifted block's windows come from, for one padded grid: window token i is grid token
-    ``gather[i]`` (the cyclic shift and the window split in one index, windows grouped by mask pattern),
-    ``scatter`` is the inverse permutation, and ``groups`` lists (first window, window count, (1, 1, V, V)
-    mask) per pattern (torchvision's masks, reordered)."""
+    """A shifted block's windows for one padded grid: window token i is grid token ``gather[i]`` (shift and split
+    in one index, windows grouped by mask pattern), ``scatter`` the inverse, ``groups`` (first window, count,
+    (1, 1, V, V) mask) per pattern."""
     gather: Tensor
     scatter: Tensor
     groups: list
@@ -146,9 +111,8 @@ class ShiftedWindows:
     def of(cls, x: Tensor, window: Sequence[int], shift: Sequence[int]) -> "ShiftedWindows":
         size = tuple(x.shape[1:4])
         counts_per_axis = [length // side for length, side in zip(size, window)]
-        # The shift wraps tokens into the last window along each shifted axis and nowhere else, so a window's mask
-        # is fixed by which of those last windows it is. The order comes from the shapes alone, on the CPU: x may
-        # be a meta tensor (a model built on the meta device runs with meta as the default device).
+        # Only the last window along a shifted axis has a mask, so the pattern is which last windows it is in.
+        # Computed on the CPU: x may be a meta tensor.
         axes = torch.meshgrid(*(torch.arange(count, device="cpu") for count in counts_per_axis), indexing="ij")
         pattern_of = sum(((index == count - 1) & (step > 0)).long() << bit
                          for bit, (index, count, step) in enumerate(zip(axes, counts_per_axis, shift))).flatten()

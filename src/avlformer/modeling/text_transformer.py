@@ -1,13 +1,9 @@
 """The multimodal text transformer: a BERT-base encoder (HF parameter names) that also embeds AV tokens.
 
-Parameter names follow Hugging Face BERT v1 (``bert.embeddings.*``, ``bert.encoder.layer.i.*``, ``cls.predictions.*``)
-so that both a plain BERT checkpoint and upstream's released ``model.bin`` (under ``trans_encoder.``) load by name.
-Post-LN, erf GELU, one attention module whose kernel the config chooses (:mod:`avlformer.modeling.attention`), with
-an additive float bias (upstream's ``-10000·(1-mask)``, so soft mask values are meaningful). AV tokens get
-``img_embedding`` + dropout only: no position or type embedding and no LayerNorm (docs/upstream.md §3.4).
-
-Decoding runs this same forward with a cache of keys and values (:mod:`avlformer.modeling.kv_cache`), passed
-through ``forward(..., cache=...)`` as Hugging Face passes ``past_key_values``.
+Parameter names follow Hugging Face BERT v1 (``bert.*``, ``cls.predictions.*``) so a plain BERT checkpoint and
+upstream's ``model.bin`` (under ``trans_encoder.``) load by name. Post-LN, erf GELU, an additive float attention
+bias (upstream's ``-10000·(1-mask)``, so soft mask values count). AV tokens get ``img_embedding`` + dropout only
+(docs/upstream.md §3.4). Decoding runs this same forward with a :mod:`~avlformer.modeling.kv_cache` cache.
 """
 
 from __future__ import annotations
@@ -39,7 +35,7 @@ class TextTransformerConfig(JsonDataclass):
     layer_norm_eps: float = 1e-12
     img_feature_dim: int = 512
     initializer_range: float = 0.02
-    attn_implementation: str = "sdpa"  # the attention kernel: see modeling/attention.py
+    attn_implementation: str = "sdpa"  # modeling/attention.py
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -48,12 +44,12 @@ class TextTransformerConfig(JsonDataclass):
 
     @classmethod
     def base(cls) -> "TextTransformerConfig":
-        """bert-base-uncased dimensions, as in the paper."""
+        """bert-base-uncased, as in the paper."""
         return cls()
 
     @classmethod
     def nano(cls) -> "TextTransformerConfig":
-        """A model that runs in milliseconds on CPU, for tests and the demo (full vocabulary, so real captions fit)."""
+        """Tests and the demo (full vocabulary, so real captions fit)."""
         return cls(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=128,
                    img_feature_dim=16)
 
@@ -63,7 +59,6 @@ class TextTransformerConfig(JsonDataclass):
 
     def describe(self) -> str:
         return f"{self.num_layers}-layer text transformer"
-
 
     @classmethod
     def from_hf_bert_config(cls, hf: dict, img_feature_dim: int = 512) -> "TextTransformerConfig":
@@ -92,9 +87,6 @@ _HF_OPTIONAL = {"hidden_dropout": "hidden_dropout_prob", "attention_dropout": "a
 
 
 class BertSelfAttention(nn.Module):
-    """The decoder's one attention: projections here, the kernel chosen by ``cfg.attn_implementation``
-    (:mod:`avlformer.modeling.attention`), and, when a cache is passed, keys and values kept or shared through it
-    (:mod:`avlformer.modeling.kv_cache`)."""
 
     def __init__(self, cfg: TextTransformerConfig, layer_index: int = 0):
         super().__init__()
@@ -107,7 +99,6 @@ class BertSelfAttention(nn.Module):
         self.layer_index = layer_index  # which of the cache's layers is this one's
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, N, heads·head_dim)`` -> ``(B, heads, N, head_dim)``."""
         batch, length, _ = x.shape
         return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
@@ -131,7 +122,7 @@ class BertSelfAttention(nn.Module):
 
 
 class _ProjectAddNorm(nn.Module):
-    """How each sublayer of a post-LN BERT layer ends: projection to the hidden size, dropout, residual, LayerNorm."""
+    """The end of a post-LN sublayer: projection to the hidden size, dropout, residual, LayerNorm."""
 
     def __init__(self, cfg: TextTransformerConfig, in_features: int):
         super().__init__()
@@ -196,9 +187,7 @@ class BertEncoder(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, hidden, bias, output_rows: int | None = None, cache=None):
-        """``output_rows``: return only the first rows' states. The last layer then computes no others: in
-        training the AV rows' last outputs feed nothing. A pass with gradients in training mode recomputes each
-        layer in backward when ``gradient_checkpointing`` is on (``--activation_checkpointing text``)."""
+        """``output_rows``: return only the first rows' states (the last layer computes no others)."""
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         last = len(self.layer) - 1
         for index, layer in enumerate(self.layer):
@@ -244,20 +233,16 @@ class BertImgModel(nn.Module):
         self.img_embedding = nn.Linear(cfg.img_feature_dim, cfg.hidden_size)
         self.img_dropout = nn.Dropout(cfg.hidden_dropout)
 
-    def embed_av(self, av_tokens: torch.Tensor) -> torch.Tensor:
-        return self.img_dropout(self.img_embedding(av_tokens))
-
     def forward(self, input_ids=None, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None,
                 output_rows: int | None = None, cache=None):
         """Hidden states of ``[text ; AV]`` (either part may be absent), or of its first ``output_rows`` rows.
-        ``attention_bias`` is additive, broadcastable to ``(B, heads, N, N)``; see
-        :mod:`avlformer.modeling.attention_mask`. With a ``cache`` (:class:`avlformer.modeling.kv_cache.KVCache`)
-        the rows also attend to the keys/values it holds."""
+        ``attention_bias`` is additive, broadcastable to ``(B, heads, N, N)``; with a ``cache`` (KVCache) the rows
+        also attend to the keys/values it holds."""
         parts = []
         if input_ids is not None:
             parts.append(self.embeddings(input_ids, position_ids, token_type_ids))
         if av_tokens is not None:
-            parts.append(self.embed_av(av_tokens))
+            parts.append(self.img_dropout(self.img_embedding(av_tokens)))
         hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return self.encoder(hidden, attention_bias, output_rows, cache)
 
@@ -295,10 +280,8 @@ class BertCaptioningHeads(nn.Module):
 
 
 class TextTransformer(nn.Module):
-    """Upstream's ``trans_encoder``: ``bert`` (encoder with img_embedding) and ``cls`` (LM head).
-
-    The LM head is never applied to every position: callers pass only the hidden states they need logits for
-    (a 30522-way projection over 300 positions would dominate the cost)."""
+    """Upstream's ``trans_encoder``: ``bert`` (encoder with img_embedding) and ``cls`` (LM head, which callers
+    apply only to the hidden states they need logits for)."""
 
     def __init__(self, cfg: TextTransformerConfig):
         super().__init__()
@@ -331,11 +314,9 @@ class TextTransformer(nn.Module):
         return self.cls(hidden)
 
     def load_hf_bert(self, folder: str | Path) -> list[str]:
-        """Initialise from a local Hugging Face BERT folder (``config.json`` + ``model.safetensors`` or
-        ``pytorch_model.bin``). Returns the names of our tensors the folder did not provide (e.g. img_embedding).
-
-        The MLM head, when present, initialises our untied LM head; a tied checkpoint that stores no decoder
-        matrix gets a copy of the word embeddings, which then train separately."""
+        """Initialise from a local Hugging Face BERT folder; returns the names of our tensors it did not provide
+        (e.g. img_embedding). A tied checkpoint without a decoder matrix gives the LM head a copy of the word
+        embeddings."""
         folder = Path(folder)
         config_path = folder / "config.json"
         if not folder.is_dir():
@@ -352,7 +333,11 @@ class TextTransformer(nn.Module):
         if mismatched:
             raise ValueError(f"{folder / 'config.json'}: BERT dimensions differ from this model "
                              f"(name: (folder, model)): {mismatched}")
-        ours = hf_bert_to_ours(_read_weights(folder))
+        weights = next((folder / name for name in ("model.safetensors", "pytorch_model.bin")
+                        if (folder / name).is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
+        ours = hf_bert_to_ours(dict(read_weights_file(weights, "Hugging Face BERT weights")))
         if "cls.predictions.decoder.weight" not in ours and "bert.embeddings.word_embeddings.weight" in ours:
             ours["cls.predictions.decoder.weight"] = ours["bert.embeddings.word_embeddings.weight"].clone()
         own = self.state_dict()
@@ -364,13 +349,6 @@ class TextTransformer(nn.Module):
                              f"misshaped {misshaped}")
         self.load_state_dict(ours, strict=False)
         return sorted(set(own) - set(ours))
-
-
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return dict(read_weights_file(folder / name, "Hugging Face BERT weights"))
-    raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
 
 
 # Parts of HF BERT checkpoints we have no module for: pooler, NSP head, position-id buffers.

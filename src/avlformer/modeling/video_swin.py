@@ -1,22 +1,10 @@
 """Video Swin Transformer 3-D encoder (docs/upstream.md §3.2), the visual backbone of AVLFormer.
 
-Built from torchvision's Video Swin pieces (``torchvision.models.video.swin_transformer``), which implement the
-same math as the official Video-Swin-Transformer code that upstream vendors: patch embedding Conv3d + LayerNorm,
-blocks alternating shift (0,0,0) and window//2 = (4,3,3), per-axis window clamping (window = size and shift 0
-when an axis is not larger than the window), the -100 shifted-window mask, the relative position bias indexed
-with the 'ij' meshgrid formula, 2x2 spatial PatchMerging (x0 x1 x2 x3 order, LayerNorm(4C) then bias-free
-Linear), stochastic depth linear in block index, and a final LayerNorm. Every LayerNorm uses eps 1e-5.
-
-Any frame count and size is accepted, as upstream accepts them: the patch embedding zero-pads T, H and W up to
-multiples of the patch, each patch merging zero-pads an odd H or W by one, and window attention pads to window
-multiples and crops back. The token grid therefore follows the padded sizes (``VideoSwinConfig.token_grid``):
-112 px gives 28, 14, 7, 4 tokens per side over the four stages, 160 px gives 40, 20, 10, 5.
-
-State-dict names are upstream's (``backbone.patch_embed``, ``backbone.layers.{s}.blocks.{b}``,
-``backbone.layers.{s}.downsample``, ``backbone.norm``), so ``AVLFormer.swin`` holds the released ``model.bin``
-keys ``swin.backbone.*`` one to one. The only upstream entries we do not keep are the 24 int64
-``relative_position_index`` buffers (deterministic, so :func:`checkpoint_filter_fn` checks them against a
-recomputation and drops them) and the Kinetics ``cls_head.*`` classifier.
+Built from torchvision's Video Swin pieces, the same math as the official code upstream vendors. Any frame count
+and size is accepted: inputs are zero-padded as upstream pads them, so the token grid follows the padded sizes
+(``VideoSwinConfig.token_grid``). State-dict names are upstream's (``backbone.*``), so the released ``model.bin``
+keys ``swin.backbone.*`` load one to one; its ``relative_position_index`` buffers are checked against a
+recomputation and dropped (:func:`checkpoint_filter_fn`), as is the Kinetics ``cls_head.*``.
 """
 
 from __future__ import annotations
@@ -31,13 +19,12 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.models.swin_transformer import PatchMerging
 from torchvision.models.video.swin_transformer import PatchEmbed3d
 from torchvision.ops import StochasticDepth
-from avlformer.config_fields import checked_fields
-from avlformer.modeling.meta_device import expected_state_shapes
+from avlformer.config_fields import JsonDataclass
+from avlformer.modeling.meta_device import check_state_dict, expected_state_shapes
 from avlformer.modeling.swin_window_attention import WindowAttention3d, relative_position_index
 from avlformer.modeling.weights_file import load_converted
 
 LAYER_NORM_EPS = 1e-5
-UPSTREAM_PREFIX = "backbone."
 CLS_HEAD_PREFIX = "cls_head."
 INDEX_SUFFIX = ".attn.relative_position_index"
 TABLE_SUFFIX = ".attn.relative_position_bias_table"
@@ -53,10 +40,9 @@ def _int_tuple(values: Sequence[int], name: str, length: int | None = None) -> t
 
 
 @dataclass
-class VideoSwinConfig:
+class VideoSwinConfig(JsonDataclass):
     """Shape of a Video Swin encoder. ``patch_size`` and ``window_size`` are (time, height, width)."""
 
-    # Fields that act only while the encoder trains: its eval output does not depend on them.
     TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("drop_path_rate", "use_checkpoint", "checkpoint_stages")
     embed_dim: int
     depths: Sequence[int]
@@ -66,12 +52,10 @@ class VideoSwinConfig:
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.2
     use_checkpoint: bool = False
-    # The stages whose blocks use_checkpoint recomputes. Stages 1-2 (indices 0, 1) hold about 2 of Swin-B's 5.5 GB
-    # of activations at 32 frames for a fifth of its FLOPs; stages 3-4 hold the rest for four fifths, so keeping
-    # them was measured 5-9 s faster per paper step at about 4.8 GB more (docs/training.md). All stages for the
-    # least memory: (0, 1, 2, 3).
+    # The stages whose blocks use_checkpoint recomputes: stages 1-2 hold the most activation memory per FLOP
+    # (docs/training.md); (0, 1, 2, 3) for the least memory.
     checkpoint_stages: Sequence[int] = (0, 1)
-    attn_implementation: str = "sdpa"  # the window attention's kernel: see modeling/attention.py
+    attn_implementation: str = "sdpa"  # modeling/attention.py
 
     def __post_init__(self) -> None:
         self.depths = _int_tuple(self.depths, "depths")
@@ -96,7 +80,6 @@ class VideoSwinConfig:
             raise ValueError(f"VideoSwinConfig.checkpoint_stages must be stage indices 0..{len(self.depths) - 1}, "
                              f"got {list(self.checkpoint_stages)}")
 
-    # Presets. Keyword overrides let callers change the free dimensions (window, drop path, checkpointing...).
     @classmethod
     def nano(cls, **overrides: Any) -> "VideoSwinConfig":
         """Test-sized: four one-block stages, milliseconds on CPU."""
@@ -138,8 +121,8 @@ class VideoSwinConfig:
         return f"Swin ({self.embed_dim}-dim, depths {list(self.depths)})"
 
     def token_grid(self, num_frames: int, image_size: int | Sequence[int]) -> tuple[int, int, int]:
-        """(T', H', W') of the output tokens, following upstream's padding: ceil(T / patch_t) frames; per side
-        ceil(size / patch), then ceil(/2) at each patch merging (one per stage after the first)."""
+        """(T', H', W') of the output tokens: ceil(T / patch_t); per side ceil(size / patch), then ceil(/2) at
+        each patch merging."""
         height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if min(num_frames, height, width) <= 0:
             raise ValueError(f"Video Swin needs at least one frame and one pixel; got T={num_frames}, "
@@ -160,10 +143,6 @@ class VideoSwinConfig:
             data[key] = list(data[key])
         return data
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "VideoSwinConfig":
-        return cls(**checked_fields(cls, data))
-
 
 class _Mlp(nn.Module):
     # torchvision's block names its MLP layers mlp.0 / mlp.3; upstream uses mlp.fc1 / mlp.fc2, which we keep.
@@ -178,10 +157,7 @@ class _Mlp(nn.Module):
 
 
 class _SwinBlock3d(nn.Module):
-    """Pre-norm block: x + drop(attn(norm1 x)), then x + drop(mlp(norm2 x)). Input/output (B, T, H, W, C).
-
-    Same composition as torchvision's SwinTransformerBlock, written out only to keep upstream's MLP names.
-    """
+    """torchvision's SwinTransformerBlock with upstream's MLP names; (B, T, H, W, C) in and out."""
 
     def __init__(self, dim: int, heads: int, window: Sequence[int], shifted: bool, mlp_ratio: float, drop: float,
                  attn_implementation: str = "sdpa"):
@@ -213,9 +189,7 @@ class _SwinStage(nn.Module):
         self.downsample = None if is_last else PatchMerging(dim, norm_layer=nn.LayerNorm)
 
     def forward(self, x: Tensor, use_checkpoint: bool = False) -> Tensor:
-        # Checkpointing keeps only each block's input and recomputes the block in backward: the same extra
-        # forward as checkpointing the whole stage, but the peak holds one block's attention, not the stage's
-        # (18 blocks in stage 3 of Swin-B).
+        # Per block, not per stage: the same recomputation, but the peak holds one block's attention.
         for block in self.blocks:
             x = checkpoint(block, x, use_reentrant=False) if use_checkpoint else block(x)
         return x if self.downsample is None else self.downsample(x)
@@ -256,20 +230,12 @@ def _init_upstream(module: nn.Module) -> None:
 
 
 class VideoSwinEncoder(nn.Module):
-    """Frames (B, T, 3, H, W) -> grid tokens (B, T'·H'·W', out_dim), token index d·H'·W' + h·W' + w.
-
-    Inputs that do not tile are zero-padded as upstream pads them; the token count is
-    ``VideoSwinConfig.num_tokens`` of the input's size.
-    """
+    """Frames (B, T, 3, H, W) -> grid tokens (B, T'·H'·W', out_dim), token index d·H'·W' + h·W' + w."""
 
     def __init__(self, config: VideoSwinConfig) -> None:
         super().__init__()
         self.config = config
         self.backbone = _VideoSwinBackbone(config)
-
-    @property
-    def out_dim(self) -> int:
-        return self.config.out_dim
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.config.use_checkpoint = enabled
@@ -297,14 +263,6 @@ class VideoSwinEncoder(nn.Module):
 # Official checkpoint conversion
 
 
-def _unwrap_state_dict(checkpoint_content: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The mmaction .pth is {'meta': ..., 'state_dict': {...}}; accept that or the inner dict itself."""
-    inner = checkpoint_content.get("state_dict", checkpoint_content)
-    if not isinstance(inner, Mapping):
-        raise ValueError(f"Video Swin checkpoint: 'state_dict' is a {type(inner).__name__}, not a mapping")
-    return inner
-
-
 def _check_index_buffer(key: str, value: Any, reference: Tensor) -> None:
     if not isinstance(value, Tensor) or tuple(value.shape) != tuple(reference.shape):
         got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
@@ -322,69 +280,25 @@ def _check_index_buffer(key: str, value: Any, reference: Tensor) -> None:
 def checkpoint_filter_fn(
     state_dict: Mapping[str, Any], config: VideoSwinConfig
 ) -> tuple[dict[str, Tensor], list[str]]:
-    """Official Video Swin checkpoint (``backbone.*`` + ``cls_head.*``) -> (state dict for VideoSwinEncoder, dropped).
-
-    Every key is accounted for: learned tensors are kept under the same name, ``relative_position_index`` buffers
-    are checked against the recomputation and dropped, ``cls_head.*`` is dropped. Unknown keys, wrong shapes and
-    missing tensors raise a ValueError that lists every offending key.
-    """
-    source = _unwrap_state_dict(state_dict)
+    """Official Video Swin checkpoint -> (VideoSwinEncoder state dict, dropped keys); a mismatch raises
+    CheckpointMismatchError listing every offending key."""
+    source = state_dict.get("state_dict", state_dict)  # the mmaction .pth: {'meta': ..., 'state_dict': {...}}
+    if not isinstance(source, Mapping):
+        raise ValueError(f"Video Swin checkpoint: 'state_dict' is a {type(source).__name__}, not a mapping")
     expected = expected_state_shapes(lambda: VideoSwinEncoder(config))
     reference_index = relative_position_index(config.window_size)
     converted: dict[str, Tensor] = {}
     dropped: list[str] = []
-    unknown: list[str] = []
-    misshaped: list[str] = []
-    present: set[str] = set()
     for key, value in source.items():
         if key.startswith(CLS_HEAD_PREFIX):
             dropped.append(key)
         elif key.endswith(INDEX_SUFFIX) and key[: -len(INDEX_SUFFIX)] + TABLE_SUFFIX in expected:
             _check_index_buffer(key, value, reference_index)
             dropped.append(key)
-        elif key not in expected:
-            unknown.append(key)
         else:
-            present.add(key)
-            if isinstance(value, Tensor) and tuple(value.shape) == expected[key]:
-                converted[key] = value
-            else:
-                got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                misshaped.append(f"{key} (got {got}, expected {list(expected[key])})")
-    missing = [key for key in expected if key not in present]
-    _raise_on_problems(unknown, misshaped, missing)
+            converted[key] = value
+    check_state_dict(converted, expected, what="Video Swin checkpoint")
     return converted, dropped
-
-
-def _raise_on_problems(unknown: list[str], misshaped: list[str], missing: list[str]) -> None:
-    problems = [
-        f"{label} ({len(keys)}): {', '.join(keys)}"
-        for label, keys in (("unknown keys", unknown), ("shape mismatches", misshaped), ("missing keys", missing))
-        if keys
-    ]
-    if problems:
-        raise ValueError("Video Swin checkpoint does not match the config: " + "; ".join(problems))
-
-
-def to_upstream_state_dict(
-    our_state_dict: Mapping[str, Tensor], window_size: Sequence[int] = (8, 7, 7)
-) -> dict[str, Tensor]:
-    """Our state dict -> upstream ``backbone.*`` layout, re-inserting each block's relative_position_index
-    (right after its bias table, as upstream orders them) so upstream's strict loading accepts it."""
-    index = relative_position_index(window_size)
-    table_rows = (2 * window_size[0] - 1) * (2 * window_size[1] - 1) * (2 * window_size[2] - 1)
-    upstream: dict[str, Tensor] = {}
-    for key, value in our_state_dict.items():
-        if not key.startswith(UPSTREAM_PREFIX):
-            raise ValueError(f"to_upstream_state_dict: key {key!r} is not a Video Swin encoder key")
-        upstream[key] = value
-        if key.endswith(TABLE_SUFFIX):
-            if value.shape[0] != table_rows:
-                raise ValueError(
-                    f"{key}: {value.shape[0]} rows, but window {list(window_size)} needs {table_rows}"
-                )
-            upstream[key[: -len(TABLE_SUFFIX)] + INDEX_SUFFIX] = index.clone()
-    return upstream
 
 
 def load_official_weights(encoder: VideoSwinEncoder, path: str | Path) -> list[str]:

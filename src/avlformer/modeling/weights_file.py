@@ -1,8 +1,4 @@
-"""Reading weight files we did not write (official encoders, released model, metric models) safely.
-
-``torch.load(weights_only=True)`` only rebuilds tensors and plain containers, so a malicious pickle cannot run
-code; ``.safetensors`` files never contain code at all. Every failure names the file.
-"""
+"""Reading weight files safely: ``torch.load(weights_only=True)`` or safetensors; every failure names the file."""
 
 from __future__ import annotations
 
@@ -16,7 +12,6 @@ from avlformer.error_text import one_line
 
 
 def read_weights_file(path: str | os.PathLike, what: str = "checkpoint") -> Mapping[str, Any]:
-    """The dict stored in ``path`` (a ``.safetensors`` file or a torch checkpoint), loaded onto the CPU."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
@@ -28,7 +23,12 @@ def read_weights_file(path: str | os.PathLike, what: str = "checkpoint") -> Mapp
         except Exception as error:  # safetensors raises its own error types for truncated/corrupt data
             raise ValueError(f"{path}: cannot read safetensors weights: {one_line(error)}") from None
     try:
-        content = _torch_load(path)
+        try:  # memory-mapped: a 1.25 GB file is not held twice while a model copies it
+            content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            content = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) file format
     except Exception as error:  # torch raises several types (RuntimeError, UnpicklingError, EOFError, ...)
         raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) (corrupt, or it holds "
                          f"objects other than tensors, which are never unpickled): {one_line(error)}") from None
@@ -37,17 +37,8 @@ def read_weights_file(path: str | os.PathLike, what: str = "checkpoint") -> Mapp
     return content
 
 
-def _torch_load(path: Path):
-    try:  # memory-mapped: a 1.25 GB file is not held twice while a model copies it
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as error:
-        if "mmap" not in str(error):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) file format
-
-
 def read_safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor in a ``.safetensors`` file, from its header alone (no tensor is read)."""
+    """Name -> shape of every tensor in a ``.safetensors`` file, from its header alone."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -61,9 +52,8 @@ def read_safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...
 
 
 def load_converted(target: torch.nn.Module, path: str | os.PathLike, what: str, convert, config) -> list[str]:
-    """Read an official weight file, convert it with ``convert(state_dict, config) -> (ours, dropped)`` (an
-    encoder's ``checkpoint_filter_fn``) and load it strictly into ``target``; returns the dropped keys. Errors
-    name the file."""
+    """Read an official weight file, convert it with an encoder's ``checkpoint_filter_fn`` and load it strictly
+    into ``target``; returns the dropped keys."""
     path = Path(path)
     content = read_weights_file(path, what)
     try:

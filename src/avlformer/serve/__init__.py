@@ -1,7 +1,5 @@
-"""`avlformer serve`: a local captioning page and a JSON endpoint for one model (``server``: the routes,
-``listener``: uvicorn running them, ``jobs``: the bounded captioning queue, ``uploads``: receiving a video,
-``page``: the HTML, ``render``: frames, spectrogram and attention-mask pictures). Needs the ``[serve]`` extra
-(``pip install 'avlformer[serve]'``). See docs/api.md, "The captioning page"."""
+"""`avlformer serve`: a local captioning page and a JSON endpoint for one model; needs the ``[serve]`` extra.
+See docs/api.md, "The captioning page"."""
 
 DEFAULT_MAX_UPLOAD_MB = 100.0   # largest accepted upload unless --max-upload-mb says otherwise
 DEFAULT_QUEUE_SIZE = 32         # captioning requests accepted at once (running and waiting); more get a 503

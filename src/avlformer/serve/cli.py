@@ -1,10 +1,5 @@
-"""`avlformer serve --model CKPT [--host 127.0.0.1 --port 7860] [--videos DIR]`: the captioning page.
-
-Safe by default: it listens on localhost only (``--host 0.0.0.0`` opens it to the network, with a warning),
-refuses uploads over ``--max-upload-mb``, keeps uploads in a private temporary folder that is removed, runs
-one request at a time on the model with at most ``--queue-size`` waiting, and cuts off a client silent for
-``--read-timeout`` seconds mid-request. Ctrl-C or SIGTERM stops it (and removes its temporary folder).
-"""
+"""`avlformer serve --model CKPT [--host 127.0.0.1 --port 7860] [--videos DIR]`: the captioning page; localhost
+only unless ``--host`` says otherwise (with a warning). Ctrl-C or SIGTERM stops it."""
 
 from __future__ import annotations
 

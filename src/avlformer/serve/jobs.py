@@ -1,11 +1,6 @@
-"""The captioning queue: at most ``size`` captioning requests are accepted at once (the one the model is running
-and those waiting for it); one more is refused at once with a 503 and a ``Retry-After`` estimated from how long
-recent captions took, so a burst never piles up past what the server can answer in reasonable time.
-
-Captioning blocks (decoding, the model, drawing the pictures), so it runs on worker threads, never on the event
-loop that answers the page and the other requests. Two workers: one clip can be decoded while the model works on
-another; the model itself is used by one thread at a time (``ServeState.lock``), because its cached buffers are
-shared between calls.
+"""The captioning queue: at most ``size`` requests accepted at once (running and waiting); one more gets a 503
+with a ``Retry-After`` from recent caption times. Jobs run on two worker threads, so one clip is decoded while
+the model (one thread at a time, ``ServeState.lock``) works on another.
 """
 
 from __future__ import annotations
@@ -44,12 +39,11 @@ class CaptionQueue:
         return self._accepted
 
     def retry_after_s(self) -> int:
-        """Seconds until a place is likely to be free: the queue ahead, at the recent time per caption."""
         return max(1, math.ceil(self._mean_s * max(1, self._accepted) / WORKERS))
 
     async def run(self, job: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
-        """``job()`` on a worker, or a 503 when the queue is full. ``cleanup`` runs once the job is over, also
-        when it never started (the server stopped, or the waiting request was cancelled)."""
+        """``job()`` on a worker, or a 503 when the queue is full; ``cleanup`` runs once the job is over or
+        dropped."""
         with self._counter:
             if self._accepted >= self.size:
                 raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,

@@ -1,11 +1,8 @@
-"""Runs the captioning app (``server.app``) under uvicorn: its listen backlog takes a burst of connections, its
-keep-alive timeout closes idle ones, and SIGINT / SIGTERM stop it gracefully (requests being answered are
-finished, the waiting captions are refused with a 503, the private upload folder is removed).
+"""Runs the captioning app (``server.app``) under uvicorn; SIGINT / SIGTERM stop it gracefully (requests being
+answered finish, waiting ones get a 503, the upload folder is removed).
 
-uvicorn alone waits forever for a client that connects and sends nothing, or never finishes its headers; the
-protocol here gives such a client ``read_timeout_s`` in all (a deadline, not an idle timer, so trickling one byte
-at a time does not extend it). A body that stops arriving is the app's to time out (``uploads``), since only the
-app knows whether it is still reading.
+uvicorn alone waits forever for a client that sends nothing or never finishes its headers; the protocol here gives
+such a client ``read_timeout_s`` in all (a deadline, not an idle timer). A stalled body is the app's to time out.
 """
 
 from __future__ import annotations
@@ -23,8 +20,7 @@ GRACEFUL_SHUTDOWN_S = 30      # on a stop, how long requests being answered may 
 
 
 class _DeadlineH11(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with a deadline on the client whenever no request is in the app's hands: a
-    new connection, a kept-alive one whose next request has begun, or the rest of a body after its answer."""
+    """uvicorn's HTTP/1.1 protocol with a deadline on the client whenever no request is in the app's hands."""
 
     read_timeout_s: float = 0.0   # set by ``_protocol``
 
@@ -83,8 +79,7 @@ class _Server(uvicorn.Server):
 
 
 class CaptionServer:
-    """The server of ``state`` on ``host:port`` (port 0: any free one), bound at once (OSError if it cannot be);
-    ``serve_forever`` runs it until ``shutdown`` (from another thread) or a signal (in the main thread)."""
+    """The server of ``state`` on ``host:port`` (0: any free port), bound at once (OSError if it cannot be)."""
 
     def __init__(self, state: ServeState, host: str = "127.0.0.1", port: int = 7860):
         self.state = state

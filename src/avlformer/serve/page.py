@@ -1,7 +1,5 @@
-"""The captioning page: one self-contained HTML document (inline CSS and script, no external assets, so it works
-offline and behind any firewall). The script posts an upload to ``/api/caption`` exactly as a scripted client
-would and draws the JSON answer; ``?video=NAME`` (a clip of the ``--videos`` folder) is captioned by the server
-and drawn into the page before it is sent, so it needs no script at all."""
+"""The captioning page: one self-contained HTML document (no external assets). Its script posts an upload to
+``/api/caption`` as a scripted client would; ``?video=NAME`` is captioned by the server and drawn in."""
 
 from __future__ import annotations
 

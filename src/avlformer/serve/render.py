@@ -28,11 +28,6 @@ def jpeg_uri(image: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def display_frames(frames: torch.Tensor) -> list[np.ndarray]:
-    """The (T, 3, H, W) uint8 model input as (H, W, 3) RGB pictures: exactly the pixels the model normalises."""
-    return [frame.permute(1, 2, 0).numpy() for frame in frames.cpu()]
-
-
 def _colour(values: np.ndarray) -> np.ndarray:
     """0..1 -> RGB along a dark-blue..yellow ramp (no plotting library needed)."""
     stops = np.array([[13, 8, 135], [126, 3, 168], [204, 71, 120], [248, 149, 64], [240, 249, 33]], np.float32)

@@ -1,11 +1,7 @@
-"""The captioning server's routes: the page, ``POST /api/caption`` and the clips of a ``--videos`` folder, as an
-ASGI application (Starlette); ``listener`` runs it under uvicorn.
+"""The captioning server's routes as a Starlette application (``listener`` runs it under uvicorn).
 
-Captioning goes through one bounded queue (``jobs``), off the event loop, so the page, the clip list and the
-health check answer while the model works; a request beyond the queue gets a 503 with ``Retry-After``. Uploads:
-``uploads``. Every failure is answered with a JSON ``{"error": "..."}`` and a 4xx status (a 500 for a fault of
-the server, with no detail: its log has them); no answer names a path of the server's disk.
-
+Captioning goes through the bounded queue of ``jobs``, off the event loop. Every failure is answered with a JSON
+``{"error": "..."}`` and a 4xx status (a bare 500 for a fault of the server); no answer names a server path.
 Routes::
 
     GET  /                      the page (``?video=NAME``: a clip of --videos, captioned and drawn in)
@@ -20,6 +16,7 @@ Routes::
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import tempfile
@@ -57,8 +54,6 @@ class ServeState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     temp_root: Path = field(init=False)
     queue: CaptionQueue = field(init=False)
-    _mask_uri: str | None = None
-    _mask_done: bool = False
 
     def __post_init__(self):
         if not self.read_timeout_s > 0:
@@ -68,7 +63,7 @@ class ServeState:
 
     # ------------------------------------------------------------------------------------------- the folder
     def _folder_clips(self) -> dict[str, Path]:
-        """{name: file} of the --videos folder: plain files whose real path (links followed) is inside it."""
+        """{name: file} of the --videos folder: plain files whose real path is inside it."""
         if self.videos_dir is None:
             return {}
         root = self.videos_dir.resolve()
@@ -88,8 +83,7 @@ class ServeState:
         return sorted(self._folder_clips())
 
     def folder_video(self, name: str) -> Path:
-        """A clip of --videos by its plain file name: nothing outside the folder is reachable, a link included,
-        and no name, however long or odd, reaches the disk (it is looked up in the folder's listing)."""
+        """A clip of --videos by its file name, looked up in the folder's listing (no name reaches the disk)."""
         if self.videos_dir is None:
             raise RequestError(HTTPStatus.NOT_FOUND, "this server was started without --videos")
         path = self._folder_clips().get(name)
@@ -99,19 +93,16 @@ class ServeState:
         return path
 
     # -------------------------------------------------------------------------------------------- captioning
+    @functools.cached_property
     def attention_mask_uri(self) -> str | None:
         """The learned mask does not depend on the input: drawn once (under the model lock)."""
-        if not self._mask_done:
-            model = self.captioner.loaded.model
-            image = render.attention_mask(model.av_attention_mask(), model.config.num_video_tokens)
-            self._mask_uri = render.png_uri(image) if image is not None else None
-            self._mask_done = True
-        return self._mask_uri
+        model = self.captioner.loaded.model
+        image = render.attention_mask(model.av_attention_mask(), model.config.num_video_tokens)
+        return render.png_uri(image) if image is not None else None
 
     def caption_file(self, path: Path, shown_as: str, details: bool) -> dict:
-        """Caption one file (blocking: run it on a worker); a file that is not a decodable video is a 422 naming
-        ``shown_as``."""
-        # Decoding the file needs no model: only the model's own work is serialised behind the lock.
+        """Caption one file (blocking: run it on a worker); an undecodable one is a 422 naming ``shown_as``."""
+        # Decoding needs no model: only the model's own work is serialised behind the lock.
         try:
             clip = self.captioner.prepare(path)
         except media.MediaError as error:
@@ -122,17 +113,17 @@ class ServeState:
                                                                 f"({self._hide(str(error), path)})") from None
         with self.lock:
             result = self.captioner.caption_inputs([clip])[0]
-            mask = self.attention_mask_uri() if details else None
+            mask = self.attention_mask_uri if details else None
         answer = {"caption": result.caption, "confidence": result.confidence, "audio_source": result.audio_source,
                   "warnings": [self._hide(w, path, shown_as) for w in result.warnings]}
         if details:
-            answer["frames"] = [render.jpeg_uri(f) for f in render.display_frames(clip.frames)]
+            # The (T, 3, H, W) uint8 model input: exactly the pixels the model normalises.
+            answer["frames"] = [render.jpeg_uri(frame.permute(1, 2, 0).numpy()) for frame in clip.frames.cpu()]
             answer["spectrogram"] = render.png_uri(render.spectrogram(clip.audio, self.captioner.spec.sample_rate))
             answer["attention_mask"] = mask
         return answer
 
     def _hide(self, text: str, path: Path, shown_as: str = "the video") -> str:
-        """``text`` with the server's folders replaced by what the client knows them as."""
         text = text.replace(str(path), shown_as)
         for folder, name in ((self.temp_root, "upload"), (self.videos_dir, "videos")):
             if folder is not None:
@@ -158,7 +149,6 @@ def _details(request: Request) -> bool:
 
 
 def _answering(endpoint):
-    """A route whose RequestError becomes its JSON answer, and whose bugs a 500 that says nothing of the server."""
     async def route(request: Request) -> Response:
         try:
             return await endpoint(request.app.state.serve, request)
@@ -230,7 +220,7 @@ async def _no_route(state: ServeState, request: Request) -> Response:
 
 
 def app(state: ServeState) -> Starlette:
-    """The ASGI application serving ``state`` (the router's own 404 and 405 are answered like any other)."""
+    """The ASGI application serving ``state`` (the router's 404 and 405 answered like any other)."""
     routes = [Route("/", _answering(_page), methods=["GET"]),
               Route("/videos/{name:path}", _answering(_clip), methods=["GET"]),
               Route("/api/videos", _answering(_videos), methods=["GET"]),

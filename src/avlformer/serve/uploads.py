@@ -1,11 +1,6 @@
-"""Uploads: where they may be written, and reading one from a request as it arrives.
-
-An upload is parsed as it streams in (``python-multipart``) straight into a fresh file of a per-request folder
-inside the server's private temporary folder (mode 0700); the upload's own file name is never used as a path, so
-an upload can never replace an existing file, an input included. The private folder itself must not lie inside
-a checkpoint folder (``TMPDIR`` pointing there would put uploads among the model's files).
-A body over the limit is refused from its Content-Length before any of it is read; a client that goes silent
-mid-body is answered 408 after the read timeout and its partial upload removed.
+"""Uploads, parsed as they stream in into a fresh file of a per-request folder inside the server's private
+temporary folder (never under the upload's own name, never inside a checkpoint). A body over the limit is refused
+from its Content-Length; a client silent mid-body gets a 408.
 """
 
 from __future__ import annotations
@@ -23,7 +18,6 @@ from avlformer.serve.errors import RequestError
 
 
 def private_upload_root() -> Path:
-    """A new private temporary folder for uploads; ValueError when it would lie inside a checkpoint folder."""
     base = Path(tempfile.gettempdir()).resolve()
     if (checkpoint := enclosing_checkpoint(base)) is not None:
         raise ValueError(f"uploads would be written inside the checkpoint folder {checkpoint} (the temporary "
@@ -43,7 +37,6 @@ def content_length(request: Request) -> int:
 
 
 async def _chunks(request: Request, read_timeout: float):
-    """The body's chunks; a client silent for ``read_timeout`` seconds mid-body is a 408."""
     stream = request.stream().__aiter__()
     while True:
         try:
@@ -58,8 +51,8 @@ async def _chunks(request: Request, read_timeout: float):
 
 
 async def discard_body(request: Request, limit: int, read_timeout: float) -> dict[str, str]:
-    """Read and drop a body not worth parsing, so that the answer reaches a client still sending it; the
-    headers to answer with (a body too large to read closes the connection instead)."""
+    """Read and drop a body, so the answer reaches a client still sending it; returns the headers to answer with
+    (a body too large to read closes the connection instead)."""
     try:
         length = content_length(request)
     except RequestError as error:
