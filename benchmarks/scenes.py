@@ -50,14 +50,14 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("scenes_bench"), help="work folder (created)")
     parser.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
-    parser.add_argument("--num-train", type=int, default=2000)
-    parser.add_argument("--num-val", type=int, default=250)
-    parser.add_argument("--num-test", type=int, default=250)
+    parser.add_argument("--num-train", type=int, default=400)
+    parser.add_argument("--num-val", type=int, default=8)
+    parser.add_argument("--num-test", type=int, default=60)
     parser.add_argument("--data-seed", type=int, default=0)
-    parser.add_argument("--xe-cpu-minutes", type=float, default=20.0, help="budget of each from-scratch run")
-    parser.add_argument("--continue-cpu-minutes", type=float, default=6.0, help="budget of each continuation")
+    parser.add_argument("--xe-cpu-minutes", type=float, default=6.0, help="budget of each from-scratch run")
+    parser.add_argument("--continue-cpu-minutes", type=float, default=2.0, help="budget of each continuation")
     parser.add_argument("--seeds", type=int, default=3, help="continuation seeds (training order and sampling)")
-    parser.add_argument("--curve-points", type=int, default=4, help="checkpoints per run scored for the curves")
+    parser.add_argument("--curve-points", type=int, default=3, help="checkpoints per run scored for the curves")
     parser.add_argument("--xe-learning-rate", type=float, default=None,
                         help="continued cross-entropy lr (default: the config's)")
     parser.add_argument("--scst-learning-rate", type=float, default=3e-4)
@@ -180,20 +180,22 @@ def score_checkpoint(checkpoint: Path, media: Path, raw: Path, silence: bool, sc
     return score
 
 
-def curve(output_dir: Path, result: dict, media: Path, raw: Path, silence: bool, points_wanted: int
-          ) -> list[list[float]]:
-    """[CPU minutes, test CIDEr] at each checkpoint of a run (CPU minutes interpolated by step)."""
-    points = []
-    per_step = result["cpu_seconds"] / max(1, result["steps"])
+def _score_process(checkpoint: Path, media: Path, raw: Path, silence: bool, scorers: tuple[str, ...]) -> dict:
+    """score_checkpoint in a (fresh, one-thread) process of the pool."""
+    import torch
+
+    torch.set_num_threads(1)
+    return score_checkpoint(checkpoint, media, raw, silence, scorers)
+
+
+def curve_checkpoints(output_dir: Path, result: dict, points_wanted: int) -> list[tuple[int, Path]]:
+    """Up to ``points_wanted`` of a run's checkpoints, evenly spread, as (step, folder): the curve's points."""
     def step(path: Path) -> int:
         return int(path.name.rsplit("-", 1)[1])
 
     checkpoints = sorted((p for p in output_dir.glob("checkpoint-*") if step(p) <= result["steps"]), key=step)
     chosen = sorted({round(i) for i in np.linspace(0, len(checkpoints) - 1, min(points_wanted, len(checkpoints)))})
-    for checkpoint in [checkpoints[i] for i in chosen]:
-        cider = score_checkpoint(checkpoint, media, raw, silence, ("cider",))["cider"]
-        points.append([round(step(checkpoint) * per_step / 60, 2), round(cider, 4)])
-    return points
+    return [(step(checkpoints[i]), checkpoints[i]) for i in chosen]
 
 
 # ----------------------------------------------------------------------------------------------------- main
@@ -249,18 +251,24 @@ def main(argv=None) -> dict:
             str(args.sc_train_sample_n), "--sc_baseline_type", "sample"], continue_budget)
     trained.update(run_all(pairs, args.jobs, work))
 
-    final = {}
-    for name, result in trained.items():
-        silence = name == "no_audio"
-        final[name] = {**score_checkpoint(Path(result["checkpoint"]), silent if silence else raw, raw, silence,
-                                          ("bleu", "meteor", "cider")),
-                       "cpu_minutes": round(result["cpu_seconds"] / 60, 2), "steps": result["steps"]}
-    final["xe_start"] = final["xe"]
-    curves = {name: curve(work / "runs" / name, trained[name], silent if name == "no_audio" else raw, raw,
-                          name == "no_audio", args.curve_points) for name in ("xe", "no_audio", "no_mask")}
-    for name in ("xe_continued_s0", "scst_s0"):
-        start_point = [[0.0, final["xe"]["cider"]]]
-        curves[name] = start_point + curve(work / "runs" / name, trained[name], raw, raw, False, args.curve_points)
+    curve_runs = ("xe", "no_audio", "no_mask", "xe_continued_s0", "scst_s0")
+    chosen = {name: curve_checkpoints(work / "runs" / name, trained[name], args.curve_points) for name in curve_runs}
+    tasks = {(name, "final"): (Path(result["checkpoint"]), ("bleu", "meteor", "cider"))
+             for name, result in trained.items()}
+    tasks.update({(name, step): (checkpoint, ("cider",)) for name in curve_runs for step, checkpoint in chosen[name]})
+    scores = {}
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
+        futures = {key: pool.submit(_score_process, checkpoint, silent if key[0] == "no_audio" else raw, raw,
+                                    key[0] == "no_audio", scorers) for key, (checkpoint, scorers) in tasks.items()}
+        scores = {key: future.result() for key, future in futures.items()}
+    final = {name: {**scores[(name, "final")], "cpu_minutes": round(result["cpu_seconds"] / 60, 2),
+                    "steps": result["steps"]} for name, result in trained.items()}
+    curves = {}
+    for name in curve_runs:
+        per_step = trained[name]["cpu_seconds"] / max(1, trained[name]["steps"])
+        start_point = [] if name in scratch else [[0.0, round(final["xe"]["cider"], 4)]]
+        curves[name] = start_point + [[round(step * per_step / 60, 2), round(scores[(name, step)]["cider"], 4)]
+                                      for step, _ in chosen[name]]
 
     def mean(prefix: str, key) -> float:
         return float(np.mean([key(final[f"{prefix}_s{s}"]) for s in range(args.seeds)]))
