@@ -54,8 +54,8 @@ def parse_args(argv=None):
     parser.add_argument("--num-val", type=int, default=8)
     parser.add_argument("--num-test", type=int, default=60)
     parser.add_argument("--data-seed", type=int, default=0)
-    parser.add_argument("--xe-cpu-minutes", type=float, default=6.0, help="budget of each from-scratch run")
-    parser.add_argument("--continue-cpu-minutes", type=float, default=2.0, help="budget of each continuation")
+    parser.add_argument("--xe-cpu-minutes", type=float, default=9.0, help="budget of each from-scratch run")
+    parser.add_argument("--continue-cpu-minutes", type=float, default=3.0, help="budget of each continuation")
     parser.add_argument("--seeds", type=int, default=3, help="continuation seeds (training order and sampling)")
     parser.add_argument("--curve-points", type=int, default=3, help="checkpoints per run scored for the curves")
     parser.add_argument("--xe-learning-rate", type=float, default=None,
