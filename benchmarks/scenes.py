@@ -253,14 +253,15 @@ def main(argv=None) -> dict:
 
     curve_runs = ("xe", "no_audio", "no_mask", "xe_continued_s0", "scst_s0")
     chosen = {name: curve_checkpoints(work / "runs" / name, trained[name], args.curve_points) for name in curve_runs}
-    tasks = {(name, "final"): (Path(result["checkpoint"]), ("bleu", "meteor", "cider"))
-             for name, result in trained.items()}
-    tasks.update({(name, step): (checkpoint, ("cider",)) for name in curve_runs for step, checkpoint in chosen[name]})
-    scores = {}
+    # Every checkpoint scored once (a curve's last point is its run's final checkpoint), in the run pool.
+    tasks = {(name, "final"): Path(result["checkpoint"]) for name, result in trained.items()}
+    tasks.update({(name, step): checkpoint for name in curve_runs for step, checkpoint in chosen[name]})
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
-        futures = {key: pool.submit(_score_process, checkpoint, silent if key[0] == "no_audio" else raw, raw,
-                                    key[0] == "no_audio", scorers) for key, (checkpoint, scorers) in tasks.items()}
-        scores = {key: future.result() for key, future in futures.items()}
+        runs_of = {checkpoint: name for (name, _), checkpoint in tasks.items()}
+        futures = {checkpoint: pool.submit(_score_process, checkpoint, silent if name == "no_audio" else raw, raw,
+                                           name == "no_audio", ("bleu", "meteor", "cider"))
+                   for checkpoint, name in runs_of.items()}
+        scores = {key: futures[checkpoint].result() for key, checkpoint in tasks.items()}
     final = {name: {**scores[(name, "final")], "cpu_minutes": round(result["cpu_seconds"] / 60, 2),
                     "steps": result["steps"]} for name, result in trained.items()}
     curves = {}
