@@ -173,6 +173,7 @@ def score_checkpoint(checkpoint: Path, media: Path, raw: Path, silence: bool, sc
     structured = score_scenes(predictions, scenes)
     score = {"cider": coco.get("CIDEr"), "bleu4": coco.get("Bleu_4"), "meteor": coco.get("METEOR"),
              "scene_groups": structured.groups, "scene": structured.scores,
+             "sound_by_relation": structured.sound_by_relation,
              "mean_words": float(np.mean([len(c.split()) for c in predictions.values()])),
              "example": predictions[sorted(predictions)[0]], "num_test": len(predictions),
              "failed": len(scenes) - len(predictions)}
