@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 CONFIG = REPO / "configs" / "scenes_tiny.json"
 QUICK = {"num_train": 60, "num_val": 4, "num_test": 12, "xe_cpu_minutes": 1.0, "continue_cpu_minutes": 0.75,
-         "seeds": 1, "curve_points": 2}
+         "seeds": 1, "checkpoints": 2, "curve_points": 2}
 
 
 def parse_args(argv=None):
@@ -57,7 +57,10 @@ def parse_args(argv=None):
     parser.add_argument("--xe-cpu-minutes", type=float, default=9.0, help="budget of each from-scratch run")
     parser.add_argument("--continue-cpu-minutes", type=float, default=3.0, help="budget of each continuation")
     parser.add_argument("--seeds", type=int, default=3, help="continuation seeds (training order and sampling)")
-    parser.add_argument("--curve-points", type=int, default=3, help="checkpoints per run scored for the curves")
+    parser.add_argument("--checkpoints", type=int, default=3, help="checkpoints kept per from-scratch run")
+    parser.add_argument("--curve-points", type=int, default=3,
+                        help="checkpoints per run scored for the curves, the final one included (each costs a "
+                             "test-split captioning)")
     parser.add_argument("--xe-learning-rate", type=float, default=None,
                         help="continued cross-entropy lr (default: the config's)")
     parser.add_argument("--scst-learning-rate", type=float, default=3e-4)
@@ -195,7 +198,8 @@ def curve_checkpoints(output_dir: Path, result: dict, points_wanted: int) -> lis
         return int(path.name.rsplit("-", 1)[1])
 
     checkpoints = sorted((p for p in output_dir.glob("checkpoint-*") if step(p) <= result["steps"]), key=step)
-    chosen = sorted({round(i) for i in np.linspace(0, len(checkpoints) - 1, min(points_wanted, len(checkpoints)))})
+    # spread from the last checkpoint back, so one point is the run's final checkpoint (scored anyway)
+    chosen = sorted({round(i) for i in np.linspace(len(checkpoints) - 1, 0, min(points_wanted, len(checkpoints)))})
     return [(step(checkpoints[i]), checkpoints[i]) for i in chosen]
 
 
@@ -232,7 +236,7 @@ def main(argv=None) -> dict:
     # A budget shorter than an epoch still runs a one-epoch schedule; checkpoints are spaced over the steps the
     # budget allows, so the run always leaves one.
     reachable = min(budget_steps, epochs * steps_per_epoch)
-    save = ["--num_train_epochs", str(epochs), "--save_steps", str(max(1, reachable // args.curve_points))]
+    save = ["--num_train_epochs", str(epochs), "--save_steps", str(max(1, reachable // args.checkpoints))]
     scratch = {"xe": (base(raw, "xe") + save, xe_budget),
                "no_audio": (base(silent, "no_audio") + save, xe_budget),
                "no_mask": (base(raw, "no_mask") + save + ["--learn_mask_enabled", "false"], xe_budget)}
