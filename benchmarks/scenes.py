@@ -271,9 +271,9 @@ def main(argv=None) -> dict:
                     "steps": result["steps"]} for name, result in trained.items()}
     curves = {}
     for name in curve_runs:
-        per_step = trained[name]["cpu_seconds"] / max(1, trained[name]["steps"])
+        run_per_step = trained[name]["cpu_seconds"] / max(1, trained[name]["steps"])
         start_point = [] if name in scratch else [[0.0, round(final["xe"]["cider"], 4)]]
-        curves[name] = start_point + [[round(step * per_step / 60, 2), round(scores[(name, step)]["cider"], 4)]
+        curves[name] = start_point + [[round(step * run_per_step / 60, 2), round(scores[(name, step)]["cider"], 4)]
                                       for step, _ in chosen[name]]
 
     def mean(prefix: str, key) -> float:
