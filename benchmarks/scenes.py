@@ -43,21 +43,24 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 CONFIG = REPO / "configs" / "scenes_tiny.json"
 QUICK = {"num_train": 60, "num_val": 4, "num_test": 12, "xe_cpu_minutes": 1.0, "continue_cpu_minutes": 0.75,
-         "seeds": 1, "curve_points": 2}
+         "seeds": 1, "checkpoints": 2, "curve_points": 2}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("scenes_bench"), help="work folder (created)")
     parser.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
-    parser.add_argument("--num-train", type=int, default=2000)
-    parser.add_argument("--num-val", type=int, default=250)
-    parser.add_argument("--num-test", type=int, default=250)
+    parser.add_argument("--num-train", type=int, default=400)
+    parser.add_argument("--num-val", type=int, default=8)
+    parser.add_argument("--num-test", type=int, default=60)
     parser.add_argument("--data-seed", type=int, default=0)
-    parser.add_argument("--xe-cpu-minutes", type=float, default=20.0, help="budget of each from-scratch run")
-    parser.add_argument("--continue-cpu-minutes", type=float, default=6.0, help="budget of each continuation")
+    parser.add_argument("--xe-cpu-minutes", type=float, default=9.0, help="budget of each from-scratch run")
+    parser.add_argument("--continue-cpu-minutes", type=float, default=3.0, help="budget of each continuation")
     parser.add_argument("--seeds", type=int, default=3, help="continuation seeds (training order and sampling)")
-    parser.add_argument("--curve-points", type=int, default=4, help="checkpoints per run scored for the curves")
+    parser.add_argument("--checkpoints", type=int, default=3, help="checkpoints kept per from-scratch run")
+    parser.add_argument("--curve-points", type=int, default=3,
+                        help="checkpoints per run scored for the curves, the final one included (each costs a "
+                             "test-split captioning)")
     parser.add_argument("--xe-learning-rate", type=float, default=None,
                         help="continued cross-entropy lr (default: the config's)")
     parser.add_argument("--scst-learning-rate", type=float, default=3e-4)
@@ -173,6 +176,7 @@ def score_checkpoint(checkpoint: Path, media: Path, raw: Path, silence: bool, sc
     structured = score_scenes(predictions, scenes)
     score = {"cider": coco.get("CIDEr"), "bleu4": coco.get("Bleu_4"), "meteor": coco.get("METEOR"),
              "scene_groups": structured.groups, "scene": structured.scores,
+             "sound_by_relation": structured.sound_by_relation,
              "mean_words": float(np.mean([len(c.split()) for c in predictions.values()])),
              "example": predictions[sorted(predictions)[0]], "num_test": len(predictions),
              "failed": len(scenes) - len(predictions)}
@@ -180,20 +184,23 @@ def score_checkpoint(checkpoint: Path, media: Path, raw: Path, silence: bool, sc
     return score
 
 
-def curve(output_dir: Path, result: dict, media: Path, raw: Path, silence: bool, points_wanted: int
-          ) -> list[list[float]]:
-    """[CPU minutes, test CIDEr] at each checkpoint of a run (CPU minutes interpolated by step)."""
-    points = []
-    per_step = result["cpu_seconds"] / max(1, result["steps"])
+def _score_process(checkpoint: Path, media: Path, raw: Path, silence: bool, scorers: tuple[str, ...]) -> dict:
+    """score_checkpoint in a (fresh, one-thread) process of the pool."""
+    import torch
+
+    torch.set_num_threads(1)
+    return score_checkpoint(checkpoint, media, raw, silence, scorers)
+
+
+def curve_checkpoints(output_dir: Path, result: dict, points_wanted: int) -> list[tuple[int, Path]]:
+    """Up to ``points_wanted`` of a run's checkpoints, evenly spread, as (step, folder): the curve's points."""
     def step(path: Path) -> int:
         return int(path.name.rsplit("-", 1)[1])
 
     checkpoints = sorted((p for p in output_dir.glob("checkpoint-*") if step(p) <= result["steps"]), key=step)
-    chosen = sorted({round(i) for i in np.linspace(0, len(checkpoints) - 1, min(points_wanted, len(checkpoints)))})
-    for checkpoint in [checkpoints[i] for i in chosen]:
-        cider = score_checkpoint(checkpoint, media, raw, silence, ("cider",))["cider"]
-        points.append([round(step(checkpoint) * per_step / 60, 2), round(cider, 4)])
-    return points
+    # spread from the last checkpoint back, so one point is the run's final checkpoint (scored anyway)
+    chosen = sorted({round(i) for i in np.linspace(len(checkpoints) - 1, 0, min(points_wanted, len(checkpoints)))})
+    return [(step(checkpoints[i]), checkpoints[i]) for i in chosen]
 
 
 # ----------------------------------------------------------------------------------------------------- main
@@ -229,7 +236,7 @@ def main(argv=None) -> dict:
     # A budget shorter than an epoch still runs a one-epoch schedule; checkpoints are spaced over the steps the
     # budget allows, so the run always leaves one.
     reachable = min(budget_steps, epochs * steps_per_epoch)
-    save = ["--num_train_epochs", str(epochs), "--save_steps", str(max(1, reachable // args.curve_points))]
+    save = ["--num_train_epochs", str(epochs), "--save_steps", str(max(1, reachable // args.checkpoints))]
     scratch = {"xe": (base(raw, "xe") + save, xe_budget),
                "no_audio": (base(silent, "no_audio") + save, xe_budget),
                "no_mask": (base(raw, "no_mask") + save + ["--learn_mask_enabled", "false"], xe_budget)}
@@ -249,18 +256,25 @@ def main(argv=None) -> dict:
             str(args.sc_train_sample_n), "--sc_baseline_type", "sample"], continue_budget)
     trained.update(run_all(pairs, args.jobs, work))
 
-    final = {}
-    for name, result in trained.items():
-        silence = name == "no_audio"
-        final[name] = {**score_checkpoint(Path(result["checkpoint"]), silent if silence else raw, raw, silence,
-                                          ("bleu", "meteor", "cider")),
-                       "cpu_minutes": round(result["cpu_seconds"] / 60, 2), "steps": result["steps"]}
-    final["xe_start"] = final["xe"]
-    curves = {name: curve(work / "runs" / name, trained[name], silent if name == "no_audio" else raw, raw,
-                          name == "no_audio", args.curve_points) for name in ("xe", "no_audio", "no_mask")}
-    for name in ("xe_continued_s0", "scst_s0"):
-        start_point = [[0.0, final["xe"]["cider"]]]
-        curves[name] = start_point + curve(work / "runs" / name, trained[name], raw, raw, False, args.curve_points)
+    curve_runs = ("xe", "no_audio", "no_mask", "xe_continued_s0", "scst_s0")
+    chosen = {name: curve_checkpoints(work / "runs" / name, trained[name], args.curve_points) for name in curve_runs}
+    # Every checkpoint scored once (a curve's last point is its run's final checkpoint), in the run pool.
+    tasks = {(name, "final"): Path(result["checkpoint"]) for name, result in trained.items()}
+    tasks.update({(name, step): checkpoint for name in curve_runs for step, checkpoint in chosen[name]})
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
+        runs_of = {checkpoint: name for (name, _), checkpoint in tasks.items()}
+        futures = {checkpoint: pool.submit(_score_process, checkpoint, silent if name == "no_audio" else raw, raw,
+                                           name == "no_audio", ("bleu", "meteor", "cider"))
+                   for checkpoint, name in runs_of.items()}
+        scores = {key: futures[checkpoint].result() for key, checkpoint in tasks.items()}
+    final = {name: {**scores[(name, "final")], "cpu_minutes": round(result["cpu_seconds"] / 60, 2),
+                    "steps": result["steps"]} for name, result in trained.items()}
+    curves = {}
+    for name in curve_runs:
+        run_per_step = trained[name]["cpu_seconds"] / max(1, trained[name]["steps"])
+        start_point = [] if name in scratch else [[0.0, round(final["xe"]["cider"], 4)]]
+        curves[name] = start_point + [[round(step * run_per_step / 60, 2), round(scores[(name, step)]["cider"], 4)]
+                                      for step, _ in chosen[name]]
 
     def mean(prefix: str, key) -> float:
         return float(np.mean([key(final[f"{prefix}_s{s}"]) for s in range(args.seeds)]))

@@ -21,6 +21,21 @@ def test_every_reference_of_a_test_split_scores_100(split="test", count=150, see
         result = score_scenes(predictions, scenes)
         assert set(result.scores) == set(SCORE_KEYS)
         assert all(value == 100.0 for value in result.scores.values()), (k, result.scores)
+        assert result.sound_by_relation == {"offscreen": 100.0, "tied": 100.0}
+
+
+def test_sound_scores_split_by_relation():
+    """A wrong off-screen sound costs the off-screen share only, a wrong tied sound the tied share only."""
+    scene = next(scene for scene in (synth_scenes.make_scene(0, "test", i) for i in range(200))
+                 if {s["relation"] == "offscreen" for s in scene["sounds"]} == {True, False})
+    caption = scene_references(scene, 0)[0]
+    for relation in ("offscreen", "tied"):
+        truth = copy.deepcopy(scene)
+        sound = next(s for s in truth["sounds"] if (s["relation"] == "offscreen") == (relation == "offscreen"))
+        sound["kind"] = next(k for k in synth_scenes.SOUND_KINDS if k not in {s["kind"] for s in truth["sounds"]})
+        split = score_scenes({"clip": caption}, {"clip": truth}).sound_by_relation
+        other = "tied" if relation == "offscreen" else "offscreen"
+        assert split[relation] < 100.0 and split[other] == 100.0, (relation, split)
 
 
 def test_an_empty_or_unrelated_caption_scores_nothing():

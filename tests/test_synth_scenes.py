@@ -13,7 +13,7 @@ import pytest
 
 from avlformer.cli import main as cli_main
 from avlformer.data import synth, synth_scenes
-from avlformer.data.scene_captions import REFERENCES_PER_CLIP
+from avlformer.data.scene_captions import MAX_WORDS, REFERENCES_PER_CLIP
 
 COUNTS = {"train": 3, "val": 0, "test": 2}
 
@@ -42,7 +42,7 @@ def test_every_clip_has_five_different_references_of_plausible_length(raw):
     assert set(captions) == set(scenes) and len(captions) == 5
     for clip_id, references in captions.items():
         assert len(references) == REFERENCES_PER_CLIP == len(set(references))
-        assert all(20 <= len(r.split()) <= 110 for r in references)
+        assert all(20 <= len(r.split()) <= MAX_WORDS for r in references)
         assert (raw / "videos" / scenes[clip_id]["split"] / f"{clip_id}.mp4").is_file()
         assert (raw / "audio_mp3" / scenes[clip_id]["split"] / f"{clip_id}.mp3").is_file()
 

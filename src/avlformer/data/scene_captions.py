@@ -61,6 +61,8 @@ VISIBLE_WORDS = ("while the {obj} is visible", "as long as the {obj} is on scree
 HEARD_PLURAL = ("are heard", "can be heard")
 
 REFERENCES_PER_CLIP = 5
+# FAVD's captions run roughly 25-80 words; a longer draw is redrawn (kept only if a scene yields too few shorter).
+MAX_WORDS = 80
 _NUMBERS = {1: "one", 2: "two", 3: "three"}
 
 
@@ -170,11 +172,17 @@ class _Writer:
 def scene_references(scene: dict, seed: int, count: int = REFERENCES_PER_CLIP) -> list[str]:
     """``count`` different references of ``scene``; a pure function of (scene, seed)."""
     references: list[str] = []
+    too_long: set[str] = set()
     rng = np.random.default_rng([seed, 11])
     for _ in range(50 * count):
         text = _Writer(scene, rng).caption()
-        if text not in references:
+        if len(text.split()) > MAX_WORDS:
+            too_long.add(text)
+        elif text not in references:
             references.append(text)
             if len(references) == count:
                 return references
+    references += sorted(too_long, key=lambda t: (len(t.split()), t))[:count - len(references)]
+    if len(references) == count:
+        return references
     raise ValueError(f"the grammar wrote fewer than {count} different references for a scene")

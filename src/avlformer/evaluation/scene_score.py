@@ -179,12 +179,28 @@ def clip_hits(caption: str, scene: dict) -> dict[str, list[bool]]:
     return hits
 
 
+def sound_hits_by_relation(caption: str, scene: dict) -> dict[str, list[bool]]:
+    """The sound attributes (kind, pitch, rhythm, span, envelope) right or wrong, split into off-screen sounds
+    (``offscreen``: only the audio tells them) and sounds tied to what is seen (``tied``: bounce clicks and
+    visibility tones, which the picture predicts)."""
+    parsed = parse_scene(caption)
+    split: dict[str, list[bool]] = {"offscreen": [], "tied": []}
+    for sound in scene["sounds"]:
+        said = parsed.sounds.get(sound["kind"])
+        hits = split["offscreen" if sound["relation"] == "offscreen" else "tied"]
+        hits.append(said is not None)
+        hits += [(said or {}).get(key) == sound[key] for key in ("pitch", "rhythm", "span", "envelope")
+                 if sound[key] is not None]
+    return split
+
+
 @dataclass
 class SceneScore:
     scores: dict[str, float]              # key -> percent right (0-100)
     groups: dict[str, float]              # visual / event / sound / av_relation: mean of their keys
     counts: dict[str, int]                # key -> items scored
     per_clip: dict[str, dict[str, float]]
+    sound_by_relation: dict[str, float]   # offscreen / tied: percent of those sounds' attributes right
 
 
 def score_scenes(predictions: dict[str, str], scenes: dict[str, dict]) -> SceneScore:
@@ -192,15 +208,19 @@ def score_scenes(predictions: dict[str, str], scenes: dict[str, dict]) -> SceneS
     caption (all wrong)."""
     totals: dict[str, list[bool]] = {key: [] for key in SCORE_KEYS}
     per_clip = {}
+    by_relation: dict[str, list[bool]] = {"offscreen": [], "tied": []}
     for clip_id, scene in scenes.items():
         hits = clip_hits(predictions.get(clip_id, ""), scene)
         per_clip[clip_id] = {k: 100.0 * sum(v) / len(v) for k, v in hits.items() if v}
         for key, values in hits.items():
             totals[key] += values
+        for relation, values in sound_hits_by_relation(predictions.get(clip_id, ""), scene).items():
+            by_relation[relation] += values
     scores = {key: 100.0 * sum(v) / len(v) for key, v in totals.items() if v}
     groups = {name: sum(scores[k] for k in keys if k in scores) / max(1, sum(k in scores for k in keys))
               for name, keys in GROUPS.items()}
-    return SceneScore(scores=scores, groups=groups, counts={k: len(v) for k, v in totals.items()}, per_clip=per_clip)
+    return SceneScore(scores=scores, groups=groups, counts={k: len(v) for k, v in totals.items()}, per_clip=per_clip,
+                      sound_by_relation={k: 100.0 * sum(v) / len(v) for k, v in by_relation.items() if v})
 
 
 def load_scene_truth(path) -> dict[str, dict]:

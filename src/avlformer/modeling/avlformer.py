@@ -248,16 +248,19 @@ class AVLFormer(nn.Module):
         # The 30522-way head only where a loss needs it (not over all 300 positions).
         logits = decoder.logits(hidden[needed])
         is_lm, is_mlm = lm_positions[needed], masked_pos[needed]
-        lm_loss = _mean_cross_entropy(logits[is_lm], lm_targets[needed][is_lm])
-        mlm_targets = target_ids[needed][is_mlm]
-        mlm_logits = logits[is_mlm]
-        mlm_loss = _mean_cross_entropy(mlm_logits, mlm_targets)
+        # One log-softmax over the needed rows, both targets gathered from it: indexing the (rows, vocab) logits
+        # per loss would copy them twice and scatter both copies back in the backward pass.
+        log_probs = logits.float().log_softmax(-1)
+        mlm_targets = target_ids[needed]
+        picked = log_probs.gather(1, torch.stack([lm_targets[needed], mlm_targets], dim=1))
+        lm_loss = _masked_mean(-picked[:, 0], is_lm)
+        mlm_loss = _masked_mean(-picked[:, 1], is_mlm)
         sparsity = self.sparsity_term(hidden)
         cfg = self.config
         loss = (cfg.lm_loss_weight * lm_loss + (1 - cfg.lm_loss_weight) * mlm_loss
                 + cfg.sparsity_loss_weight * sparsity)
         with torch.no_grad():
-            accuracy = ((mlm_logits.argmax(-1) == mlm_targets).float().mean() if mlm_targets.numel()
+            accuracy = ((logits[is_mlm].argmax(-1) == mlm_targets[is_mlm]).float().mean() if is_mlm.any()
                         else hidden.new_zeros(()))
         return {"loss": loss, "lm_loss": lm_loss, "mlm_loss": mlm_loss, "sparsity_loss": sparsity,
                 "mlm_accuracy": accuracy}
@@ -317,8 +320,8 @@ def describe_model(config: AVLFormerConfig) -> str:
             f"parameters, {parameters * 4 / 1e6:.0f} MB fp32")
 
 
-def _mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean CE; 0 (still attached to the graph) when there is nothing to predict, instead of NaN."""
-    if targets.numel() == 0:
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), targets)
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values[mask]``; 0 (still attached to the graph) when the mask is empty, instead of NaN."""
+    if not mask.any():
+        return values.sum() * 0.0
+    return values[mask].mean()
