@@ -61,7 +61,7 @@ def write_checkpoint_files(folder: Path, state_dict: Mapping[str, torch.Tensor],
                            recipe: PreprocessRecipe, extra_files: Mapping[str, str | os.PathLike] | None = None,
                            vocab_dir: str | os.PathLike | None = None) -> None:
     """The files of a checkpoint, into an existing staging folder. ``vocab_dir``: the model's vocabulary
-    (default: the shipped one)."""
+    (default: a causal LM decoder's own tokenizer folder, else the shipped one)."""
     weights, stored = {}, set()
     for name, tensor in state_dict.items():
         # A tied tensor (a causal LM's input and output embeddings) appears under both names; safetensors stores
@@ -73,7 +73,7 @@ def write_checkpoint_files(folder: Path, state_dict: Mapping[str, torch.Tensor],
     save_file(weights, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     config.save(folder / CONFIG_NAME)
     recipe.save(folder / RECIPE_NAME)
-    vocab_folder = Path(vocab_dir or default_vocab_dir())
+    vocab_folder = Path(vocab_dir or getattr(config.text, "path", "") or default_vocab_dir())
     if (vocab_folder / VOCAB_NAME).is_file():
         shutil.copyfile(vocab_folder / VOCAB_NAME, folder / VOCAB_NAME)
     else:  # a causal LM's own tokenizer (data/causal_tokenizer.py): its files travel with the checkpoint
