@@ -19,7 +19,9 @@ from avlformer.modeling.avlformer import AVLFormer
 from avlformer.training import loop
 from avlformer.training.args import parse_train_args
 from avlformer.training.checkpointing import TRAINING_STATE
-from hf_fakes import causal_lm_config, save_causal_lm
+from avlformer.modeling.hf_audio import HFAudioConfig
+from avlformer.modeling.hf_encoders import HFVideoConfig
+from hf_fakes import causal_lm_config, hf_parts_config, save_ast, save_causal_lm, save_videomae
 from training_fakes import FakeCaptionDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -34,17 +36,31 @@ def lm_folder(tmp_path_factory):
     return save_causal_lm(tmp_path_factory.mktemp("lm") / "llama", "llama")
 
 
-def built(folder: Path, cls=AVLFormer, seed: int = 0, **text) -> AVLFormer:
+@pytest.fixture(scope="module")
+def encoder_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("encoders")
+    return {"video": save_videomae(root / "videomae"), "audio": save_ast(root / "ast")}
+
+
+def built(folder: Path, cls=AVLFormer, seed: int = 0, encoders: dict | None = None, **text) -> AVLFormer:
+    """The tiny model with the LoRA causal LM in ``folder``; ``encoders``: HF video / audio folders in place of
+    the paper's encoders."""
     config = causal_lm_config(folder, **{"training": "lora", **text})
+    if encoders:
+        config = hf_parts_config({"type": "hf_video", **HFVideoConfig.from_folder(str(encoders["video"])).to_dict()},
+                                 {"type": "hf_audio", **HFAudioConfig.from_folder(str(encoders["audio"])).to_dict()},
+                                 {"type": "hf_causal_lm", **config.text.to_dict()})
     torch.manual_seed(seed)
     model = cls(config)
     model.load_part_weights("text", str(folder))
+    for role, part_folder in (encoders or {}).items():
+        model.load_part_weights(role, str(part_folder))
     return model
 
 
-def run(folder: Path, output_dir: Path, *flags: str, samples: int = 8, model=None):
+def run(folder: Path, output_dir: Path, *flags: str, samples: int = 8, model=None, encoders: dict | None = None):
     """Two epochs of ``samples`` clips, batch 2; LoRA dropout on, so a resume must restore the RNG too."""
-    model = model or built(folder, lora_dropout=0.2)
+    model = model or built(folder, encoders=encoders, lora_dropout=0.2)
     argv = ["--output-dir", str(output_dir), "--per-gpu-train-batch-size", "2", "--num-train-epochs", "2",
             "--learning-rate", "1e-2", "--num-workers", "0", "--device", "cpu", "--logging-steps", "1",
             "--save-steps", "3", "--seed", "7", *flags]
@@ -55,11 +71,14 @@ def run(folder: Path, output_dir: Path, *flags: str, samples: int = 8, model=Non
     return result, model
 
 
-def test_lora_causal_lm_resumes_exactly(lm_folder, tmp_path):
-    straight, _ = run(lm_folder, tmp_path / "straight")
+@pytest.mark.parametrize("with_hf_encoders", [False, True], ids=["paper-encoders", "videomae-ast"])
+def test_lora_causal_lm_resumes_exactly(lm_folder, encoder_folders, tmp_path, with_hf_encoders):
+    encoders = encoder_folders if with_hf_encoders else None
+    flags = ("--backbone-coef-lr", "1")
+    straight, _ = run(lm_folder, tmp_path / "straight", *flags, encoders=encoders)
     assert straight.global_step == 8
     middle = tmp_path / "straight" / "checkpoint-0-3"
-    resumed, _ = run(lm_folder, tmp_path / "resumed", "--resume", str(middle))
+    resumed, _ = run(lm_folder, tmp_path / "resumed", *flags, "--resume", str(middle), encoders=encoders)
     assert resumed.global_step == 8 and resumed.last_checkpoint.name == straight.last_checkpoint.name
     final = load_file(str(straight.last_checkpoint / "model.safetensors"))
     again = load_file(str(resumed.last_checkpoint / "model.safetensors"))
@@ -70,6 +89,8 @@ def test_lora_causal_lm_resumes_exactly(lm_folder, tmp_path):
     moved = {n for n in final if not torch.equal(start[n], final[n])}
     assert any("lora_" in n for n in moved) and "text.projector.0.weight" in moved  # adapters and projector trained
     assert not any(n.startswith("text.lm.") and "lora_" not in n for n in moved)  # the base stays frozen
+    if with_hf_encoders:
+        assert any(n.startswith("video.model.") for n in moved) and any(n.startswith("audio.model.") for n in moved)
     state_a = torch.load(straight.last_checkpoint / TRAINING_STATE, weights_only=True)["optimizer"]["state"]
     state_b = torch.load(resumed.last_checkpoint / TRAINING_STATE, weights_only=True)["optimizer"]["state"]
     assert state_a.keys() == state_b.keys() and any("lora_" in str(k) for k in state_a)
