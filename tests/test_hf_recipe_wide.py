@@ -1,5 +1,6 @@
-"""A causal-LM decoder (``text.type`` ``hf_causal_lm``, LoRA) through the paper recipe's commands: an exact resume,
-bf16 autocast on CPU, and a saved checkpoint through ``from_pretrained``, ``avlformer infer`` and ``serve``."""
+"""A causal-LM decoder (``text.type`` ``hf_causal_lm``, LoRA) through the paper recipe's commands: an exact resume
+(also beside VideoMAE + AST encoders), bf16 / fp16 autocast on CPU, and a ``save_pretrained`` checkpoint through
+``from_pretrained``, ``avlformer infer``, ``caption``, ``evaluate`` and ``serve``."""
 
 from __future__ import annotations
 
@@ -108,17 +109,21 @@ def _scalars(log_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_bf16_autocast_on_cpu_trains_the_lora_lm_and_it_captions(lm_folder, tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_on_cpu_trains_the_lora_lm_and_it_captions(lm_folder, tmp_path, precision):
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     model = built(lm_folder, lora_dropout=0.2)
     lm = model.part("text").lm
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     lora = next(m for n, m in lm.named_modules() if n.endswith("q_proj.lora_A.default"))
     seen = []
     lora.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
-    result, model = run(lm_folder, tmp_path / "run", "--precision", "bf16", "--num-train-epochs", "1",
+    result, model = run(lm_folder, tmp_path / "run", "--precision", precision, "--num-train-epochs", "1",
                         samples=4, model=model)
     assert result.global_step == 2
-    assert torch.bfloat16 in seen  # the LM's adapters ran under autocast
+    assert dtype in seen  # the LM's adapters ran under autocast
+    state = torch.load(result.last_checkpoint / TRAINING_STATE, weights_only=True)
+    assert bool(state["scaler"]) == (precision == "fp16")  # a loss scaler only for fp16
     losses = _scalars(tmp_path / "run" / "log")["train/loss"]
     assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
@@ -129,7 +134,7 @@ def test_bf16_autocast_on_cpu_trains_the_lora_lm_and_it_captions(lm_folder, tmp_
                            generator=torch.Generator().manual_seed(3))
     audio = 0.1 * torch.randn(2, 1, model.config.audio.clip_samples, generator=torch.Generator().manual_seed(4))
     model.eval()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
         out = model.generate(frames, audio)
     assert torch.isfinite(out.confidence).all()
     tokenizer = load_tokenizer(str(lm_folder))
@@ -192,6 +197,14 @@ def test_from_pretrained_infer_and_caption_give_the_models_own_captions(pretrain
     written = {p["image_id"]: p["caption"] for p in json.loads(output.read_text())}
     assert written == {video.stem: text for video, text in zip(videos, expected)}
     assert [r.caption for r in caption(loaded, videos, device="cpu")] == expected
+    # and infer's file scores: references equal to the captions give BLEU-1 = 1
+    references = tmp_path / "ref.json"
+    references.write_text(json.dumps([{"image_id": v.stem, "caption": c} for v, c in zip(videos, expected)]))
+    assert cli_main(["evaluate", "--pred", str(output), "--ref", str(references), "--metrics", "bleu",
+                     "--output", str(tmp_path / "metrics.json")]) == 0
+    scored = json.loads((tmp_path / "metrics.json").read_text())
+    assert scored["num_scored"] == 2 and not scored["missing_predictions"] and not scored["extra_predictions"]
+    assert scored["metrics"]["Bleu_1"] == pytest.approx(1.0)
 
 
 def test_serve_answers_a_causal_lm_checkpoints_caption(pretrained, lm_folder):
