@@ -1,5 +1,5 @@
 """A causal-LM decoder (``text.type`` ``hf_causal_lm``, LoRA) through the paper recipe's commands: an exact resume
-(also beside VideoMAE + AST encoders), bf16 / fp16 autocast on CPU, and a ``save_pretrained`` checkpoint through
+(also beside VideoMAE + AST encoders, and under FSDP over two processes), bf16 / fp16 autocast on CPU, and a ``save_pretrained`` checkpoint through
 ``from_pretrained``, ``avlformer infer``, ``caption``, ``evaluate`` and ``serve``."""
 
 from __future__ import annotations
@@ -231,3 +231,33 @@ def test_serve_answers_a_causal_lm_checkpoints_caption(pretrained, lm_folder):
     assert status == 200, answer
     assert answer["caption"] == expected_captions(pretrained["model"], lm_folder, [videos / "one.mp4"])[0]
     assert 0.0 <= answer["confidence"] <= 1.0
+
+
+@pytest.mark.slow  # two launches of two processes
+def test_fsdp_two_processes_resume_the_lora_lm_exactly(lm_folder, tmp_path):
+    """Two gloo processes under FSDP2: 2 steps straight == 1 step, a mid-epoch checkpoint, `--resume auto`, 1
+    step (Adam's moments of the sharded adapters must come back for that step to match)."""
+    import shutil
+
+    import torch.multiprocessing as mp
+
+    from test_hf_distributed import FINAL, FLAGS, free_port, worker
+
+    flags = FLAGS + ["--output-dir", str(tmp_path), "--per-gpu-train-batch-size", "2", "--distributed-strategy",
+                     "fsdp", "--save-steps", "1"]
+
+    def launch(*extra: str) -> None:
+        start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        mp.start_processes(worker, args=(2, free_port(), lm_folder, flags + list(extra)), nprocs=2, join=True,
+                           start_method=start_method)
+
+    launch()
+    final = load_file(str(tmp_path / FINAL / "model.safetensors"))
+    middle = load_file(str(tmp_path / "checkpoint-0-1" / "model.safetensors"))
+    assert any(not torch.equal(middle[n], final[n]) for n in final if "lora_" in n)
+    shutil.rmtree(tmp_path / FINAL)
+    launch("--resume", "auto")
+    resumed = load_file(str(tmp_path / FINAL / "model.safetensors"))
+    assert resumed.keys() == final.keys()
+    for name in final:
+        assert torch.equal(resumed[name], final[name]), name
