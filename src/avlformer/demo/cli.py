@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("demo_work"), help="work folder (created)")
     parser.add_argument("--recipe", default="paper", choices=tuple(RECIPES),
                         help="paper: the paper's parts, tiny (configs/demo_tiny.json); causal-lm: tiny random "
-                             "Hugging Face parts built into WORKDIR/models (a per-frame ViT, an AST, a Llama-style "
-                             "LM with LoRA; configs/demo_causal_lm*.json)")
+                             "Hugging Face parts built into WORKDIR/models (a VideoMAE, an AST, a Llama-style LM "
+                             "with LoRA; configs/demo_causal_lm*.json)")
     parser.add_argument("--config", type=Path, default=None,
                         help="training config (default: the recipe's); its model_config path is resolved relative "
                              "to the config file")
@@ -266,11 +266,11 @@ def run_demo(args: argparse.Namespace) -> dict:
 
     from avlformer.device import resolve_device
     from avlformer.modeling.hf_causal_lm import HFCausalLMConfig
-    from avlformer.modeling.parts import describe_part
+    from avlformer.modeling.parts import ROLES, describe_part
     from avlformer.training.args import load_config_file  # imported late: it pulls in torch
 
     device = resolve_device(args.device).type  # one rule for training and captioning; fails before any work
-    recipe = RECIPES[getattr(args, "recipe", "paper")]
+    recipe = RECIPES[args.recipe]
     config_path = args.config or default_config_path(recipe.name)
     train_flags = load_config_file(config_path)  # the demo config is a training flag file
     counts = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
@@ -310,7 +310,7 @@ def run_demo(args: argparse.Namespace) -> dict:
                "num_test_clips": evaluation["num_test_clips"], "num_captioned": evaluation["num_captioned"],
                "failed": evaluation["failed"], "checkpoint": str(checkpoint), "train_steps": result.global_step,
                "threads": threads, "clips": counts, "recipe": recipe.name,
-               "parts": {role: describe_part(role, getattr(model_config, role)) for role in ("video", "audio", "text")}}
+               "parts": {role: describe_part(role, getattr(model_config, role)) for role in ROLES}}
     write_text_atomic(work / "metrics.json", json.dumps(metrics, indent=1))
     print_summary(work, metrics)
     return metrics
