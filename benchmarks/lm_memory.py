@@ -50,8 +50,8 @@ def decoder_parameters(decoder: str) -> dict:
     if decoder == "bert":
         with torch.device("meta"):
             model = AVLFormer(config("bert", 12))
-        params = [p for name, p in model.named_parameters() if name.startswith("text.")]
-        return {"total": sum(p.numel() for p in params), "trained": sum(p.numel() for p in params)}
+        total = sum(p.numel() for p in model.part("text").parameters())
+        return {"total": total, "trained": total}
     from peft import LoraConfig, inject_adapter_in_model
     from transformers import AutoModelForCausalLM
 
