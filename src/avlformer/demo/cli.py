@@ -1,5 +1,6 @@
 """`avlformer demo` (``make demo``): synth -> prepare -> train the tiny model -> caption the test split (with its
 audio and silenced) -> evaluate -> report.html + metrics.json, all in the work folder (default ``demo_work/``).
+``--recipe`` picks what is trained (demo/recipes.py): the paper's parts, or tiny random Hugging Face parts.
 
 Attributes parsed from the predicted captions are compared with the ground truth: silencing the audio must keep
 the visual attributes right and drop the sound attributes to chance.
@@ -19,24 +20,27 @@ import numpy as np
 
 from avlformer.atomic import write_text_atomic
 from avlformer.data import synth
+from avlformer.demo.recipes import RECIPES, build_parts, configs_dir
 from avlformer.json_files import read_json
 from avlformer.output_paths import output_file_problem, output_folder_problem
 
 STAGES = ("synth", "prepare", "train", "caption", "evaluate", "report")
-CONFIG_NAME = "demo_tiny.json"
 
 
-def default_config_path() -> Path:
-    """configs/demo_tiny.json of this checkout (the package lives in <repo>/src/avlformer), else under the cwd."""
-    repo_config = Path(__file__).resolve().parents[3] / "configs" / CONFIG_NAME
-    return repo_config if repo_config.is_file() else Path("configs") / CONFIG_NAME
+def default_config_path(recipe: str = "paper") -> Path:
+    """The recipe's training flag file in configs/ of this checkout, else under the cwd."""
+    return configs_dir() / RECIPES[recipe].config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("demo_work"), help="work folder (created)")
+    parser.add_argument("--recipe", default="paper", choices=tuple(RECIPES),
+                        help="paper: the paper's parts, tiny (configs/demo_tiny.json); causal-lm: tiny random "
+                             "Hugging Face parts built into WORKDIR/models (a VideoMAE, an AST, a Llama-style LM "
+                             "with LoRA; configs/demo_causal_lm*.json)")
     parser.add_argument("--config", type=Path, default=None,
-                        help=f"training config (default: configs/{CONFIG_NAME}); its model_config path is "
-                             "resolved relative to the config file")
+                        help="training config (default: the recipe's); its model_config path is resolved relative "
+                             "to the config file")
     parser.add_argument("--num-train", type=int, default=400, help="training clips")
     parser.add_argument("--num-val", type=int, default=10, help="validation clips (prepared, not used for training)")
     parser.add_argument("--num-test", type=int, default=60, help="held-out test clips captioned and scored")
@@ -118,14 +122,24 @@ def stage_prepare(raw: Path, frames: int, size: int, workers: int) -> None:
                            f"{errors[0].reason}; see {raw / 'prepare_report.json'}")
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the data-loading workers)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def stage_train(argv: list[str]):
+    """The training result and the CPU seconds it took (on a shared machine a fairer cost than wall time)."""
     from avlformer.training.args import parse_train_args
     from avlformer.training.loop import train
 
+    start = cpu_seconds()
     result = train(parse_train_args(argv))
     if result.last_checkpoint is None:
         raise RuntimeError("training wrote no checkpoint")
-    return result
+    return result, round(cpu_seconds() - start, 1)
 
 
 @dataclass
@@ -205,7 +219,7 @@ def read_loss_curve(log_dir: Path) -> list[tuple[int, float]]:
 
 
 def stage_report(path: Path, results: CaptionResults, evaluation: dict, truth: dict, references: dict,
-                 raw: Path, train_dir: Path, checkpoint: Path, stage_seconds: dict) -> None:
+                 raw: Path, train_dir: Path, checkpoint: Path, stage_seconds: dict, recipe: str) -> None:
     import torch
 
     from avlformer.data import audio as audio_io
@@ -234,7 +248,7 @@ def stage_report(path: Path, results: CaptionResults, evaluation: dict, truth: d
             **{f"accuracy: {k}": v for k, v in evaluation["attribute_accuracy"].items()},
             **{f"accuracy, audio silenced: {k}": v for k, v in evaluation["silenced_attribute_accuracy"].items()},
             **{f"seconds: {k}": v for k, v in stage_seconds.items()}}
-    notes = [f"{len(clips)} held-out test clips; checkpoint {checkpoint}",
+    notes = [f"{len(clips)} held-out test clips; checkpoint {checkpoint}; recipe {recipe}",
              "Attributes are parsed from the predicted captions and compared with the generator's ground truth.",
              "Silenced: the same videos captioned again with the soundtrack replaced by zeros.",
              f"The model sees {config.num_frames} frames of {config.image_size} px and hears the first "
@@ -251,10 +265,13 @@ def run_demo(args: argparse.Namespace) -> dict:
     import torch
 
     from avlformer.device import resolve_device
+    from avlformer.modeling.hf_causal_lm import HFCausalLMConfig
+    from avlformer.modeling.parts import ROLES, describe_part
     from avlformer.training.args import load_config_file  # imported late: it pulls in torch
 
     device = resolve_device(args.device).type  # one rule for training and captioning; fails before any work
-    config_path = args.config or default_config_path()
+    recipe = RECIPES[args.recipe]
+    config_path = args.config or default_config_path(recipe.name)
     train_flags = load_config_file(config_path)  # the demo config is a training flag file
     counts = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
     threads = max(1, args.threads)
@@ -263,6 +280,9 @@ def run_demo(args: argparse.Namespace) -> dict:
     check_workdir(work, config_path)
     raw, train_dir, predictions_dir = work / "raw", work / "train", work / "predictions"
     work.mkdir(parents=True, exist_ok=True)
+    if recipe.parts:  # the parts' folders exist before the model configuration (which reads them) is resolved
+        prompt = train_flags.get("decoder_prompt") or HFCausalLMConfig.prompt
+        train_flags.update(build_parts(configs_dir() / recipe.parts, work / "models", prompt))
     # The resolved training flags go to a file in the work folder, so `avlformer train --config` could rerun it.
     train_config = work / "train_config.json"
     write_text_atomic(train_config, json.dumps(train_flags, indent=1))
@@ -275,21 +295,22 @@ def run_demo(args: argparse.Namespace) -> dict:
     clock = StageClock()
     data = clock.run("synth", stage_synth, raw, counts, args.seed)
     clock.run("prepare", stage_prepare, raw, stored_frames, stored_size, len(os.sched_getaffinity(0)))
-    result = clock.run("train", stage_train, argv)
+    result, train_cpu = clock.run("train", stage_train, argv)
     checkpoint = Path(result.last_checkpoint)
     results = clock.run("caption", stage_caption, checkpoint, raw, device, args.batch_size, predictions_dir)
     truth = {cid: a for cid, a in data["attributes"].items() if a["split"] == "test"}
     evaluation = clock.run("evaluate", stage_evaluate, results, truth, data["captions"])
     report = work / "report.html"
     clock.run("report", stage_report, report, results, evaluation, truth, data["captions"], raw, train_dir,
-              checkpoint, clock.seconds)
-    headline = {**evaluation["headline"], "wall_seconds": clock.total}
+              checkpoint, clock.seconds, recipe.name)
+    headline = {**evaluation["headline"], "wall_seconds": clock.total, "train_cpu_seconds": train_cpu}
     metrics = {**headline, "stage_seconds": clock.seconds, "caption_metrics": evaluation["caption_metrics"],
                "attribute_accuracy": evaluation["attribute_accuracy"],
                "silenced_attribute_accuracy": evaluation["silenced_attribute_accuracy"],
                "num_test_clips": evaluation["num_test_clips"], "num_captioned": evaluation["num_captioned"],
                "failed": evaluation["failed"], "checkpoint": str(checkpoint), "train_steps": result.global_step,
-               "threads": threads, "clips": counts}
+               "threads": threads, "clips": counts, "recipe": recipe.name,
+               "parts": {role: describe_part(role, getattr(model_config, role)) for role in ROLES}}
     write_text_atomic(work / "metrics.json", json.dumps(metrics, indent=1))
     print_summary(work, metrics)
     return metrics
