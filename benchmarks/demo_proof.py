@@ -46,8 +46,12 @@ def run_demo(workdir: Path, extra: list[str]) -> float:
 
 
 def checks(result: dict) -> dict[str, bool]:
+    return {"wall_seconds <= 900": result["wall_seconds"] <= LIMIT_SECONDS, **accuracy_checks(result)}
+
+
+def accuracy_checks(result: dict) -> dict[str, bool]:
+    """The proof's bars on the demo's metrics (any recipe)."""
     return {
-        "wall_seconds <= 900": result["wall_seconds"] <= LIMIT_SECONDS,
         "visual_accuracy >= 0.90": result["visual_accuracy"] >= 0.90,
         "sound_accuracy >= 0.90": result["sound_accuracy"] >= 0.90,
         "silenced_sound_accuracy <= chance + 0.15": result["silenced_sound_accuracy"] <= result["sound_chance"] + 0.15,

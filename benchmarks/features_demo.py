@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from avlformer.atomic import write_text_atomic  # noqa: E402
 from avlformer.demo import cli as demo  # noqa: E402
-from avlformer.training.args import parse_train_args  # noqa: E402
+from avlformer.training.args import load_config_file, parse_train_args  # noqa: E402
 
 PROOF = 0.90  # the demo proof's accuracy bar for visual and sound attributes
 
@@ -121,8 +121,8 @@ def main(argv=None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="features_demo_"))
     work.mkdir(parents=True, exist_ok=True)
     train_config = work / "train_config.json"
-    write_text_atomic(train_config, json.dumps(demo.load_demo_config(demo.default_config_path()).train_flags,
-                                               indent=1))
+    flags = load_config_file(demo.default_config_path())
+    write_text_atomic(train_config, json.dumps(flags, indent=1))
     probe = demo.resolve_model_config(train_config, work / "raw", work / "probe")
     frames, size = int(probe.num_frames), int(probe.image_size)
     data = prepared_dataset(args, work, frames, size)
@@ -130,18 +130,17 @@ def main(argv=None) -> int:
     references = json.loads((data / "captions.json").read_text())
     truth = {cid: a for cid, a in attributes.items() if a["split"] == "test"}
     num_train = sum(a["split"] == "train" for a in attributes.values())
-    flags = demo.load_demo_config(demo.default_config_path()).train_flags
 
     def argv_for(output: Path) -> list[str]:
         return demo.train_argv(data, output, frames, args.epochs, "cpu", train_config, flags, num_train)
 
     init = initial_checkpoint(argv_for(work / "init_run"), work / "init")
     clock = Stopwatch()
-    e2e = clock.run("train end to end", demo.stage_train, argv_for(work / "e2e"))
+    e2e, _ = clock.run("train end to end", demo.stage_train, argv_for(work / "e2e"))
     clock.run("extract features", extract, data, init, work / "features")
-    cached = clock.run("train on features", demo.stage_train,
-                       argv_for(work / "cached") + ["--features", str(work / "features"),
-                                                    "--pretrained_checkpoint", str(init)])
+    cached, _ = clock.run("train on features", demo.stage_train,
+                          argv_for(work / "cached") + ["--features", str(work / "features"),
+                                                       "--pretrained_checkpoint", str(init)])
     results = {}
     for mode, run in (("end_to_end", e2e), ("cached_features", cached)):
         headline = score(Path(run.last_checkpoint), data, work / f"predictions_{mode}", truth, references)
