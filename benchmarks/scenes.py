@@ -42,6 +42,8 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 CONFIG = REPO / "configs" / "scenes_tiny.json"
+CAUSAL_CONFIG = REPO / "configs" / "scenes_causal_lm.json"
+CAUSAL_PARTS = REPO / "configs" / "scenes_causal_lm_parts.json"
 QUICK = {"num_train": 60, "num_val": 4, "num_test": 12, "xe_cpu_minutes": 1.0, "continue_cpu_minutes": 0.75,
          "seeds": 1, "checkpoints": 2, "curve_points": 2}
 
@@ -115,6 +117,18 @@ def make_data(raw: Path, counts: dict, seed: int, frames: int, size: int) -> dic
         raise RuntimeError("prepare of the silenced copy failed")
     marker.write_text(json.dumps({"wanted": wanted, "seconds": seconds}))
     return seconds
+
+
+def causal_parts(raw: Path, models: Path) -> dict[str, str]:
+    """The causal-LM recipe's tiny random parts, its tokenizer knowing the training captions' words (and the
+    prompt's); returns their ``--video_encoder/--audio_encoder/--decoder`` values."""
+    from avlformer.demo.recipes import build_parts, caption_words
+    from avlformer.modeling.hf_causal_lm import HFCausalLMConfig
+
+    scenes = json.loads((raw / "attributes.json").read_text())
+    train = [text for clip_id, references in json.loads((raw / "captions.json").read_text()).items()
+             if scenes[clip_id]["split"] == "train" for text in references]
+    return build_parts(CAUSAL_PARTS, models, caption_words([HFCausalLMConfig.prompt, *train]))
 
 
 # ----------------------------------------------------------------------------------------------------- training
@@ -217,29 +231,42 @@ def main(argv=None) -> dict:
     frames, size = int(model.num_frames), int(model.image_size)
     counts = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
     data_seconds = make_data(raw, counts, args.data_seed, frames, size)
-    config = json.loads(CONFIG.read_text())
-    batch = int(config["per_gpu_train_batch_size"])
+    batch = int(json.loads(CONFIG.read_text())["per_gpu_train_batch_size"])
     steps_per_epoch = math.ceil(5 * args.num_train / batch)  # five references per clip
 
-    def base(data: Path, out: str) -> list[str]:
-        return ["--config", str(CONFIG), "--data_dir", str(data), "--output_dir", str(work / "runs" / out),
+    def base(data: Path, out: str, config: Path = CONFIG) -> list[str]:
+        return ["--config", str(config), "--data_dir", str(data), "--output_dir", str(work / "runs" / out),
                 "--train_yaml", f"metadata/train_{frames}frames.yaml", "--device", "cpu", "--num_workers", "0",
                 "--logging_steps", "10"]
 
-    # calibration: CPU seconds per cross-entropy step, to size the schedule to the budget
-    calibrate = run_all({"calibrate": (base(raw, "calibrate") + ["--num_train_epochs", "1", "--save_steps", "2"],
-                                       30.0)}, 1, work)
-    per_step = calibrate["calibrate"]["cpu_seconds"] / max(1, calibrate["calibrate"]["steps"])
+    # The paper recipe's BERT decoder reads the vocabulary synth cut down to the training captions' words; the
+    # causal-LM recipe's parts are built (random, from configs/scenes_causal_lm_parts.json) with a word-level
+    # tokenizer of the same words.
+    paper = ["--tokenizer_name", str(raw / "vocab")]
+    causal = [item for flag, value in causal_parts(raw, work / "models").items() for item in (f"--{flag}", value)]
+
+    def schedule(name: str, flags: list[str]) -> list[str]:
+        """Epochs and checkpoint spacing for an ``--xe-cpu-minutes`` run, from a calibration run's CPU seconds
+        per step."""
+        calibrated = run_all({name: (flags + ["--num_train_epochs", "1", "--save_steps", "2"], 30.0)}, 1, work)
+        per_step = calibrated[name]["cpu_seconds"] / max(1, calibrated[name]["steps"])
+        calibration[name] = round(per_step, 3)
+        budget_steps = max(1, int(args.xe_cpu_minutes * 60 / per_step))
+        epochs = max(1, budget_steps // steps_per_epoch)
+        # A budget shorter than an epoch still runs a one-epoch schedule; checkpoints are spaced over the steps
+        # the budget allows, so the run always leaves one.
+        reachable = min(budget_steps, epochs * steps_per_epoch)
+        return ["--num_train_epochs", str(epochs), "--save_steps", str(max(1, reachable // args.checkpoints))]
+
+    calibration = {}
+    paper_schedule = schedule("calibrate", base(raw, "calibrate") + paper)
+    causal_schedule = schedule("calibrate_causal_lm", base(raw, "calibrate_causal_lm", CAUSAL_CONFIG) + causal)
     xe_budget = args.xe_cpu_minutes * 60
-    budget_steps = max(1, int(xe_budget / per_step))
-    epochs = max(1, budget_steps // steps_per_epoch)
-    # A budget shorter than an epoch still runs a one-epoch schedule; checkpoints are spaced over the steps the
-    # budget allows, so the run always leaves one.
-    reachable = min(budget_steps, epochs * steps_per_epoch)
-    save = ["--num_train_epochs", str(epochs), "--save_steps", str(max(1, reachable // args.checkpoints))]
-    scratch = {"xe": (base(raw, "xe") + save, xe_budget),
-               "no_audio": (base(silent, "no_audio") + save, xe_budget),
-               "no_mask": (base(raw, "no_mask") + save + ["--learn_mask_enabled", "false"], xe_budget)}
+    scratch = {"xe": (base(raw, "xe") + paper + paper_schedule, xe_budget),
+               "no_audio": (base(silent, "no_audio") + paper + paper_schedule, xe_budget),
+               "no_mask": (base(raw, "no_mask") + paper + paper_schedule + ["--learn_mask_enabled", "false"],
+                           xe_budget),
+               "causal_lm": (base(raw, "causal_lm", CAUSAL_CONFIG) + causal + causal_schedule, xe_budget)}
     trained = run_all(scratch, args.jobs, work)
     start = trained["xe"]["checkpoint"]
     continue_budget = args.continue_cpu_minutes * 60
@@ -248,15 +275,15 @@ def main(argv=None) -> dict:
     xe_lr = [] if args.xe_learning_rate is None else ["--learning_rate", str(args.xe_learning_rate)]
     pairs = {}
     for seed in range(args.seeds):
-        pairs[f"xe_continued_s{seed}"] = (base(raw, f"xe_continued_s{seed}") + continued + xe_lr
+        pairs[f"xe_continued_s{seed}"] = (base(raw, f"xe_continued_s{seed}") + paper + continued + xe_lr
                                           + ["--seed", str(seed)], continue_budget)
-        pairs[f"scst_s{seed}"] = (base(raw, f"scst_s{seed}") + continued + [
+        pairs[f"scst_s{seed}"] = (base(raw, f"scst_s{seed}") + paper + continued + [
             "--seed", str(seed), "--scst", "--learning_rate", str(args.scst_learning_rate),
             "--per_gpu_train_batch_size", str(args.scst_batch_size), "--sc_train_sample_n",
             str(args.sc_train_sample_n), "--sc_baseline_type", "sample"], continue_budget)
     trained.update(run_all(pairs, args.jobs, work))
 
-    curve_runs = ("xe", "no_audio", "no_mask", "xe_continued_s0", "scst_s0")
+    curve_runs = ("xe", "no_audio", "no_mask", "causal_lm", "xe_continued_s0", "scst_s0")
     chosen = {name: curve_checkpoints(work / "runs" / name, trained[name], args.curve_points) for name in curve_runs}
     # Every checkpoint scored once (a curve's last point is its run's final checkpoint), in the run pool.
     tasks = {(name, "final"): Path(result["checkpoint"]) for name, result in trained.items()}
@@ -292,8 +319,9 @@ def main(argv=None) -> dict:
         "runs": {name: {k: v for k, v in r.items()} for name, r in final.items() if name != "xe_start"},
         "curves": curves,
         "sizes": counts, "xe_cpu_minutes_budget": args.xe_cpu_minutes,
-        "continue_cpu_minutes_budget": args.continue_cpu_minutes, "seeds": args.seeds, "xe_epochs": epochs,
-        "calibration_cpu_seconds_per_step": round(per_step, 2), "data_seconds": data_seconds,
+        "continue_cpu_minutes_budget": args.continue_cpu_minutes, "seeds": args.seeds,
+        "xe_schedules": {"paper": paper_schedule, "causal_lm": causal_schedule},
+        "calibration_cpu_seconds_per_step": calibration, "data_seconds": data_seconds,
         "scst_learning_rate": args.scst_learning_rate, "sc_train_sample_n": args.sc_train_sample_n,
         "scst_batch_size": args.scst_batch_size, "xe_learning_rate": args.xe_learning_rate,
         "quick": args.quick, "jobs": args.jobs, "wall_seconds": round(time.perf_counter() - begin, 1),

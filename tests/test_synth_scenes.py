@@ -5,6 +5,7 @@ the seed whatever the worker count."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import av
@@ -129,3 +130,49 @@ def test_evaluate_scenes_without_ground_truth_is_skipped_and_says_why(prepared, 
     code = cli_main(["evaluate", "--pred", str(pred), "--ref", str(prepared / "metadata" /
                      "test.caption_coco_format.json"), "--metrics", "scenes", "--scenes", str(bad)])
     assert code == 2 and "bad.json" in capsys.readouterr().err
+
+
+def test_the_vocab_synth_writes_trains_a_small_decoder_end_to_end(prepared, tmp_path, capsys):
+    """synth's vocab/vocab.txt -> train --tokenizer-name with a decoder of that many rows -> the checkpoint keeps
+    that vocabulary -> infer writes captions of its words; a decoder too small for it is refused in one line."""
+    from training_fakes import deterministic_tiny_config
+
+    from avlformer.data.tokenizer import load_tokenizer
+
+    vocab_dir = prepared / "vocab"
+    small, full = load_tokenizer(str(vocab_dir)), load_tokenizer()
+    assert 104 < len(small) < 400
+    captions = json.loads((prepared / "captions.json").read_text())
+    scenes = json.loads((prepared / "attributes.json").read_text())
+    for clip_id, references in captions.items():
+        for text in references:
+            same = small.convert_ids_to_tokens(small(text)["input_ids"]) == \
+                full.convert_ids_to_tokens(full(text)["input_ids"])
+            # the training references use only the vocabulary's pieces; other splits may meet [UNK]
+            assert same or scenes[clip_id]["split"] != "train"
+
+    config = deterministic_tiny_config(num_frames=4, image_size=32)
+    config.text.vocab_size = len(small)
+    model_config = tmp_path / "model.json"
+    config.save(model_config)
+    flags = ["train", "--data-dir", str(prepared), "--train-yaml", "metadata/train_4frames.yaml", "--model-config",
+             str(model_config), "--tokenizer-name", str(vocab_dir), "--per-gpu-train-batch-size", "5",
+             "--num-train-epochs", "1", "--num-workers", "0", "--save-steps", "0", "--device", "cpu"]
+    assert cli_main([*flags, "--output-dir", str(tmp_path / "run")]) == 0
+    checkpoint = next((tmp_path / "run").glob("checkpoint-*"))
+    assert (checkpoint / "vocab.txt").read_bytes() == (vocab_dir / "vocab.txt").read_bytes()
+    output = tmp_path / "pred.json"
+    assert cli_main(["infer", "--eval_model_dir", str(checkpoint), "--test_video_fname",
+                     str(prepared / "videos" / "test"), "--output", str(output), "--device", "cpu"]) == 0
+    predictions = json.loads(output.read_text())
+    assert len(predictions) == 2
+    for prediction in predictions:  # an untrained model may also pick the vocabulary's [unusedN] rows
+        words = re.sub(r"\[unused\d+\]", "", prediction["caption"])
+        assert words.strip() and "[UNK]" not in small.tokenize(words), prediction
+
+    config.text.vocab_size = len(small) - 1
+    config.save(model_config)
+    capsys.readouterr()
+    assert cli_main([*flags, "--output-dir", str(tmp_path / "small")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "vocab" in err[0] and f"{len(small)} tokens" in err[0], err

@@ -12,6 +12,7 @@ Output::
     OUT/audio_mp3/<split>/<id>.mp3     mono, 32 kHz
     OUT/captions.json                  {"<id>": "caption"} for every split
     OUT/attributes.json                {"<id>": {"split", "shape", "colour", "motion", "pitch", "rhythm", "duration"}}
+    OUT/vocab/vocab.txt                the BERT vocabulary cut to the training captions' words (``--tokenizer_name``)
     OUT/synth_outputs.json             what synth wrote: a folder holding other data is refused (claim_folder)
 
 Every clip is a pure function of (seed, split, index), so the dataset is identical whatever the worker count.
@@ -37,9 +38,11 @@ from tqdm import tqdm
 from avlformer.atomic import atomic_path, write_text_atomic
 from avlformer.data.recipe import SAMPLE_RATE
 from avlformer.data.prepare.outputs_record import OutputsRecord
+from avlformer.data.tokenizer import caption_vocab
 
 SPLITS = ("train", "val", "test")
 RECORD_NAME = "synth_outputs.json"
+SYNTH_FILES = ("captions.json", "attributes.json", "vocab/vocab.txt")  # beside the clips
 
 # Shapes with very different outlines (a disc, a wide bar, a plus sign), so even a tiny, low-resolution video
 # encoder separates them within the demo's few hundred training steps.
@@ -358,7 +361,7 @@ def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, wo
             raise SynthError(f"--num-{split} must be >= 0, got {count}")
     jobs = [(write, str(out), seed, split, i) for split in SPLITS for i in range(counts.get(split, 0))]
     clip_files = [path for _, _, _, split, i in jobs for path in clip_paths(out, split, i, name_of)]
-    record = claim_folder(out, clip_files + [out / "captions.json", out / "attributes.json"], overwrite)
+    record = claim_folder(out, clip_files + [out / name for name in SYNTH_FILES], overwrite)
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs) or 1))
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
         done = pool.map(_write_clip_job, jobs, chunksize=4) if pool else map(_write_clip_job, jobs)
@@ -367,8 +370,12 @@ def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, wo
     attributes = {cid: attrs for cid, attrs, _ in results}
     for path in clip_files:
         record.remember(path)
-    for name, data in (("captions.json", captions), ("attributes.json", attributes)):
-        text = json.dumps(data, indent=1, sort_keys=True)
+    train = [text for cid, caption in captions.items() if attributes[cid]["split"] == "train"
+             for text in ([caption] if isinstance(caption, str) else caption)]
+    texts = {"captions.json": json.dumps(captions, indent=1, sort_keys=True),
+             "attributes.json": json.dumps(attributes, indent=1, sort_keys=True),
+             "vocab/vocab.txt": "\n".join(caption_vocab(train)) + "\n"}
+    for name, text in texts.items():
         record.will_write(out / name, text.encode("utf-8"))
         write_text_atomic(out / name, text)
     record.save()

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from transformers import BertTokenizerFast
 
+from avlformer.data.caption_text import clean_caption_text
 from avlformer.data.causal_tokenizer import CausalCaptionTokenizer, is_hf_tokenizer_folder
-from avlformer.data.token_ids import RESERVED_IDS, default_vocab_dir
+from avlformer.data.token_ids import RESERVED_IDS, RESERVED_TOKENS, default_vocab_dir
 
 @lru_cache(maxsize=4)
 def load_tokenizer(vocab_dir: str | None = None):
@@ -23,9 +24,23 @@ def load_tokenizer(vocab_dir: str | None = None):
         raise FileNotFoundError(f"{vocab}: no vocab.txt for the bert-base-uncased tokenizer")
     # transformers 5 ignores the `vocab_file=` keyword (empty vocabulary); from_pretrained on the folder works in 4 and 5.
     tokenizer = BertTokenizerFast.from_pretrained(str(vocab.parent), do_lower_case=True, local_files_only=True)
-    if len(tokenizer) < 1000:
-        raise ValueError(f"{vocab}: tokenizer loaded only {len(tokenizer)} entries; expected the bert-base-uncased vocab")
+    wrong = {i: t for i, t in RESERVED_TOKENS.items() if tokenizer.convert_ids_to_tokens(i) != t}
+    if wrong:
+        raise ValueError(f"{vocab}: ids {sorted(wrong)} must hold {list(wrong.values())} (the bert-base-uncased "
+                         "reserved ids the decoder uses)")
     return tokenizer
+
+
+def caption_vocab(captions) -> list[str]:
+    """A vocab.txt's lines: the shipped bert-base-uncased vocabulary cut down to its first 104 entries (padding,
+    unused, the reserved ids, so they keep their ids) and the WordPieces ``captions`` use, in their original
+    order. Those captions tokenize to the same pieces as with the full vocabulary (WordPiece takes the longest
+    known prefix, which is kept), and a decoder for a small closed vocabulary (the scenes data's) needs an LM head
+    of this size instead of 30,522 rows."""
+    full = load_tokenizer()
+    used = {i for caption in captions
+            for i in full(clean_caption_text(caption), add_special_tokens=False)["input_ids"]}
+    return full.convert_ids_to_tokens(sorted(set(range(max(RESERVED_TOKENS) + 1)) | used))
 
 
 def decode_caption(token_ids, tokenizer: BertTokenizerFast | None = None) -> str:

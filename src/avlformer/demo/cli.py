@@ -20,7 +20,7 @@ import numpy as np
 
 from avlformer.atomic import write_text_atomic
 from avlformer.data import synth
-from avlformer.demo.recipes import RECIPES, build_parts, configs_dir
+from avlformer.demo.recipes import RECIPES, build_parts, configs_dir, demo_words
 from avlformer.json_files import read_json
 from avlformer.output_paths import output_file_problem, output_folder_problem
 
@@ -282,7 +282,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     if recipe.parts:  # the parts' folders exist before the model configuration (which reads them) is resolved
         prompt = train_flags.get("decoder_prompt") or HFCausalLMConfig.prompt
-        train_flags.update(build_parts(configs_dir() / recipe.parts, work / "models", prompt))
+        train_flags.update(build_parts(configs_dir() / recipe.parts, work / "models", demo_words(prompt)))
     # The resolved training flags go to a file in the work folder, so `avlformer train --config` could rerun it.
     train_config = work / "train_config.json"
     write_text_atomic(train_config, json.dumps(train_flags, indent=1))

@@ -43,16 +43,20 @@ def configs_dir() -> Path:
     return repo_configs if repo_configs.is_dir() else Path("configs")
 
 
-def demo_words(prompt: str) -> list[str]:
-    """Every word and punctuation mark of every caption the demo's templates can write, and of ``prompt``."""
+def caption_words(texts) -> list[str]:
+    """Every word and punctuation mark of ``texts`` (lower-cased), sorted: a word-level tokenizer's vocabulary."""
     from tokenizers import pre_tokenizers
 
     split = pre_tokenizers.BertPreTokenizer().pre_tokenize_str
-    texts = [prompt.lower()]
+    return sorted({word for text in texts for word, _ in split(text.lower())})
+
+
+def demo_words(prompt: str) -> list[str]:
+    """Every word of every caption the demo's templates can write, and of ``prompt``."""
     names = list(synth.ATTRIBUTE_VALUES)
-    for values in itertools.product(*(synth.ATTRIBUTE_VALUES[name] for name in names)):
-        texts.append(synth.make_caption(dict(zip(names, values))))
-    return sorted({word for text in texts for word, _ in split(text)})
+    captions = (synth.make_caption(dict(zip(names, values)))
+                for values in itertools.product(*(synth.ATTRIBUTE_VALUES[name] for name in names)))
+    return caption_words([prompt, *captions])
 
 
 def save_word_tokenizer(folder: Path, words: list[str]) -> Any:
@@ -86,8 +90,9 @@ def _save_processor(folder: Path, values: dict) -> None:
     cls(**values).save_pretrained(str(folder))
 
 
-def build_part(flag: str, spec: dict, folder: Path, seed: int, prompt: str) -> Path:
-    """One tiny random model (+ its processor or tokenizer) saved in ``folder``."""
+def build_part(flag: str, spec: dict, folder: Path, seed: int, words: list[str]) -> Path:
+    """One tiny random model (+ its processor, or for the decoder a word-level tokenizer of ``words``) saved in
+    ``folder``."""
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
@@ -95,7 +100,7 @@ def build_part(flag: str, spec: dict, folder: Path, seed: int, prompt: str) -> P
     with atomic_folder(folder) as staging, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if flag == "decoder":
-            tokenizer = save_word_tokenizer(staging, demo_words(prompt))
+            tokenizer = save_word_tokenizer(staging, words)
             eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
             values.update(vocab_size=len(tokenizer), eos_token_id=eos, bos_token_id=eos, pad_token_id=pad)
             model = AutoModelForCausalLM.from_config(AutoConfig.for_model(spec["model_type"], **values))
@@ -106,9 +111,9 @@ def build_part(flag: str, spec: dict, folder: Path, seed: int, prompt: str) -> P
     return folder
 
 
-def build_parts(parts_file: Path, models_dir: Path, prompt: str) -> dict[str, str]:
-    """Build every part the parts file describes into ``models_dir``; returns the training flags naming them
-    (``{"video_encoder": "hf:<folder>", ...}``)."""
+def build_parts(parts_file: Path, models_dir: Path, words: list[str]) -> dict[str, str]:
+    """Build every part the parts file describes into ``models_dir`` (a decoder's tokenizer knows ``words``);
+    returns the training flags naming them (``{"video_encoder": "hf:<folder>", ...}``)."""
     spec = read_json(parts_file, "demo parts file")
     unknown = set(spec) - {"seed", *PART_FLAGS}
     if unknown:
@@ -116,6 +121,6 @@ def build_parts(parts_file: Path, models_dir: Path, prompt: str) -> dict[str, st
     flags = {}
     for index, flag in enumerate(name for name in PART_FLAGS if name in spec):
         folder = models_dir / f"{spec[flag]['model_type']}-demo"  # the folder's name names the part in logs
-        build_part(flag, spec[flag], folder, int(spec.get("seed", 0)) + index, prompt)
+        build_part(flag, spec[flag], folder, int(spec.get("seed", 0)) + index, words)
         flags[flag] = f"hf:{folder.resolve()}"
     return flags

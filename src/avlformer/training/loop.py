@@ -17,8 +17,8 @@ from avlformer.training.distributed import DistEnv, init_distributed
 from avlformer.training.features import build_feature_datasets, collate_features, prepare_feature_model
 from avlformer.training.scst import SelfCriticalTrainer
 from avlformer.training.setup import (apply_freezing, build_datasets, build_model, check_given_model,
-                                      check_validation_recipe, describe, determinism, seed_everything, setup_logging,
-                                      summary_writer, training_recipe, vocab_dir_for)
+                                      check_tokenizer_fits, check_validation_recipe, describe, determinism,
+                                      seed_everything, setup_logging, summary_writer, training_recipe, vocab_dir_for)
 from avlformer.training.trainer import (NonFiniteLossError, SampleSeededDataset, Trainer, TrainResult, log,
                                         plan_schedule)
 
@@ -53,7 +53,9 @@ def train(config: TrainConfig, env: DistEnv | None = None, *, model: nn.Module |
         vocab_dir = vocab_dir_for(config)
         if train_dataset is None:  # data problems show before a large model is built
             build = build_feature_datasets if data.features else build_datasets
-            train_dataset, val_dataset = build(config, load_tokenizer(vocab_dir))
+            tokenizer = load_tokenizer(vocab_dir)
+            check_tokenizer_fits(config, tokenizer, vocab_dir)
+            train_dataset, val_dataset = build(config, tokenizer)
             recipe = recipe or train_dataset.recipe
             if val_dataset is not None:
                 check_validation_recipe(config, recipe, val_dataset.recipe)

@@ -101,6 +101,14 @@ def vocab_dir_for(config) -> str | None:
     return None
 
 
+def check_tokenizer_fits(config, tokenizer, vocab_dir: str | None) -> None:
+    """A BERT decoder's embedding and LM head need a row for every id the caption tokenizer gives."""
+    rows = getattr(config.model.text, "vocab_size", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise ArgumentError(f"{vocab_dir or 'the shipped vocabulary'}: {len(tokenizer)} tokens, more than the "
+                            f"decoder's vocab_size {rows} (the model config's text.vocab_size)")
+
+
 def resolve_yaml(data_dir: str, yaml_path: str) -> Path:
     """Upstream: a yaml path that does not exist is joined with --data_dir."""
     path = Path(yaml_path)
