@@ -239,16 +239,11 @@ class CaptionDataset(Dataset):
         return item
 
 
-@contextlib.contextmanager
 def one_thread_outside_workers():
     """Build an item (and collate a batch) at one intra-op thread when that happens in the training process
     itself (``num_workers`` 0), as DataLoader workers do: the same tensors (every op here is elementwise or a
     copy), without the thread barriers that stall on busy cores (docs/data.md, "Loader threads")."""
-    if get_worker_info() is not None:
-        yield
-        return
-    with one_cpu_thread():
-        yield
+    return contextlib.nullcontext() if get_worker_info() is not None else one_cpu_thread()
 
 
 _STACKED = ("frames", "audio", "input_ids", "target_ids", "masked_pos")

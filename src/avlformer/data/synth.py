@@ -208,15 +208,20 @@ def parse_attributes(caption: str) -> dict:
     return parsed
 
 
-_YY, _XX = np.mgrid[0:HEIGHT, 0:WIDTH]
+GRID_Y, GRID_X = np.mgrid[0:HEIGHT, 0:WIDTH]
 
 
 def shape_mask(shape: str, cx: float, cy: float, r: float = OBJECT_RADIUS) -> np.ndarray:
-    dx, dy = _XX - cx, _YY - cy
+    """Pixels of a shape of either preset centred at (cx, cy), of radius ``r``."""
+    dx, dy = GRID_X - cx, GRID_Y - cy
     if shape == "circle":
         return dx * dx + dy * dy <= r * r
     if shape == "bar":  # wide and flat
         return (np.abs(dx) <= r) & (np.abs(dy) <= 0.35 * r)
+    if shape == "square":
+        return (np.abs(dx) <= 0.85 * r) & (np.abs(dy) <= 0.85 * r)
+    if shape == "triangle":  # pointing up
+        return (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) / 2)
     if shape == "cross":  # a plus sign
         arm = 0.3 * r
         return ((np.abs(dx) <= r) & (np.abs(dy) <= arm)) | ((np.abs(dy) <= r) & (np.abs(dx) <= arm))
