@@ -38,27 +38,37 @@ class ClipScoreResult:
     per_item: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-class ClipScorer:
-    """Scores one video at a time: ``score_item(id, frames, caption, references)``; ``result()`` averages."""
+class FrameTextScorer:
+    """CLIP's image processing and tokenizer on ``device``, for a CLIPModel or a TriLip (its CLIP is ``vl_model``);
+    ``per_item`` holds the scores so far."""
 
     def __init__(self, model, tokenizer, image_processor, device: torch.device | str = "cpu"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.device = resolve_device(device)
-        self.max_text_tokens = model.config.text_config.max_position_embeddings
-        self.per_item: dict[str, dict[str, float]] = {}
+        self.max_text_tokens = getattr(model, "vl_model", model).config.text_config.max_position_embeddings
+        self.per_item: dict[str, object] = {}
+
+    def pixels(self, frames: np.ndarray) -> torch.Tensor:
+        return self.image_processor(images=list(frames), return_tensors="pt")["pixel_values"].to(self.device)
+
+    def tokens(self, texts: list[str]):
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_tokens,
+                              return_tensors="pt").to(self.device)
+
+
+class ClipScorer(FrameTextScorer):
+    """Scores one video at a time: ``score_item(id, frames, caption, references)``; ``result()`` averages."""
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer([PROMPT + text for text in texts], padding=True, truncation=True,
-                                max_length=self.max_text_tokens, return_tensors="pt").to(self.device)
+        tokens = self.tokens([PROMPT + text for text in texts])
         pooled = self.model.text_model(input_ids=tokens["input_ids"],
                                        attention_mask=tokens["attention_mask"]).pooler_output
         return F.normalize(self.model.text_projection(pooled).float(), dim=-1)
 
     def embed_video(self, frames: np.ndarray) -> torch.Tensor:
-        pixels = self.image_processor(images=list(frames), return_tensors="pt")["pixel_values"].to(self.device)
-        pooled = self.model.vision_model(pixel_values=pixels).pooler_output
+        pooled = self.model.vision_model(pixel_values=self.pixels(frames)).pooler_output
         per_frame = F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
         return F.normalize(per_frame.mean(dim=0), dim=-1)
 
