@@ -1,15 +1,6 @@
-"""`avlformer synth --preset scenes`: a benchmark in miniature (docs/scenes.md).
-
-Each clip is a scene of 1-3 objects (shape, colour, size, texture), each with a motion and at most one timed event
-(appears, disappears, changes colour, speeds up), on a plain, gradient or textured background, with 1-2 sound
-sources (tones, noise bursts, chirps, clicks). A sound is either *tied* to the picture (a click each time the
-bouncing object hits an edge, a tone while an object that appears or disappears is visible) or *off-screen*
-(nothing seen makes it). Five references per clip come from the caption grammar (``data/scene_captions``), and
-``evaluation/scene_score`` reads the structure back out of predicted captions.
-
-The layout is the demo preset's (``data/synth``): ``videos/<split>/<id>.mp4`` (h264 + AAC, 128x96, 10 fps),
-``audio_mp3/<split>/<id>.mp3``, ``captions.json`` (``{"<id>": [5 references]}``) and ``attributes.json``
-(``{"<id>": scene}``). A clip is a pure function of (seed, split, index).
+"""`avlformer synth --preset scenes`: a benchmark in miniature (docs/scenes.md, The data: what a scene holds, its
+sounds, the files written, in the demo preset's layout). References come from ``data/scene_captions``; a clip is a
+pure function of (seed, split, index).
 """
 
 from __future__ import annotations
