@@ -220,19 +220,12 @@ def read_loss_curve(log_dir: Path) -> list[tuple[int, float]]:
 
 def stage_report(path: Path, results: CaptionResults, evaluation: dict, truth: dict, references: dict,
                  raw: Path, train_dir: Path, checkpoint: Path, stage_seconds: dict, recipe: str) -> None:
-    import torch
-
     from avlformer.data import audio as audio_io
     from avlformer.data import media
     from avlformer.demo.report import ClipReport, ReportData, render_report
 
     model, config = results.loaded.model, results.loaded.config
     sample_rate = results.loaded.recipe.sample_rate
-    mask = None
-    with torch.no_grad():
-        learned = model.av_attention_mask()
-        if learned is not None:
-            mask = learned.float().cpu().numpy()
     silenced = {p.video_id: p.caption for p in results.silenced.predictions}
     clips = []
     for prediction in sorted(results.normal.predictions, key=lambda p: p.video_id):
@@ -255,7 +248,7 @@ def stage_report(path: Path, results: CaptionResults, evaluation: dict, truth: d
              f"{config.audio.clip_seconds:g} s of each soundtrack (the spectrograms show the whole clip)."]
     notes += [f"failed to decode: {error}" for error in evaluation["failed"]]
     data = ReportData(title="AVLFormer demo", clips=clips, metrics=flat, loss_curve=read_loss_curve(train_dir / "log"),
-                      mask=mask, num_video_tokens=config.num_video_tokens, notes=notes)
+                      mask=model.av_attention_mask(), num_video_tokens=config.num_video_tokens, notes=notes)
     write_text_atomic(path, render_report(data))
 
 

@@ -98,7 +98,7 @@ class ServeState:
         """The learned mask does not depend on the input: drawn once (under the model lock)."""
         model = self.captioner.loaded.model
         image = render.attention_mask(model.av_attention_mask(), model.config.num_video_tokens)
-        return render.png_uri(image) if image is not None else None
+        return render.image_uri(image) if image is not None else None
 
     def caption_file(self, path: Path, shown_as: str, details: bool) -> dict:
         """Caption one file (blocking: run it on a worker); an undecodable one is a 422 naming ``shown_as``."""
@@ -118,8 +118,8 @@ class ServeState:
                   "warnings": [self._hide(w, path, shown_as) for w in result.warnings]}
         if details:
             # The (T, 3, H, W) uint8 model input: exactly the pixels the model normalises.
-            answer["frames"] = [render.jpeg_uri(frame.permute(1, 2, 0).numpy()) for frame in clip.frames.cpu()]
-            answer["spectrogram"] = render.png_uri(render.spectrogram(clip.audio, self.captioner.spec.sample_rate))
+            answer["frames"] = [render.image_uri(frame.permute(1, 2, 0).numpy(), "jpeg") for frame in clip.frames.cpu()]
+            answer["spectrogram"] = render.image_uri(render.spectrogram(clip.audio, self.captioner.spec.sample_rate))
             answer["attention_mask"] = mask
         return answer
 
