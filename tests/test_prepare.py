@@ -49,7 +49,7 @@ def problems_for(report: dict, needle: str) -> list[dict]:
 
 def test_sample_frames_picks_the_frame_on_screen_at_segment_centres(tmp_path):
     path = mf.write_normal(tmp_path / "a.mp4", seconds=1.0, fps=40)
-    frames = media.sample_frames(path, num_frames=32, short_side=96)
+    frames = media.read_frames(path, num_frames=32, short_side=96).frames
     assert frames.dtype == np.uint8 and frames.shape == (32, 96, 128, 3)
     for k in range(32):
         source = int((k + 0.5) * 40 / 32)  # frame on screen at (k + 0.5) * D / n
@@ -70,7 +70,7 @@ def test_variable_frame_rate_is_detected_and_sampled_by_timestamp(tmp_path):
 
 
 def test_rotation_metadata_is_applied_like_ffmpeg(tmp_path):
-    frames = media.sample_frames(mf.write_rotated(tmp_path / "r.mp4", 90), 4, 64)
+    frames = media.read_frames(mf.write_rotated(tmp_path / "r.mp4", 90), 4, 64).frames
     assert frames.shape[1:] == (85, 64, 3)          # 64x48 landscape displayed as 48x64 portrait
     # The white marker, top-left in the coded picture, is bottom-left after a 90-degree counter-clockwise turn.
     assert frames[0, -3:, :3].mean() > 240 and frames[0, :3, :3].mean() < 200
@@ -99,7 +99,7 @@ def test_audio_is_mono_32k_mp3_and_missing_audio_is_an_exception_subtype(tmp_pat
 def test_unreadable_files_raise_media_error_naming_the_file(tmp_path, writer, reason):
     path = writer(tmp_path / "bad.mp4")
     with pytest.raises(media.MediaError, match=reason) as caught:
-        media.sample_frames(path)
+        media.read_frames(path)
     assert str(path) in str(caught.value)
 
 

@@ -68,9 +68,6 @@ class HDF5AudioReader:
             self._names = [str(name) for name in self._file.get()["audio_name"].asstr()[:]]
         return self._names
 
-    def __len__(self) -> int:
-        return len(self._file.get()["mp3"])
-
     def name(self, index: int) -> str:
         return self.names()[index]
 

@@ -280,8 +280,3 @@ def _fill_missing(chosen: list[np.ndarray | None]) -> np.ndarray:
         last = image if image is not None else last
         filled.append(last)
     return np.stack(filled)
-
-
-def sample_frames(path: str | os.PathLike, num_frames: int = 32, short_side: int = 256) -> np.ndarray:
-    """``num_frames`` RGB frames (uint8, (T, H, W, 3)) uniformly over the clip, shorter side ``short_side``."""
-    return read_frames(path, num_frames, short_side).frames

@@ -232,7 +232,7 @@ def stage_report(path: Path, results: CaptionResults, evaluation: dict, truth: d
         cid = prediction.video_id
         mp3 = raw / "audio_mp3" / "test" / f"{cid}.mp3"
         clips.append(ClipReport(
-            clip_id=cid, frames=media.sample_frames(prediction.path, 6, 96),
+            clip_id=cid, frames=media.read_frames(prediction.path, 6, 96).frames,
             waveform=audio_io.decode_audio(mp3.read_bytes(), sample_rate, source=str(mp3)), sample_rate=sample_rate,
             reference=references[cid], prediction=prediction.caption, truth=truth[cid],
             confidence=prediction.confidence, silenced_prediction=silenced.get(cid)))
@@ -297,11 +297,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     clock.run("report", stage_report, report, results, evaluation, truth, data["captions"], raw, train_dir,
               checkpoint, clock.seconds, recipe.name)
     headline = {**evaluation["headline"], "wall_seconds": clock.total, "train_cpu_seconds": train_cpu}
-    metrics = {**headline, "stage_seconds": clock.seconds, "caption_metrics": evaluation["caption_metrics"],
-               "attribute_accuracy": evaluation["attribute_accuracy"],
-               "silenced_attribute_accuracy": evaluation["silenced_attribute_accuracy"],
-               "num_test_clips": evaluation["num_test_clips"], "num_captioned": evaluation["num_captioned"],
-               "failed": evaluation["failed"], "checkpoint": str(checkpoint), "train_steps": result.global_step,
+    metrics = {**headline, "stage_seconds": clock.seconds, **{k: v for k, v in evaluation.items() if k != "headline"},
+               "checkpoint": str(checkpoint), "train_steps": result.global_step,
                "threads": threads, "clips": counts, "recipe": recipe.name,
                "parts": {role: describe_part(role, getattr(model_config, role)) for role in ROLES}}
     write_text_atomic(work / "metrics.json", json.dumps(metrics, indent=1))
