@@ -21,10 +21,12 @@ from PIL import Image
 import media_fixtures as mf
 from avlformer import cli
 from avlformer.data import media, media_audio
+from avlformer.data.clip_media import silent_clip_audio
 from avlformer.data.prepare import clip_work
 from avlformer.data.prepare.caption_sources import load_captions
 from avlformer.data.prepare.layout import Layout
 from avlformer.data.prepare.split import find_videos, plan_split
+from avlformer.data.recipe import PreprocessRecipe
 from avlformer.data.tsv import TSVFile, lineidx_8b_path, lineidx_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +91,7 @@ def test_audio_is_mono_32k_mp3_and_missing_audio_is_an_exception_subtype(tmp_pat
     assert abs(info.duration - 1.0) < 0.1
     with pytest.raises(media.NoAudioStreamError, match="no audio stream"):
         media_audio.extract_audio(mf.write_no_audio(tmp_path / "n.mp4"))
-    silence = media_audio.inspect_mp3(media_audio.silent_mp3(2.0), "s")
+    silence = media_audio.inspect_mp3(silent_clip_audio(PreprocessRecipe(clip_seconds=2.0)).mp3, "s")
     assert abs(silence.duration - 2.0) < 0.1 and silence.sample_rate == 32000
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from avlformer.data.file_problems import entry_problem
 from avlformer.data.media import MediaError, NoAudioStreamError, open_container, raise_if_environment
-from avlformer.data.recipe import CLIP_SECONDS, MP3_BITRATE, SAMPLE_RATE
+from avlformer.data.recipe import MP3_BITRATE, SAMPLE_RATE
 
 MP3_QUALITY = 5
 # Rates a waveform handed over in memory may be given at (telephone-band recordings up to studio rates), and the
@@ -75,10 +75,6 @@ def encode_mp3(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, bitrate: int = 
     frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planar), format="fltp", layout=layout)
     frame.sample_rate = sample_rate
     return _encode_mp3([frame], sample_rate, bitrate, layout)
-
-
-def silent_mp3(seconds: float = CLIP_SECONDS, sample_rate: int = SAMPLE_RATE, bitrate: int = MP3_BITRATE) -> bytes:
-    return encode_mp3(np.zeros(int(round(seconds * sample_rate)), np.float32), sample_rate, bitrate)
 
 
 def downmix(frame: av.AudioFrame, converters: dict) -> np.ndarray:
