@@ -1,12 +1,8 @@
 """Reading videos with PyAV, in-process: probe and uniform frame sampling (audio: ``media_audio``), and the error
-types of both (``MediaError``, ``NoAudioStreamError``).
-
-Shared by ``prepare`` and inference, so both see the same pixels. Frame k of n is the frame on screen at
-``t0 + (k + 0.5) * D / n``, with ``t0`` the first frame's timestamp and ``D`` the stream's span (last frame
-timestamp - ``t0`` + one frame duration): always exactly n frames, uniform in time for variable-rate clips.
-Frames are converted to RGB and resized (bilinear, shorter side ``short_side``) in one libswscale call; rotation
-metadata is applied. Frames that cannot be sampled are decoded with ``skip_frame = NONREF`` (docs/data.md,
-"Speed"), which changes no pixel.
+types of both (``MediaError``, ``NoAudioStreamError``). Shared by ``prepare`` and inference, so both see the same
+pixels. Frame k of n is the frame on screen at ``t0 + (k + 0.5) * D / n`` (``t0``: the first frame's timestamp;
+``D``: the stream's span, last timestamp - ``t0`` + one frame duration); resizing and ``skip_frame`` are described
+in docs/data.md ("What prepare does", "Speed").
 """
 
 from __future__ import annotations

@@ -1,17 +1,7 @@
-"""The captioning server's routes as a Starlette application (``listener`` runs it under uvicorn).
-
-Captioning goes through the bounded queue of ``jobs``, off the event loop. Every failure is answered with a JSON
-``{"error": "..."}`` and a 4xx status (a bare 500 for a fault of the server); no answer names a server path.
-Routes::
-
-    GET  /                      the page (``?video=NAME``: a clip of --videos, captioned and drawn in)
-    GET  /videos/NAME           a clip of the --videos folder (what the page's picker and ?upload= use)
-    GET  /api/videos            the clips of the --videos folder, as JSON
-    GET  /api/health            {"status": "ok", "queued": N, "queue_size": M}: answers while captioning
-    GET  /api/caption?video=NAME        caption a clip of the --videos folder
-    POST /api/caption           multipart/form-data with the file field ``video``
-                                -> {"caption", "confidence", "audio_source", "warnings"}
-                                (``?details=1`` adds "frames", "spectrogram" and "attention_mask" data URIs)
+"""The captioning server's routes as a Starlette application (``listener`` runs it under uvicorn); the routes and
+their answers are in docs/api.md ("The captioning page"). Captioning goes through the bounded queue of ``jobs``, off
+the event loop; every failure is a JSON ``{"error": "..."}`` with a 4xx status (a bare 500 for a fault of the
+server), and no answer names a server path.
 """
 
 from __future__ import annotations
