@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -45,14 +44,8 @@ def audio_score_from_embeddings(audio: torch.Tensor, video: torch.Tensor, text: 
     return gompertz(s)
 
 
-@dataclass
-class AudioScoreResult:
-    score: float | None
-    per_item: dict[str, float] = field(default_factory=dict)
-
-
 class AudioScorer(FrameTextScorer):
-    """Scores one clip at a time with a TriLip: ``score_item(frames, waveform, caption)``; ``result()`` averages."""
+    """Scores one clip at a time with a TriLip: ``score_item(frames, waveform, caption)``; ``means()`` averages."""
 
     @torch.inference_mode()
     def score_item(self, image_id: str, frames: np.ndarray, waveform: np.ndarray, caption: str) -> float:
@@ -68,9 +61,9 @@ class AudioScorer(FrameTextScorer):
         self.per_item[image_id] = value
         return value
 
-    def result(self) -> AudioScoreResult:
-        values = list(self.per_item.values())
-        return AudioScoreResult(score=sum(values) / len(values) if values else None, per_item=dict(self.per_item))
+    def means(self) -> dict[str, float]:
+        """AudioScore averaged over the clips scored so far (empty before the first)."""
+        return {"AudioScore": sum(self.per_item.values()) / len(self.per_item)} if self.per_item else {}
 
 
 _DIRECT = {

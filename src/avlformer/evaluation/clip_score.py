@@ -7,8 +7,6 @@ frame embeddings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,13 +27,6 @@ def ref_clip_s(clip_s_value: torch.Tensor, candidate: torch.Tensor, references: 
     reference_term = F.cosine_similarity(candidate[None], references, dim=-1).max().clamp(min=0)
     total = clip_s_value + reference_term
     return torch.where(total > 0, 2 * clip_s_value * reference_term / total.clamp(min=1e-12), total * 0)
-
-
-@dataclass
-class ClipScoreResult:
-    clip_s: float | None
-    ref_clip_s: float | None
-    per_item: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class FrameTextScorer:
@@ -59,7 +50,7 @@ class FrameTextScorer:
 
 
 class ClipScorer(FrameTextScorer):
-    """Scores one video at a time: ``score_item(id, frames, caption, references)``; ``result()`` averages."""
+    """Scores one video at a time: ``score_item(id, frames, caption, references)``; ``means()`` averages."""
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokens([PROMPT + text for text in texts])
@@ -82,10 +73,7 @@ class ClipScorer(FrameTextScorer):
         self.per_item[image_id] = scores
         return scores
 
-    def result(self) -> ClipScoreResult:
-        if not self.per_item:
-            return ClipScoreResult(None, None)
-        count = len(self.per_item)
-        return ClipScoreResult(clip_s=sum(s["CLIP-S"] for s in self.per_item.values()) / count,
-                               ref_clip_s=sum(s["RefCLIP-S"] for s in self.per_item.values()) / count,
-                               per_item=dict(self.per_item))
+    def means(self) -> dict[str, float]:
+        """CLIP-S and RefCLIP-S averaged over the videos scored so far (empty before the first)."""
+        scores = list(self.per_item.values())
+        return {key: sum(s[key] for s in scores) / len(scores) for key in ("CLIP-S", "RefCLIP-S")} if scores else {}

@@ -191,7 +191,6 @@ def load_recipe(path: str | None):
 def _run_media(paired: PairedCaptions, scorers: dict, paths: ModelPaths, report: EvaluationReport) -> None:
     from tqdm.auto import tqdm
 
-
     media = ClipMedia(paths.video_dir, paths.audio_dir, recipe=load_recipe(paths.recipe),
                       num_frames=paths.num_frames)
     failures: dict[str, dict[str, str]] = {group: {} for group in scorers}
@@ -214,18 +213,10 @@ def _run_media(paired: PairedCaptions, scorers: dict, paths: ModelPaths, report:
             except unusable as error:
                 failures[group][image_id] = str(error)
                 log.warning("%s", error)
-    if "clip" in scorers:
-        result = scorers["clip"].result()
-        if result.clip_s is not None:
-            report.metrics.update({"CLIP-S": result.clip_s, "RefCLIP-S": result.ref_clip_s})
-        report.per_item["CLIPScore"] = result.per_item
-    if "audio" in scorers:
-        result = scorers["audio"].result()
-        if result.score is not None:
-            report.metrics["AudioScore"] = result.score
-        report.per_item["AudioScore"] = result.per_item
     for group, failed in failures.items():
         metric = MEDIA_METRICS[group]
+        report.metrics.update(scorers[group].means())
+        report.per_item[metric] = dict(scorers[group].per_item)
         if failed:
             report.unscored[metric] = failed
         if not report.per_item[metric]:
