@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import Callable, TypeVar
 
-from avlformer.serve.errors import RequestError
+from avlformer.serve import RequestError
 
 T = TypeVar("T")
 

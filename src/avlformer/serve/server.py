@@ -24,8 +24,8 @@ from starlette.routing import Route
 from avlformer.data import media
 from avlformer.data.clip_ids import is_video_name
 from avlformer.inference.captioner import Captioner
-from avlformer.serve import DEFAULT_MAX_UPLOAD_MB, DEFAULT_QUEUE_SIZE, DEFAULT_READ_TIMEOUT_S, page, render, uploads
-from avlformer.serve.errors import RequestError
+from avlformer.serve import (DEFAULT_MAX_UPLOAD_MB, DEFAULT_QUEUE_SIZE, DEFAULT_READ_TIMEOUT_S, RequestError, page,
+                             render, uploads)
 from avlformer.serve.jobs import CaptionQueue
 
 log = logging.getLogger(__name__)
