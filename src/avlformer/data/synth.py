@@ -344,11 +344,6 @@ class Preset(NamedTuple):
 DEMO = Preset(write_clip, clip_id)
 
 
-def _write_clip_job(job: tuple) -> tuple[str, dict, str | list[str]]:
-    writer, out, seed, split, index = job
-    return writer(Path(out), seed, split, index)
-
-
 def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, workers: int | None = None,
                progress: bool = True, overwrite: bool = False, preset: "Preset | None" = None) -> dict:
     """Write the dataset of ``preset`` (default ``DEMO``); returns {"captions": {...}, "attributes": {...}} as
@@ -361,12 +356,13 @@ def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, wo
             raise SynthError(f"unknown split {split!r}; expected one of {SPLITS}")
         if count < 0:
             raise SynthError(f"--num-{split} must be >= 0, got {count}")
-    jobs = [(write, str(out), seed, split, i) for split in SPLITS for i in range(counts.get(split, 0))]
-    clip_files = [path for _, _, _, split, i in jobs for path in clip_paths(out, split, i, name_of)]
+    jobs = [(out, seed, split, i) for split in SPLITS for i in range(counts.get(split, 0))]
+    clip_files = [path for _, _, split, i in jobs for path in clip_paths(out, split, i, name_of)]
     record = claim_folder(out, clip_files + [out / "captions.json", out / "attributes.json"], overwrite)
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs) or 1))
+    arguments = [list(column) for column in zip(*jobs)] or [[]] * 4   # write's (out, seed, split, index) columns
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
-        done = pool.map(_write_clip_job, jobs, chunksize=4) if pool else map(_write_clip_job, jobs)
+        done = pool.map(write, *arguments, chunksize=4) if pool else map(write, *arguments)
         results = list(tqdm(done, total=len(jobs), desc="synth", unit="clip", disable=not progress))
     captions = {cid: caption for cid, _, caption in results}
     attributes = {cid: attrs for cid, attrs, _ in results}

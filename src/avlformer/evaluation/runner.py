@@ -94,15 +94,12 @@ class ClipMedia:
 
     def audio(self, image_id: str) -> np.ndarray:
         """Mono float32 waveform at the recipe's sample rate, whole clip."""
-        rate = self.recipe.sample_rate
+        mp3 = None
         if self.audio_dir is not None:
-            path = _find(self.audio_dir, clip_id_from_key(image_id), AUDIO_SUFFIXES, "audio", image_id)
-            if path.suffix.lower() != ".mp3":  # not a FAVDBench mp3: decoded as it is, resampled to the rate
-                return decode_audio(path.read_bytes(), rate, source=str(path))
-            return self._decoded(self.video_path(image_id), path)
-        return self._decoded(self.video_path(image_id), None)
-
-    def _decoded(self, video: Path, mp3: Path | None) -> np.ndarray:
+            mp3 = _find(self.audio_dir, clip_id_from_key(image_id), AUDIO_SUFFIXES, "audio", image_id)
+            if mp3.suffix.lower() != ".mp3":  # not a FAVDBench mp3: decoded as it is, resampled to the rate
+                return decode_audio(mp3.read_bytes(), self.recipe.sample_rate, source=str(mp3))
+        video = self.video_path(image_id)
         made = clip_audio(video, mp3, self.recipe)
         if made.source == AUDIO_SILENCE:  # the recipe's silence stands in for a model input, not for a score
             raise MediaError(video, "no usable audio (" + "; ".join(made.warnings) + ")")
