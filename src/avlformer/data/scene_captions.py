@@ -153,12 +153,8 @@ class _Writer:
             when = []
             template = BOUNCE_WORDS if sound["relation"] == "bounce" else VISIBLE_WORDS
             relation = self.pick(template).format(obj=self.name(source, self.rng.random() < 0.5))
-        rest = ", ".join(when)
-        if self.rng.random() < 0.5:
-            body = f"{subject}{rhythm}" + (f" {rest}" if rest else "") + f", {relation}."
-        else:
-            body = f"{relation}, {subject}{rhythm}" + (f" {rest}" if rest else "") + "."
-        return body
+        heard = f"{subject}{rhythm}" + (f" {', '.join(when)}" if when else "")
+        return f"{heard}, {relation}." if self.rng.random() < 0.5 else f"{relation}, {heard}."
 
     def caption(self) -> str:
         objects = [self.object_sentences(o) for o in self.scene["objects"]]

@@ -22,7 +22,7 @@ GRACEFUL_SHUTDOWN_S = 30      # on a stop, how long requests being answered may 
 class _DeadlineH11(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with a deadline on the client whenever no request is in the app's hands."""
 
-    read_timeout_s: float = 0.0   # set by ``_protocol``
+    read_timeout_s: float = 0.0   # set by a subclass per server (``CaptionServer``)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -64,10 +64,6 @@ class _DeadlineH11(H11Protocol):
         self.transport.close()
 
 
-def _protocol(read_timeout_s: float) -> type[H11Protocol]:
-    return type("DeadlineH11", (_DeadlineH11,), {"read_timeout_s": read_timeout_s})
-
-
 class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state: ServeState):
         super().__init__(config)
@@ -85,7 +81,8 @@ class CaptionServer:
         self.state = state
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.socket = socket.create_server((host, port), family=family)
-        config = uvicorn.Config(app(state), http=_protocol(state.read_timeout_s), lifespan="off", log_config=None,
+        protocol = type("DeadlineH11", (_DeadlineH11,), {"read_timeout_s": state.read_timeout_s})
+        config = uvicorn.Config(app(state), http=protocol, lifespan="off", log_config=None,
                                 limit_concurrency=state.queue_size + SPARE_CONNECTIONS,
                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False)
         self._server = _Server(config, state)
