@@ -1,8 +1,5 @@
-"""Upstream's TSV container: ``<name>.tsv`` rows plus ``<name>.lineidx`` / ``<name>.lineidx.8b`` row offsets.
-
-Format (docs/upstream.md §1.3): rows are tab-separated and ``\\n``-terminated; ``.lineidx`` holds one decimal byte offset per
-line, ``.lineidx.8b`` the same offsets as consecutive little-endian u64. The index name drops the ``.tsv``
-extension, so ``train_32frames.img.tsv`` is indexed by ``train_32frames.img.lineidx``.
+"""Upstream's TSV container (docs/upstream.md §1.3): ``<name>.tsv`` rows plus ``<name>.lineidx`` (text) and
+``<name>.lineidx.8b`` (u64) row offsets, the index named by dropping ``.tsv`` (``a.img.tsv`` -> ``a.img.lineidx``).
 """
 
 from __future__ import annotations

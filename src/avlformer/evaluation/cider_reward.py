@@ -1,9 +1,5 @@
-"""CIDEr-D as a per-caption training reward, with document frequencies fixed from the training split.
-
-The formula is pycocoevalcap's ``CiderScorer``; only the statistics' source differs (the training split, not the
-scored corpus), so a caption's reward does not depend on its batch (tests/test_scst_cider.py checks equality on
-the corpus's own statistics). :func:`reward_words` reproduces PTB tokenisation in Python for decoded captions
-(contractions split, brackets renamed, punctuation dropped) because Java per reward would be far too slow.
+"""CIDEr-D as a per-caption training reward, with document frequencies fixed from the training split, and its
+tokenisation in Python (docs/training.md, "The reward").
 """
 
 from __future__ import annotations

@@ -1,9 +1,4 @@
-"""CLIPScore and RefCLIPScore (Hessel et al., 2021) for videos (docs/evaluation.md, "CLIPScore").
-
-``CLIP-S = 2.5 · max(cos(c, v), 0)``; RefCLIP-S is the harmonic mean of CLIP-S and ``max(max_i cos(c, r_i), 0)``.
-Texts get the "A photo depicts " prefix (CLIP keeps 77 tokens); v is the renormalised mean of the unit-norm
-frame embeddings.
-"""
+"""CLIPScore and RefCLIPScore (Hessel et al., 2021) for videos (docs/evaluation.md, "CLIPScore")."""
 
 from __future__ import annotations
 

@@ -1,9 +1,4 @@
-"""EntityScore (docs/evaluation.md, "EntityScore"): do the predicted entities (nouns) match the reference's?
-
-With stemmed noun sets P, R: ``R = |P ∩ R| / |R|``; ``C`` = mean over predicted nouns of the best T5 similarity
-``(cos + 1) / 2`` to a reference noun (cosine position by position over the padded encodings, as upstream);
-``ES = 2RC / (R + C)``, items with an empty P or R unscored, several references averaged.
-"""
+"""EntityScore (docs/evaluation.md, "EntityScore"): do the predicted entities (nouns) match the reference's?"""
 
 from __future__ import annotations
 
