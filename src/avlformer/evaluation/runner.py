@@ -1,10 +1,6 @@
-"""``avlformer evaluate``'s work: pair the files, run each requested metric, collect one report.
-
-A metric whose model, data or tool is missing is skipped with the reason (naming what to install or pass); the
-other metrics still run. A clip whose video or audio cannot be found or decoded is left out of AudioScore and
-CLIPScore and listed in the report. Their media (``ClipMedia``): videos are found in ``--video-dir`` by the clip id
-of the caption id; audio comes from ``--audio-dir/<id>.mp3`` or the video's own track; both are made by
-``data/clip_media.py`` under ``--recipe`` (default: the paper's).
+"""``avlformer evaluate``'s work: pair the files, run each requested metric, collect one report. A metric that
+cannot run here is skipped with the reason; AudioScore and CLIPScore read their clips (``ClipMedia``) as
+docs/evaluation.md ("Clips") says, and a clip that cannot be read is left out of both and listed.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""The captioning queue: at most ``size`` requests accepted at once (running and waiting); one more gets a 503
-with a ``Retry-After`` from recent caption times. Jobs run on two worker threads, so one clip is decoded while
-the model (one thread at a time, ``ServeState.lock``) works on another.
+"""The captioning queue (docs/api.md, "Load"): at most ``size`` requests accepted at once, more get a 503 with a
+``Retry-After``; jobs run on two worker threads, so one clip is decoded while the model works on another.
 """
 
 from __future__ import annotations

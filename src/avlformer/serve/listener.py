@@ -1,8 +1,6 @@
-"""Runs the captioning app (``server.app``) under uvicorn; SIGINT / SIGTERM stop it gracefully (requests being
-answered finish, waiting ones get a 503, the upload folder is removed).
-
-uvicorn alone waits forever for a client that sends nothing or never finishes its headers; the protocol here gives
-such a client ``read_timeout_s`` in all (a deadline, not an idle timer). A stalled body is the app's to time out.
+"""Runs the captioning app (``server.app``) under uvicorn, stopped gracefully by SIGINT / SIGTERM, with the read
+deadline uvicorn lacks: a client gets ``read_timeout_s`` in all to send its request headers (docs/api.md, "Slow
+or silent clients"); a stalled body is the app's to time out.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""One clip's work, kept in the work folder until the split is assembled (runs in worker processes).
-
-Each clip leaves ``<id>.row``, ``<id>.mp3`` and, written last, ``<id>.json`` (fingerprint of its inputs, size and
-sha256 of both files). A clip is finished only when its record matches its inputs and both files still hash to it.
+"""One clip's work (in a worker process), kept in the work folder until the split is assembled: ``<id>.row``,
+``<id>.mp3`` and, written last, ``<id>.json``, the record that makes the clip finished (docs/data.md, "Parallel,
+resumable, and what happens to bad input").
 """
 
 from __future__ import annotations
