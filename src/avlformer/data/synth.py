@@ -1,20 +1,6 @@
-"""The built-in demo dataset (README.md, The demo), written as *raw* FAVDBench-layout data (`avlformer synth`).
-
-Each clip is a coloured shape (circle, bar, cross) that moves (side to side, up and down, in a circle, or stays
-still) on a gray background (h264 video), with a tone whose pitch (low, medium, high) and rhythm (continuous, slow
-or fast beeps) are drawn independently of the picture (AAC in the mp4, and the same sound as a separate mp3). Captions follow the
-FAVD style (summary sentence, visual detail sentence, sound sentence) from fixed templates, so a small model can
-learn them and `parse_attributes` can read the attributes back out of a predicted caption.
-
-Output::
-
-    OUT/videos/<split>/<id>.mp4        h264 + AAC, 128x96, 10 fps, 2-10 s
-    OUT/audio_mp3/<split>/<id>.mp3     mono, 32 kHz
-    OUT/captions.json                  {"<id>": "caption"} for every split
-    OUT/attributes.json                {"<id>": {"split", "shape", "colour", "motion", "pitch", "rhythm", "duration"}}
-    OUT/synth_outputs.json             what synth wrote: a folder holding other data is refused (claim_folder)
-
-Every clip is a pure function of (seed, split, index), so the dataset is identical whatever the worker count.
+"""The built-in demo dataset (README.md, The demo), written as *raw* FAVDBench-layout data (`avlformer synth`; files
+in docs/data.md): coloured shapes that move, with a tone whose pitch and rhythm are drawn independently of the
+picture, and template captions that ``parse_attributes`` reads back out of a predicted caption.
 """
 
 from __future__ import annotations
