@@ -1,6 +1,4 @@
-"""The scenes preset's caption grammar (docs/scenes.md, The captions): FAVD's structure — one summary sentence,
-then visual-detail sentences per object, then one sentence per sound (what is heard, when, and how it relates to
-what is seen) — written five times per clip with different synonyms, clause variants and sentence orders.
+"""The scenes preset's caption grammar (docs/scenes.md, The captions), five references per clip.
 
 The phrase tables below are the single source of the wording: the grammar draws from them and
 ``evaluation/scene_score`` builds its parser from them, so every reference the grammar writes parses back to its

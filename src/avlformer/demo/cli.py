@@ -1,9 +1,6 @@
-"""`avlformer demo` (``make demo``): synth -> prepare -> train the tiny model -> caption the test split (with its
-audio and silenced) -> evaluate -> report.html + metrics.json, all in the work folder (default ``demo_work/``).
-``--recipe`` picks what is trained (demo/recipes.py): the paper's parts, or tiny random Hugging Face parts.
-
-Attributes parsed from the predicted captions are compared with the ground truth: silencing the audio must keep
-the visual attributes right and drop the sound attributes to chance.
+"""`avlformer demo` (``make demo``): synth -> prepare -> train -> caption the test split (with its audio and
+silenced) -> evaluate -> report.html + metrics.json, in the work folder (README.md, The demo); ``--recipe`` picks
+what is trained (demo/recipes.py).
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""``avlformer prepare``: raw videos, audio and captions -> the original's training files (docs/upstream.md
-§1.3-§1.5, docs/data.md) plus the recipe and ``prepare_report.json``.
-
-``prepare_dataset`` does the work; ``main`` is the command. Each clip is processed on its own in a process pool
-(``clip_work``, ``pool``), then the split's files are assembled in one ordered pass (``metadata``).
+"""``avlformer prepare``: raw videos, audio and captions -> the original's training files plus the recipe and
+``prepare_report.json`` (docs/data.md). ``prepare_dataset`` does the work, one split at a time (``split``, each
+clip in ``clip_work``); ``main`` is the command.
 """
 
 from __future__ import annotations

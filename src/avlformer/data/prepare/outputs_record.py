@@ -1,6 +1,5 @@
-"""``DIR/prepare_outputs.json``: what prepare wrote (sizes and sha256 of its caption TSVs, and per split each clip's
-work record and rows), so a rerun tells its own files from the user's and reuses a clip whose inputs and stored
-bytes are unchanged. ``avlformer synth`` keeps the same kind of record.
+"""``DIR/prepare_outputs.json``: what prepare wrote, so a rerun tells its own files from the user's and reuses
+unchanged clips (docs/data.md); ``avlformer synth`` keeps the same kind of record.
 """
 
 from __future__ import annotations
