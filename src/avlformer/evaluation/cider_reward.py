@@ -59,11 +59,8 @@ class _Vector:
 
 
 class CiderD:
-    """Per-caption CIDEr-D against each video's references, with document frequencies from ``references``.
-
-    ``references``: {video key: [tokenised reference, ...]} for the whole split that fixes the statistics (for
-    training: every training video). Their vectors are built here once; :meth:`score` only builds the
-    hypothesis's."""
+    """Per-caption CIDEr-D against each video's references. ``references`` ({video key: [tokenised reference,
+    ...]}, every training video) fix the document frequencies; their vectors are built once, here."""
 
     def __init__(self, references: Mapping[str, Sequence[Sequence[str]]], sigma: float = SIGMA):
         if not references:

@@ -105,11 +105,9 @@ def _make_scorer(name: str):
 
 def caption_metrics(predictions: dict, references: dict,
                     scorers: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider")) -> dict[str, float]:
-    """Corpus-level ``Bleu_1..Bleu_4, METEOR, ROUGE_L, CIDEr`` for ``predictions = {id: caption}`` and
-    ``references = {id: [captions]}`` over the same ids. ``scorers`` picks a subset of
-    ``bleu meteor rouge cider spice`` (SPICE only when its Stanford models are installed).
-
-    Raises RuntimeError when pycocoevalcap or Java (or, for SPICE, the Stanford models) is missing."""
+    """Corpus-level metrics (``SCORER_OUTPUTS`` of each of ``scorers``) for ``predictions = {id: caption}`` and
+    ``references = {id: [captions]}`` over the same ids. Raises RuntimeError when pycocoevalcap or Java (or, for
+    SPICE, the Stanford models) is missing."""
     _check_same_ids(predictions, references)
     reason = spice_missing_reason() if "spice" in scorers else tools_missing_reason()
     if reason:
