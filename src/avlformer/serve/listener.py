@@ -5,6 +5,7 @@ or silent clients"); a stalled body is the app's to time out.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import h11
@@ -55,10 +56,8 @@ class _DeadlineH11(H11Protocol):
         self._deadline = None
         if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
             return
-        try:
+        with contextlib.suppress(h11.LocalProtocolError):
             self.conn.send(h11.ConnectionClosed())
-        except h11.LocalProtocolError:
-            pass
         self.transport.close()
 
 
