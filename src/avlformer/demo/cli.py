@@ -176,24 +176,16 @@ def attribute_accuracy(predictions: dict[str, str], truth: dict[str, dict]) -> d
     return scores
 
 
-def group_mean(scores: dict[str, float], names) -> float:
-    return float(np.mean([scores[n] for n in names]))
-
-
 def stage_evaluate(results: CaptionResults, truth: dict[str, dict], references: dict[str, str]) -> dict:
     from avlformer.evaluation.coco_metrics import caption_metrics
 
     normal = {p.video_id: p.caption for p in results.normal.predictions}
     silenced = {p.video_id: p.caption for p in results.silenced.predictions}
     acc, acc_silenced = attribute_accuracy(normal, truth), attribute_accuracy(silenced, truth)
-    sound_chance = float(np.mean([1 / len(synth.ATTRIBUTE_VALUES[a]) for a in synth.SOUND_ATTRIBUTES]))
-    metrics = {
-        "visual_accuracy": group_mean(acc, synth.VISUAL_ATTRIBUTES),
-        "sound_accuracy": group_mean(acc, synth.SOUND_ATTRIBUTES),
-        "silenced_visual_accuracy": group_mean(acc_silenced, synth.VISUAL_ATTRIBUTES),
-        "silenced_sound_accuracy": group_mean(acc_silenced, synth.SOUND_ATTRIBUTES),
-        "sound_chance": sound_chance,
-    }
+    metrics = {f"{prefix}{group}_accuracy": float(np.mean([scores[name] for name in names]))
+               for prefix, scores in (("", acc), ("silenced_", acc_silenced))
+               for group, names in (("visual", synth.VISUAL_ATTRIBUTES), ("sound", synth.SOUND_ATTRIBUTES))}
+    metrics["sound_chance"] = float(np.mean([1 / len(synth.ATTRIBUTE_VALUES[a]) for a in synth.SOUND_ATTRIBUTES]))
     refs = {cid: [references[cid]] for cid in normal}
     # METEOR is left out: its Java start-up and paraphrase tables take longer than the rest of the scoring.
     coco = caption_metrics(normal, refs, scorers=("bleu", "rouge", "cider")) if normal else {}
