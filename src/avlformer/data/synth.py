@@ -234,13 +234,9 @@ def object_centre(spec: ClipSpec, progress: float) -> tuple[float, float]:
 def render_frames(spec: ClipSpec) -> np.ndarray:
     """uint8 (N, HEIGHT, WIDTH, 3) frames of the clip."""
     count = max(2, int(round(spec.duration * FPS)))
-    background = np.full((HEIGHT, WIDTH, 3), BACKGROUND + spec.background_shift, dtype=np.uint8)
-    colour = np.array(COLOURS[spec.colour], dtype=np.uint8)
-    frames = np.empty((count, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    frames = np.full((count, HEIGHT, WIDTH, 3), BACKGROUND + spec.background_shift, dtype=np.uint8)
     for i in range(count):
-        frame = background.copy()
-        frame[shape_mask(spec.shape, *object_centre(spec, i / (count - 1)))] = colour
-        frames[i] = frame
+        frames[i][shape_mask(spec.shape, *object_centre(spec, i / (count - 1)))] = COLOURS[spec.colour]
     return frames
 
 

@@ -199,9 +199,7 @@ def render_frames(scene: dict, rng: np.random.Generator) -> np.ndarray:
         xs, ys = positions(obj, t, duration)
         shown = visible(obj, t, duration)
         change = duration * EVENT_TIMES[obj["event_time"]] if obj["event"] == "changes_colour" else None
-        for i in range(count):
-            if not shown[i]:
-                continue
+        for i in np.flatnonzero(shown):
             colour = np.array(COLOURS[obj["new_colour"] if change is not None and t[i] >= change
                                       else obj["colour"]], dtype=np.float64)
             mask = shape_mask(obj["shape"], xs[i], ys[i], SIZES[obj["size"]])
