@@ -8,6 +8,7 @@ the caption TSV; frames are looked up by key. The loaders only read: nothing is 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 from dataclasses import dataclass
@@ -141,7 +142,6 @@ class CaptionDataset(Dataset):
         self.items = self._build_items()
         self._frame_row = self._map_frame_rows()
         self._check_audio_alignment()
-        self._rng: np.random.Generator | None = None
 
     def _check_recipe(self) -> None:
         """The mp3s were made at the recipe's rate, and for clips of its length (e.g. the silence given to a clip
@@ -193,13 +193,11 @@ class CaptionDataset(Dataset):
         self.audio.close()  # h5py handles must not cross a fork; reopened lazily per worker
 
     def set_seed(self, seed: int) -> None:
-        self._rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)
 
-    @property
+    @functools.cached_property
     def rng(self) -> np.random.Generator:
-        if self._rng is None:
-            self._rng = np.random.default_rng(torch.initial_seed())
-        return self._rng
+        return np.random.default_rng(torch.initial_seed())
 
     def __len__(self) -> int:
         return len(self.items)

@@ -105,7 +105,6 @@ class TSVFile:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: TSV file not found")
-        self._offsets: np.ndarray | None = None
         self._index_source: Path | None = None
         # After fork an inherited handle shares its file position with the parent: each process opens its own.
         self._handle = PerProcessHandle(functools.partial(open, self.path, "rb"))
@@ -138,11 +137,9 @@ class TSVFile:
             raise ValueError(f"{self._index_source} does not match {self.path}: the index {problem}; "
                              f"delete the index files to rebuild them")
 
-    @property
+    @functools.cached_property
     def offsets(self) -> np.ndarray:
-        if self._offsets is None:
-            self._offsets = self._load_offsets()
-        return self._offsets
+        return self._load_offsets()
 
     def __len__(self) -> int:
         return len(self.offsets)
