@@ -180,7 +180,7 @@ class CaptionDataset(Dataset):
         return [by_key[key] for key in self.keys]
 
     def _check_audio_alignment(self) -> None:
-        names = self.audio.names()
+        names = self.audio.names
         source = self.paths.captions or self.paths.frames
         if len(names) < len(self.keys):
             raise ValueError(f"{self.paths.audio} has {len(names)} audio rows but {source} has {len(self.keys)} "
