@@ -26,29 +26,24 @@ class CaptionQueue:
         if size < 1:
             raise ValueError(f"queue size {size}: must be >= 1")
         self.size = size
-        self._accepted = 0
+        self.accepted = 0             # requests accepted and not yet finished (running or waiting)
         self._counter = threading.Lock()
         self._mean_s = FIRST_GUESS_S
         self._closed = False
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="avlformer-caption")
 
-    @property
-    def accepted(self) -> int:
-        """Requests accepted and not yet finished (running or waiting)."""
-        return self._accepted
-
     def retry_after_s(self) -> int:
-        return max(1, math.ceil(self._mean_s * max(1, self._accepted) / WORKERS))
+        return max(1, math.ceil(self._mean_s * max(1, self.accepted) / WORKERS))
 
     async def run(self, job: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
         """``job()`` on a worker, or a 503 when the queue is full; ``cleanup`` runs once the job is over or
         dropped."""
         with self._counter:
-            if self._accepted >= self.size:
+            if self.accepted >= self.size:
                 raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,
-                                   f"the server is busy ({self._accepted} videos queued for captioning); "
+                                   f"the server is busy ({self.accepted} videos queued for captioning); "
                                    f"try again in a moment", headers={"Retry-After": str(self.retry_after_s())})
-            self._accepted += 1
+            self.accepted += 1
         try:
             future = self._pool.submit(self._timed, job)
         except RuntimeError:  # the pool is shut down
@@ -80,7 +75,7 @@ class CaptionQueue:
                 cleanup()
         finally:
             with self._counter:
-                self._accepted -= 1
+                self.accepted -= 1
 
     def close(self) -> None:
         """Drop the waiting jobs (their cleanups run); the one running finishes on its own thread."""
