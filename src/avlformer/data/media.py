@@ -157,9 +157,7 @@ def sample_times(start: float, duration: float, num_frames: int) -> np.ndarray:
 
 def sampled_packet_times(frame_times: np.ndarray, targets: np.ndarray) -> set[float]:
     """Timestamps of the frames the targets select: for each target the last frame at or before it (the first
-    frame for a target before it). Only these frames must come out of the decoder; any other frame may be
-    dropped, because dropping a frame the selector never assigns leaves every assignment as it was (a target's
-    frame is decoded, and every decoded frame after it is later than the target)."""
+    frame for a target before it); the decoder may drop any other frame (docs/data.md, "Speed")."""
     if not len(frame_times):
         return set()
     index = np.searchsorted(frame_times, targets, side="right") - 1
