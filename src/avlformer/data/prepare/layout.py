@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from avlformer.data.recipe import PreprocessRecipe
 from avlformer.folder_lock import folder_lock
@@ -24,13 +22,11 @@ class EnvironmentFault(PrepareError):
     ``file_problems.is_environment_error``): the run stops with one line, and no clip is judged by it."""
 
 
-@contextlib.contextmanager
-def prepare_lock(data_dir: Path) -> Iterator[None]:
+def prepare_lock(data_dir: Path):
     """One prepare per data folder at a time: ``DIR/.prepare.lock``, held for the whole run (a crashed run never
     blocks the next one)."""
-    with folder_lock(Path(data_dir) / LOCK_NAME, f"another prepare is running on {data_dir}; wait for it to finish",
-                     PrepareError):
-        yield
+    return folder_lock(Path(data_dir) / LOCK_NAME, f"another prepare is running on {data_dir}; wait for it to "
+                       f"finish", PrepareError)
 
 
 def split_name_problem(split: str) -> str | None:
