@@ -1,9 +1,6 @@
-"""A clip's audio track with PyAV, in-process: extracted as mono mp3 at the recipe's rate, encoded, inspected.
-
-Shared by ``prepare`` and inference, so both use the same samples. ``downmix`` (the mean of the channels) is the
-project's one downmix. A stream that already is mono mp3 at the right rate is copied frame by frame; otherwise
-it is resampled and encoded as one piece (docs/data.md, "Speed"). Errors are ``media.MediaError`` (or
-``NoAudioStreamError``), one line naming the file.
+"""A clip's audio track with PyAV, in-process: extracted as mono mp3 at the recipe's rate (copied when it already
+is one, else resampled and encoded as one piece: docs/data.md, "Speed"), encoded, inspected. Shared by ``prepare``
+and inference, so both use the same samples; errors are ``media.MediaError``, one line naming the file.
 """
 
 from __future__ import annotations
