@@ -262,18 +262,12 @@ def beep_envelope(t: np.ndarray, period: float, duty: float = 0.5) -> np.ndarray
     return np.minimum(rise, fall)
 
 
-def _audio_frames(waveform: np.ndarray, block: int = 16000):
+def _encode_audio(container, stream, waveform: np.ndarray, block: int = 16000) -> None:
     for start in range(0, len(waveform), block):
-        chunk = waveform[start : start + block]
-        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+        frame = av.AudioFrame.from_ndarray(waveform[None, start:start + block], format="fltp", layout="mono")
         frame.sample_rate = SAMPLE_RATE
         frame.pts = start
         frame.time_base = Fraction(1, SAMPLE_RATE)
-        yield frame
-
-
-def _encode_audio(container, stream, waveform: np.ndarray) -> None:
-    for frame in _audio_frames(waveform):
         container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
 
