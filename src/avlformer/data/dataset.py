@@ -1,8 +1,6 @@
-"""CaptionDataset over an upstream metadata yaml (docs/upstream.md §1.5, §2), its collate and worker seeding.
-
-A released FAVDBench ``datasets/`` folder and the output of ``avlformer prepare`` load the same way: the yaml names
-the frame TSV, the caption TSV (+ optional linelist) and the audio HDF5; row i of the HDF5 is the audio of row i of
-the caption TSV; frames are looked up by key. The loaders only read: nothing is ever written into the data folder.
+"""CaptionDataset over an upstream metadata yaml (docs/upstream.md §1.5, §2), its collate and worker seeding. A
+released FAVDBench ``datasets/`` folder and the output of ``avlformer prepare`` load the same way, read-only
+(docs/data.md, "Loading"); frames are looked up by key, audio by row.
 """
 
 from __future__ import annotations
