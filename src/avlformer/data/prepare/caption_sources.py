@@ -135,11 +135,7 @@ def load_captions(path: Path, data_dir: Path) -> Captions:
     loader = LOADERS.get(path.suffix.lower())
     if loader is None:
         raise PrepareError(f"{path}: unknown captions format; use .json, .csv or a released .caption.tsv")
-    try:
-        source = str(path.relative_to(data_dir))
-    except ValueError:
-        source = str(path)
-    captions = Captions(source=source)
+    captions = Captions(source=str(path.relative_to(data_dir) if path.is_relative_to(data_dir) else path))
     try:
         loader(path, captions)
     except (OSError, ValueError, csv.Error) as error:   # JSONDecodeError and CaptionTSVError are ValueErrors

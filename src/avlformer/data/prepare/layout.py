@@ -91,7 +91,5 @@ class Layout:
         return self.data_dir / ".prepare_work" / f"{self.split}-{self.num_frames}f-{self.short_side}px"
 
     def rel(self, path: str | Path) -> str:
-        try:
-            return str(Path(path).relative_to(self.data_dir))
-        except ValueError:
-            return str(path)
+        path = Path(path)
+        return str(path.relative_to(self.data_dir) if path.is_relative_to(self.data_dir) else path)
