@@ -161,7 +161,7 @@ def test_hdf5_reader_round_trip(tmp_path):
     payloads = [encode_mp3(sine(0.2, 32000, freq=f), 32000) for f in (300.0, 600.0)]
     write_audio_hdf(tmp_path / "a.hdf", ["v0", "v1"], payloads)
     reader = HDF5AudioReader(tmp_path / "a.hdf")
-    assert len(reader) == 2 and reader.names() == ["v0", "v1"] and reader.name(1) == "v1"
+    assert reader.names == ["v0", "v1"] and reader.name(1) == "v1"
     assert reader.mp3(1).tobytes() == payloads[1]
     assert abs(dominant_frequency(decode_audio(reader.mp3(1)), 32000) - 600.0) < 10
 
@@ -170,7 +170,7 @@ def test_hdf5_reader_errors_name_the_file(tmp_path):
     with h5py.File(tmp_path / "bad.hdf", "w") as handle:
         handle.create_dataset("audio_name", data=["x"], dtype=h5py.string_dtype())
     with pytest.raises(ValueError, match=r"bad\.hdf.*missing dataset.*mp3"):
-        HDF5AudioReader(tmp_path / "bad.hdf").names()
+        HDF5AudioReader(tmp_path / "bad.hdf").names
     with pytest.raises(FileNotFoundError, match="absent.hdf"):
         HDF5AudioReader(tmp_path / "absent.hdf")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from avlformer.cli import main as cli_main
 from avlformer.data import synth
@@ -200,17 +201,19 @@ def test_images_and_chart():
     frames = np.zeros((8, 24, 32, 3), np.uint8)
     strip = report.frame_strip(frames, count=4, height=24)
     assert strip.size == (4 * 32 + 3 * 2, 24)
-    tone = np.sin(2 * np.pi * 1000 * np.arange(32000) / 32000).astype(np.float32)
-    spec = report.spectrogram(tone, 32000)
-    peak_bin = spec.mean(axis=1).argmax()
-    assert abs(peak_bin * 32000 / 1024 - 1000) < 40
-    heat = report.heatmap_image(np.eye(4), size=40, boundary=2)
-    assert heat.size == (40, 40)
-    with pytest.raises(ValueError):
-        report.heatmap_image(np.zeros((2, 3)))
+    # the spectrogram's brightest row: low frequencies at the bottom, so a higher tone peaks higher up
+    peaks = []
+    for hz in (300, 3000):
+        tone = np.sin(2 * np.pi * hz * np.arange(32000) / 32000).astype(np.float32)
+        spec = report.spectrogram(torch.from_numpy(tone), 32000)
+        assert spec.dtype == np.uint8 and spec.shape[2] == 3
+        peaks.append(spec.astype(float).sum(axis=(1, 2)).argmax())
+    assert peaks[1] < peaks[0]
+    heat = report.attention_mask(torch.eye(4), num_video_tokens=2)
+    assert heat.shape[0] == heat.shape[1] >= 320 and (heat[heat.shape[0] // 2] == 255).all()  # the boundary line
     assert "<polyline" in report.loss_curve_svg([(1, 3.0), (2, 2.0), (3, 1.0)])
     assert "<polyline" not in report.loss_curve_svg([(1, 3.0)])
-    assert report.png_data_uri(heat).startswith("data:image/png;base64,")
+    assert report.image_uri(heat).startswith("data:image/png;base64,")
 
 
 def test_attribute_accuracy_counts_missing_predictions_wrong():

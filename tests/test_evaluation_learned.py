@@ -203,7 +203,7 @@ def test_clip_scorer_end_to_end(clip_dir):
     assert scores["CLIP-S"] == pytest.approx(plain, abs=1e-5)
     expected_ref = 0.0 if plain + best_ref == 0 else 2 * plain * best_ref / (plain + best_ref)
     assert scores["RefCLIP-S"] == pytest.approx(expected_ref, abs=1e-5)
-    assert scorer.result().clip_s == pytest.approx(scores["CLIP-S"])
+    assert scorer.means()["CLIP-S"] == pytest.approx(scores["CLIP-S"])
 
 
 # ---------------------------------------------------------------------------------------------- AudioScore
@@ -339,7 +339,7 @@ def test_audio_scorer_end_to_end(trilip_files, clip_dir):
          + 0.5 * F.cosine_similarity(audio, video, dim=0).item() + 1) / 2
     expected = math.exp(-0.693 * math.exp(-10 * s)) / math.exp(-0.69 * math.exp(-10))
     assert value == pytest.approx(expected, rel=1e-5)
-    assert scorer.result().score == pytest.approx(value)
+    assert scorer.means() == {"AudioScore": pytest.approx(value)}
 
 
 # ---------------------------------------------------------------------------------------------- the command

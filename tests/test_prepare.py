@@ -21,10 +21,12 @@ from PIL import Image
 import media_fixtures as mf
 from avlformer import cli
 from avlformer.data import media, media_audio
+from avlformer.data.clip_media import silent_clip_audio
 from avlformer.data.prepare import clip_work
 from avlformer.data.prepare.caption_sources import load_captions
 from avlformer.data.prepare.layout import Layout
 from avlformer.data.prepare.split import find_videos, plan_split
+from avlformer.data.recipe import PreprocessRecipe
 from avlformer.data.tsv import TSVFile, lineidx_8b_path, lineidx_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +51,7 @@ def problems_for(report: dict, needle: str) -> list[dict]:
 
 def test_sample_frames_picks_the_frame_on_screen_at_segment_centres(tmp_path):
     path = mf.write_normal(tmp_path / "a.mp4", seconds=1.0, fps=40)
-    frames = media.sample_frames(path, num_frames=32, short_side=96)
+    frames = media.read_frames(path, num_frames=32, short_side=96).frames
     assert frames.dtype == np.uint8 and frames.shape == (32, 96, 128, 3)
     for k in range(32):
         source = int((k + 0.5) * 40 / 32)  # frame on screen at (k + 0.5) * D / n
@@ -70,7 +72,7 @@ def test_variable_frame_rate_is_detected_and_sampled_by_timestamp(tmp_path):
 
 
 def test_rotation_metadata_is_applied_like_ffmpeg(tmp_path):
-    frames = media.sample_frames(mf.write_rotated(tmp_path / "r.mp4", 90), 4, 64)
+    frames = media.read_frames(mf.write_rotated(tmp_path / "r.mp4", 90), 4, 64).frames
     assert frames.shape[1:] == (85, 64, 3)          # 64x48 landscape displayed as 48x64 portrait
     # The white marker, top-left in the coded picture, is bottom-left after a 90-degree counter-clockwise turn.
     assert frames[0, -3:, :3].mean() > 240 and frames[0, :3, :3].mean() < 200
@@ -89,7 +91,7 @@ def test_audio_is_mono_32k_mp3_and_missing_audio_is_an_exception_subtype(tmp_pat
     assert abs(info.duration - 1.0) < 0.1
     with pytest.raises(media.NoAudioStreamError, match="no audio stream"):
         media_audio.extract_audio(mf.write_no_audio(tmp_path / "n.mp4"))
-    silence = media_audio.inspect_mp3(media_audio.silent_mp3(2.0), "s")
+    silence = media_audio.inspect_mp3(silent_clip_audio(PreprocessRecipe(clip_seconds=2.0)).mp3, "s")
     assert abs(silence.duration - 2.0) < 0.1 and silence.sample_rate == 32000
 
 
@@ -99,7 +101,7 @@ def test_audio_is_mono_32k_mp3_and_missing_audio_is_an_exception_subtype(tmp_pat
 def test_unreadable_files_raise_media_error_naming_the_file(tmp_path, writer, reason):
     path = writer(tmp_path / "bad.mp4")
     with pytest.raises(media.MediaError, match=reason) as caught:
-        media.sample_frames(path)
+        media.read_frames(path)
     assert str(path) in str(caught.value)
 
 

@@ -40,9 +40,6 @@ def one_cpu_thread():
     """Run the block at one torch intra-op thread, for work made of many small parallel regions, whose barriers
     a descheduled thread stalls on a busy machine."""
     caller = torch.get_num_threads()
-    if caller == 1:
-        yield
-        return
     torch.set_num_threads(1)
     try:
         yield

@@ -25,11 +25,9 @@ def _locked_descriptor(path: Path, busy: str, error: type[Exception]) -> int:
         except BlockingIOError:
             os.close(fd)
             raise error(busy) from None
-        try:
+        with contextlib.suppress(FileNotFoundError):
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd
-        except FileNotFoundError:
-            pass
         os.close(fd)  # the previous holder removed the file between our open and our lock
 
 

@@ -36,18 +36,17 @@ def _metric_rows(metrics: Mapping[str, Any]) -> dict[str, float]:
     return rows
 
 
-def card_metadata(model_name: str, rows: Mapping[str, float], split: str | None,
-                  dataset: str = DATASET_NAME) -> dict[str, Any]:
+def card_metadata(model_name: str, rows: Mapping[str, float], split: str | None) -> dict[str, Any]:
     """The YAML front matter (with metric ``rows``, the ``model-index`` the Hub renders)."""
     meta: dict[str, Any] = {"library_name": "avlformer", "pipeline_tag": PIPELINE_TAG,
                             "tags": ["avlformer", "audio-visual", "video-captioning", "favd"],
-                            "datasets": [dataset]}
+                            "datasets": [DATASET_NAME]}
     if rows:
         meta["model-index"] = [{
             "name": model_name,
             "results": [{
                 "task": {"type": "video-captioning", "name": TASK_NAME},
-                "dataset": {"name": dataset, "type": dataset.lower(), "split": split or "unknown"},
+                "dataset": {"name": DATASET_NAME, "type": DATASET_NAME.lower(), "split": split or "unknown"},
                 "metrics": [{"type": name.lower(), "name": METRIC_NAMES.get(name, name), "value": value}
                             for name, value in rows.items()],
             }],
@@ -85,11 +84,11 @@ def _cell(value: Any) -> str:
 
 def model_card_text(config, recipe: PreprocessRecipe, metrics: Mapping[str, Any] | None = None,
                     split: str | None = None, training_args: Mapping[str, Any] | None = None, *,
-                    model_name: str = "avlformer", dataset: str = DATASET_NAME) -> str:
+                    model_name: str = "avlformer") -> str:
     """The card as text. ``metrics``: validation scores by `avlformer evaluate`'s names, on ``split``."""
     metrics = metrics or {}
     rows = _metric_rows(metrics)
-    front = yaml.safe_dump(card_metadata(model_name, rows, split, dataset), sort_keys=False, allow_unicode=True)
+    front = yaml.safe_dump(card_metadata(model_name, rows, split), sort_keys=False, allow_unicode=True)
     decoding = {"num_beams": config.num_beams, "max_gen_length": config.max_gen_length,
                 "length_penalty": config.length_penalty}
     parts = [
@@ -108,7 +107,7 @@ def model_card_text(config, recipe: PreprocessRecipe, metrics: Mapping[str, Any]
         "Or from the command line: `avlformer caption --model CHECKPOINT clip.mp4`, and in the browser: "
         "`avlformer serve --model CHECKPOINT`.",
         "## Training data and preprocessing",
-        f"Trained on {dataset}-layout data. Every input is rebuilt from raw media with the preprocessing recipe "
+        f"Trained on {DATASET_NAME}-layout data. Every input is rebuilt from raw media with the preprocessing recipe "
         "below (`preprocessor_config.json` in this folder), the one the training data was prepared with, so "
         "captioning feeds the model the pixels and samples it learned from.",
         _table(recipe.to_dict(), ("recipe field", "value")),

@@ -61,18 +61,14 @@ class HDF5AudioReader:
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: audio HDF5 file not found")
         self._file = PerProcessHandle(functools.partial(_open_audio_hdf5, self.path))
-        self._names: list[str] | None = None
 
+    @functools.cached_property
     def names(self) -> list[str]:
-        if self._names is None:
-            self._names = [str(name) for name in self._file.get()["audio_name"].asstr()[:]]
-        return self._names
-
-    def __len__(self) -> int:
-        return len(self._file.get()["mp3"])
+        """The clip ids, row by row."""
+        return [str(name) for name in self._file.get()["audio_name"].asstr()[:]]
 
     def name(self, index: int) -> str:
-        return self.names()[index]
+        return self.names[index]
 
     def mp3(self, index: int) -> np.ndarray:
         """Raw encoded bytes of row ``index`` as a uint8 array."""

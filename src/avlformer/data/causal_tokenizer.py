@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avlformer.data.masking import MaskedText
-from avlformer.data.caption_text import clean_caption_text
+from avlformer.data.masking import MaskedText, clean_caption_text
 
 # The files that make a folder a Hugging Face tokenizer's (one of them suffices).
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")

@@ -68,7 +68,7 @@ def _conforming_mp3(mp3: Path, name: str, recipe: PreprocessRecipe, warnings: li
 
 def silent_clip_audio(recipe: PreprocessRecipe, warnings: list[str] | None = None) -> ClipAudio:
     """The recipe's silence: ``clip_seconds`` of zeros, mp3 encoded as any other clip audio."""
-    silence = media_audio.silent_mp3(recipe.clip_seconds, recipe.sample_rate, recipe.mp3_bitrate)
+    silence = media_audio.encode_mp3(np.zeros(recipe.clip_samples, np.float32), recipe.sample_rate, recipe.mp3_bitrate)
     return ClipAudio(silence, AUDIO_SILENCE, warnings or [])
 
 

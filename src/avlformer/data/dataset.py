@@ -1,13 +1,12 @@
-"""CaptionDataset over an upstream metadata yaml (docs/upstream.md §1.5, §2), its collate and worker seeding.
-
-A released FAVDBench ``datasets/`` folder and the output of ``avlformer prepare`` load the same way: the yaml names
-the frame TSV, the caption TSV (+ optional linelist) and the audio HDF5; row i of the HDF5 is the audio of row i of
-the caption TSV; frames are looked up by key. The loaders only read: nothing is ever written into the data folder.
+"""CaptionDataset over an upstream metadata yaml (docs/upstream.md §1.5, §2), its collate and worker seeding. A
+released FAVDBench ``datasets/`` folder and the output of ``avlformer prepare`` load the same way, read-only
+(docs/data.md, "Loading"); frames are looked up by key, audio by row.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 from dataclasses import dataclass
@@ -141,7 +140,6 @@ class CaptionDataset(Dataset):
         self.items = self._build_items()
         self._frame_row = self._map_frame_rows()
         self._check_audio_alignment()
-        self._rng: np.random.Generator | None = None
 
     def _check_recipe(self) -> None:
         """The mp3s were made at the recipe's rate, and for clips of its length (e.g. the silence given to a clip
@@ -180,7 +178,7 @@ class CaptionDataset(Dataset):
         return [by_key[key] for key in self.keys]
 
     def _check_audio_alignment(self) -> None:
-        names = self.audio.names()
+        names = self.audio.names
         source = self.paths.captions or self.paths.frames
         if len(names) < len(self.keys):
             raise ValueError(f"{self.paths.audio} has {len(names)} audio rows but {source} has {len(self.keys)} "
@@ -193,13 +191,11 @@ class CaptionDataset(Dataset):
         self.audio.close()  # h5py handles must not cross a fork; reopened lazily per worker
 
     def set_seed(self, seed: int) -> None:
-        self._rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)
 
-    @property
+    @functools.cached_property
     def rng(self) -> np.random.Generator:
-        if self._rng is None:
-            self._rng = np.random.default_rng(torch.initial_seed())
-        return self._rng
+        return np.random.default_rng(torch.initial_seed())
 
     def __len__(self) -> int:
         return len(self.items)
@@ -239,16 +235,11 @@ class CaptionDataset(Dataset):
         return item
 
 
-@contextlib.contextmanager
 def one_thread_outside_workers():
     """Build an item (and collate a batch) at one intra-op thread when that happens in the training process
     itself (``num_workers`` 0), as DataLoader workers do: the same tensors (every op here is elementwise or a
     copy), without the thread barriers that stall on busy cores (docs/data.md, "Loader threads")."""
-    if get_worker_info() is not None:
-        yield
-        return
-    with one_cpu_thread():
-        yield
+    return contextlib.nullcontext() if get_worker_info() is not None else one_cpu_thread()
 
 
 _STACKED = ("frames", "audio", "input_ids", "target_ids", "masked_pos")

@@ -1,9 +1,6 @@
-"""Cached encoder outputs (``avlformer extract-features``): one HDF5 file per split, read by ``train --features``.
-
-``<features>/<yaml stem>.features.h5``, row i = clip i of the split's caption TSV: ``keys`` (N), ``video``
-(N, Nv, Dv) and ``audio`` (N, Na, Da), the encoders' outputs before their projections; attributes ``spec``
-(``FeatureSpec`` JSON), ``recipe``, ``yaml`` and ``format_version``. One chunk per clip; each DataLoader worker
-opens its own handle. bf16 is stored as raw uint16 and widened to float32 on reading, like fp16.
+"""Cached encoder outputs (``avlformer extract-features``): one HDF5 file per split, read by ``train --features``;
+the format is in docs/training.md ("Format"). bf16 is stored as raw uint16 and widened to float32 on reading, like
+fp16.
 """
 
 from __future__ import annotations

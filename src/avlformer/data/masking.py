@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -10,10 +12,10 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from avlformer.data.token_ids import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-from avlformer.data.caption_text import clean_caption_text
 
 MASK_FRACTION = 0.8      # of the chosen positions become [MASK]
 RANDOM_FRACTION = 0.5    # of the rest become a random token; the others keep their token
+_EMOJI = re.compile("[\U0001F600-\U0001F64F\U0001F300-\U0001F5FF\U0001F680-\U0001F6FF\U0001F1E0-\U0001F1FF]")
 
 
 @dataclass
@@ -22,6 +24,11 @@ class MaskedText:
     target_ids: torch.Tensor  # int64 (L,): the original sequence
     masked_pos: torch.Tensor  # bool (L,)
     text_len: int             # [CLS] ... [SEP] inclusive
+
+
+def clean_caption_text(text: str) -> str:
+    """Upstream's pre-cleaning, before any tokenizer sees a caption: HTML entities unescaped, emoji removed."""
+    return _EMOJI.sub("", html.unescape(text))
 
 
 def encode_caption(caption: str, tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> tuple[np.ndarray, int]:

@@ -1,12 +1,8 @@
 """Reading videos with PyAV, in-process: probe and uniform frame sampling (audio: ``media_audio``), and the error
-types of both (``MediaError``, ``NoAudioStreamError``).
-
-Shared by ``prepare`` and inference, so both see the same pixels. Frame k of n is the frame on screen at
-``t0 + (k + 0.5) * D / n``, with ``t0`` the first frame's timestamp and ``D`` the stream's span (last frame
-timestamp - ``t0`` + one frame duration): always exactly n frames, uniform in time for variable-rate clips.
-Frames are converted to RGB and resized (bilinear, shorter side ``short_side``) in one libswscale call; rotation
-metadata is applied. Frames that cannot be sampled are decoded with ``skip_frame = NONREF`` (docs/data.md,
-"Speed"), which changes no pixel.
+types of both (``MediaError``, ``NoAudioStreamError``). Shared by ``prepare`` and inference, so both see the same
+pixels. Frame k of n is the frame on screen at ``t0 + (k + 0.5) * D / n`` (``t0``: the first frame's timestamp;
+``D``: the stream's span, last timestamp - ``t0`` + one frame duration); resizing and ``skip_frame`` are described
+in docs/data.md ("What prepare does", "Speed").
 """
 
 from __future__ import annotations
@@ -161,9 +157,7 @@ def sample_times(start: float, duration: float, num_frames: int) -> np.ndarray:
 
 def sampled_packet_times(frame_times: np.ndarray, targets: np.ndarray) -> set[float]:
     """Timestamps of the frames the targets select: for each target the last frame at or before it (the first
-    frame for a target before it). Only these frames must come out of the decoder; any other frame may be
-    dropped, because dropping a frame the selector never assigns leaves every assignment as it was (a target's
-    frame is decoded, and every decoded frame after it is later than the target)."""
+    frame for a target before it); the decoder may drop any other frame (docs/data.md, "Speed")."""
     if not len(frame_times):
         return set()
     index = np.searchsorted(frame_times, targets, side="right") - 1
@@ -280,8 +274,3 @@ def _fill_missing(chosen: list[np.ndarray | None]) -> np.ndarray:
         last = image if image is not None else last
         filled.append(last)
     return np.stack(filled)
-
-
-def sample_frames(path: str | os.PathLike, num_frames: int = 32, short_side: int = 256) -> np.ndarray:
-    """``num_frames`` RGB frames (uint8, (T, H, W, 3)) uniformly over the clip, shorter side ``short_side``."""
-    return read_frames(path, num_frames, short_side).frames

@@ -1,9 +1,6 @@
-"""A clip's audio track with PyAV, in-process: extracted as mono mp3 at the recipe's rate, encoded, inspected.
-
-Shared by ``prepare`` and inference, so both use the same samples. ``downmix`` (the mean of the channels) is the
-project's one downmix. A stream that already is mono mp3 at the right rate is copied frame by frame; otherwise
-it is resampled and encoded as one piece (docs/data.md, "Speed"). Errors are ``media.MediaError`` (or
-``NoAudioStreamError``), one line naming the file.
+"""A clip's audio track with PyAV, in-process: extracted as mono mp3 at the recipe's rate (copied when it already
+is one, else resampled and encoded as one piece: docs/data.md, "Speed"), encoded, inspected. Shared by ``prepare``
+and inference, so both use the same samples; errors are ``media.MediaError``, one line naming the file.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ import numpy as np
 
 from avlformer.data.file_problems import entry_problem
 from avlformer.data.media import MediaError, NoAudioStreamError, open_container, raise_if_environment
-from avlformer.data.recipe import CLIP_SECONDS, MP3_BITRATE, SAMPLE_RATE
+from avlformer.data.recipe import MP3_BITRATE, SAMPLE_RATE
 
 MP3_QUALITY = 5
 # Rates a waveform handed over in memory may be given at (telephone-band recordings up to studio rates), and the
@@ -75,10 +72,6 @@ def encode_mp3(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, bitrate: int = 
     frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planar), format="fltp", layout=layout)
     frame.sample_rate = sample_rate
     return _encode_mp3([frame], sample_rate, bitrate, layout)
-
-
-def silent_mp3(seconds: float = CLIP_SECONDS, sample_rate: int = SAMPLE_RATE, bitrate: int = MP3_BITRATE) -> bytes:
-    return encode_mp3(np.zeros(int(round(seconds * sample_rate)), np.float32), sample_rate, bitrate)
 
 
 def downmix(frame: av.AudioFrame, converters: dict) -> np.ndarray:

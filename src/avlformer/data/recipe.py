@@ -1,7 +1,4 @@
-"""The preprocessing recipe: how raw clips became the frames and audio a model was trained on.
-
-``prepare`` writes it beside the data, training copies it into every checkpoint (``preprocessor_config.json``),
-and every stage that builds model inputs from raw media uses the checkpoint's recipe (docs/data.md, "The
+"""The preprocessing recipe: how raw clips became the frames and audio a model was trained on (docs/data.md, "The
 preprocessing recipe"). The constants below are the paper recipe; other modules take these facts from here.
 """
 

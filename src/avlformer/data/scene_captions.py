@@ -1,6 +1,4 @@
-"""The scenes preset's caption grammar (docs/scenes.md, The captions): FAVD's structure — one summary sentence,
-then visual-detail sentences per object, then one sentence per sound (what is heard, when, and how it relates to
-what is seen) — written five times per clip with different synonyms, clause variants and sentence orders.
+"""The scenes preset's caption grammar (docs/scenes.md, The captions), five references per clip.
 
 The phrase tables below are the single source of the wording: the grammar draws from them and
 ``evaluation/scene_score`` builds its parser from them, so every reference the grammar writes parses back to its
@@ -153,12 +151,8 @@ class _Writer:
             when = []
             template = BOUNCE_WORDS if sound["relation"] == "bounce" else VISIBLE_WORDS
             relation = self.pick(template).format(obj=self.name(source, self.rng.random() < 0.5))
-        rest = ", ".join(when)
-        if self.rng.random() < 0.5:
-            body = f"{subject}{rhythm}" + (f" {rest}" if rest else "") + f", {relation}."
-        else:
-            body = f"{relation}, {subject}{rhythm}" + (f" {rest}" if rest else "") + "."
-        return body
+        heard = f"{subject}{rhythm}" + (f" {', '.join(when)}" if when else "")
+        return f"{heard}, {relation}." if self.rng.random() < 0.5 else f"{relation}, {heard}."
 
     def caption(self) -> str:
         objects = [self.object_sentences(o) for o in self.scene["objects"]]

@@ -1,21 +1,6 @@
-"""The built-in demo dataset (README.md, The demo), written as *raw* FAVDBench-layout data (`avlformer synth`).
-
-Each clip is a coloured shape (circle, bar, cross) that moves (side to side, up and down, in a circle, or stays
-still) on a gray background (h264 video), with a tone whose pitch (low, medium, high) and rhythm (continuous, slow
-or fast beeps) are drawn independently of the picture (AAC in the mp4, and the same sound as a separate mp3). Captions follow the
-FAVD style (summary sentence, visual detail sentence, sound sentence) from fixed templates, so a small model can
-learn them and `parse_attributes` can read the attributes back out of a predicted caption.
-
-Output::
-
-    OUT/videos/<split>/<id>.mp4        h264 + AAC, 128x96, 10 fps, 2-10 s
-    OUT/audio_mp3/<split>/<id>.mp3     mono, 32 kHz
-    OUT/captions.json                  {"<id>": "caption"} for every split
-    OUT/attributes.json                {"<id>": {"split", "shape", "colour", "motion", "pitch", "rhythm", "duration"}}
-    OUT/vocab/vocab.txt                the BERT vocabulary cut to the training captions' words (``--tokenizer_name``)
-    OUT/synth_outputs.json             what synth wrote: a folder holding other data is refused (claim_folder)
-
-Every clip is a pure function of (seed, split, index), so the dataset is identical whatever the worker count.
+"""The built-in demo dataset (README.md, The demo), written as *raw* FAVDBench-layout data (`avlformer synth`; files
+in docs/data.md): coloured shapes that move, with a tone whose pitch and rhythm are drawn independently of the
+picture, and template captions that ``parse_attributes`` reads back out of a predicted caption.
 """
 
 from __future__ import annotations
@@ -211,15 +196,20 @@ def parse_attributes(caption: str) -> dict:
     return parsed
 
 
-_YY, _XX = np.mgrid[0:HEIGHT, 0:WIDTH]
+GRID_Y, GRID_X = np.mgrid[0:HEIGHT, 0:WIDTH]
 
 
 def shape_mask(shape: str, cx: float, cy: float, r: float = OBJECT_RADIUS) -> np.ndarray:
-    dx, dy = _XX - cx, _YY - cy
+    """Pixels of a shape of either preset centred at (cx, cy), of radius ``r``."""
+    dx, dy = GRID_X - cx, GRID_Y - cy
     if shape == "circle":
         return dx * dx + dy * dy <= r * r
     if shape == "bar":  # wide and flat
         return (np.abs(dx) <= r) & (np.abs(dy) <= 0.35 * r)
+    if shape == "square":
+        return (np.abs(dx) <= 0.85 * r) & (np.abs(dy) <= 0.85 * r)
+    if shape == "triangle":  # pointing up
+        return (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) / 2)
     if shape == "cross":  # a plus sign
         arm = 0.3 * r
         return ((np.abs(dx) <= r) & (np.abs(dy) <= arm)) | ((np.abs(dy) <= r) & (np.abs(dx) <= arm))
@@ -246,13 +236,9 @@ def object_centre(spec: ClipSpec, progress: float) -> tuple[float, float]:
 def render_frames(spec: ClipSpec) -> np.ndarray:
     """uint8 (N, HEIGHT, WIDTH, 3) frames of the clip."""
     count = max(2, int(round(spec.duration * FPS)))
-    background = np.full((HEIGHT, WIDTH, 3), BACKGROUND + spec.background_shift, dtype=np.uint8)
-    colour = np.array(COLOURS[spec.colour], dtype=np.uint8)
-    frames = np.empty((count, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    frames = np.full((count, HEIGHT, WIDTH, 3), BACKGROUND + spec.background_shift, dtype=np.uint8)
     for i in range(count):
-        frame = background.copy()
-        frame[shape_mask(spec.shape, *object_centre(spec, i / (count - 1)))] = colour
-        frames[i] = frame
+        frames[i][shape_mask(spec.shape, *object_centre(spec, i / (count - 1)))] = COLOURS[spec.colour]
     return frames
 
 
@@ -278,18 +264,12 @@ def beep_envelope(t: np.ndarray, period: float, duty: float = 0.5) -> np.ndarray
     return np.minimum(rise, fall)
 
 
-def _audio_frames(waveform: np.ndarray, block: int = 16000):
+def _encode_audio(container, stream, waveform: np.ndarray, block: int = 16000) -> None:
     for start in range(0, len(waveform), block):
-        chunk = waveform[start : start + block]
-        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+        frame = av.AudioFrame.from_ndarray(waveform[None, start:start + block], format="fltp", layout="mono")
         frame.sample_rate = SAMPLE_RATE
         frame.pts = start
         frame.time_base = Fraction(1, SAMPLE_RATE)
-        yield frame
-
-
-def _encode_audio(container, stream, waveform: np.ndarray) -> None:
-    for frame in _audio_frames(waveform):
         container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
 
@@ -342,11 +322,6 @@ class Preset(NamedTuple):
 DEMO = Preset(write_clip, clip_id)
 
 
-def _write_clip_job(job: tuple) -> tuple[str, dict, str | list[str]]:
-    writer, out, seed, split, index = job
-    return writer(Path(out), seed, split, index)
-
-
 def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, workers: int | None = None,
                progress: bool = True, overwrite: bool = False, preset: "Preset | None" = None) -> dict:
     """Write the dataset of ``preset`` (default ``DEMO``); returns {"captions": {...}, "attributes": {...}} as
@@ -359,12 +334,13 @@ def synthesize(out: str | os.PathLike, counts: dict[str, int], seed: int = 0, wo
             raise SynthError(f"unknown split {split!r}; expected one of {SPLITS}")
         if count < 0:
             raise SynthError(f"--num-{split} must be >= 0, got {count}")
-    jobs = [(write, str(out), seed, split, i) for split in SPLITS for i in range(counts.get(split, 0))]
-    clip_files = [path for _, _, _, split, i in jobs for path in clip_paths(out, split, i, name_of)]
+    jobs = [(out, seed, split, i) for split in SPLITS for i in range(counts.get(split, 0))]
+    clip_files = [path for _, _, split, i in jobs for path in clip_paths(out, split, i, name_of)]
     record = claim_folder(out, clip_files + [out / name for name in SYNTH_FILES], overwrite)
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs) or 1))
+    arguments = [list(column) for column in zip(*jobs)] or [[]] * 4   # write's (out, seed, split, index) columns
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
-        done = pool.map(_write_clip_job, jobs, chunksize=4) if pool else map(_write_clip_job, jobs)
+        done = pool.map(write, *arguments, chunksize=4) if pool else map(write, *arguments)
         results = list(tqdm(done, total=len(jobs), desc="synth", unit="clip", disable=not progress))
     captions = {cid: caption for cid, _, caption in results}
     attributes = {cid: attrs for cid, attrs, _ in results}

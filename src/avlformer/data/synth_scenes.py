@@ -1,15 +1,6 @@
-"""`avlformer synth --preset scenes`: a benchmark in miniature (docs/scenes.md).
-
-Each clip is a scene of 1-3 objects (shape, colour, size, texture), each with a motion and at most one timed event
-(appears, disappears, changes colour, speeds up), on a plain, gradient or textured background, with 1-2 sound
-sources (tones, noise bursts, chirps, clicks). A sound is either *tied* to the picture (a click each time the
-bouncing object hits an edge, a tone while an object that appears or disappears is visible) or *off-screen*
-(nothing seen makes it). Five references per clip come from the caption grammar (``data/scene_captions``), and
-``evaluation/scene_score`` reads the structure back out of predicted captions.
-
-The layout is the demo preset's (``data/synth``): ``videos/<split>/<id>.mp4`` (h264 + AAC, 128x96, 10 fps),
-``audio_mp3/<split>/<id>.mp3``, ``captions.json`` (``{"<id>": [5 references]}``) and ``attributes.json``
-(``{"<id>": scene}``). A clip is a pure function of (seed, split, index).
+"""`avlformer synth --preset scenes`: a benchmark in miniature (docs/scenes.md, The data: what a scene holds, its
+sounds, the files written, in the demo preset's layout). References come from ``data/scene_captions``; a clip is a
+pure function of (seed, split, index).
 """
 
 from __future__ import annotations
@@ -20,8 +11,8 @@ import numpy as np
 
 from avlformer.data.recipe import SAMPLE_RATE
 from avlformer.data.scene_captions import scene_references
-from avlformer.data.synth import (FPS, HEIGHT, WIDTH, Preset, beep_envelope, clip_paths, clip_seed, write_mp3,
-                                  write_mp4)
+from avlformer.data.synth import (FPS, GRID_X, GRID_Y, HEIGHT, WIDTH, Preset, beep_envelope, clip_paths, clip_seed,
+                                  shape_mask, write_mp3, write_mp4)
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220), "yellow": (235, 205, 40),
@@ -41,7 +32,6 @@ CHIRP_DIRECTIONS = ("rising", "falling")
 RHYTHMS = {"slow": (0.5, 0.3), "fast": (0.16, 0.5)}
 ENVELOPES = ("constant", "fades_in", "fades_out")
 SPANS = {"throughout": (0.0, 1.0), "first_half": (0.0, 0.5), "second_half": (0.5, 1.0)}
-RELATIONS = ("offscreen", "bounce", "visible")
 
 MIN_SECONDS, MAX_SECONDS = 3.0, 4.0
 # Objects live in the central HEIGHT x HEIGHT square (what survives the loaders' centre crop), each around its own
@@ -176,26 +166,9 @@ def visible(obj: dict, t: np.ndarray, duration: float) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------------- pictures
 
-_YY, _XX = np.mgrid[0:HEIGHT, 0:WIDTH]
-
-
-def _shape_mask(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
-    dx, dy = _XX - cx, _YY - cy
-    if shape == "circle":
-        return dx * dx + dy * dy <= r * r
-    if shape == "square":
-        return (np.abs(dx) <= 0.85 * r) & (np.abs(dy) <= 0.85 * r)
-    if shape == "triangle":  # pointing up
-        return (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) / 2)
-    if shape == "cross":
-        arm = 0.3 * r
-        return ((np.abs(dx) <= r) & (np.abs(dy) <= arm)) | ((np.abs(dy) <= r) & (np.abs(dx) <= arm))
-    raise ValueError(f"unknown shape {shape!r}")
-
-
 def _texture_dark(texture: str, cx: float, cy: float) -> np.ndarray | None:
     """Where the texture darkens the object (pattern fixed to the object, so it moves with it)."""
-    dx, dy = np.round(_XX - cx).astype(int), np.round(_YY - cy).astype(int)
+    dx, dy = np.round(GRID_X - cx).astype(int), np.round(GRID_Y - cy).astype(int)
     if texture == "striped":
         return np.mod(dy, 6) < 3
     if texture == "dotted":
@@ -208,11 +181,11 @@ def _background(scene: dict, rng: np.random.Generator) -> np.ndarray:
     if scene["background"] == "plain":
         plane = np.full((HEIGHT, WIDTH), float(level))
     elif scene["background"] == "gradient":
-        ramp = _XX / (WIDTH - 1) if scene["background_axis"] == "x" else _YY / (HEIGHT - 1)
+        ramp = GRID_X / (WIDTH - 1) if scene["background_axis"] == "x" else GRID_Y / (HEIGHT - 1)
         plane = level - 50 + 100 * ramp
     else:  # textured: 8-pixel tiles of random shade
         tiles = rng.integers(-28, 29, size=(HEIGHT // 8 + 1, WIDTH // 8 + 1))
-        plane = level + tiles[_YY // 8, _XX // 8]
+        plane = level + tiles[GRID_Y // 8, GRID_X // 8]
     return np.repeat(np.clip(plane, 0, 255)[..., None], 3, axis=2).astype(np.uint8)
 
 
@@ -226,12 +199,10 @@ def render_frames(scene: dict, rng: np.random.Generator) -> np.ndarray:
         xs, ys = positions(obj, t, duration)
         shown = visible(obj, t, duration)
         change = duration * EVENT_TIMES[obj["event_time"]] if obj["event"] == "changes_colour" else None
-        for i in range(count):
-            if not shown[i]:
-                continue
+        for i in np.flatnonzero(shown):
             colour = np.array(COLOURS[obj["new_colour"] if change is not None and t[i] >= change
                                       else obj["colour"]], dtype=np.float64)
-            mask = _shape_mask(obj["shape"], xs[i], ys[i], SIZES[obj["size"]])
+            mask = shape_mask(obj["shape"], xs[i], ys[i], SIZES[obj["size"]])
             frames[i][mask] = colour.astype(np.uint8)
             dark = _texture_dark(obj["texture"], xs[i], ys[i])
             if dark is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from transformers import BertTokenizerFast
 
-from avlformer.data.caption_text import clean_caption_text
+from avlformer.data.masking import clean_caption_text
 from avlformer.data.causal_tokenizer import CausalCaptionTokenizer, is_hf_tokenizer_folder
 from avlformer.data.token_ids import RESERVED_IDS, RESERVED_TOKENS, default_vocab_dir
 

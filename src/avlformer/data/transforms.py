@@ -1,9 +1,5 @@
-"""Frames of a TSV row -> a uint8 clip (T, 3, H, W), processed as one tensor; ``normalize`` turns it into the float
-model input on the model's device.
-
-Upstream's geometry (docs/upstream.md §2.2): shorter side to ``image_size``, bilinear; train = one random crop for
-the whole clip, eval = centre crop at ``round((W - size) / 2)``; ImageNet mean/std. Frames stay uint8 until
-``normalize`` (a quarter of float32's bytes to copy), which gives the same tensor a float loader would.
+"""Frames of a TSV row -> a uint8 clip (T, 3, H, W) with upstream's geometry (docs/upstream.md §2.2), processed as
+one tensor; ``normalize`` turns it into the float model input on the model's device (docs/data.md, "Loading").
 """
 
 from __future__ import annotations

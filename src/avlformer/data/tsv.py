@@ -1,8 +1,5 @@
-"""Upstream's TSV container: ``<name>.tsv`` rows plus ``<name>.lineidx`` / ``<name>.lineidx.8b`` row offsets.
-
-Format (docs/upstream.md §1.3): rows are tab-separated and ``\\n``-terminated; ``.lineidx`` holds one decimal byte offset per
-line, ``.lineidx.8b`` the same offsets as consecutive little-endian u64. The index name drops the ``.tsv``
-extension, so ``train_32frames.img.tsv`` is indexed by ``train_32frames.img.lineidx``.
+"""Upstream's TSV container (docs/upstream.md §1.3): ``<name>.tsv`` rows plus ``<name>.lineidx`` (text) and
+``<name>.lineidx.8b`` (u64) row offsets, the index named by dropping ``.tsv`` (``a.img.tsv`` -> ``a.img.lineidx``).
 """
 
 from __future__ import annotations
@@ -108,7 +105,6 @@ class TSVFile:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: TSV file not found")
-        self._offsets: np.ndarray | None = None
         self._index_source: Path | None = None
         # After fork an inherited handle shares its file position with the parent: each process opens its own.
         self._handle = PerProcessHandle(functools.partial(open, self.path, "rb"))
@@ -141,11 +137,9 @@ class TSVFile:
             raise ValueError(f"{self._index_source} does not match {self.path}: the index {problem}; "
                              f"delete the index files to rebuild them")
 
-    @property
+    @functools.cached_property
     def offsets(self) -> np.ndarray:
-        if self._offsets is None:
-            self._offsets = self._load_offsets()
-        return self._offsets
+        return self._load_offsets()
 
     def __len__(self) -> int:
         return len(self.offsets)

@@ -1,9 +1,6 @@
-"""`avlformer demo` (``make demo``): synth -> prepare -> train the tiny model -> caption the test split (with its
-audio and silenced) -> evaluate -> report.html + metrics.json, all in the work folder (default ``demo_work/``).
-``--recipe`` picks what is trained (demo/recipes.py): the paper's parts, or tiny random Hugging Face parts.
-
-Attributes parsed from the predicted captions are compared with the ground truth: silencing the audio must keep
-the visual attributes right and drop the sound attributes to chance.
+"""`avlformer demo` (``make demo``): synth -> prepare -> train -> caption the test split (with its audio and
+silenced) -> evaluate -> report.html + metrics.json, in the work folder (README.md, The demo); ``--recipe`` picks
+what is trained (demo/recipes.py).
 """
 
 from __future__ import annotations
@@ -179,24 +176,16 @@ def attribute_accuracy(predictions: dict[str, str], truth: dict[str, dict]) -> d
     return scores
 
 
-def group_mean(scores: dict[str, float], names) -> float:
-    return float(np.mean([scores[n] for n in names]))
-
-
 def stage_evaluate(results: CaptionResults, truth: dict[str, dict], references: dict[str, str]) -> dict:
     from avlformer.evaluation.coco_metrics import caption_metrics
 
     normal = {p.video_id: p.caption for p in results.normal.predictions}
     silenced = {p.video_id: p.caption for p in results.silenced.predictions}
     acc, acc_silenced = attribute_accuracy(normal, truth), attribute_accuracy(silenced, truth)
-    sound_chance = float(np.mean([1 / len(synth.ATTRIBUTE_VALUES[a]) for a in synth.SOUND_ATTRIBUTES]))
-    metrics = {
-        "visual_accuracy": group_mean(acc, synth.VISUAL_ATTRIBUTES),
-        "sound_accuracy": group_mean(acc, synth.SOUND_ATTRIBUTES),
-        "silenced_visual_accuracy": group_mean(acc_silenced, synth.VISUAL_ATTRIBUTES),
-        "silenced_sound_accuracy": group_mean(acc_silenced, synth.SOUND_ATTRIBUTES),
-        "sound_chance": sound_chance,
-    }
+    metrics = {f"{prefix}{group}_accuracy": float(np.mean([scores[name] for name in names]))
+               for prefix, scores in (("", acc), ("silenced_", acc_silenced))
+               for group, names in (("visual", synth.VISUAL_ATTRIBUTES), ("sound", synth.SOUND_ATTRIBUTES))}
+    metrics["sound_chance"] = float(np.mean([1 / len(synth.ATTRIBUTE_VALUES[a]) for a in synth.SOUND_ATTRIBUTES]))
     refs = {cid: [references[cid]] for cid in normal}
     # METEOR is left out: its Java start-up and paraphrase tables take longer than the rest of the scoring.
     coco = caption_metrics(normal, refs, scorers=("bleu", "rouge", "cider")) if normal else {}
@@ -220,26 +209,19 @@ def read_loss_curve(log_dir: Path) -> list[tuple[int, float]]:
 
 def stage_report(path: Path, results: CaptionResults, evaluation: dict, truth: dict, references: dict,
                  raw: Path, train_dir: Path, checkpoint: Path, stage_seconds: dict, recipe: str) -> None:
-    import torch
-
     from avlformer.data import audio as audio_io
     from avlformer.data import media
     from avlformer.demo.report import ClipReport, ReportData, render_report
 
     model, config = results.loaded.model, results.loaded.config
     sample_rate = results.loaded.recipe.sample_rate
-    mask = None
-    with torch.no_grad():
-        learned = model.av_attention_mask()
-        if learned is not None:
-            mask = learned.float().cpu().numpy()
     silenced = {p.video_id: p.caption for p in results.silenced.predictions}
     clips = []
     for prediction in sorted(results.normal.predictions, key=lambda p: p.video_id):
         cid = prediction.video_id
         mp3 = raw / "audio_mp3" / "test" / f"{cid}.mp3"
         clips.append(ClipReport(
-            clip_id=cid, frames=media.sample_frames(prediction.path, 6, 96),
+            clip_id=cid, frames=media.read_frames(prediction.path, 6, 96).frames,
             waveform=audio_io.decode_audio(mp3.read_bytes(), sample_rate, source=str(mp3)), sample_rate=sample_rate,
             reference=references[cid], prediction=prediction.caption, truth=truth[cid],
             confidence=prediction.confidence, silenced_prediction=silenced.get(cid)))
@@ -255,7 +237,7 @@ def stage_report(path: Path, results: CaptionResults, evaluation: dict, truth: d
              f"{config.audio.clip_seconds:g} s of each soundtrack (the spectrograms show the whole clip)."]
     notes += [f"failed to decode: {error}" for error in evaluation["failed"]]
     data = ReportData(title="AVLFormer demo", clips=clips, metrics=flat, loss_curve=read_loss_curve(train_dir / "log"),
-                      mask=mask, num_video_tokens=config.num_video_tokens, notes=notes)
+                      mask=model.av_attention_mask(), num_video_tokens=config.num_video_tokens, notes=notes)
     write_text_atomic(path, render_report(data))
 
 
@@ -304,11 +286,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     clock.run("report", stage_report, report, results, evaluation, truth, data["captions"], raw, train_dir,
               checkpoint, clock.seconds, recipe.name)
     headline = {**evaluation["headline"], "wall_seconds": clock.total, "train_cpu_seconds": train_cpu}
-    metrics = {**headline, "stage_seconds": clock.seconds, "caption_metrics": evaluation["caption_metrics"],
-               "attribute_accuracy": evaluation["attribute_accuracy"],
-               "silenced_attribute_accuracy": evaluation["silenced_attribute_accuracy"],
-               "num_test_clips": evaluation["num_test_clips"], "num_captioned": evaluation["num_captioned"],
-               "failed": evaluation["failed"], "checkpoint": str(checkpoint), "train_steps": result.global_step,
+    metrics = {**headline, "stage_seconds": clock.seconds, **{k: v for k, v in evaluation.items() if k != "headline"},
+               "checkpoint": str(checkpoint), "train_steps": result.global_step,
                "threads": threads, "clips": counts, "recipe": recipe.name,
                "parts": {role: describe_part(role, getattr(model_config, role)) for role in ROLES}}
     write_text_atomic(work / "metrics.json", json.dumps(metrics, indent=1))

@@ -1,11 +1,6 @@
-"""The demo's recipes (``avlformer demo --recipe NAME``). A recipe is data: a training flag file under configs/
-and, for a recipe of Hugging Face parts, a parts file describing tiny random models by their ``transformers``
-config classes. The demo builds those models into ``<workdir>/models/`` (random weights from a fixed seed, saved
-with safetensors; nothing is downloaded) and trains them with the ordinary ``--video-encoder hf:...``,
-``--audio-encoder hf:...`` and ``--decoder hf:...`` flags (docs/models.md).
-
-The causal LM gets a word-level tokenizer over every word the demo's caption templates can produce, so its
-vocabulary is the demo's (dozens of tokens, not a real LM's tens of thousands).
+"""The demo's recipes (``avlformer demo --recipe NAME``): a training flag file under configs/ and, for a recipe of
+Hugging Face parts, a parts file of tiny random models that the demo builds into ``<workdir>/models/`` with a
+word-level tokenizer over the demo's caption words (docs/models.md).
 """
 
 from __future__ import annotations

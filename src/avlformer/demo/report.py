@@ -1,24 +1,21 @@
 """report.html: one self-contained page (inline PNGs and SVG) of what the demo did: per clip the frames, the
 spectrogram, reference and predicted captions with wrong attributes highlighted; the metrics, the loss curve and
-the learned AV mask. Drawn with Pillow and numpy only.
+the learned AV mask, drawn as the captioning page draws them (``serve/render``).
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+import torch
+from PIL import Image
 
 from avlformer.data.synth import ATTRIBUTE_VALUES, SOUND_ATTRIBUTES, VISUAL_ATTRIBUTES, attribute_mentions
-
-# Viridis anchor colours; intermediate values are interpolated linearly.
-_COLORMAP_ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], float)
+from avlformer.serve.render import attention_mask, image_uri, spectrogram
 
 
 @dataclass
@@ -40,23 +37,9 @@ class ReportData:
     clips: list[ClipReport]
     metrics: dict                       # flat name -> number (or string)
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
-    mask: np.ndarray | None = None      # (V, V) learned AV mask in [0, 1]
+    mask: torch.Tensor | None = None    # (V, V) learned AV mask in [0, 1]
     num_video_tokens: int | None = None  # first tokens of the mask are video, the rest audio
     notes: list[str] = field(default_factory=list)
-
-
-def png_data_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def colormap(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] -> uint8 RGB (..., 3)."""
-    scaled = np.clip(np.nan_to_num(values), 0, 1) * (len(_COLORMAP_ANCHORS) - 1)
-    positions = np.arange(len(_COLORMAP_ANCHORS))
-    channels = [np.interp(scaled, positions, _COLORMAP_ANCHORS[:, c]) for c in range(3)]
-    return np.stack(channels, axis=-1).round().astype(np.uint8)
 
 
 def frame_strip(frames: np.ndarray, count: int = 6, height: int = 72) -> Image.Image:
@@ -71,36 +54,6 @@ def frame_strip(frames: np.ndarray, count: int = 6, height: int = 72) -> Image.I
     for k, tile in enumerate(tiles):
         strip.paste(tile, (k * (width + gap), 0))
     return strip
-
-
-def spectrogram(waveform: np.ndarray, sample_rate: int, max_hz: float = 4000.0, window: int = 1024,
-                hop: int = 320) -> np.ndarray:
-    """Log-magnitude STFT, (frequency bins up to ``max_hz``, frames), normalised to [0, 1]."""
-    wave = np.asarray(waveform, dtype=np.float32).reshape(-1)
-    if len(wave) < window:
-        wave = np.pad(wave, (0, window - len(wave)))
-    starts = np.arange(0, len(wave) - window + 1, hop)
-    frames = np.stack([wave[s:s + window] for s in starts]) * np.hanning(window).astype(np.float32)
-    magnitude = np.abs(np.fft.rfft(frames, axis=1)).T
-    bins = int(max_hz / (sample_rate / 2) * magnitude.shape[0]) + 1
-    log_mag = np.log10(magnitude[:bins] + 1e-4)
-    top = log_mag.max()
-    return np.clip((log_mag - (top - 3.0)) / 3.0, 0, 1)  # 60 dB of range below the peak
-
-
-def heatmap_image(matrix: np.ndarray, size: int = 360, boundary: int | None = None) -> Image.Image:
-    """Square heatmap of a (V, V) matrix in [0, 1], nearest-neighbour upscaled; a white line marks ``boundary``
-    (the first audio token) on both axes."""
-    matrix = np.asarray(matrix, dtype=np.float32)
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(f"heatmap_image: expected a square matrix, got shape {matrix.shape}")
-    image = Image.fromarray(colormap(matrix)).resize((size, size), Image.NEAREST)
-    if boundary is not None and 0 < boundary < matrix.shape[0]:
-        at = round(boundary * size / matrix.shape[0])
-        draw = ImageDraw.Draw(image)
-        draw.line([(at, 0), (at, size)], fill=(255, 255, 255), width=1)
-        draw.line([(0, at), (size, at)], fill=(255, 255, 255), width=1)
-    return image
 
 
 def loss_curve_svg(points: Sequence[tuple[int, float]], width: int = 520, height: int = 220) -> str:
@@ -194,9 +147,9 @@ def clip_accuracy_marks(clip: ClipReport) -> str:
 
 
 def clip_section(clip: ClipReport) -> str:
-    strip = png_data_uri(frame_strip(clip.frames))
-    values = spectrogram(clip.waveform, clip.sample_rate)[::-1]  # low frequencies at the bottom
-    spec = png_data_uri(Image.fromarray(colormap(values)).resize((300, 72), Image.BILINEAR))
+    strip = image_uri(np.asarray(frame_strip(clip.frames)))
+    picture = spectrogram(torch.from_numpy(np.asarray(clip.waveform, np.float32)), clip.sample_rate)
+    spec = image_uri(np.asarray(Image.fromarray(picture).resize((300, 72), Image.BILINEAR)))
     truth = ", ".join(f"{k}={clip.truth[k]}" for k in (*VISUAL_ATTRIBUTES, *SOUND_ATTRIBUTES) if k in clip.truth)
     confidence = f" · confidence {clip.confidence:.3f}" if clip.confidence is not None else ""
     silenced = ""
@@ -223,8 +176,8 @@ def headline_cards(metrics: dict) -> str:
 def render_report(data: ReportData) -> str:
     mask_html = "<p class='muted'>The model has no learned attention mask.</p>"
     if data.mask is not None:
-        mask_html = (f"<img class='mask' alt='learned sparse attention mask' "
-                     f"src='{png_data_uri(heatmap_image(data.mask, boundary=data.num_video_tokens))}'>"
+        picture = attention_mask(data.mask, data.num_video_tokens or 0)
+        mask_html = (f"<img class='mask' alt='learned sparse attention mask' src='{image_uri(picture)}'>"
                      f"<p class='muted'>σ(W) between the {data.mask.shape[0]} audio-visual tokens (row attends to "
                      f"column; 1 = yellow, 0 = purple). The white lines separate the "
                      f"{data.num_video_tokens} video tokens from the audio tokens.</p>")

@@ -1,13 +1,7 @@
-"""AudioScore (docs/evaluation.md, "AudioScore"): the README formula, not upstream's script, and TriLip, the
-audio-visual-text embedding model it scores with (docs/upstream.md §6.3), loaded from TriLip.bin.
+"""AudioScore (docs/evaluation.md, "AudioScore": the README formula, not upstream's script) and TriLip, the
+audio-visual-text embedding model it scores with, loaded from TriLip.bin.
 
-With TriLip embeddings e_a (audio), e_v (video), e_t (caption): ``s = (½cos(e_a, e_t) + ½cos(e_a, e_v) + 1) / 2``
-and ``AudioScore = a·exp(−b·exp(−c·s))`` with c = 10, b = 0.693, a = 1 / exp(−0.69·e^−10), on a 0–1 scale,
-averaged over clips. The whole caption is embedded and the frame embeddings are averaged over the sampled frames.
-
-TriLip: ``vl_model`` = CLIP ViT-B/32 (mapped onto transformers' CLIPModel), ``a_model`` = ``PasstAudioEncoder``
-with its 768->512 ``linear``, plus three residual FFN scalers; its audio branch runs in eval mode, so scores are
-deterministic. TriLip.bin keeps its CLIP in OpenAI's layout (``clip.load``), which differs from transformers' in
+TriLip.bin keeps its CLIP in OpenAI's layout (``clip.load``), which differs from transformers' in
 three ways: the names; attention keeps q, k and v in one ``in_proj`` matrix (transformers has three); the two
 projections are stored as (in, out) matrices applied as ``x @ P`` (transformers' Linear weights are (out, in)).
 ``openai_to_transformers`` undoes all three and checks that every tensor is consumed.
@@ -18,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -28,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from avlformer.data.audio import pad_or_truncate
-from avlformer.device import resolve_device
-from avlformer.evaluation.metric_models import MetricUnavailable, from_folder
+from avlformer.evaluation.clip_score import FrameTextScorer
+from avlformer.evaluation.metric_models import MetricUnavailable, from_folder, model_dir
 from avlformer.json_files import read_json
 from avlformer.modeling.passt import PasstAudioEncoder, PasstConfig, checkpoint_filter_fn
 from avlformer.modeling.weights_file import read_weights_file
@@ -51,43 +44,26 @@ def audio_score_from_embeddings(audio: torch.Tensor, video: torch.Tensor, text: 
     return gompertz(s)
 
 
-@dataclass
-class AudioScoreResult:
-    score: float | None
-    per_item: dict[str, float] = field(default_factory=dict)
-
-
-class AudioScorer:
-    """Scores one clip at a time: ``score_item(frames, waveform, caption)``; ``result()`` averages them."""
-
-    def __init__(self, trilip, tokenizer, image_processor, device: torch.device | str = "cpu"):
-        self.model = trilip.eval()
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.device = resolve_device(device)
-        self.clip_samples = trilip.a_model.config.clip_samples
-        self.max_text_tokens = trilip.vl_model.config.text_config.max_position_embeddings
-        self.per_item: dict[str, float] = {}
+class AudioScorer(FrameTextScorer):
+    """Scores one clip at a time with a TriLip: ``score_item(frames, waveform, caption)``; ``means()`` averages."""
 
     @torch.inference_mode()
     def score_item(self, image_id: str, frames: np.ndarray, waveform: np.ndarray, caption: str) -> float:
         """``frames`` uint8 (T, H, W, 3); ``waveform`` mono float32 at the PaSST sample rate (padded or cut to
         the clip length here)."""
-        pixels = self.image_processor(images=list(frames), return_tensors="pt")["pixel_values"].to(self.device)
-        video = self.model.image_embeddings(pixels).mean(dim=0, keepdim=True)
-        tokens = self.tokenizer([caption], padding=True, truncation=True, max_length=self.max_text_tokens,
-                                return_tensors="pt").to(self.device)
+        video = self.model.image_embeddings(self.pixels(frames)).mean(dim=0, keepdim=True)
+        tokens = self.tokens([caption])
         text = self.model.text_embeddings(tokens["input_ids"], tokens["attention_mask"])
-        wave = pad_or_truncate(np.asarray(waveform, np.float32), self.clip_samples)
+        wave = pad_or_truncate(np.asarray(waveform, np.float32), self.model.a_model.config.clip_samples)
         audio = self.model.audio_embeddings(torch.from_numpy(np.ascontiguousarray(wave)).view(1, 1, -1)
                                             .to(self.device))
         value = float(audio_score_from_embeddings(audio, video, text)[0])
         self.per_item[image_id] = value
         return value
 
-    def result(self) -> AudioScoreResult:
-        values = list(self.per_item.values())
-        return AudioScoreResult(score=sum(values) / len(values) if values else None, per_item=dict(self.per_item))
+    def means(self) -> dict[str, float]:
+        """AudioScore averaged over the clips scored so far (empty before the first)."""
+        return {"AudioScore": sum(self.per_item.values()) / len(self.per_item)} if self.per_item else {}
 
 
 _DIRECT = {
@@ -225,18 +201,14 @@ def trilip_state_for(model: TriLip, state: Mapping[str, torch.Tensor], source: s
 
 def load_trilip(checkpoint: str | os.PathLike, clip_dir: str | os.PathLike | None,
                 passt_config: PasstConfig | None = None, device: torch.device | str = "cpu"):
-    """(TriLip in eval mode, CLIP tokenizer, CLIP image processor).
-
-    ``clip_dir`` is a local transformers CLIP ViT-B/32 folder: TriLip.bin holds the weights but not the CLIP
-    configuration, tokenizer or image preprocessing. ``passt_config`` defaults to the paper's PaSST-S."""
+    """(TriLip in eval mode, CLIP tokenizer, CLIP image processor); ``passt_config`` defaults to the paper's."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPConfig
 
     state = read_trilip_state(checkpoint)
-    if clip_dir is None or not (Path(clip_dir) / "config.json").is_file():
-        raise MetricUnavailable("AudioScore skipped: TriLip needs the CLIP ViT-B/32 configuration, tokenizer and "
-                                "preprocessing; pass --clip-model DIR (a local openai/clip-vit-base-patch32 folder)")
+    clip_dir = model_dir(clip_dir, "AudioScore", "--clip-model", "CLIP ViT-B/32, whose configuration, tokenizer and "
+                         "preprocessing TriLip needs (openai/clip-vit-base-patch32)")
     hidden = state["vis_scaler.w_1.weight"].shape[0] if "vis_scaler.w_1.weight" in state else 2048
-    model = TriLip(from_folder(CLIPConfig, Path(clip_dir), "AudioScore"), passt_config or PasstConfig.paper(),
+    model = TriLip(from_folder(CLIPConfig, clip_dir, "AudioScore"), passt_config or PasstConfig.paper(),
                    ffn_hidden=hidden)
     converted = trilip_state_for(model, state, str(checkpoint))
     try:
@@ -248,8 +220,8 @@ def load_trilip(checkpoint: str | os.PathLike, clip_dir: str | os.PathLike | Non
     if missing or unexpected:
         raise ValueError(f"{checkpoint}: does not match TriLip built from {clip_dir} "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    tokenizer = from_folder(AutoTokenizer, Path(clip_dir), "AudioScore")
-    image_processor = from_folder(AutoImageProcessor, Path(clip_dir), "AudioScore")
+    tokenizer = from_folder(AutoTokenizer, clip_dir, "AudioScore")
+    image_processor = from_folder(AutoImageProcessor, clip_dir, "AudioScore")
     return model.to(device).eval(), tokenizer, image_processor
 
 

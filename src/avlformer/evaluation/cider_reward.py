@@ -1,9 +1,5 @@
-"""CIDEr-D as a per-caption training reward, with document frequencies fixed from the training split.
-
-The formula is pycocoevalcap's ``CiderScorer``; only the statistics' source differs (the training split, not the
-scored corpus), so a caption's reward does not depend on its batch (tests/test_scst_cider.py checks equality on
-the corpus's own statistics). :func:`reward_words` reproduces PTB tokenisation in Python for decoded captions
-(contractions split, brackets renamed, punctuation dropped) because Java per reward would be far too slow.
+"""CIDEr-D as a per-caption training reward, with document frequencies fixed from the training split, and its
+tokenisation in Python (docs/training.md, "The reward").
 """
 
 from __future__ import annotations
@@ -63,11 +59,8 @@ class _Vector:
 
 
 class CiderD:
-    """Per-caption CIDEr-D against each video's references, with document frequencies from ``references``.
-
-    ``references``: {video key: [tokenised reference, ...]} for the whole split that fixes the statistics (for
-    training: every training video). Their vectors are built here once; :meth:`score` only builds the
-    hypothesis's."""
+    """Per-caption CIDEr-D against each video's references. ``references`` ({video key: [tokenised reference,
+    ...]}, every training video) fix the document frequencies; their vectors are built once, here."""
 
     def __init__(self, references: Mapping[str, Sequence[Sequence[str]]], sigma: float = SIGMA):
         if not references:

@@ -1,8 +1,5 @@
-"""``avlformer evaluate --pred PRED.json --ref REF.json [--metrics ...] [--output M.json]``.
-
-Prints a table of the metrics and writes them (with per-item scores, skipped metrics and unmatched ids) as JSON.
-Exit status: 0 on success; 2 when a file is unusable; 3 when metrics named with ``--metrics`` had to be skipped or
-could not be computed (no item scorable), each named on stderr with the reason.
+"""``avlformer evaluate --pred PRED.json --ref REF.json [--metrics ...] [--output M.json]``: a table of the metrics,
+and the metrics with per-item scores as JSON; exit statuses as docs/evaluation.md says.
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
-"""CLIPScore and RefCLIPScore (Hessel et al., 2021) for videos (docs/evaluation.md, "CLIPScore").
-
-``CLIP-S = 2.5 · max(cos(c, v), 0)``; RefCLIP-S is the harmonic mean of CLIP-S and ``max(max_i cos(c, r_i), 0)``.
-Texts get the "A photo depicts " prefix (CLIP keeps 77 tokens); v is the renormalised mean of the unit-norm
-frame embeddings.
-"""
+"""CLIPScore and RefCLIPScore (Hessel et al., 2021) for videos (docs/evaluation.md, "CLIPScore")."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,34 +24,37 @@ def ref_clip_s(clip_s_value: torch.Tensor, candidate: torch.Tensor, references: 
     return torch.where(total > 0, 2 * clip_s_value * reference_term / total.clamp(min=1e-12), total * 0)
 
 
-@dataclass
-class ClipScoreResult:
-    clip_s: float | None
-    ref_clip_s: float | None
-    per_item: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-class ClipScorer:
-    """Scores one video at a time: ``score_item(id, frames, caption, references)``; ``result()`` averages."""
+class FrameTextScorer:
+    """CLIP's image processing and tokenizer on ``device``, for a CLIPModel or a TriLip (its CLIP is ``vl_model``);
+    ``per_item`` holds the scores so far."""
 
     def __init__(self, model, tokenizer, image_processor, device: torch.device | str = "cpu"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.device = resolve_device(device)
-        self.max_text_tokens = model.config.text_config.max_position_embeddings
-        self.per_item: dict[str, dict[str, float]] = {}
+        self.max_text_tokens = getattr(model, "vl_model", model).config.text_config.max_position_embeddings
+        self.per_item: dict[str, object] = {}
+
+    def pixels(self, frames: np.ndarray) -> torch.Tensor:
+        return self.image_processor(images=list(frames), return_tensors="pt")["pixel_values"].to(self.device)
+
+    def tokens(self, texts: list[str]):
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_tokens,
+                              return_tensors="pt").to(self.device)
+
+
+class ClipScorer(FrameTextScorer):
+    """Scores one video at a time: ``score_item(id, frames, caption, references)``; ``means()`` averages."""
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer([PROMPT + text for text in texts], padding=True, truncation=True,
-                                max_length=self.max_text_tokens, return_tensors="pt").to(self.device)
+        tokens = self.tokens([PROMPT + text for text in texts])
         pooled = self.model.text_model(input_ids=tokens["input_ids"],
                                        attention_mask=tokens["attention_mask"]).pooler_output
         return F.normalize(self.model.text_projection(pooled).float(), dim=-1)
 
     def embed_video(self, frames: np.ndarray) -> torch.Tensor:
-        pixels = self.image_processor(images=list(frames), return_tensors="pt")["pixel_values"].to(self.device)
-        pooled = self.model.vision_model(pixel_values=pixels).pooler_output
+        pooled = self.model.vision_model(pixel_values=self.pixels(frames)).pooler_output
         per_frame = F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
         return F.normalize(per_frame.mean(dim=0), dim=-1)
 
@@ -72,10 +68,7 @@ class ClipScorer:
         self.per_item[image_id] = scores
         return scores
 
-    def result(self) -> ClipScoreResult:
-        if not self.per_item:
-            return ClipScoreResult(None, None)
-        count = len(self.per_item)
-        return ClipScoreResult(clip_s=sum(s["CLIP-S"] for s in self.per_item.values()) / count,
-                               ref_clip_s=sum(s["RefCLIP-S"] for s in self.per_item.values()) / count,
-                               per_item=dict(self.per_item))
+    def means(self) -> dict[str, float]:
+        """CLIP-S and RefCLIP-S averaged over the videos scored so far (empty before the first)."""
+        scores = list(self.per_item.values())
+        return {key: sum(s[key] for s in scores) / len(scores) for key in ("CLIP-S", "RefCLIP-S")} if scores else {}

@@ -75,7 +75,6 @@ def tokenize(predictions: dict, references: dict[object, list[str]]) -> tuple[di
 
 SCORER_OUTPUTS = {"bleu": ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"), "meteor": ("METEOR",), "rouge": ("ROUGE_L",),
                    "cider": ("CIDEr",), "spice": ("SPICE",)}
-COCO_SCORERS = tuple(SCORER_OUTPUTS)
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,7 +96,7 @@ def _make_scorer(name: str):
     if name == "meteor":
         return shared_meteor(), {}
     if name not in _SCORER_CLASSES:
-        raise ValueError(f"unknown caption metric {name!r}; choose from {', '.join(COCO_SCORERS)}")
+        raise ValueError(f"unknown caption metric {name!r}; choose from {', '.join(SCORER_OUTPUTS)}")
     module, cls = _SCORER_CLASSES[name]
     scorer = getattr(importlib.import_module(f"pycocoevalcap.{module}"), cls)
     # verbose=0: Bleu would print its length statistics
@@ -106,11 +105,9 @@ def _make_scorer(name: str):
 
 def caption_metrics(predictions: dict, references: dict,
                     scorers: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider")) -> dict[str, float]:
-    """Corpus-level ``Bleu_1..Bleu_4, METEOR, ROUGE_L, CIDEr`` for ``predictions = {id: caption}`` and
-    ``references = {id: [captions]}`` over the same ids. ``scorers`` picks a subset of
-    ``bleu meteor rouge cider spice`` (SPICE only when its Stanford models are installed).
-
-    Raises RuntimeError when pycocoevalcap or Java (or, for SPICE, the Stanford models) is missing."""
+    """Corpus-level metrics (``SCORER_OUTPUTS`` of each of ``scorers``) for ``predictions = {id: caption}`` and
+    ``references = {id: [captions]}`` over the same ids. Raises RuntimeError when pycocoevalcap or Java (or, for
+    SPICE, the Stanford models) is missing."""
     _check_same_ids(predictions, references)
     reason = spice_missing_reason() if "spice" in scorers else tools_missing_reason()
     if reason:

@@ -1,9 +1,4 @@
-"""EntityScore (docs/evaluation.md, "EntityScore"): do the predicted entities (nouns) match the reference's?
-
-With stemmed noun sets P, R: ``R = |P ∩ R| / |R|``; ``C`` = mean over predicted nouns of the best T5 similarity
-``(cos + 1) / 2`` to a reference noun (cosine position by position over the padded encodings, as upstream);
-``ES = 2RC / (R + C)``, items with an empty P or R unscored, several references averaged.
-"""
+"""EntityScore (docs/evaluation.md, "EntityScore"): do the predicted entities (nouns) match the reference's?"""
 
 from __future__ import annotations
 
@@ -74,17 +69,11 @@ class EntityScorer:
         self.device = resolve_device(device)
 
     def _encode_padded(self, predicted: list[str], reference: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        batches = [self.tokenizer(words, padding=True, truncation=True, return_tensors="pt")
-                   for words in (predicted, reference)]
-        length = max(batch["input_ids"].shape[1] for batch in batches)
-        pad_id = self.tokenizer.pad_token_id or 0
-        states = []
-        for batch in batches:
-            extra = length - batch["input_ids"].shape[1]
-            ids = F.pad(batch["input_ids"], (0, extra), value=pad_id).to(self.device)
-            mask = F.pad(batch["attention_mask"], (0, extra), value=0).to(self.device)
-            states.append(self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state)
-        return states[0], states[1]
+        """Every noun encoded alone, both lists padded to one length: (P, L, D) and (R, L, D)."""
+        batch = self.tokenizer(predicted + reference, padding=True, truncation=True, return_tensors="pt")
+        states = self.encoder(input_ids=batch["input_ids"].to(self.device),
+                              attention_mask=batch["attention_mask"].to(self.device)).last_hidden_state
+        return states[:len(predicted)], states[len(predicted):]
 
     @torch.inference_mode()
     def score_pair(self, prediction: str, reference: str) -> float | None:

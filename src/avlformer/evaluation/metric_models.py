@@ -21,7 +21,7 @@ class MetricUnavailable(RuntimeError):
     """A metric cannot run here (model or data files missing); the message says what to install."""
 
 
-def _model_dir(path: str | os.PathLike | None, metric: str, flag: str, what: str) -> Path:
+def model_dir(path: str | os.PathLike | None, metric: str, flag: str, what: str) -> Path:
     if path is None:
         raise MetricUnavailable(f"{metric} skipped: no {what}; pass {flag} DIR (a local Hugging Face model folder)")
     folder = Path(path)
@@ -76,7 +76,7 @@ def load_t5_encoder(path: str | os.PathLike | None, device: torch.device):
     """(tokenizer, T5EncoderModel in eval mode) from a local folder such as a copy of ``t5-base``."""
     from transformers import AutoTokenizer, T5EncoderModel
 
-    folder = _model_dir(path, "EntityScore", "--t5-model", "T5 model (t5-base)")
+    folder = model_dir(path, "EntityScore", "--t5-model", "T5 model (t5-base)")
     tokenizer = from_folder(AutoTokenizer, folder, "EntityScore")
     model = from_folder(T5EncoderModel, folder, "EntityScore").to(device).eval()
     return tokenizer, model
@@ -87,7 +87,7 @@ def load_clip(path: str | os.PathLike | None, metric: str, device: torch.device)
     ``openai/clip-vit-base-patch32``."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-    folder = _model_dir(path, metric, "--clip-model", "CLIP model (openai/clip-vit-base-patch32)")
+    folder = model_dir(path, metric, "--clip-model", "CLIP model (openai/clip-vit-base-patch32)")
     tokenizer = from_folder(AutoTokenizer, folder, metric)
     image_processor = from_folder(AutoImageProcessor, folder, metric)
     model = from_folder(CLIPModel, folder, metric).to(device).eval()

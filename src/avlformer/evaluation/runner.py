@@ -1,10 +1,6 @@
-"""``avlformer evaluate``'s work: pair the files, run each requested metric, collect one report.
-
-A metric whose model, data or tool is missing is skipped with the reason (naming what to install or pass); the
-other metrics still run. A clip whose video or audio cannot be found or decoded is left out of AudioScore and
-CLIPScore and listed in the report. Their media (``ClipMedia``): videos are found in ``--video-dir`` by the clip id
-of the caption id; audio comes from ``--audio-dir/<id>.mp3`` or the video's own track; both are made by
-``data/clip_media.py`` under ``--recipe`` (default: the paper's).
+"""``avlformer evaluate``'s work: pair the files, run each requested metric, collect one report. A metric that
+cannot run here is skipped with the reason; AudioScore and CLIPScore read their clips (``ClipMedia``) as
+docs/evaluation.md ("Clips") says, and a clip that cannot be read is left out of both and listed.
 """
 
 from __future__ import annotations
@@ -94,15 +90,12 @@ class ClipMedia:
 
     def audio(self, image_id: str) -> np.ndarray:
         """Mono float32 waveform at the recipe's sample rate, whole clip."""
-        rate = self.recipe.sample_rate
+        mp3 = None
         if self.audio_dir is not None:
-            path = _find(self.audio_dir, clip_id_from_key(image_id), AUDIO_SUFFIXES, "audio", image_id)
-            if path.suffix.lower() != ".mp3":  # not a FAVDBench mp3: decoded as it is, resampled to the rate
-                return decode_audio(path.read_bytes(), rate, source=str(path))
-            return self._decoded(self.video_path(image_id), path)
-        return self._decoded(self.video_path(image_id), None)
-
-    def _decoded(self, video: Path, mp3: Path | None) -> np.ndarray:
+            mp3 = _find(self.audio_dir, clip_id_from_key(image_id), AUDIO_SUFFIXES, "audio", image_id)
+            if mp3.suffix.lower() != ".mp3":  # not a FAVDBench mp3: decoded as it is, resampled to the rate
+                return decode_audio(mp3.read_bytes(), self.recipe.sample_rate, source=str(mp3))
+        video = self.video_path(image_id)
         made = clip_audio(video, mp3, self.recipe)
         if made.source == AUDIO_SILENCE:  # the recipe's silence stands in for a model input, not for a score
             raise MediaError(video, "no usable audio (" + "; ".join(made.warnings) + ")")
@@ -191,7 +184,6 @@ def load_recipe(path: str | None):
 def _run_media(paired: PairedCaptions, scorers: dict, paths: ModelPaths, report: EvaluationReport) -> None:
     from tqdm.auto import tqdm
 
-
     media = ClipMedia(paths.video_dir, paths.audio_dir, recipe=load_recipe(paths.recipe),
                       num_frames=paths.num_frames)
     failures: dict[str, dict[str, str]] = {group: {} for group in scorers}
@@ -214,18 +206,10 @@ def _run_media(paired: PairedCaptions, scorers: dict, paths: ModelPaths, report:
             except unusable as error:
                 failures[group][image_id] = str(error)
                 log.warning("%s", error)
-    if "clip" in scorers:
-        result = scorers["clip"].result()
-        if result.clip_s is not None:
-            report.metrics.update({"CLIP-S": result.clip_s, "RefCLIP-S": result.ref_clip_s})
-        report.per_item["CLIPScore"] = result.per_item
-    if "audio" in scorers:
-        result = scorers["audio"].result()
-        if result.score is not None:
-            report.metrics["AudioScore"] = result.score
-        report.per_item["AudioScore"] = result.per_item
     for group, failed in failures.items():
         metric = MEDIA_METRICS[group]
+        report.metrics.update(scorers[group].means())
+        report.per_item[metric] = dict(scorers[group].per_item)
         if failed:
             report.unscored[metric] = failed
         if not report.per_item[metric]:

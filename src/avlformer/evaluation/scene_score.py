@@ -1,19 +1,6 @@
-"""The scenes benchmark's structured score (docs/scenes.md, The structured score), in the spirit of FAVDBench's
-EntityScore and AudioScore: the scene is read back out of a predicted caption and compared with the generator's
-ground truth, attribute by attribute.
-
-Reading a caption: it is split into sentences. A sentence naming the background is the summary (background kind,
-shapes named); a sentence naming a sound (tone, noise, chirps, clicks) describes that sound; any other sentence
-describes the object whose shape it names, or the last one named ("it moves ..."). Within a sentence the phrases of
-the caption grammar (``data/scene_captions``) are found longest first, and each found phrase is blanked so its words
-are not read twice ("moves in a circle" is a motion, not a circle).
-
-Scores, each the fraction right over the ground truth (an object or sound the caption never mentions counts wrong
-on every attribute): per object ``colour``, ``size``, ``texture``, ``motion``, ``event`` (with the new colour of a
-colour change) and ``event_time`` (objects with an event); ``background`` and ``object_count`` per clip; per sound
-``sound_kind`` (is a sound of that kind described), ``pitch``, ``rhythm``, ``span`` and ``envelope`` where the sound
-has them, ``sound_count`` per clip; and ``av_relation``: is the sound said to come from off screen, with each bounce
-of the right object, or while the right object is visible.
+"""The scenes benchmark's structured score (docs/scenes.md, The structured score): the scene is read back out of a
+predicted caption with the caption grammar's phrase tables (``data/scene_captions``) and compared with the
+generator's ground truth, attribute by attribute.
 """
 
 from __future__ import annotations
@@ -149,12 +136,10 @@ def parse_scene(caption: str) -> ParsedScene:
 
 # ----------------------------------------------------------------------------------------------------- scoring
 
-def _truth_relation(sound: dict) -> tuple:
-    return (sound["relation"], sound["source"])
-
-
-def clip_hits(caption: str, scene: dict) -> dict[str, list[bool]]:
-    """Per score key, one right/wrong per ground-truth item of the clip (none where the key does not apply)."""
+def clip_hits(caption: str, scene: dict, by_relation: dict[str, list[bool]] | None = None) -> dict[str, list[bool]]:
+    """Per score key, one right/wrong per ground-truth item of the clip (none where the key does not apply).
+    ``by_relation`` collects the sound attributes' hits split into off-screen sounds (``offscreen``: only the audio
+    tells them) and sounds tied to what is seen (``tied``: bounce clicks and visibility tones)."""
     parsed = parse_scene(caption)
     hits: dict[str, list[bool]] = {key: [] for key in SCORE_KEYS}
     for obj in scene["objects"]:
@@ -169,29 +154,17 @@ def clip_hits(caption: str, scene: dict) -> dict[str, list[bool]]:
     hits["object_count"].append(set(parsed.objects) == {o["shape"] for o in scene["objects"]})
     for sound in scene["sounds"]:
         said = parsed.sounds.get(sound["kind"])
-        hits["sound_kind"].append(said is not None)
+        sound_hits = {"sound_kind": said is not None}
         said = said or {}
-        for key in ("pitch", "rhythm", "span", "envelope"):
-            if sound[key] is not None:
-                hits[key].append(said.get(key) == sound[key])
-        hits["av_relation"].append((said.get("relation"), said.get("source")) == _truth_relation(sound))
+        sound_hits |= {key: said.get(key) == sound[key] for key in ("pitch", "rhythm", "span", "envelope")
+                       if sound[key] is not None}
+        for key, hit in sound_hits.items():
+            hits[key].append(hit)
+        if by_relation is not None:
+            by_relation["offscreen" if sound["relation"] == "offscreen" else "tied"] += sound_hits.values()
+        hits["av_relation"].append((said.get("relation"), said.get("source")) == (sound["relation"], sound["source"]))
     hits["sound_count"].append(set(parsed.sounds) == {s["kind"] for s in scene["sounds"]})
     return hits
-
-
-def sound_hits_by_relation(caption: str, scene: dict) -> dict[str, list[bool]]:
-    """The sound attributes (kind, pitch, rhythm, span, envelope) right or wrong, split into off-screen sounds
-    (``offscreen``: only the audio tells them) and sounds tied to what is seen (``tied``: bounce clicks and
-    visibility tones, which the picture predicts)."""
-    parsed = parse_scene(caption)
-    split: dict[str, list[bool]] = {"offscreen": [], "tied": []}
-    for sound in scene["sounds"]:
-        said = parsed.sounds.get(sound["kind"])
-        hits = split["offscreen" if sound["relation"] == "offscreen" else "tied"]
-        hits.append(said is not None)
-        hits += [(said or {}).get(key) == sound[key] for key in ("pitch", "rhythm", "span", "envelope")
-                 if sound[key] is not None]
-    return split
 
 
 @dataclass
@@ -210,12 +183,10 @@ def score_scenes(predictions: dict[str, str], scenes: dict[str, dict]) -> SceneS
     per_clip = {}
     by_relation: dict[str, list[bool]] = {"offscreen": [], "tied": []}
     for clip_id, scene in scenes.items():
-        hits = clip_hits(predictions.get(clip_id, ""), scene)
+        hits = clip_hits(predictions.get(clip_id, ""), scene, by_relation)
         per_clip[clip_id] = {k: 100.0 * sum(v) / len(v) for k, v in hits.items() if v}
         for key, values in hits.items():
             totals[key] += values
-        for relation, values in sound_hits_by_relation(predictions.get(clip_id, ""), scene).items():
-            by_relation[relation] += values
     scores = {key: 100.0 * sum(v) / len(v) for key, v in totals.items() if v}
     groups = {name: sum(scores[k] for k in keys if k in scores) / max(1, sum(k in scores for k in keys))
               for name, keys in GROUPS.items()}

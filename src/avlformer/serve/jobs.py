@@ -1,6 +1,5 @@
-"""The captioning queue: at most ``size`` requests accepted at once (running and waiting); one more gets a 503
-with a ``Retry-After`` from recent caption times. Jobs run on two worker threads, so one clip is decoded while
-the model (one thread at a time, ``ServeState.lock``) works on another.
+"""The captioning queue (docs/api.md, "Load"): at most ``size`` requests accepted at once, more get a 503 with a
+``Retry-After``; jobs run on two worker threads, so one clip is decoded while the model works on another.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import Callable, TypeVar
 
-from avlformer.serve.errors import RequestError
+from avlformer.serve import RequestError
 
 T = TypeVar("T")
 
@@ -27,29 +26,24 @@ class CaptionQueue:
         if size < 1:
             raise ValueError(f"queue size {size}: must be >= 1")
         self.size = size
-        self._accepted = 0
+        self.accepted = 0             # requests accepted and not yet finished (running or waiting)
         self._counter = threading.Lock()
         self._mean_s = FIRST_GUESS_S
         self._closed = False
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="avlformer-caption")
 
-    @property
-    def accepted(self) -> int:
-        """Requests accepted and not yet finished (running or waiting)."""
-        return self._accepted
-
     def retry_after_s(self) -> int:
-        return max(1, math.ceil(self._mean_s * max(1, self._accepted) / WORKERS))
+        return max(1, math.ceil(self._mean_s * max(1, self.accepted) / WORKERS))
 
     async def run(self, job: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
         """``job()`` on a worker, or a 503 when the queue is full; ``cleanup`` runs once the job is over or
         dropped."""
         with self._counter:
-            if self._accepted >= self.size:
+            if self.accepted >= self.size:
                 raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,
-                                   f"the server is busy ({self._accepted} videos queued for captioning); "
+                                   f"the server is busy ({self.accepted} videos queued for captioning); "
                                    f"try again in a moment", headers={"Retry-After": str(self.retry_after_s())})
-            self._accepted += 1
+            self.accepted += 1
         try:
             future = self._pool.submit(self._timed, job)
         except RuntimeError:  # the pool is shut down
@@ -81,7 +75,7 @@ class CaptionQueue:
                 cleanup()
         finally:
             with self._counter:
-                self._accepted -= 1
+                self.accepted -= 1
 
     def close(self) -> None:
         """Drop the waiting jobs (their cleanups run); the one running finishes on its own thread."""

@@ -1,12 +1,11 @@
-"""Runs the captioning app (``server.app``) under uvicorn; SIGINT / SIGTERM stop it gracefully (requests being
-answered finish, waiting ones get a 503, the upload folder is removed).
-
-uvicorn alone waits forever for a client that sends nothing or never finishes its headers; the protocol here gives
-such a client ``read_timeout_s`` in all (a deadline, not an idle timer). A stalled body is the app's to time out.
+"""Runs the captioning app (``server.app``) under uvicorn, stopped gracefully by SIGINT / SIGTERM, with the read
+deadline uvicorn lacks: a client gets ``read_timeout_s`` in all to send its request headers (docs/api.md, "Slow
+or silent clients"); a stalled body is the app's to time out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import h11
@@ -22,7 +21,7 @@ GRACEFUL_SHUTDOWN_S = 30      # on a stop, how long requests being answered may 
 class _DeadlineH11(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with a deadline on the client whenever no request is in the app's hands."""
 
-    read_timeout_s: float = 0.0   # set by ``_protocol``
+    read_timeout_s: float = 0.0   # set by a subclass per server (``CaptionServer``)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -57,15 +56,9 @@ class _DeadlineH11(H11Protocol):
         self._deadline = None
         if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
             return
-        try:
+        with contextlib.suppress(h11.LocalProtocolError):
             self.conn.send(h11.ConnectionClosed())
-        except h11.LocalProtocolError:
-            pass
         self.transport.close()
-
-
-def _protocol(read_timeout_s: float) -> type[H11Protocol]:
-    return type("DeadlineH11", (_DeadlineH11,), {"read_timeout_s": read_timeout_s})
 
 
 class _Server(uvicorn.Server):
@@ -85,7 +78,8 @@ class CaptionServer:
         self.state = state
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.socket = socket.create_server((host, port), family=family)
-        config = uvicorn.Config(app(state), http=_protocol(state.read_timeout_s), lifespan="off", log_config=None,
+        protocol = type("DeadlineH11", (_DeadlineH11,), {"read_timeout_s": state.read_timeout_s})
+        config = uvicorn.Config(app(state), http=protocol, lifespan="off", log_config=None,
                                 limit_concurrency=state.queue_size + SPARE_CONNECTIONS,
                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False)
         self._server = _Server(config, state)

@@ -38,21 +38,19 @@ function render(data) {
   show("mask-box", Boolean(data.attention_mask));
   show("result", true);
 }
-async function post(body) {
+async function ask(query, options) {
   show("busy", true);
   try {
-    const response = await fetch("api/caption?details=1", {method: "POST", body: body});
+    const response = await fetch("api/caption?details=1" + query, options);
     render(await response.json());
   } catch (err) {
     render({error: "the server did not answer: " + err.message});
   }
 }
-function upload(file) { const form = new FormData(); form.append("video", file, file.name); return post(form); }
-async function pick(name) {
-  show("busy", true);
-  const response = await fetch("api/caption?details=1&video=" + encodeURIComponent(name));
-  render(await response.json());
+function upload(file) {
+  const form = new FormData(); form.append("video", file, file.name); return ask("", {method: "POST", body: form});
 }
+function pick(name) { return ask("&video=" + encodeURIComponent(name)); }
 document.getElementById("upload-form").addEventListener("submit", ev => {
   ev.preventDefault();
   const file = document.getElementById("file").files[0];

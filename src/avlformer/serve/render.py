@@ -1,6 +1,5 @@
-"""What the captioning page shows besides the caption: the frames the model was given, the spectrogram of the
-audio it heard, and its learned audio-visual attention mask, each as a ``data:`` URI (the page loads nothing
-from anywhere else)."""
+"""Pictures as ``data:`` URIs (a page that loads nothing from anywhere else), for the captioning page and the
+demo's report: frames, the spectrogram of the audio the model heard, and its learned audio-visual attention mask."""
 
 from __future__ import annotations
 
@@ -14,27 +13,21 @@ from PIL import Image
 
 FREQUENCY_ROWS = 128      # mel-like rows after folding the STFT bins
 MASK_DISPLAY_PIXELS = 320     # the mask is drawn at least this large (nearest neighbour, so cells stay square)
+_VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], float)
 
 
-def png_uri(image: np.ndarray) -> str:
+def image_uri(image: np.ndarray, kind: str = "png") -> str:
+    """uint8 (H, W, 3) -> a ``data:`` URI of a PNG (lossless, for drawings) or ``"jpeg"`` (frames)."""
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    Image.fromarray(image).save(buffer, format=kind.upper(), **({"quality": 90} if kind == "jpeg" else {}))
+    return f"data:image/{kind};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def jpeg_uri(image: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=90)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _colour(values: np.ndarray) -> np.ndarray:
-    """0..1 -> RGB along a dark-blue..yellow ramp (no plotting library needed)."""
-    stops = np.array([[13, 8, 135], [126, 3, 168], [204, 71, 120], [248, 149, 64], [240, 249, 33]], np.float32)
-    position = np.clip(values, 0, 1) * (len(stops) - 1)
-    low = np.floor(position).astype(int).clip(0, len(stops) - 2)
-    frac = (position - low)[..., None]
-    return (stops[low] * (1 - frac) + stops[low + 1] * frac).astype(np.uint8)
+def colour_ramp(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> uint8 RGB (..., 3) along viridis (dark purple to yellow), interpolated linearly."""
+    scaled = np.clip(np.nan_to_num(values), 0, 1) * (len(_VIRIDIS) - 1)
+    positions = np.arange(len(_VIRIDIS))
+    return np.stack([np.interp(scaled, positions, _VIRIDIS[:, c]) for c in range(3)], -1).round().astype(np.uint8)
 
 
 def spectrogram(audio: torch.Tensor, sample_rate: int) -> np.ndarray:
@@ -50,7 +43,7 @@ def spectrogram(audio: torch.Tensor, sample_rate: int) -> np.ndarray:
     rows = torch.stack([power[a:b].mean(0) for a, b in zip(edges[:-1], edges[1:])])
     db = 10 * torch.log10(rows + 1e-10)
     db = (db - (db.max() - 80)).clamp(min=0) / 80  # 80 dB of range below the peak
-    return _colour(np.flipud(db.numpy()))
+    return colour_ramp(np.flipud(db.numpy()))
 
 
 def attention_mask(mask: torch.Tensor | None, num_video_tokens: int) -> np.ndarray | None:
@@ -58,7 +51,7 @@ def attention_mask(mask: torch.Tensor | None, num_video_tokens: int) -> np.ndarr
     video/audio boundary marked; None for a model without a learned mask."""
     if mask is None:
         return None
-    image = _colour(mask.detach().float().cpu().numpy())
+    image = colour_ramp(mask.detach().float().cpu().numpy())
     scale = max(1, -(-MASK_DISPLAY_PIXELS // image.shape[0]))
     image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
     edge = num_video_tokens * scale

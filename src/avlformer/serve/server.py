@@ -1,17 +1,7 @@
-"""The captioning server's routes as a Starlette application (``listener`` runs it under uvicorn).
-
-Captioning goes through the bounded queue of ``jobs``, off the event loop. Every failure is answered with a JSON
-``{"error": "..."}`` and a 4xx status (a bare 500 for a fault of the server); no answer names a server path.
-Routes::
-
-    GET  /                      the page (``?video=NAME``: a clip of --videos, captioned and drawn in)
-    GET  /videos/NAME           a clip of the --videos folder (what the page's picker and ?upload= use)
-    GET  /api/videos            the clips of the --videos folder, as JSON
-    GET  /api/health            {"status": "ok", "queued": N, "queue_size": M}: answers while captioning
-    GET  /api/caption?video=NAME        caption a clip of the --videos folder
-    POST /api/caption           multipart/form-data with the file field ``video``
-                                -> {"caption", "confidence", "audio_source", "warnings"}
-                                (``?details=1`` adds "frames", "spectrogram" and "attention_mask" data URIs)
+"""The captioning server's routes as a Starlette application (``listener`` runs it under uvicorn); the routes and
+their answers are in docs/api.md ("The captioning page"). Captioning goes through the bounded queue of ``jobs``, off
+the event loop; every failure is a JSON ``{"error": "..."}`` with a 4xx status (a bare 500 for a fault of the
+server), and no answer names a server path.
 """
 
 from __future__ import annotations
@@ -34,8 +24,8 @@ from starlette.routing import Route
 from avlformer.data import media
 from avlformer.data.clip_ids import is_video_name
 from avlformer.inference.captioner import Captioner
-from avlformer.serve import DEFAULT_MAX_UPLOAD_MB, DEFAULT_QUEUE_SIZE, DEFAULT_READ_TIMEOUT_S, page, render, uploads
-from avlformer.serve.errors import RequestError
+from avlformer.serve import (DEFAULT_MAX_UPLOAD_MB, DEFAULT_QUEUE_SIZE, DEFAULT_READ_TIMEOUT_S, RequestError, page,
+                             render, uploads)
 from avlformer.serve.jobs import CaptionQueue
 
 log = logging.getLogger(__name__)
@@ -98,7 +88,7 @@ class ServeState:
         """The learned mask does not depend on the input: drawn once (under the model lock)."""
         model = self.captioner.loaded.model
         image = render.attention_mask(model.av_attention_mask(), model.config.num_video_tokens)
-        return render.png_uri(image) if image is not None else None
+        return render.image_uri(image) if image is not None else None
 
     def caption_file(self, path: Path, shown_as: str, details: bool) -> dict:
         """Caption one file (blocking: run it on a worker); an undecodable one is a 422 naming ``shown_as``."""
@@ -118,8 +108,8 @@ class ServeState:
                   "warnings": [self._hide(w, path, shown_as) for w in result.warnings]}
         if details:
             # The (T, 3, H, W) uint8 model input: exactly the pixels the model normalises.
-            answer["frames"] = [render.jpeg_uri(frame.permute(1, 2, 0).numpy()) for frame in clip.frames.cpu()]
-            answer["spectrogram"] = render.png_uri(render.spectrogram(clip.audio, self.captioner.spec.sample_rate))
+            answer["frames"] = [render.image_uri(frame.permute(1, 2, 0).numpy(), "jpeg") for frame in clip.frames.cpu()]
+            answer["spectrogram"] = render.image_uri(render.spectrogram(clip.audio, self.captioner.spec.sample_rate))
             answer["attention_mask"] = mask
         return answer
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from starlette.requests import Request
 
 from avlformer.output_paths import enclosing_checkpoint
-from avlformer.serve.errors import RequestError
+from avlformer.serve import RequestError
 
 
 def private_upload_root() -> Path:

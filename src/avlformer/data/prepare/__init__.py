@@ -1,8 +1,6 @@
-"""``avlformer prepare``: raw videos, audio and captions -> the original's training files (docs/upstream.md
-§1.3-§1.5, docs/data.md) plus the recipe and ``prepare_report.json``.
-
-``prepare_dataset`` does the work; ``main`` is the command. Each clip is processed on its own in a process pool
-(``clip_work``, ``pool``), then the split's files are assembled in one ordered pass (``metadata``).
+"""``avlformer prepare``: raw videos, audio and captions -> the original's training files plus the recipe and
+``prepare_report.json`` (docs/data.md). ``prepare_dataset`` does the work, one split at a time (``split``, each
+clip in ``clip_work``); ``main`` is the command.
 """
 
 from __future__ import annotations
@@ -174,11 +172,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="exit non-zero when any clip or caption was left out because of an error")
 
 
-def _shown(text: str) -> str:
-    """A file name as one console line (names may hold tabs or line breaks, which are what is being reported)."""
-    return text if text.isprintable() else ascii(text)
-
-
 def _print_summary(result: PrepareResult, limit: int = 30) -> None:
     for split in result.already_prepared:
         print(f"{split}: no videos/{split} folder but its metadata yaml exists: already prepared, nothing to do")
@@ -186,7 +179,9 @@ def _print_summary(result: PrepareResult, limit: int = 30) -> None:
         print(f"{split}: {counts['prepared']} clip(s) prepared, {counts['errors']} error(s), "
               f"{counts['warnings']} warning(s)")
     for problem in result.problems[:limit]:
-        print(f"  {problem.severity.upper():7s} {_shown(problem.file)}: {problem.reason}")
+        # A name holding tabs or line breaks (what is being reported) is shown escaped, on one line.
+        shown = problem.file if problem.file.isprintable() else ascii(problem.file)
+        print(f"  {problem.severity.upper():7s} {shown}: {problem.reason}")
     if len(result.problems) > limit:
         print(f"  ... {len(result.problems) - limit} more")
     print(f"report: {result.report_path}")

@@ -1,8 +1,6 @@
-"""The user's captions: a JSON object (``{id: caption}``, or ``{id: [reference, ...]}`` for several references per
-clip), a CSV ``id,caption`` file, or a released ``<split>.caption.tsv`` (every caption of a row is a reference).
-
-A released ``metadata/<split>.caption.tsv`` shares its path with prepare's output: before overwriting it prepare
-keeps the user's bytes as ``<split>.caption.released.tsv``, and a rerun recognises its own output by hash.
+"""The user's captions (docs/data.md, "3. Your own dataset"): a JSON object, a CSV ``id,caption`` file or a released
+``<split>.caption.tsv``, whose bytes are kept as ``<split>.caption.released.tsv`` before prepare writes its own
+output over that path (docs/data.md, "Reruns").
 """
 
 from __future__ import annotations
@@ -137,11 +135,7 @@ def load_captions(path: Path, data_dir: Path) -> Captions:
     loader = LOADERS.get(path.suffix.lower())
     if loader is None:
         raise PrepareError(f"{path}: unknown captions format; use .json, .csv or a released .caption.tsv")
-    try:
-        source = str(path.relative_to(data_dir))
-    except ValueError:
-        source = str(path)
-    captions = Captions(source=source)
+    captions = Captions(source=str(path.relative_to(data_dir) if path.is_relative_to(data_dir) else path))
     try:
         loader(path, captions)
     except (OSError, ValueError, csv.Error) as error:   # JSONDecodeError and CaptionTSVError are ValueErrors

@@ -1,7 +1,6 @@
-"""One clip's work, kept in the work folder until the split is assembled (runs in worker processes).
-
-Each clip leaves ``<id>.row``, ``<id>.mp3`` and, written last, ``<id>.json`` (fingerprint of its inputs, size and
-sha256 of both files). A clip is finished only when its record matches its inputs and both files still hash to it.
+"""One clip's work (in a worker process), kept in the work folder until the split is assembled: ``<id>.row``,
+``<id>.mp3`` and, written last, ``<id>.json``, the record that makes the clip finished (docs/data.md, "Parallel,
+resumable, and what happens to bad input").
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from avlformer.data.audio_hdf import HDF5AudioReader
 from avlformer.data.clip_media import clip_audio, frame_row, read_clip_frames
 from avlformer.data.file_problems import environment_message, is_environment_error
 from avlformer.data.prepare.layout import ERROR, WARNING, EnvironmentFault, Problem
-from avlformer.data.prepare.outputs_record import digest
+from avlformer.data.prepare.outputs_record import digest, holds
 from avlformer.data.recipe import PreprocessRecipe
 from avlformer.data.tsv import TSVFile
 
@@ -55,17 +54,6 @@ class ClipJob:
         return os.path.relpath(path, self.data_dir)
 
 
-def _files_intact(job: ClipJob, result: dict) -> bool:
-    for name, suffix in WORK_FILES.items():
-        path, expected = job.work_file(suffix), result.get("files", {}).get(name)
-        try:
-            if expected is None or path.stat().st_size != expected["size"] or digest(path.read_bytes()) != expected:
-                return False
-        except OSError:
-            return False
-    return True
-
-
 def load_finished(job: ClipJob) -> dict | None:
     """The clip's stored result when it is complete, matches its inputs and its files are undamaged, else None."""
     try:
@@ -74,7 +62,8 @@ def load_finished(job: ClipJob) -> dict | None:
             return None
     except (OSError, ValueError, AttributeError):
         return None
-    if result.get("ok") and not _files_intact(job, result):
+    if result.get("ok") and not all(holds(job.work_file(suffix), result.get("files", {}).get(name))
+                                    for name, suffix in WORK_FILES.items()):
         return None
     return result
 

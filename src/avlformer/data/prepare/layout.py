@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from avlformer.data.recipe import PreprocessRecipe
 from avlformer.folder_lock import folder_lock
@@ -24,13 +22,11 @@ class EnvironmentFault(PrepareError):
     ``file_problems.is_environment_error``): the run stops with one line, and no clip is judged by it."""
 
 
-@contextlib.contextmanager
-def prepare_lock(data_dir: Path) -> Iterator[None]:
+def prepare_lock(data_dir: Path):
     """One prepare per data folder at a time: ``DIR/.prepare.lock``, held for the whole run (a crashed run never
     blocks the next one)."""
-    with folder_lock(Path(data_dir) / LOCK_NAME, f"another prepare is running on {data_dir}; wait for it to finish",
-                     PrepareError):
-        yield
+    return folder_lock(Path(data_dir) / LOCK_NAME, f"another prepare is running on {data_dir}; wait for it to "
+                       f"finish", PrepareError)
 
 
 def split_name_problem(split: str) -> str | None:
@@ -95,7 +91,5 @@ class Layout:
         return self.data_dir / ".prepare_work" / f"{self.split}-{self.num_frames}f-{self.short_side}px"
 
     def rel(self, path: str | Path) -> str:
-        try:
-            return str(Path(path).relative_to(self.data_dir))
-        except ValueError:
-            return str(path)
+        path = Path(path)
+        return str(path.relative_to(self.data_dir) if path.is_relative_to(self.data_dir) else path)

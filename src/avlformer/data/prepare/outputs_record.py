@@ -1,6 +1,5 @@
-"""``DIR/prepare_outputs.json``: what prepare wrote (sizes and sha256 of its caption TSVs, and per split each clip's
-work record and rows), so a rerun tells its own files from the user's and reuses a clip whose inputs and stored
-bytes are unchanged. ``avlformer synth`` keeps the same kind of record.
+"""``DIR/prepare_outputs.json``: what prepare wrote, so a rerun tells its own files from the user's and reuses
+unchanged clips (docs/data.md); ``avlformer synth`` keeps the same kind of record.
 """
 
 from __future__ import annotations
@@ -24,6 +23,14 @@ def file_digest(path: str | os.PathLike) -> dict:
     return digest(Path(path).read_bytes())
 
 
+def holds(path: str | os.PathLike, expected: dict | None) -> bool:
+    """Whether ``path`` is a file holding exactly the bytes ``expected`` (a ``digest``) describes."""
+    try:
+        return expected is not None and Path(path).stat().st_size == expected["size"] and file_digest(path) == expected
+    except OSError:
+        return False
+
+
 class OutputsRecord:
     def __init__(self, data_dir: Path, name: str = RECORD_NAME):
         self.data_dir = Path(data_dir)
@@ -44,10 +51,7 @@ class OutputsRecord:
 
     def wrote(self, path: str | os.PathLike) -> bool:
         """Whether ``path`` holds exactly the bytes prepare last wrote there."""
-        expected = self.files.get(self._name(path))
-        if expected is None or not Path(path).is_file() or Path(path).stat().st_size != expected["size"]:
-            return False
-        return file_digest(path) == expected
+        return holds(path, self.files.get(self._name(path)))
 
     def changed(self, path: str | os.PathLike) -> bool:
         """Whether ``path`` is a file recorded here that no longer holds the bytes recorded for it."""

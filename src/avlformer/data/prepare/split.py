@@ -1,14 +1,6 @@
-"""Preparing one split: find its videos, plan one job per captioned clip, run (or reuse) the jobs, assemble.
-
-Row order: clips are sorted by ``<id>.mp3``, the order the original's convert_h5py gives the HDF5 (it sorts mp3
-file names, docs/upstream.md §1.4), so row i of the caption TSV, the frame TSV and the HDF5 describe the same clip.
-
-The split's files are assembled from the work folder (docs/upstream.md §1.3-§1.5): every TSV gets its
-``.lineidx`` and ``.lineidx.8b`` (the original's reader never builds one); the metadata yaml comes last: it marks
-completion.
-
-Clip jobs run in worker processes: a worker crash breaks the pool, so the jobs in flight are rerun one at a time
-and the crash names its file. Pools are shut down before returning, and workers exit when prepare's process dies.
+"""Preparing one split: find its videos, plan one job per captioned clip, run (or reuse) the jobs, assemble the
+split's files in the original's row order (docs/data.md, "Order"), the metadata yaml last: it marks completion.
+A worker crash breaks the pool, so the jobs in flight are rerun one at a time and the crash names its file.
 """
 
 from __future__ import annotations
