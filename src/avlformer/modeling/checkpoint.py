@@ -1,14 +1,9 @@
-"""Model checkpoints: our folder format, upstream checkpoint folders and the released ``model.bin``.
+"""Model checkpoints: our folder format, upstream checkpoint folders and the released ``model.bin``
+(docs/architecture.md, "Checkpoint contract").
 
-Our format is a folder with ``model.safetensors``, ``config.json`` (``AVLFormerConfig.to_dict()``),
-``preprocessor_config.json`` (the recipe) and ``vocab.txt``, replaced atomically. Upstream files are read with
-``torch.load(weights_only=True)``. The model is built on the meta device and takes the file's tensors by
-assignment (modeling/meta_device.py), after the config is checked against the weights' names and shapes (for our
-folders, the safetensors header), so a crafted ``config.json`` is refused before anything is built.
-
-Loading is all-or-nothing: missing, unexpected or misshaped keys raise an error listing them. Upstream keys we do
-not use (``cls_img_feat.*``, ``bert.pooler.*``, PaSST's ``head.0.*``, the Swin ``relative_position_index``
-buffers, recomputed and checked) are dropped by name and reported.
+The model is built on the meta device and takes the file's tensors by assignment (modeling/meta_device.py) after
+the config is checked against the weights' names and shapes, so a crafted ``config.json`` is refused before
+anything is built. Loading is all-or-nothing; upstream keys we do not use are dropped by name and reported.
 """
 
 from __future__ import annotations

@@ -1,14 +1,5 @@
-"""Attention with an additive bias for fp32 training on the CPU, computed block by block in cache.
-
-PyTorch's fused CPU kernels take neither dropout nor a bias that needs a gradient (the learned AV mask, Swin's
-relative position bias), so SDPA falls back to a math path that writes every (query x key) score tensor to memory
-several times. Here a block of at most ``BLOCK_SCORES`` scores is biased, soft-maxed and dropped in cache; only
-the probabilities and a one-byte dropout mask reach memory, for backward (benchmarks/RESULTS.md,
-attention_kernel: the paper training step's peak memory against SDPA).
-
-Dropout draws come from numpy's PCG64 seeded by one draw of torch's generator per call (cheaper than torch's CPU
-``bernoulli_``; ``torch.manual_seed`` still reproduces a run): they differ from ``F.dropout``'s, the kept
-fraction is ``1 - p`` to within 2^-32 and kept values are scaled by ``1 / (1 - p)``.
+"""Attention with an additive bias for fp32 training on the CPU, computed block by block in cache, where SDPA
+would take its math path (docs/training.md, "Attention with a learned or trainable bias" and "Dropout draws").
 """
 
 from __future__ import annotations

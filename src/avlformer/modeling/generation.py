@@ -1,12 +1,7 @@
-"""Caption decoding with upstream's ``[MASK]``-append semantics (docs/upstream.md §3.7): greedy and beam search.
-
-Each step the model sees ``[CLS] t1 … t_{c-1} [MASK]`` plus the AV tokens; the logits at ``[MASK]`` choose token
-c. Both steppers run the decoder's own forward and give identical ids:
-
-* :class:`ReforwardStepper` re-runs the whole sequence every step, as upstream did: the reference.
-* :class:`CachedStepper` passes a :class:`~avlformer.modeling.kv_cache.KVCache` (AV keys/values once per video,
-  shared by its beams) and feeds two tokens a step: the real token at c-1, whose keys/values are kept, and a
-  fresh ``[MASK]`` at c, whose slot the next step overwrites.
+"""Caption decoding with upstream's ``[MASK]``-append semantics (docs/architecture.md, "Generation contract"):
+greedy and beam search over a stepper. :class:`ReforwardStepper` re-runs the whole sequence every step (the
+reference); :class:`CachedStepper` feeds the real token at c-1 (kept in the KVCache) and a fresh ``[MASK]`` at c
+(overwritten next step).
 """
 
 from __future__ import annotations

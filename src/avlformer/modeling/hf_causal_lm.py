@@ -1,18 +1,6 @@
-"""A causal language model from ``transformers`` as the decoder (``text.type`` ``hf_causal_lm``; docs/models.md).
-
-The AV tokens (width ``img_feature_dim``) go through a projector (``linear`` or a 2-layer ``mlp``) into the LM's
-embedding space and form a prefix; then the prompt's tokens, then the caption's. The loss is next-token
-cross-entropy on the caption tokens (and the end-of-text token after them) only. Decoding runs the LM's own
-forward with its own cache (``past_key_values``), driven by the greedy and beam search of
-:mod:`avlformer.modeling.generation`.
-
-Training modes: ``full`` (every LM weight trains), ``frozen`` (only the projector trains) or ``lora`` (low-rank
-adapters through ``peft`` on ``lora_target_modules``; the base weights stay frozen). A LoRA part records the
-SHA-256 of the base weights it was built on; :meth:`HFCausalLMDecoder.load_adapter` refuses an adapter saved
-on other base weights.
-
-The architecture is rebuilt from the ``config.json`` stored in the part's config, so a checkpoint (which holds
-every weight) reloads without the original folder; the folder gives the pretrained weights and the tokenizer.
+"""A causal language model from ``transformers`` as the decoder (``text.type`` ``hf_causal_lm``; docs/models.md,
+"The causal-LM decoder"): projected AV tokens, then the prompt, form the prefix of the caption; training modes
+``full``, ``frozen`` and ``lora``; decoding through the LM's own forward and cache.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""Local Hugging Face model folders as parts (docs/models.md): the checks made before any weight is read, the
-architecture rebuilt from a stored ``config.json`` (so a checkpoint reloads without the folder), the weights read
-from safetensors only, and a hash naming exactly which weights a LoRA adapter was trained on. A Hub id (``org/name``,
-not an existing path) becomes the folder of its snapshot in the Hugging Face cache: downloaded (configs, tokenizer
-files and safetensors only) when the machine is online, taken from the cache when ``HF_HUB_OFFLINE`` is set.
-
-Code in a model folder never runs unless ``trust_remote_code`` is set, and pickled weights are never read: a
-folder holding only ``pytorch_model.bin`` is refused with the command that converts it.
+"""Local Hugging Face model folders (or Hub ids, as their cached snapshot) as parts (docs/models.md): the checks
+made before any weight is read, the architecture rebuilt from a stored ``config.json``, weights from safetensors
+only, and the hash naming the weights a LoRA adapter was trained on. Folder code runs only with
+``trust_remote_code``.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """Sampled captions for self-critical training (training/scst.py), and their log-probabilities with gradients.
 
-Sampling drives the steppers of ``modeling/generation.py`` (``[MASK]``-append semantics); each step picks a token
-by inverse CDF from one uniform number per row, so both steppers fed the same numbers give the same ids.
-
-:func:`caption_logprobs` scores every drawn token in one decoder forward: ``[CLS] t1 … t_{T-1}`` (causal) then T
-``[MASK]`` tokens, the c-th seeing tokens 0..c-1 and itself, what the model saw when it drew token c. The AV part
-is a KVCache prefilled once per video, so a video's K captions share one AV computation and its gradient.
-A decoder with its own stepper and ``caption_logprobs`` (a causal LM, modeling/hf_causal_lm.py) is
-sampled and scored through those, by the same loop and per-row sums (:func:`drawn_token_scores`).
+Each step draws by inverse CDF from one uniform number per row, so both steppers fed the same numbers give the same
+ids. :func:`caption_logprobs` scores every drawn token in one decoder forward: ``[CLS] t1 … t_{T-1}`` (causal)
+then T ``[MASK]`` tokens, the c-th seeing tokens 0..c-1 and itself, with the AV part prefilled once per video.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
 """The cross-entropy trainer: optimizer steps over epochs of micro-batches, checkpoints, validation, logging.
 
-``loop.train`` builds what a run needs and picks the trainer (this one, or ``scst.SelfCriticalTrainer`` which
-extends it); everything comes in through the constructor, so tests and the demo can hand in their own model or
-datasets. The library (data, modeling) knows nothing of this module.
-
-Batches have a resumable position: a ``DistributedSampler`` shuffles with ``seed + epoch``, so one step's batches
-across ranks are the same samples whatever the process count; an epoch is ``steps_per_epoch *
-gradient_accumulation_steps`` micro-batches and a resume skips those consumed. Each item's augmentation generator
-is seeded from (seed, epoch, index), so crops, gains and MLM masks do not depend on processes or workers.
+Everything comes in through the constructor (``loop.train`` picks this trainer or ``scst.SelfCriticalTrainer``).
+Batch positions are resumable and augmentation is seeded per (seed, epoch, index) (docs/training.md, Resuming).
 """
 
 from __future__ import annotations
