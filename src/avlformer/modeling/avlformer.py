@@ -59,10 +59,8 @@ class AVLFormerConfig:
         problems = []
         for role in ROLES:
             type_of(role, getattr(self, role))  # a registered part's config
-            check_fits = getattr(getattr(self, role), "check_fits", None)
             try:
-                if check_fits is not None:
-                    check_fits(self)
+                getattr(getattr(self, role), "check_fits", lambda _: None)(self)
             except ValueError as error:
                 problems.append(str(error))
         if self.text.img_feature_dim != self.img_feature_dim:

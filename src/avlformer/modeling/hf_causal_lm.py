@@ -98,7 +98,6 @@ class HFCausalLMConfig(JsonDataclass):
         return f"{name} causal LM ({self.training})"
 
 
-
 def _architecture_kind(hf_config: dict) -> str | None:
     names = hf_config.get("architectures") or []
     if not names:

@@ -328,8 +328,7 @@ class TextTransformer(nn.Module):
         if mismatched:
             raise ValueError(f"{folder / 'config.json'}: BERT dimensions differ from this model "
                              f"(name: (folder, model)): {mismatched}")
-        weights = next((folder / name for name in ("model.safetensors", "pytorch_model.bin")
-                        if (folder / name).is_file()), None)
+        weights = next((folder / name for name in HF_BERT_WEIGHTS if (folder / name).is_file()), None)
         if weights is None:
             raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
         ours = hf_bert_to_ours(dict(read_weights_file(weights, "Hugging Face BERT weights")))
@@ -346,6 +345,7 @@ class TextTransformer(nn.Module):
         return sorted(set(own) - set(ours))
 
 
+HF_BERT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # what load_hf_bert reads, in this order
 # Parts of HF BERT checkpoints we have no module for: pooler, NSP head, position-id buffers.
 _HF_IGNORED_PREFIXES = ("bert.pooler.", "cls.seq_relationship.", "bert.embeddings.position_ids",
                         "bert.embeddings.token_type_ids", "cls.predictions.decoder.bias")

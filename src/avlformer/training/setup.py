@@ -23,6 +23,7 @@ from avlformer.data.recipe import recipe_for_yaml
 from avlformer.modeling.avlformer import AVLFormer, describe_model
 from avlformer.modeling.checkpoint import load_model
 from avlformer.modeling.meta_device import build_on_meta
+from avlformer.modeling.text_transformer import HF_BERT_WEIGHTS
 from avlformer.training.flag_table import ArgumentError, upstream_values
 
 log = logging.getLogger("avlformer.train")
@@ -220,13 +221,9 @@ def load_pretrained(model: nn.Module, path: str) -> None:
 
 def hf_bert_folder(path: str) -> Path | None:
     """--model_name_or_path as a Hugging Face BERT folder with weights, or None when it only names a vocab."""
-    if not path:
-        return None
     folder = Path(path)
-    if (folder / "config.json").is_file() and any((folder / name).is_file()
-                                                  for name in ("model.safetensors", "pytorch_model.bin")):
-        return folder
-    return None
+    has_weights = any((folder / name).is_file() for name in HF_BERT_WEIGHTS)
+    return folder if path and has_weights and (folder / "config.json").is_file() else None
 
 
 # flag -> what it freezes: (role, whether only the decoder's input embeddings)
