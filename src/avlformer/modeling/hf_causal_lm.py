@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from avlformer.config_fields import JsonDataclass
+from avlformer.modeling.generation import SpecialIds
 from avlformer.modeling.hf_folder import (check_model_folder, config_object, cpu_build, read_folder_state,
                                           read_model_config, set_hf_checkpointing, weights_sha256)
+from avlformer.modeling.sampling import drawn_token_scores
 
 TRAINING_MODES = ("full", "frozen", "lora")
 PROJECTORS = ("linear", "mlp")
@@ -62,7 +64,9 @@ class HFCausalLMConfig(JsonDataclass):
         not (they are hashed for a LoRA part)."""
         folder = check_model_folder(path, "causal LM")
         hf_config = read_model_config(folder, "causal LM")
-        if hf_config.get("is_encoder_decoder") or _architecture_kind(hf_config) not in ("causal", None):
+        names = hf_config.get("architectures") or []  # none named: let AutoModelForCausalLM decide
+        causal = not names or any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in names)
+        if hf_config.get("is_encoder_decoder") or not causal:
             raise ValueError(f"{folder}: {hf_config.get('architectures') or hf_config['model_type']} is not a "
                              f"causal language model (AutoModelForCausalLM)")
         tokenizer = load_lm_tokenizer(folder, values.get("trust_remote_code", False))
@@ -96,13 +100,6 @@ class HFCausalLMConfig(JsonDataclass):
     def describe(self) -> str:
         name = Path(self.path).name or self.hf_config["model_type"]
         return f"{name} causal LM ({self.training})"
-
-
-def _architecture_kind(hf_config: dict) -> str | None:
-    names = hf_config.get("architectures") or []
-    if not names:
-        return None
-    return "causal" if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in names) else "other"
 
 
 def load_lm_tokenizer(folder: str | Path, trust_remote_code: bool = False):
@@ -183,9 +180,7 @@ class HFCausalLMDecoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------- decoding
     @property
-    def special_ids(self):
-        from avlformer.modeling.generation import SpecialIds
-
+    def special_ids(self) -> SpecialIds:
         eos = self.config.eos_token_id
         return SpecialIds(start=eos, end=eos, pad=eos)
 
@@ -200,8 +195,6 @@ class HFCausalLMDecoder(nn.Module):
         """Self-critical training's scores (modeling/sampling.py): log p of each sampled caption's drawn tokens,
         with gradients, from one forward of the LM (its own modules, so LoRA adapters take the gradient) over
         ``[prefix ; t0 … t_{T-2}]``; rows video-major (row = b·K + k), the prefix computed once per video."""
-        from avlformer.modeling.sampling import drawn_token_scores
-
         token_ids = samples.token_ids
         steps = token_ids.shape[1]
         prefix = self.prefix(av_tokens).repeat_interleave(num_samples, dim=0)

@@ -135,7 +135,7 @@ def caption_logprobs(model: TextTransformer, av_tokens: torch.Tensor, av_mask: t
     cache.prefill(model, av_tokens, None if av_mask is None else mask_to_bias(av_mask.unsqueeze(0), av_tokens.dtype))
     hidden = model(text, attention_bias=scoring_bias(steps, token_ids.device, av_tokens.dtype),
                    position_ids=positions, cache=cache)
-    return scores_at_masks(model, hidden[:, steps:], samples)
+    return drawn_token_scores(model.logits(hidden[:, steps:][samples.drawn]), samples)
 
 
 def scoring_text(token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,11 +145,6 @@ def scoring_text(token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     text = torch.cat([real, torch.full_like(real, MASK_ID)], dim=1)
     positions = torch.cat([torch.arange(steps), torch.arange(1, steps + 1)]).to(token_ids.device).unsqueeze(0)
     return text, positions
-
-
-def scores_at_masks(model: TextTransformer, mask_hidden: torch.Tensor, samples: SampleOutput) -> CaptionScores:
-    """Per-row log p of the drawn tokens (and the mean entropy) from the hidden states at the T ``[MASK]`` rows."""
-    return drawn_token_scores(model.logits(mask_hidden[samples.drawn]), samples)
 
 
 def drawn_token_scores(logits: torch.Tensor, samples: SampleOutput) -> CaptionScores:

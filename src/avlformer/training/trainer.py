@@ -7,6 +7,7 @@ Batch positions are resumable and augmentation is seeded per (seed, epoch, index
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import resource
@@ -92,11 +93,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.skip = skip
 
     def __iter__(self) -> Iterator[list[int]]:
-        for position, batch in enumerate(self.batches):
-            if position >= self.num_batches:
-                return
-            if position >= self.skip:
-                yield batch
+        return itertools.islice(self.batches, self.skip, self.num_batches)
 
     def __len__(self) -> int:
         return max(0, self.num_batches - self.skip)
