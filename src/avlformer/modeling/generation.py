@@ -62,8 +62,7 @@ class CachedStepper:
                  max_length: int, expand: int = 1):
         self.model = model
         self.cache = KVCache(rows_per_video=expand, capacity=max_length)
-        self.cache.prefill(model, av_tokens, None if av_mask is None else mask_to_bias(av_mask.unsqueeze(0),
-                                                                                      av_tokens.dtype))
+        self.cache.prefill(model, av_tokens, av_mask)
         # Among the two new tokens only the real one must not see the [MASK] after it (upstream's -10000 bias).
         self.new_bias = torch.triu(av_tokens.new_full((2, 2), MASK_BIAS), diagonal=1)
         self.positions = torch.arange(max_length, device=av_tokens.device).unsqueeze(0)

@@ -132,7 +132,7 @@ def caption_logprobs(model: TextTransformer, av_tokens: torch.Tensor, av_mask: t
         return model.caption_logprobs(av_tokens, av_mask, samples, num_samples)
     text, positions = scoring_text(token_ids)
     cache = KVCache(rows_per_video=num_samples)
-    cache.prefill(model, av_tokens, None if av_mask is None else mask_to_bias(av_mask.unsqueeze(0), av_tokens.dtype))
+    cache.prefill(model, av_tokens, av_mask)
     hidden = model(text, attention_bias=scoring_bias(steps, token_ids.device, av_tokens.dtype),
                    position_ids=positions, cache=cache)
     return drawn_token_scores(model.logits(hidden[:, steps:][samples.drawn]), samples)

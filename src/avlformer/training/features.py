@@ -92,11 +92,10 @@ def freeze_encoders(model: nn.Module) -> None:
     """requires_grad=False and eval mode for the encoders the features stand for; their projections stay
     trainable."""
     for role in ENCODER_ROLES:
-        projection = {id(param) for param in model.projection(role).parameters()}
-        part = model.part(role).eval()
-        for param in part.parameters():
-            if id(param) not in projection:
-                param.requires_grad_(False)
+        model.part(role).eval()
+        for _, tensor in frozen_state(model, role):
+            if isinstance(tensor, nn.Parameter):
+                tensor.requires_grad_(False)
 
 
 def prepare_feature_model(model: nn.Module, config, train_dataset) -> None:
