@@ -37,10 +37,8 @@ def seed_everything(seed: int) -> None:
 
 @contextlib.contextmanager
 def determinism(enabled: bool, device: torch.device):
-    """--deterministic for the duration of a run: deterministic kernels (an op without one raises instead of
-    running nondeterministically), cuDNN without autotuning, a fixed cuBLAS workspace, and one intra-op thread on
-    the CPU, where several threads split float reductions differently from run to run. The previous settings are
-    restored afterwards, so a caller's process is left as it was."""
+    """--deterministic for the duration of a run (docs/training.md, Resuming); the previous settings are restored
+    afterwards, so a caller's process is left as it was."""
     if not enabled:
         yield
         return

@@ -57,10 +57,6 @@ class Schedule:
     total_steps: int
 
 
-def micro_batches_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
-    return (num_samples // world_size) // batch_size
-
-
 class SampleSeededDataset(Dataset):
     """Wraps a dataset with ``set_seed(seed)`` so item ``i`` of epoch ``e`` always sees the same augmentation."""
 
@@ -109,7 +105,7 @@ def autocast_for(precision: str, device: torch.device):
 def plan_schedule(num_samples: int, config: TrainConfig, env: DistEnv) -> Schedule:
     optim = config.optim
     batch, accumulation = optim.per_gpu_train_batch_size, optim.gradient_accumulation_steps
-    steps = micro_batches_per_epoch(num_samples, batch, env.world_size) // accumulation
+    steps = num_samples // env.world_size // batch // accumulation  # each rank's share, in whole micro-batches
     if steps < 1:
         raise ArgumentError(f"the training set has {num_samples} samples, fewer than one optimizer step needs: "
                             f"--per-gpu-train-batch-size {batch} x {env.world_size} process(es) x "
