@@ -206,7 +206,9 @@ class HFCausalLMDecoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------- LoRA
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        return {name: tensor for name, tensor in self.lm.state_dict().items() if "lora_" in name}
+        """What an adapter file holds, by this module's names: the LoRA adapters and the projector."""
+        return {name: tensor for name, tensor in self.state_dict().items()
+                if "lora_" in name or name.startswith("projector.")}
 
     def save_adapter(self, folder: str | Path) -> Path:
         """``adapter_model.safetensors`` (the adapters and the projector) naming the base weights by hash."""
@@ -217,10 +219,9 @@ class HFCausalLMDecoder(nn.Module):
         if self.config.training != "lora":
             raise ValueError("save_adapter: this decoder has no LoRA adapters (training is "
                              f"{self.config.training!r})")
-        state = {f"lm.{k}": v for k, v in self.adapter_state().items()}
-        state.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
         with atomic_folder(folder) as staging:
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(staging / ADAPTER_WEIGHTS),
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.adapter_state().items()},
+                      str(staging / ADAPTER_WEIGHTS),
                       metadata={"base_weights_sha256": self.config.weights_sha256, "base_model": self.config.path,
                                 "part_config": json.dumps(self.config.to_dict())})
         return Path(folder)
@@ -239,8 +240,8 @@ class HFCausalLMDecoder(nn.Module):
             raise ValueError(f"{path}: the adapter was trained on base weights {saved_hash[:12] or '(unknown)'}, "
                              f"this model's base is {self.config.weights_sha256[:12] or '(unknown)'}; load it onto "
                              f"the base it names")
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        expected = {f"lm.{k}" for k in self.adapter_state()} | {f"projector.{k}" for k in self.projector.state_dict()}
+        unexpected = self.load_state_dict(state, strict=False).unexpected_keys
+        expected = set(self.adapter_state())
         if unexpected or expected - set(state):
             raise ValueError(f"{path}: adapter does not fit this model (missing {sorted(expected - set(state))[:3]}, "
                              f"unexpected {unexpected[:3]})")

@@ -48,16 +48,16 @@ def resolve_model_source(source: str, what: str, trust_remote_code: bool = False
                                 f"({str(error).splitlines()[0]})") from None
 
 
-def check_model_folder(path: str, what: str, *, need_weights: bool = True) -> Path:
-    """The folder of a Hugging Face model, after checking it holds a ``config.json`` and (``need_weights``)
-    safetensors weights; one-line errors name the folder and what is wrong."""
+def check_model_folder(path: str, what: str) -> Path:
+    """The folder of a Hugging Face model, after checking it holds a ``config.json`` and safetensors weights;
+    one-line errors name the folder and what is wrong."""
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: {what} folder not found (download it once, e.g. "
                                 f"`hf download <repo> --local-dir {folder}`)")
     if not (folder / HF_CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{folder}: no {HF_CONFIG_NAME}; not a Hugging Face model folder ({what})")
-    if need_weights and not safetensors_files(folder):
+    if not safetensors_files(folder):
         pickled = [name for name in PICKLED_NAMES if (folder / name).is_file()]
         if pickled:
             raise ValueError(f"{folder}: only pickled weights ({pickled[0]}); this framework reads safetensors "

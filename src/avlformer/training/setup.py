@@ -20,6 +20,7 @@ from torch import nn
 from avlformer.atomic import write_text_atomic
 from avlformer.data.dataset import CaptionDataset, DataConfig
 from avlformer.data.recipe import recipe_for_yaml
+from avlformer.device import one_cpu_thread
 from avlformer.modeling.avlformer import AVLFormer, describe_model
 from avlformer.modeling.checkpoint import load_model
 from avlformer.modeling.meta_device import build_on_meta
@@ -43,19 +44,17 @@ def determinism(enabled: bool, device: torch.device):
         yield
         return
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.get_num_threads(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     # cuBLAS reads this when it creates its handle (the first matmul), which comes after this point.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    if device.type == "cpu":
-        torch.set_num_threads(1)
     try:
-        yield
+        with one_cpu_thread() if device.type == "cpu" else contextlib.nullcontext():
+            yield
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.set_num_threads(saved[2])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[3], saved[4]
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
 
 
 def setup_logging(output_dir: Path, is_main: bool) -> None:
