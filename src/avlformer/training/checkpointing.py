@@ -94,7 +94,7 @@ def save_training_checkpoint(output_dir: Path, name: str, model: torch.nn.Module
             "world_size": env.world_size,
             "optimizer": optim_state,
             "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else {},
+            "scaler": scaler.state_dict(),  # empty unless fp16 loss scaling is on
             "rng": rng_states,
         }
         try:
@@ -319,7 +319,7 @@ def restore_training_checkpoint(folder: Path, state: dict, weights: dict, model,
     for group, chosen in zip(optimizer.param_groups, implementations):
         group.update(chosen)
     scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state["scaler"]:
+    if state["scaler"]:
         scaler.load_state_dict(state["scaler"])
     if state["world_size"] == env.world_size:
         restore_rng_state(state["rng"][env.rank])

@@ -127,7 +127,7 @@ class SelfCriticalTrainer(Trainer):
         loss = -(advantage * scores.logprob.float()).mean()
         loss = loss + model.config.sparsity_loss_weight * model.sparsity_term(loss)
         scaled = loss / config.optim.gradient_accumulation_steps
-        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        self.scaler.scale(scaled).backward()
         stats.update(reward=rewards.mean(), baseline=baseline.mean(), entropy=scores.entropy,
                      caption_length=np.mean([len(w) for w in words]),
                      reference_length=np.mean([self.reward.reference_lengths[key] for key in batch["video_keys"]]),

@@ -140,7 +140,8 @@ class Trainer:
                                          optim.weight_decay, optim.adam_epsilon)
         self.scheduler = build_scheduler(self.optimizer, optim.scheduler, self.schedule.total_steps,
                                          optim.warmup_ratio, optim.min_lr)
-        self.scaler = torch.amp.GradScaler(env.device.type) if run.precision == "fp16" else None
+        # Loss scaling for fp16 only; disabled, each of its calls is a no-op (or the plain optimizer step).
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=run.precision == "fp16")
         self.progress = ckpt.Progress()
         self.last_checkpoint: Path | None = None
         self.history: list[dict] = []
@@ -251,25 +252,21 @@ class Trainer:
             with self.autocast():
                 outputs = self.model(batch)
             loss = outputs["loss"].float() / accumulation
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            self.scaler.scale(loss).backward()
         return outputs
 
     def optimizer_step(self, outputs: dict) -> float:
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
+        self.scaler.unscale_(self.optimizer)
         params = [p for p in self.library_model.parameters() if p.requires_grad]
         max_norm = self.config.optim.max_grad_norm if self.config.optim.max_grad_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if hasattr(norm, "full_tensor"):  # FSDP2 returns a DTensor
             norm = norm.full_tensor()
         grad_norm = float(norm)
-        if self.scaler is None and not math.isfinite(grad_norm):
+        if not self.scaler.is_enabled() and not math.isfinite(grad_norm):
             self.stop_non_finite("gradient norm", outputs)  # with fp16 the scaler skips such steps by design
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
