@@ -73,11 +73,9 @@ class _Blocks:
         else:
             self.head_step, self.row_step = 1, max(1, BLOCK_SCORES // num_keys)
         self.lead_dims = len(self.outer) + 1
+        # Scratch buffers of this many elements hold any one block's scores, reused by every block (fresh
+        # temporaries would fault in pages).
         self.largest = min(self.head_step, self.heads) * min(self.row_step, self.rows) * num_keys
-
-    def scratch(self, like: torch.Tensor) -> torch.Tensor:
-        """A buffer for any one block's scores, reused by every block (fresh temporaries would fault in pages)."""
-        return like.new_empty(self.largest)
 
     def __iter__(self):
         for outer in itertools.product(*(range(n) for n in self.outer)):
@@ -119,8 +117,8 @@ class _BiasedAttention(torch.autograd.Function):
         out = query.new_empty((*query.shape[:-1], value.shape[-1]))
         keep = None if dropout_p == 0.0 else torch.empty(probs.shape, dtype=torch.bool)
         draws = None if keep is None else KeepDraws(dropout_p)
-        scores_scratch = blocks.scratch(probs)
-        dropped_scratch = None if keep is None else blocks.scratch(probs)
+        scores_scratch = probs.new_empty(blocks.largest)
+        dropped_scratch = None if keep is None else probs.new_empty(blocks.largest)
         padded_bias = blocks.padded(bias)
         for outer, heads, rows in blocks:
             block_probs = probs[outer][heads, rows]
@@ -156,7 +154,7 @@ class _BiasedAttention(torch.autograd.Function):
         grad_value = torch.zeros_like(value) if needs_value else None
         grad_bias = scaled_query.new_zeros(ctx.bias_shape) if needs_bias else None
         padded_grad_bias = blocks.padded(grad_bias)
-        grad_scratch, product_scratch = blocks.scratch(probs), blocks.scratch(probs)
+        grad_scratch, product_scratch = probs.new_empty(blocks.largest), probs.new_empty(blocks.largest)
         for outer, heads, rows in blocks:
             block_probs, block_grad_out = probs[outer][heads, rows], grad_out[outer][heads, rows]
             block_keep = None if keep is None else keep[outer][heads, rows]

@@ -94,14 +94,13 @@ def decoding(model: torch.nn.Module):
 def decoder_stepper(model: torch.nn.Module, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,
                     max_length: int, expand: int, use_cache: bool) -> tuple[object, SpecialIds]:
     """The stepper and special ids every decoding loop (greedy, beam, sampling) drives, after checking
-    ``max_length``: the decoder's own when it has them (``make_stepper``, ``check_max_length``, ``special_ids``:
-    a causal LM), else the BERT decoder's ``[MASK]``-append ones above."""
+    ``max_length``: the decoder's own when it has them (``make_stepper``, ``special_ids``: a causal LM), else the
+    BERT decoder's ``[MASK]``-append ones above."""
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2 (the start token + one token), got {max_length}")
     if hasattr(model, "make_stepper"):
-        model.check_max_length(max_length)
         return (model.make_stepper(av_tokens, av_mask, max_length=max_length, expand=expand, use_cache=use_cache),
                 model.special_ids)
-    if max_length < 2:
-        raise ValueError(f"max_length must be >= 2 ([CLS] + one token), got {max_length}")
     if max_length > model.config.max_position_embeddings:
         raise ValueError(f"max_length {max_length} exceeds the text position table "
                          f"({model.config.max_position_embeddings})")
@@ -239,8 +238,8 @@ def generate(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Ten
              max_length: int = 115, num_beams: int = 1, length_penalty: float = 1.0,
              use_cache: bool = True) -> GenerationOutput:
     """Caption ids for AV tokens ``(B, V, img_feature_dim)``; ``av_mask`` is the ``(V, V)`` AV→AV mask or None.
-    ``max_length`` counts [CLS] like upstream's ``max_gen_length``. A decoder with its own ``make_stepper``,
-    ``check_max_length`` and ``special_ids`` (a causal LM) is driven by the same search loops."""
+    ``max_length`` counts [CLS] like upstream's ``max_gen_length``; any decoder goes through
+    :func:`decoder_stepper`."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     with decoding(model):

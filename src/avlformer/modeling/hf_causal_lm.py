@@ -187,10 +187,6 @@ class HFCausalLMDecoder(nn.Module):
     def make_stepper(self, av_tokens: torch.Tensor, av_mask, *, max_length: int, expand: int, use_cache: bool):
         return PrefixLMStepper(self, av_tokens, expand, use_cache)
 
-    def check_max_length(self, max_length: int) -> None:
-        if max_length < 2:
-            raise ValueError(f"max_length must be >= 2 (start + one token), got {max_length}")
-
     def caption_logprobs(self, av_tokens: torch.Tensor, av_mask, samples, num_samples: int):
         """Self-critical training's scores (modeling/sampling.py): log p of each sampled caption's drawn tokens,
         with gradients, from one forward of the LM (its own modules, so LoRA adapters take the gradient) over
