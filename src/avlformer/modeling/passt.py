@@ -1,10 +1,6 @@
-"""PaSST audio encoder: mel front-end, PaSST-S transformer with structured patchout, projection.
-
-Parameter names follow the official PaSST-S checkpoint (docs/upstream.md §3.3). Patchout keeps
-``grid_t - s_patchout_t`` time columns and ``grid_f - s_patchout_f`` frequency rows: a sorted random subset per
-batch in training; in evaluation the centre of each of k equal bins, so the token count (and the learned mask's
-meaning) stays that of training. ``patchout=False`` keeps every patch. Token order: distillation token, then the
-kept patches frequency-major (``f * kept_t + t``).
+"""PaSST audio encoder: mel front-end, PaSST-S transformer with structured patchout, projection; parameter
+names, patchout (random in training, evenly spaced in evaluation) and token order as docs/upstream.md §3.3 states.
+``patchout=False`` keeps every patch.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""The multimodal text transformer: a BERT-base encoder (HF parameter names) that also embeds AV tokens.
+"""The multimodal text transformer: a BERT-base encoder that also embeds AV tokens (docs/upstream.md §3.4).
 
 Parameter names follow Hugging Face BERT v1 (``bert.*``, ``cls.predictions.*``) so a plain BERT checkpoint and
-upstream's ``model.bin`` (under ``trans_encoder.``) load by name. Post-LN, erf GELU, an additive float attention
-bias (upstream's ``-10000·(1-mask)``, so soft mask values count). AV tokens get ``img_embedding`` + dropout only
-(docs/upstream.md §3.4). Decoding runs this same forward with a :mod:`~avlformer.modeling.kv_cache` cache.
+upstream's ``model.bin`` (under ``trans_encoder.``) load by name. Decoding runs this same forward with a
+:mod:`~avlformer.modeling.kv_cache` cache.
 """
 
 from __future__ import annotations

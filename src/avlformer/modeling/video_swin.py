@@ -1,10 +1,6 @@
-"""Video Swin Transformer 3-D encoder (docs/upstream.md §3.2), the visual backbone of AVLFormer.
-
-Built from torchvision's Video Swin pieces, the same math as the official code upstream vendors. Any frame count
-and size is accepted: inputs are zero-padded as upstream pads them, so the token grid follows the padded sizes
-(``VideoSwinConfig.token_grid``). State-dict names are upstream's (``backbone.*``), so the released ``model.bin``
-keys ``swin.backbone.*`` load one to one; its ``relative_position_index`` buffers are checked against a
-recomputation and dropped (:func:`checkpoint_filter_fn`), as is the Kinetics ``cls_head.*``.
+"""Video Swin Transformer 3-D encoder (docs/upstream.md §3.2), the visual backbone of AVLFormer, built from
+torchvision's Video Swin pieces with upstream's state-dict names (``backbone.*``). Inputs are zero-padded as
+upstream pads them (``VideoSwinConfig.token_grid``); official checkpoints convert by :func:`checkpoint_filter_fn`.
 """
 
 from __future__ import annotations
