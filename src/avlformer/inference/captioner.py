@@ -1,8 +1,5 @@
-"""Captioning from Python without assembling tensors: ``avlformer.caption`` and ``Captioner``.
-
-Videos are file paths or uint8 ``(T, H, W, 3)`` RGB frames; audio per video is ``None`` (the video's own track;
-silence for frames), an mp3 path or a float waveform at ``sample_rate``. A failed video gives ``error`` set and
-``caption`` None, never a silent skip.
+"""Captioning from Python without assembling tensors: ``avlformer.caption`` and ``Captioner`` (docs/api.md).
+A failed video gives ``error`` set and ``caption`` None, never a silent skip.
 """
 
 from __future__ import annotations
