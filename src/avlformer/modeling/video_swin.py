@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+from timm.layers import Mlp
 from torch.utils.checkpoint import checkpoint
 from torchvision.models.swin_transformer import PatchMerging
 from torchvision.models.video.swin_transformer import PatchEmbed3d
@@ -140,18 +141,6 @@ class VideoSwinConfig(JsonDataclass):
         return data
 
 
-class _Mlp(nn.Module):
-    # torchvision's block names its MLP layers mlp.0 / mlp.3; upstream uses mlp.fc1 / mlp.fc2, which we keep.
-    def __init__(self, dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class _SwinBlock3d(nn.Module):
     """torchvision's SwinTransformerBlock with upstream's MLP names; (B, T, H, W, C) in and out."""
 
@@ -162,7 +151,8 @@ class _SwinBlock3d(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.attn = WindowAttention3d(dim, list(window), shift, heads, attn_implementation=attn_implementation)
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
+        # timm's MLP has upstream's names (mlp.fc1 / mlp.fc2; torchvision's are mlp.0 / mlp.3) and erf GELU.
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = StochasticDepth(drop, "row")
 
     def forward(self, x: Tensor) -> Tensor:

@@ -124,14 +124,10 @@ def check_validation_recipe(config, train_recipe, val_recipe) -> None:
 def data_config_for(config):
     """The loaders' DataConfig: frame count, image size, text length, audio rate and length from the model
     configuration (their one source), MLM masking from the data settings."""
-    data_config = DataConfig(num_frames=config.model.num_frames, image_size=config.model.image_size,
-                             max_seq_length=config.model.max_seq_length, mask_prob=config.data.mask_prob,
-                             max_masked_tokens=config.data.max_masked_tokens)
-    audio = getattr(config.model, "audio", None)
-    for name in ("sample_rate", "clip_seconds"):
-        if audio is not None and hasattr(audio, name):
-            setattr(data_config, name, getattr(audio, name))
-    return data_config
+    model = config.model
+    return DataConfig(num_frames=model.num_frames, image_size=model.image_size, sample_rate=model.audio.sample_rate,
+                      clip_seconds=model.audio.clip_seconds, max_seq_length=model.max_seq_length,
+                      mask_prob=config.data.mask_prob, max_masked_tokens=config.data.max_masked_tokens)
 
 
 def build_val_dataset(config, tokenizer, data_config=None):
