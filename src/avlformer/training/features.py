@@ -1,7 +1,6 @@
-"""``avlformer train --features F``: the layers above frozen encoders trained on cached encoder outputs.
-
-The model is the whole AVLFormer (encoders frozen, never run in training), so checkpoints are ordinary ones.
-The features' encoder fingerprint must match these encoder weights; it is checked before the first step.
+"""``avlformer train --features F``: the layers above frozen encoders trained on cached encoder outputs; the
+features' fingerprint is checked against these encoders before the first step (docs/training.md, Fast
+experiments on cached features).
 """
 
 from __future__ import annotations
