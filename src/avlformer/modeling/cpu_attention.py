@@ -100,12 +100,6 @@ def _view(scratch: torch.Tensor, shape) -> torch.Tensor:
     return scratch[:shape.numel()].view(shape)
 
 
-def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Sum a block's score gradient over the dims ``like`` broadcasts (size 1)."""
-    dims = tuple(i for i, size in enumerate(like.shape) if size == 1 and grad.shape[i] != 1)
-    return grad.sum(dims, keepdim=True) if dims else grad
-
-
 class _BiasedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, bias, dropout_p):
@@ -137,7 +131,7 @@ class _BiasedAttention(torch.autograd.Function):
         if keep is not None:
             out.mul_(kept_scale)  # F.dropout's factor on the kept probabilities, applied to the (smaller) output
         ctx.save_for_backward(scaled_query, key, value, probs, keep)
-        ctx.dropout_p, ctx.scale, ctx.kept_scale = dropout_p, scale, kept_scale
+        ctx.scale, ctx.kept_scale = scale, kept_scale
         ctx.bias_shape = None if bias is None else bias.shape
         return out
 
@@ -175,8 +169,9 @@ class _BiasedAttention(torch.autograd.Function):
             if needs_key:
                 grad_key[outer][heads].baddbmm_(grad_scores.transpose(-1, -2), scaled_query[outer][heads, rows])
             if needs_bias:
-                target = blocks.operand(padded_grad_bias, outer, heads, rows)
-                target.add_(_sum_to(grad_scores, target))
+                target = blocks.operand(padded_grad_bias, outer, heads, rows)  # summed over the dims it broadcasts
+                dims = tuple(i for i, size in enumerate(target.shape) if size == 1 and grad_scores.shape[i] != 1)
+                target.add_(grad_scores.sum(dims, keepdim=True) if dims else grad_scores)
         if needs_query:
             grad_query.mul_(ctx.scale)
         return grad_query, grad_key, grad_value, grad_bias, None
