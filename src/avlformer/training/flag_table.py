@@ -8,14 +8,24 @@ accepted at their neutral values only, and any other value is an error giving th
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from avlformer.flags import parse_bool, parse_float, parse_int
 
 
 class ArgumentError(ValueError):
     """A flag or config value that cannot be honoured; the message names the flag (and file) and the problem."""
+
+
+@contextlib.contextmanager
+def as_argument_error(*kinds: type[Exception]) -> Iterator[None]:
+    """Re-raise ``kinds`` (default: a missing file or a bad value), whose messages name the file, as ArgumentError."""
+    try:
+        yield
+    except kinds or (FileNotFoundError, ValueError) as err:
+        raise ArgumentError(str(err)) from None
 
 
 def to_str(value: Any) -> str:
