@@ -12,28 +12,27 @@ from pathlib import Path
 from typing import Any, Callable
 
 from avlformer.device import resolve_device
-from avlformer.flags import normalize_flag_spelling, parse_bool, parse_float, parse_int
+from avlformer.flags import normalize_flag_spelling, parse_bool
 from avlformer.json_files import read_json
 from avlformer.modeling.avlformer import AVLFormerConfig
 from avlformer.training.config import PRESETS, SECTIONS, ScstSettings, TrainConfig
 from avlformer.training.features import check_feature_flags
 from avlformer.training.part_flags import choose_parts
 from avlformer.training.flag_table import (ANY, BY_NAME, COMPAT, FLAGS, NO_DEEPSPEED, ArgumentError, Flag,
-                                           as_argument_error, config_key, convert, derived_values, flag_option,
-                                           to_str, upstream_values)
+                                           as_argument_error, config_key, convert, converter_of, derived_values,
+                                           flag_option, upstream_values)
 
 __all__ = ["ArgumentError", "TrainConfig", "add_arguments", "load_config_file", "parse_train_args", "resolve",
            "resolve_args"]
 
 DEFAULTS = {name: TrainConfig(model=preset()) for name, preset in PRESETS.items()}
-_CONVERTERS = {bool: parse_bool, int: parse_int, float: parse_float}
 
 
 def converter_for(flag: Flag) -> Callable:
     """The flag's own type, else its field's: the type of the field's default (the tree's defaults are typed)."""
     if flag.type is not None:
         return flag.type
-    return _CONVERTERS.get(type(DEFAULTS["paper"].get(flag.path)), to_str)
+    return converter_of(DEFAULTS["paper"].get(flag.path))
 
 
 def default_text(flag: Flag) -> str:

@@ -34,6 +34,11 @@ def to_str(value: Any) -> str:
     return value
 
 
+def converter_of(value: Any) -> Callable:
+    """The command line's conversion for values of ``value``'s type (text for anything but bool, int, float)."""
+    return {bool: parse_bool, int: parse_int, float: parse_float}.get(type(value), to_str)
+
+
 ANY = "any value"  # ``accepted`` of an ignored flag whose every value is accepted (and recorded as the original did)
 
 
@@ -65,8 +70,7 @@ def ignored(why: str, **neutral) -> tuple[Flag, ...]:
     flags = []
     for name, values in neutral.items():
         values = values if isinstance(values, tuple) else (values,)
-        flag_type = {bool: parse_bool, int: parse_int, float: parse_float}.get(type(values[0]), to_str)
-        flags.append(Flag(name, None, why, flag_type, nargs="+" if isinstance(values[0], list) else None,
+        flags.append(Flag(name, None, why, converter_of(values[0]), nargs="+" if isinstance(values[0], list) else None,
                           accepted=values))
     return tuple(flags)
 
