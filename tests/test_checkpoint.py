@@ -59,11 +59,10 @@ def upstream_style(model, config):
 
 def test_save_and_load_round_trip(tiny, tmp_path):
     model, config = tiny
-    (tmp_path / "notes.txt").write_text("hello")
-    folder = save_checkpoint(tmp_path / "ckpt", model, config, PAPER,
-                             extra_files={"notes.txt": tmp_path / "notes.txt"})
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "notes.txt",
+    folder = save_checkpoint(tmp_path / "ckpt", model, config, PAPER)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors",
                                                         "preprocessor_config.json", "vocab.txt"]
+    (folder / "notes.txt").write_text("hello")
     assert len((folder / "vocab.txt").read_text().splitlines()) == 30522
     assert json.loads((folder / "config.json").read_text()) == config.to_dict()
     loaded, loaded_config = load_model(folder)
@@ -81,10 +80,15 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     assert load_model(folder / "model.safetensors")[1] == config
 
 
-def test_failed_save_leaves_nothing(tiny, tmp_path):
+def test_failed_save_leaves_nothing(tiny, tmp_path, monkeypatch):
     model, config = tiny
-    with pytest.raises(FileNotFoundError):
-        save_checkpoint(tmp_path / "ckpt", model, config, PAPER, extra_files={"x.txt": tmp_path / "absent.txt"})
+
+    def fail(recipe, path):
+        raise OSError(f"{path}: cannot write")
+
+    monkeypatch.setattr(PreprocessRecipe, "save", fail)
+    with pytest.raises(OSError, match="cannot write"):
+        save_checkpoint(tmp_path / "ckpt", model, config, PAPER)
     assert list(tmp_path.iterdir()) == []
 
 

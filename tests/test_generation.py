@@ -273,7 +273,7 @@ def test_generate_rejects_bad_arguments():
 
 
 def test_beam_hypotheses_keeps_best_and_stops_like_upstream():
-    hyps = BeamHypotheses(1, max_length=11, length_penalty=1.0)
+    hyps = BeamHypotheses(max_length=11, length_penalty=1.0)
     hyps.add(torch.tensor([CLS_ID, 5]), -4.0)      # score -2
     hyps.add(torch.tensor([CLS_ID, 5, 6, 7]), -4.0)  # score -1: replaces
     assert hyps.best()[0] == pytest.approx(-1.0) and len(hyps.best()[1]) == 4

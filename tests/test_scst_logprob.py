@@ -8,7 +8,7 @@ import torch
 from avlformer.data.token_ids import SEP_ID
 from avlformer.modeling import text_transformer
 from avlformer.modeling.attention_mask import mask_to_bias
-from avlformer.modeling.sampling import caption_logprobs, sample_captions, scores_at_masks, scoring_text
+from avlformer.modeling.sampling import caption_logprobs, drawn_token_scores, sample_captions, scoring_text
 
 from training_fakes import deterministic_tiny_config, tiny_model
 
@@ -34,7 +34,7 @@ def reference_logprobs(model, av_tokens, av_mask, samples, num_samples):
     av = av_tokens.repeat_interleave(num_samples, dim=0)
     bias = mask_to_bias(scoring_mask(steps, av.shape[1], av_mask, av.dtype).unsqueeze(0))
     hidden = model(text, av, bias, position_ids=positions)[:, steps:2 * steps]
-    return scores_at_masks(model, hidden, samples)
+    return drawn_token_scores(model.logits(hidden[samples.drawn]), samples)
 
 
 def _setup(seed: int, videos: int, samples: int, learned_mask: bool):

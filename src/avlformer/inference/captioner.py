@@ -1,8 +1,5 @@
-"""Captioning from Python without assembling tensors: ``avlformer.caption`` and ``Captioner``.
-
-Videos are file paths or uint8 ``(T, H, W, 3)`` RGB frames; audio per video is ``None`` (the video's own track;
-silence for frames), an mp3 path or a float waveform at ``sample_rate``. A failed video gives ``error`` set and
-``caption`` None, never a silent skip.
+"""Captioning from Python without assembling tensors: ``avlformer.caption`` and ``Captioner`` (docs/api.md).
+A failed video gives ``error`` set and ``caption`` None, never a silent skip.
 """
 
 from __future__ import annotations
@@ -191,8 +188,11 @@ class Captioner:
 
     def stream(self, videos: Iterable, audio=None, sample_rate: int | None = None) -> Iterator[CaptionResult]:
         """One CaptionResult per video, in order, as soon as its batch is captioned."""
-        videos = _video_list(videos)
-        audio_list = _audio_list(audio, len(videos))
+        videos = _as_list(videos)
+        audio_list = [None] * len(videos) if audio is None else _as_list(audio)
+        if len(audio_list) != len(videos):
+            raise ValueError(f"audio: {len(audio_list)} entries for {len(videos)} videos; give one per video (None: "
+                             f"the video's own audio)")
         dataset = _InputDataset(videos, audio_list, self.spec, sample_rate)
         for clips, predictions, failures in pipeline.caption_dataset(
                 self.loaded, dataset, self.decoding, batch_size=self.batch_size, num_workers=self.num_workers):
@@ -211,23 +211,11 @@ def _result(clip: pipeline.ClipInput, prediction: pipeline.Prediction) -> Captio
                          warnings=list(clip.warnings))
 
 
-def _video_list(videos) -> list:
-    # One path or one frames array is one video, not a list of characters or of frames.
-    if pipeline.is_path(videos) or isinstance(videos, (np.ndarray, torch.Tensor)):
-        return [videos]
-    return list(videos)
-
-
-def _audio_list(audio, count: int) -> list:
-    if audio is None:
-        return [None] * count
-    if pipeline.is_path(audio) or isinstance(audio, (np.ndarray, torch.Tensor)):
-        audio = [audio]
-    audio = list(audio)
-    if len(audio) != count:
-        raise ValueError(f"audio: {len(audio)} entries for {count} videos; give one per video (None: the "
-                         f"video's own audio)")
-    return audio
+def _as_list(value) -> list:
+    # One path or one array is one video (or soundtrack), not a list of characters or of frames.
+    if pipeline.is_path(value) or isinstance(value, (np.ndarray, torch.Tensor)):
+        return [value]
+    return list(value)
 
 
 def caption(model, videos: Iterable, audio=None, *, num_beams: int | None = None, max_length: int | None = None,

@@ -1,10 +1,7 @@
 """Captioning videos with a trained model: file -> model input -> caption, shared by `avlformer infer`,
-`avlformer caption`, the Python API, `serve` and the demo.
-
-Inputs are built from the checkpoint's recipe by the functions `avlformer prepare` uses, then selected and
-cropped as the evaluation loader does: the same tensors it would give after `prepare` (docs/upstream.md §5).
-Predictions carry the clip id (``videos/test/abc.mp4`` -> ``abc``), the path as the caller spelled it and its
-position in the caller's list, by which callers look results up.
+`avlformer caption`, the Python API, `serve` and the demo. A file gets the tensors the evaluation loader would give
+after `prepare` (docs/api.md); predictions carry the clip id (``videos/test/abc.mp4`` -> ``abc``), the path as the
+caller spelled it and its position in the caller's list.
 """
 
 from __future__ import annotations

@@ -9,12 +9,8 @@ from pathlib import Path
 from typing import Sequence
 
 from avlformer.atomic import write_text_atomic
-from avlformer.inference.pipeline import CaptionRun, Prediction
+from avlformer.inference.pipeline import CaptionRun
 from avlformer.output_paths import output_file_problem
-
-
-def coco_predictions(predictions: Sequence[Prediction]) -> list[dict]:
-    return [{"image_id": p.video_id, "caption": p.caption} for p in sorted(predictions, key=lambda p: p.video_id)]
 
 
 def sidecar_path(output: str | os.PathLike) -> Path:
@@ -47,7 +43,9 @@ def sidecar_payload(run: CaptionRun, checkpoint: str) -> dict:
 def write_predictions(run: CaptionRun, output: str | os.PathLike, checkpoint: str) -> Path:
     """Write the predictions and the sidecar; returns the sidecar's path."""
     output = Path(output)
-    write_text_atomic(output, json.dumps(coco_predictions(run.predictions), indent=1))
+    predictions = sorted(run.predictions, key=lambda p: p.video_id)
+    write_text_atomic(output, json.dumps([{"image_id": p.video_id, "caption": p.caption} for p in predictions],
+                                         indent=1))
     sidecar = sidecar_path(output)
     write_text_atomic(sidecar, json.dumps(sidecar_payload(run, checkpoint), indent=1))
     return sidecar

@@ -59,10 +59,8 @@ class AVLFormerConfig:
         problems = []
         for role in ROLES:
             type_of(role, getattr(self, role))  # a registered part's config
-            check_fits = getattr(getattr(self, role), "check_fits", None)
             try:
-                if check_fits is not None:
-                    check_fits(self)
+                getattr(getattr(self, role), "check_fits", lambda _: None)(self)
             except ValueError as error:
                 problems.append(str(error))
         if self.text.img_feature_dim != self.img_feature_dim:
@@ -226,10 +224,9 @@ class AVLFormer(nn.Module):
 
     # ------------------------------------------------------------------------------------------- training
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Training losses for a collated batch (docs/architecture.md): loss, lm_loss, mlm_loss, sparsity_loss,
-        mlm_accuracy. LM targets are ``target_ids`` shifted left; MLM targets are ``target_ids`` at
-        ``masked_pos``. A prefix-LM decoder (``is_prefix_lm``) computes its LM loss itself; MLM and sparsity are
-        then zero."""
+        """Training losses for a collated batch (docs/architecture.md, "Batch contract"): loss, lm_loss, mlm_loss,
+        sparsity_loss, mlm_accuracy. A prefix-LM decoder (``is_prefix_lm``) computes its LM loss itself (MLM and
+        sparsity then zero)."""
         input_ids, target_ids, masked_pos, text_len = self._checked_text(batch)
         av_tokens = self.batch_av_tokens(batch)
         if getattr(self.part("text"), "is_prefix_lm", False):

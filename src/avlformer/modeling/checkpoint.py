@@ -1,14 +1,9 @@
-"""Model checkpoints: our folder format, upstream checkpoint folders and the released ``model.bin``.
+"""Model checkpoints: our folder format, upstream checkpoint folders and the released ``model.bin``
+(docs/architecture.md, "Checkpoint contract").
 
-Our format is a folder with ``model.safetensors``, ``config.json`` (``AVLFormerConfig.to_dict()``),
-``preprocessor_config.json`` (the recipe) and ``vocab.txt``, replaced atomically. Upstream files are read with
-``torch.load(weights_only=True)``. The model is built on the meta device and takes the file's tensors by
-assignment (modeling/meta_device.py), after the config is checked against the weights' names and shapes (for our
-folders, the safetensors header), so a crafted ``config.json`` is refused before anything is built.
-
-Loading is all-or-nothing: missing, unexpected or misshaped keys raise an error listing them. Upstream keys we do
-not use (``cls_img_feat.*``, ``bert.pooler.*``, PaSST's ``head.0.*``, the Swin ``relative_position_index``
-buffers, recomputed and checked) are dropped by name and reported.
+The model is built on the meta device and takes the file's tensors by assignment (modeling/meta_device.py) after
+the config is checked against the weights' names and shapes, so a crafted ``config.json`` is refused before
+anything is built. Loading is all-or-nothing; upstream keys we do not use are dropped by name and reported.
 """
 
 from __future__ import annotations
@@ -49,17 +44,15 @@ UPSTREAM_UNUSED_PREFIXES = ("trans_encoder.cls_img_feat.", "trans_encoder.bert.p
 
 # ------------------------------------------------------------------------------------------------ saving
 def save_checkpoint(folder: str | os.PathLike, model: AVLFormer, config: AVLFormerConfig,
-                    recipe: PreprocessRecipe, extra_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
-    """Write (atomically replace) ``folder``; ``extra_files``: name -> source path, copied in (a ``vocab.txt``
-    there replaces the default vocabulary)."""
+                    recipe: PreprocessRecipe) -> Path:
+    """Write (atomically replace) ``folder``."""
     with atomic_folder(folder) as staging:
-        write_checkpoint_files(staging, model.state_dict(), config, recipe, extra_files)
+        write_checkpoint_files(staging, model.state_dict(), config, recipe)
     return Path(folder)
 
 
 def write_checkpoint_files(folder: Path, state_dict: Mapping[str, torch.Tensor], config: AVLFormerConfig,
-                           recipe: PreprocessRecipe, extra_files: Mapping[str, str | os.PathLike] | None = None,
-                           vocab_dir: str | os.PathLike | None = None) -> None:
+                           recipe: PreprocessRecipe, vocab_dir: str | os.PathLike | None = None) -> None:
     """The files of a checkpoint, into an existing staging folder. ``vocab_dir``: the model's vocabulary
     (default: a causal LM decoder's own tokenizer folder, else the shipped one)."""
     weights, stored = {}, set()
@@ -80,10 +73,6 @@ def write_checkpoint_files(folder: Path, state_dict: Mapping[str, torch.Tensor],
         from avlformer.data.tokenizer import load_tokenizer
 
         load_tokenizer(str(vocab_folder)).save(folder)
-    for name, source in (extra_files or {}).items():
-        if Path(name).name != name:
-            raise ValueError(f"extra file name {name!r} must be a plain file name")
-        shutil.copyfile(source, folder / name)
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -1,14 +1,5 @@
-"""Attention with an additive bias for fp32 training on the CPU, computed block by block in cache.
-
-PyTorch's fused CPU kernels take neither dropout nor a bias that needs a gradient (the learned AV mask, Swin's
-relative position bias), so SDPA falls back to a math path that writes every (query x key) score tensor to memory
-several times. Here a block of at most ``BLOCK_SCORES`` scores is biased, soft-maxed and dropped in cache; only
-the probabilities and a one-byte dropout mask reach memory, for backward (benchmarks/RESULTS.md,
-attention_kernel: the paper training step's peak memory against SDPA).
-
-Dropout draws come from numpy's PCG64 seeded by one draw of torch's generator per call (cheaper than torch's CPU
-``bernoulli_``; ``torch.manual_seed`` still reproduces a run): they differ from ``F.dropout``'s, the kept
-fraction is ``1 - p`` to within 2^-32 and kept values are scaled by ``1 / (1 - p)``.
+"""Attention with an additive bias for fp32 training on the CPU, computed block by block in cache, where SDPA
+would take its math path (docs/training.md, "Attention with a learned or trainable bias" and "Dropout draws").
 """
 
 from __future__ import annotations
@@ -82,11 +73,9 @@ class _Blocks:
         else:
             self.head_step, self.row_step = 1, max(1, BLOCK_SCORES // num_keys)
         self.lead_dims = len(self.outer) + 1
+        # Scratch buffers of this many elements hold any one block's scores, reused by every block (fresh
+        # temporaries would fault in pages).
         self.largest = min(self.head_step, self.heads) * min(self.row_step, self.rows) * num_keys
-
-    def scratch(self, like: torch.Tensor) -> torch.Tensor:
-        """A buffer for any one block's scores, reused by every block (fresh temporaries would fault in pages)."""
-        return like.new_empty(self.largest)
 
     def __iter__(self):
         for outer in itertools.product(*(range(n) for n in self.outer)):
@@ -111,12 +100,6 @@ def _view(scratch: torch.Tensor, shape) -> torch.Tensor:
     return scratch[:shape.numel()].view(shape)
 
 
-def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Sum a block's score gradient over the dims ``like`` broadcasts (size 1)."""
-    dims = tuple(i for i, size in enumerate(like.shape) if size == 1 and grad.shape[i] != 1)
-    return grad.sum(dims, keepdim=True) if dims else grad
-
-
 class _BiasedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, bias, dropout_p):
@@ -128,8 +111,8 @@ class _BiasedAttention(torch.autograd.Function):
         out = query.new_empty((*query.shape[:-1], value.shape[-1]))
         keep = None if dropout_p == 0.0 else torch.empty(probs.shape, dtype=torch.bool)
         draws = None if keep is None else KeepDraws(dropout_p)
-        scores_scratch = blocks.scratch(probs)
-        dropped_scratch = None if keep is None else blocks.scratch(probs)
+        scores_scratch = probs.new_empty(blocks.largest)
+        dropped_scratch = None if keep is None else probs.new_empty(blocks.largest)
         padded_bias = blocks.padded(bias)
         for outer, heads, rows in blocks:
             block_probs = probs[outer][heads, rows]
@@ -148,7 +131,7 @@ class _BiasedAttention(torch.autograd.Function):
         if keep is not None:
             out.mul_(kept_scale)  # F.dropout's factor on the kept probabilities, applied to the (smaller) output
         ctx.save_for_backward(scaled_query, key, value, probs, keep)
-        ctx.dropout_p, ctx.scale, ctx.kept_scale = dropout_p, scale, kept_scale
+        ctx.scale, ctx.kept_scale = scale, kept_scale
         ctx.bias_shape = None if bias is None else bias.shape
         return out
 
@@ -165,7 +148,7 @@ class _BiasedAttention(torch.autograd.Function):
         grad_value = torch.zeros_like(value) if needs_value else None
         grad_bias = scaled_query.new_zeros(ctx.bias_shape) if needs_bias else None
         padded_grad_bias = blocks.padded(grad_bias)
-        grad_scratch, product_scratch = blocks.scratch(probs), blocks.scratch(probs)
+        grad_scratch, product_scratch = probs.new_empty(blocks.largest), probs.new_empty(blocks.largest)
         for outer, heads, rows in blocks:
             block_probs, block_grad_out = probs[outer][heads, rows], grad_out[outer][heads, rows]
             block_keep = None if keep is None else keep[outer][heads, rows]
@@ -186,8 +169,9 @@ class _BiasedAttention(torch.autograd.Function):
             if needs_key:
                 grad_key[outer][heads].baddbmm_(grad_scores.transpose(-1, -2), scaled_query[outer][heads, rows])
             if needs_bias:
-                target = blocks.operand(padded_grad_bias, outer, heads, rows)
-                target.add_(_sum_to(grad_scores, target))
+                target = blocks.operand(padded_grad_bias, outer, heads, rows)  # summed over the dims it broadcasts
+                dims = tuple(i for i, size in enumerate(target.shape) if size == 1 and grad_scores.shape[i] != 1)
+                target.add_(grad_scores.sum(dims, keepdim=True) if dims else grad_scores)
         if needs_query:
             grad_query.mul_(ctx.scale)
         return grad_query, grad_key, grad_value, grad_bias, None

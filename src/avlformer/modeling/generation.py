@@ -1,19 +1,13 @@
-"""Caption decoding with upstream's ``[MASK]``-append semantics (docs/upstream.md §3.7): greedy and beam search.
-
-Each step the model sees ``[CLS] t1 … t_{c-1} [MASK]`` plus the AV tokens; the logits at ``[MASK]`` choose token
-c. Both steppers run the decoder's own forward and give identical ids:
-
-* :class:`ReforwardStepper` re-runs the whole sequence every step, as upstream did: the reference.
-* :class:`CachedStepper` passes a :class:`~avlformer.modeling.kv_cache.KVCache` (AV keys/values once per video,
-  shared by its beams) and feeds two tokens a step: the real token at c-1, whose keys/values are kept, and a
-  fresh ``[MASK]`` at c, whose slot the next step overwrites.
+"""Caption decoding with upstream's ``[MASK]``-append semantics (docs/architecture.md, "Generation contract"):
+greedy and beam search over a stepper. :class:`ReforwardStepper` re-runs the whole sequence every step (the
+reference); :class:`CachedStepper` feeds the real token at c-1 (kept in the KVCache) and a fresh ``[MASK]`` at c
+(overwritten next step).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -68,8 +62,7 @@ class CachedStepper:
                  max_length: int, expand: int = 1):
         self.model = model
         self.cache = KVCache(rows_per_video=expand, capacity=max_length)
-        self.cache.prefill(model, av_tokens, None if av_mask is None else mask_to_bias(av_mask.unsqueeze(0),
-                                                                                      av_tokens.dtype))
+        self.cache.prefill(model, av_tokens, av_mask)
         # Among the two new tokens only the real one must not see the [MASK] after it (upstream's -10000 bias).
         self.new_bias = torch.triu(av_tokens.new_full((2, 2), MASK_BIAS), diagonal=1)
         self.positions = torch.arange(max_length, device=av_tokens.device).unsqueeze(0)
@@ -86,14 +79,6 @@ class CachedStepper:
         self.cache.reorder(beam_idx)
 
 
-def check_max_length(model: TextTransformer, max_length: int) -> None:
-    if max_length < 2:
-        raise ValueError(f"max_length must be >= 2 ([CLS] + one token), got {max_length}")
-    if max_length > model.config.max_position_embeddings:
-        raise ValueError(f"max_length {max_length} exceeds the text position table "
-                         f"({model.config.max_position_embeddings})")
-
-
 @contextlib.contextmanager
 def decoding(model: torch.nn.Module):
     """Eval mode and no autograd; the caller's mode is restored after."""
@@ -106,26 +91,22 @@ def decoding(model: torch.nn.Module):
         model.train(was_training)
 
 
-def make_stepper(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,
-                 max_length: int, expand: int, use_cache: bool):
-    if use_cache:
-        return CachedStepper(model, av_tokens, av_mask, max_length, expand)
-    return ReforwardStepper(model, av_tokens, av_mask, expand)
-
-
 def decoder_stepper(model: torch.nn.Module, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,
                     max_length: int, expand: int, use_cache: bool) -> tuple[object, SpecialIds]:
     """The stepper and special ids every decoding loop (greedy, beam, sampling) drives, after checking
-    ``max_length``: the decoder's own when it has them (``make_stepper``, ``check_max_length``, ``special_ids``:
-    a causal LM), else the BERT decoder's ``[MASK]``-append ones above."""
-    own_stepper = getattr(model, "make_stepper", None)
-    if own_stepper is not None:
-        model.check_max_length(max_length)
-    else:
-        check_max_length(model, max_length)
-        own_stepper = partial(make_stepper, model)
-    stepper = own_stepper(av_tokens, av_mask, max_length=max_length, expand=expand, use_cache=use_cache)
-    return stepper, getattr(model, "special_ids", BERT_IDS)
+    ``max_length``: the decoder's own when it has them (``make_stepper``, ``special_ids``: a causal LM), else the
+    BERT decoder's ``[MASK]``-append ones above."""
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2 (the start token + one token), got {max_length}")
+    if hasattr(model, "make_stepper"):
+        return (model.make_stepper(av_tokens, av_mask, max_length=max_length, expand=expand, use_cache=use_cache),
+                model.special_ids)
+    if max_length > model.config.max_position_embeddings:
+        raise ValueError(f"max_length {max_length} exceeds the text position table "
+                         f"({model.config.max_position_embeddings})")
+    if use_cache:
+        return CachedStepper(model, av_tokens, av_mask, max_length, expand), BERT_IDS
+    return ReforwardStepper(model, av_tokens, av_mask, expand), BERT_IDS
 
 
 def _score_dtype(logits: torch.Tensor) -> torch.Tensor:
@@ -173,33 +154,24 @@ def greedy_search(stepper, batch: int, max_length: int, device, ids: SpecialIds 
 
 
 class BeamHypotheses:
-    """Finished hypotheses of one video, scored ``sum_logprob / len(hyp) ** length_penalty`` (hyp holds [CLS],
-    not [SEP]); no early stopping, as upstream."""
+    """The best finished hypothesis of one video (upstream's with ``num_keep_best`` 1), scored ``sum_logprob /
+    len(hyp) ** length_penalty`` (hyp holds [CLS], not [SEP]); no early stopping, as upstream."""
 
-    def __init__(self, num_keep: int, max_length: int, length_penalty: float):
-        self.num_keep, self.length_penalty = num_keep, length_penalty
+    def __init__(self, max_length: int, length_penalty: float):
+        self.length_penalty = length_penalty
         self.max_length = max_length - 1  # upstream ignores the [CLS] here
-        self.hyps: list[tuple[float, torch.Tensor]] = []
-        self.worst_score = 1e9
+        self.kept: tuple[float, torch.Tensor] | None = None
 
     def add(self, hyp: torch.Tensor, sum_logprobs: float) -> None:
         score = sum_logprobs / len(hyp) ** self.length_penalty
-        if len(self.hyps) < self.num_keep or score > self.worst_score:
-            self.hyps.append((score, hyp))
-            if len(self.hyps) > self.num_keep:
-                ranked = sorted((s, i) for i, (s, _) in enumerate(self.hyps))
-                del self.hyps[ranked[0][1]]
-                self.worst_score = ranked[1][0]
-            else:
-                self.worst_score = min(score, self.worst_score)
+        if self.kept is None or score > self.kept[0]:
+            self.kept = (score, hyp)
 
     def is_done(self, best_sum_logprobs: float) -> bool:
-        if len(self.hyps) < self.num_keep:
-            return False
-        return self.worst_score >= best_sum_logprobs / self.max_length ** self.length_penalty
+        return self.kept is not None and self.kept[0] >= best_sum_logprobs / self.max_length ** self.length_penalty
 
     def best(self) -> tuple[float, torch.Tensor]:
-        return max(self.hyps, key=lambda item: item[0])
+        return self.kept
 
 
 CANDIDATES_PER_BEAM = 2  # upstream TOPN_PER_BEAM: spare candidates so a beam survives when one ends in [SEP]
@@ -210,7 +182,7 @@ def beam_search(stepper, batch: int, num_beams: int, max_length: int, length_pen
                 device, ids: SpecialIds = BERT_IDS) -> GenerationOutput:
     """Upstream ``_generate_beam_search`` (greedy beams, ``num_keep_best`` 1). Confidence = exp(best hyp score)."""
     token_ids = torch.full((batch * num_beams, 1), ids.start, dtype=torch.long, device=device)
-    hypotheses = [BeamHypotheses(1, max_length, length_penalty) for _ in range(batch)]
+    hypotheses = [BeamHypotheses(max_length, length_penalty) for _ in range(batch)]
     beam_scores = torch.zeros(batch, num_beams, dtype=torch.float64, device=device)
     beam_scores[:, 1:] = -1e9  # all beams start identical: only the first may expand at step one
     beam_scores = beam_scores.view(-1)
@@ -266,8 +238,8 @@ def generate(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Ten
              max_length: int = 115, num_beams: int = 1, length_penalty: float = 1.0,
              use_cache: bool = True) -> GenerationOutput:
     """Caption ids for AV tokens ``(B, V, img_feature_dim)``; ``av_mask`` is the ``(V, V)`` AV→AV mask or None.
-    ``max_length`` counts [CLS] like upstream's ``max_gen_length``. A decoder with its own ``make_stepper``,
-    ``check_max_length`` and ``special_ids`` (a causal LM) is driven by the same search loops."""
+    ``max_length`` counts [CLS] like upstream's ``max_gen_length``; any decoder goes through
+    :func:`decoder_stepper`."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     with decoding(model):

@@ -1,11 +1,6 @@
 """Audio models from ``transformers`` as the ``hf_audio`` part (docs/models.md): AST, Whisper's encoder, CLAP's
-audio tower, wav2vec2 and HuBERT.
-
-Each takes what its own feature extractor (the folder's ``preprocessor_config.json``: sample rate, mel settings,
-normalisation) makes of the prepared clip, resampled from the data's rate (32 kHz) to the extractor's: log-mel
-features (AST, Whisper, CLAP, with CLAP's ``is_longer`` flags) or the normalised waveform itself (wav2vec2,
-HuBERT at 16 kHz). The extractor's settings are stored in the part's config, so a checkpoint reloads without the
-folder. A model whose output is a feature map (CLAP's, ``(B, C, F, T)``) gives its F·T cells as tokens.
+audio tower, wav2vec2 and HuBERT, each fed by its own feature extractor (docs/models.md, Preprocessing), whose
+settings are stored in the part's config. A feature map output (CLAP's ``(B, C, F, T)``) gives F·T tokens.
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
-"""A causal language model from ``transformers`` as the decoder (``text.type`` ``hf_causal_lm``; docs/models.md).
-
-The AV tokens (width ``img_feature_dim``) go through a projector (``linear`` or a 2-layer ``mlp``) into the LM's
-embedding space and form a prefix; then the prompt's tokens, then the caption's. The loss is next-token
-cross-entropy on the caption tokens (and the end-of-text token after them) only. Decoding runs the LM's own
-forward with its own cache (``past_key_values``), driven by the greedy and beam search of
-:mod:`avlformer.modeling.generation`.
-
-Training modes: ``full`` (every LM weight trains), ``frozen`` (only the projector trains) or ``lora`` (low-rank
-adapters through ``peft`` on ``lora_target_modules``; the base weights stay frozen). A LoRA part records the
-SHA-256 of the base weights it was built on; :meth:`HFCausalLMDecoder.load_adapter` refuses an adapter saved
-on other base weights.
-
-The architecture is rebuilt from the ``config.json`` stored in the part's config, so a checkpoint (which holds
-every weight) reloads without the original folder; the folder gives the pretrained weights and the tokenizer.
+"""A causal language model from ``transformers`` as the decoder (``text.type`` ``hf_causal_lm``; docs/models.md,
+"The causal-LM decoder"): projected AV tokens, then the prompt, form the prefix of the caption; training modes
+``full``, ``frozen`` and ``lora``; decoding through the LM's own forward and cache.
 """
 
 from __future__ import annotations
@@ -28,8 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from avlformer.config_fields import JsonDataclass
+from avlformer.modeling.generation import SpecialIds
 from avlformer.modeling.hf_folder import (check_model_folder, config_object, cpu_build, read_folder_state,
                                           read_model_config, set_hf_checkpointing, weights_sha256)
+from avlformer.modeling.sampling import drawn_token_scores
 
 TRAINING_MODES = ("full", "frozen", "lora")
 PROJECTORS = ("linear", "mlp")
@@ -74,7 +64,9 @@ class HFCausalLMConfig(JsonDataclass):
         not (they are hashed for a LoRA part)."""
         folder = check_model_folder(path, "causal LM")
         hf_config = read_model_config(folder, "causal LM")
-        if hf_config.get("is_encoder_decoder") or _architecture_kind(hf_config) not in ("causal", None):
+        names = hf_config.get("architectures") or []  # none named: let AutoModelForCausalLM decide
+        causal = not names or any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in names)
+        if hf_config.get("is_encoder_decoder") or not causal:
             raise ValueError(f"{folder}: {hf_config.get('architectures') or hf_config['model_type']} is not a "
                              f"causal language model (AutoModelForCausalLM)")
         tokenizer = load_lm_tokenizer(folder, values.get("trust_remote_code", False))
@@ -108,14 +100,6 @@ class HFCausalLMConfig(JsonDataclass):
     def describe(self) -> str:
         name = Path(self.path).name or self.hf_config["model_type"]
         return f"{name} causal LM ({self.training})"
-
-
-
-def _architecture_kind(hf_config: dict) -> str | None:
-    names = hf_config.get("architectures") or []
-    if not names:
-        return None
-    return "causal" if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in names) else "other"
 
 
 def load_lm_tokenizer(folder: str | Path, trust_remote_code: bool = False):
@@ -196,25 +180,17 @@ class HFCausalLMDecoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------- decoding
     @property
-    def special_ids(self):
-        from avlformer.modeling.generation import SpecialIds
-
+    def special_ids(self) -> SpecialIds:
         eos = self.config.eos_token_id
         return SpecialIds(start=eos, end=eos, pad=eos)
 
     def make_stepper(self, av_tokens: torch.Tensor, av_mask, *, max_length: int, expand: int, use_cache: bool):
         return PrefixLMStepper(self, av_tokens, expand, use_cache)
 
-    def check_max_length(self, max_length: int) -> None:
-        if max_length < 2:
-            raise ValueError(f"max_length must be >= 2 (start + one token), got {max_length}")
-
     def caption_logprobs(self, av_tokens: torch.Tensor, av_mask, samples, num_samples: int):
         """Self-critical training's scores (modeling/sampling.py): log p of each sampled caption's drawn tokens,
         with gradients, from one forward of the LM (its own modules, so LoRA adapters take the gradient) over
         ``[prefix ; t0 … t_{T-2}]``; rows video-major (row = b·K + k), the prefix computed once per video."""
-        from avlformer.modeling.sampling import drawn_token_scores
-
         token_ids = samples.token_ids
         steps = token_ids.shape[1]
         prefix = self.prefix(av_tokens).repeat_interleave(num_samples, dim=0)
@@ -226,7 +202,9 @@ class HFCausalLMDecoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------- LoRA
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        return {name: tensor for name, tensor in self.lm.state_dict().items() if "lora_" in name}
+        """What an adapter file holds, by this module's names: the LoRA adapters and the projector."""
+        return {name: tensor for name, tensor in self.state_dict().items()
+                if "lora_" in name or name.startswith("projector.")}
 
     def save_adapter(self, folder: str | Path) -> Path:
         """``adapter_model.safetensors`` (the adapters and the projector) naming the base weights by hash."""
@@ -237,10 +215,9 @@ class HFCausalLMDecoder(nn.Module):
         if self.config.training != "lora":
             raise ValueError("save_adapter: this decoder has no LoRA adapters (training is "
                              f"{self.config.training!r})")
-        state = {f"lm.{k}": v for k, v in self.adapter_state().items()}
-        state.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
         with atomic_folder(folder) as staging:
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(staging / ADAPTER_WEIGHTS),
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.adapter_state().items()},
+                      str(staging / ADAPTER_WEIGHTS),
                       metadata={"base_weights_sha256": self.config.weights_sha256, "base_model": self.config.path,
                                 "part_config": json.dumps(self.config.to_dict())})
         return Path(folder)
@@ -259,8 +236,8 @@ class HFCausalLMDecoder(nn.Module):
             raise ValueError(f"{path}: the adapter was trained on base weights {saved_hash[:12] or '(unknown)'}, "
                              f"this model's base is {self.config.weights_sha256[:12] or '(unknown)'}; load it onto "
                              f"the base it names")
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        expected = {f"lm.{k}" for k in self.adapter_state()} | {f"projector.{k}" for k in self.projector.state_dict()}
+        unexpected = self.load_state_dict(state, strict=False).unexpected_keys
+        expected = set(self.adapter_state())
         if unexpected or expected - set(state):
             raise ValueError(f"{path}: adapter does not fit this model (missing {sorted(expected - set(state))[:3]}, "
                              f"unexpected {unexpected[:3]})")

@@ -1,16 +1,8 @@
-"""Encoders from ``transformers`` as parts (docs/models.md): ``hf_video`` (a video model: VideoMAE, TimeSformer,
-ViViT) and ``hf_frames`` (an image model's vision tower applied to each frame: CLIP, SigLIP, DINOv2, ViT, X-CLIP's
-vision tower, or a timm model); the shared base of these and ``hf_audio`` (modeling/hf_audio.py).
+"""Encoders from ``transformers`` as parts (docs/models.md): ``hf_video`` (a video model) and ``hf_frames`` (an
+image model's vision tower applied to each frame, then pooled); the shared base of these and ``hf_audio``.
 
-Each part's preprocessing is its folder's: the pixel scaling and mean/std of its ``preprocessor_config.json``
-(a timm folder's ``pretrained_cfg``); frames arrive normalised with ImageNet's (``data/transforms.py``) and are
-re-normalised as the model's processor would have made them. This is stored in the part's config, hence in every
-checkpoint's ``config.json``, so ``infer``/``caption``/``serve`` give the model what it was trained on without the
-original folder.
-
-``hf_frames`` reduces time in a stated way: each frame's patch tokens (class token dropped) are average-pooled to
-``pool`` x ``pool`` tokens, then each group of ``group`` consecutive frames is averaged: ``num_frames / group ·
-pool²`` tokens.
+Frames arrive normalised with ImageNet's (``data/transforms.py``) and are re-normalised as the folder's processor
+would have made them (docs/models.md, Preprocessing); those settings live in the part's config.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""Local Hugging Face model folders as parts (docs/models.md): the checks made before any weight is read, the
-architecture rebuilt from a stored ``config.json`` (so a checkpoint reloads without the folder), the weights read
-from safetensors only, and a hash naming exactly which weights a LoRA adapter was trained on. A Hub id (``org/name``,
-not an existing path) becomes the folder of its snapshot in the Hugging Face cache: downloaded (configs, tokenizer
-files and safetensors only) when the machine is online, taken from the cache when ``HF_HUB_OFFLINE`` is set.
-
-Code in a model folder never runs unless ``trust_remote_code`` is set, and pickled weights are never read: a
-folder holding only ``pytorch_model.bin`` is refused with the command that converts it.
+"""Local Hugging Face model folders (or Hub ids, as their cached snapshot) as parts (docs/models.md): the checks
+made before any weight is read, the architecture rebuilt from a stored ``config.json``, weights from safetensors
+only, and the hash naming the weights a LoRA adapter was trained on. Folder code runs only with
+``trust_remote_code``.
 """
 
 from __future__ import annotations
@@ -52,16 +48,16 @@ def resolve_model_source(source: str, what: str, trust_remote_code: bool = False
                                 f"({str(error).splitlines()[0]})") from None
 
 
-def check_model_folder(path: str, what: str, *, need_weights: bool = True) -> Path:
-    """The folder of a Hugging Face model, after checking it holds a ``config.json`` and (``need_weights``)
-    safetensors weights; one-line errors name the folder and what is wrong."""
+def check_model_folder(path: str, what: str) -> Path:
+    """The folder of a Hugging Face model, after checking it holds a ``config.json`` and safetensors weights;
+    one-line errors name the folder and what is wrong."""
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: {what} folder not found (download it once, e.g. "
                                 f"`hf download <repo> --local-dir {folder}`)")
     if not (folder / HF_CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{folder}: no {HF_CONFIG_NAME}; not a Hugging Face model folder ({what})")
-    if need_weights and not safetensors_files(folder):
+    if not safetensors_files(folder):
         pickled = [name for name in PICKLED_NAMES if (folder / name).is_file()]
         if pickled:
             raise ValueError(f"{folder}: only pickled weights ({pickled[0]}); this framework reads safetensors "

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from avlformer.modeling.attention_mask import MASK_BIAS
+from avlformer.modeling.attention_mask import MASK_BIAS, mask_to_bias
 
 
 def group_by_video(x: torch.Tensor, per_video: int) -> torch.Tensor:
@@ -53,9 +53,11 @@ class KVCache:
         self.num_av = 0
         self._bias_key, self._bias = None, None
 
-    def prefill(self, model, av_tokens: torch.Tensor, av_bias: torch.Tensor | None) -> None:
-        """Run the AV tokens ``(videos, V, D)`` through the model's forward, keeping each layer's keys/values."""
+    def prefill(self, model, av_tokens: torch.Tensor, av_mask: torch.Tensor | None) -> None:
+        """Run the AV tokens ``(videos, V, D)`` through the model's forward under the ``(V, V)`` AV→AV mask (None:
+        attend to all), keeping each layer's keys/values."""
         self.keys, self.values, self.lengths = [], [], []
+        av_bias = None if av_mask is None else mask_to_bias(av_mask.unsqueeze(0), av_tokens.dtype)
         model(None, av_tokens, av_bias, output_rows=0, cache=_AVPrefill(self))
 
     def crop(self, length: int) -> None:

@@ -1,8 +1,7 @@
 """A part named on the command line (``--video-encoder``, ``--audio-encoder``, ``--decoder``): a registered type
-name, or ``hf:PATH`` for a Hugging Face model folder (``hf:org/name``, a Hub id, stands for its snapshot:
-hf_folder.resolve_model_source), whose kind (video model, image model, audio model, causal LM) is read from its
-``config.json`` (docs/models.md). Everything is checked from the folder's config and processor files: a missing
-folder, a model of the wrong kind or pickled-only weights is a one-line error before any weight is read."""
+name, or ``hf:PATH`` for a Hugging Face model folder whose kind is read from its ``config.json`` (docs/models.md);
+a bad folder is a one-line error before any weight is read.
+"""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""PaSST audio encoder: mel front-end, PaSST-S transformer with structured patchout, projection.
-
-Parameter names follow the official PaSST-S checkpoint (docs/upstream.md §3.3). Patchout keeps
-``grid_t - s_patchout_t`` time columns and ``grid_f - s_patchout_f`` frequency rows: a sorted random subset per
-batch in training; in evaluation the centre of each of k equal bins, so the token count (and the learned mask's
-meaning) stays that of training. ``patchout=False`` keeps every patch. Token order: distillation token, then the
-kept patches frequency-major (``f * kept_t + t``).
+"""PaSST audio encoder: mel front-end, PaSST-S transformer with structured patchout, projection; parameter
+names, patchout (random in training, evenly spaced in evaluation) and token order as docs/upstream.md §3.3 states.
+``patchout=False`` keeps every patch.
 """
 
 from __future__ import annotations
@@ -61,7 +57,27 @@ class PasstConfig(JsonDataclass):
     use_checkpoint: bool = False
 
     def __post_init__(self) -> None:
-        self._validate()
+        problems = []
+        if self.embed_dim % self.num_heads:
+            problems.append(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.win_length > self.n_fft:
+            problems.append(f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
+        if self.fmin < 0 or self.fmax + self.fmax_aug_range // 2 > self.sample_rate / 2:
+            problems.append(f"mel band [{self.fmin}, {self.fmax}] (+{self.fmax_aug_range // 2} augmentation) "
+                            f"must lie within [0, {self.sample_rate / 2}] Hz")
+        if min(self.n_mels, self.input_tdim, self.num_mel_frames) < self.patch_size:
+            problems.append(f"spectrogram smaller than one {self.patch_size}x{self.patch_size} patch")
+        else:
+            clip_t = _conv_out(self.num_mel_frames, self.patch_size, self.tstride)
+            if clip_t != self.grid[1]:
+                problems.append(f"a {self.clip_seconds} s clip gives {self.num_mel_frames} mel frames = {clip_t} "
+                                f"time patches, but input_tdim {self.input_tdim} gives {self.grid[1]}")
+            grid_f, grid_t = self.grid
+            if not (0 <= self.s_patchout_f < grid_f and 0 <= self.s_patchout_t < grid_t):
+                problems.append(f"patchout ({self.s_patchout_f}, {self.s_patchout_t}) must leave at least one "
+                                f"row and column of the {grid_f}x{grid_t} grid")
+        if problems:
+            raise ValueError("invalid PasstConfig: " + "; ".join(problems))
 
     @classmethod
     def paper(cls) -> "PasstConfig":
@@ -117,29 +133,6 @@ class PasstConfig(JsonDataclass):
                                                                 reference.num_heads):
                 return name
         return f"PaSST ({self.embed_dim}-dim, {self.depth} blocks)"
-
-    def _validate(self) -> None:
-        problems = []
-        if self.embed_dim % self.num_heads:
-            problems.append(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.win_length > self.n_fft:
-            problems.append(f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
-        if self.fmin < 0 or self.fmax + self.fmax_aug_range // 2 > self.sample_rate / 2:
-            problems.append(f"mel band [{self.fmin}, {self.fmax}] (+{self.fmax_aug_range // 2} augmentation) "
-                            f"must lie within [0, {self.sample_rate / 2}] Hz")
-        if min(self.n_mels, self.input_tdim, self.num_mel_frames) < self.patch_size:
-            problems.append(f"spectrogram smaller than one {self.patch_size}x{self.patch_size} patch")
-        else:
-            clip_t = _conv_out(self.num_mel_frames, self.patch_size, self.tstride)
-            if clip_t != self.grid[1]:
-                problems.append(f"a {self.clip_seconds} s clip gives {self.num_mel_frames} mel frames = {clip_t} "
-                                f"time patches, but input_tdim {self.input_tdim} gives {self.grid[1]}")
-            grid_f, grid_t = self.grid
-            if not (0 <= self.s_patchout_f < grid_f and 0 <= self.s_patchout_t < grid_t):
-                problems.append(f"patchout ({self.s_patchout_f}, {self.s_patchout_t}) must leave at least one "
-                                f"row and column of the {grid_f}x{grid_t} grid")
-        if problems:
-            raise ValueError("invalid PasstConfig: " + "; ".join(problems))
 
 
 def _conv_out(size: int, kernel: int, stride: int) -> int:

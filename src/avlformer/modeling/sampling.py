@@ -1,13 +1,8 @@
 """Sampled captions for self-critical training (training/scst.py), and their log-probabilities with gradients.
 
-Sampling drives the steppers of ``modeling/generation.py`` (``[MASK]``-append semantics); each step picks a token
-by inverse CDF from one uniform number per row, so both steppers fed the same numbers give the same ids.
-
-:func:`caption_logprobs` scores every drawn token in one decoder forward: ``[CLS] t1 … t_{T-1}`` (causal) then T
-``[MASK]`` tokens, the c-th seeing tokens 0..c-1 and itself, what the model saw when it drew token c. The AV part
-is a KVCache prefilled once per video, so a video's K captions share one AV computation and its gradient.
-A decoder with its own stepper and ``caption_logprobs`` (a causal LM, modeling/hf_causal_lm.py) is
-sampled and scored through those, by the same loop and per-row sums (:func:`drawn_token_scores`).
+Each step draws by inverse CDF from one uniform number per row, so both steppers fed the same numbers give the same
+ids. :func:`caption_logprobs` scores every drawn token in one decoder forward: ``[CLS] t1 … t_{T-1}`` (causal)
+then T ``[MASK]`` tokens, the c-th seeing tokens 0..c-1 and itself, with the AV part prefilled once per video.
 """
 
 from __future__ import annotations
@@ -137,10 +132,10 @@ def caption_logprobs(model: TextTransformer, av_tokens: torch.Tensor, av_mask: t
         return model.caption_logprobs(av_tokens, av_mask, samples, num_samples)
     text, positions = scoring_text(token_ids)
     cache = KVCache(rows_per_video=num_samples)
-    cache.prefill(model, av_tokens, None if av_mask is None else mask_to_bias(av_mask.unsqueeze(0), av_tokens.dtype))
+    cache.prefill(model, av_tokens, av_mask)
     hidden = model(text, attention_bias=scoring_bias(steps, token_ids.device, av_tokens.dtype),
                    position_ids=positions, cache=cache)
-    return scores_at_masks(model, hidden[:, steps:], samples)
+    return drawn_token_scores(model.logits(hidden[:, steps:][samples.drawn]), samples)
 
 
 def scoring_text(token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,11 +145,6 @@ def scoring_text(token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     text = torch.cat([real, torch.full_like(real, MASK_ID)], dim=1)
     positions = torch.cat([torch.arange(steps), torch.arange(1, steps + 1)]).to(token_ids.device).unsqueeze(0)
     return text, positions
-
-
-def scores_at_masks(model: TextTransformer, mask_hidden: torch.Tensor, samples: SampleOutput) -> CaptionScores:
-    """Per-row log p of the drawn tokens (and the mean entropy) from the hidden states at the T ``[MASK]`` rows."""
-    return drawn_token_scores(model.logits(mask_hidden[samples.drawn]), samples)
 
 
 def drawn_token_scores(logits: torch.Tensor, samples: SampleOutput) -> CaptionScores:

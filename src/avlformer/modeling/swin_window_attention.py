@@ -30,14 +30,9 @@ def relative_position_index(window_size: Sequence[int]) -> Tensor:
 
 
 class WindowAttention3d(ShiftedWindowAttention3d):
-    """torchvision's shifted-window attention, same math (``super().forward`` is the reference tests compare with).
-
-    * ``relative_position_index`` is a non-persistent buffer, recomputed: our state dict holds learned tensors only.
-    * ``forward`` computes the attention with the model's kernel (modeling/attention.py).
-    * A shifted block gathers its windows from the unshifted tokens with one precomputed index
-      (:class:`ShiftedWindows`), grouped by shift-mask pattern (at most eight), so attention runs once per
-      pattern with one shared mask instead of with a mask per window.
-    """
+    """torchvision's shifted-window attention, same math (``super().forward`` is the reference tests compare with),
+    with the model's kernel and a recomputed (non-persistent) ``relative_position_index``; shifted blocks use
+    :class:`ShiftedWindows` (docs/training.md, "Swin's shifted windows")."""
 
     def __init__(self, *args, attn_implementation: str = "sdpa", **kwargs):
         super().__init__(*args, **kwargs)

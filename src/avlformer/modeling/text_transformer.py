@@ -1,9 +1,8 @@
-"""The multimodal text transformer: a BERT-base encoder (HF parameter names) that also embeds AV tokens.
+"""The multimodal text transformer: a BERT-base encoder that also embeds AV tokens (docs/upstream.md §3.4).
 
 Parameter names follow Hugging Face BERT v1 (``bert.*``, ``cls.predictions.*``) so a plain BERT checkpoint and
-upstream's ``model.bin`` (under ``trans_encoder.``) load by name. Post-LN, erf GELU, an additive float attention
-bias (upstream's ``-10000·(1-mask)``, so soft mask values count). AV tokens get ``img_embedding`` + dropout only
-(docs/upstream.md §3.4). Decoding runs this same forward with a :mod:`~avlformer.modeling.kv_cache` cache.
+upstream's ``model.bin`` (under ``trans_encoder.``) load by name. Decoding runs this same forward with a
+:mod:`~avlformer.modeling.kv_cache` cache.
 """
 
 from __future__ import annotations
@@ -224,7 +223,8 @@ class BertEmbeddings(nn.Module):
 
 
 class BertImgModel(nn.Module):
-    """BERT plus ``img_embedding`` for AV tokens. No pooler: upstream computes one but never uses it."""
+    """BERT plus ``img_embedding`` for AV tokens (run by TextTransformer.forward). No pooler: upstream computes
+    one but never uses it."""
 
     def __init__(self, cfg: TextTransformerConfig):
         super().__init__()
@@ -232,19 +232,6 @@ class BertImgModel(nn.Module):
         self.encoder = BertEncoder(cfg)
         self.img_embedding = nn.Linear(cfg.img_feature_dim, cfg.hidden_size)
         self.img_dropout = nn.Dropout(cfg.hidden_dropout)
-
-    def forward(self, input_ids=None, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None,
-                output_rows: int | None = None, cache=None):
-        """Hidden states of ``[text ; AV]`` (either part may be absent), or of its first ``output_rows`` rows.
-        ``attention_bias`` is additive, broadcastable to ``(B, heads, N, N)``; with a ``cache`` (KVCache) the rows
-        also attend to the keys/values it holds."""
-        parts = []
-        if input_ids is not None:
-            parts.append(self.embeddings(input_ids, position_ids, token_type_ids))
-        if av_tokens is not None:
-            parts.append(self.img_dropout(self.img_embedding(av_tokens)))
-        hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return self.encoder(hidden, attention_bias, output_rows, cache)
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -308,7 +295,16 @@ class TextTransformer(nn.Module):
 
     def forward(self, input_ids=None, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None,
                 output_rows: int | None = None, cache=None):
-        return self.bert(input_ids, av_tokens, attention_bias, position_ids, token_type_ids, output_rows, cache)
+        """Hidden states of ``[text ; AV]`` (either part may be absent), or of its first ``output_rows`` rows.
+        ``attention_bias`` is additive, broadcastable to ``(B, heads, N, N)``; with a ``cache`` (KVCache) the rows
+        also attend to the keys/values it holds."""
+        bert, parts = self.bert, []
+        if input_ids is not None:
+            parts.append(bert.embeddings(input_ids, position_ids, token_type_ids))
+        if av_tokens is not None:
+            parts.append(bert.img_dropout(bert.img_embedding(av_tokens)))
+        hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return bert.encoder(hidden, attention_bias, output_rows, cache)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.cls(hidden)
@@ -326,15 +322,12 @@ class TextTransformer(nn.Module):
             expected = TextTransformerConfig.from_hf_bert_config(hf_config, self.config.img_feature_dim)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{config_path}: {error}") from None
-        mismatched = {k: (getattr(expected, k), getattr(self.config, k)) for k in
-                      ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                       "max_position_embeddings", "type_vocab_size")
+        mismatched = {k: (getattr(expected, k), getattr(self.config, k)) for k in _HF_REQUIRED
                       if getattr(expected, k) != getattr(self.config, k)}
         if mismatched:
             raise ValueError(f"{folder / 'config.json'}: BERT dimensions differ from this model "
                              f"(name: (folder, model)): {mismatched}")
-        weights = next((folder / name for name in ("model.safetensors", "pytorch_model.bin")
-                        if (folder / name).is_file()), None)
+        weights = next((folder / name for name in HF_BERT_WEIGHTS if (folder / name).is_file()), None)
         if weights is None:
             raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
         ours = hf_bert_to_ours(dict(read_weights_file(weights, "Hugging Face BERT weights")))
@@ -351,6 +344,7 @@ class TextTransformer(nn.Module):
         return sorted(set(own) - set(ours))
 
 
+HF_BERT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # what load_hf_bert reads, in this order
 # Parts of HF BERT checkpoints we have no module for: pooler, NSP head, position-id buffers.
 _HF_IGNORED_PREFIXES = ("bert.pooler.", "cls.seq_relationship.", "bert.embeddings.position_ids",
                         "bert.embeddings.token_type_ids", "cls.predictions.decoder.bias")

@@ -1,10 +1,6 @@
-"""Video Swin Transformer 3-D encoder (docs/upstream.md §3.2), the visual backbone of AVLFormer.
-
-Built from torchvision's Video Swin pieces, the same math as the official code upstream vendors. Any frame count
-and size is accepted: inputs are zero-padded as upstream pads them, so the token grid follows the padded sizes
-(``VideoSwinConfig.token_grid``). State-dict names are upstream's (``backbone.*``), so the released ``model.bin``
-keys ``swin.backbone.*`` load one to one; its ``relative_position_index`` buffers are checked against a
-recomputation and dropped (:func:`checkpoint_filter_fn`), as is the Kinetics ``cls_head.*``.
+"""Video Swin Transformer 3-D encoder (docs/upstream.md §3.2), the visual backbone of AVLFormer, built from
+torchvision's Video Swin pieces with upstream's state-dict names (``backbone.*``). Inputs are zero-padded as
+upstream pads them (``VideoSwinConfig.token_grid``); official checkpoints convert by :func:`checkpoint_filter_fn`.
 """
 
 from __future__ import annotations
@@ -15,6 +11,7 @@ from typing import Any, ClassVar, Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+from timm.layers import Mlp
 from torch.utils.checkpoint import checkpoint
 from torchvision.models.swin_transformer import PatchMerging
 from torchvision.models.video.swin_transformer import PatchEmbed3d
@@ -144,18 +141,6 @@ class VideoSwinConfig(JsonDataclass):
         return data
 
 
-class _Mlp(nn.Module):
-    # torchvision's block names its MLP layers mlp.0 / mlp.3; upstream uses mlp.fc1 / mlp.fc2, which we keep.
-    def __init__(self, dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class _SwinBlock3d(nn.Module):
     """torchvision's SwinTransformerBlock with upstream's MLP names; (B, T, H, W, C) in and out."""
 
@@ -166,7 +151,8 @@ class _SwinBlock3d(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.attn = WindowAttention3d(dim, list(window), shift, heads, attn_implementation=attn_implementation)
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
+        # timm's MLP has upstream's names (mlp.fc1 / mlp.fc2; torchvision's are mlp.0 / mlp.3) and erf GELU.
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = StochasticDepth(drop, "row")
 
     def forward(self, x: Tensor) -> Tensor:

@@ -12,27 +12,27 @@ from pathlib import Path
 from typing import Any, Callable
 
 from avlformer.device import resolve_device
-from avlformer.flags import normalize_flag_spelling, parse_bool, parse_float, parse_int
+from avlformer.flags import normalize_flag_spelling, parse_bool
 from avlformer.json_files import read_json
 from avlformer.modeling.avlformer import AVLFormerConfig
 from avlformer.training.config import PRESETS, SECTIONS, ScstSettings, TrainConfig
 from avlformer.training.features import check_feature_flags
 from avlformer.training.part_flags import choose_parts
 from avlformer.training.flag_table import (ANY, BY_NAME, COMPAT, FLAGS, NO_DEEPSPEED, ArgumentError, Flag,
-                                           config_key, convert, derived_values, flag_option, to_str, upstream_values)
+                                           as_argument_error, config_key, convert, converter_of, derived_values,
+                                           flag_option, upstream_values)
 
 __all__ = ["ArgumentError", "TrainConfig", "add_arguments", "load_config_file", "parse_train_args", "resolve",
            "resolve_args"]
 
 DEFAULTS = {name: TrainConfig(model=preset()) for name, preset in PRESETS.items()}
-_CONVERTERS = {bool: parse_bool, int: parse_int, float: parse_float}
 
 
 def converter_for(flag: Flag) -> Callable:
     """The flag's own type, else its field's: the type of the field's default (the tree's defaults are typed)."""
     if flag.type is not None:
         return flag.type
-    return _CONVERTERS.get(type(DEFAULTS["paper"].get(flag.path)), to_str)
+    return converter_of(DEFAULTS["paper"].get(flag.path))
 
 
 def default_text(flag: Flag) -> str:
@@ -80,10 +80,8 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """The flag values of a ``--config`` file, converted and checked like typed flags. Relative paths in it are
     taken from the file's folder (so the file works from any current directory)."""
     path = Path(path)
-    try:
+    with as_argument_error():
         raw = read_json(path, "--config file")
-    except (FileNotFoundError, ValueError) as err:
-        raise ArgumentError(str(err)) from None
     if not isinstance(raw, dict):
         raise ArgumentError(f"{path}: a --config file must hold one JSON object of flag values")
     values = {}
@@ -124,10 +122,8 @@ def resolve(command_line: dict[str, Any], config_file: dict[str, Any] | None = N
     check_model_flags(given, config.model)
     resolve_batch_sizes(config, world_size)
     check_numbers(upstream_values(config))
-    try:
+    with as_argument_error(ValueError):
         resolve_device(config.run.device, None)
-    except ValueError as err:
-        raise ArgumentError(str(err)) from None
     check_scst(config)
     check_feature_flags(command_line, config.data.features)
     config.run.output_dir = config.run.output_dir.replace(" ", "_")
@@ -180,10 +176,8 @@ def base_model_tree(preset: str, model_config_path: str, model_config: AVLFormer
         return model_config.to_dict()
     if not model_config_path:
         return PRESETS[preset]().to_dict()
-    try:
+    with as_argument_error():
         tree = read_json(model_config_path, "--model-config file")
-    except (FileNotFoundError, ValueError) as err:
-        raise ArgumentError(str(err)) from None
     if not isinstance(tree, dict):
         raise ArgumentError(f"{model_config_path}: --model-config must hold one JSON object")
     try:  # a file may leave fields out: they take the configuration's defaults

@@ -1,9 +1,6 @@
 """Training checkpoints: ``output_dir/checkpoint-<epoch>-<step>/`` = a model checkpoint (``modeling.checkpoint``) +
-``training_state.pt`` (optimizer, scheduler, scaler, every rank's RNG states, step, data position) for an exact
-``--resume``.
-
-A folder is assembled under a temporary name and renamed into place; a damaged checkpoint is named and skipped
-for the newest intact one. ``training_state.pt`` holds only tensors and plain values (``weights_only=True``).
+``training_state.pt`` for an exact ``--resume``, and the rules of the output folder (docs/training.md, Output
+folder and Resuming).
 """
 
 from __future__ import annotations
@@ -94,7 +91,7 @@ def save_training_checkpoint(output_dir: Path, name: str, model: torch.nn.Module
             "world_size": env.world_size,
             "optimizer": optim_state,
             "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else {},
+            "scaler": scaler.state_dict(),  # empty unless fp16 loss scaling is on
             "rng": rng_states,
         }
         try:
@@ -138,9 +135,8 @@ def save_failure_message(final: Path, error: BaseException) -> str:
 
 
 def tidy_interrupted_saves(folder: Path) -> None:
-    """Finish (or roll back) checkpoint swaps a killed run left half done, so that no checkpoint exists only
-    under a hidden name, then delete the leftovers of saves killed midway (never a checkpoint: they were not
-    renamed into place). Main process only, before any process lists the checkpoints."""
+    """Finish (or roll back) the checkpoint swaps a killed run left half done, then delete the leftovers of saves
+    killed midway (docs/training.md, Output folder). Main process only, before any process lists checkpoints."""
     for restored in finish_interrupted_swaps(folder):
         log.warning("%s: finished a checkpoint save that was interrupted between its two renames", restored)
     for path in Path(folder).glob(".*"):  # glob: a folder that does not exist has nothing to tidy
@@ -184,10 +180,8 @@ def check_output_dir(output_dir: Path, resume: str, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def claim_output_dir(output_dir: Path, resume: str, overwrite: bool, env: DistEnv) -> Iterator[None]:
-    """Hold --output_dir for one run (collective): the main process checks it (not inside a checkpoint, no
-    earlier run unless --resume or --overwrite_output_dir), locks it for the whole run (a second training into
-    the same folder stops at once) and finishes saves a killed run left half done; every process then stops
-    together when it refused."""
+    """Hold --output_dir for one run (collective; docs/training.md, One run per folder): the main process checks,
+    locks and tidies it; every process stops together when it refused."""
     from avlformer.output_paths import output_folder_problem
 
     output_dir = Path(output_dir)
@@ -319,7 +313,7 @@ def restore_training_checkpoint(folder: Path, state: dict, weights: dict, model,
     for group, chosen in zip(optimizer.param_groups, implementations):
         group.update(chosen)
     scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state["scaler"]:
+    if state["scaler"]:
         scaler.load_state_dict(state["scaler"])
     if state["world_size"] == env.world_size:
         restore_rng_state(state["rng"][env.rank])

@@ -1,8 +1,6 @@
-"""`avlformer train`: run.sh's target. One process by default; under torchrun, one process per device.
-
-A user's mistake (a flag, a config value, a damaged data, weights or checkpoint file) ends in one line naming the
-file and exit status 2; a checkpoint that cannot be written (a full disk) in one line and exit 1; a NaN stop in
-exit 3; Ctrl-C in one line with the --resume that continues, exit 130 (the shell's code for SIGINT).
+"""`avlformer train`: run.sh's target. One process by default; under torchrun, one process per device. Errors
+end in one line with the exit statuses of docs/training.md (Failures): 2 bad input, 1 save failed, 3 NaN,
+130 Ctrl-C.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""The training configuration: one typed tree, every default in exactly one place.
-
-``TrainConfig`` = the model (``AVLFormerConfig``, whose presets hold the model defaults) + sections ``init``,
-data, optimisation, scst and run. Flag names map onto it through ``training.flag_table``.
+"""The training configuration: one typed tree, every default in exactly one place (docs/training.md, Flags and
+config files). Flag names map onto it through ``training.flag_table``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
 """`avlformer extract-features`: run the frozen encoders once over prepared splits and cache their outputs
-(format: data/features.py).
-
-Encoders run in eval mode on the inputs ``infer`` builds. Each finished clip is written atomically under
-``<out>/.work/<yaml stem>/``, so a rerun computes only the missing clips; the split's file is assembled and renamed
-into place. A complete file for these encoders is skipped; one made by other encoders or data is an error.
+(format: data/features.py; docs/training.md, Fast experiments on cached features). Resumable per clip.
 """
 
 from __future__ import annotations

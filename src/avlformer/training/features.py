@@ -1,7 +1,6 @@
-"""``avlformer train --features F``: the layers above frozen encoders trained on cached encoder outputs.
-
-The model is the whole AVLFormer (encoders frozen, never run in training), so checkpoints are ordinary ones.
-The features' encoder fingerprint must match these encoder weights; it is checked before the first step.
+"""``avlformer train --features F``: the layers above frozen encoders trained on cached encoder outputs; the
+features' fingerprint is checked against these encoders before the first step (docs/training.md, Fast
+experiments on cached features).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from avlformer.data.features import FeatureFile, FeatureMismatchError, FeatureSp
 from avlformer.data.masking import make_train_text
 from avlformer.modeling.avlformer import FEATURE_KEYS
 from avlformer.modeling.parts import ENCODER_ROLES, config_values
-from avlformer.training.flag_table import ArgumentError, flag_option
+from avlformer.training.flag_table import ArgumentError, as_argument_error, flag_option
 from avlformer.training.setup import build_val_dataset, data_config_for, resolve_yaml
 
 log = logging.getLogger("avlformer.train")
@@ -92,11 +91,10 @@ def freeze_encoders(model: nn.Module) -> None:
     """requires_grad=False and eval mode for the encoders the features stand for; their projections stay
     trainable."""
     for role in ENCODER_ROLES:
-        projection = {id(param) for param in model.projection(role).parameters()}
-        part = model.part(role).eval()
-        for param in part.parameters():
-            if id(param) not in projection:
-                param.requires_grad_(False)
+        model.part(role).eval()
+        for _, tensor in frozen_state(model, role):
+            if isinstance(tensor, nn.Parameter):
+                tensor.requires_grad_(False)
 
 
 def prepare_feature_model(model: nn.Module, config, train_dataset) -> None:
@@ -104,10 +102,8 @@ def prepare_feature_model(model: nn.Module, config, train_dataset) -> None:
     freeze_encoders(model)
     features = getattr(train_dataset, "features", None)
     if features is not None:
-        try:
+        with as_argument_error(FeatureMismatchError):
             features.check_fits(encoder_spec(model))
-        except FeatureMismatchError as err:
-            raise ArgumentError(str(err)) from None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("training on cached features %s: encoders frozen, %.2f M trainable parameters; not applied: %s",
              config.data.features, trainable / 1e6, "; ".join(not_applying(config)))
@@ -126,10 +122,8 @@ class FeatureCaptionDataset(CaptionDataset):
         if missing:
             raise ArgumentError(f"{features.path}: {len(missing)} clip(s) of {self.paths.captions} have no cached "
                                 f"features, e.g. {missing[:3]}; run `avlformer extract-features` on this data")
-        try:
+        with as_argument_error(FeatureMismatchError):
             features.check_data(self.recipe)
-        except FeatureMismatchError as err:
-            raise ArgumentError(str(err)) from None
         self._feature_row = [features.row_of[key] for key in self.keys]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -157,9 +151,7 @@ def build_feature_datasets(config, tokenizer):
     if not train_yaml.is_file():  # the data's own problem first, before the features'
         raise FileNotFoundError(f"{train_yaml}: dataset yaml not found")
     data_config = data_config_for(config)
-    try:
+    with as_argument_error():
         features = FeatureFile(feature_path(config.data.features, train_yaml))
-    except (FileNotFoundError, ValueError) as err:
-        raise ArgumentError(str(err)) from None
     return (FeatureCaptionDataset(train_yaml, features, data_config, tokenizer),
             build_val_dataset(config, tokenizer, data_config))

@@ -8,8 +8,9 @@ accepted at their neutral values only, and any other value is an error giving th
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from avlformer.flags import parse_bool, parse_float, parse_int
 
@@ -18,10 +19,24 @@ class ArgumentError(ValueError):
     """A flag or config value that cannot be honoured; the message names the flag (and file) and the problem."""
 
 
+@contextlib.contextmanager
+def as_argument_error(*kinds: type[Exception]) -> Iterator[None]:
+    """Re-raise ``kinds`` (default: a missing file or a bad value), whose messages name the file, as ArgumentError."""
+    try:
+        yield
+    except kinds or (FileNotFoundError, ValueError) as err:
+        raise ArgumentError(str(err)) from None
+
+
 def to_str(value: Any) -> str:
     if not isinstance(value, str):
         raise argparse.ArgumentTypeError(f"expected a string, got {value!r}")
     return value
+
+
+def converter_of(value: Any) -> Callable:
+    """The command line's conversion for values of ``value``'s type (text for anything but bool, int, float)."""
+    return {bool: parse_bool, int: parse_int, float: parse_float}.get(type(value), to_str)
 
 
 ANY = "any value"  # ``accepted`` of an ignored flag whose every value is accepted (and recorded as the original did)
@@ -55,8 +70,7 @@ def ignored(why: str, **neutral) -> tuple[Flag, ...]:
     flags = []
     for name, values in neutral.items():
         values = values if isinstance(values, tuple) else (values,)
-        flag_type = {bool: parse_bool, int: parse_int, float: parse_float}.get(type(values[0]), to_str)
-        flags.append(Flag(name, None, why, flag_type, nargs="+" if isinstance(values[0], list) else None,
+        flags.append(Flag(name, None, why, converter_of(values[0]), nargs="+" if isinstance(values[0], list) else None,
                           accepted=values))
     return tuple(flags)
 

@@ -1,12 +1,7 @@
 """``avlformer train --scst``: self-critical sequence training with a CIDEr-D reward (docs/training.md).
 
-Per video, K sampled captions (no gradients) are scored against the video's references with document frequencies
-from the training split; the loss is ``mean(-(r - b) · log p(caption))`` plus the mask's sparsity term. The
-baseline b is the mean reward of the video's other samples (``sample``: unbiased and free) or the greedy caption's
-(``greedy``). The policy-gradient forward bypasses the DDP wrapper, so gradients are all-reduced here; sampling is
-seeded per (seed, epoch, video) so a resumed run, or one with another process count, draws the same captions.
-Sampling and scoring go through the decoder's own interface (modeling/sampling.py): a causal-LM decoder samples
-with its own cache and scores through its own forward, so its LoRA adapters are what the gradient trains.
+The policy-gradient forward bypasses the DDP wrapper, so gradients are all-reduced here. Sampling and scoring go
+through the decoder's own interface (modeling/sampling.py).
 """
 
 from __future__ import annotations
@@ -132,7 +127,7 @@ class SelfCriticalTrainer(Trainer):
         loss = -(advantage * scores.logprob.float()).mean()
         loss = loss + model.config.sparsity_loss_weight * model.sparsity_term(loss)
         scaled = loss / config.optim.gradient_accumulation_steps
-        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        self.scaler.scale(scaled).backward()
         stats.update(reward=rewards.mean(), baseline=baseline.mean(), entropy=scores.entropy,
                      caption_length=np.mean([len(w) for w in words]),
                      reference_length=np.mean([self.reward.reference_lengths[key] for key in batch["video_keys"]]),

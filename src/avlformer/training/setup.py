@@ -20,9 +20,11 @@ from torch import nn
 from avlformer.atomic import write_text_atomic
 from avlformer.data.dataset import CaptionDataset, DataConfig
 from avlformer.data.recipe import recipe_for_yaml
+from avlformer.device import one_cpu_thread
 from avlformer.modeling.avlformer import AVLFormer, describe_model
 from avlformer.modeling.checkpoint import load_model
 from avlformer.modeling.meta_device import build_on_meta
+from avlformer.modeling.text_transformer import HF_BERT_WEIGHTS
 from avlformer.training.flag_table import ArgumentError, upstream_values
 
 log = logging.getLogger("avlformer.train")
@@ -36,27 +38,23 @@ def seed_everything(seed: int) -> None:
 
 @contextlib.contextmanager
 def determinism(enabled: bool, device: torch.device):
-    """--deterministic for the duration of a run: deterministic kernels (an op without one raises instead of
-    running nondeterministically), cuDNN without autotuning, a fixed cuBLAS workspace, and one intra-op thread on
-    the CPU, where several threads split float reductions differently from run to run. The previous settings are
-    restored afterwards, so a caller's process is left as it was."""
+    """--deterministic for the duration of a run (docs/training.md, Resuming); the previous settings are restored
+    afterwards, so a caller's process is left as it was."""
     if not enabled:
         yield
         return
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.get_num_threads(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     # cuBLAS reads this when it creates its handle (the first matmul), which comes after this point.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    if device.type == "cpu":
-        torch.set_num_threads(1)
     try:
-        yield
+        with one_cpu_thread() if device.type == "cpu" else contextlib.nullcontext():
+            yield
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.set_num_threads(saved[2])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[3], saved[4]
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
 
 
 def setup_logging(output_dir: Path, is_main: bool) -> None:
@@ -134,14 +132,10 @@ def check_validation_recipe(config, train_recipe, val_recipe) -> None:
 def data_config_for(config):
     """The loaders' DataConfig: frame count, image size, text length, audio rate and length from the model
     configuration (their one source), MLM masking from the data settings."""
-    data_config = DataConfig(num_frames=config.model.num_frames, image_size=config.model.image_size,
-                             max_seq_length=config.model.max_seq_length, mask_prob=config.data.mask_prob,
-                             max_masked_tokens=config.data.max_masked_tokens)
-    audio = getattr(config.model, "audio", None)
-    for name in ("sample_rate", "clip_seconds"):
-        if audio is not None and hasattr(audio, name):
-            setattr(data_config, name, getattr(audio, name))
-    return data_config
+    model = config.model
+    return DataConfig(num_frames=model.num_frames, image_size=model.image_size, sample_rate=model.audio.sample_rate,
+                      clip_seconds=model.audio.clip_seconds, max_seq_length=model.max_seq_length,
+                      mask_prob=config.data.mask_prob, max_masked_tokens=config.data.max_masked_tokens)
 
 
 def build_val_dataset(config, tokenizer, data_config=None):
@@ -228,13 +222,9 @@ def load_pretrained(model: nn.Module, path: str) -> None:
 
 def hf_bert_folder(path: str) -> Path | None:
     """--model_name_or_path as a Hugging Face BERT folder with weights, or None when it only names a vocab."""
-    if not path:
-        return None
     folder = Path(path)
-    if (folder / "config.json").is_file() and any((folder / name).is_file()
-                                                  for name in ("model.safetensors", "pytorch_model.bin")):
-        return folder
-    return None
+    has_weights = any((folder / name).is_file() for name in HF_BERT_WEIGHTS)
+    return folder if path and has_weights and (folder / "config.json").is_file() else None
 
 
 # flag -> what it freezes: (role, whether only the decoder's input embeddings)

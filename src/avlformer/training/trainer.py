@@ -1,18 +1,13 @@
 """The cross-entropy trainer: optimizer steps over epochs of micro-batches, checkpoints, validation, logging.
 
-``loop.train`` builds what a run needs and picks the trainer (this one, or ``scst.SelfCriticalTrainer`` which
-extends it); everything comes in through the constructor, so tests and the demo can hand in their own model or
-datasets. The library (data, modeling) knows nothing of this module.
-
-Batches have a resumable position: a ``DistributedSampler`` shuffles with ``seed + epoch``, so one step's batches
-across ranks are the same samples whatever the process count; an epoch is ``steps_per_epoch *
-gradient_accumulation_steps`` micro-batches and a resume skips those consumed. Each item's augmentation generator
-is seeded from (seed, epoch, index), so crops, gains and MLM masks do not depend on processes or workers.
+Everything comes in through the constructor (``loop.train`` picks this trainer or ``scst.SelfCriticalTrainer``).
+Batch positions are resumable and augmentation is seeded per (seed, epoch, index) (docs/training.md, Resuming).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import resource
@@ -62,10 +57,6 @@ class Schedule:
     total_steps: int
 
 
-def micro_batches_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
-    return (num_samples // world_size) // batch_size
-
-
 class SampleSeededDataset(Dataset):
     """Wraps a dataset with ``set_seed(seed)`` so item ``i`` of epoch ``e`` always sees the same augmentation."""
 
@@ -98,11 +89,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.skip = skip
 
     def __iter__(self) -> Iterator[list[int]]:
-        for position, batch in enumerate(self.batches):
-            if position >= self.num_batches:
-                return
-            if position >= self.skip:
-                yield batch
+        return itertools.islice(self.batches, self.skip, self.num_batches)
 
     def __len__(self) -> int:
         return max(0, self.num_batches - self.skip)
@@ -118,7 +105,7 @@ def autocast_for(precision: str, device: torch.device):
 def plan_schedule(num_samples: int, config: TrainConfig, env: DistEnv) -> Schedule:
     optim = config.optim
     batch, accumulation = optim.per_gpu_train_batch_size, optim.gradient_accumulation_steps
-    steps = micro_batches_per_epoch(num_samples, batch, env.world_size) // accumulation
+    steps = num_samples // env.world_size // batch // accumulation  # each rank's share, in whole micro-batches
     if steps < 1:
         raise ArgumentError(f"the training set has {num_samples} samples, fewer than one optimizer step needs: "
                             f"--per-gpu-train-batch-size {batch} x {env.world_size} process(es) x "
@@ -153,7 +140,8 @@ class Trainer:
                                          optim.weight_decay, optim.adam_epsilon)
         self.scheduler = build_scheduler(self.optimizer, optim.scheduler, self.schedule.total_steps,
                                          optim.warmup_ratio, optim.min_lr)
-        self.scaler = torch.amp.GradScaler(env.device.type) if run.precision == "fp16" else None
+        # Loss scaling for fp16 only; disabled, each of its calls is a no-op (or the plain optimizer step).
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=run.precision == "fp16")
         self.progress = ckpt.Progress()
         self.last_checkpoint: Path | None = None
         self.history: list[dict] = []
@@ -264,25 +252,21 @@ class Trainer:
             with self.autocast():
                 outputs = self.model(batch)
             loss = outputs["loss"].float() / accumulation
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            self.scaler.scale(loss).backward()
         return outputs
 
     def optimizer_step(self, outputs: dict) -> float:
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
+        self.scaler.unscale_(self.optimizer)
         params = [p for p in self.library_model.parameters() if p.requires_grad]
         max_norm = self.config.optim.max_grad_norm if self.config.optim.max_grad_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if hasattr(norm, "full_tensor"):  # FSDP2 returns a DTensor
             norm = norm.full_tensor()
         grad_norm = float(norm)
-        if self.scaler is None and not math.isfinite(grad_norm):
+        if not self.scaler.is_enabled() and not math.isfinite(grad_norm):
             self.stop_non_finite("gradient norm", outputs)  # with fp16 the scaler skips such steps by design
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm

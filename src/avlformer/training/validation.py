@@ -50,9 +50,7 @@ def decode_split(model: torch.nn.Module, loader, env: DistEnv, autocast, tokeniz
     """{key: caption} predictions and {key: [reference]} on rank 0 (empty dicts elsewhere), decoded with the
     model configuration's settings (``num_beams``, ``max_gen_length``, ``length_penalty``); ``tokenizer``: the
     decoder's (default: the shipped BERT vocabulary)."""
-    library_model = unwrap_model(model)
-    was_training = library_model.training
-    library_model.eval()
+    library_model = unwrap_model(model)  # its generate() decodes in eval mode and restores the caller's
     predictions, references = {}, {}
     batches = tqdm(loader, desc="validate", disable=not env.is_main, leave=False)
     with full_parameters(model):
@@ -66,7 +64,6 @@ def decode_split(model: torch.nn.Module, loader, env: DistEnv, autocast, tokeniz
                 if "captions" in batch:
                     reference = batch["captions"][row]
                     references[key] = reference if isinstance(reference, list) else [reference]
-    library_model.train(was_training)
     merged_predictions, merged_references = {}, {}
     for part_predictions, part_references in gather_objects((predictions, references), env):
         merged_predictions.update(part_predictions)  # the padded last shard repeats keys: same caption
