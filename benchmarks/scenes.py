@@ -3,12 +3,13 @@
 
 1. Data: ``synth --preset scenes`` (``--num-train/--num-val/--num-test``), prepared with the ordinary prepare at the
    model's frames and size; a second copy whose mp3s are silence (prepared the same way) for the no-audio run.
-2. From scratch, ``--xe-cpu-minutes`` each (configs/scenes_tiny.json, the paper architecture at a CPU size):
-   ``xe`` (cross-entropy), ``no_audio`` (silent soundtracks in training and at test time) and ``no_mask``
-   (``--learn_mask_enabled false``). The schedule is sized to the budget from a short calibration run, so each
+2. From scratch, ``--xe-cpu-minutes`` each: ``xe`` (cross-entropy; configs/scenes_tiny.json, the paper
+   architecture at a CPU size with the vocabulary synth cut to the training captions), ``no_audio`` (silent
+   soundtracks in training and at test time), ``no_mask`` (``--learn_mask_enabled false``) and ``causal_lm`` (the
+   causal-LM recipe: configs/scenes_causal_lm.json with tiny random Hugging Face parts). The schedule is sized to the budget from a short calibration run, so each
    ends its warm-up/decay near the budget; the budget stops it otherwise (the last checkpoint counts).
 3. From ``xe``'s checkpoint, ``--continue-cpu-minutes`` each, per seed (``--seeds``): cross-entropy continued and
-   ``avlformer train --scst``, both with a fresh optimizer at a constant learning rate.
+   ``avlformer train --scst``, both with a fresh optimizer at the same constant learning rate.
 4. Every final checkpoint captions the test split as ``avlformer infer`` does (greedy) and is scored with
    CIDEr, BLEU-4 and METEOR against all five references and with the structured scene score; intermediate
    checkpoints give the CIDEr-against-CPU-minutes curves (their CPU minutes interpolated by step).
@@ -54,18 +55,21 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
     parser.add_argument("--num-train", type=int, default=400)
     parser.add_argument("--num-val", type=int, default=8)
-    parser.add_argument("--num-test", type=int, default=60)
+    parser.add_argument("--num-test", type=int, default=100)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--xe-cpu-minutes", type=float, default=9.0, help="budget of each from-scratch run")
-    parser.add_argument("--continue-cpu-minutes", type=float, default=3.0, help="budget of each continuation")
+    parser.add_argument("--continue-cpu-minutes", type=float, default=4.0, help="budget of each continuation")
     parser.add_argument("--seeds", type=int, default=3, help="continuation seeds (training order and sampling)")
     parser.add_argument("--checkpoints", type=int, default=3, help="checkpoints kept per from-scratch run")
     parser.add_argument("--curve-points", type=int, default=3,
                         help="checkpoints per run scored for the curves, the final one included (each costs a "
                              "test-split captioning)")
     parser.add_argument("--xe-learning-rate", type=float, default=None,
-                        help="continued cross-entropy lr (default: the config's)")
-    parser.add_argument("--scst-learning-rate", type=float, default=3e-4)
+                        help="continued cross-entropy lr (default: --scst-learning-rate, so only the objective "
+                             "differs)")
+    parser.add_argument("--scst-learning-rate", type=float, default=1e-4)
+    parser.add_argument("--scst-baseline", choices=("greedy", "sample"), default="greedy",
+                        help="SCST reward baseline: the greedy caption's (Rennie et al.) or the other samples' mean")
     parser.add_argument("--sc-train-sample-n", type=int, default=4)
     parser.add_argument("--scst-batch-size", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
@@ -245,11 +249,14 @@ def main(argv=None) -> dict:
     paper = ["--tokenizer_name", str(raw / "vocab")]
     causal = [item for flag, value in causal_parts(raw, work / "models").items() for item in (f"--{flag}", value)]
 
-    def schedule(name: str, flags: list[str]) -> list[str]:
-        """Epochs and checkpoint spacing for an ``--xe-cpu-minutes`` run, from a calibration run's CPU seconds
-        per step."""
-        calibrated = run_all({name: (flags + ["--num_train_epochs", "1", "--save_steps", "2"], 30.0)}, 1, work)
-        per_step = calibrated[name]["cpu_seconds"] / max(1, calibrated[name]["steps"])
+    def schedule(name: str, flags) -> list[str]:
+        """Epochs and checkpoint spacing for an ``--xe-cpu-minutes`` run, from the CPU seconds per step of two
+        calibration runs (20 and 50 CPU seconds; their difference leaves out the start-up)."""
+        short, long = (flags(f"{name}_{seconds}") + ["--num_train_epochs", "1000", "--save_steps", "2"]
+                       for seconds in (20, 50))
+        calibrated = run_all({f"{name}_20": (short, 20.0), f"{name}_50": (long, 50.0)}, args.jobs, work)
+        first, second = calibrated[f"{name}_20"], calibrated[f"{name}_50"]
+        per_step = (second["cpu_seconds"] - first["cpu_seconds"]) / max(1, second["steps"] - first["steps"])
         calibration[name] = round(per_step, 3)
         budget_steps = max(1, int(args.xe_cpu_minutes * 60 / per_step))
         epochs = max(1, budget_steps // steps_per_epoch)
@@ -259,8 +266,8 @@ def main(argv=None) -> dict:
         return ["--num_train_epochs", str(epochs), "--save_steps", str(max(1, reachable // args.checkpoints))]
 
     calibration = {}
-    paper_schedule = schedule("calibrate", base(raw, "calibrate") + paper)
-    causal_schedule = schedule("calibrate_causal_lm", base(raw, "calibrate_causal_lm", CAUSAL_CONFIG) + causal)
+    paper_schedule = schedule("calibrate", lambda out: base(raw, out) + paper)
+    causal_schedule = schedule("calibrate_causal_lm", lambda out: base(raw, out, CAUSAL_CONFIG) + causal)
     xe_budget = args.xe_cpu_minutes * 60
     scratch = {"xe": (base(raw, "xe") + paper + paper_schedule, xe_budget),
                "no_audio": (base(silent, "no_audio") + paper + paper_schedule, xe_budget),
@@ -272,7 +279,7 @@ def main(argv=None) -> dict:
     continue_budget = args.continue_cpu_minutes * 60
     continued = ["--pretrained_checkpoint", start, "--num_train_epochs", "100000", "--warmup_ratio", "0",
                  "--save_steps", "2"]
-    xe_lr = [] if args.xe_learning_rate is None else ["--learning_rate", str(args.xe_learning_rate)]
+    xe_lr = ["--learning_rate", str(args.xe_learning_rate or args.scst_learning_rate)]
     pairs = {}
     for seed in range(args.seeds):
         pairs[f"xe_continued_s{seed}"] = (base(raw, f"xe_continued_s{seed}") + paper + continued + xe_lr
@@ -280,7 +287,7 @@ def main(argv=None) -> dict:
         pairs[f"scst_s{seed}"] = (base(raw, f"scst_s{seed}") + paper + continued + [
             "--seed", str(seed), "--scst", "--learning_rate", str(args.scst_learning_rate),
             "--per_gpu_train_batch_size", str(args.scst_batch_size), "--sc_train_sample_n",
-            str(args.sc_train_sample_n), "--sc_baseline_type", "sample"], continue_budget)
+            str(args.sc_train_sample_n), "--sc_baseline_type", args.scst_baseline], continue_budget)
     trained.update(run_all(pairs, args.jobs, work))
 
     curve_runs = ("xe", "no_audio", "no_mask", "causal_lm", "xe_continued_s0", "scst_s0")
@@ -323,7 +330,8 @@ def main(argv=None) -> dict:
         "xe_schedules": {"paper": paper_schedule, "causal_lm": causal_schedule},
         "calibration_cpu_seconds_per_step": calibration, "data_seconds": data_seconds,
         "scst_learning_rate": args.scst_learning_rate, "sc_train_sample_n": args.sc_train_sample_n,
-        "scst_batch_size": args.scst_batch_size, "xe_learning_rate": args.xe_learning_rate,
+        "scst_batch_size": args.scst_batch_size, "scst_baseline": args.scst_baseline,
+        "xe_learning_rate": args.xe_learning_rate or args.scst_learning_rate,
         "quick": args.quick, "jobs": args.jobs, "wall_seconds": round(time.perf_counter() - begin, 1),
         "cores": len(os.sched_getaffinity(0)), "loadavg_1min": round(os.getloadavg()[0], 2),
     }
