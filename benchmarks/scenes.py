@@ -68,6 +68,8 @@ def parse_args(argv=None):
                         help="continued cross-entropy lr (default: --scst-learning-rate, so only the objective "
                              "differs)")
     parser.add_argument("--scst-learning-rate", type=float, default=1e-4)
+    parser.add_argument("--continue-from", choices=("xe", "causal_lm"), default="xe",
+                        help="the from-scratch run both continuations start from")
     parser.add_argument("--scst-baseline", choices=("greedy", "sample"), default="greedy",
                         help="SCST reward baseline: the greedy caption's (Rennie et al.) or the other samples' mean")
     parser.add_argument("--sc-train-sample-n", type=int, default=4)
@@ -275,22 +277,28 @@ def main(argv=None) -> dict:
                            xe_budget),
                "causal_lm": (base(raw, "causal_lm", CAUSAL_CONFIG) + causal + causal_schedule, xe_budget)}
     trained = run_all(scratch, args.jobs, work)
-    start = trained["xe"]["checkpoint"]
+    # The continuations start from the paper recipe's cross-entropy run, or from the causal-LM recipe's
+    # (--continue-from causal_lm; its runs are named with that prefix, so both sets can live in one work folder).
+    prefix = "" if args.continue_from == "xe" else f"{args.continue_from}_"
+    recipe = paper if args.continue_from == "xe" else causal
+    config = CONFIG if args.continue_from == "xe" else CAUSAL_CONFIG
+    start = trained[args.continue_from]["checkpoint"]
     continue_budget = args.continue_cpu_minutes * 60
     continued = ["--pretrained_checkpoint", start, "--num_train_epochs", "100000", "--warmup_ratio", "0",
                  "--save_steps", "2"]
     xe_lr = ["--learning_rate", str(args.xe_learning_rate or args.scst_learning_rate)]
     pairs = {}
     for seed in range(args.seeds):
-        pairs[f"xe_continued_s{seed}"] = (base(raw, f"xe_continued_s{seed}") + paper + continued + xe_lr
-                                          + ["--seed", str(seed)], continue_budget)
-        pairs[f"scst_s{seed}"] = (base(raw, f"scst_s{seed}") + paper + continued + [
+        name = f"{prefix}xe_continued_s{seed}"
+        pairs[name] = (base(raw, name, config) + recipe + continued + xe_lr + ["--seed", str(seed)], continue_budget)
+        name = f"{prefix}scst_s{seed}"
+        pairs[name] = (base(raw, name, config) + recipe + continued + [
             "--seed", str(seed), "--scst", "--learning_rate", str(args.scst_learning_rate),
             "--per_gpu_train_batch_size", str(args.scst_batch_size), "--sc_train_sample_n",
             str(args.sc_train_sample_n), "--sc_baseline_type", args.scst_baseline], continue_budget)
     trained.update(run_all(pairs, args.jobs, work))
 
-    curve_runs = ("xe", "no_audio", "no_mask", "causal_lm", "xe_continued_s0", "scst_s0")
+    curve_runs = ("xe", "no_audio", "no_mask", "causal_lm", f"{prefix}xe_continued_s0", f"{prefix}scst_s0")
     chosen = {name: curve_checkpoints(work / "runs" / name, trained[name], args.curve_points) for name in curve_runs}
     # Every checkpoint scored once (a curve's last point is its run's final checkpoint), in the run pool.
     tasks = {(name, "final"): Path(result["checkpoint"]) for name, result in trained.items()}
@@ -301,24 +309,32 @@ def main(argv=None) -> dict:
                                            name == "no_audio", ("bleu", "meteor", "cider"))
                    for checkpoint, name in runs_of.items()}
         scores = {key: futures[checkpoint].result() for key, checkpoint in tasks.items()}
+    # Runs save every few steps so that the budget's stop loses little; only the scored checkpoints are read again
+    # (a rerun picks the same ones), so this invocation's other checkpoints go.
+    for name in [*trained, *(f"{c}_{s}" for c in calibration for s in (20, 50))]:
+        for folder in (work / "runs" / name).glob("checkpoint-*"):
+            if folder not in runs_of:
+                shutil.rmtree(folder)
     final = {name: {**scores[(name, "final")], "cpu_minutes": round(result["cpu_seconds"] / 60, 2),
                     "steps": result["steps"]} for name, result in trained.items()}
     curves = {}
     for name in curve_runs:
         run_per_step = trained[name]["cpu_seconds"] / max(1, trained[name]["steps"])
-        start_point = [] if name in scratch else [[0.0, round(final["xe"]["cider"], 4)]]
+        start_point = [] if name in scratch else [[0.0, round(final[args.continue_from]["cider"], 4)]]
         curves[name] = start_point + [[round(step * run_per_step / 60, 2), round(scores[(name, step)]["cider"], 4)]
                                       for step, _ in chosen[name]]
 
     def mean(prefix: str, key) -> float:
         return float(np.mean([key(final[f"{prefix}_s{s}"]) for s in range(args.seeds)]))
 
-    cider_xe, cider_scst = mean("xe_continued", lambda r: r["cider"]), mean("scst", lambda r: r["cider"])
+    cider_xe = mean(f"{prefix}xe_continued", lambda r: r["cider"])
+    cider_scst = mean(f"{prefix}scst", lambda r: r["cider"])
     keys = list(final["xe"]["scene"])
-    drops = {k: mean("xe_continued", lambda r: r["scene"][k]) - mean("scst", lambda r: r["scene"][k]) for k in keys}
+    drops = {k: mean(f"{prefix}xe_continued", lambda r: r["scene"][k]) - mean(f"{prefix}scst",
+                                                                            lambda r: r["scene"][k]) for k in keys}
     largest_drop = max(drops.values())
     result = {
-        "cider_xe_continued": cider_xe, "cider_scst": cider_scst,
+        "continue_from": args.continue_from, "cider_xe_continued": cider_xe, "cider_scst": cider_scst,
         "relative_gain": cider_scst / max(cider_xe, 1e-9) - 1,
         "largest_structured_drop": largest_drop, "largest_structured_drop_key": max(drops, key=drops.get),
         "target_met": bool(cider_scst > 0 and cider_scst >= 1.05 * cider_xe and largest_drop <= 2.0),
