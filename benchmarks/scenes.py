@@ -213,14 +213,15 @@ def _score_process(checkpoint: Path, media: Path, raw: Path, silence: bool, scor
 
 
 def curve_checkpoints(output_dir: Path, result: dict, points_wanted: int) -> list[tuple[int, Path]]:
-    """Up to ``points_wanted`` of a run's checkpoints, evenly spread, as (step, folder): the curve's points."""
+    """Up to ``points_wanted`` of a run's checkpoints as (step, folder), the curve's points: those nearest to
+    evenly spaced steps, the last being the run's final checkpoint (scored anyway)."""
     def step(path: Path) -> int:
         return int(path.name.rsplit("-", 1)[1])
 
-    checkpoints = sorted((p for p in output_dir.glob("checkpoint-*") if step(p) <= result["steps"]), key=step)
-    # spread from the last checkpoint back, so one point is the run's final checkpoint (scored anyway)
-    chosen = sorted({round(i) for i in np.linspace(len(checkpoints) - 1, 0, min(points_wanted, len(checkpoints)))})
-    return [(step(checkpoints[i]), checkpoints[i]) for i in chosen]
+    checkpoints = [p for p in output_dir.glob("checkpoint-*") if step(p) <= result["steps"]]
+    targets = [result["steps"] * k / points_wanted for k in range(1, points_wanted + 1)]
+    chosen = {min(checkpoints, key=lambda p: abs(step(p) - target)) for target in targets}
+    return sorted(((step(p), p) for p in chosen), key=lambda item: item[0])
 
 
 # ----------------------------------------------------------------------------------------------------- main
