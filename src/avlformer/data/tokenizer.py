@@ -7,8 +7,8 @@ from pathlib import Path
 
 from transformers import BertTokenizerFast
 
-from avlformer.data.masking import clean_caption_text
 from avlformer.data.causal_tokenizer import CausalCaptionTokenizer, is_hf_tokenizer_folder
+from avlformer.data.masking import clean_caption_text
 from avlformer.data.token_ids import RESERVED_IDS, RESERVED_TOKENS, default_vocab_dir
 
 @lru_cache(maxsize=4)
