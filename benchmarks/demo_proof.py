@@ -74,10 +74,20 @@ def main() -> int:
     result["stage_seconds"] = metrics["stage_seconds"]
     result["checks"] = checks(result)
     result["passed"] = all(result["checks"].values())
-    result["conditions"] = {"cores": len(two_cores() or os.sched_getaffinity(0)), "threads": metrics["threads"],
-                            "loadavg_1min_before": round(load_before[0], 2),
-                            "loadavg_1min_after": round(load_after[0], 2), "extra_flags": extra,
-                            "workdir": str(workdir)}
+    result["conditions"] = run_conditions(load_before, load_after, workdir, threads=metrics["threads"],
+                                          extra_flags=extra)
+    return print_result(result, workdir, args)
+
+
+def run_conditions(load_before, load_after, workdir: Path, **more) -> dict:
+    """What a demo benchmark's JSON records of its run: cores, the load before and after, the work folder."""
+    return {"cores": len(two_cores() or os.sched_getaffinity(0)), **more,
+            "loadavg_1min_before": round(load_before[0], 2), "loadavg_1min_after": round(load_after[0], 2),
+            "workdir": str(workdir)}
+
+
+def print_result(result: dict, workdir: Path, args) -> int:
+    """Print the JSON line, after removing the work folder when it was a temporary one (no --workdir, no --keep)."""
     if args.workdir is None and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(result))

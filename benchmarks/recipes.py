@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from demo_proof import accuracy_checks, run_demo, two_cores  # benchmarks/ is this script's folder
+from demo_proof import accuracy_checks, print_result, run_conditions, run_demo  # benchmarks/ is this script's folder
 
 KEYS = ("visual_accuracy", "sound_accuracy", "silenced_visual_accuracy", "silenced_sound_accuracy", "sound_chance",
         "cider", "bleu4", "train_cpu_seconds", "train_steps")
@@ -73,14 +72,8 @@ def main() -> int:
         results[recipe] = run_recipe(recipe, workdir, extra, args.reuse)
         shared_raw = shared_raw or workdir / "raw"
     load_after = os.getloadavg()
-    out = {"recipes": results,
-           "conditions": {"cores": len(two_cores() or os.sched_getaffinity(0)), "reduced_flags": extra,
-                          "loadavg_1min_before": round(load_before[0], 2),
-                          "loadavg_1min_after": round(load_after[0], 2), "workdir": str(root)}}
-    if args.workdir is None and not args.keep:
-        shutil.rmtree(root, ignore_errors=True)
-    print(json.dumps(out))
-    return 0
+    return print_result({"recipes": results,
+                         "conditions": run_conditions(load_before, load_after, root, reduced_flags=extra)}, root, args)
 
 
 if __name__ == "__main__":
