@@ -6,7 +6,8 @@
 2. From scratch, ``--xe-cpu-minutes`` each: ``xe`` (cross-entropy; configs/scenes_tiny.json, the paper
    architecture at a CPU size with the vocabulary synth cut to the training captions), ``no_audio`` (silent
    soundtracks in training and at test time), ``no_mask`` (``--learn_mask_enabled false``) and ``causal_lm`` (the
-   causal-LM recipe: configs/scenes_causal_lm.json with tiny random Hugging Face parts). The schedule is sized to the budget from a short calibration run, so each
+   causal-LM recipe: configs/scenes_causal_lm.json with tiny random Hugging Face parts). The schedule is sized
+   to the budget from two short calibration runs per recipe, so each
    ends its warm-up/decay near the budget; the budget stops it otherwise (the last checkpoint counts).
 3. From ``xe``'s checkpoint, ``--continue-cpu-minutes`` each, per seed (``--seeds``): cross-entropy continued and
    ``avlformer train --scst``, both with a fresh optimizer at the same constant learning rate.
@@ -77,6 +78,8 @@ def parse_args(argv=None):
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
                         help="runs trained at once, each in its own one-thread process (default: the CPU count)")
     args = parser.parse_args(argv)
+    if args.xe_learning_rate is None:
+        args.xe_learning_rate = args.scst_learning_rate
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
@@ -287,7 +290,7 @@ def main(argv=None) -> dict:
     continue_budget = args.continue_cpu_minutes * 60
     continued = ["--pretrained_checkpoint", start, "--num_train_epochs", "100000", "--warmup_ratio", "0",
                  "--save_steps", "2"]
-    xe_lr = ["--learning_rate", str(args.xe_learning_rate or args.scst_learning_rate)]
+    xe_lr = ["--learning_rate", str(args.xe_learning_rate)]
     pairs = {}
     for seed in range(args.seeds):
         name = f"{prefix}xe_continued_s{seed}"
@@ -348,7 +351,7 @@ def main(argv=None) -> dict:
         "calibration_cpu_seconds_per_step": calibration, "data_seconds": data_seconds,
         "scst_learning_rate": args.scst_learning_rate, "sc_train_sample_n": args.sc_train_sample_n,
         "scst_batch_size": args.scst_batch_size, "scst_baseline": args.scst_baseline,
-        "xe_learning_rate": args.xe_learning_rate or args.scst_learning_rate,
+        "xe_learning_rate": args.xe_learning_rate,
         "quick": args.quick, "jobs": args.jobs, "wall_seconds": round(time.perf_counter() - begin, 1),
         "cores": len(os.sched_getaffinity(0)), "loadavg_1min": round(os.getloadavg()[0], 2),
     }
