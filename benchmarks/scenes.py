@@ -73,6 +73,8 @@ def parse_args(argv=None):
                         help="the from-scratch run both continuations start from")
     parser.add_argument("--scst-baseline", choices=("greedy", "sample"), default="greedy",
                         help="SCST reward baseline: the greedy caption's (Rennie et al.) or the other samples' mean")
+    parser.add_argument("--scst-xe-weight", type=float, default=1.0,
+                        help="weight of the cross-entropy anchor in the self-critical loss (0: self-critical alone)")
     parser.add_argument("--sc-train-sample-n", type=int, default=4)
     parser.add_argument("--scst-batch-size", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
@@ -155,23 +157,32 @@ def _train_process(argv: list[str], budget: float | None) -> dict:
             "wall_seconds": spent["wall_seconds"]}
 
 
+def config_texts(argv: list[str]) -> list[str]:
+    """The texts of a run's --config file and of the model config it names: part of what a recorded run is."""
+    path = Path(argv[argv.index("--config") + 1])
+    texts = [path.read_text()]
+    model = json.loads(texts[0]).get("model_config")
+    return texts + [(path.parent / model).read_text()] if model else texts
+
+
 def run_all(runs: dict[str, tuple[list[str], float | None]], jobs: int, work: Path) -> dict[str, dict]:
-    """Train every run (reusing one already recorded with the same flags and budget)."""
+    """Train every run (reusing one already recorded with the same flags, config files and budget)."""
     results, todo = {}, {}
     for name, (argv, budget) in runs.items():
         record = work / "runs" / name / "bench_run.json"
-        if record.is_file() and json.loads(record.read_text())["key"] == [argv, budget]:
+        key = [argv, budget, config_texts(argv)]
+        if record.is_file() and json.loads(record.read_text())["key"] == key:
             results[name] = json.loads(record.read_text())["result"]
         else:
             shutil.rmtree(record.parent, ignore_errors=True)
-            todo[name] = (argv, budget)
+            todo[name] = key
     with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=get_context("spawn")) as pool:
-        futures = {name: pool.submit(_train_process, argv, budget) for name, (argv, budget) in todo.items()}
+        futures = {name: pool.submit(_train_process, argv, budget) for name, (argv, budget, _) in todo.items()}
         for name, future in futures.items():
             results[name] = future.result()
             print(f"trained {name}: {results[name]}", flush=True)
             record = work / "runs" / name / "bench_run.json"
-            record.write_text(json.dumps({"key": list(todo[name]), "result": results[name]}))
+            record.write_text(json.dumps({"key": todo[name], "result": results[name]}))
     return results
 
 
@@ -299,7 +310,8 @@ def main(argv=None) -> dict:
         pairs[name] = (base(raw, name, config) + recipe + continued + [
             "--seed", str(seed), "--scst", "--learning_rate", str(args.scst_learning_rate),
             "--per_gpu_train_batch_size", str(args.scst_batch_size), "--sc_train_sample_n",
-            str(args.sc_train_sample_n), "--sc_baseline_type", args.scst_baseline], continue_budget)
+            str(args.sc_train_sample_n), "--sc_baseline_type", args.scst_baseline,
+            "--scst_xe_weight", str(args.scst_xe_weight)], continue_budget)
     trained.update(run_all(pairs, args.jobs, work))
 
     curve_runs = ("xe", "no_audio", "no_mask", "causal_lm", f"{prefix}xe_continued_s0", f"{prefix}scst_s0")
@@ -351,6 +363,7 @@ def main(argv=None) -> dict:
         "calibration_cpu_seconds_per_step": calibration, "data_seconds": data_seconds,
         "scst_learning_rate": args.scst_learning_rate, "sc_train_sample_n": args.sc_train_sample_n,
         "scst_batch_size": args.scst_batch_size, "scst_baseline": args.scst_baseline,
+        "scst_xe_weight": args.scst_xe_weight,
         "xe_learning_rate": args.xe_learning_rate,
         "quick": args.quick, "jobs": args.jobs, "wall_seconds": round(time.perf_counter() - begin, 1),
         "cores": len(os.sched_getaffinity(0)), "loadavg_1min": round(os.getloadavg()[0], 2),

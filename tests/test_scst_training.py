@@ -52,12 +52,45 @@ def test_scst_flags_are_checked():
         parse("--scst", "--sc-train-sample-n", "1")
     with pytest.raises(ArgumentError, match="--top-p must be in"):
         parse("--scst", "--top-p", "0")
+    with pytest.raises(ArgumentError, match="--scst-xe-weight=0.5 applies only to self-critical training"):
+        parse("--scst-xe-weight", "0.5")
+    with pytest.raises(ArgumentError, match="--scst-xe-weight must be >= 0"):
+        parse("--scst", "--scst-xe-weight", "-1")
     with pytest.raises(ArgumentError, match="--scst cannot be combined with --distributed-strategy fsdp"):
         parse("--scst", "--distributed-strategy", "fsdp")
     args = parse("--scst", "--sc-train-sample-n", "1", "--sc-baseline-type", "greedy", "--top-k", "5")
     assert (args.scst.enabled, args.scst.sample_n, args.scst.baseline_type, args.scst.top_k) == \
         (True, 1, "greedy", 5)
     assert parse("--scst").scst.baseline_type == "sample"
+
+
+def test_the_cross_entropy_anchor_adds_its_gradient_to_the_self_critical_one(tmp_path, monkeypatch):
+    """--scst-xe-weight w: a step's gradient is the self-critical one plus w times the cross-entropy step's on the
+    same batch (its sparsity term left out: the self-critical loss carries it once)."""
+    recorded = []
+    optimizer_step = trainer.Trainer.optimizer_step
+
+    def record(self, outputs):
+        recorded.append({n: p.grad.clone() for n, p in self.library_model.named_parameters() if p.grad is not None})
+        return optimizer_step(self, outputs)
+
+    monkeypatch.setattr(trainer.Trainer, "optimizer_step", record)
+    run(tmp_path / "scst", samples=2)
+    run(tmp_path / "mixed", "--scst-xe-weight", "0.5", samples=2)
+    config = deterministic_tiny_config()
+    start = FLAGS.index("--scst")
+    xe_flags = FLAGS[:start] + FLAGS[start + 3:]  # without --scst --sc-train-sample-n 3
+    args = parse_train_args(xe_flags + ["--output-dir", str(tmp_path / "xe"), "--per-gpu-train-batch-size", "2"],
+                            model_config=config)
+    loop.train(args, model=policy_model(config), train_dataset=ReferencedDataset(config, 2))
+    scst, mixed, xe = recorded
+    assert "learn_vid_att.weight" in xe  # the sparsity term's only parameter, left out of the comparison
+    compared = [n for n in xe if n != "learn_vid_att.weight"]
+    assert any(xe[n].abs().max() > 1e-4 for n in compared)
+    for name in compared:
+        assert torch.allclose(mixed[name] - scst[name], 0.5 * xe[name], atol=1e-6, rtol=1e-4), name
+    assert "train/xe_loss" in _scalars(tmp_path / "mixed" / "log")
+    assert "train/xe_loss" not in _scalars(tmp_path / "scst" / "log")
 
 
 def test_leave_one_out_baseline():

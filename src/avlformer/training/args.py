@@ -253,8 +253,8 @@ RANGES = (
     (("num_train_epochs", "logging_steps", "max_num_frames", "img_res", "num_beams", "max_gen_length",
       "max_seq_length", "per_gpu_train_batch_size", "per_gpu_eval_batch_size", "sc_train_sample_n"), ">= 1",
      lambda v: v >= 1),
-    (("num_workers", "max_masked_tokens", "backbone_coef_lr", "weight_decay", "min_lr", "loss_sparse_w", "top_k"),
-     ">= 0", lambda v: v >= 0),
+    (("num_workers", "max_masked_tokens", "backbone_coef_lr", "weight_decay", "min_lr", "loss_sparse_w", "top_k",
+      "scst_xe_weight"), ">= 0", lambda v: v >= 0),
     (("limited_samples",), ">= 1 (or -1: all)", lambda v: v == -1 or v >= 1),
     (("seed",), "in [0, 2**32)", lambda v: 0 <= v < 2**32),
     (("mask_prob", "lambda_"), "in [0, 1]", lambda v: 0 <= v <= 1),
@@ -272,7 +272,7 @@ def check_numbers(values: dict[str, Any]) -> None:
                 raise ArgumentError(f"{flag_option(name)} must be {rule}, got {values[name]!r}")
 
 
-SCST_ONLY = ("sc_train_sample_n", "sc_baseline_type", "temperature", "top_k", "top_p")
+SCST_ONLY = ("sc_train_sample_n", "sc_baseline_type", "temperature", "top_k", "top_p", "scst_xe_weight")
 
 
 def check_scst(config: TrainConfig) -> None:

@@ -82,6 +82,7 @@ class ScstSettings:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    xe_weight: float = 0.0
 
 
 @dataclass

@@ -197,6 +197,8 @@ FLAGS: tuple[Flag, ...] = (
          "deterministically)"),
     Flag("top_k", "scst.top_k", "--scst: sample among the k most likely tokens (0: all)"),
     Flag("top_p", "scst.top_p", "--scst: sample within the smallest set of tokens of probability >= p (1: all)"),
+    Flag("scst_xe_weight", "scst.xe_weight", "--scst: weight of the cross-entropy loss on the batch's references "
+         "added to the self-critical loss (0: self-critical alone)"),
     # the original's spellings of settings above, translated by training.args
     Flag("max_seq_a_length", None, "caption positions; must equal --max_seq_length (no second text segment)", I),
     Flag("max_img_seq_length", None, "visual tokens: derived from frames, resolution and PaSST; a given value is "

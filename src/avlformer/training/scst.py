@@ -22,8 +22,8 @@ from avlformer.training.trainer import Trainer
 
 log = logging.getLogger("avlformer.train")
 
-SCST_TERMS = ("loss", "reward", "baseline", "greedy_reward", "caption_length", "reference_length", "entropy",
-              "repeated_4gram")
+SCST_TERMS = ("loss", "reward", "baseline", "greedy_reward", "xe_loss", "caption_length", "reference_length",
+              "entropy", "repeated_4gram")
 # Warnings in the log when training drifts into the known failure modes of metric optimisation.
 REPEAT_WARNING = 0.2        # fraction of sampled captions with a repeated 4-gram
 LENGTH_WARNING = 0.5        # sampled length / reference length
@@ -67,7 +67,8 @@ class SelfCriticalTrainer(Trainer):
     def __init__(self, config, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir):
         super().__init__(config, env, model, recipe, train_dataset, val_dataset, collate_fn, vocab_dir)
         scst = config.scst
-        self.loss_terms = tuple(t for t in SCST_TERMS if t != "greedy_reward" or scst.baseline_type == "greedy")
+        self.loss_terms = tuple(t for t in SCST_TERMS if (t != "greedy_reward" or scst.baseline_type == "greedy")
+                                and (t != "xe_loss" or scst.xe_weight > 0))
         references = reference_table(train_dataset)
         self.reward = CiderD({key: [reward_words(c) for c in caps] for key, caps in references.items()})
         self.tokenizer = load_tokenizer(vocab_dir)
@@ -126,6 +127,14 @@ class SelfCriticalTrainer(Trainer):
         advantage = (rewards - baseline).to(device=device, dtype=torch.float32)
         loss = -(advantage * scores.logprob.float()).mean()
         loss = loss + model.config.sparsity_loss_weight * model.sparsity_term(loss)
+        if scst.xe_weight > 0:
+            # The cross-entropy anchor (a mixed objective): the references keep naming what the reward alone
+            # lets the policy drop. Its own sparsity term is left out, the one above already counts.
+            with self.autocast():
+                xe = model(batch)
+            xe_loss = xe["loss"].float() - model.config.sparsity_loss_weight * xe["sparsity_loss"].float()
+            loss = loss + scst.xe_weight * xe_loss
+            stats["xe_loss"] = xe_loss.detach()
         scaled = loss / config.optim.gradient_accumulation_steps
         self.scaler.scale(scaled).backward()
         stats.update(reward=rewards.mean(), baseline=baseline.mean(), entropy=scores.entropy,
