@@ -1,6 +1,5 @@
 """PaSST audio encoder: mel front-end, PaSST-S transformer with structured patchout, projection; parameter
 names, patchout (random in training, evenly spaced in evaluation) and token order as docs/upstream.md §3.3 states.
-``patchout=False`` keeps every patch.
 """
 
 from __future__ import annotations
@@ -262,15 +261,14 @@ class PasstNet(nn.Module):
         freq_idx = select(grid_f, kept_f, device)
         return freq_idx, time_idx
 
-    def forward(self, spectrogram: torch.Tensor, patchout: bool = True) -> torch.Tensor:
+    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
         patches = self.patch_embed(spectrogram)
         if tuple(patches.shape[-2:]) != self.config.grid:
             raise ValueError(f"PasstNet: spectrogram {tuple(spectrogram.shape)} gives a patch grid "
                              f"{tuple(patches.shape[-2:])}, expected {self.config.grid}")
         patches = patches + self.time_new_pos_embed + self.freq_new_pos_embed
-        if patchout:
-            freq_idx, time_idx = self.patchout_indices(patches.device)
-            patches = patches[:, :, :, time_idx][:, :, freq_idx, :]
+        freq_idx, time_idx = self.patchout_indices(patches.device)
+        patches = patches[:, :, :, time_idx][:, :, freq_idx, :]
         tokens = patches.flatten(2).transpose(1, 2)
         batch = tokens.shape[0]
         cls = (self.cls_token + self.new_pos_embed[:, :1]).expand(batch, -1, -1)
@@ -301,9 +299,9 @@ class PasstAudioEncoder(nn.Module):
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.config.use_checkpoint = enabled
 
-    def forward(self, audio: torch.Tensor, patchout: bool = True) -> torch.Tensor:
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
         self._check_audio(audio)
-        return self.net(self.mel(audio), patchout=patchout)
+        return self.net(self.mel(audio))
 
     def _check_audio(self, audio: torch.Tensor) -> None:
         expected = self.config.clip_samples
