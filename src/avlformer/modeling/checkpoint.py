@@ -202,12 +202,10 @@ def _with_weights(meta_model: AVLFormer, config: AVLFormerConfig, state_dict: Ma
 
 
 # ------------------------------------------------------------------------------------------------ upstream
-def convert_upstream_state_dict(state_dict: Mapping[str, torch.Tensor], config: AVLFormerConfig,
-                                strict: bool = True, expected: Mapping[str, tuple[int, ...]] | None = None
-                                ) -> tuple[dict[str, torch.Tensor], list[str]]:
+def convert_upstream_state_dict(state_dict: Mapping[str, torch.Tensor], config: AVLFormerConfig, strict: bool,
+                                expected: Mapping[str, tuple[int, ...]]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Upstream ``VideoTransformer`` state dict -> (ours, dropped keys): Swin and PaSST keys through their
-    encoders' converters, unused heads dropped, the rest checked against ``expected`` (default: the shapes of
-    ``AVLFormer(config)``)."""
+    encoders' converters, unused heads dropped, the rest checked against ``expected`` (the model's shapes)."""
     swin_part, passt_part, converted, dropped, problems = {}, {}, {}, [], []
     for name, tensor in state_dict.items():
         if name.startswith(UPSTREAM_UNUSED_PREFIXES):
@@ -228,8 +226,6 @@ def convert_upstream_state_dict(state_dict: Mapping[str, torch.Tensor], config: 
             continue
         converted.update({prefix + k: v for k, v in ours.items()})
         dropped.extend(stripped + k for k in sub_dropped)
-    if expected is None:
-        expected = state_shapes(build_on_meta(lambda: AVLFormer(config)))
     encoder_prefixes = ("swin.", "passt.net.")
     rest_expected = {k: v for k, v in expected.items() if not k.startswith(encoder_prefixes)}
     rest_given = {k: v for k, v in converted.items() if not k.startswith(encoder_prefixes)}
