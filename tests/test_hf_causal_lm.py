@@ -137,7 +137,7 @@ def test_lora_trains_adapters_only_and_merges_exactly(lm_folders):
         model.eval()
         ids = torch.tensor([[5, 9, 12, 3]])
         unmerged = decoder.lm(input_ids=ids).logits
-        decoder.merge_lora()
+        decoder.unload_lora()
         merged = decoder.lm(input_ids=ids).logits
     assert not torch.equal(unmerged, built(lm_folders["llama"], training="lora").part("text").lm(input_ids=ids).logits)
     torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)

@@ -242,22 +242,14 @@ class HFCausalLMDecoder(nn.Module):
             raise ValueError(f"{path}: adapter does not fit this model (missing {sorted(expected - set(state))[:3]}, "
                              f"unexpected {unexpected[:3]})")
 
-    def merge_lora(self) -> None:
-        """Fold the adapters into the base weights (the forward then skips them)."""
-        from peft.tuners.lora import LoraLayer
-
-        for module in self.lm.modules():
-            if isinstance(module, LoraLayer):
-                module.merge()
-
     def unload_lora(self) -> None:
         """Fold the adapters in and put the plain layers back: the decoder becomes a ``full`` one whose state
         dict is the LM's own names (what ``avlformer merge-lora`` writes)."""
         from peft.tuners.lora import LoraLayer
 
-        self.merge_lora()
         for name, module in list(self.lm.named_modules()):
             if isinstance(module, LoraLayer):
+                module.merge()
                 parent_name, _, child = name.rpartition(".")
                 setattr(self.lm.get_submodule(parent_name) if parent_name else self.lm, child,
                         module.get_base_layer())
@@ -306,7 +298,7 @@ class PrefixLMStepper:
     def __init__(self, decoder: HFCausalLMDecoder, av_tokens: torch.Tensor, expand: int, use_cache: bool):
         self.decoder, self.use_cache = decoder, use_cache
         self.prefix = decoder.prefix(av_tokens).repeat_interleave(expand, dim=0)
-        self.cache, self.first_logits = None, None
+        self.cache = None
 
     def _run(self, embeds: torch.Tensor, cache=None):
         lm = self.decoder.lm
