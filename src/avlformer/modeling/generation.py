@@ -170,9 +170,6 @@ class BeamHypotheses:
     def is_done(self, best_sum_logprobs: float) -> bool:
         return self.kept is not None and self.kept[0] >= best_sum_logprobs / self.max_length ** self.length_penalty
 
-    def best(self) -> tuple[float, torch.Tensor]:
-        return self.kept
-
 
 CANDIDATES_PER_BEAM = 2  # upstream TOPN_PER_BEAM: spare candidates so a beam survives when one ends in [SEP]
 
@@ -226,7 +223,7 @@ def _best_hypotheses(hypotheses: list[BeamHypotheses], max_length: int, device,
     token_ids = torch.full((len(hypotheses), max_length), ids.pad, dtype=torch.long, device=device)
     confidence = torch.zeros(len(hypotheses), dtype=torch.float32, device=device)
     for row, hyps in enumerate(hypotheses):
-        score, hyp = hyps.best()
+        score, hyp = hyps.kept
         body = hyp[1:]  # drop [CLS]
         token_ids[row, :len(body)] = body
         token_ids[row, len(body)] = ids.end

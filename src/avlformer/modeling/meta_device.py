@@ -70,23 +70,17 @@ def load_by_assignment(module: ModuleT, state_dict: Mapping[str, torch.Tensor]) 
     cast = {name: tensor.to(own[name].dtype) if name in own and tensor.dtype != own[name].dtype else tensor
             for name, tensor in state_dict.items()}
     module.load_state_dict(cast, strict=True, assign=True)
-    materialize_computed_buffers(module)
-    return module
-
-
-def materialize_computed_buffers(module: nn.Module, device: torch.device | str = "cpu") -> None:
     for submodule in module.modules():
         compute = getattr(submodule, "computed_buffers", None)
-        if compute is None:
-            continue
-        with torch.device("cpu"):
-            buffers = compute()
-        for name, value in buffers.items():
-            setattr(submodule, name, value.to(device))
+        if compute is not None:
+            with torch.device("cpu"):
+                for name, value in compute().items():
+                    setattr(submodule, name, value)
     left = [name for name, tensor in chain(module.named_parameters(), module.named_buffers()) if tensor.is_meta]
     if left:
         raise RuntimeError(f"{len(left)} tensor(s) left on the meta device after loading (no stored value and no "
                            f"computed_buffers() entry): {', '.join(left[:5])}")
+    return module
 
 
 @contextlib.contextmanager

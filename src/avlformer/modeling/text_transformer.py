@@ -207,7 +207,7 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
-    def forward(self, input_ids, position_ids=None, token_type_ids=None):
+    def forward(self, input_ids, position_ids=None):
         if position_ids is None:
             # Explicit positions (decoding) are validated by their caller: checking values here would force a
             # device sync on every decoding step.
@@ -215,10 +215,8 @@ class BertEmbeddings(nn.Module):
                 raise ValueError(f"text of length {input_ids.shape[1]} exceeds max_position_embeddings "
                                  f"{self.position_embeddings.num_embeddings}")
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)  # upstream: every token is segment 0
         embedded = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
-                    + self.token_type_embeddings(token_type_ids))
+                    + self.token_type_embeddings(torch.zeros_like(input_ids)))  # upstream: every token is segment 0
         return self.dropout(self.LayerNorm(embedded))
 
 
@@ -293,14 +291,14 @@ class TextTransformer(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.bert.embeddings.word_embeddings
 
-    def forward(self, input_ids=None, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None,
+    def forward(self, input_ids=None, av_tokens=None, attention_bias=None, position_ids=None,
                 output_rows: int | None = None, cache=None):
         """Hidden states of ``[text ; AV]`` (either part may be absent), or of its first ``output_rows`` rows.
         ``attention_bias`` is additive, broadcastable to ``(B, heads, N, N)``; with a ``cache`` (KVCache) the rows
         also attend to the keys/values it holds."""
         bert, parts = self.bert, []
         if input_ids is not None:
-            parts.append(bert.embeddings(input_ids, position_ids, token_type_ids))
+            parts.append(bert.embeddings(input_ids, position_ids))
         if av_tokens is not None:
             parts.append(bert.img_dropout(bert.img_embedding(av_tokens)))
         hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

@@ -99,12 +99,8 @@ class VideoSwinConfig(JsonDataclass):
         return self.embed_dim * 2**stage
 
     @property
-    def out_dim(self) -> int:
-        return self.stage_dim(len(self.depths) - 1)
-
-    @property
     def token_width(self) -> int:
-        return self.out_dim
+        return self.stage_dim(len(self.depths) - 1)
 
     def check_fits(self, model_config) -> None:
         self.token_grid(model_config.num_frames, model_config.image_size)
@@ -194,7 +190,7 @@ class _VideoSwinBackbone(nn.Module):
             _SwinStage(config, stage, rates[start : start + depth])
             for stage, (start, depth) in enumerate(zip(starts, config.depths))
         )
-        self.norm = nn.LayerNorm(config.out_dim, eps=LAYER_NORM_EPS)
+        self.norm = nn.LayerNorm(config.token_width, eps=LAYER_NORM_EPS)
         self.apply(_init_upstream)
 
     def forward(self, video: Tensor, checkpoint_stages: Collection[int] = ()) -> Tensor:
@@ -216,7 +212,7 @@ def _init_upstream(module: nn.Module) -> None:
 
 
 class VideoSwinEncoder(nn.Module):
-    """Frames (B, T, 3, H, W) -> grid tokens (B, T'·H'·W', out_dim), token index d·H'·W' + h·W' + w."""
+    """Frames (B, T, 3, H, W) -> grid tokens (B, T'·H'·W', token_width), token index d·H'·W' + h·W' + w."""
 
     def __init__(self, config: VideoSwinConfig) -> None:
         super().__init__()
