@@ -210,18 +210,6 @@ class MelFrontEnd(nn.Module):
         return (log_mel + 4.5) / 5.0
 
 
-class PatchEmbed(nn.Module):
-    """Overlapping patches (kernel patch_size, stride fstride x tstride), no norm; named as in PaSST."""
-
-    def __init__(self, config: PasstConfig):
-        super().__init__()
-        self.proj = nn.Conv2d(1, config.embed_dim, kernel_size=config.patch_size,
-                              stride=(config.fstride, config.tstride))
-
-    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
-        return self.proj(spectrogram)
-
-
 class PasstNet(nn.Module):
     """PaSST-S transformer without its heads: ``(B, 1, n_mels, frames) -> (B, tokens, embed_dim)``."""
 
@@ -235,7 +223,9 @@ class PasstNet(nn.Module):
         self.new_pos_embed = nn.Parameter(torch.zeros(1, 2, dim))
         self.freq_new_pos_embed = nn.Parameter(torch.zeros(1, dim, grid_f, 1))
         self.time_new_pos_embed = nn.Parameter(torch.zeros(1, dim, 1, grid_t))
-        self.patch_embed = PatchEmbed(config)
+        # Overlapping patches, no norm; the container keeps PaSST's name, patch_embed.proj.
+        self.patch_embed = nn.ModuleDict({"proj": nn.Conv2d(1, dim, kernel_size=config.patch_size,
+                                                            stride=(config.fstride, config.tstride))})
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.blocks = nn.ModuleList(
             Block(dim, config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
@@ -262,7 +252,7 @@ class PasstNet(nn.Module):
         return freq_idx, time_idx
 
     def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
-        patches = self.patch_embed(spectrogram)
+        patches = self.patch_embed["proj"](spectrogram)
         if tuple(patches.shape[-2:]) != self.config.grid:
             raise ValueError(f"PasstNet: spectrogram {tuple(spectrogram.shape)} gives a patch grid "
                              f"{tuple(patches.shape[-2:])}, expected {self.config.grid}")
