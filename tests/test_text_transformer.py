@@ -108,6 +108,23 @@ def test_attention_and_feed_forward_outputs_are_named_for_their_roles():
     assert layer.attention.output.dense.in_features == 32 and layer.output.dense.in_features == 64
 
 
+def test_load_hf_bert_refuses_unexpected_and_misshaped_weights_before_loading(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    BertModel(hf_config(), add_pooling_layer=False).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["encoder.layer.0.output.dense.weight"] = torch.zeros(3, 3)
+    weights["encoder.extra.weight"] = torch.zeros(1)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    ours = TextTransformer(TextTransformerConfig(**SMALL))
+    before = {name: tensor.clone() for name, tensor in ours.state_dict().items()}
+    with pytest.raises(ValueError, match=r"model.safetensors: BERT checkpoint does not match the model: unexpected "
+                                         r"keys \(1\): bert.encoder.extra.weight; misshaped keys \(1\): "
+                                         r"bert.encoder.layer.0.output.dense.weight \(file \[3, 3\]"):
+        ours.load_hf_bert(tmp_path)
+    assert all(torch.equal(tensor, before[name]) for name, tensor in ours.state_dict().items())
+
+
 def test_load_hf_bert_rejects_other_dimensions(tmp_path):
     BertModel(hf_config()).save_pretrained(tmp_path)
     ours = TextTransformer(TextTransformerConfig(**{**SMALL, "hidden_size": 64}))

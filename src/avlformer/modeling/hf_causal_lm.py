@@ -19,6 +19,7 @@ from avlformer.config_fields import JsonDataclass
 from avlformer.modeling.generation import SpecialIds
 from avlformer.modeling.hf_folder import (check_model_folder, config_object, cpu_build, read_folder_state,
                                           read_model_config, set_hf_checkpointing, weights_sha256)
+from avlformer.modeling.meta_device import check_state_dict
 from avlformer.modeling.sampling import drawn_token_scores
 
 TRAINING_MODES = ("full", "frozen", "lora")
@@ -236,11 +237,9 @@ class HFCausalLMDecoder(nn.Module):
             raise ValueError(f"{path}: the adapter was trained on base weights {saved_hash[:12] or '(unknown)'}, "
                              f"this model's base is {self.config.weights_sha256[:12] or '(unknown)'}; load it onto "
                              f"the base it names")
-        unexpected = self.load_state_dict(state, strict=False).unexpected_keys
-        expected = set(self.adapter_state())
-        if unexpected or expected - set(state):
-            raise ValueError(f"{path}: adapter does not fit this model (missing {sorted(expected - set(state))[:3]}, "
-                             f"unexpected {unexpected[:3]})")
+        expected = {name: tuple(tensor.shape) for name, tensor in self.adapter_state().items()}
+        check_state_dict(state, expected, what=f"{path}: adapter")
+        self.load_state_dict(state, strict=False)
 
     def unload_lora(self) -> None:
         """Fold the adapters in and put the plain layers back: the decoder becomes a ``full`` one whose state

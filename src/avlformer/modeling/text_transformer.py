@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from avlformer.config_fields import FieldTypeError, JsonDataclass
 from avlformer.json_files import read_json
 from avlformer.modeling.attention import attention, check_implementation
+from avlformer.modeling.meta_device import check_state_dict, state_shapes
 from avlformer.modeling.weights_file import read_weights_file
 
 
@@ -331,13 +332,10 @@ class TextTransformer(nn.Module):
         ours = hf_bert_to_ours(dict(read_weights_file(weights, "Hugging Face BERT weights")))
         if "cls.predictions.decoder.weight" not in ours and "bert.embeddings.word_embeddings.weight" in ours:
             ours["cls.predictions.decoder.weight"] = ours["bert.embeddings.word_embeddings.weight"].clone()
-        own = self.state_dict()
-        unexpected = sorted(set(ours) - set(own))
-        misshaped = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                           for k, v in ours.items() if k in own and v.shape != own[k].shape)
-        if unexpected or misshaped:
-            raise ValueError(f"{folder}: cannot load BERT weights; unexpected keys {unexpected}, "
-                             f"misshaped {misshaped}")
+        own = state_shapes(self)
+        # Every tensor given must fit; the ones it lacks (img_embedding) keep their initialisation.
+        check_state_dict(ours, {name: shape for name, shape in own.items() if name in ours},
+                         what=f"{weights}: BERT checkpoint")
         self.load_state_dict(ours, strict=False)
         return sorted(set(own) - set(ours))
 
