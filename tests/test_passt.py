@@ -18,11 +18,11 @@ from avlformer.modeling.passt import (
     load_official_weights,
     rms_norm,
 )
-from avlformer.modeling.meta_device import expected_state_shapes
+from avlformer.modeling.meta_device import build_on_meta, state_shapes
 
 
 def expected_parameter_shapes(config):
-    return expected_state_shapes(lambda: PasstNet(config))
+    return state_shapes(build_on_meta(lambda: PasstNet(config)))
 
 
 def without_patchout(config):

@@ -275,14 +275,9 @@ def load_pretrained_lm(module: HFCausalLMDecoder, path: str) -> list[str]:
 
     folder = check_model_folder(path, "causal LM")
     base = read_folder_state(folder, AutoModelForCausalLM, module.config.trust_remote_code)
-    target = module.lm.state_dict()
-    mapped, left = {}, []
-    for name in target:
-        source = name.replace(".base_layer.", ".")
-        if source in base:
-            mapped[name] = base[source]
-        else:
-            left.append(name)
+    sources = {name: name.replace(".base_layer.", ".") for name in module.lm.state_dict()}
+    mapped = {name: base[source] for name, source in sources.items() if source in base}
+    left = [name for name in sources if name not in mapped]
     if any("lora_" not in name for name in left):
         raise ValueError(f"{folder}: weights do not fit the decoder (no {[n for n in left if 'lora_' not in n][:3]})")
     module.lm.load_state_dict(mapped, strict=False)

@@ -35,10 +35,6 @@ def state_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
 
 
-def expected_state_shapes(factory: Callable[[], nn.Module]) -> dict[str, tuple[int, ...]]:
-    return state_shapes(build_on_meta(factory))
-
-
 class CheckpointMismatchError(ValueError):
     """A state dict does not fit the model; the message lists every missing, unexpected and misshaped key."""
 

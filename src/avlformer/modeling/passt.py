@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchaudio.compliance.kaldi import get_mel_banks
 from avlformer.config_fields import JsonDataclass
-from avlformer.modeling.meta_device import check_state_dict, expected_state_shapes
+from avlformer.modeling.meta_device import build_on_meta, check_state_dict, state_shapes
 from avlformer.modeling.weights_file import load_converted
 from avlformer.data.recipe import CLIP_SECONDS, SAMPLE_RATE
 
@@ -308,7 +308,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor],
                          config: PasstConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Official PaSST state dict (every key `net.`-prefixed or none) -> (PasstNet state dict, dropped head keys);
     a mismatch raises CheckpointMismatchError listing every offending key."""
-    expected = expected_state_shapes(lambda: PasstNet(config))
+    expected = state_shapes(build_on_meta(lambda: PasstNet(config)))
     prefix = "net." if any(key.startswith("net.") for key in state_dict) else ""
     dropped = [key for key in state_dict if key.removeprefix(prefix).startswith(DROPPED_PREFIXES)]
     kept = {key: value for key, value in state_dict.items() if key not in dropped}

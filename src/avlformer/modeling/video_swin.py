@@ -17,7 +17,7 @@ from torchvision.models.swin_transformer import PatchMerging
 from torchvision.models.video.swin_transformer import PatchEmbed3d
 from torchvision.ops import StochasticDepth
 from avlformer.config_fields import JsonDataclass
-from avlformer.modeling.meta_device import check_state_dict, expected_state_shapes
+from avlformer.modeling.meta_device import build_on_meta, check_state_dict, state_shapes
 from avlformer.modeling.swin_window_attention import WindowAttention3d, relative_position_index
 from avlformer.modeling.weights_file import load_converted
 
@@ -267,7 +267,7 @@ def checkpoint_filter_fn(
     source = state_dict.get("state_dict", state_dict)  # the mmaction .pth: {'meta': ..., 'state_dict': {...}}
     if not isinstance(source, Mapping):
         raise ValueError(f"Video Swin checkpoint: 'state_dict' is a {type(source).__name__}, not a mapping")
-    expected = expected_state_shapes(lambda: VideoSwinEncoder(config))
+    expected = state_shapes(build_on_meta(lambda: VideoSwinEncoder(config)))
     reference_index = relative_position_index(config.window_size)
     converted: dict[str, Tensor] = {}
     dropped: list[str] = []
