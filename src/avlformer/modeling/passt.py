@@ -189,25 +189,20 @@ class MelFrontEnd(nn.Module):
         return self._mel_filters(fmin, fmax).to(device)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        if audio.dim() == 3 and audio.shape[1] == 1:
-            audio = audio[:, 0]
-        if audio.dim() != 2:
-            raise ValueError(f"MelFrontEnd expects audio of shape (B, 1, S) or (B, S), got {tuple(audio.shape)}")
-        with torch.autocast(device_type=audio.device.type, enabled=False):
-            return self._log_mel(audio.float()).unsqueeze(1)
-
-    def _log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S) or (B, S) audio (shape checked by PasstAudioEncoder) -> (B, 1, n_mels, frames)."""
         cfg = self.config
-        emphasised = F.conv1d(waveform.unsqueeze(1), self.preemphasis).squeeze(1)
-        spectrum = torch.stft(emphasised, cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
-                              window=self.window, center=True, normalized=False, onesided=True,
-                              return_complex=True)
-        power = torch.view_as_real(spectrum).square().sum(dim=-1)
-        filters = self._training_filters(waveform.device) if self.training else self.eval_filters
-        log_mel = (filters @ power + _LOG_OFFSET).log()
-        if self.training:
-            log_mel = self.time_masking(self.frequency_masking(log_mel.unsqueeze(1))).squeeze(1)
-        return (log_mel + 4.5) / 5.0
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            waveform = audio.reshape(audio.shape[0], -1).float()
+            emphasised = F.conv1d(waveform.unsqueeze(1), self.preemphasis).squeeze(1)
+            spectrum = torch.stft(emphasised, cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
+                                  window=self.window, center=True, normalized=False, onesided=True,
+                                  return_complex=True)
+            power = torch.view_as_real(spectrum).square().sum(dim=-1)
+            filters = self._training_filters(waveform.device) if self.training else self.eval_filters
+            log_mel = (filters @ power + _LOG_OFFSET).log()
+            if self.training:
+                log_mel = self.time_masking(self.frequency_masking(log_mel.unsqueeze(1))).squeeze(1)
+            return ((log_mel + 4.5) / 5.0).unsqueeze(1)
 
 
 class PasstNet(nn.Module):
