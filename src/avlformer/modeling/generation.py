@@ -215,20 +215,15 @@ def beam_search(stepper, batch: int, num_beams: int, max_length: int, length_pen
         stepper.reorder(beam_idx)
         if all(done):
             break
-    return _best_hypotheses(hypotheses, max_length, device, ids)
-
-
-def _best_hypotheses(hypotheses: list[BeamHypotheses], max_length: int, device,
-                     ids: SpecialIds = BERT_IDS) -> GenerationOutput:
-    token_ids = torch.full((len(hypotheses), max_length), ids.pad, dtype=torch.long, device=device)
-    confidence = torch.zeros(len(hypotheses), dtype=torch.float32, device=device)
-    for row, hyps in enumerate(hypotheses):
+    best_ids = torch.full((batch, max_length), ids.pad, dtype=torch.long, device=device)
+    confidence = torch.zeros(batch, dtype=torch.float32, device=device)
+    for row, hyps in enumerate(hypotheses):  # each video's best hypothesis, then [SEP]
         score, hyp = hyps.kept
         body = hyp[1:]  # drop [CLS]
-        token_ids[row, :len(body)] = body
-        token_ids[row, len(body)] = ids.end
+        best_ids[row, :len(body)] = body
+        best_ids[row, len(body)] = ids.end
         confidence[row] = float(torch.exp(torch.tensor(score)))
-    return GenerationOutput(token_ids, confidence)
+    return GenerationOutput(best_ids, confidence)
 
 
 def generate(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,

@@ -133,15 +133,11 @@ def set_hf_checkpointing(model, enabled: bool) -> None:
     if not getattr(model, "supports_gradient_checkpointing", False):
         return
     # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*; 4.x has only the former.
-    new_names = hasattr(model, "activation_checkpointing_enable")
+    name = "activation_checkpointing" if hasattr(model, "activation_checkpointing_enable") else "gradient_checkpointing"
     if enabled:
-        kwargs = {"use_reentrant": False}
-        if new_names:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        getattr(model, f"{name}_enable")(**{f"{name}_kwargs": {"use_reentrant": False}})
     elif hf_checkpointing(model):
-        (model.activation_checkpointing_disable if new_names else model.gradient_checkpointing_disable)()
+        getattr(model, f"{name}_disable")()
 
 
 def hf_checkpointing(model) -> bool:
