@@ -114,11 +114,9 @@ def _score_dtype(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
-def pad_right(token_ids: torch.Tensor, length: int, pad: int = PAD_ID) -> torch.Tensor:
-    missing = length - token_ids.shape[1]
-    if missing <= 0:
-        return token_ids[:, :length]
-    return torch.cat([token_ids, token_ids.new_full((token_ids.shape[0], missing), pad)], dim=1)
+def pad_right(token_ids: torch.Tensor, length: int, pad: int) -> torch.Tensor:
+    """``token_ids`` (never longer than ``length``) padded on the right to ``length``."""
+    return torch.cat([token_ids, token_ids.new_full((token_ids.shape[0], length - token_ids.shape[1]), pad)], dim=1)
 
 
 def append_token(token_ids: torch.Tensor, next_tokens: torch.Tensor, unfinished: torch.Tensor,

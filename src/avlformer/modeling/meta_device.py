@@ -27,7 +27,8 @@ class TooManyTensors(RuntimeError):
 def build_on_meta(factory: Callable[[], ModuleT], max_tensors: int | None = None) -> ModuleT:
     """``factory()`` on the meta device; with ``max_tensors``, :class:`TooManyTensors` as soon as more parameters
     and buffers are registered (a crafted config of 100000 layers would take minutes even there)."""
-    with torch.device("meta"), _tensor_budget(max_tensors):
+    budget = contextlib.nullcontext() if max_tensors is None else _tensor_budget(max_tensors)
+    with torch.device("meta"), budget:
         return factory()
 
 
@@ -80,10 +81,7 @@ def load_by_assignment(module: ModuleT, state_dict: Mapping[str, torch.Tensor]) 
 
 
 @contextlib.contextmanager
-def _tensor_budget(limit: int | None) -> Iterator[None]:
-    if limit is None:
-        yield
-        return
+def _tensor_budget(limit: int) -> Iterator[None]:
     count = 0
 
     def count_tensor(_module, name, _tensor):

@@ -8,6 +8,7 @@ upstream's ``model.bin`` (under ``trans_encoder.``) load by name. Decoding runs 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -191,11 +192,8 @@ class BertEncoder(nn.Module):
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         last = len(self.layer) - 1
         for index, layer in enumerate(self.layer):
-            rows = output_rows if index == last else None
-            if recompute:
-                hidden = checkpoint(layer, hidden, bias, rows, cache, use_reentrant=False)
-            else:
-                hidden = layer(hidden, bias, rows, cache)
+            run = partial(checkpoint, layer, use_reentrant=False) if recompute else layer
+            hidden = run(hidden, bias, output_rows if index == last else None, cache)
         return hidden
 
 
