@@ -110,9 +110,8 @@ def weights_sha256(folder: str | Path) -> str:
 def read_folder_state(folder: Path, auto_class, trust_remote_code: bool = False) -> dict[str, torch.Tensor]:
     """The weights of a folder as ``auto_class`` names them (transformers resolves tied and renamed tensors),
     read from safetensors only."""
-    model = auto_class.from_pretrained(str(folder), use_safetensors=True, local_files_only=True,
-                                       trust_remote_code=trust_remote_code, dtype=torch.float32)
-    return model.state_dict()
+    return auto_class.from_pretrained(str(folder), use_safetensors=True, local_files_only=True,
+                                      trust_remote_code=trust_remote_code, dtype=torch.float32).state_dict()
 
 
 @contextlib.contextmanager

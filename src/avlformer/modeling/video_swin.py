@@ -167,8 +167,7 @@ class _SwinStage(nn.Module):
                          config.attn_implementation)
             for index, rate in enumerate(drop_rates)
         )
-        is_last = stage == len(config.depths) - 1
-        self.downsample = None if is_last else PatchMerging(dim, norm_layer=nn.LayerNorm)
+        self.downsample = None if stage == len(config.depths) - 1 else PatchMerging(dim, norm_layer=nn.LayerNorm)
 
     def forward(self, x: Tensor, use_checkpoint: bool = False) -> Tensor:
         # Per block, not per stage: the same recomputation, but the peak holds one block's attention.
