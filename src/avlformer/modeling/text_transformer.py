@@ -54,10 +54,6 @@ class TextTransformerConfig(JsonDataclass):
         return cls(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=128,
                    img_feature_dim=16)
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
     def describe(self) -> str:
         return f"{self.num_layers}-layer text transformer"
 
@@ -91,7 +87,7 @@ class BertSelfAttention(nn.Module):
 
     def __init__(self, cfg: TextTransformerConfig, layer_index: int = 0):
         super().__init__()
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.hidden_size // cfg.num_heads
         self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
