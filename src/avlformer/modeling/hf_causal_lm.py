@@ -13,8 +13,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
+from avlformer.atomic import atomic_folder
 from avlformer.config_fields import JsonDataclass
 from avlformer.modeling.generation import SpecialIds
 from avlformer.modeling.hf_folder import (check_model_folder, config_object, cpu_build, read_folder_state,
@@ -209,10 +212,6 @@ class HFCausalLMDecoder(nn.Module):
 
     def save_adapter(self, folder: str | Path) -> Path:
         """``adapter_model.safetensors`` (the adapters and the projector) naming the base weights by hash."""
-        from safetensors.torch import save_file
-
-        from avlformer.atomic import atomic_folder
-
         if self.config.training != "lora":
             raise ValueError("save_adapter: this decoder has no LoRA adapters (training is "
                              f"{self.config.training!r})")
@@ -225,8 +224,6 @@ class HFCausalLMDecoder(nn.Module):
 
     def load_adapter(self, folder: str | Path) -> None:
         """Load adapters saved by :meth:`save_adapter` onto this base; another base's are refused."""
-        from safetensors import safe_open
-
         path = Path(folder) / ADAPTER_WEIGHTS
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no LoRA adapter file")
