@@ -17,7 +17,7 @@ from avlformer.data.recipe import PreprocessRecipe
 from avlformer.modeling.avlformer import AVLFormer, AVLFormerConfig
 from avlformer.modeling.checkpoint import (CheckpointMismatchError, checkpoint_recipe, config_from_upstream_args,
                                            convert_upstream_state_dict, load_model, save_checkpoint)
-from avlformer.modeling.meta_device import build_on_meta, load_by_assignment
+from avlformer.modeling.meta_device import build_on_meta, load_by_assignment, state_shapes
 from avlformer.modeling.video_swin import relative_position_index
 from tests.swin_upstream import to_upstream_state_dict
 
@@ -37,6 +37,11 @@ def av_inputs(config, seed=0):
     generator = torch.Generator().manual_seed(seed)
     frames = torch.randn(1, config.num_frames, 3, config.image_size, config.image_size, generator=generator)
     return frames, torch.randn(1, 1, config.audio.clip_samples, generator=generator) * 0.1
+
+
+def convert_upstream(state_dict, config):
+    """The conversion as load_model runs it: strict, against the shapes of the meta-built model."""
+    return convert_upstream_state_dict(state_dict, config, True, state_shapes(build_on_meta(lambda: AVLFormer(config))))
 
 
 def upstream_style(model, config):
@@ -275,7 +280,7 @@ def test_a_buffer_neither_stored_nor_computed_is_an_error_after_loading():
 def test_convert_upstream_state_dict_accounts_for_every_key(tiny):
     model, config = tiny
     upstream = upstream_style(model, config)
-    converted, dropped = convert_upstream_state_dict(upstream, config)
+    converted, dropped = convert_upstream(upstream, config)
     ours = model.state_dict()
     assert converted.keys() == ours.keys() and all(torch.equal(converted[k], ours[k]) for k in ours)
     assert len(converted) + len(dropped) == len(upstream)
@@ -293,7 +298,7 @@ def test_convert_upstream_reports_missing_unexpected_and_misshaped(tiny):
     upstream["passt.net.mystery"] = torch.zeros(1)
     upstream["decoder.bogus"] = torch.zeros(1)
     with pytest.raises(CheckpointMismatchError) as error:
-        convert_upstream_state_dict(upstream, config)
+        convert_upstream(upstream, config)
     message = str(error.value)
     for needle in ("trans_encoder.bert.img_embedding.bias", "backbone.norm.weight", "fc.weight", "net.mystery",
                    "decoder.bogus"):
@@ -361,7 +366,7 @@ def test_released_layout_fits_the_paper_model_on_meta():
     state = released_style_state_dict(device="meta")
     assert len(state) == 724
     config = AVLFormerConfig.paper()
-    converted, dropped = convert_upstream_state_dict(state, config)
+    converted, dropped = convert_upstream(state, config)
     assert len(converted) == 724 - 34 and len(dropped) == 34  # 24 index buffers, 2 PaSST head, 2 pooler, 6 cls_img
     model = build_on_meta(lambda: AVLFormer(config)).eval()
     model.load_state_dict(converted, strict=True, assign=True)

@@ -276,6 +276,6 @@ def test_beam_hypotheses_keeps_best_and_stops_like_upstream():
     hyps = BeamHypotheses(max_length=11, length_penalty=1.0)
     hyps.add(torch.tensor([CLS_ID, 5]), -4.0)      # score -2
     hyps.add(torch.tensor([CLS_ID, 5, 6, 7]), -4.0)  # score -1: replaces
-    assert hyps.best()[0] == pytest.approx(-1.0) and len(hyps.best()[1]) == 4
+    assert hyps.kept[0] == pytest.approx(-1.0) and len(hyps.kept[1]) == 4
     assert hyps.is_done(-10.5)       # best running -10.5 / 10 = -1.05 <= worst kept -1
     assert not hyps.is_done(-9.0)    # -0.9 could still beat it

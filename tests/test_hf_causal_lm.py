@@ -137,7 +137,7 @@ def test_lora_trains_adapters_only_and_merges_exactly(lm_folders):
         model.eval()
         ids = torch.tensor([[5, 9, 12, 3]])
         unmerged = decoder.lm(input_ids=ids).logits
-        decoder.merge_lora()
+        decoder.unload_lora()
         merged = decoder.lm(input_ids=ids).logits
     assert not torch.equal(unmerged, built(lm_folders["llama"], training="lora").part("text").lm(input_ids=ids).logits)
     torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
@@ -155,6 +155,9 @@ def test_saved_adapter_reloads_onto_its_base_and_another_base_is_refused(lm_fold
     assert not torch.equal(fresh.projector[0].weight, decoder.projector[0].weight)
     fresh.load_adapter(tmp_path / "adapter")
     assert all(torch.equal(tensor, decoder.state_dict()[name]) for name, tensor in fresh.state_dict().items())
+    narrower = built(lm_folders["llama"], training="lora", lora_rank=4).part("text")
+    with pytest.raises(ValueError, match=r"adapter does not match the model: misshaped keys .*lora_A"):
+        narrower.load_adapter(tmp_path / "adapter")
 
     other = save_causal_lm(tmp_path / "other", "llama", seed=7)
     elsewhere = built(other, training="lora").part("text")

@@ -18,11 +18,23 @@ from avlformer.modeling.passt import (
     load_official_weights,
     rms_norm,
 )
-from avlformer.modeling.meta_device import expected_state_shapes
+from avlformer.modeling.meta_device import build_on_meta, state_shapes
 
 
 def expected_parameter_shapes(config):
-    return expected_state_shapes(lambda: PasstNet(config))
+    return state_shapes(build_on_meta(lambda: PasstNet(config)))
+
+
+def without_patchout(config):
+    """The same model keeping every patch: patchout's index selection keeps them all, in order."""
+    return dataclasses.replace(config, s_patchout_t=0, s_patchout_f=0)
+
+
+def full_grid_twin(net):
+    """A PasstNet with ``net``'s weights and mode that keeps every patch."""
+    twin = PasstNet(without_patchout(net.config)).train(net.training)
+    twin.load_state_dict(net.state_dict())
+    return twin
 
 hear21_passt = pytest.importorskip("hear21passt.models.passt")
 hear21_preprocess = pytest.importorskip("hear21passt.models.preprocess")
@@ -101,10 +113,11 @@ def test_paper_model_returns_473_tokens():
     assert spectrogram.shape == (1, 1, 128, 1000)
     with torch.device("meta"):  # shapes only: the full ViT-Base forward is not needed to count tokens
         net = PasstNet(config)
+        full = PasstNet(without_patchout(config))
     meta_input = torch.empty(spectrogram.shape, device="meta")
     for training in (True, False):
         assert net.train(training)(meta_input).shape == (1, config.num_tokens, 768)
-    assert net(meta_input, patchout=False).shape == (1, 1 + 12 * 99, 768)
+    assert full(meta_input).shape == (1, 1 + 12 * 99, 768)
 
 
 def test_config_round_trip_and_validation():
@@ -174,7 +187,7 @@ def test_mel_buffers_are_not_saved():
 def test_tokens_match_hear21passt_with_patchout_off(config):
     torch.manual_seed(0)
     reference_net = official_net(config)
-    encoder = PasstAudioEncoder(config).eval()
+    encoder = PasstAudioEncoder(without_patchout(config)).eval()
     converted, dropped = checkpoint_filter_fn(reference_net.state_dict(), config)
     encoder.net.load_state_dict(converted, strict=True)
     assert sorted(dropped) == ["head.0.bias", "head.0.weight"]
@@ -182,7 +195,7 @@ def test_tokens_match_hear21passt_with_patchout_off(config):
     audio = torch.randn(2, 1, config.clip_samples)
     with torch.no_grad():
         reference = official_tokens(reference_net, official_front_end(config).eval()(audio[:, 0]).unsqueeze(1))
-        ours = encoder.net(encoder.mel(audio), patchout=False)
+        ours = encoder.net(encoder.mel(audio))
     grid_f, grid_t = config.grid
     assert ours.shape == reference.shape == (2, 1 + grid_f * grid_t, config.embed_dim)
     assert relative_error(ours, reference) < 1e-4
@@ -211,7 +224,7 @@ def test_eval_patchout_selects_the_rule_indices_frequency_major():
     config = dataclasses.replace(PasstConfig.nano(), depth=0)  # final LayerNorm only: tokens stay separable
     net = PasstNet(config).eval()
     spectrogram = torch.randn(2, 1, config.n_mels, config.num_mel_frames)
-    full = net(spectrogram, patchout=False)
+    full = full_grid_twin(net)(spectrogram)
     kept = net(spectrogram)
     grid_f, grid_t = config.grid
     freq_idx = evenly_spaced_indices(grid_f, config.kept_grid[0])
@@ -241,7 +254,7 @@ def test_training_patchout_is_random_but_keeps_the_count():
     config = dataclasses.replace(PasstConfig.nano(), depth=0)
     net = PasstNet(config).train()
     spectrogram = torch.randn(1, 1, config.n_mels, config.num_mel_frames)
-    full = net(spectrogram, patchout=False)
+    full = full_grid_twin(net)(spectrogram)
     grid_f, grid_t = config.grid
     draws = set()
     for seed in range(6):
@@ -286,7 +299,9 @@ def test_encoder_output_and_wrong_length():
     assert encoder.train()(audio).shape == (2, config.num_tokens, config.token_width)
     assert encoder.projection(encoder(audio)).shape == (2, config.num_tokens, config.out_dim)
     grid_f, grid_t = config.grid
-    assert encoder.eval()(audio, patchout=False).shape == (2, 1 + grid_f * grid_t, config.token_width)
+    assert PasstAudioEncoder(without_patchout(config)).eval()(audio).shape == (2, 1 + grid_f * grid_t,
+                                                                              config.token_width)
+    encoder.eval()
     assert torch.equal(encoder(audio[:, 0]), encoder(audio))  # (B, S) is accepted as well as (B, 1, S)
     with pytest.raises(ValueError, match=rf"{config.clip_samples} samples.*got {config.clip_samples - 5}"):
         encoder(torch.randn(2, 1, config.clip_samples - 5))

@@ -44,7 +44,7 @@ def test_text_only_hidden_states_equal_hf_bert(implementation):
     ids, padding = padded_batch()
     with torch.no_grad():
         expected = reference(input_ids=ids, attention_mask=padding).last_hidden_state
-        got = ours(ids, attention_bias=mask_to_bias(padding.float()))
+        got = ours(ids, attention_bias=mask_to_bias(padding.float()[:, None]))
     keep = padding.bool()  # HF and upstream differ only in what masked keys get (-inf vs -10000): compare real rows
     assert relative_error(got[keep], expected[keep]) < 1e-5
     assert relative_error(got, expected) < 1e-5
@@ -60,7 +60,7 @@ def test_load_hf_bert_folder_matches_hf_mlm_logits(tmp_path):
     ids, padding = padded_batch(1)
     with torch.no_grad():
         expected = reference(input_ids=ids, attention_mask=padding).logits
-        got = ours.logits(ours(ids, attention_bias=mask_to_bias(padding.float())))
+        got = ours.logits(ours(ids, attention_bias=mask_to_bias(padding.float()[:, None])))
     keep = padding.bool()
     assert relative_error(got[keep], expected[keep]) < 1e-5
     # Untied: the LM decoder is its own tensor after loading, even though HF's was tied.
@@ -81,7 +81,7 @@ def test_load_hf_bert_from_a_local_bert_model_folder(tmp_path):
     ids, padding = padded_batch(2)
     with torch.no_grad():
         expected = reference(input_ids=ids, attention_mask=padding).last_hidden_state
-        got = ours(ids, attention_bias=mask_to_bias(padding.float()))
+        got = ours(ids, attention_bias=mask_to_bias(padding.float()[:, None]))
     keep = padding.bool()
     assert relative_error(got[keep], expected[keep]) < 1e-5
 
@@ -106,6 +106,23 @@ def test_attention_and_feed_forward_outputs_are_named_for_their_roles():
     layer = TextTransformer(TextTransformerConfig(**SMALL)).bert.encoder.layer[0]
     assert type(layer.attention.output) is BertSelfOutput and type(layer.output) is BertOutput
     assert layer.attention.output.dense.in_features == 32 and layer.output.dense.in_features == 64
+
+
+def test_load_hf_bert_refuses_unexpected_and_misshaped_weights_before_loading(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    BertModel(hf_config(), add_pooling_layer=False).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["encoder.layer.0.output.dense.weight"] = torch.zeros(3, 3)
+    weights["encoder.extra.weight"] = torch.zeros(1)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    ours = TextTransformer(TextTransformerConfig(**SMALL))
+    before = {name: tensor.clone() for name, tensor in ours.state_dict().items()}
+    with pytest.raises(ValueError, match=r"model.safetensors: BERT checkpoint does not match the model: unexpected "
+                                         r"keys \(1\): bert.encoder.extra.weight; misshaped keys \(1\): "
+                                         r"bert.encoder.layer.0.output.dense.weight \(file \[3, 3\]"):
+        ours.load_hf_bert(tmp_path)
+    assert all(torch.equal(tensor, before[name]) for name, tensor in ours.state_dict().items())
 
 
 def test_load_hf_bert_rejects_other_dimensions(tmp_path):
@@ -149,7 +166,7 @@ def test_dropout_only_in_training():
     torch.manual_seed(3)
     model = TextTransformer(TextTransformerConfig(**{**SMALL, "hidden_dropout": 0.3, "attention_dropout": 0.3}))
     ids, padding = padded_batch(3)
-    bias = mask_to_bias(padding.float())
+    bias = mask_to_bias(padding.float()[:, None])
     model.train()
     assert not torch.equal(model(ids, attention_bias=bias), model(ids, attention_bias=bias))
     model.eval()
@@ -161,7 +178,7 @@ def test_gradient_checkpointing_gives_same_gradients():
     config = TextTransformerConfig(**{**SMALL, "hidden_dropout": 0.0, "attention_dropout": 0.0})
     model = TextTransformer(config).train()
     ids, padding = padded_batch(4)
-    bias = mask_to_bias(padding.float())
+    bias = mask_to_bias(padding.float()[:, None])
     grads = []
     for enabled in (False, True):
         model.zero_grad()
@@ -177,7 +194,7 @@ def test_checkpointing_recomputes_the_same_attention_dropout():
     config = TextTransformerConfig(**{**SMALL, "hidden_dropout": 0.1, "attention_dropout": 0.3})
     model = TextTransformer(config).train()
     ids, padding = padded_batch(6)
-    bias = mask_to_bias(padding.float()).requires_grad_(True)  # a bias that needs a gradient: CPU training path
+    bias = mask_to_bias(padding.float()[:, None]).requires_grad_(True)  # a bias that needs a gradient: CPU training path
     grads = []
     for enabled in (False, True):
         model.zero_grad()
@@ -252,7 +269,7 @@ def test_bias_is_minus_10000_times_one_minus_mask():
     bias = mask_to_bias(mask)
     assert bias.shape == (1, 1, 2, 2)
     assert torch.allclose(bias[0, 0], torch.tensor([[0.0, MASK_BIAS], [0.75 * MASK_BIAS, 0.0]]))
-    assert mask_to_bias(torch.tensor([[1, 0]])).shape == (1, 1, 1, 2)
+    assert mask_to_bias(torch.tensor([[[1, 0]]])).shape == (1, 1, 1, 2)
 
 
 def test_learned_mask_diagonal_one_and_sparsity_loss():

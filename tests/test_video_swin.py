@@ -86,7 +86,7 @@ def test_presets(preset, embed, depths, heads, out_dim):
     config = getattr(VideoSwinConfig, preset)()
     assert (config.embed_dim, config.depths, config.num_heads) == (embed, depths, heads)
     assert config.patch_size == (2, 4, 4) and config.window_size == (8, 7, 7)
-    assert config.out_dim == out_dim
+    assert config.token_width == out_dim
 
 
 def test_config_dict_round_trip_through_json():
@@ -172,7 +172,7 @@ def test_output_shape(config, frames, size):
     encoder = VideoSwinEncoder(config).eval()
     with torch.no_grad():
         tokens = encoder(torch.randn(2, frames, 3, *size))
-    assert tokens.shape == (2, config.num_tokens(frames, size), config.out_dim)
+    assert tokens.shape == (2, config.num_tokens(frames, size), config.token_width)
     assert torch.isfinite(tokens).all()
 
 

@@ -253,7 +253,6 @@ class LoadedModel:
     device: torch.device
     recipe: PreprocessRecipe
     tokenizer: object
-    checkpoint: str
 
     @property
     def spec(self) -> InputSpec:
@@ -280,8 +279,7 @@ def loaded_model(model, device: torch.device | None = None) -> LoadedModel:
     vocab_dir = getattr(model, "vocab_dir", None)
     return LoadedModel(model=model, config=model.config, device=device,
                        recipe=getattr(model, "recipe", None) or PreprocessRecipe.paper(),
-                       tokenizer=load_tokenizer(str(vocab_dir) if vocab_dir else None),
-                       checkpoint=getattr(model, "source", None) or "(in memory)")
+                       tokenizer=load_tokenizer(str(vocab_dir) if vocab_dir else None))
 
 
 def check_decoding(decoding: DecodingOptions, config) -> None:

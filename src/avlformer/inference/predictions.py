@@ -28,24 +28,19 @@ def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathL
             raise ValueError(problem)
 
 
-def sidecar_payload(run: CaptionRun, checkpoint: str) -> dict:
-    return {
+def write_predictions(run: CaptionRun, output: str | os.PathLike, checkpoint: str) -> Path:
+    """Write the predictions and the sidecar; returns the sidecar's path."""
+    output, sidecar = Path(output), sidecar_path(output)
+    predictions = sorted(run.predictions, key=lambda p: p.video_id)
+    write_text_atomic(output, json.dumps([{"image_id": p.video_id, "caption": p.caption} for p in predictions],
+                                         indent=1))
+    write_text_atomic(sidecar, json.dumps({
         "checkpoint": str(checkpoint),
         "decoding": {"num_beams": run.decoding.num_beams, "max_gen_length": run.decoding.max_length,
                      "length_penalty": run.decoding.length_penalty},
         "predictions": [{"image_id": p.video_id, "confidence": p.confidence, "audio_source": p.audio_source,
-                         "video": p.path} for p in sorted(run.predictions, key=lambda p: p.video_id)],
+                         "video": p.path} for p in predictions],
         "failed": [{"image_id": f.video_id, "video": f.path, "error": f.message()} for f in run.failures],
         "warnings": run.warnings,
-    }
-
-
-def write_predictions(run: CaptionRun, output: str | os.PathLike, checkpoint: str) -> Path:
-    """Write the predictions and the sidecar; returns the sidecar's path."""
-    output = Path(output)
-    predictions = sorted(run.predictions, key=lambda p: p.video_id)
-    write_text_atomic(output, json.dumps([{"image_id": p.video_id, "caption": p.caption} for p in predictions],
-                                         indent=1))
-    sidecar = sidecar_path(output)
-    write_text_atomic(sidecar, json.dumps(sidecar_payload(run, checkpoint), indent=1))
+    }, indent=1))
     return sidecar

@@ -30,17 +30,11 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias:
     (cast to the query's dtype) -> ``(..., Nq, d)``."""
     if bias is not None:
         bias = bias.to(query.dtype)
-    if implementation == "eager":
-        return eager_attention(query, key, value, bias, dropout_p)
+    if implementation == "eager":  # upstream's formulation
+        scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
+        if bias is not None:
+            scores = scores + bias
+        return F.dropout(scores.softmax(dim=-1), p=dropout_p) @ value
     if uses_biased_attention(query, bias, dropout_p):
         return biased_attention(query, key, value, bias, dropout_p=dropout_p)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p)
-
-
-def eager_attention(query, key, value, bias, dropout_p: float) -> torch.Tensor:
-    """Upstream's formulation: scores / √d + bias, softmax, dropout, weighted sum."""
-    scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
-    if bias is not None:
-        scores = scores + bias
-    probs = F.dropout(scores.softmax(dim=-1), p=dropout_p)
-    return probs @ value

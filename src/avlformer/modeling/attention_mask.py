@@ -58,13 +58,9 @@ def build_attention_mask(text_len: torch.Tensor, max_text_len: int, num_av_token
 
 
 def mask_to_bias(mask: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Attention mask ``(B, N, N)`` or key-padding mask ``(B, N)`` -> additive bias ``-10000·(1-m)``,
-    ``(B, 1, N, N)`` or ``(B, 1, 1, N)``."""
-    if mask.dim() == 2:
-        mask = mask[:, None, None, :]
-    elif mask.dim() == 3:
-        mask = mask[:, None]
-    else:
-        raise ValueError(f"attention mask must be (B, N) or (B, N, N), got shape {tuple(mask.shape)}")
-    mask = mask.to(dtype or (mask.dtype if mask.is_floating_point() else torch.float32))
+    """Attention mask ``(B, Nq, N)`` (a key-padding mask: ``Nq`` = 1) -> additive bias ``-10000·(1-m)``,
+    ``(B, 1, Nq, N)``."""
+    if mask.dim() != 3:
+        raise ValueError(f"attention mask must be (B, Nq, N), got shape {tuple(mask.shape)}")
+    mask = mask[:, None].to(dtype or (mask.dtype if mask.is_floating_point() else torch.float32))
     return (1.0 - mask) * MASK_BIAS

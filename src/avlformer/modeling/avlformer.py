@@ -9,7 +9,7 @@ outside modeling/ reaches the parts by role (``part``, ``projection``), never by
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -85,9 +85,8 @@ class AVLFormerConfig:
     @classmethod
     def tiny(cls) -> "AVLFormerConfig":
         """Nano parts: 8 frames of 64x64 (16 video tokens) + 1 s audio (19 tokens)."""
-        text = TextTransformerConfig.nano()
-        text.img_feature_dim = 32
-        return cls(video=VideoSwinConfig.nano(), audio=PasstConfig.nano(), text=text, num_frames=8, image_size=64,
+        return cls(video=VideoSwinConfig.nano(), audio=PasstConfig.nano(),
+                   text=replace(TextTransformerConfig.nano(), img_feature_dim=32), num_frames=8, image_size=64,
                    img_feature_dim=32, max_seq_length=64, max_gen_length=40)
 
     @property

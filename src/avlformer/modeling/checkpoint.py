@@ -202,12 +202,10 @@ def _with_weights(meta_model: AVLFormer, config: AVLFormerConfig, state_dict: Ma
 
 
 # ------------------------------------------------------------------------------------------------ upstream
-def convert_upstream_state_dict(state_dict: Mapping[str, torch.Tensor], config: AVLFormerConfig,
-                                strict: bool = True, expected: Mapping[str, tuple[int, ...]] | None = None
-                                ) -> tuple[dict[str, torch.Tensor], list[str]]:
+def convert_upstream_state_dict(state_dict: Mapping[str, torch.Tensor], config: AVLFormerConfig, strict: bool,
+                                expected: Mapping[str, tuple[int, ...]]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Upstream ``VideoTransformer`` state dict -> (ours, dropped keys): Swin and PaSST keys through their
-    encoders' converters, unused heads dropped, the rest checked against ``expected`` (default: the shapes of
-    ``AVLFormer(config)``)."""
+    encoders' converters, unused heads dropped, the rest checked against ``expected`` (the model's shapes)."""
     swin_part, passt_part, converted, dropped, problems = {}, {}, {}, [], []
     for name, tensor in state_dict.items():
         if name.startswith(UPSTREAM_UNUSED_PREFIXES):
@@ -228,8 +226,6 @@ def convert_upstream_state_dict(state_dict: Mapping[str, torch.Tensor], config: 
             continue
         converted.update({prefix + k: v for k, v in ours.items()})
         dropped.extend(stripped + k for k in sub_dropped)
-    if expected is None:
-        expected = state_shapes(build_on_meta(lambda: AVLFormer(config)))
     encoder_prefixes = ("swin.", "passt.net.")
     rest_expected = {k: v for k, v in expected.items() if not k.startswith(encoder_prefixes)}
     rest_given = {k: v for k, v in converted.items() if not k.startswith(encoder_prefixes)}
@@ -242,18 +238,6 @@ def convert_upstream_state_dict(state_dict: Mapping[str, torch.Tensor], config: 
     return converted, sorted(dropped)
 
 
-def config_from_upstream_args(args: Mapping[str, Any], source: str = "args.json") -> AVLFormerConfig:
-    """Upstream ``log/args.json`` -> our config. Missing arguments take upstream's parser defaults, except
-    ``learn_mask_enabled`` (docs/upstream.md §2.6) and run.sh's loss weights; a mistyped one is an error naming
-    ``source`` and the argument."""
-    if not isinstance(args, Mapping):
-        raise ValueError(f"{source}: expected a JSON object of upstream arguments, got {type(args).__name__}")
-    try:
-        return _config_from_args(args)
-    except ValueError as error:
-        raise ValueError(f"{source}: {error}") from None
-
-
 def _parse_text(value: Any) -> str:
     if not isinstance(value, str):
         raise argparse.ArgumentTypeError(value)
@@ -264,20 +248,25 @@ _ARG_KINDS = {int: (parse_int, "an integer"), float: (parse_float, "a number"), 
               str: (_parse_text, "a string")}
 
 
-def _config_from_args(args: Mapping[str, Any]) -> AVLFormerConfig:
+def config_from_upstream_args(args: Mapping[str, Any], source: str = "args.json") -> AVLFormerConfig:
+    """Upstream ``log/args.json`` -> our config. Missing arguments take upstream's parser defaults, except
+    ``learn_mask_enabled`` (docs/upstream.md §2.6) and run.sh's loss weights; a mistyped one is an error naming
+    ``source`` and the argument."""
+    if not isinstance(args, Mapping):
+        raise ValueError(f"{source}: expected a JSON object of upstream arguments, got {type(args).__name__}")
+
     def arg(name: str, default):
-        """A typed read of one upstream argument; the error names it (the caller adds the file)."""
         parse, expected = _ARG_KINDS[type(default)]
         value = args.get(name, default)
         try:
             return parse(value)
         except argparse.ArgumentTypeError:
-            raise ValueError(f"{name} must be {expected}, got {value!r}") from None
+            raise ValueError(f"{source}: {name} must be {expected}, got {value!r}") from None
 
     size = arg("vidswin_size", "base")
     presets = {"tiny": VideoSwinConfig.tiny, "small": VideoSwinConfig.small, "base": VideoSwinConfig.base}
     if size not in presets:
-        raise ValueError(f"unknown vidswin_size {size!r} (expected one of {sorted(presets)})")
+        raise ValueError(f"{source}: unknown vidswin_size {size!r} (expected one of {sorted(presets)})")
     img_feature_dim = arg("img_feature_dim", 512)
     text = TextTransformerConfig(img_feature_dim=img_feature_dim, hidden_dropout=arg("drop_out", 0.1))
     for ours, theirs in (("num_layers", "num_hidden_layers"), ("hidden_size", "hidden_size"),
@@ -285,12 +274,15 @@ def _config_from_args(args: Mapping[str, Any]) -> AVLFormerConfig:
         value = arg(theirs, -1)
         if value > 0:  # upstream: -1 keeps bert-base
             setattr(text, ours, value)
-    text = TextTransformerConfig.from_dict(text.to_dict())  # re-validate after the overrides
-    return AVLFormerConfig(
-        video=presets[size](), audio=PasstConfig(out_dim=img_feature_dim), text=text,
-        num_frames=arg("max_num_frames", 32), image_size=arg("img_res", 224), img_feature_dim=img_feature_dim,
-        learn_mask_enabled=arg("learn_mask_enabled", True),
-        sparse_mask_soft2hard=arg("sparse_mask_soft2hard", False),
-        lm_loss_weight=arg("lambda_", 0.1), sparsity_loss_weight=arg("loss_sparse_w", 0.5),
-        max_seq_length=arg("max_seq_length", 300), max_gen_length=arg("max_gen_length", 115),
-        num_beams=arg("num_beams", 1), length_penalty=arg("length_penalty", 1.0))
+    values = dict(num_frames=arg("max_num_frames", 32), image_size=arg("img_res", 224),
+                  learn_mask_enabled=arg("learn_mask_enabled", True),
+                  sparse_mask_soft2hard=arg("sparse_mask_soft2hard", False),
+                  lm_loss_weight=arg("lambda_", 0.1), sparsity_loss_weight=arg("loss_sparse_w", 0.5),
+                  max_seq_length=arg("max_seq_length", 300), max_gen_length=arg("max_gen_length", 115),
+                  num_beams=arg("num_beams", 1), length_penalty=arg("length_penalty", 1.0))
+    try:  # the overrides and the whole config validated
+        text = TextTransformerConfig.from_dict(text.to_dict())
+        return AVLFormerConfig(video=presets[size](), audio=PasstConfig(out_dim=img_feature_dim), text=text,
+                               img_feature_dim=img_feature_dim, **values)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None

@@ -114,11 +114,9 @@ def _score_dtype(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
-def pad_right(token_ids: torch.Tensor, length: int, pad: int = PAD_ID) -> torch.Tensor:
-    missing = length - token_ids.shape[1]
-    if missing <= 0:
-        return token_ids[:, :length]
-    return torch.cat([token_ids, token_ids.new_full((token_ids.shape[0], missing), pad)], dim=1)
+def pad_right(token_ids: torch.Tensor, length: int, pad: int) -> torch.Tensor:
+    """``token_ids`` (never longer than ``length``) padded on the right to ``length``."""
+    return torch.cat([token_ids, token_ids.new_full((token_ids.shape[0], length - token_ids.shape[1]), pad)], dim=1)
 
 
 def append_token(token_ids: torch.Tensor, next_tokens: torch.Tensor, unfinished: torch.Tensor,
@@ -170,9 +168,6 @@ class BeamHypotheses:
     def is_done(self, best_sum_logprobs: float) -> bool:
         return self.kept is not None and self.kept[0] >= best_sum_logprobs / self.max_length ** self.length_penalty
 
-    def best(self) -> tuple[float, torch.Tensor]:
-        return self.kept
-
 
 CANDIDATES_PER_BEAM = 2  # upstream TOPN_PER_BEAM: spare candidates so a beam survives when one ends in [SEP]
 
@@ -218,20 +213,15 @@ def beam_search(stepper, batch: int, num_beams: int, max_length: int, length_pen
         stepper.reorder(beam_idx)
         if all(done):
             break
-    return _best_hypotheses(hypotheses, max_length, device, ids)
-
-
-def _best_hypotheses(hypotheses: list[BeamHypotheses], max_length: int, device,
-                     ids: SpecialIds = BERT_IDS) -> GenerationOutput:
-    token_ids = torch.full((len(hypotheses), max_length), ids.pad, dtype=torch.long, device=device)
-    confidence = torch.zeros(len(hypotheses), dtype=torch.float32, device=device)
-    for row, hyps in enumerate(hypotheses):
-        score, hyp = hyps.best()
+    best_ids = torch.full((batch, max_length), ids.pad, dtype=torch.long, device=device)
+    confidence = torch.zeros(batch, dtype=torch.float32, device=device)
+    for row, hyps in enumerate(hypotheses):  # each video's best hypothesis, then [SEP]
+        score, hyp = hyps.kept
         body = hyp[1:]  # drop [CLS]
-        token_ids[row, :len(body)] = body
-        token_ids[row, len(body)] = ids.end
+        best_ids[row, :len(body)] = body
+        best_ids[row, len(body)] = ids.end
         confidence[row] = float(torch.exp(torch.tensor(score)))
-    return GenerationOutput(token_ids, confidence)
+    return GenerationOutput(best_ids, confidence)
 
 
 def generate(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,

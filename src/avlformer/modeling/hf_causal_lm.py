@@ -13,12 +13,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
+from avlformer.atomic import atomic_folder
 from avlformer.config_fields import JsonDataclass
 from avlformer.modeling.generation import SpecialIds
 from avlformer.modeling.hf_folder import (check_model_folder, config_object, cpu_build, read_folder_state,
                                           read_model_config, set_hf_checkpointing, weights_sha256)
+from avlformer.modeling.meta_device import check_state_dict
 from avlformer.modeling.sampling import drawn_token_scores
 
 TRAINING_MODES = ("full", "frozen", "lora")
@@ -208,10 +212,6 @@ class HFCausalLMDecoder(nn.Module):
 
     def save_adapter(self, folder: str | Path) -> Path:
         """``adapter_model.safetensors`` (the adapters and the projector) naming the base weights by hash."""
-        from safetensors.torch import save_file
-
-        from avlformer.atomic import atomic_folder
-
         if self.config.training != "lora":
             raise ValueError("save_adapter: this decoder has no LoRA adapters (training is "
                              f"{self.config.training!r})")
@@ -224,8 +224,6 @@ class HFCausalLMDecoder(nn.Module):
 
     def load_adapter(self, folder: str | Path) -> None:
         """Load adapters saved by :meth:`save_adapter` onto this base; another base's are refused."""
-        from safetensors import safe_open
-
         path = Path(folder) / ADAPTER_WEIGHTS
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no LoRA adapter file")
@@ -236,28 +234,18 @@ class HFCausalLMDecoder(nn.Module):
             raise ValueError(f"{path}: the adapter was trained on base weights {saved_hash[:12] or '(unknown)'}, "
                              f"this model's base is {self.config.weights_sha256[:12] or '(unknown)'}; load it onto "
                              f"the base it names")
-        unexpected = self.load_state_dict(state, strict=False).unexpected_keys
-        expected = set(self.adapter_state())
-        if unexpected or expected - set(state):
-            raise ValueError(f"{path}: adapter does not fit this model (missing {sorted(expected - set(state))[:3]}, "
-                             f"unexpected {unexpected[:3]})")
-
-    def merge_lora(self) -> None:
-        """Fold the adapters into the base weights (the forward then skips them)."""
-        from peft.tuners.lora import LoraLayer
-
-        for module in self.lm.modules():
-            if isinstance(module, LoraLayer):
-                module.merge()
+        expected = {name: tuple(tensor.shape) for name, tensor in self.adapter_state().items()}
+        check_state_dict(state, expected, what=f"{path}: adapter")
+        self.load_state_dict(state, strict=False)
 
     def unload_lora(self) -> None:
         """Fold the adapters in and put the plain layers back: the decoder becomes a ``full`` one whose state
         dict is the LM's own names (what ``avlformer merge-lora`` writes)."""
         from peft.tuners.lora import LoraLayer
 
-        self.merge_lora()
         for name, module in list(self.lm.named_modules()):
             if isinstance(module, LoraLayer):
+                module.merge()
                 parent_name, _, child = name.rpartition(".")
                 setattr(self.lm.get_submodule(parent_name) if parent_name else self.lm, child,
                         module.get_base_layer())
@@ -284,14 +272,9 @@ def load_pretrained_lm(module: HFCausalLMDecoder, path: str) -> list[str]:
 
     folder = check_model_folder(path, "causal LM")
     base = read_folder_state(folder, AutoModelForCausalLM, module.config.trust_remote_code)
-    target = module.lm.state_dict()
-    mapped, left = {}, []
-    for name in target:
-        source = name.replace(".base_layer.", ".")
-        if source in base:
-            mapped[name] = base[source]
-        else:
-            left.append(name)
+    sources = {name: name.replace(".base_layer.", ".") for name in module.lm.state_dict()}
+    mapped = {name: base[source] for name, source in sources.items() if source in base}
+    left = [name for name in sources if name not in mapped]
     if any("lora_" not in name for name in left):
         raise ValueError(f"{folder}: weights do not fit the decoder (no {[n for n in left if 'lora_' not in n][:3]})")
     module.lm.load_state_dict(mapped, strict=False)
@@ -306,7 +289,7 @@ class PrefixLMStepper:
     def __init__(self, decoder: HFCausalLMDecoder, av_tokens: torch.Tensor, expand: int, use_cache: bool):
         self.decoder, self.use_cache = decoder, use_cache
         self.prefix = decoder.prefix(av_tokens).repeat_interleave(expand, dim=0)
-        self.cache, self.first_logits = None, None
+        self.cache = None
 
     def _run(self, embeds: torch.Tensor, cache=None):
         lm = self.decoder.lm

@@ -132,10 +132,9 @@ def _renormalise(frames: torch.Tensor, config: HFVideoConfig) -> torch.Tensor:
 
 
 class _HFEncoder(nn.Module):
-    """Holds ``self.model``, built on the CPU even inside build_on_meta (hf_folder.cpu_build)."""
+    """Holds ``self.model = build()``, built on the CPU even inside build_on_meta (hf_folder.cpu_build)."""
 
     def __init__(self, config, build):
-        """``build()`` returns the Hugging Face model for ``config``."""
         super().__init__()
         self.config = config
         with cpu_build():

@@ -110,9 +110,8 @@ def weights_sha256(folder: str | Path) -> str:
 def read_folder_state(folder: Path, auto_class, trust_remote_code: bool = False) -> dict[str, torch.Tensor]:
     """The weights of a folder as ``auto_class`` names them (transformers resolves tied and renamed tensors),
     read from safetensors only."""
-    model = auto_class.from_pretrained(str(folder), use_safetensors=True, local_files_only=True,
-                                       trust_remote_code=trust_remote_code, dtype=torch.float32)
-    return model.state_dict()
+    return auto_class.from_pretrained(str(folder), use_safetensors=True, local_files_only=True,
+                                      trust_remote_code=trust_remote_code, dtype=torch.float32).state_dict()
 
 
 @contextlib.contextmanager
@@ -133,15 +132,11 @@ def set_hf_checkpointing(model, enabled: bool) -> None:
     if not getattr(model, "supports_gradient_checkpointing", False):
         return
     # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*; 4.x has only the former.
-    new_names = hasattr(model, "activation_checkpointing_enable")
+    name = "activation_checkpointing" if hasattr(model, "activation_checkpointing_enable") else "gradient_checkpointing"
     if enabled:
-        kwargs = {"use_reentrant": False}
-        if new_names:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        getattr(model, f"{name}_enable")(**{f"{name}_kwargs": {"use_reentrant": False}})
     elif hf_checkpointing(model):
-        (model.activation_checkpointing_disable if new_names else model.gradient_checkpointing_disable)()
+        getattr(model, f"{name}_disable")()
 
 
 def hf_checkpointing(model) -> bool:

@@ -75,9 +75,8 @@ class KVCache:
             text.copy_(text.gather(3, within[:, None, None, :, None].expand_as(text)))
 
     def store_av(self, layer_index: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        """Layer ``layer_index``'s AV keys/values (again when a checkpointed backward recomputes)."""
-        if layer_index > len(self.keys):
-            raise RuntimeError(f"AV prefill reached layer {layer_index} after {len(self.keys)} layers")
+        """Layer ``layer_index``'s AV keys/values (again when a checkpointed backward recomputes); the layers
+        come in order."""
         self.num_av = key.shape[2]
         if self.capacity:
             videos, heads, _, width = key.shape

@@ -27,16 +27,13 @@ class TooManyTensors(RuntimeError):
 def build_on_meta(factory: Callable[[], ModuleT], max_tensors: int | None = None) -> ModuleT:
     """``factory()`` on the meta device; with ``max_tensors``, :class:`TooManyTensors` as soon as more parameters
     and buffers are registered (a crafted config of 100000 layers would take minutes even there)."""
-    with torch.device("meta"), _tensor_budget(max_tensors):
+    budget = contextlib.nullcontext() if max_tensors is None else _tensor_budget(max_tensors)
+    with torch.device("meta"), budget:
         return factory()
 
 
 def state_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
-
-
-def expected_state_shapes(factory: Callable[[], nn.Module]) -> dict[str, tuple[int, ...]]:
-    return state_shapes(build_on_meta(factory))
 
 
 class CheckpointMismatchError(ValueError):
@@ -70,30 +67,21 @@ def load_by_assignment(module: ModuleT, state_dict: Mapping[str, torch.Tensor]) 
     cast = {name: tensor.to(own[name].dtype) if name in own and tensor.dtype != own[name].dtype else tensor
             for name, tensor in state_dict.items()}
     module.load_state_dict(cast, strict=True, assign=True)
-    materialize_computed_buffers(module)
-    return module
-
-
-def materialize_computed_buffers(module: nn.Module, device: torch.device | str = "cpu") -> None:
     for submodule in module.modules():
         compute = getattr(submodule, "computed_buffers", None)
-        if compute is None:
-            continue
-        with torch.device("cpu"):
-            buffers = compute()
-        for name, value in buffers.items():
-            setattr(submodule, name, value.to(device))
+        if compute is not None:
+            with torch.device("cpu"):
+                for name, value in compute().items():
+                    setattr(submodule, name, value)
     left = [name for name, tensor in chain(module.named_parameters(), module.named_buffers()) if tensor.is_meta]
     if left:
         raise RuntimeError(f"{len(left)} tensor(s) left on the meta device after loading (no stored value and no "
                            f"computed_buffers() entry): {', '.join(left[:5])}")
+    return module
 
 
 @contextlib.contextmanager
-def _tensor_budget(limit: int | None) -> Iterator[None]:
-    if limit is None:
-        yield
-        return
+def _tensor_budget(limit: int) -> Iterator[None]:
     count = 0
 
     def count_tensor(_module, name, _tensor):

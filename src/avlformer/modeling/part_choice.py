@@ -40,8 +40,7 @@ def part_from_spec(role: str, spec: str, current: dict[str, Any], *, img_feature
         for name in ("sample_rate", "clip_seconds"):
             if name in current:
                 options.setdefault(name, current[name])
-        config = HFAudioConfig.from_folder(path, **options)
-        return {"type": "hf_audio", **config.to_dict()}
+        return {"type": "hf_audio", **HFAudioConfig.from_folder(path, **options).to_dict()}
     if model_type in VIDEO_TYPES:
         return {"type": "hf_video", **HFVideoConfig.from_folder(path, **options).to_dict()}
     if model_type in IMAGE_KINDS:

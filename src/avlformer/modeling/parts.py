@@ -30,7 +30,6 @@ DEFAULT_TYPES = {"video": "video_swin", "audio": "passt", "text": "bert"}
 
 @dataclass(frozen=True)
 class PartType:
-    role: str
     name: str
     config: type                                  # the part's config dataclass
     build: Callable[[Any], nn.Module]             # config -> module
@@ -52,7 +51,7 @@ def register_part(role: str, name: str, config: type, build: Callable[[Any], nn.
         raise ValueError(f"a {ROLE_NOUNS[role]} named {name!r} is already registered ({taken.config.__name__})")
     if any(entry.config is config for entry in _REGISTRY[role].values() if entry.name != name):
         raise ValueError(f"{config.__name__} is already the config of another {ROLE_NOUNS[role]}")
-    entry = PartType(role, name, config, build, attribute or role, load_weights)
+    entry = PartType(name, config, build, attribute or role, load_weights)
     _REGISTRY[role][name] = entry
     return entry
 

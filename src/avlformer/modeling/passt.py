@@ -1,6 +1,5 @@
 """PaSST audio encoder: mel front-end, PaSST-S transformer with structured patchout, projection; parameter
 names, patchout (random in training, evenly spaced in evaluation) and token order as docs/upstream.md §3.3 states.
-``patchout=False`` keeps every patch.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchaudio.compliance.kaldi import get_mel_banks
 from avlformer.config_fields import JsonDataclass
-from avlformer.modeling.meta_device import check_state_dict, expected_state_shapes
+from avlformer.modeling.meta_device import build_on_meta, check_state_dict, state_shapes
 from avlformer.modeling.weights_file import load_converted
 from avlformer.data.recipe import CLIP_SECONDS, SAMPLE_RATE
 
@@ -190,37 +189,20 @@ class MelFrontEnd(nn.Module):
         return self._mel_filters(fmin, fmax).to(device)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        if audio.dim() == 3 and audio.shape[1] == 1:
-            audio = audio[:, 0]
-        if audio.dim() != 2:
-            raise ValueError(f"MelFrontEnd expects audio of shape (B, 1, S) or (B, S), got {tuple(audio.shape)}")
-        with torch.autocast(device_type=audio.device.type, enabled=False):
-            return self._log_mel(audio.float()).unsqueeze(1)
-
-    def _log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S) or (B, S) audio (shape checked by PasstAudioEncoder) -> (B, 1, n_mels, frames)."""
         cfg = self.config
-        emphasised = F.conv1d(waveform.unsqueeze(1), self.preemphasis).squeeze(1)
-        spectrum = torch.stft(emphasised, cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
-                              window=self.window, center=True, normalized=False, onesided=True,
-                              return_complex=True)
-        power = torch.view_as_real(spectrum).square().sum(dim=-1)
-        filters = self._training_filters(waveform.device) if self.training else self.eval_filters
-        log_mel = (filters @ power + _LOG_OFFSET).log()
-        if self.training:
-            log_mel = self.time_masking(self.frequency_masking(log_mel.unsqueeze(1))).squeeze(1)
-        return (log_mel + 4.5) / 5.0
-
-
-class PatchEmbed(nn.Module):
-    """Overlapping patches (kernel patch_size, stride fstride x tstride), no norm; named as in PaSST."""
-
-    def __init__(self, config: PasstConfig):
-        super().__init__()
-        self.proj = nn.Conv2d(1, config.embed_dim, kernel_size=config.patch_size,
-                              stride=(config.fstride, config.tstride))
-
-    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
-        return self.proj(spectrogram)
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            waveform = audio.reshape(audio.shape[0], -1).float()
+            emphasised = F.conv1d(waveform.unsqueeze(1), self.preemphasis).squeeze(1)
+            spectrum = torch.stft(emphasised, cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
+                                  window=self.window, center=True, normalized=False, onesided=True,
+                                  return_complex=True)
+            power = torch.view_as_real(spectrum).square().sum(dim=-1)
+            filters = self._training_filters(waveform.device) if self.training else self.eval_filters
+            log_mel = (filters @ power + _LOG_OFFSET).log()
+            if self.training:
+                log_mel = self.time_masking(self.frequency_masking(log_mel.unsqueeze(1))).squeeze(1)
+            return ((log_mel + 4.5) / 5.0).unsqueeze(1)
 
 
 class PasstNet(nn.Module):
@@ -236,7 +218,9 @@ class PasstNet(nn.Module):
         self.new_pos_embed = nn.Parameter(torch.zeros(1, 2, dim))
         self.freq_new_pos_embed = nn.Parameter(torch.zeros(1, dim, grid_f, 1))
         self.time_new_pos_embed = nn.Parameter(torch.zeros(1, dim, 1, grid_t))
-        self.patch_embed = PatchEmbed(config)
+        # Overlapping patches, no norm; the container keeps PaSST's name, patch_embed.proj.
+        self.patch_embed = nn.ModuleDict({"proj": nn.Conv2d(1, dim, kernel_size=config.patch_size,
+                                                            stride=(config.fstride, config.tstride))})
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.blocks = nn.ModuleList(
             Block(dim, config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
@@ -262,15 +246,14 @@ class PasstNet(nn.Module):
         freq_idx = select(grid_f, kept_f, device)
         return freq_idx, time_idx
 
-    def forward(self, spectrogram: torch.Tensor, patchout: bool = True) -> torch.Tensor:
-        patches = self.patch_embed(spectrogram)
+    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        patches = self.patch_embed["proj"](spectrogram)
         if tuple(patches.shape[-2:]) != self.config.grid:
             raise ValueError(f"PasstNet: spectrogram {tuple(spectrogram.shape)} gives a patch grid "
                              f"{tuple(patches.shape[-2:])}, expected {self.config.grid}")
         patches = patches + self.time_new_pos_embed + self.freq_new_pos_embed
-        if patchout:
-            freq_idx, time_idx = self.patchout_indices(patches.device)
-            patches = patches[:, :, :, time_idx][:, :, freq_idx, :]
+        freq_idx, time_idx = self.patchout_indices(patches.device)
+        patches = patches[:, :, :, time_idx][:, :, freq_idx, :]
         tokens = patches.flatten(2).transpose(1, 2)
         batch = tokens.shape[0]
         cls = (self.cls_token + self.new_pos_embed[:, :1]).expand(batch, -1, -1)
@@ -301,9 +284,9 @@ class PasstAudioEncoder(nn.Module):
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.config.use_checkpoint = enabled
 
-    def forward(self, audio: torch.Tensor, patchout: bool = True) -> torch.Tensor:
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
         self._check_audio(audio)
-        return self.net(self.mel(audio), patchout=patchout)
+        return self.net(self.mel(audio))
 
     def _check_audio(self, audio: torch.Tensor) -> None:
         expected = self.config.clip_samples
@@ -320,7 +303,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor],
                          config: PasstConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Official PaSST state dict (every key `net.`-prefixed or none) -> (PasstNet state dict, dropped head keys);
     a mismatch raises CheckpointMismatchError listing every offending key."""
-    expected = expected_state_shapes(lambda: PasstNet(config))
+    expected = state_shapes(build_on_meta(lambda: PasstNet(config)))
     prefix = "net." if any(key.startswith("net.") for key in state_dict) else ""
     dropped = [key for key in state_dict if key.removeprefix(prefix).startswith(DROPPED_PREFIXES)]
     kept = {key: value for key, value in state_dict.items() if key not in dropped}

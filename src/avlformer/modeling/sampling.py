@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from avlformer.data.token_ids import CLS_ID, MASK_ID
 from avlformer.modeling.attention_mask import mask_to_bias
-from avlformer.modeling.generation import BERT_IDS, SpecialIds, append_token, decoder_stepper, decoding, pad_right
+from avlformer.modeling.generation import append_token, decoder_stepper, decoding, pad_right
 from avlformer.modeling.kv_cache import KVCache
 from avlformer.modeling.text_transformer import TextTransformer
 
@@ -50,36 +50,6 @@ def draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
-@torch.no_grad()
-def sample_loop(stepper, rows: int, max_length: int, device, generator: torch.Generator | None,
-                uniforms: torch.Tensor | None, *, temperature: float, top_k: int, top_p: float,
-                ids: SpecialIds = BERT_IDS) -> SampleOutput:
-    token_ids = torch.full((rows, 1), ids.start, dtype=torch.long, device=device)
-    unfinished = torch.ones(rows, dtype=torch.bool, device=device)
-    drawn = []
-    if uniforms is not None:  # moved once, not once per step
-        uniforms = uniforms.to(device=device, dtype=torch.float32)
-    while token_ids.shape[1] < max_length:
-        logits = filter_logits(stepper.next_logits(token_ids).float(), temperature, top_k, top_p)
-        if uniforms is not None:
-            uniform = uniforms[:, token_ids.shape[1] - 1].to(logits.dtype)
-        else:
-            uniform = 1.0 - torch.rand(rows, generator=generator, device=device, dtype=logits.dtype)
-        next_tokens = draw(logits.softmax(dim=-1), uniform)
-        drawn.append(unfinished.clone())
-        token_ids = append_token(token_ids, next_tokens, unfinished, ids)
-        if not unfinished.any():
-            break
-    drawn = torch.stack(drawn, dim=1)
-    if token_ids.shape[1] == max_length:  # still open at the limit: [SEP] replaces the last draw, as greedy does
-        token_ids[unfinished, -1] = ids.end
-        drawn[unfinished, -1] = False
-    missing = max_length - token_ids.shape[1]
-    if missing:
-        drawn = F.pad(drawn, (0, missing), value=False)
-    return SampleOutput(pad_right(token_ids[:, 1:], max_length - 1, ids.pad), drawn)
-
-
 def sample_captions(model: TextTransformer, av_tokens: torch.Tensor, av_mask: torch.Tensor | None, *,
                     num_samples: int, max_length: int, generator: torch.Generator | None = None,
                     uniforms: torch.Tensor | None = None, temperature: float = 1.0, top_k: int = 0,
@@ -95,11 +65,32 @@ def sample_captions(model: TextTransformer, av_tokens: torch.Tensor, av_mask: to
                          f"got {tuple(uniforms.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    device = av_tokens.device
+    if uniforms is not None:  # moved once, not once per step
+        uniforms = uniforms.to(device=device, dtype=torch.float32)
     with decoding(model):
         stepper, ids = decoder_stepper(model, av_tokens, av_mask, max_length=max_length, expand=num_samples,
                                        use_cache=use_cache)
-        return sample_loop(stepper, rows, max_length, av_tokens.device, generator, uniforms,
-                           temperature=temperature, top_k=top_k, top_p=top_p, ids=ids)
+        token_ids = torch.full((rows, 1), ids.start, dtype=torch.long, device=device)
+        unfinished = torch.ones(rows, dtype=torch.bool, device=device)
+        drawn = []
+        while token_ids.shape[1] < max_length:
+            logits = filter_logits(stepper.next_logits(token_ids).float(), temperature, top_k, top_p)
+            if uniforms is not None:
+                uniform = uniforms[:, token_ids.shape[1] - 1].to(logits.dtype)
+            else:
+                uniform = 1.0 - torch.rand(rows, generator=generator, device=device, dtype=logits.dtype)
+            next_tokens = draw(logits.softmax(dim=-1), uniform)
+            drawn.append(unfinished.clone())
+            token_ids = append_token(token_ids, next_tokens, unfinished, ids)
+            if not unfinished.any():
+                break
+    drawn = torch.stack(drawn, dim=1)
+    if token_ids.shape[1] == max_length:  # still open at the limit: [SEP] replaces the last draw, as greedy does
+        token_ids[unfinished, -1] = ids.end
+        drawn[unfinished, -1] = False
+    drawn = F.pad(drawn, (0, max_length - token_ids.shape[1]), value=False)
+    return SampleOutput(pad_right(token_ids[:, 1:], max_length - 1, ids.pad), drawn)
 
 
 def scoring_bias(steps: int, device, dtype) -> torch.Tensor:

@@ -8,6 +8,7 @@ upstream's ``model.bin`` (under ``trans_encoder.``) load by name. Decoding runs 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from avlformer.config_fields import FieldTypeError, JsonDataclass
 from avlformer.json_files import read_json
 from avlformer.modeling.attention import attention, check_implementation
+from avlformer.modeling.meta_device import check_state_dict, state_shapes
 from avlformer.modeling.weights_file import read_weights_file
 
 
@@ -52,10 +54,6 @@ class TextTransformerConfig(JsonDataclass):
         return cls(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=128,
                    img_feature_dim=16)
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
     def describe(self) -> str:
         return f"{self.num_layers}-layer text transformer"
 
@@ -89,7 +87,7 @@ class BertSelfAttention(nn.Module):
 
     def __init__(self, cfg: TextTransformerConfig, layer_index: int = 0):
         super().__init__()
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.hidden_size // cfg.num_heads
         self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
@@ -190,11 +188,8 @@ class BertEncoder(nn.Module):
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         last = len(self.layer) - 1
         for index, layer in enumerate(self.layer):
-            rows = output_rows if index == last else None
-            if recompute:
-                hidden = checkpoint(layer, hidden, bias, rows, cache, use_reentrant=False)
-            else:
-                hidden = layer(hidden, bias, rows, cache)
+            run = partial(checkpoint, layer, use_reentrant=False) if recompute else layer
+            hidden = run(hidden, bias, output_rows if index == last else None, cache)
         return hidden
 
 
@@ -207,7 +202,7 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
-    def forward(self, input_ids, position_ids=None, token_type_ids=None):
+    def forward(self, input_ids, position_ids=None):
         if position_ids is None:
             # Explicit positions (decoding) are validated by their caller: checking values here would force a
             # device sync on every decoding step.
@@ -215,10 +210,8 @@ class BertEmbeddings(nn.Module):
                 raise ValueError(f"text of length {input_ids.shape[1]} exceeds max_position_embeddings "
                                  f"{self.position_embeddings.num_embeddings}")
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)  # upstream: every token is segment 0
         embedded = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
-                    + self.token_type_embeddings(token_type_ids))
+                    + self.token_type_embeddings(torch.zeros_like(input_ids)))  # upstream: every token is segment 0
         return self.dropout(self.LayerNorm(embedded))
 
 
@@ -293,14 +286,14 @@ class TextTransformer(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.bert.embeddings.word_embeddings
 
-    def forward(self, input_ids=None, av_tokens=None, attention_bias=None, position_ids=None, token_type_ids=None,
+    def forward(self, input_ids=None, av_tokens=None, attention_bias=None, position_ids=None,
                 output_rows: int | None = None, cache=None):
         """Hidden states of ``[text ; AV]`` (either part may be absent), or of its first ``output_rows`` rows.
         ``attention_bias`` is additive, broadcastable to ``(B, heads, N, N)``; with a ``cache`` (KVCache) the rows
         also attend to the keys/values it holds."""
         bert, parts = self.bert, []
         if input_ids is not None:
-            parts.append(bert.embeddings(input_ids, position_ids, token_type_ids))
+            parts.append(bert.embeddings(input_ids, position_ids))
         if av_tokens is not None:
             parts.append(bert.img_dropout(bert.img_embedding(av_tokens)))
         hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
@@ -333,13 +326,10 @@ class TextTransformer(nn.Module):
         ours = hf_bert_to_ours(dict(read_weights_file(weights, "Hugging Face BERT weights")))
         if "cls.predictions.decoder.weight" not in ours and "bert.embeddings.word_embeddings.weight" in ours:
             ours["cls.predictions.decoder.weight"] = ours["bert.embeddings.word_embeddings.weight"].clone()
-        own = self.state_dict()
-        unexpected = sorted(set(ours) - set(own))
-        misshaped = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                           for k, v in ours.items() if k in own and v.shape != own[k].shape)
-        if unexpected or misshaped:
-            raise ValueError(f"{folder}: cannot load BERT weights; unexpected keys {unexpected}, "
-                             f"misshaped {misshaped}")
+        own = state_shapes(self)
+        # Every tensor given must fit; the ones it lacks (img_embedding) keep their initialisation.
+        check_state_dict(ours, {name: shape for name, shape in own.items() if name in ours},
+                         what=f"{weights}: BERT checkpoint")
         self.load_state_dict(ours, strict=False)
         return sorted(set(own) - set(ours))
 

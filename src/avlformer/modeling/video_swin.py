@@ -17,7 +17,7 @@ from torchvision.models.swin_transformer import PatchMerging
 from torchvision.models.video.swin_transformer import PatchEmbed3d
 from torchvision.ops import StochasticDepth
 from avlformer.config_fields import JsonDataclass
-from avlformer.modeling.meta_device import check_state_dict, expected_state_shapes
+from avlformer.modeling.meta_device import build_on_meta, check_state_dict, state_shapes
 from avlformer.modeling.swin_window_attention import WindowAttention3d, relative_position_index
 from avlformer.modeling.weights_file import load_converted
 
@@ -99,12 +99,8 @@ class VideoSwinConfig(JsonDataclass):
         return self.embed_dim * 2**stage
 
     @property
-    def out_dim(self) -> int:
-        return self.stage_dim(len(self.depths) - 1)
-
-    @property
     def token_width(self) -> int:
-        return self.out_dim
+        return self.stage_dim(len(self.depths) - 1)
 
     def check_fits(self, model_config) -> None:
         self.token_grid(model_config.num_frames, model_config.image_size)
@@ -171,8 +167,7 @@ class _SwinStage(nn.Module):
                          config.attn_implementation)
             for index, rate in enumerate(drop_rates)
         )
-        is_last = stage == len(config.depths) - 1
-        self.downsample = None if is_last else PatchMerging(dim, norm_layer=nn.LayerNorm)
+        self.downsample = None if stage == len(config.depths) - 1 else PatchMerging(dim, norm_layer=nn.LayerNorm)
 
     def forward(self, x: Tensor, use_checkpoint: bool = False) -> Tensor:
         # Per block, not per stage: the same recomputation, but the peak holds one block's attention.
@@ -194,7 +189,7 @@ class _VideoSwinBackbone(nn.Module):
             _SwinStage(config, stage, rates[start : start + depth])
             for stage, (start, depth) in enumerate(zip(starts, config.depths))
         )
-        self.norm = nn.LayerNorm(config.out_dim, eps=LAYER_NORM_EPS)
+        self.norm = nn.LayerNorm(config.token_width, eps=LAYER_NORM_EPS)
         self.apply(_init_upstream)
 
     def forward(self, video: Tensor, checkpoint_stages: Collection[int] = ()) -> Tensor:
@@ -216,7 +211,7 @@ def _init_upstream(module: nn.Module) -> None:
 
 
 class VideoSwinEncoder(nn.Module):
-    """Frames (B, T, 3, H, W) -> grid tokens (B, T'·H'·W', out_dim), token index d·H'·W' + h·W' + w."""
+    """Frames (B, T, 3, H, W) -> grid tokens (B, T'·H'·W', token_width), token index d·H'·W' + h·W' + w."""
 
     def __init__(self, config: VideoSwinConfig) -> None:
         super().__init__()
@@ -271,7 +266,7 @@ def checkpoint_filter_fn(
     source = state_dict.get("state_dict", state_dict)  # the mmaction .pth: {'meta': ..., 'state_dict': {...}}
     if not isinstance(source, Mapping):
         raise ValueError(f"Video Swin checkpoint: 'state_dict' is a {type(source).__name__}, not a mapping")
-    expected = expected_state_shapes(lambda: VideoSwinEncoder(config))
+    expected = state_shapes(build_on_meta(lambda: VideoSwinEncoder(config)))
     reference_index = relative_position_index(config.window_size)
     converted: dict[str, Tensor] = {}
     dropped: list[str] = []

@@ -14,7 +14,6 @@ from pathlib import Path
 from avlformer.device import resolve_device
 from avlformer.serve import DEFAULT_MAX_UPLOAD_MB, DEFAULT_QUEUE_SIZE, DEFAULT_READ_TIMEOUT_S
 
-LOOPBACK_NAMES = ("localhost",)
 SERVE_PACKAGES = ("python_multipart", "starlette", "uvicorn")
 
 
@@ -37,12 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
     try:
         return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    except ValueError:  # a name
+        return host == "localhost"
 
 
 def check_flags(args: argparse.Namespace) -> None:

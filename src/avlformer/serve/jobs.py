@@ -23,8 +23,6 @@ RECENT_WEIGHT = 0.3           # weight of the latest caption in the running mean
 
 class CaptionQueue:
     def __init__(self, size: int):
-        if size < 1:
-            raise ValueError(f"queue size {size}: must be >= 1")
         self.size = size
         self.accepted = 0             # requests accepted and not yet finished (running or waiting)
         self._counter = threading.Lock()

@@ -46,8 +46,6 @@ class ServeState:
     queue: CaptionQueue = field(init=False)
 
     def __post_init__(self):
-        if not self.read_timeout_s > 0:
-            raise ValueError(f"read timeout {self.read_timeout_s}: must be > 0")
         self.queue = CaptionQueue(self.queue_size)
         self.temp_root = uploads.private_upload_root()
 
