@@ -195,8 +195,8 @@ def describe(config, device: torch.device) -> tuple[str, bool]:
     """(one line saying which model is built, its main dimensions and size; whether that size is out of reach
     on this device), for the log before anything is built."""
     source = config.init.model_config or f"the {config.init.model_preset} preset (--model-preset)"
-    line = f"building the model from {source}: {describe_model(config.model)}"
     params = sum(p.numel() for p in build_on_meta(lambda: AVLFormer(config.model)).parameters())
+    line = f"building the model from {source}: {describe_model(config.model, params)}"
     too_large = device.type == "cpu" and params > LARGE_FOR_CPU
     if too_large:
         line += ("; training a model this size on the CPU needs tens of GB of memory (weights, AdamW state and "
