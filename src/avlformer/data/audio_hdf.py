@@ -67,9 +67,6 @@ class HDF5AudioReader:
         """The clip ids, row by row."""
         return [str(name) for name in self._file.get()["audio_name"].asstr()[:]]
 
-    def name(self, index: int) -> str:
-        return self.names[index]
-
     def mp3(self, index: int) -> np.ndarray:
         """Raw encoded bytes of row ``index`` as a uint8 array."""
         return np.asarray(self._file.get()["mp3"][index], dtype=np.uint8)

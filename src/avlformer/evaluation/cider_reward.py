@@ -81,9 +81,6 @@ class CiderD:
     def _idf(self, ngram: tuple) -> float:
         return self.log_videos - math.log(max(1.0, float(self.document_frequency.get(ngram, 0))))
 
-    def __contains__(self, key: str) -> bool:
-        return key in self.reference_vectors
-
     def score(self, key: str, words: Sequence[str]) -> float:
         refs = self.reference_vectors.get(key)
         if refs is None:

@@ -15,7 +15,6 @@ from torch import nn
 
 from avlformer.data.dataset import CaptionDataset, collate
 from avlformer.data.features import FeatureFile, FeatureMismatchError, FeatureSpec, feature_path
-from avlformer.data.masking import make_train_text
 from avlformer.modeling.avlformer import FEATURE_KEYS
 from avlformer.modeling.parts import ENCODER_ROLES, config_values
 from avlformer.training.flag_table import ArgumentError, as_argument_error, flag_option
@@ -129,12 +128,8 @@ class FeatureCaptionDataset(CaptionDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         row, caption_index = self.items[index]
         video, audio = self.features.clip(self._feature_row[row])
-        text = make_train_text(self.captions[row][caption_index], self.tokenizer, self.rng,
-                               max_seq_length=self.config.max_seq_length, mask_prob=self.config.mask_prob,
-                               max_masked_tokens=self.config.max_masked_tokens)
         return {"video_key": self.keys[row], FEATURE_KEYS[0]: video, FEATURE_KEYS[1]: audio,
-                "input_ids": text.input_ids, "target_ids": text.target_ids, "masked_pos": text.masked_pos,
-                "text_len": text.text_len}
+                **self.train_text(row, caption_index)}
 
 
 def collate_features(items: list[dict[str, Any]]) -> dict[str, Any]:
