@@ -78,8 +78,6 @@ class SplitReport:
                 f"{self.path}")
 
 
-# ------------------------------------------------------------------------------------------------ inputs
-
 ENCODER_SOURCES = {"video": ("video_encoder", "swin_checkpoint"), "audio": ("audio_encoder", "passt_checkpoint")}
 
 
@@ -142,8 +140,6 @@ def split_yamls(data_dir: Path, splits: list[str]) -> dict[str, Path]:
         chosen[split] = paths[0]
     return chosen
 
-
-# ------------------------------------------------------------------------------------------------ one split
 
 def _work_identity(spec: FeatureSpec, recipe, keys: list[str]) -> str:
     keys_digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()
@@ -210,8 +206,6 @@ def extract_split(model, spec: FeatureSpec, split: str, yaml_path: Path, out: Pa
         (out / WORK).rmdir()  # only when no other split's work is left
     return SplitReport(split, target, len(keys), len(todo), seconds, bytes_per_clip)
 
-
-# ------------------------------------------------------------------------------------------------ the command
 
 def main(args: argparse.Namespace) -> int:
     from avlformer.device import resolve_device
