@@ -34,7 +34,7 @@ COMMANDS = {
 
 def build_parser(names) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avlformer", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(metavar="COMMAND", required=True)
     for name in names:
         module_name, help_text = COMMANDS[name]
         module = importlib.import_module(module_name)

@@ -30,10 +30,6 @@ WORK = ".work"
 INTERRUPTED = 130  # the shell's code for SIGINT, as `avlformer train`
 
 
-class ExtractError(ValueError):
-    """A user's mistake or bad input; printed as one line."""
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", required=True, help="prepared data folder (`avlformer prepare --out`)")
     parser.add_argument("--model", default="", help="checkpoint whose encoders to use (ours, an upstream folder or "
@@ -89,7 +85,7 @@ def load_encoders(args, device: torch.device):
 
     given = [flag for flags in ENCODER_SOURCES.values() for flag in flags if getattr(args, flag)]
     if args.model and given:
-        raise ExtractError(f"give --model, or the encoders (--{given[0].replace('_', '-')}, ...), not both")
+        raise ValueError(f"give --model, or the encoders (--{given[0].replace('_', '-')}, ...), not both")
     if args.model:
         from avlformer.modeling.checkpoint import load_model
 
@@ -107,18 +103,18 @@ def load_encoders(args, device: torch.device):
         for role, (part_flag, checkpoint_flag) in ENCODER_SOURCES.items():
             folder, checkpoint = getattr(getattr(config, role), "path", ""), getattr(args, checkpoint_flag)
             if folder and checkpoint:
-                raise ExtractError(f"--{checkpoint_flag.replace('_', '-')} does not apply to --"
+                raise ValueError(f"--{checkpoint_flag.replace('_', '-')} does not apply to --"
                                    f"{part_flag.replace('_', '-')} {getattr(args, part_flag)} (its weights are "
                                    f"the folder's)")
             if not (folder or checkpoint):
-                raise ExtractError(f"no weights for the {role} encoder: give --{part_flag.replace('_', '-')} "
+                raise ValueError(f"no weights for the {role} encoder: give --{part_flag.replace('_', '-')} "
                                    f"hf:FOLDER or --{checkpoint_flag.replace('_', '-')} FILE")
             sources[role] = folder or checkpoint
         model = AVLFormer(config)
         for role, source in sources.items():
             model.load_part_weights(role, source)
     else:
-        raise ExtractError("which encoders? give --model CKPT, or --video-encoder/--swin-checkpoint and "
+        raise ValueError("which encoders? give --model CKPT, or --video-encoder/--swin-checkpoint and "
                            "--audio-encoder/--passt-checkpoint")
     model.eval().requires_grad_(False)
     return model.to(device)
@@ -127,7 +123,7 @@ def load_encoders(args, device: torch.device):
 def split_yamls(data_dir: Path, splits: list[str]) -> dict[str, Path]:
     metadata = data_dir / "metadata"
     if not metadata.is_dir():
-        raise ExtractError(f"{data_dir}: no metadata/ folder (is it the output of `avlformer prepare`?)")
+        raise ValueError(f"{data_dir}: no metadata/ folder (is it the output of `avlformer prepare`?)")
     found: dict[str, list[Path]] = {}
     for path in sorted(metadata.glob("*_*frames.yaml")):
         found.setdefault(path.stem.rsplit("_", 1)[0], []).append(path)
@@ -136,14 +132,9 @@ def split_yamls(data_dir: Path, splits: list[str]) -> dict[str, Path]:
         paths = found.get(split, [])
         if len(paths) != 1:
             what = "no" if not paths else f"{len(paths)} ({', '.join(p.name for p in paths)})"
-            raise ExtractError(f"{metadata}: {what} yaml for split '{split}' (expected one {split}_<N>frames.yaml)")
+            raise ValueError(f"{metadata}: {what} yaml for split '{split}' (expected one {split}_<N>frames.yaml)")
         chosen[split] = paths[0]
     return chosen
-
-
-def _work_identity(spec: FeatureSpec, recipe, keys: list[str]) -> str:
-    keys_digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()
-    return json.dumps({"spec": spec.to_json(), "recipe": recipe.to_dict(), "keys": keys_digest}, sort_keys=True)
 
 
 def extract_split(model, spec: FeatureSpec, split: str, yaml_path: Path, out: Path, batch_size: int,
@@ -162,10 +153,11 @@ def extract_split(model, spec: FeatureSpec, split: str, yaml_path: Path, out: Pa
         existing = FeatureFile(target)
         if existing.spec == spec and existing.keys == keys and existing.recipe == recipe:
             return SplitReport(split, target, len(keys), 0, 0.0, bytes_per_clip)
-        raise ExtractError(f"{target} already holds features of other encoders, settings or data; delete it or "
+        raise ValueError(f"{target} already holds features of other encoders, settings or data; delete it or "
                            f"choose another --out")
     work = out / WORK / yaml_path.stem
-    identity = _work_identity(spec, recipe, keys)
+    identity = json.dumps({"spec": spec.to_json(), "recipe": recipe.to_dict(),
+                           "keys": hashlib.sha256("\n".join(keys).encode()).hexdigest()}, sort_keys=True)
     marker = work / "work.json"
     if marker.is_file() and marker.read_text(encoding="utf-8") != identity:
         print(f"extract-features: {work}: discarding an unfinished extraction made with other encoders, settings "
@@ -214,19 +206,19 @@ def main(args: argparse.Namespace) -> int:
     out = None
     try:
         if args.batch_size < 1 or args.num_workers < 0:
-            raise ExtractError("--batch-size must be >= 1 and --num-workers >= 0")
+            raise ValueError("--batch-size must be >= 1 and --num-workers >= 0")
         device = resolve_device(args.device)
         data_dir = Path(args.data_dir)
         yamls = split_yamls(data_dir, args.splits)
         out = Path(args.out) if args.out else data_dir / "features"
         if problem := output_folder_problem(out, "--out"):
-            raise ExtractError(problem)
+            raise ValueError(problem)
         model = load_encoders(args, device)
         spec = encoder_spec(model, args.precision)
         for split, yaml_path in yamls.items():
             print(extract_split(model, spec, split, yaml_path, out, args.batch_size, args.num_workers,
                                 device).line())
-    except (ExtractError, ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # a user's mistake or bad input, named in the message
         print(f"avlformer extract-features: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
