@@ -83,11 +83,10 @@ def _sentences(caption: str) -> list[str]:
 
 
 def _read_object(sentence: str, obj: dict) -> None:
-    change = _CHANGE.search(sentence)
-    if change is not None:
+    new_colour, sentence = _take((_CHANGE, _COLOURS[1]), sentence)
+    if new_colour is not None:
         obj.setdefault("event", "changes_colour")
-        obj.setdefault("new_colour", _COLOURS[1][change.group(1)])
-        sentence = sentence[:change.start()] + " " * len(change.group(0)) + sentence[change.end():]
+        obj.setdefault("new_colour", new_colour)
     for key, table in _OBJECT_TABLES.items():
         value, sentence = _take(table, sentence)
         if value is not None:
