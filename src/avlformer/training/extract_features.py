@@ -11,7 +11,6 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,20 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
 
 
-@dataclass
-class SplitReport:
-    split: str
-    path: Path
-    clips: int
-    computed: int
-    seconds: float
-    bytes_per_clip: int
-
-    def line(self) -> str:
-        rate = f"{self.computed / self.seconds:.2f} clips/s" if self.computed and self.seconds > 0 else "-"
-        return (f"{self.split}: {self.clips} clips ({self.computed} computed now, {self.clips - self.computed} "
-                f"reused) in {self.seconds:.1f} s = {rate}; {self.bytes_per_clip / 1e6:.3f} MB per clip -> "
-                f"{self.path}")
+def split_line(split: str, path: Path, clips: int, computed: int, seconds: float, bytes_per_clip: int) -> str:
+    """What extract-features prints for a split it extracted (or found already extracted)."""
+    rate = f"{computed / seconds:.2f} clips/s" if computed and seconds > 0 else "-"
+    return (f"{split}: {clips} clips ({computed} computed now, {clips - computed} reused) in {seconds:.1f} s = "
+            f"{rate}; {bytes_per_clip / 1e6:.3f} MB per clip -> {path}")
 
 
 ENCODER_SOURCES = {"video": ("video_encoder", "swin_checkpoint"), "audio": ("audio_encoder", "passt_checkpoint")}
@@ -138,7 +128,7 @@ def split_yamls(data_dir: Path, splits: list[str]) -> dict[str, Path]:
 
 
 def extract_split(model, spec: FeatureSpec, split: str, yaml_path: Path, out: Path, batch_size: int,
-                  num_workers: int, device: torch.device) -> SplitReport:
+                  num_workers: int, device: torch.device) -> str:
     from avlformer.data.dataset import CaptionDataset, DataConfig, collate
 
     cfg = model.config
@@ -152,7 +142,7 @@ def extract_split(model, spec: FeatureSpec, split: str, yaml_path: Path, out: Pa
     if target.exists():
         existing = FeatureFile(target)
         if existing.spec == spec and existing.keys == keys and existing.recipe == recipe:
-            return SplitReport(split, target, len(keys), 0, 0.0, bytes_per_clip)
+            return split_line(split, target, len(keys), 0, 0.0, bytes_per_clip)
         raise ValueError(f"{target} already holds features of other encoders, settings or data; delete it or "
                            f"choose another --out")
     work = out / WORK / yaml_path.stem
@@ -196,7 +186,7 @@ def extract_split(model, spec: FeatureSpec, split: str, yaml_path: Path, out: Pa
     shutil.rmtree(work)
     with contextlib.suppress(OSError):
         (out / WORK).rmdir()  # only when no other split's work is left
-    return SplitReport(split, target, len(keys), len(todo), seconds, bytes_per_clip)
+    return split_line(split, target, len(keys), len(todo), seconds, bytes_per_clip)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -216,8 +206,7 @@ def main(args: argparse.Namespace) -> int:
         model = load_encoders(args, device)
         spec = encoder_spec(model, args.precision)
         for split, yaml_path in yamls.items():
-            print(extract_split(model, spec, split, yaml_path, out, args.batch_size, args.num_workers,
-                                device).line())
+            print(extract_split(model, spec, split, yaml_path, out, args.batch_size, args.num_workers, device))
     except (ValueError, FileNotFoundError) as err:  # a user's mistake or bad input, named in the message
         print(f"avlformer extract-features: error: {one_line(err)}", file=sys.stderr)
         return 2

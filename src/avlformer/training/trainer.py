@@ -164,11 +164,8 @@ class Trainer:
                 "device": str(self.env.device)}
 
     def checkpoint_due(self, step: int, end_of_epoch: bool) -> bool:
-        if step == self.schedule.total_steps:
-            return True
-        if self.config.run.save_steps > 0:
-            return step % self.config.run.save_steps == 0
-        return end_of_epoch
+        save_steps = self.config.run.save_steps
+        return step == self.schedule.total_steps or (step % save_steps == 0 if save_steps > 0 else end_of_epoch)
 
     def run(self) -> TrainResult:
         if self.env.is_main:
