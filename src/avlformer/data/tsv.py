@@ -96,10 +96,9 @@ def _read_lineidx_8b(path: Path) -> np.ndarray:
 
 
 class TSVFile:
-    """Random access to the rows of an upstream TSV. The file handle is opened on first use and re-opened in a forked
-    child (DataLoader workers), so one object can be built in the main process and shared. Every read checks that the
-    row ends exactly where the index says the next one starts, so a stale index is reported instead of returning shifted
-    rows."""
+    """Random access to the rows of an upstream TSV, one file handle per process (``PerProcessHandle``). Every read
+    checks that the row ends exactly where the index says the next one starts, so a stale index is reported instead
+    of returning shifted rows."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)

@@ -77,11 +77,6 @@ class ParsedScene:
     sounds: dict[str, dict] = field(default_factory=dict)    # kind -> attributes
 
 
-def _sentences(caption: str) -> list[str]:
-    text = " ".join(str(caption).lower().split())
-    return [s.strip() for s in re.split(r"[.!?;]", text) if s.strip()]
-
-
 def _read_object(sentence: str, obj: dict) -> None:
     new_colour, sentence = _take((_CHANGE, _COLOURS[1]), sentence)
     if new_colour is not None:
@@ -114,7 +109,8 @@ def parse_scene(caption: str) -> ParsedScene:
     """What the caption says about the scene; the first statement of an attribute wins."""
     parsed = ParsedScene()
     current: str | None = None
-    for sentence in _sentences(caption):
+    text = " ".join(str(caption).lower().split())
+    for sentence in (s.strip() for s in re.split(r"[.!?;]", text) if s.strip()):
         if _BACKGROUND_NOUN.search(sentence):
             background, rest = _take(_BACKGROUND, sentence)
             parsed.background = parsed.background or background
