@@ -138,12 +138,11 @@ def data_config_for(config):
                       mask_prob=config.data.mask_prob, max_masked_tokens=config.data.max_masked_tokens)
 
 
-def build_val_dataset(config, tokenizer, data_config=None):
+def build_val_dataset(config, tokenizer, data_config):
     """The raw validation split, or None when training does not validate."""
     if not config.run.evaluate_during_training:
         return None
-    return CaptionDataset(resolve_yaml(config.data.data_dir, config.data.val_yaml),
-                          data_config or data_config_for(config), False, tokenizer)
+    return CaptionDataset(resolve_yaml(config.data.data_dir, config.data.val_yaml), data_config, False, tokenizer)
 
 
 def build_datasets(config, tokenizer):
