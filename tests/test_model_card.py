@@ -54,20 +54,3 @@ def test_non_numeric_and_non_finite_metrics_are_not_published(tmp_path):
 def test_card_text_cannot_break_its_tables():
     text = model_card_text(AVLFormerConfig.tiny(), RECIPE, training_args={"note": "a | b\nc"})
     assert "| `note` | a \\| b c |" in text
-
-
-def test_checkpoint_card_reads_the_folders_config_and_recipe(tmp_path):
-    import torch
-
-    from avlformer.modeling.avlformer import AVLFormer
-    from avlformer.modeling.checkpoint import save_checkpoint
-    from avlformer.model_card import write_checkpoint_card
-
-    config = AVLFormerConfig.tiny()
-    torch.manual_seed(0)
-    folder = save_checkpoint(tmp_path / "best_checkpoint", AVLFormer(config), config, RECIPE)
-    path = write_checkpoint_card(folder, {"CIDEr": 0.25}, split="val", training_args={"epochs": 1})
-    assert path == folder / "README.md"
-    text = path.read_text()
-    assert "| `stored_frames` | 8 |" in text and "| `epochs` | 1 |" in text
-    assert read_card_metadata(path)["model-index"][0]["name"] == "best_checkpoint"

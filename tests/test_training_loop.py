@@ -134,7 +134,8 @@ def test_validation_keeps_the_best_checkpoint_by_cider_and_logs_scalars(tmp_path
     front_matter = yaml.safe_load(card.split("---")[1])
     results = front_matter["model-index"][0]["results"][0]
     assert {m["type"]: m["value"] for m in results["metrics"]}["cider"] == 0.5
-    assert "per_gpu_train_batch_size" in card
+    assert front_matter["model-index"][0]["name"] == "run"
+    assert "per_gpu_train_batch_size" in card and "| `stored_frames` |" in card
     history = json.loads((out / "metadata_val_32frames.yamleval_logs.json").read_text())
     assert [h["CIDEr"] for h in history] == [0.2, 0.5, 0.3]
     assert [h["best_CIDEr"] for h in history] == [0.2, 0.5, 0.5]

@@ -32,10 +32,11 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(names) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avlformer", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module_name, help_text) in COMMANDS.items():
+    sub = parser.add_subparsers(metavar="COMMAND", required=True)
+    for name in names:
+        module_name, help_text = COMMANDS[name]
         module = importlib.import_module(module_name)
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(command_parser)
@@ -45,14 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = normalize_flag_spelling(list(sys.argv[1:] if argv is None else argv))
-    # Build only the requested subcommand's parser when we can: importing every command pulls in torch etc.
-    if argv and argv[0] in COMMANDS:
-        module = importlib.import_module(COMMANDS[argv[0]][0])
-        parser = argparse.ArgumentParser(prog=f"avlformer {argv[0]}", description=COMMANDS[argv[0]][1])
-        module.add_arguments(parser)
-        args = parser.parse_args(argv[1:])
-        return int(module.main(args) or 0)
-    args = build_parser().parse_args(argv)
+    # Only the requested subcommand's parser when there is one: importing every command pulls in torch etc.
+    args = build_parser([argv[0]] if argv and argv[0] in COMMANDS else COMMANDS).parse_args(argv)
     return int(args._main(args) or 0)
 
 

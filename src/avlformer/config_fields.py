@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import math
-import os
 import types
 import typing
 from typing import Any, Mapping
@@ -67,20 +66,12 @@ def type_problem(annotation: Any, value: Any) -> str | None:
         return None if number and not (isinstance(value, float) and math.isnan(value)) else _NAMES[float]
     if annotation is str:
         return None if isinstance(value, str) else _NAMES[str]
-    if annotation is os.PathLike or (isinstance(annotation, type) and issubclass(annotation, os.PathLike)):
-        return None if isinstance(value, (str, os.PathLike)) else "a path (string)"
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         return None if isinstance(value, (Mapping, annotation)) else "an object"
     if origin in (list, tuple, collections.abc.Sequence):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             return "a list"
-        item = args[0] if args else Any
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(args) != len(value):
-                return f"a list of {len(args)} entries"
-            problems = [type_problem(member, entry) for member, entry in zip(args, value)]
-        else:
-            problems = [type_problem(item, entry) for entry in value]
+        problems = [type_problem(args[0] if args else Any, entry) for entry in value]
         wrong = next((p for p in problems if p), None)
         return None if wrong is None else f"a list of entries that are each {wrong}"
     return None

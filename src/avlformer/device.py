@@ -12,9 +12,7 @@ DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
 
 def resolve_device(name: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:
-    if isinstance(name, torch.device):
-        name = str(name)
-    name = (name or "auto").strip().lower()
+    name = str(name or "auto").strip().lower()
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")

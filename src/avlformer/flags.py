@@ -1,5 +1,5 @@
 """Command-line spelling rules shared by every ``avlformer`` command and the training config reader: underscore and
-hyphen spellings are equal (argv is normalised before parsing); ``parse_bool``, ``parse_int``, ``parse_float``.
+hyphen spellings are equal (argv is normalised before parsing); the value parsers ``parse_*``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,12 @@ def parse_bool(value: str | bool | int) -> bool:
     if lowered in FALSE_WORDS:
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def parse_text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise argparse.ArgumentTypeError(f"expected a string, got {value!r}")
+    return value
 
 
 def parse_int(value: Any) -> int:

@@ -155,15 +155,3 @@ def read_card_metadata(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     return yaml.safe_load(text[4:end]) or {}
 
-
-def write_checkpoint_card(folder: str | os.PathLike, metrics: Mapping[str, Any] | None = None,
-                          split: str | None = None, training_args: Mapping[str, Any] | None = None, *,
-                          model_name: str | None = None) -> Path:
-    """``write_model_card`` for a checkpoint folder already on disk."""
-    from avlformer.data.recipe import RECIPE_NAME
-    from avlformer.modeling.avlformer import AVLFormerConfig
-
-    folder = Path(folder)
-    return write_model_card(folder, AVLFormerConfig.load(folder / "config.json"),
-                            PreprocessRecipe.load(folder / RECIPE_NAME), metrics, split, training_args,
-                            model_name=model_name)

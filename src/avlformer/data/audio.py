@@ -52,17 +52,13 @@ def pad_or_truncate(wave: np.ndarray, length: int) -> np.ndarray:
 
 
 def load_clip(data: bytes | np.ndarray, *, clip_samples: int, sample_rate: int = SAMPLE_RATE, train: bool = False,
-              rng: np.random.Generator | None = None, gain: bool = True, roll: bool = True,
-              source: str = "audio") -> torch.Tensor:
+              rng: np.random.Generator | None = None, source: str = "audio") -> torch.Tensor:
     """Encoded bytes -> float32 tensor (1, clip_samples). Gain and roll apply only when ``train`` is true
     (upstream applied the gain at evaluation too, making eval inputs random)."""
     wave = pad_or_truncate(decode_audio(data, sample_rate, source), clip_samples)
-    if train and (gain or roll):
+    if train:
         if rng is None:
             raise ValueError("load_clip(train=True) needs an rng for its augmentations")
-        if gain:
-            gain_db = int(rng.integers(GAIN_DB_RANGE[0], GAIN_DB_RANGE[1] + 1))
-            wave = wave * np.float32(10.0 ** (gain_db / 20.0))
-        if roll:
-            wave = np.roll(wave, int(rng.integers(*ROLL_SAMPLES_RANGE)))
+        gain_db = int(rng.integers(GAIN_DB_RANGE[0], GAIN_DB_RANGE[1] + 1))
+        wave = np.roll(wave * np.float32(10.0 ** (gain_db / 20.0)), int(rng.integers(*ROLL_SAMPLES_RANGE)))
     return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).reshape(1, clip_samples)

@@ -53,8 +53,7 @@ def _open_audio_hdf5(path: Path) -> h5py.File:
 
 
 class HDF5AudioReader:
-    """Reader of ``<split>_mp3.hdf``. The h5py handle is opened on first use in each process (h5py handles must
-    not cross a fork)."""
+    """Reader of ``<split>_mp3.hdf``, one h5py handle per process (``PerProcessHandle``)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -66,9 +65,6 @@ class HDF5AudioReader:
     def names(self) -> list[str]:
         """The clip ids, row by row."""
         return [str(name) for name in self._file.get()["audio_name"].asstr()[:]]
-
-    def name(self, index: int) -> str:
-        return self.names[index]
 
     def mp3(self, index: int) -> np.ndarray:
         """Raw encoded bytes of row ``index`` as a uint8 array."""

@@ -42,8 +42,6 @@ class DataConfig(JsonDataclass):
     max_seq_length: int = 300
     mask_prob: float = 0.25
     max_masked_tokens: int = 75
-    audio_gain: bool = True   # random gain in [-7, 6] dB, training only
-    audio_roll: bool = True   # circular shift in [-50, 50) samples, training only
 
     @property
     def clip_samples(self) -> int:
@@ -213,7 +211,6 @@ class CaptionDataset(Dataset):
     def load_audio(self, row: int) -> torch.Tensor:
         return load_clip(self.audio.mp3(row), clip_samples=self.config.clip_samples,
                          sample_rate=self.config.sample_rate, train=self.is_train, rng=self.rng,
-                         gain=self.config.audio_gain, roll=self.config.audio_roll,
                          source=f"{self.paths.audio} row {row} ('{self.keys[row]}')")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -224,15 +221,18 @@ class CaptionDataset(Dataset):
         row, caption_index = self.items[index]
         item = {"video_key": self.keys[row], "frames": self.load_frames(row), "audio": self.load_audio(row)}
         if self.is_train:
-            text = make_train_text(self.captions[row][caption_index], self.tokenizer, self.rng,
-                                   max_seq_length=self.config.max_seq_length, mask_prob=self.config.mask_prob,
-                                   max_masked_tokens=self.config.max_masked_tokens)
-            item.update(input_ids=text.input_ids, target_ids=text.target_ids, masked_pos=text.masked_pos,
-                        text_len=text.text_len)
+            item.update(self.train_text(row, caption_index))
         elif self.captions is not None:
             # FAVDBench has one paragraph per video; the first is the reference carried in the batch.
             item["caption"] = self.captions[row][0]
         return item
+
+    def train_text(self, row: int, caption_index: int) -> dict[str, Any]:
+        text = make_train_text(self.captions[row][caption_index], self.tokenizer, self.rng,
+                               max_seq_length=self.config.max_seq_length, mask_prob=self.config.mask_prob,
+                               max_masked_tokens=self.config.max_masked_tokens)
+        return {"input_ids": text.input_ids, "target_ids": text.target_ids, "masked_pos": text.masked_pos,
+                "text_len": text.text_len}
 
 
 def one_thread_outside_workers():

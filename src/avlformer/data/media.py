@@ -77,12 +77,6 @@ def open_container(path: str | os.PathLike) -> av.container.InputContainer:
         raise MediaError(path, f"not a readable video: {detail} (not a video, or a truncated/corrupt file)") from None
 
 
-def _video_stream(container, path) -> av.video.stream.VideoStream:
-    if not container.streams.video:
-        raise MediaError(path, "no video stream (not a video file)")
-    return container.streams.video[0]
-
-
 def _packet_time(packet: av.Packet) -> float | None:
     return float(packet.pts * packet.time_base) if packet.pts is not None else None
 
@@ -118,9 +112,12 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         return _probe_open(container, path)[0]
 
 
-def _probe_open(container, path) -> tuple[VideoInfo, list[av.Packet]]:
-    """``probe`` of an open container, with the video packets it demuxed (so a decode needs no second pass)."""
-    stream = _video_stream(container, path)
+def _probe_open(container, path) -> tuple[VideoInfo, list[av.Packet], av.video.stream.VideoStream]:
+    """``probe`` of an open container, with the video packets it demuxed (so a decode needs no second pass) and
+    the video stream."""
+    if not container.streams.video:
+        raise MediaError(path, "no video stream (not a video file)")
+    stream = container.streams.video[0]
     width, height = stream.codec_context.width, stream.codec_context.height
     if stream.duration and stream.time_base:
         declared = float(stream.duration * stream.time_base)
@@ -141,7 +138,7 @@ def _probe_open(container, path) -> tuple[VideoInfo, list[av.Packet]]:
     duration = (float(times[-1]) - start + frame_duration) if len(times) else len(packets) * frame_duration
     return VideoInfo(width=width, height=height, start=start, duration=duration,
                      variable_frame_rate=_is_variable_rate(intervals), declared_duration=declared,
-                     frame_times=times), packets
+                     frame_times=times), packets, stream
 
 
 def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -225,11 +222,10 @@ def read_frames(path: str | os.PathLike, num_frames: int = 32, short_side: int =
     be sampled are skipped where the codec allows (module docstring), so ``num_decoded`` counts the frames the
     decoder returned and ``decode_errors`` the rejected packets among those it was asked to decode."""
     with open_container(path) as container:
-        info, packets = _probe_open(container, path)
+        info, packets, stream = _probe_open(container, path)
         targets = sample_times(info.start, info.duration, num_frames)
         sampled = sampled_packet_times(info.frame_times, targets)
         selector = _FrameSelector(targets, short_side)
-        stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         stream.thread_count = threads
         errors = _decode_into(selector, stream, packets, sampled)

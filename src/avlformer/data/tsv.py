@@ -96,20 +96,19 @@ def _read_lineidx_8b(path: Path) -> np.ndarray:
 
 
 class TSVFile:
-    """Random access to the rows of an upstream TSV. The file handle is opened on first use and re-opened in a forked
-    child (DataLoader workers), so one object can be built in the main process and shared. Every read checks that the
-    row ends exactly where the index says the next one starts, so a stale index is reported instead of returning shifted
-    rows."""
+    """Random access to the rows of an upstream TSV, one file handle per process (``PerProcessHandle``). Every read
+    checks that the row ends exactly where the index says the next one starts, so a stale index is reported instead
+    of returning shifted rows."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: TSV file not found")
         self._index_source: Path | None = None
-        # After fork an inherited handle shares its file position with the parent: each process opens its own.
         self._handle = PerProcessHandle(functools.partial(open, self.path, "rb"))
 
-    def _load_offsets(self) -> np.ndarray:
+    @functools.cached_property
+    def offsets(self) -> np.ndarray:
         for index_path, reader in ((lineidx_8b_path(self.path), _read_lineidx_8b),
                                    (lineidx_path(self.path), _read_lineidx_text)):
             if index_path.is_file():
@@ -119,7 +118,6 @@ class TSVFile:
                 return offsets
         # Readers never write into the data folder (it may be read-only, or shared with the original's code, which
         # must not depend on our having touched it): a missing index is built in memory, once per TSVFile.
-        self._index_source = None
         return _scan_offsets(self.path)
 
     def _check_offsets(self, offsets: np.ndarray) -> None:
@@ -136,10 +134,6 @@ class TSVFile:
         if problem:
             raise ValueError(f"{self._index_source} does not match {self.path}: the index {problem}; "
                              f"delete the index files to rebuild them")
-
-    @functools.cached_property
-    def offsets(self) -> np.ndarray:
-        return self._load_offsets()
 
     def __len__(self) -> int:
         return len(self.offsets)

@@ -31,9 +31,9 @@ def reward_words(text: str) -> list[str]:
     return [_BRACKETS.get(token, token) for token in _TOKEN.findall(text)]
 
 
-def ngram_counts(words: Sequence[str], max_n: int = MAX_N) -> Counter:
+def ngram_counts(words: Sequence[str]) -> Counter:
     counts: Counter = Counter()
-    for n in range(1, max_n + 1):
+    for n in range(1, MAX_N + 1):
         for start in range(len(words) - n + 1):
             counts[tuple(words[start:start + n])] += 1
     return counts
@@ -62,13 +62,12 @@ class CiderD:
     """Per-caption CIDEr-D against each video's references. ``references`` ({video key: [tokenised reference,
     ...]}, every training video) fix the document frequencies; their vectors are built once, here."""
 
-    def __init__(self, references: Mapping[str, Sequence[Sequence[str]]], sigma: float = SIGMA):
+    def __init__(self, references: Mapping[str, Sequence[Sequence[str]]]):
         if not references:
             raise ValueError("CIDEr-D needs at least one video with reference captions")
         empty = [key for key, refs in references.items() if not refs]
         if empty:
             raise ValueError(f"{len(empty)} video(s) have no reference caption, e.g. {empty[0]!r}")
-        self.sigma = sigma
         ref_counts = {key: [ngram_counts(ref) for ref in refs] for key, refs in references.items()}
         self.document_frequency: dict[tuple, int] = defaultdict(int)
         for counts in ref_counts.values():
@@ -81,9 +80,6 @@ class CiderD:
     def _idf(self, ngram: tuple) -> float:
         return self.log_videos - math.log(max(1.0, float(self.document_frequency.get(ngram, 0))))
 
-    def __contains__(self, key: str) -> bool:
-        return key in self.reference_vectors
-
     def score(self, key: str, words: Sequence[str]) -> float:
         refs = self.reference_vectors.get(key)
         if refs is None:
@@ -91,7 +87,7 @@ class CiderD:
         hyp = _Vector(ngram_counts(words), self._idf)
         total = 0.0
         for ref in refs:
-            penalty = math.exp(-((hyp.length - ref.length) ** 2) / (2 * self.sigma ** 2))
+            penalty = math.exp(-((hyp.length - ref.length) ** 2) / (2 * SIGMA ** 2))
             per_order = 0.0
             for order in range(MAX_N):
                 ref_weights = ref.weights[order]

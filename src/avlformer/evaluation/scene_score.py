@@ -77,17 +77,11 @@ class ParsedScene:
     sounds: dict[str, dict] = field(default_factory=dict)    # kind -> attributes
 
 
-def _sentences(caption: str) -> list[str]:
-    text = " ".join(str(caption).lower().split())
-    return [s.strip() for s in re.split(r"[.!?;]", text) if s.strip()]
-
-
 def _read_object(sentence: str, obj: dict) -> None:
-    change = _CHANGE.search(sentence)
-    if change is not None:
+    new_colour, sentence = _take((_CHANGE, _COLOURS[1]), sentence)
+    if new_colour is not None:
         obj.setdefault("event", "changes_colour")
-        obj.setdefault("new_colour", _COLOURS[1][change.group(1)])
-        sentence = sentence[:change.start()] + " " * len(change.group(0)) + sentence[change.end():]
+        obj.setdefault("new_colour", new_colour)
     for key, table in _OBJECT_TABLES.items():
         value, sentence = _take(table, sentence)
         if value is not None:
@@ -115,7 +109,8 @@ def parse_scene(caption: str) -> ParsedScene:
     """What the caption says about the scene; the first statement of an attribute wins."""
     parsed = ParsedScene()
     current: str | None = None
-    for sentence in _sentences(caption):
+    text = " ".join(str(caption).lower().split())
+    for sentence in (s.strip() for s in re.split(r"[.!?;]", text) if s.strip()):
         if _BACKGROUND_NOUN.search(sentence):
             background, rest = _take(_BACKGROUND, sentence)
             parsed.background = parsed.background or background
@@ -133,8 +128,6 @@ def parse_scene(caption: str) -> ParsedScene:
             _read_object(sentence, parsed.objects.setdefault(current, {}))
     return parsed
 
-
-# ----------------------------------------------------------------------------------------------------- scoring
 
 def clip_hits(caption: str, scene: dict, by_relation: dict[str, list[bool]] | None = None) -> dict[str, list[bool]]:
     """Per score key, one right/wrong per ground-truth item of the clip (none where the key does not apply).

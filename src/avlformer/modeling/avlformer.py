@@ -306,11 +306,12 @@ class AVLFormer(nn.Module):
                             use_cache=use_cache)
 
 
-def describe_model(config: AVLFormerConfig) -> str:
+def describe_model(config: AVLFormerConfig, parameters: int | None = None) -> str:
     """One line saying what ``AVLFormer(config)`` is and costs, e.g. ``AVLFormer: Swin-B, PaSST-S, 12-layer text
-    transformer, 32 frames at 224 px: 308.8 M parameters, 1235 MB fp32`` (built on the meta device)."""
-    model = build_on_meta(lambda: AVLFormer(config))
-    parameters = sum(p.numel() for p in model.parameters())
+    transformer, 32 frames at 224 px: 308.8 M parameters, 1235 MB fp32`` (``parameters`` is counted on the meta
+    device unless the caller has counted it)."""
+    if parameters is None:
+        parameters = sum(p.numel() for p in build_on_meta(lambda: AVLFormer(config)).parameters())
     names = ", ".join(describe_part(role, getattr(config, role)) for role in ROLES)
     return (f"AVLFormer: {names}, {config.num_frames} frames at {config.image_size} px: {parameters / 1e6:.1f} M "
             f"parameters, {parameters * 4 / 1e6:.0f} MB fp32")

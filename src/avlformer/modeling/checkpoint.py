@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from avlformer.atomic import atomic_folder
 from avlformer.data.recipe import RECIPE_NAME, PreprocessRecipe, recipe_for_checkpoint
 from avlformer.data.token_ids import default_vocab_dir
-from avlformer.flags import parse_bool, parse_float, parse_int
+from avlformer.flags import parse_bool, parse_float, parse_int, parse_text
 from avlformer.json_files import read_json
 from avlformer.modeling import passt as passt_module
 from avlformer.modeling import video_swin as video_swin_module
@@ -238,14 +238,8 @@ def convert_upstream_state_dict(state_dict: Mapping[str, torch.Tensor], config: 
     return converted, sorted(dropped)
 
 
-def _parse_text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise argparse.ArgumentTypeError(value)
-    return value
-
-
 _ARG_KINDS = {int: (parse_int, "an integer"), float: (parse_float, "a number"), bool: (parse_bool, "true or false"),
-              str: (_parse_text, "a string")}
+              str: (parse_text, "a string")}
 
 
 def config_from_upstream_args(args: Mapping[str, Any], source: str = "args.json") -> AVLFormerConfig:

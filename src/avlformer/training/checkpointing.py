@@ -28,9 +28,9 @@ from avlformer.atomic import atomic_folder, finish_interrupted_swaps, write_text
 from avlformer.error_text import one_line
 from avlformer.folder_lock import folder_lock
 from avlformer.training.distributed import DistEnv, any_rank_true, barrier, gather_objects
-from avlformer.training.flag_table import ArgumentError
+from avlformer.training.flag_table import ArgumentError, upstream_values
 from avlformer.json_files import read_json
-from avlformer.model_card import write_checkpoint_card
+from avlformer.model_card import write_model_card
 
 TRAINING_STATE = "training_state.pt"
 TRAIN_LOCK = ".train.lock"
@@ -329,11 +329,11 @@ def read_best(output_dir: Path) -> dict[str, Any] | None:
     return read_json(path, "best-checkpoint record") if path.is_file() else None
 
 
-def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], training_args: dict | None = None
-                ) -> bool:
+def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], config, recipe) -> bool:
     """Keep ``output_dir/best_checkpoint/`` = the checkpoint with the highest validation CIDEr (hard links,
     so it costs no space; safe because checkpoint files are only ever replaced by rename, never rewritten), with
-    a ``README.md`` model card holding the validation metrics and the training flags."""
+    a ``README.md`` model card holding the validation metrics and the training flags (of the run's ``config``,
+    whose model and ``recipe`` the checkpoint holds)."""
     metric = "CIDEr"
     if metric not in metrics:
         return False
@@ -349,8 +349,8 @@ def update_best(output_dir: Path, checkpoint: Path, metrics: dict[str, float], t
                 except OSError:
                     shutil.copy2(path, staging / path.name)
         # A new file written by rename: the hard-linked checkpoint files stay untouched.
-        write_checkpoint_card(staging, metrics, split="val", training_args=training_args,
-                              model_name=output_dir.name)
+        write_model_card(staging, config.model, recipe, metrics, "val", upstream_values(config),
+                         model_name=output_dir.name)
     record = {"checkpoint": checkpoint.name, "metric": metric, "score": metrics[metric], "metrics": metrics}
     write_text_atomic(output_dir / BEST_RECORD, json.dumps(record, indent=2))
     return True

@@ -11,7 +11,6 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +27,6 @@ from avlformer.training.trainer import autocast_for
 
 WORK = ".work"
 INTERRUPTED = 130  # the shell's code for SIGINT, as `avlformer train`
-
-
-class ExtractError(ValueError):
-    """A user's mistake or bad input; printed as one line."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,23 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
 
 
-@dataclass
-class SplitReport:
-    split: str
-    path: Path
-    clips: int
-    computed: int
-    seconds: float
-    bytes_per_clip: int
+def split_line(split: str, path: Path, clips: int, computed: int, seconds: float, bytes_per_clip: int) -> str:
+    """What extract-features prints for a split it extracted (or found already extracted)."""
+    rate = f"{computed / seconds:.2f} clips/s" if computed and seconds > 0 else "-"
+    return (f"{split}: {clips} clips ({computed} computed now, {clips - computed} reused) in {seconds:.1f} s = "
+            f"{rate}; {bytes_per_clip / 1e6:.3f} MB per clip -> {path}")
 
-    def line(self) -> str:
-        rate = f"{self.computed / self.seconds:.2f} clips/s" if self.computed and self.seconds > 0 else "-"
-        return (f"{self.split}: {self.clips} clips ({self.computed} computed now, {self.clips - self.computed} "
-                f"reused) in {self.seconds:.1f} s = {rate}; {self.bytes_per_clip / 1e6:.3f} MB per clip -> "
-                f"{self.path}")
-
-
-# ------------------------------------------------------------------------------------------------ inputs
 
 ENCODER_SOURCES = {"video": ("video_encoder", "swin_checkpoint"), "audio": ("audio_encoder", "passt_checkpoint")}
 
@@ -91,7 +75,7 @@ def load_encoders(args, device: torch.device):
 
     given = [flag for flags in ENCODER_SOURCES.values() for flag in flags if getattr(args, flag)]
     if args.model and given:
-        raise ExtractError(f"give --model, or the encoders (--{given[0].replace('_', '-')}, ...), not both")
+        raise ValueError(f"give --model, or the encoders (--{given[0].replace('_', '-')}, ...), not both")
     if args.model:
         from avlformer.modeling.checkpoint import load_model
 
@@ -109,18 +93,18 @@ def load_encoders(args, device: torch.device):
         for role, (part_flag, checkpoint_flag) in ENCODER_SOURCES.items():
             folder, checkpoint = getattr(getattr(config, role), "path", ""), getattr(args, checkpoint_flag)
             if folder and checkpoint:
-                raise ExtractError(f"--{checkpoint_flag.replace('_', '-')} does not apply to --"
+                raise ValueError(f"--{checkpoint_flag.replace('_', '-')} does not apply to --"
                                    f"{part_flag.replace('_', '-')} {getattr(args, part_flag)} (its weights are "
                                    f"the folder's)")
             if not (folder or checkpoint):
-                raise ExtractError(f"no weights for the {role} encoder: give --{part_flag.replace('_', '-')} "
+                raise ValueError(f"no weights for the {role} encoder: give --{part_flag.replace('_', '-')} "
                                    f"hf:FOLDER or --{checkpoint_flag.replace('_', '-')} FILE")
             sources[role] = folder or checkpoint
         model = AVLFormer(config)
         for role, source in sources.items():
             model.load_part_weights(role, source)
     else:
-        raise ExtractError("which encoders? give --model CKPT, or --video-encoder/--swin-checkpoint and "
+        raise ValueError("which encoders? give --model CKPT, or --video-encoder/--swin-checkpoint and "
                            "--audio-encoder/--passt-checkpoint")
     model.eval().requires_grad_(False)
     return model.to(device)
@@ -129,7 +113,7 @@ def load_encoders(args, device: torch.device):
 def split_yamls(data_dir: Path, splits: list[str]) -> dict[str, Path]:
     metadata = data_dir / "metadata"
     if not metadata.is_dir():
-        raise ExtractError(f"{data_dir}: no metadata/ folder (is it the output of `avlformer prepare`?)")
+        raise ValueError(f"{data_dir}: no metadata/ folder (is it the output of `avlformer prepare`?)")
     found: dict[str, list[Path]] = {}
     for path in sorted(metadata.glob("*_*frames.yaml")):
         found.setdefault(path.stem.rsplit("_", 1)[0], []).append(path)
@@ -138,20 +122,13 @@ def split_yamls(data_dir: Path, splits: list[str]) -> dict[str, Path]:
         paths = found.get(split, [])
         if len(paths) != 1:
             what = "no" if not paths else f"{len(paths)} ({', '.join(p.name for p in paths)})"
-            raise ExtractError(f"{metadata}: {what} yaml for split '{split}' (expected one {split}_<N>frames.yaml)")
+            raise ValueError(f"{metadata}: {what} yaml for split '{split}' (expected one {split}_<N>frames.yaml)")
         chosen[split] = paths[0]
     return chosen
 
 
-# ------------------------------------------------------------------------------------------------ one split
-
-def _work_identity(spec: FeatureSpec, recipe, keys: list[str]) -> str:
-    keys_digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()
-    return json.dumps({"spec": spec.to_json(), "recipe": recipe.to_dict(), "keys": keys_digest}, sort_keys=True)
-
-
 def extract_split(model, spec: FeatureSpec, split: str, yaml_path: Path, out: Path, batch_size: int,
-                  num_workers: int, device: torch.device) -> SplitReport:
+                  num_workers: int, device: torch.device) -> str:
     from avlformer.data.dataset import CaptionDataset, DataConfig, collate
 
     cfg = model.config
@@ -165,11 +142,12 @@ def extract_split(model, spec: FeatureSpec, split: str, yaml_path: Path, out: Pa
     if target.exists():
         existing = FeatureFile(target)
         if existing.spec == spec and existing.keys == keys and existing.recipe == recipe:
-            return SplitReport(split, target, len(keys), 0, 0.0, bytes_per_clip)
-        raise ExtractError(f"{target} already holds features of other encoders, settings or data; delete it or "
+            return split_line(split, target, len(keys), 0, 0.0, bytes_per_clip)
+        raise ValueError(f"{target} already holds features of other encoders, settings or data; delete it or "
                            f"choose another --out")
     work = out / WORK / yaml_path.stem
-    identity = _work_identity(spec, recipe, keys)
+    identity = json.dumps({"spec": spec.to_json(), "recipe": recipe.to_dict(),
+                           "keys": hashlib.sha256("\n".join(keys).encode()).hexdigest()}, sort_keys=True)
     marker = work / "work.json"
     if marker.is_file() and marker.read_text(encoding="utf-8") != identity:
         print(f"extract-features: {work}: discarding an unfinished extraction made with other encoders, settings "
@@ -208,10 +186,8 @@ def extract_split(model, spec: FeatureSpec, split: str, yaml_path: Path, out: Pa
     shutil.rmtree(work)
     with contextlib.suppress(OSError):
         (out / WORK).rmdir()  # only when no other split's work is left
-    return SplitReport(split, target, len(keys), len(todo), seconds, bytes_per_clip)
+    return split_line(split, target, len(keys), len(todo), seconds, bytes_per_clip)
 
-
-# ------------------------------------------------------------------------------------------------ the command
 
 def main(args: argparse.Namespace) -> int:
     from avlformer.device import resolve_device
@@ -220,19 +196,18 @@ def main(args: argparse.Namespace) -> int:
     out = None
     try:
         if args.batch_size < 1 or args.num_workers < 0:
-            raise ExtractError("--batch-size must be >= 1 and --num-workers >= 0")
+            raise ValueError("--batch-size must be >= 1 and --num-workers >= 0")
         device = resolve_device(args.device)
         data_dir = Path(args.data_dir)
         yamls = split_yamls(data_dir, args.splits)
         out = Path(args.out) if args.out else data_dir / "features"
         if problem := output_folder_problem(out, "--out"):
-            raise ExtractError(problem)
+            raise ValueError(problem)
         model = load_encoders(args, device)
         spec = encoder_spec(model, args.precision)
         for split, yaml_path in yamls.items():
-            print(extract_split(model, spec, split, yaml_path, out, args.batch_size, args.num_workers,
-                                device).line())
-    except (ExtractError, ValueError, FileNotFoundError) as err:
+            print(extract_split(model, spec, split, yaml_path, out, args.batch_size, args.num_workers, device))
+    except (ValueError, FileNotFoundError) as err:  # a user's mistake or bad input, named in the message
         print(f"avlformer extract-features: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

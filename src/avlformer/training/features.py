@@ -15,7 +15,6 @@ from torch import nn
 
 from avlformer.data.dataset import CaptionDataset, collate
 from avlformer.data.features import FeatureFile, FeatureMismatchError, FeatureSpec, feature_path
-from avlformer.data.masking import make_train_text
 from avlformer.modeling.avlformer import FEATURE_KEYS
 from avlformer.modeling.parts import ENCODER_ROLES, config_values
 from avlformer.training.flag_table import ArgumentError, as_argument_error, flag_option
@@ -23,8 +22,6 @@ from avlformer.training.setup import build_val_dataset, data_config_for, resolve
 
 log = logging.getLogger("avlformer.train")
 
-
-# ------------------------------------------------------------------------------------------------ flags
 
 def check_feature_flags(command_line: dict[str, Any], features: str) -> None:
     """With --features, a flag typed on the command line that could only act on the encoders (which do not run)
@@ -56,8 +53,6 @@ def not_applying(config) -> list[str]:
         notes.append(f"--backbone-coef-lr {config.optim.backbone_coef_lr:g} (the backbone is frozen)")
     return notes
 
-
-# ------------------------------------------------------------------------------------------------ the model
 
 def frozen_state(model: nn.Module, role: str) -> list[tuple[str, torch.Tensor]]:
     """(state-dict name, tensor) of what the features stand for in the ``role`` encoder: the encoder without its
@@ -109,8 +104,6 @@ def prepare_feature_model(model: nn.Module, config, train_dataset) -> None:
              config.data.features, trainable / 1e6, "; ".join(not_applying(config)))
 
 
-# ------------------------------------------------------------------------------------------------ the data
-
 class FeatureCaptionDataset(CaptionDataset):
     """Training items of a split with cached features instead of frames and audio: the same items (one per caption
     or linelist entry), the same MLM masking, and ``video_features`` / ``audio_features`` looked up by key."""
@@ -129,12 +122,8 @@ class FeatureCaptionDataset(CaptionDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         row, caption_index = self.items[index]
         video, audio = self.features.clip(self._feature_row[row])
-        text = make_train_text(self.captions[row][caption_index], self.tokenizer, self.rng,
-                               max_seq_length=self.config.max_seq_length, mask_prob=self.config.mask_prob,
-                               max_masked_tokens=self.config.max_masked_tokens)
         return {"video_key": self.keys[row], FEATURE_KEYS[0]: video, FEATURE_KEYS[1]: audio,
-                "input_ids": text.input_ids, "target_ids": text.target_ids, "masked_pos": text.masked_pos,
-                "text_len": text.text_len}
+                **self.train_text(row, caption_index)}
 
 
 def collate_features(items: list[dict[str, Any]]) -> dict[str, Any]:

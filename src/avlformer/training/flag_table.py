@@ -12,7 +12,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from avlformer.flags import parse_bool, parse_float, parse_int
+from avlformer.flags import parse_bool, parse_float, parse_int, parse_text
 
 
 class ArgumentError(ValueError):
@@ -28,15 +28,9 @@ def as_argument_error(*kinds: type[Exception]) -> Iterator[None]:
         raise ArgumentError(str(err)) from None
 
 
-def to_str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise argparse.ArgumentTypeError(f"expected a string, got {value!r}")
-    return value
-
-
 def converter_of(value: Any) -> Callable:
     """The command line's conversion for values of ``value``'s type (text for anything but bool, int, float)."""
-    return {bool: parse_bool, int: parse_int, float: parse_float}.get(type(value), to_str)
+    return {bool: parse_bool, int: parse_int, float: parse_float}.get(type(value), parse_text)
 
 
 ANY = "any value"  # ``accepted`` of an ignored flag whose every value is accepted (and recorded as the original did)
@@ -77,7 +71,7 @@ def ignored(why: str, **neutral) -> tuple[Flag, ...]:
 
 NO_DEEPSPEED = ("DeepSpeed is not supported; use --distributed-strategy fsdp, which shards parameters, gradients "
                 "and optimizer state natively")
-B, I, S = parse_bool, parse_int, to_str
+B, I, S = parse_bool, parse_int, parse_text
 
 # Grouped as in the original's parser; ours are marked "(ours)".
 FLAGS: tuple[Flag, ...] = (

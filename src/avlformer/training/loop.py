@@ -56,9 +56,8 @@ def train(config: TrainConfig, env: DistEnv | None = None, *, model: nn.Module |
             tokenizer = load_tokenizer(vocab_dir)
             check_tokenizer_fits(config, tokenizer, vocab_dir)
             train_dataset, val_dataset = build(config, tokenizer)
-            recipe = recipe or train_dataset.recipe
             if val_dataset is not None:
-                check_validation_recipe(config, recipe, val_dataset.recipe)
+                check_validation_recipe(config, recipe or train_dataset.recipe, val_dataset.recipe)
         recipe = recipe or getattr(train_dataset, "recipe", None) or training_recipe(config)
         plan_schedule(len(SampleSeededDataset(train_dataset, run.seed, data.limited_samples)), config, env)
         seed_everything(run.seed)  # the model's initial weights and dropout follow from the seed alone

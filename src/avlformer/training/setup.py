@@ -138,12 +138,11 @@ def data_config_for(config):
                       mask_prob=config.data.mask_prob, max_masked_tokens=config.data.max_masked_tokens)
 
 
-def build_val_dataset(config, tokenizer, data_config=None):
+def build_val_dataset(config, tokenizer, data_config):
     """The raw validation split, or None when training does not validate."""
     if not config.run.evaluate_during_training:
         return None
-    return CaptionDataset(resolve_yaml(config.data.data_dir, config.data.val_yaml),
-                          data_config or data_config_for(config), False, tokenizer)
+    return CaptionDataset(resolve_yaml(config.data.data_dir, config.data.val_yaml), data_config, False, tokenizer)
 
 
 def build_datasets(config, tokenizer):
@@ -195,8 +194,8 @@ def describe(config, device: torch.device) -> tuple[str, bool]:
     """(one line saying which model is built, its main dimensions and size; whether that size is out of reach
     on this device), for the log before anything is built."""
     source = config.init.model_config or f"the {config.init.model_preset} preset (--model-preset)"
-    line = f"building the model from {source}: {describe_model(config.model)}"
     params = sum(p.numel() for p in build_on_meta(lambda: AVLFormer(config.model)).parameters())
+    line = f"building the model from {source}: {describe_model(config.model, params)}"
     too_large = device.type == "cpu" and params > LARGE_FOR_CPU
     if too_large:
         line += ("; training a model this size on the CPU needs tens of GB of memory (weights, AdamW state and "

@@ -12,9 +12,9 @@ import logging
 import math
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from avlformer.training import checkpointing as ckpt
 from avlformer.training.config import TrainConfig
 from avlformer.training.distributed import (DistEnv, all_reduce_mean, any_rank_true, barrier, unwrap_model,
                                             wrap_model)
-from avlformer.training.flag_table import ArgumentError, upstream_values
+from avlformer.training.flag_table import ArgumentError
 from avlformer.training.optim import build_optimizer, build_scheduler
 from avlformer.training.setup import summary_writer, write_args_json
 from avlformer.data.tokenizer import load_tokenizer
@@ -47,7 +47,6 @@ class TrainResult:
     global_step: int
     last_checkpoint: Path | None
     best: dict | None
-    history: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -144,7 +143,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=run.precision == "fp16")
         self.progress = ckpt.Progress()
         self.last_checkpoint: Path | None = None
-        self.history: list[dict] = []
         self.writer = None
 
     def resume(self) -> None:
@@ -166,11 +164,8 @@ class Trainer:
                 "device": str(self.env.device)}
 
     def checkpoint_due(self, step: int, end_of_epoch: bool) -> bool:
-        if step == self.schedule.total_steps:
-            return True
-        if self.config.run.save_steps > 0:
-            return step % self.config.run.save_steps == 0
-        return end_of_epoch
+        save_steps = self.config.run.save_steps
+        return step == self.schedule.total_steps or (step % save_steps == 0 if save_steps > 0 else end_of_epoch)
 
     def run(self) -> TrainResult:
         if self.env.is_main:
@@ -191,7 +186,7 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
         return TrainResult(self.progress.global_step, self.last_checkpoint,
-                           ckpt.read_best(self.output_dir) if self.env.is_main else None, self.history)
+                           ckpt.read_best(self.output_dir) if self.env.is_main else None)
 
     def run_epoch(self, bar) -> None:
         config, env, progress = self.config, self.env, self.progress
@@ -333,11 +328,10 @@ class Trainer:
         step = self.progress.global_step
         for metric, value in metrics.items():
             self.writer.add_scalar(f"valid/{metric}", value, step)
-        if ckpt.update_best(self.output_dir, folder, metrics, training_args=upstream_values(self.config)):
+        if ckpt.update_best(self.output_dir, folder, metrics, self.config, self.recipe):
             log.info("new best CIDEr %.4f at %s", metrics["CIDEr"], folder.name)
         best = ckpt.read_best(self.output_dir)
         entry = {**metrics, "epoch": step // self.schedule.steps_per_epoch, "iteration": step,
                  "best_CIDEr": best["score"] if best else None}
         append_history(self.output_dir, self.config.data.val_yaml, entry)
-        self.history.append(entry)
         log.info("validation at step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

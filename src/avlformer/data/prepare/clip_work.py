@@ -162,7 +162,7 @@ class PreviousOutputs:
             row = self._frames.row_bytes(entry["row"])
             mp3 = self._audio.mp3(entry["row"]).tobytes()
             files = entry["result"]["files"]
-            if self._audio.name(entry["row"]) != job.clip_id or digest(row) != files["row"] \
+            if self._audio.names[entry["row"]] != job.clip_id or digest(row) != files["row"] \
                     or digest(mp3) != files["mp3"]:
                 return None
         except (OSError, ValueError, IndexError, KeyError):

@@ -68,10 +68,6 @@ class Layout:
         return self.data_dir / "audio_mp3" / self.split
 
     @property
-    def metadata(self) -> Path:
-        return self.data_dir / "metadata"
-
-    @property
     def frame_tsv(self) -> Path:
         return self.data_dir / "frame_tsv" / f"{self.split}_{self.num_frames}frames.img.tsv"
 
@@ -81,10 +77,10 @@ class Layout:
 
     @property
     def yaml(self) -> Path:
-        return self.metadata / f"{self.split}_{self.num_frames}frames.yaml"
+        return self.data_dir / "metadata" / f"{self.split}_{self.num_frames}frames.yaml"
 
     def meta(self, suffix: str) -> Path:
-        return self.metadata / f"{self.split}.{suffix}"
+        return self.data_dir / "metadata" / f"{self.split}.{suffix}"
 
     @property
     def work(self) -> Path:

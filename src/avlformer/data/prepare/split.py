@@ -34,15 +34,14 @@ from avlformer.data.tsv import TSVWriter
 PARENT_POLL_SECONDS = 0.5
 
 
-def _exit_when_orphaned(parent_pid: int) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(PARENT_POLL_SECONDS)
-    os._exit(1)  # the parent is gone: nobody will collect this worker's results
-
-
 def _watch_parent(parent_pid: int) -> None:
     """Pool initializer: a daemon thread ends the worker once its parent is gone (re-parented to init)."""
-    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True, name="parent-watch").start()
+    def exit_when_orphaned():
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)  # the parent is gone: nobody will collect this worker's results
+
+    threading.Thread(target=exit_when_orphaned, daemon=True, name="parent-watch").start()
 
 
 def _run_in_pool(jobs: list[ClipJob], workers: int, work: Callable[[ClipJob], dict], results: dict,
