@@ -105,6 +105,8 @@ def _sound(kind: str, relation: str, source: str | None) -> dict:
             "span": None, "envelope": None}
 
 
+# ----------------------------------------------------------------------------------------------------- motion
+
 def travelled(obj: dict, t: np.ndarray, duration: float) -> np.ndarray:
     """Progress of the object's motion, in clip lengths: 1 per clip, twice as fast after a speed-up."""
     s = np.asarray(t, dtype=np.float64) / duration
@@ -162,6 +164,8 @@ def visible(obj: dict, t: np.ndarray, duration: float) -> np.ndarray:
     return np.ones_like(t, dtype=bool)
 
 
+# ----------------------------------------------------------------------------------------------------- pictures
+
 def _texture_dark(texture: str, cx: float, cy: float) -> np.ndarray | None:
     """Where the texture darkens the object (pattern fixed to the object, so it moves with it)."""
     dx, dy = np.round(GRID_X - cx).astype(int), np.round(GRID_Y - cy).astype(int)
@@ -205,6 +209,8 @@ def render_frames(scene: dict, rng: np.random.Generator) -> np.ndarray:
                 frames[i][mask & dark] = (0.45 * colour).astype(np.uint8)
     return frames
 
+
+# ----------------------------------------------------------------------------------------------------- sounds
 
 def _linear_envelope(kind: str, t: np.ndarray, duration: float) -> np.ndarray:
     if kind == "fades_in":

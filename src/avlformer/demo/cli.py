@@ -69,6 +69,8 @@ def train_argv(data_dir: Path, output_dir: Path, stored_frames: int, epochs: int
     return argv
 
 
+# ----------------------------------------------------------------------------------------------------- stages
+
 class StageClock:
     """Prints a header per stage and records its wall time."""
 
@@ -238,6 +240,8 @@ def stage_report(path: Path, results: CaptionResults, evaluation: dict, truth: d
                       mask=model.av_attention_mask(), num_video_tokens=config.num_video_tokens, notes=notes)
     write_text_atomic(path, render_report(data))
 
+
+# ----------------------------------------------------------------------------------------------------- main
 
 def run_demo(args: argparse.Namespace) -> dict:
     import torch

@@ -129,6 +129,8 @@ def parse_scene(caption: str) -> ParsedScene:
     return parsed
 
 
+# ----------------------------------------------------------------------------------------------------- scoring
+
 def clip_hits(caption: str, scene: dict, by_relation: dict[str, list[bool]] | None = None) -> dict[str, list[bool]]:
     """Per score key, one right/wrong per ground-truth item of the clip (none where the key does not apply).
     ``by_relation`` collects the sound attributes' hits split into off-screen sounds (``offscreen``: only the audio

@@ -64,6 +64,8 @@ def split_line(split: str, path: Path, clips: int, computed: int, seconds: float
             f"{rate}; {bytes_per_clip / 1e6:.3f} MB per clip -> {path}")
 
 
+# ------------------------------------------------------------------------------------------------ inputs
+
 ENCODER_SOURCES = {"video": ("video_encoder", "swin_checkpoint"), "audio": ("audio_encoder", "passt_checkpoint")}
 
 
@@ -127,6 +129,8 @@ def split_yamls(data_dir: Path, splits: list[str]) -> dict[str, Path]:
     return chosen
 
 
+# ------------------------------------------------------------------------------------------------ one split
+
 def extract_split(model, spec: FeatureSpec, split: str, yaml_path: Path, out: Path, batch_size: int,
                   num_workers: int, device: torch.device) -> str:
     from avlformer.data.dataset import CaptionDataset, DataConfig, collate
@@ -188,6 +192,8 @@ def extract_split(model, spec: FeatureSpec, split: str, yaml_path: Path, out: Pa
         (out / WORK).rmdir()  # only when no other split's work is left
     return split_line(split, target, len(keys), len(todo), seconds, bytes_per_clip)
 
+
+# ------------------------------------------------------------------------------------------------ the command
 
 def main(args: argparse.Namespace) -> int:
     from avlformer.device import resolve_device

@@ -23,6 +23,8 @@ from avlformer.training.setup import build_val_dataset, data_config_for, resolve
 log = logging.getLogger("avlformer.train")
 
 
+# ------------------------------------------------------------------------------------------------ flags
+
 def check_feature_flags(command_line: dict[str, Any], features: str) -> None:
     """With --features, a flag typed on the command line that could only act on the encoders (which do not run)
     is an error; the same values coming from a --config file (written for end-to-end training) are logged as not
@@ -53,6 +55,8 @@ def not_applying(config) -> list[str]:
         notes.append(f"--backbone-coef-lr {config.optim.backbone_coef_lr:g} (the backbone is frozen)")
     return notes
 
+
+# ------------------------------------------------------------------------------------------------ the model
 
 def frozen_state(model: nn.Module, role: str) -> list[tuple[str, torch.Tensor]]:
     """(state-dict name, tensor) of what the features stand for in the ``role`` encoder: the encoder without its
@@ -103,6 +107,8 @@ def prepare_feature_model(model: nn.Module, config, train_dataset) -> None:
     log.info("training on cached features %s: encoders frozen, %.2f M trainable parameters; not applied: %s",
              config.data.features, trainable / 1e6, "; ".join(not_applying(config)))
 
+
+# ------------------------------------------------------------------------------------------------ the data
 
 class FeatureCaptionDataset(CaptionDataset):
     """Training items of a split with cached features instead of frames and audio: the same items (one per caption
