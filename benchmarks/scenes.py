@@ -71,7 +71,7 @@ def parse_args(argv=None):
     parser.add_argument("--scst-learning-rate", type=float, default=1e-4)
     parser.add_argument("--continue-from", choices=("xe", "causal_lm"), default="xe",
                         help="the from-scratch run both continuations start from")
-    parser.add_argument("--scst-baseline", choices=("greedy", "sample"), default="greedy",
+    parser.add_argument("--scst-baseline", choices=("greedy", "sample"), default="sample",
                         help="SCST reward baseline: the greedy caption's (Rennie et al.) or the other samples' mean")
     parser.add_argument("--scst-xe-weight", type=float, default=1.0,
                         help="weight of the cross-entropy anchor in the self-critical loss (0: self-critical alone)")
