@@ -222,12 +222,13 @@ class AVLFormer(nn.Module):
                                self.config.sparse_mask_soft2hard)
 
     # ------------------------------------------------------------------------------------------- training
-    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Mapping[str, Any], av_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training losses for a collated batch (docs/architecture.md, "Batch contract"): loss, lm_loss, mlm_loss,
-        sparsity_loss, mlm_accuracy. A prefix-LM decoder (``is_prefix_lm``) computes its LM loss itself (MLM and
-        sparsity then zero)."""
+        sparsity_loss, mlm_accuracy; ``av_tokens``: the batch's, when the caller has encoded it already. A prefix-LM
+        decoder (``is_prefix_lm``) computes its LM loss itself (MLM and sparsity then zero)."""
         input_ids, target_ids, masked_pos, text_len = self._checked_text(batch)
-        av_tokens = self.batch_av_tokens(batch)
+        if av_tokens is None:
+            av_tokens = self.batch_av_tokens(batch)
         if getattr(self.part("text"), "is_prefix_lm", False):
             losses = self.part("text")(av_tokens, input_ids, text_len)
             zero = losses["loss"].new_zeros(())

@@ -131,7 +131,7 @@ class SelfCriticalTrainer(Trainer):
             # The cross-entropy anchor (a mixed objective): the references keep naming what the reward alone
             # lets the policy drop. Its own sparsity term is left out, the one above already counts.
             with self.autocast():
-                xe = model(batch)
+                xe = model(batch, av_tokens=av_tokens)
             xe_loss = xe["loss"].float() - model.config.sparsity_loss_weight * xe["sparsity_loss"].float()
             loss = loss + scst.xe_weight * xe_loss
             stats["xe_loss"] = xe_loss.detach()
