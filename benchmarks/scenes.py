@@ -275,7 +275,9 @@ def main(argv=None) -> dict:
         first, second = calibrated[f"{name}_20"], calibrated[f"{name}_50"]
         per_step = (second["cpu_seconds"] - first["cpu_seconds"]) / max(1, second["steps"] - first["steps"])
         calibration[name] = round(per_step, 3)
-        budget_steps = max(1, int(args.xe_cpu_minutes * 60 / per_step))
+        # A tenth held back: a step that costs a little more than calibrated must not cut the schedule short
+        # (the budget's stop would fall back to the checkpoint before).
+        budget_steps = max(1, int(0.9 * args.xe_cpu_minutes * 60 / per_step))
         epochs = max(1, budget_steps // steps_per_epoch)
         # A budget shorter than an epoch still runs a one-epoch schedule; checkpoints are spaced over the steps
         # the budget allows, so the run always leaves one.
