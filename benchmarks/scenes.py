@@ -154,7 +154,7 @@ def _train_process(argv: list[str], budget: float | None) -> dict:
     start = cpu_seconds()
     checkpoint, steps, spent = train_for(argv, budget)
     return {"checkpoint": str(checkpoint), "steps": steps, "cpu_seconds": round(cpu_seconds() - start, 1),
-            "wall_seconds": spent["wall_seconds"]}
+            "checkpoint_cpu_seconds": spent["checkpoint_cpu_seconds"], "wall_seconds": spent["wall_seconds"]}
 
 
 def config_texts(argv: list[str]) -> list[str]:
