@@ -16,7 +16,8 @@
    checkpoints give the CIDEr-against-CPU-minutes curves (their CPU minutes interpolated by step).
 
 CPU time: every run trains in a process of its own with one torch thread and ``--num_workers 0`` (so its own CPU
-time is all of the run's); an ``ITIMER_PROF`` timer stops it at the budget, and the reported CPU minutes are
+time is all of the run's); an ``ITIMER_PROF`` timer, paused while a checkpoint is written (scst.train_for), stops
+it at the budget, and the reported CPU minutes are
 ``getrusage`` of the process and its children. Runs may go in parallel (``--jobs``): CPU time, not wall time, is
 what each gets. Target: ``cider_scst >= 1.05 * cider_xe_continued`` (test split, mean over seeds) with no
 structured score falling more than 2 points. Prints one JSON object as the last line (``benchmarks/report.py
