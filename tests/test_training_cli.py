@@ -10,6 +10,7 @@ import torch
 
 from avlformer import cli
 from avlformer.data.recipe import RECIPE_NAME, PreprocessRecipe, recipe_path_for_yaml
+from avlformer.training.checkpointing import TRAINING_STATE
 from test_data_loader import write_tiny_dataset
 
 # The tiny dataset's frames: 8 per clip, 40 px on the shorter side; anything but the paper recipe.
@@ -42,6 +43,24 @@ def test_train_command_on_prepared_data_with_loader_workers(tmp_path):
     assert args["max_num_frames"] == 8 and args["attn_mask_type"] == "learn_vid_att"
     for name in checkpoints:  # the recipe of the data trained on travels with every checkpoint
         assert PreprocessRecipe.load(out / name / RECIPE_NAME) == TINY_RECIPE
+
+
+def test_max_steps_sets_the_schedule_and_stops_inside_an_epoch(tmp_path):
+    torch.set_num_threads(1)
+    yaml_path = write_tiny_dataset(tmp_path / "data")
+    TINY_RECIPE.save(recipe_path_for_yaml(yaml_path))
+    out = tmp_path / "out"
+    status = cli.main(train_flags(tmp_path / "data", out, "--num_train_epochs", "9", "--max_steps", "4",
+                                  "--save_steps", "1", "--warmup_ratio", "0", "--learning_rate", "1e-3",
+                                  "--backbone_coef_lr", "1", "--num_workers", "0",
+                                  "--per_gpu_train_batch_size", "1"))
+    assert status == 0
+    args = json.loads((out / "log" / "args.json").read_text())
+    assert args["global_iters_per_epoch"] == 3 and args["max_global_step"] == 4  # one step into the second epoch
+    names = ["checkpoint-0-1", "checkpoint-0-2", "checkpoint-1-3", "checkpoint-1-4"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == names
+    rates = [torch.load(out / name / TRAINING_STATE, weights_only=True)["scheduler"]["_last_lr"][0] for name in names]
+    assert rates == pytest.approx([7.5e-4, 5e-4, 2.5e-4, 1e-8])  # a linear decay that ends at the fourth step
 
 
 def test_validation_data_prepared_with_another_recipe_is_an_error(tmp_path, capsys):

@@ -254,7 +254,7 @@ RANGES = (
       "max_seq_length", "per_gpu_train_batch_size", "per_gpu_eval_batch_size", "sc_train_sample_n"), ">= 1",
      lambda v: v >= 1),
     (("num_workers", "max_masked_tokens", "backbone_coef_lr", "weight_decay", "min_lr", "loss_sparse_w", "top_k",
-      "scst_xe_weight"), ">= 0", lambda v: v >= 0),
+      "scst_xe_weight", "max_steps"), ">= 0", lambda v: v >= 0),
     (("limited_samples",), ">= 1 (or -1: all)", lambda v: v == -1 or v >= 1),
     (("seed",), "in [0, 2**32)", lambda v: 0 <= v < 2**32),
     (("mask_prob", "lambda_"), "in [0, 1]", lambda v: 0 <= v <= 1),

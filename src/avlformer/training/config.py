@@ -68,6 +68,7 @@ class OptimSettings:
     min_lr: float = 1e-8
     scheduler: str = "warmup_linear"
     num_train_epochs: int = 20
+    max_steps: int = 0               # > 0: the schedule's length in optimizer steps, in place of the epochs'
     freeze_backbone: bool = False
     freeze_passt: bool = False
     freeze_embedding: bool = False

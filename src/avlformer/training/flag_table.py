@@ -157,6 +157,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("min_lr", "optim.min_lr", "(ours) floor of the warmup-linear schedule (upstream hard-coded 1e-8)"),
     Flag("scheduler", "optim.scheduler", "lr schedule", choices=("warmup_linear", "step")),
     Flag("num_train_epochs", "optim.num_train_epochs", "epochs"),
+    Flag("max_steps", "optim.max_steps", "(ours, Hugging Face's name) if > 0: optimizer steps in all, in place of "
+         "--num_train_epochs (the schedule spans them; the last epoch may end early)"),
     Flag("freeze_backbone", "optim.freeze_backbone", "freeze Video Swin"),
     Flag("freeze_passt", "optim.freeze_passt", "freeze PaSST"),
     Flag("freeze_embedding", "optim.freeze_embedding", "freeze the text word embeddings"),

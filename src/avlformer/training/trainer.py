@@ -110,7 +110,7 @@ def plan_schedule(num_samples: int, config: TrainConfig, env: DistEnv) -> Schedu
                             f"--per-gpu-train-batch-size {batch} x {env.world_size} process(es) x "
                             f"--gradient-accumulation-steps {accumulation} = {batch * env.world_size * accumulation}"
                             "; use a smaller batch")
-    return Schedule(steps * accumulation, steps, steps * optim.num_train_epochs)
+    return Schedule(steps * accumulation, steps, optim.max_steps or steps * optim.num_train_epochs)
 
 
 def memory_mb(device: torch.device) -> float:
@@ -157,7 +157,7 @@ class Trainer:
                  self.progress.global_step, self.progress.epoch, self.progress.batches_done_in_epoch)
 
     def derived_args(self) -> dict:
-        return {"max_iter": self.schedule.micro_batches_per_epoch * self.config.optim.num_train_epochs,
+        return {"max_iter": self.schedule.total_steps * self.config.optim.gradient_accumulation_steps,
                 "max_global_step": self.schedule.total_steps,
                 "global_iters_per_epoch": self.schedule.steps_per_epoch,
                 "num_gpus": self.env.world_size, "distributed": self.env.is_distributed,
