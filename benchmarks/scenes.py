@@ -6,14 +6,16 @@
 2. From scratch, ``--xe-cpu-minutes`` each: ``xe`` (cross-entropy; configs/scenes_tiny.json, the paper
    architecture at a CPU size with the vocabulary synth cut to the training captions), ``no_audio`` (silent
    soundtracks in training and at test time), ``no_mask`` (``--learn_mask_enabled false``) and ``causal_lm`` (the
-   causal-LM recipe: configs/scenes_causal_lm.json with tiny random Hugging Face parts). The schedule is sized
-   to the budget from two short calibration runs per recipe, so each
-   ends its warm-up/decay near the budget; the budget stops it otherwise (the last checkpoint counts).
+   causal-LM recipe: configs/scenes_causal_lm.json with tiny random Hugging Face parts).
 3. From ``xe``'s checkpoint, ``--continue-cpu-minutes`` each, per seed (``--seeds``): cross-entropy continued and
-   ``avlformer train --scst``, both with a fresh optimizer at the same constant learning rate.
-4. Every final checkpoint captions the test split as ``avlformer infer`` does (greedy) and is scored with
-   CIDEr, BLEU-4 and METEOR against all five references and with the structured scene score; intermediate
-   checkpoints give the CIDEr-against-CPU-minutes curves (their CPU minutes interpolated by step).
+   ``avlformer train --scst``, both with a fresh optimizer and no warm-up; and ``--control-seeds`` more
+   cross-entropy continuations (the control: two identical arms, whose gap is the comparison's noise floor).
+   Every schedule (``--max_steps``) is sized from two short calibration runs of its recipe to end its linear
+   decay at nine tenths of the budget; the budget stops a run otherwise (its last checkpoint counts).
+4. Final checkpoints caption the test split as ``avlformer infer`` does (greedy) and are scored with CIDEr,
+   BLEU-4 and METEOR against all five references and with the structured scene score. A continuation's score is
+   the mean over ``--end-points`` checkpoints in its last 15 % (the final one included). Intermediate checkpoints
+   give the CIDEr-against-CPU-minutes curves.
 
 CPU time: every run trains in a process of its own with one torch thread and ``--num_workers 0`` (so its own CPU
 time is all of the run's); an ``ITIMER_PROF`` timer, paused while a checkpoint is written (scst.train_for), stops
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import shutil
@@ -48,7 +49,10 @@ CONFIG = REPO / "configs" / "scenes_tiny.json"
 CAUSAL_CONFIG = REPO / "configs" / "scenes_causal_lm.json"
 CAUSAL_PARTS = REPO / "configs" / "scenes_causal_lm_parts.json"
 QUICK = {"num_train": 60, "num_val": 4, "num_test": 12, "xe_cpu_minutes": 1.0, "continue_cpu_minutes": 0.75,
-         "seeds": 1, "checkpoints": 2, "curve_points": 2}
+         "seeds": 1, "control_seeds": 1, "checkpoints": 2, "curve_points": 2, "end_points": 2}
+END_SPAN = 0.15  # the share of a continuation's steps whose checkpoints its score averages
+# Checkpoints per continuation: enough for END_SPAN's points, and for a budget that stops a run early to lose little.
+CONTINUATION_CHECKPOINTS = 100
 
 
 def parse_args(argv=None):
@@ -62,6 +66,12 @@ def parse_args(argv=None):
     parser.add_argument("--xe-cpu-minutes", type=float, default=9.0, help="budget of each from-scratch run")
     parser.add_argument("--continue-cpu-minutes", type=float, default=4.0, help="budget of each continuation")
     parser.add_argument("--seeds", type=int, default=3, help="continuation seeds (training order and sampling)")
+    parser.add_argument("--control-seeds", type=int, default=3,
+                        help="further cross-entropy continuations (seeds after --seeds), compared with the first: "
+                             "the noise floor of the comparison (0: none)")
+    parser.add_argument("--end-points", type=int, default=4,
+                        help=f"checkpoints in the last {END_SPAN:.0%} of a continuation whose scores are averaged "
+                             "(1: the final checkpoint alone)")
     parser.add_argument("--checkpoints", type=int, default=3, help="checkpoints kept per from-scratch run")
     parser.add_argument("--curve-points", type=int, default=3,
                         help="checkpoints per run scored for the curves, the final one included (each costs a "
@@ -158,6 +168,11 @@ def _train_process(argv: list[str], budget: float | None) -> dict:
             "checkpoint_cpu_seconds": spent["checkpoint_cpu_seconds"], "wall_seconds": spent["wall_seconds"]}
 
 
+def budgeted(result: dict) -> float:
+    """A run's CPU seconds that count against its budget (its checkpoint writes do not)."""
+    return result["cpu_seconds"] - result["checkpoint_cpu_seconds"]
+
+
 def config_texts(argv: list[str]) -> list[str]:
     """The texts of a run's --config file and of the model config it names: part of what a recorded run is."""
     path = Path(argv[argv.index("--config") + 1])
@@ -227,16 +242,27 @@ def _score_process(checkpoint: Path, media: Path, raw: Path, silence: bool, scor
     return score_checkpoint(checkpoint, media, raw, silence, scorers)
 
 
-def curve_checkpoints(output_dir: Path, result: dict, points_wanted: int) -> list[tuple[int, Path]]:
-    """Up to ``points_wanted`` of a run's checkpoints as (step, folder), the curve's points: those nearest to
-    evenly spaced steps, the last being the run's final checkpoint (scored anyway)."""
+def checkpoints_near(output_dir: Path, last_step: int, fractions: list[float]) -> list[tuple[int, Path]]:
+    """The run's saved checkpoints (up to ``last_step``) nearest to those fractions of it, as sorted (step, folder)
+    pairs; fewer when two fractions share a checkpoint."""
     def step(path: Path) -> int:
         return int(path.name.rsplit("-", 1)[1])
 
-    checkpoints = [p for p in output_dir.glob("checkpoint-*") if step(p) <= result["steps"]]
-    targets = [result["steps"] * k / points_wanted for k in range(1, points_wanted + 1)]
-    chosen = {min(checkpoints, key=lambda p: abs(step(p) - target)) for target in targets}
+    checkpoints = [p for p in output_dir.glob("checkpoint-*") if step(p) <= last_step]
+    chosen = {min(checkpoints, key=lambda p: abs(step(p) - last_step * fraction)) for fraction in fractions}
     return sorted(((step(p), p) for p in chosen), key=lambda item: item[0])
+
+
+def mean_scores(scores: list[dict]) -> dict:
+    """Checkpoints' scores averaged number by number (groups and keys too); other fields from the last one."""
+    def merge(values: list):
+        if isinstance(values[-1], dict):
+            return {key: merge([v[key] for v in values]) for key in values[-1]}
+        if isinstance(values[-1], (int, float)) and not isinstance(values[-1], bool):
+            return float(np.mean(values))
+        return values[-1]
+
+    return merge(scores)
 
 
 # ----------------------------------------------------------------------------------------------------- main
@@ -253,8 +279,6 @@ def main(argv=None) -> dict:
     frames, size = int(model.num_frames), int(model.image_size)
     counts = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
     data_seconds = make_data(raw, counts, args.data_seed, frames, size)
-    batch = int(json.loads(CONFIG.read_text())["per_gpu_train_batch_size"])
-    steps_per_epoch = math.ceil(5 * args.num_train / batch)  # five references per clip
 
     def base(data: Path, out: str, config: Path = CONFIG) -> list[str]:
         return ["--config", str(config), "--data_dir", str(data), "--output_dir", str(work / "runs" / out),
@@ -267,28 +291,27 @@ def main(argv=None) -> dict:
     paper = ["--tokenizer_name", str(raw / "vocab")]
     causal = [item for flag, value in causal_parts(raw, work / "models").items() for item in (f"--{flag}", value)]
 
-    def schedule(name: str, flags) -> list[str]:
-        """Epochs and checkpoint spacing for an ``--xe-cpu-minutes`` run, from the CPU seconds per step of two
-        calibration runs (20 and 50 CPU seconds; their difference leaves out the start-up)."""
-        short, long = (flags(f"{name}_{seconds}") + ["--num_train_epochs", "1000", "--save_steps", "2"]
+    calibration = {}
+
+    def schedule(name: str, flags, budget: float, checkpoints: int) -> list[str]:
+        """A ``--max_steps`` schedule filling nine tenths of ``budget`` CPU seconds, from the CPU seconds per step
+        of two calibration runs of ``flags`` (20 and 50 CPU seconds; their difference leaves out the start-up),
+        with ``checkpoints`` checkpoints spaced over it."""
+        short, long = (flags(f"{name}_{seconds}") + ["--max_steps", "1000000", "--save_steps", "2"]
                        for seconds in (20, 50))
         calibrated = run_all({f"{name}_20": (short, 20.0), f"{name}_50": (long, 50.0)}, args.jobs, work)
         first, second = calibrated[f"{name}_20"], calibrated[f"{name}_50"]
-        per_step = (second["cpu_seconds"] - first["cpu_seconds"]) / max(1, second["steps"] - first["steps"])
+        per_step = (budgeted(second) - budgeted(first)) / max(1, second["steps"] - first["steps"])
         calibration[name] = round(per_step, 3)
-        # A tenth held back: a step that costs a little more than calibrated must not cut the schedule short
-        # (the budget's stop would fall back to the checkpoint before).
-        budget_steps = max(1, int(0.9 * args.xe_cpu_minutes * 60 / per_step))
-        epochs = max(1, budget_steps // steps_per_epoch)
-        # A budget shorter than an epoch still runs a one-epoch schedule; checkpoints are spaced over the steps
-        # the budget allows, so the run always leaves one.
-        reachable = min(budget_steps, epochs * steps_per_epoch)
-        return ["--num_train_epochs", str(epochs), "--save_steps", str(max(1, reachable // args.checkpoints))]
+        # A tenth held back: a step that costs a little more than calibrated must not let the budget stop a run
+        # before its learning rate has decayed.
+        steps = max(2, int(0.9 * budget / per_step))
+        return ["--max_steps", str(steps), "--save_steps", str(max(1, steps // checkpoints))]
 
-    calibration = {}
-    paper_schedule = schedule("calibrate", lambda out: base(raw, out) + paper)
-    causal_schedule = schedule("calibrate_causal_lm", lambda out: base(raw, out, CAUSAL_CONFIG) + causal)
     xe_budget = args.xe_cpu_minutes * 60
+    paper_schedule = schedule("calibrate", lambda out: base(raw, out) + paper, xe_budget, args.checkpoints)
+    causal_schedule = schedule("calibrate_causal_lm", lambda out: base(raw, out, CAUSAL_CONFIG) + causal, xe_budget,
+                               args.checkpoints)
     scratch = {"xe": (base(raw, "xe") + paper + paper_schedule, xe_budget),
                "no_audio": (base(silent, "no_audio") + paper + paper_schedule, xe_budget),
                "no_mask": (base(raw, "no_mask") + paper + paper_schedule + ["--learn_mask_enabled", "false"],
@@ -302,26 +325,44 @@ def main(argv=None) -> dict:
     config = CONFIG if args.continue_from == "xe" else CAUSAL_CONFIG
     start = trained[args.continue_from]["checkpoint"]
     continue_budget = args.continue_cpu_minutes * 60
-    continued = ["--pretrained_checkpoint", start, "--num_train_epochs", "100000", "--warmup_ratio", "0",
-                 "--save_steps", "2"]
-    xe_lr = ["--learning_rate", str(args.xe_learning_rate)]
+    # Both objectives from the same start with a fresh optimizer and the same schedule: no warm-up, a linear decay
+    # that ends inside the budget, so each run ends settled (at a constant rate a final checkpoint's CIDEr moves
+    # by a tenth between nearby steps).
+    continued = ["--pretrained_checkpoint", start, "--warmup_ratio", "0"]
+    objective = {
+        "xe_continued": ["--learning_rate", str(args.xe_learning_rate)],
+        "scst": ["--scst", "--learning_rate", str(args.scst_learning_rate), "--per_gpu_train_batch_size",
+                 str(args.scst_batch_size), "--sc_train_sample_n", str(args.sc_train_sample_n),
+                 "--sc_baseline_type", args.scst_baseline, "--scst_xe_weight", str(args.scst_xe_weight)]}
+    continuation_schedules = {
+        arm: schedule(f"{prefix}calibrate_{arm}", lambda out, arm=arm: base(raw, out, config) + recipe + continued
+                      + objective[arm], continue_budget, CONTINUATION_CHECKPOINTS) for arm in objective}
+    # The control: more cross-entropy continuations with seeds of their own, the same recipe as xe_continued;
+    # how far two identical arms land apart is the noise any difference between the objectives must clear.
+    arms = {seed: ("xe_continued", "scst") for seed in range(args.seeds)}
+    arms.update({seed: ("xe_control",) for seed in range(args.seeds, args.seeds + args.control_seeds)})
     pairs = {}
-    for seed in range(args.seeds):
-        name = f"{prefix}xe_continued_s{seed}"
-        pairs[name] = (base(raw, name, config) + recipe + continued + xe_lr + ["--seed", str(seed)], continue_budget)
-        name = f"{prefix}scst_s{seed}"
-        pairs[name] = (base(raw, name, config) + recipe + continued + [
-            "--seed", str(seed), "--scst", "--learning_rate", str(args.scst_learning_rate),
-            "--per_gpu_train_batch_size", str(args.scst_batch_size), "--sc_train_sample_n",
-            str(args.sc_train_sample_n), "--sc_baseline_type", args.scst_baseline,
-            "--scst_xe_weight", str(args.scst_xe_weight)], continue_budget)
+    for seed, names in arms.items():
+        for arm in names:
+            flags = objective["scst" if arm == "scst" else "xe_continued"]
+            run_schedule = continuation_schedules["scst" if arm == "scst" else "xe_continued"]
+            name = f"{prefix}{arm}_s{seed}"
+            pairs[name] = (base(raw, name, config) + recipe + continued + flags + run_schedule
+                           + ["--seed", str(seed)], continue_budget)
     trained.update(run_all(pairs, args.jobs, work))
 
     curve_runs = ("xe", "no_audio", "no_mask", "causal_lm", f"{prefix}xe_continued_s0", f"{prefix}scst_s0")
-    chosen = {name: curve_checkpoints(work / "runs" / name, trained[name], args.curve_points) for name in curve_runs}
+    chosen = {name: checkpoints_near(work / "runs" / name, trained[name]["steps"],
+                                     [k / args.curve_points for k in range(1, args.curve_points + 1)])
+              for name in curve_runs}
+    # A continuation's score is the mean over its last checkpoints (the final one and those nearest to evenly
+    # spaced steps in the last END_SPAN of its run): one greedy caption set is a noisy sample of where it ended.
+    end_fractions = [1 - END_SPAN * k / max(1, args.end_points - 1) for k in range(args.end_points)]
+    ends = {name: checkpoints_near(work / "runs" / name, trained[name]["steps"], end_fractions) for name in pairs}
     # Every checkpoint scored once (a curve's last point is its run's final checkpoint), in the run pool.
     tasks = {(name, "final"): Path(result["checkpoint"]) for name, result in trained.items()}
-    tasks.update({(name, step): checkpoint for name in curve_runs for step, checkpoint in chosen[name]})
+    tasks.update({(name, step): checkpoint for name, points in [*chosen.items(), *ends.items()]
+                  for step, checkpoint in points})
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
         runs_of = {checkpoint: name for (name, _), checkpoint in tasks.items()}
         futures = {checkpoint: pool.submit(_score_process, checkpoint, silent if name == "no_audio" else raw, raw,
@@ -334,35 +375,53 @@ def main(argv=None) -> dict:
         for folder in (work / "runs" / name).glob("checkpoint-*"):
             if folder not in runs_of:
                 shutil.rmtree(folder)
-    final = {name: {**scores[(name, "final")], "cpu_minutes": round(result["cpu_seconds"] / 60, 2),
-                    "steps": result["steps"]} for name, result in trained.items()}
+
+    def described(name: str, result: dict) -> dict:
+        score = scores[(name, "final")]
+        if name in ends:
+            score = {**mean_scores([scores[(name, step)] for step, _ in ends[name]]), "cider_final": score["cider"],
+                     "end_steps": [step for step, _ in ends[name]]}
+        return {**score, "cpu_minutes": round(result["cpu_seconds"] / 60, 2),
+                "checkpoint_cpu_minutes": round(result["checkpoint_cpu_seconds"] / 60, 2), "steps": result["steps"]}
+
+    final = {name: described(name, result) for name, result in trained.items()}
     curves = {}
     for name in curve_runs:
-        run_per_step = trained[name]["cpu_seconds"] / max(1, trained[name]["steps"])
+        run_per_step = budgeted(trained[name]) / max(1, trained[name]["steps"])
         start_point = [] if name in scratch else [[0.0, round(final[args.continue_from]["cider"], 4)]]
         curves[name] = start_point + [[round(step * run_per_step / 60, 2), round(scores[(name, step)]["cider"], 4)]
                                       for step, _ in chosen[name]]
 
-    def mean(prefix: str, key) -> float:
-        return float(np.mean([key(final[f"{prefix}_s{s}"]) for s in range(args.seeds)]))
+    def mean(arm: str, key) -> float:
+        return float(np.mean([key(final[f"{prefix}{arm}_s{seed}"]) for seed, names in arms.items() if arm in names]))
 
-    cider_xe = mean(f"{prefix}xe_continued", lambda r: r["cider"])
-    cider_scst = mean(f"{prefix}scst", lambda r: r["cider"])
     keys = list(final["xe"]["scene"])
-    drops = {k: mean(f"{prefix}xe_continued", lambda r: r["scene"][k]) - mean(f"{prefix}scst",
-                                                                            lambda r: r["scene"][k]) for k in keys}
+
+    def structured(arm: str) -> dict[str, float]:
+        return {k: mean(arm, lambda r: r["scene"][k]) for k in keys}
+
+    cider_xe, cider_scst = mean("xe_continued", lambda r: r["cider"]), mean("scst", lambda r: r["cider"])
+    drops = {k: structured("xe_continued")[k] - structured("scst")[k] for k in keys}
     largest_drop = max(drops.values())
+    control = {}
+    if args.control_seeds:
+        cider_control = mean("xe_control", lambda r: r["cider"])
+        gaps = {k: abs(structured("xe_continued")[k] - structured("xe_control")[k]) for k in keys}
+        control = {"cider_xe_control": cider_control, "relative_difference": cider_control / max(cider_xe, 1e-9) - 1,
+                   "largest_structured_difference": max(gaps.values()),
+                   "largest_structured_difference_key": max(gaps, key=gaps.get), "structured_difference": gaps}
     result = {
         "continue_from": args.continue_from, "cider_xe_continued": cider_xe, "cider_scst": cider_scst,
         "relative_gain": cider_scst / max(cider_xe, 1e-9) - 1,
         "largest_structured_drop": largest_drop, "largest_structured_drop_key": max(drops, key=drops.get),
         "target_met": bool(cider_scst > 0 and cider_scst >= 1.05 * cider_xe and largest_drop <= 2.0),
-        "structured_drop_scst_vs_xe_continued": drops,
-        "runs": {name: {k: v for k, v in r.items()} for name, r in final.items() if name != "xe_start"},
-        "curves": curves,
+        "structured_drop_scst_vs_xe_continued": drops, "control": control,
+        "runs": final, "curves": curves,
         "sizes": counts, "xe_cpu_minutes_budget": args.xe_cpu_minutes,
         "continue_cpu_minutes_budget": args.continue_cpu_minutes, "seeds": args.seeds,
+        "control_seeds": args.control_seeds, "end_points": args.end_points, "end_span": END_SPAN,
         "xe_schedules": {"paper": paper_schedule, "causal_lm": causal_schedule},
+        "continuation_schedules": continuation_schedules,
         "calibration_cpu_seconds_per_step": calibration, "data_seconds": data_seconds,
         "scst_learning_rate": args.scst_learning_rate, "sc_train_sample_n": args.sc_train_sample_n,
         "scst_batch_size": args.scst_batch_size, "scst_baseline": args.scst_baseline,
