@@ -52,7 +52,7 @@ QUICK = {"num_train": 60, "num_val": 4, "num_test": 12, "xe_cpu_minutes": 1.0, "
          "seeds": 1, "control_seeds": 1, "checkpoints": 2, "curve_points": 2, "end_points": 2}
 END_SPAN = 0.15  # the share of a continuation's steps whose checkpoints its score averages
 # Checkpoints per continuation: enough for END_SPAN's points, and for a budget that stops a run early to lose little.
-CONTINUATION_CHECKPOINTS = 100
+CONTINUATION_CHECKPOINTS = 40
 
 
 def parse_args(argv=None):
@@ -156,15 +156,17 @@ def causal_parts(raw: Path, models: Path) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------------- training
 
 def _train_process(argv: list[str], budget: float | None) -> dict:
-    """One run in this (fresh) process; returns its checkpoint, steps and CPU seconds (self + children)."""
+    """One run in this (fresh) process; returns its checkpoint (None if it wrote none: a calibration run), the
+    checkpoint's step, the optimizer steps taken and the CPU seconds (self + children)."""
     import torch
 
     from scst import train_for
 
     torch.set_num_threads(1)
     start = cpu_seconds()
-    checkpoint, steps, spent = train_for(argv, budget)
-    return {"checkpoint": str(checkpoint), "steps": steps, "cpu_seconds": round(cpu_seconds() - start, 1),
+    checkpoint, steps, spent = train_for(argv, budget, checkpoint_required=False)
+    return {"checkpoint": checkpoint and str(checkpoint), "steps": steps, "steps_done": spent["steps_done"],
+            "cpu_seconds": round(cpu_seconds() - start, 1),
             "checkpoint_cpu_seconds": spent["checkpoint_cpu_seconds"], "wall_seconds": spent["wall_seconds"]}
 
 
@@ -181,8 +183,10 @@ def config_texts(argv: list[str]) -> list[str]:
     return texts + [(path.parent / model).read_text()] if model else texts
 
 
-def run_all(runs: dict[str, tuple[list[str], float | None]], jobs: int, work: Path) -> dict[str, dict]:
-    """Train every run (reusing one already recorded with the same flags, config files and budget)."""
+def run_all(runs: dict[str, tuple[list[str], float | None]], jobs: int, work: Path,
+            calibration: bool = False) -> dict[str, dict]:
+    """Train every run (reusing one already recorded with the same flags, config files and budget); a run that
+    left no checkpoint is an error unless these are ``calibration`` runs, which write none."""
     results, todo = {}, {}
     for name, (argv, budget) in runs.items():
         record = work / "runs" / name / "bench_run.json"
@@ -197,6 +201,8 @@ def run_all(runs: dict[str, tuple[list[str], float | None]], jobs: int, work: Pa
         for name, future in futures.items():
             results[name] = future.result()
             print(f"trained {name}: {results[name]}", flush=True)
+            if results[name]["checkpoint"] is None and not calibration:
+                raise RuntimeError(f"{name}: no checkpoint within its {todo[name][1]:.0f} CPU seconds")
             record = work / "runs" / name / "bench_run.json"
             record.write_text(json.dumps({"key": todo[name], "result": results[name]}))
     return results
@@ -296,12 +302,14 @@ def main(argv=None) -> dict:
     def schedule(name: str, flags, budget: float, checkpoints: int) -> list[str]:
         """A ``--max_steps`` schedule filling nine tenths of ``budget`` CPU seconds, from the CPU seconds per step
         of two calibration runs of ``flags`` (20 and 50 CPU seconds; their difference leaves out the start-up),
-        with ``checkpoints`` checkpoints spaced over it."""
-        short, long = (flags(f"{name}_{seconds}") + ["--max_steps", "1000000", "--save_steps", "2"]
+        with ``checkpoints`` checkpoints spaced over it. The calibration runs write no checkpoint: a step costs
+        more between frequent writes, and the real runs write few."""
+        short, long = (flags(f"{name}_{seconds}") + ["--max_steps", "1000000", "--save_steps", "1000000"]
                        for seconds in (20, 50))
-        calibrated = run_all({f"{name}_20": (short, 20.0), f"{name}_50": (long, 50.0)}, args.jobs, work)
+        calibrated = run_all({f"{name}_20": (short, 20.0), f"{name}_50": (long, 50.0)}, args.jobs, work,
+                             calibration=True)
         first, second = calibrated[f"{name}_20"], calibrated[f"{name}_50"]
-        per_step = (budgeted(second) - budgeted(first)) / max(1, second["steps"] - first["steps"])
+        per_step = (budgeted(second) - budgeted(first)) / max(1, second["steps_done"] - first["steps_done"])
         calibration[name] = round(per_step, 3)
         # A tenth held back: a step that costs a little more than calibrated must not let the budget stop a run
         # before its learning rate has decayed.

@@ -70,24 +70,27 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def train_for(argv: list[str], cpu_seconds: float | None) -> tuple[Path, int, dict]:
+def train_for(argv: list[str], cpu_seconds: float | None,
+              checkpoint_required: bool = True) -> tuple[Path | None, int, dict]:
     """Train; with ``cpu_seconds``, stop when this process has used that much CPU time on training (as Ctrl-C
     would) and keep the last checkpoint. Checkpoint writes pause the budget's timer: a budgeted run saves every
     few steps so that its stop loses little, and those writes would otherwise cost a cheap step (cross-entropy)
-    a far larger share of its budget than a dear one (SCST). Returns the checkpoint, its step and the run's CPU
-    seconds (all, and those of the checkpoint writes) and wall seconds."""
+    a far larger share of its budget than a dear one (SCST). Returns the checkpoint (None if there is none and
+    none is required), its step, and the run's optimizer steps taken, CPU seconds (all, and those of the
+    checkpoint writes) and wall seconds."""
     from avlformer.training import checkpointing
     from avlformer.training.args import parse_train_args
     from avlformer.training.loop import TrainingInterrupted, train
 
-    wall, cpu, saving = time.perf_counter(), time.process_time(), [0.0]
+    wall, cpu, saving, steps_done = time.perf_counter(), time.process_time(), [0.0], [0]
 
     def spent() -> dict:
-        return {"cpu_seconds": round(time.process_time() - cpu, 1),
+        return {"steps_done": steps_done[0], "cpu_seconds": round(time.process_time() - cpu, 1),
                 "checkpoint_cpu_seconds": round(saving[0], 1), "wall_seconds": round(time.perf_counter() - wall, 1)}
 
     if cpu_seconds is None:
         result = train(parse_train_args(argv))
+        steps_done[0] = result.global_step
         return Path(result.last_checkpoint), result.global_step, spent()
 
     def stop(signum, frame):
@@ -110,11 +113,16 @@ def train_for(argv: list[str], cpu_seconds: float | None) -> tuple[Path, int, di
     try:
         result = train(parse_train_args(argv))
         checkpoint, steps = Path(result.last_checkpoint), result.global_step
+        steps_done[0] = steps
     except TrainingInterrupted as interrupted:
+        steps_done[0] = interrupted.global_step
         if interrupted.last_checkpoint is None:
-            raise RuntimeError(f"no checkpoint within {cpu_seconds:.0f} CPU seconds: lower --save-steps") from None
-        checkpoint = Path(interrupted.last_checkpoint)
-        steps = int(checkpoint.name.rsplit("-", 1)[1])
+            if checkpoint_required:
+                raise RuntimeError(f"no checkpoint within {cpu_seconds:.0f} CPU seconds: lower --save-steps") from None
+            checkpoint, steps = None, 0
+        else:
+            checkpoint = Path(interrupted.last_checkpoint)
+            steps = int(checkpoint.name.rsplit("-", 1)[1])
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0)
         signal.signal(signal.SIGPROF, previous)

@@ -35,7 +35,7 @@ class TrainingInterrupted(RuntimeError):
         else:
             hint = "no checkpoint was written yet: rerun the same command to start again"
         super().__init__(f"interrupted at optimizer step {global_step} of {total_steps}; {hint}")
-        self.last_checkpoint = last_checkpoint
+        self.global_step, self.last_checkpoint = global_step, last_checkpoint
 
 
 def train(config: TrainConfig, env: DistEnv | None = None, *, model: nn.Module | None = None, train_dataset=None,
