@@ -23,7 +23,7 @@ LINE_HEADER = re.compile(r"^([0-9a-f]{40}) \d+ \d+(?: \d+)?$", re.MULTILINE)  # 
 FEATURE_MERGES = {25: ("102bfc6", "4861ab8"), 23: ("ccbd3f1", "77ddd56"), 24: ("2e186fb", "fd5b5e7")}
 FEATURE_COMMITS = {25: ("f7215ed..b6ed280",),
                    23: ("e7f439b", "eab7c56", "71e3f63", "6664e13", "1da778d", "e04d1e8", "3d66f00", "a77acc7"),
-                   24: ("326286a",)}
+                   24: ("326286a", "d9a4b0e", "33ee1b4", "c24689d")}
 
 
 def git(*args: str) -> str:
