@@ -155,6 +155,22 @@ def causal_parts(raw: Path, models: Path) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------------------------------- training
 
+def _die_with_parent() -> None:
+    """Pool initializer: on Linux a worker is killed when the benchmark process ends, however it ends. A worker
+    left behind by a killed benchmark would go on training for up to its budget, taking CPU from the runs and
+    calibrations of the next invocation and so skewing their schedules."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+
+
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """Fresh (spawned) one-job-per-process workers, ``jobs`` at a time."""
+    return ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=get_context("spawn"), initializer=_die_with_parent)
+
+
 def _train_process(argv: list[str], budget: float | None) -> dict:
     """One run in this (fresh) process; returns its checkpoint (None if it wrote none: a calibration run), the
     checkpoint's step, the optimizer steps taken and the CPU seconds (self + children)."""
@@ -196,7 +212,7 @@ def run_all(runs: dict[str, tuple[list[str], float | None]], jobs: int, work: Pa
         else:
             shutil.rmtree(record.parent, ignore_errors=True)
             todo[name] = key
-    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=get_context("spawn")) as pool:
+    with worker_pool(jobs) as pool:
         futures = {name: pool.submit(_train_process, argv, budget) for name, (argv, budget, _) in todo.items()}
         for name, future in futures.items():
             results[name] = future.result()
@@ -371,7 +387,7 @@ def main(argv=None) -> dict:
     tasks = {(name, "final"): Path(result["checkpoint"]) for name, result in trained.items()}
     tasks.update({(name, step): checkpoint for name, points in [*chosen.items(), *ends.items()]
                   for step, checkpoint in points})
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
+    with worker_pool(args.jobs) as pool:
         runs_of = {checkpoint: name for (name, _), checkpoint in tasks.items()}
         futures = {checkpoint: pool.submit(_score_process, checkpoint, silent if name == "no_audio" else raw, raw,
                                            name == "no_audio", ("bleu", "meteor", "cider"))
