@@ -17,6 +17,13 @@ from test_data_loader import write_tiny_dataset
 TINY_RECIPE = PreprocessRecipe(stored_frames=8, short_side=40, jpeg_quality=90)
 
 
+def write_tiny_training_data(root):
+    """The tiny dataset, prepared with TINY_RECIPE; returns its training yaml."""
+    yaml_path = write_tiny_dataset(root)
+    TINY_RECIPE.save(recipe_path_for_yaml(yaml_path))
+    return yaml_path
+
+
 def train_flags(data_dir, out, *extra):
     return ["train", "--model_preset", "tiny", "--data_dir", str(data_dir),
             "--train_yaml", "metadata/train_32frames.yaml", "--output_dir", str(out),
@@ -26,8 +33,7 @@ def train_flags(data_dir, out, *extra):
 
 def test_train_command_on_prepared_data_with_loader_workers(tmp_path):
     torch.set_num_threads(1)
-    yaml_path = write_tiny_dataset(tmp_path / "data")
-    TINY_RECIPE.save(recipe_path_for_yaml(yaml_path))
+    yaml_path = write_tiny_training_data(tmp_path / "data")
     out = tmp_path / "out"
     status = cli.main(train_flags(tmp_path / "data", out, "--num_train_epochs", "2", "--num_workers", "1",
                                   "--save_steps", "-1", "--logging_steps", "1"))
@@ -47,8 +53,7 @@ def test_train_command_on_prepared_data_with_loader_workers(tmp_path):
 
 def test_max_steps_sets_the_schedule_and_stops_inside_an_epoch(tmp_path):
     torch.set_num_threads(1)
-    yaml_path = write_tiny_dataset(tmp_path / "data")
-    TINY_RECIPE.save(recipe_path_for_yaml(yaml_path))
+    write_tiny_training_data(tmp_path / "data")
     out = tmp_path / "out"
     status = cli.main(train_flags(tmp_path / "data", out, "--num_train_epochs", "9", "--max_steps", "4",
                                   "--save_steps", "1", "--warmup_ratio", "0", "--learning_rate", "1e-3",
@@ -64,8 +69,7 @@ def test_max_steps_sets_the_schedule_and_stops_inside_an_epoch(tmp_path):
 
 
 def test_validation_data_prepared_with_another_recipe_is_an_error(tmp_path, capsys):
-    yaml_path = write_tiny_dataset(tmp_path / "data")
-    TINY_RECIPE.save(recipe_path_for_yaml(yaml_path))
+    yaml_path = write_tiny_training_data(tmp_path / "data")
     val_yaml = yaml_path.with_name("val_32frames.yaml")
     shutil.copyfile(yaml_path, val_yaml)
     PreprocessRecipe(stored_frames=8, short_side=64, jpeg_quality=90).save(recipe_path_for_yaml(val_yaml))
@@ -103,8 +107,7 @@ def _truncate(path):
 @pytest.mark.parametrize("damage, workers", [("frame_tsv", 0), ("audio_hdf5", 0), ("audio_hdf5", 1), ("yaml", 0)])
 def test_damaged_data_files_are_one_line_naming_the_file(tmp_path, capsys, damage, workers):
     """Also when a loader worker meets the damage (its error arrives wrapped in the worker's traceback)."""
-    yaml_path = write_tiny_dataset(tmp_path / "data")
-    TINY_RECIPE.save(recipe_path_for_yaml(yaml_path))
+    yaml_path = write_tiny_training_data(tmp_path / "data")
     data = tmp_path / "data"
     damaged = {"frame_tsv": data / "frame_tsv" / "train_32frames.img.tsv",
                "audio_hdf5": data / "audio_hdf" / "train_mp3.hdf", "yaml": yaml_path}[damage]
@@ -140,8 +143,7 @@ def _weights_files(folder):
 
 @pytest.mark.parametrize("flag", ["--swin_checkpoint", "--passt_checkpoint", "--pretrained_checkpoint"])
 def test_unusable_weight_files_are_one_line_naming_the_file(tmp_path, capsys, flag):
-    yaml_path = write_tiny_dataset(tmp_path / "data")
-    TINY_RECIPE.save(recipe_path_for_yaml(yaml_path))
+    write_tiny_training_data(tmp_path / "data")
     for kind, path in _weights_files(tmp_path).items():
         if flag == "--pretrained_checkpoint" and kind == "lying":
             from avlformer.modeling.avlformer import AVLFormerConfig
