@@ -18,12 +18,12 @@
    give the CIDEr-against-CPU-minutes curves.
 
 CPU time: every run trains in a process of its own with one torch thread and ``--num_workers 0`` (so its own CPU
-time is all of the run's); an ``ITIMER_PROF`` timer, paused while a checkpoint is written (scst.train_for), stops
-it at the budget, and the reported CPU minutes are
-``getrusage`` of the process and its children. Runs may go in parallel (``--jobs``): CPU time, not wall time, is
-what each gets. Target: ``cider_scst >= 1.05 * cider_xe_continued`` (test split, mean over seeds) with no
-structured score falling more than 2 points. Prints one JSON object as the last line (``benchmarks/report.py
-record scenes -- python benchmarks/scenes.py`` keeps it in benchmarks/results/).
+time is all of the run's); an ``ITIMER_PROF`` timer, paused while a checkpoint is written (scst.train_for), stops it
+at the budget, and the reported CPU minutes are ``getrusage`` of the process and its children. Runs may go in
+parallel (``--jobs``): CPU time, not wall time, is what each gets. Target: ``cider_scst >= 1.05 *
+cider_xe_continued`` (test split, mean over seeds) with no structured score falling more than 2 points. Prints one
+JSON object as the last line (``benchmarks/report.py record scenes -- python benchmarks/scenes.py`` keeps it in
+benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -368,11 +368,10 @@ def main(argv=None) -> dict:
     pairs = {}
     for seed, names in arms.items():
         for arm in names:
-            flags = objective["scst" if arm == "scst" else "xe_continued"]
-            run_schedule = continuation_schedules["scst" if arm == "scst" else "xe_continued"]
+            kind = "scst" if arm == "scst" else "xe_continued"  # the control is cross-entropy continued
             name = f"{prefix}{arm}_s{seed}"
-            pairs[name] = (base(raw, name, config) + recipe + continued + flags + run_schedule
-                           + ["--seed", str(seed)], continue_budget)
+            pairs[name] = (base(raw, name, config) + recipe + continued + objective[kind]
+                           + continuation_schedules[kind] + ["--seed", str(seed)], continue_budget)
     trained.update(run_all(pairs, args.jobs, work))
 
     curve_runs = ("xe", "no_audio", "no_mask", "causal_lm", f"{prefix}xe_continued_s0", f"{prefix}scst_s0")
@@ -425,12 +424,14 @@ def main(argv=None) -> dict:
         return {k: mean(arm, lambda r: r["scene"][k]) for k in keys}
 
     cider_xe, cider_scst = mean("xe_continued", lambda r: r["cider"]), mean("scst", lambda r: r["cider"])
-    drops = {k: structured("xe_continued")[k] - structured("scst")[k] for k in keys}
+    structured_xe, structured_scst = structured("xe_continued"), structured("scst")
+    drops = {k: structured_xe[k] - structured_scst[k] for k in keys}
     largest_drop = max(drops.values())
     control = {}
     if args.control_seeds:
         cider_control = mean("xe_control", lambda r: r["cider"])
-        gaps = {k: abs(structured("xe_continued")[k] - structured("xe_control")[k]) for k in keys}
+        structured_control = structured("xe_control")
+        gaps = {k: abs(structured_xe[k] - structured_control[k]) for k in keys}
         control = {"cider_xe_control": cider_control, "relative_difference": cider_control / max(cider_xe, 1e-9) - 1,
                    "largest_structured_difference": max(gaps.values()),
                    "largest_structured_difference_key": max(gaps, key=gaps.get), "structured_difference": gaps}
